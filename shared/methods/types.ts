@@ -43,6 +43,12 @@ export interface TokenMeta {
   readonly size: Float32Array;
 }
 
+/** A closed range of budgets (average visual tokens per decoder layer) a method can reach. */
+export interface BudgetRange {
+  readonly min: number;
+  readonly max: number;
+}
+
 export interface MethodOptions {
   readonly mode: ReductionMode;
   /** Method-specific overrides (e.g. { lambda: 0.35 } or { version: 'v1' }); validated by the method. */
@@ -111,6 +117,8 @@ export interface VisionReducer {
    * operating point. Throws VlmError INVALID_ARGUMENT naming the feasible range when infeasible.
    */
   resolve(geometry: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule;
+  /** The budgets resolve() accepts for this geometry (GetModelInfo reports it). */
+  feasibleRange(geometry: VisionGeometry, options: MethodOptions): BudgetRange;
   reduce(input: VisionStepInput, schedule: VisionSchedule, options: MethodOptions): VisionStepOutput;
 }
 
@@ -191,6 +199,8 @@ export interface LanguageStepOutput {
 export interface LanguageReducer {
   readonly name: LanguageMethodName;
   resolve(geometry: LanguageGeometry, budget: number | null, options: MethodOptions): LanguageSchedule;
+  /** The budgets resolve() accepts given geometry.visualTokens arriving (GetModelInfo reports it). */
+  feasibleRange(geometry: LanguageGeometry, options: MethodOptions): BudgetRange;
   /** Once per request, before layer 0 (SparseVLM's text raters). */
   prepare?(input: LanguagePrepareInput, schedule: LanguageSchedule, options: MethodOptions, state: Record<string, unknown>): void;
   reduce(input: LanguageStepInput, schedule: LanguageSchedule, options: MethodOptions): LanguageStepOutput;

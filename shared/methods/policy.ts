@@ -1,0 +1,182 @@
+/**
+ * A request's reduction policy and how it becomes the two services' schedules.
+ *
+ * Budget: the number of visual tokens entering each decoder layer's attention during prefill,
+ * averaged over all decoder layers (absolute; `percent` is of P, the unreduced visual tokens).
+ * A vision method at budget b outputs round(b) tokens. A language method turns b into its own
+ * per-layer schedule. When both sides reduce (ficoco-vl), the budget is split deterministically from
+ * (policy, P, decoder depth, anchors) so the vision and language services compute the same split
+ * without talking to each other.
+ */
+import { VlmError } from '../errors';
+import { getLanguageReducer, getVisionReducer, LANGUAGE_METHODS, VISION_METHODS } from './registry';
+import type {
+  BudgetRange,
+  LanguageGeometry,
+  LanguageMethodName,
+  LanguageSchedule,
+  MethodOptions,
+  ReductionMode,
+  VisionGeometry,
+  VisionMethodName,
+  VisionSchedule,
+} from './types';
+
+export { getLanguageReducer, getVisionReducer } from './registry';
+
+export type Budget = { tokens: number } | { percent: number };
+
+export interface ReductionPolicy {
+  vision: VisionMethodName;
+  language: LanguageMethodName;
+  budget: Budget | null;
+  mode: ReductionMode;
+  params: Record<string, number | string | boolean>;
+  seed: number;
+}
+
+/** Named combinations a client may ask for by one name. */
+export const METHOD_PRESETS: Readonly<Record<string, { vision: VisionMethodName; language: LanguageMethodName }>> =
+  Object.freeze({ 'ficoco-vl': Object.freeze({ vision: 'ficoco-v', language: 'ficoco-l' }) });
+
+/** What both services know about the model, enough to split a budget identically on either side. */
+export interface SplitGeometry {
+  /** P: visual tokens of the unreduced encoder. */
+  readonly fullVisualTokens: number;
+  readonly languageLayers: number;
+  readonly anchors: Readonly<Record<string, unknown>>;
+}
+
+export interface BudgetSplit {
+  /** The requested average (absolute), null for the methods' default operating points. */
+  readonly total: number | null;
+  /** Tokens the vision side outputs (null: the vision method's default, or no vision reduction). */
+  readonly visionTokens: number | null;
+}
+
+export function optionsOf(policy: ReductionPolicy): MethodOptions {
+  return { mode: policy.mode, params: policy.params, seed: policy.seed };
+}
+
+/** The budget as an absolute average count, validated. */
+export function budgetTokens(budget: Budget | null, fullVisualTokens: number): number | null {
+  if (budget === null) return null;
+  if ('tokens' in budget) {
+    if (!Number.isFinite(budget.tokens) || budget.tokens <= 0) {
+      throw VlmError.invalid('policy.budget.tokens', `must be a positive number of visual tokens, got ${budget.tokens}`);
+    }
+    return budget.tokens;
+  }
+  if (!Number.isFinite(budget.percent) || budget.percent <= 0 || budget.percent > 100) {
+    throw VlmError.invalid('policy.budget.percent', `must be in (0, 100], got ${budget.percent}`);
+  }
+  return (budget.percent / 100) * fullVisualTokens;
+}
+
+function languageGeometryFor(g: SplitGeometry, visualTokens: number): LanguageGeometry {
+  // Schedules depend only on depth, counts and anchors; widths are not needed to resolve them.
+  return { numLayers: g.languageLayers, hiddenSize: 0, numHeads: 0, visualTokens, fullVisualTokens: g.fullVisualTokens, anchors: g.anchors };
+}
+
+function fits(range: BudgetRange, b: number): boolean {
+  return b >= range.min - 1e-9 && b <= range.max + 1e-9;
+}
+
+/**
+ * How a budget is shared when both sides reduce. The vision side takes the geometric mean of P and b
+ * (each side removes about the same fraction), moved towards b until the language method can reach b
+ * from there; `params.vision_tokens` overrides it. At vision = ceil(b) the language side has almost
+ * nothing left to do, so a feasible vision budget always yields a feasible split.
+ */
+export function resolveBudgetSplit(policy: ReductionPolicy, g: SplitGeometry): BudgetSplit {
+  const total = budgetTokens(policy.budget, g.fullVisualTokens);
+  if (policy.vision === 'none' || policy.language === 'none') return { total, visionTokens: policy.vision === 'none' ? null : total };
+  if (total === null) return { total, visionTokens: null };
+  const override = policy.params['vision_tokens'];
+  if (override !== undefined) {
+    if (typeof override !== 'number' || !Number.isInteger(override) || override < Math.ceil(total) || override > g.fullVisualTokens) {
+      throw VlmError.invalid('policy.params.vision_tokens', `must be an integer in [${Math.ceil(total)}, ${g.fullVisualTokens}], got ${String(override)}`);
+    }
+    return { total, visionTokens: override };
+  }
+  const language = getLanguageReducer(policy.language);
+  const options = optionsOf(policy);
+  const low = Math.min(Math.ceil(total), g.fullVisualTokens);
+  for (let v = Math.max(low, Math.min(g.fullVisualTokens, Math.round(Math.sqrt(total * g.fullVisualTokens)))); v > low; v--) {
+    if (fits(language.feasibleRange(languageGeometryFor(g, v), options), total)) return { total, visionTokens: v };
+  }
+  return { total, visionTokens: low };
+}
+
+function splitGeometryOfVision(g: VisionGeometry): SplitGeometry {
+  return { fullVisualTokens: g.numPatches, languageLayers: g.languageLayers, anchors: g.anchors };
+}
+
+function splitGeometryOfLanguage(g: LanguageGeometry): SplitGeometry {
+  return { fullVisualTokens: g.fullVisualTokens, languageLayers: g.numLayers, anchors: g.anchors };
+}
+
+function withSplit<T extends { params: Readonly<Record<string, number | string | boolean>> }>(schedule: T, split: BudgetSplit): T {
+  if (split.total === null) return schedule;
+  const params: Record<string, number | string | boolean> = { ...schedule.params, budget_total: split.total };
+  if (split.visionTokens !== null) params['budget_vision_tokens'] = split.visionTokens;
+  return { ...schedule, params };
+}
+
+export function resolveVisionSchedule(policy: ReductionPolicy, g: VisionGeometry): VisionSchedule {
+  const reducer = getVisionReducer(policy.vision);
+  const split = resolveBudgetSplit(policy, splitGeometryOfVision(g));
+  const budget = policy.vision === 'none' ? null : split.visionTokens;
+  return withSplit(reducer.resolve(g, budget, optionsOf(policy)), split);
+}
+
+/** `g.visualTokens` is what actually arrived from the vision service. */
+export function resolveLanguageSchedule(policy: ReductionPolicy, g: LanguageGeometry): LanguageSchedule {
+  const reducer = getLanguageReducer(policy.language);
+  const split = resolveBudgetSplit(policy, splitGeometryOfLanguage(g));
+  // A language 'none' after a reducing vision side just carries what arrived; with no reduction at
+  // all, a budget is only accepted if it equals P (none.ts says so).
+  const budget = policy.language === 'none' && policy.vision !== 'none' ? null : split.total;
+  return withSplit(reducer.resolve(g, budget, optionsOf(policy)), split);
+}
+
+export interface FeasibleBudget {
+  readonly vision: VisionMethodName;
+  readonly language: LanguageMethodName;
+  /** Preset name where the pair has one (ficoco-vl). */
+  readonly preset?: string;
+  readonly mode: ReductionMode;
+  readonly min: number;
+  readonly max: number;
+}
+
+/**
+ * For GetModelInfo: the budget range each method (the other side 'none') and each preset can reach on
+ * this model, in both modes.
+ */
+export function feasibleBudgets(vision: VisionGeometry, language: Omit<LanguageGeometry, 'visualTokens'>): FeasibleBudget[] {
+  const out: FeasibleBudget[] = [];
+  const P = vision.numPatches;
+  const lg: LanguageGeometry = { ...language, visualTokens: P };
+  for (const mode of ['clean', 'exact'] as const) {
+    const options: MethodOptions = { mode, params: {}, seed: 0 };
+    for (const [name, reducer] of VISION_METHODS) {
+      const r = reducer.feasibleRange(vision, options);
+      out.push({ vision: name, language: 'none', mode, min: r.min, max: r.max });
+    }
+    for (const [name, reducer] of LANGUAGE_METHODS) {
+      if (name === 'none') continue;
+      const r = reducer.feasibleRange(lg, options);
+      out.push({ vision: 'none', language: name, mode, min: r.min, max: r.max });
+    }
+    for (const [preset, pair] of Object.entries(METHOD_PRESETS)) {
+      const v = VISION_METHODS.get(pair.vision);
+      const l = LANGUAGE_METHODS.get(pair.language);
+      if (v === undefined || l === undefined) continue;
+      // Any budget the vision side reaches on its own is reachable by the pair (see resolveBudgetSplit).
+      const r = v.feasibleRange(vision, options);
+      out.push({ vision: pair.vision, language: pair.language, preset, mode, min: r.min, max: r.max });
+    }
+  }
+  return out;
+}
