@@ -1,0 +1,135 @@
+/**
+ * The names of our spans, attributes and metrics: one place, so the services, the trace report and the
+ * README's span table agree. Span names are low-cardinality (no ids, budgets or layer numbers in them);
+ * what varies goes into attributes. Where an OpenTelemetry semantic convention fits (`rpc.*`,
+ * `gen_ai.*`, `error.type`) we use its key; the rest lives under `vlm.*`.
+ */
+
+/** Span names, in pipeline order. The README's table is generated from SPAN_DOCS below. */
+export const SpanName = {
+  /** The whole request inside one service (Generate on language, Encode on vision). */
+  Request: 'vlm.request',
+  /** Image bytes decoded, resized/cropped and normalised into pixel_values. */
+  Preprocess: 'vlm.preprocess',
+  /** The vision tower: embed graph, encoder layers with their reductions, up to the feature layer. */
+  VisionEmbed: 'vlm.vision.embed',
+  /** One encoder layer (attn half, optional scores graph, reduction, mlp half). */
+  VisionLayer: 'vlm.vision.layer',
+  /** One reduction step, vision side (inside a layer) or language side (inside prefill). */
+  Reduce: 'vlm.reduce',
+  /** The projector: vision features into the language model's embedding space. */
+  Project: 'vlm.project',
+  /** Vision side: writing the header, tensor chunks and summary of the Encode stream. */
+  StreamSend: 'vlm.stream.send',
+  /** Language side: reading the Encode stream until the whole visual tensor is assembled. */
+  StreamReceive: 'vlm.stream.receive',
+  /** Prompt assembly and embedding, then one pass over all decoder layers, with reductions. */
+  Prefill: 'vlm.prefill',
+  /** One decoder layer during prefill. */
+  PrefillLayer: 'vlm.prefill.layer',
+  /** All decode steps of a request; one event per generated token. */
+  Decode: 'vlm.decode',
+  /** Time a request waits for a worker (admission to start of work). */
+  Queue: 'vlm.queue',
+} as const;
+export type SpanName = (typeof SpanName)[keyof typeof SpanName];
+
+/** The per-token event on the decode span. */
+export const EVENT_TOKEN = 'vlm.token';
+
+// --- attributes: our own -------------------------------------------------------------------------
+
+export const ATTR_VLM_MODEL_ID = 'vlm.model.id';
+export const ATTR_VLM_MODEL_HASH = 'vlm.model.hash';
+/** The request's policy name as the client gave it (e.g. `ficoco-vl`, `fastv`, `none`). */
+export const ATTR_VLM_REDUCTION_METHOD = 'vlm.reduction.method';
+export const ATTR_VLM_REDUCTION_VISION_METHOD = 'vlm.reduction.vision_method';
+export const ATTR_VLM_REDUCTION_LANGUAGE_METHOD = 'vlm.reduction.language_method';
+/** Average visual tokens per decoder layer requested (the one budget unit of every method). */
+export const ATTR_VLM_REDUCTION_BUDGET = 'vlm.reduction.budget';
+/** The average the resolved schedule actually achieves. */
+export const ATTR_VLM_REDUCTION_ACHIEVED = 'vlm.reduction.achieved';
+export const ATTR_VLM_LAYER = 'vlm.layer';
+/** Tokens entering and leaving a stage (visual tokens for vision stages, sequence tokens for prefill). */
+export const ATTR_VLM_TOKENS_IN = 'vlm.tokens.in';
+export const ATTR_VLM_TOKENS_OUT = 'vlm.tokens.out';
+/** Analytic FLOPs of the stage (2 x multiply-accumulates, method overhead included). */
+export const ATTR_VLM_FLOPS = 'vlm.flops';
+/** ONNX Runtime execution provider actually used (`cpu`, `cuda`, `webgpu`) and the device (`cuda:0`). */
+export const ATTR_VLM_PROVIDER = 'vlm.provider';
+export const ATTR_VLM_DEVICE = 'vlm.device';
+/** Payload bytes of a transfer (tensor bytes of the Encode stream). */
+export const ATTR_VLM_BYTES = 'vlm.bytes';
+export const ATTR_VLM_CHUNKS = 'vlm.chunks';
+export const ATTR_VLM_DTYPE = 'vlm.dtype';
+/** Image size before preprocessing, `WxH`. */
+export const ATTR_VLM_IMAGE_SIZE = 'vlm.image.size';
+export const ATTR_VLM_TOKEN_INDEX = 'vlm.token.index';
+export const ATTR_VLM_TOKEN_ID = 'vlm.token.id';
+export const ATTR_VLM_STAGE = 'vlm.stage';
+export const ATTR_VLM_SERVICE = 'vlm.service';
+export const ATTR_VLM_WORKER = 'vlm.worker';
+export const ATTR_VLM_FINISH_REASON = 'vlm.finish_reason';
+
+// --- attributes: semantic conventions (kept as literals; the incubating package is unstable) -----
+
+export const ATTR_ERROR_TYPE = 'error.type';
+export const ATTR_RPC_SYSTEM = 'rpc.system';
+export const ATTR_RPC_SERVICE = 'rpc.service';
+export const ATTR_RPC_METHOD = 'rpc.method';
+export const ATTR_GEN_AI_OPERATION_NAME = 'gen_ai.operation.name';
+export const ATTR_GEN_AI_SYSTEM = 'gen_ai.system';
+export const ATTR_GEN_AI_REQUEST_MODEL = 'gen_ai.request.model';
+export const ATTR_GEN_AI_RESPONSE_MODEL = 'gen_ai.response.model';
+export const ATTR_GEN_AI_REQUEST_MAX_TOKENS = 'gen_ai.request.max_tokens';
+export const ATTR_GEN_AI_REQUEST_TEMPERATURE = 'gen_ai.request.temperature';
+export const ATTR_GEN_AI_USAGE_INPUT_TOKENS = 'gen_ai.usage.input_tokens';
+export const ATTR_GEN_AI_USAGE_OUTPUT_TOKENS = 'gen_ai.usage.output_tokens';
+export const ATTR_GEN_AI_RESPONSE_FINISH_REASONS = 'gen_ai.response.finish_reasons';
+export const ATTR_GEN_AI_TOKEN_TYPE = 'gen_ai.token.type';
+/** gen_ai.operation.name values we emit. */
+export const GEN_AI_OPERATION_CHAT = 'chat';
+export const GEN_AI_OPERATION_EMBEDDINGS = 'embeddings';
+
+// --- service names and metrics -------------------------------------------------------------------
+
+export const SERVICE_VISION = 'vlm-vision';
+export const SERVICE_LANGUAGE = 'vlm-language';
+export type VlmServiceName = typeof SERVICE_VISION | typeof SERVICE_LANGUAGE;
+
+export const MetricName = {
+  QueueDepth: 'vlm.queue.depth',
+  InFlight: 'vlm.requests.in_flight',
+  StageDuration: 'vlm.stage.duration',
+  StageTokens: 'vlm.stage.tokens',
+  TokensPerSecond: 'vlm.decode.tokens_per_second',
+  /** gen_ai server conventions: end-to-end, time to first token, time per output token. */
+  RequestDuration: 'gen_ai.server.request.duration',
+  TimeToFirstToken: 'gen_ai.server.time_to_first_token',
+  TimePerOutputToken: 'gen_ai.server.time_per_output_token',
+} as const;
+
+/** Seconds: from half a millisecond (one small layer on a GPU) to a minute (a long CPU generation). */
+export const SECONDS_BUCKETS: readonly number[] = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
+/** Token counts: powers of two up to a 7B model's context, plus 576 (LLaVA-1.5's 24x24 patches). */
+export const TOKEN_BUCKETS: readonly number[] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 576, 1024, 2048, 4096, 8192];
+/** Decode throughput per request, tokens per second. */
+export const RATE_BUCKETS: readonly number[] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
+/** What each span stands for and which attributes it carries: rendered as the README's span table. */
+export const SPAN_DOCS: readonly { name: SpanName; service: string; what: string; attributes: readonly string[] }[] = [
+  { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
+  { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker', attributes: [] },
+  { name: SpanName.Preprocess, service: 'vlm-vision', what: 'image decode, resize/crop, normalise', attributes: [ATTR_VLM_IMAGE_SIZE, ATTR_VLM_BYTES] },
+  { name: SpanName.VisionEmbed, service: 'vlm-vision', what: 'patch embedding and every encoder layer up to the feature layer', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
+  { name: SpanName.VisionLayer, service: 'vlm-vision', what: 'one encoder layer (attn, scores if a method reads them, mlp)', attributes: [ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
+  { name: SpanName.Reduce, service: 'both', what: 'one token-reduction step (inside an encoder layer or a prefill layer)', attributes: [ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT] },
+  { name: SpanName.Project, service: 'vlm-vision', what: 'projector into the language embedding space', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_FLOPS] },
+  { name: SpanName.StreamSend, service: 'vlm-vision', what: 'writing header, tensor chunks and summary', attributes: [ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_DTYPE] },
+  { name: SpanName.StreamReceive, service: 'vlm-language', what: 'reading the Encode stream until the tensor is whole', attributes: [ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN] },
+  { name: SpanName.Prefill, service: 'vlm-language', what: 'prompt embedding and all decoder layers with reductions', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS, ATTR_VLM_REDUCTION_ACHIEVED] },
+  { name: SpanName.PrefillLayer, service: 'vlm-language', what: 'one decoder layer during prefill', attributes: [ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT] },
+  { name: SpanName.Decode, service: 'vlm-language', what: `every decode step; one \`${EVENT_TOKEN}\` event per token`, attributes: [ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS, ATTR_VLM_FINISH_REASON] },
+];
