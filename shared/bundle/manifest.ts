@@ -1,0 +1,115 @@
+/**
+ * manifest.json of a bundle, format version 1 (docs/bundle-format.md). These types are what the
+ * loader hands out after validation; field names follow the JSON exactly.
+ */
+export const SUPPORTED_FORMAT_VERSION = 1;
+
+export type IoDType = 'float32' | 'float16';
+export type TensorDType = 'float32' | 'float16' | 'int64';
+/** A dimension: a fixed size or a symbol (B, T, P, PT = P+T, N). */
+export type Dim = number | string;
+
+export interface TensorDecl {
+  readonly name: string;
+  readonly dtype: TensorDType;
+  readonly shape: readonly Dim[];
+}
+
+export interface GraphDecl {
+  readonly path: string;
+  readonly inputs: readonly TensorDecl[];
+  readonly outputs: readonly TensorDecl[];
+}
+
+export interface FileEntry {
+  readonly path: string;
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+export interface VisionArch {
+  readonly image_size: number;
+  readonly patch_size: number;
+  readonly grid: number;
+  readonly num_patches: number;
+  readonly hidden_size: number;
+  readonly num_heads: number;
+  readonly head_dim: number;
+  readonly intermediate_size: number;
+  readonly num_layers: number;
+  readonly trained_layers: number;
+  readonly class_token: boolean;
+  readonly layer_norm_eps: number;
+  readonly activation: 'gelu' | 'quick_gelu';
+}
+
+export interface ProjectorArch {
+  readonly type: 'mlp2x_gelu';
+  readonly input_size: number;
+  readonly output_size: number;
+}
+
+export interface LanguageArch {
+  readonly hidden_size: number;
+  readonly num_layers: number;
+  readonly num_heads: number;
+  readonly num_kv_heads: number;
+  readonly head_dim: number;
+  readonly intermediate_size: number;
+  readonly rope_theta: number;
+  readonly rms_norm_eps: number;
+  readonly vocab_size: number;
+  readonly max_positions: number;
+}
+
+export type ResizeMode = 'squash' | 'shortest_edge_center_crop' | 'pad_to_square';
+export type Resample = 'bicubic' | 'bilinear' | 'nearest';
+export type Rgb = readonly [number, number, number];
+
+export interface PreprocessSpec {
+  readonly size: number;
+  readonly resize: ResizeMode;
+  readonly resample: Resample;
+  readonly pad_color: Rgb;
+  readonly alpha_background: Rgb;
+  readonly rescale: number;
+  readonly mean: readonly [number, number, number];
+  readonly std: readonly [number, number, number];
+}
+
+export interface PromptSpec {
+  readonly template: string;
+  readonly image_token: string;
+  readonly add_bos: boolean;
+}
+
+export interface TokenSpec {
+  readonly bos_id: number;
+  readonly eos_id: number;
+  readonly pad_id: number;
+  readonly stop_ids: readonly number[];
+}
+
+export interface Manifest {
+  readonly format: 'vlm-bundle';
+  readonly format_version: number;
+  readonly model_id: string;
+  readonly content_hash: string;
+  readonly io_dtype: IoDType;
+  readonly vision: VisionArch;
+  readonly projector: ProjectorArch;
+  readonly language: LanguageArch;
+  readonly preprocess: PreprocessSpec;
+  readonly prompt: PromptSpec;
+  readonly tokens: TokenSpec;
+  readonly generation: { readonly max_new_tokens: number };
+  readonly reduction: Readonly<Record<string, unknown>>;
+  readonly graphs: Readonly<Record<string, GraphDecl>>;
+  readonly files: readonly FileEntry[];
+  readonly source?: unknown;
+}
+
+/** Stage names as the manifest keys them: `vision/layer_03.attn`, `language/head`. */
+export function layerStage(side: 'vision' | 'language', layer: number, half: 'attn' | 'scores' | 'mlp'): string {
+  return `${side}/layer_${String(layer).padStart(2, '0')}.${half}`;
+}

@@ -1,0 +1,258 @@
+/**
+ * Configuration: command-line flags and VLM_* environment variables, parsed once into a frozen Config
+ * with one section per concern. A flag wins over its variable, the variable over the default.
+ *
+ * To add an option: a field in its section's interface, a flag in CONFIG_FLAGS, one line in that
+ * section's reader. Constructors take the section they need (`config.runtime`), not the whole object.
+ */
+import { availableParallelism } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { VlmError } from './errors';
+import type { LogLevel } from './log';
+
+export type ProviderSpec =
+  | { readonly kind: 'cpu' }
+  | { readonly kind: 'cuda'; readonly deviceId: number }
+  | { readonly kind: 'webgpu' };
+
+export type GraphOptimization = 'disabled' | 'basic' | 'extended' | 'all';
+
+export interface ModelConfig {
+  /** Bundle folder (absolute). */
+  readonly dir: string;
+  /** Recompute every file's sha256 at load (slow for 7B bundles; sizes are always checked). */
+  readonly verifyHashes: boolean;
+  /** Open every ONNX session at load instead of on first use. */
+  readonly eagerSessions: boolean;
+}
+
+export interface RuntimeConfig {
+  /** Tried in order; the first that opens a session wins and the fallback is logged. */
+  readonly providers: readonly ProviderSpec[];
+  /** ONNX Runtime intra-op threads per session; 0 = cores / workers. */
+  readonly intraOpThreads: number;
+  readonly interOpThreads: number;
+  readonly graphOptimization: GraphOptimization;
+  /** Worker threads of an InferencePool, each with its own copy of the model. */
+  readonly workers: number;
+}
+
+export interface LimitsConfig {
+  readonly maxImageBytes: number;
+  /** width x height x pages, checked from the header before decoding. */
+  readonly maxImagePixels: number;
+  readonly maxPromptChars: number;
+  /** Requests waiting for a worker beyond the ones running; more is RESOURCE_EXHAUSTED. */
+  readonly queueSize: number;
+  readonly deadlineMs: number;
+  /** Upper bound on a request's max_new_tokens. */
+  readonly maxNewTokens: number;
+}
+
+export interface ServicesConfig {
+  readonly host: string;
+  readonly visionPort: number;
+  readonly languagePort: number;
+}
+
+export interface TelemetryConfig {
+  /** Prometheus scrape port; 0 = off. */
+  readonly metricsPort: number;
+}
+
+export interface Config {
+  readonly model: ModelConfig;
+  readonly runtime: RuntimeConfig;
+  readonly limits: LimitsConfig;
+  readonly services: ServicesConfig;
+  readonly telemetry: TelemetryConfig;
+  readonly logLevel: LogLevel;
+}
+
+/** Flags every `vlm` subcommand accepts (util.parseArgs format); subcommands add their own. */
+export const CONFIG_FLAGS = {
+  model: { type: 'string' },
+  'verify-hashes': { type: 'boolean' },
+  'eager-sessions': { type: 'boolean' },
+  provider: { type: 'string' },
+  device: { type: 'string' },
+  'intra-op-threads': { type: 'string' },
+  'inter-op-threads': { type: 'string' },
+  'graph-optimization': { type: 'string' },
+  workers: { type: 'string' },
+  'max-image-bytes': { type: 'string' },
+  'max-image-pixels': { type: 'string' },
+  'max-prompt-chars': { type: 'string' },
+  'queue-size': { type: 'string' },
+  'deadline-ms': { type: 'string' },
+  'max-new-tokens-limit': { type: 'string' },
+  host: { type: 'string' },
+  'vision-port': { type: 'string' },
+  'language-port': { type: 'string' },
+  'metrics-port': { type: 'string' },
+  'log-level': { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];
+
+type Values = Readonly<Record<string, string | boolean | undefined>>;
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** The folder holding this package's package.json, found from this file (works from src and dist). */
+export function packageRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    const pkg = path.join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'vlm-token-reduction') return dir;
+    const up = path.dirname(dir);
+    if (up === dir) throw new VlmError('INTERNAL', `package root not found above ${__dirname}`);
+    dir = up;
+  }
+}
+
+export const DEFAULT_MODEL = 'models/tiny-llava-shapes';
+
+/** Builds the Config from parsed flag values and the environment. */
+export function configFrom(values: Values, env: Env = process.env): Config {
+  const r = new Reader(values, env);
+  const cores = availableParallelism();
+  const workers = r.int('workers', 'VLM_WORKERS', 1, 1);
+  const config: Config = {
+    model: {
+      dir: path.resolve(r.str('model', 'VLM_MODEL_DIR', path.join(packageRoot(), DEFAULT_MODEL))),
+      verifyHashes: r.bool('verify-hashes', 'VLM_VERIFY_HASHES', false),
+      eagerSessions: r.bool('eager-sessions', 'VLM_EAGER_SESSIONS', false),
+    },
+    runtime: {
+      providers: parseProviders(r.str('provider', 'VLM_PROVIDER', 'cpu'), r.str('device', 'VLM_DEVICE', '')),
+      intraOpThreads: r.int('intra-op-threads', 'VLM_INTRA_OP_THREADS', 0, 0) || Math.max(1, Math.floor(cores / workers)),
+      interOpThreads: r.int('inter-op-threads', 'VLM_INTER_OP_THREADS', 1, 1),
+      graphOptimization: r.oneOf('graph-optimization', 'VLM_GRAPH_OPTIMIZATION', 'all', ['disabled', 'basic', 'extended', 'all'] as const),
+      workers,
+    },
+    limits: {
+      maxImageBytes: r.int('max-image-bytes', 'VLM_MAX_IMAGE_BYTES', 20 * 1024 * 1024, 1),
+      maxImagePixels: r.int('max-image-pixels', 'VLM_MAX_IMAGE_PIXELS', 40_000_000, 1),
+      maxPromptChars: r.int('max-prompt-chars', 'VLM_MAX_PROMPT_CHARS', 4096, 1),
+      queueSize: r.int('queue-size', 'VLM_QUEUE_SIZE', 16, 0),
+      deadlineMs: r.int('deadline-ms', 'VLM_DEADLINE_MS', 60_000, 1),
+      maxNewTokens: r.int('max-new-tokens-limit', 'VLM_MAX_NEW_TOKENS', 256, 1),
+    },
+    services: {
+      host: r.str('host', 'VLM_HOST', '0.0.0.0'),
+      visionPort: r.int('vision-port', 'VLM_VISION_PORT', 50051, 0),
+      languagePort: r.int('language-port', 'VLM_LANGUAGE_PORT', 50052, 0),
+    },
+    telemetry: {
+      metricsPort: r.int('metrics-port', 'VLM_METRICS_PORT', 9464, 0),
+    },
+    logLevel: r.oneOf('log-level', 'VLM_LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent'] as const),
+  };
+  return deepFreeze(config);
+}
+
+/**
+ * Parses a command line: config flags plus the subcommand's own. Unknown flags are INVALID_ARGUMENT
+ * (a typo must not silently fall back to a default).
+ */
+export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options']>>(
+  argv: readonly string[],
+  extra: O,
+  env: Env = process.env,
+): { config: Config; values: Values; positionals: string[] } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new VlmError('INVALID_ARGUMENT', (err as Error).message);
+  }
+  const values = parsed.values as Values;
+  return { config: configFrom(values, env), values, positionals: parsed.positionals };
+}
+
+type DeepPartial<T> = { -readonly [K in keyof T]?: T[K] extends readonly unknown[] ? T[K] : T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+/** Defaults plus the test environment (VLM_INTRA_OP_THREADS=1 under vitest), with overrides per section. */
+export function testConfig(overrides: DeepPartial<Config> = {}): Config {
+  const base = configFrom({}, process.env);
+  const merged: Record<string, unknown> = {};
+  for (const [section, value] of Object.entries(base)) {
+    const o = (overrides as Record<string, unknown>)[section];
+    merged[section] = typeof value === 'object' && value !== null && o !== undefined ? { ...value, ...(o as object) } : (o ?? value);
+  }
+  if (overrides.model?.dir) (merged.model as { dir: string }).dir = path.resolve(overrides.model.dir);
+  return deepFreeze(merged as unknown as Config);
+}
+
+/** `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order. A lone GPU provider gets `cpu` appended. */
+export function parseProviders(spec: string, device = ''): ProviderSpec[] {
+  const out: ProviderSpec[] = [];
+  for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [kind, id] = raw.split(':');
+    if (kind === 'cpu' && id === undefined) out.push({ kind: 'cpu' });
+    else if (kind === 'webgpu' && id === undefined) out.push({ kind: 'webgpu' });
+    else if (kind === 'cuda') {
+      const deviceId = Number(id ?? (device || '0'));
+      if (!Number.isInteger(deviceId) || deviceId < 0) throw VlmError.invalid('provider', `bad CUDA device in "${raw}"; use cuda:<id>`);
+      out.push({ kind: 'cuda', deviceId });
+    } else throw VlmError.invalid('provider', `unknown execution provider "${raw}"; use cpu, cuda:<id> or webgpu (comma-separated for a fallback order)`);
+  }
+  if (out.length === 0) throw VlmError.invalid('provider', 'no execution provider given');
+  if (out.length === 1 && out[0]!.kind !== 'cpu') out.push({ kind: 'cpu' });
+  return out;
+}
+
+export function providerName(p: ProviderSpec): string {
+  return p.kind === 'cuda' ? `cuda:${p.deviceId}` : p.kind;
+}
+
+class Reader {
+  constructor(
+    private readonly values: Values,
+    private readonly env: Env,
+  ) {}
+
+  private raw(flag: string, envName: string): { value: string | boolean; from: string } | undefined {
+    const v = this.values[flag];
+    if (v !== undefined) return { value: v, from: `--${flag}` };
+    const e = this.env[envName];
+    if (e !== undefined && e !== '') return { value: e, from: envName };
+    return undefined;
+  }
+
+  str(flag: string, envName: string, dflt: string): string {
+    const r = this.raw(flag, envName);
+    return r === undefined ? dflt : String(r.value);
+  }
+
+  bool(flag: string, envName: string, dflt: boolean): boolean {
+    const r = this.raw(flag, envName);
+    if (r === undefined) return dflt;
+    if (typeof r.value === 'boolean') return r.value;
+    if (/^(1|true|yes|on)$/i.test(r.value)) return true;
+    if (/^(0|false|no|off)$/i.test(r.value)) return false;
+    throw VlmError.invalid(r.from, `expected a boolean, got "${r.value}"`);
+  }
+
+  int(flag: string, envName: string, dflt: number, min: number): number {
+    const r = this.raw(flag, envName);
+    if (r === undefined) return dflt;
+    const n = Number(r.value);
+    if (!Number.isInteger(n) || n < min) throw VlmError.invalid(r.from, `expected an integer >= ${min}, got "${String(r.value)}"`);
+    return n;
+  }
+
+  oneOf<T extends string>(flag: string, envName: string, dflt: T, allowed: readonly T[]): T {
+    const v = this.str(flag, envName, dflt);
+    if (!(allowed as readonly string[]).includes(v)) throw VlmError.invalid(`--${flag}`, `expected one of ${allowed.join(', ')}, got "${v}"`);
+    return v as T;
+  }
+}
+
+function deepFreeze<T>(o: T): T {
+  if (typeof o === 'object' && o !== null && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}

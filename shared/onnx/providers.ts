@@ -1,0 +1,72 @@
+/**
+ * Opening ONNX Runtime sessions on the configured execution providers. ORT throws when a provider is
+ * unavailable instead of falling back, so the order is walked here: each failure is logged with its
+ * cause, and the first provider that opens a session is pinned for the rest of the bundle (mixing
+ * providers between stages would move every hidden state across devices).
+ */
+import * as ort from 'onnxruntime-node';
+import { VlmError } from '../errors';
+import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
+import type { Logger } from '../log';
+
+export type SessionRuntime = Pick<RuntimeConfig, 'providers' | 'intraOpThreads' | 'interOpThreads' | 'graphOptimization'>;
+
+function executionProvider(p: ProviderSpec): ort.InferenceSession.ExecutionProviderConfig {
+  switch (p.kind) {
+    case 'cpu':
+      return 'cpu';
+    case 'cuda':
+      return { name: 'cuda', deviceId: p.deviceId };
+    case 'webgpu':
+      return 'webgpu';
+  }
+}
+
+export function sessionOptions(runtime: SessionRuntime, provider: ProviderSpec): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [executionProvider(provider)],
+    intraOpNumThreads: runtime.intraOpThreads,
+    interOpNumThreads: runtime.interOpThreads,
+    graphOptimizationLevel: runtime.graphOptimization,
+    executionMode: 'sequential',
+    logSeverityLevel: 3,
+  };
+}
+
+export class ProviderChain {
+  private pinned: ProviderSpec | undefined;
+  private readonly failed = new Map<string, string>();
+
+  constructor(
+    private readonly runtime: SessionRuntime,
+    private readonly log: Logger,
+  ) {}
+
+  /** The provider sessions run on, once the first session has opened. */
+  get active(): string | undefined {
+    return this.pinned && providerName(this.pinned);
+  }
+
+  async open(modelPath: string): Promise<{ session: ort.InferenceSession; provider: string }> {
+    const candidates = this.pinned ? [this.pinned] : this.runtime.providers.filter((p) => !this.failed.has(providerName(p)));
+    for (const p of candidates) {
+      const name = providerName(p);
+      try {
+        const session = await ort.InferenceSession.create(modelPath, sessionOptions(this.runtime, p));
+        if (!this.pinned) {
+          this.pinned = p;
+          const order = this.runtime.providers.map(providerName);
+          if (name !== order[0]) this.log.warn('execution provider fell back', { wanted: order, using: name, failures: Object.fromEntries(this.failed) });
+          else this.log.info('execution provider', { using: name, order });
+        }
+        return { session, provider: name };
+      } catch (err) {
+        if (this.pinned) throw new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${(err as Error).message}`, { cause: err });
+        this.failed.set(name, (err as Error).message);
+        this.log.warn('execution provider unavailable, trying the next', { provider: name, error: (err as Error).message });
+      }
+    }
+    const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
+    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER to one this host has`);
+  }
+}

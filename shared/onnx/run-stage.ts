@@ -1,0 +1,129 @@
+/**
+ * The one way a stage runs. Feeds are checked against the manifest's declared inputs (names, dtype,
+ * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them, and this is
+ * the only place float16 <-> Uint16Array conversion happens: the engine always hands over and gets
+ * back float32, whatever the bundle's io_dtype. Outputs named in `keep` stay ORT tensors in their
+ * session dtype (the KV caches) so they can be fed back without a round trip through float32.
+ */
+import * as ort from 'onnxruntime-node';
+import { VlmError } from '../errors';
+import type { Dim, TensorDecl } from '../bundle/manifest';
+import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
+import { toFloat16, toFloat32 } from '../tensor/fp16';
+import type { Stage } from './stage';
+
+/** A tensor fed as-is: a previously kept output (already in the session's dtype). */
+export type Resident = ort.Tensor;
+export type Feed = HostTensor | Resident;
+
+export interface RunOptions {
+  /** Outputs to fetch (default: all declared). */
+  readonly outputs?: readonly string[];
+  /** Outputs to return as ORT tensors, unconverted. */
+  readonly keep?: readonly string[];
+}
+
+export interface StageOutputs {
+  readonly host: Readonly<Record<string, F32Tensor>>;
+  readonly kept: Readonly<Record<string, Resident>>;
+}
+
+function isResident(f: Feed): f is Resident {
+  return f instanceof ort.Tensor;
+}
+
+/** Declared dtype with `f` resolved: float16 bundles carry hidden states and caches as float16. */
+function wireType(decl: TensorDecl): 'float32' | 'float16' | 'int64' {
+  return decl.dtype;
+}
+
+function describe(feeds: Readonly<Record<string, Feed>>): string {
+  return Object.entries(feeds)
+    .map(([n, f]) => `${n}: ${isResident(f) ? f.type : f.dtype}[${f.dims.join(',')}]`)
+    .join(', ');
+}
+
+function declared(inputs: readonly TensorDecl[]): string {
+  return inputs.map((d) => `${d.name}: ${d.dtype}[${d.shape.join(',')}]`).join(', ');
+}
+
+/** Binds symbolic dims across all inputs; returns a problem description or undefined. */
+function checkFeeds(stage: Stage, feeds: Readonly<Record<string, Feed>>): string | undefined {
+  const names = new Set(Object.keys(feeds));
+  const missing = stage.decl.inputs.filter((d) => !names.has(d.name)).map((d) => d.name);
+  const known = new Set(stage.decl.inputs.map((d) => d.name));
+  const extra = [...names].filter((n) => !known.has(n));
+  if (missing.length || extra.length) return `${missing.length ? `missing ${missing.join(', ')}` : ''}${missing.length && extra.length ? '; ' : ''}${extra.length ? `unexpected ${extra.join(', ')}` : ''}`;
+  const bound = new Map<string, number>();
+  for (const d of stage.decl.inputs) {
+    const f = feeds[d.name]!;
+    const type = isResident(f) ? f.type : f.dtype;
+    const want = wireType(d);
+    // Host float32 is converted below; a resident tensor must already be in the wire dtype.
+    const okType = type === want || (!isResident(f) && type === 'float32' && want === 'float16');
+    if (!okType) return `${d.name} has dtype ${type}, declared ${want}`;
+    if (f.dims.length !== d.shape.length) return `${d.name} has rank ${f.dims.length}, declared ${d.shape.length}`;
+    for (let i = 0; i < d.shape.length; i++) {
+      const s: Dim = d.shape[i]!;
+      const n = f.dims[i]!;
+      if (typeof s === 'number') {
+        if (s !== n) return `${d.name} dim ${i} is ${n}, declared ${s}`;
+      } else {
+        const prev = bound.get(s);
+        if (prev !== undefined && prev !== n) return `${d.name} dim ${i} (${s}) is ${n}, but ${s} is ${prev} in another input`;
+        bound.set(s, n);
+      }
+    }
+  }
+  const P = bound.get('P');
+  const T = bound.get('T');
+  const PT = bound.get('PT');
+  if (P !== undefined && T !== undefined && PT !== undefined && PT !== P + T) return `PT is ${PT}, expected P+T = ${P + T}`;
+  return undefined;
+}
+
+function toOrt(decl: TensorDecl, f: Feed): ort.Tensor {
+  if (isResident(f)) return f;
+  const dims = [...f.dims];
+  if (f.dtype === 'int64') return new ort.Tensor('int64', f.data, dims);
+  if (wireType(decl) === 'float16') return new ort.Tensor('float16', toFloat16(f.data), dims);
+  return new ort.Tensor('float32', f.data, dims);
+}
+
+function toHost(name: string, t: ort.Tensor): F32Tensor {
+  const dims = t.dims.map(Number);
+  if (t.type === 'float32') return f32(dims, t.data as Float32Array);
+  if (t.type === 'float16') return f32(dims, toFloat32(t.data as Uint16Array));
+  throw new VlmError('INTERNAL', `output ${name} has dtype ${t.type}; the engine reads float outputs only`);
+}
+
+export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed>>, options: RunOptions = {}): Promise<StageOutputs> {
+  const problem = checkFeeds(stage, feeds);
+  if (problem) {
+    throw new VlmError('INTERNAL', `stage ${stage.name}: ${problem}. Fed {${describe(feeds)}}; declared {${declared(stage.decl.inputs)}}`);
+  }
+  const ortFeeds: Record<string, ort.Tensor> = {};
+  for (const d of stage.decl.inputs) ortFeeds[d.name] = toOrt(d, feeds[d.name]!);
+  const fetch = options.outputs ?? stage.decl.outputs.map((o) => o.name);
+  let results: ort.InferenceSession.ReturnType;
+  try {
+    results = await stage.session.run(ortFeeds, [...fetch]);
+  } catch (err) {
+    throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${(err as Error).message}. Fed {${describe(feeds)}}`, { cause: err });
+  }
+  const keep = new Set(options.keep ?? []);
+  const host: Record<string, F32Tensor> = {};
+  const kept: Record<string, Resident> = {};
+  for (const name of fetch) {
+    const t = results[name];
+    if (!t) throw new VlmError('INTERNAL', `stage ${stage.name} returned no output ${name}`);
+    if (keep.has(name)) kept[name] = t;
+    else host[name] = toHost(`${stage.name}:${name}`, t);
+  }
+  return { host, kept };
+}
+
+/** Converts a kept tensor to host float32 (for golden comparisons and the CPU fallback of merges). */
+export function residentToHost(name: string, t: Resident): F32Tensor {
+  return toHost(name, t);
+}

@@ -1,0 +1,101 @@
+/**
+ * Row operations on row-major matrices: gather, scatter, and applying a TokenCombination (CSR).
+ * Each allocates its output once and copies every row at most once.
+ */
+import { VlmError } from '../errors';
+import type { Matrix, Span, TokenCombination } from '../methods/types';
+
+export function gatherRows(m: Matrix, rows: ArrayLike<number>): Matrix {
+  const out = new Float32Array(rows.length * m.cols);
+  for (let k = 0; k < rows.length; k++) {
+    const r = rows[k]!;
+    if (r < 0 || r >= m.rows) throw new VlmError('INTERNAL', `gatherRows: row ${r} outside [0, ${m.rows})`);
+    out.set(m.data.subarray(r * m.cols, (r + 1) * m.cols), k * m.cols);
+  }
+  return { rows: rows.length, cols: m.cols, data: out };
+}
+
+/** Writes src's rows into dst at the given row indices (in place). */
+export function scatterRows(dst: Matrix, rows: ArrayLike<number>, src: Matrix): void {
+  if (src.cols !== dst.cols || src.rows !== rows.length) {
+    throw new VlmError('INTERNAL', `scatterRows: ${src.rows}x${src.cols} into ${rows.length} rows of width ${dst.cols}`);
+  }
+  for (let k = 0; k < rows.length; k++) {
+    const r = rows[k]!;
+    if (r < 0 || r >= dst.rows) throw new VlmError('INTERNAL', `scatterRows: row ${r} outside [0, ${dst.rows})`);
+    dst.data.set(src.data.subarray(k * src.cols, (k + 1) * src.cols), r * dst.cols);
+  }
+}
+
+/** Checks a combination against its input row count; a method bug becomes an INTERNAL error naming the method. */
+export function checkCombination(c: TokenCombination, inputRows: number, who: string): void {
+  const k = c.indptr.length - 1;
+  if (k < 0 || c.indptr[0] !== 0 || c.indptr[k] !== c.src.length || c.src.length !== c.weight.length) {
+    throw new VlmError('INTERNAL', `${who}: malformed TokenCombination (indptr ${c.indptr.length}, src ${c.src.length}, weight ${c.weight.length})`);
+  }
+  for (let i = 0; i < k; i++) {
+    if (c.indptr[i + 1]! < c.indptr[i]!) throw new VlmError('INTERNAL', `${who}: TokenCombination indptr decreases at ${i}`);
+  }
+  for (let j = 0; j < c.src.length; j++) {
+    const s = c.src[j]!;
+    if (s < 0 || s >= inputRows) throw new VlmError('INTERNAL', `${who}: TokenCombination source ${s} outside [0, ${inputRows})`);
+  }
+}
+
+export function outputRows(c: TokenCombination): number {
+  return c.indptr.length - 1;
+}
+
+/** out[k] = sum_j weight[j] * in[src[j]] over row k's entries. A single weight-1 source is a copy. */
+export function combineRows(m: Matrix, c: TokenCombination): Matrix {
+  const k = outputRows(c);
+  const D = m.cols;
+  const out = new Float32Array(k * D);
+  for (let r = 0; r < k; r++) combineRowInto(m, c, r, out, r * D);
+  return { rows: k, cols: D, data: out };
+}
+
+/**
+ * Replaces rows [span.start, span.start+span.length) of m by the combination of those rows; rows
+ * outside the span are kept. Source indices of the combination are relative to the span.
+ */
+export function combineSpan(m: Matrix, span: Span, c: TokenCombination): Matrix {
+  const D = m.cols;
+  const end = span.start + span.length;
+  if (span.start < 0 || end > m.rows) throw new VlmError('INTERNAL', `combineSpan: span [${span.start}, ${end}) outside ${m.rows} rows`);
+  const k = outputRows(c);
+  const rows = m.rows - span.length + k;
+  const out = new Float32Array(rows * D);
+  out.set(m.data.subarray(0, span.start * D), 0);
+  const spanView: Matrix = { rows: span.length, cols: D, data: m.data.subarray(span.start * D, end * D) };
+  for (let r = 0; r < k; r++) combineRowInto(spanView, c, r, out, (span.start + r) * D);
+  out.set(m.data.subarray(end * D), (span.start + k) * D);
+  return { rows, cols: D, data: out };
+}
+
+function combineRowInto(m: Matrix, c: TokenCombination, r: number, out: Float32Array, at: number): void {
+  const D = m.cols;
+  const a = c.indptr[r]!;
+  const b = c.indptr[r + 1]!;
+  if (b - a === 1 && c.weight[a] === 1) {
+    const s = c.src[a]!;
+    out.set(m.data.subarray(s * D, (s + 1) * D), at);
+    return;
+  }
+  for (let j = a; j < b; j++) {
+    const w = c.weight[j]!;
+    const base = c.src[j]! * D;
+    for (let d = 0; d < D; d++) out[at + d]! += w * m.data[base + d]!;
+  }
+}
+
+/** Maps per-row integers (e.g. positions, origins) through a combination: each output row takes its first source's value. */
+export function firstSourceValues<T extends Int32Array | Float64Array>(values: T, c: TokenCombination, make: (n: number) => T): T {
+  const k = outputRows(c);
+  const out = make(k);
+  for (let r = 0; r < k; r++) {
+    const a = c.indptr[r]!;
+    out[r] = c.indptr[r + 1]! > a ? values[c.src[a]!]! : -1;
+  }
+  return out;
+}
