@@ -1,0 +1,177 @@
+import { ATTR_VLM_REDUCTION_BUDGET, ATTR_VLM_REDUCTION_METHOD, SpanName } from '../names';
+import type { SpanRecord } from './span-record';
+import { summarise, type Summary } from './stats';
+import { buildTraces, type TimedSpan, type TraceTree } from './trace-tree';
+
+/**
+ * Where the time of a request goes, from its traces. All durations are milliseconds.
+ * - A stage is a span name within a service (`vlm-vision vlm.vision.layer`).
+ * - `latency` summarises single spans; `perTrace` the stage's total per trace (24 layers add up).
+ * - `share` is the stage's total time over the total end-to-end time of all traces (so long requests
+ *   weigh more); `selfShare` the same for its self time (its duration minus its children's), which adds
+ *   up to about 1 over all stages when nothing runs concurrently.
+ * - Transfer: `stream` is the time from the vision service starting to write the tensor
+ *   (`vlm.stream.send` start) until the language service holds all of it (`vlm.stream.receive` end);
+ *   `rpc` is, per client span, its duration minus its server span's: connection, queueing and
+ *   serialisation outside the callee.
+ * - Groups compare reduction methods and budgets by the attributes of each trace's request span.
+ */
+export interface StageReport {
+  key: string;
+  name: string;
+  service: string;
+  spans: number;
+  traces: number;
+  latency: Summary;
+  perTrace: Summary;
+  share: number;
+  selfShare: number;
+  /** Mean start offset from the trace start: the stages' pipeline order. */
+  meanOffset: number;
+}
+
+export interface GroupReport {
+  method: string;
+  budget: string;
+  traces: number;
+  endToEnd: Summary;
+  /** Mean total and mean self time per trace, by stage key. */
+  stageMean: Record<string, number>;
+  stageSelfMean: Record<string, number>;
+}
+
+export interface TraceSummary {
+  traceId: string;
+  durationMs: number;
+  spans: number;
+  services: string[];
+  method: string;
+  budget: string;
+}
+
+export interface TraceReport {
+  spans: number;
+  traces: TraceSummary[];
+  endToEnd: Summary;
+  stages: StageReport[];
+  transfer: { stream: Summary; rpc: { name: string; overhead: Summary }[] };
+  groups: GroupReport[];
+  slowestTraceId: string;
+}
+
+export function stageKey(span: SpanRecord): string {
+  return `${span.service} ${span.name}`;
+}
+
+export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceReport; trees: TraceTree[] } {
+  const trees = buildTraces(spans).sort((a, b) => a.root.start - b.root.start || (a.traceId < b.traceId ? -1 : 1));
+  const totalE2e = trees.reduce((sum, t) => sum + t.root.duration, 0);
+
+  const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; offsets: number[] }>();
+  for (const tree of trees) {
+    const rootStart = tree.root.start;
+    for (const node of tree.ordered) {
+      const key = stageKey(node.span);
+      let acc = stageAcc.get(key);
+      if (!acc) {
+        acc = { name: node.span.name, service: node.span.service, durations: [], perTrace: new Map(), self: 0, offsets: [] };
+        stageAcc.set(key, acc);
+      }
+      acc.durations.push(node.duration);
+      acc.perTrace.set(tree.traceId, (acc.perTrace.get(tree.traceId) ?? 0) + node.duration);
+      acc.self += node.self;
+      acc.offsets.push(node.start - rootStart);
+    }
+  }
+  const stages: StageReport[] = [...stageAcc.entries()].map(([key, a]) => {
+    const total = a.durations.reduce((x, y) => x + y, 0);
+    return {
+      key,
+      name: a.name,
+      service: a.service,
+      spans: a.durations.length,
+      traces: a.perTrace.size,
+      latency: summarise(a.durations),
+      perTrace: summarise([...a.perTrace.values()]),
+      share: totalE2e > 0 ? total / totalE2e : 0,
+      selfShare: totalE2e > 0 ? a.self / totalE2e : 0,
+      meanOffset: a.offsets.reduce((x, y) => x + y, 0) / a.offsets.length,
+    };
+  });
+  stages.sort((a, b) => a.meanOffset - b.meanOffset || b.perTrace.mean - a.perTrace.mean || (a.key < b.key ? -1 : 1));
+
+  const streamMs: number[] = [];
+  const rpc = new Map<string, number[]>();
+  for (const tree of trees) {
+    const send = tree.ordered.find((n) => n.span.name === SpanName.StreamSend);
+    const receive = tree.ordered.find((n) => n.span.name === SpanName.StreamReceive);
+    if (send && receive) streamMs.push(receive.end - send.start);
+    for (const node of tree.ordered) {
+      if (node.span.kind !== 'CLIENT') continue;
+      const server = node.children.find((c) => c.span.kind === 'SERVER');
+      if (!server) continue;
+      const list = rpc.get(node.span.name) ?? [];
+      list.push(node.duration - server.duration);
+      rpc.set(node.span.name, list);
+    }
+  }
+
+  const traceSummaries = trees.map((t): TraceSummary => {
+    const { method, budget } = policyOf(t);
+    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget };
+  });
+
+  const groupAcc = new Map<string, { method: string; budget: string; trees: TraceTree[] }>();
+  for (const [i, tree] of trees.entries()) {
+    const { method, budget } = traceSummaries[i]!;
+    const key = `${method}\u0000${budget}`;
+    const g = groupAcc.get(key) ?? { method, budget, trees: [] };
+    g.trees.push(tree);
+    groupAcc.set(key, g);
+  }
+  const groups = [...groupAcc.values()]
+    .map((g): GroupReport => {
+      const stageMean: Record<string, number> = {};
+      const stageSelfMean: Record<string, number> = {};
+      for (const tree of g.trees) {
+        for (const node of tree.ordered) {
+          const key = stageKey(node.span);
+          stageMean[key] = (stageMean[key] ?? 0) + node.duration / g.trees.length;
+          stageSelfMean[key] = (stageSelfMean[key] ?? 0) + node.self / g.trees.length;
+        }
+      }
+      return { method: g.method, budget: g.budget, traces: g.trees.length, endToEnd: summarise(g.trees.map((t) => t.root.duration)), stageMean, stageSelfMean };
+    })
+    .sort((a, b) => (a.method < b.method ? -1 : a.method > b.method ? 1 : budgetOrder(a.budget) - budgetOrder(b.budget)));
+
+  const slowest = trees.reduce<TraceTree | undefined>((best, t) => (!best || t.root.duration > best.root.duration ? t : best), undefined);
+  return {
+    trees,
+    report: {
+      spans: spans.length,
+      traces: traceSummaries,
+      endToEnd: summarise(trees.map((t) => t.root.duration)),
+      stages,
+      transfer: { stream: summarise(streamMs), rpc: [...rpc.entries()].map(([name, v]) => ({ name, overhead: summarise(v) })) },
+      groups,
+      slowestTraceId: slowest?.traceId ?? '',
+    },
+  };
+}
+
+/** The policy of a trace: from the root if it carries one, else from the first request span that does. */
+function policyOf(tree: TraceTree): { method: string; budget: string } {
+  const carries = (n: TimedSpan) => n.span.attributes[ATTR_VLM_REDUCTION_METHOD] !== undefined;
+  const node = carries(tree.root)
+    ? tree.root
+    : tree.ordered.find((n) => n.span.name === SpanName.Request && carries(n)) ?? tree.ordered.find(carries);
+  const attrs = node?.span.attributes ?? {};
+  const method = attrs[ATTR_VLM_REDUCTION_METHOD];
+  const budget = attrs[ATTR_VLM_REDUCTION_BUDGET];
+  return { method: method === undefined ? 'unknown' : String(method), budget: budget === undefined ? 'full' : String(budget) };
+}
+
+function budgetOrder(b: string): number {
+  const n = Number(b);
+  return Number.isFinite(n) ? n : Number.MAX_SAFE_INTEGER;
+}

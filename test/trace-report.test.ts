@@ -1,0 +1,154 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { analyseTraces, parseTraceText, quantile, type TraceReport } from '../shared/telemetry/analysis';
+
+/**
+ * The fixture (test/fixtures/traces/make-fixtures.mjs) holds five hand-timed requests, ms:
+ *
+ *   trace  method     budget  P  M   J  S   F   D   V=P+M+J+S  e2e=V+5+F+D  transfer=S+2
+ *   0      ficoco-vl  64      4  20  2  2   10  50  28         93           4
+ *   1      ficoco-vl  64      4  22  2  4   12  40  32         89           6
+ *   2      ficoco-vl  64      6  18  2  2   10  60  28         103          4
+ *   3      none       576     4  30  4  8   40  50  46         141          10
+ *   4      none       576     4  32  4  10  44  60  50         159          12
+ *
+ * Percentiles interpolate linearly between ranks: with n=5 sorted values x0..x4, p at h=4p.
+ */
+const fixture = (name: string) => readFileSync(join(__dirname, 'fixtures', 'traces', name), 'utf8');
+const stage = (r: TraceReport, key: string) => {
+  const s = r.stages.find((x) => x.key === key);
+  if (!s) throw new Error(`no stage ${key} in ${r.stages.map((x) => x.key).join(', ')}`);
+  return s;
+};
+
+describe('quantile', () => {
+  it('interpolates between closest ranks', () => {
+    // h = 3 * 0.5 = 1.5 -> 2 + 0.5 * (3 - 2)
+    expect(quantile([1, 2, 3, 10], 0.5)).toBe(2.5);
+    // h = 3 * 0.95 = 2.85 -> 3 + 0.85 * 7
+    expect(quantile([1, 2, 3, 10], 0.95)).toBeCloseTo(8.95, 10);
+    expect(quantile([7], 0.99)).toBe(7);
+  });
+});
+
+describe('vlm trace report on the hand-made fixture', () => {
+  const { format, spans } = parseTraceText(fixture('pipeline.jsonl'));
+  const { report } = analyseTraces(spans);
+
+  it('reads span lines and finds five traces of twelve spans', () => {
+    expect(format).toBe('span-lines');
+    expect(report.traces).toHaveLength(5);
+    expect(report.traces.every((t) => t.spans === 12)).toBe(true);
+    expect(report.traces.map((t) => t.services)).toEqual(Array(5).fill(['vlm-language', 'vlm-vision']));
+  });
+
+  it('measures end to end from the root span', () => {
+    // sorted e2e [89, 93, 103, 141, 159]: p50 = x2 = 103; p95: h=3.8 -> 141 + 0.8*18 = 155.4;
+    // p99: h=3.96 -> 141 + 0.96*18 = 158.28
+    expect(report.endToEnd.p50).toBeCloseTo(103, 9);
+    expect(report.endToEnd.p95).toBeCloseTo(155.4, 9);
+    expect(report.endToEnd.p99).toBeCloseTo(158.28, 9);
+    expect(report.endToEnd.mean).toBeCloseTo(585 / 5, 9);
+    expect(report.slowestTraceId).toBe('000000000000000000000000abc00004');
+  });
+
+  it('gives per-stage percentiles of single spans', () => {
+    // decode D sorted [40, 50, 50, 60, 60]: p50 50; p95 h=3.8 -> 60 + 0.8*0 = 60
+    const decode = stage(report, 'vlm-language vlm.decode');
+    expect([decode.latency.p50, decode.latency.p95, decode.latency.p99]).toEqual([50, 60, 60]);
+    // prefill F sorted [10, 10, 12, 40, 44]: p50 12; p95 40 + 0.8*4 = 43.2; p99 40 + 0.96*4 = 43.84
+    const prefill = stage(report, 'vlm-language vlm.prefill');
+    expect(prefill.latency.p50).toBeCloseTo(12, 9);
+    expect(prefill.latency.p95).toBeCloseTo(43.2, 9);
+    expect(prefill.latency.p99).toBeCloseTo(43.84, 9);
+    // vision embed M sorted [18, 20, 22, 30, 32]: p50 22; p95 30 + 0.8*2 = 31.6
+    expect(stage(report, 'vlm-vision vlm.vision.embed').latency.p95).toBeCloseTo(31.6, 9);
+  });
+
+  it('summarises repeated spans singly and per trace', () => {
+    // two layers of M/2 per trace: sorted [9,9,10,10,11,11,15,15,16,16]; p50 h=4.5 -> 11; p95 h=8.55 -> 16
+    const layer = stage(report, 'vlm-vision vlm.vision.layer');
+    expect(layer.spans).toBe(10);
+    expect(layer.traces).toBe(5);
+    expect(layer.latency.p50).toBeCloseTo(11, 9);
+    expect(layer.latency.p95).toBeCloseTo(16, 9);
+    // per trace they add up to M: mean (20+22+18+30+32)/5 = 24.4
+    expect(layer.perTrace.mean).toBeCloseTo(24.4, 9);
+  });
+
+  it('gives each stage its share of end-to-end time, and its self share', () => {
+    // total e2e 585 ms; decode total 260 ms -> 0.4444; prefill 116 -> 0.1983
+    expect(stage(report, 'vlm-language vlm.decode').share).toBeCloseTo(260 / 585, 9);
+    expect(stage(report, 'vlm-language vlm.prefill').share).toBeCloseTo(116 / 585, 9);
+    // the embed span is covered by its layers: no self time; the root keeps [0,1) and its last 1 ms
+    expect(stage(report, 'vlm-vision vlm.vision.embed').selfShare).toBe(0);
+    expect(stage(report, 'vlm-language vlm.request').selfShare).toBeCloseTo(10 / 585, 9);
+    // the client span is 3 ms longer than the server span it contains (C - V = 3)
+    expect(stage(report, 'vlm-language vlm.v1.VisionService/Encode').selfShare).toBeCloseTo(15 / 585, 9);
+  });
+
+  it('orders stages along the pipeline', () => {
+    const order = report.stages.map((s) => s.name);
+    expect(order.indexOf('vlm.preprocess')).toBeLessThan(order.indexOf('vlm.vision.embed'));
+    expect(order.indexOf('vlm.vision.embed')).toBeLessThan(order.indexOf('vlm.project'));
+    expect(order.indexOf('vlm.project')).toBeLessThan(order.indexOf('vlm.prefill'));
+    expect(order.indexOf('vlm.prefill')).toBeLessThan(order.indexOf('vlm.decode'));
+  });
+
+  it('measures the transfer between the services', () => {
+    // receive end - send start = S + 2: sorted [4, 4, 6, 10, 12]; p50 6; p95 10 + 0.8*2 = 11.6; p99 11.92
+    const t = report.transfer.stream;
+    expect(t.count).toBe(5);
+    expect(t.p50).toBeCloseTo(6, 9);
+    expect(t.p95).toBeCloseTo(11.6, 9);
+    expect(t.p99).toBeCloseTo(11.92, 9);
+    // client span (V+3) minus server span (V): 3 ms in every trace
+    expect(report.transfer.rpc).toHaveLength(1);
+    expect(report.transfer.rpc[0]!.name).toBe('vlm.v1.VisionService/Encode');
+    expect(report.transfer.rpc[0]!.overhead.p50).toBeCloseTo(3, 9);
+  });
+
+  it('compares methods and budgets', () => {
+    expect(report.groups.map((g) => [g.method, g.budget, g.traces])).toEqual([
+      ['ficoco-vl', '64', 3],
+      ['none', '576', 2],
+    ]);
+    const [ficoco, none] = report.groups;
+    // ficoco-vl e2e sorted [89, 93, 103]: p50 93; p95 h=1.9 -> 93 + 0.9*10 = 102
+    expect(ficoco!.endToEnd.p50).toBeCloseTo(93, 9);
+    expect(ficoco!.endToEnd.p95).toBeCloseTo(102, 9);
+    // none e2e [141, 159]: p50 h=0.5 -> 150
+    expect(none!.endToEnd.p50).toBeCloseTo(150, 9);
+    // mean prefill per trace: (10+12+10)/3 and (40+44)/2
+    expect(ficoco!.stageMean['vlm-language vlm.prefill']).toBeCloseTo(32 / 3, 9);
+    expect(none!.stageMean['vlm-language vlm.prefill']).toBeCloseTo(42, 9);
+  });
+});
+
+describe('other trace sources', () => {
+  const ours = analyseTraces(parseTraceText(fixture('pipeline.jsonl')).spans).report;
+
+  it.each([
+    ['pipeline.jaeger.json', 'jaeger'],
+    ['pipeline.tempo.json', 'otlp-json'],
+  ])('%s is detected as %s and gives the same report', (file, expected) => {
+    const { format, spans } = parseTraceText(fixture(file));
+    expect(format).toBe(expected);
+    const theirs = analyseTraces(spans).report;
+    expect(theirs.traces.map((t) => [t.traceId, t.durationMs, t.method, t.budget])).toEqual(ours.traces.map((t) => [t.traceId, t.durationMs, t.method, t.budget]));
+    expect(theirs.stages.map((s) => [s.key, s.spans, s.latency.p95])).toEqual(ours.stages.map((s) => [s.key, s.spans, s.latency.p95]));
+    expect(theirs.transfer).toEqual(ours.transfer);
+    const decode = spans.find((s) => s.name === 'vlm.decode')!;
+    expect(decode.events.map((e) => e.name)).toEqual(Array(5).fill('vlm.token'));
+    expect(decode.kind).toBe('INTERNAL');
+    expect(spans.find((s) => s.kind === 'CLIENT')?.name).toBe('vlm.v1.VisionService/Encode');
+  });
+
+  it('names what it cannot read', () => {
+    expect(() => parseTraceText('{"hello": 1}')).toThrow(/unrecognised trace JSON/);
+    const line = fixture('pipeline.jsonl').split('\n')[0]!;
+    expect(() => parseTraceText(`${line}\nnot json`)).toThrow(/line 2 is not JSON/);
+    expect(() => parseTraceText(`${line}\n{"traceId":"x"}`)).toThrow(/line 2 is neither a span record/);
+  });
+});
