@@ -1,0 +1,1 @@
+"""Bundle writer, stage graph builders, tokenizer builder and torch reference (see README.md)."""
