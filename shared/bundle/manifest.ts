@@ -19,6 +19,8 @@ export interface GraphDecl {
   readonly path: string;
   readonly inputs: readonly TensorDecl[];
   readonly outputs: readonly TensorDecl[];
+  /** Bundle-relative external-data files the graph reads (a layer's attn and scores share one). */
+  readonly external_data?: readonly string[];
 }
 
 export interface FileEntry {

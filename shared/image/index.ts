@@ -1,0 +1,1 @@
+export { preprocessImage, checkImage, normalize, SUPPORTED_FORMATS, type PreprocessedImage, type ImageLimits } from './preprocess';

@@ -1,0 +1,1 @@
+export { loadTokenizer, assemblePrompt, DeltaDecoder, type TextTokenizer, type AssembledPrompt, type PromptLimits } from './tokenizer';

@@ -1,0 +1,97 @@
+/**
+ * The bundle's tokenizer.json through @huggingface/tokenizers (an ES module package that ships a
+ * CommonJS build, so require() works), and prompt assembly exactly as docs/bundle-format.md says:
+ * the template is split at the image token; `{question}` is replaced in the suffix; each part is
+ * encoded without special tokens; BOS is prepended when the manifest says so.
+ */
+import { readFile } from 'node:fs/promises';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { VlmError } from '../errors';
+import type { PromptSpec, TokenSpec } from '../bundle/manifest';
+
+export interface TextTokenizer {
+  /** Token ids of `text`, no special tokens added. */
+  encode(text: string): number[];
+  /** Text of `ids`, special tokens skipped. */
+  decode(ids: readonly number[]): string;
+}
+
+export async function loadTokenizer(file: string): Promise<TextTokenizer> {
+  let json: object;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8')) as object;
+  } catch (err) {
+    throw new VlmError('FAILED_PRECONDITION', `cannot read tokenizer ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(json, {});
+  } catch (err) {
+    throw new VlmError('FAILED_PRECONDITION', `tokenizer ${file} is not loadable by @huggingface/tokenizers: ${(err as Error).message}`, { cause: err });
+  }
+  return {
+    encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
+    decode: (ids) => tok.decode([...ids], { skip_special_tokens: true, clean_up_tokenization_spaces: false }),
+  };
+}
+
+export interface AssembledPrompt {
+  /** `[bos]` (if add_bos) + encode(prefix). */
+  readonly prefix: readonly number[];
+  /** encode(suffix with the question). */
+  readonly suffix: readonly number[];
+  /** Index of the first image row in the full sequence = prefix.length. */
+  readonly imageStart: number;
+}
+
+export interface PromptLimits {
+  readonly maxPromptChars: number;
+}
+
+export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: TokenSpec, question: string, limits: PromptLimits): AssembledPrompt {
+  if (question.trim().length === 0) throw VlmError.invalid('prompt', 'is empty; ask a question about the image');
+  if (question.length > limits.maxPromptChars) {
+    throw VlmError.invalid('prompt', `is ${question.length} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
+  }
+  if (question.includes(prompt.image_token)) {
+    throw VlmError.invalid('prompt', `must not contain the image placeholder "${prompt.image_token}"; the image is passed separately`);
+  }
+  const at = prompt.template.indexOf(prompt.image_token);
+  const prefixText = prompt.template.slice(0, at);
+  const suffixText = prompt.template.slice(at + prompt.image_token.length).replace('{question}', () => question);
+  const prefix = [...(prompt.add_bos ? [tokens.bos_id] : []), ...tok.encode(prefixText)];
+  return { prefix, suffix: tok.encode(suffixText), imageStart: prefix.length };
+}
+
+/**
+ * Turns a growing list of generated ids into text deltas. Decoding the whole list each time keeps
+ * multi-token characters and word-joining decoders right; a trailing U+FFFD (an incomplete UTF-8
+ * sequence of byte-level BPE) is held back until the next token completes it.
+ */
+export class DeltaDecoder {
+  private ids: number[] = [];
+  private emitted = '';
+
+  constructor(private readonly tok: TextTokenizer) {}
+
+  push(id: number): string {
+    this.ids.push(id);
+    const text = this.tok.decode(this.ids);
+    if (text.endsWith('\uFFFD') || !text.startsWith(this.emitted)) return '';
+    const delta = text.slice(this.emitted.length);
+    this.emitted = text;
+    return delta;
+  }
+
+  /** The rest, at the end of generation. */
+  flush(): string {
+    const text = this.tok.decode(this.ids);
+    const delta = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
+    this.emitted = text;
+    return delta;
+  }
+
+  get text(): string {
+    return this.tok.decode(this.ids);
+  }
+}

@@ -1,0 +1,184 @@
+import sharp from 'sharp';
+import { describe, expect, it } from 'vitest';
+import { preprocessImage } from '../shared/image';
+import type { PreprocessSpec } from '../shared/bundle/manifest';
+import { VlmError } from '../shared/errors';
+
+// mean 0, std 1, rescale 1/255: pixel_values are the 8-bit RGB values / 255, so colours can be read back.
+const spec = (over: Partial<PreprocessSpec> = {}): PreprocessSpec => ({
+  size: 8,
+  resize: 'squash',
+  resample: 'nearest',
+  pad_color: [0, 0, 0],
+  alpha_background: [255, 0, 0],
+  rescale: 1 / 255,
+  mean: [0, 0, 0],
+  std: [1, 1, 1],
+  ...over,
+});
+const limits = { maxImageBytes: 1 << 20, maxImagePixels: 1 << 20 };
+
+/** RGB (0-255) of pixel (x, y) of a [1,3,S,S] tensor. */
+function rgbAt(t: { dims: readonly number[]; data: Float32Array }, x: number, y: number): number[] {
+  const S = t.dims[3]!;
+  return [0, 1, 2].map((c) => Math.round(t.data[c * S * S + y * S + x]! * 255));
+}
+
+function solid(width: number, height: number, rgb: [number, number, number], channels: 3 | 4 = 3, alpha = 1) {
+  return sharp({ create: { width, height, channels, background: { r: rgb[0], g: rgb[1], b: rgb[2], alpha } } });
+}
+
+/** Raw RGB rows of `colors`, one colour per band of `bandHeight` rows, `width` wide. */
+function bands(width: number, bandHeight: number, colors: [number, number, number][]): Buffer {
+  const buf = Buffer.alloc(width * bandHeight * colors.length * 3);
+  colors.forEach((c, b) => {
+    for (let i = 0; i < width * bandHeight; i++) buf.set(c, (b * width * bandHeight + i) * 3);
+  });
+  return buf;
+}
+
+async function expectInvalid(p: Promise<unknown>, text: RegExp) {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(VlmError);
+  expect((err as VlmError).code).toBe('INVALID_ARGUMENT');
+  expect((err as VlmError).message).toMatch(text);
+}
+
+describe('image preprocessing turns every supported input kind into [1,3,S,S] float32', () => {
+  it('normalises an RGB PNG with rescale, mean and std in channel order', async () => {
+    const png = await solid(8, 8, [10, 20, 30]).png().toBuffer();
+    const out = await preprocessImage(png, spec({ mean: [0.5, 0.25, 0], std: [0.5, 0.25, 2] }), limits);
+    expect(out.pixelValues.dims).toEqual([1, 3, 8, 8]);
+    expect(out.pixelValues.data[0]).toBeCloseTo((10 / 255 - 0.5) / 0.5, 6);
+    expect(out.pixelValues.data[64]).toBeCloseTo((20 / 255 - 0.25) / 0.25, 6);
+    expect(out.pixelValues.data[128]).toBeCloseTo(30 / 255 / 2, 6);
+    expect(out.format).toBe('png');
+  });
+
+  it('flattens alpha onto the manifest alpha_background', async () => {
+    const transparent = await solid(8, 8, [0, 255, 0], 4, 0).png().toBuffer();
+    expect(rgbAt((await preprocessImage(transparent, spec(), limits)).pixelValues, 3, 3)).toEqual([255, 0, 0]);
+    const half = await solid(8, 8, [0, 0, 255], 4, 0.5).png().toBuffer();
+    const [r, g, b] = rgbAt((await preprocessImage(half, spec(), limits)).pixelValues, 3, 3);
+    expect(Math.abs(r! - 128)).toBeLessThanOrEqual(2);
+    expect(g).toBe(0);
+    expect(Math.abs(b! - 128)).toBeLessThanOrEqual(2);
+  });
+
+  it('expands grayscale and palette PNGs to RGB', async () => {
+    const gray = await solid(8, 8, [90, 90, 90]).toColourspace('b-w').png().toBuffer();
+    expect((await sharp(gray).metadata()).channels).toBe(1);
+    expect(rgbAt((await preprocessImage(gray, spec(), limits)).pixelValues, 0, 0)).toEqual([90, 90, 90]);
+    const palette = await solid(8, 8, [200, 40, 0]).png({ palette: true, colours: 4 }).toBuffer();
+    expect((await sharp(palette).metadata()).isPalette).toBe(true);
+    expect(rgbAt((await preprocessImage(palette, spec(), limits)).pixelValues, 5, 5)).toEqual([200, 40, 0]);
+  });
+
+  it('reduces 16-bit PNGs to 8 bits', async () => {
+    const png16 = await solid(8, 8, [100, 150, 250]).toColourspace('rgb16').png().toBuffer();
+    expect((await sharp(png16).metadata()).depth).toBe('ushort');
+    const rgb = rgbAt((await preprocessImage(png16, spec(), limits)).pixelValues, 1, 1);
+    rgb.forEach((v, i) => expect(Math.abs(v - [100, 150, 250][i]!)).toBeLessThanOrEqual(1));
+  });
+
+  it('applies EXIF orientation before resizing (JPEG, orientation 6 = rotate 90 degrees clockwise)', async () => {
+    // 16 wide x 8 high: left half red, right half blue. Rotated clockwise, red is on top.
+    const raw = Buffer.alloc(16 * 8 * 3);
+    for (let y = 0; y < 8; y++) for (let x = 0; x < 16; x++) raw.set(x < 8 ? [255, 0, 0] : [0, 0, 255], (y * 16 + x) * 3);
+    const jpeg = await sharp(raw, { raw: { width: 16, height: 8, channels: 3 } }).jpeg({ quality: 100 }).withMetadata({ orientation: 6 }).toBuffer();
+    const out = await preprocessImage(jpeg, spec(), limits);
+    expect([out.width, out.height]).toEqual([8, 16]);
+    const top = rgbAt(out.pixelValues, 4, 1);
+    const bottom = rgbAt(out.pixelValues, 4, 6);
+    expect(top[0]).toBeGreaterThan(200);
+    expect(top[2]).toBeLessThan(60);
+    expect(bottom[2]).toBeGreaterThan(200);
+    expect(bottom[0]).toBeLessThan(60);
+  });
+
+  it('converts CMYK JPEGs to sRGB', async () => {
+    const cmyk = await solid(8, 8, [30, 120, 200]).toColourspace('cmyk').jpeg({ quality: 100 }).toBuffer();
+    expect((await sharp(cmyk).metadata()).space).toBe('cmyk');
+    const rgb = rgbAt((await preprocessImage(cmyk, spec(), limits)).pixelValues, 4, 4);
+    // CMYK without an embedded profile goes through libvips' default profiles: close, not exact.
+    rgb.forEach((v, i) => expect(Math.abs(v - [30, 120, 200][i]!)).toBeLessThanOrEqual(25));
+  });
+
+  it('reads WebP', async () => {
+    const webp = await solid(8, 8, [7, 77, 177]).webp({ lossless: true }).toBuffer();
+    expect(rgbAt((await preprocessImage(webp, spec(), limits)).pixelValues, 2, 2)).toEqual([7, 77, 177]);
+  });
+
+  it('takes the first frame of an animated GIF and the first page of a multi-page TIFF', async () => {
+    const frames = bands(8, 8, [[255, 0, 0], [0, 0, 255], [0, 255, 0]]);
+    const input = () => sharp(frames, { raw: { width: 8, height: 24, channels: 3, pageHeight: 8 } });
+    const gif = await input().gif().toBuffer();
+    expect((await sharp(gif).metadata()).pages).toBe(3);
+    expect(rgbAt((await preprocessImage(gif, spec(), limits)).pixelValues, 4, 4)).toEqual([255, 0, 0]);
+    const tiff = await input().tiff({ compression: 'lzw' }).toBuffer();
+    expect((await sharp(tiff).metadata()).pages).toBe(3);
+    const out = await preprocessImage(tiff, spec(), limits);
+    expect([out.width, out.height]).toEqual([8, 8]);
+    expect(rgbAt(out.pixelValues, 4, 4)).toEqual([255, 0, 0]);
+  });
+});
+
+describe('resize modes', () => {
+  it('pad_to_square centres a wide image on pad_color, then resizes', async () => {
+    const wide = await solid(8, 4, [255, 255, 255]).png().toBuffer();
+    const out = (await preprocessImage(wide, spec({ resize: 'pad_to_square', pad_color: [0, 0, 100] }), limits)).pixelValues;
+    expect(rgbAt(out, 3, 0)).toEqual([0, 0, 100]);
+    expect(rgbAt(out, 3, 1)).toEqual([0, 0, 100]);
+    expect(rgbAt(out, 3, 2)).toEqual([255, 255, 255]);
+    expect(rgbAt(out, 3, 5)).toEqual([255, 255, 255]);
+    expect(rgbAt(out, 3, 6)).toEqual([0, 0, 100]);
+  });
+
+  it('shortest_edge_center_crop keeps the centre of a wide image', async () => {
+    // 16 x 8: columns 0-3 red, 4-11 green, 12-15 blue; the shortest edge is already 8, so the crop is columns 4-11.
+    const raw = Buffer.alloc(16 * 8 * 3);
+    for (let y = 0; y < 8; y++) for (let x = 0; x < 16; x++) raw.set(x < 4 ? [255, 0, 0] : x < 12 ? [0, 255, 0] : [0, 0, 255], (y * 16 + x) * 3);
+    const png = await sharp(raw, { raw: { width: 16, height: 8, channels: 3 } }).png().toBuffer();
+    const out = (await preprocessImage(png, spec({ resize: 'shortest_edge_center_crop' }), limits)).pixelValues;
+    for (const x of [0, 7]) expect(rgbAt(out, x, 3)).toEqual([0, 255, 0]);
+  });
+
+  it('squash resizes both sides with the manifest resample', async () => {
+    const big = await solid(32, 16, [40, 50, 60]).png().toBuffer();
+    for (const resample of ['nearest', 'bilinear', 'bicubic'] as const) {
+      const out = (await preprocessImage(big, spec({ resample }), limits)).pixelValues;
+      expect(out.dims).toEqual([1, 3, 8, 8]);
+      expect(rgbAt(out, 7, 7)).toEqual([40, 50, 60]);
+    }
+  });
+});
+
+describe('limits are enforced before decoding, naming the limit', () => {
+  it('refuses more bytes than the limit', async () => {
+    const png = await solid(8, 8, [1, 2, 3]).png().toBuffer();
+    await expectInvalid(preprocessImage(png, spec(), { ...limits, maxImageBytes: png.length - 1 }), /over the limit of \d+ bytes/);
+  });
+
+  it('refuses more pixels than the limit from the header (a decompression bomb compresses to little)', async () => {
+    const bomb = await solid(4000, 4000, [0, 0, 0]).png({ compressionLevel: 9 }).toBuffer();
+    expect(bomb.length).toBeLessThan(100_000);
+    await expectInvalid(preprocessImage(bomb, spec(), { ...limits, maxImagePixels: 1_000_000 }), /4000x4000 = 16000000 pixels, over the limit of 1000000 pixels/);
+  });
+
+  it('counts every page of an animation against the pixel limit', async () => {
+    const gif = await sharp(bands(8, 8, [[255, 0, 0], [0, 255, 0], [0, 0, 255]]), { raw: { width: 8, height: 24, channels: 3, pageHeight: 8 } }).gif().toBuffer();
+    await expectInvalid(preprocessImage(gif, spec(), { ...limits, maxImagePixels: 100 }), /8x8 x 3 pages = 192 pixels/);
+  });
+
+  it('refuses empty input, non-images and unsupported formats', async () => {
+    await expectInvalid(preprocessImage(new Uint8Array(0), spec(), limits), /empty/);
+    await expectInvalid(preprocessImage(Buffer.from('definitely not an image'), spec(), limits), /cannot be read as an image/);
+    const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>');
+    await expectInvalid(preprocessImage(svg, spec(), limits), /format svg is not supported/);
+  });
+
+  it('refuses a truncated image at decode time', async () => {
+    const png = await solid(64, 64, [9, 9, 9]).png().toBuffer();
+    await expectInvalid(preprocessImage(png.subarray(0, png.length - 20), spec(), limits), /cannot be decoded/);
+  });
+});
