@@ -13,6 +13,7 @@ export type VlmErrorCode =
   | 'NOT_FOUND'
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
+  | 'DATA_LOSS'
   | 'INTERNAL';
 
 /** A field-level violation, carried to clients as google.rpc.BadRequest.FieldViolation. */
