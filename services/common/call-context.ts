@@ -1,0 +1,109 @@
+/**
+ * What a handler knows about its call, independent of grpc-js: an AbortSignal that fires when the
+ * client cancels or the deadline passes, the deadline itself (epoch ms, always finite: calls without
+ * one get the service's default), and the request id the interceptors put into the metadata.
+ *
+ * The core only ever sees `signal` (checked between layers and decode steps) and `deadline` (passed on
+ * to the vision hop), so cancellation and deadlines cross the service boundary unchanged.
+ */
+import type { Metadata } from '@grpc/grpc-js';
+import { VlmError } from '../../shared/errors';
+import type { Logger } from '../../shared/log';
+import { REQUEST_ID_KEY } from './interceptors';
+
+export interface CallContext {
+  readonly signal: AbortSignal;
+  /** Epoch milliseconds. */
+  readonly deadline: number;
+  readonly requestId: string;
+  /** Incoming metadata (trace context travels here). */
+  readonly metadata: Metadata;
+  /** Logger bound to this request (`requestId` on every line). */
+  readonly log: Logger;
+}
+
+/** The parts of a grpc-js server call a context needs (all server call types have them). */
+export interface ContextSource {
+  readonly metadata: Metadata;
+  getDeadline(): Date | number;
+  on(event: 'cancelled', listener: () => void): unknown;
+  removeListener(event: 'cancelled', listener: () => void): unknown;
+}
+
+export interface ContextOptions {
+  /** Used when the client set no deadline (or one further away). */
+  readonly defaultDeadlineMs: number;
+  readonly log: Logger;
+}
+
+export interface OwnedContext {
+  readonly ctx: CallContext;
+  /** True when the abort came from our own deadline timer rather than from grpc-js. */
+  readonly ownDeadlineFired: () => boolean;
+  /** Removes the listener and timer; call once the call is finished. */
+  readonly dispose: () => void;
+}
+
+/** Reads the client's deadline: grpc-js gives Infinity when none was set. */
+export function deadlineOf(source: Pick<ContextSource, 'getDeadline'>, defaultDeadlineMs: number, now = Date.now()): number {
+  const raw = source.getDeadline();
+  const client = raw instanceof Date ? raw.getTime() : raw;
+  const fallback = now + defaultDeadlineMs;
+  return Number.isFinite(client) ? Math.min(client, fallback) : fallback;
+}
+
+export function callContext(source: ContextSource, options: ContextOptions): OwnedContext {
+  const controller = new AbortController();
+  const start = Date.now();
+  const deadline = deadlineOf(source, options.defaultDeadlineMs, start);
+  const requestId = String(source.metadata.get(REQUEST_ID_KEY)[0] ?? '');
+  let ownFired = false;
+
+  const expire = (): void => {
+    if (controller.signal.aborted) return;
+    ownFired = true;
+    const seconds = ((deadline - start) / 1000).toFixed(1);
+    controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${seconds} s deadline; set a longer deadline or lower max_tokens`));
+  };
+  const onCancelled = (): void => {
+    if (controller.signal.aborted) return;
+    // grpc-js emits 'cancelled' both for a client cancel and for its own deadline timer.
+    const reason =
+      Date.now() >= deadline - 5
+        ? new VlmError('DEADLINE_EXCEEDED', 'the deadline passed before the request finished')
+        : new VlmError('CANCELLED', 'the client cancelled the request');
+    controller.abort(reason);
+  };
+
+  source.on('cancelled', onCancelled);
+  const timer = setTimeout(expire, Math.max(0, deadline - Date.now()));
+  timer.unref();
+
+  const ctx: CallContext = {
+    signal: controller.signal,
+    deadline,
+    requestId,
+    metadata: source.metadata,
+    log: withFields(options.log, { requestId }),
+  };
+  return {
+    ctx,
+    ownDeadlineFired: () => ownFired,
+    dispose: () => {
+      clearTimeout(timer);
+      source.removeListener('cancelled', onCancelled);
+    },
+  };
+}
+
+/** A logger that adds `fields` to every line (the shared logger binds components, not fields). */
+export function withFields(log: Logger, fields: Record<string, unknown>): Logger {
+  const merge = (f?: Record<string, unknown>): Record<string, unknown> => ({ ...fields, ...f });
+  return {
+    debug: (m, f) => log.debug(m, merge(f)),
+    info: (m, f) => log.info(m, merge(f)),
+    warn: (m, f) => log.warn(m, merge(f)),
+    error: (m, f) => log.error(m, merge(f)),
+    child: (c) => withFields(log.child(c), fields),
+  };
+}

@@ -1,0 +1,124 @@
+/**
+ * A gRPC server with what both services need around their handlers: interceptors, grpc.health.v1
+ * (NOT_SERVING until the owner calls setServing(true) after load and warm-up), server reflection,
+ * deliberate message size limits, and a graceful stop:
+ *   health NOT_SERVING -> refuse new calls -> wait for calls in flight (up to the grace period)
+ *   -> tryShutdown -> forceShutdown if that does not finish in time.
+ * Sessions are disposed by the owner after stop() resolves.
+ */
+import * as path from 'node:path';
+import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { packageRoot } from '../../shared/config';
+import type { Logger } from '../../shared/log';
+import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestIdInterceptor } from './interceptors';
+
+export interface GrpcServerOptions {
+  /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
+  readonly serviceName: string;
+  readonly definition: ServiceDefinition;
+  readonly implementation: UntypedServiceImplementation;
+  /** Proto files (relative to proto/) that reflection describes. */
+  readonly protoFiles: readonly string[];
+  readonly log: Logger;
+  /** Largest request accepted by the transport; set above the image byte limit so the service, not the transport, judges oversize images. */
+  readonly maxReceiveMessageBytes: number;
+  readonly maxSendMessageBytes: number;
+  /** Clients must send this bearer token; null: no authentication. */
+  readonly authToken: string | null;
+  readonly shutdownGraceMs: number;
+  readonly credentials?: ServerCredentials;
+}
+
+export class GrpcServer {
+  readonly health = new HealthImplementation();
+  private readonly admission = new Admission();
+  private readonly server: Server;
+  private stopping: Promise<void> | null = null;
+
+  constructor(private readonly options: GrpcServerOptions) {
+    const interceptors: ServerInterceptor[] = [requestIdInterceptor(), accessLogInterceptor(options.log.child('access'))];
+    if (options.authToken !== null) interceptors.push(bearerAuthInterceptor(options.authToken));
+    interceptors.push(this.admission.interceptor());
+    this.server = new Server({
+      interceptors,
+      'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
+      'grpc.max_send_message_length': options.maxSendMessageBytes,
+      // Keep idle connections from a load balancer alive; a dead peer is noticed within a minute.
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.keepalive_permit_without_calls': 1,
+    });
+    this.setServing(false);
+    this.server.addService(options.definition, options.implementation);
+    this.health.addToServer(this.server);
+    new ReflectionService(reflectionDefinition(options.protoFiles)).addToServer(this.server);
+  }
+
+  /** Binds and starts; resolves to the bound port (useful with port 0). */
+  listen(host: string, port: number): Promise<number> {
+    const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(address, this.options.credentials ?? ServerCredentials.createInsecure(), (err, bound) => {
+        if (err) reject(new Error(`cannot listen on ${address}: ${err.message}`, { cause: err }));
+        else resolve(bound);
+      });
+    });
+  }
+
+  /** Overall health ("") and the service's own entry move together. */
+  setServing(serving: boolean): void {
+    const status = serving ? 'SERVING' : 'NOT_SERVING';
+    this.health.setStatus('', status);
+    this.health.setStatus(this.options.serviceName, status);
+  }
+
+  get activeCalls(): number {
+    return this.admission.active;
+  }
+
+  /** Graceful stop; idempotent (a second SIGTERM gets the same promise). */
+  stop(): Promise<void> {
+    this.stopping ??= this.drainAndShutdown();
+    return this.stopping;
+  }
+
+  private async drainAndShutdown(): Promise<void> {
+    const log = this.options.log;
+    const grace = this.options.shutdownGraceMs;
+    this.setServing(false);
+    this.admission.startDraining();
+    log.info('draining', { inFlight: this.admission.active, graceMs: grace });
+    const started = Date.now();
+    const drained = await within(this.admission.idle(), grace);
+    const left = Math.max(0, grace - (Date.now() - started));
+    const closed = drained && (await within(new Promise<void>((resolve) => this.server.tryShutdown(() => resolve())), left));
+    if (!closed) {
+      log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
+      this.server.forceShutdown();
+    }
+    log.info('stopped', { drained, ms: Date.now() - started });
+  }
+}
+
+function within(p: Promise<void>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    void p.then(() => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+/** The descriptors reflection serves: our protos (loaded dynamically from proto/) and health. */
+function reflectionDefinition(protoFiles: readonly string[]): ReturnType<typeof loadSync> {
+  const protoRoot = path.join(packageRoot(), 'proto');
+  return loadSync([...protoFiles, healthProtoPath], {
+    includeDirs: [protoRoot, path.dirname(healthProtoPath)],
+    keepCase: true,
+    defaults: false,
+  });
+}

@@ -1,0 +1,178 @@
+/**
+ * Server interceptors, in the order they wrap a call (the first is nearest the network):
+ * request id -> access log -> bearer-token auth (optional) -> admission (drain).
+ *
+ * Handlers never log requests: the access log here writes one line per call with the method, status,
+ * duration and request id, and never metadata values (tokens live there).
+ */
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import {
+  Metadata,
+  ResponderBuilder,
+  ServerInterceptingCall,
+  ServerListenerBuilder,
+  status as GrpcCode,
+  type ServerInterceptingCallInterface,
+  type ServerInterceptor,
+} from '@grpc/grpc-js';
+import type { Logger } from '../../shared/log';
+import { grpcCodeName } from './status';
+
+export const REQUEST_ID_KEY = 'x-request-id';
+const HEALTH_PREFIX = '/grpc.health.v1.Health/';
+const REFLECTION_PREFIX = '/grpc.reflection.';
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Keeps a caller's well-formed `x-request-id`, otherwise assigns one; echoes it in the response headers. */
+export function requestIdInterceptor(): ServerInterceptor {
+  return (_method, call) => {
+    let id = '';
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const given = metadata.get(REQUEST_ID_KEY)[0];
+        id = typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
+        metadata.set(REQUEST_ID_KEY, id);
+        next(metadata);
+      })
+      .build();
+    const responder = new ResponderBuilder()
+      .withStart((next) => next(listener))
+      .withSendMetadata((metadata, next) => {
+        if (id) metadata.set(REQUEST_ID_KEY, id);
+        next(metadata);
+      })
+      .build();
+    return new ServerInterceptingCall(call, responder);
+  };
+}
+
+/** One structured line per finished call; health checks are logged at debug level only. */
+export function accessLogInterceptor(log: Logger): ServerInterceptor {
+  return (method, call) => {
+    const started = performance.now();
+    let requestId = '';
+    let done = false;
+    const finish = (code: GrpcCode, details: string): void => {
+      if (done) return;
+      done = true;
+      const fields = {
+        method: method.path,
+        code: grpcCodeName(code),
+        durationMs: Math.round((performance.now() - started) * 10) / 10,
+        requestId,
+        peer: call.getPeer(),
+        ...(code === GrpcCode.OK ? {} : { details }),
+      };
+      if (method.path.startsWith(HEALTH_PREFIX)) log.debug('call', fields);
+      else if (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN) log.warn('call', fields);
+      else log.info('call', fields);
+    };
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        requestId = String(metadata.get(REQUEST_ID_KEY)[0] ?? '');
+        next(metadata);
+      })
+      .withOnCancel(() => finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline'))
+      .build();
+    const responder = new ResponderBuilder()
+      .withStart((next) => next(listener))
+      .withSendStatus((status, next) => {
+        finish(status.code ?? GrpcCode.UNKNOWN, status.details ?? '');
+        next(status);
+      })
+      .build();
+    return new ServerInterceptingCall(call, responder);
+  };
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/**
+ * Requires `authorization: Bearer <token>` on every call except health checks (probes carry no
+ * token). Tokens are compared as sha256 digests in constant time.
+ */
+export function bearerAuthInterceptor(token: string): ServerInterceptor {
+  const expected = digest(token);
+  return (method, call) => {
+    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const header = metadata.get('authorization')[0];
+        const match = typeof header === 'string' ? /^Bearer (.+)$/i.exec(header.trim()) : null;
+        if (match === null) {
+          reject(call, GrpcCode.UNAUTHENTICATED, 'missing bearer token: send "authorization: Bearer <token>" metadata');
+        } else if (!timingSafeEqual(digest(match[1]!), expected)) {
+          reject(call, GrpcCode.UNAUTHENTICATED, 'invalid bearer token');
+        } else {
+          next(metadata);
+        }
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+function reject(call: ServerInterceptingCallInterface, code: GrpcCode, details: string): void {
+  call.sendStatus({ code, details, metadata: new Metadata() });
+}
+
+/**
+ * Counts calls in flight and, once draining, refuses new ones with UNAVAILABLE (clients retry another
+ * replica). Health and reflection stay open so probes can watch the drain.
+ */
+export class Admission {
+  private inFlight = 0;
+  private draining = false;
+  private idleWaiters: Array<() => void> = [];
+
+  get active(): number {
+    return this.inFlight;
+  }
+
+  startDraining(): void {
+    this.draining = true;
+  }
+
+  /** Resolves when no call is in flight (immediately if none is). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  interceptor(): ServerInterceptor {
+    return (method, call) => {
+      const exempt = method.path.startsWith(HEALTH_PREFIX) || method.path.startsWith(REFLECTION_PREFIX);
+      if (exempt) return new ServerInterceptingCall(call);
+      let counted = false;
+      const release = (): void => {
+        if (!counted) return;
+        counted = false;
+        this.inFlight--;
+        if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+      };
+      const listener = new ServerListenerBuilder()
+        .withOnReceiveMetadata((metadata, next) => {
+          if (this.draining) {
+            reject(call, GrpcCode.UNAVAILABLE, 'the service is shutting down; retry on another replica');
+            return;
+          }
+          counted = true;
+          this.inFlight++;
+          next(metadata);
+        })
+        .withOnCancel(release)
+        .build();
+      const responder = new ResponderBuilder()
+        .withStart((next) => next(listener))
+        .withSendStatus((status, next) => {
+          release();
+          next(status);
+        })
+        .build();
+      return new ServerInterceptingCall(call, responder);
+    };
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Adapters from plain async functions to grpc-js handlers. Handlers are written as
+ *   serverStream(async function* (req, ctx) { yield ... })   and   unary(async (req, ctx) => res)
+ * and never touch the call: the adapter owns backpressure (waits for 'drain' when write() says the
+ * buffer is full), cancellation and deadlines (ctx.signal), and sends exactly one status, built by
+ * services/common/status.ts, returning right after it.
+ */
+import type {
+  handleServerStreamingCall,
+  handleUnaryCall,
+  sendUnaryData,
+  ServerUnaryCall,
+  ServerWritableStream,
+} from '@grpc/grpc-js';
+import { throwIfAborted } from '../../shared/errors';
+import type { Logger } from '../../shared/log';
+import { callContext, type CallContext } from './call-context';
+import { toStatus } from './status';
+
+export interface AdapterDeps {
+  readonly log: Logger;
+  /** Deadline for calls that arrive without one. */
+  readonly defaultDeadlineMs: number;
+}
+
+export type StreamFn<Req, Res> = (req: Req, ctx: CallContext) => AsyncIterable<Res>;
+export type UnaryFn<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
+
+/** Resolves on 'drain'; rejects with the signal's reason if the call ends first. */
+function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    const onAbort = (): void => {
+      call.removeListener('drain', onDrain);
+      reject(signal.reason);
+    };
+    if (signal.aborted) return onAbort();
+    call.once('drain', onDrain);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps): handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    void run(call);
+  };
+
+  async function run(call: ServerWritableStream<Req, Res>): Promise<void> {
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
+    const { ctx } = owned;
+    const iterator = fn(call.request, ctx)[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done) break;
+        throwIfAborted(ctx.signal);
+        if (!call.write(next.value)) await drained(call as ServerWritableStream<unknown, unknown>, ctx.signal);
+      }
+      throwIfAborted(ctx.signal);
+      call.end();
+      return;
+    } catch (err) {
+      // Let the generator run its finally blocks (release workers, cancel the vision hop).
+      await iterator.return?.(undefined).catch(() => undefined);
+      // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
+      // status now would be a second one.
+      if (call.cancelled) return;
+      call.emit('error', toStatus(err, ctx.log, { method: call.getPath() }));
+      return;
+    } finally {
+      owned.dispose();
+    }
+  }
+}
+
+export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    void run(call, callback);
+  };
+
+  async function run(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): Promise<void> {
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
+    try {
+      const res = await fn(call.request, owned.ctx);
+      throwIfAborted(owned.ctx.signal);
+      callback(null, res);
+      return;
+    } catch (err) {
+      if (call.cancelled) return;
+      callback(toStatus(err, owned.ctx.log, { method: call.getPath() }));
+      return;
+    } finally {
+      owned.dispose();
+    }
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The one place where errors become gRPC statuses (server side) and statuses become errors again
+ * (client side: the language service calling vision, the CLI). VlmError codes map 1:1 to gRPC codes;
+ * field violations travel as google.rpc.BadRequest inside google.rpc.Status in the
+ * `grpc-status-details-bin` trailer, which every gRPC library knows how to read.
+ *
+ * Anything that is not a VlmError becomes INTERNAL "internal error": the cause is logged with the
+ * request id and never sent, so stack traces, paths and library messages stay inside the service.
+ */
+import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import { VlmError, type FieldViolation, type VlmErrorCode } from '../../shared/errors';
+import type { Logger } from '../../shared/log';
+import { Any } from '../../gen/google/protobuf/any';
+import { BadRequest } from '../../gen/google/rpc/error_details';
+import { Status } from '../../gen/google/rpc/status';
+
+export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+const BAD_REQUEST_TYPE = 'type.googleapis.com/google.rpc.BadRequest';
+
+const TO_GRPC: Readonly<Record<VlmErrorCode, GrpcCode>> = Object.freeze({
+  INVALID_ARGUMENT: GrpcCode.INVALID_ARGUMENT,
+  FAILED_PRECONDITION: GrpcCode.FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: GrpcCode.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: GrpcCode.UNAVAILABLE,
+  DEADLINE_EXCEEDED: GrpcCode.DEADLINE_EXCEEDED,
+  CANCELLED: GrpcCode.CANCELLED,
+  NOT_FOUND: GrpcCode.NOT_FOUND,
+  UNAUTHENTICATED: GrpcCode.UNAUTHENTICATED,
+  PERMISSION_DENIED: GrpcCode.PERMISSION_DENIED,
+  DATA_LOSS: GrpcCode.DATA_LOSS,
+  INTERNAL: GrpcCode.INTERNAL,
+});
+
+/** gRPC codes with no VlmError counterpart, folded onto the nearest one a caller acts on alike. */
+const FROM_GRPC: Readonly<Partial<Record<GrpcCode, VlmErrorCode>>> = Object.freeze({
+  ...Object.fromEntries(Object.entries(TO_GRPC).map(([k, v]) => [v, k as VlmErrorCode])),
+  [GrpcCode.OUT_OF_RANGE]: 'INVALID_ARGUMENT',
+  [GrpcCode.ABORTED]: 'UNAVAILABLE',
+  [GrpcCode.UNKNOWN]: 'INTERNAL',
+  [GrpcCode.UNIMPLEMENTED]: 'FAILED_PRECONDITION',
+  [GrpcCode.ALREADY_EXISTS]: 'FAILED_PRECONDITION',
+});
+
+export function grpcCodeOf(code: VlmErrorCode): GrpcCode {
+  return TO_GRPC[code];
+}
+
+/** Name of a gRPC status code as clients print it (`INVALID_ARGUMENT`). */
+export function grpcCodeName(code: GrpcCode): string {
+  return GrpcCode[code] ?? `CODE_${code}`;
+}
+
+/**
+ * The status to send for `err`. INTERNAL errors are logged here with their cause (the only place that
+ * sees them all); the message sent is fixed.
+ */
+export function toStatus(err: unknown, log: Logger, fields: Record<string, unknown> = {}): StatusObject {
+  const e = VlmError.from(err);
+  if (e.code === 'INTERNAL') {
+    log.error('internal error', { ...fields, error: describeCause(err) });
+  }
+  const code = grpcCodeOf(e.code);
+  const details = e.code === 'INTERNAL' ? 'internal error' : e.message;
+  const metadata = new Metadata();
+  metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, e.violations));
+  return { code, details, metadata };
+}
+
+function describeCause(err: unknown): Record<string, unknown> {
+  const chain: string[] = [];
+  let cur: unknown = err;
+  for (let depth = 0; cur !== undefined && depth < 5; depth++) {
+    chain.push(cur instanceof Error ? `${cur.name}: ${cur.message}` : String(cur));
+    cur = cur instanceof Error ? cur.cause : undefined;
+  }
+  const stack = err instanceof Error ? err.stack?.split('\n').slice(1, 6).map((s) => s.trim()) : undefined;
+  return { chain, stack };
+}
+
+export function encodeStatusDetails(code: GrpcCode, message: string, violations: readonly FieldViolation[]): Buffer {
+  const details: Any[] = [];
+  if (violations.length > 0) {
+    const badRequest = BadRequest.encode({
+      fieldViolations: violations.map((v) => ({ field: v.field, description: v.description, reason: '' })),
+    }).finish();
+    details.push({ typeUrl: BAD_REQUEST_TYPE, value: Buffer.from(badRequest) });
+  }
+  return Buffer.from(Status.encode({ code, message, details }).finish());
+}
+
+/** Field violations from a status trailer; empty when there is none or it does not parse. */
+export function decodeViolations(metadata: Metadata | undefined): FieldViolation[] {
+  const raw = metadata?.get(STATUS_DETAILS_KEY)[0];
+  if (!Buffer.isBuffer(raw)) return [];
+  try {
+    const status = Status.decode(raw);
+    return status.details
+      .filter((d) => d.typeUrl === BAD_REQUEST_TYPE)
+      .flatMap((d) => BadRequest.decode(d.value).fieldViolations)
+      .map((v) => ({ field: v.field, description: v.description }));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * A status received from another service (or by a client) as a VlmError with the same code, message
+ * and violations, so the language service can relay what vision said without re-wording it.
+ */
+export function fromServiceError(err: ServiceError | (Partial<ServiceError> & { code: number }), prefix = ''): VlmError {
+  const code = FROM_GRPC[err.code as GrpcCode] ?? 'INTERNAL';
+  const details = err.details ?? err.message ?? grpcCodeName(err.code);
+  return new VlmError(code, prefix + details, { cause: err, violations: decodeViolations(err.metadata) });
+}
+
+export function isServiceError(err: unknown): err is ServiceError {
+  return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number' && 'metadata' in err;
+}

@@ -1,0 +1,308 @@
+/**
+ * The shell both services share, over real gRPC on loopback: the stream adapter (backpressure,
+ * cancellation, deadlines, exactly one status), the error mapping with BadRequest details, the
+ * interceptors, health, reflection and the graceful stop. The handlers here are small generators
+ * written for the test; the services' own handlers are tested in service-pair.test.ts.
+ */
+import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VlmError, throwIfAborted } from '../shared/errors';
+import { createLogger } from '../shared/log';
+import type { CallContext } from '../services/common/call-context';
+import { GrpcServer } from '../services/common/grpc-server';
+import { serverStream, unary } from '../services/common/server-stream';
+import { decodeViolations, fromServiceError } from '../services/common/status';
+import {
+  VisionServiceClient,
+  VisionServiceService,
+  type EncodeRequest,
+  type EncodeResponse,
+  type VisionServiceServer,
+} from '../gen/vlm/v1/vision_service';
+import { collect, eventually, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+
+const log = createLogger('test');
+const CHUNK_BYTES = 1 << 20;
+
+/** What the test handlers observed, keyed by the request's first image byte. */
+const observed = new Map<number, { aborted?: string; finished?: boolean; produced: number }>();
+
+function chunk(index: number, data: Buffer): EncodeResponse {
+  return { part: { $case: 'chunk', chunk: { index, rowOffset: index, rowCount: 1, data } } };
+}
+
+/** The test's "encode": behaviour chosen by image[0]. */
+async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<EncodeResponse> {
+  const mode = req.image[0] ?? 0;
+  const seen = { produced: 0 } as { aborted?: string; finished?: boolean; produced: number };
+  observed.set(mode, seen);
+  ctx.signal.addEventListener('abort', () => (seen.aborted = (ctx.signal.reason as VlmError).code));
+  try {
+    switch (mode) {
+      case 1: // 32 chunks of 1 MiB: more than any socket buffer, so write() must report backpressure.
+        for (let i = 0; i < 32; i++) {
+          seen.produced++;
+          yield chunk(i, Buffer.alloc(CHUNK_BYTES, i));
+        }
+        return;
+      case 2:
+        throw new VlmError('INVALID_ARGUMENT', 'image: 3 bytes is not an image', {
+          violations: [{ field: 'image', description: 'not a PNG, JPEG, WebP, GIF, TIFF or AVIF image' }],
+        });
+      case 3:
+        throw new Error('ENOENT: /secret/path/weights.onnx');
+      case 4: // runs until cancelled, like a long decode loop checking the signal between steps
+        for (let i = 0; ; i++) {
+          throwIfAborted(ctx.signal);
+          seen.produced++;
+          yield chunk(i, Buffer.alloc(16));
+          await sleep(10);
+        }
+      case 5: // silent work that only stops on the signal
+        await new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason)));
+        return;
+      case 6: // a stream that has sent data, then fails
+        yield chunk(0, Buffer.alloc(8));
+        throw new VlmError('RESOURCE_EXHAUSTED', 'the queue is full (16 waiting); retry later');
+      default:
+        yield chunk(0, Buffer.from(ctx.requestId));
+    }
+  } finally {
+    seen.finished = true;
+  }
+}
+
+function startServer(options: { authToken?: string | null; defaultDeadlineMs?: number; graceMs?: number } = {}) {
+  const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000 };
+  const implementation: VisionServiceServer = {
+    encode: serverStream(behaviour, deps),
+    getModelInfo: unary(async (_req, ctx) => {
+      if (ctx.metadata.get('fail')[0] === 'yes') throw VlmError.invalid('model', 'no such model');
+      return { model: undefined };
+    }, deps),
+  };
+  return new GrpcServer({
+    serviceName: 'vlm.v1.VisionService',
+    definition: VisionServiceService,
+    implementation,
+    protoFiles: ['vlm/v1/vision_service.proto'],
+    log,
+    maxReceiveMessageBytes: 8 << 20,
+    maxSendMessageBytes: 4 << 20,
+    authToken: options.authToken ?? null,
+    shutdownGraceMs: options.graceMs ?? 5000,
+  });
+}
+
+function encode(client: VisionServiceClient, mode: number, options: { deadlineMs?: number; metadata?: Metadata } = {}) {
+  const deadline = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
+  return client.encode({ image: Buffer.from([mode]), policy: undefined, limits: undefined }, options.metadata ?? new Metadata(), { deadline });
+}
+
+describe('the service shell over loopback gRPC', () => {
+  let server: GrpcServer;
+  let address: string;
+  let client: VisionServiceClient;
+
+  beforeAll(async () => {
+    server = startServer();
+    address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    client = new VisionServiceClient(address, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client.close();
+    await server.stop();
+  });
+
+  it('reports NOT_SERVING until the owner says it is ready, then SERVING for "" and the service', async () => {
+    expect(await healthStatus(address)).toBe('NOT_SERVING');
+    server.setServing(true);
+    expect(await healthStatus(address)).toBe('SERVING');
+    expect(await healthStatus(address, 'vlm.v1.VisionService')).toBe('SERVING');
+  });
+
+  it('lists the API, health and reflection through server reflection', async () => {
+    const names = await reflectedServices(address);
+    expect(names).toEqual(expect.arrayContaining(['vlm.v1.VisionService', 'grpc.health.v1.Health']));
+  });
+
+  it('streams 32 MiB to a slow reader in order, waiting for drain instead of buffering', async () => {
+    const stream = encode(client, 1);
+    const indices: number[] = [];
+    let bytes = 0;
+    let producedWhenFirstRead = 0;
+    stream.on('data', (m: EncodeResponse) => {
+      if (indices.length === 0) producedWhenFirstRead = observed.get(1)!.produced;
+      if (m.part?.$case === 'chunk') {
+        indices.push(m.part.chunk.index);
+        bytes += m.part.chunk.data.length;
+      }
+      stream.pause();
+      setTimeout(() => stream.resume(), 5);
+    });
+    await new Promise<void>((resolve, reject) => {
+      stream.on('status', (s: { code: number }) => (s.code === 0 ? resolve() : reject(new Error(`status ${s.code}`))));
+      stream.on('error', reject);
+    });
+    expect(indices).toEqual([...Array(32).keys()]);
+    expect(bytes).toBe(32 * CHUNK_BYTES);
+    // With backpressure the producer cannot run far ahead of the first read.
+    expect(producedWhenFirstRead).toBeLessThan(32);
+  });
+
+  it('sends INVALID_ARGUMENT with the message and google.rpc.BadRequest field violations', async () => {
+    const { messages, error } = await collect(encode(client, 2));
+    expect(messages).toEqual([]);
+    expect(error?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(error?.details).toBe('image: 3 bytes is not an image');
+    expect(decodeViolations(error?.metadata)).toEqual([{ field: 'image', description: 'not a PNG, JPEG, WebP, GIF, TIFF or AVIF image' }]);
+    const relayed = fromServiceError(error!);
+    expect(relayed.code).toBe('INVALID_ARGUMENT');
+    expect(relayed.violations).toHaveLength(1);
+  });
+
+  it('turns an unknown error into INTERNAL "internal error" without leaking its message', async () => {
+    const { error } = await collect(encode(client, 3));
+    expect(error?.code).toBe(GrpcCode.INTERNAL);
+    expect(error?.details).toBe('internal error');
+    expect(JSON.stringify(error?.metadata.getMap())).not.toContain('secret');
+  });
+
+  it('ends a stream that already sent data with the error status, once', async () => {
+    const stream = encode(client, 6);
+    let statuses = 0;
+    stream.on('status', () => statuses++);
+    const { messages, error } = await collect(stream);
+    expect(messages).toHaveLength(1);
+    expect(error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    await sleep(50);
+    expect(statuses).toBe(1);
+  });
+
+  it('stops the handler when the client cancels', async () => {
+    const stream = encode(client, 4);
+    stream.on('error', () => undefined);
+    await eventually(() => (observed.get(4)?.produced ?? 0) >= 3);
+    stream.cancel();
+    await eventually(() => observed.get(4)?.finished === true, 2000);
+    expect(observed.get(4)!.aborted).toBe('CANCELLED');
+    const producedAtStop = observed.get(4)!.produced;
+    await sleep(100);
+    expect(observed.get(4)!.produced).toBe(producedAtStop);
+  });
+
+  it("aborts the handler's work with DEADLINE_EXCEEDED when the client's deadline passes", async () => {
+    const started = Date.now();
+    const { error } = await collect(encode(client, 5, { deadlineMs: 300 }));
+    expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    await eventually(() => observed.get(5)?.finished === true, 2000);
+    expect(observed.get(5)!.aborted).toBe('DEADLINE_EXCEEDED');
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it('echoes a well-formed x-request-id and gives the handler the same id', async () => {
+    const stream = encode(client, 0, { metadata: metadataWith({ 'x-request-id': 'req-42' }) });
+    const header = new Promise<Metadata>((r) => stream.on('metadata', r));
+    const { messages } = await collect(stream);
+    expect((await header).get('x-request-id')).toEqual(['req-42']);
+    expect(messages[0]?.part?.$case === 'chunk' && messages[0].part.chunk.data.toString()).toBe('req-42');
+  });
+
+  it('replaces a malformed x-request-id with a generated one', async () => {
+    const stream = encode(client, 0, { metadata: metadataWith({ 'x-request-id': 'bad id with spaces' }) });
+    const header = new Promise<Metadata>((r) => stream.on('metadata', r));
+    await collect(stream);
+    expect(String((await header).get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('maps errors of unary calls the same way', async () => {
+    const err = await new Promise<ServiceError | null>((resolve) =>
+      client.getModelInfo({}, metadataWith({ fail: 'yes' }), (e) => resolve(e)),
+    );
+    expect(err?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(decodeViolations(err?.metadata)[0]?.field).toBe('model');
+  });
+});
+
+describe('a call without a deadline', () => {
+  it("gets the service's default deadline, answered with DEADLINE_EXCEEDED by the service", async () => {
+    const server = startServer({ defaultDeadlineMs: 200 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const { error } = await collect(encode(client, 5));
+      expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(error?.details).toMatch(/0\.2 s deadline/);
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+});
+
+describe('bearer-token authentication', () => {
+  let server: GrpcServer;
+  let client: VisionServiceClient;
+  let address: string;
+  beforeAll(async () => {
+    server = startServer({ authToken: 's3cret-token' });
+    address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    client = new VisionServiceClient(address, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client.close();
+    await server.stop();
+  });
+
+  it('refuses a call without a token or with a wrong one (UNAUTHENTICATED)', async () => {
+    expect((await collect(encode(client, 0))).error?.code).toBe(GrpcCode.UNAUTHENTICATED);
+    const wrong = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer nope' }) }));
+    expect(wrong.error?.code).toBe(GrpcCode.UNAUTHENTICATED);
+    expect(wrong.error?.details).not.toContain('s3cret');
+  });
+
+  it('accepts the right token and leaves health checks open to probes', async () => {
+    const ok = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }));
+    expect(ok.error).toBeNull();
+    expect(await healthStatus(address)).toBe('NOT_SERVING');
+  });
+});
+
+describe('graceful stop', () => {
+  it('goes NOT_SERVING, refuses new calls, lets the call in flight finish, then stops', async () => {
+    const server = startServer({ graceMs: 5000 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    server.setServing(true);
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const inFlight = collect(encode(client, 1));
+      await eventually(() => server.activeCalls === 1);
+      const stopped = server.stop();
+      expect(await healthStatus(address)).toBe('NOT_SERVING');
+      const late = await collect(encode(client, 0));
+      expect(late.error?.code).toBe(GrpcCode.UNAVAILABLE);
+      const first = await inFlight;
+      expect(first.error).toBeNull();
+      expect(first.messages).toHaveLength(32);
+      await stopped;
+    } finally {
+      client.close();
+    }
+  });
+
+  it('cancels calls still running when the grace period ends', async () => {
+    const server = startServer({ graceMs: 300 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const stuck = collect(encode(client, 5));
+      await eventually(() => server.activeCalls === 1);
+      const started = Date.now();
+      await server.stop();
+      expect(Date.now() - started).toBeLessThan(2000);
+      expect((await stuck).error).not.toBeNull();
+    } finally {
+      client.close();
+    }
+  });
+});

@@ -1,0 +1,80 @@
+/**
+ * Clients the service tests share: the generated vlm.v1 clients, and dynamic ones (proto-loader) for
+ * grpc.health.v1 and server reflection, as any external tool would use them.
+ */
+import * as path from 'node:path';
+import { credentials, loadPackageDefinition, Metadata, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
+
+type Ctor = new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => Client;
+
+export function healthClient(address: string): Client & {
+  check(req: { service: string }, cb: (err: ServiceError | null, res?: { status: string }) => void): void;
+} {
+  const def = loadSync(healthProtoPath, { keepCase: true, enums: String });
+  const pkg = loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: Ctor } } } };
+  return new pkg.grpc.health.v1.Health(address, credentials.createInsecure()) as never;
+}
+
+export function healthStatus(address: string, service = ''): Promise<string> {
+  const client = healthClient(address);
+  return new Promise((resolve, reject) => {
+    client.check({ service }, (err, res) => {
+      client.close();
+      if (err) reject(err);
+      else resolve(res!.status);
+    });
+  });
+}
+
+/** Service names the server lists through reflection v1. */
+export function reflectedServices(address: string): Promise<string[]> {
+  const file = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
+  const def = loadSync(file, { keepCase: true });
+  const pkg = loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: Ctor } } } };
+  const client = new pkg.grpc.reflection.v1.ServerReflection(address, credentials.createInsecure()) as Client & {
+    ServerReflectionInfo(): NodeJS.ReadWriteStream & { write(m: unknown): boolean; end(): void };
+  };
+  return new Promise((resolve, reject) => {
+    const call = client.ServerReflectionInfo();
+    call.on('data', (res: { list_services_response?: { service: Array<{ name: string }> } }) => {
+      resolve((res.list_services_response?.service ?? []).map((s) => s.name));
+      call.end();
+      client.close();
+    });
+    call.on('error', reject);
+    call.write({ list_services: '' });
+  });
+}
+
+/** Reads a server stream to its end: the messages, then the status error (or null for OK). */
+export function collect<T>(stream: ClientReadableStream<T>): Promise<{ messages: T[]; error: ServiceError | null }> {
+  return new Promise((resolve) => {
+    const messages: T[] = [];
+    let error: ServiceError | null = null;
+    stream.on('data', (m: T) => messages.push(m));
+    stream.on('error', (e: ServiceError) => (error = e));
+    // 'status' comes last, after the data and the error (if any).
+    stream.on('status', (s: { code: number }) => resolve({ messages, error: s.code === 0 ? null : error }));
+  });
+}
+
+export function metadataWith(entries: Record<string, string>): Metadata {
+  const md = new Metadata();
+  for (const [k, v] of Object.entries(entries)) md.set(k, v);
+  return md;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `check` until it returns true or `timeoutMs` passes. */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5000, stepMs = 20): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await sleep(stepMs);
+  }
+}
