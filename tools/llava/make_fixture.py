@@ -239,7 +239,7 @@ def preprocess_references(images: dict, bin_: Bin) -> list:
                                    resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
         pv = proc(images=images["wide.png"], return_tensors="pt")["pixel_values"]
         out.append({"image": "images/wide.png", "resize": "pad_to_square", "processor": type(proc).__name__,
-                    "pad_color": [int(round(m * 255)) for m in CLIP_MEAN], "pixel_values": bin_.add(pv.numpy())})
+                    "pad_color": [int(m * 255) for m in CLIP_MEAN], "pixel_values": bin_.add(pv.numpy())})
     except Exception as err:
         print(f"LlavaImageProcessor reference skipped: {err!r}", flush=True)
     return out
