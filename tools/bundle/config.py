@@ -174,7 +174,7 @@ def _is_unexported_vision_layer(name: str, cfg: dict) -> bool:
 
 
 def check_weights(cfg: dict, weights: dict):
-    """Returns {name: float32 ndarray} of the weights the bundle uses; raises BundleError listing every problem."""
+    """Returns {name: float16/float32 ndarray} of the weights the bundle uses; raises BundleError listing every problem."""
     import numpy as np
 
     req, opt = weight_shapes(cfg)
@@ -192,11 +192,16 @@ def check_weights(cfg: dict, weights: dict):
     for name, shape in {**req, **opt}.items():
         if name not in weights:
             continue
-        arr = np.asarray(weights[name])
+        try:
+            arr = np.asarray(weights[name])
+        except (TypeError, RuntimeError) as err:  # e.g. a bfloat16 or CUDA torch tensor
+            problems.append(f"{name} is not convertible to a numpy array ({err}); pass .float().cpu().numpy()")
+            continue
         if tuple(arr.shape) != shape:
             problems.append(f"{name} has shape {list(arr.shape)}, expected {list(shape)}")
             continue
-        arr = arr.astype(np.float32)
+        if arr.dtype not in (np.float16, np.float32):
+            arr = arr.astype(np.float32)  # float64 and friends; float16/32 stay as given (no 7B-sized copies)
         if not np.all(np.isfinite(arr)):
             problems.append(f"{name} contains NaN or infinity")
             continue

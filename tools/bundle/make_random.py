@@ -3,6 +3,7 @@
     python3 -m tools.bundle.make_random            # from the repository root
 
 -> test/fixtures/random-bundle/            (a complete bundle, tiny dims, fixed seed, < 1 MB)
+-> test/fixtures/random-bundle-f16/        (the same weights with io_dtype float16 and embedded weights)
 -> test/fixtures/random-bundle-reference.json
    Every stage run once or more on fixed inputs by reference_torch.py (float32, with the same
    fp16-rounded weights the bundle stores). Layout:
@@ -28,8 +29,13 @@ from .writer import write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = ROOT / "test" / "fixtures" / "random-bundle"
+# The same weights with float16 io and embedded weights: the GPU-bundle variant, exercised on the CPU.
+BUNDLE_F16_DIR = ROOT / "test" / "fixtures" / "random-bundle-f16"
 REFERENCE_PATH = ROOT / "test" / "fixtures" / "random-bundle-reference.json"
 SEED = 20240611
+# float16 carries ~3 significant digits (half an ulp is 4.9e-4 relative); inputs, caches and outputs are
+# each rounded once. Measured worst case on this bundle: 7.4e-4.
+F16_TOLERANCE = 2e-3
 QUESTION = "What color is the small circle?"
 
 WORDS = """user assistant what which how many is are the a an of in on to and there color colour shape
@@ -229,6 +235,11 @@ def main() -> None:
                                     "note": "random weights; for tests of the bundle contract only"},
                             weight_dtype="float16", external_data=True, overwrite=True)
 
+    manifest_f16 = write_bundle(BUNDLE_F16_DIR, {**cfg, "io_dtype": "float16"}, weights, tokenizer,
+                                source={"producer": "tools/bundle/make_random.py", "seed": SEED,
+                                        "note": "float16-io variant of random-bundle; for tests only"},
+                                weight_dtype="float16", external_data=False, overwrite=True)
+
     template, image_token = cfg["prompt"]["template"], cfg["prompt"]["image_token"]
     prefix, suffix = template.split(image_token)
     suffix = suffix.replace("{question}", QUESTION)
@@ -243,17 +254,22 @@ def main() -> None:
     reference = {
         "description": "Reference outputs of every stage of test/fixtures/random-bundle, computed by "
                        "tools/bundle/reference_torch.py in float32; written by tools/bundle/make_random.py.",
-        "content_hash": manifest["content_hash"],
-        "tolerance": {"relative_to_max_abs": 1e-4},
+        # max|a-b| <= tolerance * max|ref| per output; float16 io rounds every hidden state and cache entry.
+        "bundles": {
+            "random-bundle": {"content_hash": manifest["content_hash"], "io_dtype": "float32", "tolerance": 1e-4},
+            "random-bundle-f16": {"content_hash": manifest_f16["content_hash"], "io_dtype": "float16",
+                                  "tolerance": F16_TOLERANCE},
+        },
         "prompt": {"question": QUESTION, "prefix": prefix, "suffix": suffix,
                    "prefix_ids": prefix_ids, "suffix_ids": suffix_ids},
         "cases": r.cases,
         "tensors": r.tensors,
     }
     REFERENCE_PATH.write_text(json.dumps(reference, indent=1) + "\n", encoding="utf-8")
-    size = sum(f["bytes"] for f in manifest["files"])
-    print(f"wrote {BUNDLE_DIR.relative_to(ROOT)} ({size} bytes, {len(manifest['graphs'])} graphs, "
-          f"{manifest['content_hash']}) and {REFERENCE_PATH.relative_to(ROOT)} ({len(r.cases)} cases)")
+    for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16)):
+        size = sum(f["bytes"] for f in man["files"])
+        print(f"wrote {out.relative_to(ROOT)} ({size} bytes, {len(man['graphs'])} graphs, {man['content_hash']})")
+    print(f"wrote {REFERENCE_PATH.relative_to(ROOT)} ({len(r.cases)} cases)")
 
 
 if __name__ == "__main__":
