@@ -99,7 +99,8 @@ export type VlmServiceName = typeof SERVICE_VISION | typeof SERVICE_LANGUAGE;
 
 export const MetricName = {
   QueueDepth: 'vlm.queue.depth',
-  InFlight: 'vlm.requests.in_flight',
+  /** Prometheus: vlm_inflight_requests (the name the HPAs and prometheus-adapter rules in k8s/ use). */
+  InFlight: 'vlm.inflight_requests',
   StageDuration: 'vlm.stage.duration',
   StageTokens: 'vlm.stage.tokens',
   TokensPerSecond: 'vlm.decode.tokens_per_second',

@@ -1,0 +1,2 @@
+export { startTraceReceiver, type TraceReceiver, type TraceReceiverOptions } from './receiver';
+export { decodeTraceRequest } from './otlp-proto';
