@@ -1,0 +1,225 @@
+/**
+ * The Encode stream contract, both ends: the vision service cuts a [rows, width] tensor into chunks
+ * of whole rows; the language service reassembles them and checks every promise the header made.
+ *
+ * Order: exactly one header, then chunk 0..chunk_count-1 (row_offset = index * rows_per_chunk), then
+ * exactly one summary. Data is little-endian. Violations are DATA_LOSS (the stream is not the tensor
+ * it claims to be); a well-formed tensor from a different model (content hash, dtype, width) is
+ * FAILED_PRECONDITION, as in a half-finished rollout.
+ */
+import { endianness } from 'node:os';
+import { VlmError } from '../../shared/errors';
+import type { EncodeResponse, EncodeSummary, TensorChunk, TensorHeader } from '../../gen/vlm/v1/vision_service';
+import { ByteOrder, ElementType, type VisionSchedule } from '../../gen/vlm/v1/common';
+
+export type WireDType = 'float32' | 'float16';
+
+/** Visual tokens as the services hold them: row-major [rows, width]; float16 as raw Uint16 bits. */
+export interface VisualTokens {
+  readonly rows: number;
+  readonly width: number;
+  readonly dtype: WireDType;
+  readonly data: Float32Array | Uint16Array;
+  /** Per row: original patch index, -1 CLS, -2 synthesised. */
+  readonly origin: Int32Array;
+  /** Per row: original patches it stands for. */
+  readonly size: Float32Array;
+}
+
+/** Chunks stay far below gRPC's 4 MiB default message limit. */
+export const TARGET_CHUNK_BYTES = 1 << 20;
+export const MAX_CHUNK_BYTES = 3 << 20;
+
+const HOST_IS_LE = endianness() === 'LE';
+
+export function bytesPerElement(dtype: WireDType): number {
+  return dtype === 'float32' ? 4 : 2;
+}
+
+export function elementTypeOf(dtype: WireDType): ElementType {
+  return dtype === 'float32' ? ElementType.ELEMENT_TYPE_FLOAT32 : ElementType.ELEMENT_TYPE_FLOAT16;
+}
+
+export function wireDTypeOf(t: ElementType): WireDType | null {
+  if (t === ElementType.ELEMENT_TYPE_FLOAT32) return 'float32';
+  if (t === ElementType.ELEMENT_TYPE_FLOAT16) return 'float16';
+  return null;
+}
+
+/**
+ * Rows per chunk: the requested (or configured) count, capped so a chunk stays under MAX_CHUNK_BYTES;
+ * 0 means "about TARGET_CHUNK_BYTES".
+ */
+export function rowsPerChunk(width: number, dtype: WireDType, requested: number): number {
+  const rowBytes = width * bytesPerElement(dtype);
+  const cap = Math.max(1, Math.floor(MAX_CHUNK_BYTES / rowBytes));
+  const wanted = requested > 0 ? requested : Math.floor(TARGET_CHUNK_BYTES / rowBytes);
+  return Math.max(1, Math.min(cap, wanted));
+}
+
+function littleEndianBytes(data: Float32Array | Uint16Array): Buffer {
+  const view = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (HOST_IS_LE) return view;
+  const copy = Buffer.from(view);
+  if (data.BYTES_PER_ELEMENT === 4) copy.swap32();
+  else copy.swap16();
+  return copy;
+}
+
+export interface HeaderFields {
+  readonly modelId: string;
+  readonly contentHash: string;
+  readonly fullTokenCount: number;
+  readonly schedule: VisionSchedule | undefined;
+}
+
+/** The whole Encode response sequence for `tokens`: header, chunks, summary. */
+export function* tensorMessages(tokens: VisualTokens, fields: HeaderFields, rowsWanted: number, summary: EncodeSummary): Generator<EncodeResponse> {
+  const perChunk = rowsPerChunk(tokens.width, tokens.dtype, rowsWanted);
+  const chunkCount = Math.ceil(tokens.rows / perChunk);
+  const header: TensorHeader = {
+    modelId: fields.modelId,
+    contentHash: fields.contentHash,
+    dtype: elementTypeOf(tokens.dtype),
+    byteOrder: ByteOrder.BYTE_ORDER_LITTLE_ENDIAN,
+    shape: [tokens.rows, tokens.width],
+    tokenCount: tokens.rows,
+    width: tokens.width,
+    origin: Array.from(tokens.origin),
+    size: Array.from(tokens.size),
+    fullTokenCount: fields.fullTokenCount,
+    rowsPerChunk: perChunk,
+    chunkCount,
+    schedule: fields.schedule,
+  };
+  yield { part: { $case: 'header', header } };
+  const bytes = littleEndianBytes(tokens.data);
+  const rowBytes = tokens.width * bytesPerElement(tokens.dtype);
+  for (let index = 0; index < chunkCount; index++) {
+    const rowOffset = index * perChunk;
+    const rowCount = Math.min(perChunk, tokens.rows - rowOffset);
+    const data = bytes.subarray(rowOffset * rowBytes, (rowOffset + rowCount) * rowBytes);
+    yield { part: { $case: 'chunk', chunk: { index, rowOffset, rowCount, data } } };
+  }
+  yield { part: { $case: 'summary', summary: { ...summary, tensorBytes: bytes.byteLength } } };
+}
+
+/** What the receiver requires of the tensor: its own model. */
+export interface Expectation {
+  readonly modelId: string;
+  readonly contentHash: string;
+  readonly dtype: WireDType;
+  readonly width: number;
+  /** Unreduced visual tokens of this model; more rows than this is not a tensor of this model. */
+  readonly fullTokenCount: number;
+}
+
+export interface AssembledTensor {
+  readonly tokens: VisualTokens;
+  readonly header: TensorHeader;
+  readonly summary: EncodeSummary;
+}
+
+function loss(message: string): VlmError {
+  return new VlmError('DATA_LOSS', `vision stream: ${message}`);
+}
+
+/**
+ * Reassembles one Encode stream. Feed every message in order with `accept`, then call `finish` when
+ * the stream ended with OK. Each method throws a VlmError at the first broken promise.
+ */
+export class TensorAssembler {
+  private header: TensorHeader | null = null;
+  private dtype: WireDType = 'float32';
+  private bytes: Uint8Array | null = null;
+  private nextIndex = 0;
+  private rowsReceived = 0;
+  private summary: EncodeSummary | null = null;
+
+  constructor(private readonly expect: Expectation) {}
+
+  accept(message: EncodeResponse): void {
+    const part = message.part;
+    if (part === undefined) throw loss('a message with no header, chunk or summary');
+    if (this.summary !== null) throw loss(`a ${part.$case} after the summary`);
+    switch (part.$case) {
+      case 'header':
+        return this.acceptHeader(part.header);
+      case 'chunk':
+        return this.acceptChunk(part.chunk);
+      case 'summary':
+        return this.acceptSummary(part.summary);
+    }
+  }
+
+  private acceptHeader(h: TensorHeader): void {
+    if (this.header !== null) throw loss('a second header');
+    const e = this.expect;
+    if (h.contentHash !== e.contentHash) {
+      throw new VlmError(
+        'FAILED_PRECONDITION',
+        `the vision service runs ${h.modelId} (${h.contentHash}) but this language service runs ${e.modelId} (${e.contentHash}); ` +
+          'both must serve the same model bundle (is a rollout half finished?)',
+      );
+    }
+    const dtype = wireDTypeOf(h.dtype);
+    if (dtype !== e.dtype) {
+      throw new VlmError('FAILED_PRECONDITION', `the vision service sends ${dtype ?? `element type ${h.dtype}`} tokens but this language service runs ${e.dtype}; run both with the same io_dtype bundle`);
+    }
+    if (h.width !== e.width) {
+      throw new VlmError('FAILED_PRECONDITION', `the vision service sends tokens of width ${h.width} but this language model's hidden size is ${e.width}`);
+    }
+    if (h.byteOrder !== ByteOrder.BYTE_ORDER_LITTLE_ENDIAN) throw loss(`unsupported byte order ${h.byteOrder}; only little-endian is defined`);
+    const rows = h.tokenCount;
+    if (h.shape.length !== 2 || h.shape[0] !== rows || h.shape[1] !== h.width) throw loss(`header shape [${h.shape.join(', ')}] disagrees with token_count ${rows} and width ${h.width}`);
+    if (rows > e.fullTokenCount) throw loss(`${rows} visual tokens, more than the model's ${e.fullTokenCount}`);
+    if (h.origin.length !== rows) throw loss(`${h.origin.length} provenance entries for ${rows} rows`);
+    if (h.size.length !== rows && h.size.length !== 0) throw loss(`${h.size.length} size entries for ${rows} rows`);
+    if (h.rowsPerChunk < 1 || h.chunkCount !== Math.ceil(rows / h.rowsPerChunk)) throw loss(`chunk_count ${h.chunkCount} does not cover ${rows} rows in chunks of ${h.rowsPerChunk}`);
+    this.header = h;
+    this.dtype = dtype;
+    this.bytes = new Uint8Array(rows * h.width * bytesPerElement(dtype));
+  }
+
+  private acceptChunk(c: TensorChunk): void {
+    const h = this.header;
+    if (h === null || this.bytes === null) throw loss('a chunk before the header');
+    if (c.index >= h.chunkCount) throw loss(`chunk ${c.index} beyond the ${h.chunkCount} the header announced`);
+    if (c.index !== this.nextIndex) throw loss(`chunk ${c.index} where chunk ${this.nextIndex} was due (missing or repeated chunk)`);
+    const rowOffset = c.index * h.rowsPerChunk;
+    const rowCount = Math.min(h.rowsPerChunk, h.tokenCount - rowOffset);
+    if (c.rowOffset !== rowOffset || c.rowCount !== rowCount) throw loss(`chunk ${c.index} holds rows [${c.rowOffset}, +${c.rowCount}) instead of [${rowOffset}, +${rowCount})`);
+    const rowBytes = h.width * bytesPerElement(this.dtype);
+    if (c.data.length !== rowCount * rowBytes) throw loss(`chunk ${c.index} has ${c.data.length} bytes for ${rowCount} rows of ${rowBytes}`);
+    this.bytes.set(c.data, rowOffset * rowBytes);
+    this.nextIndex++;
+    this.rowsReceived += rowCount;
+  }
+
+  private acceptSummary(s: EncodeSummary): void {
+    const h = this.header;
+    if (h === null) throw loss('a summary before the header');
+    if (this.nextIndex !== h.chunkCount) throw loss(`summary after ${this.nextIndex} of ${h.chunkCount} chunks`);
+    this.summary = s;
+  }
+
+  /** Call when the stream ended with status OK. */
+  finish(): AssembledTensor {
+    const h = this.header;
+    if (h === null || this.bytes === null) throw loss('the stream ended without a header');
+    if (this.summary === null) throw loss(`the stream ended after ${this.nextIndex} of ${h.chunkCount} chunks, without a summary`);
+    const bytes = this.bytes;
+    if (!HOST_IS_LE) {
+      const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (this.dtype === 'float32') b.swap32();
+      else b.swap16();
+    }
+    const data = this.dtype === 'float32' ? new Float32Array(bytes.buffer, 0, bytes.byteLength / 4) : new Uint16Array(bytes.buffer, 0, bytes.byteLength / 2);
+    const size = h.size.length === h.tokenCount ? Float32Array.from(h.size) : new Float32Array(h.tokenCount).fill(1);
+    return {
+      header: h,
+      summary: this.summary,
+      tokens: { rows: h.tokenCount, width: h.width, dtype: this.dtype, data, origin: Int32Array.from(h.origin), size },
+    };
+  }
+}

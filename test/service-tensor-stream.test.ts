@@ -1,0 +1,142 @@
+/**
+ * The Encode stream contract: header, whole-row chunks, summary; and what the receiver does with a
+ * stream that breaks it.
+ */
+import { describe, expect, it } from 'vitest';
+import { VlmError } from '../shared/errors';
+import type { EncodeResponse } from '../gen/vlm/v1/vision_service';
+import { ElementType } from '../gen/vlm/v1/common';
+import {
+  MAX_CHUNK_BYTES,
+  rowsPerChunk,
+  TensorAssembler,
+  tensorMessages,
+  type Expectation,
+  type VisualTokens,
+} from '../services/common/tensor-stream';
+
+function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'float32'): VisualTokens {
+  const n = rows * width;
+  const data = dtype === 'float32' ? Float32Array.from({ length: n }, (_, i) => i * 0.5 - 3) : Uint16Array.from({ length: n }, (_, i) => (i * 7919) & 0xffff);
+  return {
+    rows,
+    width,
+    dtype,
+    data,
+    origin: Int32Array.from({ length: rows }, (_, i) => (i === 0 ? -2 : i * 3)),
+    size: Float32Array.from({ length: rows }, (_, i) => (i === 0 ? 4 : 1)),
+  };
+}
+
+const fields = { modelId: 'm', contentHash: 'sha256:aa', fullTokenCount: 64, schedule: undefined };
+const summary = { timingsMs: { encoder: 1 }, flops: { vision: 2 }, queueMs: 0, tensorBytes: 0 };
+
+function expectation(over: Partial<Expectation> = {}): Expectation {
+  return { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 24, fullTokenCount: 64, ...over };
+}
+
+function messages(t: VisualTokens, rowsWanted = 5): EncodeResponse[] {
+  return [...tensorMessages(t, fields, rowsWanted, summary)];
+}
+
+function assemble(msgs: EncodeResponse[], expect = expectation()) {
+  const a = new TensorAssembler(expect);
+  for (const m of msgs) a.accept(m);
+  return a.finish();
+}
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof VlmError ? `${err.code}: ${err.message}` : `not a VlmError: ${String(err)}`;
+  }
+  return 'no error';
+}
+
+describe('tensorMessages', () => {
+  it('sends a header, then ceil(rows / rowsPerChunk) chunks of whole rows, then a summary', () => {
+    const msgs = messages(tokens(23, 24), 5);
+    expect(msgs.map((m) => m.part?.$case)).toEqual(['header', 'chunk', 'chunk', 'chunk', 'chunk', 'chunk', 'summary']);
+    const header = msgs[0]!.part!.$case === 'header' ? msgs[0]!.part!.header : null;
+    expect(header).toMatchObject({ tokenCount: 23, width: 24, shape: [23, 24], rowsPerChunk: 5, chunkCount: 5, dtype: ElementType.ELEMENT_TYPE_FLOAT32 });
+    expect(header!.origin.slice(0, 3)).toEqual([-2, 3, 6]);
+    const chunks = msgs.flatMap((m) => (m.part?.$case === 'chunk' ? [m.part.chunk] : []));
+    expect(chunks.map((c) => [c.index, c.rowOffset, c.rowCount, c.data.length])).toEqual([
+      [0, 0, 5, 5 * 24 * 4],
+      [1, 5, 5, 5 * 24 * 4],
+      [2, 10, 5, 5 * 24 * 4],
+      [3, 15, 5, 5 * 24 * 4],
+      [4, 20, 3, 3 * 24 * 4],
+    ]);
+    const last = msgs.at(-1)!;
+    expect(last.part?.$case === 'summary' && last.part.summary.tensorBytes).toBe(23 * 24 * 4);
+  });
+
+  it('keeps chunks under 3 MiB even for LLaVA-7B-sized rows and a huge requested row count', () => {
+    const perChunk = rowsPerChunk(4096, 'float32', 100_000);
+    expect(perChunk * 4096 * 4).toBeLessThanOrEqual(MAX_CHUNK_BYTES);
+    expect(rowsPerChunk(4096, 'float16', 0) * 4096 * 2).toBe(1 << 20);
+    expect(rowsPerChunk(1 << 22, 'float32', 0)).toBe(1);
+  });
+});
+
+describe('TensorAssembler', () => {
+  it('reassembles float32 and float16 tensors bit for bit with provenance and sizes', () => {
+    for (const dtype of ['float32', 'float16'] as const) {
+      const t = tokens(17, 24, dtype);
+      const out = assemble(messages(t, 4), expectation({ dtype }));
+      expect(out.tokens.dtype).toBe(dtype);
+      expect(Array.from(out.tokens.data)).toEqual(Array.from(t.data));
+      expect(Array.from(out.tokens.origin)).toEqual(Array.from(t.origin));
+      expect(Array.from(out.tokens.size)).toEqual(Array.from(t.size));
+      expect(out.summary.timingsMs).toEqual({ encoder: 1 });
+    }
+  });
+
+  it('accepts a zero-row tensor (header, no chunks, summary)', () => {
+    const out = assemble(messages(tokens(0, 24)));
+    expect(out.tokens.rows).toBe(0);
+  });
+
+  it('answers FAILED_PRECONDITION for a tensor of another model: content hash, dtype, width', () => {
+    const msgs = messages(tokens(8, 24));
+    expect(codeOf(() => assemble(msgs, expectation({ contentHash: 'sha256:bb' })))).toMatch(/^FAILED_PRECONDITION: .*sha256:aa.*sha256:bb.*same model bundle/);
+    expect(codeOf(() => assemble(msgs, expectation({ dtype: 'float16' })))).toMatch(/^FAILED_PRECONDITION: .*float32.*float16/);
+    expect(codeOf(() => assemble(msgs, expectation({ width: 32 })))).toMatch(/^FAILED_PRECONDITION: .*width 24.*32/);
+  });
+
+  describe('answers DATA_LOSS for a broken stream', () => {
+    const good = messages(tokens(12, 24), 4); // header, 3 chunks, summary
+    const cases: Array<[string, EncodeResponse[], RegExp]> = [
+      ['a missing chunk', [good[0]!, good[1]!, good[3]!, good[4]!], /chunk 2 where chunk 1 was due/],
+      ['a repeated chunk', [good[0]!, good[1]!, good[1]!, good[2]!, good[3]!, good[4]!], /chunk 0 where chunk 1 was due/],
+      ['a chunk beyond the announced count', [...good.slice(0, 4), { part: { $case: 'chunk', chunk: { index: 3, rowOffset: 12, rowCount: 4, data: Buffer.alloc(384) } } }], /beyond the 3/],
+      ['a chunk after the summary', [...good, good[1]!], /after the summary/],
+      ['a summary before the last chunk', [good[0]!, good[1]!, good[4]!], /summary after 1 of 3 chunks/],
+      ['no summary', good.slice(0, 4), /without a summary/],
+      ['no header', good.slice(1), /before the header/],
+      ['nothing at all', [], /without a header/],
+      ['a second header', [good[0]!, good[0]!], /second header/],
+      ['a short chunk', [good[0]!, { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 0, rowCount: 4, data: Buffer.alloc(10) } } }], /10 bytes for 4 rows/],
+      ['a chunk at the wrong rows', [good[0]!, { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 1, rowCount: 4, data: Buffer.alloc(384) } } }], /rows \[1, \+4\)/],
+      ['an empty message', [good[0]!, { part: undefined }], /no header, chunk or summary/],
+    ];
+    for (const [name, msgs, why] of cases) {
+      it(name, () => {
+        const result = codeOf(() => assemble(msgs));
+        expect(result).toMatch(/^DATA_LOSS: vision stream: /);
+        expect(result).toMatch(why);
+      });
+    }
+
+    it('a header whose shape, provenance or chunking disagree with its token count', () => {
+      const header = good[0]!.part!.$case === 'header' ? good[0]!.part!.header : null;
+      const bad = (over: object): EncodeResponse[] => [{ part: { $case: 'header', header: { ...header!, ...over } } }];
+      expect(codeOf(() => assemble(bad({ shape: [13, 24] })))).toMatch(/^DATA_LOSS: .*shape/);
+      expect(codeOf(() => assemble(bad({ origin: [1, 2] })))).toMatch(/^DATA_LOSS: .*2 provenance entries/);
+      expect(codeOf(() => assemble(bad({ chunkCount: 2 })))).toMatch(/^DATA_LOSS: .*chunk_count 2/);
+      expect(codeOf(() => assemble(bad({ tokenCount: 100, shape: [100, 24] })))).toMatch(/^DATA_LOSS: .*more than the model's 64/);
+    });
+  });
+});
