@@ -57,6 +57,24 @@ export interface ServicesConfig {
   readonly languagePort: number;
 }
 
+/** The gRPC shells (services/): the vision hop, chunking, auth and shutdown. */
+export interface RpcConfig {
+  /**
+   * Where the language service finds vision: one address, a comma-separated list (balanced
+   * round-robin on the client) or any gRPC target such as dns:///vision.vlm.svc:50051.
+   * Empty: 127.0.0.1:<vision port>.
+   */
+  readonly visionTarget: string;
+  /** Rows per tensor chunk on the vision hop; 0: about 1 MiB per chunk. */
+  readonly rowsPerChunk: number;
+  /** Bearer token clients must send (also sent on the vision hop); null: no authentication. From VLM_AUTH_TOKEN or --auth-token-file, never a flag value. */
+  readonly authToken: string | null;
+  /** SIGTERM: how long calls in flight may finish before they are cancelled. */
+  readonly shutdownGraceMs: number;
+  /** Run a worst-case dummy request before reporting SERVING. */
+  readonly warmup: boolean;
+}
+
 export interface TelemetryConfig {
   /** Prometheus scrape port; 0 = off. */
   readonly metricsPort: number;
@@ -68,6 +86,7 @@ export interface Config {
   readonly limits: LimitsConfig;
   readonly services: ServicesConfig;
   readonly telemetry: TelemetryConfig;
+  readonly rpc: RpcConfig;
   readonly logLevel: LogLevel;
 }
 
@@ -92,6 +111,11 @@ export const CONFIG_FLAGS = {
   'vision-port': { type: 'string' },
   'language-port': { type: 'string' },
   'metrics-port': { type: 'string' },
+  'vision-target': { type: 'string' },
+  'rows-per-chunk': { type: 'string' },
+  'auth-token-file': { type: 'string' },
+  'shutdown-grace-ms': { type: 'string' },
+  warmup: { type: 'boolean' },
   'log-level': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -146,6 +170,13 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     telemetry: {
       metricsPort: r.int('metrics-port', 'VLM_METRICS_PORT', 9464, 0),
     },
+    rpc: {
+      visionTarget: r.str('vision-target', 'VLM_VISION_TARGET', ''),
+      rowsPerChunk: r.int('rows-per-chunk', 'VLM_ROWS_PER_CHUNK', 0, 0),
+      authToken: readAuthToken(r.str('auth-token-file', 'VLM_AUTH_TOKEN_FILE', ''), env.VLM_AUTH_TOKEN),
+      shutdownGraceMs: r.int('shutdown-grace-ms', 'VLM_SHUTDOWN_GRACE_MS', 10_000, 0),
+      warmup: r.bool('warmup', 'VLM_WARMUP', true),
+    },
     logLevel: r.oneOf('log-level', 'VLM_LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent'] as const),
   };
   return deepFreeze(config);
@@ -182,6 +213,23 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Config {
   }
   if (overrides.model?.dir) (merged.model as { dir: string }).dir = path.resolve(overrides.model.dir);
   return deepFreeze(merged as unknown as Config);
+}
+
+/** A token file wins over VLM_AUTH_TOKEN; surrounding whitespace (a trailing newline) is not part of it. */
+function readAuthToken(file: string, fromEnv: string | undefined): string | null {
+  if (file !== '') {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new VlmError('INVALID_ARGUMENT', `--auth-token-file: cannot read ${file}: ${(err as Error).message}`);
+    }
+    const token = text.trim();
+    if (token === '') throw VlmError.invalid('--auth-token-file', `${file} is empty`);
+    return token;
+  }
+  const token = fromEnv?.trim() ?? '';
+  return token === '' ? null : token;
 }
 
 /** `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order. A lone GPU provider gets `cpu` appended. */
