@@ -1,0 +1,226 @@
+/**
+ * The language side: prompt assembly around the visual rows, prefill layer by layer with the
+ * language method's steps, then decode.
+ *
+ * Positions (docs/architecture table, shared/methods/types.ts PositionRule):
+ * - 'renumber' (and none / vision-side methods, where it is the same thing): prefill positions are
+ *   0..L-1 of the current sequence at every layer; a decoded token's position at layer l is that
+ *   layer's cache length.
+ * - 'keep': kept tokens carry their original positions (a merged row takes its first source's);
+ *   a decoded token's position is the original prompt length + step at every layer.
+ * A step 'after-attn' reduces the post-attention stream before the MLP (the layer's cache keeps the
+ * pre-reduction length); 'after-layer' reduces after the MLP. Either reads the scores graph of the
+ * same layer, run on that layer's attention inputs.
+ */
+import { withSpan } from '../telemetry/with-span';
+import {
+  ATTR_VLM_FINISH_REASON,
+  ATTR_VLM_FLOPS,
+  ATTR_VLM_LAYER,
+  ATTR_VLM_MODEL_ID,
+  ATTR_VLM_REDUCTION_ACHIEVED,
+  ATTR_VLM_REDUCTION_METHOD,
+  ATTR_VLM_TOKENS_IN,
+  ATTR_VLM_TOKENS_OUT,
+  SpanName,
+} from '../telemetry/names';
+import { VlmError } from '../errors';
+import { optionsOf, resolveLanguageSchedule, type ReductionPolicy } from '../methods/policy';
+import { getLanguageReducer } from '../methods/registry';
+import type { LanguageSchedule, LanguageStep, Matrix, Span } from '../methods/types';
+import { emptyFlops, headFlops, languageAttnFlops, languageMlpFlops, languageScoresFlops, type StageFlops } from '../flops/flops';
+import { firstSourceValues } from '../tensor/rows';
+import { assemblePrompt, DeltaDecoder } from '../tokenizer/tokenizer';
+import { checkContinue, type RunContext } from './context';
+import type { VisualTokens } from './encode-image';
+import { LanguageStageRunner } from './language-runner';
+import type { LoadedModel } from './model';
+import { checkSampling, Sampler, type SamplingParams } from './sampling';
+
+export type FinishReason = 'stop' | 'length';
+
+export interface GenerateResult {
+  readonly text: string;
+  readonly tokenIds: readonly number[];
+  readonly finishReason: FinishReason;
+  /** Prompt length with the visual rows as they arrived (before language-side reduction). */
+  readonly promptTokens: number;
+  readonly visualTokensIn: number;
+  readonly schedule: LanguageSchedule;
+  /** Visual tokens entering each decoder layer's attention during prefill, as run. */
+  readonly perLayerVisualTokens: readonly number[];
+  /** Their mean: the budget achieved. */
+  readonly achievedBudget: number;
+  readonly flops: StageFlops;
+  readonly timingsMs: { readonly prefill: number; readonly firstToken: number; readonly decode: number };
+}
+
+/** Called for every generated token (not stop tokens) with the text it completes (may be ''). */
+export type OnDelta = (delta: string, tokenId: number) => void;
+
+function checkVisual(model: LoadedModel, visual: VisualTokens): void {
+  const [N, D] = visual.embeds.dims;
+  const want = model.manifest.language.hidden_size;
+  if (D !== want) throw new VlmError('FAILED_PRECONDITION', `visual tokens have width ${D}, this language model takes ${want}: the vision service runs a different model`);
+  if (N < 1 || visual.embeds.data.length !== N * D) throw VlmError.invalid('visual.embeds', `dims [${N}, ${D}] do not match ${visual.embeds.data.length} values`);
+  if (visual.origin.length !== N) throw VlmError.invalid('visual.origin', `has ${visual.origin.length} entries for ${N} rows`);
+}
+
+function concatRows(parts: readonly Matrix[]): Matrix {
+  const cols = parts[0]!.cols;
+  const rows = parts.reduce((n, p) => n + p.rows, 0);
+  const data = new Float32Array(rows * cols);
+  let at = 0;
+  for (const p of parts) {
+    data.set(p.data.subarray(0, p.rows * cols), at);
+    at += p.rows * cols;
+  }
+  return { rows, cols, data };
+}
+
+function range(n: number): Int32Array {
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = i;
+  return out;
+}
+
+export async function generate(
+  model: LoadedModel,
+  visual: VisualTokens,
+  question: string,
+  sampling: SamplingParams,
+  policy: ReductionPolicy,
+  ctx: RunContext = {},
+  onDelta?: OnDelta,
+): Promise<GenerateResult> {
+  const m = model.manifest;
+  const L_ = m.language;
+  checkVisual(model, visual);
+  checkSampling(sampling, model.limits.maxNewTokens);
+  const N = visual.embeds.dims[0];
+  const schedule = resolveLanguageSchedule(policy, { ...model.languageGeometry, visualTokens: N });
+  const reducer = getLanguageReducer(schedule.method);
+  const options = optionsOf(policy);
+  const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
+  const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
+  if (promptTokens + sampling.maxNewTokens > L_.max_positions) {
+    throw VlmError.invalid('sampling.max_new_tokens', `prompt (${promptTokens} tokens) + max_new_tokens (${sampling.maxNewTokens}) exceeds the model's ${L_.max_positions} positions`);
+  }
+  const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
+  const runner = new LanguageStageRunner(model.bundle.stages, m, ctx);
+  const flops = emptyFlops();
+  const perLayerVisualTokens: number[] = [];
+  checkContinue(ctx);
+
+  // ---- prefill ----
+  let t0 = performance.now();
+  await withSpan(SpanName.Prefill, { ...attrs, [ATTR_VLM_TOKENS_IN]: promptTokens }, async (span) => {
+    const text = await runner.embed([...prompt.prefix, ...prompt.suffix]);
+    const prefixRows: Matrix = { rows: prompt.prefix.length, cols: text.cols, data: text.data.subarray(0, prompt.prefix.length * text.cols) };
+    const suffixRows: Matrix = { rows: prompt.suffix.length, cols: text.cols, data: text.data.subarray(prompt.prefix.length * text.cols) };
+    const embeds = concatRows([prefixRows, { rows: N, cols: visual.embeds.dims[1], data: visual.embeds.data }, suffixRows]);
+    let image: Span = { start: prompt.imageStart, length: N };
+    const state: Record<string, unknown> = {};
+    reducer.prepare?.({ embeds, image }, schedule, options, state);
+    runner.setHidden(embeds);
+    let positions = range(embeds.rows);
+
+    const applyStep = async (step: LanguageStep, layer: number): Promise<void> => {
+      checkContinue(ctx);
+      await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: image.length }, async (reduceSpan) => {
+        const hidden = runner.hiddenMatrix();
+        const scores = await runner.scores(layer, schedule.needs);
+        if (schedule.needs.length) flops.overhead += languageScoresFlops(L_, positions.length, positions.length);
+        const out = reducer.reduce({ step, hidden, ...scores, image, state }, schedule, options);
+        runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
+        const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
+        const rows = runner.hiddenMatrix().rows;
+        if (kept) {
+          const next = new Int32Array(rows);
+          next.set(positions.subarray(0, out.span.start), 0);
+          next.set(kept, out.span.start);
+          next.set(positions.subarray(out.span.start + out.span.length), out.span.start + kept.length);
+          positions = next;
+        } else positions = range(rows);
+        image = out.image;
+        reduceSpan.setAttribute(ATTR_VLM_TOKENS_OUT, image.length);
+      });
+    };
+
+    for (let layer = 0; layer < L_.num_layers; layer++) {
+      checkContinue(ctx);
+      const T = positions.length;
+      perLayerVisualTokens.push(image.length);
+      await withSpan(SpanName.PrefillLayer, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (layerSpan) => {
+        await runner.attn(layer, positions);
+        flops.prefill += languageAttnFlops(L_, T, T);
+        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-attn') await applyStep(step, layer);
+        await runner.mlp(layer);
+        flops.prefill += languageMlpFlops(L_, positions.length);
+        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-layer') await applyStep(step, layer);
+        layerSpan.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
+      });
+    }
+    flops.prefill += headFlops(L_, 1);
+    span.setAttribute(ATTR_VLM_FLOPS, flops.prefill + flops.overhead);
+    span.setAttribute(ATTR_VLM_REDUCTION_ACHIEVED, mean(perLayerVisualTokens));
+  });
+  let logits = await runner.headLast();
+  const prefillMs = performance.now() - t0;
+
+  // ---- decode ----
+  t0 = performance.now();
+  const sampler = new Sampler(sampling);
+  const stop = new Set(m.tokens.stop_ids);
+  const decoder = new DeltaDecoder(model.tokenizer);
+  const ids: number[] = [];
+  let firstToken = 0;
+  let finishReason: FinishReason = 'length';
+  await withSpan(SpanName.Decode, attrs, async (span) => {
+    for (let step = 0; ; step++) {
+      checkContinue(ctx);
+      const id = sampler.next(logits);
+      if (step === 0) firstToken = prefillMs + performance.now() - t0;
+      if (stop.has(id)) {
+        finishReason = 'stop';
+        break;
+      }
+      ids.push(id);
+      onDelta?.(decoder.push(id), id);
+      if (ids.length >= sampling.maxNewTokens) break;
+      runner.setHidden(await runner.embed([id]));
+      for (let layer = 0; layer < L_.num_layers; layer++) {
+        checkContinue(ctx);
+        const cacheLen = runner.cacheLength(layer);
+        const position = schedule.positions === 'keep' ? promptTokens + step : cacheLen;
+        await runner.attn(layer, [position]);
+        await runner.mlp(layer);
+        flops.decode += languageAttnFlops(L_, 1, cacheLen + 1) + languageMlpFlops(L_, 1);
+      }
+      logits = await runner.headLast();
+      flops.decode += headFlops(L_, 1);
+    }
+    const rest = decoder.flush();
+    if (rest && ids.length) onDelta?.(rest, ids[ids.length - 1]!);
+    span.setAttribute(ATTR_VLM_TOKENS_OUT, ids.length);
+    span.setAttribute(ATTR_VLM_FINISH_REASON, finishReason);
+    span.setAttribute(ATTR_VLM_FLOPS, flops.decode);
+  });
+
+  return {
+    text: decoder.text,
+    tokenIds: ids,
+    finishReason,
+    promptTokens,
+    visualTokensIn: N,
+    schedule,
+    perLayerVisualTokens,
+    achievedBudget: mean(perLayerVisualTokens),
+    flops,
+    timingsMs: { prefill: prefillMs, firstToken, decode: performance.now() - t0 },
+  };
+}
+
+function mean(xs: readonly number[]): number {
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0;
+}

@@ -1,0 +1,124 @@
+/**
+ * Owns one request's decoder state: the residual stream of the current sequence and one KV cache
+ * per layer. Caches have independent lengths (a layer's cache holds exactly the tokens its attention
+ * saw) and stay ORT tensors in the bundle's io_dtype between calls, so they are fed back without
+ * conversion; on a GPU they can stay on the device behind this same surface.
+ */
+import * as ort from 'onnxruntime-node';
+import { VlmError } from '../errors';
+import type { StageSet } from '../bundle/loader';
+import { layerStage, type Manifest } from '../bundle/manifest';
+import type { Matrix, Span, TokenCombination } from '../methods/types';
+import { runStage, type Feed, type Resident } from '../onnx/run-stage';
+import { asMatrix, batched, f32, i64, type F32Tensor, type I64Tensor } from '../tensor/host-tensor';
+import { checkCombination, combineSpan } from '../tensor/rows';
+import type { RunContext } from './context';
+
+interface Cache {
+  readonly key: Resident;
+  readonly value: Resident;
+  readonly length: number;
+}
+
+export class LanguageStageRunner {
+  private hidden: F32Tensor | undefined;
+  private readonly caches: (Cache | undefined)[];
+  /** Feeds of the last attention call: the scores graph of the same layer reads exactly these. */
+  private attnFeeds: { layer: number; feeds: Record<string, Feed> } | undefined;
+  private readonly emptyPast: Resident;
+
+  constructor(
+    private readonly stages: StageSet,
+    private readonly manifest: Manifest,
+    private readonly ctx: RunContext,
+  ) {
+    const l = manifest.language;
+    this.caches = new Array<Cache | undefined>(l.num_layers).fill(undefined);
+    const dims = [1, l.num_kv_heads, 0, l.head_dim];
+    this.emptyPast = manifest.io_dtype === 'float16' ? new ort.Tensor('float16', new Uint16Array(0), dims) : new ort.Tensor('float32', new Float32Array(0), dims);
+  }
+
+  /** Embeddings of token ids: [n, Dl]. */
+  async embed(ids: readonly number[]): Promise<Matrix> {
+    const name = 'language/embed';
+    const out = await runStage(await this.stages.get(name), { input_ids: i64([1, ids.length], ids) });
+    const t = out.host.embeds!;
+    this.ctx.tap?.(`${name}:embeds`, t);
+    return asMatrix(t);
+  }
+
+  setHidden(m: Matrix): void {
+    this.hidden = batched(m);
+  }
+
+  hiddenMatrix(): Matrix {
+    if (!this.hidden) throw new VlmError('INTERNAL', 'language runner used before setHidden()');
+    return asMatrix(this.hidden);
+  }
+
+  cacheLength(layer: number): number {
+    return this.caches[layer]?.length ?? 0;
+  }
+
+  /** Runs layer `layer`'s attention over the current hidden at `positions`, appending to its cache. */
+  async attn(layer: number, positions: ArrayLike<number>): Promise<void> {
+    const h = this.hiddenMatrix();
+    if (positions.length !== h.rows) throw new VlmError('INTERNAL', `${positions.length} positions for ${h.rows} tokens`);
+    const cache = this.caches[layer];
+    const past = cache?.length ?? 0;
+    const feeds: Record<string, Feed> = {
+      hidden_in: this.hidden!,
+      position_ids: i64([1, h.rows], positions),
+      past_key: cache?.key ?? this.emptyPast,
+      past_value: cache?.value ?? this.emptyPast,
+      attention_mask: ones(past + h.rows),
+    };
+    this.attnFeeds = { layer, feeds };
+    const name = layerStage('language', layer, 'attn');
+    const out = await runStage(await this.stages.get(name), feeds, { keep: ['present_key', 'present_value'] });
+    this.hidden = out.host.hidden_out!;
+    this.ctx.tap?.(`${name}:hidden_out`, this.hidden);
+    this.caches[layer] = { key: out.kept.present_key!, value: out.kept.present_value!, length: past + h.rows };
+  }
+
+  /** The scores graph of the layer whose attention ran last, on the same inputs. */
+  async scores(layer: number, needs: ReadonlyArray<'scores' | 'probs'>): Promise<{ scores?: Matrix; probs?: Matrix }> {
+    if (this.attnFeeds?.layer !== layer) throw new VlmError('INTERNAL', `scores(${layer}) without that layer's attention inputs`);
+    if (needs.length === 0) return {};
+    const name = layerStage('language', layer, 'scores');
+    const out = await runStage(await this.stages.get(name), this.attnFeeds.feeds, { outputs: needs });
+    const result: { scores?: Matrix; probs?: Matrix } = {};
+    for (const n of needs) {
+      this.ctx.tap?.(`${name}:${n}`, out.host[n]!);
+      result[n] = asMatrix(out.host[n]!);
+    }
+    return result;
+  }
+
+  /** Replaces the span's rows by the combination of them (rows outside the span unchanged). */
+  combineSpan(span: Span, c: TokenCombination, who: string): void {
+    checkCombination(c, span.length, who);
+    this.hidden = batched(combineSpan(this.hiddenMatrix(), span, c));
+  }
+
+  async mlp(layer: number): Promise<void> {
+    const name = layerStage('language', layer, 'mlp');
+    const out = await runStage(await this.stages.get(name), { hidden_in: this.hidden! });
+    this.hidden = out.host.hidden_out!;
+    this.ctx.tap?.(`${name}:hidden_out`, this.hidden);
+  }
+
+  /** Logits of the last position only: Float32Array of the vocabulary size. */
+  async headLast(): Promise<Float32Array> {
+    const h = this.hiddenMatrix();
+    const last = f32([1, 1, h.cols], h.data.subarray((h.rows - 1) * h.cols));
+    const out = await runStage(await this.stages.get('language/head'), { hidden_in: last });
+    const t = out.host.logits!;
+    this.ctx.tap?.('language/head:logits', t);
+    return t.data;
+  }
+}
+
+function ones(n: number): I64Tensor {
+  return i64([1, n], new BigInt64Array(n).fill(1n));
+}
