@@ -268,8 +268,12 @@ def main() -> None:
     REFERENCE_PATH.write_text(json.dumps(reference, indent=1) + "\n", encoding="utf-8")
     for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16)):
         size = sum(f["bytes"] for f in man["files"])
-        print(f"wrote {out.relative_to(ROOT)} ({size} bytes, {len(man['graphs'])} graphs, {man['content_hash']})")
-    print(f"wrote {REFERENCE_PATH.relative_to(ROOT)} ({len(r.cases)} cases)")
+        print(f"wrote {_shown(out)} ({size} bytes, {len(man['graphs'])} graphs, {man['content_hash']})")
+    print(f"wrote {_shown(REFERENCE_PATH)} ({len(r.cases)} cases)")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":
