@@ -15,7 +15,7 @@
  * Exits 1 and prints every finding when anything fails.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import ts from 'typescript';
 import { parseAllDocuments } from 'yaml';
@@ -572,6 +572,68 @@ export function ruleFindings(objects: readonly Manifest[]): Finding[] {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Dockerfiles (no Docker engine here: they are read, not built)
+
+/** Instructions with line continuations joined and comments dropped. */
+function dockerInstructions(text: string): { op: string; args: string }[] {
+  const lines = text.split('\n').filter((l) => !/^\s*#/.test(l));
+  const joined = lines.join('\n').replace(/\\\n/g, ' ');
+  return joined
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .map((l) => {
+      const [op, ...rest] = l.split(/\s+/);
+      return { op: op!.toUpperCase(), args: rest.join(' ') };
+    });
+}
+
+/**
+ * Multi-stage, every base image pinned (ARG defaults resolved), the final stage running as a numeric
+ * non-root user, dependencies installed with `npm ci` and pruned to production, and onnxruntime-node's
+ * downloading installer switched off.
+ */
+export function dockerfileFindings(text: string, name: string): Finding[] {
+  const out: Finding[] = [];
+  const fail = (message: string): void => void out.push({ object: name, check: 'dockerfile', message });
+  const steps = dockerInstructions(text);
+  const args = new Map<string, string>();
+  const stages: { image: string; alias?: string; user?: string }[] = [];
+  for (const { op, args: a } of steps) {
+    if (op === 'ARG' && stages.length === 0) {
+      const [k, v] = a.split('=');
+      if (v !== undefined) args.set(k!, v);
+    } else if (op === 'FROM') {
+      const m = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i.exec(a);
+      if (!m) {
+        fail(`cannot read "FROM ${a}"`);
+        continue;
+      }
+      const image = m[1]!.replace(/\$\{(\w+)\}|\$(\w+)/g, (_, x: string, y: string) => args.get(x ?? y) ?? '');
+      stages.push({ image, alias: m[2] });
+    } else if (op === 'USER' && stages.length > 0) {
+      stages[stages.length - 1]!.user = a;
+    }
+  }
+  if (stages.length < 2) fail('is not multi-stage: build tools and dev dependencies would ship in the image');
+  for (const s of stages) {
+    if (stages.some((earlier) => earlier.alias === s.image)) continue;
+    const problem = imagePinProblem(s.image);
+    if (problem) fail(`base ${problem}`);
+    else if (!/@sha256:|:[^:/]*\d+\.\d+\.\d+/.test(s.image)) fail(`base image "${s.image}" is not pinned to an exact version (x.y.z tag or digest)`);
+  }
+  const final = stages[stages.length - 1];
+  const uid = final?.user?.split(':')[0];
+  if (!uid || !/^\d+$/.test(uid)) fail(`final stage runs as ${uid ? `"${uid}"` : 'root (no USER)'}; use a numeric non-root USER so runAsNonRoot can verify it`);
+  else if (Number(uid) === 0) fail('final stage runs as UID 0');
+  const runs = steps.filter((s) => s.op === 'RUN').map((s) => s.args);
+  if (!runs.some((r) => /\bnpm ci\b/.test(r))) fail('does not install with `npm ci` (the lockfile must decide versions)');
+  if (!runs.some((r) => /\bnpm prune\b.*--omit=dev/.test(r))) fail('does not prune to production dependencies (npm prune --omit=dev)');
+  if (!/ONNXRUNTIME_NODE_INSTALL=skip/.test(text)) fail('does not set ONNXRUNTIME_NODE_INSTALL=skip (onnxruntime-node would download at install)');
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Putting it together
 
 /** Builds one kustomization and runs every check; a failed build is a finding, not an exception. */
@@ -603,6 +665,13 @@ function main(argv: string[]): number {
   const kubectl = findKubectl();
   const fields = new UnknownFieldChecker(root);
   let failed = 0;
+  const dockerDir = path.join(root, 'k8s', 'docker');
+  for (const file of argv.length > 0 || !existsSync(dockerDir) ? [] : readdirSync(dockerDir).filter((f) => f.startsWith('Dockerfile')).sort()) {
+    const findings = dockerfileFindings(readFileSync(path.join(dockerDir, file), 'utf8'), `k8s/docker/${file}`);
+    console.log(`${findings.length ? 'FAIL' : 'ok  '} k8s/docker/${file}`);
+    for (const f of findings) console.log(`  ${f.check}  ${f.message}`);
+    if (findings.length) failed++;
+  }
   for (const dir of dirs) {
     const report = validateKustomization(dir, fields, kubectl);
     const name = path.relative(root, dir) || dir;
