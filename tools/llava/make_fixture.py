@@ -152,11 +152,12 @@ def build_model(vocab_size: int, image_token_id: int, seed: int):
 
 
 @torch.no_grad()
-def randomize(model, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
+def randomize(model, seed: int, device: str = "cpu") -> None:
+    """Draws every parameter (see the module doc); `device` only changes where the numbers are drawn."""
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(shape):
-        return torch.randn(shape, generator=gen, dtype=torch.float32)
+        return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
 
     norm_params = set()
     for mod in model.modules():
