@@ -55,19 +55,24 @@ function budgetAttr(policy: ReductionPolicy): number | string {
 }
 
 export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, policy: ReductionPolicy, ctx: RunContext = {}): Promise<EncodeResult> {
+  checkContinue(ctx);
+  // Resolve before any work: an infeasible budget is the caller's error and costs nothing.
+  resolveVisionSchedule(policy, model.visionGeometry);
+  const t0 = performance.now();
+  const pre = await withSpan(SpanName.Preprocess, { [ATTR_VLM_MODEL_ID]: model.manifest.model_id }, () => preprocessImage(imageBytes, model.manifest.preprocess, model.limits));
+  const preprocessMs = performance.now() - t0;
+  const encoded = await encodePixels(model, pre.pixelValues, policy, ctx);
+  return { ...encoded, timingsMs: { ...encoded.timingsMs, preprocess: preprocessMs }, image: { width: pre.width, height: pre.height, format: pre.format } };
+}
+
+/** The encoder from pixel_values [1,3,S,S] on (golden tests start here). */
+export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, policy: ReductionPolicy, ctx: RunContext = {}): Promise<EncodeResult> {
   const m = model.manifest;
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.vision, [ATTR_VLM_REDUCTION_BUDGET]: budgetAttr(policy) };
   checkContinue(ctx);
-  // Resolve before any work: an infeasible budget is the caller's error and costs nothing.
   const schedule = resolveVisionSchedule(policy, model.visionGeometry);
-
+  ctx.tap?.('pixel_values', pixelValues);
   let t0 = performance.now();
-  const pre = await withSpan(SpanName.Preprocess, attrs, () => preprocessImage(imageBytes, m.preprocess, model.limits));
-  ctx.tap?.('pixel_values', pre.pixelValues);
-  const preprocessMs = performance.now() - t0;
-  checkContinue(ctx);
-
-  t0 = performance.now();
   const runner = new VisionStageRunner(model.bundle.stages, ctx);
   const flops = emptyFlops();
   const tokensPerLayer: number[] = [];
@@ -77,7 +82,7 @@ export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, po
   let tokens = initialTokens(m.vision.num_patches, m.vision.class_token);
 
   await withSpan(SpanName.VisionEmbed, { ...attrs, [ATTR_VLM_TOKENS_IN]: tokens.origin.length }, async (span) => {
-    await runner.embed(pre.pixelValues);
+    await runner.embed(pixelValues);
     flops.vision += visionEmbedFlops(m.vision);
     for (let layer = 0; layer < m.vision.num_layers; layer++) {
       checkContinue(ctx);
@@ -130,7 +135,7 @@ export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, po
     schedule,
     flops,
     tokensPerLayer,
-    timingsMs: { preprocess: preprocessMs, vision: visionMs, project: projectMs },
-    image: { width: pre.width, height: pre.height, format: pre.format },
+    timingsMs: { preprocess: 0, vision: visionMs, project: projectMs },
+    image: { width: pixelValues.dims[3]!, height: pixelValues.dims[2]!, format: 'pixels' },
   };
 }

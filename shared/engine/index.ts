@@ -1,5 +1,5 @@
 export { loadModel, disposeModel, geometryOf, type LoadedModel, type ModelDeps } from './model';
-export { encodeImage, type EncodeResult, type VisualTokens } from './encode-image';
+export { encodeImage, encodePixels, type EncodeResult, type VisualTokens } from './encode-image';
 export { generate, type GenerateResult, type FinishReason, type OnDelta } from './generate';
 export { checkContinue, type RunContext } from './context';
 export { Sampler, checkSampling, GREEDY, type SamplingParams } from './sampling';

@@ -31,7 +31,7 @@ export async function loadTokenizer(file: string): Promise<TextTokenizer> {
   }
   return {
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
-    decode: (ids) => tok.decode([...ids], { skip_special_tokens: true, clean_up_tokenization_spaces: false }),
+    decode: (ids) => (ids.length === 0 ? '' : tok.decode([...ids], { skip_special_tokens: true, clean_up_tokenization_spaces: false })),
   };
 }
 

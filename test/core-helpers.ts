@@ -1,0 +1,47 @@
+/** Shared by the core tests: reference tensors, tolerance checks, a default policy. */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { expect } from 'vitest';
+import type { ReductionPolicy } from '../shared/methods/policy';
+import { f32, i64, type HostTensor } from '../shared/tensor/host-tensor';
+
+export const ROOT = path.resolve(__dirname, '..');
+export const RANDOM_BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+export interface RefTensor {
+  dtype: 'float32' | 'int64';
+  shape: number[];
+  data: string;
+}
+
+export function decodeRef(t: RefTensor): HostTensor {
+  const buf = Buffer.from(t.data, 'base64');
+  const bytes = new Uint8Array(buf.byteLength);
+  bytes.set(buf);
+  return t.dtype === 'int64' ? i64(t.shape, new BigInt64Array(bytes.buffer)) : f32(t.shape, new Float32Array(bytes.buffer));
+}
+
+export function readJson<T>(file: string): T {
+  return JSON.parse(readFileSync(file, 'utf8')) as T;
+}
+
+/** The golden rule: max|a-b| <= tol x max|expected|, with a message naming the tensor and both sides. */
+export function expectClose(name: string, actual: Float32Array, expected: Float32Array, tol = 1e-4): void {
+  expect(actual.length, `${name}: length`).toBe(expected.length);
+  let maxRef = 0;
+  let maxDiff = 0;
+  let at = 0;
+  for (let i = 0; i < expected.length; i++) {
+    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
+    const d = Math.abs(actual[i]! - expected[i]!);
+    if (!(d <= maxDiff)) {
+      maxDiff = d;
+      at = i;
+    }
+  }
+  expect(maxDiff, `${name}: max|a-b| ${maxDiff} at ${at} (got ${actual[at]}, want ${expected[at]}), allowed ${tol} x ${maxRef}`).toBeLessThanOrEqual(tol * maxRef);
+}
+
+export function policy(over: Partial<ReductionPolicy> = {}): ReductionPolicy {
+  return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0, ...over };
+}
