@@ -3,7 +3,14 @@
  * listed here explicitly (no method registers itself on import), and the maps are frozen.
  */
 import { VlmError } from '../errors';
+import { fastv } from './fastv';
+import { ficocoL } from './ficoco-l';
+import { ficocoV } from './ficoco-v';
 import { noneLanguage, noneVision } from './none';
+import { randomLanguage } from './random-language';
+import { randomVision } from './random-vision';
+import { sparsevlm } from './sparsevlm';
+import { tome } from './tome';
 import type { LanguageMethodName, LanguageReducer, VisionMethodName, VisionReducer } from './types';
 
 function table<K extends string, V>(rows: ReadonlyArray<readonly [K, V]>): ReadonlyMap<K, V> {
@@ -14,10 +21,17 @@ function table<K extends string, V>(rows: ReadonlyArray<readonly [K, V]>): Reado
 
 export const VISION_METHODS: ReadonlyMap<VisionMethodName, VisionReducer> = table<VisionMethodName, VisionReducer>([
   ['none', noneVision],
+  ['ficoco-v', ficocoV],
+  ['tome', tome],
+  ['random', randomVision],
 ]);
 
 export const LANGUAGE_METHODS: ReadonlyMap<LanguageMethodName, LanguageReducer> = table<LanguageMethodName, LanguageReducer>([
   ['none', noneLanguage],
+  ['sparsevlm', sparsevlm],
+  ['ficoco-l', ficocoL],
+  ['fastv', fastv],
+  ['random', randomLanguage],
 ]);
 
 function lookup<V>(side: 'vision' | 'language', map: ReadonlyMap<string, V>, name: string): V {

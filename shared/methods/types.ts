@@ -83,7 +83,11 @@ export interface VisionStep {
 export interface VisionSchedule {
   readonly method: VisionMethodName;
   readonly steps: readonly VisionStep[];
-  /** Visual tokens handed to the projector (CLS excluded). */
+  /**
+   * Visual tokens handed to the projector (CLS excluded). Like LLaVA's `[:, 1:]`, the runner drops row
+   * 0 of the last layer's output: that is CLS, except in ficoco-v exact mode, whose score-sorted
+   * order puts CLS last (so a patch is dropped and CLS reaches the LLM, as in the released code).
+   */
   readonly outputTokens: number;
   /** ToMe: feed log(size) as attn_bias to every later layer. */
   readonly proportionalAttention: boolean;
@@ -147,6 +151,7 @@ export interface LanguageGeometry {
 export interface LanguageStep {
   readonly layer: number;
   readonly at: 'after-attn' | 'after-layer';
+  /** Visual tokens entering and leaving the step (text rows are never removed). */
   readonly tokensIn: number;
   readonly tokensOut: number;
 }
@@ -159,6 +164,12 @@ export interface LanguageSchedule {
   readonly perLayerVisualTokens: readonly number[];
   readonly needs: ReadonlyArray<'scores' | 'probs'>;
   readonly params: Readonly<Record<string, number | string | boolean>>;
+  /**
+   * True when the counts are decided at each step from the data (SparseVLM v1's rank rule): the
+   * steps' tokensOut and perLayerVisualTokens are then upper bounds and the runner reports what was
+   * achieved. Absent means the counts are exact.
+   */
+  readonly dataDependent?: boolean;
 }
 
 export interface Span {
@@ -191,6 +202,7 @@ export interface LanguageStepOutput {
    * [0, V) span instead. Rows outside it are untouched.
    */
   readonly span: Span;
+  /** Replaces the span's rows with its output rows; sources index the span's input rows (0 = span.start). */
   readonly combine: TokenCombination;
   /** The true image span after the step. */
   readonly image: Span;

@@ -1,0 +1,205 @@
+/**
+ * FiCoCo-L (Filter, Correlate, Compress inside the language decoder): pruning-spec.md §1.3.
+ *
+ * Steps sit in decoder layers from the start layer on, after the attention residual and before the
+ * MLP, at prefill. They read the head-mean pre-softmax logits of the layer WITHOUT the causal mask
+ * (the `scores` output), so visual queries see text keys.
+ *
+ * clean (default): the true image span is the visual set and the tokens after it are the text (the
+ *   question); paper Eq. 3-5 normalisation (means over visual and text tokens, (1/M) on the indirect
+ *   term), targets are preserved image tokens with per-token counts n_i, weights a softmax over each
+ *   token's targets, and the self-preserving average (X_j + Σ α X_i) / (1 + Σ α).
+ * exact: the released code (checkpoint version, §1.3.4): the visual set is rows [0, V) with V the
+ *   code's slot count (it starts at the number of image tokens and loses r per step), row 0 is
+ *   protected, the visual-visual term is a sum, the indirect term a plain product sum, one K = max
+ *   n_i, targets over all V columns (a discarded target loses the contribution), no division.
+ */
+import { VlmError } from '../errors';
+import { fromRecipes, type RowRecipe } from './combination';
+import { constantRateCuts, meanOfCuts, perLayerCounts, stepsFromCuts } from './language-schedule';
+import { quantileLinear, softmax, topkIndices } from './numeric';
+import { anchorInt, checkBudgetInRange, scaleLayer, solveMonotone } from './schedule';
+import type { BudgetRange, LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, Matrix, MethodOptions } from './types';
+
+interface FicocoLParams {
+  beta: number;
+  gamma: number;
+  epsilon: number;
+}
+
+function params(options: MethodOptions): FicocoLParams {
+  const num = (k: string, d: number): number => {
+    const v = options.params[k];
+    if (v === undefined) return d;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${k}`, `must be a number, got ${String(v)}`);
+    return v;
+  };
+  return { beta: num('beta', 0.6), gamma: num('gamma', 0.6), epsilon: num('epsilon', 0.998) };
+}
+
+function anchorStart(g: LanguageGeometry): number {
+  return Math.min(g.numLayers - 2, Math.max(0, anchorInt(g.anchors, 'ficoco_l.start_layer', scaleLayer(5, 32, g.numLayers))));
+}
+
+function minimumAt(g: LanguageGeometry, start: number): number {
+  return meanOfCuts(g.numLayers, g.visualTokens, constantRateCuts(g.numLayers, g.visualTokens, start, g.visualTokens));
+}
+
+export const ficocoL: LanguageReducer = {
+  name: 'ficoco-l',
+
+  feasibleRange(g: LanguageGeometry): BudgetRange {
+    if (g.numLayers < 2) return { min: g.visualTokens, max: g.visualTokens };
+    return { min: Math.min(g.visualTokens, minimumAt(g, 0)), max: g.visualTokens };
+  },
+
+  resolve(g: LanguageGeometry, budget: number | null, options: MethodOptions): LanguageSchedule {
+    const V = g.visualTokens;
+    const L = g.numLayers;
+    const anchor = anchorStart(g);
+    let start = anchor;
+    let x: number;
+    if (budget === null) {
+      // The released operating point: 14 of 576 visual tokens leave per layer from the anchor.
+      x = (14 * V) / 576;
+    } else {
+      checkBudgetInRange('ficoco-l', budget, this.feasibleRange(g, options), `layers up to the first step see all ${V} visual tokens`);
+      // Start at the anchor; small budgets move the start earlier.
+      while (start > 0 && minimumAt(g, start) > budget + 1e-9) start--;
+      x = solveMonotone((v) => meanOfCuts(L, V, constantRateCuts(L, V, start, v)), budget, 0, V);
+    }
+    const cuts = L >= 2 ? constantRateCuts(L, V, start, x) : [];
+    return {
+      method: 'ficoco-l',
+      steps: stepsFromCuts('after-attn', V, cuts),
+      positions: 'renumber',
+      perLayerVisualTokens: perLayerCounts(L, V, cuts),
+      needs: ['scores'],
+      params: { ...params(options), start_layer: start },
+    };
+  },
+
+  reduce(input: LanguageStepInput, _schedule: LanguageSchedule, options: MethodOptions): LanguageStepOutput {
+    const S = input.scores;
+    if (!S) throw new VlmError('INTERNAL', 'ficoco-l needs the unmasked head-mean logits (scores) of the layer');
+    const r = input.step.tokensIn - input.step.tokensOut;
+    return options.mode === 'exact' ? reduceExact(input, S, r, params(options)) : reduceClean(input, S, r, params(options));
+  },
+};
+
+function at(S: Matrix, i: number, j: number): number {
+  return S.data[i * S.cols + j]!;
+}
+
+// ---------------------------------------------------------------------------------------------
+// exact
+
+function reduceExact(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLParams): LanguageStepOutput {
+  const L = S.rows;
+  // The code's visual slot count: [0, V) is "visual", [V, L) "text", whatever the prompt layout.
+  const V = typeof input.state['ficocoLSlots'] === 'number' ? (input.state['ficocoLSlots'] as number) : input.image.length;
+  if (V > L) throw new VlmError('INTERNAL', `ficoco-l exact: ${V} visual slots in a ${L}-token sequence`);
+
+  // FILTER: 0.6·Σ_j S_vv (a sum, diagonal included) − 0.4·mean_k S_vt; row 0 protected.
+  const red = new Float64Array(V);
+  for (let i = 0; i < V; i++) {
+    let vv = 0;
+    for (let j = 0; j < V; j++) vv += at(S, i, j);
+    let vt = 0;
+    for (let k = V; k < L; k++) vt += at(S, i, k);
+    red[i] = Math.fround(p.beta * vv - (1 - p.beta) * (vt / (L - V)));
+  }
+  red[0] = -Infinity;
+  const discard = topkIndices(red, r);
+  const dropped = new Set(discard);
+  const remain: number[] = [];
+  for (let i = 0; i < V; i++) if (!dropped.has(i)) remain.push(i);
+
+  // CORRELATE: C = 0.6·S_vv + 0.4·(S_vt @ S_tv) with −inf diagonal, over all V columns.
+  const C = discard.map((i) => {
+    const c = new Float64Array(V);
+    for (let j = 0; j < V; j++) {
+      let ind = 0;
+      for (let k = V; k < L; k++) ind += at(S, i, k) * at(S, k, j);
+      c[j] = i === j ? -Infinity : Math.fround(p.gamma * at(S, i, j) + (1 - p.gamma) * ind);
+    }
+    return c;
+  });
+  let K = 0;
+  for (const c of C) {
+    const tau = Math.fround(quantileLinear(c, p.epsilon));
+    let n = 0;
+    for (const v of c) if (v > tau) n++;
+    K = Math.max(K, n);
+  }
+
+  // COMPRESS: X'[j] += w·X[i] on original positions, keep X'[remain]; no normalisation.
+  const recipes = new Map<number, Array<[number, number]>>(remain.map((j) => [j, [[j, 1]]]));
+  discard.forEach((i, d) => {
+    const prob = softmax(C[d]!);
+    const targets = topkIndices(prob, K);
+    const total = targets.reduce((a, j) => a + prob[j]!, 0);
+    // A target that is itself discarded is dropped with it: its contribution is lost.
+    for (const j of targets) recipes.get(j)?.push([i, prob[j]! / total]);
+  });
+  input.state['ficocoLSlots'] = V - r;
+
+  // The true image span after the step: kept rows keep their order, so kept image rows stay contiguous.
+  const imgStart = input.image.start;
+  const imgEnd = imgStart + input.image.length;
+  const keptBefore = remain.filter((j) => j < imgStart).length;
+  const removedInImage = discard.filter((i) => i >= imgStart && i < imgEnd).length;
+  return {
+    span: { start: 0, length: V },
+    combine: fromRecipes(remain.map((j) => recipes.get(j)!)),
+    image: { start: keptBefore, length: input.image.length - removedInImage },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// clean
+
+function reduceClean(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLParams): LanguageStepOutput {
+  const L = S.rows;
+  const { start, length: N } = input.image;
+  const textStart = start + N;
+  const M = L - textStart;
+  if (M <= 0) throw new VlmError('INTERNAL', 'ficoco-l needs text tokens after the image');
+
+  // FILTER (Eq. 3): β·mean over image keys − (1−β)·mean over text keys.
+  const red = new Float64Array(N);
+  for (let i = 0; i < N; i++) {
+    let vv = 0;
+    for (let j = 0; j < N; j++) vv += at(S, start + i, start + j);
+    let vt = 0;
+    for (let k = textStart; k < L; k++) vt += at(S, start + i, k);
+    red[i] = p.beta * (vv / N) - (1 - p.beta) * (vt / M);
+  }
+  const discard = topkIndices(red, r);
+  const dropped = new Set(discard);
+  const remain: number[] = [];
+  for (let i = 0; i < N; i++) if (!dropped.has(i)) remain.push(i);
+
+  // CORRELATE (Eq. 4): direct γ·S_ij plus indirect (1−γ)·(1/M) Σ_k S_ik S_kj, preserved targets only.
+  const recipes: Array<Array<[number, number]>> = remain.map((j) => [[j, 1]]);
+  const denom = new Float64Array(remain.length).fill(1);
+  for (const i of discard) {
+    const c = remain.map((j) => {
+      let ind = 0;
+      for (let k = textStart; k < L; k++) ind += at(S, start + i, k) * at(S, k, start + j);
+      return p.gamma * at(S, start + i, start + j) + (1 - p.gamma) * (ind / M);
+    });
+    if (c.length === 0) continue;
+    const tau = quantileLinear(c, p.epsilon);
+    const chosen = remain.map((_, k) => k).filter((k) => c[k]! >= tau);
+    // Correlations are logits (possibly negative), so the weights are a softmax over the targets.
+    const w = softmax(chosen.map((k) => c[k]!));
+    // COMPRESS (Eq. 5) into the intended token.
+    chosen.forEach((k, t) => {
+      recipes[k]!.push([i, w[t]!]);
+      denom[k] = denom[k]! + w[t]!;
+    });
+  }
+  const normalised: RowRecipe[] = recipes.map((rec, k) => rec.map(([s, w]) => [s, w / denom[k]!] as const));
+  return { span: input.image, combine: fromRecipes(normalised), image: { start, length: remain.length } };
+}

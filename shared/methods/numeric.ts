@@ -1,0 +1,140 @@
+/**
+ * Small numeric kernels shared by the methods, written to reproduce PyTorch's definitions where the
+ * official code relies on them (linear-interpolation quantile, F.normalize's eps, fp32 softmax), and
+ * with deterministic tie-breaks where PyTorch leaves the order unspecified (topk, argsort).
+ */
+import type { Matrix } from './types';
+
+export function row(m: Matrix, i: number): Float32Array {
+  return m.data.subarray(i * m.cols, (i + 1) * m.cols);
+}
+
+/** torch.quantile(x, q) with the default 'linear' interpolation. */
+export function quantileLinear(values: ArrayLike<number>, q: number): number {
+  const sorted = Float64Array.from(values).sort();
+  const pos = q * (sorted.length - 1);
+  const lo = Math.floor(pos);
+  const hi = Math.min(lo + 1, sorted.length - 1);
+  const frac = pos - lo;
+  const a = sorted[lo]!;
+  const b = sorted[hi]!;
+  // torch's lerp; -inf entries (masked diagonals) must not turn the result into NaN when frac is 0.
+  if (frac === 0) return a;
+  return a + frac * (b - a);
+}
+
+/** Indices sorted by value ascending; equal values keep index order. */
+export function argsortAscending(values: ArrayLike<number>): number[] {
+  const idx = Array.from({ length: values.length }, (_, i) => i);
+  return idx.sort((a, b) => values[a]! - values[b]! || a - b);
+}
+
+/** Indices of the k largest values, largest first; equal values: lower index first. */
+export function topkIndices(values: ArrayLike<number>, k: number): number[] {
+  const idx = Array.from({ length: values.length }, (_, i) => i);
+  idx.sort((a, b) => {
+    const va = values[a]!;
+    const vb = values[b]!;
+    if (va === vb) return a - b;
+    if (Number.isNaN(va)) return 1;
+    if (Number.isNaN(vb)) return -1;
+    return vb > va ? 1 : -1;
+  });
+  return idx.slice(0, k);
+}
+
+/** Softmax of one row, in float64, -inf entries giving 0. */
+export function softmax(values: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(values.length);
+  let max = -Infinity;
+  for (let i = 0; i < values.length; i++) max = Math.max(max, values[i]!);
+  let sum = 0;
+  for (let i = 0; i < values.length; i++) {
+    const e = values[i] === -Infinity ? 0 : Math.exp(values[i]! - max);
+    out[i] = e;
+    sum += e;
+  }
+  for (let i = 0; i < out.length; i++) out[i] = out[i]! / sum;
+  return out;
+}
+
+/** F.normalize(x, p=2, eps=1e-12). */
+export function l2normalize(values: ArrayLike<number>): Float64Array {
+  let ss = 0;
+  for (let i = 0; i < values.length; i++) ss += values[i]! * values[i]!;
+  const norm = Math.max(Math.sqrt(ss), 1e-12);
+  const out = new Float64Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = values[i]! / norm;
+  return out;
+}
+
+export function mean(values: ArrayLike<number>, from = 0, to = values.length): number {
+  let s = 0;
+  for (let i = from; i < to; i++) s += values[i]!;
+  return s / (to - from);
+}
+
+/** Seeded uniform [0,1) generator (mulberry32): reproducible per request and step. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** k distinct indices of [0, n), drawn uniformly (partial Fisher-Yates), returned ascending. */
+export function sampleIndices(n: number, k: number, rand: () => number): number[] {
+  const pool = Array.from({ length: n }, (_, i) => i);
+  for (let i = 0; i < k; i++) {
+    const j = i + Math.floor(rand() * (n - i));
+    const t = pool[i]!;
+    pool[i] = pool[j]!;
+    pool[j] = t;
+  }
+  return pool.slice(0, k).sort((a, b) => a - b);
+}
+
+/**
+ * Eigenvalues of a symmetric matrix (n x n, row-major, float64) by cyclic Jacobi rotations. Used for
+ * SparseVLM v1's matrix rank: the singular values of P are the square roots of eig(P Pᵀ), and P Pᵀ
+ * is only (raters x raters).
+ */
+export function symmetricEigenvalues(a: Float64Array, n: number): Float64Array {
+  const m = Float64Array.from(a);
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0;
+    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += m[p * n + q]! * m[p * n + q]!;
+    if (off < 1e-300) break;
+    for (let p = 0; p < n; p++) {
+      for (let q = p + 1; q < n; q++) {
+        const apq = m[p * n + q]!;
+        if (apq === 0) continue;
+        const app = m[p * n + p]!;
+        const aqq = m[q * n + q]!;
+        const theta = (aqq - app) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1);
+        const s = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = m[k * n + p]!;
+          const akq = m[k * n + q]!;
+          m[k * n + p] = c * akp - s * akq;
+          m[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = m[p * n + k]!;
+          const aqk = m[q * n + k]!;
+          m[p * n + k] = c * apk - s * aqk;
+          m[q * n + k] = s * apk + c * aqk;
+        }
+      }
+    }
+  }
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = m[i * n + i]!;
+  return out;
+}

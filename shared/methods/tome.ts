@@ -1,0 +1,125 @@
+/**
+ * ToMe (bipartite soft matching): pruning-spec.md §4.
+ *
+ * Each step sits in an encoder layer after the attention residual and before the MLP. The metric is
+ * the head-mean key of the layer; tokens alternate into sets A (even) and B (odd), each A token's
+ * best cosine match in B is its merge target, and the r A tokens with the strongest matches are
+ * merged (size-weighted average). Sizes travel in TokenMeta.size and the schedule asks the runner to
+ * add log(size) to every later attention logit (proportional attention).
+ *
+ * exact: the official output order [unmerged A tokens by index, then all B tokens].
+ * clean: the same matching and merge, output in original token order (CLS first), ties broken by
+ *   lower index. The order does not matter inside a ViT with absolute positions, but it becomes the
+ *   LLM's visual token order, where raster order is what the model was trained on.
+ */
+import { VlmError } from '../errors';
+import { fromRecipes, type RowRecipe } from './combination';
+import { row } from './numeric';
+import { anchorInt, checkBudgetInRange, distributeVisionRemoval } from './schedule';
+import type { MethodOptions, VisionGeometry, VisionReducer, VisionSchedule, VisionStepInput, VisionStepOutput } from './types';
+
+/** Default operating point: a third of the patches (SparseVLM's "192 of 576" row). */
+const DEFAULT_KEEP_FRACTION = 1 / 3;
+
+function protectedCount(g: { hasClassToken: boolean }): number {
+  return g.hasClassToken ? 1 : 0;
+}
+
+function startLayer(g: VisionGeometry): number {
+  return Math.min(g.numLayers - 1, Math.max(0, anchorInt(g.anchors, 'tome.start_layer', 0)));
+}
+
+function schedule(g: VisionGeometry, out: number, start: number) {
+  const cls = protectedCount(g);
+  return distributeVisionRemoval(g.numPatches + cls, g.numPatches - out, start, g.numLayers, (t) => Math.floor((t - cls) / 2));
+}
+
+/** Fewest tokens reachable from layer 0: every layer halves the unprotected tokens. */
+function minimumOutput(g: VisionGeometry): number {
+  const cls = protectedCount(g);
+  let t = g.numPatches + cls;
+  for (let l = 0; l < g.numLayers; l++) t -= Math.floor((t - cls) / 2);
+  return t - cls;
+}
+
+export const tome: VisionReducer = {
+  name: 'tome',
+
+  feasibleRange(g: VisionGeometry) {
+    return { min: minimumOutput(g), max: g.numPatches };
+  },
+
+  resolve(g: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule {
+    const target = budget ?? DEFAULT_KEEP_FRACTION * g.numPatches;
+    const range = this.feasibleRange(g, options);
+    checkBudgetInRange('tome', target, range, 'each layer can merge at most half of its tokens');
+    const out = Math.max(range.min, Math.min(g.numPatches, Math.round(target)));
+    // Start at the anchor; small budgets move the first merging layer earlier.
+    let steps = null;
+    for (let start = startLayer(g); start >= 0 && steps === null; start--) steps = schedule(g, out, start);
+    if (steps === null) throw new VlmError('INTERNAL', `tome could not schedule ${out} output tokens`);
+    return { method: 'tome', steps, outputTokens: out, proportionalAttention: true, needs: ['keys'], params: {} };
+  },
+
+  reduce(input: VisionStepInput, _schedule: VisionSchedule, options: MethodOptions): VisionStepOutput {
+    const metric = input.keys;
+    if (!metric) throw new VlmError('INTERNAL', 'tome needs the head-mean keys of the layer');
+    const T = metric.rows;
+    if (T !== input.step.tokensIn) throw new VlmError('INTERNAL', `tome step expected ${input.step.tokensIn} tokens, got ${T}`);
+    const hasCls = input.tokens.origin[0] === -1;
+    const r = Math.min(input.step.tokensIn - input.step.tokensOut, Math.floor((T - (hasCls ? 1 : 0)) / 2));
+
+    const unit: Float64Array[] = [];
+    for (let i = 0; i < T; i++) {
+      const v = row(metric, i);
+      let n = 0;
+      for (const x of v) n += x * x;
+      n = Math.sqrt(n);
+      unit.push(Float64Array.from(v, (x) => x / n));
+    }
+    const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);
+    const B = Array.from({ length: Math.floor(T / 2) }, (_, k) => 2 * k + 1);
+    const nodeMax = new Float64Array(A.length);
+    const nodeIdx = new Int32Array(A.length);
+    A.forEach((a, ai) => {
+      let best = -Infinity;
+      let arg = 0;
+      if (!(hasCls && ai === 0)) {
+        B.forEach((b, bi) => {
+          let dot = 0;
+          const ua = unit[a]!;
+          const ub = unit[b]!;
+          for (let d = 0; d < ua.length; d++) dot += ua[d]! * ub[d]!;
+          if (dot > best) {
+            best = dot;
+            arg = bi;
+          }
+        });
+      }
+      nodeMax[ai] = best;
+      nodeIdx[ai] = arg;
+    });
+    // Strongest matches first; equal scores keep index order.
+    const edge = Array.from({ length: A.length }, (_, i) => i).sort((x, y) => nodeMax[y]! - nodeMax[x]! || x - y);
+    const src = edge.slice(0, r);
+    const unm = edge.slice(r).sort((x, y) => x - y);
+
+    const size = input.tokens.size;
+    const bRecipes: Array<Array<[number, number]>> = B.map((b) => [[b, size[b]!]]);
+    for (const ai of src) bRecipes[nodeIdx[ai]!]!.push([A[ai]!, size[A[ai]!]!]);
+
+    const rows: Array<{ token: number; recipe: Array<[number, number]> }> = [
+      ...unm.map((ai) => ({ token: A[ai]!, recipe: [[A[ai]!, size[A[ai]!]!]] as Array<[number, number]> })),
+      ...B.map((b, bi) => ({ token: b, recipe: bRecipes[bi]! })),
+    ];
+    // exact keeps the official [unmerged A, B] order; clean restores original order.
+    if (options.mode === 'clean') rows.sort((x, y) => x.token - y.token);
+
+    const newSize = rows.map(({ recipe }) => recipe.reduce((acc, [, w]) => acc + w, 0));
+    const recipes: RowRecipe[] = rows.map(({ recipe }, k) => recipe.map(([s, w]) => [s, w / newSize[k]!] as const));
+    return {
+      combine: fromRecipes(recipes),
+      tokens: { origin: Int32Array.from(rows.map(({ token }) => input.tokens.origin[token]!)), size: Float32Array.from(newSize) },
+    };
+  },
+};
