@@ -1,0 +1,140 @@
+/** The loader refuses broken bundles before any session runs, saying what is wrong and where. */
+import { cp, mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { testConfig } from '../shared/config';
+import { loadBundle } from '../shared/bundle';
+import { VlmError } from '../shared/errors';
+import { createLogger } from '../shared/log';
+import { ProviderChain } from '../shared/onnx/providers';
+import { runStage } from '../shared/onnx/run-stage';
+import { f32, i64 } from '../shared/tensor/host-tensor';
+import { RANDOM_BUNDLE } from './core-helpers';
+
+const config = testConfig();
+const log = createLogger('test');
+const temps: string[] = [];
+
+/** A private copy of the random bundle with `edit` applied to its manifest. */
+async function brokenCopy(edit: (m: Record<string, any>) => void = () => {}): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'vlm-bundle-'));
+  temps.push(dir);
+  await cp(RANDOM_BUNDLE, dir, { recursive: true });
+  const file = path.join(dir, 'manifest.json');
+  const m = JSON.parse(await readFile(file, 'utf8')) as Record<string, any>;
+  edit(m);
+  await writeFile(file, JSON.stringify(m));
+  return dir;
+}
+
+const load = (dir: string, over: { verifyHashes?: boolean; eagerSessions?: boolean } = {}) =>
+  loadBundle(dir, { model: { verifyHashes: false, eagerSessions: false, ...over }, runtime: config.runtime, log });
+
+async function failure(p: Promise<unknown>): Promise<VlmError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(VlmError);
+  return err as VlmError;
+}
+
+afterEach(async () => {
+  for (const d of temps.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+describe('bundle loader', () => {
+  it('loads the random bundle, verifies every hash, and opens stages by name', async () => {
+    const b = await load(RANDOM_BUNDLE, { verifyHashes: true });
+    const stage = await b.stages.get('vision/layer_01.attn');
+    expect(stage.session.inputNames).toEqual(['hidden_in', 'attn_bias']);
+    expect(b.stages.provider).toBe('cpu');
+    await b.stages.dispose();
+  });
+
+  it('names a missing directory', async () => {
+    const e = await failure(load('/nonexistent/bundle'));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(/no bundle at \/nonexistent\/bundle.*--model/);
+  });
+
+  it('rejects another format version, naming the supported one', async () => {
+    const e = await failure(load(await brokenCopy((m) => (m.format_version = 2))));
+    expect(e.message).toMatch(/format_version 2 is not supported; this runtime reads format_version 1/);
+  });
+
+  it('reports schema violations with their field paths', async () => {
+    const e = await failure(load(await brokenCopy((m) => {
+      m.vision.hidden_size = '32';
+      delete m.tokens.stop_ids;
+    })));
+    expect(e.message).toMatch(/vision\.hidden_size must be integer, got string/);
+    expect(e.message).toMatch(/tokens missing required field "stop_ids"/);
+  });
+
+  it('reports a file listed in the manifest but missing on disk', async () => {
+    const dir = await brokenCopy();
+    await rm(path.join(dir, 'language/layer_02.mlp.onnx'));
+    const e = await failure(load(dir));
+    expect(e.message).toMatch(/language\/layer_02\.mlp\.onnx: missing/);
+  });
+
+  it('reports a size mismatch always and a sha256 mismatch when verifying', async () => {
+    const dir = await brokenCopy();
+    await appendFile(path.join(dir, 'vision/projector.onnx'), Buffer.from([0]));
+    expect((await failure(load(dir))).message).toMatch(/vision\/projector\.onnx: \d+ bytes on disk, manifest says \d+/);
+
+    const dir2 = await brokenCopy();
+    const tok = path.join(dir2, 'tokenizer.json');
+    const text = await readFile(tok, 'utf8');
+    await writeFile(tok, text.replace('[UNK]', '[UNX]'));
+    await load(dir2); // same size: only the hash can tell
+    expect((await failure(load(dir2, { verifyHashes: true }))).message).toMatch(/tokenizer\.json: sha256 [0-9a-f]{64}, manifest says/);
+  });
+
+  it('rejects declared shapes that contradict the architecture', async () => {
+    const e = await failure(load(await brokenCopy((m) => (m.graphs['vision/layer_00.mlp'].inputs[0].shape = ['B', 'T', 33]))));
+    expect(e.message).toMatch(/graphs\["vision\/layer_00\.mlp"\] hidden_in last dim is 33, architecture says 32/);
+  });
+
+  it('rejects a stage whose graph does not have the declared inputs, when the session opens', async () => {
+    const dir = await brokenCopy((m) => {
+      m.graphs['language/head'].inputs[0].name = 'hidden';
+      m.graphs['vision/embed'].outputs[0].shape = ['B', 18, 32];
+    });
+    const b = await load(dir);
+    expect((await failure(b.stages.get('language/head'))).message).toMatch(/stage language\/head .*graph lacks declared input hidden; graph has undeclared input hidden_in/);
+    expect((await failure(b.stages.get('vision/embed'))).message).toMatch(/output hidden_out dim 1 is 17 in the graph, declared 18/);
+    expect((await failure(b.stages.get('vision/layer_99.attn'))).message).toMatch(/has no stage "vision\/layer_99\.attn"/);
+    await b.stages.dispose();
+  });
+});
+
+describe('runStage checks feeds against the declaration', () => {
+  it('lists every input with dims and dtype when a feed is wrong', async () => {
+    const b = await load(RANDOM_BUNDLE);
+    const stage = await b.stages.get('vision/layer_00.attn');
+    const wrongRank = await failure(runStage(stage, { hidden_in: f32([17, 32]), attn_bias: f32([1, 17]) }));
+    expect(wrongRank.message).toMatch(/hidden_in has rank 2, declared 3/);
+    expect(wrongRank.message).toMatch(/Fed \{hidden_in: float32\[17,32\], attn_bias: float32\[1,17\]\}; declared \{hidden_in: float32\[B,T,32\], attn_bias: float32\[B,T\]\}/);
+    expect((await failure(runStage(stage, { hidden_in: f32([1, 17, 32]), attn_bias: f32([1, 16]) }))).message).toMatch(/attn_bias dim 1 \(T\) is 16, but T is 17/);
+    expect((await failure(runStage(stage, { hidden_in: f32([1, 17, 32]), attn_bias: i64([1, 17], new Array(17).fill(0)) }))).message).toMatch(/attn_bias has dtype int64, declared float32/);
+    expect((await failure(runStage(stage, { hidden_in: f32([1, 17, 32]) }))).message).toMatch(/missing attn_bias/);
+    await b.stages.dispose();
+  });
+});
+
+describe('execution providers', () => {
+  it('falls back along the configured order and pins the provider that worked', async () => {
+    // onnxruntime-node ships without the CUDA provider here, so cuda:0 throws and cpu takes over.
+    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 0 }, { kind: 'cpu' }] }, log);
+    const { provider } = await chain.open(path.join(RANDOM_BUNDLE, 'vision/projector.onnx'));
+    expect(provider).toBe('cpu');
+    expect(chain.active).toBe('cpu');
+  });
+
+  it('fails with every provider tried when none opens', async () => {
+    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 3 }] }, log);
+    const e = await failure(chain.open(path.join(RANDOM_BUNDLE, 'vision/projector.onnx')));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(/no execution provider could open .*tried cuda:3: .*VLM_PROVIDER/);
+  });
+});

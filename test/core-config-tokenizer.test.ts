@@ -1,0 +1,114 @@
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { configFrom, packageRoot, parseCommandLine, parseProviders, testConfig } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
+import { Sampler } from '../shared/engine/sampling';
+import { toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
+import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';
+import { topK, softmaxRows } from '../shared/tensor/ops';
+import { RANDOM_BUNDLE, readJson } from './core-helpers';
+import type { Manifest } from '../shared/bundle/manifest';
+
+describe('config', () => {
+  it('takes flags over environment over defaults, and freezes the result', () => {
+    const c = configFrom({ 'intra-op-threads': '3' }, { VLM_INTRA_OP_THREADS: '2', VLM_QUEUE_SIZE: '5' });
+    expect(c.runtime.intraOpThreads).toBe(3);
+    expect(c.limits.queueSize).toBe(5);
+    expect(c.services).toMatchObject({ visionPort: 50051, languagePort: 50052 });
+    expect(Object.isFrozen(c.limits)).toBe(true);
+    expect(c.model.dir).toBe(path.join(packageRoot(), 'models/tiny-llava-shapes'));
+  });
+
+  it('uses one intra-op thread under vitest', () => {
+    expect(testConfig().runtime.intraOpThreads).toBe(1);
+  });
+
+  it('parses provider fallback orders and rejects unknown providers', () => {
+    expect(parseProviders('cuda:1')).toEqual([{ kind: 'cuda', deviceId: 1 }, { kind: 'cpu' }]);
+    expect(parseProviders('cuda', '2')).toEqual([{ kind: 'cuda', deviceId: 2 }, { kind: 'cpu' }]);
+    expect(parseProviders('webgpu,cuda:0')).toEqual([{ kind: 'webgpu' }, { kind: 'cuda', deviceId: 0 }]);
+    expect(() => parseProviders('tpu')).toThrow(/unknown execution provider "tpu"; use cpu, cuda:<id> or webgpu/);
+  });
+
+  it('rejects unknown flags and bad numbers as INVALID_ARGUMENT', () => {
+    expect(() => parseCommandLine(['--modle', 'x'], {}, {})).toThrow(VlmError);
+    expect(() => parseCommandLine(['--queue-size=-1'], {}, {})).toThrow(/--queue-size: expected an integer >= 0, got "-1"/);
+    const { values, positionals } = parseCommandLine(['eval', '--json', '--limit', '3'], { json: { type: 'boolean' }, limit: { type: 'string' } }, {});
+    expect(values).toMatchObject({ json: true, limit: '3' });
+    expect(positionals).toEqual(['eval']);
+  });
+});
+
+describe('prompt assembly', () => {
+  const manifest = readJson<Manifest>(path.join(RANDOM_BUNDLE, 'manifest.json'));
+  const limits = { maxPromptChars: 64 };
+
+  it('splits the template at the image token and puts the question in the suffix', async () => {
+    const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
+    const p = assemblePrompt(tok, manifest.prompt, manifest.tokens, 'is it red?', limits);
+    expect(p.prefix[0]).toBe(manifest.tokens.bos_id);
+    expect(p.prefix.slice(1)).toEqual(tok.encode('USER: '));
+    expect(p.suffix).toEqual(tok.encode('\nis it red? ASSISTANT:'));
+    expect(p.imageStart).toBe(p.prefix.length);
+    const noBos = assemblePrompt(tok, { ...manifest.prompt, add_bos: false }, manifest.tokens, 'is it red?', limits);
+    expect(noBos.prefix).toEqual(tok.encode('USER: '));
+  });
+
+  it('refuses empty, over-long, and image-token-carrying questions', async () => {
+    const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, '  ', limits)).toThrow(/prompt: is empty/);
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'x'.repeat(65), limits)).toThrow(/65 characters, over the limit of 64/);
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'what is <image>?', limits)).toThrow(/must not contain the image placeholder "<image>"/);
+  });
+
+  it('streams deltas that concatenate to the decoded text', async () => {
+    const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
+    const ids = tok.encode('the small circle is red');
+    const d = new DeltaDecoder(tok);
+    const text = ids.map((id) => d.push(id)).join('') + d.flush();
+    expect(text).toBe(tok.decode(ids));
+  });
+});
+
+describe('tensor helpers', () => {
+  it('converts float16 with round-to-nearest-even, subnormals and infinities', () => {
+    expect(float32ToFloat16Bit(1)).toBe(0x3c00);
+    expect(float32ToFloat16Bit(65504)).toBe(0x7bff);
+    expect(float32ToFloat16Bit(65520)).toBe(0x7c00);
+    expect(float32ToFloat16Bit(-(2 ** -24))).toBe(0x8001);
+    expect(float32ToFloat16Bit(1 + 2 ** -11)).toBe(0x3c00); // tie -> even
+    expect(float32ToFloat16Bit(1 + 3 * 2 ** -11)).toBe(0x3c02);
+    const xs = Float32Array.from([0, -0.5, 3.140625, 1e-5, -7e4, NaN]);
+    const back = toFloat32(toFloat16(xs));
+    expect([...back.subarray(0, 3)]).toEqual([0, -0.5, 3.140625]);
+    expect(Math.abs(back[3]! - 1e-5)).toBeLessThan(1e-7);
+    expect(back[4]).toBe(-Infinity);
+    expect(back[5]).toBeNaN();
+  });
+
+  it('applies a CSR combination to rows and to a span of rows', () => {
+    const m = { rows: 4, cols: 2, data: Float32Array.from([0, 1, 10, 11, 20, 21, 30, 31]) };
+    // out0 = row2; out1 = 0.5 row0 + 0.5 row3
+    const c = { indptr: Int32Array.from([0, 1, 3]), src: Int32Array.from([2, 0, 3]), weight: Float32Array.from([1, 0.5, 0.5]) };
+    expect([...combineRows(m, c).data]).toEqual([20, 21, 15, 16]);
+    // span rows 1..3 (10, 20, 30): out0 = span[2] = 30; out1 = mean(span[0], span[1]) = 15
+    const s = { indptr: Int32Array.from([0, 1, 3]), src: Int32Array.from([2, 0, 1]), weight: Float32Array.from([1, 0.5, 0.5]) };
+    expect([...combineSpan(m, { start: 1, length: 3 }, s).data]).toEqual([0, 1, 30, 31, 15, 16]);
+    expect(() => checkCombination({ ...c, src: Int32Array.from([2, 0, 4]) }, 4, 'test method')).toThrow(/test method: TokenCombination source 4 outside \[0, 4\)/);
+  });
+
+  it('top-k orders by value then index; softmax rows sum to one', () => {
+    expect([...topK([1, 3, 3, 2], 3)]).toEqual([1, 2, 3]);
+    const p = softmaxRows(Float32Array.from([1, 2, 3, 1000, 1000, 0]), 3);
+    expect(p[0]! + p[1]! + p[2]!).toBeCloseTo(1, 6);
+    expect(p[3]).toBeCloseTo(0.5, 6);
+  });
+
+  it('greedy takes the first maximum; temperature sampling stays inside top-k', () => {
+    expect(new Sampler({ temperature: 0, topP: 1, topK: 0, seed: 0 }).next(Float32Array.from([0, 5, 5, 1]))).toBe(1);
+    const s = new Sampler({ temperature: 1, topP: 1, topK: 2, seed: 3 });
+    const seen = new Set(Array.from({ length: 200 }, () => s.next(Float32Array.from([0, 4, 3, 1]))));
+    expect([...seen].sort()).toEqual([1, 2]);
+  });
+});
