@@ -82,7 +82,7 @@ interface Cache {
 async function decoderStep(embeds: Float32Array, positions: number[], caches: Cache[]): Promise<Float32Array> {
   const { language } = manifest;
   const t = positions.length;
-  let h = f32(embeds, [1, t, language.hidden_size]);
+  let h: ort.Tensor = f32(embeds, [1, t, language.hidden_size]);
   for (let layer = 0; layer < language.num_layers; layer++) {
     const name = `language/layer_${String(layer).padStart(2, '0')}`;
     const past = caches[layer]!;
