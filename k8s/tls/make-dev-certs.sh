@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Makes a private CA and the three certificates the services' mutual TLS needs, and writes them as
+# Kubernetes Secret manifests (kubernetes.io/tls, with ca.crt):
+#   vlm-vision-server-tls    vision's server certificate; its ca.crt is the CA vision requires client
+#                            certificates from (VLM_TLS_CA)
+#   vlm-vision-client-tls    the language service's client certificate for the hop to vision, and the
+#                            CA it verifies vision with (VLM_VISION_CLIENT_CERT/KEY, VLM_VISION_CA)
+#   vlm-language-server-tls  the language service's server certificate for backend apps
+# For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
+#
+#   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90]
+#   kubectl apply -f DIR/secrets.yaml
+set -euo pipefail
+OUT=./vlm-dev-certs; NS=vlm; DAYS=90
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT=$2; shift ;;
+    --namespace) NS=$2; shift ;;
+    --days) DAYS=$2; shift ;;
+    *) echo "unknown option $1 (use --out DIR, --namespace NS, --days N)" >&2; exit 2 ;;
+  esac
+  shift
+done
+command -v openssl >/dev/null || { echo "openssl is required" >&2; exit 1; }
+mkdir -p "$OUT" && cd "$OUT"
+umask 077
+
+# Every name a client may dial: the headless Service (the language service's dns:/// target), the
+# ClusterIP Service, short and fully qualified.
+names() { local svc; for svc in "$@"; do printf 'DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local,' "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS"; done | sed 's/,$//'; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$DAYS" \
+  -subj "/CN=vlm-dev-ca" -keyout ca.key -out ca.crt \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+
+# issue NAME CN EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+issue() {
+  local name=$1 cn=$2 eku=$3 san=${4:-}
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
+    -keyout "$name.key" -out "$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [ -n "$san" ] && echo "subjectAltName=$san"
+  } > "$name.ext"
+  openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days "$DAYS" \
+    -extfile "$name.ext" -out "$name.crt" 2>/dev/null
+  rm -f "$name.csr" "$name.ext"
+}
+issue vision-server vlm-vision serverAuth "$(names vlm-vision-headless vlm-vision)"
+issue language-server vlm-language serverAuth "$(names vlm-language)"
+issue vision-client vlm-language clientAuth
+
+secret() {
+  local name=$1 cert=$2
+  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: kubernetes.io/tls\ndata:\n' "$name" "$NS"
+  printf '  tls.crt: %s\n  tls.key: %s\n  ca.crt: %s\n' \
+    "$(base64 -w0 < "$cert.crt")" "$(base64 -w0 < "$cert.key")" "$(base64 -w0 < ca.crt)"
+}
+{ secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; } > secrets.yaml
+echo "wrote $(pwd)/secrets.yaml (CA: $(pwd)/ca.crt, valid $DAYS days); apply with: kubectl apply -f $(pwd)/secrets.yaml"
