@@ -213,6 +213,9 @@ def cmd_compare(args) -> None:
     for run in ts["runs"]:
         item = ref["items"][run["item"]]
         line = f"[{run['policy']}] {Path(item['image']).name}: "
+        if "error" in run:
+            print(line + "ERROR " + run["error"])
+            continue
         tokens = run["tokens"]
         agree = 0
         while agree < min(len(tokens), len(item["tokens"])) and tokens[agree] == item["tokens"][agree]:
@@ -221,11 +224,11 @@ def cmd_compare(args) -> None:
         limit = next((i for i, m in enumerate(item["top2_margins"]) if m < args.margin), len(item["tokens"]))
         line += f"tokens agree {agree}/{len(item['tokens'])} (well-separated prefix {limit})"
         if run.get("logits_file"):
-            ours = np.load(d / run["logits_file"])
+            ours = np.fromfile(d / run["logits_file"], "<f4").reshape(run["logits_shape"])
             steps = min(len(ours), agree + 1, ref_logits.shape[1])
             diffs = [float(np.abs(ours[s] - ref_logits[run["item"], s]).max()) for s in range(steps)]
             scale = float(np.abs(ref_logits[run["item"], 0]).max())
-            line += f"; logits max|diff| step0 {diffs[0]:.4f} (max|HF| {scale:.2f}), worst over {steps} steps {max(diffs):.4f}"
+            line += f"; logits max|diff| step0 {diffs[0]:.2e} (max|HF| {scale:.2f}), worst over {steps} steps {max(diffs):.2e}"
         if run.get("visual_tokens") is not None:
             line += f"; visual tokens {run['visual_tokens']}"
         if run.get("timing"):
