@@ -1,0 +1,2 @@
+export { InferencePool, type PoolDeps, type CallOptions } from './pool';
+export type { AskResult } from './protocol';

@@ -1,0 +1,75 @@
+/**
+ * A worker thread of an InferencePool: loads the model once, then runs one job at a time. ONNX
+ * Runtime calls, tensor work and the methods' host code all happen here, never on the caller's
+ * event loop. An abort message aborts the job's signal; the engine stops at its next check.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { VlmError } from '../errors';
+import { createLogger, setLogLevel, type LogLevel } from '../log';
+import { encodeImage } from '../engine/encode-image';
+import { generate } from '../engine/generate';
+import { loadModel, type LoadedModel } from '../engine/model';
+import type { FromWorker, Job, ToWorker, WorkerInit } from './protocol';
+
+const init = workerData as WorkerInit;
+setLogLevel(init.logLevel as LogLevel);
+const log = createLogger(`worker.${init.index}`);
+const port = parentPort!;
+const running = new Map<number, AbortController>();
+
+function send(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
+  port.postMessage(msg, transfer);
+}
+
+function errorData(err: unknown) {
+  const e = VlmError.from(err);
+  if (e.code === 'INTERNAL') log.error('job failed', { error: err instanceof Error ? err.stack ?? err.message : String(err) });
+  return e.toJSON();
+}
+
+async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }): Promise<void> {
+  const onDelta = (delta: string, tokenId: number) => send({ type: 'delta', id, delta, tokenId });
+  switch (job.kind) {
+    case 'encode': {
+      const r = await encodeImage(model, job.image, job.policy, ctx);
+      send({ type: 'result', id, result: r }, [r.embeds.data.buffer as ArrayBuffer]);
+      return;
+    }
+    case 'generate': {
+      send({ type: 'result', id, result: await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta) });
+      return;
+    }
+    case 'ask': {
+      const encode = await encodeImage(model, job.image, job.policy, ctx);
+      const gen = await generate(model, encode, job.question, job.sampling, job.policy, ctx, onDelta);
+      send({ type: 'result', id, result: { encode, generate: gen } }, [encode.embeds.data.buffer as ArrayBuffer]);
+      return;
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  let model: LoadedModel;
+  try {
+    model = await loadModel({ model: init.model, runtime: init.runtime, limits: init.limits, log });
+    if (init.model.eagerSessions) await model.bundle.stages.openAll();
+    else await model.bundle.stages.get('vision/embed'); // pins the provider before the first request
+  } catch (err) {
+    send({ type: 'init-error', error: errorData(err) });
+    return;
+  }
+  port.on('message', (msg: ToWorker) => {
+    if (msg.type === 'abort') {
+      running.get(msg.id)?.abort(VlmError.fromJSON({ ...msg.reason, violations: [...msg.reason.violations] }));
+      return;
+    }
+    const controller = new AbortController();
+    running.set(msg.id, controller);
+    run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId })
+      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err) }))
+      .finally(() => running.delete(msg.id));
+  });
+  send({ type: 'ready', manifest: model.manifest, provider: model.bundle.stages.provider });
+}
+
+void main();

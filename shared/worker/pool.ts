@@ -1,0 +1,264 @@
+/**
+ * InferencePool: N worker threads, each with its own copy of the model, fed from one bounded queue.
+ *
+ * - A job waits for a free worker; beyond `queueSize` waiting jobs, submit fails at once with
+ *   RESOURCE_EXHAUSTED (callers shed load instead of piling up latency).
+ * - Cancellation: a queued job is dropped; a running job's worker gets an abort message and stops at
+ *   the engine's next check. The caller's promise settles with the signal's reason (CANCELLED, or the
+ *   DEADLINE_EXCEEDED a service put there).
+ * - Deltas stream back as they are produced; errors arrive as VlmError.
+ * - A worker that dies fails its job (UNAVAILABLE) and is replaced.
+ * Under vitest or tsx the worker runs the TypeScript source through tsx's require hook; built code
+ * runs the compiled worker.
+ */
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { VlmError } from '../errors';
+import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
+import { createLogger, type Logger } from '../log';
+import type { Manifest } from '../bundle/manifest';
+import type { ReductionPolicy } from '../methods/policy';
+import type { EncodeResult, VisualTokens } from '../engine/encode-image';
+import type { GenerateResult, OnDelta } from '../engine/generate';
+import type { SamplingParams } from '../engine/sampling';
+import type { AskResult, FromWorker, Job, JobResultOf, ToWorker, WorkerInit } from './protocol';
+
+export interface PoolDeps {
+  readonly model: ModelConfig;
+  readonly runtime: RuntimeConfig;
+  readonly limits: LimitsConfig;
+  readonly logLevel?: string;
+  readonly log?: Logger;
+}
+
+export interface CallOptions {
+  readonly signal?: AbortSignal;
+  readonly deadline?: number;
+  readonly requestId?: string;
+  readonly onDelta?: OnDelta;
+}
+
+interface Task {
+  readonly id: number;
+  readonly job: Job;
+  readonly options: CallOptions;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: VlmError) => void;
+  onAbort?: () => void;
+}
+
+interface Slot {
+  worker: Worker;
+  task: Task | undefined;
+  ready: boolean;
+}
+
+const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filename)}`);
+
+function spawn(init: WorkerInit): Worker {
+  const ts = WORKER_FILE.endsWith('.ts');
+  return new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', 'tsx/cjs'] : [], stderr: false, stdout: false });
+}
+
+function reasonOf(signal: AbortSignal): VlmError {
+  const r: unknown = signal.reason;
+  return r instanceof VlmError ? r : new VlmError('CANCELLED', 'the request was cancelled', { cause: r });
+}
+
+export class InferencePool {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Task[] = [];
+  private nextId = 1;
+  private closed = false;
+  private readonly log: Logger;
+
+  private constructor(
+    private readonly deps: PoolDeps,
+    readonly manifest: Manifest,
+    readonly provider: string | undefined,
+  ) {
+    this.log = deps.log ?? createLogger('pool');
+  }
+
+  /** Starts the workers and resolves once every one has loaded the model. */
+  static async start(deps: PoolDeps): Promise<InferencePool> {
+    const n = Math.max(1, deps.runtime.workers);
+    const first = await InferencePool.startWorker(deps, 0);
+    const pool = new InferencePool(deps, first.manifest, first.provider);
+    pool.attach(first.worker);
+    const rest = await Promise.allSettled(Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1)));
+    for (const r of rest) {
+      if (r.status === 'fulfilled') pool.attach(r.value.worker);
+      else {
+        await pool.close();
+        throw r.reason;
+      }
+    }
+    pool.log.info('inference pool ready', { workers: n, queue: deps.limits.queueSize, provider: first.provider, intra_op_threads: deps.runtime.intraOpThreads });
+    return pool;
+  }
+
+  /** Workers for a machine: one per `intraOpThreads` cores, at least one. */
+  static workersFor(intraOpThreads: number): number {
+    return Math.max(1, Math.floor(availableParallelism() / Math.max(1, intraOpThreads)));
+  }
+
+  private static startWorker(deps: PoolDeps, index: number): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
+    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index };
+    const worker = spawn(init);
+    return new Promise((resolve, reject) => {
+      const onMessage = (msg: FromWorker) => {
+        if (msg.type === 'ready') {
+          cleanup();
+          resolve({ worker, manifest: msg.manifest, provider: msg.provider });
+        } else if (msg.type === 'init-error') {
+          cleanup();
+          void worker.terminate();
+          reject(VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
+        }
+      };
+      const onError = (err: Error) => {
+        cleanup();
+        reject(new VlmError('INTERNAL', `inference worker ${index} failed to start: ${err.message}`, { cause: err }));
+      };
+      const onExit = (code: number) => {
+        cleanup();
+        reject(new VlmError('INTERNAL', `inference worker ${index} exited with code ${code} while loading the model`));
+      };
+      const cleanup = () => {
+        worker.off('message', onMessage);
+        worker.off('error', onError);
+        worker.off('exit', onExit);
+      };
+      worker.on('message', onMessage);
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+    });
+  }
+
+  get stats(): { workers: number; busy: number; queued: number; queueSize: number } {
+    return { workers: this.slots.length, busy: this.slots.filter((s) => s.task).length, queued: this.queue.length, queueSize: this.deps.limits.queueSize };
+  }
+
+  encode(image: Uint8Array, policy: ReductionPolicy, options: CallOptions = {}): Promise<EncodeResult> {
+    return this.submit({ kind: 'encode', image: copyBytes(image), policy }, options);
+  }
+
+  generate(visual: VisualTokens, question: string, sampling: SamplingParams, policy: ReductionPolicy, options: CallOptions = {}): Promise<GenerateResult> {
+    return this.submit({ kind: 'generate', visual, question, sampling, policy }, options);
+  }
+
+  /** Encode and generate in one worker (the CLI's eval and local runs: no stream in between). */
+  ask(image: Uint8Array, question: string, sampling: SamplingParams, policy: ReductionPolicy, options: CallOptions = {}): Promise<AskResult> {
+    return this.submit({ kind: 'ask', image: copyBytes(image), question, sampling, policy }, options);
+  }
+
+  /** Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops the workers. */
+  async close(graceMs = 0): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.queue.splice(0)) this.settle(t, new VlmError('UNAVAILABLE', 'the inference pool is shutting down'));
+    const deadline = Date.now() + graceMs;
+    while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await Promise.all(this.slots.map((s) => {
+      if (s.task) this.settle(s.task, new VlmError('UNAVAILABLE', 'the inference pool shut down while the request ran'));
+      return s.worker.terminate();
+    }));
+    this.slots.length = 0;
+  }
+
+  private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
+    return new Promise<JobResultOf[K]>((resolve, reject) => {
+      if (this.closed) return reject(new VlmError('UNAVAILABLE', 'the inference pool is shut down'));
+      if (options.signal?.aborted) return reject(reasonOf(options.signal));
+      const idle = this.slots.find((s) => s.ready && !s.task);
+      if (!idle && this.queue.length >= this.deps.limits.queueSize) {
+        return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
+      }
+      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject };
+      if (options.signal) {
+        task.onAbort = () => this.abort(task, reasonOf(options.signal!));
+        options.signal.addEventListener('abort', task.onAbort, { once: true });
+      }
+      if (idle) this.dispatch(idle, task);
+      else this.queue.push(task);
+    });
+  }
+
+  private dispatch(slot: Slot, task: Task): void {
+    slot.task = task;
+    const transfer: ArrayBuffer[] = [];
+    if (task.job.kind !== 'generate') transfer.push(task.job.image.buffer as ArrayBuffer);
+    const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId };
+    slot.worker.postMessage(msg, transfer);
+  }
+
+  private abort(task: Task, reason: VlmError): void {
+    const queued = this.queue.indexOf(task);
+    if (queued >= 0) {
+      this.queue.splice(queued, 1);
+      this.settle(task, reason);
+      return;
+    }
+    const slot = this.slots.find((s) => s.task === task);
+    // The worker stops at its next check and answers with the reason; settle now so the caller is not kept waiting.
+    if (slot) slot.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+    this.settle(task, reason);
+  }
+
+  private settle(task: Task, outcome: VlmError | { result: unknown }): void {
+    if (task.onAbort) task.options.signal?.removeEventListener('abort', task.onAbort);
+    if (outcome instanceof VlmError) task.reject(outcome);
+    else task.resolve(outcome.result);
+  }
+
+  private attach(worker: Worker): void {
+    const slot: Slot = { worker, task: undefined, ready: true };
+    this.slots.push(slot);
+    worker.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
+    worker.on('error', (err) => this.log.error('inference worker crashed', { error: err.message }));
+    worker.on('exit', (code) => this.onExit(slot, code));
+  }
+
+  private onMessage(slot: Slot, msg: FromWorker): void {
+    const task = slot.task;
+    if (msg.type === 'ready' || msg.type === 'init-error' || !task || msg.id !== task.id) return; // a late message of an aborted job
+    if (msg.type === 'delta') {
+      task.options.onDelta?.(msg.delta, msg.tokenId);
+      return;
+    }
+    this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
+    this.release(slot);
+  }
+
+  /** The slot is free once its worker has answered (result or error), aborted jobs included. */
+  private release(slot: Slot): void {
+    slot.task = undefined;
+    const next = this.queue.shift();
+    if (next) this.dispatch(slot, next);
+  }
+
+  private onExit(slot: Slot, code: number): void {
+    const i = this.slots.indexOf(slot);
+    if (i < 0 || this.closed) return;
+    this.slots.splice(i, 1);
+    if (slot.task) this.settle(slot.task, new VlmError('UNAVAILABLE', `the inference worker exited (code ${code}) while running the request`));
+    this.log.error('inference worker exited; starting a replacement', { code });
+    InferencePool.startWorker(this.deps, i)
+      .then(({ worker }) => {
+        if (this.closed) return void worker.terminate();
+        this.attach(worker);
+        const next = this.queue.shift();
+        if (next) this.dispatch(this.slots[this.slots.length - 1]!, next);
+      })
+      .catch((err: unknown) => this.log.error('replacement worker failed to start', { error: (err as Error).message }));
+  }
+}
+
+/** A private copy the pool can transfer to the worker without detaching the caller's buffer. */
+function copyBytes(b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(b.byteLength);
+  out.set(b);
+  return out;
+}

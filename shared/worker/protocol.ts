@@ -1,0 +1,53 @@
+/**
+ * Messages between an InferencePool and its workers. Only plain data crosses: typed arrays (moved,
+ * not copied, where the sender is done with them), JSON-shaped policies and results, and errors as
+ * VlmError.toJSON().
+ */
+import type { FieldViolation, VlmErrorCode } from '../errors';
+import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
+import type { ReductionPolicy } from '../methods/policy';
+import type { EncodeResult, VisualTokens } from '../engine/encode-image';
+import type { GenerateResult } from '../engine/generate';
+import type { SamplingParams } from '../engine/sampling';
+import type { Manifest } from '../bundle/manifest';
+
+export interface WorkerInit {
+  readonly model: ModelConfig;
+  readonly runtime: RuntimeConfig;
+  readonly limits: LimitsConfig;
+  readonly logLevel: string;
+  readonly index: number;
+}
+
+export interface AskResult {
+  readonly encode: EncodeResult;
+  readonly generate: GenerateResult;
+}
+
+export type Job =
+  | { readonly kind: 'encode'; readonly image: Uint8Array; readonly policy: ReductionPolicy }
+  | { readonly kind: 'generate'; readonly visual: VisualTokens; readonly question: string; readonly sampling: SamplingParams; readonly policy: ReductionPolicy }
+  | { readonly kind: 'ask'; readonly image: Uint8Array; readonly question: string; readonly sampling: SamplingParams; readonly policy: ReductionPolicy };
+
+export interface JobResultOf {
+  encode: EncodeResult;
+  generate: GenerateResult;
+  ask: AskResult;
+}
+
+export interface ErrorData {
+  readonly code: VlmErrorCode;
+  readonly message: string;
+  readonly violations: readonly FieldViolation[];
+}
+
+export type ToWorker =
+  | { readonly type: 'run'; readonly id: number; readonly job: Job; readonly deadline?: number; readonly requestId?: string }
+  | { readonly type: 'abort'; readonly id: number; readonly reason: ErrorData };
+
+export type FromWorker =
+  | { readonly type: 'ready'; readonly manifest: Manifest; readonly provider: string | undefined }
+  | { readonly type: 'init-error'; readonly error: ErrorData }
+  | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number }
+  | { readonly type: 'result'; readonly id: number; readonly result: unknown }
+  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData };

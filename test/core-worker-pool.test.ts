@@ -1,0 +1,100 @@
+/**
+ * The inference pool runs the engine on worker threads: the caller's event loop keeps running, a
+ * full queue refuses work at once, and cancellation reaches queued and running jobs.
+ */
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testConfig } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { InferencePool } from '../shared/worker';
+import type { SamplingParams } from '../shared/engine/sampling';
+import { policy, RANDOM_BUNDLE } from './core-helpers';
+
+const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
+let pool: InferencePool;
+let image: Buffer;
+
+async function failure(p: Promise<unknown>): Promise<VlmError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(VlmError);
+  return err as VlmError;
+}
+
+beforeAll(async () => {
+  const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 1 } });
+  pool = await InferencePool.start(config);
+  image = await sharp({ create: { width: 48, height: 40, channels: 3, background: { r: 250, g: 200, b: 0 } } }).png().toBuffer();
+});
+afterAll(() => pool.close());
+
+describe('InferencePool', () => {
+  it('answers like the engine, streaming deltas that add up to the text', async () => {
+    let streamed = '';
+    const r = await pool.ask(image, 'what color is it?', sampling, policy(), { onDelta: (d) => (streamed += d) });
+    expect(streamed).toBe(r.generate.text);
+    expect(r.encode.embeds.dims).toEqual([16, 48]);
+    expect(r.generate.perLayerVisualTokens).toEqual([16, 16, 16, 16]);
+    expect(pool.provider).toBe('cpu');
+  });
+
+  it('keeps the caller event loop responsive while it infers', async () => {
+    const ticks: number[] = [];
+    const timer = setInterval(() => ticks.push(performance.now()), 2);
+    const t0 = performance.now();
+    for (let i = 0; i < 4; i++) await pool.ask(image, 'what shape is it?', sampling, policy());
+    const busyMs = performance.now() - t0;
+    clearInterval(timer);
+    const gaps = ticks.slice(1).map((t, i) => t - ticks[i]!);
+    const maxGap = Math.max(...gaps);
+    // The timer fires throughout; the longest pause is a small fraction of the inference time.
+    expect(busyMs).toBeGreaterThan(100);
+    expect(ticks.length).toBeGreaterThan(busyMs / 20);
+    expect(maxGap).toBeLessThan(Math.max(30, busyMs / 10));
+  });
+
+  it('refuses work beyond the queue with RESOURCE_EXHAUSTED, and still serves what it accepted', async () => {
+    const running = pool.ask(image, 'what color is it?', sampling, policy());
+    const queued = pool.ask(image, 'what color is it?', sampling, policy());
+    const refused = await failure(pool.ask(image, 'what color is it?', sampling, policy()));
+    expect(refused.code).toBe('RESOURCE_EXHAUSTED');
+    expect(refused.message).toMatch(/1 inference workers are busy and 1 requests are queued \(limit 1\)/);
+    await expect(running).resolves.toBeDefined();
+    await expect(queued).resolves.toBeDefined();
+  });
+
+  it('cancels a running job from its stream and frees the worker', async () => {
+    const controller = new AbortController();
+    let deltas = 0;
+    const job = pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: 160 }, policy(), {
+      signal: controller.signal,
+      onDelta: () => {
+        deltas++;
+        controller.abort();
+      },
+    });
+    const e = await failure(job);
+    expect(e.code).toBe('CANCELLED');
+    expect(deltas).toBeLessThanOrEqual(2);
+    // The worker stops at its next check and takes new work.
+    await expect(pool.ask(image, 'what color is it?', sampling, policy())).resolves.toBeDefined();
+  });
+
+  it('drops a queued job when its caller cancels, with the caller reason', async () => {
+    const running = pool.ask(image, 'what color is it?', sampling, policy());
+    const controller = new AbortController();
+    const queued = pool.ask(image, 'what color is it?', sampling, policy(), { signal: controller.signal });
+    controller.abort(new VlmError('DEADLINE_EXCEEDED', 'the caller deadline passed'));
+    const e = await failure(queued);
+    expect(e.code).toBe('DEADLINE_EXCEEDED');
+    expect(pool.stats.queued).toBe(0);
+    await running;
+  });
+
+  it('brings errors back as VlmError with their code', async () => {
+    const e = await failure(pool.ask(Buffer.from('not an image'), 'what color is it?', sampling, policy()));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toMatch(/cannot be read as an image/);
+    const late = await failure(pool.ask(image, 'what color is it?', sampling, policy(), { deadline: Date.now() - 1 }));
+    expect(late.code).toBe('DEADLINE_EXCEEDED');
+  });
+});
