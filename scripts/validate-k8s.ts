@@ -427,13 +427,14 @@ export const RULES: Readonly<Record<string, Rule>> = {
     workloads(objects).flatMap((w) => {
       const svc = vlmService(w);
       if (!svc) return [];
-      const drain = Number(envOf(svc.container, 'VLM_DRAIN_SECONDS'));
+      // VLM_SHUTDOWN_GRACE_MS: how long calls in flight may finish after SIGTERM (shared/config.ts).
+      const drain = Number(envOf(svc.container, 'VLM_SHUTDOWN_GRACE_MS')) / 1000;
       const cmd = svc.container.lifecycle?.preStop?.exec?.command ?? [];
       const preStop = /(^|\/)sleep$/.test(cmd[0] ?? '') ? Number(cmd[1]) : 0;
       const grace = w.spec.template.spec.terminationGracePeriodSeconds ?? 30;
       const live = svc.container.livenessProbe;
       const out: string[] = [];
-      if (!Number.isFinite(drain) || drain <= 0) out.push('sets no VLM_DRAIN_SECONDS');
+      if (!Number.isFinite(drain) || drain <= 0) out.push('sets no VLM_SHUTDOWN_GRACE_MS');
       else if (grace <= preStop + drain) out.push(`terminationGracePeriodSeconds ${grace} leaves no time after preStop (${preStop} s) and the drain (${drain} s)`);
       // A liveness probe that fails during the drain (health is NOT_SERVING) must not kill the pod first.
       if (live && (live.periodSeconds ?? 10) * (live.failureThreshold ?? 3) <= preStop + drain) out.push('the liveness probe would restart the container before its drain ends');
