@@ -263,6 +263,7 @@ interface Workload extends Manifest {
 }
 
 const GPU = 'nvidia.com/gpu';
+const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding', 'PersistentVolume', 'StorageClass', 'PriorityClass', 'CustomResourceDefinition', 'APIService']);
 /** Node labels that name a node pool, generic first. */
 const POOL_KEYS = ['vlm.io/pool', 'cloud.google.com/gke-nodepool', 'eks.amazonaws.com/nodegroup', 'kubernetes.azure.com/agentpool'];
 
@@ -315,6 +316,17 @@ export function imagePinProblem(image: string | undefined): string | undefined {
 type Rule = (objects: readonly Manifest[]) => Finding[];
 
 export const RULES: Readonly<Record<string, Rule>> = {
+  // Objects without a namespace land in whatever namespace the applier's context names.
+  'namespace': (objects) => {
+    const namespaced = objects.filter((m) => !CLUSTER_SCOPED.has(m.kind));
+    const namespaces = new Set(namespaced.map((m) => m.metadata.namespace).filter(Boolean));
+    const out: Finding[] = namespaced
+      .filter((m) => !m.metadata.namespace)
+      .map((m) => ({ object: ref(m), check: 'namespace', message: 'has no namespace (set `namespace:` in the kustomization that adds it)' }));
+    if (namespaces.size > 1) out.push({ object: '*', check: 'namespace', message: `objects are spread over namespaces ${[...namespaces].join(', ')}` });
+    return out;
+  },
+
   'image-pinned': (objects) =>
     workloads(objects).flatMap((w) =>
       containersOf(w).flatMap((c) => {

@@ -158,6 +158,12 @@ describe('deliberately broken manifests fail the checks', () => {
 
   const cases: { name: string; check: string; message: RegExp; patches: { kind: string; name: string; ops: object[] }[] }[] = [
     {
+      name: 'an object left without a namespace',
+      check: 'namespace',
+      message: /has no namespace/,
+      patches: [{ kind: 'PersistentVolumeClaim', name: 'vlm-models', ops: [{ op: 'remove', path: '/metadata/namespace' }] }],
+    },
+    {
       name: 'an untagged image',
       check: 'image-pinned',
       message: /has no tag/,
