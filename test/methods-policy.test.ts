@@ -1,0 +1,122 @@
+/**
+ * The registry and the budget: every method turns one budget (average visual tokens per decoder
+ * layer) into a schedule whose per-layer mean is that budget, moves its anchors for small budgets,
+ * and rejects budgets it cannot reach naming the feasible range.
+ */
+import { describe, expect, it } from 'vitest';
+import { VlmError } from '../shared/errors';
+import {
+  feasibleBudgets,
+  getLanguageReducer,
+  getVisionReducer,
+  resolveBudgetSplit,
+  resolveLanguageSchedule,
+  resolveVisionSchedule,
+  type ReductionPolicy,
+} from '../shared/methods/policy';
+import { LANGUAGE_METHODS, VISION_METHODS } from '../shared/methods/registry';
+import type { LanguageGeometry, LanguageMethodName, VisionGeometry, VisionMethodName } from '../shared/methods/types';
+
+const tiny: VisionGeometry = { numLayers: 6, grid: 14, numPatches: 196, hasClassToken: true, hiddenSize: 64, languageLayers: 12, anchors: { fastv: { k: 2 } } };
+const tinyLanguage = (visualTokens: number): LanguageGeometry => ({ numLayers: 12, hiddenSize: 64, numHeads: 4, visualTokens, fullVisualTokens: 196, anchors: { fastv: { k: 2 } } });
+const llava: VisionGeometry = { numLayers: 23, grid: 24, numPatches: 576, hasClassToken: true, hiddenSize: 1024, languageLayers: 32, anchors: {} };
+const llavaLanguage = (visualTokens: number): LanguageGeometry => ({ numLayers: 32, hiddenSize: 4096, numHeads: 32, visualTokens, fullVisualTokens: 576, anchors: {} });
+
+const policy = (vision: VisionMethodName, language: LanguageMethodName, percent: number | null): ReductionPolicy => ({
+  vision, language, budget: percent === null ? null : { percent }, mode: 'clean', params: {}, seed: 1,
+});
+
+function achieved(p: ReductionPolicy, vg: VisionGeometry, lg: (v: number) => LanguageGeometry): number {
+  const vs = resolveVisionSchedule(p, vg);
+  const ls = resolveLanguageSchedule(p, lg(vs.outputTokens));
+  return ls.perLayerVisualTokens.reduce((a, b) => a + b, 0) / ls.perLayerVisualTokens.length;
+}
+
+function thrown(fn: () => unknown): VlmError {
+  try {
+    fn();
+  } catch (e) {
+    return e as VlmError;
+  }
+  throw new Error('expected a throw');
+}
+
+describe('registry', () => {
+  it('has one row per method name and no way to add one at run time', () => {
+    expect([...VISION_METHODS.keys()]).toEqual(['none', 'ficoco-v', 'tome', 'random']);
+    expect([...LANGUAGE_METHODS.keys()]).toEqual(['none', 'sparsevlm', 'ficoco-l', 'fastv', 'random']);
+    expect(Object.isFrozen(VISION_METHODS)).toBe(true);
+    for (const [name, reducer] of VISION_METHODS) expect(reducer.name).toBe(name);
+    for (const [name, reducer] of LANGUAGE_METHODS) expect(reducer.name).toBe(name);
+  });
+
+  it('rejects an unknown method with INVALID_ARGUMENT listing the valid names', () => {
+    const e = thrown(() => getLanguageReducer('pdrop'));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toContain('sparsevlm, ficoco-l, fastv, random');
+    expect(thrown(() => getVisionReducer('ficoco-vl')).code).toBe('INVALID_ARGUMENT');
+  });
+});
+
+describe('budgets', () => {
+  const pairs: Array<[VisionMethodName, LanguageMethodName]> = [
+    ['ficoco-v', 'none'], ['tome', 'none'], ['random', 'none'],
+    ['none', 'sparsevlm'], ['none', 'ficoco-l'], ['none', 'fastv'], ['none', 'random'], ['ficoco-v', 'ficoco-l'],
+  ];
+  for (const [vision, language] of pairs) {
+    for (const percent of [50, 25, 12.5]) {
+      it(`${vision} + ${language} reaches ${percent} % of the visual tokens within one token (12-layer tiny model and LLaVA-1.5)`, () => {
+        expect(Math.abs(achieved(policy(vision, language, percent), tiny, tinyLanguage) - (percent / 100) * 196)).toBeLessThanOrEqual(1);
+        expect(Math.abs(achieved(policy(vision, language, percent), llava, llavaLanguage) - (percent / 100) * 576)).toBeLessThanOrEqual(1);
+      });
+    }
+  }
+
+  it('fastv moves K earlier when the layers before the cut alone exceed the budget', () => {
+    const at50 = resolveLanguageSchedule(policy('none', 'fastv', 50), tinyLanguage(196));
+    const at12 = resolveLanguageSchedule(policy('none', 'fastv', 12.5), tinyLanguage(196));
+    expect(at50.params['k']).toBe(2);
+    expect(at12.params['k']).toBe(1); // (2·196)/12 = 32.7 > 24.5, so the cut moves after layer 0
+    expect(at12.positions).toBe('keep');
+  });
+
+  it('sparsevlm at 192 of 576 on LLaVA prunes after layers 2, 6 and 15 as v1.5 does', () => {
+    const s = resolveLanguageSchedule({ ...policy('none', 'sparsevlm', null), budget: { tokens: 192 } }, llavaLanguage(576));
+    expect(s.steps.map((x) => x.layer)).toEqual([2, 6, 15]);
+    expect(s.positions).toBe('renumber');
+  });
+
+  it('an unreachable budget is INVALID_ARGUMENT naming the feasible range', () => {
+    const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'fastv', null), budget: { tokens: 5 } }, tinyLanguage(196)));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toContain('feasible range is [17.25, 196]');
+    expect(thrown(() => resolveVisionSchedule({ ...policy('tome', 'none', null), budget: { tokens: 2 } }, tiny)).message).toMatch(/feasible range is \[4, 196\]/);
+    expect(thrown(() => resolveLanguageSchedule(policy('none', 'none', 50), tinyLanguage(196))).code).toBe('INVALID_ARGUMENT');
+  });
+
+  it('sparsevlm v1 decides its counts from the data, so it takes no budget', () => {
+    const p = { ...policy('none', 'sparsevlm', null), params: { version: 'v1' } };
+    expect(resolveLanguageSchedule(p, tinyLanguage(196)).dataDependent).toBe(true);
+    expect(thrown(() => resolveLanguageSchedule({ ...p, budget: { percent: 25 } }, tinyLanguage(196))).code).toBe('INVALID_ARGUMENT');
+  });
+});
+
+describe('ficoco-vl', () => {
+  it('both services derive the same split from the policy and the geometry, and report it', () => {
+    const p = policy('ficoco-v', 'ficoco-l', 25);
+    const fromVision = resolveBudgetSplit(p, { fullVisualTokens: 196, languageLayers: 12, anchors: tiny.anchors });
+    const vs = resolveVisionSchedule(p, tiny);
+    const ls = resolveLanguageSchedule(p, tinyLanguage(vs.outputTokens));
+    expect(vs.outputTokens).toBe(fromVision.visionTokens);
+    expect(vs.params['budget_vision_tokens']).toBe(ls.params['budget_vision_tokens']);
+    expect(ls.params['budget_total']).toBe(49);
+    expect(vs.outputTokens).toBeGreaterThan(49);
+    expect(vs.outputTokens).toBeLessThan(196);
+  });
+
+  it('is listed with its feasible range for GetModelInfo', () => {
+    const rows = feasibleBudgets(tiny, { numLayers: 12, hiddenSize: 64, numHeads: 4, fullVisualTokens: 196, anchors: tiny.anchors });
+    expect(rows.find((r) => r.preset === 'ficoco-vl' && r.mode === 'clean')).toMatchObject({ vision: 'ficoco-v', language: 'ficoco-l', min: 1, max: 196 });
+    expect(rows.find((r) => r.language === 'fastv' && r.mode === 'exact')?.min).toBeCloseTo(17.25);
+  });
+});
