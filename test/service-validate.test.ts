@@ -29,7 +29,7 @@ describe('validateGenerate', () => {
     const ok = validateGenerate(request(), limits, 32);
     expect(ok.policy).toEqual({ vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 });
     expect(ok.sampling).toEqual({ temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 32 });
-    expect(ok.limits).toEqual({ rowsPerChunk: 0, maxPromptTokens: null });
+    expect(ok.limits).toEqual({ rowsPerChunk: 0 });
     expect(validateGenerate(request(), limits, 500).sampling.maxNewTokens).toBe(64);
     expect(ok.question).toBe('what shape is it?');
   });
@@ -47,7 +47,7 @@ describe('validateGenerate', () => {
           prompt: ' ',
           sampling: { temperature: 5, topP: 0, seed: undefined, maxTokens: 0 },
           policy: { ...WirePolicy.fromPartial({ visionMethod: 'nope', mode: 'fast' }), budget: { $case: 'budgetPercent', budgetPercent: 150 } },
-          limits: { rowsPerChunk: 0, maxPromptTokens: undefined },
+          limits: { rowsPerChunk: 0 },
         }),
         limits,
         32,
@@ -94,7 +94,7 @@ describe('validateGenerate', () => {
 
 describe('validateEncode', () => {
   it('takes the policy and the chunking limit; the prompt is not its business', () => {
-    const ok = validateEncode({ image: png, policy: WirePolicy.fromPartial({ budget: { $case: 'budgetTokens', budgetTokens: 8 }, seed: 7 }), limits: { rowsPerChunk: 4, maxPromptTokens: undefined } }, limits);
+    const ok = validateEncode({ image: png, policy: WirePolicy.fromPartial({ budget: { $case: 'budgetTokens', budgetTokens: 8 }, seed: 7 }), limits: { rowsPerChunk: 4 } }, limits);
     expect(ok.policy).toMatchObject({ budget: { tokens: 8 }, seed: 7 });
     expect(ok.limits.rowsPerChunk).toBe(4);
   });

@@ -14,6 +14,7 @@ import type { SamplingParams } from '../../shared/engine/sampling';
 import type { ParamValue, ReductionPolicy as WirePolicy, RequestLimits, SamplingParams as WireSampling } from '../../gen/vlm/v1/common';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { GenerateRequest } from '../../gen/vlm/v1/language_service';
+import { paramsToWire } from './wire';
 
 export interface RequestLimitsConfig {
   readonly maxImageBytes: number;
@@ -25,8 +26,6 @@ export interface RequestLimitsConfig {
 export interface ValidLimits {
   /** 0: the service's configured chunking. */
   readonly rowsPerChunk: number;
-  /** null: the model's context length. */
-  readonly maxPromptTokens: number | null;
 }
 
 export interface ValidEncode {
@@ -141,9 +140,7 @@ function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy 
 function parseLimits(l: RequestLimits | undefined, v: Violations): ValidLimits {
   const rows = l?.rowsPerChunk;
   if (rows !== undefined && rows < 1) v.add('limits.rows_per_chunk', 'must be at least 1 (leave it unset for the service default)');
-  const prompt = l?.maxPromptTokens;
-  if (prompt !== undefined && prompt < 1) v.add('limits.max_prompt_tokens', 'must be at least 1 (leave it unset for the context length)');
-  return { rowsPerChunk: rows ?? 0, maxPromptTokens: prompt ?? null };
+  return { rowsPerChunk: rows ?? 0 };
 }
 
 function parseSampling(s: WireSampling | undefined, defaultMaxTokens: number, limits: RequestLimitsConfig, v: Violations): SamplingParams {
@@ -179,15 +176,14 @@ export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConf
   return { image: req.image, question: req.prompt, sampling, policy, limits: parsedLimits };
 }
 
+/** The policy of a request that sets none: both sides 'none', no budget. */
+export function noReduction(): ReductionPolicy {
+  return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 };
+}
+
 /** The wire form of a validated policy, for the vision hop (defaults made explicit). */
 export function wirePolicy(p: ReductionPolicy): WirePolicy {
-  const params: Record<string, ParamValue> = {};
-  for (const [k, value] of Object.entries(p.params)) {
-    params[k] = {
-      kind: typeof value === 'number' ? { $case: 'number', number: value } : typeof value === 'string' ? { $case: 'text', text: value } : { $case: 'flag', flag: value },
-    };
-  }
   const budget: WirePolicy['budget'] =
     p.budget === null ? undefined : 'tokens' in p.budget ? { $case: 'budgetTokens', budgetTokens: p.budget.tokens } : { $case: 'budgetPercent', budgetPercent: p.budget.percent };
-  return { visionMethod: p.vision, languageMethod: p.language, budget, mode: p.mode, params, seed: p.seed, preset: '' };
+  return { visionMethod: p.vision, languageMethod: p.language, budget, mode: p.mode, params: paramsToWire(p.params), seed: p.seed, preset: '' };
 }

@@ -1,0 +1,38 @@
+/**
+ * The core as the services hold it: the InferencePool (worker threads, bounded queue) plus the
+ * model's facts on the service's own thread, for validation, GetModelInfo and stream checks.
+ */
+import { providerName, type Config } from '../../shared/config';
+import { geometryOf } from '../../shared/engine/model';
+import type { Logger } from '../../shared/log';
+import { InferencePool } from '../../shared/worker';
+import type { ModelFacts } from './model-info';
+
+export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'stats' | 'close'>;
+
+export interface ServiceEngine {
+  readonly pool: Inference;
+  readonly model: ModelFacts;
+  /** Provider the sessions run on ("cpu", "cuda", ...). */
+  readonly provider: string;
+  /** "cpu" or "cuda:<id>" as configured. */
+  readonly device: string;
+}
+
+/** Device of the active provider: the configured spec with the same kind (cuda:1), else the kind. */
+function deviceOf(config: Config, provider: string): string {
+  const spec = config.runtime.providers.find((p) => p.kind === provider);
+  return spec ? providerName(spec) : provider;
+}
+
+export async function startEngine(config: Config, log: Logger): Promise<ServiceEngine> {
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, log: log.child('pool') });
+  const g = geometryOf(pool.manifest);
+  const provider = pool.provider ?? 'cpu';
+  return {
+    pool,
+    model: { manifest: pool.manifest, visionGeometry: g.vision, languageGeometry: g.language },
+    provider,
+    device: deviceOf(config, provider),
+  };
+}

@@ -1,0 +1,82 @@
+/**
+ * Start-up and shutdown shared by both services: listen first (so probes see NOT_SERVING rather than
+ * a refused connection), warm up, then SERVING; on stop, drain the server and close the pool.
+ */
+import type { Config } from '../../shared/config';
+import type { Logger } from '../../shared/log';
+import type { ServiceEngine } from './engine';
+import type { GrpcServer } from './grpc-server';
+
+export interface RunningService {
+  /** The bound port (the configured one, or the one picked for port 0). */
+  readonly port: number;
+  readonly address: string;
+  readonly engine: ServiceEngine;
+  /** Graceful: NOT_SERVING, drain, shutdown, then the workers are stopped. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function serve(
+  server: GrpcServer,
+  engine: ServiceEngine,
+  config: Config,
+  port: number,
+  warmUp: () => Promise<void>,
+  log: Logger,
+): Promise<RunningService> {
+  let bound: number;
+  try {
+    bound = await server.listen(config.services.host, port);
+  } catch (err) {
+    await engine.pool.close();
+    throw err;
+  }
+  const host = config.services.host === '0.0.0.0' || config.services.host === '::' ? '127.0.0.1' : config.services.host;
+  let stopping: Promise<void> | null = null;
+  const service: RunningService = {
+    port: bound,
+    address: `${host}:${bound}`,
+    engine,
+    stop: () =>
+      (stopping ??= (async () => {
+        await server.stop();
+        await engine.pool.close();
+      })()),
+  };
+  try {
+    if (config.rpc.warmup) {
+      const started = performance.now();
+      await warmUp();
+      log.info('warm-up passed', { ms: Math.round(performance.now() - started) });
+    }
+  } catch (err) {
+    log.error('warm-up failed; not serving', { error: err instanceof Error ? err.message : String(err) });
+    await service.stop();
+    throw err;
+  }
+  server.setServing(true);
+  log.info('serving', { address: `${config.services.host}:${bound}`, model_id: engine.model.manifest.model_id, content_hash: engine.model.manifest.content_hash, provider: engine.provider, device: engine.device });
+  return service;
+}
+
+/** SIGTERM/SIGINT: stop gracefully once; a second signal exits at once. */
+export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn('second signal; exiting now', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    log.info('stopping', { signal });
+    stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('stop failed', { error: err instanceof Error ? err.message : String(err) });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}

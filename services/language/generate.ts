@@ -1,0 +1,101 @@
+/**
+ * One Generate: validate -> resolve both schedules (an infeasible budget fails before any work) ->
+ * encode on the vision service (caller's deadline and cancellation carried over) -> check the tensor
+ * against this model -> prefill and decode in the pool, streaming deltas -> the final message.
+ */
+import { toFloat32 } from '../../shared/tensor/fp16';
+import type { VisualTokens as CoreVisualTokens, GenerateResult } from '../../shared/engine';
+import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
+import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen/vlm/v1/language_service';
+import { FinishReason } from '../../gen/vlm/v1/language_service';
+import type { CallContext } from '../common/call-context';
+import { Channel } from '../common/channel';
+import type { ServiceEngine } from '../common/engine';
+import type { AssembledTensor, Expectation, VisualTokens } from '../common/tensor-stream';
+import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
+import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
+import type { HopContext } from './vision-client';
+import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
+
+export interface GenerateDeps {
+  readonly engine: ServiceEngine;
+  readonly vision: { encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> };
+  readonly limits: RequestLimitsConfig;
+}
+
+export function expectationOf(engine: ServiceEngine): Expectation {
+  const m = engine.model.manifest;
+  return { modelId: m.model_id, contentHash: m.content_hash, dtype: m.io_dtype, width: m.language.hidden_size, fullTokenCount: m.vision.num_patches };
+}
+
+/** The engine takes float32 rows; a float16 hop is widened here. */
+function coreTokens(t: VisualTokens): CoreVisualTokens {
+  const data = t.dtype === 'float32' ? (t.data as Float32Array) : toFloat32(t.data as Uint16Array);
+  return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
+}
+
+/** Judged here, before the hop: a bad policy must not cost an encode. */
+function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): void {
+  const vision = resolveVisionSchedule(valid.policy, engine.model.visionGeometry);
+  resolveLanguageSchedule(valid.policy, { ...engine.model.languageGeometry, visualTokens: vision.outputTokens });
+}
+
+export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, ctx: CallContext): AsyncGenerator<GenerateResponse> {
+  const { engine } = deps;
+  const m = engine.model.manifest;
+  const started = performance.now();
+  const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
+  checkPolicy(engine, valid);
+
+  const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
+  const tensor = await deps.vision.encode(hop, expectationOf(engine), ctx);
+  const encodeMs = performance.now() - started;
+
+  const deltas = new Channel<{ text: string; tokenIds: number[] }>();
+  let pendingIds: number[] = [];
+  const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, valid.sampling, valid.policy, {
+    signal: ctx.signal,
+    deadline: ctx.deadline,
+    requestId: ctx.requestId,
+    // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
+    onDelta: (text, id) => {
+      pendingIds.push(id);
+      if (text === '') return;
+      deltas.push({ text, tokenIds: pendingIds });
+      pendingIds = [];
+    },
+  });
+  run.then(() => deltas.close(), (err: unknown) => deltas.fail(err));
+  for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
+  const result = await run;
+  yield { part: { $case: 'final', final: finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started }) } };
+}
+
+function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {
+  const m = engine.model.manifest;
+  const visionFlops = tensor.summary.flops;
+  const flops: Record<string, number> = {
+    ...flopsToWire({ vision: visionFlops['vision'] ?? 0, projector: visionFlops['projector'] ?? 0, prefill: r.flops.prefill, decode: r.flops.decode }),
+    ...flopsToWire({ vision_overhead: visionFlops['overhead'] ?? 0, language_overhead: r.flops.overhead } as Record<string, number>),
+  };
+  flops['total'] = Object.values(flops).reduce((a, b) => a + b, 0);
+  const visionTimings = Object.fromEntries(Object.entries(tensor.summary.timingsMs).map(([k, v]) => [`vision.${k}`, v]));
+  const N = tensor.tokens.rows;
+  return {
+    text: r.text,
+    finishReason: r.finishReason === 'stop' ? FinishReason.FINISH_REASON_STOP : FinishReason.FINISH_REASON_LENGTH,
+    tokens: {
+      visualFull: m.vision.num_patches,
+      visualReceived: N,
+      text: r.promptTokens - N,
+      prompt: r.promptTokens,
+      generated: r.tokenIds.length,
+      perLayerVisual: [...r.perLayerVisualTokens],
+    },
+    flops,
+    timingsMs: roundMs({ ...visionTimings, encode: hop.encode, prefill: r.timingsMs.prefill, first_token: hop.encode + r.timingsMs.firstToken, decode: r.timingsMs.decode, total: hop.total }),
+    policy: resolvedPolicy(valid.policy, m.vision.num_patches, tensor.header.schedule, r.schedule, r.achievedBudget),
+    modelId: m.model_id,
+    contentHash: m.content_hash,
+  };
+}

@@ -1,0 +1,70 @@
+/**
+ * The language service: an InferencePool behind LanguageService, a balanced client to the vision
+ * replicas, health, reflection and limits.
+ */
+import type { Config } from '../../shared/config';
+import { createLogger, type Logger } from '../../shared/log';
+import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
+import { startEngine } from '../common/engine';
+import { GrpcServer } from '../common/grpc-server';
+import { serve, type RunningService } from '../common/lifecycle';
+import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
+import { noReduction } from '../common/validate';
+import { languageHandlers } from './handlers';
+import { VisionClient } from './vision-client';
+
+export interface LanguageServiceOptions {
+  /** Defaults to config.services.languagePort. */
+  readonly port?: number;
+  readonly log?: Logger;
+}
+
+export function visionTargetOf(config: Config): string {
+  return config.rpc.visionTarget || `127.0.0.1:${config.services.visionPort}`;
+}
+
+export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
+  const log = options.log ?? createLogger('language');
+  const target = visionTargetOf(config);
+  const vision = new VisionClient({ target, authToken: config.rpc.authToken });
+  const engine = await startEngine(config, log);
+  const implementation = languageHandlers({
+    engine,
+    vision,
+    limits: config.limits,
+    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
+  });
+  const server = new GrpcServer({
+    serviceName: 'vlm.v1.LanguageService',
+    definition: LanguageServiceService,
+    implementation,
+    protoFiles: ['vlm/v1/language_service.proto'],
+    log,
+    maxReceiveMessageBytes: receiveLimit(config.limits),
+    maxSendMessageBytes: SEND_LIMIT,
+    authToken: config.rpc.authToken,
+    shutdownGraceMs: config.rpc.shutdownGraceMs,
+  });
+  // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
+  // prefills a zero tensor of the full visual token count and decodes two tokens.
+  const warmUp = async (): Promise<void> => {
+    const m = engine.model.manifest;
+    const rows = m.vision.num_patches;
+    const width = m.language.hidden_size;
+    const visual = { embeds: { dtype: 'float32' as const, dims: [rows, width] as [number, number], data: new Float32Array(rows * width) }, origin: Int32Array.from({ length: rows }, (_, i) => i) };
+    const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
+    await engine.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+  };
+  log.info('vision target', { target });
+  const running = await serve(server, engine, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
+    vision.close();
+    throw err;
+  });
+  return {
+    ...running,
+    stop: async () => {
+      await running.stop();
+      vision.close();
+    },
+  };
+}

@@ -1,0 +1,155 @@
+/**
+ * The language service's side of the vision hop: one balanced channel to every vision replica, and
+ * `encode()` which carries the caller's deadline and cancellation across, reassembles the tensor with
+ * TensorAssembler (checked against this service's own model) and relays vision's errors as VlmErrors
+ * with their code, message and field violations intact.
+ */
+import { isIP } from 'node:net';
+import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { VlmError } from '../../shared/errors';
+import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
+import type { ModelInfo } from '../../gen/vlm/v1/common';
+import { REQUEST_ID_KEY } from '../common/interceptors';
+import { fromServiceError } from '../common/status';
+import { TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
+
+export interface VisionClientOptions {
+  /** host:port, a comma-separated list of IP:port, or any gRPC target (dns:///name:port). */
+  readonly target: string;
+  readonly authToken: string | null;
+  readonly credentials?: ChannelCredentials;
+}
+
+export interface HopContext {
+  readonly signal: AbortSignal;
+  /** Epoch ms: the caller's deadline, passed on unchanged. */
+  readonly deadline: number;
+  readonly requestId: string;
+}
+
+/**
+ * A list of addresses becomes grpc-js's static `ipv4:`/`ipv6:` target, so one channel balances over
+ * all of them; a single name stays a DNS target (round-robin over its A/AAAA records).
+ */
+export function channelTarget(target: string): string {
+  const parts = target.split(',').map((s) => s.trim()).filter(Boolean);
+  if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
+  if (parts.length === 1) return parts[0]!;
+  const hosts = parts.map((p) => {
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(p);
+    if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port`);
+    return { raw: p, family: isIP(m[1]!) };
+  });
+  const family = hosts[0]!.family;
+  if (family === 0 || hosts.some((h) => h.family !== family)) {
+    throw VlmError.invalid('--vision-target', 'a list must hold IP addresses of one family (ip:port,ip:port); for host names use one DNS name, e.g. dns:///vision.vlm.svc:50051');
+  }
+  return `${family === 4 ? 'ipv4' : 'ipv6'}:${hosts.map((h) => h.raw).join(',')}`;
+}
+
+/**
+ * Round-robin over every resolved address, and a transparent retry of Encode on UNAVAILABLE (a
+ * replica gone before it answered): Encode has no side effects, and grpc-js only retries before the
+ * first response message, so a half-received tensor is never spliced from two replicas.
+ */
+export const VISION_SERVICE_CONFIG = JSON.stringify({
+  loadBalancingConfig: [{ round_robin: {} }],
+  methodConfig: [
+    {
+      name: [{ service: 'vlm.v1.VisionService' }],
+      retryPolicy: {
+        maxAttempts: 3,
+        initialBackoff: '0.05s',
+        maxBackoff: '0.5s',
+        backoffMultiplier: 2,
+        retryableStatusCodes: ['UNAVAILABLE'],
+      },
+    },
+  ],
+});
+
+export class VisionClient {
+  private readonly client: VisionServiceClient;
+
+  constructor(private readonly options: VisionClientOptions) {
+    this.client = new VisionServiceClient(channelTarget(options.target), options.credentials ?? grpcCredentials.createInsecure(), {
+      'grpc.service_config': VISION_SERVICE_CONFIG,
+      // Chunks are at most 3 MiB (tensor-stream.ts); the default 4 MiB receive limit holds them.
+      'grpc.max_receive_message_length': 4 << 20,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.enable_retries': 1,
+    });
+  }
+
+  private metadata(requestId: string): Metadata {
+    const md = new Metadata();
+    if (requestId) md.set(REQUEST_ID_KEY, requestId);
+    if (this.options.authToken !== null) md.set('authorization', `Bearer ${this.options.authToken}`);
+    return md;
+  }
+
+  /** Streams one Encode and returns the checked tensor; cancelling `ctx.signal` cancels the call. */
+  encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
+    return new Promise((resolve, reject) => {
+      if (ctx.signal.aborted) return reject(ctx.signal.reason);
+      const assembler = new TensorAssembler(expect);
+      const call = this.client.encode(request, this.metadata(ctx.requestId), { deadline: ctx.deadline });
+      let failure: unknown = null;
+      const onAbort = (): void => {
+        failure ??= ctx.signal.reason;
+        call.cancel();
+      };
+      ctx.signal.addEventListener('abort', onAbort, { once: true });
+
+      call.on('data', (message: EncodeResponse) => {
+        if (failure !== null) return;
+        try {
+          assembler.accept(message);
+        } catch (err) {
+          failure = err;
+          call.cancel();
+        }
+      });
+      call.on('error', () => undefined); // the outcome is decided on 'status', which always comes last
+      call.on('status', (status: { code: GrpcCode; details: string; metadata: Metadata }) => {
+        ctx.signal.removeEventListener('abort', onAbort);
+        if (failure !== null) return reject(failure);
+        if (status.code !== GrpcCode.OK) return reject(this.relay(status));
+        try {
+          resolve(assembler.finish());
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+  }
+
+  /** What vision said, as this service's error: same code and violations, with the hop named. */
+  private relay(status: { code: GrpcCode; details: string; metadata: Metadata }): VlmError {
+    if (status.code === GrpcCode.UNAVAILABLE) {
+      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status });
+    }
+    if (status.code === GrpcCode.DEADLINE_EXCEEDED) {
+      return new VlmError('DEADLINE_EXCEEDED', `the deadline passed while the vision service was encoding the image`, { cause: status });
+    }
+    if (status.code === GrpcCode.UNAUTHENTICATED || status.code === GrpcCode.PERMISSION_DENIED) {
+      // The caller did nothing wrong: this service is misconfigured towards vision.
+      return new VlmError('INTERNAL', 'the vision service refused this language service\'s credentials', { cause: status });
+    }
+    return fromServiceError({ ...status, message: status.details } as unknown as ServiceError);
+  }
+
+  getModelInfo(deadlineMs = 5000): Promise<ModelInfo | undefined> {
+    return new Promise((resolve, reject) => {
+      this.client.getModelInfo({}, this.metadata(''), { deadline: Date.now() + deadlineMs }, (err, res) => {
+        if (err) reject(this.relay(err));
+        else resolve(res.model);
+      });
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * VisionService handlers: validate, encode with the core, stream header -> chunks -> summary.
+ */
+import { toFloat16 } from '../../shared/tensor/fp16';
+import type { EncodeResult } from '../../shared/engine';
+import type { VisionServiceServer } from '../../gen/vlm/v1/vision_service';
+import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
+import { tensorMessages, type VisualTokens } from '../common/tensor-stream';
+import { modelInfo, placementOf } from '../common/model-info';
+import { validateEncode, type RequestLimitsConfig } from '../common/validate';
+import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
+import type { ServiceEngine } from '../common/engine';
+
+export interface VisionHandlerDeps {
+  readonly engine: ServiceEngine;
+  readonly limits: RequestLimitsConfig;
+  /** Configured rows per chunk (0: about 1 MiB); a request may ask for fewer or more. */
+  readonly rowsPerChunk: number;
+  readonly adapter: AdapterDeps;
+}
+
+/** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop). */
+function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): VisualTokens {
+  const [rows, width] = result.embeds.dims;
+  const data = ioDtype === 'float16' ? toFloat16(result.embeds.data) : result.embeds.data;
+  // Sizes are not tracked by the core's result; an empty list reads as 1 per row.
+  return { rows, width, dtype: ioDtype, data, origin: result.origin, size: new Float32Array(0) };
+}
+
+export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
+  const { engine } = deps;
+  const manifest = engine.model.manifest;
+  return {
+    encode: serverStream(async function* (req, ctx) {
+      const valid = validateEncode(req, deps.limits);
+      const started = performance.now();
+      const result = await engine.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
+      const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
+      const header = {
+        modelId: manifest.model_id,
+        contentHash: manifest.content_hash,
+        fullTokenCount: manifest.vision.num_patches,
+        schedule: visionScheduleToWire(result.schedule),
+      };
+      const summary = { timingsMs: roundMs(result.timingsMs), flops: flopsToWire(result.flops), queueMs: Math.max(0, Math.round(waitedMs * 1000) / 1000), tensorBytes: 0 };
+      yield* tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary);
+    }, deps.adapter),
+
+    getModelInfo: unary(async () => ({ model: modelInfo(engine.model, placementOf(engine, deps.limits)) }), deps.adapter),
+  };
+}

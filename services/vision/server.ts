@@ -1,0 +1,57 @@
+/**
+ * The vision service: an InferencePool behind VisionService, health, reflection and limits.
+ */
+import sharp from 'sharp';
+import type { Config } from '../../shared/config';
+import { createLogger, type Logger } from '../../shared/log';
+import { VisionServiceService } from '../../gen/vlm/v1/vision_service';
+import { startEngine, type ServiceEngine } from '../common/engine';
+import { GrpcServer } from '../common/grpc-server';
+import { serve, type RunningService } from '../common/lifecycle';
+import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
+import { visionHandlers } from './handlers';
+import { noReduction } from '../common/validate';
+
+export interface VisionServiceOptions {
+  /** Defaults to config.services.visionPort. */
+  readonly port?: number;
+  readonly log?: Logger;
+}
+
+/**
+ * The warm-up's worst case: an image larger than the model input (the resize path runs) with no
+ * reduction (the most tokens through every layer).
+ */
+export async function warmUpImage(imageSize: number): Promise<Buffer> {
+  const side = imageSize * 2;
+  const raw = Buffer.alloc(side * side * 3);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 2654435761) >>> 24;
+  return sharp(raw, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
+}
+
+export async function startVisionService(config: Config, options: VisionServiceOptions = {}): Promise<RunningService> {
+  const log = options.log ?? createLogger('vision');
+  const engine: ServiceEngine = await startEngine(config, log);
+  const implementation = visionHandlers({
+    engine,
+    limits: config.limits,
+    rowsPerChunk: config.rpc.rowsPerChunk,
+    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
+  });
+  const server = new GrpcServer({
+    serviceName: 'vlm.v1.VisionService',
+    definition: VisionServiceService,
+    implementation,
+    protoFiles: ['vlm/v1/vision_service.proto'],
+    log,
+    maxReceiveMessageBytes: receiveLimit(config.limits),
+    maxSendMessageBytes: SEND_LIMIT,
+    authToken: config.rpc.authToken,
+    shutdownGraceMs: config.rpc.shutdownGraceMs,
+  });
+  const warmUp = async (): Promise<void> => {
+    const image = await warmUpImage(engine.model.manifest.preprocess.size);
+    await engine.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+  };
+  return serve(server, engine, config, options.port ?? config.services.visionPort, warmUp, log);
+}
