@@ -1,0 +1,91 @@
+/**
+ * The services' metrics, for operators and autoscalers (Prometheus names in brackets; this exporter
+ * version does not append unit suffixes, the unit is in the `# UNIT` line):
+ * - queue depth [vlm_queue_depth] and in-flight requests [vlm_inflight_requests]: the HPAs scale on these;
+ * - stage latency in seconds [vlm_stage_duration{vlm_stage}] and tokens per stage [vlm_stage_tokens];
+ * - decode throughput [vlm_decode_tokens_per_second], and the gen_ai server conventions, seconds
+ *   [gen_ai_server_request_duration, gen_ai_server_time_to_first_token, gen_ai_server_time_per_output_token].
+ * Histograms declare their unit and explicit buckets. Instruments bind to the meter provider that is
+ * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
+ */
+import { metrics, type Attributes, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
+import { ATTR_VLM_STAGE, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
+
+interface Instruments {
+  queueDepth: ObservableGauge;
+  inFlight: UpDownCounter;
+  stageDuration: Histogram;
+  stageTokens: Histogram;
+  tokensPerSecond: Histogram;
+  requestDuration: Histogram;
+  timeToFirstToken: Histogram;
+  timePerOutputToken: Histogram;
+}
+
+let bound: { provider: unknown; instruments: Instruments } | undefined;
+
+function instruments(): Instruments {
+  const provider = metrics.getMeterProvider();
+  if (bound?.provider === provider) return bound.instruments;
+  const meter = metrics.getMeter('vlm');
+  const seconds = (name: string, description: string) =>
+    meter.createHistogram(name, { unit: 's', description, advice: { explicitBucketBoundaries: [...SECONDS_BUCKETS] } });
+  const created: Instruments = {
+    queueDepth: meter.createObservableGauge(MetricName.QueueDepth, { unit: '{request}', description: 'Requests admitted and waiting for a worker' }),
+    inFlight: meter.createUpDownCounter(MetricName.InFlight, { unit: '{request}', description: 'Requests being served (queued or running)' }),
+    stageDuration: seconds(MetricName.StageDuration, 'Duration of one pipeline stage of a request'),
+    stageTokens: meter.createHistogram(MetricName.StageTokens, { unit: '{token}', description: 'Tokens leaving a stage (visual tokens after reduction, generated tokens)', advice: { explicitBucketBoundaries: [...TOKEN_BUCKETS] } }),
+    tokensPerSecond: meter.createHistogram(MetricName.TokensPerSecond, { unit: '{token}/s', description: 'Decode throughput of one request', advice: { explicitBucketBoundaries: [...RATE_BUCKETS] } }),
+    requestDuration: seconds(MetricName.RequestDuration, 'End-to-end duration of a request inside the service'),
+    timeToFirstToken: seconds(MetricName.TimeToFirstToken, 'From request start to the first generated token'),
+    timePerOutputToken: seconds(MetricName.TimePerOutputToken, 'Decode time per generated token after the first'),
+  };
+  bound = { provider, instruments: created };
+  return created;
+}
+
+/** One stage's wall time; `stage` is its span name (`vlm.prefill`). */
+export function recordStage(stage: string, seconds: number, attributes: Attributes = {}): void {
+  instruments().stageDuration.record(seconds, { ...attributes, [ATTR_VLM_STAGE]: stage });
+}
+
+/** Tokens a stage produced (visual tokens after reduction, prompt tokens at prefill, generated tokens). */
+export function recordStageTokens(stage: string, tokens: number, attributes: Attributes = {}): void {
+  instruments().stageTokens.record(tokens, { ...attributes, [ATTR_VLM_STAGE]: stage });
+}
+
+/** A finished request: its duration, and for generation its time to first token and decode rate. */
+export function recordRequest(
+  seconds: number,
+  attributes: Attributes = {},
+  generation?: { timeToFirstTokenSeconds: number; outputTokens: number; decodeSeconds: number },
+): void {
+  const i = instruments();
+  i.requestDuration.record(seconds, attributes);
+  if (!generation) return;
+  i.timeToFirstToken.record(generation.timeToFirstTokenSeconds, attributes);
+  if (generation.outputTokens > 0 && generation.decodeSeconds > 0) {
+    i.tokensPerSecond.record(generation.outputTokens / generation.decodeSeconds, attributes);
+    if (generation.outputTokens > 1) i.timePerOutputToken.record(generation.decodeSeconds / (generation.outputTokens - 1), attributes);
+  }
+}
+
+/** Counts a request as in flight until the returned function is called (once; later calls do nothing). */
+export function trackInFlight(attributes: Attributes = {}): () => void {
+  const counter = instruments().inFlight;
+  counter.add(1, attributes);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    counter.add(-1, attributes);
+  };
+}
+
+/** Reports `depth()` as the queue depth at every collection; returns the unregister function. */
+export function observeQueueDepth(depth: () => number, attributes: Attributes = {}): () => void {
+  const gauge = instruments().queueDepth;
+  const callback = (result: { observe(value: number, attributes?: Attributes): void }) => result.observe(depth(), attributes);
+  gauge.addCallback(callback);
+  return () => gauge.removeCallback(callback);
+}

@@ -1,0 +1,137 @@
+/**
+ * The OpenTelemetry SDK of one service process. Start it first thing in a service's entry, before
+ * anything requires `@grpc/grpc-js`: the grpc instrumentation patches that module when it is loaded
+ * (our build is CommonJS, so a `require` after startTelemetry is enough; under vitest, load grpc-js
+ * with createRequire after starting).
+ *
+ * Configuration is the standard OTEL_* environment, read here once:
+ * - Traces are on only when an exporter is configured: OTEL_TRACES_EXPORTER (otlp, console, zipkin),
+ *   or an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Protocol,
+ *   sampler, resource attributes and propagators (W3C tracecontext and baggage by default) are the
+ *   SDK's usual variables. OTEL_SDK_DISABLED=true turns everything off.
+ * - Metrics: a Prometheus endpoint on `metricsPort` (VLM_METRICS_PORT; 0 = off) and OTLP metrics when
+ *   OTEL_METRICS_EXPORTER says otlp, or is unset and an OTLP endpoint is configured.
+ * With nothing configured no SDK is started and the API stays no-op: zero cost in the hot path.
+ */
+import { DiagLogLevel, diag } from '@opentelemetry/api';
+import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
+import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import { createLogger } from '../log';
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+export interface TelemetryOptions {
+  /** `vlm-vision` or `vlm-language` (wins over OTEL_SERVICE_NAME: the two must stay apart). */
+  serviceName: string;
+  /** Prometheus scrape port; 0 or undefined = no Prometheus endpoint. */
+  metricsPort?: number;
+  /** Interface of the Prometheus endpoint (default all). */
+  metricsHost?: string;
+}
+
+export interface TelemetrySettings {
+  tracing: boolean;
+  otlpMetrics: boolean;
+  prometheusPort: number;
+  /** OTEL_METRIC_EXPORT_INTERVAL, ms. */
+  metricIntervalMs: number;
+}
+
+export interface Telemetry {
+  readonly serviceName: string;
+  readonly settings: TelemetrySettings;
+  /** Resolves when the resource is complete and the Prometheus endpoint listens; never rejects. */
+  readonly ready: Promise<void>;
+}
+
+const log = createLogger('telemetry');
+
+const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+const set = (v: string | undefined) => v !== undefined && v.trim() !== '';
+
+/** What the environment asks for; pure, so the rules are testable without starting anything. */
+export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings {
+  const off = (env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true';
+  const otlpEndpoint = set(env.OTEL_EXPORTER_OTLP_ENDPOINT);
+  const traces = list(env.OTEL_TRACES_EXPORTER);
+  const tracing = !off && (traces.length ? !traces.includes('none') : otlpEndpoint || set(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT));
+  const metrics = list(env.OTEL_METRICS_EXPORTER);
+  const otlpMetrics = !off && (metrics.length ? metrics.includes('otlp') && !metrics.includes('none') : otlpEndpoint || set(env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT));
+  let prometheusPort = metricsPort > 0 ? metricsPort : 0;
+  if (!prometheusPort && metrics.includes('prometheus')) prometheusPort = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464);
+  const interval = Number(env.OTEL_METRIC_EXPORT_INTERVAL ?? 60_000);
+  return { tracing, otlpMetrics, prometheusPort: off ? 0 : prometheusPort, metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000 };
+}
+
+let current: { telemetry: Telemetry; sdk: NodeSDK | undefined; tracing: boolean } | undefined;
+
+/** Starts the SDK once per process; a second call returns the first one's handle. */
+export function startTelemetry(options: TelemetryOptions): Telemetry {
+  if (current) return current.telemetry;
+  // process.env, not a parameter: the SDK's exporters, sampler and propagators read it themselves.
+  const env = process.env;
+  const settings = telemetrySettings(env, options.metricsPort);
+  if (!set(env.OTEL_LOG_LEVEL)) {
+    // Export failures (collector down) should be visible in our logs, not swallowed or printed raw.
+    diag.setLogger({ error: (m) => log.error(m), warn: (m) => log.warn(m), info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  }
+
+  const readers: IMetricReader[] = [];
+  let ready: Promise<void> = Promise.resolve();
+  if (settings.prometheusPort) {
+    const prometheus = new PrometheusExporter({ port: settings.prometheusPort, host: options.metricsHost, preventServerStart: true });
+    ready = prometheus.startServer().then(
+      () => log.info('prometheus metrics endpoint up', { port: settings.prometheusPort, path: '/metrics' }),
+      (err: unknown) => log.error('prometheus metrics endpoint failed to start; metrics are not scrapeable', { port: settings.prometheusPort, err: err as Error }),
+    );
+    readers.push(prometheus);
+  }
+  if (settings.otlpMetrics) readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: settings.metricIntervalMs }));
+
+  let sdk: NodeSDK | undefined;
+  if (settings.tracing || readers.length) {
+    // The resource is built here rather than by NodeSDK so that `ready` can wait for its asynchronous
+    // attributes: a scrape before they settle logs an error. OTEL_RESOURCE_ATTRIBUTES (k8s pod, node)
+    // comes in through envDetector; our service name wins over OTEL_SERVICE_NAME.
+    const resource = defaultResource()
+      .merge(detectResources({ detectors: [envDetector, processDetector, hostDetector] }))
+      .merge(resourceFromAttributes({ 'service.name': options.serviceName }));
+    ready = Promise.all([ready, resource.waitForAsyncAttributes?.()]).then(() => undefined);
+    sdk = new NodeSDK({
+      resource,
+      autoDetectResources: false,
+      metricReaders: readers,
+      // No span processors means no tracer provider: the API stays no-op when tracing is off.
+      ...(settings.tracing ? {} : { spanProcessors: [] }),
+      // Health checks and reflection would drown the spans that matter.
+      instrumentations: settings.tracing ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
+      logRecordProcessors: [],
+    });
+    sdk.start();
+  }
+  const telemetry: Telemetry = { serviceName: options.serviceName, settings, ready };
+  current = { telemetry, sdk, tracing: settings.tracing };
+  log.info('telemetry started', { service: options.serviceName, tracing: settings.tracing, otlpMetrics: settings.otlpMetrics, prometheusPort: settings.prometheusPort });
+  return telemetry;
+}
+
+/** True when this process exports spans: workers are asked to record theirs only then. */
+export function tracingEnabled(): boolean {
+  return current?.tracing ?? false;
+}
+
+/** Flushes pending spans and metrics and stops the exporters; call on shutdown after the server stops. */
+export async function shutdownTelemetry(): Promise<void> {
+  const c = current;
+  current = undefined;
+  if (!c?.sdk) return;
+  try {
+    await c.sdk.shutdown();
+  } catch (err) {
+    log.warn('telemetry shutdown did not flush cleanly', { err: err as Error });
+  }
+}

@@ -1,0 +1,176 @@
+import { createServer } from 'node:net';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import { join } from 'node:path';
+import { context } from '@opentelemetry/api';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
+import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
+import { observeQueueDepth, recordRequest, recordStage, trackInFlight } from '../shared/telemetry/metrics';
+import { startTelemetry, shutdownTelemetry, telemetrySettings, tracingEnabled } from '../shared/telemetry/sdk';
+import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
+import { withSpan } from '../shared/telemetry/with-span';
+import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
+
+describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
+  it.each([
+    [{}, 0, { tracing: false, otlpMetrics: false, prometheusPort: 0 }],
+    [{}, 9464, { tracing: false, otlpMetrics: false, prometheusPort: 9464 }],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }, 0, { tracing: true, otlpMetrics: true, prometheusPort: 0 }],
+    [{ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces' }, 0, { tracing: true, otlpMetrics: false }],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_METRICS_EXPORTER: 'none' }, 9464, { tracing: true, otlpMetrics: false, prometheusPort: 9464 }],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_TRACES_EXPORTER: 'none' }, 0, { tracing: false, otlpMetrics: true }],
+    [{ OTEL_TRACES_EXPORTER: 'console' }, 0, { tracing: true, otlpMetrics: false }],
+    [{ OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: '9999' }, 0, { tracing: false, prometheusPort: 9999 }],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_SDK_DISABLED: 'true' }, 9464, { tracing: false, otlpMetrics: false, prometheusPort: 0 }],
+  ])('%j, metrics port %d -> %j', (env, port, expected) => {
+    expect(telemetrySettings(env, port)).toMatchObject(expected);
+  });
+});
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Runs the record worker (a real thread without an SDK) and returns what it recorded. */
+function recordInWorker(): Promise<{ spans: SpanTiming[]; error: string }> {
+  const file = join(__dirname, 'fixtures', 'traces', 'record-worker.ts');
+  const worker = new Worker(`require('tsx/cjs'); require(${JSON.stringify(file)});`, { eval: true });
+  return new Promise((resolve, reject) => {
+    worker.once('message', (m: { spans: SpanTiming[]; error: string }) => {
+      void worker.terminate();
+      resolve(m);
+    });
+    worker.once('error', reject);
+    worker.postMessage('go');
+  });
+}
+
+describe('the SDK in a service process', () => {
+  let receiver: TraceReceiver;
+  const spans: SpanRecord[] = [];
+  let metricsPort = 0;
+  let grpc: typeof import('@grpc/grpc-js');
+
+  beforeAll(async () => {
+    receiver = await startTraceReceiver({ port: 0, onSpans: (s) => spans.push(...s) });
+    metricsPort = await freePort();
+    // The SDK's exporters read process.env themselves; this file runs in its own process.
+    Object.assign(process.env, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRICS_EXPORTER: 'none' });
+    const telemetry = startTelemetry({ serviceName: 'vlm-language', metricsPort, metricsHost: '127.0.0.1' });
+    await telemetry.ready;
+    // After the SDK: the grpc instrumentation patches grpc-js as it is required.
+    grpc = createRequire(__filename)('@grpc/grpc-js') as typeof import('@grpc/grpc-js');
+  });
+  afterAll(() => receiver.close());
+
+  it('links client and server spans over gRPC and replays worker spans under the request', async () => {
+    expect(tracingEnabled()).toBe(true);
+    const passthrough = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
+    const definition = { Echo: { path: '/test.Echo/Echo', requestStream: false, responseStream: false, requestSerialize: passthrough.serialize, requestDeserialize: passthrough.deserialize, responseSerialize: passthrough.serialize, responseDeserialize: passthrough.deserialize } };
+    const server = new grpc.Server();
+    let worker: { spans: SpanTiming[]; error: string } | undefined;
+    server.addService(definition, {
+      Echo: (call: { request: Buffer }, callback: (err: null, res: Buffer) => void) => {
+        void withSpan('vlm.request', { 'vlm.reduction.method': 'ficoco-l' }, async () => {
+          const parent = context.active();
+          worker = await recordInWorker();
+          replaySpans(worker.spans, parent);
+          return call.request;
+        }).then((res) => callback(null, res));
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const Client = grpc.makeGenericClientConstructor(definition, 'Echo');
+    const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { Echo: (req: Buffer, cb: (err: Error | null, res: Buffer) => void) => void; close(): void };
+    const reply = await withSpan('caller', {}, () => new Promise<Buffer>((resolve, reject) => client.Echo(Buffer.from('hi'), (err, res) => (err ? reject(err) : resolve(res)))));
+    expect(reply.toString()).toBe('hi');
+    client.close();
+    server.forceShutdown();
+    await shutdownTelemetry();
+
+    const byName = (name: string) => spans.filter((s) => s.name === name);
+    const clientSpan = spans.find((s) => s.kind === 'CLIENT')!;
+    const serverSpan = spans.find((s) => s.kind === 'SERVER')!;
+    expect(clientSpan.name).toBe('grpc.test.Echo/Echo');
+    expect(clientSpan.parentSpanId).toBe(byName('caller')[0]!.spanId);
+    expect(serverSpan.parentSpanId).toBe(clientSpan.spanId);
+    expect(serverSpan.attributes['rpc.system']).toBe('grpc');
+    const request = byName('vlm.request')[0]!;
+    expect(request.parentSpanId).toBe(serverSpan.spanId);
+    expect(new Set(spans.map((s) => s.traceId)).size).toBe(1);
+    expect(new Set(spans.map((s) => s.service))).toEqual(new Set(['vlm-language']));
+
+    // the worker's spans: same tree, same times, attributes and events, error marked
+    expect(worker!.error).toBe('decode failed on purpose');
+    const prefill = byName('vlm.prefill')[0]!;
+    expect(prefill.parentSpanId).toBe(request.spanId);
+    expect(prefill.attributes).toEqual({ 'vlm.tokens.in': 40, 'vlm.tokens.out': 16, 'error.type': 'INTERNAL' });
+    const layers = byName('vlm.prefill.layer');
+    expect(layers.map((l) => l.attributes['vlm.layer'])).toEqual([0, 1]);
+    expect(layers.every((l) => l.parentSpanId === prefill.spanId)).toBe(true);
+    expect(byName('vlm.reduce')[0]).toMatchObject({ parentSpanId: layers[1]!.spanId, attributes: { 'vlm.tokens.out': 8 } });
+    expect(layers[1]!.events.map((e) => e.name)).toEqual(['vlm.token']);
+    expect(byName('vlm.decode')[0]!.status.code).toBe('ERROR');
+    const recordedLayer0 = worker!.spans.find((s) => s.name === 'vlm.prefill.layer')!;
+    const ms = (ns: string) => Number(BigInt(ns) / 1000n) / 1000;
+    expect(ms(layers[0]!.startTimeUnixNano)).toBeCloseTo(recordedLayer0.startMs, 2);
+    expect(ms(layers[0]!.endTimeUnixNano) - ms(layers[0]!.startTimeUnixNano)).toBeGreaterThanOrEqual(4);
+    for (const s of [prefill, ...layers]) {
+      expect(BigInt(s.startTimeUnixNano) >= BigInt(request.startTimeUnixNano)).toBe(true);
+      expect(BigInt(s.endTimeUnixNano) <= BigInt(request.endTimeUnixNano)).toBe(true);
+    }
+    // and the report reads it as one trace
+    const lines = spans.map((s) => JSON.stringify(s)).join('\n');
+    expect(parseTraceText(lines).spans).toHaveLength(spans.length);
+  });
+
+  it('carries trace context as plain data', () => {
+    // The SDK is shut down above, but its propagator stays registered.
+    const carrier = { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' };
+    const ctx = extractTraceparent(carrier);
+    expect(injectTraceparent(ctx)).toEqual(carrier);
+  });
+});
+
+describe('metrics on the Prometheus endpoint', () => {
+  it('exposes queue depth, in-flight requests, stage latency and request histograms', async () => {
+    // A fresh process has no SDK; this file's SDK was shut down, so start a metrics-only one in a child.
+    const { execFileSync } = await import('node:child_process');
+    const port = await freePort();
+    const script = `
+      const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
+      const m = require('./shared/telemetry/metrics');
+      (async () => {
+        const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
+        await t.ready;
+        m.observeQueueDepth(() => 3);
+        m.trackInFlight();
+        const done = m.trackInFlight(); done(); done();
+        m.recordStage('vlm.prefill', 0.004, { 'vlm.reduction.method': 'fastv' });
+        m.recordStage('vlm.prefill', 0.2, { 'vlm.reduction.method': 'fastv' });
+        m.recordStageTokens('vlm.reduce', 64);
+        m.recordRequest(1.5, {}, { timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
+        const res = await fetch('http://127.0.0.1:${port}/metrics');
+        process.stdout.write(await res.text());
+        await shutdownTelemetry();
+      })();`;
+    const text = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_METRICS_EXPORTER: '' } });
+    const value = (re: RegExp) => Number(re.exec(text)?.[1]);
+    expect(value(/^vlm_queue_depth(?:\{[^}]*\})? (\S+)/m)).toBe(3);
+    expect(value(/^vlm_inflight_requests(?:\{[^}]*\})? (\S+)/m)).toBe(1);
+    // buckets are cumulative: 0.004 s falls in le=0.005, 0.2 s first in le=0.25
+    expect(value(/^vlm_stage_duration_bucket\{[^}]*vlm_stage="vlm.prefill"[^}]*le="0.005"\} (\S+)/m)).toBe(1);
+    expect(value(/^vlm_stage_duration_bucket\{[^}]*vlm_stage="vlm.prefill"[^}]*le="0.25"\} (\S+)/m)).toBe(2);
+    expect(value(/^vlm_stage_duration_count\{[^}]*vlm_stage="vlm.prefill"[^}]*\} (\S+)/m)).toBe(2);
+    expect(value(/^vlm_stage_tokens_bucket\{[^}]*le="64"\} (\S+)/m)).toBe(1);
+    expect(value(/^gen_ai_server_time_to_first_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.3, 9);
+    // 11 tokens in 1 s of decode: 11 tokens/s; 10 gaps: 0.1 s per output token
+    expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(11, 9);
+    expect(value(/^gen_ai_server_time_per_output_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.1, 9);
+  });
+});
