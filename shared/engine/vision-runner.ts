@@ -71,6 +71,8 @@ export class VisionStageRunner {
     const h = this.hiddenMatrix();
     checkCombination(c, h.rows, who);
     this.hidden = batched(combineRows(h, c));
+    // A zero bias for the new length; proportional attention replaces it with log(size).
+    this.bias = f32([1, this.tokens]);
   }
 
   async mlp(layer: number): Promise<void> {

@@ -58,7 +58,7 @@ const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filen
 
 function spawn(init: WorkerInit): Worker {
   const ts = WORKER_FILE.endsWith('.ts');
-  return new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', 'tsx/cjs'] : [], stderr: false, stdout: false });
+  return new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', require.resolve('tsx/cjs')] : [], stderr: false, stdout: false });
 }
 
 function reasonOf(signal: AbortSignal): VlmError {

@@ -1,0 +1,217 @@
+/**
+ * `vlm eval [--model DIR] [--limit N] [--vision-method M] [--language-method M] [--budget N|P%]
+ *           [--mode clean|exact] [--max-new-tokens N] [--json]`
+ *
+ * Runs the bundle's evaluation items (`<model>/eval/items.jsonl`: image, question, answer, type)
+ * through an InferencePool with as many workers as the cores allow (one intra-op thread each unless
+ * told otherwise). Progress goes to stderr; the result is printed last on stdout, with --json as one
+ * single-line JSON object.
+ */
+import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { VlmError } from '../shared/errors';
+import { parseCommandLine, type Config } from '../shared/config';
+import { setLogLevel, type LogLevel } from '../shared/log';
+import type { Budget, ReductionPolicy } from '../shared/methods/policy';
+import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
+import { addFlops, emptyFlops, macs, totalFlops, type StageFlops } from '../shared/flops/flops';
+import { InferencePool, type AskResult } from '../shared/worker';
+
+export interface EvalItem {
+  readonly image: string;
+  readonly question: string;
+  readonly answer: string;
+  readonly type: string;
+}
+
+const FLAGS = {
+  limit: { type: 'string' },
+  'vision-method': { type: 'string' },
+  'language-method': { type: 'string' },
+  budget: { type: 'string' },
+  mode: { type: 'string' },
+  'max-new-tokens': { type: 'string' },
+  seed: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+/** `128` (tokens) or `25%` (of the unreduced visual tokens). */
+export function parseBudgetFlag(raw: string | undefined): Budget | null {
+  if (raw === undefined || raw === '') return null;
+  const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(raw.trim());
+  if (!m) throw VlmError.invalid('--budget', `expected a token count like 128 or a percentage like 25%, got "${raw}"`);
+  return m[2] ? { percent: Number(m[1]) } : { tokens: Number(m[1]) };
+}
+
+export async function readItems(modelDir: string): Promise<EvalItem[]> {
+  const file = path.join(modelDir, 'eval', 'items.jsonl');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new VlmError('FAILED_PRECONDITION', `no evaluation items at ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  return text
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((line, i) => {
+      const item = JSON.parse(line) as EvalItem;
+      for (const k of ['image', 'question', 'answer', 'type'] as const) {
+        if (typeof item[k] !== 'string') throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: field "${k}" missing or not a string`);
+      }
+      return item;
+    });
+}
+
+/** The first `limit` items taken round-robin over types (in order of first appearance), so every type is equally represented. */
+export function selectEvenly(items: readonly EvalItem[], limit: number | undefined): EvalItem[] {
+  if (limit === undefined || limit >= items.length) return [...items];
+  const byType = new Map<string, EvalItem[]>();
+  for (const it of items) {
+    const list = byType.get(it.type) ?? [];
+    list.push(it);
+    byType.set(it.type, list);
+  }
+  const lists = [...byType.values()];
+  const out: EvalItem[] = [];
+  for (let round = 0; out.length < limit; round++) {
+    let took = false;
+    for (const l of lists) {
+      if (round < l.length && out.length < limit) {
+        out.push(l[round]!);
+        took = true;
+      }
+    }
+    if (!took) break;
+  }
+  return out;
+}
+
+/** Case- and space-insensitive whole-answer match, ignoring trailing punctuation. */
+export function isCorrect(generated: string, answer: string): boolean {
+  const norm = (s: string) => s.trim().toLowerCase().replace(/[\s.!?,;:]+$/u, '').replace(/\s+/g, ' ');
+  return norm(generated) === norm(answer);
+}
+
+function intFlag(values: Record<string, unknown>, name: string): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw VlmError.invalid(`--${name}`, `expected a positive integer, got "${String(raw)}"`);
+  return n;
+}
+
+/** Eval runs many small requests: one intra-op thread per worker and a worker per core, unless told otherwise. */
+function evalRuntime(config: Config, values: Record<string, unknown>): Config {
+  const explicitThreads = values['intra-op-threads'] !== undefined || !!process.env.VLM_INTRA_OP_THREADS;
+  const intraOpThreads = explicitThreads ? config.runtime.intraOpThreads : 1;
+  const explicitWorkers = values.workers !== undefined || !!process.env.VLM_WORKERS;
+  const workers = explicitWorkers ? config.runtime.workers : Math.max(1, Math.floor(availableParallelism() / intraOpThreads));
+  return { ...config, runtime: { ...config.runtime, intraOpThreads, workers }, limits: { ...config.limits, queueSize: Math.max(config.limits.queueSize, workers) } };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const parsed = parseCommandLine(argv, FLAGS);
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  const config = evalRuntime(parsed.config, values);
+  setLogLevel(values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : (config.logLevel as LogLevel));
+  const mode = (values.mode ?? 'clean') as ReductionMode;
+  if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values.mode)}"`);
+  const policy: ReductionPolicy = {
+    vision: (values['vision-method'] ?? 'none') as VisionMethodName,
+    language: (values['language-method'] ?? 'none') as LanguageMethodName,
+    budget: parseBudgetFlag(values.budget as string | undefined),
+    mode,
+    params: {},
+    seed: intFlag(values, 'seed') ?? 0,
+  };
+  const items = selectEvenly(await readItems(config.model.dir), intFlag(values, 'limit'));
+  const progress = (s: string) => process.stderr.write(`[eval] ${s}\n`);
+  progress(`${items.length} items, model ${config.model.dir}, vision ${policy.vision}, language ${policy.language}, budget ${values.budget ?? 'default'}, ${config.runtime.workers} workers x ${config.runtime.intraOpThreads} threads`);
+
+  const started = performance.now();
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : config.logLevel });
+  const maxNewTokens = intFlag(values, 'max-new-tokens') ?? pool.manifest.generation.max_new_tokens;
+  const byType = new Map<string, { items: number; correct: number }>();
+  let correct = 0;
+  let visualTokens = 0;
+  let visionTokensOut = 0;
+  let flops: StageFlops = emptyFlops();
+  let done = 0;
+  let latencyMs = 0;
+  const evalDir = path.join(config.model.dir, 'eval');
+  const controller = new AbortController();
+
+  const one = async (item: EvalItem): Promise<void> => {
+    const image = await readFile(path.join(evalDir, item.image));
+    const t0 = performance.now();
+    const r: AskResult = await pool.ask(image, item.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, policy, { signal: controller.signal });
+    latencyMs += performance.now() - t0;
+    const ok = isCorrect(r.generate.text, item.answer);
+    const t = byType.get(item.type) ?? { items: 0, correct: 0 };
+    t.items++;
+    if (ok) {
+      t.correct++;
+      correct++;
+    }
+    byType.set(item.type, t);
+    visualTokens += r.generate.achievedBudget;
+    visionTokensOut += r.encode.embeds.dims[0];
+    flops = addFlops(flops, addFlops(r.encode.flops, r.generate.flops));
+    done++;
+    if (done % Math.max(1, Math.floor(items.length / 10)) === 0 || done === items.length) {
+      progress(`${done}/${items.length} accuracy ${(correct / done).toFixed(4)} (${((performance.now() - started) / 1000).toFixed(1)} s)`);
+    }
+  };
+
+  try {
+    let next = 0;
+    const lanes = Array.from({ length: pool.stats.workers }, async () => {
+      while (next < items.length && !controller.signal.aborted) {
+        const item = items[next++]!;
+        try {
+          await one(item);
+        } catch (err) {
+          controller.abort(err);
+          throw err;
+        }
+      }
+    });
+    await Promise.all(lanes);
+  } finally {
+    await pool.close();
+  }
+
+  const n = items.length;
+  const perItem = (x: number) => (n ? x / n : 0);
+  const avgFlops: StageFlops = { vision: perItem(flops.vision), projector: perItem(flops.projector), prefill: perItem(flops.prefill), decode: perItem(flops.decode), overhead: perItem(flops.overhead) };
+  const result = {
+    model_id: pool.manifest.model_id,
+    content_hash: pool.manifest.content_hash,
+    items: n,
+    correct,
+    accuracy: perItem(correct),
+    by_type: Object.fromEntries([...byType].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [k, { items: v.items, correct: v.correct, accuracy: v.items ? v.correct / v.items : 0 }])),
+    policy: { vision: policy.vision, language: policy.language, budget: policy.budget, mode: policy.mode },
+    visual_tokens_avg: perItem(visualTokens),
+    vision_tokens_out_avg: perItem(visionTokensOut),
+    flops: { ...avgFlops, total: totalFlops(avgFlops), unit: 'FLOPs per item (2 x multiply-accumulates)' },
+    macs: { ...macs(avgFlops), total: totalFlops(avgFlops) / 2 },
+    latency_ms_avg: perItem(latencyMs),
+    wall_s: (performance.now() - started) / 1000,
+    workers: config.runtime.workers,
+    intra_op_threads: config.runtime.intraOpThreads,
+    provider: pool.provider,
+  };
+  if (values.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else {
+    const lines = [
+      `model ${result.model_id}: ${correct}/${n} correct, accuracy ${result.accuracy.toFixed(4)}`,
+      ...Object.entries(result.by_type).map(([k, v]) => `  ${k.padEnd(12)} ${v.correct}/${v.items}  ${v.accuracy.toFixed(4)}`),
+      `visual tokens per decoder layer (avg) ${result.visual_tokens_avg.toFixed(1)}; GFLOPs per item ${(result.flops.total / 1e9).toFixed(3)}`,
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }
+  return 0;
+}

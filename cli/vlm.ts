@@ -1,0 +1,53 @@
+/**
+ * `vlm <command> [flags]`: one row per subcommand. A row loads its module only when chosen, so
+ * `vlm serve` never loads what `vlm eval` needs. A command module exports
+ * `run(argv: string[]): Promise<number>` (the exit code) and parses its flags with
+ * shared/config.ts parseCommandLine. VlmErrors print as `CODE: message` on stderr with exit 1.
+ */
+import { VlmError } from '../shared/errors';
+
+export interface CommandModule {
+  run(argv: string[]): Promise<number>;
+}
+
+interface Row {
+  readonly summary: string;
+  readonly load: () => CommandModule;
+}
+
+// One line per command; keep alphabetical.
+const COMMANDS: Readonly<Record<string, Row>> = {
+  eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
+  const rows = Object.entries(COMMANDS).map(([name, r]) => `  ${name.padEnd(width)}  ${r.summary}`);
+  return `usage: vlm <command> [flags]\n\ncommands:\n${rows.join('\n')}\n\nflags shared by all commands: --model DIR, --provider cpu|cuda:<id>|webgpu[,...], --intra-op-threads N, --workers N, --log-level L (see shared/config.ts)\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const row = COMMANDS[name];
+  if (!row) {
+    process.stderr.write(`vlm: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await row.load().run(rest);
+  } catch (err) {
+    const e = VlmError.from(err);
+    process.stderr.write(`${e.code}: ${e.code === 'INTERNAL' && err instanceof Error ? err.message : e.message}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,101 @@
+/**
+ * `vlm` through its package bin: dispatch, errors as `CODE: message`, and `vlm eval --json` on a
+ * small model folder (the random bundle with a few generated items of two types).
+ */
+import { execFile } from 'node:child_process';
+import { cp, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isCorrect, parseBudgetFlag, selectEvenly, type EvalItem } from '../cli/eval';
+import { RANDOM_BUNDLE, ROOT } from './core-helpers';
+
+const exec = promisify(execFile);
+const BIN = path.join(ROOT, 'bin/vlm.js');
+let dir: string;
+
+async function vlm(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await exec(process.execPath, [BIN, ...args], { cwd: tmpdir(), env: { ...process.env, VLM_WORKERS: '1' } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'vlm-eval-'));
+  await cp(RANDOM_BUNDLE, dir, { recursive: true });
+  await mkdir(path.join(dir, 'eval'));
+  const lines: string[] = [];
+  for (const [i, color] of ['red', 'blue', 'green'].entries()) {
+    const rgb = { red: [220, 20, 20], blue: [20, 20, 220], green: [20, 220, 20] }[color]!;
+    await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: rgb[0]!, g: rgb[1]!, b: rgb[2]! } } }).png().toFile(path.join(dir, 'eval', `${i}.png`));
+    lines.push(JSON.stringify({ image: `${i}.png`, question: 'what color is the object?', answer: color, type: 'color' }));
+    lines.push(JSON.stringify({ image: `${i}.png`, question: 'how many objects are there?', answer: '1', type: 'count' }));
+  }
+  await writeFile(path.join(dir, 'eval/items.jsonl'), `${lines.join('\n')}\n`);
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+describe('vlm CLI', () => {
+  it('eval --json prints one JSON line last on stdout, progress on stderr', async () => {
+    const r = await vlm(['eval', '--model', dir, '--limit', '4', '--json']);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const out = JSON.parse(lines[0]!) as Record<string, any>;
+    expect(out.items).toBe(4);
+    expect(Object.keys(out.by_type).sort()).toEqual(['color', 'count']);
+    expect(out.by_type.color.items).toBe(2);
+    expect(out.accuracy).toBeGreaterThanOrEqual(0);
+    expect(out.accuracy).toBeLessThanOrEqual(1);
+    expect(out.visual_tokens_avg).toBe(16);
+    expect(out.flops.total).toBeGreaterThan(0);
+    expect(out.macs.total).toBe(out.flops.total / 2);
+    expect(r.stderr).toMatch(/\[eval\] 4\/4 accuracy/);
+  });
+
+  it('eval with a reduction policy reports the achieved budget', async () => {
+    const r = await vlm(['eval', '--model', dir, '--limit', '2', '--vision-method', 'tome', '--budget', '50%', '--json']);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout.trim()) as Record<string, any>;
+    expect(out.visual_tokens_avg).toBe(8);
+    expect(out.policy).toMatchObject({ vision: 'tome', language: 'none', budget: { percent: 50 } });
+  });
+
+  it('prints CODE: message and exits 1 on a bad request; unknown commands exit 2 with usage', async () => {
+    const bad = await vlm(['eval', '--model', dir, '--budget', 'lots']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^INVALID_ARGUMENT: --budget: expected a token count/m);
+    const missing = await vlm(['eval', '--model', path.join(dir, 'nothing')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/FAILED_PRECONDITION: no evaluation items at/);
+    const unknown = await vlm(['frobnicate']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown command "frobnicate"[\s\S]*eval/);
+  });
+});
+
+describe('eval helpers', () => {
+  it('--limit takes items evenly across types, in file order', () => {
+    const items: EvalItem[] = ['a', 'a', 'a', 'a', 'b', 'c', 'c'].map((type, i) => ({ image: `${i}`, question: 'q', answer: 'x', type }));
+    expect(selectEvenly(items, 5).map((i) => i.image)).toEqual(['0', '4', '5', '1', '6']);
+    expect(selectEvenly(items, 100)).toHaveLength(7);
+  });
+
+  it('matches answers ignoring case, spacing and trailing punctuation', () => {
+    expect(isCorrect(' Red.', 'red')).toBe(true);
+    expect(isCorrect('red circle', 'red')).toBe(false);
+  });
+
+  it('parses budgets as tokens or percent', () => {
+    expect(parseBudgetFlag('128')).toEqual({ tokens: 128 });
+    expect(parseBudgetFlag('12.5%')).toEqual({ percent: 12.5 });
+    expect(parseBudgetFlag(undefined)).toBeNull();
+    expect(() => parseBudgetFlag('-3')).toThrow(/--budget/);
+  });
+});
