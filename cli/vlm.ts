@@ -17,6 +17,7 @@ interface Row {
 
 // One line per command; keep alphabetical.
 const COMMANDS: Readonly<Record<string, Row>> = {
+  bench: { summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR)', load: () => require('./bench-accuracy') as CommandModule },
   eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },
 };
 
