@@ -186,7 +186,9 @@ export async function generate(
         break;
       }
       ids.push(id);
-      onDelta?.(decoder.push(id), id);
+      // Pushed unconditionally: `onDelta?.(decoder.push(id))` would skip the push without a listener.
+      const delta = decoder.push(id);
+      onDelta?.(delta, id);
       if (ids.length >= sampling.maxNewTokens) break;
       runner.setHidden(await runner.embed([id]));
       for (let layer = 0; layer < L_.num_layers; layer++) {
