@@ -12,6 +12,8 @@ export interface RunningService {
   readonly port: number;
   readonly address: string;
   readonly engine: ServiceEngine;
+  /** Calls of the service's API in flight (health and reflection not counted). */
+  activeCalls(): number;
   /** Graceful: NOT_SERVING, drain, shutdown, then the workers are stopped. Idempotent. */
   stop(): Promise<void>;
 }
@@ -37,6 +39,7 @@ export async function serve(
     port: bound,
     address: `${host}:${bound}`,
     engine,
+    activeCalls: () => server.activeCalls,
     stop: () =>
       (stopping ??= (async () => {
         await server.stop();

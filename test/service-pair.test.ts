@@ -1,0 +1,277 @@
+/**
+ * The service pair over real gRPC on loopback, with the real core on worker threads and the
+ * random-weight bundle: a Generate goes client -> language -> vision -> language -> client.
+ *
+ * Answers are checked against the core run in this process on the same inputs: the pair (the hop,
+ * the chunking, the reassembly, the worker threads) must not change a single token.
+ */
+import * as path from 'node:path';
+import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testConfig, type Config } from '../shared/config';
+import { disposeModel, encodeImage, generate, loadModel, type LoadedModel } from '../shared/engine';
+import type { ReductionPolicy } from '../shared/methods/policy';
+import { startLanguageService } from '../services/language/server';
+import { startVisionService } from '../services/vision/server';
+import { VisionClient } from '../services/language/vision-client';
+import { expectationOf } from '../services/language/generate';
+import { decodeViolations } from '../services/common/status';
+import type { RunningService } from '../services/common/lifecycle';
+import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
+import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { collect, eventually, healthStatus, reflectedServices, sleep } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+const BUNDLE_F16 = path.join(ROOT, 'test/fixtures/random-bundle-f16');
+const QUESTION = 'What color is the small circle?';
+const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
+
+function config(dir: string, over: { visionTarget?: string; queueSize?: number } = {}): Config {
+  return testConfig({
+    model: { dir },
+    services: { host: '127.0.0.1' },
+    limits: { queueSize: over.queueSize ?? 4, maxImageBytes: MAX_IMAGE_BYTES, maxNewTokens: 256 },
+    rpc: { visionTarget: over.visionTarget ?? '', shutdownGraceMs: 2000 },
+  });
+}
+
+async function shapesImage(): Promise<Buffer> {
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/><rect x="55" y="20" width="25" height="25" fill="#22d"/></svg>`;
+  return sharp(Buffer.from(svg)).png().toBuffer();
+}
+
+function request(image: Buffer, over: { policy?: Partial<WirePolicy>; maxTokens?: number; prompt?: string } = {}): GenerateRequest {
+  return {
+    image,
+    prompt: over.prompt ?? QUESTION,
+    sampling: SamplingParams.fromPartial({ maxTokens: over.maxTokens ?? 6 }),
+    policy: over.policy ? WirePolicy.fromPartial(over.policy) : undefined,
+    limits: undefined,
+  };
+}
+
+interface Outcome {
+  deltas: string;
+  final: GenerateFinal | undefined;
+  error: ServiceError | null;
+}
+
+async function ask(client: LanguageServiceClient, req: GenerateRequest, deadlineMs = 30_000): Promise<Outcome> {
+  const { messages, error } = await collect<GenerateResponse>(client.generate(req, new Metadata(), { deadline: Date.now() + deadlineMs }));
+  const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
+  const final = messages.find((m) => m.part?.$case === 'final');
+  return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
+}
+
+const POLICIES: Array<[string, Partial<WirePolicy>, ReductionPolicy]> = [
+  ['no reduction', {}, { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 }],
+  ['ficoco-v to 8 tokens', { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 8 } }, { vision: 'ficoco-v', language: 'none', budget: { tokens: 8 }, mode: 'clean', params: {}, seed: 0 }],
+  ['fastv at 50%', { languageMethod: 'fastv', budget: { $case: 'budgetPercent', budgetPercent: 50 } }, { vision: 'none', language: 'fastv', budget: { percent: 50 }, mode: 'clean', params: {}, seed: 0 }],
+  ['ficoco-vl preset to 6 tokens', { preset: 'ficoco-vl', budget: { $case: 'budgetTokens', budgetTokens: 6 } }, { vision: 'ficoco-v', language: 'ficoco-l', budget: { tokens: 6 }, mode: 'clean', params: {}, seed: 0 }],
+];
+
+describe('the service pair on loopback', () => {
+  let vision: RunningService;
+  let language: RunningService;
+  let client: LanguageServiceClient;
+  let core: LoadedModel;
+  let image: Buffer;
+
+  beforeAll(async () => {
+    vision = await startVisionService(config(BUNDLE), { port: 0 });
+    // The language pool admits one running request and queues none: the RESOURCE_EXHAUSTED test needs it.
+    language = await startLanguageService(config(BUNDLE, { visionTarget: vision.address, queueSize: 0 }), { port: 0 });
+    client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    const c = config(BUNDLE);
+    core = await loadModel({ model: c.model, runtime: c.runtime, limits: c.limits });
+    image = await shapesImage();
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await language?.stop();
+    await vision?.stop();
+    if (core) await disposeModel(core);
+  });
+
+  it('serves health SERVING (after warm-up) and reflection on both services', async () => {
+    for (const svc of [vision, language]) {
+      expect(await healthStatus(svc.address)).toBe('SERVING');
+    }
+    expect(await reflectedServices(language.address)).toContain('vlm.v1.LanguageService');
+    expect(await reflectedServices(vision.address)).toContain('vlm.v1.VisionService');
+  });
+
+  it('describes the same model on both sides through GetModelInfo', async () => {
+    const info = await new Promise<unknown>((resolve, reject) => client.getModelInfo({}, (e, r) => (e ? reject(e) : resolve(r.model))));
+    const visionClient = new VisionServiceClient(vision.address, credentials.createInsecure());
+    const visionInfo = await new Promise<unknown>((resolve, reject) => visionClient.getModelInfo({}, (e, r) => (e ? reject(e) : resolve(r.model))));
+    visionClient.close();
+    expect(visionInfo).toEqual(info);
+    expect(info).toMatchObject({ modelId: 'random-tiny', contentHash: core.manifest.content_hash, visualTokens: 16, embedWidth: 48, provider: 'cpu', device: 'cpu', defaultMaxTokens: 16 });
+    const ranges = (info as { budgetRanges: Array<{ visionMethod: string; languageMethod: string; mode: string; minTokens: number; maxTokens: number }> }).budgetRanges;
+    expect(ranges.find((r) => r.visionMethod === 'ficoco-v' && r.languageMethod === 'none' && r.mode === 'clean')?.maxTokens).toBeGreaterThan(0);
+  });
+
+  for (const [name, wire, policy] of POLICIES) {
+    it(`answers exactly as the core does in one process, with the policy's token counts (${name})`, async () => {
+      const out = await ask(client, request(image, { policy: wire }));
+      expect(out.error).toBeNull();
+      const encoded = await encodeImage(core, image, policy);
+      const expected = await generate(core, encoded, QUESTION, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 6 }, policy);
+      const final = out.final!;
+      expect(final.text).toBe(expected.text);
+      expect(out.deltas).toBe(final.text);
+      expect(final.tokens).toEqual({
+        visualFull: 16,
+        visualReceived: encoded.embeds.dims[0],
+        text: expected.promptTokens - encoded.embeds.dims[0],
+        prompt: expected.promptTokens,
+        generated: expected.tokenIds.length,
+        perLayerVisual: expected.perLayerVisualTokens,
+      });
+      expect(final.policy?.achievedBudget).toBeCloseTo(expected.achievedBudget, 9);
+      expect(final.policy?.visionSchedule?.outputTokens).toBe(encoded.embeds.dims[0]);
+      expect(final.policy?.languageSchedule?.perLayerVisualTokens).toEqual(expected.perLayerVisualTokens);
+      expect(final.flops['prefill']).toBe(expected.flops.prefill);
+      expect(final.flops['vision']).toBe(encoded.flops.vision);
+      expect(final.timingsMs['encode']).toBeGreaterThan(0);
+      expect(final.contentHash).toBe(core.manifest.content_hash);
+    });
+  }
+
+  it('meets the requested budget: ficoco-v at 8 sends 8 rows; fastv at 50% averages 8 of 16 over the layers', async () => {
+    const v = (await ask(client, request(image, { policy: POLICIES[1]![1] }))).final!;
+    expect(v.tokens?.visualReceived).toBe(8);
+    expect(v.tokens?.perLayerVisual).toEqual([8, 8, 8, 8]);
+    const l = (await ask(client, request(image, { policy: POLICIES[2]![1] }))).final!;
+    expect(l.tokens?.visualReceived).toBe(16);
+    expect(l.policy?.requestedBudget).toBe(8);
+    const perLayer = l.tokens!.perLayerVisual;
+    expect(perLayer.reduce((a, b) => a + b, 0) / perLayer.length).toBeCloseTo(l.policy!.achievedBudget, 9);
+    expect(Math.abs(l.policy!.achievedBudget - 8)).toBeLessThanOrEqual(1);
+  });
+
+  describe('malformed requests get INVALID_ARGUMENT naming the field, and the pair stays healthy', () => {
+    const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13]);
+    const cases: Array<[string, () => GenerateRequest, string, RegExp]> = [
+      ['an empty image', () => request(Buffer.alloc(0)), 'image', /empty/],
+      ['bytes that are not an image', () => request(Buffer.from('hello, this is text')), '', /image/i],
+      ['a truncated PNG', () => request(png), '', /image/i],
+      ['an image over the byte limit', () => request(Buffer.alloc(MAX_IMAGE_BYTES + 1, 1)), 'image', new RegExp(`${MAX_IMAGE_BYTES}-byte`)],
+      ['an empty prompt', () => request(Buffer.from('x'), { prompt: '' }), 'prompt', /empty/],
+      ['an unknown method', () => request(Buffer.from('x'), { policy: { visionMethod: 'magic' } }), 'policy.vision_method', /valid: none, ficoco-v/],
+      ['a budget outside the method range', () => request(Buffer.from('x'), { policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 999 } } }), '', /999/],
+      ['an out-of-range temperature', () => ({ ...request(Buffer.from('x')), sampling: SamplingParams.fromPartial({ temperature: -1 }) }), 'sampling.temperature', /\[0, 2\]/],
+    ];
+    for (const [name, make, field, why] of cases) {
+      it(name, async () => {
+        const out = await ask(client, make());
+        expect(out.error?.code, out.error?.details).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(out.error?.details).toMatch(why);
+        if (field) expect(decodeViolations(out.error?.metadata).map((v) => v.field)).toContain(field);
+      });
+    }
+
+    it('still answers correctly after all of them', async () => {
+      expect(await healthStatus(language.address)).toBe('SERVING');
+      expect(await healthStatus(vision.address)).toBe('SERVING');
+      const out = await ask(client, request(image));
+      expect(out.error).toBeNull();
+      expect(out.final?.text).toBe((await ask(client, request(image))).final?.text);
+    });
+  });
+
+  it('stops decoding in the language worker when the client cancels', async () => {
+    const call = client.generate(request(image, { maxTokens: 200 }));
+    call.on('error', () => undefined);
+    let deltas = 0;
+    await new Promise<void>((resolve) => call.on('data', () => ++deltas === 2 && resolve()));
+    call.cancel();
+    const cancelledAt = Date.now();
+    await eventually(() => language.engine.pool.stats.busy === 0 && language.activeCalls() === 0, 2000, 5);
+    // 200 tokens take most of a second on this model; the worker stopped at its next decode step.
+    expect(Date.now() - cancelledAt).toBeLessThan(600);
+    expect(vision.activeCalls()).toBe(0);
+  });
+
+  it('cancels the vision call while it encodes, so the language worker never starts', async () => {
+    const side = 4000;
+    const raw = Buffer.alloc(side * side * 3);
+    for (let i = 0; i < raw.length; i += 97) raw[i] = (i * 2654435761) >>> 24;
+    const big = await sharp(raw, { raw: { width: side, height: side, channels: 3 } }).jpeg({ quality: 40 }).toBuffer();
+    expect(big.length).toBeLessThan(MAX_IMAGE_BYTES);
+    let languageBusy = false;
+    const watch = setInterval(() => (languageBusy ||= language.engine.pool.stats.busy > 0), 2);
+    try {
+      const call = client.generate(request(big));
+      const outcome = collect(call);
+      await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
+      call.cancel();
+      expect((await outcome).error?.code).toBe(GrpcCode.CANCELLED);
+      // The language service cancelled its Encode call: vision's call ends now, not when encoding would.
+      await eventually(() => vision.activeCalls() === 0 && language.activeCalls() === 0, 1000, 2);
+      await eventually(() => vision.engine.pool.stats.busy === 0, 3000, 5);
+      await sleep(50);
+      expect(languageBusy).toBe(false);
+    } finally {
+      clearInterval(watch);
+    }
+  });
+
+  it("carries the caller's deadline: DEADLINE_EXCEEDED, and the worker stops", async () => {
+    const out = await ask(client, request(image, { maxTokens: 200 }), 150);
+    expect(out.error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    await eventually(() => language.engine.pool.stats.busy === 0, 1000, 5);
+  });
+
+  it('answers RESOURCE_EXHAUSTED when every language worker is busy and the queue is full', async () => {
+    const first = client.generate(request(image, { maxTokens: 200 }));
+    first.on('error', () => undefined);
+    await new Promise<void>((resolve) => first.once('data', () => resolve()));
+    const second = await ask(client, request(image));
+    first.cancel();
+    expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    expect(second.error?.details).toMatch(/busy.*retry later/);
+    await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
+    expect((await ask(client, request(image))).error).toBeNull();
+  });
+
+  describe('a language service with a different bundle than vision (a half-finished rollout)', () => {
+    let other: RunningService;
+    let otherClient: LanguageServiceClient;
+    beforeAll(async () => {
+      other = await startLanguageService(config(BUNDLE_F16, { visionTarget: vision.address }), { port: 0 });
+      otherClient = new LanguageServiceClient(other.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      otherClient?.close();
+      await other?.stop();
+    });
+
+    it('answers FAILED_PRECONDITION naming both content hashes, and stays healthy', async () => {
+      const out = await ask(otherClient, request(image));
+      expect(out.error?.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      expect(out.error?.details).toContain(core.manifest.content_hash);
+      expect(out.error?.details).toContain(other.engine.model.manifest.content_hash);
+      expect(await healthStatus(other.address)).toBe('SERVING');
+    });
+  });
+
+  it('reports UNAVAILABLE, naming the target, when no vision replica answers', async () => {
+    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null });
+    const controller = new AbortController();
+    try {
+      const err = await dead
+        .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.engine), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
+        .then(() => null, (e: unknown) => e as { code: string; message: string });
+      expect(err?.code).toBe('UNAVAILABLE');
+      expect(err?.message).toMatch(/vision service unavailable at 127\.0\.0\.1:1/);
+    } finally {
+      dead.close();
+    }
+  });
+});
