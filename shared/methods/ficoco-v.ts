@@ -60,6 +60,10 @@ export const ficocoV: VisionReducer = {
   resolve(g: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule {
     const p = params(options);
     const P = g.numPatches;
+    if (!g.hasClassToken) {
+      // The paper's no-CLS proxy (App. 10.2) is not in the released code and not implemented here.
+      throw VlmError.invalid('policy.vision', 'ficoco-v scores tokens by their [CLS] attention and this vision tower has no class token; use tome or random');
+    }
     const target = budget ?? DEFAULT_KEEP_FRACTION * P;
     checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), 'a vision method outputs between 1 and P tokens');
     const out = Math.max(1, Math.min(P, Math.round(target)));

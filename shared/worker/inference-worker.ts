@@ -9,6 +9,7 @@ import { createLogger, setLogLevel, type LogLevel } from '../log';
 import { encodeImage } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
+import { SpanRecorder } from '../telemetry/span-recorder';
 import type { FromWorker, Job, ToWorker, WorkerInit } from './protocol';
 
 const init = workerData as WorkerInit;
@@ -27,22 +28,25 @@ function errorData(err: unknown) {
   return e.toJSON();
 }
 
-async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }): Promise<void> {
+// The engine's withSpan calls record into `recorder` (no SDK in a worker); the spans ride with the
+// result or error and the pool replays them under the caller's span.
+async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, recorder?: SpanRecorder): Promise<void> {
   const onDelta = (delta: string, tokenId: number) => send({ type: 'delta', id, delta, tokenId });
+  const spans = recorder?.spans;
   switch (job.kind) {
     case 'encode': {
       const r = await encodeImage(model, job.image, job.policy, ctx);
-      send({ type: 'result', id, result: r }, [r.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: r, spans }, [r.embeds.data.buffer as ArrayBuffer]);
       return;
     }
     case 'generate': {
-      send({ type: 'result', id, result: await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta) });
+      send({ type: 'result', id, result: await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta), spans });
       return;
     }
     case 'ask': {
       const encode = await encodeImage(model, job.image, job.policy, ctx);
       const gen = await generate(model, encode, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result: { encode, generate: gen } }, [encode.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { encode, generate: gen }, spans }, [encode.embeds.data.buffer as ArrayBuffer]);
       return;
     }
   }
@@ -65,8 +69,10 @@ async function main(): Promise<void> {
     }
     const controller = new AbortController();
     running.set(msg.id, controller);
-    run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId })
-      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err) }))
+    const recorder = msg.record ? new SpanRecorder() : undefined;
+    const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId }, recorder);
+    (recorder ? recorder.run(job) : job())
+      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans }))
       .finally(() => running.delete(msg.id));
   });
   send({ type: 'ready', manifest: model.manifest, provider: model.bundle.stages.provider });

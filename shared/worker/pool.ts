@@ -14,6 +14,7 @@
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { context, type Context } from '@opentelemetry/api';
 import { VlmError } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import { createLogger, type Logger } from '../log';
@@ -22,6 +23,9 @@ import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult, OnDelta } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
+import { SpanName } from '../telemetry/names';
+import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
+import { tracingEnabled } from '../telemetry/state';
 import type { AskResult, FromWorker, Job, JobResultOf, ToWorker, WorkerInit } from './protocol';
 
 export interface PoolDeps {
@@ -46,6 +50,8 @@ interface Task {
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: VlmError) => void;
   onAbort?: () => void;
+  /** The caller's trace context and when the job was queued: the worker's spans are replayed there. */
+  readonly trace?: { readonly parent: Context; readonly queuedAt: number; dispatchedAt?: number };
 }
 
 interface Slot {
@@ -176,7 +182,8 @@ export class InferencePool {
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
       }
-      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject };
+      const trace = tracingEnabled() ? { parent: context.active(), queuedAt: epochMillis() } : undefined;
+      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject, trace };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });
@@ -190,7 +197,8 @@ export class InferencePool {
     slot.task = task;
     const transfer: ArrayBuffer[] = [];
     if (task.job.kind !== 'generate') transfer.push(task.job.image.buffer as ArrayBuffer);
-    const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId };
+    if (task.trace) task.trace.dispatchedAt = epochMillis();
+    const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId, record: task.trace !== undefined };
     slot.worker.postMessage(msg, transfer);
   }
 
@@ -228,6 +236,7 @@ export class InferencePool {
       task.options.onDelta?.(msg.delta, msg.tokenId);
       return;
     }
+    if (task.trace) replayJobSpans(task.trace, msg.spans);
     this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
     this.release(slot);
   }
@@ -254,6 +263,12 @@ export class InferencePool {
       })
       .catch((err: unknown) => this.log.error('replacement worker failed to start', { error: (err as Error).message }));
   }
+}
+
+/** The wait for a worker as `vlm.queue`, then the worker's own spans, all under the caller's span. */
+function replayJobSpans(trace: NonNullable<Task['trace']>, spans: readonly SpanTiming[] = []): void {
+  const queued: SpanTiming = { name: SpanName.Queue, attributes: {}, startMs: trace.queuedAt, endMs: trace.dispatchedAt ?? trace.queuedAt, parent: -1, events: [] };
+  replaySpans([queued, ...spans.map((s) => ({ ...s, parent: s.parent < 0 ? -1 : s.parent + 1 }))], trace.parent);
 }
 
 /** A private copy the pool can transfer to the worker without detaching the caller's buffer. */

@@ -10,6 +10,7 @@ import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
 import type { Manifest } from '../bundle/manifest';
+import type { SpanTiming } from '../telemetry/span-recorder';
 
 export interface WorkerInit {
   readonly model: ModelConfig;
@@ -42,12 +43,13 @@ export interface ErrorData {
 }
 
 export type ToWorker =
-  | { readonly type: 'run'; readonly id: number; readonly job: Job; readonly deadline?: number; readonly requestId?: string }
+  // record: trace the job's stages as SpanTimings (only while the main thread exports spans).
+  | { readonly type: 'run'; readonly id: number; readonly job: Job; readonly deadline?: number; readonly requestId?: string; readonly record?: boolean }
   | { readonly type: 'abort'; readonly id: number; readonly reason: ErrorData };
 
 export type FromWorker =
   | { readonly type: 'ready'; readonly manifest: Manifest; readonly provider: string | undefined }
   | { readonly type: 'init-error'; readonly error: ErrorData }
   | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number }
-  | { readonly type: 'result'; readonly id: number; readonly result: unknown }
-  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData };
+  | { readonly type: 'result'; readonly id: number; readonly result: unknown; readonly spans?: SpanTiming[] }
+  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[] };
