@@ -6,8 +6,8 @@ import { context } from '@opentelemetry/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { observeQueueDepth, recordRequest, recordStage, trackInFlight } from '../shared/telemetry/metrics';
-import { startTelemetry, shutdownTelemetry, telemetrySettings, tracingEnabled } from '../shared/telemetry/sdk';
+import { startTelemetry, shutdownTelemetry, telemetrySettings } from '../shared/telemetry/sdk';
+import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
 import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
@@ -154,7 +154,8 @@ describe('metrics on the Prometheus endpoint', () => {
         m.recordStage('vlm.prefill', 0.004, { 'vlm.reduction.method': 'fastv' });
         m.recordStage('vlm.prefill', 0.2, { 'vlm.reduction.method': 'fastv' });
         m.recordStageTokens('vlm.reduce', 64);
-        m.recordRequest(1.5, {}, { timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
+        m.recordRequest(1.5);
+        m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
         const res = await fetch('http://127.0.0.1:${port}/metrics');
         process.stdout.write(await res.text());
         await shutdownTelemetry();
@@ -168,6 +169,7 @@ describe('metrics on the Prometheus endpoint', () => {
     expect(value(/^vlm_stage_duration_bucket\{[^}]*vlm_stage="vlm.prefill"[^}]*le="0.25"\} (\S+)/m)).toBe(2);
     expect(value(/^vlm_stage_duration_count\{[^}]*vlm_stage="vlm.prefill"[^}]*\} (\S+)/m)).toBe(2);
     expect(value(/^vlm_stage_tokens_bucket\{[^}]*le="64"\} (\S+)/m)).toBe(1);
+    expect(value(/^gen_ai_server_request_duration_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(1.5, 9);
     expect(value(/^gen_ai_server_time_to_first_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.3, 9);
     // 11 tokens in 1 s of decode: 11 tokens/s; 10 gaps: 0.1 s per output token
     expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(11, 9);

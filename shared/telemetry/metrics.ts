@@ -54,19 +54,18 @@ export function recordStageTokens(stage: string, tokens: number, attributes: Att
   instruments().stageTokens.record(tokens, { ...attributes, [ATTR_VLM_STAGE]: stage });
 }
 
-/** A finished request: its duration, and for generation its time to first token and decode rate. */
-export function recordRequest(
-  seconds: number,
-  attributes: Attributes = {},
-  generation?: { timeToFirstTokenSeconds: number; outputTokens: number; decodeSeconds: number },
-): void {
+/** A finished request's duration inside the service. */
+export function recordRequest(seconds: number, attributes: Attributes = {}): void {
+  instruments().requestDuration.record(seconds, attributes);
+}
+
+/** A finished generation: time to first token, decode rate and time per output token. */
+export function recordGeneration(g: { timeToFirstTokenSeconds: number; outputTokens: number; decodeSeconds: number }, attributes: Attributes = {}): void {
   const i = instruments();
-  i.requestDuration.record(seconds, attributes);
-  if (!generation) return;
-  i.timeToFirstToken.record(generation.timeToFirstTokenSeconds, attributes);
-  if (generation.outputTokens > 0 && generation.decodeSeconds > 0) {
-    i.tokensPerSecond.record(generation.outputTokens / generation.decodeSeconds, attributes);
-    if (generation.outputTokens > 1) i.timePerOutputToken.record(generation.decodeSeconds / (generation.outputTokens - 1), attributes);
+  i.timeToFirstToken.record(g.timeToFirstTokenSeconds, attributes);
+  if (g.outputTokens > 0 && g.decodeSeconds > 0) {
+    i.tokensPerSecond.record(g.outputTokens / g.decodeSeconds, attributes);
+    if (g.outputTokens > 1) i.timePerOutputToken.record(g.decodeSeconds / (g.outputTokens - 1), attributes);
   }
 }
 

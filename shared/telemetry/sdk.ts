@@ -21,6 +21,7 @@ import { defaultResource, detectResources, envDetector, hostDetector, processDet
 import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import { createLogger } from '../log';
+import { setTracingEnabled } from './state';
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -67,7 +68,7 @@ export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings 
   return { tracing, otlpMetrics, prometheusPort: off ? 0 : prometheusPort, metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000 };
 }
 
-let current: { telemetry: Telemetry; sdk: NodeSDK | undefined; tracing: boolean } | undefined;
+let current: { telemetry: Telemetry; sdk: NodeSDK | undefined } | undefined;
 
 /** Starts the SDK once per process; a second call returns the first one's handle. */
 export function startTelemetry(options: TelemetryOptions): Telemetry {
@@ -114,20 +115,17 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     sdk.start();
   }
   const telemetry: Telemetry = { serviceName: options.serviceName, settings, ready };
-  current = { telemetry, sdk, tracing: settings.tracing };
+  current = { telemetry, sdk };
+  setTracingEnabled(settings.tracing);
   log.info('telemetry started', { service: options.serviceName, tracing: settings.tracing, otlpMetrics: settings.otlpMetrics, prometheusPort: settings.prometheusPort });
   return telemetry;
-}
-
-/** True when this process exports spans: workers are asked to record theirs only then. */
-export function tracingEnabled(): boolean {
-  return current?.tracing ?? false;
 }
 
 /** Flushes pending spans and metrics and stops the exporters; call on shutdown after the server stops. */
 export async function shutdownTelemetry(): Promise<void> {
   const c = current;
   current = undefined;
+  setTracingEnabled(false);
   if (!c?.sdk) return;
   try {
     await c.sdk.shutdown();
