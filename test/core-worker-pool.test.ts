@@ -22,7 +22,7 @@ async function failure(p: Promise<unknown>): Promise<VlmError> {
 
 beforeAll(async () => {
   const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 1 } });
-  pool = await InferencePool.start(config);
+  pool = await InferencePool.start({ ...config, warmUp: 'both' });
   image = await sharp({ create: { width: 48, height: 40, channels: 3, background: { r: 250, g: 200, b: 0 } } }).png().toBuffer();
 });
 afterAll(() => pool.close());

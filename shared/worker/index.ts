@@ -1,2 +1,2 @@
 export { InferencePool, type PoolDeps, type CallOptions } from './pool';
-export type { AskResult } from './protocol';
+export type { AskResult, WarmUp } from './protocol';

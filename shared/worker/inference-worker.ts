@@ -4,13 +4,14 @@
  * event loop. An abort message aborts the job's signal; the engine stops at its next check.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import sharp from 'sharp';
 import { VlmError } from '../errors';
 import { createLogger, setLogLevel, type LogLevel } from '../log';
-import { encodeImage } from '../engine/encode-image';
+import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
 import { SpanRecorder } from '../telemetry/span-recorder';
-import type { FromWorker, Job, ToWorker, WorkerInit } from './protocol';
+import type { FromWorker, Job, ToWorker, WarmUp, WorkerInit } from './protocol';
 
 const init = workerData as WorkerInit;
 setLogLevel(init.logLevel as LogLevel);
@@ -52,12 +53,35 @@ async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: Abor
   }
 }
 
+/**
+ * The unreduced path at full token count (the most any request runs), so sessions are open, ORT's
+ * first-run allocations are done, and a broken bundle fails before the worker reports ready.
+ */
+async function warmUp(model: LoadedModel, parts: WarmUp): Promise<void> {
+  const policy = { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 } as const;
+  const size = model.manifest.preprocess.size;
+  let visual: VisualTokens = {
+    embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
+    origin: Int32Array.from({ length: model.manifest.vision.num_patches }, (_, i) => i),
+  };
+  if (parts !== 'language') {
+    const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
+    visual = await encodeImage(model, image, { ...policy });
+  }
+  if (parts !== 'vision') await generate(model, visual, 'warm-up', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 }, { ...policy });
+}
+
 async function main(): Promise<void> {
   let model: LoadedModel;
   try {
     model = await loadModel({ model: init.model, runtime: init.runtime, limits: init.limits, log });
     if (init.model.eagerSessions) await model.bundle.stages.openAll();
     else await model.bundle.stages.get('vision/embed'); // pins the provider before the first request
+    if (init.warmUp) {
+      const t0 = performance.now();
+      await warmUp(model, init.warmUp);
+      log.info('warm-up done', { parts: init.warmUp, ms: Math.round(performance.now() - t0) });
+    }
   } catch (err) {
     send({ type: 'init-error', error: errorData(err) });
     return;

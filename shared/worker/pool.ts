@@ -23,10 +23,10 @@ import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult, OnDelta } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
+import type { AskResult, FromWorker, Job, JobResultOf, ToWorker, WarmUp, WorkerInit } from './protocol';
 import { SpanName } from '../telemetry/names';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { tracingEnabled } from '../telemetry/state';
-import type { AskResult, FromWorker, Job, JobResultOf, ToWorker, WorkerInit } from './protocol';
 
 export interface PoolDeps {
   readonly model: ModelConfig;
@@ -34,6 +34,8 @@ export interface PoolDeps {
   readonly limits: LimitsConfig;
   readonly logLevel?: string;
   readonly log?: Logger;
+  /** Each worker runs a worst-case request through these parts before the pool is ready. */
+  readonly warmUp?: WarmUp;
 }
 
 export interface CallOptions {
@@ -111,7 +113,7 @@ export class InferencePool {
   }
 
   private static startWorker(deps: PoolDeps, index: number): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
-    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index };
+    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index, warmUp: deps.warmUp };
     const worker = spawn(init);
     return new Promise((resolve, reject) => {
       const onMessage = (msg: FromWorker) => {

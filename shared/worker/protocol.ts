@@ -18,7 +18,11 @@ export interface WorkerInit {
   readonly limits: LimitsConfig;
   readonly logLevel: string;
   readonly index: number;
+  /** Runs a worst-case request through these parts before reporting ready (every worker, not just one). */
+  readonly warmUp?: WarmUp;
 }
+
+export type WarmUp = 'vision' | 'language' | 'both';
 
 export interface AskResult {
   readonly encode: EncodeResult;
