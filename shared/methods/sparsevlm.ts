@@ -244,12 +244,14 @@ export function selectRaters(input: LanguagePrepareInput): Int32Array {
   if (Lt <= 0) throw new VlmError('INVALID_ARGUMENT', 'sparsevlm needs text after the image to choose raters');
   const relevance = new Float64Array(Lt);
   const dots = new Float64Array(Lt);
+  const data = E.data;
+  const D = E.cols;
   for (let i = 0; i < Lv; i++) {
-    const v = row(E, start + i);
+    const vi = (start + i) * D;
     for (let t = 0; t < Lt; t++) {
-      const w = row(E, textStart + t);
+      const ti = (textStart + t) * D;
       let s = 0;
-      for (let d = 0; d < E.cols; d++) s += v[d]! * w[d]!;
+      for (let d = 0; d < D; d++) s += data[vi + d]! * data[ti + d]!;
       dots[t] = s;
     }
     const p = softmax(dots);

@@ -69,13 +69,14 @@ export const tome: VisionReducer = {
     const hasCls = input.tokens.origin[0] === -1;
     const r = Math.min(input.step.tokensIn - input.step.tokensOut, Math.floor((T - (hasCls ? 1 : 0)) / 2));
 
-    const unit: Float64Array[] = [];
+    const dh = metric.cols;
+    const unit = new Float64Array(T * dh);
     for (let i = 0; i < T; i++) {
       const v = row(metric, i);
       let n = 0;
       for (const x of v) n += x * x;
       n = Math.sqrt(n);
-      unit.push(Float64Array.from(v, (x) => x / n));
+      for (let d = 0; d < dh; d++) unit[i * dh + d] = v[d]! / n;
     }
     const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);
     const B = Array.from({ length: Math.floor(T / 2) }, (_, k) => 2 * k + 1);
@@ -85,16 +86,16 @@ export const tome: VisionReducer = {
       let best = -Infinity;
       let arg = 0;
       if (!(hasCls && ai === 0)) {
-        B.forEach((b, bi) => {
+        for (let bi = 0; bi < B.length; bi++) {
+          const oa = a * dh;
+          const ob = B[bi]! * dh;
           let dot = 0;
-          const ua = unit[a]!;
-          const ub = unit[b]!;
-          for (let d = 0; d < ua.length; d++) dot += ua[d]! * ub[d]!;
+          for (let d = 0; d < dh; d++) dot += unit[oa + d]! * unit[ob + d]!;
           if (dot > best) {
             best = dot;
             arg = bi;
           }
-        });
+        }
       }
       nodeMax[ai] = best;
       nodeIdx[ai] = arg;
