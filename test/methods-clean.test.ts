@@ -53,7 +53,23 @@ describe('ficoco-v clean', () => {
 
   const f = JSON.parse(readFileSync(join(__dirname, 'fixtures/methods/clean-ficoco-v.json'), 'utf8')) as {
     cases: Array<{ probs: StoredMatrix; hidden: StoredMatrix; grid: number; r: number; remain: number[]; output: number[] }>;
+    chain: { hidden: StoredMatrix; grid: number; layers: Array<{ probs: StoredMatrix; r: number; origin: number[]; output: number[] }> };
   };
+  it('keeps the local-penalty windows on the original grid across layers (discarded cells are padding)', () => {
+    let hidden = load(f.chain.hidden);
+    let tokens = patches(f.chain.grid * f.chain.grid);
+    for (const layer of f.chain.layers) {
+      const out = ficocoV.reduce(
+        { step: { layer: 1, tokensIn: hidden.rows, tokensOut: hidden.rows - layer.r }, hidden, probs: load(layer.probs), tokens, state: {} },
+        ficocoVSchedule(f.chain.grid),
+        CLEAN,
+      );
+      expect(Array.from(out.tokens.origin)).toEqual(layer.origin);
+      expectClose(applyCombination(out.combine, hidden).data, layer.output);
+      hidden = { rows: hidden.rows - layer.r, cols: hidden.cols, data: Float32Array.from(layer.output) };
+      tokens = out.tokens;
+    }
+  });
   it.each(f.cases)('matches the numpy reference written from the spec (r = $r on an 8x8 grid)', (c) => {
     const hidden = load(c.hidden);
     const out = ficocoV.reduce(

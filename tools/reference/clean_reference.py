@@ -96,6 +96,17 @@ def main():
         remain, Y = ficoco_v_clean(A, X, origin, grid, r)
         v_cases.append({'probs': {'seed': seed, 'rows': T, 'cols': T, 'kind': 'positive'}, 'hidden': {'seed': seed + 1, 'rows': T, 'cols': D},
                         'grid': grid, 'r': r, 'remain': remain, 'output': [float(v) for v in Y.ravel()]})
+    # two chained steps: the second sees the first's survivors, windows keep their original cells
+    seed, r1, r2 = 8500, 12, 10
+    A1 = positive(seed, T, T)
+    X1 = matrix(seed + 1, T, D)
+    remain1, Y1 = ficoco_v_clean(A1, X1, origin, grid, r1)
+    origin2 = [origin[i] for i in remain1]
+    A2 = positive(seed + 2, T - r1, T - r1)
+    remain2, Y2 = ficoco_v_clean(A2, Y1.astype(np.float32), origin2, grid, r2)
+    v_chain = {'hidden': {'seed': seed + 1, 'rows': T, 'cols': D}, 'grid': grid,
+               'layers': [{'probs': {'seed': seed, 'rows': T, 'cols': T, 'kind': 'positive'}, 'r': r1, 'origin': [origin[i] for i in remain1], 'output': [float(v) for v in Y1.ravel()]},
+                          {'probs': {'seed': seed + 2, 'rows': T - r1, 'cols': T - r1, 'kind': 'positive'}, 'r': r2, 'origin': [origin2[i] for i in remain2], 'output': [float(v) for v in Y2.ravel()]}]}
     l_cases = []
     for seed, (prefix, N, text, r) in ((8300, (3, 40, 9, 10)), (8400, (0, 30, 5, 3))):
         L = prefix + N + text
@@ -104,10 +115,10 @@ def main():
         remain, Y = ficoco_l_clean(S, X, prefix, N, r)
         l_cases.append({'scores': {'seed': seed, 'rows': L, 'cols': L, 'scale': 2.0}, 'hidden': {'seed': seed + 1, 'rows': L, 'cols': D},
                         'image': {'start': prefix, 'length': N}, 'r': r, 'remain': remain, 'output': [float(v) for v in Y.ravel()]})
-    for name, cases in (('ficoco-v', v_cases), ('ficoco-l', l_cases)):
+    for name, cases, extra in (('ficoco-v', v_cases, {'chain': v_chain}), ('ficoco-l', l_cases, {})):
         path = os.path.join(args.out, f'clean-{name}.json')
         with open(path, 'w') as f:
-            json.dump({'reference': 'tools/reference/clean_reference.py', 'cases': cases}, f, separators=(',', ':'))
+            json.dump({'reference': 'tools/reference/clean_reference.py', 'cases': cases, **extra}, f, separators=(',', ':'))
         print(path, os.path.getsize(path), 'bytes')
 
 
