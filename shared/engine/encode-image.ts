@@ -94,6 +94,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
         const step = schedule.steps.find((s) => s.layer === layer);
         if (step) {
           checkContinue(ctx);
+          if (step.tokensIn !== T) throw new VlmError('INTERNAL', `vision schedule of ${schedule.method} expects ${step.tokensIn} tokens at layer ${layer}, the encoder has ${T}`);
           await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (reduceSpan) => {
             const scores = await runner.scores(layer, schedule.needs);
             if (schedule.needs.length) flops.overhead += visionScoresFlops(m.vision, T);

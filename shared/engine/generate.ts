@@ -15,6 +15,9 @@
 import { withSpan } from '../telemetry/with-span';
 import {
   ATTR_VLM_FINISH_REASON,
+  ATTR_VLM_TOKEN_ID,
+  ATTR_VLM_TOKEN_INDEX,
+  EVENT_TOKEN,
   ATTR_VLM_FLOPS,
   ATTR_VLM_LAYER,
   ATTR_VLM_MODEL_ID,
@@ -94,7 +97,7 @@ export async function generate(
   onDelta?: OnDelta,
 ): Promise<GenerateResult> {
   const m = model.manifest;
-  const L_ = m.language;
+  const arch = m.language;
   checkVisual(model, visual);
   checkSampling(sampling, model.limits.maxNewTokens);
   const N = visual.embeds.dims[0];
@@ -103,8 +106,8 @@ export async function generate(
   const options = optionsOf(policy);
   const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
   const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
-  if (promptTokens + sampling.maxNewTokens > L_.max_positions) {
-    throw VlmError.invalid('sampling.max_new_tokens', `prompt (${promptTokens} tokens) + max_new_tokens (${sampling.maxNewTokens}) exceeds the model's ${L_.max_positions} positions`);
+  if (promptTokens + sampling.maxNewTokens > arch.max_positions) {
+    throw VlmError.invalid('sampling.max_new_tokens', `prompt (${promptTokens} tokens) + max_new_tokens (${sampling.maxNewTokens}) exceeds the model's ${arch.max_positions} positions`);
   }
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
   const runner = new LanguageStageRunner(model.bundle.stages, m, ctx);
@@ -130,7 +133,7 @@ export async function generate(
       await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: image.length }, async (reduceSpan) => {
         const hidden = runner.hiddenMatrix();
         const scores = await runner.scores(layer, schedule.needs);
-        if (schedule.needs.length) flops.overhead += languageScoresFlops(L_, positions.length, positions.length);
+        if (schedule.needs.length) flops.overhead += languageScoresFlops(arch, positions.length, positions.length);
         const out = reducer.reduce({ step, hidden, ...scores, image, state }, schedule, options);
         runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
         const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
@@ -147,21 +150,21 @@ export async function generate(
       });
     };
 
-    for (let layer = 0; layer < L_.num_layers; layer++) {
+    for (let layer = 0; layer < arch.num_layers; layer++) {
       checkContinue(ctx);
       const T = positions.length;
       perLayerVisualTokens.push(image.length);
       await withSpan(SpanName.PrefillLayer, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (layerSpan) => {
         await runner.attn(layer, positions);
-        flops.prefill += languageAttnFlops(L_, T, T);
+        flops.prefill += languageAttnFlops(arch, T, T);
         for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-attn') await applyStep(step, layer);
         await runner.mlp(layer);
-        flops.prefill += languageMlpFlops(L_, positions.length);
+        flops.prefill += languageMlpFlops(arch, positions.length);
         for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-layer') await applyStep(step, layer);
         layerSpan.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
       });
     }
-    flops.prefill += headFlops(L_, 1);
+    flops.prefill += headFlops(arch, 1);
     span.setAttribute(ATTR_VLM_FLOPS, flops.prefill + flops.overhead);
     span.setAttribute(ATTR_VLM_REDUCTION_ACHIEVED, mean(perLayerVisualTokens));
   });
@@ -191,16 +194,16 @@ export async function generate(
       onDelta?.(delta, id);
       if (ids.length >= sampling.maxNewTokens) break;
       runner.setHidden(await runner.embed([id]));
-      for (let layer = 0; layer < L_.num_layers; layer++) {
+      for (let layer = 0; layer < arch.num_layers; layer++) {
         checkContinue(ctx);
         const cacheLen = runner.cacheLength(layer);
         const position = schedule.positions === 'keep' ? promptTokens + step : cacheLen;
         await runner.attn(layer, [position]);
         await runner.mlp(layer);
-        flops.decode += languageAttnFlops(L_, 1, cacheLen + 1) + languageMlpFlops(L_, 1);
+        flops.decode += languageAttnFlops(arch, 1, cacheLen + 1) + languageMlpFlops(arch, 1);
       }
       logits = await runner.headLast();
-      flops.decode += headFlops(L_, 1);
+      flops.decode += headFlops(arch, 1);
     }
     const rest = decoder.flush();
     if (rest && ids.length) onDelta?.(rest, ids[ids.length - 1]!);
