@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run gen`: regenerates gen/ from proto/ with buf (the @bufbuild/buf npm binary) and the local
+// `npm run gen`: regenerates gen/ from proto/ with buf (the npm-packaged binary, see buf-path.js) and the local
 // ts-proto plugin. Runs in `npm ci` (prepare -> build), so it must work offline and on a fresh clone.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -8,7 +8,8 @@ const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 const out = path.join(root, 'gen');
-const buf = path.join(root, 'node_modules', '.bin', process.platform === 'win32' ? 'buf.cmd' : 'buf');
+const { bufPath } = require('./buf-path.js');
+const buf = bufPath();
 
 // Wiped each run so a deleted or renamed proto leaves no stale TypeScript behind.
 fs.rmSync(out, { recursive: true, force: true });

@@ -5,7 +5,8 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 const root = resolve(__dirname, '..');
-const buf = join(root, 'node_modules', '.bin', 'buf');
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const buf: string = require('../scripts/buf-path.js').bufPath();
 const baseline = join(root, 'proto', 'baseline.binpb');
 
 function runBuf(args: string[], cwd: string): { status: number | null; output: string } {
