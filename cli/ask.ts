@@ -1,0 +1,94 @@
+/**
+ * `vlm ask --image FILE --question TEXT [--target HOST:PORT] [--vision-method M] [--language-method M]
+ *          [--preset P] [--budget N|P%] [--mode clean|exact] [--max-tokens N] [--temperature T]
+ *          [--top-p P] [--seed N] [--deadline-ms N] [--json]`
+ *
+ * A gRPC client of the language service. The image file's bytes are sent as they are: judging them
+ * is the service's job. Prints the answer as it streams (with --json: one JSON line with `answer` and
+ * the final stats); an error prints `CODE: message` on stderr and exits 1.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseCommandLine } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { setLogLevel } from '../shared/log';
+import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
+import { generateOnce, languageClient } from '../services/language/client';
+import { parseBudgetFlag } from './eval';
+
+const FLAGS = {
+  image: { type: 'string' },
+  question: { type: 'string' },
+  target: { type: 'string' },
+  'vision-method': { type: 'string' },
+  'language-method': { type: 'string' },
+  preset: { type: 'string' },
+  budget: { type: 'string' },
+  mode: { type: 'string' },
+  'max-tokens': { type: 'string' },
+  temperature: { type: 'string' },
+  'top-p': { type: 'string' },
+  seed: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+export const DEFAULT_TARGET = '127.0.0.1:50052';
+
+/** A number flag, or undefined when absent (so the service's default applies). */
+function num(values: Record<string, unknown>, flag: string): number | undefined {
+  const raw = values[flag];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (raw === '' || !Number.isFinite(n)) throw VlmError.invalid(`--${flag}`, `expected a number, got "${String(raw)}"`);
+  return n;
+}
+
+export function policyFromFlags(values: Record<string, unknown>): ReductionPolicy {
+  const budget = parseBudgetFlag(values['budget'] as string | undefined);
+  return ReductionPolicy.fromPartial({
+    visionMethod: (values['vision-method'] as string | undefined) ?? '',
+    languageMethod: (values['language-method'] as string | undefined) ?? '',
+    preset: (values['preset'] as string | undefined) ?? '',
+    mode: (values['mode'] as string | undefined) ?? '',
+    budget: budget === null ? undefined : 'tokens' in budget ? { $case: 'budgetTokens', budgetTokens: budget.tokens } : { $case: 'budgetPercent', budgetPercent: budget.percent },
+  });
+}
+
+/** The final stats as printed by --json: the proto's JSON mapping (lowerCamelCase) plus answer and latency. */
+export function finalJson(answer: string, final: GenerateFinal, latencyMs: number): Record<string, unknown> {
+  const f = GenerateFinal.toJSON(final) as Record<string, unknown>;
+  return { answer, latencyMs: Math.round(latencyMs * 10) / 10, ...f };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { config, values } = parseCommandLine(argv, FLAGS);
+  setLogLevel(config.logLevel);
+  if (typeof values['image'] !== 'string') throw VlmError.invalid('--image', 'is required (a file path)');
+  if (typeof values['question'] !== 'string') throw VlmError.invalid('--question', 'is required');
+  let image: Buffer;
+  try {
+    image = await readFile(values['image']);
+  } catch (err) {
+    throw new VlmError('INVALID_ARGUMENT', `--image: cannot read ${values['image']}: ${(err as Error).message}`);
+  }
+  const request: GenerateRequest = {
+    image,
+    prompt: values['question'],
+    sampling: SamplingParams.fromPartial({ maxTokens: num(values, 'max-tokens'), temperature: num(values, 'temperature'), topP: num(values, 'top-p'), seed: num(values, 'seed') }),
+    policy: policyFromFlags(values),
+    limits: undefined,
+  };
+  const json = values['json'] === true;
+  const client = languageClient((values['target'] as string | undefined) ?? DEFAULT_TARGET);
+  try {
+    const out = await generateOnce(client, request, {
+      deadline: Date.now() + config.limits.deadlineMs,
+      authToken: config.rpc.authToken,
+      onDelta: json ? undefined : (text) => process.stdout.write(text),
+    });
+    process.stdout.write(json ? `${JSON.stringify(finalJson(out.answer, out.final, out.latencyMs))}\n` : '\n');
+    return 0;
+  } finally {
+    client.close();
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * `vlm demo [--model DIR] [--items N]` (`npm run demo`)
+ *
+ * Starts the vision and language services as two processes on free loopback ports, waits until both
+ * report SERVING, asks a few of the model's committed evaluation questions under several reduction
+ * policies, prints answers, token counts, FLOPs and latency, stops both and exits.
+ * A bundle without eval/items.jsonl (e.g. a random-weight fixture) gets one generated image.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { packageRoot, parseCommandLine } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { generateOnce, languageClient } from '../services/language/client';
+import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
+import { healthOf } from '../services/common/health-client';
+
+const FLAGS = { items: { type: 'string' } } as const;
+
+/** Several policies at one budget: what each method keeps, and what it costs. */
+const POLICIES: ReadonlyArray<[string, Partial<ReductionPolicy>]> = [
+  ['none', {}],
+  ['ficoco-v 25%', { visionMethod: 'ficoco-v', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
+  ['tome 25%', { visionMethod: 'tome', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
+  ['fastv 25%', { languageMethod: 'fastv', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
+  ['sparsevlm 25%', { languageMethod: 'sparsevlm', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
+  ['ficoco-vl 25%', { preset: 'ficoco-vl', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
+];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function questions(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
+  if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
+    const items = selectEvenly(await readItems(modelDir), count);
+    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readFile(path.join(modelDir, 'eval', it.image)).catch(() => readFile(path.join(modelDir, it.image))) })));
+  }
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
+  const bytes = await sharp(Buffer.from(svg)).png().toBuffer();
+  return [{ image: '(generated)', question: 'What color is the circle?', answer: '', type: 'generated', bytes }];
+}
+
+async function waitServing(address: string, children: ChildProcess[], timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (children.some((c) => c.exitCode !== null)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
+    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
+    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function fmtFlops(f: number): string {
+  return f >= 1e12 ? `${(f / 1e12).toFixed(2)} T` : f >= 1e9 ? `${(f / 1e9).toFixed(2)} G` : `${(f / 1e6).toFixed(1)} M`;
+}
+
+function row(cells: readonly string[], widths: readonly number[]): string {
+  return cells.map((c, i) => c.slice(0, widths[i]).padEnd(widths[i]!)).join('  ');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { config, values } = parseCommandLine(argv, FLAGS);
+  const modelDir = config.model.dir;
+  if (!existsSync(path.join(modelDir, 'manifest.json'))) {
+    throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);
+  }
+  const items = await questions(modelDir, Number(values['items'] ?? 3));
+  const [visionPort, languagePort] = [await freePort(), await freePort()];
+  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
+  const common = ['--model', modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn'];
+  const env = { ...process.env, VLM_INTRA_OP_THREADS: process.env.VLM_INTRA_OP_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / 2))) };
+  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env, stdio: ['ignore', 'ignore', 'inherit'] }));
+  const client = languageClient(`127.0.0.1:${languagePort}`);
+  try {
+    const started = Date.now();
+    await waitServing(`127.0.0.1:${visionPort}`, children, 180_000);
+    await waitServing(`127.0.0.1:${languagePort}`, children, 180_000);
+    process.stdout.write(`vision :${visionPort} and language :${languagePort} serving ${path.relative(process.cwd(), modelDir) || modelDir} after ${((Date.now() - started) / 1000).toFixed(1)} s\n\n`);
+    const widths = [14, 34, 20, 12, 2, 18, 9, 6];
+    process.stdout.write(`${row(['policy', 'question', 'answer', 'expected', 'ok', 'visual tokens', 'FLOPs', 'ms'], widths)}\n`);
+    for (const [name, policy] of POLICIES) {
+      for (const item of items) {
+        const cells = [name, item.question];
+        let note = '';
+        try {
+          const out = await generateOnce(client, { image: item.bytes, prompt: item.question, sampling: SamplingParams.fromPartial({}), policy: ReductionPolicy.fromPartial(policy), limits: undefined }, { deadline: Date.now() + config.limits.deadlineMs, authToken: config.rpc.authToken });
+          const t = out.final.tokens!;
+          const ok = item.answer === '' ? '-' : isCorrect(out.answer, item.answer) ? 'y' : 'n';
+          const tokens = `${t.visualReceived}/${t.visualFull} avg ${out.final.policy?.achievedBudget.toFixed(1)}`;
+          cells.push(out.answer.trim(), item.answer || '-', ok, tokens, fmtFlops(out.final.flops['total'] ?? 0), out.latencyMs.toFixed(0));
+        } catch (err) {
+          const e = VlmError.from(err);
+          cells.push(e.code);
+          note = `  ${' '.repeat(widths[0]!)}${e.message}\n`;
+        }
+        process.stdout.write(`${row(cells, widths).trimEnd()}\n${note}`);
+      }
+    }
+    return 0;
+  } finally {
+    client.close();
+    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r)))));
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * `vlm serve vision|language|all [config flags]`
+ *
+ * vision: VisionService on --vision-port (50051); language: LanguageService on --language-port
+ * (50052), calling vision at --vision-target (default 127.0.0.1:<vision port>); all: both, as two
+ * child processes as in production (each its own pool, logs and trace service name). Defaults: the
+ * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain, exit); `all` passes the
+ * signal to both children and exits when they have.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { packageRoot, parseCommandLine } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { createLogger, setLogLevel } from '../shared/log';
+import { stopOnSignals } from '../services/common/lifecycle';
+import type * as LanguageServer from '../services/language/server';
+import type * as VisionServer from '../services/vision/server';
+
+const ROLES = ['vision', 'language', 'all'] as const;
+type Role = (typeof ROLES)[number];
+
+export async function run(argv: string[]): Promise<number> {
+  const { config, positionals } = parseCommandLine(argv, {});
+  setLogLevel(config.logLevel);
+  const role = positionals[0] as Role | undefined;
+  if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
+    throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
+  }
+  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'));
+  const log = createLogger(role);
+  // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
+  const service =
+    role === 'vision'
+      ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(config, { log })
+      : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(config, { log });
+  stopOnSignals(() => service.stop(), log);
+  // Runs until a signal; stopOnSignals exits the process.
+  return new Promise<number>(() => undefined);
+}
+
+/** The two services as child processes sharing the cores: each gets half unless threads are set. */
+function serveBoth(flags: string[]): Promise<number> {
+  const log = createLogger('serve');
+  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
+  const env = { ...process.env };
+  if (!env.VLM_INTRA_OP_THREADS && !flags.some((f) => f.startsWith('--intra-op-threads'))) {
+    env.VLM_INTRA_OP_THREADS = String(Math.max(1, Math.floor(availableParallelism() / 2)));
+  }
+  const children = new Map<string, ChildProcess>();
+  for (const role of ['vision', 'language']) {
+    children.set(role, spawn(process.execPath, [bin, 'serve', role, ...flags], { env, stdio: ['ignore', 'inherit', 'inherit'] }));
+  }
+  let stopping = false;
+  const stopAll = (signal: NodeJS.Signals): void => {
+    stopping = true;
+    for (const child of children.values()) if (child.exitCode === null) child.kill(signal);
+  };
+  process.on('SIGTERM', () => stopAll('SIGTERM'));
+  process.on('SIGINT', () => stopAll('SIGTERM'));
+  return new Promise((resolve) => {
+    let worst = 0;
+    let left = children.size;
+    for (const [role, child] of children) {
+      child.on('exit', (code, signal) => {
+        const status = code ?? (signal ? 1 : 0);
+        worst = Math.max(worst, status);
+        if (!stopping) {
+          // One service gone means the pair cannot answer: take the other down too.
+          log.error('service exited; stopping the other', { role, code, signal });
+          stopAll('SIGTERM');
+        }
+        if (--left === 0) resolve(worst);
+      });
+    }
+  });
+}
