@@ -182,7 +182,7 @@ def cmd_reference(args) -> None:
                 t = time.perf_counter()
                 with torch.no_grad():
                     o = model.generate(input_ids=ids, pixel_values=pv, attention_mask=torch.ones_like(ids),
-                                       generation_config=GenerationConfig(do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
+                                       generation_config=GenerationConfig(do_sample=False, max_new_tokens=n_new,
                                                                           eos_token_id=None, pad_token_id=32001))
                 torch.cuda.synchronize()
                 runs.append(time.perf_counter() - t)

@@ -56,6 +56,10 @@ async function main() {
   console.error(`loaded ${model.manifest.model_id} (${model.manifest.io_dtype}) on ${config.runtime.providers.map(providerName).join(',')} in ${(loadMs / 1000).toFixed(1)} s`);
   const itemIndexes = values.items ? values.items.split(',').map(Number) : ref.items.map((_, i) => i);
   const runs = [];
+  const outFile = path.join(dir, 'ts.json');
+  const provider = config.runtime.providers.map(providerName).join(',');
+  // Written after every run, so a run cut short by the host's time limit still leaves its results.
+  const save = () => fs.writeFileSync(outFile, JSON.stringify({ provider, io_dtype: model.manifest.io_dtype, load_ms: Math.round(loadMs), runs }, null, 1));
   for (const spec of values.policies.split(',')) {
     const { label, policy } = parsePolicy(spec);
     for (const i of itemIndexes) {
@@ -90,10 +94,9 @@ async function main() {
         runs.push({ item: i, policy: label, error: String(err && err.message || err) });
         console.error(`[${label}] item ${i}: ERROR ${err && err.message || err}`);
       }
+      save();
     }
   }
-  const out = { provider: config.runtime.providers.map(providerName).join(','), io_dtype: model.manifest.io_dtype, load_ms: Math.round(loadMs), runs };
-  fs.writeFileSync(path.join(dir, 'ts.json'), JSON.stringify(out, null, 1));
   await engine.disposeModel(model);
 }
 
