@@ -1,0 +1,110 @@
+/**
+ * The CLI as a user runs it: `vlm serve all` (two processes), `vlm ask` against it, SIGTERM; and
+ * `vlm demo`. Uses the random-weight bundle, so answers are checked for shape, not meaning.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthOf } from '../services/common/health-client';
+import { eventually } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function vlm(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('vlm serve all + vlm ask', () => {
+  let server: ChildProcess;
+  let target: string;
+  let visionAddress: string;
+  let image: string;
+  let stderr = '';
+
+  beforeAll(async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    target = `127.0.0.1:${languagePort}`;
+    visionAddress = `127.0.0.1:${visionPort}`;
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    image = path.join(tmpdir(), `vlm-cli-${process.pid}.png`);
+    writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
+    await eventually(async () => (await healthOf(target, 500).catch(() => '')) === 'SERVING' && (await healthOf(visionAddress, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+  });
+
+  afterAll(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
+
+  it('runs the two services as two processes, logging JSON lines with one request id across the hop', async () => {
+    const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '4']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim().length).toBeGreaterThan(0);
+    // spawnSync blocked this event loop: let the server's log lines arrive.
+    await eventually(() => stderr.includes('/vlm.v1.LanguageService/Generate'), 5000);
+    const lines = stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const calls = lines.filter((l) => l['msg'] === 'call' && l['code'] === 'OK');
+    const generate = calls.find((l) => l['method'] === '/vlm.v1.LanguageService/Generate');
+    const encode = calls.find((l) => l['method'] === '/vlm.v1.VisionService/Encode' && l['requestId'] === generate?.['requestId']);
+    expect(encode, 'the Encode call carries the Generate request id').toBeDefined();
+    expect(lines.map((l) => String(l['component']).split('.')[0])).toEqual(expect.arrayContaining(['vision', 'language']));
+  });
+
+  it('prints one JSON line with the answer and the final stats with --json', () => {
+    const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '3', '--vision-method', 'ficoco-v', '--budget', '50%', '--json']);
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const out = JSON.parse(lines[0]!) as { answer: string; tokens: { visualReceived: number; generated: number }; policy: { visionMethod: string; achievedBudget: number }; flops: { total: number } };
+    expect(typeof out.answer).toBe('string');
+    expect(out.tokens.visualReceived).toBe(8);
+    expect(out.tokens.generated).toBeLessThanOrEqual(3);
+    expect(out.policy).toMatchObject({ visionMethod: 'ficoco-v', achievedBudget: 8 });
+    expect(out.flops.total).toBeGreaterThan(0);
+  });
+
+  it('passes the bytes unchecked and prints the service\'s CODE: message on stderr, exit 1', () => {
+    const notAnImage = vlm(['ask', '--image', path.join(ROOT, 'package.json'), '--question', 'What?', '--target', target]);
+    expect(notAnImage.status).toBe(1);
+    expect(notAnImage.stderr).toMatch(/^INVALID_ARGUMENT: image: /);
+    const infeasible = vlm(['ask', '--image', image, '--question', 'What?', '--target', target, '--vision-method', 'ficoco-v', '--budget', '999']);
+    expect(infeasible.status).toBe(1);
+    expect(infeasible.stderr).toMatch(/^INVALID_ARGUMENT: .*999/);
+  });
+
+  it('stops both services on SIGTERM and exits 0', async () => {
+    server.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
+    expect(code).toBe(0);
+    expect(stderr).toMatch(/"component":"vision","msg":"stopped","drained":true/);
+    expect(stderr).toMatch(/"component":"language","msg":"stopped","drained":true/);
+  });
+});
+
+describe('vlm demo', () => {
+  it('starts both services, asks under several policies, prints tokens, FLOPs and latency, and exits 0', () => {
+    const r = vlm(['demo', '--model', BUNDLE, '--items', '1']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/serving .*random-bundle/);
+    for (const policy of ['none', 'ficoco-v 25%', 'tome 25%', 'ficoco-vl 25%']) {
+      expect(r.stdout).toMatch(new RegExp(`^${policy}\\s+What color.*\\s\\d+/16 avg [\\d.]+\\s+[\\d.]+ [MGT]\\s+\\d+$`, 'm'));
+    }
+  });
+});
