@@ -20,7 +20,8 @@ import { decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
-import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
+import type { Logger } from '../shared/log';
 import { collect, eventually, healthStatus, reflectedServices, sleep } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -64,6 +65,12 @@ async function ask(client: LanguageServiceClient, req: GenerateRequest, deadline
   const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
   const final = messages.find((m) => m.part?.$case === 'final');
   return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
+}
+
+/** A log sink for the services under test: every line as an object, so tests can read the access log. */
+function recordingLogger(lines: Array<Record<string, unknown>>, component: string): Logger {
+  const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
+  return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error'), child: (c) => recordingLogger(lines, `${component}.${c}`) };
 }
 
 const POLICIES: Array<[string, Partial<WirePolicy>, ReductionPolicy]> = [
@@ -273,5 +280,60 @@ describe('the service pair on loopback', () => {
     } finally {
       dead.close();
     }
+  });
+
+  it('streams Encode as a header, whole-row chunks of the requested size and a summary', async () => {
+    const visionClient = new VisionServiceClient(vision.address, credentials.createInsecure());
+    try {
+      const { messages, error } = await collect<EncodeResponse>(visionClient.encode({ image, policy: undefined, limits: { rowsPerChunk: 3 } }));
+      expect(error).toBeNull();
+      expect(messages.map((m) => m.part?.$case)).toEqual(['header', ...Array(6).fill('chunk'), 'summary']);
+      const header = messages[0]!.part!.$case === 'header' ? messages[0]!.part!.header : undefined;
+      expect(header).toMatchObject({ modelId: 'random-tiny', contentHash: core.manifest.content_hash, shape: [16, 48], tokenCount: 16, rowsPerChunk: 3, chunkCount: 6, fullTokenCount: 16 });
+      expect(header!.origin).toEqual([...Array(16).keys()]);
+      const rows = messages.flatMap((m) => (m.part?.$case === 'chunk' ? [m.part.chunk.rowCount] : []));
+      expect(rows).toEqual([3, 3, 3, 3, 3, 1]);
+      const last = messages.at(-1)!.part!;
+      const summary = last.$case === 'summary' ? last.summary : undefined;
+      expect(summary?.tensorBytes).toBe(16 * 48 * 4);
+      expect(summary?.flops['vision']).toBeGreaterThan(0);
+    } finally {
+      visionClient.close();
+    }
+    // The language side reassembles any chunking into the same tensor, hence the same answer.
+    const chunked = await ask(client, { ...request(image), limits: { rowsPerChunk: 1 } });
+    expect(chunked.final?.text).toBe((await ask(client, request(image))).final?.text);
+  });
+
+  describe('a language service balancing over two vision replicas', () => {
+    const lines: Array<Record<string, unknown>> = [];
+    let second: RunningService;
+    let balanced: RunningService;
+    let balancedClient: LanguageServiceClient;
+    beforeAll(async () => {
+      second = await startVisionService(config(BUNDLE), { port: 0, log: recordingLogger(lines, 'vision-b') });
+      balanced = await startLanguageService(config(BUNDLE, { visionTarget: `${vision.address},${second.address}` }), { port: 0 });
+      balancedClient = new LanguageServiceClient(balanced.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      balancedClient?.close();
+      await balanced?.stop();
+      await second?.stop();
+    });
+
+    const encodesOnSecond = () => lines.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.VisionService/Encode').length;
+
+    it('spreads Encode calls over both replicas (round robin)', async () => {
+      for (let i = 0; i < 6; i++) expect((await ask(balancedClient, request(image))).error).toBeNull();
+      expect(encodesOnSecond()).toBeGreaterThanOrEqual(2);
+      expect(encodesOnSecond()).toBeLessThanOrEqual(4);
+    });
+
+    it('keeps answering on the other replica when one is stopped', async () => {
+      await second.stop();
+      const before = encodesOnSecond();
+      for (let i = 0; i < 4; i++) expect((await ask(balancedClient, request(image))).error).toBeNull();
+      expect(encodesOnSecond()).toBe(before);
+    });
   });
 });
