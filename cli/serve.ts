@@ -14,6 +14,8 @@ import { packageRoot, parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
+import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
+import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
 import type * as LanguageServer from '../services/language/server';
 import type * as VisionServer from '../services/vision/server';
 
@@ -27,20 +29,23 @@ export async function run(argv: string[]): Promise<number> {
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
     throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
   }
-  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'));
+  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), config.telemetry.metricsPort);
   const log = createLogger(role);
+  // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
+  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const service =
     role === 'vision'
       ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(config, { log })
       : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(config, { log });
-  stopOnSignals(() => service.stop(), log);
+  // Spans of the drained requests are flushed after the server has stopped.
+  stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
   // Runs until a signal; stopOnSignals exits the process.
   return new Promise<number>(() => undefined);
 }
 
 /** The two services as child processes sharing the cores: each gets half unless threads are set. */
-function serveBoth(flags: string[]): Promise<number> {
+function serveBoth(flags: string[], metricsPort: number): Promise<number> {
   const log = createLogger('serve');
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   const env = { ...process.env };
@@ -49,7 +54,9 @@ function serveBoth(flags: string[]): Promise<number> {
   }
   const children = new Map<string, ChildProcess>();
   for (const role of ['vision', 'language']) {
-    children.set(role, spawn(process.execPath, [bin, 'serve', role, ...flags], { env, stdio: ['ignore', 'inherit', 'inherit'] }));
+    // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
+    const own = role === 'language' && metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : [];
+    children.set(role, spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit'] }));
   }
   let stopping = false;
   const stopAll = (signal: NodeJS.Signals): void => {

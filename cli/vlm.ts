@@ -22,6 +22,7 @@ const COMMANDS: Readonly<Record<string, Row>> = {
   demo: { summary: 'start both services, ask committed test questions under several policies, print answers, tokens, FLOPs, latency', load: () => require('./demo') as CommandModule },
   eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },
   serve: { summary: 'serve vision|language|all (all = two processes; ports 50051/50052, embedded model, CPU by default)', load: () => require('./serve') as CommandModule },
+  trace: { summary: 'trace collect: OTLP/HTTP receiver writing span lines; trace report: per-stage latency, shares, transfer, methods, HTML waterfall', load: () => require('./trace') as CommandModule },
 };
 
 function usage(): string {

@@ -7,6 +7,7 @@ import { geometryOf } from '../../shared/engine/model';
 import type { Logger } from '../../shared/log';
 import { InferencePool } from '../../shared/worker';
 import type { ModelFacts } from './model-info';
+import { observeQueueDepth } from '../../shared/telemetry/metrics';
 
 export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'stats' | 'close'>;
 
@@ -29,6 +30,8 @@ export async function startEngine(config: Config, log: Logger): Promise<ServiceE
   const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, log: log.child('pool') });
   const g = geometryOf(pool.manifest);
   const provider = pool.provider ?? 'cpu';
+  // Scraped by Prometheus as vlm_queue_depth: the autoscalers' signal (k8s/base/*/hpa.yaml).
+  observeQueueDepth(() => pool.stats.queued);
   return {
     pool,
     model: { manifest: pool.manifest, visionGeometry: g.vision, languageGeometry: g.language },

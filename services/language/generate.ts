@@ -16,6 +16,10 @@ import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGener
 import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
 import type { HopContext } from './vision-client';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
+import type { Span } from '@opentelemetry/api';
+import { ATTR_GEN_AI_REQUEST_MAX_TOKENS, ATTR_GEN_AI_RESPONSE_FINISH_REASONS, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_FLOPS, SpanName } from '../../shared/telemetry/names';
+import { policyAttributes } from '../../shared/telemetry/policy-attributes';
+import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
 export interface GenerateDeps {
   readonly engine: ServiceEngine;
@@ -40,11 +44,13 @@ function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): void {
   resolveLanguageSchedule(valid.policy, { ...engine.model.languageGeometry, visualTokens: vision.outputTokens });
 }
 
-export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, ctx: CallContext): AsyncGenerator<GenerateResponse> {
+/** `span`: the request's span (tracedStream), for the policy and usage attributes. */
+export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, ctx: CallContext, span?: Span): AsyncGenerator<GenerateResponse> {
   const { engine } = deps;
   const m = engine.model.manifest;
   const started = performance.now();
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
+  span?.setAttributes({ ...policyAttributes(valid.policy), [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: valid.sampling.maxNewTokens });
   checkPolicy(engine, valid);
 
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
@@ -68,7 +74,23 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   run.then(() => deltas.close(), (err: unknown) => deltas.fail(err));
   for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
   const result = await run;
-  yield { part: { $case: 'final', final: finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started }) } };
+  const final = finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
+  recordGenerateTelemetry(span, result, final, encodeMs);
+  yield { part: { $case: 'final', final } };
+}
+
+function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, encodeMs: number): void {
+  span?.setAttributes({
+    [ATTR_GEN_AI_USAGE_INPUT_TOKENS]: r.promptTokens,
+    [ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]: r.tokenIds.length,
+    [ATTR_GEN_AI_RESPONSE_FINISH_REASONS]: [r.finishReason],
+    [ATTR_VLM_FLOPS]: final.flops['total'] ?? 0,
+  });
+  recordStage(SpanName.Prefill, r.timingsMs.prefill / 1000);
+  recordStage(SpanName.Decode, r.timingsMs.decode / 1000);
+  recordStageTokens(SpanName.Prefill, r.promptTokens);
+  recordStageTokens(SpanName.Decode, r.tokenIds.length);
+  recordGeneration({ timeToFirstTokenSeconds: (encodeMs + r.timingsMs.firstToken) / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 });
 }
 
 function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {

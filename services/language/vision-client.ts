@@ -12,6 +12,9 @@ import type { ModelInfo } from '../../gen/vlm/v1/common';
 import { REQUEST_ID_KEY } from '../common/interceptors';
 import { fromServiceError } from '../common/status';
 import { TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
+import { context } from '@opentelemetry/api';
+import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '../../shared/telemetry/names';
+import { openSpan, type OpenSpan } from '../../shared/telemetry/with-span';
 
 export interface VisionClientOptions {
   /** host:port, a comma-separated list of IP:port, or any gRPC target (dns:///name:port). */
@@ -94,6 +97,12 @@ export class VisionClient {
     return new Promise((resolve, reject) => {
       if (ctx.signal.aborted) return reject(ctx.signal.reason);
       const assembler = new TensorAssembler(expect);
+      // The grpc instrumentation's client span takes the active context here; stream events fire in
+      // grpc-js's own context, so the receive span's parent is captured now.
+      const parent = context.active();
+      let receive: OpenSpan | undefined;
+      let chunks = 0;
+      let bytes = 0;
       const call = this.client.encode(request, this.metadata(ctx.requestId), { deadline: ctx.deadline });
       let failure: unknown = null;
       const onAbort = (): void => {
@@ -103,6 +112,12 @@ export class VisionClient {
       ctx.signal.addEventListener('abort', onAbort, { once: true });
 
       call.on('data', (message: EncodeResponse) => {
+        // vlm.stream.receive: from the header until the tensor is whole.
+        receive ??= openSpan(SpanName.StreamReceive, {}, parent);
+        if (message.part?.$case === 'chunk') {
+          chunks++;
+          bytes += message.part.chunk.data.byteLength;
+        }
         if (failure !== null) return;
         try {
           assembler.accept(message);
@@ -114,11 +129,23 @@ export class VisionClient {
       call.on('error', () => undefined); // the outcome is decided on 'status', which always comes last
       call.on('status', (status: { code: GrpcCode; details: string; metadata: Metadata }) => {
         ctx.signal.removeEventListener('abort', onAbort);
-        if (failure !== null) return reject(failure);
-        if (status.code !== GrpcCode.OK) return reject(this.relay(status));
+        receive?.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
+        if (failure !== null) {
+          receive?.end(failure);
+          return reject(failure);
+        }
+        if (status.code !== GrpcCode.OK) {
+          const err = this.relay(status);
+          receive?.end(err);
+          return reject(err);
+        }
         try {
-          resolve(assembler.finish());
+          const tensor = assembler.finish();
+          receive?.span.setAttribute(ATTR_VLM_TOKENS_IN, tensor.tokens.rows);
+          receive?.end();
+          resolve(tensor);
         } catch (err) {
+          receive?.end(err);
           reject(err);
         }
       });

@@ -10,6 +10,11 @@ import { modelInfo, placementOf } from '../common/model-info';
 import { validateEncode, type RequestLimitsConfig } from '../common/validate';
 import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
 import type { ServiceEngine } from '../common/engine';
+import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_DEVICE, ATTR_VLM_DTYPE, ATTR_VLM_MODEL_ID, ATTR_VLM_PROVIDER, ATTR_VLM_TOKENS_OUT, SpanName } from '../../shared/telemetry/names';
+import { openSpan } from '../../shared/telemetry/with-span';
+import { tracedStream } from '../../shared/telemetry/traced-stream';
+import { policyAttributes } from '../../shared/telemetry/policy-attributes';
+import { recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
 export interface VisionHandlerDeps {
   readonly engine: ServiceEngine;
@@ -31,8 +36,9 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
   const { engine } = deps;
   const manifest = engine.model.manifest;
   return {
-    encode: serverStream(async function* (req, ctx) {
+    encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device }, async function* (req, ctx, span) {
       const valid = validateEncode(req, deps.limits);
+      span.setAttributes(policyAttributes(valid.policy));
       const started = performance.now();
       const result = await engine.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
       const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
@@ -43,8 +49,31 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         schedule: visionScheduleToWire(result.schedule),
       };
       const summary = { timingsMs: roundMs(result.timingsMs), flops: flopsToWire(result.flops), queueMs: Math.max(0, Math.round(waitedMs * 1000) / 1000), tensorBytes: 0 };
-      yield* tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary);
-    }, deps.adapter),
+      recordStage(SpanName.Preprocess, result.timingsMs.preprocess / 1000);
+      recordStage(SpanName.VisionEmbed, result.timingsMs.vision / 1000);
+      recordStage(SpanName.Project, result.timingsMs.project / 1000);
+      recordStageTokens(SpanName.Project, result.embeds.dims[0]);
+      span.setAttribute(ATTR_VLM_TOKENS_OUT, result.embeds.dims[0]);
+      // vlm.stream.send: first message handed to grpc-js until the last one is written (backpressure included).
+      const send = openSpan(SpanName.StreamSend, { [ATTR_VLM_DTYPE]: manifest.io_dtype });
+      try {
+        let chunks = 0;
+        let bytes = 0;
+        for (const message of tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary)) {
+          if (message.part?.$case === 'chunk') {
+            chunks++;
+            bytes += message.part.chunk.data.byteLength;
+          }
+          yield message;
+        }
+        send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
+      } catch (err) {
+        send.end(err);
+        throw err;
+      } finally {
+        send.end();
+      }
+    }), deps.adapter),
 
     getModelInfo: unary(async () => ({ model: modelInfo(engine.model, placementOf(engine, deps.limits)) }), deps.adapter),
   };

@@ -14,7 +14,7 @@
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { context, type Context } from '@opentelemetry/api';
+import { context, trace, type Context } from '@opentelemetry/api';
 import { VlmError } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import { createLogger, type Logger } from '../log';
@@ -184,8 +184,10 @@ export class InferencePool {
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
       }
-      const trace = tracingEnabled() ? { parent: context.active(), queuedAt: epochMillis() } : undefined;
-      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject, trace };
+      // Traced only inside a caller's span: warm-up and other background jobs would be orphan traces.
+      const parent = context.active();
+      const traced = tracingEnabled() && trace.getSpan(parent) !== undefined ? { parent, queuedAt: epochMillis() } : undefined;
+      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject, trace: traced };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });

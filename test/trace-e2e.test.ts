@@ -1,0 +1,156 @@
+/**
+ * Must show: one Generate through both services, run as two processes (`vlm serve all`) with
+ * OTEL_EXPORTER_OTLP_ENDPOINT pointing at a collector on loopback, gives ONE trace in the caller's
+ * trace (it sends `traceparent`) with linked client and server spans of both services and every
+ * stage span. Uses the random-weight bundle (three encoder layers, four decoder layers).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import * as path from 'node:path';
+import { credentials, Metadata } from '@grpc/grpc-js';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LanguageServiceClient, type GenerateResponse } from '../gen/vlm/v1/language_service';
+import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { healthOf } from '../services/common/health-client';
+import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
+import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
+import { collect, eventually } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+describe('one trace across vlm-language and vlm-vision (two processes)', () => {
+  let receiver: TraceReceiver;
+  const spans: SpanRecord[] = [];
+  let server: ChildProcess;
+  let stderr = '';
+  let target = '';
+  const traceId = randomBytes(16).toString('hex');
+  const callerSpanId = randomBytes(8).toString('hex');
+  let answerMessages: GenerateResponse[] = [];
+
+  beforeAll(async () => {
+    receiver = await startTraceReceiver({ port: 0, onSpans: (s) => spans.push(...s) });
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    target = `127.0.0.1:${languagePort}`;
+    const env = { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRICS_EXPORTER: 'none', OTEL_BSP_SCHEDULE_DELAY: '100', VLM_LOG_LEVEL: 'warn' };
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0'], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const healthy = async (address: string) => (await healthOf(address, 500).catch(() => '')) === 'SERVING';
+    await eventually(async () => (await healthy(target)) && (await healthy(`127.0.0.1:${visionPort}`)), 90_000, 200);
+
+    const client = new LanguageServiceClient(target, credentials.createInsecure());
+    const md = new Metadata();
+    md.set('traceparent', `00-${traceId}-${callerSpanId}-01`);
+    const image = await sharp({ create: { width: 48, height: 40, channels: 3, background: '#3a7' } }).png().toBuffer();
+    const call = client.generate(
+      {
+        image,
+        prompt: 'What shape is it?',
+        sampling: SamplingParams.fromPartial({ maxTokens: 4, temperature: 0 }),
+        policy: ReductionPolicy.fromPartial({ preset: 'ficoco-vl', budget: { $case: 'budgetPercent', budgetPercent: 50 } }),
+        limits: undefined,
+      },
+      md,
+      { deadline: Date.now() + 60_000 },
+    );
+    const { messages, error } = await collect(call);
+    client.close();
+    expect(error, stderr).toBeNull();
+    answerMessages = messages;
+    // SIGTERM: both services drain, then flush their spans before exiting.
+    const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+
+  afterAll(async () => {
+    if (server?.exitCode === null) server.kill('SIGKILL');
+    await receiver?.close();
+  });
+
+  const inTrace = () => spans.filter((s) => s.traceId === traceId);
+  const one = (service: string, name: string) => {
+    const found = inTrace().filter((s) => s.service === service && s.name === name);
+    expect(found, `${service} ${name} in ${inTrace().map((s) => `${s.service}:${s.name}`).join(', ')}`).toHaveLength(1);
+    return found[0]!;
+  };
+  const all = (service: string, name: string) => inTrace().filter((s) => s.service === service && s.name === name);
+
+  it('answered, and exported every span of the request into the caller\'s trace', () => {
+    expect(answerMessages.at(-1)?.part?.$case).toBe('final');
+    expect(inTrace().length).toBeGreaterThan(20);
+    // warm-up and health checks are not part of it; everything of this request is
+    expect(new Set(inTrace().map((s) => s.service))).toEqual(new Set(['vlm-language', 'vlm-vision']));
+  });
+
+  it('links caller -> language server -> request -> vision client -> vision server -> request', () => {
+    const languageServer = one('vlm-language', 'grpc.vlm.v1.LanguageService/Generate');
+    expect(languageServer).toMatchObject({ kind: 'SERVER', parentSpanId: callerSpanId });
+    const languageRequest = one('vlm-language', 'vlm.request');
+    expect(languageRequest.parentSpanId).toBe(languageServer.spanId);
+    const visionClient = one('vlm-language', 'grpc.vlm.v1.VisionService/Encode');
+    expect(visionClient).toMatchObject({ kind: 'CLIENT', parentSpanId: languageRequest.spanId });
+    const visionServer = one('vlm-vision', 'grpc.vlm.v1.VisionService/Encode');
+    expect(visionServer).toMatchObject({ kind: 'SERVER', parentSpanId: visionClient.spanId });
+    const visionRequest = one('vlm-vision', 'vlm.request');
+    expect(visionRequest.parentSpanId).toBe(visionServer.spanId);
+    expect(visionRequest.attributes).toMatchObject({ 'vlm.reduction.method': 'ficoco-vl', 'vlm.reduction.budget': '50%', 'vlm.provider': 'cpu', 'vlm.model.id': expect.any(String) });
+    expect(languageRequest.attributes).toMatchObject({ 'gen_ai.operation.name': 'chat', 'vlm.reduction.method': 'ficoco-vl', 'gen_ai.usage.input_tokens': expect.any(Number), 'gen_ai.usage.output_tokens': expect.any(Number) });
+  });
+
+  it('has every vision stage: queue, preprocess, embed with each layer and reduction step, projection, stream send', () => {
+    const request = one('vlm-vision', 'vlm.request');
+    for (const name of ['vlm.queue', 'vlm.preprocess', 'vlm.vision.embed', 'vlm.project', 'vlm.stream.send']) {
+      expect(one('vlm-vision', name).parentSpanId, name).toBe(request.spanId);
+    }
+    const embed = one('vlm-vision', 'vlm.vision.embed');
+    const layers = all('vlm-vision', 'vlm.vision.layer');
+    expect(layers.map((l) => l.attributes['vlm.layer']).sort()).toEqual([0, 1, 2]);
+    expect(layers.every((l) => l.parentSpanId === embed.spanId)).toBe(true);
+    const reduce = all('vlm-vision', 'vlm.reduce');
+    expect(reduce.length).toBeGreaterThan(0);
+    expect(reduce.every((r) => layers.some((l) => l.spanId === r.parentSpanId))).toBe(true);
+    expect(Number(reduce[0]!.attributes['vlm.tokens.out'])).toBeLessThan(Number(reduce[0]!.attributes['vlm.tokens.in']));
+    expect(Number(one('vlm-vision', 'vlm.stream.send').attributes['vlm.bytes'])).toBeGreaterThan(0);
+  });
+
+  it('has every language stage: stream receive, queue, prefill with layers and reduction steps, decode with token events', () => {
+    const request = one('vlm-language', 'vlm.request');
+    for (const name of ['vlm.stream.receive', 'vlm.queue', 'vlm.prefill', 'vlm.decode']) {
+      expect(one('vlm-language', name).parentSpanId, name).toBe(request.spanId);
+    }
+    const receive = one('vlm-language', 'vlm.stream.receive');
+    expect(receive.attributes['vlm.bytes']).toBe(one('vlm-vision', 'vlm.stream.send').attributes['vlm.bytes']);
+    const prefill = one('vlm-language', 'vlm.prefill');
+    const layers = all('vlm-language', 'vlm.prefill.layer');
+    expect(layers).toHaveLength(4);
+    expect(layers.every((l) => l.parentSpanId === prefill.spanId)).toBe(true);
+    expect(all('vlm-language', 'vlm.reduce').some((r) => layers.some((l) => l.spanId === r.parentSpanId))).toBe(true);
+    const decode = one('vlm-language', 'vlm.decode');
+    expect(decode.events.filter((e) => e.name === 'vlm.token')).toHaveLength(Number(decode.attributes['vlm.tokens.out']));
+    // the worker's spans keep their order on the time axis
+    expect(BigInt(prefill.endTimeUnixNano) <= BigInt(decode.startTimeUnixNano)).toBe(true);
+    expect(BigInt(receive.endTimeUnixNano) <= BigInt(prefill.startTimeUnixNano)).toBe(true);
+  });
+
+  it('reads as one trace in the report, with the transfer measured and the method grouped', () => {
+    const { report } = analyseTraces(inTrace());
+    expect(report.traces).toHaveLength(1);
+    expect(report.transfer.stream.count).toBe(1);
+    expect(report.transfer.stream.p50).toBeGreaterThan(0);
+    expect(report.groups.map((g) => [g.method, g.budget])).toEqual([['ficoco-vl', '50%']]);
+  });
+});
