@@ -10,7 +10,8 @@ import type { StageSet } from '../bundle/loader';
 import { layerStage, type Manifest } from '../bundle/manifest';
 import type { Matrix, Span, TokenCombination } from '../methods/types';
 import { runStage, type Feed, type Resident } from '../onnx/run-stage';
-import { asMatrix, batched, f32, i64, type F32Tensor, type I64Tensor } from '../tensor/host-tensor';
+import { asMatrix, batched, i64, type I64Tensor } from '../tensor/host-tensor';
+import { HiddenState } from './hidden-state';
 import { checkCombination, combineSpan } from '../tensor/rows';
 import type { RunContext } from './context';
 
@@ -21,7 +22,7 @@ interface Cache {
 }
 
 export class LanguageStageRunner {
-  private hidden: F32Tensor | undefined;
+  private hidden: HiddenState | undefined;
   private readonly caches: (Cache | undefined)[];
   /** Feeds of the last attention call: the scores graph of the same layer reads exactly these. */
   private attnFeeds: { layer: number; feeds: Record<string, Feed> } | undefined;
@@ -48,12 +49,21 @@ export class LanguageStageRunner {
   }
 
   setHidden(m: Matrix): void {
-    this.hidden = batched(m);
+    this.hidden = HiddenState.fromHost(batched(m));
   }
 
   hiddenMatrix(): Matrix {
+    return asMatrix(this.current().host());
+  }
+
+  /** Tokens in the current sequence. */
+  get tokens(): number {
+    return this.current().dims[1]!;
+  }
+
+  private current(): HiddenState {
     if (!this.hidden) throw new VlmError('INTERNAL', 'language runner used before setHidden()');
-    return asMatrix(this.hidden);
+    return this.hidden;
   }
 
   cacheLength(layer: number): number {
@@ -62,23 +72,22 @@ export class LanguageStageRunner {
 
   /** Runs layer `layer`'s attention over the current hidden at `positions`, appending to its cache. */
   async attn(layer: number, positions: ArrayLike<number>): Promise<void> {
-    const h = this.hiddenMatrix();
-    if (positions.length !== h.rows) throw new VlmError('INTERNAL', `${positions.length} positions for ${h.rows} tokens`);
+    const T = this.tokens;
+    if (positions.length !== T) throw new VlmError('INTERNAL', `${positions.length} positions for ${T} tokens`);
     const cache = this.caches[layer];
     const past = cache?.length ?? 0;
     const feeds: Record<string, Feed> = {
-      hidden_in: this.hidden!,
-      position_ids: i64([1, h.rows], positions),
+      hidden_in: this.current().feed(),
+      position_ids: i64([1, T], positions),
       past_key: cache?.key ?? this.emptyPast,
       past_value: cache?.value ?? this.emptyPast,
-      attention_mask: ones(past + h.rows),
+      attention_mask: ones(past + T),
     };
     this.attnFeeds = { layer, feeds };
     const name = layerStage('language', layer, 'attn');
-    const out = await runStage(await this.stages.get(name), feeds, { keep: ['present_key', 'present_value'] });
-    this.hidden = out.host.hidden_out!;
-    this.ctx.tap?.(`${name}:hidden_out`, this.hidden);
-    this.caches[layer] = { key: out.kept.present_key!, value: out.kept.present_value!, length: past + h.rows };
+    const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', 'present_key', 'present_value'] });
+    this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
+    this.caches[layer] = { key: out.kept.present_key!, value: out.kept.present_value!, length: past + T };
   }
 
   /** The scores graph of the layer whose attention ran last, on the same inputs. */
@@ -98,20 +107,23 @@ export class LanguageStageRunner {
   /** Replaces the span's rows by the combination of them (rows outside the span unchanged). */
   combineSpan(span: Span, c: TokenCombination, who: string): void {
     checkCombination(c, span.length, who);
-    this.hidden = batched(combineSpan(this.hiddenMatrix(), span, c));
+    this.hidden = HiddenState.fromHost(batched(combineSpan(this.hiddenMatrix(), span, c)));
   }
 
   async mlp(layer: number): Promise<void> {
     const name = layerStage('language', layer, 'mlp');
-    const out = await runStage(await this.stages.get(name), { hidden_in: this.hidden! });
-    this.hidden = out.host.hidden_out!;
-    this.ctx.tap?.(`${name}:hidden_out`, this.hidden);
+    const out = await runStage(await this.stages.get(name), { hidden_in: this.current().feed() }, { keep: ['hidden_out'] });
+    this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
+  }
+
+  private setResident(key: string, t: Resident): void {
+    this.hidden = HiddenState.fromResident(t);
+    if (this.ctx.tap) this.ctx.tap(key, this.hidden.host());
   }
 
   /** Logits of the last position only: Float32Array of the vocabulary size. */
   async headLast(): Promise<Float32Array> {
-    const h = this.hiddenMatrix();
-    const last = f32([1, 1, h.cols], h.data.subarray((h.rows - 1) * h.cols));
+    const last = this.current().rows(this.tokens - 1, 1);
     const out = await runStage(await this.stages.get('language/head'), { hidden_in: last });
     const t = out.host.logits!;
     this.ctx.tap?.('language/head:logits', t);

@@ -9,17 +9,18 @@ import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage } from '../bundle/manifest';
 import type { Matrix, TokenCombination } from '../methods/types';
-import { runStage } from '../onnx/run-stage';
+import { runStage, type Feed } from '../onnx/run-stage';
 import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
+import { HiddenState } from './hidden-state';
 import { checkCombination, combineRows } from '../tensor/rows';
 import type { RunContext } from './context';
 
 export type ScoreName = 'scores' | 'probs' | 'keys';
 
 export class VisionStageRunner {
-  private hidden: F32Tensor | undefined;
+  private hidden: HiddenState | undefined;
   /** Input of the current layer: the scores graph reads it with the same bias as the attention. */
-  private layerInput: F32Tensor | undefined;
+  private layerInput: Feed | undefined;
   private bias: F32Tensor | undefined;
 
   constructor(
@@ -43,7 +44,7 @@ export class VisionStageRunner {
   }
 
   async attn(layer: number): Promise<void> {
-    this.layerInput = this.current();
+    this.layerInput = this.current().feed();
     this.hidden = await this.run(layerStage('vision', layer, 'attn'), { hidden_in: this.layerInput, attn_bias: this.bias! }, 'hidden_out');
   }
 
@@ -64,37 +65,38 @@ export class VisionStageRunner {
 
   /** The residual stream as a T x D matrix (a view on the CPU path). */
   hiddenMatrix(): Matrix {
-    return asMatrix(this.current());
+    return asMatrix(this.current().host());
   }
 
   combine(c: TokenCombination, who: string): void {
     const h = this.hiddenMatrix();
     checkCombination(c, h.rows, who);
-    this.hidden = batched(combineRows(h, c));
+    this.hidden = HiddenState.fromHost(batched(combineRows(h, c)));
     // A zero bias for the new length; proportional attention replaces it with log(size).
     this.bias = f32([1, this.tokens]);
   }
 
   async mlp(layer: number): Promise<void> {
-    this.hidden = await this.run(layerStage('vision', layer, 'mlp'), { hidden_in: this.current() }, 'hidden_out');
+    this.hidden = await this.run(layerStage('vision', layer, 'mlp'), { hidden_in: this.current().feed() }, 'hidden_out');
   }
 
   /** Drops the first `drop` rows (LLaVA's select_feature='patch') and runs the projector: [1, N, Dl]. */
   async project(drop: number): Promise<F32Tensor> {
-    const h = this.hiddenMatrix();
-    const features = f32([1, h.rows - drop, h.cols], h.data.subarray(drop * h.cols));
-    return this.run('vision/projector', { features }, 'embeds');
+    const h = this.current();
+    const features = h.rows(drop, this.tokens - drop);
+    return (await this.run('vision/projector', { features }, 'embeds')).host();
   }
 
-  private current(): F32Tensor {
+  private current(): HiddenState {
     if (!this.hidden) throw new VlmError('INTERNAL', 'vision runner used before embed()');
     return this.hidden;
   }
 
-  private async run(name: string, feeds: Record<string, F32Tensor>, output: string): Promise<F32Tensor> {
-    const out = await runStage(await this.stages.get(name), feeds, { outputs: [output] });
-    const t = out.host[output]!;
-    this.ctx.tap?.(`${name}:${output}`, t);
-    return t;
+  /** Runs a stage whose one output stays resident until someone reads it. */
+  private async run(name: string, feeds: Record<string, Feed>, output: string): Promise<HiddenState> {
+    const out = await runStage(await this.stages.get(name), feeds, { outputs: [output], keep: [output] });
+    const h = HiddenState.fromResident(out.kept[output]!);
+    if (this.ctx.tap) this.ctx.tap(`${name}:${output}`, h.host());
+    return h;
   }
 }

@@ -1,0 +1,54 @@
+/**
+ * A residual stream between stages, held the cheapest way: as the ORT tensor the last stage returned
+ * (in the bundle's io_dtype, fed to the next stage as-is) and converted to host float32 only when
+ * something reads it (a reduction method, a tap). For a float16 bundle this removes two conversions
+ * per stage boundary; on a device-resident runner the same surface would keep it on the GPU.
+ */
+import * as ort from 'onnxruntime-node';
+import type { Feed, Resident } from '../onnx/run-stage';
+import { residentToHost } from '../onnx/run-stage';
+import { f32, type F32Tensor } from '../tensor/host-tensor';
+
+export class HiddenState {
+  private hostCopy: F32Tensor | undefined;
+
+  private constructor(
+    private readonly resident: Resident | undefined,
+    host: F32Tensor | undefined,
+  ) {
+    this.hostCopy = host;
+  }
+
+  static fromHost(t: F32Tensor): HiddenState {
+    return new HiddenState(undefined, t);
+  }
+
+  static fromResident(t: Resident): HiddenState {
+    return new HiddenState(t, undefined);
+  }
+
+  get dims(): readonly number[] {
+    return this.resident ? this.resident.dims : this.hostCopy!.dims;
+  }
+
+  /** What to feed the next stage: the resident tensor when there is one. */
+  feed(): Feed {
+    return this.resident ?? this.hostCopy!;
+  }
+
+  /** Host float32 (converted once, then cached). */
+  host(): F32Tensor {
+    this.hostCopy ??= residentToHost('hidden', this.resident!);
+    return this.hostCopy;
+  }
+
+  /** Rows [start, start+count) of the token axis of a [1,T,D] state, without converting. */
+  rows(start: number, count: number): Feed {
+    const [, , D] = this.dims as [number, number, number];
+    if (this.resident) {
+      const data = this.resident.data as Float32Array | Uint16Array;
+      return new ort.Tensor(this.resident.type as 'float32' | 'float16', data.subarray(start * D, (start + count) * D), [1, count, D]);
+    }
+    return f32([1, count, D], this.hostCopy!.data.subarray(start * D, (start + count) * D));
+  }
+}
