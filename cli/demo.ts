@@ -46,7 +46,7 @@ function freePort(): Promise<number> {
 async function questions(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
   if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
     const items = selectEvenly(await readItems(modelDir), count);
-    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readFile(path.join(modelDir, 'eval', it.image)).catch(() => readFile(path.join(modelDir, it.image))) })));
+    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readFile(path.join(modelDir, 'eval', it.image)) })));
   }
   const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
   const bytes = await sharp(Buffer.from(svg)).png().toBuffer();
