@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { headFlops, languageAttnFlops, languageMlpFlops, macs, projectorFlops, totalFlops, visionAttnFlops, visionMlpFlops } from '../shared/flops';
+import type { LanguageArch, Manifest, VisionArch } from '../shared/bundle/manifest';
+
+// LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14-336 tower.
+const vicuna: LanguageArch = { hidden_size: 4096, num_layers: 32, num_heads: 32, num_kv_heads: 32, head_dim: 128, intermediate_size: 11008, rope_theta: 10000, rms_norm_eps: 1e-5, vocab_size: 32064, max_positions: 4096 };
+const clip: VisionArch = { image_size: 336, patch_size: 14, grid: 24, num_patches: 576, hidden_size: 1024, num_heads: 16, head_dim: 64, intermediate_size: 4096, num_layers: 23, trained_layers: 24, class_token: true, layer_norm_eps: 1e-5, activation: 'quick_gelu' };
+
+describe('analytic FLOPs', () => {
+  it("a decoder layer is 2 x SparseVLM's multiply-accumulate count 4nd^2 + 2n^2d + 3ndm", () => {
+    for (const n of [64, 192, 641]) {
+      const d = 4096;
+      const m = 11008;
+      const sparsevlmMacs = 4 * n * d * d + 2 * n * n * d + 3 * n * d * m;
+      expect(languageAttnFlops(vicuna, n, n) + languageMlpFlops(vicuna, n)).toBe(2 * sparsevlmMacs);
+    }
+  });
+
+  it('grouped-query attention projects fewer keys and values', () => {
+    const gqa = { ...vicuna, num_kv_heads: 8 };
+    expect(languageAttnFlops(gqa, 100, 100)).toBeLessThan(languageAttnFlops(vicuna, 100, 100));
+    expect(languageAttnFlops(vicuna, 100, 100) - languageAttnFlops(gqa, 100, 100)).toBe(2 * 100 * 4096 * 2 * (32 - 8) * 128);
+  });
+
+  it('a decode step attends over the whole cache', () => {
+    expect(languageAttnFlops(vicuna, 1, 701) - languageAttnFlops(vicuna, 1, 700)).toBe(2 * 2 * 4096);
+    expect(headFlops(vicuna, 1)).toBe(2 * 4096 * 32064);
+  });
+
+  it('vision layers and the projector follow the same convention; macs() halves every stage', () => {
+    const T = 577;
+    expect(visionAttnFlops(clip, T) + visionMlpFlops(clip, T)).toBe(2 * (4 * T * 1024 * 1024 + 2 * T * T * 1024 + 2 * T * 1024 * 4096));
+    const m = { projector: { type: 'mlp2x_gelu', input_size: 1024, output_size: 4096 } } as unknown as Manifest;
+    expect(projectorFlops(m, 576)).toBe(2 * 576 * (1024 * 4096 + 4096 * 4096));
+    const f = { vision: 4, projector: 2, prefill: 10, decode: 6, overhead: 2 };
+    expect(totalFlops(macs(f))).toBe(totalFlops(f) / 2);
+  });
+});
