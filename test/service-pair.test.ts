@@ -67,6 +67,15 @@ async function ask(client: LanguageServiceClient, req: GenerateRequest, deadline
   return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
 }
 
+let bigJpegBytes: Promise<Buffer> | undefined;
+/** A 4000x4000 JPEG of a few MB: decoding and resizing it keeps a vision worker busy for a few hundred ms. */
+function bigJpeg(): Promise<Buffer> {
+  const side = 4000;
+  const raw = Buffer.alloc(side * side * 3);
+  for (let i = 0; i < raw.length; i += 97) raw[i] = (i * 2654435761) >>> 24;
+  return (bigJpegBytes ??= sharp(raw, { raw: { width: side, height: side, channels: 3 } }).jpeg({ quality: 40 }).toBuffer());
+}
+
 /** A log sink for the services under test: every line as an object, so tests can read the access log. */
 function recordingLogger(lines: Array<Record<string, unknown>>, component: string): Logger {
   const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
@@ -206,10 +215,7 @@ describe('the service pair on loopback', () => {
   });
 
   it('cancels the vision call while it encodes, so the language worker never starts', async () => {
-    const side = 4000;
-    const raw = Buffer.alloc(side * side * 3);
-    for (let i = 0; i < raw.length; i += 97) raw[i] = (i * 2654435761) >>> 24;
-    const big = await sharp(raw, { raw: { width: side, height: side, channels: 3 } }).jpeg({ quality: 40 }).toBuffer();
+    const big = await bigJpeg();
     expect(big.length).toBeLessThan(MAX_IMAGE_BYTES);
     let languageBusy = false;
     const watch = setInterval(() => (languageBusy ||= language.engine.pool.stats.busy > 0), 2);
@@ -334,6 +340,32 @@ describe('the service pair on loopback', () => {
       const before = encodesOnSecond();
       for (let i = 0; i < 4; i++) expect((await ask(balancedClient, request(image))).error).toBeNull();
       expect(encodesOnSecond()).toBe(before);
+    });
+  });
+
+  describe('a vision service whose one worker is busy and whose queue holds nothing', () => {
+    let busyVision: RunningService;
+    let front: RunningService;
+    let frontClient: LanguageServiceClient;
+    beforeAll(async () => {
+      busyVision = await startVisionService(config(BUNDLE, { queueSize: 0 }), { port: 0 });
+      front = await startLanguageService(config(BUNDLE, { visionTarget: busyVision.address }), { port: 0 });
+      frontClient = new LanguageServiceClient(front.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      frontClient?.close();
+      await front?.stop();
+      await busyVision?.stop();
+    });
+
+    it("relays vision's RESOURCE_EXHAUSTED to the caller, and the next request is answered", async () => {
+      const first = collect(frontClient.generate(request(await bigJpeg())));
+      await eventually(() => busyVision.engine.pool.stats.busy === 1, 5000, 2);
+      const second = await ask(frontClient, request(image));
+      expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+      expect(second.error?.details).toMatch(/queued \(limit 0\)/);
+      expect((await first).error).toBeNull();
+      expect((await ask(frontClient, request(image))).error).toBeNull();
     });
   });
 });
