@@ -5,15 +5,17 @@
  * the pixel limit, so a decompression bomb is refused before any pixel is decoded (sharp's
  * limitInputPixels guards the decode as well). Decoding then normalises every input kind to 8-bit
  * sRGB with three channels: EXIF orientation applied, first frame/page only, CMYK and grayscale and
- * palettes converted, 16-bit reduced, alpha flattened onto `alpha_background`. Geometry (resize, crop,
- * pad) runs on that raw RGB in a second pipeline, so the order of operations is explicit rather than
- * sharp's fixed internal order. Normalisation is computed in float32 steps, as numpy does.
+ * palettes converted, 16-bit reduced, alpha flattened onto `alpha_background`. Geometry runs on that
+ * raw RGB in explicit steps (not sharp's fixed internal order): crops and pads with sharp, resizing
+ * with a byte-exact port of Pillow's (the Python reference's). Normalisation is computed in float32
+ * steps, as numpy does.
  */
 import sharp from 'sharp';
 import { VlmError } from '../errors';
 import type { LimitsConfig } from '../config';
 import type { PreprocessSpec, Resample, Rgb } from '../bundle/manifest';
 import { f32, type F32Tensor } from '../tensor/host-tensor';
+import { pilResize } from './pil-resample';
 
 export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'>;
 
@@ -32,8 +34,6 @@ interface Rgb8 {
   readonly width: number;
   readonly height: number;
 }
-
-const KERNEL: Record<Resample, keyof sharp.KernelEnum> = { bicubic: 'cubic', bilinear: 'linear', nearest: 'nearest' };
 
 /** Reads the header only and enforces the limits; returns the metadata. */
 export async function checkImage(bytes: Uint8Array, limits: ImageLimits): Promise<sharp.Metadata> {
@@ -88,9 +88,11 @@ async function toRgb8(s: sharp.Sharp): Promise<Rgb8> {
   return { data, width: info.width, height: info.height };
 }
 
+/** Pillow's resize, exactly (pil-resample.ts): the Python reference resizes with PIL. */
 async function resize(img: Rgb8, width: number, height: number, resample: Resample): Promise<Rgb8> {
   if (img.width === width && img.height === height) return img;
-  return toRgb8(rawInput(img).resize(width, height, { fit: 'fill', kernel: KERNEL[resample] }));
+  const out = pilResize(img.data, img.width, img.height, width, height, resample);
+  return { data: Buffer.from(out.buffer, out.byteOffset, out.byteLength), width, height };
 }
 
 /** CLIP's processor: shortest edge to `size` (the other edge truncated as int(size * long / short)), then a centre crop. */
