@@ -76,6 +76,9 @@ export const ficocoL: LanguageReducer = {
       perLayerVisualTokens: perLayerCounts(L, V, cuts),
       needs: ['scores'],
       params: { ...params(options), start_layer: start },
+      // exact: the counts are the code's [0, V) slots, which include the prompt prefix; how many true
+      // image tokens each step removes depends on the scores, so the runner reports what it measured.
+      ...(options.mode === 'exact' ? { dataDependent: true } : {}),
     };
   },
 
