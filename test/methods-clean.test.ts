@@ -13,7 +13,7 @@ import { randomLanguage } from '../shared/methods/random-language';
 import { randomVision } from '../shared/methods/random-vision';
 import { recycledClusters, selectRaters } from '../shared/methods/sparsevlm';
 import { tome } from '../shared/methods/tome';
-import type { LanguageSchedule, Matrix, MethodOptions, VisionSchedule } from '../shared/methods/types';
+import type { LanguageSchedule, Matrix, MethodOptions, TokenMeta, VisionSchedule } from '../shared/methods/types';
 import { load, type StoredMatrix } from './methods-inputs';
 
 const CLEAN: MethodOptions = { mode: 'clean', params: {}, seed: 7 };
@@ -22,7 +22,7 @@ const ficocoVSchedule = (grid: number): VisionSchedule => ({
   method: 'ficoco-v', steps: [], outputTokens: 0, proportionalAttention: false, needs: ['probs'],
   params: { lambda: 0.35, epsilon: 0.998, window: 2, penalty: 2, grid },
 });
-const patches = (n: number) => ({ origin: Int32Array.from([-1, ...Array.from({ length: n }, (_, i) => i)]), size: new Float32Array(n + 1).fill(1) });
+const patches = (n: number): TokenMeta => ({ origin: Int32Array.from([-1, ...Array.from({ length: n }, (_, i) => i)]), size: new Float32Array(n + 1).fill(1) });
 
 function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol = 1e-5): void {
   expect(actual.length).toBe(expected.length);
