@@ -29,7 +29,7 @@ export async function run(argv: string[]): Promise<number> {
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
     throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
   }
-  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), config.telemetry.metricsPort);
+  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), config.telemetry.metricsPort, config.services.healthPort);
   const log = createLogger(role);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort });
@@ -45,7 +45,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /** The two services as child processes sharing the cores: each gets half unless threads are set. */
-function serveBoth(flags: string[], metricsPort: number): Promise<number> {
+function serveBoth(flags: string[], metricsPort: number, healthPort: number): Promise<number> {
   const log = createLogger('serve');
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   const env = { ...process.env };
@@ -55,7 +55,11 @@ function serveBoth(flags: string[], metricsPort: number): Promise<number> {
   const children = new Map<string, ChildProcess>();
   for (const role of ['vision', 'language']) {
     // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
-    const own = role === 'language' && metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : [];
+    // So does the plaintext health port.
+    const own =
+      role === 'language'
+        ? [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])]
+        : [];
     children.set(role, spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit'] }));
   }
   let stopping = false;

@@ -55,6 +55,26 @@ export interface ServicesConfig {
   readonly host: string;
   readonly visionPort: number;
   readonly languagePort: number;
+  /** A second, plaintext port answering only grpc.health.v1 (kubelet gRPC probes cannot speak TLS); 0 = off. */
+  readonly healthPort: number;
+}
+
+/**
+ * TLS from PEM files (re-read every `reloadIntervalMs` and on SIGHUP). A service speaks TLS when its
+ * certificate and key are set, plaintext otherwise; a CA on the server makes client certificates
+ * required (mutual TLS). The vision fields are the language service's side of the hop to vision.
+ */
+export interface TlsConfig {
+  readonly certFile: string | null;
+  readonly keyFile: string | null;
+  /** CA that client certificates must chain to; set: clients without one are refused in the handshake. */
+  readonly caFile: string | null;
+  /** Language -> vision: the client certificate and key presented to vision. */
+  readonly visionClientCertFile: string | null;
+  readonly visionClientKeyFile: string | null;
+  /** Language -> vision: the CA vision's certificate is verified against; set (or a client certificate): the hop uses TLS. */
+  readonly visionCaFile: string | null;
+  readonly reloadIntervalMs: number;
 }
 
 /** The gRPC shells (services/): the vision hop, chunking, auth and shutdown. */
@@ -73,6 +93,13 @@ export interface RpcConfig {
   readonly shutdownGraceMs: number;
   /** Run a worst-case dummy request before reporting SERVING. */
   readonly warmup: boolean;
+  /** Concurrent calls one client connection may hold open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+  readonly maxConcurrentStreams: number;
+  /**
+   * Vision only: connections are closed (GOAWAY) after this long, so language pods re-resolve the
+   * vision DNS name and spread onto replicas added by a scale-up; 0 = never.
+   */
+  readonly maxConnectionAgeMs: number;
 }
 
 export interface TelemetryConfig {
@@ -87,6 +114,7 @@ export interface Config {
   readonly services: ServicesConfig;
   readonly telemetry: TelemetryConfig;
   readonly rpc: RpcConfig;
+  readonly tls: TlsConfig;
   readonly logLevel: LogLevel;
 }
 
@@ -116,6 +144,16 @@ export const CONFIG_FLAGS = {
   'auth-token-file': { type: 'string' },
   'shutdown-grace-ms': { type: 'string' },
   warmup: { type: 'boolean' },
+  'max-concurrent-streams': { type: 'string' },
+  'max-connection-age-ms': { type: 'string' },
+  'health-port': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'vision-client-cert': { type: 'string' },
+  'vision-client-key': { type: 'string' },
+  'vision-ca': { type: 'string' },
+  'tls-reload-ms': { type: 'string' },
   'log-level': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -166,6 +204,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       host: r.str('host', 'VLM_HOST', '0.0.0.0'),
       visionPort: r.int('vision-port', 'VLM_VISION_PORT', 50051, 0),
       languagePort: r.int('language-port', 'VLM_LANGUAGE_PORT', 50052, 0),
+      healthPort: r.int('health-port', 'VLM_HEALTH_PORT', 0, 0),
     },
     telemetry: {
       metricsPort: r.int('metrics-port', 'VLM_METRICS_PORT', 9464, 0),
@@ -176,7 +215,10 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       authToken: readAuthToken(r.str('auth-token-file', 'VLM_AUTH_TOKEN_FILE', ''), env.VLM_AUTH_TOKEN),
       shutdownGraceMs: r.int('shutdown-grace-ms', 'VLM_SHUTDOWN_GRACE_MS', 10_000, 0),
       warmup: r.bool('warmup', 'VLM_WARMUP', true),
+      maxConcurrentStreams: r.int('max-concurrent-streams', 'VLM_MAX_CONCURRENT_STREAMS', 100, 1),
+      maxConnectionAgeMs: r.int('max-connection-age-ms', 'VLM_MAX_CONNECTION_AGE_MS', 300_000, 0),
     },
+    tls: readTls(r),
     logLevel: r.oneOf('log-level', 'VLM_LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent'] as const),
   };
   return deepFreeze(config);
@@ -213,6 +255,29 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Config {
   }
   if (overrides.model?.dir) (merged.model as { dir: string }).dir = path.resolve(overrides.model.dir);
   return deepFreeze(merged as unknown as Config);
+}
+
+/** Certificate and key come as a pair; a CA without a certificate would be a server without TLS asking for client certificates. */
+function readTls(r: Reader): TlsConfig {
+  const file = (flag: string, envName: string): string | null => {
+    const v = r.str(flag, envName, '');
+    return v === '' ? null : path.resolve(v);
+  };
+  const tls: TlsConfig = {
+    certFile: file('tls-cert', 'VLM_TLS_CERT'),
+    keyFile: file('tls-key', 'VLM_TLS_KEY'),
+    caFile: file('tls-ca', 'VLM_TLS_CA'),
+    visionClientCertFile: file('vision-client-cert', 'VLM_VISION_CLIENT_CERT'),
+    visionClientKeyFile: file('vision-client-key', 'VLM_VISION_CLIENT_KEY'),
+    visionCaFile: file('vision-ca', 'VLM_VISION_CA'),
+    reloadIntervalMs: r.int('tls-reload-ms', 'VLM_TLS_RELOAD_MS', 60_000, 100),
+  };
+  if ((tls.certFile === null) !== (tls.keyFile === null)) throw VlmError.invalid('--tls-cert/--tls-key', 'set both VLM_TLS_CERT and VLM_TLS_KEY, or neither (plaintext)');
+  if (tls.caFile !== null && tls.certFile === null) throw VlmError.invalid('--tls-ca', 'requiring client certificates needs TLS: set VLM_TLS_CERT and VLM_TLS_KEY too');
+  if ((tls.visionClientCertFile === null) !== (tls.visionClientKeyFile === null)) {
+    throw VlmError.invalid('--vision-client-cert/--vision-client-key', 'set both VLM_VISION_CLIENT_CERT and VLM_VISION_CLIENT_KEY, or neither');
+  }
+  return tls;
 }
 
 /** A token file wins over VLM_AUTH_TOKEN; surrounding whitespace (a trailing newline) is not part of it. */

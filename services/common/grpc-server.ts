@@ -29,13 +29,22 @@ export interface GrpcServerOptions {
   /** Clients must send this bearer token; null: no authentication. */
   readonly authToken: string | null;
   readonly shutdownGraceMs: number;
+  /** TLS (services/common/tls.ts); absent: plaintext. */
   readonly credentials?: ServerCredentials;
+  /** Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+  readonly maxConcurrentStreams?: number;
+  /** Connections get GOAWAY after this long (clients reconnect and re-resolve); 0 or absent: never. Calls in flight keep their deadline. */
+  readonly maxConnectionAgeMs?: number;
+  /** Longest a call may still run on a connection past its age limit (the services' default deadline). */
+  readonly maxConnectionAgeGraceMs?: number;
 }
 
 export class GrpcServer {
   readonly health = new HealthImplementation();
   private readonly admission = new Admission();
   private readonly server: Server;
+  /** Plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS); started by listenHealth(). */
+  private healthServer: Server | null = null;
   private stopping: Promise<void> | null = null;
 
   constructor(private readonly options: GrpcServerOptions) {
@@ -50,6 +59,10 @@ export class GrpcServer {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.keepalive_permit_without_calls': 1,
+      ...(options.maxConcurrentStreams ? { 'grpc.max_concurrent_streams': options.maxConcurrentStreams } : {}),
+      ...(options.maxConnectionAgeMs
+        ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? options.shutdownGraceMs }
+        : {}),
     });
     this.setServing(false);
     this.server.addService(options.definition, options.implementation);
@@ -63,6 +76,19 @@ export class GrpcServer {
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, this.options.credentials ?? ServerCredentials.createInsecure(), (err, bound) => {
         if (err) reject(new Error(`cannot listen on ${address}: ${err.message}`, { cause: err }));
+        else resolve(bound);
+      });
+    });
+  }
+
+  /** A second, plaintext server answering only grpc.health.v1 from the same statuses; resolves to its port. */
+  listenHealth(host: string, port: number): Promise<number> {
+    const server = (this.healthServer ??= new Server());
+    this.health.addToServer(server);
+    const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+    return new Promise((resolve, reject) => {
+      server.bindAsync(address, ServerCredentials.createInsecure(), (err, bound) => {
+        if (err) reject(new Error(`cannot listen for health checks on ${address}: ${err.message}`, { cause: err }));
         else resolve(bound);
       });
     });
@@ -99,6 +125,8 @@ export class GrpcServer {
       log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
       this.server.forceShutdown();
     }
+    // Probes watched the drain as NOT_SERVING; the health port goes last.
+    this.healthServer?.forceShutdown();
     log.info('stopped', { drained, ms: Date.now() - started });
   }
 }

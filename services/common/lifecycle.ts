@@ -29,7 +29,12 @@ export async function serve(
   let bound: number;
   try {
     bound = await server.listen(config.services.host, port);
+    if (config.services.healthPort > 0) {
+      const health = await server.listenHealth(config.services.host, config.services.healthPort);
+      log.info('plaintext health checks', { port: health });
+    }
   } catch (err) {
+    await server.stop();
     await engine.pool.close();
     throw err;
   }

@@ -12,6 +12,7 @@ import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
 import { noReduction } from '../common/validate';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
+import { serviceTls } from '../common/tls';
 
 export interface LanguageServiceOptions {
   /** Defaults to config.services.languagePort. */
@@ -26,8 +27,13 @@ export function visionTargetOf(config: Config): string {
 export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
-  const vision = new VisionClient({ target, authToken: config.rpc.authToken });
-  const engine = await startEngine(config, log);
+  const tls = serviceTls(config.tls, log, true);
+  const vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined });
+  const engine = await startEngine(config, log).catch((err: unknown) => {
+    vision.close();
+    tls.close();
+    throw err;
+  });
   const implementation = languageHandlers({
     engine,
     vision,
@@ -44,6 +50,8 @@ export async function startLanguageService(config: Config, options: LanguageServ
     maxSendMessageBytes: SEND_LIMIT,
     authToken: config.rpc.authToken,
     shutdownGraceMs: config.rpc.shutdownGraceMs,
+    credentials: tls.server ?? undefined,
+    maxConcurrentStreams: config.rpc.maxConcurrentStreams,
   });
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.
@@ -55,9 +63,10 @@ export async function startLanguageService(config: Config, options: LanguageServ
     const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
     await engine.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
-  log.info('vision target', { target });
+  log.info('vision target', { target, tls: tls.visionChannel !== null });
   const running = await serve(server, engine, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
     vision.close();
+    tls.close();
     throw err;
   });
   return {
@@ -65,6 +74,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     stop: async () => {
       await running.stop();
       vision.close();
+      tls.close();
     },
   };
 }

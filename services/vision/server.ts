@@ -11,6 +11,7 @@ import { serve, type RunningService } from '../common/lifecycle';
 import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
 import { visionHandlers } from './handlers';
 import { noReduction } from '../common/validate';
+import { serviceTls } from '../common/tls';
 
 export interface VisionServiceOptions {
   /** Defaults to config.services.visionPort. */
@@ -31,7 +32,12 @@ export async function warmUpImage(imageSize: number): Promise<Buffer> {
 
 export async function startVisionService(config: Config, options: VisionServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('vision');
-  const engine: ServiceEngine = await startEngine(config, log);
+  // TLS files are checked before the model loads: a bad path fails the start at once.
+  const tls = serviceTls(config.tls, log, false);
+  const engine: ServiceEngine = await startEngine(config, log).catch((err: unknown) => {
+    tls.close();
+    throw err;
+  });
   const implementation = visionHandlers({
     engine,
     limits: config.limits,
@@ -48,10 +54,19 @@ export async function startVisionService(config: Config, options: VisionServiceO
     maxSendMessageBytes: SEND_LIMIT,
     authToken: config.rpc.authToken,
     shutdownGraceMs: config.rpc.shutdownGraceMs,
+    credentials: tls.server ?? undefined,
+    maxConcurrentStreams: config.rpc.maxConcurrentStreams,
+    // Language pods hold long-lived channels; aged-out connections make them re-resolve and find new replicas.
+    maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.limits.deadlineMs,
   });
   const warmUp = async (): Promise<void> => {
     const image = await warmUpImage(engine.model.manifest.preprocess.size);
     await engine.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
-  return serve(server, engine, config, options.port ?? config.services.visionPort, warmUp, log);
+  const running = await serve(server, engine, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {
+    tls.close();
+    throw err;
+  });
+  return { ...running, stop: () => running.stop().finally(() => tls.close()) };
 }

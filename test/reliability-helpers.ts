@@ -1,0 +1,123 @@
+/**
+ * What the reliability tests share: certificates made with openssl the way k8s/tls/make-dev-certs.sh
+ * makes them (plus a loopback SAN), a recording logger, the pair's config on the random bundle, and
+ * request/answer helpers over real gRPC.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { Metadata, type ServiceError } from '@grpc/grpc-js';
+import sharp from 'sharp';
+import { testConfig, type Config } from '../shared/config';
+import type { Logger } from '../shared/log';
+import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
+import type { GenerateFinal, GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { collect } from './service-helpers';
+
+export const ROOT = path.resolve(__dirname, '..');
+export const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+export const QUESTION = 'What color is the small circle?';
+
+export interface CertPaths {
+  readonly dir: string;
+  readonly caCert: string;
+  readonly caKey: string;
+  /** Server certificate for 127.0.0.1 / localhost. */
+  readonly serverCert: string;
+  readonly serverKey: string;
+  /** Client certificate (clientAuth) from the same CA. */
+  readonly clientCert: string;
+  readonly clientKey: string;
+}
+
+function openssl(args: string[], cwd: string): void {
+  execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/** A private CA and a server and a client certificate under `dir` (EC P-256, as the dev script). */
+export function makeCerts(dir: string, caName = 'vlm-test-ca'): CertPaths {
+  mkdirSync(dir, { recursive: true });
+  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', `/CN=${caName}`, '-keyout', 'ca.key', '-out', 'ca.crt', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
+  const issue = (name: string, cn: string, eku: string, san?: string): void => {
+    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${cn}`, '-keyout', `${name}.key`, '-out', `${name}.csr`], dir);
+    const ext = ['basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
+    writeFileSync(path.join(dir, `${name}.ext`), `${ext}\n`);
+    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
+  };
+  issue('server', 'vlm-test-server', 'serverAuth', 'IP:127.0.0.1,DNS:localhost');
+  issue('client', 'vlm-language', 'clientAuth');
+  const p = (f: string): string => path.join(dir, f);
+  return { dir, caCert: p('ca.crt'), caKey: p('ca.key'), serverCert: p('server.crt'), serverKey: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key') };
+}
+
+export function pem(file: string): Buffer {
+  return readFileSync(file);
+}
+
+/** The base64 body of a PEM key: what must never appear in a log. */
+export function keyBody(file: string): string {
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '' && !l.startsWith('-----'))
+    .join('');
+}
+
+export type LogLine = Record<string, unknown>;
+
+/** Records every line at every level, so tests can read (and grep) what the services log. */
+export function recordingLogger(lines: LogLine[], component: string): Logger {
+  const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
+  return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error'), child: (c) => recordingLogger(lines, `${component}.${c}`) };
+}
+
+export interface PairOverrides {
+  readonly visionTarget?: string;
+  readonly queueSize?: number;
+  readonly maxImageBytes?: number;
+  readonly deadlineMs?: number;
+  readonly authToken?: string | null;
+  readonly tls?: Partial<Config['tls']>;
+  readonly healthPort?: number;
+}
+
+/** The random bundle on loopback with a small image limit; grace short so tests stop quickly. */
+export function pairConfig(over: PairOverrides = {}): Config {
+  return testConfig({
+    model: { dir: BUNDLE },
+    services: { host: '127.0.0.1', healthPort: over.healthPort ?? 0 },
+    limits: { queueSize: over.queueSize ?? 4, maxImageBytes: over.maxImageBytes ?? 2 * 1024 * 1024, maxNewTokens: 256, ...(over.deadlineMs ? { deadlineMs: over.deadlineMs } : {}) },
+    rpc: { visionTarget: over.visionTarget ?? '', shutdownGraceMs: 1000, authToken: over.authToken ?? null },
+    tls: { ...(over.tls ?? {}) },
+  });
+}
+
+let shapes: Promise<Buffer> | undefined;
+/** The picture the shapes questions are about. */
+export function shapesImage(): Promise<Buffer> {
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/><rect x="55" y="20" width="25" height="25" fill="#22d"/></svg>`;
+  return (shapes ??= sharp(Buffer.from(svg)).png().toBuffer());
+}
+
+export function request(image: Buffer, over: { policy?: Partial<WirePolicy>; maxTokens?: number; prompt?: string } = {}): GenerateRequest {
+  return {
+    image,
+    prompt: over.prompt ?? QUESTION,
+    sampling: SamplingParams.fromPartial({ maxTokens: over.maxTokens ?? 4 }),
+    policy: over.policy ? WirePolicy.fromPartial(over.policy) : undefined,
+    limits: undefined,
+  };
+}
+
+export interface Outcome {
+  readonly deltas: string;
+  readonly final: GenerateFinal | undefined;
+  readonly error: ServiceError | null;
+}
+
+export async function ask(client: LanguageServiceClient, req: GenerateRequest, options: { deadlineMs?: number; metadata?: Metadata } = {}): Promise<Outcome> {
+  const call = client.generate(req, options.metadata ?? new Metadata(), { deadline: Date.now() + (options.deadlineMs ?? 30_000) });
+  const { messages, error } = await collect<GenerateResponse>(call);
+  const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
+  const final = messages.find((m) => m.part?.$case === 'final');
+  return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
+}

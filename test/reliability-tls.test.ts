@@ -1,0 +1,242 @@
+/**
+ * Security of the pair: TLS for clients, mutual TLS between the services (only a holder of a client
+ * certificate from the configured CA gets through vision's handshake), certificates reloaded from
+ * their files without a restart, bearer-token authentication, a plaintext port for health probes
+ * only, and no secret (token, key material) in any log line.
+ */
+import { mkdtempSync, copyFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { credentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLanguageService } from '../services/language/server';
+import { startVisionService } from '../services/vision/server';
+import type { RunningService } from '../services/common/lifecycle';
+import { CertificateFiles, reloadingChannelCredentials } from '../services/common/tls';
+import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
+import { createLogger } from '../shared/log';
+import { configFrom } from '../shared/config';
+import { collect, eventually, healthStatus } from './service-helpers';
+import { ask, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
+
+const TOKEN = 'test-token-7f3a9c51e2b84d06a1f5c9e3b7d2a8f4';
+
+function tlsClient(address: string, creds: ChannelCredentials): LanguageServiceClient {
+  return new LanguageServiceClient(address, creds);
+}
+
+function bearer(token: string): Metadata {
+  const md = new Metadata();
+  md.set('authorization', `Bearer ${token}`);
+  return md;
+}
+
+async function encodeWith(address: string, creds: ChannelCredentials, image: Buffer): Promise<number | null> {
+  const client = new VisionServiceClient(address, creds);
+  try {
+    const { error } = await collect<EncodeResponse>(client.encode({ image, policy: undefined, limits: undefined }, bearer(TOKEN), { deadline: Date.now() + 10_000 }));
+    return error?.code ?? null;
+  } finally {
+    client.close();
+  }
+}
+
+describe('TLS, mutual TLS and bearer tokens between client, language and vision', () => {
+  let dir: string;
+  let certs: CertPaths;
+  /** A second CA: its certificates must be refused everywhere. */
+  let rogue: CertPaths;
+  /** The language service's live certificate files (the test rotates them). */
+  let liveCert: string;
+  let liveKey: string;
+  const lines: LogLine[] = [];
+  let vision: RunningService;
+  let language: RunningService;
+  let healthPort: number;
+  let image: Buffer;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'vlm-tls-'));
+    certs = makeCerts(path.join(dir, 'pki'));
+    rogue = makeCerts(path.join(dir, 'rogue'), 'rogue-ca');
+    liveCert = path.join(dir, 'language.crt');
+    liveKey = path.join(dir, 'language.key');
+    copyFileSync(certs.serverCert, liveCert);
+    copyFileSync(certs.serverKey, liveKey);
+    image = await shapesImage();
+    vision = await startVisionService(pairConfig({ authToken: TOKEN, tls: { certFile: certs.serverCert, keyFile: certs.serverKey, caFile: certs.caCert } }), {
+      port: 0,
+      log: recordingLogger(lines, 'vision'),
+    });
+    healthPort = await freePort();
+    language = await startLanguageService(
+      pairConfig({
+        visionTarget: vision.address,
+        authToken: TOKEN,
+        healthPort,
+        tls: { certFile: liveCert, keyFile: liveKey, visionClientCertFile: certs.clientCert, visionClientKeyFile: certs.clientKey, visionCaFile: certs.caCert, reloadIntervalMs: 60_000 },
+      }),
+      { port: 0, log: recordingLogger(lines, 'language') },
+    );
+  });
+
+  afterAll(async () => {
+    await language?.stop();
+    await vision?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers a client that verifies the language service with the CA and sends the token', async () => {
+    const client = tlsClient(language.address, credentials.createSsl(pem(certs.caCert)));
+    try {
+      const out = await ask(client, request(image), { metadata: bearer(TOKEN) });
+      expect(out.error).toBeNull();
+      expect(out.final?.text).toBe(out.deltas);
+      expect(out.final?.tokens?.visualReceived).toBe(16);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses a call without the token, or with a wrong one, with UNAUTHENTICATED', async () => {
+    const client = tlsClient(language.address, credentials.createSsl(pem(certs.caCert)));
+    try {
+      const none = await ask(client, request(image));
+      expect(none.error?.code).toBe(GrpcCode.UNAUTHENTICATED);
+      expect(none.error?.details).toMatch(/missing bearer token/);
+      const wrong = await ask(client, request(image), { metadata: bearer(`${TOKEN}x`) });
+      expect(wrong.error?.code).toBe(GrpcCode.UNAUTHENTICATED);
+      expect(wrong.error?.details).toBe('invalid bearer token');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('gives a plaintext client nothing: the connection fails (UNAVAILABLE)', async () => {
+    const client = tlsClient(language.address, credentials.createInsecure());
+    try {
+      const out = await ask(client, request(image), { metadata: bearer(TOKEN), deadlineMs: 3000 });
+      expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('lets only a holder of a client certificate from the CA reach vision (mutual TLS)', async () => {
+    const ca = pem(certs.caCert);
+    // No client certificate, a certificate from another CA, plaintext: refused in the handshake.
+    expect(await encodeWith(vision.address, credentials.createSsl(ca), image)).toBe(GrpcCode.UNAVAILABLE);
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(rogue.clientKey), pem(rogue.clientCert)), image)).toBe(GrpcCode.UNAVAILABLE);
+    expect(await encodeWith(vision.address, credentials.createInsecure(), image)).toBe(GrpcCode.UNAVAILABLE);
+    // The language service's certificate gets through.
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(certs.clientKey), pem(certs.clientCert)), image)).toBeNull();
+    // ...but a server certificate whose CA the client does not trust is refused by the client.
+    expect(await encodeWith(vision.address, credentials.createSsl(pem(rogue.caCert), pem(certs.clientKey), pem(certs.clientCert)), image)).toBe(GrpcCode.UNAVAILABLE);
+  });
+
+  it('a language service without the client certificate cannot use vision: UNAVAILABLE, naming the target', async () => {
+    const other = await startLanguageService(pairConfig({ visionTarget: vision.address, authToken: TOKEN, tls: { visionCaFile: certs.caCert } }), { port: 0, log: createLogger('silent-test') });
+    const client = tlsClient(other.address, credentials.createInsecure());
+    try {
+      const out = await ask(client, request(image), { metadata: bearer(TOKEN), deadlineMs: 5000 });
+      expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(out.error?.details).toContain(`vision service unavailable at ${vision.address}`);
+    } finally {
+      client.close();
+      await other.stop();
+    }
+  });
+
+  it('serves grpc.health.v1 in plaintext on the health port, and nothing else there', async () => {
+    const address = `127.0.0.1:${healthPort}`;
+    expect(await healthStatus(address)).toBe('SERVING');
+    expect(await healthStatus(address, 'vlm.v1.LanguageService')).toBe('SERVING');
+    const client = tlsClient(address, credentials.createInsecure());
+    try {
+      const out = await ask(client, request(image), { metadata: bearer(TOKEN), deadlineMs: 3000 });
+      expect(out.error?.code).toBe(GrpcCode.UNIMPLEMENTED);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('reloads rotated certificate files on SIGHUP: new connections get the new certificate', async () => {
+    // Rotate to a certificate from another CA: clients trusting only the new CA can connect afterwards.
+    const next = makeCerts(path.join(dir, 'next'), 'next-ca');
+    const trustsNext = (): LanguageServiceClient => tlsClient(language.address, credentials.createSsl(pem(next.caCert)));
+    const before = trustsNext();
+    expect((await ask(before, request(image), { metadata: bearer(TOKEN), deadlineMs: 3000 })).error?.code).toBe(GrpcCode.UNAVAILABLE);
+    before.close();
+
+    // A half-written rotation (new certificate, old key) is not applied: the old set keeps serving.
+    copyFileSync(next.serverCert, liveCert);
+    process.kill(process.pid, 'SIGHUP');
+    await eventually(() => lines.some((l) => l['msg'] === 'tls reload skipped; keeping the certificates in use'), 2000);
+    const old = tlsClient(language.address, credentials.createSsl(pem(certs.caCert)));
+    expect((await ask(old, request(image), { metadata: bearer(TOKEN) })).error).toBeNull();
+    old.close();
+
+    copyFileSync(next.serverKey, liveKey);
+    process.kill(process.pid, 'SIGHUP');
+    await eventually(() => lines.some((l) => l['msg'] === 'tls certificates reloaded' && String(l['component']).startsWith('language')), 2000);
+    const after = trustsNext();
+    try {
+      const out = await ask(after, request(image), { metadata: bearer(TOKEN) });
+      expect(out.error).toBeNull();
+    } finally {
+      after.close();
+    }
+  });
+
+  it('polls the files too: channel credentials follow a rotated client certificate', async () => {
+    // The client side on its own: a provider over files that change, read by every new connection.
+    const clientCert = path.join(dir, 'hop.crt');
+    const clientKey = path.join(dir, 'hop.key');
+    copyFileSync(rogue.clientCert, clientCert);
+    copyFileSync(rogue.clientKey, clientKey);
+    const files = new CertificateFiles({ cert: clientCert, key: clientKey, ca: certs.caCert }, recordingLogger(lines, 'hop')).watch(100);
+    try {
+      expect(await encodeWith(vision.address, reloadingChannelCredentials(files), image)).toBe(GrpcCode.UNAVAILABLE);
+      copyFileSync(certs.clientCert, clientCert);
+      copyFileSync(certs.clientKey, clientKey);
+      await eventually(() => lines.some((l) => l['component'] === 'hop' && l['msg'] === 'tls certificates reloaded'), 2000);
+      expect(await encodeWith(vision.address, reloadingChannelCredentials(files), image)).toBeNull();
+    } finally {
+      files.close();
+    }
+  });
+
+  it('never writes the token or key material into a log line', () => {
+    expect(lines.filter((l) => l['msg'] === 'call').length).toBeGreaterThan(5);
+    const text = lines.map((l) => JSON.stringify(l)).join('\n');
+    expect(text).not.toContain(TOKEN);
+    for (const key of [certs.serverKey, certs.clientKey, certs.caKey]) {
+      expect(text).not.toContain(keyBody(key));
+      expect(text).not.toContain(keyBody(key).slice(0, 24));
+    }
+    expect(text).not.toMatch(/PRIVATE KEY/);
+    // What is logged instead: files, subjects, expiry and fingerprints.
+    expect(lines.find((l) => l['msg'] === 'tls certificates loaded')).toMatchObject({ certificate: { subject: expect.stringContaining('CN=') as unknown } });
+  });
+
+  it('rejects half a TLS configuration at start-up, naming the variables', () => {
+    expect(() => configFrom({}, { VLM_TLS_CERT: certs.serverCert })).toThrow(/VLM_TLS_CERT and VLM_TLS_KEY/);
+    expect(() => configFrom({}, { VLM_TLS_CA: certs.caCert })).toThrow(/needs TLS/);
+    expect(() => configFrom({}, { VLM_VISION_CLIENT_KEY: certs.clientKey })).toThrow(/VLM_VISION_CLIENT_CERT and VLM_VISION_CLIENT_KEY/);
+    expect(() => new CertificateFiles({ cert: certs.serverCert, key: certs.clientKey, ca: null }, createLogger('t'))).toThrow(/not a usable set/);
+    expect(() => new CertificateFiles({ cert: path.join(dir, 'nope.crt'), key: certs.serverKey, ca: null }, createLogger('t'))).toThrow(/cannot read the certificate file .*nope\.crt: ENOENT/);
+  });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
