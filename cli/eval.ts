@@ -8,7 +8,6 @@
  * single-line JSON object.
  */
 import { readFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { VlmError } from '../shared/errors';
 import { parseCommandLine, type Config } from '../shared/config';
@@ -107,7 +106,7 @@ function evalRuntime(config: Config, values: Record<string, unknown>): Config {
   const explicitThreads = values['intra-op-threads'] !== undefined || !!process.env.VLM_INTRA_OP_THREADS;
   const intraOpThreads = explicitThreads ? config.runtime.intraOpThreads : 1;
   const explicitWorkers = values.workers !== undefined || !!process.env.VLM_WORKERS;
-  const workers = explicitWorkers ? config.runtime.workers : Math.max(1, Math.floor(availableParallelism() / intraOpThreads));
+  const workers = explicitWorkers ? config.runtime.workers : InferencePool.workersFor(intraOpThreads);
   return { ...config, runtime: { ...config.runtime, intraOpThreads, workers }, limits: { ...config.limits, queueSize: Math.max(config.limits.queueSize, workers) } };
 }
 
