@@ -43,6 +43,8 @@ export interface LimitsConfig {
   readonly maxImageBytes: number;
   /** width x height x pages, checked from the header before decoding. */
   readonly maxImagePixels: number;
+  /** Longer side / shorter side, checked from the header: a 1x100000 strip is no picture to answer about. */
+  readonly maxAspectRatio: number;
   readonly maxPromptChars: number;
   /** Requests waiting for a worker beyond the ones running; more is RESOURCE_EXHAUSTED. */
   readonly queueSize: number;
@@ -131,6 +133,7 @@ export const CONFIG_FLAGS = {
   workers: { type: 'string' },
   'max-image-bytes': { type: 'string' },
   'max-image-pixels': { type: 'string' },
+  'max-aspect-ratio': { type: 'string' },
   'max-prompt-chars': { type: 'string' },
   'queue-size': { type: 'string' },
   'deadline-ms': { type: 'string' },
@@ -195,6 +198,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     limits: {
       maxImageBytes: r.int('max-image-bytes', 'VLM_MAX_IMAGE_BYTES', 20 * 1024 * 1024, 1),
       maxImagePixels: r.int('max-image-pixels', 'VLM_MAX_IMAGE_PIXELS', 40_000_000, 1),
+      maxAspectRatio: r.int('max-aspect-ratio', 'VLM_MAX_ASPECT_RATIO', 32, 1),
       maxPromptChars: r.int('max-prompt-chars', 'VLM_MAX_PROMPT_CHARS', 4096, 1),
       queueSize: r.int('queue-size', 'VLM_QUEUE_SIZE', 16, 0),
       deadlineMs: r.int('deadline-ms', 'VLM_DEADLINE_MS', 60_000, 1),

@@ -6,12 +6,12 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { Metadata, type ServiceError } from '@grpc/grpc-js';
+import { Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { testConfig, type Config } from '../shared/config';
 import type { Logger } from '../shared/log';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
-import type { GenerateFinal, GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { GenerateResponse, type GenerateFinal, type GenerateRequest, type LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect } from './service-helpers';
 
 export const ROOT = path.resolve(__dirname, '..');
@@ -120,4 +120,40 @@ export async function ask(client: LanguageServiceClient, req: GenerateRequest, o
   const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
   const final = messages.find((m) => m.part?.$case === 'final');
   return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
+}
+
+/** Generate with the request given as encoded bytes (invalid UTF-8, mutated messages): the status and the answer text. */
+export function rawGenerate(address: string, bytes: Buffer, deadlineMs = 15_000): Promise<{ code: number; details: string; text: string; metadata: Metadata | undefined }> {
+  const client = new Client(address, credentials.createInsecure());
+  return new Promise((resolve) => {
+    const call = client.makeServerStreamRequest<Buffer, GenerateResponse>(
+      '/vlm.v1.LanguageService/Generate',
+      (b: Buffer) => b,
+      (b: Buffer) => GenerateResponse.decode(b),
+      bytes,
+      new Metadata(),
+      { deadline: Date.now() + deadlineMs },
+    );
+    let text = '';
+    call.on('data', (m: GenerateResponse) => {
+      if (m.part?.$case === 'final') text = m.part.final.text;
+    });
+    call.on('error', () => undefined);
+    call.on('status', (s: { code: number; details: string; metadata: Metadata }) => {
+      client.close();
+      resolve({ code: s.code, details: s.details, text, metadata: s.metadata });
+    });
+  });
+}
+
+/** A small seeded PRNG (mulberry32): fuzz cases are reproducible from their seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

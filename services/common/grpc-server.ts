@@ -13,6 +13,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { packageRoot } from '../../shared/config';
 import type { Logger } from '../../shared/log';
+import { lenientDefinition } from './lenient-decode';
 import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestIdInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
@@ -65,7 +66,7 @@ export class GrpcServer {
         : {}),
     });
     this.setServing(false);
-    this.server.addService(options.definition, options.implementation);
+    this.server.addService(lenientDefinition(options.definition), options.implementation);
     this.health.addToServer(this.server);
     new ReflectionService(reflectionDefinition(options.protoFiles)).addToServer(this.server);
   }

@@ -16,6 +16,7 @@ import { throwIfAborted } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { callContext, type CallContext } from './call-context';
 import { toStatus } from './status';
+import { isUndecodable, undecodableError } from './lenient-decode';
 
 export interface AdapterDeps {
   readonly log: Logger;
@@ -43,6 +44,11 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
   });
 }
 
+// eslint-disable-next-line require-yield
+async function* refuse(request: Parameters<typeof undecodableError>[0]): AsyncGenerator<never> {
+  throw undecodableError(request);
+}
+
 export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps): handleServerStreamingCall<Req, Res> {
   return (call) => {
     void run(call);
@@ -51,7 +57,8 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
   async function run(call: ServerWritableStream<Req, Res>): Promise<void> {
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
     const { ctx } = owned;
-    const iterator = fn(call.request, ctx)[Symbol.asyncIterator]();
+    const request = call.request;
+    const iterator = (isUndecodable(request) ? refuse(request) : fn(request, ctx))[Symbol.asyncIterator]();
     try {
       for (;;) {
         const next = await iterator.next();
@@ -84,7 +91,9 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
   async function run(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): Promise<void> {
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
     try {
-      const res = await fn(call.request, owned.ctx);
+      const request = call.request;
+      if (isUndecodable(request)) throw undecodableError(request);
+      const res = await fn(request, owned.ctx);
       throwIfAborted(owned.ctx.signal);
       callback(null, res);
       return;

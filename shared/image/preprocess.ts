@@ -17,7 +17,7 @@ import type { PreprocessSpec, Resample, Rgb } from '../bundle/manifest';
 import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
 
-export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'>;
+export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'> & Partial<Pick<LimitsConfig, 'maxAspectRatio'>>;
 
 export const SUPPORTED_FORMATS: readonly string[] = ['png', 'jpeg', 'webp', 'gif', 'tiff'];
 
@@ -57,6 +57,10 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits): Promis
   const pixels = width * height * pages;
   if (pixels > limits.maxImagePixels) {
     throw VlmError.invalid('image', `is ${width}x${height}${pages > 1 ? ` x ${pages} pages` : ''} = ${pixels} pixels, over the limit of ${limits.maxImagePixels} pixels (--max-image-pixels / VLM_MAX_IMAGE_PIXELS)`);
+  }
+  const ratio = Math.max(width, height) / Math.min(width, height);
+  if (limits.maxAspectRatio !== undefined && ratio > limits.maxAspectRatio) {
+    throw VlmError.invalid('image', `is ${width}x${height}, an aspect ratio of ${ratio.toFixed(1)}:1, over the limit of ${limits.maxAspectRatio}:1 (--max-aspect-ratio / VLM_MAX_ASPECT_RATIO)`);
   }
   return meta;
 }

@@ -1,0 +1,278 @@
+/**
+ * No input takes the pair down. The committed corpus (test/fixtures/bad-inputs/index.json: broken,
+ * hostile and merely unusual images, and out-of-range request fields) goes through Generate on the
+ * real pair: every bad case gets its status with a message naming the problem, every unusual but
+ * valid image is answered, and after each case both services are SERVING and answer the next
+ * request exactly as before. Malformed tensor streams from a scripted vision server reach the
+ * language service's stream handling and get DATA_LOSS / FAILED_PRECONDITION. A seeded fuzz run
+ * mutates valid encoded requests and randomises field values: never INTERNAL, never a hang.
+ */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { credentials, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLanguageService } from '../services/language/server';
+import { startVisionService } from '../services/vision/server';
+import type { RunningService } from '../services/common/lifecycle';
+import { decodeViolations } from '../services/common/status';
+import { ElementType } from '../gen/vlm/v1/common';
+import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
+import { collect, healthStatus } from './service-helpers';
+import { ask, pairConfig, prng, rawGenerate, request, ROOT, shapesImage, type Outcome } from './reliability-helpers';
+
+const CORPUS = path.join(ROOT, 'test/fixtures/bad-inputs');
+
+interface CorpusCase {
+  readonly name: string;
+  readonly image: string;
+  readonly request?: Record<string, unknown>;
+  readonly expect: 'OK' | 'INVALID_ARGUMENT';
+  readonly message?: string;
+  readonly field?: string;
+  readonly why?: string;
+}
+
+interface Corpus {
+  readonly limits: { maxImageBytes: number; maxImagePixels: number; maxPromptChars: number; maxNewTokens: number; maxAspectRatio: number };
+  readonly cases: readonly CorpusCase[];
+}
+
+const corpus = JSON.parse(readFileSync(path.join(CORPUS, 'index.json'), 'utf8')) as Corpus;
+
+/** A valid PNG signature followed by zeros: one byte over the image limit. */
+function oversize(limit: number): Buffer {
+  const b = Buffer.alloc(limit + 1);
+  Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]).copy(b);
+  return b;
+}
+
+const UTF8_MARKER = '\u0001\u0002\u0003';
+
+/** The case's request as encoded bytes: JSON fields over a valid request, with the corpus's raw forms. */
+function encodeCase(c: CorpusCase, valid: Buffer): Buffer {
+  const image = c.image === 'valid' ? valid : c.image === 'oversize' ? oversize(corpus.limits.maxImageBytes) : readFileSync(path.join(CORPUS, c.image));
+  const fields = { ...(c.request ?? {}) };
+  const appendHex = typeof fields['$appendHex'] === 'string' ? (fields['$appendHex'] as string) : '';
+  delete fields['$appendHex'];
+  let rawPrompt: Buffer | null = null;
+  const p = fields['prompt'];
+  if (typeof p === 'object' && p !== null) {
+    const spec = p as { repeat?: string; times?: number; utf8Bytes?: string };
+    if (spec.utf8Bytes !== undefined) {
+      rawPrompt = Buffer.from(spec.utf8Bytes, 'hex');
+      fields['prompt'] = UTF8_MARKER.repeat(Math.ceil(rawPrompt.length / 3)).slice(0, rawPrompt.length);
+    } else fields['prompt'] = spec.repeat!.repeat(spec.times!);
+  }
+  const base = request(image, { maxTokens: 2 });
+  const json = { prompt: base.prompt, sampling: { maxTokens: 2 }, ...fields };
+  const message = { ...GenerateRequest.fromJSON(json), image };
+  let bytes = Buffer.from(GenerateRequest.encode(message).finish());
+  if (rawPrompt !== null) {
+    const marker = Buffer.from(message.prompt, 'utf8');
+    const at = bytes.indexOf(marker);
+    rawPrompt.copy(bytes, at);
+  }
+  if (appendHex) bytes = Buffer.concat([bytes, Buffer.from(appendHex, 'hex')]);
+  return bytes;
+}
+
+describe('bad and unusual inputs through the real pair', () => {
+  let vision: RunningService;
+  let language: RunningService;
+  let client: LanguageServiceClient;
+  let valid: Buffer;
+  let reference: string;
+
+  beforeAll(async () => {
+    const limits = { maxImageBytes: corpus.limits.maxImageBytes };
+    vision = await startVisionService(pairConfig(limits), { port: 0 });
+    language = await startLanguageService(pairConfig({ ...limits, visionTarget: vision.address }), { port: 0 });
+    client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    valid = await shapesImage();
+    const first = await ask(client, request(valid, { maxTokens: 2 }));
+    expect(first.error).toBeNull();
+    reference = first.final!.text;
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await language?.stop();
+    await vision?.stop();
+  });
+
+  /** Both SERVING, and the reference question answered exactly as before. */
+  async function stillHealthy(): Promise<void> {
+    expect(await healthStatus(vision.address)).toBe('SERVING');
+    expect(await healthStatus(language.address)).toBe('SERVING');
+    const out: Outcome = await ask(client, request(valid, { maxTokens: 2 }));
+    expect(out.error).toBeNull();
+    expect(out.final?.text).toBe(reference);
+  }
+
+  it(`holds at least 50 cases covering every format, request field and unusual image kind`, () => {
+    expect(corpus.cases.length).toBeGreaterThanOrEqual(50);
+    const names = corpus.cases.map((c) => c.name).join(' ');
+    for (const kind of ['png', 'jpeg', 'webp', 'gif', 'tiff']) {
+      expect(names).toMatch(new RegExp(`${kind}-truncated`));
+      expect(names).toMatch(new RegExp(`${kind}-(header-only|corrupt|bad|zero)`));
+    }
+    for (const kind of ['animated.gif', 'animated.webp', 'multipage.tiff', 'cmyk.jpeg', 'gray16.png', 'rgba.png', 'gray.jpeg', 'palette.png', 'exif-rotated.jpeg', 'tiny-1x1.png', 'declares-50000x50000', 'bomb', 'aspect-', 'prompt-oversized', 'prompt-invalid-utf8', 'image-oversize']) {
+      expect(names).toContain(kind);
+    }
+  });
+
+  const counts = { rejected: 0, answered: 0 };
+  for (const c of corpus.cases) {
+    it(`${c.name}: ${c.expect === 'OK' ? `answered (${c.why})` : `INVALID_ARGUMENT${c.message ? ` "${c.message}"` : ''}`}`, async () => {
+      const out = await rawGenerate(language.address, encodeCase(c, valid));
+      if (c.expect === 'OK') {
+        expect(out.code, out.details).toBe(GrpcCode.OK);
+        expect(out.text.length).toBeGreaterThan(0);
+        counts.answered++;
+      } else {
+        expect(out.code, out.details).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(out.details).toContain(c.message ?? '');
+        // Every message names what it judged.
+        expect(out.details).toMatch(/image|prompt|sampling|policy|limits|request|budget|method/);
+        if (c.field) expect(decodeViolations(out.metadata).map((v) => v.field)).toContain(c.field);
+        counts.rejected++;
+      }
+      await stillHealthy();
+    });
+  }
+
+  it('prints the corpus counts', () => {
+    console.log(`bad-input corpus: ${corpus.cases.length} cases, ${counts.rejected} rejected with INVALID_ARGUMENT, ${counts.answered} unusual images answered`);
+    expect(counts.rejected + counts.answered).toBe(corpus.cases.length);
+  });
+
+  describe('malformed tensor streams from a scripted vision server', () => {
+    let genuine: EncodeResponse[];
+    let script: EncodeResponse[] = [];
+    let fake: Server;
+    let front: RunningService;
+    let frontClient: LanguageServiceClient;
+
+    beforeAll(async () => {
+      const visionClient = new VisionServiceClient(vision.address, credentials.createInsecure());
+      const got = await collect<EncodeResponse>(visionClient.encode({ image: valid, policy: undefined, limits: { rowsPerChunk: 4 } }));
+      visionClient.close();
+      genuine = got.messages;
+      expect(genuine.map((m) => m.part?.$case)).toEqual(['header', 'chunk', 'chunk', 'chunk', 'chunk', 'summary']);
+      fake = new Server();
+      fake.addService(VisionServiceService, {
+        encode: (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
+          for (const m of script) call.write(m);
+          call.end();
+        },
+        getModelInfo: (_call: unknown, cb: (e: null, r: object) => void) => cb(null, {}),
+      });
+      const port = await new Promise<number>((resolve, reject) => fake.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      front = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
+      frontClient = new LanguageServiceClient(front.address, credentials.createInsecure());
+    });
+
+    afterAll(async () => {
+      frontClient?.close();
+      await front?.stop();
+      fake?.forceShutdown();
+    });
+
+    const header = (over: Record<string, unknown>): EncodeResponse => {
+      const h = genuine[0]!.part!.$case === 'header' ? genuine[0]!.part!.header : undefined;
+      return { part: { $case: 'header', header: { ...h!, ...over } } };
+    };
+    const chunks = (): EncodeResponse[] => genuine.slice(1, 5);
+    const summary = (): EncodeResponse => genuine[5]!;
+
+    const streams: Array<[string, () => EncodeResponse[], GrpcCode, RegExp]> = [
+      ['the genuine stream (control)', () => genuine, GrpcCode.OK, /.*/],
+      ['wrong dtype (float16 for a float32 model)', () => [header({ dtype: ElementType.ELEMENT_TYPE_FLOAT16 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /float16 tokens but this language service runs float32/],
+      ['unknown dtype', () => [header({ dtype: 99 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /element type 99/],
+      ['wrong width', () => [header({ width: 32, shape: [16, 32] }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /width 32/],
+      ['another bundle (content hash)', () => [header({ contentHash: 'sha256:0000' }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /sha256:0000/],
+      ['shape disagreeing with token_count', () => [header({ shape: [15, 48] }), ...chunks(), summary()], GrpcCode.DATA_LOSS, /shape \[15, 48\]/],
+      ['more rows than the model has patches', () => [header({ tokenCount: 40, shape: [40, 48], origin: [...Array(40).keys()], chunkCount: 10 }), ...chunks(), summary()], GrpcCode.DATA_LOSS, /more than the model's 16/],
+      ['a missing chunk', () => [header({}), ...chunks().filter((_, i) => i !== 2), summary()], GrpcCode.DATA_LOSS, /chunk 3 where chunk 2 was due/],
+      ['a repeated chunk', () => [header({}), ...chunks().slice(0, 2), chunks()[1]!, ...chunks().slice(2), summary()], GrpcCode.DATA_LOSS, /missing or repeated/],
+      ['an extra chunk', () => [header({}), ...chunks(), { part: { $case: 'chunk', chunk: { index: 4, rowOffset: 16, rowCount: 1, data: Buffer.alloc(192) } } }, summary()], GrpcCode.DATA_LOSS, /beyond the 4/],
+      ['a chunk with the wrong byte count', () => [header({}), ...chunks().slice(0, 3), { part: { $case: 'chunk', chunk: { index: 3, rowOffset: 12, rowCount: 4, data: Buffer.alloc(100) } } }, summary()], GrpcCode.DATA_LOSS, /100 bytes/],
+      ['no summary', () => [header({}), ...chunks()], GrpcCode.DATA_LOSS, /without a summary/],
+      ['chunks but no header', () => [...chunks(), summary()], GrpcCode.DATA_LOSS, /before the header/],
+      ['two headers', () => [header({}), header({}), ...chunks(), summary()], GrpcCode.DATA_LOSS, /second header/],
+      ['an empty stream', () => [], GrpcCode.DATA_LOSS, /without a header/],
+      ['a message after the summary', () => [...genuine, chunks()[0]!], GrpcCode.DATA_LOSS, /after the summary/],
+      ['an empty message', () => [header({}), { part: undefined }], GrpcCode.DATA_LOSS, /no header, chunk or summary/],
+    ];
+    for (const [name, make, code, why] of streams) {
+      it(`${name}: ${GrpcCode[code]}`, async () => {
+        script = make();
+        const out = await ask(frontClient, request(valid, { maxTokens: 2 }));
+        expect(out.error?.code ?? GrpcCode.OK, out.error?.details).toBe(code);
+        if (code !== GrpcCode.OK) expect(out.error?.details).toMatch(why);
+        expect(front.engine.pool.stats.busy).toBe(0);
+        expect(front.activeCalls()).toBe(0);
+        expect(await healthStatus(front.address)).toBe('SERVING');
+      });
+    }
+  });
+
+  describe('fuzzing Generate requests (seeded, bounded)', () => {
+    const ALLOWED = new Set([GrpcCode.OK, GrpcCode.INVALID_ARGUMENT]);
+
+    function mutate(bytes: Buffer, rand: () => number): Buffer {
+      const b = Buffer.from(bytes);
+      const op = Math.floor(rand() * 5);
+      const at = Math.floor(rand() * b.length);
+      if (op === 0) {
+        for (let i = 0; i < 1 + Math.floor(rand() * 8); i++) b[Math.floor(rand() * b.length)] = Math.floor(rand() * 256);
+        return b;
+      }
+      if (op === 1) return b.subarray(0, at);
+      if (op === 2) return Buffer.concat([b.subarray(0, at), Buffer.from(Array.from({ length: 1 + Math.floor(rand() * 16) }, () => Math.floor(rand() * 256))), b.subarray(at)]);
+      if (op === 3) return Buffer.concat([b.subarray(0, at), b.subarray(Math.min(b.length, at + 1 + Math.floor(rand() * 32)))]);
+      // Flip bits in the message's first bytes: tags and lengths.
+      const head = Math.min(b.length, 24);
+      b[Math.floor(rand() * head)] ^= 1 << Math.floor(rand() * 8);
+      return b;
+    }
+
+    const uint32 = (x: number): number => (Number.isFinite(x) ? Math.abs(Math.floor(x)) % 2 ** 32 : 0);
+
+    function randomFields(rand: () => number): Buffer {
+      const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+      const num = (): number => pick([0, -1, 1, 0.5, 2, 3, 100, 1e9, -1e9, NaN, Infinity, -Infinity, 2 ** 31, Math.floor(rand() * 64)]);
+      const req = GenerateRequest.fromPartial({
+        image: valid,
+        prompt: pick(['', 'What color?', 'x'.repeat(Math.floor(rand() * 6000)), '\u0000', 'é'.repeat(50), '🙂?']),
+        sampling: { temperature: rand() < 0.5 ? num() : undefined, topP: rand() < 0.5 ? num() : undefined, maxTokens: rand() < 0.5 ? pick([0, 1, 2, 3, 257, 4e9]) : 2 },
+        policy: {
+          visionMethod: pick(['', 'none', 'ficoco-v', 'tome', 'random', 'nope']),
+          languageMethod: pick(['', 'none', 'fastv', 'sparsevlm', 'ficoco-l', 'x']),
+          mode: pick(['', 'clean', 'exact', '?']),
+          preset: pick(['', '', 'ficoco-vl', 'bad']),
+          budget: rand() < 0.3 ? undefined : rand() < 0.5 ? { $case: 'budgetTokens', budgetTokens: uint32(num()) } : { $case: 'budgetPercent', budgetPercent: num() },
+        },
+      });
+      return Buffer.from(GenerateRequest.encode(req).finish());
+    }
+
+    it('answers every mutated or randomised request with OK or INVALID_ARGUMENT, and stays healthy', async () => {
+      const rand = prng(20240611);
+      const seedBytes = Buffer.from(GenerateRequest.encode(request(valid, { maxTokens: 2, policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 8 } } })).finish());
+      const tally = new Map<string, number>();
+      const N = 240;
+      for (let i = 0; i < N; i++) {
+        const bytes = i % 2 === 0 ? mutate(seedBytes, rand) : randomFields(rand);
+        const out = await rawGenerate(language.address, bytes, 10_000);
+        const name = GrpcCode[out.code] ?? String(out.code);
+        tally.set(name, (tally.get(name) ?? 0) + 1);
+        expect(ALLOWED.has(out.code), `case ${i}: ${name} ${out.details}`).toBe(true);
+      }
+      console.log(`fuzz: ${N} requests -> ${JSON.stringify(Object.fromEntries(tally))}`);
+      expect(language.engine.pool.stats.busy + vision.engine.pool.stats.busy).toBe(0);
+      await stillHealthy();
+    });
+  });
+});
