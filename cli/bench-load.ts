@@ -1,0 +1,310 @@
+/**
+ * `vlm bench load [--duration-s 60] [--requests N] [--concurrency 16] [--queue-size 4] [--seed N]
+ *                 [--sample-ms 1000] [--json] [config flags]`
+ *
+ * Starts the vision and language services as two processes on free loopback ports and drives them
+ * with a mixed, seeded load from `concurrency` closed-loop clients: several reduction policies, about
+ * 10 % bad inputs and 10 % deadlines too tight to meet, until `requests` were sent or `duration-s`
+ * passed. Every request ends in exactly one outcome (answered, shed = RESOURCE_EXHAUSTED, timed out =
+ * DEADLINE_EXCEEDED, invalid = INVALID_ARGUMENT, another code, or lost: no status within its deadline
+ * plus 10 s); `lost` must be 0 and the outcomes must add up to `sent`. Both services' resident memory
+ * is sampled every `sample-ms`. Prints one JSON summary (with --json nothing else).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import * as path from 'node:path';
+import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import sharp from 'sharp';
+import { CONFIG_FLAGS, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { languageClient } from '../services/language/client';
+import { healthOf } from '../services/common/health-client';
+import { grpcCodeName } from '../services/common/status';
+import { readItems, selectEvenly } from './eval';
+
+const FLAGS = {
+  'duration-s': { type: 'string' },
+  requests: { type: 'string' },
+  concurrency: { type: 'string' },
+  'sample-ms': { type: 'string' },
+  seed: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+const POLICIES: ReadonlyArray<Partial<ReductionPolicy>> = [
+  {},
+  { visionMethod: 'ficoco-v', budget: { $case: 'budgetPercent', budgetPercent: 50 } },
+  { visionMethod: 'tome', budget: { $case: 'budgetPercent', budgetPercent: 50 } },
+  { languageMethod: 'fastv', budget: { $case: 'budgetPercent', budgetPercent: 50 } },
+  { languageMethod: 'sparsevlm', budget: { $case: 'budgetPercent', budgetPercent: 50 } },
+  { preset: 'ficoco-vl', budget: { $case: 'budgetPercent', budgetPercent: 50 } },
+];
+
+export type Outcome = 'answered' | 'shed' | 'timedOut' | 'invalid' | 'other' | 'lost';
+
+export interface LoadOptions {
+  readonly config: Config;
+  readonly durationMs: number;
+  readonly maxRequests: number;
+  readonly concurrency: number;
+  readonly sampleMs: number;
+  readonly seed: number;
+  /** Extra flags for both `vlm serve` processes (e.g. --queue-size). */
+  readonly serveFlags: readonly string[];
+  readonly onProgress?: (line: string) => void;
+}
+
+export interface Percentiles {
+  readonly count: number;
+  readonly p50: number;
+  readonly p90: number;
+  readonly p99: number;
+  readonly max: number;
+}
+
+export interface MemorySample {
+  /** Seconds since the load started. */
+  readonly t: number;
+  readonly visionMiB: number;
+  readonly languageMiB: number;
+}
+
+export interface LoadSummary {
+  readonly sent: number;
+  readonly answered: number;
+  readonly shed: number;
+  readonly timedOut: number;
+  readonly invalid: number;
+  readonly otherErrors: Record<string, number>;
+  readonly lost: number;
+  /** sent === answered + shed + timedOut + invalid + other + lost */
+  readonly accountedFor: boolean;
+  readonly durationS: number;
+  readonly answeredPerS: number;
+  readonly latencyMs: { readonly answered: Percentiles; readonly all: Percentiles };
+  readonly memory: {
+    readonly vision: { readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
+    readonly language: { readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
+    readonly samples: readonly MemorySample[];
+  };
+  readonly settings: { readonly concurrency: number; readonly queueSize: number; readonly workers: number; readonly model: string };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resident set size of a process in MiB (Linux /proc); NaN where unavailable. */
+export function rssMiB(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+export function percentiles(values: readonly number[]): Percentiles {
+  const s = [...values].sort((a, b) => a - b);
+  const at = (q: number): number => (s.length === 0 ? 0 : Math.round(s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]! * 10) / 10);
+  return { count: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: at(1) };
+}
+
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function images(modelDir: string): Promise<Array<{ bytes: Buffer; question: string }>> {
+  if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
+    const items = selectEvenly(await readItems(modelDir), 12);
+    return Promise.all(items.map(async (it) => ({ bytes: await readFile(path.join(modelDir, 'eval', it.image)), question: it.question })));
+  }
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
+  return [{ bytes: await sharp(Buffer.from(svg)).png().toBuffer(), question: 'What color is the circle?' }];
+}
+
+interface Planned {
+  readonly request: GenerateRequest;
+  readonly deadlineMs: number;
+}
+
+/** The i-th request of the mix: 10 % bad input, 10 % a deadline too tight to meet, the rest valid under a random policy. */
+function plan(rand: () => number, pool: ReadonlyArray<{ bytes: Buffer; question: string }>, deadlineMs: number): Planned {
+  const item = pool[Math.floor(rand() * pool.length)]!;
+  const policy = ReductionPolicy.fromPartial(POLICIES[Math.floor(rand() * POLICIES.length)]!);
+  const sampling = SamplingParams.fromPartial({ maxTokens: 2 + Math.floor(rand() * 12) });
+  const r = rand();
+  if (r < 0.1) {
+    const bad = [
+      { image: Buffer.alloc(0), prompt: item.question },
+      { image: item.bytes.subarray(0, 40), prompt: item.question },
+      { image: item.bytes, prompt: '' },
+    ][Math.floor(rand() * 3)]!;
+    return { request: { ...bad, sampling, policy, limits: undefined }, deadlineMs };
+  }
+  const tight = r < 0.2;
+  return { request: { image: item.bytes, prompt: item.question, sampling, policy, limits: undefined }, deadlineMs: tight ? 2 + Math.floor(rand() * 30) : deadlineMs };
+}
+
+/** One Generate to its end: the outcome's gRPC code and latency; 'lost' if no status comes within deadline + 10 s. */
+function generate(client: LanguageServiceClient, p: Planned): Promise<{ code: GrpcCode | 'lost'; ms: number }> {
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const call = client.generate(p.request, new Metadata(), { deadline: Date.now() + p.deadlineMs });
+    const watchdog = setTimeout(() => {
+      call.cancel();
+      resolve({ code: 'lost', ms: performance.now() - started });
+    }, p.deadlineMs + 10_000);
+    call.on('data', (_m: GenerateResponse) => undefined);
+    call.on('error', (_e: ServiceError) => undefined);
+    call.on('status', (s: { code: GrpcCode }) => {
+      clearTimeout(watchdog);
+      resolve({ code: s.code, ms: performance.now() - started });
+    });
+  });
+}
+
+async function waitServing(address: string, children: ChildProcess[], timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (children.some((c) => c.exitCode !== null)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
+    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
+    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Starts both services, runs the load, stops them; the summary. */
+export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
+  const { config } = o;
+  const pool = await images(config.model.dir);
+  const [visionPort, languagePort] = [await freePort(), await freePort()];
+  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
+  const common = ['--model', config.model.dir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0', ...o.serveFlags];
+  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env: process.env, stdio: ['ignore', 'ignore', 'inherit'] }));
+  const [vision, language] = children as [ChildProcess, ChildProcess];
+  const client = languageClient(`127.0.0.1:${languagePort}`);
+  try {
+    await waitServing(`127.0.0.1:${visionPort}`, children, 180_000);
+    await waitServing(`127.0.0.1:${languagePort}`, children, 180_000);
+    const rand = prng(o.seed);
+    const counts: Record<Outcome, number> = { answered: 0, shed: 0, timedOut: 0, invalid: 0, other: 0, lost: 0 };
+    const other: Record<string, number> = {};
+    const answeredMs: number[] = [];
+    const allMs: number[] = [];
+    const samples: MemorySample[] = [];
+    const started = performance.now();
+    const sample = (): void => {
+      samples.push({ t: Math.round((performance.now() - started) / 100) / 10, visionMiB: rssMiB(vision.pid), languageMiB: rssMiB(language.pid) });
+    };
+    sample();
+    const sampler = setInterval(sample, o.sampleMs);
+    let sent = 0;
+    const until = started + o.durationMs;
+    const progress = setInterval(() => o.onProgress?.(`${Math.round((performance.now() - started) / 1000)} s: sent ${sent}, answered ${counts.answered}, shed ${counts.shed}, timed out ${counts.timedOut}`), 10_000);
+    const worker = async (): Promise<void> => {
+      while (sent < o.maxRequests && performance.now() < until) {
+        sent++;
+        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs));
+        allMs.push(ms);
+        if (code === 'lost') counts.lost++;
+        else if (code === GrpcCode.OK) {
+          counts.answered++;
+          answeredMs.push(ms);
+        } else if (code === GrpcCode.RESOURCE_EXHAUSTED) counts.shed++;
+        else if (code === GrpcCode.DEADLINE_EXCEEDED) counts.timedOut++;
+        else if (code === GrpcCode.INVALID_ARGUMENT) counts.invalid++;
+        else {
+          counts.other++;
+          const name = grpcCodeName(code);
+          other[name] = (other[name] ?? 0) + 1;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: o.concurrency }, worker));
+    clearInterval(sampler);
+    clearInterval(progress);
+    sample();
+    const durationS = (performance.now() - started) / 1000;
+    const mem = (key: 'visionMiB' | 'languageMiB') => ({ startMiB: samples[0]![key], endMiB: samples.at(-1)![key], peakMiB: Math.max(...samples.map((s) => s[key])) });
+    const total = counts.answered + counts.shed + counts.timedOut + counts.invalid + counts.other + counts.lost;
+    return {
+      sent,
+      answered: counts.answered,
+      shed: counts.shed,
+      timedOut: counts.timedOut,
+      invalid: counts.invalid,
+      otherErrors: other,
+      lost: counts.lost,
+      accountedFor: total === sent,
+      durationS: Math.round(durationS * 10) / 10,
+      answeredPerS: Math.round((counts.answered / durationS) * 10) / 10,
+      latencyMs: { answered: percentiles(answeredMs), all: percentiles(allMs) },
+      memory: { vision: mem('visionMiB'), language: mem('languageMiB'), samples },
+      settings: { concurrency: o.concurrency, queueSize: config.limits.queueSize, workers: config.runtime.workers, model: path.relative(packageRoot(), config.model.dir) || config.model.dir },
+    };
+  } finally {
+    client.close();
+    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r)))));
+  }
+}
+
+function int(values: Record<string, unknown>, flag: string, dflt: number): number {
+  const raw = values[flag];
+  if (raw === undefined) return dflt;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw VlmError.invalid(`--${flag}`, `expected a positive integer, got "${String(raw)}"`);
+  return n;
+}
+
+/** The config flags of this command line, passed on to both services (less the ones the bench sets itself). */
+function serveFlags(argv: readonly string[]): string[] {
+  const fixed = new Set(['model', 'host', 'vision-port', 'language-port', 'log-level', 'metrics-port']);
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const name = arg.replace(/^--/, '').split('=')[0]!;
+    const spec = (CONFIG_FLAGS as Record<string, { type: string }>)[name] ?? (FLAGS as Record<string, { type: string }>)[name];
+    const value = spec?.type === 'string' && !arg.includes('=') ? argv[++i] : undefined;
+    if (name in CONFIG_FLAGS && !fixed.has(name)) out.push(arg, ...(value === undefined ? [] : [value]));
+  }
+  return out;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { config, values } = parseCommandLine(argv, FLAGS);
+  if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
+  const json = values['json'] === true;
+  const log = (line: string): void => void (json ? undefined : process.stderr.write(`${line}\n`));
+  const summary = await runLoad({
+    config,
+    durationMs: int(values, 'duration-s', 60) * 1000,
+    maxRequests: int(values, 'requests', 1_000_000),
+    concurrency: int(values, 'concurrency', 16),
+    sampleMs: int(values, 'sample-ms', 1000),
+    seed: values['seed'] === undefined ? 1 : int(values, 'seed', 1),
+    serveFlags: serveFlags(argv),
+    onProgress: log,
+  });
+  process.stdout.write(`${JSON.stringify(summary)}\n`);
+  return summary.lost === 0 && summary.accountedFor ? 0 : 1;
+}
