@@ -122,6 +122,8 @@ def hf_agreement() -> dict:
         for ours, theirs in hf_names.items():
             for kind in ("weight", "bias"):
                 sd[f"vision_model.encoder.layers.{i}.{theirs}.{kind}"] = w[f"vision.layers.{i}.{ours}.{kind}"]
+    if "vision_model.pre_layrnorm.weight" not in clip.state_dict():  # transformers 5 drops the prefix
+        sd = {k.removeprefix("vision_model."): x for k, x in sd.items()}
     missing, unexpected = clip.load_state_dict(sd, strict=False)
     pixels = torch.randn(1, 3, v["image_size"], v["image_size"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
