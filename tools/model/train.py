@@ -1,0 +1,228 @@
+"""Train TinyLlava on the generated VQA task, in resumable chunks of bounded wall time.
+
+    python3 -m tools.model.train --out runs/ckpt --minutes 6.5 --total-steps 12000 [--resume runs/ckpt]
+
+Each chunk runs until --minutes or --total-steps, then writes an fp16 checkpoint (tools/model/checkpoint.py)
+and appends to `train_log.jsonl` in --out. Data are generated on the device from seed 10_000_000 + step,
+so a resumed run sees exactly the batches it would have seen uninterrupted. The full fp32 + optimizer
+state also goes to --state (a local path on the training host): a chunk that finds it, at the same
+step as the checkpoint, resumes exactly; otherwise it resumes from fp16 weights with a fresh optimizer
+and a short re-warmup.
+
+Losses: answer (+ </s>) cross-entropy; CLS multi-label scene contents (BCE, final ViT layer, through
+CLIP's post-layernorm); per-patch colour/shape of the penultimate-layer features (dense supervision,
+it teaches the tower where objects are, which relation and counting questions need).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tools.bundle.tokenizer import build_wordpiece_vocab  # noqa: E402
+from tools.model import checkpoint  # noqa: E402
+from tools.model.model import TinyLlava, TinyLlavaConfig  # noqa: E402
+from tools.vqa import vocab as V  # noqa: E402
+from tools.vqa.batch import make_batch  # noqa: E402
+
+TRAIN_SEED_BASE = 10_000_000
+VAL_SEED = 1
+TYPE_WEIGHTS = {"color": 1.0, "shape": 1.0, "size": 1.0, "exist": 1.0, "count": 1.5, "relation": 2.5, "compare": 1.5}
+IMAGE_START = len(V.PREFIX_IDS)
+
+
+def relation_margin(step, total):
+    """Curriculum: clearly separated pairs first, then down to 6 px (the eval set uses >= 8 px)."""
+    f = step / max(total, 1)
+    if f < 0.15:
+        return 16.0
+    if f > 0.45:
+        return 6.0
+    return 16.0 - 10.0 * (f - 0.15) / 0.30
+
+
+def lr_at(step, total, peak, warmup, rewarm_from=None):
+    if rewarm_from is not None and step < rewarm_from + 100:
+        scale = (step - rewarm_from + 1) / 100
+    else:
+        scale = 1.0
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return scale * peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def losses(model, batch, prefix_ids):
+    px = batch["pixel_values"]
+    features, cls = model.image_features(px, all_layers=True)
+    embeds = model.projector(features)
+    h = model.language(model.assemble(prefix_ids, embeds, batch["suffix"]))
+    start = IMAGE_START + features.shape[1]
+    pos = start + batch["answer_pos"]
+    idx = torch.stack([pos - 1, pos], 1)  # hidden states that predict the answer and </s>
+    hsel = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    logits = model.language.logits(hsel).float()  # [B, 2, V]
+    valid = batch["valid"].float()
+    ce_answer = F.cross_entropy(logits[:, 0], batch["answer"], reduction="none")
+    ce_eos = F.cross_entropy(logits[:, 1], torch.full_like(batch["answer"], V.EOS), reduction="none")
+    answer_loss = ((ce_answer + 0.25 * ce_eos) * valid).sum() / valid.sum().clamp(min=1)
+    heads = model.heads
+    cls_logits = heads.contents(heads.cls_norm(cls)).float()
+    cls_loss = F.binary_cross_entropy_with_logits(cls_logits, batch["contents"])
+    pc = heads.patch_color(features).float().flatten(0, 1)
+    ps = heads.patch_shape(features).float().flatten(0, 1)
+    patch_loss = F.cross_entropy(pc, batch["patch_color"].flatten()) + F.cross_entropy(ps, batch["patch_shape"].flatten())
+    correct = (logits[:, 0].argmax(-1) == batch["answer"]) & batch["valid"]
+    return answer_loss, cls_loss, patch_loss, correct
+
+
+@torch.no_grad()
+def validate(model, val_batches, prefix_ids, device, amp):
+    model.eval()
+    right = torch.zeros(len(V.QUESTION_TYPES), device=device)
+    total = torch.zeros(len(V.QUESTION_TYPES), device=device)
+    for batch in val_batches:
+        with amp():
+            _, _, _, correct = losses(model, batch, prefix_ids)
+        valid = batch["valid"]
+        right.index_add_(0, batch["types"][valid], correct[valid].float())
+        total.index_add_(0, batch["types"][valid], torch.ones_like(correct[valid], dtype=torch.float))
+    model.train()
+    acc = (right / total.clamp(min=1)).tolist()
+    out = {t: round(a, 4) for t, a in zip(V.QUESTION_TYPES, acc)}
+    out["mean"] = round(sum(acc) / len(acc), 4)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", default=None)
+    ap.add_argument("--state", default="/tmp/tiny_llava_state.pt")
+    ap.add_argument("--minutes", type=float, default=6.5)
+    ap.add_argument("--total-steps", type=int, default=12000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=400)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--val-size", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the loss (torch 2 only)")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else (
+        lambda: torch.autocast("cpu", enabled=False))
+
+    vocab_size = len(build_wordpiece_vocab(V.WORDS[len(V.SPECIALS):]))
+    start_step, history, rewarm_from, elapsed_before = 0, [], None, 0.0
+    if args.resume and (Path(args.resume) / "ckpt.json").exists():
+        model, meta = checkpoint.load_model(args.resume, device)
+        start_step, history = meta["step"], meta.get("history", [])
+        if args.total_steps <= 0:
+            args.total_steps = meta["total_steps"]
+        elapsed_before = meta.get("train_seconds", 0.0)
+    else:
+        model = TinyLlava(TinyLlavaConfig(vocab_size=vocab_size)).to(device)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    if start_step and os.path.exists(args.state):
+        state = torch.load(args.state, map_location=device)
+        if state["step"] == start_step:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            print(f"resumed exactly from {args.state} at step {start_step}", flush=True)
+        else:
+            rewarm_from = start_step
+    elif start_step:
+        rewarm_from = start_step
+    if rewarm_from is not None:
+        print(f"resumed fp16 weights at step {start_step} with a fresh optimizer (re-warmup)", flush=True)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params {n_params / 1e6:.2f}M (training heads included), device {device}, "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}", flush=True)
+    prefix_ids = torch.tensor(V.PREFIX_IDS, device=device)
+    loss_fn = torch.compile(losses) if args.compile else losses
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train_log.jsonl", "a")
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(VAL_SEED)
+    val_batches = [make_batch(min(512, args.val_size - i), gen, device, relation_margin=8.0, augment=False)
+                   for i in range(0, args.val_size, 512)]
+
+    t0 = time.time()
+    step = start_step
+    run_stats = torch.zeros(len(V.QUESTION_TYPES), 2, device=device)
+    sums = torch.zeros(3, device=device)
+    window_t, window_step = time.time(), step
+    while step < args.total_steps and time.time() - t0 < args.minutes * 60:
+        gen.manual_seed(TRAIN_SEED_BASE + step)
+        batch = make_batch(args.batch, gen, device, TYPE_WEIGHTS, relation_margin(step, args.total_steps))
+        lr = lr_at(step, args.total_steps, args.lr, args.warmup, rewarm_from)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with amp():
+            answer_loss, cls_loss, patch_loss, correct = loss_fn(model, batch, prefix_ids)
+        loss = answer_loss + cls_loss + 0.5 * patch_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        sums += torch.stack([answer_loss.detach(), cls_loss.detach(), patch_loss.detach()])
+        valid = batch["valid"]
+        run_stats[:, 0].index_add_(0, batch["types"][valid], correct[valid].float())
+        run_stats[:, 1].index_add_(0, batch["types"][valid], torch.ones_like(correct[valid], dtype=torch.float))
+        if step % args.log_every == 0:
+            s = (sums / args.log_every).tolist()
+            acc = (run_stats[:, 0] / run_stats[:, 1].clamp(min=1)).tolist()
+            now = time.time()
+            rec = {"step": step, "lr": round(lr, 6), "answer_loss": round(s[0], 4), "cls_loss": round(s[1], 4),
+                   "patch_loss": round(s[2], 4), "train_acc": {t: round(a, 3) for t, a in zip(V.QUESTION_TYPES, acc)},
+                   "steps_per_s": round((step - window_step) / (now - window_t), 2),
+                   "margin": relation_margin(step, args.total_steps), "elapsed_s": round(now - t0, 1)}
+            window_t, window_step = now, step
+            sums.zero_()
+            run_stats.zero_()
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+        if step % args.val_every == 0 or step == args.total_steps:
+            val = validate(model, val_batches, prefix_ids, device, amp)
+            rec = {"step": step, "val": val}
+            history.append(rec)
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+    train_seconds = elapsed_before + time.time() - t0
+    val = validate(model, val_batches, prefix_ids, device, amp)
+    meta = checkpoint.save(out, model, {"step": step, "total_steps": args.total_steps, "batch": args.batch,
+                                        "lr": args.lr, "seed": args.seed, "train_seconds": round(train_seconds, 1),
+                                        "examples": step * args.batch, "val": val, "history": history,
+                                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict()}, args.state)
+    print(json.dumps({"final": True, "step": step, "val": val, "train_seconds": meta["train_seconds"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generated visual question answering task for the embedded default model (tiny-llava-shapes)."""
