@@ -87,7 +87,11 @@ describe('the SDK in a service process', () => {
     const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     const Client = grpc.makeGenericClientConstructor(definition, 'Echo');
     const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { Echo: (req: Buffer, cb: (err: Error | null, res: Buffer) => void) => void; close(): void };
-    const reply = await withSpan('caller', {}, () => new Promise<Buffer>((resolve, reject) => client.Echo(Buffer.from('hi'), (err, res) => (err ? reject(err) : resolve(res)))));
+    const reply = await withSpan('caller', {}, (span) => {
+      // more events than the SDK's default of 128: a long answer keeps every token event
+      for (let i = 0; i < 300; i++) span.addEvent('vlm.token', { 'vlm.token.index': i });
+      return new Promise<Buffer>((resolve, reject) => client.Echo(Buffer.from('hi'), (err, res) => (err ? reject(err) : resolve(res))));
+    });
     expect(reply.toString()).toBe('hi');
     client.close();
     server.forceShutdown();
@@ -98,6 +102,7 @@ describe('the SDK in a service process', () => {
     const serverSpan = spans.find((s) => s.kind === 'SERVER')!;
     expect(clientSpan.name).toBe('grpc.test.Echo/Echo');
     expect(clientSpan.parentSpanId).toBe(byName('caller')[0]!.spanId);
+    expect(byName('caller')[0]!.events).toHaveLength(300);
     expect(serverSpan.parentSpanId).toBe(clientSpan.spanId);
     expect(serverSpan.attributes['rpc.system']).toBe('grpc');
     const request = byName('vlm.request')[0]!;

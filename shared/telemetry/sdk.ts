@@ -51,6 +51,9 @@ export interface Telemetry {
 
 const log = createLogger('telemetry');
 
+/** Events kept per span unless OTEL_SPAN_EVENT_COUNT_LIMIT says otherwise: a long answer's tokens. */
+export const DECODE_EVENT_LIMIT = 4096;
+
 const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
 const set = (v: string | undefined) => v !== undefined && v.trim() !== '';
 
@@ -110,6 +113,8 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
       ...(settings.tracing ? {} : { spanProcessors: [] }),
       // Health checks and reflection would drown the spans that matter.
       instrumentations: settings.tracing ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
+      // The decode span carries one event per generated token; the SDK's default keeps 128.
+      ...(set(env.OTEL_SPAN_EVENT_COUNT_LIMIT) ? {} : { spanLimits: { eventCountLimit: DECODE_EVENT_LIMIT } }),
       logRecordProcessors: [],
     });
     sdk.start();
