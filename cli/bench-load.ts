@@ -1,6 +1,6 @@
 /**
  * `vlm bench load [--duration-s 60] [--requests N] [--concurrency 16] [--queue-size 4] [--seed N]
- *                 [--sample-ms 1000] [--json] [config flags]`
+ *                 [--sample-ms 1000] [--warmup-s 10] [--json] [config flags]`
  *
  * Starts the vision and language services as two processes on free loopback ports and drives them
  * with a mixed, seeded load from `concurrency` closed-loop clients: several reduction policies, about
@@ -8,7 +8,7 @@
  * passed. Every request ends in exactly one outcome (answered, shed = RESOURCE_EXHAUSTED, timed out =
  * DEADLINE_EXCEEDED, invalid = INVALID_ARGUMENT, another code, or lost: no status within its deadline
  * plus 10 s); `lost` must be 0 and the outcomes must add up to `sent`. Both services' resident memory
- * is sampled every `sample-ms`. Prints one JSON summary (with --json nothing else).
+ * is sampled every `sample-ms`; memory's start is taken after `warmup-s` of load. Prints one JSON summary (with --json nothing else).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -31,6 +31,7 @@ const FLAGS = {
   requests: { type: 'string' },
   concurrency: { type: 'string' },
   'sample-ms': { type: 'string' },
+  'warmup-s': { type: 'string' },
   seed: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
@@ -52,6 +53,8 @@ export interface LoadOptions {
   readonly maxRequests: number;
   readonly concurrency: number;
   readonly sampleMs: number;
+  /** Memory's "start" is taken this long into the load (after JIT and heap growth settle); requests in it count as usual. */
+  readonly warmupMs: number;
   readonly seed: number;
   /** Extra flags for both `vlm serve` processes (e.g. --queue-size). */
   readonly serveFlags: readonly string[];
@@ -87,8 +90,10 @@ export interface LoadSummary {
   readonly answeredPerS: number;
   readonly latencyMs: { readonly answered: Percentiles; readonly all: Percentiles };
   readonly memory: {
-    readonly vision: { readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
-    readonly language: { readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
+    /** idle: SERVING, before any load; start: after the warm-up; end: when the last request finished. */
+    readonly vision: { readonly idleMiB: number; readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
+    readonly language: { readonly idleMiB: number; readonly startMiB: number; readonly endMiB: number; readonly peakMiB: number };
+    readonly warmupS: number;
     readonly samples: readonly MemorySample[];
   };
   readonly settings: { readonly concurrency: number; readonly queueSize: number; readonly workers: number; readonly model: string };
@@ -244,7 +249,8 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     clearInterval(progress);
     sample();
     const durationS = (performance.now() - started) / 1000;
-    const mem = (key: 'visionMiB' | 'languageMiB') => ({ startMiB: samples[0]![key], endMiB: samples.at(-1)![key], peakMiB: Math.max(...samples.map((s) => s[key])) });
+    const warm = samples.find((m) => m.t * 1000 >= o.warmupMs) ?? samples.at(-1)!;
+    const mem = (key: 'visionMiB' | 'languageMiB') => ({ idleMiB: samples[0]![key], startMiB: warm[key], endMiB: samples.at(-1)![key], peakMiB: Math.max(...samples.map((s) => s[key])) });
     const total = counts.answered + counts.shed + counts.timedOut + counts.invalid + counts.other + counts.lost;
     return {
       sent,
@@ -258,7 +264,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
       durationS: Math.round(durationS * 10) / 10,
       answeredPerS: Math.round((counts.answered / durationS) * 10) / 10,
       latencyMs: { answered: percentiles(answeredMs), all: percentiles(allMs) },
-      memory: { vision: mem('visionMiB'), language: mem('languageMiB'), samples },
+      memory: { vision: mem('visionMiB'), language: mem('languageMiB'), warmupS: warm.t, samples },
       settings: { concurrency: o.concurrency, queueSize: config.limits.queueSize, workers: config.runtime.workers, model: path.relative(packageRoot(), config.model.dir) || config.model.dir },
     };
   } finally {
@@ -301,6 +307,7 @@ export async function run(argv: string[]): Promise<number> {
     maxRequests: int(values, 'requests', 1_000_000),
     concurrency: int(values, 'concurrency', 16),
     sampleMs: int(values, 'sample-ms', 1000),
+    warmupMs: int(values, 'warmup-s', 10) * 1000,
     seed: values['seed'] === undefined ? 1 : int(values, 'seed', 1),
     serveFlags: serveFlags(argv),
     onProgress: log,

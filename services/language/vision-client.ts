@@ -71,6 +71,10 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
+/** Whole-call repeats of an Encode that failed UNAVAILABLE, beyond grpc-js's own transparent retries. */
+const RETRIES = 2;
+const RETRY_BACKOFF_MS = 25;
+
 export class VisionClient {
   private readonly client: VisionServiceClient;
 
@@ -92,8 +96,28 @@ export class VisionClient {
     return md;
   }
 
-  /** Streams one Encode and returns the checked tensor; cancelling `ctx.signal` cancels the call. */
-  encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
+  /**
+   * Streams one Encode and returns the checked tensor; cancelling `ctx.signal` cancels the call.
+   *
+   * A replica that dies after it started answering (SIGKILL, node loss) fails the call with
+   * UNAVAILABLE, which grpc-js does not retry once a message has arrived. Encode has no side effects
+   * and the caller has received nothing yet (text streams only after the tensor is whole), so the
+   * whole call is repeated, up to RETRIES times, while the deadline allows; the channel's round robin
+   * sends it to another address. The partial tensor is discarded: a stream is never spliced.
+   */
+  async encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.encodeOnce(request, expect, ctx);
+      } catch (err) {
+        const retry = err instanceof VlmError && err.code === 'UNAVAILABLE' && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS < ctx.deadline;
+        if (!retry) throw err;
+        await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS * (attempt + 1)));
+      }
+    }
+  }
+
+  private encodeOnce(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
     return new Promise((resolve, reject) => {
       if (ctx.signal.aborted) return reject(ctx.signal.reason);
       const assembler = new TensorAssembler(expect);

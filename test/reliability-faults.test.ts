@@ -1,0 +1,298 @@
+/**
+ * Faults across the hop, each ending in the right status with nothing left behind: no call in flight
+ * on either service, no busy inference worker, no queued job. The services that are killed run as
+ * their own processes (`vlm serve vision|language`), so SIGKILL is a real crash:
+ * - vision unavailable at start (language starts anyway; UNAVAILABLE naming the target; answered
+ *   once vision is up), vision SIGKILLed while encoding (UNAVAILABLE), a vision replica dying
+ *   mid-stream while another is up (the Encode is repeated there: the caller sees an answer),
+ *   vision slower than the deadline (DEADLINE_EXCEEDED), vision restarted (answered again);
+ * - the client cancelling (CANCELLED; both sides stop);
+ * - the language service SIGKILLed mid-generate and restarted (UNAVAILABLE, then answered on the
+ *   same client channel; vision's call ended with the connection).
+ * The child services run with a bearer token, and their stderr is checked for it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import * as path from 'node:path';
+import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLanguageService } from '../services/language/server';
+import { startVisionService } from '../services/vision/server';
+import type { RunningService } from '../services/common/lifecycle';
+import { healthOf } from '../services/common/health-client';
+import { EncodeResponse, VisionServiceClient, VisionServiceService } from '../gen/vlm/v1/vision_service';
+import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
+import { collect, eventually, sleep } from './service-helpers';
+import { ask, BUNDLE, pairConfig, request, ROOT, shapesImage } from './reliability-helpers';
+
+const TOKEN = 'fault-test-token-5b0c9e2d7a1f4e3c';
+const BIN = path.join(ROOT, 'bin/vlm.js');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+interface Child {
+  readonly proc: ChildProcess;
+  readonly stderr: () => string;
+  readonly exited: Promise<void>;
+}
+
+const logs: string[] = [];
+
+/** `vlm serve <role>` as its own process on a fixed port, with the token; resolves once SERVING. */
+async function serveProcess(role: 'vision' | 'language', port: number, extra: string[] = []): Promise<Child> {
+  const flags = ['serve', role, '--model', BUNDLE, '--host', '127.0.0.1', `--${role}-port`, String(port), '--metrics-port', '0', '--shutdown-grace-ms', '500', '--log-level', 'debug', ...extra];
+  const proc = spawn(process.execPath, [BIN, ...flags], { env: { ...process.env, VLM_AUTH_TOKEN: TOKEN, VLM_INTRA_OP_THREADS: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const child = { proc, stderr: () => err, exited };
+  const address = `127.0.0.1:${port}`;
+  await eventually(async () => {
+    if (proc.exitCode !== null) throw new Error(`${role} exited during start-up:\n${err}`);
+    return (await healthOf(address, 500).catch(() => 'DOWN')) === 'SERVING';
+  }, 60_000, 100);
+  return child;
+}
+
+async function kill(child: Child, signal: NodeJS.Signals): Promise<void> {
+  logs.push(child.stderr());
+  child.proc.kill(signal);
+  await child.exited;
+  logs.push(child.stderr());
+}
+
+function withToken(): Metadata {
+  const md = new Metadata();
+  md.set('authorization', `Bearer ${TOKEN}`);
+  return md;
+}
+
+let big: Buffer;
+/** A 3000x3000 JPEG: decoding and resizing it keeps a vision worker busy for a few hundred ms. */
+async function bigJpeg(): Promise<Buffer> {
+  const side = 3000;
+  const raw = Buffer.alloc(side * side * 3);
+  for (let i = 0; i < raw.length; i += 97) raw[i] = (i * 2654435761) >>> 24;
+  return (big ??= await sharp(raw, { raw: { width: side, height: side, channels: 3 } }).jpeg({ quality: 40 }).toBuffer());
+}
+
+/** Nothing left behind on an in-process service. */
+async function idle(svc: RunningService): Promise<void> {
+  await eventually(() => svc.activeCalls() === 0 && svc.engine.pool.stats.busy === 0 && svc.engine.pool.stats.queued === 0, 5000, 10);
+}
+
+describe('faults across the hop', () => {
+  let image: Buffer;
+  beforeAll(async () => {
+    image = await shapesImage();
+    await bigJpeg();
+  });
+
+  afterAll(() => {
+    // The token went to every child on every call; it must not be in their logs.
+    const text = logs.join('\n');
+    if (text === '') return; // (no child ran: a filtered run)
+    expect(text).toContain('"msg":"call"');
+    expect(text).not.toContain(TOKEN);
+  });
+
+  describe('the vision service down, killed, dying mid-stream, slow and restarted', () => {
+    let visionPort: number;
+    let language: RunningService;
+    let client: LanguageServiceClient;
+
+    beforeAll(async () => {
+      visionPort = await freePort();
+      language = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${visionPort}`, authToken: TOKEN }), { port: 0 });
+      client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      client?.close();
+      await language?.stop();
+    });
+
+    let vision: Child | undefined;
+    afterAll(async () => {
+      if (vision && vision.proc.exitCode === null) await kill(vision, 'SIGTERM');
+    });
+
+    it('unavailable at start: the language service serves anyway and answers UNAVAILABLE naming the target', async () => {
+      expect(await healthOf(language.address, 1000)).toBe('SERVING');
+      const out = await ask(client, request(image), { metadata: withToken(), deadlineMs: 5000 });
+      expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(out.error?.details).toContain(`vision service unavailable at 127.0.0.1:${visionPort}`);
+      await idle(language);
+    });
+
+    it('then vision comes up on that address and the next request is answered', async () => {
+      vision = await serveProcess('vision', visionPort);
+      await eventually(async () => (await ask(client, request(image), { metadata: withToken() })).error === null, 10_000, 200);
+      await idle(language);
+    });
+
+    it('SIGKILLed while encoding: UNAVAILABLE, and the language service holds nothing', async () => {
+      const pending = ask(client, request(big), { metadata: withToken(), deadlineMs: 20_000 });
+      await sleep(150); // the Encode is in flight: vision decodes the 3000x3000 JPEG
+      await kill(vision!, 'SIGKILL');
+      const out = await pending;
+      expect(out.error?.code, out.error?.details).toBe(GrpcCode.UNAVAILABLE);
+      expect(out.deltas).toBe('');
+      await idle(language);
+    });
+
+    it('restarted on the same address: answered again on the same channel', async () => {
+      vision = await serveProcess('vision', visionPort);
+      await eventually(async () => (await ask(client, request(image), { metadata: withToken() })).error === null, 10_000, 200);
+      const out = await ask(client, request(image), { metadata: withToken() });
+      expect(out.error).toBeNull();
+      expect(out.final?.text).toBe(out.deltas);
+      await idle(language);
+    });
+
+    it('slower than the deadline (a vision that never answers): DEADLINE_EXCEEDED, nothing left behind', async () => {
+      const stalled = new Server();
+      const open: Array<{ end(): void }> = [];
+      stalled.addService(VisionServiceService, { encode: (call: { end(): void }) => void open.push(call), getModelInfo: () => undefined });
+      const port = await new Promise<number>((resolve, reject) => stalled.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const slow = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
+      const slowClient = new LanguageServiceClient(slow.address, credentials.createInsecure());
+      try {
+        const started = Date.now();
+        const out = await ask(slowClient, request(image), { deadlineMs: 400 });
+        expect(out.error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+        expect(Date.now() - started).toBeLessThan(1500);
+        expect(open.length).toBe(1);
+        await idle(slow);
+      } finally {
+        slowClient.close();
+        await slow.stop();
+        stalled.forceShutdown();
+      }
+    });
+  });
+
+  describe('a vision replica dying mid-stream while another is up', () => {
+    let healthy: RunningService;
+    let dying: ChildProcess | undefined;
+    let language: RunningService;
+    let client: LanguageServiceClient;
+    let dyingPort: number;
+
+    beforeAll(async () => {
+      healthy = await startVisionService(pairConfig(), { port: 0 });
+      const visionClient = new VisionServiceClient(healthy.address, credentials.createInsecure());
+      const genuine = await collect<EncodeResponse>(visionClient.encode({ image, policy: undefined, limits: { rowsPerChunk: 4 } }));
+      visionClient.close();
+      const firstTwo = genuine.messages.slice(0, 2).map((m) => Buffer.from(EncodeResponse.encode(m).finish()).toString('base64'));
+      dying = spawn(process.execPath, ['--require', require.resolve('tsx/cjs'), path.join(ROOT, 'test/reliability-dying-vision.ts')], {
+        env: { ...process.env, VLM_FAKE_MESSAGES: JSON.stringify(firstTwo), VLM_FAKE_PORT: '0' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      dyingPort = await new Promise<number>((resolve) => {
+        let out = '';
+        dying!.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = /listening (\d+)/.exec(out);
+          if (m) resolve(Number(m[1]));
+        });
+      });
+      language = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${dyingPort},${healthy.address}` }), { port: 0 });
+      client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      client?.close();
+      await language?.stop();
+      await healthy?.stop();
+      if (dying && dying.exitCode === null && dying.signalCode === null) dying.kill('SIGKILL');
+    });
+
+    it('repeats the Encode on the other replica: every request is answered, none sees the crash', async () => {
+      // Round robin reaches the dying replica within the first few calls; it sends a header and a
+      // chunk, then SIGKILLs itself.
+      for (let i = 0; i < 4; i++) {
+        const out = await ask(client, request(image));
+        expect(out.error, out.error?.details).toBeNull();
+        expect(out.final?.text).toBe(out.deltas);
+      }
+      expect(dying!.signalCode).toBe('SIGKILL');
+      await idle(language);
+      await idle(healthy);
+    });
+  });
+
+  describe('the client cancelling', () => {
+    let vision: RunningService;
+    let language: RunningService;
+    let client: LanguageServiceClient;
+    beforeAll(async () => {
+      vision = await startVisionService(pairConfig(), { port: 0 });
+      language = await startLanguageService(pairConfig({ visionTarget: vision.address }), { port: 0 });
+      client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      client?.close();
+      await language?.stop();
+      await vision?.stop();
+    });
+
+    it('while vision encodes and while language decodes: CANCELLED, both services hold nothing', async () => {
+      const duringEncode = client.generate(request(big));
+      const encodeOutcome = collect(duringEncode);
+      await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
+      duringEncode.cancel();
+      expect((await encodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
+
+      const duringDecode = client.generate(request(image, { maxTokens: 200 }));
+      const decodeOutcome = collect(duringDecode);
+      await new Promise<void>((resolve) => duringDecode.once('data', () => resolve()));
+      duringDecode.cancel();
+      expect((await decodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
+
+      await idle(vision);
+      await idle(language);
+      expect((await ask(client, request(image))).error).toBeNull();
+    });
+  });
+
+  describe('the language service killed and restarted', () => {
+    let vision: RunningService;
+    let language: Child | undefined;
+    let port: number;
+    afterAll(async () => {
+      if (language && language.proc.exitCode === null) await kill(language, 'SIGTERM');
+      await vision?.stop();
+    });
+
+    it('SIGKILL mid-generate: the client gets UNAVAILABLE, vision ends its call; after a restart the same channel is answered', async () => {
+      vision = await startVisionService(pairConfig({ authToken: TOKEN }), { port: 0 });
+      port = await freePort();
+      language = await serveProcess('language', port, ['--vision-target', vision.address]);
+      const client = new LanguageServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+      try {
+        expect((await ask(client, request(image), { metadata: withToken() })).error).toBeNull();
+        const pending = ask(client, request(big), { metadata: withToken(), deadlineMs: 20_000 });
+        await eventually(() => vision.activeCalls() === 1, 5000, 2);
+        await kill(language, 'SIGKILL');
+        const out = await pending;
+        expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
+        await idle(vision);
+
+        language = await serveProcess('language', port, ['--vision-target', vision.address]);
+        await eventually(async () => (await ask(client, request(image), { metadata: withToken() })).error === null, 10_000, 200);
+        await idle(vision);
+      } finally {
+        client.close();
+      }
+    });
+  });
+});
