@@ -1,7 +1,12 @@
 /**
  * `vlm ask --image FILE --question TEXT [--target HOST:PORT] [--vision-method M] [--language-method M]
  *          [--preset P] [--budget N|P%] [--mode clean|exact] [--max-tokens N] [--temperature T]
- *          [--top-p P] [--seed N] [--deadline-ms N] [--json]`
+ *          [--top-p P] [--seed N] [--deadline-ms N] [--json]
+ *          [--tls] [--ca FILE] [--cert FILE --key FILE] [--server-name NAME]`
+ *
+ * TLS: --ca (the CA the service's certificate chains to) or --tls (public roots) turns it on; --cert
+ * and --key present a client certificate; --server-name checks the certificate for that name when
+ * the target is an IP address or a tunnel.
  *
  * A gRPC client of the language service. The image file's bytes are sent as they are: judging them
  * is the service's job. Prints the answer as it streams (with --json: one JSON line with `answer` and
@@ -30,6 +35,11 @@ const FLAGS = {
   'top-p': { type: 'string' },
   seed: { type: 'string' },
   json: { type: 'boolean' },
+  tls: { type: 'boolean' },
+  ca: { type: 'string' },
+  cert: { type: 'string' },
+  key: { type: 'string' },
+  'server-name': { type: 'string' },
 } as const;
 
 export const DEFAULT_TARGET = '127.0.0.1:50052';
@@ -79,7 +89,11 @@ export async function run(argv: string[]): Promise<number> {
     limits: undefined,
   };
   const json = values['json'] === true;
-  const client = languageClient((values['target'] as string | undefined) ?? DEFAULT_TARGET);
+  const str = (k: string): string | null => (typeof values[k] === 'string' ? (values[k] as string) : null);
+  if ((str('cert') === null) !== (str('key') === null)) throw VlmError.invalid('--cert/--key', 'a client certificate needs both --cert and --key');
+  const useTls = values['tls'] === true || str('ca') !== null || str('cert') !== null;
+  const tls = useTls ? { caFile: str('ca'), certFile: str('cert'), keyFile: str('key'), serverName: str('server-name') } : null;
+  const client = languageClient((values['target'] as string | undefined) ?? DEFAULT_TARGET, tls);
   try {
     const out = await generateOnce(client, request, {
       deadline: Date.now() + config.limits.deadlineMs,

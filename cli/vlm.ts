@@ -17,7 +17,7 @@ interface Row {
 
 // One line per command; keep alphabetical.
 const COMMANDS: Readonly<Record<string, Row>> = {
-  ask: { summary: 'ask the language service about an image (--image FILE --question TEXT [--target HOST:PORT] [--budget N|P%] [--json])', load: () => require('./ask') as CommandModule },
+  ask: { summary: 'ask the language service about an image (--image FILE --question TEXT [--target HOST:PORT] [--budget N|P%] [--json] [--ca FILE|--tls] [--cert F --key F])', load: () => require('./ask') as CommandModule },
   bench: {
     summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR); bench load: both services under mixed load, every request accounted for, memory and latency (--duration-s, --concurrency, --requests)',
     load: () => ({ run: (argv) => (argv[0] === 'load' ? (require('./bench-load') as CommandModule).run(argv.slice(1)) : (require('./bench-accuracy') as CommandModule).run(argv)) }),

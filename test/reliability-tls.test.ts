@@ -14,6 +14,7 @@ import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { CertificateFiles, reloadingChannelCredentials } from '../services/common/tls';
+import { languageClient } from '../services/language/client';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { createLogger } from '../shared/log';
@@ -97,6 +98,19 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
       expect(out.final?.tokens?.visualReceived).toBe(16);
     } finally {
       client.close();
+    }
+  });
+
+  it("answers vlm ask's client: --ca with --server-name checks the certificate for that name", async () => {
+    const port = language.address.split(':')[1];
+    const named = languageClient(`127.0.0.1:${port}`, { caFile: certs.caCert, certFile: null, keyFile: null, serverName: 'localhost' });
+    const wrongName = languageClient(`127.0.0.1:${port}`, { caFile: certs.caCert, certFile: null, keyFile: null, serverName: 'vlm-language.example' });
+    try {
+      expect((await ask(named, request(image), { metadata: bearer(TOKEN) })).error).toBeNull();
+      expect((await ask(wrongName, request(image), { metadata: bearer(TOKEN), deadlineMs: 3000 })).error?.code).toBe(GrpcCode.UNAVAILABLE);
+    } finally {
+      named.close();
+      wrongName.close();
     }
   });
 

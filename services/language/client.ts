@@ -2,6 +2,7 @@
  * A caller's view of LanguageService.Generate, for the CLI (`vlm ask`, `vlm demo`) and tools: one
  * call, deltas to a callback, the final message or the status as a VlmError.
  */
+import { readFileSync } from 'node:fs';
 import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../../gen/vlm/v1/language_service';
@@ -22,8 +23,24 @@ export interface GenerateOutcome {
   readonly latencyMs: number;
 }
 
-export function languageClient(target: string): LanguageServiceClient {
-  return new LanguageServiceClient(target, credentials.createInsecure(), { 'grpc.max_send_message_length': -1 });
+export interface ClientTlsOptions {
+  /** CA file the service's certificate is verified with; null with `tls`: Node's public roots. */
+  readonly caFile: string | null;
+  /** Client certificate and key, where the service asks for one. */
+  readonly certFile: string | null;
+  readonly keyFile: string | null;
+  /** The name the certificate must carry when it differs from the target's host (an IP, a tunnel). */
+  readonly serverName: string | null;
+}
+
+/** Plaintext without `tls`; TLS (optionally with a client certificate) with it. */
+export function languageClient(target: string, tls: ClientTlsOptions | null = null): LanguageServiceClient {
+  const options = { 'grpc.max_send_message_length': -1, ...(tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {}) };
+  const creds =
+    tls === null
+      ? credentials.createInsecure()
+      : credentials.createSsl(tls.caFile ? readFileSync(tls.caFile) : null, tls.keyFile ? readFileSync(tls.keyFile) : null, tls.certFile ? readFileSync(tls.certFile) : null);
+  return new LanguageServiceClient(target, creds, options);
 }
 
 export function generateOnce(client: LanguageServiceClient, request: GenerateRequest, options: GenerateCallOptions): Promise<GenerateOutcome> {
