@@ -16,7 +16,7 @@
  */
 import { VlmError } from '../errors';
 import { fromRecipes, type RowRecipe } from './combination';
-import { constantRateCuts, meanOfCuts, perLayerCounts, stepsFromCuts } from './language-schedule';
+import { constantRateCuts, declineCuts, meanOfCuts, perLayerCounts, stepsFromCuts } from './language-schedule';
 import { quantileLinear, softmax, topkIndices } from './numeric';
 import { anchorInt, checkBudgetInRange, scaleLayer, solveMonotone } from './schedule';
 import type { BudgetRange, LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, Matrix, MethodOptions } from './types';
@@ -35,6 +35,13 @@ function params(options: MethodOptions): FicocoLParams {
     return v;
   };
   return { beta: num('beta', 0.6), gamma: num('gamma', 0.6), epsilon: num('epsilon', 0.998) };
+}
+
+/** Share of the layers after the start over which the tokens decline to their floor. */
+const DEFAULT_DECLINE_FRACTION = 1 / 3;
+
+function numberOr(v: unknown, fallback: number): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : fallback;
 }
 
 function anchorStart(g: LanguageGeometry): number {
@@ -64,18 +71,32 @@ export const ficocoL: LanguageReducer = {
       x = (14 * V) / 576;
     } else {
       checkBudgetInRange('ficoco-l', budget, this.feasibleRange(g, options), `layers up to the first step see all ${V} visual tokens`);
-      // Start at the anchor; small budgets move the start earlier.
-      while (start > 0 && minimumAt(g, start) > budget + 1e-9) start--;
-      x = solveMonotone((v) => meanOfCuts(L, V, constantRateCuts(L, V, start, v)), budget, 0, V);
+      x = 0;
     }
-    const cuts = L >= 2 ? constantRateCuts(L, V, start, x) : [];
+    let cuts = L >= 2 ? constantRateCuts(L, V, start, x) : [];
+    let decline = 0;
+    if (budget !== null && L >= 2) {
+      // Tokens leave at a constant rate over `decline` layers from the start, down to a floor that
+      // then stays to the last layer; the floor is solved so the mean is the budget. Small budgets
+      // shorten the decline, then move the start earlier.
+      const wanted = Math.max(1, Math.round(numberOr(options.params['decline_layers'], DEFAULT_DECLINE_FRACTION * (L - 1 - anchor))));
+      const fits = (s: number, m: number) => meanOfCuts(L, V, declineCuts(L, V, s, m, 1)) <= budget + 1e-9;
+      let found = false;
+      for (start = anchor; start >= 0 && !found; start--) {
+        for (decline = Math.min(wanted, L - 1 - start); decline >= 1 && !found; decline--) found = fits(start, decline);
+      }
+      start++;
+      decline++;
+      const floor = V - solveMonotone((v) => meanOfCuts(L, V, declineCuts(L, V, start, decline, V - v)), budget, 0, V - 1);
+      cuts = declineCuts(L, V, start, decline, floor);
+    }
     return {
       method: 'ficoco-l',
       steps: stepsFromCuts('after-attn', V, cuts),
       positions: 'renumber',
       perLayerVisualTokens: perLayerCounts(L, V, cuts),
       needs: ['scores'],
-      params: { ...params(options), start_layer: start },
+      params: { ...params(options), start_layer: start, ...(decline ? { decline_layers: decline } : {}) },
       // exact: the counts are the code's [0, V) slots, which include the prompt prefix; how many true
       // image tokens each step removes depends on the scores, so the runner reports what it measured.
       ...(options.mode === 'exact' ? { dataDependent: true } : {}),

@@ -57,3 +57,17 @@ export function constantRateCuts(numLayers: number, V: number, start: number, x:
 export function meanOfCuts(numLayers: number, V: number, cuts: ReadonlyArray<{ layer: number; out: number }>): number {
   return average(perLayerCounts(numLayers, V, cuts));
 }
+
+/**
+ * A decline over `m` layers from V to `floor`, then flat: count at layer s+j =
+ * round(V − (V − floor)·min(j, m)/m). With m = 1 it is a single cut; larger m spreads the removal
+ * over more layers (the constant-r spirit of FiCoCo-L) while keeping `floor` tokens to the end.
+ */
+export function declineCuts(numLayers: number, V: number, start: number, m: number, floor: number): Array<{ layer: number; out: number }> {
+  const cuts: Array<{ layer: number; out: number }> = [];
+  for (let layer = start; layer < numLayers - 1; layer++) {
+    const j = layer - start + 1;
+    cuts.push({ layer, out: Math.max(1, Math.round(V - ((V - floor) * Math.min(j, m)) / m)) });
+  }
+  return cuts;
+}
