@@ -5,9 +5,11 @@
  * valid image is answered, and after each case both services are SERVING and answer the next
  * request exactly as before. Malformed tensor streams from a scripted vision server reach the
  * language service's stream handling and get DATA_LOSS / FAILED_PRECONDITION. A seeded fuzz run
- * mutates valid encoded requests and randomises field values: never INTERNAL, never a hang.
+ * mutates valid encoded requests and randomises field values: never INTERNAL, never a hang. Per
+ * connection: the advertised stream limit, and vision's connection age (GOAWAY) without failed calls.
  */
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:http2';
 import * as path from 'node:path';
 import { credentials, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -261,10 +263,15 @@ describe('bad and unusual inputs through the real pair', () => {
     it('answers every mutated or randomised request with OK or INVALID_ARGUMENT, and stays healthy', async () => {
       const rand = prng(20240611);
       const seedBytes = Buffer.from(GenerateRequest.encode(request(valid, { maxTokens: 2, policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 8 } } })).finish());
+      const rest = { ...request(valid, { maxTokens: 2, policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 8 } } }), image: Buffer.alloc(0) };
+      const restBytes = Buffer.from(GenerateRequest.encode(rest).finish());
+      const imageField = Buffer.from(GenerateRequest.encode({ ...rest, prompt: '', sampling: undefined, policy: undefined, image: valid }).finish());
       const tally = new Map<string, number>();
       const N = 240;
       for (let i = 0; i < N; i++) {
-        const bytes = i % 2 === 0 ? mutate(seedBytes, rand) : randomFields(rand);
+        // Thirds: the whole message mutated (mostly the image), everything but the image mutated
+        // (fields may come in any order, so the intact image field is prepended), random field values.
+        const bytes = i % 3 === 0 ? mutate(seedBytes, rand) : i % 3 === 1 ? Buffer.concat([imageField, mutate(restBytes, rand)]) : randomFields(rand);
         const out = await rawGenerate(language.address, bytes, 10_000);
         const name = GrpcCode[out.code] ?? String(out.code);
         tally.set(name, (tally.get(name) ?? 0) + 1);
@@ -274,5 +281,48 @@ describe('bad and unusual inputs through the real pair', () => {
       expect(language.engine.pool.stats.busy + vision.engine.pool.stats.busy).toBe(0);
       await stillHealthy();
     });
+  });
+});
+
+describe('limits per connection', () => {
+  let vision: RunningService;
+  let language: RunningService;
+  beforeAll(async () => {
+    const base = pairConfig();
+    vision = await startVisionService({ ...base, rpc: { ...base.rpc, maxConnectionAgeMs: 300 } }, { port: 0 });
+    language = await startLanguageService({ ...base, rpc: { ...base.rpc, visionTarget: vision.address, maxConcurrentStreams: 7 } }, { port: 0 });
+  });
+  afterAll(async () => {
+    await language?.stop();
+    await vision?.stop();
+  });
+
+  it('advertises the configured max concurrent streams in its HTTP/2 settings', async () => {
+    const session = connect(`http://${language.address}`);
+    try {
+      const settings = await new Promise<{ maxConcurrentStreams?: number }>((resolve) => session.once('remoteSettings', resolve));
+      expect(settings.maxConcurrentStreams).toBe(7);
+    } finally {
+      session.close();
+    }
+  });
+
+  it('vision ages connections out (GOAWAY), and the language service keeps answering across reconnects', async () => {
+    const session = connect(`http://${vision.address}`);
+    const goaway = new Promise<number>((resolve) => session.once('goaway', (code: number) => resolve(code)));
+    const started = Date.now();
+    expect(await goaway).toBe(0);
+    expect(Date.now() - started).toBeLessThan(2000);
+    session.destroy();
+    const client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    try {
+      const image = await shapesImage();
+      for (let i = 0; i < 5; i++) {
+        expect((await ask(client, request(image, { maxTokens: 2 }))).error).toBeNull();
+        await new Promise((r) => setTimeout(r, 150));
+      }
+    } finally {
+      client.close();
+    }
   });
 });
