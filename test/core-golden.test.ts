@@ -1,19 +1,22 @@
 /**
- * Parity of the TypeScript engine with the Python reference on the embedded default model
- * (docs/bundle-format.md "The golden file"): for each golden item, the engine runs from the image
- * file with no reduction, and every stored stage output must satisfy
- * max|a-b| <= 1e-4 x max|golden| (rows listed in the file, whole tensors where stored whole); the
- * prompt ids, image_start and the greedy answer must be identical.
+ * Parity of the TypeScript engine with the Python reference on the embedded default model.
  *
- * Runs once models/tiny-llava-shapes and its golden file exist (they are produced by the model
- * issue); until then the suite reports itself skipped rather than passing vacuously.
+ * Golden file (test/fixtures/golden/tiny-llava-shapes.json + .bin, written by tools/model/parity.py):
+ * for a few items, stage outputs of the unreduced run with the rows it lists along `axis`. The engine
+ * runs from the image file; every stored tensor must satisfy max|a-b| <= 1e-4 x max|golden|, and the
+ * prompt ids, image_start and generated ids must be identical. The scores graphs (which the unreduced
+ * engine never needs) are run on the engine's own layer inputs.
+ *
+ * Runs once models/tiny-llava-shapes and its golden file exist; until then it reports itself skipped.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
+import { layerStage } from '../shared/bundle/manifest';
 import { disposeModel, encodeImage, generate, loadModel, type LoadedModel } from '../shared/engine';
-import type { F32Tensor } from '../shared/tensor/host-tensor';
+import { runStage, type Feed } from '../shared/onnx/run-stage';
+import { f32, i64, type F32Tensor } from '../shared/tensor/host-tensor';
 import { assemblePrompt } from '../shared/tokenizer';
 import { expectClose, policy, ROOT } from './core-helpers';
 
@@ -22,13 +25,16 @@ const GOLDEN = path.join(ROOT, 'test/fixtures/golden/tiny-llava-shapes.json');
 
 interface GoldenTensor {
   shape: number[];
+  axis: number;
+  rows: number[] | null;
   offset: number;
-  rows?: number[];
+  stored_shape: number[];
 }
 interface GoldenItem {
   image: string;
   question: string;
   answer: string;
+  generated_ids: number[];
   input_ids: { prefix: number[]; suffix: number[] };
   image_start: number;
   tensors: Record<string, GoldenTensor>;
@@ -42,12 +48,20 @@ interface Golden {
 
 const present = existsSync(GOLDEN) && existsSync(path.join(MODEL_DIR, 'manifest.json'));
 
-/** The token axis of a stage output: axis 1 for [B,T,...] tensors. */
-function rowsOf(t: F32Tensor, rows: readonly number[]): Float32Array {
-  const T = t.dims[1]!;
-  const width = t.data.length / T;
-  const out = new Float32Array(rows.length * width);
-  rows.forEach((r, k) => out.set(t.data.subarray(r * width, (r + 1) * width), k * width));
+/** Slices `rows` along `axis` of a row-major tensor (all of it when rows is null). */
+function take(t: F32Tensor, axis: number, rows: readonly number[] | null): Float32Array {
+  if (rows === null) return t.data;
+  const outer = t.dims.slice(0, axis).reduce((a, b) => a * b, 1);
+  const n = t.dims[axis]!;
+  const inner = t.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const out = new Float32Array(outer * rows.length * inner);
+  let at = 0;
+  for (let o = 0; o < outer; o++) {
+    for (const r of rows) {
+      out.set(t.data.subarray((o * n + r) * inner, (o * n + r + 1) * inner), at);
+      at += inner;
+    }
+  }
   return out;
 }
 
@@ -68,41 +82,54 @@ describe.runIf(present)('golden parity: tiny-llava-shapes, no reduction', () => 
   it('is the golden file of this bundle', () => {
     expect(golden.model_id).toBe(model.manifest.model_id);
     expect(golden.content_hash).toBe(model.manifest.content_hash);
+    expect(golden.items.length).toBeGreaterThan(0);
   });
 
-  it('every golden item: prompt ids, per-stage outputs and the greedy answer', async () => {
+  it('every golden item: prompt ids, every stored stage output, generated ids', async () => {
     for (const item of golden.items) {
-      const taps = new Map<string, F32Tensor[]>();
-      const tap = (key: string, t: F32Tensor) => taps.set(key, [...(taps.get(key) ?? []), t]);
+      // First occurrence of each key: prefill comes before decode, and the first head output is the first decode step's logits.
+      const taps = new Map<string, F32Tensor>();
+      const tap = (key: string, t: F32Tensor) => void (taps.has(key) || taps.set(key, t));
       const prompt = assemblePrompt(model.tokenizer, model.manifest.prompt, model.manifest.tokens, item.question, model.limits);
-      const goldenPrefix = item.input_ids.prefix.length === item.image_start ? item.input_ids.prefix : [model.manifest.tokens.bos_id, ...item.input_ids.prefix];
-      expect(prompt.prefix, `${item.image}: prefix ids`).toEqual(goldenPrefix);
+      expect(prompt.prefix, `${item.image}: prefix ids`).toEqual(item.input_ids.prefix);
       expect(prompt.suffix, `${item.image}: suffix ids`).toEqual(item.input_ids.suffix);
       expect(prompt.imageStart).toBe(item.image_start);
 
-      const image = readFileSync(path.join(MODEL_DIR, item.image));
-      const enc = await encodeImage(model, image, policy(), { tap });
-      const maxNewTokens = model.manifest.generation.max_new_tokens;
-      const r = await generate(model, enc, item.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, policy(), { tap });
-      expect(r.text.trim(), `${item.image}: "${item.question}"`).toBe(item.answer);
+      const enc = await encodeImage(model, readFileSync(path.join(MODEL_DIR, item.image)), policy(), { tap });
+      const r = await generate(model, enc, item.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: model.manifest.generation.max_new_tokens }, policy(), { tap });
+      const ids = r.finishReason === 'stop' ? [...r.tokenIds, model.manifest.tokens.stop_ids.find((s) => item.generated_ids.includes(s)) ?? -1] : [...r.tokenIds];
+      expect(ids, `${item.image}: "${item.question}" generated ids`).toEqual(item.generated_ids);
+      expect(r.text.trim()).toBe(item.answer);
 
+      await addScoresTaps(model, taps, item);
       for (const [key, g] of Object.entries(item.tensors)) {
-        const size = g.rows ? g.rows.length * g.shape.slice(2).reduce((a, b) => a * b, 1) : g.shape.reduce((a, b) => a * b, 1);
-        const expected = values.subarray(g.offset, g.offset + size);
-        const candidates = taps.get(key) ?? [];
-        expect(candidates.length, `${item.image}: the engine produced no ${key}`).toBeGreaterThan(0);
-        if (key === 'language/head:logits') {
-          // The engine runs the head on the last prompt position; the golden stores that step whole
-          // ([1,1,V]) or the whole prompt ([1,L,V]), whose last row is the same distribution.
-          const V = model.manifest.language.vocab_size;
-          const last = g.shape[1] === 1 ? expected : expected.subarray(expected.length - V);
-          expectClose(`${item.image} ${key}`, candidates[0]!.data, last);
-          continue;
-        }
-        // Prefill and decode both tap a layer's outputs; the golden rows index the prompt.
-        const actual = candidates.find((t) => g.rows === undefined ? t.data.length === expected.length : t.dims[1]! > Math.max(...g.rows)) ?? candidates[0]!;
-        expectClose(`${item.image} ${key}`, g.rows ? rowsOf(actual, g.rows) : actual.data, expected);
+        const actual = taps.get(key);
+        expect(actual, `${item.image}: the engine produced no ${key}`).toBeDefined();
+        expect(actual!.dims, `${key} shape`).toEqual(g.shape);
+        const size = g.stored_shape.reduce((a, b) => a * b, 1);
+        expectClose(`${item.image} ${key}`, take(actual!, g.axis, g.rows), values.subarray(g.offset, g.offset + size));
       }
     }
   });
 });
+
+/** Runs each scores graph the golden item stores on the engine's own input of that layer (prefill, no bias). */
+async function addScoresTaps(model: LoadedModel, taps: Map<string, F32Tensor>, item: GoldenItem): Promise<void> {
+  for (const key of Object.keys(item.tensors)) {
+    const m = /^(vision|language)\/layer_(\d+)\.scores:/.exec(key);
+    if (!m || taps.has(key)) continue;
+    const side = m[1] as 'vision' | 'language';
+    const layer = Number(m[2]);
+    const stage = layerStage(side, layer, 'scores');
+    const input = layer === 0 ? taps.get(side === 'vision' ? 'vision/embed:hidden_out' : 'language/input:embeds')! : taps.get(`${layerStage(side, layer - 1, 'mlp')}:hidden_out`)!;
+    const T = input.dims[1]!;
+    const l = model.manifest.language;
+    const empty = f32([1, l.num_kv_heads, 0, l.head_dim]);
+    const feeds: Record<string, Feed> =
+      side === 'vision'
+        ? { hidden_in: input, attn_bias: f32([1, T]) }
+        : { hidden_in: input, position_ids: i64([1, T], Array.from({ length: T }, (_, i) => i)), past_key: empty, past_value: empty, attention_mask: i64([1, T], new Array<number>(T).fill(1)) };
+    const out = await runStage(await model.bundle.stages.get(stage), feeds);
+    for (const [name, t] of Object.entries(out.host)) taps.set(`${stage}:${name}`, t);
+  }
+}

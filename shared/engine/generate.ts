@@ -32,6 +32,7 @@ import { optionsOf, resolveLanguageSchedule, type ReductionPolicy } from '../met
 import { getLanguageReducer } from '../methods/registry';
 import type { LanguageSchedule, LanguageStep, Matrix, Span } from '../methods/types';
 import { emptyFlops, headFlops, languageAttnFlops, languageMlpFlops, languageScoresFlops, type StageFlops } from '../flops/flops';
+import { batched } from '../tensor/host-tensor';
 import { firstSourceValues } from '../tensor/rows';
 import { assemblePrompt, DeltaDecoder } from '../tokenizer/tokenizer';
 import { checkContinue, type RunContext } from './context';
@@ -124,6 +125,7 @@ export async function generate(
     const embeds = concatRows([prefixRows, { rows: N, cols: visual.embeds.dims[1], data: visual.embeds.data }, suffixRows]);
     let image: Span = { start: prompt.imageStart, length: N };
     const state: Record<string, unknown> = {};
+    ctx.tap?.('language/input:embeds', batched(embeds));
     reducer.prepare?.({ embeds, image }, schedule, options, state);
     runner.setHidden(embeds);
     let positions = range(embeds.rows);

@@ -9,7 +9,7 @@ import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage, type Manifest } from '../bundle/manifest';
 import type { Matrix, Span, TokenCombination } from '../methods/types';
-import { runStage, type Feed, type Resident } from '../onnx/run-stage';
+import { residentToHost, runStage, type Feed, type Resident } from '../onnx/run-stage';
 import { asMatrix, batched, i64, type I64Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
 import { checkCombination, combineSpan } from '../tensor/rows';
@@ -88,6 +88,10 @@ export class LanguageStageRunner {
     const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', 'present_key', 'present_value'] });
     this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
     this.caches[layer] = { key: out.kept.present_key!, value: out.kept.present_value!, length: past + T };
+    if (this.ctx.tap) {
+      this.ctx.tap(`${name}:present_key`, residentToHost(`${name}:present_key`, out.kept.present_key!));
+      this.ctx.tap(`${name}:present_value`, residentToHost(`${name}:present_value`, out.kept.present_value!));
+    }
   }
 
   /** The scores graph of the layer whose attention ran last, on the same inputs. */
