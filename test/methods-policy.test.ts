@@ -94,6 +94,16 @@ describe('budgets', () => {
     expect(thrown(() => resolveLanguageSchedule(policy('none', 'none', 50), tinyLanguage(196))).code).toBe('INVALID_ARGUMENT');
   });
 
+  it('ficoco-v exact removes at most half the tokens per layer (the released slot arithmetic needs r <= T - r)', () => {
+    const p = { ...policy('ficoco-v', 'none', 12.5), mode: 'exact' as const, params: { start_layer: 6 } };
+    const s = resolveVisionSchedule(p, { ...tiny, numLayers: 7 });
+    for (const step of s.steps) expect(step.tokensIn - step.tokensOut).toBeLessThanOrEqual(Math.floor(step.tokensIn / 2));
+    expect(s.outputTokens).toBe(25);
+    expect(s.steps[0]!.layer).toBeLessThan(6); // moved earlier: one layer cannot go from 197 to 26
+    const clean = resolveVisionSchedule({ ...p, mode: 'clean' }, { ...tiny, numLayers: 7 });
+    expect(clean.steps.map((x) => x.layer)).toEqual([6]);
+  });
+
   it('sparsevlm v1 decides its counts from the data, so it takes no budget', () => {
     const p = { ...policy('none', 'sparsevlm', null), params: { version: 'v1' } };
     expect(resolveLanguageSchedule(p, tinyLanguage(196)).dataDependent).toBe(true);

@@ -53,8 +53,12 @@ function params(options: MethodOptions): FicocoVParams {
 export const ficocoV: VisionReducer = {
   name: 'ficoco-v',
 
-  feasibleRange(g: VisionGeometry) {
-    return { min: 1, max: g.numPatches };
+  feasibleRange(g: VisionGeometry, options: MethodOptions) {
+    if (options.mode !== 'exact') return { min: 1, max: g.numPatches };
+    // exact: a step can remove at most half its tokens (see stepCap), so at best every layer halves.
+    let t = g.numPatches + (g.hasClassToken ? 1 : 0);
+    for (let l = 0; l < g.numLayers; l++) t -= stepCap('exact', t, 1);
+    return { min: t - 1, max: g.numPatches };
   },
 
   resolve(g: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule {
@@ -65,14 +69,16 @@ export const ficocoV: VisionReducer = {
       throw VlmError.invalid('policy.vision', 'ficoco-v scores tokens by their [CLS] attention and this vision tower has no class token; use tome or random');
     }
     const target = budget ?? DEFAULT_KEEP_FRACTION * P;
-    checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), 'a vision method outputs between 1 and P tokens');
+    checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), options.mode === 'exact' ? 'in exact mode a layer removes at most half of its tokens' : 'a vision method outputs between 1 and P tokens');
     const out = Math.max(1, Math.min(P, Math.round(target)));
     const cls = g.hasClassToken ? 1 : 0;
     // A step keeps CLS and at least one patch; compression starts at the anchor (layer 12 of 24 in
     // LLaVA) and moves earlier only if the remaining layers cannot remove enough.
     let steps = null;
-    for (let start = anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)); start >= 0 && steps === null; start--) {
-      steps = distributeVisionRemoval(P + cls, P - out, Math.min(start, g.numLayers - 1), g.numLayers, (t) => t - cls - 1);
+    const override = options.params['start_layer'];
+    const first = typeof override === 'number' && Number.isInteger(override) ? override : anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2));
+    for (let start = first; start >= 0 && steps === null; start--) {
+      steps = distributeVisionRemoval(P + cls, P - out, Math.min(start, g.numLayers - 1), g.numLayers, (t) => stepCap(options.mode, t, cls));
     }
     if (steps === null) throw new VlmError('INTERNAL', `ficoco-v could not schedule ${P - out} removals`);
     return {
@@ -96,6 +102,15 @@ export const ficocoV: VisionReducer = {
     return options.mode === 'exact' ? reduceExact(input, r, grid, params(options)) : reduceClean(input, r, grid, params(options));
   },
 };
+
+/**
+ * Most tokens one step may remove. clean: all but CLS and one patch. exact: half, because the
+ * code's slot arithmetic (j − r for targets j ≥ T − r) only lands inside Y when r ≤ T − r; beyond
+ * that the official scatter_add_ fails with a negative index.
+ */
+function stepCap(mode: MethodOptions['mode'], tokensIn: number, cls: number): number {
+  return mode === 'exact' ? Math.floor(tokensIn / 2) : tokensIn - cls - 1;
+}
 
 // ---------------------------------------------------------------------------------------------
 // exact

@@ -21,7 +21,9 @@ export const randomVision: VisionReducer = {
     checkBudgetInRange('random', target, this.feasibleRange(g, options), 'a vision method outputs between 1 and P tokens');
     const out = Math.max(1, Math.min(g.numPatches, Math.round(target)));
     const cls = g.hasClassToken ? 1 : 0;
-    const layer = Math.min(g.numLayers - 1, Math.max(0, anchorInt(g.anchors, 'random.start_layer', anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)))));
+    const override = options.params['start_layer'];
+    const anchored = anchorInt(g.anchors, 'random.start_layer', anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)));
+    const layer = Math.min(g.numLayers - 1, Math.max(0, typeof override === 'number' && Number.isInteger(override) ? override : anchored));
     const steps = out < g.numPatches ? [{ layer, tokensIn: g.numPatches + cls, tokensOut: out + cls }] : [];
     return { method: 'random', steps, outputTokens: out, proportionalAttention: false, needs: [], params: {} };
   },
