@@ -44,6 +44,7 @@ async function main() {
     options: {
       model: { type: 'string' }, dir: { type: 'string' }, provider: { type: 'string', default: 'cuda' },
       policies: { type: 'string', default: 'none:none' }, 'max-new-tokens': { type: 'string' }, items: { type: 'string' },
+      append: { type: 'boolean', default: false },
     },
   });
   const dir = values.dir;
@@ -55,8 +56,9 @@ async function main() {
   const loadMs = performance.now() - t0;
   console.error(`loaded ${model.manifest.model_id} (${model.manifest.io_dtype}) on ${config.runtime.providers.map(providerName).join(',')} in ${(loadMs / 1000).toFixed(1)} s`);
   const itemIndexes = values.items ? values.items.split(',').map(Number) : ref.items.map((_, i) => i);
-  const runs = [];
   const outFile = path.join(dir, 'ts.json');
+  // --append: keep the runs of an earlier invocation (e.g. reductions on fewer items after 'none' on all)
+  const runs = values.append && fs.existsSync(outFile) ? JSON.parse(fs.readFileSync(outFile, 'utf8')).runs : [];
   const provider = config.runtime.providers.map(providerName).join(',');
   // Written after every run, so a run cut short by the host's time limit still leaves its results.
   const save = () => fs.writeFileSync(outFile, JSON.stringify({ provider, io_dtype: model.manifest.io_dtype, load_ms: Math.round(loadMs), runs }, null, 1));
