@@ -6,10 +6,8 @@
  * runs from the image file; every stored tensor must satisfy max|a-b| <= 1e-4 x max|golden|, and the
  * prompt ids, image_start and generated ids must be identical. The scores graphs (which the unreduced
  * engine never needs) are run on the engine's own layer inputs.
- *
- * Runs once models/tiny-llava-shapes and its golden file exist; until then it reports itself skipped.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
@@ -46,8 +44,6 @@ interface Golden {
   items: GoldenItem[];
 }
 
-const present = existsSync(GOLDEN) && existsSync(path.join(MODEL_DIR, 'manifest.json'));
-
 /** Slices `rows` along `axis` of a row-major tensor (all of it when rows is null). */
 function take(t: F32Tensor, axis: number, rows: readonly number[] | null): Float32Array {
   if (rows === null) return t.data;
@@ -65,7 +61,7 @@ function take(t: F32Tensor, axis: number, rows: readonly number[] | null): Float
   return out;
 }
 
-describe.runIf(present)('golden parity: tiny-llava-shapes, no reduction', () => {
+describe('golden parity: tiny-llava-shapes, no reduction', () => {
   let golden: Golden;
   let values: Float32Array;
   let model: LoadedModel;
