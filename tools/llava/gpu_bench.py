@@ -192,7 +192,7 @@ def cmd_reference(args) -> None:
     first, full = timing[0]["median_s"], timing[1]["median_s"]
     per_token = (full - first) / (args.max_new_tokens - 1)
     result = {"model": "llava-1.5-7b architecture, random weights (fp16-exact), seed in hf/",
-              "reference": "transformers fp32 eager greedy", "max_new_tokens": args.max_new_tokens, "items": items,
+              "reference": "transformers fp32 (sdpa) greedy", "max_new_tokens": args.max_new_tokens, "items": items,
               "hf_fp16_timing": {"prefill_plus_first_token_s": first, "decode_s_per_token": per_token, "runs": timing,
                                  "device": torch.cuda.get_device_name(0), "attn": "sdpa"}}
     (d / "ref.json").write_text(json.dumps(result, indent=1))

@@ -23,7 +23,8 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
-# The papers' anchors, stated for LLaVA-1.5 (24-layer CLIP ViT-L, 32-layer Vicuna-7B/13B... 13B has 40).
+# The papers' anchors, stated for LLaVA-1.5-7B (24-layer CLIP ViT-L, 32-layer Vicuna-7B) and used unchanged
+# by the papers for 13B (40 layers).
 PAPER_VISION_LAYERS = 24
 PAPER_LANGUAGE_LAYERS = 32
 PAPER_ANCHORS = {"ficoco_v": 12, "tome": 0, "ficoco_l": 5, "sparsevlm": (2, 6, 15), "fastv": 2}
@@ -58,9 +59,10 @@ def _rope_theta(text: dict) -> float:
 
 
 def scaled_anchors(vision_trained: int, vision_exported: int, language_layers: int) -> dict:
-    """The papers' anchors at LLaVA-1.5's depth; proportionally placed for other depths (tiny models)."""
+    """The papers' anchors at LLaVA-1.5's depth or deeper (13B); proportionally placed for shallower models."""
     def scale(layer: int, depth: int, paper_depth: int, limit: int) -> int:
-        return max(0, min(limit - 1, round(layer * depth / paper_depth)))
+        at = layer if depth >= paper_depth else round(layer * depth / paper_depth)
+        return max(0, min(limit - 1, at))
 
     sparse = []
     for layer in PAPER_ANCHORS["sparsevlm"]:
