@@ -35,6 +35,8 @@ export interface RuntimeConfig {
   readonly intraOpThreads: number;
   readonly interOpThreads: number;
   readonly graphOptimization: GraphOptimization;
+  /** Let ORT's idle intra-op threads spin (lower latency on a dedicated machine; off by default). */
+  readonly spinning: boolean;
   /** Worker threads of an InferencePool, each with its own copy of the model. */
   readonly workers: number;
 }
@@ -130,6 +132,7 @@ export const CONFIG_FLAGS = {
   'intra-op-threads': { type: 'string' },
   'inter-op-threads': { type: 'string' },
   'graph-optimization': { type: 'string' },
+  spinning: { type: 'boolean' },
   workers: { type: 'string' },
   'max-image-bytes': { type: 'string' },
   'max-image-pixels': { type: 'string' },
@@ -193,6 +196,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       intraOpThreads: r.int('intra-op-threads', 'VLM_INTRA_OP_THREADS', 0, 0) || Math.max(1, Math.floor(cores / workers)),
       interOpThreads: r.int('inter-op-threads', 'VLM_INTER_OP_THREADS', 1, 1),
       graphOptimization: r.oneOf('graph-optimization', 'VLM_GRAPH_OPTIMIZATION', 'all', ['disabled', 'basic', 'extended', 'all'] as const),
+      spinning: r.bool('spinning', 'VLM_SPINNING', false),
       workers,
     },
     limits: {
