@@ -80,7 +80,9 @@ export async function run(argv: string[]): Promise<number> {
   const items = await questions(modelDir, Number(values['items'] ?? 3));
   const [visionPort, languagePort] = [await freePort(), await freePort()];
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
-  const common = ['--model', modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn'];
+  // The demo's services are throwaway processes: no Prometheus endpoint, which would collide with a
+  // running `npm start` on the default port.
+  const common = ['--model', modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0'];
   const env = { ...process.env, VLM_INTRA_OP_THREADS: process.env.VLM_INTRA_OP_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / 2))) };
   const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env, stdio: ['ignore', 'ignore', 'inherit'] }));
   const client = languageClient(`127.0.0.1:${languagePort}`);
