@@ -13,7 +13,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
@@ -25,6 +24,7 @@ import { languageClient } from '../services/language/client';
 import { healthOf } from '../services/common/health-client';
 import { grpcCodeName } from '../services/common/status';
 import { readItems, selectEvenly } from './eval';
+import { freePort } from './free-port';
 
 const FLAGS = {
   'duration-s': { type: 'string' },
@@ -97,17 +97,6 @@ export interface LoadSummary {
     readonly samples: readonly MemorySample[];
   };
   readonly settings: { readonly concurrency: number; readonly queueSize: number; readonly workers: number; readonly model: string };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Resident set size of a process in MiB (Linux /proc); NaN where unavailable. */

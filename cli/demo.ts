@@ -9,7 +9,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
@@ -19,6 +18,7 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
 import { healthOf } from '../services/common/health-client';
+import { freePort } from './free-port';
 
 const FLAGS = { items: { type: 'string' } } as const;
 
@@ -31,17 +31,6 @@ const POLICIES: ReadonlyArray<[string, Partial<ReductionPolicy>]> = [
   ['sparsevlm 25%', { languageMethod: 'sparsevlm', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
   ['ficoco-vl 25%', { preset: 'ficoco-vl', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
 ];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function questions(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
   if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {

@@ -12,7 +12,6 @@
  * The child services run with a bearer token, and their stderr is checked for it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
 import sharp from 'sharp';
@@ -25,20 +24,10 @@ import { EncodeResponse, VisionServiceClient, VisionServiceService } from '../ge
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect, eventually, sleep } from './service-helpers';
 import { ask, BUNDLE, pairConfig, request, ROOT, shapesImage } from './reliability-helpers';
+import { freePort } from '../cli/free-port';
 
 const TOKEN = 'fault-test-token-5b0c9e2d7a1f4e3c';
 const BIN = path.join(ROOT, 'bin/vlm.js');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 interface Child {
   readonly proc: ChildProcess;
