@@ -3,7 +3,6 @@
  * answered correctly over the hop, identical to the core's single-process answers, and a reducing
  * policy's token counts in the final stats. Skipped until the model bundle is in the repository.
  */
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { credentials, Metadata } from '@grpc/grpc-js';
@@ -19,13 +18,12 @@ import { isCorrect, readItems, selectEvenly, type EvalItem } from '../cli/eval';
 import { collect } from './service-helpers';
 
 const MODEL = path.resolve(__dirname, '..', DEFAULT_MODEL);
-const present = existsSync(path.join(MODEL, 'manifest.json')) && existsSync(path.join(MODEL, 'eval', 'items.jsonl'));
 
 function config(visionTarget = ''): Config {
   return testConfig({ model: { dir: MODEL }, services: { host: '127.0.0.1' }, rpc: { visionTarget } });
 }
 
-describe.skipIf(!present)('the embedded model through both services', () => {
+describe('the embedded model through both services', () => {
   let vision: RunningService;
   let language: RunningService;
   let client: LanguageServiceClient;
