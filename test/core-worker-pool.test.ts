@@ -46,10 +46,11 @@ describe('InferencePool', () => {
     clearInterval(timer);
     const gaps = ticks.slice(1).map((t, i) => t - ticks[i]!);
     const maxGap = Math.max(...gaps);
-    // The timer fires throughout; the longest pause is a small fraction of the inference time.
+    // The timer fires throughout; the longest pause is shorter than one of the four inferences would
+    // block a loop that ran them itself (busyMs / 4), with room for scheduling noise on a busy CI box.
     expect(busyMs).toBeGreaterThan(100);
     expect(ticks.length).toBeGreaterThan(busyMs / 20);
-    expect(maxGap).toBeLessThan(Math.max(30, busyMs / 10));
+    expect(maxGap).toBeLessThan(Math.max(60, busyMs / 5));
   });
 
   it('refuses work beyond the queue with RESOURCE_EXHAUSTED, and still serves what it accepted', async () => {
