@@ -59,7 +59,6 @@ interface Task {
 interface Slot {
   worker: Worker;
   task: Task | undefined;
-  ready: boolean;
 }
 
 const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filename)}`);
@@ -96,12 +95,13 @@ export class InferencePool {
     const pool = new InferencePool(deps, first.manifest, first.provider);
     pool.attach(first.worker);
     const rest = await Promise.allSettled(Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1)));
-    for (const r of rest) {
-      if (r.status === 'fulfilled') pool.attach(r.value.worker);
-      else {
-        await pool.close();
-        throw r.reason;
-      }
+    // Attach every worker that started before failing, so close() terminates all of them (a started
+    // worker left unattached would keep the process alive).
+    for (const r of rest) if (r.status === 'fulfilled') pool.attach(r.value.worker);
+    const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await pool.close();
+      throw failed.reason;
     }
     pool.log.info('inference pool ready', { workers: n, queue: deps.limits.queueSize, provider: first.provider, intra_op_threads: deps.runtime.intraOpThreads });
     return pool;
@@ -180,7 +180,7 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(new VlmError('UNAVAILABLE', 'the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
-      const idle = this.slots.find((s) => s.ready && !s.task);
+      const idle = this.slots.find((s) => !s.task);
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
       }
@@ -226,7 +226,7 @@ export class InferencePool {
   }
 
   private attach(worker: Worker): void {
-    const slot: Slot = { worker, task: undefined, ready: true };
+    const slot: Slot = { worker, task: undefined };
     this.slots.push(slot);
     worker.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
     worker.on('error', (err) => this.log.error('inference worker crashed', { error: err.message }));
