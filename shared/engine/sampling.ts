@@ -3,6 +3,7 @@
  * or temperature + top-k + top-p sampling from a per-request seeded generator, so a seed replays.
  */
 import { VlmError } from '../errors';
+import { seededRandom } from '../methods/numeric';
 import { argmax } from '../tensor/ops';
 
 export interface SamplingParams {
@@ -27,23 +28,12 @@ export function checkSampling(s: SamplingParams, maxNewTokensLimit: number): voi
   }
 }
 
-/** mulberry32: small, fast, and reproducible across platforms. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export class Sampler {
   private readonly random: () => number;
 
   constructor(private readonly params: Omit<SamplingParams, 'maxNewTokens'>) {
-    this.random = generator(params.seed);
+    // The same mulberry32 the seeded methods use: small, fast, and reproducible across platforms.
+    this.random = seededRandom(params.seed);
   }
 
   next(logits: Float32Array): number {
