@@ -18,7 +18,7 @@ import { VlmError } from '../errors';
 import { fromRecipes, type RowRecipe } from './combination';
 import { constantRateCuts, declineCuts, meanOfCuts, perLayerCounts, stepsFromCuts } from './language-schedule';
 import { quantileLinear, softmax, topkIndices } from './numeric';
-import { anchorInt, checkBudgetInRange, scaleLayer, solveMonotone } from './schedule';
+import { anchorInt, checkBudgetInRange, numberParam, scaleLayer, solveMonotone } from './schedule';
 import type { BudgetRange, LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, Matrix, MethodOptions } from './types';
 
 interface FicocoLParams {
@@ -28,12 +28,7 @@ interface FicocoLParams {
 }
 
 function params(options: MethodOptions): FicocoLParams {
-  const num = (k: string, d: number): number => {
-    const v = options.params[k];
-    if (v === undefined) return d;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${k}`, `must be a number, got ${String(v)}`);
-    return v;
-  };
+  const num = (k: string, d: number): number => numberParam(options, k, d);
   return { beta: num('beta', 0.6), gamma: num('gamma', 0.6), epsilon: num('epsilon', 0.998) };
 }
 

@@ -19,7 +19,7 @@
 import { VlmError } from '../errors';
 import { fromRecipes, type RowRecipe } from './combination';
 import { argsortAscending, l2normalize, mean, quantileLinear, row, softmax, topkIndices } from './numeric';
-import { anchorInt, checkBudgetInRange, distributeVisionRemoval } from './schedule';
+import { anchorInt, checkBudgetInRange, distributeVisionRemoval, numberParam } from './schedule';
 import type {
   MethodOptions,
   VisionGeometry,
@@ -40,13 +40,7 @@ interface FicocoVParams {
 }
 
 function params(options: MethodOptions): FicocoVParams {
-  const p = options.params;
-  const num = (k: string, d: number): number => {
-    const v = p[k];
-    if (v === undefined) return d;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${k}`, `must be a number, got ${String(v)}`);
-    return v;
-  };
+  const num = (k: string, d: number): number => numberParam(options, k, d);
   return { lambda: num('lambda', 0.35), epsilon: num('epsilon', 0.998), window: num('window', 2), penalty: num('penalty', 2) };
 }
 

@@ -3,7 +3,7 @@
  * layers, and the infeasible-budget error. Budgets are average visual tokens per decoder layer.
  */
 import { VlmError } from '../errors';
-import type { BudgetRange, VisionStep } from './types';
+import type { BudgetRange, MethodOptions, VisionStep } from './types';
 
 /** Reads `anchors.a.b` from either nested objects or flat dotted keys. */
 export function anchor(anchors: Readonly<Record<string, unknown>>, path: string): unknown {
@@ -14,6 +14,14 @@ export function anchor(anchors: Readonly<Record<string, unknown>>, path: string)
     node = (node as Record<string, unknown>)[part];
   }
   return node;
+}
+
+/** A numeric `policy.params` entry: the fallback when absent, INVALID_ARGUMENT when not a finite number. */
+export function numberParam(options: MethodOptions, key: string, fallback: number): number {
+  const v = options.params[key];
+  if (v === undefined) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${key}`, `must be a number, got ${String(v)}`);
+  return v;
 }
 
 export function anchorInt(anchors: Readonly<Record<string, unknown>>, path: string, fallback: number): number {

@@ -20,7 +20,7 @@ import { VlmError } from '../errors';
 import { dpcKnn } from './dpc-knn';
 import { fromRecipes, type RowRecipe } from './combination';
 import { perLayerCounts, stepsFromCuts } from './language-schedule';
-import { average, anchorIntList, checkBudgetInRange, scaleLayer } from './schedule';
+import { average, anchorIntList, checkBudgetInRange, numberParam, scaleLayer } from './schedule';
 import { row, softmax, symmetricEigenvalues, topkIndices } from './numeric';
 import type {
   BudgetRange,
@@ -42,10 +42,14 @@ const V15_TABLE: ReadonlyArray<{ ratio: number; fractions: readonly number[] }> 
 ];
 const FLOAT32_EPS = 1.1920928955078125e-7;
 
+/** Pruned tokens recycled into clusters: the best 30 % (+1). */
+function recycledTokens(pruned: number): number {
+  return Math.floor(pruned * 0.3) + 1;
+}
+
 /** Clusters made from `pruned` pruned tokens: 30 % (+1) are recycled, one cluster per ten (+1). */
 export function recycledClusters(pruned: number): number {
-  const recycled = Math.floor(pruned * 0.3) + 1;
-  return Math.floor(recycled / 10) + 1;
+  return Math.floor(recycledTokens(pruned) / 10) + 1;
 }
 
 function outAfter(tokensIn: number, keep: number): number {
@@ -224,13 +228,6 @@ export const sparsevlm: LanguageReducer = {
   },
 };
 
-function numberParam(options: MethodOptions, key: string, fallback: number): number {
-  const v = options.params[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${key}`, `must be a number, got ${String(v)}`);
-  return v;
-}
-
 /**
  * Text raters (§2.3): softmax over the text of the raw dot products between image and text
  * embeddings, averaged over image rows; raters are the text tokens above the mean (strictly, as the
@@ -308,9 +305,9 @@ function recycle(input: LanguageStepInput, score: Float64Array, keep: number, mo
   for (let j = 0; j < Lv; j++) if (!keptSet.has(j)) pruned.push(j);
   const recipes: RowRecipe[] = kept.map((j) => [[j, 1]] as const);
   if (pruned.length > 0) {
-    const nRec = Math.floor(pruned.length * 0.3) + 1;
-    const recycled = topkIndices(pruned.map((j) => score[j]!), nRec).map((k) => pruned[k]!);
-    const C = Math.floor(recycled.length / 10) + 1;
+    // The same counts the schedule planned with (outAfter), so the step lands on tokensOut.
+    const recycled = topkIndices(pruned.map((j) => score[j]!), recycledTokens(pruned.length)).map((k) => pruned[k]!);
+    const C = recycledClusters(pruned.length);
     const { assign } = dpcKnn(recycled.map((j) => row(input.hidden, start + j)), C);
     const members: number[][] = Array.from({ length: C }, () => []);
     recycled.forEach((j, k) => members[assign[k]!]!.push(j));
