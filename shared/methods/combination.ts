@@ -3,6 +3,7 @@
  * `apply` is the reference the tests use; the runner has its own (possibly on-device) version.
  */
 import { VlmError } from '../errors';
+import { outputRows } from '../tensor/rows';
 import type { Matrix, TokenCombination } from './types';
 
 /** One output row: a weighted sum of input rows (duplicates are summed). */
@@ -29,9 +30,7 @@ export function selection(keep: readonly number[]): TokenCombination {
   return fromRecipes(keep.map((s) => [[s, 1]] as const));
 }
 
-export function outputRows(c: TokenCombination): number {
-  return c.indptr.length - 1;
-}
+export { outputRows };
 
 export function applyCombination(c: TokenCombination, x: Matrix): Matrix {
   const rows = outputRows(c);
@@ -48,16 +47,4 @@ export function applyCombination(c: TokenCombination, x: Matrix): Matrix {
     for (let d = 0; d < x.cols; d++) out[k * x.cols + d] = acc[d]!;
   }
   return { rows, cols: x.cols, data: out };
-}
-
-/** Applies the same combination to a per-token vector (sizes). */
-export function combineVector(c: TokenCombination, v: ArrayLike<number>): Float32Array {
-  const rows = outputRows(c);
-  const out = new Float32Array(rows);
-  for (let k = 0; k < rows; k++) {
-    let s = 0;
-    for (let e = c.indptr[k]!; e < c.indptr[k + 1]!; e++) s += c.weight[e]! * v[c.src[e]!]!;
-    out[k] = s;
-  }
-  return out;
 }

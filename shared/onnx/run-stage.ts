@@ -32,11 +32,6 @@ function isResident(f: Feed): f is Resident {
   return f instanceof ort.Tensor;
 }
 
-/** Declared dtype with `f` resolved: float16 bundles carry hidden states and caches as float16. */
-function wireType(decl: TensorDecl): 'float32' | 'float16' | 'int64' {
-  return decl.dtype;
-}
-
 function describe(feeds: Readonly<Record<string, Feed>>): string {
   return Object.entries(feeds)
     .map(([n, f]) => `${n}: ${isResident(f) ? f.type : f.dtype}[${f.dims.join(',')}]`)
@@ -58,7 +53,7 @@ function checkFeeds(stage: Stage, feeds: Readonly<Record<string, Feed>>): string
   for (const d of stage.decl.inputs) {
     const f = feeds[d.name]!;
     const type = isResident(f) ? f.type : f.dtype;
-    const want = wireType(d);
+    const want = d.dtype;
     // Host float32 is converted below; a resident tensor must already be in the wire dtype.
     const okType = type === want || (!isResident(f) && type === 'float32' && want === 'float16');
     if (!okType) return `${d.name} has dtype ${type}, declared ${want}`;
@@ -86,7 +81,7 @@ function toOrt(decl: TensorDecl, f: Feed): ort.Tensor {
   if (isResident(f)) return f;
   const dims = [...f.dims];
   if (f.dtype === 'int64') return new ort.Tensor('int64', f.data, dims);
-  if (wireType(decl) === 'float16') return new ort.Tensor('float16', toFloat16(f.data), dims);
+  if (decl.dtype === 'float16') return new ort.Tensor('float16', toFloat16(f.data), dims);
   return new ort.Tensor('float32', f.data, dims);
 }
 

@@ -1,31 +1,9 @@
 /**
- * Row operations on row-major matrices: gather, scatter, and applying a TokenCombination (CSR).
+ * Row operations on row-major matrices: checking and applying a TokenCombination (CSR).
  * Each allocates its output once and copies every row at most once.
  */
 import { VlmError } from '../errors';
 import type { Matrix, Span, TokenCombination } from '../methods/types';
-
-export function gatherRows(m: Matrix, rows: ArrayLike<number>): Matrix {
-  const out = new Float32Array(rows.length * m.cols);
-  for (let k = 0; k < rows.length; k++) {
-    const r = rows[k]!;
-    if (r < 0 || r >= m.rows) throw new VlmError('INTERNAL', `gatherRows: row ${r} outside [0, ${m.rows})`);
-    out.set(m.data.subarray(r * m.cols, (r + 1) * m.cols), k * m.cols);
-  }
-  return { rows: rows.length, cols: m.cols, data: out };
-}
-
-/** Writes src's rows into dst at the given row indices (in place). */
-export function scatterRows(dst: Matrix, rows: ArrayLike<number>, src: Matrix): void {
-  if (src.cols !== dst.cols || src.rows !== rows.length) {
-    throw new VlmError('INTERNAL', `scatterRows: ${src.rows}x${src.cols} into ${rows.length} rows of width ${dst.cols}`);
-  }
-  for (let k = 0; k < rows.length; k++) {
-    const r = rows[k]!;
-    if (r < 0 || r >= dst.rows) throw new VlmError('INTERNAL', `scatterRows: row ${r} outside [0, ${dst.rows})`);
-    dst.data.set(src.data.subarray(k * src.cols, (k + 1) * src.cols), r * dst.cols);
-  }
-}
 
 /** Checks a combination against its input row count; a method bug becomes an INTERNAL error naming the method. */
 export function checkCombination(c: TokenCombination, inputRows: number, who: string): void {
