@@ -8,17 +8,16 @@
  * `rows` (--json) or a markdown table. `--docs DIR` also writes DIR/bench-accuracy.md and
  * DIR/bench-accuracy.svg (accuracy against FLOPs) for the README.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { parseCommandLine, type Config } from '../shared/config';
+import { parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
 import { InferencePool } from '../shared/worker';
-import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
+import { evalRuntime, isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
 
 const FLAGS = {
   limit: { type: 'string' },
@@ -163,27 +162,19 @@ function positiveInt(values: Record<string, unknown>, name: string): number | un
   return n;
 }
 
-function benchRuntime(config: Config, values: Record<string, unknown>): Config {
-  // Many small requests: a worker per core with one intra-op thread each, unless told otherwise.
-  const intraOpThreads = values['intra-op-threads'] !== undefined || process.env.VLM_INTRA_OP_THREADS ? config.runtime.intraOpThreads : 1;
-  const workers = values.workers !== undefined || process.env.VLM_WORKERS ? config.runtime.workers : Math.max(1, Math.floor(availableParallelism() / intraOpThreads));
-  return { ...config, runtime: { ...config.runtime, intraOpThreads, workers }, limits: { ...config.limits, queueSize: Math.max(config.limits.queueSize, workers) } };
-}
-
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== 'accuracy') throw VlmError.invalid('bench', `unknown benchmark "${sub ?? ''}"; available: accuracy`);
   const parsed = parseCommandLine(rest, FLAGS);
   const values = parsed.values as Record<string, string | boolean | undefined>;
-  const config = benchRuntime(parsed.config, values);
+  const config = evalRuntime(parsed.config, values);
   const quiet = values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL;
   setLogLevel(quiet ? 'warn' : (config.logLevel as LogLevel));
   const mode = (values.mode ?? 'clean') as ReductionMode;
   if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values.mode)}"`);
   const seed = positiveInt(values, 'seed') ?? 0;
   const items = selectEvenly(await readItems(config.model.dir), positiveInt(values, 'limit'));
-  const evalDir = path.join(config.model.dir, 'eval');
-  const images = await Promise.all(items.map((it) => readFile(path.join(evalDir, it.image))));
+  const images = await Promise.all(items.map((it) => readItemImage(config.model.dir, it)));
   const progress = (s: string) => process.stderr.write(`[bench accuracy] ${s}\n`);
   const started = performance.now();
   const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: quiet ? 'warn' : config.logLevel });
@@ -281,10 +272,11 @@ async function runCell(pool: InferencePool, items: readonly EvalItem[], images: 
         flops = addFlops(flops, addFlops(r.encode.flops, r.generate.flops));
       } catch (err) {
         const e = VlmError.from(err);
+        // Either way the other lanes stop sending this cell's items.
+        controller.abort(e);
         // An unreachable budget is a property of the cell, not a failure of the benchmark.
         if (e.code !== 'INVALID_ARGUMENT') throw err;
         error ??= e.message;
-        controller.abort(e);
       }
     }
   });

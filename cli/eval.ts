@@ -55,12 +55,28 @@ export async function readItems(modelDir: string): Promise<EvalItem[]> {
     .split('\n')
     .filter((l) => l.trim())
     .map((line, i) => {
-      const item = JSON.parse(line) as EvalItem;
+      let item: EvalItem;
+      try {
+        item = JSON.parse(line) as EvalItem;
+      } catch (err) {
+        throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: not valid JSON (${(err as Error).message})`);
+      }
+      if (typeof item !== 'object' || item === null) throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: not a JSON object`);
       for (const k of ['image', 'question', 'answer', 'type'] as const) {
         if (typeof item[k] !== 'string') throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: field "${k}" missing or not a string`);
       }
       return item;
     });
+}
+
+/** An item's image bytes; a missing file names the item list it came from. */
+export async function readItemImage(modelDir: string, item: EvalItem): Promise<Buffer> {
+  const file = path.join(modelDir, 'eval', item.image);
+  try {
+    return await readFile(file);
+  } catch (err) {
+    throw new VlmError('FAILED_PRECONDITION', `cannot read image ${file} of eval/items.jsonl (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
 }
 
 /** The first `limit` items taken round-robin over types (in order of first appearance), so every type is equally represented. */
@@ -102,7 +118,7 @@ function intFlag(values: Record<string, unknown>, name: string): number | undefi
 }
 
 /** Eval runs many small requests: one intra-op thread per worker and a worker per core, unless told otherwise. */
-function evalRuntime(config: Config, values: Record<string, unknown>): Config {
+export function evalRuntime(config: Config, values: Record<string, unknown>): Config {
   const explicitThreads = values['intra-op-threads'] !== undefined || !!process.env.VLM_INTRA_OP_THREADS;
   const intraOpThreads = explicitThreads ? config.runtime.intraOpThreads : 1;
   const explicitWorkers = values.workers !== undefined || !!process.env.VLM_WORKERS;
@@ -139,11 +155,10 @@ export async function run(argv: string[]): Promise<number> {
   let flops: StageFlops = emptyFlops();
   let done = 0;
   let latencyMs = 0;
-  const evalDir = path.join(config.model.dir, 'eval');
   const controller = new AbortController();
 
   const one = async (item: EvalItem): Promise<void> => {
-    const image = await readFile(path.join(evalDir, item.image));
+    const image = await readItemImage(config.model.dir, item);
     const t0 = performance.now();
     const r: AskResult = await pool.ask(image, item.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, policy, { signal: controller.signal });
     latencyMs += performance.now() - t0;
