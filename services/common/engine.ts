@@ -18,6 +18,8 @@ export interface ServiceEngine {
   readonly provider: string;
   /** "cpu" or "cuda:<id>" as configured. */
   readonly device: string;
+  /** Stops reporting this pool's queue depth, then closes the pool. */
+  close(): Promise<void>;
 }
 
 /** Device of the active provider: the configured spec with the same kind (cuda:1), else the kind. */
@@ -31,11 +33,17 @@ export async function startEngine(config: Config, log: Logger): Promise<ServiceE
   const g = geometryOf(pool.manifest);
   const provider = pool.provider ?? 'cpu';
   // Scraped by Prometheus as vlm_queue_depth: the autoscalers' signal (k8s/base/*/hpa.yaml).
-  observeQueueDepth(() => pool.stats.queued);
+  const unobserve = observeQueueDepth(() => pool.stats.queued);
   return {
     pool,
     model: { manifest: pool.manifest, visionGeometry: g.vision, languageGeometry: g.language },
     provider,
     device: deviceOf(config, provider),
+    // Unregistered first: a stopped service must not keep its pool alive through the gauge, nor
+    // report a closed pool's depth next to a new one's in the same process.
+    close: () => {
+      unobserve();
+      return pool.close();
+    },
   };
 }

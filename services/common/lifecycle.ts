@@ -35,7 +35,7 @@ export async function serve(
     }
   } catch (err) {
     await server.stop();
-    await engine.pool.close();
+    await engine.close();
     throw err;
   }
   const host = config.services.host === '0.0.0.0' || config.services.host === '::' ? '127.0.0.1' : config.services.host;
@@ -48,7 +48,7 @@ export async function serve(
     stop: () =>
       (stopping ??= (async () => {
         await server.stop();
-        await engine.pool.close();
+        await engine.close();
       })()),
   };
   try {
