@@ -28,7 +28,14 @@ export async function startLanguageService(config: Config, options: LanguageServ
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
   const tls = serviceTls(config.tls, log, true);
-  const vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined });
+  let vision: VisionClient;
+  try {
+    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined });
+  } catch (err) {
+    // A malformed --vision-target: the certificate polling and SIGHUP handler must not outlive the failed start.
+    tls.close();
+    throw err;
+  }
   const engine = await startEngine(config, log).catch((err: unknown) => {
     vision.close();
     tls.close();
@@ -71,10 +78,10 @@ export async function startLanguageService(config: Config, options: LanguageServ
   });
   return {
     ...running,
-    stop: async () => {
-      await running.stop();
-      vision.close();
-      tls.close();
-    },
+    stop: () =>
+      running.stop().finally(() => {
+        vision.close();
+        tls.close();
+      }),
   };
 }
