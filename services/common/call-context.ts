@@ -38,8 +38,6 @@ export interface ContextOptions {
 
 export interface OwnedContext {
   readonly ctx: CallContext;
-  /** True when the abort came from our own deadline timer rather than from grpc-js. */
-  readonly ownDeadlineFired: () => boolean;
   /** Removes the listener and timer; call once the call is finished. */
   readonly dispose: () => void;
 }
@@ -57,11 +55,9 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   const start = Date.now();
   const deadline = deadlineOf(source, options.defaultDeadlineMs, start);
   const requestId = String(source.metadata.get(REQUEST_ID_KEY)[0] ?? '');
-  let ownFired = false;
 
   const expire = (): void => {
     if (controller.signal.aborted) return;
-    ownFired = true;
     const seconds = ((deadline - start) / 1000).toFixed(1);
     controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${seconds} s deadline; set a longer deadline or lower max_tokens`));
   };
@@ -88,7 +84,6 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   };
   return {
     ctx,
-    ownDeadlineFired: () => ownFired,
     dispose: () => {
       clearTimeout(timer);
       source.removeListener('cancelled', onCancelled);
