@@ -66,6 +66,11 @@ function littleEndianBytes(data: Float32Array | Uint16Array): Buffer {
   return copy;
 }
 
+/** Payload bytes of a tensor chunk message; undefined for the header and the summary (span counters). */
+export function chunkBytes(message: EncodeResponse): number | undefined {
+  return message.part?.$case === 'chunk' ? message.part.chunk.data.byteLength : undefined;
+}
+
 export interface HeaderFields {
   readonly modelId: string;
   readonly contentHash: string;

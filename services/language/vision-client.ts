@@ -11,7 +11,7 @@ import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '..
 import type { ModelInfo } from '../../gen/vlm/v1/common';
 import { REQUEST_ID_KEY } from '../common/interceptors';
 import { fromServiceError } from '../common/status';
-import { TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
+import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
 import { context } from '@opentelemetry/api';
 import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '../../shared/telemetry/names';
 import { openSpan, type OpenSpan } from '../../shared/telemetry/with-span';
@@ -138,9 +138,10 @@ export class VisionClient {
       call.on('data', (message: EncodeResponse) => {
         // vlm.stream.receive: from the header until the tensor is whole.
         receive ??= openSpan(SpanName.StreamReceive, {}, parent);
-        if (message.part?.$case === 'chunk') {
+        const n = chunkBytes(message);
+        if (n !== undefined) {
           chunks++;
-          bytes += message.part.chunk.data.byteLength;
+          bytes += n;
         }
         if (failure !== null) return;
         try {

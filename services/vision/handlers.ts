@@ -3,16 +3,16 @@
  */
 import { toFloat16 } from '../../shared/tensor/fp16';
 import type { EncodeResult } from '../../shared/engine';
-import type { VisionServiceServer } from '../../gen/vlm/v1/vision_service';
+import type { EncodeResponse, VisionServiceServer } from '../../gen/vlm/v1/vision_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
-import { tensorMessages, type VisualTokens } from '../common/tensor-stream';
+import { chunkBytes, tensorMessages, type VisualTokens } from '../common/tensor-stream';
 import { modelInfo, placementOf } from '../common/model-info';
 import { validateEncode, type RequestLimitsConfig } from '../common/validate';
 import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
 import type { ServiceEngine } from '../common/engine';
-import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_DEVICE, ATTR_VLM_DTYPE, ATTR_VLM_MODEL_ID, ATTR_VLM_PROVIDER, ATTR_VLM_TOKENS_OUT, SpanName } from '../../shared/telemetry/names';
-import { openSpan } from '../../shared/telemetry/with-span';
-import { tracedStream } from '../../shared/telemetry/traced-stream';
+import type { Span } from '@opentelemetry/api';
+import { ATTR_VLM_DEVICE, ATTR_VLM_DTYPE, ATTR_VLM_MODEL_ID, ATTR_VLM_PROVIDER, ATTR_VLM_TOKENS_OUT, SpanName } from '../../shared/telemetry/names';
+import { tracedSend, tracedStream } from '../../shared/telemetry/traced-stream';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
@@ -32,6 +32,15 @@ function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): Visua
   return { rows, width, dtype: ioDtype, data, origin: result.origin, size: new Float32Array(0) };
 }
 
+/** Stage latencies and the visual tokens leaving the projector, as metrics and on the request span. */
+function recordEncodeTelemetry(span: Span, result: EncodeResult): void {
+  recordStage(SpanName.Preprocess, result.timingsMs.preprocess / 1000);
+  recordStage(SpanName.VisionEmbed, result.timingsMs.vision / 1000);
+  recordStage(SpanName.Project, result.timingsMs.project / 1000);
+  recordStageTokens(SpanName.Project, result.embeds.dims[0]);
+  span.setAttribute(ATTR_VLM_TOKENS_OUT, result.embeds.dims[0]);
+}
+
 export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
   const { engine } = deps;
   const manifest = engine.model.manifest;
@@ -49,30 +58,9 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         schedule: visionScheduleToWire(result.schedule),
       };
       const summary = { timingsMs: roundMs(result.timingsMs), flops: flopsToWire(result.flops), queueMs: Math.max(0, Math.round(waitedMs * 1000) / 1000), tensorBytes: 0 };
-      recordStage(SpanName.Preprocess, result.timingsMs.preprocess / 1000);
-      recordStage(SpanName.VisionEmbed, result.timingsMs.vision / 1000);
-      recordStage(SpanName.Project, result.timingsMs.project / 1000);
-      recordStageTokens(SpanName.Project, result.embeds.dims[0]);
-      span.setAttribute(ATTR_VLM_TOKENS_OUT, result.embeds.dims[0]);
-      // vlm.stream.send: first message handed to grpc-js until the last one is written (backpressure included).
-      const send = openSpan(SpanName.StreamSend, { [ATTR_VLM_DTYPE]: manifest.io_dtype });
-      try {
-        let chunks = 0;
-        let bytes = 0;
-        for (const message of tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary)) {
-          if (message.part?.$case === 'chunk') {
-            chunks++;
-            bytes += message.part.chunk.data.byteLength;
-          }
-          yield message;
-        }
-        send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
-      } catch (err) {
-        send.end(err);
-        throw err;
-      } finally {
-        send.end();
-      }
+      recordEncodeTelemetry(span, result);
+      const messages = (): Iterable<EncodeResponse> => tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary);
+      yield* tracedSend(messages, { [ATTR_VLM_DTYPE]: manifest.io_dtype }, chunkBytes);
     }), deps.adapter),
 
     getModelInfo: unary(async () => ({ model: modelInfo(engine.model, placementOf(engine, deps.limits)) }), deps.adapter),

@@ -2,7 +2,7 @@ export * from './names';
 export { withSpan, openSpan, type OpenSpan } from './with-span';
 export { SpanRecorder, replaySpans, epochMillis, type SpanTiming } from './span-recorder';
 export { tracingEnabled } from './state';
-export { tracedStream } from './traced-stream';
+export { tracedSend, tracedStream } from './traced-stream';
 export { startTelemetry, shutdownTelemetry, telemetrySettings, type Telemetry, type TelemetryOptions, type TelemetrySettings } from './sdk';
 export { recordStage, recordStageTokens, recordRequest, recordGeneration, trackInFlight, observeQueueDepth } from './metrics';
 export { injectTraceparent, extractTraceparent, type TraceCarrier } from './propagation';

@@ -1,6 +1,6 @@
 import { context, type Attributes, type Span } from '@opentelemetry/api';
 import { recordRequest, trackInFlight } from './metrics';
-import { SpanName } from './names';
+import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, SpanName } from './names';
 import { openSpan } from './with-span';
 
 /**
@@ -37,4 +37,33 @@ export function tracedStream<Req, Ctx, Res>(
       request.end(failure);
     }
   };
+}
+
+/**
+ * Yields the messages `build` returns inside a `vlm.stream.send` span: from building them (the
+ * conversion to wire form counts as sending) until the last one is written (backpressure included),
+ * with the chunks and their bytes counted. `chunkBytes` gives a message's payload bytes, or undefined
+ * for one that is not a chunk (header, summary). The span ends once: at the end, on error (marked
+ * failed), or when the consumer stops early.
+ */
+export async function* tracedSend<T>(build: () => Iterable<T>, attributes: Attributes, chunkBytes: (message: T) => number | undefined): AsyncGenerator<T> {
+  const send = openSpan(SpanName.StreamSend, attributes);
+  let chunks = 0;
+  let bytes = 0;
+  try {
+    for (const message of build()) {
+      const n = chunkBytes(message);
+      if (n !== undefined) {
+        chunks++;
+        bytes += n;
+      }
+      yield message;
+    }
+    send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
+  } catch (err) {
+    send.end(err);
+    throw err;
+  } finally {
+    send.end();
+  }
 }
