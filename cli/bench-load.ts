@@ -10,21 +10,18 @@
  * plus 10 s); `lost` must be 0 and the outcomes must add up to `sent`. Both services' resident memory
  * is sampled every `sample-ms`; memory's start is taken after `warmup-s` of load. Prints one JSON summary (with --json nothing else).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
-import sharp from 'sharp';
 import { CONFIG_FLAGS, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { languageClient } from '../services/language/client';
-import { healthOf } from '../services/common/health-client';
 import { grpcCodeName } from '../services/common/status';
 import { readItems, selectEvenly } from './eval';
-import { freePort } from './free-port';
+import { generatedImage, startChildServices } from './child-services';
 
 const FLAGS = {
   'duration-s': { type: 'string' },
@@ -131,8 +128,7 @@ async function images(modelDir: string): Promise<Array<{ bytes: Buffer; question
     const items = selectEvenly(await readItems(modelDir), 12);
     return Promise.all(items.map(async (it) => ({ bytes: await readFile(path.join(modelDir, 'eval', it.image)), question: it.question })));
   }
-  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
-  return [{ bytes: await sharp(Buffer.from(svg)).png().toBuffer(), question: 'What color is the circle?' }];
+  return [{ bytes: await generatedImage(), question: 'What color is the circle?' }];
 }
 
 interface Planned {
@@ -176,29 +172,14 @@ function generate(client: LanguageServiceClient, p: Planned): Promise<{ code: Gr
   });
 }
 
-async function waitServing(address: string, children: ChildProcess[], timeoutMs: number): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (children.some((c) => c.exitCode !== null)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
-    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
-    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 /** Starts both services, runs the load, stops them; the summary. */
 export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { config } = o;
   const pool = await images(config.model.dir);
-  const [visionPort, languagePort] = [await freePort(), await freePort()];
-  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
-  const common = ['--model', config.model.dir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0', ...o.serveFlags];
-  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env: process.env, stdio: ['ignore', 'ignore', 'inherit'] }));
-  const [vision, language] = children as [ChildProcess, ChildProcess];
-  const client = languageClient(`127.0.0.1:${languagePort}`);
+  const services = await startChildServices({ modelDir: config.model.dir, flags: o.serveFlags });
+  const { vision, language } = services;
+  const client = languageClient(`127.0.0.1:${services.languagePort}`);
   try {
-    await waitServing(`127.0.0.1:${visionPort}`, children, 180_000);
-    await waitServing(`127.0.0.1:${languagePort}`, children, 180_000);
     const rand = prng(o.seed);
     const counts: Record<Outcome, number> = { answered: 0, shed: 0, timedOut: 0, invalid: 0, other: 0, lost: 0 };
     const other: Record<string, number> = {};
@@ -258,8 +239,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     };
   } finally {
     client.close();
-    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
-    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r)))));
+    await services.stop();
   }
 }
 

@@ -6,19 +6,16 @@
  * policies, prints answers, token counts, FLOPs and latency, stops both and exits.
  * A bundle without eval/items.jsonl (e.g. a random-weight fixture) gets one generated image.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
-import sharp from 'sharp';
-import { packageRoot, parseCommandLine } from '../shared/config';
+import { parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
-import { healthOf } from '../services/common/health-client';
-import { freePort } from './free-port';
+import { generatedImage, startChildServices } from './child-services';
 
 const FLAGS = { items: { type: 'string' } } as const;
 
@@ -37,19 +34,8 @@ async function questions(modelDir: string, count: number): Promise<Array<EvalIte
     const items = selectEvenly(await readItems(modelDir), count);
     return Promise.all(items.map(async (it) => ({ ...it, bytes: await readFile(path.join(modelDir, 'eval', it.image)) })));
   }
-  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
-  const bytes = await sharp(Buffer.from(svg)).png().toBuffer();
+  const bytes = await generatedImage();
   return [{ image: '(generated)', question: 'What color is the circle?', answer: '', type: 'generated', bytes }];
-}
-
-async function waitServing(address: string, children: ChildProcess[], timeoutMs: number): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (children.some((c) => c.exitCode !== null)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
-    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
-    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 function fmtFlops(f: number): string {
@@ -67,18 +53,12 @@ export async function run(argv: string[]): Promise<number> {
     throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);
   }
   const items = await questions(modelDir, Number(values['items'] ?? 3));
-  const [visionPort, languagePort] = [await freePort(), await freePort()];
-  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
-  // The demo's services are throwaway processes: no Prometheus endpoint, which would collide with a
-  // running `npm start` on the default port.
-  const common = ['--model', modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0'];
   const env = { ...process.env, VLM_INTRA_OP_THREADS: process.env.VLM_INTRA_OP_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / 2))) };
-  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env, stdio: ['ignore', 'ignore', 'inherit'] }));
+  const started = Date.now();
+  const services = await startChildServices({ modelDir, env });
+  const { visionPort, languagePort } = services;
   const client = languageClient(`127.0.0.1:${languagePort}`);
   try {
-    const started = Date.now();
-    await waitServing(`127.0.0.1:${visionPort}`, children, 180_000);
-    await waitServing(`127.0.0.1:${languagePort}`, children, 180_000);
     process.stdout.write(`vision :${visionPort} and language :${languagePort} serving ${path.relative(process.cwd(), modelDir) || modelDir} after ${((Date.now() - started) / 1000).toFixed(1)} s\n\n`);
     const widths = [14, 34, 20, 12, 2, 18, 9, 6];
     process.stdout.write(`${row(['policy', 'question', 'answer', 'expected', 'ok', 'visual tokens', 'FLOPs', 'ms'], widths)}\n`);
@@ -103,7 +83,6 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   } finally {
     client.close();
-    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
-    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r)))));
+    await services.stop();
   }
 }

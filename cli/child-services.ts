@@ -1,0 +1,74 @@
+/**
+ * Both services as child processes on free loopback ports, for the commands that drive them end to
+ * end (`vlm demo`, `vlm bench load`): spawned, waited for until both report SERVING, stopped with
+ * SIGTERM (a graceful drain) and waited for.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { packageRoot } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { healthOf } from '../services/common/health-client';
+import { freePort } from './free-port';
+
+export interface ChildServices {
+  readonly visionPort: number;
+  readonly languagePort: number;
+  readonly vision: ChildProcess;
+  readonly language: ChildProcess;
+  /** SIGTERM to each still running, then waits until both have exited. */
+  stop(): Promise<void>;
+}
+
+export interface ChildServicesOptions {
+  readonly modelDir: string;
+  /** More `vlm serve` flags for both (the ports, host, model, log level and metrics port are set here). */
+  readonly flags?: readonly string[];
+  readonly env?: NodeJS.ProcessEnv;
+  /** How long each may take to report SERVING. */
+  readonly startTimeoutMs?: number;
+}
+
+/** Still running: a child killed by a signal keeps exitCode null and sets signalCode instead. */
+function running(c: ChildProcess): boolean {
+  return c.exitCode === null && c.signalCode === null;
+}
+
+async function waitServing(address: string, children: readonly ChildProcess[], timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (!children.every(running)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
+    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
+    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Starts vision and language; resolves once both are SERVING, or stops them and rejects. */
+export async function startChildServices(o: ChildServicesOptions): Promise<ChildServices> {
+  const [visionPort, languagePort] = [await freePort(), await freePort()];
+  const bin = path.join(packageRoot(), 'bin', 'vlm.js');
+  // Throwaway processes: no Prometheus endpoint, which would collide with a running `npm start` on the default port.
+  const common = ['--model', o.modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0', ...(o.flags ?? [])];
+  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env: o.env ?? process.env, stdio: ['ignore', 'ignore', 'inherit'] }));
+  const [vision, language] = children as [ChildProcess, ChildProcess];
+  const stop = async (): Promise<void> => {
+    for (const c of children) if (running(c)) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => (running(c) ? new Promise((r) => c.once('exit', r)) : undefined)));
+  };
+  try {
+    const timeoutMs = o.startTimeoutMs ?? 180_000;
+    await waitServing(`127.0.0.1:${visionPort}`, children, timeoutMs);
+    await waitServing(`127.0.0.1:${languagePort}`, children, timeoutMs);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { visionPort, languagePort, vision, language, stop };
+}
+
+/** The image for a bundle without eval items (a random-weight fixture): a red circle on white. */
+export function generatedImage(): Promise<Buffer> {
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
+  return sharp(Buffer.from(svg)).png().toBuffer();
+}
