@@ -154,11 +154,16 @@ function plan(rand: () => number, pool: ReadonlyArray<{ bytes: Buffer; question:
   return { request: { image: item.bytes, prompt: item.question, sampling, policy, limits: undefined }, deadlineMs: tight ? 2 + Math.floor(rand() * 30) : deadlineMs };
 }
 
-/** One Generate to its end: the outcome's gRPC code and latency; 'lost' if no status comes within deadline + 10 s. */
-function generate(client: LanguageServiceClient, p: Planned): Promise<{ code: GrpcCode | 'lost'; ms: number }> {
+/**
+ * One Generate to its end: the outcome's gRPC code and latency; 'lost' if no status comes within
+ * deadline + 10 s. `authToken`: the services' own (they inherit VLM_AUTH_TOKEN and --auth-token-file).
+ */
+function generate(client: LanguageServiceClient, p: Planned, authToken: string | null): Promise<{ code: GrpcCode | 'lost'; ms: number }> {
   const started = performance.now();
+  const md = new Metadata();
+  if (authToken) md.set('authorization', `Bearer ${authToken}`);
   return new Promise((resolve) => {
-    const call = client.generate(p.request, new Metadata(), { deadline: Date.now() + p.deadlineMs });
+    const call = client.generate(p.request, md, { deadline: Date.now() + p.deadlineMs });
     const watchdog = setTimeout(() => {
       call.cancel();
       resolve({ code: 'lost', ms: performance.now() - started });
@@ -198,7 +203,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     const worker = async (): Promise<void> => {
       while (sent < o.maxRequests && performance.now() < until) {
         sent++;
-        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs));
+        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs), config.rpc.authToken);
         allMs.push(ms);
         if (code === 'lost') counts.lost++;
         else if (code === GrpcCode.OK) {
