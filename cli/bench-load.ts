@@ -14,14 +14,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
-import { CONFIG_FLAGS, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
 import { readItems, selectEvenly } from './eval';
-import { generatedImage, startChildServices } from './child-services';
+import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = {
   'duration-s': { type: 'string' },
@@ -256,20 +256,6 @@ function int(values: Record<string, unknown>, flag: string, dflt: number): numbe
   return n;
 }
 
-/** The config flags of this command line, passed on to both services (less the ones the bench sets itself). */
-function serveFlags(argv: readonly string[]): string[] {
-  const fixed = new Set(['model', 'host', 'vision-port', 'language-port', 'log-level', 'metrics-port']);
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const name = arg.replace(/^--/, '').split('=')[0]!;
-    const spec = (CONFIG_FLAGS as Record<string, { type: string }>)[name] ?? (FLAGS as Record<string, { type: string }>)[name];
-    const value = spec?.type === 'string' && !arg.includes('=') ? argv[++i] : undefined;
-    if (name in CONFIG_FLAGS && !fixed.has(name)) out.push(arg, ...(value === undefined ? [] : [value]));
-  }
-  return out;
-}
-
 export async function run(argv: string[]): Promise<number> {
   const { config, values } = parseCommandLine(argv, FLAGS);
   if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
@@ -283,7 +269,7 @@ export async function run(argv: string[]): Promise<number> {
     sampleMs: int(values, 'sample-ms', 1000),
     warmupMs: int(values, 'warmup-s', 10) * 1000,
     seed: values['seed'] === undefined ? 1 : int(values, 'seed', 1),
-    serveFlags: serveFlags(argv),
+    serveFlags: serveFlags(argv, FLAGS),
     onProgress: log,
   });
   process.stdout.write(`${JSON.stringify(summary)}\n`);

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { packageRoot } from '../shared/config';
+import { CONFIG_FLAGS, packageRoot } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from './free-port';
@@ -27,6 +27,26 @@ export interface ChildServicesOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** How long each may take to report SERVING. */
   readonly startTimeoutMs?: number;
+}
+
+/** Flags the children get from startChildServices itself; the caller's values for these are not passed on. */
+const FIXED = new Set(['model', 'host', 'vision-port', 'language-port', 'log-level', 'metrics-port']);
+
+/**
+ * The config flags of a command line, to pass on to both services (--provider, --workers,
+ * --queue-size, ...), less the ones set here. `ownFlags`: the command's other flags, so their values
+ * are skipped rather than read as flags.
+ */
+export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<string, { type: string }>>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const name = arg.replace(/^--/, '').split('=')[0]!;
+    const spec = (CONFIG_FLAGS as Record<string, { type: string }>)[name] ?? ownFlags[name];
+    const value = spec?.type === 'string' && !arg.includes('=') ? argv[++i] : undefined;
+    if (name in CONFIG_FLAGS && !FIXED.has(name)) out.push(arg, ...(value === undefined ? [] : [value]));
+  }
+  return out;
 }
 
 /** Still running: a child killed by a signal keeps exitCode null and sets signalCode instead. */

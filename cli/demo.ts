@@ -1,9 +1,10 @@
 /**
- * `vlm demo [--model DIR] [--items N]` (`npm run demo`)
+ * `vlm demo [--model DIR] [--items N] [config flags]` (`npm run demo`)
  *
  * Starts the vision and language services as two processes on free loopback ports, waits until both
  * report SERVING, asks a few of the model's committed evaluation questions under several reduction
  * policies, prints answers, token counts, FLOPs and latency, stops both and exits.
+ * Config flags (--provider, --workers, ...) are passed on to both services.
  * A bundle without eval/items.jsonl (e.g. a random-weight fixture) gets one generated image.
  */
 import { existsSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
-import { generatedImage, startChildServices } from './child-services';
+import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = { items: { type: 'string' } } as const;
 
@@ -55,7 +56,7 @@ export async function run(argv: string[]): Promise<number> {
   const items = await questions(modelDir, Number(values['items'] ?? 3));
   const env = { ...process.env, VLM_INTRA_OP_THREADS: process.env.VLM_INTRA_OP_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / 2))) };
   const started = Date.now();
-  const services = await startChildServices({ modelDir, env });
+  const services = await startChildServices({ modelDir, env, flags: serveFlags(argv, FLAGS) });
   const { visionPort, languagePort } = services;
   const client = languageClient(`127.0.0.1:${languagePort}`);
   try {
