@@ -63,9 +63,14 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   };
   const onCancelled = (): void => {
     if (controller.signal.aborted) return;
-    // grpc-js emits 'cancelled' both for a client cancel and for its own deadline timer.
+    // grpc-js emits 'cancelled' both for a client cancel and for a deadline. The server's deadline
+    // counts from when the request arrived, so a client giving up at its own deadline cancels early by
+    // the request's transit and queueing delay (tens of milliseconds on a busy host). A cancel that
+    // close to the deadline is read as the deadline; only logs and spans see the label, since a
+    // cancelled client receives no status.
+    const window = Math.min(1000, Math.max(50, (deadline - start) * 0.2));
     const reason =
-      Date.now() >= deadline - 5
+      Date.now() >= deadline - window
         ? new VlmError('DEADLINE_EXCEEDED', 'the deadline passed before the request finished')
         : new VlmError('CANCELLED', 'the client cancelled the request');
     controller.abort(reason);
