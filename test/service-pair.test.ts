@@ -15,7 +15,7 @@ import type { ReductionPolicy } from '../shared/methods/policy';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
-import { expectationOf } from '../services/language/generate';
+import { expectationOf, generateStream } from '../services/language/generate';
 import { decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
@@ -212,6 +212,27 @@ describe('the service pair on loopback', () => {
     // 200 tokens take most of a second on this model; the worker stopped at its next decode step.
     expect(Date.now() - cancelledAt).toBeLessThan(600);
     expect(vision.activeCalls()).toBe(0);
+  });
+
+  it('stops decoding when the stream is abandoned without a cancel (a failed write ends the call)', async () => {
+    // The adapter returns the handler's generator when a write fails; nothing aborts the call's signal.
+    const hop = new VisionClient({ target: vision.address, authToken: null });
+    const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
+    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
+    try {
+      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits }, request(image, { maxTokens: 220 }), ctx);
+      await stream.next();
+      await stream.next();
+      expect(language.engine.pool.stats.busy).toBe(1);
+      const abandonedAt = Date.now();
+      await stream.return(undefined);
+      await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
+      // The remaining ~218 tokens take about 0.4 s on an idle machine (measured: 370 ms for
+      // 198 without this behaviour); the worker stopped at its next decode step (7 ms measured).
+      expect(Date.now() - abandonedAt).toBeLessThan(150);
+    } finally {
+      hop.close();
+    }
   });
 
   it('cancels the vision call while it encodes, so the language worker never starts', async () => {

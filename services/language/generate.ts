@@ -8,6 +8,7 @@ import type { VisualTokens as CoreVisualTokens, GenerateResult } from '../../sha
 import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
 import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen/vlm/v1/language_service';
 import { FinishReason } from '../../gen/vlm/v1/language_service';
+import { VlmError } from '../../shared/errors';
 import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
 import type { ServiceEngine } from '../common/engine';
@@ -57,26 +58,42 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const tensor = await deps.vision.encode(hop, expectationOf(engine), ctx);
   const encodeMs = performance.now() - started;
 
-  const deltas = new Channel<{ text: string; tokenIds: number[] }>();
-  let pendingIds: number[] = [];
-  const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, valid.sampling, valid.policy, {
-    signal: ctx.signal,
-    deadline: ctx.deadline,
-    requestId: ctx.requestId,
-    // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
-    onDelta: (text, id) => {
-      pendingIds.push(id);
-      if (text === '') return;
-      deltas.push({ text, tokenIds: pendingIds });
-      pendingIds = [];
-    },
-  });
-  run.then(() => deltas.close(), (err: unknown) => deltas.fail(err));
-  for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
-  const result = await run;
-  const final = finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
-  recordGenerateTelemetry(span, result, final, encodeMs);
-  yield { part: { $case: 'final', final } };
+  // The generation gets a signal of its own: besides the call's cancellation and deadline, it is
+  // aborted when this stream is abandoned early (the adapter returns the generator after a failed
+  // write), so no worker keeps decoding for a call that has ended.
+  const generation = new AbortController();
+  const forward = (): void => generation.abort(ctx.signal.reason);
+  if (ctx.signal.aborted) forward();
+  else ctx.signal.addEventListener('abort', forward, { once: true });
+  let settled = false;
+  try {
+    const deltas = new Channel<{ text: string; tokenIds: number[] }>();
+    let pendingIds: number[] = [];
+    const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, valid.sampling, valid.policy, {
+      signal: generation.signal,
+      deadline: ctx.deadline,
+      requestId: ctx.requestId,
+      // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
+      onDelta: (text, id) => {
+        pendingIds.push(id);
+        if (text === '') return;
+        deltas.push({ text, tokenIds: pendingIds });
+        pendingIds = [];
+      },
+    });
+    run.then(
+      () => ((settled = true), deltas.close()),
+      (err: unknown) => ((settled = true), deltas.fail(err)),
+    );
+    for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
+    const result = await run;
+    const final = finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
+    recordGenerateTelemetry(span, result, final, encodeMs);
+    yield { part: { $case: 'final', final } };
+  } finally {
+    ctx.signal.removeEventListener('abort', forward);
+    if (!settled) generation.abort(new VlmError('CANCELLED', 'the call ended before the answer was complete'));
+  }
 }
 
 function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, encodeMs: number): void {
