@@ -5,7 +5,6 @@
  * only, and no secret (token, key material) in any log line.
  */
 import { mkdtempSync, copyFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { credentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
@@ -21,6 +20,7 @@ import { createLogger } from '../shared/log';
 import { configFrom } from '../shared/config';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { ask, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
+import { freePort } from '../cli/free-port';
 
 const TOKEN = 'test-token-7f3a9c51e2b84d06a1f5c9e3b7d2a8f4';
 
@@ -244,13 +244,3 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
   });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}

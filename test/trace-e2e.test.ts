@@ -6,7 +6,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { credentials, Metadata } from '@grpc/grpc-js';
 import sharp from 'sharp';
@@ -17,19 +16,11 @@ import { healthOf } from '../services/common/health-client';
 import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { collect, eventually } from './service-helpers';
+import { freePort } from '../cli/free-port';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 describe('one trace across vlm-language and vlm-vision (two processes)', () => {
   let receiver: TraceReceiver;
