@@ -11,7 +11,8 @@ import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefiniti
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
-import { packageRoot } from '../../shared/config';
+import { packageRoot, type Config } from '../../shared/config';
+import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
 import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestIdInterceptor } from './interceptors';
@@ -150,4 +151,19 @@ function reflectionDefinition(protoFiles: readonly string[]): ReturnType<typeof 
     keepCase: true,
     defaults: false,
   });
+}
+
+/** The transport options both services take from the config alike: limits, auth, drain, TLS, streams. */
+export function transportOptions(config: Config, credentials: ServerCredentials | null): Pick<
+  GrpcServerOptions,
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams'
+> {
+  return {
+    maxReceiveMessageBytes: receiveLimit(config.limits),
+    maxSendMessageBytes: SEND_LIMIT,
+    authToken: config.rpc.authToken,
+    shutdownGraceMs: config.rpc.shutdownGraceMs,
+    credentials: credentials ?? undefined,
+    maxConcurrentStreams: config.rpc.maxConcurrentStreams,
+  };
 }

@@ -6,9 +6,8 @@ import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startEngine } from '../common/engine';
-import { GrpcServer } from '../common/grpc-server';
+import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
-import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
 import { noReduction } from '../common/validate';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
@@ -53,12 +52,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     implementation,
     protoFiles: ['vlm/v1/language_service.proto'],
     log,
-    maxReceiveMessageBytes: receiveLimit(config.limits),
-    maxSendMessageBytes: SEND_LIMIT,
-    authToken: config.rpc.authToken,
-    shutdownGraceMs: config.rpc.shutdownGraceMs,
-    credentials: tls.server ?? undefined,
-    maxConcurrentStreams: config.rpc.maxConcurrentStreams,
+    ...transportOptions(config, tls.server),
   });
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.

@@ -6,9 +6,8 @@ import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { VisionServiceService } from '../../gen/vlm/v1/vision_service';
 import { startEngine, type ServiceEngine } from '../common/engine';
-import { GrpcServer } from '../common/grpc-server';
+import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
-import { receiveLimit, SEND_LIMIT } from '../common/message-limits';
 import { visionHandlers } from './handlers';
 import { noReduction } from '../common/validate';
 import { serviceTls } from '../common/tls';
@@ -50,12 +49,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
     implementation,
     protoFiles: ['vlm/v1/vision_service.proto'],
     log,
-    maxReceiveMessageBytes: receiveLimit(config.limits),
-    maxSendMessageBytes: SEND_LIMIT,
-    authToken: config.rpc.authToken,
-    shutdownGraceMs: config.rpc.shutdownGraceMs,
-    credentials: tls.server ?? undefined,
-    maxConcurrentStreams: config.rpc.maxConcurrentStreams,
+    ...transportOptions(config, tls.server),
     // Language pods hold long-lived channels; aged-out connections make them re-resolve and find new replicas.
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
     maxConnectionAgeGraceMs: config.limits.deadlineMs,
