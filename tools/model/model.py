@@ -40,6 +40,8 @@ class TinyLlavaConfig:
     num_contents: int = 60          # colour x shape x size combinations for the CLS objective
     num_patch_colors: int = 7       # background + colours
     num_patch_shapes: int = 6       # background + shapes
+    num_patch_sizes: int = 3        # background + small/large (robustness fine-tune, tools/model/robust.py)
+    num_patch_cells: int = 15       # background + grid row/column of the covering object's centre
 
     @property
     def grid(self):
@@ -53,14 +55,18 @@ class TinyLlavaConfig:
         return asdict(self)
 
 
-def _attention(q, k, v, causal):
-    """q, k, v [B, H, T, dh] -> [B, H, T, dh]; flash/SDPA on torch 2, explicit math on torch 1.13."""
+def _attention(q, k, v, causal, mask=None):
+    """q, k, v [B, H, T, dh] -> [B, H, T, dh]; flash/SDPA on torch 2, explicit math on torch 1.13.
+    mask: optional bool [B, 1, T, T] (True = may attend) that replaces the causal rule."""
     if hasattr(F, "scaled_dot_product_attention"):
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if causal:
+    if mask is None and causal:
         t = q.shape[-2]
         mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     return logits.softmax(-1) @ v
 
@@ -87,9 +93,9 @@ class VisionLayer(nn.Module):
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         return logits.float().softmax(-1).mean(1)
 
-    def forward(self, h):
+    def forward(self, h, mask=None):
         x = self.ln1(h)
-        ctx = _attention(self.split(self.q_proj(x)), self.split(self.k_proj(x)), self.split(self.v_proj(x)), False)
+        ctx = _attention(self.split(self.q_proj(x)), self.split(self.k_proj(x)), self.split(self.v_proj(x)), False, mask)
         h = h + self.o_proj(ctx.transpose(1, 2).reshape(h.shape))
         return h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
 
@@ -183,9 +189,9 @@ class DecoderLayer(nn.Module):
             k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         return q, k, v
 
-    def forward(self, h, cos, sin):
+    def forward(self, h, cos, sin, mask=None):
         q, k, v = self.qkv(h, cos, sin)
-        ctx = _attention(q, k, v, True)
+        ctx = _attention(q, k, v, True, mask)
         h = h + self.o_proj(ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1))
         x = self.post_attention_layernorm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -223,6 +229,9 @@ class TrainingHeads(nn.Module):
         self.contents = nn.Linear(c.vision_hidden, c.num_contents)
         self.patch_color = nn.Linear(c.vision_hidden, c.num_patch_colors)
         self.patch_shape = nn.Linear(c.vision_hidden, c.num_patch_shapes)
+        self.patch_size = nn.Linear(c.vision_hidden, c.num_patch_sizes)
+        self.patch_row = nn.Linear(c.vision_hidden, c.num_patch_cells)
+        self.patch_col = nn.Linear(c.vision_hidden, c.num_patch_cells)
 
 
 class TinyLlava(nn.Module):

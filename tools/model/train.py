@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.bundle.tokenizer import build_wordpiece_vocab  # noqa: E402
 from tools.model import checkpoint  # noqa: E402
 from tools.model.model import TinyLlava, TinyLlavaConfig  # noqa: E402
+from tools.model.robust import robust_losses, sample_plan  # noqa: E402
 from tools.vqa import vocab as V  # noqa: E402
 from tools.vqa.batch import make_batch  # noqa: E402
 
@@ -84,14 +85,30 @@ def losses(model, batch, prefix_ids):
     return answer_loss, cls_loss, patch_loss, correct
 
 
+def fixed_plan(batch, keep_fraction, language_from, seed):
+    """A deterministic removal for validation: the same random patches gone from one decoder layer on."""
+    n, P = batch["patch_color"].shape
+    device = batch["pixel_values"].device
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    never = torch.full((n,), 10**6, dtype=torch.long, device=device)
+    return {"keep": torch.rand(n, P, generator=g, device=device) < keep_fraction, "vision_from": never,
+            "language_from": torch.full((n,), language_from, dtype=torch.long, device=device),
+            "prefix_lm": torch.zeros(n, dtype=torch.bool, device=device)}
+
+
 @torch.no_grad()
-def validate(model, val_batches, prefix_ids, device, amp):
+def validate(model, val_batches, prefix_ids, device, amp, plan=None):
+    """Accuracy per type; with `plan` (a fixed_plan spec) under that removal instead of unreduced."""
     model.eval()
     right = torch.zeros(len(V.QUESTION_TYPES), device=device)
     total = torch.zeros(len(V.QUESTION_TYPES), device=device)
-    for batch in val_batches:
+    for k, batch in enumerate(val_batches):
         with amp():
-            _, _, _, correct = losses(model, batch, prefix_ids)
+            if plan is None:
+                _, _, _, correct = losses(model, batch, prefix_ids)
+            else:
+                _, _, _, correct = robust_losses(model, batch, prefix_ids, fixed_plan(batch, *plan, seed=k))
         valid = batch["valid"]
         right.index_add_(0, batch["types"][valid], correct[valid].float())
         total.index_add_(0, batch["types"][valid], torch.ones_like(correct[valid], dtype=torch.float))
@@ -118,6 +135,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss (torch 2 only)")
+    ap.add_argument("--init-bundle", default=None, help="start from a bundle's weights (fine-tune)")
+    ap.add_argument("--init-extras", default=None, help="the non-exported weights (ViT layers after the feature "
+                    "layer, training heads) saved beside that bundle's checkpoint")
+    ap.add_argument("--robust", action="store_true", help="token-removal / prefix-LM fine-tune (tools/model/robust.py)")
+    ap.add_argument("--merge-share", type=float, default=0.0, help="--robust: share of vision removals that merge")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -136,6 +158,16 @@ def main():
         if args.total_steps <= 0:
             args.total_steps = meta["total_steps"]
         elapsed_before = meta.get("train_seconds", 0.0)
+    elif args.init_bundle:
+        from tools.model.from_bundle import load_model_from_bundle
+        model, _ = load_model_from_bundle(args.init_bundle)
+        if args.init_extras:
+            extras = {k: v.float() for k, v in torch.load(args.init_extras, map_location="cpu").items()}
+            missing, unexpected = model.load_state_dict(extras, strict=False)
+            if unexpected:
+                raise SystemExit(f"unknown extra weights: {unexpected[:8]}")
+            print(f"fresh (not in bundle or extras): {[m for m in missing if m.startswith('heads.')]}", flush=True)
+        model = model.to(device)
     else:
         model = TinyLlava(TinyLlavaConfig(vocab_size=vocab_size)).to(device)
     model.train()
@@ -160,7 +192,9 @@ def main():
     print(f"params {n_params / 1e6:.2f}M (training heads included), device {device}, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}", flush=True)
     prefix_ids = torch.tensor(V.PREFIX_IDS, device=device)
-    loss_fn = torch.compile(losses) if args.compile else losses
+    base_loss = robust_losses if args.robust else (lambda m, b, p, _plan: losses(m, b, p))
+    loss_fn = torch.compile(base_loss) if args.compile else base_loss
+    c = model.config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train_log.jsonl", "a")
@@ -177,12 +211,20 @@ def main():
     window_t, window_step = time.time(), step
     while step < args.total_steps and time.time() - t0 < args.minutes * 60:
         gen.manual_seed(TRAIN_SEED_BASE + step)
-        batch = make_batch(args.batch, gen, device, TYPE_WEIGHTS, relation_margin(step, args.total_steps))
-        lr = lr_at(step, args.total_steps, args.lr, args.warmup, rewarm_from)
+        # a fine-tune starts where the curriculum ended (6 px relation margins)
+        margin = 6.0 if args.init_bundle else relation_margin(step, args.total_steps)
+        batch = make_batch(args.batch, gen, device, TYPE_WEIGHTS, margin)
+        if args.init_bundle:
+            # a fine-tune of bounded wall time: warmup, then cosine over the minutes to 5 % of peak
+            done = (time.time() - t0) / (args.minutes * 60)
+            lr = args.lr * min(1.0, (step - start_step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+        else:
+            lr = lr_at(step, args.total_steps, args.lr, args.warmup, rewarm_from)
         for group in opt.param_groups:
             group["lr"] = lr
+        plan = sample_plan(batch, gen, c.num_patches, c.vision_layers, c.layers, p_merge=args.merge_share) if args.robust else None
         with amp():
-            answer_loss, cls_loss, patch_loss, correct = loss_fn(model, batch, prefix_ids)
+            answer_loss, cls_loss, patch_loss, correct = loss_fn(model, batch, prefix_ids, plan)
         loss = answer_loss + cls_loss + 0.5 * patch_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,7 +242,7 @@ def main():
             rec = {"step": step, "lr": round(lr, 6), "answer_loss": round(s[0], 4), "cls_loss": round(s[1], 4),
                    "patch_loss": round(s[2], 4), "train_acc": {t: round(a, 3) for t, a in zip(V.QUESTION_TYPES, acc)},
                    "steps_per_s": round((step - window_step) / (now - window_t), 2),
-                   "margin": relation_margin(step, args.total_steps), "elapsed_s": round(now - t0, 1)}
+                   "margin": margin, "elapsed_s": round(now - t0, 1)}
             window_t, window_step = now, step
             sums.zero_()
             run_stats.zero_()
@@ -209,6 +251,8 @@ def main():
         if step % args.val_every == 0 or step == args.total_steps:
             val = validate(model, val_batches, prefix_ids, device, amp)
             rec = {"step": step, "val": val}
+            if args.robust:
+                rec["val_random25_from2"] = validate(model, val_batches, prefix_ids, device, amp, plan=(0.25, 2))
             history.append(rec)
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
@@ -216,6 +260,9 @@ def main():
 
     train_seconds = elapsed_before + time.time() - t0
     val = validate(model, val_batches, prefix_ids, device, amp)
+    if args.robust:
+        val_reduced = validate(model, val_batches, prefix_ids, device, amp, plan=(0.25, 2))
+        print(json.dumps({"step": step, "val_random25_from2": val_reduced}), flush=True)
     meta = checkpoint.save(out, model, {"step": step, "total_steps": args.total_steps, "batch": args.batch,
                                         "lr": args.lr, "seed": args.seed, "train_seconds": round(train_seconds, 1),
                                         "examples": step * args.batch, "val": val, "history": history,

@@ -28,11 +28,15 @@ def make_batch(n, gen, device, type_weights=None, relation_margin=8.0, augment=T
     types = sample_types(n, gen, device, type_weights or {})
     q = make_questions(scenes, types, gen, relation_margin=relation_margin)
     patch_color, patch_shape = S.patch_centre_labels(scenes)
+    patch_size, patch_row, patch_col = S.patch_object_labels(scenes)
     return {
         "pixel_values": normalize(images),
         "types": types,
         "contents": S.contents(scenes),
         "patch_color": patch_color,
         "patch_shape": patch_shape,
+        "patch_size": patch_size,
+        "patch_row": patch_row,
+        "patch_col": patch_col,
         **q,
     }

@@ -168,6 +168,27 @@ def patch_centre_labels(scenes):
     return color.view(n, -1), shape.view(n, -1)
 
 
+def patch_object_labels(scenes):
+    """Per-patch targets of the topmost object covering each patch centre, 0 for background ([N, 196]
+    each): size+1, and the grid row+1 / column+1 of the object's centre. They make every object patch
+    carry its object's size and place, so a subset of an object's patches still describes it."""
+    n = len(scenes)
+    device = scenes.cx.device
+    centres = torch.arange(GRID, device=device, dtype=torch.float32) * PATCH + PATCH / 2
+    size = torch.zeros(n, GRID, GRID, dtype=torch.long, device=device)
+    row = torch.zeros_like(size)
+    col = torch.zeros_like(size)
+    for k in range(MAX_OBJECTS):
+        dx = centres.view(1, 1, -1) - scenes.cx[:, k].view(-1, 1, 1)
+        dy = centres.view(1, -1, 1) - scenes.cy[:, k].view(-1, 1, 1)
+        inside = (shape_sdf(scenes.shape[:, k], dx, dy, scenes.radius[:, k]) < 0) & scenes.present[:, k].view(-1, 1, 1)
+        cell = lambda c: (c[:, k] // PATCH).clamp(0, GRID - 1).long().view(-1, 1, 1) + 1  # noqa: E731
+        size = torch.where(inside, scenes.size[:, k].view(-1, 1, 1) + 1, size)
+        row = torch.where(inside, cell(scenes.cy), row)
+        col = torch.where(inside, cell(scenes.cx), col)
+    return size.view(n, -1), row.view(n, -1), col.view(n, -1)
+
+
 def patch_coverage(scenes):
     """Fraction of each patch's pixels that objects cover, [N, 196] (for the CLS attention check)."""
     n = len(scenes)
