@@ -2,6 +2,10 @@
  * The inference pool runs the engine on worker threads: the caller's event loop keeps running, a
  * full queue refuses work at once, and cancellation reaches queued and running jobs.
  */
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import type { Worker } from 'node:worker_threads';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
@@ -98,4 +102,36 @@ describe('InferencePool', () => {
     const late = await failure(pool.ask(image, 'what color is it?', sampling, policy(), { deadline: Date.now() - 1 }));
     expect(late.code).toBe('DEADLINE_EXCEEDED');
   });
+
+  it('fails queued and new jobs at once with UNAVAILABLE while no worker can start, and serves again once one can', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vlm-pool-'));
+    await cp(RANDOM_BUNDLE, dir, { recursive: true });
+    const own = await InferencePool.start(testConfig({ model: { dir }, runtime: { workers: 1 }, limits: { queueSize: 2 } }));
+    try {
+      // The only worker dies and its replacement cannot load the (now missing) bundle.
+      await rm(dir, { recursive: true, force: true });
+      const { slots } = own as unknown as { slots: Array<{ worker: Worker }> };
+      await slots[0]!.worker.terminate();
+      const t0 = Date.now();
+      expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
+      expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
+      expect(Date.now() - t0).toBeLessThan(15_000); // not the 60 s default deadline
+
+      // The start is retried with backoff: with the bundle back, the pool answers again.
+      await cp(RANDOM_BUNDLE, dir, { recursive: true });
+      let answer: string | undefined;
+      for (let i = 0; i < 60 && answer === undefined; i++) {
+        try {
+          answer = (await own.ask(image, 'what color is it?', sampling, policy())).generate.text;
+        } catch (err) {
+          expect((err as VlmError).code).toBe('UNAVAILABLE');
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }
+      expect(typeof answer).toBe('string');
+    } finally {
+      await own.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
 });

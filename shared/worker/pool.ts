@@ -7,7 +7,9 @@
  *   the engine's next check. The caller's promise settles with the signal's reason (CANCELLED, or the
  *   DEADLINE_EXCEEDED a service put there).
  * - Deltas stream back as they are produced; errors arrive as VlmError.
- * - A worker that dies fails its job (UNAVAILABLE) and is replaced.
+ * - A worker that dies fails its job (UNAVAILABLE) and is replaced. If no worker is left and the
+ *   replacement cannot start, queued and new jobs fail at once with UNAVAILABLE (a client retries
+ *   another replica instead of waiting for its deadline) and the start is retried with backoff.
  * Under vitest or tsx the worker runs the TypeScript source through tsx's require hook; built code
  * runs the compiled worker.
  */
@@ -78,6 +80,9 @@ export class InferencePool {
   private readonly queue: Task[] = [];
   private nextId = 1;
   private closed = false;
+  /** Replacement workers being started; with no slot and none starting, nothing can run a job. */
+  private starting = 0;
+  private restartTimer: NodeJS.Timeout | undefined;
   private readonly log: Logger;
 
   private constructor(
@@ -166,6 +171,7 @@ export class InferencePool {
   async close(graceMs = 0): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.restartTimer);
     for (const t of this.queue.splice(0)) this.settle(t, new VlmError('UNAVAILABLE', 'the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -180,6 +186,7 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(new VlmError('UNAVAILABLE', 'the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
+      if (this.slots.length === 0 && this.starting === 0) return reject(noWorker());
       const idle = this.slots.find((s) => !s.task);
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
@@ -258,15 +265,40 @@ export class InferencePool {
     this.slots.splice(i, 1);
     if (slot.task) this.settle(slot.task, new VlmError('UNAVAILABLE', `the inference worker exited (code ${code}) while running the request`));
     this.log.error('inference worker exited; starting a replacement', { code });
-    InferencePool.startWorker(this.deps, i)
+    this.replace(i, 0);
+  }
+
+  private replace(index: number, attempt: number): void {
+    this.starting++;
+    InferencePool.startWorker(this.deps, index)
       .then(({ worker }) => {
+        this.starting--;
         if (this.closed) return void worker.terminate();
         this.attach(worker);
         const next = this.queue.shift();
         if (next) this.dispatch(this.slots[this.slots.length - 1]!, next);
       })
-      .catch((err: unknown) => this.log.error('replacement worker failed to start', { error: (err as Error).message }));
+      .catch((err: unknown) => {
+        this.starting--;
+        if (this.closed) return;
+        const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
+        this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
+        // Without any worker the queue would only wait for its deadlines.
+        if (this.slots.length === 0 && this.starting === 0) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
+        this.restartTimer = setTimeout(() => {
+          this.restartTimer = undefined;
+          if (!this.closed) this.replace(index, attempt + 1);
+        }, delayMs);
+        this.restartTimer.unref();
+      });
   }
+}
+
+const RESTART_BASE_MS = 500;
+const RESTART_MAX_MS = 30_000;
+
+function noWorker(): VlmError {
+  return new VlmError('UNAVAILABLE', 'no inference worker is running (a replacement is being started); retry later or on another replica');
 }
 
 /** The wait for a worker as `vlm.queue`, then the worker's own spans, all under the caller's span. */
