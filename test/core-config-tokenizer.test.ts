@@ -6,7 +6,7 @@ import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer
 import { Sampler } from '../shared/engine/sampling';
 import { toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
 import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';
-import { topK, softmaxRows } from '../shared/tensor/ops';
+import { softmax, topkIndices } from '../shared/methods/numeric';
 import { RANDOM_BUNDLE, readJson } from './core-helpers';
 import type { Manifest } from '../shared/bundle/manifest';
 
@@ -98,11 +98,12 @@ describe('tensor helpers', () => {
     expect(() => checkCombination({ ...c, src: Int32Array.from([2, 0, 4]) }, 4, 'test method')).toThrow(/test method: TokenCombination source 4 outside \[0, 4\)/);
   });
 
-  it('top-k orders by value then index; softmax rows sum to one', () => {
-    expect([...topK([1, 3, 3, 2], 3)]).toEqual([1, 2, 3]);
-    const p = softmaxRows(Float32Array.from([1, 2, 3, 1000, 1000, 0]), 3);
-    expect(p[0]! + p[1]! + p[2]!).toBeCloseTo(1, 6);
-    expect(p[3]).toBeCloseTo(0.5, 6);
+  it('top-k orders by value then index, NaN last; softmax sums to one without overflow, -inf giving 0', () => {
+    expect(topkIndices([1, 3, 3, 2], 3)).toEqual([1, 2, 3]);
+    expect(topkIndices([NaN, 1, 2], 3)).toEqual([2, 1, 0]);
+    const p = softmax([1, 2, 3]);
+    expect(p[0]! + p[1]! + p[2]!).toBeCloseTo(1, 12);
+    expect([...softmax([1000, 1000, -Infinity])]).toEqual([0.5, 0.5, 0]);
   });
 
   it('greedy takes the first maximum; temperature sampling stays inside top-k', () => {

@@ -1,4 +1,4 @@
 export { float32ToFloat16Bit, float16BitToFloat32, toFloat16, toFloat32 } from './fp16';
 export { type F32Tensor, type I64Tensor, type HostTensor, sizeOf, f32, i64, asMatrix, batched } from './host-tensor';
 export { checkCombination, outputRows, combineRows, combineSpan, firstSourceValues } from './rows';
-export { softmaxRows, topK, argmax } from './ops';
+export { argmax } from './ops';
