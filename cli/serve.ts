@@ -5,7 +5,7 @@
  * (50052), calling vision at --vision-target (default 127.0.0.1:<vision port>); all: both, as two
  * child processes as in production (each its own pool, logs and trace service name). Defaults: the
  * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain, exit); `all` passes the
- * signal to both children and exits when they have.
+ * signal to both children and exits when they have; a second signal SIGKILLs the ones still running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -65,10 +65,18 @@ function serveBoth(flags: string[], metricsPort: number, healthPort: number): Pr
   let stopping = false;
   const stopAll = (signal: NodeJS.Signals): void => {
     stopping = true;
-    for (const child of children.values()) if (child.exitCode === null) child.kill(signal);
+    for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill(signal);
   };
-  process.on('SIGTERM', () => stopAll('SIGTERM'));
-  process.on('SIGINT', () => stopAll('SIGTERM'));
+  // The first signal drains both services; a second one (an operator out of patience) kills what
+  // still runs, so a child stuck in its drain cannot keep `serve all` alive.
+  let signals = 0;
+  const onSignal = (): void => {
+    signals += 1;
+    if (signals > 1) log.warn('second signal: killing the services that still run');
+    stopAll(signals > 1 ? 'SIGKILL' : 'SIGTERM');
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   return new Promise((resolve) => {
     let worst = 0;
     let left = children.size;

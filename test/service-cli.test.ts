@@ -89,6 +89,42 @@ describe('vlm serve all + vlm ask', () => {
   });
 });
 
+describe('vlm serve all, a child stuck while draining', () => {
+  it('drains on the first SIGTERM and kills the stuck child on the second, then exits', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    const server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    let vision = 0;
+    try {
+      await eventually(async () => (await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      const children = spawnSync('ps', ['-o', 'pid=,args=', '--ppid', String(server.pid)], { encoding: 'utf8' }).stdout.split('\n');
+      vision = Number(children.find((l) => / serve vision /.test(l))?.trim().split(/\s+/)[0]);
+      expect(vision).toBeGreaterThan(0);
+      // A stopped process takes no SIGTERM: it stands for a service that hangs in its drain.
+      process.kill(vision, 'SIGSTOP');
+      const exited = new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
+      server.kill('SIGTERM');
+      const first = await Promise.race([exited, new Promise<'waiting'>((r) => setTimeout(() => r('waiting'), 3000))]);
+      expect(first, 'serve all waits for the stuck child after one signal').toBe('waiting');
+      server.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 10_000))]);
+      expect(code).toBe(1); // the killed child's status
+      expect(stderr).toMatch(/second signal: killing the services that still run/);
+      expect(() => process.kill(vision, 0)).toThrow(); // gone
+    } finally {
+      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+      if (vision > 0) {
+        try {
+          process.kill(vision, 'SIGKILL'); // never leave a stopped orphan behind
+        } catch {
+          // already gone
+        }
+      }
+    }
+  }, 90_000);
+});
+
 describe('vlm demo', () => {
   it('starts both services, asks under several policies, prints tokens, FLOPs and latency, and exits 0', () => {
     const r = vlm(['demo', '--model', BUNDLE, '--items', '1']);
