@@ -48,19 +48,20 @@ def sample_plan(batch, gen, num_patches, vision_layers, language_layers, p_visio
     first = torch.rand(n, num_patches, generator=gen, device=device).argmax(1)
     keep[torch.arange(n, device=device), first] = True
     v_layer = torch.randint(2, vision_layers - 1, (n,), generator=gen, device=device)
-    # a share of the vision removals merge instead of drop: each removed patch is averaged into its
-    # most similar kept patch with a random weight (what merging methods do); the rest just vanish
-    merge = vision & (torch.rand(n, generator=gen, device=device) < p_merge)
-    merge_weight = 0.2 + 0.8 * torch.rand(n, num_patches, generator=gen, device=device)
     l_layer = torch.randint(0, language_layers // 2 + 1, (n,), generator=gen, device=device)
-    return {
+    plan = {
         "keep": keep,
         "vision_from": torch.where(vision, v_layer, torch.full_like(v_layer, never)),
         "language_from": torch.where(language, l_layer, torch.full_like(l_layer, never)),
         "prefix_lm": torch.rand(n, generator=gen, device=device) < p_prefix,
-        "merge": merge,
-        "merge_weight": merge_weight,
     }
+    if p_merge > 0:
+        # A share of the vision removals merge instead of drop: each removed patch is averaged into
+        # its most similar kept patch with a random weight (what merging methods do). Drawn last and
+        # only when asked, so p_merge = 0 replays the committed fine-tune's random stream.
+        plan["merge"] = vision & (torch.rand(n, generator=gen, device=device) < p_merge)
+        plan["merge_weight"] = 0.2 + 0.8 * torch.rand(n, num_patches, generator=gen, device=device)
+    return plan
 
 
 def _merge_removed(h, keep, weight):
