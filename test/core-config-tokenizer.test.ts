@@ -3,10 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { configFrom, packageRoot, parseCommandLine, parseProviders, testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
-import { Sampler } from '../shared/engine/sampling';
+import { descendingPrefix, Sampler } from '../shared/engine/sampling';
 import { toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
 import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';
-import { softmax, topkIndices } from '../shared/methods/numeric';
+import { seededRandom, softmax, topkIndices } from '../shared/methods/numeric';
 import { RANDOM_BUNDLE, readJson } from './core-helpers';
 import type { Manifest } from '../shared/bundle/manifest';
 
@@ -104,6 +104,39 @@ describe('tensor helpers', () => {
     const p = softmax([1, 2, 3]);
     expect(p[0]! + p[1]! + p[2]!).toBeCloseTo(1, 12);
     expect([...softmax([1000, 1000, -Infinity])]).toEqual([0.5, 0.5, 0]);
+  });
+
+  it('samples exactly what a full sort of the vocabulary would, sorting only the candidates it needs', () => {
+    // The reference: every logit sorted descending (ties by id), weights, top-k, top-p, one draw.
+    const reference = (params: { temperature: number; topP: number; topK: number; seed: number }, rows: Float32Array[]): number[] => {
+      const random = seededRandom(params.seed);
+      return rows.map((logits) => {
+        const order = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+        const k = params.topK > 0 ? Math.min(params.topK, logits.length) : logits.length;
+        const p = order.slice(0, k).map((i) => Math.exp((logits[i]! - logits[order[0]!]!) / params.temperature));
+        const sum = p.reduce((a, b) => a + b, 0);
+        let keep = k;
+        for (let i = 0, acc = 0; params.topP < 1 && i < k; i++) if ((acc += p[i]! / sum) >= params.topP) { keep = i + 1; break; }
+        let r = random() * p.slice(0, keep).reduce((a, b) => a + b, 0);
+        for (let i = 0; i < keep; i++) if ((r -= p[i]!) <= 0) return order[i]!;
+        return order[keep - 1]!;
+      });
+    };
+    const gen = seededRandom(7);
+    const rows = Array.from({ length: 200 }, (_, j) => Float32Array.from({ length: 3000 }, () => (gen() - 0.5) * (j % 2 ? 4 : 30) + (gen() < 0.01 ? 8 : 0)));
+    rows.push(Float32Array.from({ length: 3000 }, (_, i) => (i % 3 === 0 ? 1 : 0))); // ties everywhere
+    for (const params of [
+      { temperature: 1, topP: 1, topK: 0, seed: 1 },
+      { temperature: 0.7, topP: 0.9, topK: 0, seed: 2 },
+      { temperature: 1.3, topP: 0.5, topK: 0, seed: 3 },
+      { temperature: 1, topP: 1, topK: 40, seed: 4 },
+      { temperature: 0.8, topP: 0.8, topK: 20, seed: 5 },
+      { temperature: 2, topP: 1, topK: 5000, seed: 6 },
+    ]) {
+      const sampler = new Sampler(params);
+      expect(rows.map((l) => sampler.next(l)), JSON.stringify(params)).toEqual(reference(params, rows));
+    }
+    expect(descendingPrefix(Float32Array.from([1, 3, 3, 2]), Float64Array.from([0.1, 1, 1, 0.4]), (count) => count >= 3)).toEqual([1, 2, 3]);
   });
 
   it('greedy takes the first maximum; temperature sampling stays inside top-k', () => {

@@ -39,18 +39,37 @@ export class Sampler {
   next(logits: Float32Array): number {
     if (this.params.temperature === 0) return argmax(logits);
     const n = logits.length;
-    const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
-    const k = this.params.topK > 0 ? Math.min(this.params.topK, n) : n;
-    const max = logits[order[0]!]!;
-    const p = new Float64Array(k);
+    const max = logits[argmax(logits)]!;
+    const w = new Float64Array(n);
+    for (let i = 0; i < n; i++) w[i] = Math.exp((logits[i]! - max) / this.params.temperature);
+    // Candidates go in descending logit order (ties by index), but only as far as a choice needs
+    // them: sorting a 32k vocabulary at every step costs more than the rest of the sampler.
+    if (this.params.topK > 0 && this.params.topK < n) {
+      const k = this.params.topK;
+      return this.pick(descendingPrefix(logits, w, (count) => count >= k), w, true);
+    }
+    let total = 0;
+    for (let i = 0; i < n; i++) total += w[i]!;
+    if (this.params.topP < 1) {
+      const need = this.params.topP * total;
+      return this.pick(descendingPrefix(logits, w, (_, mass) => mass >= need), w, false);
+    }
+    const r = this.random() * total;
+    const walked = descendingPrefix(logits, w, (_, mass) => mass >= r);
+    return walked[walked.length - 1]!;
+  }
+
+  /** Draws from sorted candidates with weights `w` (by token id), cutting to top_p first if asked. */
+  private pick(order: readonly number[], w: Float64Array, cutTopP: boolean): number {
+    const k = order.length;
     let sum = 0;
-    for (let i = 0; i < k; i++) sum += p[i] = Math.exp((logits[order[i]!]! - max) / this.params.temperature);
+    for (const i of order) sum += w[i]!;
     // Smallest prefix whose mass reaches top_p (always at least one token).
     let keep = k;
-    if (this.params.topP < 1) {
+    if (cutTopP && this.params.topP < 1) {
       let acc = 0;
       for (let i = 0; i < k; i++) {
-        acc += p[i]! / sum;
+        acc += w[order[i]!]! / sum;
         if (acc >= this.params.topP) {
           keep = i + 1;
           break;
@@ -58,12 +77,35 @@ export class Sampler {
       }
     }
     let mass = 0;
-    for (let i = 0; i < keep; i++) mass += p[i]!;
+    for (let i = 0; i < keep; i++) mass += w[order[i]!]!;
     let r = this.random() * mass;
     for (let i = 0; i < keep; i++) {
-      r -= p[i]!;
+      r -= w[order[i]!]!;
       if (r <= 0) return order[i]!;
     }
     return order[keep - 1]!;
   }
+}
+
+/**
+ * Token ids in descending logit order (ties by lower id) up to and including the first at which
+ * `done(count, cumulative weight)` holds, or all of them. Only the tokens above a weight threshold
+ * are sorted; the threshold drops until they suffice. Weights are monotone in the logits, so each
+ * such set is a prefix of the full order and the result equals sorting everything.
+ */
+export function descendingPrefix(logits: Float32Array, w: Float64Array, done: (count: number, mass: number) => boolean): number[] {
+  const n = logits.length;
+  for (const threshold of [2 ** -4, 2 ** -12, 2 ** -30, 2 ** -60, 0]) {
+    const candidates: number[] = [];
+    // The last pass takes every token (NaN weights included), so the order is always complete.
+    for (let i = 0; i < n; i++) if (threshold === 0 || w[i]! >= threshold) candidates.push(i);
+    candidates.sort((a, b) => logits[b]! - logits[a]! || a - b);
+    let mass = 0;
+    for (let c = 0; c < candidates.length; c++) {
+      mass += w[candidates[c]!]!;
+      if (done(c + 1, mass)) return candidates.slice(0, c + 1);
+    }
+    if (threshold === 0) return candidates;
+  }
+  return [];
 }
