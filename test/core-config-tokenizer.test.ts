@@ -7,7 +7,7 @@ import { descendingPrefix, Sampler } from '../shared/engine/sampling';
 import { toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
 import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';
 import { seededRandom, softmax, topkIndices } from '../shared/methods/numeric';
-import { RANDOM_BUNDLE, readJson } from './core-helpers';
+import { RANDOM_BUNDLE, readJson, ROOT } from './core-helpers';
 import type { Manifest } from '../shared/bundle/manifest';
 
 describe('config', () => {
@@ -62,12 +62,17 @@ describe('prompt assembly', () => {
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'what is <image>?', limits)).toThrow(/must not contain the image placeholder "<image>"/);
   });
 
-  it('streams deltas that concatenate to the decoded text', async () => {
-    const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
-    const ids = tok.encode('the small circle is red');
-    const d = new DeltaDecoder(tok);
-    const text = ids.map((id) => d.push(id)).join('') + d.flush();
-    expect(text).toBe(tok.decode(ids));
+  it('streams deltas that concatenate to the decoded text (WordPiece and byte-fallback BPE, multi-byte characters)', async () => {
+    for (const file of [path.join(RANDOM_BUNDLE, 'tokenizer.json'), path.join(ROOT, 'test/fixtures/llava-tiny/bundle/tokenizer.json')]) {
+      const tok = await loadTokenizer(file);
+      for (const sentence of ['the small circle is red', 'What shape is the cyan object? It is a large diamond, left of the square.', 'naïve café — 東京 🙂 ok', '  spaced   words\nnew line']) {
+        const ids = tok.encode(sentence);
+        const d = new DeltaDecoder(tok);
+        const deltas = ids.map((id) => d.push(id));
+        expect(deltas.join('') + d.flush(), `${path.basename(path.dirname(file))}: ${sentence}`).toBe(tok.decode(ids));
+        expect(deltas.some((x) => x.includes('\uFFFD'))).toBe(false);
+      }
+    }
   });
 });
 

@@ -64,31 +64,38 @@ export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: T
 }
 
 /**
- * Turns a growing list of generated ids into text deltas. Decoding the whole list each time keeps
- * multi-token characters and word-joining decoders right; a trailing U+FFFD (an incomplete UTF-8
- * sequence of byte-level BPE) is held back until the next token completes it.
+ * Turns a growing list of generated ids into text deltas, decoding a short window instead of the
+ * whole list each time (vLLM's incremental detokenizer): the window starts at tokens already shown,
+ * so word-joining decoders and a dropped leading space treat the window's start the same way in both
+ * decodes, and only the text after them is new. A trailing U+FFFD (an incomplete UTF-8 sequence of
+ * byte-level BPE) is held back until the next token completes it.
  */
 export class DeltaDecoder {
-  private ids: number[] = [];
-  private emitted = '';
+  private readonly ids: number[] = [];
+  /** Window start: the first id of the text the previous delta was cut from. */
+  private prefixOffset = 0;
+  /** Ids before this one have been shown. */
+  private readOffset = 0;
 
   constructor(private readonly tok: TextTokenizer) {}
 
   push(id: number): string {
     this.ids.push(id);
-    const text = this.tok.decode(this.ids);
-    if (text.endsWith('\uFFFD') || !text.startsWith(this.emitted)) return '';
-    const delta = text.slice(this.emitted.length);
-    this.emitted = text;
-    return delta;
+    const shown = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const text = this.tok.decode(this.ids.slice(this.prefixOffset));
+    if (text.length <= shown.length || text.endsWith('\uFFFD') || !text.startsWith(shown)) return '';
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    return text.slice(shown.length);
   }
 
   /** The rest, at the end of generation. */
   flush(): string {
-    const text = this.tok.decode(this.ids);
-    const delta = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
-    return delta;
+    const shown = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const text = this.tok.decode(this.ids.slice(this.prefixOffset));
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    return text.startsWith(shown) ? text.slice(shown.length) : '';
   }
 
   get text(): string {
