@@ -5,12 +5,11 @@ import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
 import { loadBundle } from '../shared/bundle';
-import { VlmError } from '../shared/errors';
 import { createLogger } from '../shared/log';
 import { ProviderChain } from '../shared/onnx/providers';
 import { runStage } from '../shared/onnx/run-stage';
 import { f32, i64 } from '../shared/tensor/host-tensor';
-import { RANDOM_BUNDLE } from './core-helpers';
+import { failure, RANDOM_BUNDLE } from './core-helpers';
 
 const config = testConfig();
 const log = createLogger('test');
@@ -30,12 +29,6 @@ async function brokenCopy(edit: (m: Record<string, any>) => void = () => {}): Pr
 
 const load = (dir: string, over: { verifyHashes?: boolean; eagerSessions?: boolean } = {}) =>
   loadBundle(dir, { model: { verifyHashes: false, eagerSessions: false, ...over }, runtime: config.runtime, log });
-
-async function failure(p: Promise<unknown>): Promise<VlmError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err).toBeInstanceOf(VlmError);
-  return err as VlmError;
-}
 
 afterEach(async () => {
   for (const d of temps.splice(0)) await rm(d, { recursive: true, force: true });

@@ -4,31 +4,22 @@
  * cancellation and deadlines stop a request between layers.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testConfig } from '../shared/config';
-import { disposeModel, encodePixels, generate, loadModel, type LoadedModel } from '../shared/engine';
-import { VlmError } from '../shared/errors';
+import { disposeModel, encodePixels, generate, type LoadedModel } from '../shared/engine';
 import { f32, type F32Tensor } from '../shared/tensor/host-tensor';
 import type { SamplingParams } from '../shared/engine/sampling';
-import { policy, RANDOM_BUNDLE } from './core-helpers';
+import { failure, loadTestModel, policy, RANDOM_BUNDLE } from './core-helpers';
 
 const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 4 };
 let model: LoadedModel;
 let pixels: F32Tensor;
 
 beforeAll(async () => {
-  const config = testConfig({ model: { dir: RANDOM_BUNDLE } });
-  model = await loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+  model = await loadTestModel({ dir: RANDOM_BUNDLE });
   const data = new Float32Array(3 * 32 * 32);
   for (let i = 0; i < data.length; i++) data[i] = Math.sin(i * 0.37) * 1.5;
   pixels = f32([1, 3, 32, 32], data);
 });
 afterAll(() => disposeModel(model));
-
-async function failure(p: Promise<unknown>): Promise<VlmError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err).toBeInstanceOf(VlmError);
-  return err as VlmError;
-}
 
 describe('vision-side reduction inside encoder layers', () => {
   it.each(['ficoco-v', 'tome', 'random'] as const)('%s: follows its schedule and hands the budget to the projector', async (vision) => {

@@ -10,13 +10,12 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testConfig } from '../shared/config';
 import { layerStage } from '../shared/bundle/manifest';
-import { disposeModel, encodeImage, generate, loadModel, type LoadedModel } from '../shared/engine';
+import { disposeModel, encodeImage, generate, type LoadedModel } from '../shared/engine';
 import { runStage, type Feed } from '../shared/onnx/run-stage';
 import { f32, i64, type F32Tensor } from '../shared/tensor/host-tensor';
 import { assemblePrompt } from '../shared/tokenizer';
-import { expectClose, policy, ROOT } from './core-helpers';
+import { expectClose, loadTestModel, policy, ROOT } from './core-helpers';
 
 const MODEL_DIR = path.join(ROOT, 'models/tiny-llava-shapes');
 const GOLDEN = path.join(ROOT, 'test/fixtures/golden/tiny-llava-shapes.json');
@@ -70,8 +69,7 @@ describe('golden parity: tiny-llava-shapes, no reduction', () => {
     golden = JSON.parse(readFileSync(GOLDEN, 'utf8')) as Golden;
     const bin = readFileSync(path.join(path.dirname(GOLDEN), golden.bin));
     values = new Float32Array(bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength));
-    const config = testConfig({ model: { dir: MODEL_DIR } });
-    model = await loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+    model = await loadTestModel({ dir: MODEL_DIR });
   });
   afterAll(() => model && disposeModel(model));
 

@@ -2,6 +2,9 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { expect } from 'vitest';
+import { testConfig, type Config } from '../shared/config';
+import { loadModel, type LoadedModel } from '../shared/engine';
+import { VlmError } from '../shared/errors';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import { f32, i64, type HostTensor } from '../shared/tensor/host-tensor';
 
@@ -44,4 +47,17 @@ export function expectClose(name: string, actual: Float32Array, expected: Float3
 
 export function policy(over: Partial<ReductionPolicy> = {}): ReductionPolicy {
   return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0, ...over };
+}
+
+/** The VlmError a promise rejects with (fails the test if it resolves or rejects with anything else). */
+export async function failure(p: Promise<unknown>): Promise<VlmError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(VlmError);
+  return err as VlmError;
+}
+
+/** A bundle loaded in-process with the test configuration (one intra-op thread). */
+export function loadTestModel(model: Partial<Config['model']>): Promise<LoadedModel> {
+  const config = testConfig({ model });
+  return loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
 }

@@ -2,7 +2,7 @@ import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { preprocessImage } from '../shared/image';
 import type { PreprocessSpec } from '../shared/bundle/manifest';
-import { VlmError } from '../shared/errors';
+import { failure } from './core-helpers';
 
 // mean 0, std 1, rescale 1/255: pixel_values are the 8-bit RGB values / 255, so colours can be read back.
 const spec = (over: Partial<PreprocessSpec> = {}): PreprocessSpec => ({
@@ -38,10 +38,9 @@ function bands(width: number, bandHeight: number, colors: [number, number, numbe
 }
 
 async function expectInvalid(p: Promise<unknown>, text: RegExp) {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err).toBeInstanceOf(VlmError);
-  expect((err as VlmError).code).toBe('INVALID_ARGUMENT');
-  expect((err as VlmError).message).toMatch(text);
+  const err = await failure(p);
+  expect(err.code).toBe('INVALID_ARGUMENT');
+  expect(err.message).toMatch(text);
 }
 
 describe('image preprocessing turns every supported input kind into [1,3,S,S] float32', () => {

@@ -5,12 +5,11 @@
  */
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testConfig } from '../shared/config';
-import { disposeModel, encodePixels, generate, loadModel, type LoadedModel } from '../shared/engine';
+import { disposeModel, encodePixels, generate, type LoadedModel } from '../shared/engine';
 import { runStage } from '../shared/onnx/run-stage';
 import type { F32Tensor } from '../shared/tensor/host-tensor';
 import { assemblePrompt } from '../shared/tokenizer';
-import { decodeRef, expectClose, policy, RANDOM_BUNDLE, readJson, ROOT, type RefTensor } from './core-helpers';
+import { decodeRef, expectClose, loadTestModel, policy, RANDOM_BUNDLE, readJson, type RefTensor, ROOT } from './core-helpers';
 
 interface Reference {
   bundles: Record<string, { content_hash: string; io_dtype: 'float32' | 'float16'; tolerance: number }>;
@@ -29,8 +28,7 @@ describe.each(Object.entries(ref.bundles))('%s', (folder, expected) => {
 const tol = expected.tolerance;
 let model: LoadedModel;
 beforeAll(async () => {
-  const config = testConfig({ model: { dir: path.join(path.dirname(RANDOM_BUNDLE), folder), verifyHashes: true } });
-  model = await loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+  model = await loadTestModel({ dir: path.join(path.dirname(RANDOM_BUNDLE), folder), verifyHashes: true });
 });
 afterAll(() => disposeModel(model));
 

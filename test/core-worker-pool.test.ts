@@ -12,17 +12,11 @@ import { testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { InferencePool } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
-import { policy, RANDOM_BUNDLE } from './core-helpers';
+import { failure, policy, RANDOM_BUNDLE } from './core-helpers';
 
 const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
 let pool: InferencePool;
 let image: Buffer;
-
-async function failure(p: Promise<unknown>): Promise<VlmError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err).toBeInstanceOf(VlmError);
-  return err as VlmError;
-}
 
 beforeAll(async () => {
   const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 1 } });

@@ -17,19 +17,17 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { testConfig } from '../shared/config';
-import { disposeModel, encodeImage, generate, GREEDY, loadModel, type LoadedModel } from '../shared/engine';
+import { disposeModel, encodeImage, generate, GREEDY, type LoadedModel } from '../shared/engine';
 import { preprocessImage } from '../shared/image/preprocess';
 import { assemblePrompt } from '../shared/tokenizer/tokenizer';
-import { expectClose, policy } from './core-helpers';
+import { expectClose, loadTestModel, policy } from './core-helpers';
 import { LLAVA_TINY, LLAVA_TINY_BUNDLE, comparableSteps, loadLlavaReference, maxAbsDiff } from './llava-fixture';
 
 const ref = loadLlavaReference();
 let model: LoadedModel;
 
 beforeAll(async () => {
-  const config = testConfig({ model: { dir: LLAVA_TINY_BUNDLE, verifyHashes: true } });
-  model = await loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+  model = await loadTestModel({ dir: LLAVA_TINY_BUNDLE, verifyHashes: true });
 });
 
 afterAll(async () => {

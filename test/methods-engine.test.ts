@@ -4,19 +4,17 @@
  * its language half expects.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { testConfig } from '../shared/config';
-import { disposeModel, encodePixels, generate, loadModel, type LoadedModel } from '../shared/engine';
+import { disposeModel, encodePixels, generate, type LoadedModel } from '../shared/engine';
 import type { SamplingParams } from '../shared/engine/sampling';
 import { f32, type F32Tensor } from '../shared/tensor/host-tensor';
-import { policy, RANDOM_BUNDLE } from './core-helpers';
+import { loadTestModel, policy, RANDOM_BUNDLE } from './core-helpers';
 
 const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
 let model: LoadedModel;
 let pixels: F32Tensor;
 
 beforeAll(async () => {
-  const config = testConfig({ model: { dir: RANDOM_BUNDLE } });
-  model = await loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+  model = await loadTestModel({ dir: RANDOM_BUNDLE });
   const data = new Float32Array(3 * 32 * 32);
   for (let i = 0; i < data.length; i++) data[i] = Math.cos(i * 0.21) * 1.2;
   pixels = f32([1, 3, 32, 32], data);
