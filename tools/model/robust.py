@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.model.model import rope_tables
-from tools.vqa import vocab as V
-
-IMAGE_START = len(V.PREFIX_IDS)
+from tools.model.objectives import IMAGE_START, answer_objective, contents_objective, patch_objective
 
 
 def sample_plan(batch, gen, num_patches, vision_layers, language_layers, p_vision=0.25, p_language=0.35,
@@ -128,19 +126,6 @@ def robust_losses(model, batch, prefix_ids, plan):
         mask = (base & present.view(n, 1, t)).view(n, 1, t, t)
         h = layer(h, cos, sin, mask)
 
-    pos = IMAGE_START + P + batch["answer_pos"]
-    idx = torch.stack([pos - 1, pos], 1)
-    hsel = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-    logits = model.language.logits(hsel).float()
-    valid = batch["valid"].float()
-    ce_answer = F.cross_entropy(logits[:, 0], batch["answer"], reduction="none")
-    ce_eos = F.cross_entropy(logits[:, 1], torch.full_like(batch["answer"], V.EOS), reduction="none")
-    answer_loss = ((ce_answer + 0.25 * ce_eos) * valid).sum() / valid.sum().clamp(min=1)
-    heads = model.heads
-    cls_loss = F.binary_cross_entropy_with_logits(heads.contents(heads.cls_norm(cls)).float(), batch["contents"])
-    dense = lambda head, target: F.cross_entropy(head(features).float().flatten(0, 1), target.flatten())  # noqa: E731
-    patch_loss = (dense(heads.patch_color, batch["patch_color"]) + dense(heads.patch_shape, batch["patch_shape"])
-                  + dense(heads.patch_size, batch["patch_size"]) + 0.5 * dense(heads.patch_row, batch["patch_row"])
-                  + 0.5 * dense(heads.patch_col, batch["patch_col"]))
-    correct = (logits[:, 0].argmax(-1) == batch["answer"]) & batch["valid"]
-    return answer_loss, cls_loss, patch_loss, correct
+    answer_loss, correct = answer_objective(model, h, batch, P)
+    patch_loss = patch_objective(model, features, batch, {"color": 1.0, "shape": 1.0, "size": 1.0, "row": 0.5, "col": 0.5})
+    return answer_loss, contents_objective(model, cls, batch), patch_loss, correct

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.bundle.tokenizer import build_wordpiece_vocab  # noqa: E402
 from tools.model import checkpoint  # noqa: E402
 from tools.model.model import TinyLlava, TinyLlavaConfig  # noqa: E402
+from tools.model.objectives import answer_objective, contents_objective, patch_objective  # noqa: E402
 from tools.model.robust import robust_losses, sample_plan  # noqa: E402
 from tools.vqa import vocab as V  # noqa: E402
 from tools.vqa.batch import make_batch  # noqa: E402
@@ -37,7 +37,6 @@ from tools.vqa.batch import make_batch  # noqa: E402
 TRAIN_SEED_BASE = 10_000_000
 VAL_SEED = 1
 TYPE_WEIGHTS = {"color": 1.0, "shape": 1.0, "size": 1.0, "exist": 1.0, "count": 1.5, "relation": 2.5, "compare": 1.5}
-IMAGE_START = len(V.PREFIX_IDS)
 
 
 def relation_margin(step, total):
@@ -62,27 +61,12 @@ def lr_at(step, total, peak, warmup, rewarm_from=None):
 
 
 def losses(model, batch, prefix_ids):
-    px = batch["pixel_values"]
-    features, cls = model.image_features(px, all_layers=True)
+    features, cls = model.image_features(batch["pixel_values"], all_layers=True)
     embeds = model.projector(features)
     h = model.language(model.assemble(prefix_ids, embeds, batch["suffix"]))
-    start = IMAGE_START + features.shape[1]
-    pos = start + batch["answer_pos"]
-    idx = torch.stack([pos - 1, pos], 1)  # hidden states that predict the answer and </s>
-    hsel = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-    logits = model.language.logits(hsel).float()  # [B, 2, V]
-    valid = batch["valid"].float()
-    ce_answer = F.cross_entropy(logits[:, 0], batch["answer"], reduction="none")
-    ce_eos = F.cross_entropy(logits[:, 1], torch.full_like(batch["answer"], V.EOS), reduction="none")
-    answer_loss = ((ce_answer + 0.25 * ce_eos) * valid).sum() / valid.sum().clamp(min=1)
-    heads = model.heads
-    cls_logits = heads.contents(heads.cls_norm(cls)).float()
-    cls_loss = F.binary_cross_entropy_with_logits(cls_logits, batch["contents"])
-    pc = heads.patch_color(features).float().flatten(0, 1)
-    ps = heads.patch_shape(features).float().flatten(0, 1)
-    patch_loss = F.cross_entropy(pc, batch["patch_color"].flatten()) + F.cross_entropy(ps, batch["patch_shape"].flatten())
-    correct = (logits[:, 0].argmax(-1) == batch["answer"]) & batch["valid"]
-    return answer_loss, cls_loss, patch_loss, correct
+    answer_loss, correct = answer_objective(model, h, batch, features.shape[1])
+    patch_loss = patch_objective(model, features, batch, {"color": 1.0, "shape": 1.0})
+    return answer_loss, contents_objective(model, cls, batch), patch_loss, correct
 
 
 def fixed_plan(batch, keep_fraction, language_from, seed):
