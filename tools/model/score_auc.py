@@ -39,10 +39,6 @@ def auc(score, positive):
     return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
 
 
-def head_mean_logits(q, k):
-    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).mean(1)[0]
-
-
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
@@ -51,7 +47,6 @@ def main():
     ap.add_argument("--lam", type=float, default=0.35, help="FiCoCo-V λ (paper placement: on the patch term)")
     ap.add_argument("--beta", type=float, default=0.6, help="FiCoCo-L β on the visual-visual term")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, manifest = load_model_from_bundle(args.bundle)
     P = model.config.num_patches
     gen = torch.Generator()
@@ -88,8 +83,9 @@ def main():
         h = x
         for layer_index, layer in enumerate(model.language.layers):
             q, k, _ = layer.qkv(h, cos, sin)
-            S = head_mean_logits(q, k)
-            A = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~causal, float("-inf")).softmax(-1).mean(1)[0]
+            logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            S = logits.mean(1)[0]  # head-mean, unmasked (FiCoCo-L's scores)
+            A = logits.masked_fill(~causal, float("-inf")).softmax(-1).mean(1)[0]  # causal probs
             vv = S[img, img].mean(1)
             vt = S[img, img0 + P:].mean(1)
             add(("language", layer_index, "ficoco-l keep"), auc(-(args.beta * vv - (1 - args.beta) * vt), obj))
