@@ -9,9 +9,8 @@
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
-import { parseCommandLine } from '../shared/config';
+import { coLocatedServiceEnv, parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
@@ -54,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
     throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);
   }
   const items = await questions(modelDir, Number(values['items'] ?? 3));
-  const env = { ...process.env, VLM_INTRA_OP_THREADS: process.env.VLM_INTRA_OP_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / 2))) };
+  const env = coLocatedServiceEnv(values, 2);
   const started = Date.now();
   const services = await startChildServices({ modelDir, env, flags: serveFlags(argv, FLAGS) });
   const { visionPort, languagePort } = services;

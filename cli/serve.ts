@@ -8,9 +8,8 @@
  * signal to both children and exits when they have; a second signal SIGKILLs the ones still running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
-import { packageRoot, parseCommandLine } from '../shared/config';
+import { coLocatedServiceEnv, packageRoot, parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
@@ -23,13 +22,13 @@ const ROLES = ['vision', 'language', 'all'] as const;
 type Role = (typeof ROLES)[number];
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, positionals } = parseCommandLine(argv, {});
+  const { config, values, positionals } = parseCommandLine(argv, {});
   setLogLevel(config.logLevel);
   const role = positionals[0] as Role | undefined;
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
     throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
   }
-  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), config.telemetry.metricsPort, config.services.healthPort);
+  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), coLocatedServiceEnv(values, 2), config.telemetry.metricsPort, config.services.healthPort);
   const log = createLogger(role);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort });
@@ -45,13 +44,9 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /** The two services as child processes sharing the cores: each gets half unless threads are set. */
-function serveBoth(flags: string[], metricsPort: number, healthPort: number): Promise<number> {
+function serveBoth(flags: string[], env: NodeJS.ProcessEnv, metricsPort: number, healthPort: number): Promise<number> {
   const log = createLogger('serve');
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
-  const env = { ...process.env };
-  if (!env.VLM_INTRA_OP_THREADS && !flags.some((f) => f.startsWith('--intra-op-threads'))) {
-    env.VLM_INTRA_OP_THREADS = String(Math.max(1, Math.floor(availableParallelism() / 2)));
-  }
   const children = new Map<string, ChildProcess>();
   for (const role of ['vision', 'language']) {
     // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).

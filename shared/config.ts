@@ -232,6 +232,21 @@ export function configFrom(values: Values, env: Env = process.env): Config {
   return deepFreeze(config);
 }
 
+/** Whether the operator chose the intra-op thread count (flag or env), so a launcher must not pick one. */
+export function intraOpThreadsChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
+  return values['intra-op-threads'] !== undefined || !!env.VLM_INTRA_OP_THREADS;
+}
+
+/**
+ * The environment for `services` service processes started on this host: each gets an equal share
+ * of the cores as its intra-op threads (each would otherwise take them all and oversubscribe),
+ * unless the operator chose a count, which the children then read themselves.
+ */
+export function coLocatedServiceEnv(values: Values, services: number, env: Env = process.env): Record<string, string | undefined> {
+  if (intraOpThreadsChosen(values, env)) return { ...env };
+  return { ...env, VLM_INTRA_OP_THREADS: String(Math.max(1, Math.floor(availableParallelism() / services))) };
+}
+
 /**
  * Parses a command line: config flags plus the subcommand's own. Unknown flags are INVALID_ARGUMENT
  * (a typo must not silently fall back to a default).

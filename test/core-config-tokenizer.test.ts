@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { configFrom, packageRoot, parseCommandLine, parseProviders, testConfig } from '../shared/config';
+import { availableParallelism } from 'node:os';
+import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parseProviders, testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';
@@ -18,6 +19,14 @@ describe('config', () => {
     expect(c.services).toMatchObject({ visionPort: 50051, languagePort: 50052 });
     expect(Object.isFrozen(c.limits)).toBe(true);
     expect(c.model.dir).toBe(path.join(packageRoot(), 'models/tiny-llava-shapes'));
+  });
+
+  it('gives services started on one host an equal share of the cores, unless the operator chose a count', () => {
+    const share = String(Math.max(1, Math.floor(availableParallelism() / 2)));
+    expect(coLocatedServiceEnv({}, 2, { PATH: '/bin' })).toEqual({ PATH: '/bin', VLM_INTRA_OP_THREADS: share });
+    expect(coLocatedServiceEnv({}, 2, { VLM_INTRA_OP_THREADS: '3' }).VLM_INTRA_OP_THREADS).toBe('3');
+    // A flag is passed on to the children, which read it themselves; the env must not override it.
+    expect(coLocatedServiceEnv({ 'intra-op-threads': '5' }, 2, {}).VLM_INTRA_OP_THREADS).toBeUndefined();
   });
 
   it('uses one intra-op thread under vitest', () => {
