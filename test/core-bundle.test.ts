@@ -88,6 +88,14 @@ describe('bundle loader', () => {
     expect(e.message).toMatch(/graphs\["vision\/layer_00\.mlp"\] hidden_in last dim is 33, architecture says 32/);
   });
 
+  it('rejects attention graphs whose cache outputs are not the layout language.kv_cache names', async () => {
+    const e = await failure(load(await brokenCopy((m) => (m.language.kv_cache = 'append'))));
+    expect(e.message).toMatch(/graphs\["language\/layer_00\.attn"\] lacks new_key, new_value \(language\.kv_cache is "append"\)/);
+    expect(e.message).toMatch(/past_key axis 2 is P, expected num_kv_heads 2 for a "append" cache/);
+    const bad = await failure(load(await brokenCopy((m) => (m.language.kv_cache = 'paged'))));
+    expect(bad.message).toMatch(/language\.kv_cache/);
+  });
+
   it('rejects a stage whose graph does not have the declared inputs, when the session opens', async () => {
     const dir = await brokenCopy((m) => {
       m.graphs['language/head'].inputs[0].name = 'hidden';

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { packageRoot } from '../config';
 import { validateJson, type Schema } from './json-schema';
-import { layerStage, SUPPORTED_FORMAT_VERSION, type Manifest, type TensorDecl } from './manifest';
+import { kvCacheLayout, layerStage, SUPPORTED_FORMAT_VERSION, type Manifest, type TensorDecl } from './manifest';
 
 let schemaCache: Schema | undefined;
 function manifestSchema(): Schema {
@@ -61,6 +61,20 @@ function checkConsistency(m: Manifest, where: string): void {
   const files = new Set(m.files.map((f) => f.path));
   if (!files.has('tokenizer.json')) p.push('manifest.files does not list tokenizer.json');
   for (const name of requiredStages(m)) if (!m.graphs[name]) p.push(`graphs has no stage "${name}"`);
+  // The runner feeds and reads caches in the manifest's layout; a graph in the other one would be
+  // fed transposed caches that happen to have legal shapes whenever Hkv == P.
+  const kv = kvCacheLayout(m);
+  const cacheOutputs = kv === 'append' ? ['new_key', 'new_value'] : ['present_key', 'present_value'];
+  for (let l = 0; l < L.num_layers; l++) {
+    const g = m.graphs[layerStage('language', l, 'attn')];
+    if (!g) continue;
+    const outs = new Set(g.outputs.map((o) => o.name));
+    const missing = cacheOutputs.filter((o) => !outs.has(o));
+    if (missing.length) p.push(`graphs["${layerStage('language', l, 'attn')}"] lacks ${missing.join(', ')} (language.kv_cache is "${kv}")`);
+    const past = g.inputs.find((i) => i.name === 'past_key');
+    const headAxis = kv === 'append' ? 2 : 1;
+    if (past && past.shape[headAxis] !== L.num_kv_heads) p.push(`graphs["${layerStage('language', l, 'attn')}"] past_key axis ${headAxis} is ${past.shape[headAxis]}, expected num_kv_heads ${L.num_kv_heads} for a "${kv}" cache`);
+  }
   for (const [name, g] of Object.entries(m.graphs)) {
     if (!files.has(g.path)) p.push(`graphs["${name}"].path ${g.path} is not in manifest.files`);
     const width = name.startsWith('vision/') && name !== 'vision/projector' ? v.hidden_size : L.hidden_size;
@@ -82,11 +96,13 @@ function checkDecl(stage: string, t: TensorDecl, width: number, m: Manifest, p: 
     past_value: m.language.head_dim,
     present_key: m.language.head_dim,
     present_value: m.language.head_dim,
+    new_key: m.language.head_dim,
+    new_value: m.language.head_dim,
     keys: m.vision.head_dim,
   };
   const want = expectLast[t.name];
   if (want !== undefined && typeof last === 'number' && last !== want) p.push(`graphs["${stage}"] ${t.name} last dim is ${last}, architecture says ${want}`);
-  if (['hidden_in', 'hidden_out', 'past_key', 'present_key', 'past_value', 'present_value', 'embeds'].includes(t.name) && t.dtype !== m.io_dtype && t.dtype !== 'float32') {
+  if (['hidden_in', 'hidden_out', 'past_key', 'present_key', 'past_value', 'present_value', 'new_key', 'new_value', 'embeds'].includes(t.name) && t.dtype !== m.io_dtype && t.dtype !== 'float32') {
     p.push(`graphs["${stage}"] ${t.name} dtype ${t.dtype} does not match io_dtype ${m.io_dtype}`);
   }
 }

@@ -62,6 +62,19 @@ export interface LanguageArch {
   readonly rms_norm_eps: number;
   readonly vocab_size: number;
   readonly max_positions: number;
+  /**
+   * How attention graphs hand back the KV cache (absent = `present`). `present`: caches are head-major
+   * [B,Hkv,P,dh] and each call returns the whole cache `present_key`/`present_value` [B,Hkv,P+T,dh].
+   * `append`: caches are sequence-major [B,P,Hkv,dh] and each call returns only its rows
+   * `new_key`/`new_value` [B,T,Hkv,dh], which the runtime appends in place.
+   */
+  readonly kv_cache?: KvCacheLayout;
+}
+
+export type KvCacheLayout = 'present' | 'append';
+
+export function kvCacheLayout(m: Manifest): KvCacheLayout {
+  return m.language.kv_cache ?? 'present';
 }
 
 export type ResizeMode = 'squash' | 'shortest_edge_center_crop' | 'pad_to_square';

@@ -1,10 +1,8 @@
 /**
  * Owns one request's decoder state: the residual stream of the current sequence and one KV cache
- * per layer. Caches have independent lengths (a layer's cache holds exactly the tokens its attention
- * saw) and stay ORT tensors in the bundle's io_dtype between calls, so they are fed back without
- * conversion; on a GPU they can stay on the device behind this same surface.
+ * per layer (kv-cache.ts: independent lengths, in the bundle's io_dtype and layout, fed back
+ * without conversion).
  */
-import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage, type Manifest } from '../bundle/manifest';
@@ -12,31 +10,22 @@ import type { Matrix, Span, TokenCombination } from '../methods/types';
 import { residentToHost, runStage, type Feed, type Resident } from '../onnx/run-stage';
 import { asMatrix, batched, i64, type I64Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
+import { createKvCaches, type KvCaches } from './kv-cache';
 import { checkCombination, combineSpan } from '../tensor/rows';
 import type { RunContext } from './context';
 
-interface Cache {
-  readonly key: Resident;
-  readonly value: Resident;
-  readonly length: number;
-}
-
 export class LanguageStageRunner {
   private hidden: HiddenState | undefined;
-  private readonly caches: (Cache | undefined)[];
+  private readonly caches: KvCaches;
   /** Feeds of the last attention call: the scores graph of the same layer reads exactly these. */
   private attnFeeds: { layer: number; feeds: Record<string, Feed> } | undefined;
-  private readonly emptyPast: Resident;
 
   constructor(
     private readonly stages: StageSet,
     private readonly manifest: Manifest,
     private readonly ctx: RunContext,
   ) {
-    const l = manifest.language;
-    this.caches = new Array<Cache | undefined>(l.num_layers).fill(undefined);
-    const dims = [1, l.num_kv_heads, 0, l.head_dim];
-    this.emptyPast = manifest.io_dtype === 'float16' ? new ort.Tensor('float16', new Uint16Array(0), dims) : new ort.Tensor('float32', new Float32Array(0), dims);
+    this.caches = createKvCaches(manifest);
   }
 
   /** Embeddings of token ids: [n, Dl]. */
@@ -67,31 +56,26 @@ export class LanguageStageRunner {
   }
 
   cacheLength(layer: number): number {
-    return this.caches[layer]?.length ?? 0;
+    return this.caches.length(layer);
   }
 
   /** Runs layer `layer`'s attention over the current hidden at `positions`, appending to its cache. */
   async attn(layer: number, positions: ArrayLike<number>): Promise<void> {
     const T = this.tokens;
     if (positions.length !== T) throw new VlmError('INTERNAL', `${positions.length} positions for ${T} tokens`);
-    const cache = this.caches[layer];
-    const past = cache?.length ?? 0;
+    const past = this.caches.length(layer);
     const feeds: Record<string, Feed> = {
       hidden_in: this.current().feed(),
       position_ids: i64([1, T], positions),
-      past_key: cache?.key ?? this.emptyPast,
-      past_value: cache?.value ?? this.emptyPast,
+      ...this.caches.past(layer),
       attention_mask: ones(past + T),
     };
     this.attnFeeds = { layer, feeds };
     const name = layerStage('language', layer, 'attn');
-    const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', 'present_key', 'present_value'] });
+    const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', ...this.caches.outputs] });
     this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
-    this.caches[layer] = { key: out.kept.present_key!, value: out.kept.present_value!, length: past + T };
-    if (this.ctx.tap) {
-      this.ctx.tap(`${name}:present_key`, residentToHost(`${name}:present_key`, out.kept.present_key!));
-      this.ctx.tap(`${name}:present_value`, residentToHost(`${name}:present_value`, out.kept.present_value!));
-    }
+    this.caches.update(layer, out.kept, T);
+    if (this.ctx.tap) for (const o of this.caches.outputs) this.ctx.tap(`${name}:${o}`, residentToHost(`${name}:${o}`, out.kept[o]!));
   }
 
   /** The scores graph of the layer whose attention ran last, on the same inputs. */

@@ -65,6 +65,9 @@ def normalize_config(config: dict) -> dict:
         if lang["hidden_size"] % lang["num_heads"]:
             raise BundleError("config.language.head_dim is required when hidden_size is not divisible by num_heads")
         lang["head_dim"] = lang["hidden_size"] // lang["num_heads"]
+    kv = lang.get("kv_cache", "present")
+    if kv not in ("present", "append"):
+        raise BundleError(f"config.language.kv_cache must be 'present' or 'append', got {kv!r}")
     if lang["head_dim"] % 2:
         raise BundleError(f"config.language.head_dim must be even for rotate-half RoPE, got {lang['head_dim']}")
 

@@ -217,14 +217,23 @@ def language_embed(cfg: dict, w: dict, weight_dtype: str) -> Stage:
     return _finish(g, "language/embed", "language/embed.onnx")
 
 
+def _appends_kv(cfg: dict) -> bool:
+    """`append` bundles keep caches sequence-major [B,P,Hkv,dh] and return only the new rows, so the
+    runtime appends them in place: a call's outputs are O(T), not O(P+T). On the CUDA provider every
+    output crosses to host memory (onnxruntime-node cannot keep it on the device), so returning the
+    whole cache each step dominated decode time."""
+    return cfg["language"].get("kv_cache", "present") == "append"
+
+
 def _language_layer_inputs(g: GraphBuilder, cfg: dict) -> dict:
     lang, io = cfg["language"], cfg["io_dtype"]
     hkv, dh = lang["num_kv_heads"], lang["head_dim"]
+    cache = ["B", "P", hkv, dh] if _appends_kv(cfg) else ["B", hkv, "P", dh]
     return {
         "hidden_in": g.input("hidden_in", io, ["B", "T", lang["hidden_size"]]),
         "position_ids": g.input("position_ids", "int64", ["B", "T"]),
-        "past_key": g.input("past_key", io, ["B", hkv, "P", dh]),
-        "past_value": g.input("past_value", io, ["B", hkv, "P", dh]),
+        "past_key": g.input("past_key", io, cache),
+        "past_value": g.input("past_value", io, cache),
         "attention_mask": g.input("attention_mask", "int64", ["B", "PT"]),
     }
 
@@ -245,7 +254,8 @@ def _apply_rope(g: GraphBuilder, x: str, cos: str, sin: str, dh: int) -> str:
 
 
 def _language_qkv(g: GraphBuilder, cfg: dict, w: dict, i: int, ins: dict):
-    """Returns (x_f32, q5 [B,Hkv,rep,T,dh], present_key, present_value (io dtype), keys_f32, values_f32).
+    """Returns (x_f32, q5 [B,Hkv,rep,T,dh], new_key, new_value, present_key, present_value, keys_f32,
+    values_f32); new and present k/v are head-major [B,Hkv,*,dh] in the io dtype.
 
     Grouped-query attention without repeating K/V: query head h = kv*rep + r (HF's repeat_kv order) is
     laid out as [B,Hkv,rep,T,dh] and MatMul broadcasts K/V [B,Hkv,1,L,dh] over the rep axis.
@@ -266,11 +276,17 @@ def _language_qkv(g: GraphBuilder, cfg: dict, w: dict, i: int, ins: dict):
                     g.op("Unsqueeze", [sin, g.const([1], np.int64)]), dh)
     # The cache holds io-dtype values; attention reads the cache back, so fp16 bundles attend to exactly
     # what later steps will see.
-    present_key = g.op("Concat", [ins["past_key"], _to_io(g, k, io)], axis=2)
-    present_value = g.op("Concat", [ins["past_value"], _to_io(g, v, io)], axis=2)
+    past_key, past_value = ins["past_key"], ins["past_value"]
+    if _appends_kv(cfg):
+        past_key = g.op("Transpose", [past_key], perm=[0, 2, 1, 3])
+        past_value = g.op("Transpose", [past_value], perm=[0, 2, 1, 3])
+    new_key = _to_io(g, k, io)
+    present_key = g.op("Concat", [past_key, new_key], axis=2)
+    new_value = _to_io(g, v, io)
+    present_value = g.op("Concat", [past_value, new_value], axis=2)
     keys = g.op("Unsqueeze", [_to_f32(g, present_key, io), g.const([2], np.int64)])  # [B,Hkv,1,L,dh]
     values = g.op("Unsqueeze", [_to_f32(g, present_value, io), g.const([2], np.int64)])
-    return x, q, present_key, present_value, keys, values
+    return x, q, new_key, new_value, present_key, present_value, keys, values
 
 
 def _language_logits(g: GraphBuilder, cfg: dict, q: str, keys: str) -> str:
@@ -303,15 +319,19 @@ def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Op
     name = f"{_layer('language', i)}.attn"
     g = GraphBuilder(name, weight_dtype)
     ins = _language_layer_inputs(g, cfg)
-    x, q, present_key, present_value, keys, values = _language_qkv(g, cfg, w, i, ins)
+    x, q, new_key, new_value, present_key, present_value, keys, values = _language_qkv(g, cfg, w, i, ins)
     probs = _masked_softmax(g, _language_logits(g, cfg, q, keys), _allowed_keys(g, ins["hidden_in"], ins["attention_mask"]))
     ctx = g.op("MatMul", [probs, values])  # [B,Hkv,rep,T,dh]
     merged = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]),
                               g.const([0, 0, lang["num_heads"] * dh], np.int64)])
     out = g.op("Add", [x, _linear(g, merged, w, f"language.layers.{i}.o_proj")])
     g.output(_to_io(g, out, io), "hidden_out", io, ["B", "T", lang["hidden_size"]])
-    g.output(present_key, "present_key", io, ["B", hkv, "PT", dh])
-    g.output(present_value, "present_value", io, ["B", hkv, "PT", dh])
+    if _appends_kv(cfg):
+        g.output(g.op("Transpose", [new_key], perm=[0, 2, 1, 3]), "new_key", io, ["B", "T", hkv, dh])
+        g.output(g.op("Transpose", [new_value], perm=[0, 2, 1, 3]), "new_value", io, ["B", "T", hkv, dh])
+    else:
+        g.output(present_key, "present_key", io, ["B", hkv, "PT", dh])
+        g.output(present_value, "present_value", io, ["B", hkv, "PT", dh])
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
@@ -319,7 +339,7 @@ def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: 
     name = f"{_layer('language', i)}.scores"
     g = GraphBuilder(name, weight_dtype)
     ins = _language_layer_inputs(g, cfg)  # past_value is declared (same feeds as attn) but unused
-    _, q, _, _, keys, _ = _language_qkv(g, cfg, w, i, ins)
+    _, q, _, _, _, _, keys, _ = _language_qkv(g, cfg, w, i, ins)
     logits = _language_logits(g, cfg, q, keys)
     g.output(g.op("ReduceMean", [logits], axes=[1, 2], keepdims=0), "scores", "float32", ["B", "T", "PT"])
     probs = _masked_softmax(g, logits, _allowed_keys(g, ins["hidden_in"], ins["attention_mask"]))

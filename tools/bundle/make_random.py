@@ -4,6 +4,8 @@
 
 -> test/fixtures/random-bundle/            (a complete bundle, tiny dims, fixed seed, < 1 MB)
 -> test/fixtures/random-bundle-f16/        (the same weights with io_dtype float16 and embedded weights)
+-> test/fixtures/random-bundle-append/     (random-bundle-f16 with language.kv_cache "append": caches
+                                            sequence-major, attention returns only the new rows)
 -> test/fixtures/random-bundle-reference.json
    Every stage run once or more on fixed inputs by reference_torch.py (float32, with the same
    fp16-rounded weights the bundle stores). Layout:
@@ -31,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = ROOT / "test" / "fixtures" / "random-bundle"
 # The same weights with float16 io and embedded weights: the GPU-bundle variant, exercised on the CPU.
 BUNDLE_F16_DIR = ROOT / "test" / "fixtures" / "random-bundle-f16"
+# The same again with append KV caches: the runtime must give random-bundle-f16's answers exactly.
+BUNDLE_APPEND_DIR = ROOT / "test" / "fixtures" / "random-bundle-append"
 REFERENCE_PATH = ROOT / "test" / "fixtures" / "random-bundle-reference.json"
 SEED = 20240611
 # float16 carries ~3 significant digits (half an ulp is 4.9e-4 relative); inputs, caches and outputs are
@@ -240,6 +244,12 @@ def main() -> None:
                                         "note": "float16-io variant of random-bundle; for tests only"},
                                 weight_dtype="float16", external_data=False, overwrite=True)
 
+    append_cfg = {**cfg, "io_dtype": "float16", "language": {**cfg["language"], "kv_cache": "append"}}
+    manifest_append = write_bundle(BUNDLE_APPEND_DIR, append_cfg, weights, tokenizer,
+                                   source={"producer": "tools/bundle/make_random.py", "seed": SEED,
+                                           "note": "random-bundle-f16 with append KV caches; for tests only"},
+                                   weight_dtype="float16", external_data=False, overwrite=True)
+
     template, image_token = cfg["prompt"]["template"], cfg["prompt"]["image_token"]
     prefix, suffix = template.split(image_token)
     suffix = suffix.replace("{question}", QUESTION)
@@ -266,7 +276,7 @@ def main() -> None:
         "tensors": r.tensors,
     }
     REFERENCE_PATH.write_text(json.dumps(reference, indent=1) + "\n", encoding="utf-8")
-    for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16)):
+    for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16), (BUNDLE_APPEND_DIR, manifest_append)):
         size = sum(f["bytes"] for f in man["files"])
         print(f"wrote {_shown(out)} ({size} bytes, {len(man['graphs'])} graphs, {man['content_hash']})")
     print(f"wrote {_shown(REFERENCE_PATH)} ({len(r.cases)} cases)")

@@ -54,10 +54,13 @@ def load_weights(folder: Path, vision_layers: int, tie_word_embeddings: bool) ->
 
 
 def export(checkpoint: Path, out: Path, model_id: str, io_dtype: str = "float32", weight_dtype: str = "float16",
-           external_data="auto", max_new_tokens: int = 256, resize=None, overwrite: bool = False) -> dict:
+           external_data="auto", max_new_tokens: int = 256, resize=None, overwrite: bool = False,
+           kv_cache: str = "present") -> dict:
     import json
 
     cfg = bundle_config(checkpoint, model_id, io_dtype, max_new_tokens, resize)
+    if kv_cache != "present":
+        cfg["language"]["kv_cache"] = kv_cache
     hf = json.loads((checkpoint / "config.json").read_text())
     tie = bool(hf.get("tie_word_embeddings") or (hf.get("text_config") or {}).get("tie_word_embeddings"))
     weights = load_weights(checkpoint, cfg["vision"]["num_layers"], tie)
@@ -90,6 +93,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resize", choices=("pad_to_square", "shortest_edge_center_crop", "squash"),
                     help="override the checkpoint's image processor (LLaVA-1.5's own evaluation pads to square)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--kv-cache", choices=("present", "append"), default="present",
+                    help="append: attention returns only the new cache rows (sequence-major caches); use it for "
+                         "GPU bundles, where every graph output is copied to host memory (docs/bundle-format.md)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     args = ap.parse_args(argv)
 
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     model_id = args.model_id or args.checkpoint.resolve().name
     try:
         manifest = export(args.checkpoint, args.out, model_id, args.io_dtype, args.weight_dtype, external,
-                          args.max_new_tokens, args.resize, args.overwrite)
+                          args.max_new_tokens, args.resize, args.overwrite, args.kv_cache)
     except (ExportError, BundleError, CheckpointError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,141 @@
+/**
+ * The decoder's per-layer KV caches, in the layout the bundle's attention graphs use
+ * (manifest `language.kv_cache`, docs/bundle-format.md). Layers have independent lengths: a layer's
+ * cache holds exactly the tokens its attention saw, so language-side reduction shortens later layers.
+ *
+ * - `present`: each call returns the whole cache [1,Hkv,P+T,dh]; it is kept as the ORT tensor and fed
+ *   back as is.
+ * - `append`: each call returns only its rows [1,T,Hkv,dh]; they are copied to the end of a
+ *   sequence-major host buffer with spare capacity, and the next call is fed a view of the filled
+ *   prefix. Per call, outputs are O(T) instead of O(P+T): on the CUDA provider every output is copied
+ *   to host memory, and copying whole caches back each decode step was most of the step's time.
+ */
+import * as ort from 'onnxruntime-node';
+import { VlmError } from '../errors';
+import { kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
+import type { Resident } from '../onnx/run-stage';
+
+type Rows = Uint16Array | Float32Array;
+
+export interface KvCaches {
+  readonly layout: KvCacheLayout;
+  /** The attention outputs that carry the cache: keep them as ORT tensors when running the graph. */
+  readonly outputs: readonly [string, string];
+  length(layer: number): number;
+  /** `past_key` / `past_value` for the layer's next attention call. */
+  past(layer: number): { past_key: Resident; past_value: Resident };
+  /** Takes the layer's attention outputs (named as in `outputs`) after a call over `tokens` new tokens. */
+  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void;
+}
+
+export function createKvCaches(manifest: Manifest): KvCaches {
+  const l = manifest.language;
+  const type = manifest.io_dtype === 'float16' ? 'float16' : 'float32';
+  return kvCacheLayout(manifest) === 'append'
+    ? new AppendCaches(l.num_layers, l.num_kv_heads, l.head_dim, type)
+    : new PresentCaches(l.num_layers, l.num_kv_heads, l.head_dim, type);
+}
+
+function emptyRows(type: 'float16' | 'float32', n: number): Rows {
+  return type === 'float16' ? new Uint16Array(n) : new Float32Array(n);
+}
+
+function output(kept: Readonly<Record<string, Resident>>, name: string, layer: number): Resident {
+  const t = kept[name];
+  if (!t) throw new VlmError('INTERNAL', `language layer ${layer} attention returned no ${name}`);
+  return t;
+}
+
+class PresentCaches implements KvCaches {
+  readonly layout = 'present' as const;
+  readonly outputs = ['present_key', 'present_value'] as const;
+  private readonly layers: ({ key: Resident; value: Resident; length: number } | undefined)[];
+  private readonly empty: Resident;
+
+  constructor(numLayers: number, kvHeads: number, headDim: number, type: 'float16' | 'float32') {
+    this.layers = new Array(numLayers).fill(undefined);
+    this.empty = new ort.Tensor(type, emptyRows(type, 0), [1, kvHeads, 0, headDim]);
+  }
+
+  length(layer: number): number {
+    return this.layers[layer]?.length ?? 0;
+  }
+
+  past(layer: number): { past_key: Resident; past_value: Resident } {
+    const c = this.layers[layer];
+    return { past_key: c?.key ?? this.empty, past_value: c?.value ?? this.empty };
+  }
+
+  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
+    const key = output(kept, 'present_key', layer);
+    const length = this.length(layer) + tokens;
+    if (Number(key.dims[2]) !== length) throw new VlmError('INTERNAL', `layer ${layer} present_key holds ${key.dims[2]} tokens, expected ${length}`);
+    this.layers[layer] = { key, value: output(kept, 'present_value', layer), length };
+  }
+}
+
+/** A growable sequence-major buffer: rows of Hkv*dh values, the first `length` of them filled. */
+class RowBuffer {
+  private data: Rows;
+  length = 0;
+
+  constructor(
+    private readonly type: 'float16' | 'float32',
+    private readonly rowSize: number,
+  ) {
+    this.data = emptyRows(type, 0);
+  }
+
+  append(rows: Rows, count: number): void {
+    if (rows.length !== count * this.rowSize) throw new VlmError('INTERNAL', `appending ${rows.length} values as ${count} rows of ${this.rowSize}`);
+    const needed = (this.length + count) * this.rowSize;
+    if (needed > this.data.length) {
+      // Doubling keeps decode's one-row appends amortised O(1) copies.
+      const grown = emptyRows(this.type, Math.max(needed, 2 * this.data.length));
+      grown.set(this.data.subarray(0, this.length * this.rowSize));
+      this.data = grown;
+    }
+    this.data.set(rows, this.length * this.rowSize);
+    this.length += count;
+  }
+
+  /** The filled prefix, without copying (ORT reads the view during the next call only). */
+  view(dims: readonly number[]): Resident {
+    return new ort.Tensor(this.type, this.data.subarray(0, this.length * this.rowSize), [...dims]);
+  }
+}
+
+class AppendCaches implements KvCaches {
+  readonly layout = 'append' as const;
+  readonly outputs = ['new_key', 'new_value'] as const;
+  private readonly keys: RowBuffer[];
+  private readonly values: RowBuffer[];
+
+  constructor(
+    numLayers: number,
+    private readonly kvHeads: number,
+    private readonly headDim: number,
+    private readonly type: 'float16' | 'float32',
+  ) {
+    const buffers = () => Array.from({ length: numLayers }, () => new RowBuffer(type, kvHeads * headDim));
+    this.keys = buffers();
+    this.values = buffers();
+  }
+
+  length(layer: number): number {
+    return this.keys[layer]!.length;
+  }
+
+  past(layer: number): { past_key: Resident; past_value: Resident } {
+    const dims = [1, this.length(layer), this.kvHeads, this.headDim];
+    return { past_key: this.keys[layer]!.view(dims), past_value: this.values[layer]!.view(dims) };
+  }
+
+  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
+    for (const [name, buffer] of [['new_key', this.keys[layer]!], ['new_value', this.values[layer]!]] as const) {
+      const t = output(kept, name, layer);
+      if (t.type !== this.type) throw new VlmError('INTERNAL', `layer ${layer} ${name} is ${t.type}, the cache holds ${this.type}`);
+      buffer.append(t.data as Rows, tokens);
+    }
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * KV caches in both bundle layouts. `random-bundle-append` is `random-bundle-f16` (same weights, float16
+ * io) with `language.kv_cache: "append"`: its attention graphs take sequence-major caches and return
+ * only the new rows. The runtime must produce the same answers and logits from either layout, with
+ * and without language-side reduction (which leaves the layers' caches with different lengths).
+ */
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as ort from 'onnxruntime-node';
+import { disposeModel, encodeImage, generate, type LoadedModel } from '../shared/engine';
+import { createKvCaches } from '../shared/engine/kv-cache';
+import type { Manifest } from '../shared/bundle/manifest';
+import type { ReductionPolicy } from '../shared/methods/policy';
+import type { F32Tensor } from '../shared/tensor/host-tensor';
+import { failure, loadTestModel, policy, ROOT } from './core-helpers';
+
+const FIXTURES = path.join(ROOT, 'test/fixtures');
+let present: LoadedModel;
+let append: LoadedModel;
+let image: Buffer;
+
+beforeAll(async () => {
+  present = await loadTestModel({ dir: path.join(FIXTURES, 'random-bundle-f16'), verifyHashes: true });
+  append = await loadTestModel({ dir: path.join(FIXTURES, 'random-bundle-append'), verifyHashes: true });
+  image = await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: 30, g: 160, b: 220 } } }).png().toBuffer();
+});
+afterAll(async () => {
+  await disposeModel(present);
+  await disposeModel(append);
+});
+
+async function run(model: LoadedModel, p: ReductionPolicy) {
+  const logits: Float32Array[] = [];
+  const encoded = await encodeImage(model, image, p);
+  const tap = (key: string, t: F32Tensor) => key === 'language/head:logits' && logits.push(t.data.slice());
+  const result = await generate(model, encoded, 'what color is the small circle?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 10 }, p, { tap });
+  return { result, logits };
+}
+
+describe('append KV caches', () => {
+  it('declares the layout it was written with', () => {
+    expect(present.manifest.language.kv_cache).toBeUndefined();
+    expect(append.manifest.language.kv_cache).toBe('append');
+    const attn = append.manifest.graphs['language/layer_00.attn']!;
+    expect(attn.inputs.find((i) => i.name === 'past_key')!.shape).toEqual(['B', 'P', 2, 12]);
+    expect(attn.outputs.map((o) => o.name)).toEqual(['hidden_out', 'new_key', 'new_value']);
+  });
+
+  it.each([
+    ['unreduced', policy()],
+    ['sparsevlm at 50%', policy({ language: 'sparsevlm', budget: { percent: 50 } })],
+    ['ficoco-l at 50% (scores graph on the same cache feeds)', policy({ language: 'ficoco-l', budget: { percent: 50 } })],
+    ['fastv at 50% (original positions)', policy({ language: 'fastv', budget: { percent: 50 } })],
+    ['random language at 50%', policy({ language: 'random', budget: { percent: 50 }, seed: 7 })],
+  ])('gives the present layout answer and logits: %s', async (_name, p) => {
+    const a = await run(present, p);
+    const b = await run(append, p);
+    expect(b.result.tokenIds).toEqual(a.result.tokenIds);
+    expect(b.result.perLayerVisualTokens).toEqual(a.result.perLayerVisualTokens);
+    expect(b.logits.length).toBe(a.logits.length);
+    expect(a.logits.length).toBeGreaterThan(1);
+    for (let s = 0; s < a.logits.length; s++) expect(b.logits[s]).toEqual(a.logits[s]);
+  });
+});
+
+describe('KV cache store', () => {
+  const manifest = (kv: 'present' | 'append' | undefined, io: 'float16' | 'float32') =>
+    ({ io_dtype: io, language: { num_layers: 2, num_kv_heads: 2, head_dim: 3, ...(kv ? { kv_cache: kv } : {}) } }) as unknown as Manifest;
+  const rows = (T: number, start: number) => new ort.Tensor('float32', Float32Array.from({ length: T * 6 }, (_, i) => start + i), [1, T, 2, 3]);
+
+  it('appends new rows per layer and feeds the filled prefix, sequence-major', () => {
+    const caches = createKvCaches(manifest('append', 'float32'));
+    expect(caches.outputs).toEqual(['new_key', 'new_value']);
+    expect(caches.past(0).past_key.dims).toEqual([1, 0, 2, 3]);
+    caches.update(0, { new_key: rows(3, 0), new_value: rows(3, 100) }, 3);
+    for (let step = 0; step < 40; step++) caches.update(0, { new_key: rows(1, 18 + 6 * step), new_value: rows(1, 118 + 6 * step) }, 1);
+    expect(caches.length(0)).toBe(43);
+    expect(caches.length(1)).toBe(0);
+    const { past_key, past_value } = caches.past(0);
+    expect(past_key.dims).toEqual([1, 43, 2, 3]);
+    expect([...(past_key.data as Float32Array)]).toEqual(Array.from({ length: 43 * 6 }, (_, i) => i));
+    expect((past_value.data as Float32Array)[43 * 6 - 1]).toBe(100 + 43 * 6 - 1);
+  });
+
+  it('refuses rows of another dtype or count, and a present cache of the wrong length', () => {
+    const caches = createKvCaches(manifest('append', 'float16'));
+    expect(() => caches.update(0, { new_key: rows(1, 0), new_value: rows(1, 0) }, 1)).toThrow(/new_key is float32, the cache holds float16/);
+    const f32 = createKvCaches(manifest('append', 'float32'));
+    expect(() => f32.update(0, { new_key: rows(2, 0), new_value: rows(2, 0) }, 1)).toThrow(/appending 12 values as 1 rows of 6/);
+    const whole = createKvCaches(manifest(undefined, 'float32'));
+    expect(whole.layout).toBe('present');
+    const cache = new ort.Tensor('float32', new Float32Array(12), [1, 2, 2, 3]);
+    expect(() => whole.update(1, { present_key: cache, present_value: cache }, 3)).toThrow(/present_key holds 2 tokens, expected 3/);
+  });
+
+  it('names a missing cache output', async () => {
+    const caches = createKvCaches(manifest('append', 'float32'));
+    const e = await failure(Promise.resolve().then(() => caches.update(1, { new_key: rows(1, 0) }, 1)));
+    expect(e.message).toMatch(/language layer 1 attention returned no new_value/);
+  });
+});
