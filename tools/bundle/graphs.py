@@ -52,9 +52,21 @@ def _to_io(g: GraphBuilder, x: str, io_dtype: str) -> str:
     return x if io_dtype == "float32" else g.op("Cast", [x], to=IO_ONNX[io_dtype])
 
 
+def _matmul_weight(g: GraphBuilder, x: str, name: str, arr: np.ndarray) -> str:
+    """x @ W for a stored [in, out] weight (`arr` in PyTorch's [out, in]); float32 result.
+
+    With matmul_dtype float16 (fp16 weights only) the product runs on the stored weight: no float32
+    copy of it exists, in memory or per call, and the GPU uses its half-precision tensor cores. Norms,
+    softmax and RoPE stay in float32."""
+    if g.matmul_dtype == "float16":
+        half = g.op("MatMul", [g.op("Cast", [x], to=TensorProto.FLOAT16), g.weight(name, arr, transpose=True, cast=False)])
+        return g.op("Cast", [half], to=TensorProto.FLOAT)
+    return g.op("MatMul", [x, g.weight(name, arr, transpose=True)])
+
+
 def _linear(g: GraphBuilder, x: str, w: dict, name: str) -> str:
     """x @ W^T (+ b) for a PyTorch Linear named `name` (bias optional)."""
-    y = g.op("MatMul", [x, g.weight(f"{name}.weight", w[f"{name}.weight"], transpose=True)])
+    y = _matmul_weight(g, x, f"{name}.weight", w[f"{name}.weight"])
     if f"{name}.bias" in w:
         y = g.op("Add", [y, g.weight(f"{name}.bias", w[f"{name}.bias"])])
     return y
@@ -105,11 +117,11 @@ def _finish(g: GraphBuilder, name: str, path: str, shared_data: Optional[str] = 
 # vision
 
 
-def vision_embed(cfg: dict, w: dict, weight_dtype: str) -> Stage:
+def vision_embed(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     s, p, d = v["image_size"], v["patch_size"], v["hidden_size"]
     tokens = v["num_patches"] + (1 if v["class_token"] else 0)
-    g = GraphBuilder("vision/embed", weight_dtype)
+    g = GraphBuilder("vision/embed", weight_dtype, matmul_dtype=matmul_dtype)
     px = g.input("pixel_values", "float32", ["B", 3, s, s])
     conv = g.op("Conv", [px, g.weight("vision.patch_embed.weight", w["vision.patch_embed.weight"])],
                 kernel_shape=[p, p], strides=[p, p])  # [B,D,grid,grid]
@@ -149,10 +161,10 @@ def _vision_layer_inputs(g: GraphBuilder, cfg: dict):
     return _to_f32(g, h_in, io), bias
 
 
-def vision_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str]) -> Stage:
+def vision_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     name = f"{_layer('vision', i)}.attn"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     x, bias = _vision_layer_inputs(g, cfg)
     hn, _, logits = _vision_qk(g, cfg, w, i, x, bias)
     pre = f"vision.layers.{i}"
@@ -165,10 +177,10 @@ def vision_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Opti
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def vision_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str]) -> Stage:
+def vision_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
     v = cfg["vision"]
     name = f"{_layer('vision', i)}.scores"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     x, bias = _vision_layer_inputs(g, cfg)
     _, k, logits = _vision_qk(g, cfg, w, i, x, bias)
     g.output(g.op("ReduceMean", [logits], axes=[1], keepdims=0), "scores", "float32", ["B", "T", "T"])
@@ -178,11 +190,11 @@ def vision_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Op
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def vision_mlp(cfg: dict, w: dict, i: int, weight_dtype: str) -> Stage:
+def vision_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     name = f"{_layer('vision', i)}.mlp"
     pre = f"vision.layers.{i}"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", v["hidden_size"]]), io)
     hn = _layer_norm(g, x, w, f"{pre}.ln2", v["layer_norm_eps"])
     mid = _activation(g, _linear(g, hn, w, f"{pre}.fc1"), v["activation"])
@@ -191,9 +203,9 @@ def vision_mlp(cfg: dict, w: dict, i: int, weight_dtype: str) -> Stage:
     return _finish(g, name, f"{name}.onnx")
 
 
-def projector(cfg: dict, w: dict, weight_dtype: str) -> Stage:
+def projector(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     pj, io = cfg["projector"], cfg["io_dtype"]
-    g = GraphBuilder("vision/projector", weight_dtype)
+    g = GraphBuilder("vision/projector", weight_dtype, matmul_dtype=matmul_dtype)
     x = _to_f32(g, g.input("features", io, ["B", "N", pj["input_size"]]), io)
     h = _linear(g, _gelu_erf(g, _linear(g, x, w, "projector.linear1")), w, "projector.linear2")
     g.output(_to_io(g, h, io), "embeds", io, ["B", "N", pj["output_size"]])
@@ -204,9 +216,9 @@ def projector(cfg: dict, w: dict, weight_dtype: str) -> Stage:
 # language
 
 
-def language_embed(cfg: dict, w: dict, weight_dtype: str) -> Stage:
+def language_embed(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
-    g = GraphBuilder("language/embed", weight_dtype)
+    g = GraphBuilder("language/embed", weight_dtype, matmul_dtype=matmul_dtype)
     ids = g.input("input_ids", "int64", ["B", "T"])
     # Gather from the stored table, then cast only the looked-up rows.
     rows = g.op("Gather", [g.raw_weight("language.embed_tokens.weight", w["language.embed_tokens.weight"]), ids], axis=0)
@@ -313,11 +325,11 @@ def _masked_softmax(g: GraphBuilder, logits: str, allowed: str) -> str:
     return g.op("Softmax", [g.op("Where", [allowed, logits, g.const(MASK_VALUE)])], axis=-1)
 
 
-def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str]) -> Stage:
+def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
     hkv, dh = lang["num_kv_heads"], lang["head_dim"]
     name = f"{_layer('language', i)}.attn"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     ins = _language_layer_inputs(g, cfg)
     x, q, new_key, new_value, present_key, present_value, keys, values = _language_qkv(g, cfg, w, i, ins)
     probs = _masked_softmax(g, _language_logits(g, cfg, q, keys), _allowed_keys(g, ins["hidden_in"], ins["attention_mask"]))
@@ -335,9 +347,9 @@ def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Op
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str]) -> Stage:
+def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
     name = f"{_layer('language', i)}.scores"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     ins = _language_layer_inputs(g, cfg)  # past_value is declared (same feeds as attn) but unused
     _, q, _, _, _, _, keys, _ = _language_qkv(g, cfg, w, i, ins)
     logits = _language_logits(g, cfg, q, keys)
@@ -347,11 +359,11 @@ def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: 
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def language_mlp(cfg: dict, w: dict, i: int, weight_dtype: str) -> Stage:
+def language_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
     name = f"{_layer('language', i)}.mlp"
     pre = f"language.layers.{i}"
-    g = GraphBuilder(name, weight_dtype)
+    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", lang["hidden_size"]]), io)
     hn = _rms_norm(g, x, w, f"{pre}.post_attention_layernorm", lang["rms_norm_eps"])
     gate = _linear(g, hn, w, f"{pre}.gate_proj")
@@ -362,12 +374,12 @@ def language_mlp(cfg: dict, w: dict, i: int, weight_dtype: str) -> Stage:
     return _finish(g, name, f"{name}.onnx")
 
 
-def language_head(cfg: dict, w: dict, weight_dtype: str) -> Stage:
+def language_head(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
-    g = GraphBuilder("language/head", weight_dtype)
+    g = GraphBuilder("language/head", weight_dtype, matmul_dtype=matmul_dtype)
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", lang["hidden_size"]]), io)
     hn = _rms_norm(g, x, w, "language.norm", lang["rms_norm_eps"])
-    logits = g.op("MatMul", [hn, g.weight("language.lm_head.weight", w["language.lm_head.weight"], transpose=True)])
+    logits = _matmul_weight(g, hn, "language.lm_head.weight", w["language.lm_head.weight"])
     g.output(logits, "logits", "float32", ["B", "T", lang["vocab_size"]])
     return _finish(g, "language/head", "language/head.onnx")
 
@@ -375,20 +387,23 @@ def language_head(cfg: dict, w: dict, weight_dtype: str) -> Stage:
 # ---------------------------------------------------------------------------------------------------
 
 
-def all_stages(cfg: dict, w: dict, weight_dtype: str, share_layer_data: bool):
+def all_stages(cfg: dict, w: dict, weight_dtype: str, share_layer_data: bool, matmul_dtype: str = "float32"):
     """Yields every stage of the bundle in manifest order, built lazily (one graph in memory at a time)."""
+    if matmul_dtype not in ("float32", "float16") or (matmul_dtype == "float16" and weight_dtype != "float16"):
+        raise ValueError(f"matmul_dtype {matmul_dtype!r} needs float16 weights for float16 (weights are {weight_dtype!r})")
+
     def data(prefix: str, i: int) -> Optional[str]:
         return f"{_layer(prefix, i)}.data" if share_layer_data else None
 
-    yield vision_embed(cfg, w, weight_dtype)
+    yield vision_embed(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
     for i in range(cfg["vision"]["num_layers"]):
-        yield vision_attn(cfg, w, i, weight_dtype, data("vision", i))
-        yield vision_scores(cfg, w, i, weight_dtype, data("vision", i))
-        yield vision_mlp(cfg, w, i, weight_dtype)
-    yield projector(cfg, w, weight_dtype)
-    yield language_embed(cfg, w, weight_dtype)
+        yield vision_attn(cfg, w, i, weight_dtype, data("vision", i), matmul_dtype=matmul_dtype)
+        yield vision_scores(cfg, w, i, weight_dtype, data("vision", i), matmul_dtype=matmul_dtype)
+        yield vision_mlp(cfg, w, i, weight_dtype, matmul_dtype=matmul_dtype)
+    yield projector(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
+    yield language_embed(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
     for i in range(cfg["language"]["num_layers"]):
-        yield language_attn(cfg, w, i, weight_dtype, data("language", i))
-        yield language_scores(cfg, w, i, weight_dtype, data("language", i))
-        yield language_mlp(cfg, w, i, weight_dtype)
-    yield language_head(cfg, w, weight_dtype)
+        yield language_attn(cfg, w, i, weight_dtype, data("language", i), matmul_dtype=matmul_dtype)
+        yield language_scores(cfg, w, i, weight_dtype, data("language", i), matmul_dtype=matmul_dtype)
+        yield language_mlp(cfg, w, i, weight_dtype, matmul_dtype=matmul_dtype)
+    yield language_head(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)

@@ -6,6 +6,8 @@
 -> test/fixtures/random-bundle-f16/        (the same weights with io_dtype float16 and embedded weights)
 -> test/fixtures/random-bundle-append/     (random-bundle-f16 with language.kv_cache "append": caches
                                             sequence-major, attention returns only the new rows)
+-> test/fixtures/random-bundle-gpu/        (random-bundle-append with float16 MatMuls on the stored
+                                            weights: export.py's GPU settings)
 -> test/fixtures/random-bundle-reference.json
    Every stage run once or more on fixed inputs by reference_torch.py (float32, with the same
    fp16-rounded weights the bundle stores). Layout:
@@ -35,6 +37,9 @@ BUNDLE_DIR = ROOT / "test" / "fixtures" / "random-bundle"
 BUNDLE_F16_DIR = ROOT / "test" / "fixtures" / "random-bundle-f16"
 # The same again with append KV caches: the runtime must give random-bundle-f16's answers exactly.
 BUNDLE_APPEND_DIR = ROOT / "test" / "fixtures" / "random-bundle-append"
+# The GPU export settings (append caches, half-precision MatMuls on the stored weights): close to
+# random-bundle-f16 within float16 rounding of the products.
+BUNDLE_GPU_DIR = ROOT / "test" / "fixtures" / "random-bundle-gpu"
 REFERENCE_PATH = ROOT / "test" / "fixtures" / "random-bundle-reference.json"
 SEED = 20240611
 # float16 carries ~3 significant digits (half an ulp is 4.9e-4 relative); inputs, caches and outputs are
@@ -250,6 +255,11 @@ def main() -> None:
                                            "note": "random-bundle-f16 with append KV caches; for tests only"},
                                    weight_dtype="float16", external_data=False, overwrite=True)
 
+    manifest_gpu = write_bundle(BUNDLE_GPU_DIR, append_cfg, weights, tokenizer,
+                                source={"producer": "tools/bundle/make_random.py", "seed": SEED, "matmul_dtype": "float16",
+                                        "note": "random-bundle-append with float16 MatMuls; for tests only"},
+                                weight_dtype="float16", external_data=False, overwrite=True, matmul_dtype="float16")
+
     template, image_token = cfg["prompt"]["template"], cfg["prompt"]["image_token"]
     prefix, suffix = template.split(image_token)
     suffix = suffix.replace("{question}", QUESTION)
@@ -276,7 +286,8 @@ def main() -> None:
         "tensors": r.tensors,
     }
     REFERENCE_PATH.write_text(json.dumps(reference, indent=1) + "\n", encoding="utf-8")
-    for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16), (BUNDLE_APPEND_DIR, manifest_append)):
+    for out, man in ((BUNDLE_DIR, manifest), (BUNDLE_F16_DIR, manifest_f16), (BUNDLE_APPEND_DIR, manifest_append),
+                      (BUNDLE_GPU_DIR, manifest_gpu)):
         size = sum(f["bytes"] for f in man["files"])
         print(f"wrote {_shown(out)} ({size} bytes, {len(man['graphs'])} graphs, {man['content_hash']})")
     print(f"wrote {_shown(REFERENCE_PATH)} ({len(r.cases)} cases)")

@@ -44,6 +44,8 @@ class GraphBuilder:
 
     name: str
     weight_dtype: str = "float16"
+    # float16: MatMuls with stored weights run in half precision (graphs._matmul_weight).
+    matmul_dtype: str = "float32"
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
@@ -85,7 +87,7 @@ class GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
-    def weight(self, name: str, arr: np.ndarray, transpose: bool = False) -> str:
+    def weight(self, name: str, arr: np.ndarray, transpose: bool = False, cast: bool = True) -> str:
         """A model weight, stored as `weight_dtype` and cast to float32 for compute.
 
         Linear weights arrive in PyTorch's [out, in] layout and are stored transposed ([in, out]) so the
@@ -95,7 +97,7 @@ class GraphBuilder:
         stored = f"{name}.T" if transpose else name
         self.initializers.append(numpy_helper.from_array(data.astype(self._np_weight_dtype()), stored))
         self.weight_names.append(stored)
-        if self.weight_dtype == "float32":
+        if self.weight_dtype == "float32" or not cast:
             return stored
         return self.op("Cast", [stored], to=TensorProto.FLOAT)
 

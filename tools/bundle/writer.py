@@ -37,18 +37,24 @@ FP16_MAX = 65504.0
 
 def write_bundle(out_dir: Union[str, Path], config: dict, weights: Dict[str, np.ndarray],
                  tokenizer_json: Union[str, dict], source: dict, weight_dtype: str = "float16",
-                 external_data: Union[bool, str] = "auto", overwrite: bool = False) -> dict:
+                 external_data: Union[bool, str] = "auto", overwrite: bool = False,
+                 matmul_dtype: str = "float32") -> dict:
     """Writes a complete bundle and returns its manifest.
 
     weight_dtype: how initializers are stored ('float16' halves the bundle; graphs cast to float32).
     external_data: True / False / 'auto' (share each layer's attn+scores weights through `layer_NN.data`
       when they exceed EXTERNAL_DATA_THRESHOLD bytes).
     overwrite: replace an existing bundle at out_dir (only a folder that holds a manifest.json).
+    matmul_dtype: 'float16' runs the MatMuls with stored weights in half precision on the stored
+      float16 weights (GPU bundles: no float32 weight copies); norms, softmax and RoPE stay float32.
     """
     out = Path(out_dir)
     cfg = normalize_config(config)
     if weight_dtype not in ("float16", "float32"):
         raise BundleError(f"weight_dtype must be 'float16' or 'float32', got {weight_dtype!r}")
+    if matmul_dtype not in ("float32", "float16") or (matmul_dtype == "float16" and weight_dtype != "float16"):
+        raise BundleError(f"matmul_dtype must be 'float32', or 'float16' with float16 weights; got {matmul_dtype!r} "
+                          f"with {weight_dtype!r} weights")
     w = check_weights(cfg, weights)
     if weight_dtype == "float16":
         _check_fp16_range(w)
@@ -64,7 +70,8 @@ def write_bundle(out_dir: Union[str, Path], config: dict, weights: Dict[str, np.
     tmp.mkdir(parents=True)
     try:
         (tmp / "tokenizer.json").write_text(tokenizer_text, encoding="utf-8")
-        graph_entries = _write_graphs(tmp, cfg, w, weight_dtype, _share_layer_data(cfg, w, weight_dtype, external_data))
+        graph_entries = _write_graphs(tmp, cfg, w, weight_dtype, _share_layer_data(cfg, w, weight_dtype, external_data),
+                                      matmul_dtype)
         files = _file_list(tmp)
         manifest = {
             "format": FORMAT,
@@ -178,11 +185,12 @@ def _externalize(stage: graphs.Stage, data: _DataFile) -> None:
             entry.key, entry.value = key, value
 
 
-def _write_graphs(root: Path, cfg: dict, w: dict, weight_dtype: str, share_layer_data: bool) -> dict:
+def _write_graphs(root: Path, cfg: dict, w: dict, weight_dtype: str, share_layer_data: bool,
+                  matmul_dtype: str = "float32") -> dict:
     entries: dict = {}
     data_files: Dict[str, _DataFile] = {}
     try:
-        for stage in graphs.all_stages(cfg, w, weight_dtype, share_layer_data):
+        for stage in graphs.all_stages(cfg, w, weight_dtype, share_layer_data, matmul_dtype):
             target = root / stage.path
             target.parent.mkdir(parents=True, exist_ok=True)
             entry = {"path": stage.path, "inputs": [s.to_manifest() for s in stage.inputs],

@@ -55,7 +55,7 @@ def load_weights(folder: Path, vision_layers: int, tie_word_embeddings: bool) ->
 
 def export(checkpoint: Path, out: Path, model_id: str, io_dtype: str = "float32", weight_dtype: str = "float16",
            external_data="auto", max_new_tokens: int = 256, resize=None, overwrite: bool = False,
-           kv_cache: str = "present") -> dict:
+           kv_cache: str = "present", matmul_dtype: str = "float32") -> dict:
     import json
 
     cfg = bundle_config(checkpoint, model_id, io_dtype, max_new_tokens, resize)
@@ -76,9 +76,11 @@ def export(checkpoint: Path, out: Path, model_id: str, io_dtype: str = "float32"
         "transformers_version": hf.get("transformers_version"),
         "vision_feature_layer": hf.get("vision_feature_layer", -2),
         "image_token_index": hf.get("image_token_index", hf.get("image_token_id")),
+        "matmul_dtype": matmul_dtype,
     }
     return write_bundle(out, cfg, weights, tokenizer_path.read_text(encoding="utf-8"), source,
-                        weight_dtype=weight_dtype, external_data=external_data, overwrite=overwrite)
+                        weight_dtype=weight_dtype, external_data=external_data, overwrite=overwrite,
+                        matmul_dtype=matmul_dtype)
 
 
 def main(argv=None) -> int:
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resize", choices=("pad_to_square", "shortest_edge_center_crop", "squash"),
                     help="override the checkpoint's image processor (LLaVA-1.5's own evaluation pads to square)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--matmul-dtype", choices=("float32", "float16"), default="float32",
+                    help="float16: products with the weights run in half precision on the stored fp16 weights "
+                         "(GPU bundles: half the weight memory, tensor cores); norms and softmax stay float32")
     ap.add_argument("--kv-cache", choices=("present", "append"), default="present",
                     help="append: attention returns only the new cache rows (sequence-major caches); use it for "
                          "GPU bundles, where every graph output is copied to host memory (docs/bundle-format.md)")
@@ -104,7 +109,7 @@ def main(argv=None) -> int:
     model_id = args.model_id or args.checkpoint.resolve().name
     try:
         manifest = export(args.checkpoint, args.out, model_id, args.io_dtype, args.weight_dtype, external,
-                          args.max_new_tokens, args.resize, args.overwrite, args.kv_cache)
+                          args.max_new_tokens, args.resize, args.overwrite, args.kv_cache, args.matmul_dtype)
     except (ExportError, BundleError, CheckpointError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 2
