@@ -1,7 +1,8 @@
 """Exports a Hugging Face LLaVA-1.5 checkpoint (LlavaForConditionalGeneration) to a model bundle.
 
     python3 tools/llava/export.py /path/to/llava-1.5-7b-hf --out models/llava-1.5-7b
-    python3 tools/llava/export.py CKPT --out DIR --io-dtype float16      # GPU bundle (fp16 hidden states)
+    python3 tools/llava/export.py CKPT --out DIR --io-dtype float16      # GPU bundle (fp16 hidden states,
+                                                                          # append KV caches, fp16 MatMuls)
 
 The folder needs config.json, safetensors weights (one file or shards with an index), tokenizer.json
 and, optionally, tokenizer_config.json and preprocessor_config.json. No transformers or torch is needed:
@@ -95,21 +96,28 @@ def main(argv=None) -> int:
     ap.add_argument("--resize", choices=("pad_to_square", "shortest_edge_center_crop", "squash"),
                     help="override the checkpoint's image processor (LLaVA-1.5's own evaluation pads to square)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--matmul-dtype", choices=("float32", "float16"), default="float32",
+    # float16 io marks a GPU bundle; its defaults are the settings measured on the H100 (docs/llava.md).
+    ap.add_argument("--matmul-dtype", choices=("auto", "float32", "float16"), default="auto",
                     help="float16: products with the weights run in half precision on the stored fp16 weights "
-                         "(GPU bundles: half the weight memory, tensor cores); norms and softmax stay float32")
-    ap.add_argument("--kv-cache", choices=("present", "append"), default="present",
-                    help="append: attention returns only the new cache rows (sequence-major caches); use it for "
-                         "GPU bundles, where every graph output is copied to host memory (docs/bundle-format.md)")
+                         "(no float32 weight copies on the GPU); norms and softmax stay float32. "
+                         "auto: float16 with --io-dtype float16 and fp16 weights, else float32")
+    ap.add_argument("--kv-cache", choices=("auto", "present", "append"), default="auto",
+                    help="append: attention returns only the new cache rows (sequence-major caches), for GPU "
+                         "bundles, where every graph output is copied to host memory (docs/bundle-format.md). "
+                         "auto: append with --io-dtype float16, else present")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     args = ap.parse_args(argv)
 
     started = time.time()
+    gpu = args.io_dtype == "float16"
+    kv_cache = args.kv_cache if args.kv_cache != "auto" else ("append" if gpu else "present")
+    matmul_dtype = args.matmul_dtype if args.matmul_dtype != "auto" else (
+        "float16" if gpu and args.weight_dtype == "float16" else "float32")
     external = {"auto": "auto", "yes": True, "no": False}[args.external_data]
     model_id = args.model_id or args.checkpoint.resolve().name
     try:
         manifest = export(args.checkpoint, args.out, model_id, args.io_dtype, args.weight_dtype, external,
-                          args.max_new_tokens, args.resize, args.overwrite, args.kv_cache, args.matmul_dtype)
+                          args.max_new_tokens, args.resize, args.overwrite, kv_cache, matmul_dtype)
     except (ExportError, BundleError, CheckpointError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 2
@@ -118,6 +126,7 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}: {manifest['model_id']} {manifest['content_hash']}\n"
           f"  vision {v['num_layers']}/{v['trained_layers']} layers, {v['num_patches']} patches; language "
           f"{lang['num_layers']} layers, vocab {lang['vocab_size']}; io {manifest['io_dtype']}; "
+          f"kv cache {lang.get('kv_cache', 'present')}; matmuls {matmul_dtype}; "
           f"preprocess {manifest['preprocess']['resize']}\n"
           f"  {len(manifest['files'])} files, {total / 2**20:.1f} MiB, {time.time() - started:.1f} s")
     return 0

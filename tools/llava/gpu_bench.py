@@ -4,7 +4,7 @@ Each step runs on its own, under 10 minutes on an H100 (no network, transformers
 
     python3 tools/llava/gpu_bench.py make --out /tmp/l7                 # hf/ checkpoint (fp16, 14 GB) + images/
     python3 tools/llava/gpu_bench.py reference --dir /tmp/l7            # ref.json + ref_logits.npy (HF fp32 greedy)
-    python3 tools/llava/export.py /tmp/l7/hf --out /tmp/l7/bundle --io-dtype float16 --model-id llava-1.5-7b-random
+    python3 tools/llava/export.py /tmp/l7/hf --out /tmp/l7/bundle --io-dtype float16 --model-id llava-1.5-7b-random-gpu
     node tools/llava/ts_run.cjs --model /tmp/l7/bundle --items /tmp/l7/ref.json --out /tmp/l7/ts.json ...
     python3 tools/llava/gpu_bench.py compare --dir /tmp/l7              # HF vs the TypeScript runtime
 
