@@ -109,6 +109,28 @@ describe('bundle loader', () => {
   });
 });
 
+describe('runStage classifies what the runtime reports', () => {
+  // The failures of a GPU that is out of memory, as the H100 logged them (docs/llava-gpu-log.txt);
+  // the CPU cannot be made to fail this way on demand, so the session's run is replaced.
+  const ARENA = "Non-zero status code returned while running Mul node. Name:'n_Mul_121' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 48098560";
+
+  it('out of device memory is RESOURCE_EXHAUSTED (retry later), anything else from ORT is INTERNAL', async () => {
+    const b = await load(RANDOM_BUNDLE);
+    const real = await b.stages.get('vision/layer_00.attn');
+    const failing = (message: string) => ({ ...real, provider: 'cuda:0', session: { run: () => Promise.reject(new Error(message)) } as unknown as typeof real.session });
+    const feeds = { hidden_in: f32([1, 17, 32]), attn_bias: f32([1, 17]) };
+    const oom = await failure(runStage(failing(ARENA), feeds));
+    expect(oom.code).toBe('RESOURCE_EXHAUSTED');
+    expect(oom.message).toMatch(/^stage vision\/layer_00\.attn ran out of memory on cuda:0/);
+    const cublas = await failure(runStage(failing('CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0'), feeds));
+    expect(cublas.code).toBe('RESOURCE_EXHAUSTED');
+    const other = await failure(runStage(failing('Non-zero status code returned while running Gemm node: shape mismatch'), feeds));
+    expect(other.code).toBe('INTERNAL');
+    expect(other.message).toMatch(/Fed \{hidden_in: float32\[1,17,32\], attn_bias: float32\[1,17\]\}/);
+    await b.stages.dispose();
+  });
+});
+
 describe('runStage checks feeds against the declaration', () => {
   it('lists every input with dims and dtype when a feed is wrong', async () => {
     const b = await load(RANDOM_BUNDLE);

@@ -8,6 +8,7 @@ import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
 import type { Logger } from '../log';
+import { isOutOfMemory } from './out-of-memory';
 
 export type SessionRuntime = Pick<RuntimeConfig, 'providers' | 'intraOpThreads' | 'interOpThreads' | 'graphOptimization' | 'spinning'>;
 
@@ -74,9 +75,12 @@ export class ProviderChain {
         }
         return { session, provider: name };
       } catch (err) {
-        if (this.pinned) throw new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${(err as Error).message}`, { cause: err });
-        this.failed.set(name, (err as Error).message);
-        this.log.warn('execution provider unavailable, trying the next', { provider: name, error: (err as Error).message });
+        const message = (err as Error).message;
+        // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
+        // out of memory is worth a retry (the loader retries the open on the next request).
+        if (this.pinned) throw new VlmError(isOutOfMemory(message) ? 'RESOURCE_EXHAUSTED' : 'FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
+        this.failed.set(name, message);
+        this.log.warn('execution provider unavailable, trying the next', { provider: name, error: message });
       }
     }
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');

@@ -10,6 +10,7 @@ import { VlmError } from '../errors';
 import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
 import { toFloat16, toFloat32 } from '../tensor/fp16';
+import { isOutOfMemory } from './out-of-memory';
 import type { Stage } from './stage';
 
 /** A tensor fed as-is: a previously kept output (already in the session's dtype). */
@@ -104,7 +105,11 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
   try {
     results = await stage.session.run(ortFeeds, [...fetch]);
   } catch (err) {
-    throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${(err as Error).message}. Fed {${describe(feeds)}}`, { cause: err });
+    const message = (err as Error).message;
+    if (isOutOfMemory(message)) {
+      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now): ${message}`, { cause: err });
+    }
+    throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${message}. Fed {${describe(feeds)}}`, { cause: err });
   }
   const keep = new Set(options.keep ?? []);
   const host: Record<string, F32Tensor> = {};
