@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { packageRoot } from '../config';
 import { validateJson, type Schema } from './json-schema';
-import { kvCacheLayout, layerStage, SUPPORTED_FORMAT_VERSION, type Manifest, type TensorDecl } from './manifest';
+import { KV_CACHE_OUTPUTS, kvCacheLayout, layerStage, SUPPORTED_FORMAT_VERSION, type Manifest, type TensorDecl } from './manifest';
 
 let schemaCache: Schema | undefined;
 function manifestSchema(): Schema {
@@ -64,16 +64,16 @@ function checkConsistency(m: Manifest, where: string): void {
   // The runner feeds and reads caches in the manifest's layout; a graph in the other one would be
   // fed transposed caches that happen to have legal shapes whenever Hkv == P.
   const kv = kvCacheLayout(m);
-  const cacheOutputs = kv === 'append' ? ['new_key', 'new_value'] : ['present_key', 'present_value'];
+  const headAxis = kv === 'append' ? 2 : 1;
   for (let l = 0; l < L.num_layers; l++) {
-    const g = m.graphs[layerStage('language', l, 'attn')];
+    const stage = layerStage('language', l, 'attn');
+    const g = m.graphs[stage];
     if (!g) continue;
     const outs = new Set(g.outputs.map((o) => o.name));
-    const missing = cacheOutputs.filter((o) => !outs.has(o));
-    if (missing.length) p.push(`graphs["${layerStage('language', l, 'attn')}"] lacks ${missing.join(', ')} (language.kv_cache is "${kv}")`);
+    const missing = KV_CACHE_OUTPUTS[kv].filter((o) => !outs.has(o));
+    if (missing.length) p.push(`graphs["${stage}"] lacks ${missing.join(', ')} (language.kv_cache is "${kv}")`);
     const past = g.inputs.find((i) => i.name === 'past_key');
-    const headAxis = kv === 'append' ? 2 : 1;
-    if (past && past.shape[headAxis] !== L.num_kv_heads) p.push(`graphs["${layerStage('language', l, 'attn')}"] past_key axis ${headAxis} is ${past.shape[headAxis]}, expected num_kv_heads ${L.num_kv_heads} for a "${kv}" cache`);
+    if (past && past.shape[headAxis] !== L.num_kv_heads) p.push(`graphs["${stage}"] past_key axis ${headAxis} is ${past.shape[headAxis]}, expected num_kv_heads ${L.num_kv_heads} for a "${kv}" cache`);
   }
   for (const [name, g] of Object.entries(m.graphs)) {
     if (!files.has(g.path)) p.push(`graphs["${name}"].path ${g.path} is not in manifest.files`);

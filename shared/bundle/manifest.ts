@@ -73,6 +73,12 @@ export interface LanguageArch {
 
 export type KvCacheLayout = 'present' | 'append';
 
+/** The attention outputs that carry the key and value cache, per layout. */
+export const KV_CACHE_OUTPUTS = {
+  present: ['present_key', 'present_value'],
+  append: ['new_key', 'new_value'],
+} as const satisfies Record<KvCacheLayout, readonly [string, string]>;
+
 export function kvCacheLayout(m: Manifest): KvCacheLayout {
   return m.language.kv_cache ?? 'present';
 }

@@ -12,7 +12,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
-import { kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
+import { KV_CACHE_OUTPUTS, kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
 import type { Resident } from '../onnx/run-stage';
 
 type Rows = Uint16Array | Float32Array;
@@ -20,7 +20,7 @@ type Rows = Uint16Array | Float32Array;
 export interface KvCaches {
   readonly layout: KvCacheLayout;
   /** The attention outputs that carry the cache: keep them as ORT tensors when running the graph. */
-  readonly outputs: readonly [string, string];
+  readonly outputs: (typeof KV_CACHE_OUTPUTS)[KvCacheLayout];
   length(layer: number): number;
   /** `past_key` / `past_value` for the layer's next attention call. */
   past(layer: number): { past_key: Resident; past_value: Resident };
@@ -48,7 +48,7 @@ function output(kept: Readonly<Record<string, Resident>>, name: string, layer: n
 
 class PresentCaches implements KvCaches {
   readonly layout = 'present' as const;
-  readonly outputs = ['present_key', 'present_value'] as const;
+  readonly outputs = KV_CACHE_OUTPUTS.present;
   private readonly layers: ({ key: Resident; value: Resident; length: number } | undefined)[];
   private readonly empty: Resident;
 
@@ -67,10 +67,11 @@ class PresentCaches implements KvCaches {
   }
 
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
-    const key = output(kept, 'present_key', layer);
+    const [keyName, valueName] = this.outputs;
+    const key = output(kept, keyName, layer);
     const length = this.length(layer) + tokens;
-    if (Number(key.dims[2]) !== length) throw new VlmError('INTERNAL', `layer ${layer} present_key holds ${key.dims[2]} tokens, expected ${length}`);
-    this.layers[layer] = { key, value: output(kept, 'present_value', layer), length };
+    if (Number(key.dims[2]) !== length) throw new VlmError('INTERNAL', `layer ${layer} ${keyName} holds ${key.dims[2]} tokens, expected ${length}`);
+    this.layers[layer] = { key, value: output(kept, valueName, layer), length };
   }
 }
 
@@ -107,7 +108,7 @@ class RowBuffer {
 
 class AppendCaches implements KvCaches {
   readonly layout = 'append' as const;
-  readonly outputs = ['new_key', 'new_value'] as const;
+  readonly outputs = KV_CACHE_OUTPUTS.append;
   private readonly keys: RowBuffer[];
   private readonly values: RowBuffer[];
 
@@ -132,7 +133,8 @@ class AppendCaches implements KvCaches {
   }
 
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
-    for (const [name, buffer] of [['new_key', this.keys[layer]!], ['new_value', this.values[layer]!]] as const) {
+    const [keyName, valueName] = this.outputs;
+    for (const [name, buffer] of [[keyName, this.keys[layer]!], [valueName, this.values[layer]!]] as const) {
       const t = output(kept, name, layer);
       if (t.type !== this.type) throw new VlmError('INTERNAL', `layer ${layer} ${name} is ${t.type}, the cache holds ${this.type}`);
       buffer.append(t.data as Rows, tokens);
