@@ -11,7 +11,6 @@
  * is sampled every `sample-ms`; memory's start is taken after `warmup-s` of load. Prints one JSON summary (with --json nothing else).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { packageRoot, parseCommandLine, type Config } from '../shared/config';
@@ -20,7 +19,7 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
-import { readItems, selectEvenly } from './eval';
+import { readItemImage, readItems, selectEvenly } from './eval';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = {
@@ -126,7 +125,7 @@ function prng(seed: number): () => number {
 async function images(modelDir: string): Promise<Array<{ bytes: Buffer; question: string }>> {
   if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
     const items = selectEvenly(await readItems(modelDir), 12);
-    return Promise.all(items.map(async (it) => ({ bytes: await readFile(path.join(modelDir, 'eval', it.image)), question: it.question })));
+    return Promise.all(items.map(async (it) => ({ bytes: await readItemImage(modelDir, it), question: it.question })));
   }
   return [{ bytes: await generatedImage(), question: 'What color is the circle?' }];
 }

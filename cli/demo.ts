@@ -8,13 +8,12 @@
  * A bundle without eval/items.jsonl (e.g. a random-weight fixture) gets one generated image.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
-import { isCorrect, readItems, selectEvenly, type EvalItem } from './eval';
+import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = { items: { type: 'string' } } as const;
@@ -32,7 +31,7 @@ const POLICIES: ReadonlyArray<[string, Partial<ReductionPolicy>]> = [
 async function questions(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
   if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
     const items = selectEvenly(await readItems(modelDir), count);
-    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readFile(path.join(modelDir, 'eval', it.image)) })));
+    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readItemImage(modelDir, it) })));
   }
   const bytes = await generatedImage();
   return [{ image: '(generated)', question: 'What color is the circle?', answer: '', type: 'generated', bytes }];

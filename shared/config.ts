@@ -237,6 +237,11 @@ export function intraOpThreadsChosen(values: Readonly<Record<string, unknown>>, 
   return values['intra-op-threads'] !== undefined || !!env.VLM_INTRA_OP_THREADS;
 }
 
+/** Whether the operator chose the worker count (flag or env). */
+export function workersChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
+  return values['workers'] !== undefined || !!env.VLM_WORKERS;
+}
+
 /**
  * The environment for `services` service processes started on this host: each gets an equal share
  * of the cores as its intra-op threads (each would otherwise take them all and oversubscribe),
