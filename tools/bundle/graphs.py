@@ -36,6 +36,17 @@ class Stage:
     shared_data: Optional[str] = None  # bundle-relative external data file shared with sibling graphs
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """How the bundle stores its weights (`dtype`), and whether products use them as stored
+    (`matmul_dtype` float16, see `_matmul_weight`) or cast to float32; the writer checks both."""
+    dtype: str = "float16"
+    matmul_dtype: str = "float32"
+
+    def builder(self, name: str) -> GraphBuilder:
+        return GraphBuilder(name, self.dtype, matmul_dtype=self.matmul_dtype)
+
+
 def _layer(prefix: str, i: int) -> str:
     return f"{prefix}/layer_{i:02d}"
 
@@ -117,11 +128,11 @@ def _finish(g: GraphBuilder, name: str, path: str, shared_data: Optional[str] = 
 # vision
 
 
-def vision_embed(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def vision_embed(cfg: dict, w: dict, fmt: WeightFormat) -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     s, p, d = v["image_size"], v["patch_size"], v["hidden_size"]
     tokens = v["num_patches"] + (1 if v["class_token"] else 0)
-    g = GraphBuilder("vision/embed", weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder("vision/embed")
     px = g.input("pixel_values", "float32", ["B", 3, s, s])
     conv = g.op("Conv", [px, g.weight("vision.patch_embed.weight", w["vision.patch_embed.weight"])],
                 kernel_shape=[p, p], strides=[p, p])  # [B,D,grid,grid]
@@ -161,10 +172,10 @@ def _vision_layer_inputs(g: GraphBuilder, cfg: dict):
     return _to_f32(g, h_in, io), bias
 
 
-def vision_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
+def vision_attn(cfg: dict, w: dict, i: int, fmt: WeightFormat, shared_data: Optional[str]) -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     name = f"{_layer('vision', i)}.attn"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     x, bias = _vision_layer_inputs(g, cfg)
     hn, _, logits = _vision_qk(g, cfg, w, i, x, bias)
     pre = f"vision.layers.{i}"
@@ -177,10 +188,10 @@ def vision_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Opti
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def vision_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
+def vision_scores(cfg: dict, w: dict, i: int, fmt: WeightFormat, shared_data: Optional[str]) -> Stage:
     v = cfg["vision"]
     name = f"{_layer('vision', i)}.scores"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     x, bias = _vision_layer_inputs(g, cfg)
     _, k, logits = _vision_qk(g, cfg, w, i, x, bias)
     g.output(g.op("ReduceMean", [logits], axes=[1], keepdims=0), "scores", "float32", ["B", "T", "T"])
@@ -190,11 +201,11 @@ def vision_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Op
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def vision_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def vision_mlp(cfg: dict, w: dict, i: int, fmt: WeightFormat) -> Stage:
     v, io = cfg["vision"], cfg["io_dtype"]
     name = f"{_layer('vision', i)}.mlp"
     pre = f"vision.layers.{i}"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", v["hidden_size"]]), io)
     hn = _layer_norm(g, x, w, f"{pre}.ln2", v["layer_norm_eps"])
     mid = _activation(g, _linear(g, hn, w, f"{pre}.fc1"), v["activation"])
@@ -203,9 +214,9 @@ def vision_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype: s
     return _finish(g, name, f"{name}.onnx")
 
 
-def projector(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def projector(cfg: dict, w: dict, fmt: WeightFormat) -> Stage:
     pj, io = cfg["projector"], cfg["io_dtype"]
-    g = GraphBuilder("vision/projector", weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder("vision/projector")
     x = _to_f32(g, g.input("features", io, ["B", "N", pj["input_size"]]), io)
     h = _linear(g, _gelu_erf(g, _linear(g, x, w, "projector.linear1")), w, "projector.linear2")
     g.output(_to_io(g, h, io), "embeds", io, ["B", "N", pj["output_size"]])
@@ -216,13 +227,13 @@ def projector(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "flo
 # language
 
 
-def language_embed(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def language_embed(cfg: dict, w: dict, fmt: WeightFormat) -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
-    g = GraphBuilder("language/embed", weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder("language/embed")
     ids = g.input("input_ids", "int64", ["B", "T"])
     # Gather from the stored table, then cast only the looked-up rows.
     rows = g.op("Gather", [g.raw_weight("language.embed_tokens.weight", w["language.embed_tokens.weight"]), ids], axis=0)
-    stored = "float16" if weight_dtype == "float16" else "float32"
+    stored = "float16" if fmt.dtype == "float16" else "float32"
     if stored != io:
         rows = g.op("Cast", [rows], to=IO_ONNX[io])
     g.output(rows, "embeds", io, ["B", "T", lang["hidden_size"]])
@@ -325,11 +336,11 @@ def _masked_softmax(g: GraphBuilder, logits: str, allowed: str) -> str:
     return g.op("Softmax", [g.op("Where", [allowed, logits, g.const(MASK_VALUE)])], axis=-1)
 
 
-def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
+def language_attn(cfg: dict, w: dict, i: int, fmt: WeightFormat, shared_data: Optional[str]) -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
     hkv, dh = lang["num_kv_heads"], lang["head_dim"]
     name = f"{_layer('language', i)}.attn"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     ins = _language_layer_inputs(g, cfg)
     x, q, new_key, new_value, present_key, present_value, keys, values = _language_qkv(g, cfg, w, i, ins)
     probs = _masked_softmax(g, _language_logits(g, cfg, q, keys), _allowed_keys(g, ins["hidden_in"], ins["attention_mask"]))
@@ -347,9 +358,9 @@ def language_attn(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Op
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: Optional[str], *, matmul_dtype: str = "float32") -> Stage:
+def language_scores(cfg: dict, w: dict, i: int, fmt: WeightFormat, shared_data: Optional[str]) -> Stage:
     name = f"{_layer('language', i)}.scores"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     ins = _language_layer_inputs(g, cfg)  # past_value is declared (same feeds as attn) but unused
     _, q, _, _, _, _, keys, _ = _language_qkv(g, cfg, w, i, ins)
     logits = _language_logits(g, cfg, q, keys)
@@ -359,11 +370,11 @@ def language_scores(cfg: dict, w: dict, i: int, weight_dtype: str, shared_data: 
     return _finish(g, name, f"{name}.onnx", shared_data)
 
 
-def language_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def language_mlp(cfg: dict, w: dict, i: int, fmt: WeightFormat) -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
     name = f"{_layer('language', i)}.mlp"
     pre = f"language.layers.{i}"
-    g = GraphBuilder(name, weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder(name)
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", lang["hidden_size"]]), io)
     hn = _rms_norm(g, x, w, f"{pre}.post_attention_layernorm", lang["rms_norm_eps"])
     gate = _linear(g, hn, w, f"{pre}.gate_proj")
@@ -374,9 +385,9 @@ def language_mlp(cfg: dict, w: dict, i: int, weight_dtype: str, *, matmul_dtype:
     return _finish(g, name, f"{name}.onnx")
 
 
-def language_head(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = "float32") -> Stage:
+def language_head(cfg: dict, w: dict, fmt: WeightFormat) -> Stage:
     lang, io = cfg["language"], cfg["io_dtype"]
-    g = GraphBuilder("language/head", weight_dtype, matmul_dtype=matmul_dtype)
+    g = fmt.builder("language/head")
     x = _to_f32(g, g.input("hidden_in", io, ["B", "T", lang["hidden_size"]]), io)
     hn = _rms_norm(g, x, w, "language.norm", lang["rms_norm_eps"])
     logits = _matmul_weight(g, hn, "language.lm_head.weight", w["language.lm_head.weight"])
@@ -387,23 +398,20 @@ def language_head(cfg: dict, w: dict, weight_dtype: str, *, matmul_dtype: str = 
 # ---------------------------------------------------------------------------------------------------
 
 
-def all_stages(cfg: dict, w: dict, weight_dtype: str, share_layer_data: bool, matmul_dtype: str = "float32"):
+def all_stages(cfg: dict, w: dict, fmt: WeightFormat, share_layer_data: bool):
     """Yields every stage of the bundle in manifest order, built lazily (one graph in memory at a time)."""
-    if matmul_dtype not in ("float32", "float16") or (matmul_dtype == "float16" and weight_dtype != "float16"):
-        raise ValueError(f"matmul_dtype {matmul_dtype!r} needs float16 weights for float16 (weights are {weight_dtype!r})")
-
     def data(prefix: str, i: int) -> Optional[str]:
         return f"{_layer(prefix, i)}.data" if share_layer_data else None
 
-    yield vision_embed(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
+    yield vision_embed(cfg, w, fmt)
     for i in range(cfg["vision"]["num_layers"]):
-        yield vision_attn(cfg, w, i, weight_dtype, data("vision", i), matmul_dtype=matmul_dtype)
-        yield vision_scores(cfg, w, i, weight_dtype, data("vision", i), matmul_dtype=matmul_dtype)
-        yield vision_mlp(cfg, w, i, weight_dtype, matmul_dtype=matmul_dtype)
-    yield projector(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
-    yield language_embed(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
+        yield vision_attn(cfg, w, i, fmt, data("vision", i))
+        yield vision_scores(cfg, w, i, fmt, data("vision", i))
+        yield vision_mlp(cfg, w, i, fmt)
+    yield projector(cfg, w, fmt)
+    yield language_embed(cfg, w, fmt)
     for i in range(cfg["language"]["num_layers"]):
-        yield language_attn(cfg, w, i, weight_dtype, data("language", i), matmul_dtype=matmul_dtype)
-        yield language_scores(cfg, w, i, weight_dtype, data("language", i), matmul_dtype=matmul_dtype)
-        yield language_mlp(cfg, w, i, weight_dtype, matmul_dtype=matmul_dtype)
-    yield language_head(cfg, w, weight_dtype, matmul_dtype=matmul_dtype)
+        yield language_attn(cfg, w, i, fmt, data("language", i))
+        yield language_scores(cfg, w, i, fmt, data("language", i))
+        yield language_mlp(cfg, w, i, fmt)
+    yield language_head(cfg, w, fmt)

@@ -190,7 +190,7 @@ def _write_graphs(root: Path, cfg: dict, w: dict, weight_dtype: str, share_layer
     entries: dict = {}
     data_files: Dict[str, _DataFile] = {}
     try:
-        for stage in graphs.all_stages(cfg, w, weight_dtype, share_layer_data, matmul_dtype):
+        for stage in graphs.all_stages(cfg, w, graphs.WeightFormat(weight_dtype, matmul_dtype), share_layer_data):
             target = root / stage.path
             target.parent.mkdir(parents=True, exist_ok=True)
             entry = {"path": stage.path, "inputs": [s.to_manifest() for s in stage.inputs],
