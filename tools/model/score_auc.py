@@ -9,7 +9,9 @@ object patch before any background, 0.5 is random, below 0.5 keeps background fi
 clean-mode formulas (shared/methods): FiCoCo-V's redundancy on head-mean attention probabilities with
 the paper's λ; FiCoCo-L's filter on the unmasked head-mean logits (and its two terms alone); FastV's
 last-row attention; the mean attention of every text token (SparseVLM's raters are a subset of them).
-This explains reduction results; it is not used by any method.
+Two diagnostics of FiCoCo-L's visual term (kept when low, like the filter): an image token's logit on
+the prompt prefix before the image (<s> "USER" ":", the attention sink), and its causal attention mass
+on image keys. This explains reduction results; it is not used by any method.
 """
 
 import argparse
@@ -91,6 +93,9 @@ def main():
             add(("language", layer_index, "ficoco-l keep"), auc(-(args.beta * vv - (1 - args.beta) * vt), obj))
             add(("language", layer_index, "ficoco-l visual term alone"), auc(-vv, obj))
             add(("language", layer_index, "ficoco-l task term alone"), auc(vt, obj))
+            add(("language", layer_index, "ficoco-l diagnostic: prefix logit, low kept"), auc(-S[img, :img0].mean(1), obj))
+            add(("language", layer_index, "ficoco-l diagnostic: image attention mass, low kept"),
+                auc(-A[img, img].sum(1), obj))
             add(("language", layer_index, "fastv last row"), auc(A[-1, img], obj))
             add(("language", layer_index, "text rows mean"), auc(A[img0 + P:, img].mean(0), obj))
             h = layer(h, cos, sin)
