@@ -19,6 +19,7 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
+import { seededRandom } from '../shared/methods/numeric';
 import { readItemImage, readItems, selectEvenly } from './eval';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
@@ -112,16 +113,6 @@ export function percentiles(values: readonly number[]): Percentiles {
   return { count: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: at(1) };
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 async function images(modelDir: string): Promise<Array<{ bytes: Buffer; question: string }>> {
   if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
     const items = selectEvenly(await readItems(modelDir), 12);
@@ -184,7 +175,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { vision, language } = services;
   const client = languageClient(`127.0.0.1:${services.languagePort}`);
   try {
-    const rand = prng(o.seed);
+    const rand = seededRandom(o.seed);
     const counts: Record<Outcome, number> = { answered: 0, shed: 0, timedOut: 0, invalid: 0, other: 0, lost: 0 };
     const other: Record<string, number> = {};
     const answeredMs: number[] = [];

@@ -9,6 +9,7 @@ import sharp from 'sharp';
 import { CONFIG_FLAGS, packageRoot } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { healthOf } from '../services/common/health-client';
+import { running } from './child-running';
 import { freePort } from './free-port';
 
 export interface ChildServices {
@@ -47,11 +48,6 @@ export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<st
     if (name in CONFIG_FLAGS && !FIXED.has(name)) out.push(arg, ...(value === undefined ? [] : [value]));
   }
   return out;
-}
-
-/** Still running: a child killed by a signal keeps exitCode null and sets signalCode instead. */
-function running(c: ChildProcess): boolean {
-  return c.exitCode === null && c.signalCode === null;
 }
 
 async function waitServing(address: string, children: readonly ChildProcess[], timeoutMs: number): Promise<void> {

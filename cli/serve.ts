@@ -13,6 +13,7 @@ import { coLocatedServiceEnv, packageRoot, parseCommandLine } from '../shared/co
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
+import { running } from './child-running';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
 import type * as LanguageServer from '../services/language/server';
@@ -60,7 +61,7 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, metricsPort: number,
   let stopping = false;
   const stopAll = (signal: NodeJS.Signals): void => {
     stopping = true;
-    for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    for (const child of children.values()) if (running(child)) child.kill(signal);
   };
   // The first signal drains both services; a second one (an operator out of patience) kills what
   // still runs, so a child stuck in its drain cannot keep `serve all` alive.
