@@ -150,43 +150,41 @@ def render(scenes, gen, device="cpu"):
     return torch.round(image * 255) / 255
 
 
-def patch_centre_labels(scenes):
-    """Per-patch targets at patch centres: colour+1 and shape+1 of the topmost object covering the
-    centre, 0 for background ([N, 196] each, row-major like the patch tokens)."""
+def _topmost_at_centres(scenes):
+    """Index of the topmost object covering each patch centre, -1 for background ([N, 196], row-major
+    like the patch tokens): later objects are drawn over earlier ones."""
     n = len(scenes)
     device = scenes.cx.device
     centres = torch.arange(GRID, device=device, dtype=torch.float32) * PATCH + PATCH / 2
-    color = torch.zeros(n, GRID, GRID, dtype=torch.long, device=device)
-    shape = torch.zeros(n, GRID, GRID, dtype=torch.long, device=device)
+    top = torch.full((n, GRID, GRID), -1, dtype=torch.long, device=device)
     for k in range(MAX_OBJECTS):
         dx = centres.view(1, 1, -1) - scenes.cx[:, k].view(-1, 1, 1)
         dy = centres.view(1, -1, 1) - scenes.cy[:, k].view(-1, 1, 1)
-        sdf = shape_sdf(scenes.shape[:, k], dx, dy, scenes.radius[:, k])
-        inside = (sdf < 0) & scenes.present[:, k].view(-1, 1, 1)
-        color = torch.where(inside, scenes.color[:, k].view(-1, 1, 1) + 1, color)
-        shape = torch.where(inside, scenes.shape[:, k].view(-1, 1, 1) + 1, shape)
-    return color.view(n, -1), shape.view(n, -1)
+        inside = (shape_sdf(scenes.shape[:, k], dx, dy, scenes.radius[:, k]) < 0) & scenes.present[:, k].view(-1, 1, 1)
+        top = torch.where(inside, torch.full_like(top, k), top)
+    return top.view(n, -1)
+
+
+def _label_at(top, per_object):
+    """per_object [N, K] (long) + 1 at each patch's topmost object, 0 for background."""
+    value = per_object.long().gather(1, top.clamp(min=0)) + 1
+    return torch.where(top >= 0, value, torch.zeros_like(value))
+
+
+def patch_centre_labels(scenes):
+    """Per-patch targets at patch centres: colour+1 and shape+1 of the topmost object covering the
+    centre, 0 for background ([N, 196] each, row-major like the patch tokens)."""
+    top = _topmost_at_centres(scenes)
+    return _label_at(top, scenes.color), _label_at(top, scenes.shape)
 
 
 def patch_object_labels(scenes):
     """Per-patch targets of the topmost object covering each patch centre, 0 for background ([N, 196]
     each): size+1, and the grid row+1 / column+1 of the object's centre. They make every object patch
     carry its object's size and place, so a subset of an object's patches still describes it."""
-    n = len(scenes)
-    device = scenes.cx.device
-    centres = torch.arange(GRID, device=device, dtype=torch.float32) * PATCH + PATCH / 2
-    size = torch.zeros(n, GRID, GRID, dtype=torch.long, device=device)
-    row = torch.zeros_like(size)
-    col = torch.zeros_like(size)
-    for k in range(MAX_OBJECTS):
-        dx = centres.view(1, 1, -1) - scenes.cx[:, k].view(-1, 1, 1)
-        dy = centres.view(1, -1, 1) - scenes.cy[:, k].view(-1, 1, 1)
-        inside = (shape_sdf(scenes.shape[:, k], dx, dy, scenes.radius[:, k]) < 0) & scenes.present[:, k].view(-1, 1, 1)
-        cell = lambda c: (c[:, k] // PATCH).clamp(0, GRID - 1).long().view(-1, 1, 1) + 1  # noqa: E731
-        size = torch.where(inside, scenes.size[:, k].view(-1, 1, 1) + 1, size)
-        row = torch.where(inside, cell(scenes.cy), row)
-        col = torch.where(inside, cell(scenes.cx), col)
-    return size.view(n, -1), row.view(n, -1), col.view(n, -1)
+    top = _topmost_at_centres(scenes)
+    cell = lambda c: (c // PATCH).clamp(0, GRID - 1)  # noqa: E731
+    return _label_at(top, scenes.size), _label_at(top, cell(scenes.cy)), _label_at(top, cell(scenes.cx))
 
 
 def patch_coverage(scenes):
