@@ -82,7 +82,8 @@ export class InferencePool {
   private closed = false;
   /** Replacement workers being started; with no slot and none starting, nothing can run a job. */
   private starting = 0;
-  private restartTimer: NodeJS.Timeout | undefined;
+  /** One per worker whose replacement is waiting to retry (several workers can die together). */
+  private readonly restartTimers = new Set<NodeJS.Timeout>();
   private readonly log: Logger;
 
   private constructor(
@@ -171,7 +172,8 @@ export class InferencePool {
   async close(graceMs = 0): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.restartTimer);
+    for (const t of this.restartTimers) clearTimeout(t);
+    this.restartTimers.clear();
     for (const t of this.queue.splice(0)) this.settle(t, new VlmError('UNAVAILABLE', 'the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -285,11 +287,12 @@ export class InferencePool {
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
         // Without any worker the queue would only wait for its deadlines.
         if (this.slots.length === 0 && this.starting === 0) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
-        this.restartTimer = setTimeout(() => {
-          this.restartTimer = undefined;
+        const timer = setTimeout(() => {
+          this.restartTimers.delete(timer);
           if (!this.closed) this.replace(index, attempt + 1);
         }, delayMs);
-        this.restartTimer.unref();
+        timer.unref();
+        this.restartTimers.add(timer);
       });
   }
 }
