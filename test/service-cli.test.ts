@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { eventually } from './service-helpers';
 import { freePort } from '../cli/free-port';
+import { running } from '../cli/child-running';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -113,7 +114,7 @@ describe('vlm serve all, a child stuck while draining', () => {
       expect(stderr).toMatch(/second signal: killing the services that still run/);
       expect(() => process.kill(vision, 0)).toThrow(); // gone
     } finally {
-      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+      if (running(server)) server.kill('SIGKILL');
       if (vision > 0) {
         try {
           process.kill(vision, 'SIGKILL'); // never leave a stopped orphan behind

@@ -80,7 +80,7 @@ export class InferencePool {
   private readonly queue: Task[] = [];
   private nextId = 1;
   private closed = false;
-  /** Replacement workers being started; with no slot and none starting, nothing can run a job. */
+  /** Replacement workers being started. */
   private starting = 0;
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
@@ -188,7 +188,7 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(new VlmError('UNAVAILABLE', 'the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
-      if (this.slots.length === 0 && this.starting === 0) return reject(noWorker());
+      if (this.workerless) return reject(noWorker());
       const idle = this.slots.find((s) => !s.task);
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
@@ -254,6 +254,11 @@ export class InferencePool {
     this.release(slot);
   }
 
+  /** No worker is running and none is being started: nothing can run a job. */
+  private get workerless(): boolean {
+    return this.slots.length === 0 && this.starting === 0;
+  }
+
   /** The slot is free once its worker has answered (result or error), aborted jobs included. */
   private release(slot: Slot): void {
     slot.task = undefined;
@@ -286,7 +291,7 @@ export class InferencePool {
         const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
         // Without any worker the queue would only wait for its deadlines.
-        if (this.slots.length === 0 && this.starting === 0) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
+        if (this.workerless) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
         const timer = setTimeout(() => {
           this.restartTimers.delete(timer);
           if (!this.closed) this.replace(index, attempt + 1);

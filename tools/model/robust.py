@@ -99,7 +99,6 @@ def _vision(model, pixel_values, plan):
 
 
 def robust_losses(model, batch, prefix_ids, plan):
-    c = model.config
     features, cls = _vision(model, batch["pixel_values"], plan)
     embeds = model.projector(features)
     x = model.assemble(prefix_ids, embeds, batch["suffix"])
