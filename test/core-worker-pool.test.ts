@@ -12,7 +12,7 @@ import { testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { InferencePool } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
-import { failure, policy, RANDOM_BUNDLE } from './core-helpers';
+import { failure, policy, RANDOM_BUNDLE, ROOT } from './core-helpers';
 
 const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
 let pool: InferencePool;
@@ -130,6 +130,32 @@ describe('InferencePool', () => {
         }
       }
       expect(typeof answer).toBe('string');
+    } finally {
+      await own.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
+
+  it('refuses a replacement worker that loaded another bundle: it never answers from a model the service does not advertise', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vlm-pool-'));
+    await cp(RANDOM_BUNDLE, dir, { recursive: true });
+    const own = await InferencePool.start(testConfig({ model: { dir }, runtime: { workers: 1 }, limits: { queueSize: 2 } }));
+    try {
+      const advertised = own.manifest.content_hash;
+      // The folder is replaced under the running service (another bundle of the same format), then
+      // the only worker dies: its replacement loads what is there now.
+      await rm(dir, { recursive: true, force: true });
+      await cp(path.join(ROOT, 'test/fixtures/random-bundle-f16'), dir, { recursive: true });
+      const { slots } = own as unknown as { slots: Array<{ worker: Worker }> };
+      await slots[0]!.worker.terminate();
+      // Long enough for several replacement attempts (each loads the bundle in well under a second).
+      for (const until = Date.now() + 3000; Date.now() < until; ) {
+        const e = await failure(own.ask(image, 'what color is it?', sampling, policy()));
+        expect(e.code).toBe('UNAVAILABLE');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(own.manifest.content_hash).toBe(advertised);
+      expect(own.stats.workers).toBe(0);
     } finally {
       await own.close();
       await rm(dir, { recursive: true, force: true });

@@ -25,6 +25,7 @@ import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect, eventually, sleep } from './service-helpers';
 import { ask, BUNDLE, pairConfig, request, ROOT, shapesImage } from './reliability-helpers';
 import { freePort } from '../cli/free-port';
+import { running } from '../cli/child-running';
 
 const TOKEN = 'fault-test-token-5b0c9e2d7a1f4e3c';
 const BIN = path.join(ROOT, 'bin/vlm.js');
@@ -47,7 +48,7 @@ async function serveProcess(role: 'vision' | 'language', port: number, extra: st
   const child = { proc, stderr: () => err, exited };
   const address = `127.0.0.1:${port}`;
   await eventually(async () => {
-    if (proc.exitCode !== null) throw new Error(`${role} exited during start-up:\n${err}`);
+    if (!running(proc)) throw new Error(`${role} exited during start-up:\n${err}`);
     return (await healthOf(address, 500).catch(() => 'DOWN')) === 'SERVING';
   }, 60_000, 100);
   return child;
@@ -112,7 +113,7 @@ describe('faults across the hop', () => {
 
     let vision: Child | undefined;
     afterAll(async () => {
-      if (vision && vision.proc.exitCode === null) await kill(vision, 'SIGTERM');
+      if (vision && running(vision.proc)) await kill(vision, 'SIGTERM');
     });
 
     it('unavailable at start: the language service serves anyway and answers UNAVAILABLE naming the target', async () => {
@@ -202,7 +203,7 @@ describe('faults across the hop', () => {
       client?.close();
       await language?.stop();
       await healthy?.stop();
-      if (dying && dying.exitCode === null && dying.signalCode === null) dying.kill('SIGKILL');
+      if (dying && running(dying)) dying.kill('SIGKILL');
     });
 
     it('repeats the Encode on the other replica: every request is answered, none sees the crash', async () => {
@@ -258,7 +259,7 @@ describe('faults across the hop', () => {
     let language: Child | undefined;
     let port: number;
     afterAll(async () => {
-      if (language && language.proc.exitCode === null) await kill(language, 'SIGTERM');
+      if (language && running(language.proc)) await kill(language, 'SIGTERM');
       await vision?.stop();
     });
 

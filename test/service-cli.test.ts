@@ -41,7 +41,7 @@ describe('vlm serve all + vlm ask', () => {
   });
 
   afterAll(() => {
-    if (server.exitCode === null) server.kill('SIGKILL');
+    if (running(server)) server.kill('SIGKILL');
   });
 
   it('runs the two services as two processes, logging JSON lines with one request id across the hop', async () => {

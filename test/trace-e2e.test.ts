@@ -17,6 +17,7 @@ import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { collect, eventually } from './service-helpers';
 import { freePort } from '../cli/free-port';
+import { running } from '../cli/child-running';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -68,7 +69,7 @@ describe('one trace across vlm-language and vlm-vision (two processes)', () => {
   });
 
   afterAll(async () => {
-    if (server?.exitCode === null) server.kill('SIGKILL');
+    if (server && running(server)) server.kill('SIGKILL');
     await receiver?.close();
   });
 

@@ -3,18 +3,14 @@
  * message naming the supported version rather than a list of schema complaints), then the schema,
  * then the cross-field consistency the engine relies on (geometry, stage list, declared shapes).
  */
-import { readFileSync } from 'node:fs';
-import * as path from 'node:path';
 import { VlmError } from '../errors';
-import { packageRoot } from '../config';
 import { validateJson, type Schema } from './json-schema';
 import { KV_CACHE_OUTPUTS, kvCacheLayout, layerStage, SUPPORTED_FORMAT_VERSION, type Manifest, type TensorDecl } from './manifest';
+// Imported, not read from the package root at run time: tsc then emits it beside this module in
+// dist/, so a runtime image that ships only dist/ still has it.
+import manifestSchemaJson from './manifest.schema.json';
 
-let schemaCache: Schema | undefined;
-function manifestSchema(): Schema {
-  schemaCache ??= JSON.parse(readFileSync(path.join(packageRoot(), 'shared', 'bundle', 'manifest.schema.json'), 'utf8')) as Schema;
-  return schemaCache;
-}
+const manifestSchema = manifestSchemaJson as unknown as Schema;
 
 function fail(where: string, problems: string[]): never {
   throw new VlmError('FAILED_PRECONDITION', `${where}: ${problems.join('; ')}`);
@@ -27,7 +23,7 @@ export function checkManifest(raw: unknown, where: string): Manifest {
   if (m.format_version !== SUPPORTED_FORMAT_VERSION) {
     fail(where, [`format_version ${JSON.stringify(m.format_version)} is not supported; this runtime reads format_version ${SUPPORTED_FORMAT_VERSION} (docs/bundle-format.md)`]);
   }
-  const violations = validateJson(manifestSchema(), raw);
+  const violations = validateJson(manifestSchema, raw);
   if (violations.length) fail(`${where} fails manifest.schema.json`, violations.map((v) => `${v.path} ${v.message}`));
   const manifest = raw as unknown as Manifest;
   checkConsistency(manifest, where);
@@ -83,6 +79,11 @@ function checkConsistency(m: Manifest, where: string): void {
   if (p.length) fail(where, p);
 }
 
+/** Every cache tensor a layer graph feeds or returns, in either layout: [.., head_dim], io_dtype. */
+const CACHE_TENSORS: readonly string[] = ['past_key', 'past_value', ...KV_CACHE_OUTPUTS.present, ...KV_CACHE_OUTPUTS.append];
+/** Tensors exchanged between layer graphs in io_dtype (float32 is always accepted too). */
+const IO_DTYPE_TENSORS = new Set(['hidden_in', 'hidden_out', 'embeds', ...CACHE_TENSORS]);
+
 /** Fixed trailing sizes declared for hidden states and caches must match the architecture. */
 function checkDecl(stage: string, t: TensorDecl, width: number, m: Manifest, p: string[]): void {
   const last = t.shape[t.shape.length - 1];
@@ -92,17 +93,12 @@ function checkDecl(stage: string, t: TensorDecl, width: number, m: Manifest, p: 
     features: m.vision.hidden_size,
     embeds: m.language.hidden_size,
     logits: m.language.vocab_size,
-    past_key: m.language.head_dim,
-    past_value: m.language.head_dim,
-    present_key: m.language.head_dim,
-    present_value: m.language.head_dim,
-    new_key: m.language.head_dim,
-    new_value: m.language.head_dim,
     keys: m.vision.head_dim,
   };
+  for (const name of CACHE_TENSORS) expectLast[name] = m.language.head_dim;
   const want = expectLast[t.name];
   if (want !== undefined && typeof last === 'number' && last !== want) p.push(`graphs["${stage}"] ${t.name} last dim is ${last}, architecture says ${want}`);
-  if (['hidden_in', 'hidden_out', 'past_key', 'present_key', 'past_value', 'present_value', 'new_key', 'new_value', 'embeds'].includes(t.name) && t.dtype !== m.io_dtype && t.dtype !== 'float32') {
+  if (IO_DTYPE_TENSORS.has(t.name) && t.dtype !== m.io_dtype && t.dtype !== 'float32') {
     p.push(`graphs["${stage}"] ${t.name} dtype ${t.dtype} does not match io_dtype ${m.io_dtype}`);
   }
 }

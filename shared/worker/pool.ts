@@ -100,7 +100,7 @@ export class InferencePool {
     const first = await InferencePool.startWorker(deps, 0);
     const pool = new InferencePool(deps, first.manifest, first.provider);
     pool.attach(first.worker);
-    const rest = await Promise.allSettled(Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1)));
+    const rest = await Promise.allSettled(Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1, pool.identity)));
     // Attach every worker that started before failing, so close() terminates all of them (a started
     // worker left unattached would keep the process alive).
     for (const r of rest) if (r.status === 'fulfilled') pool.attach(r.value.worker);
@@ -118,14 +118,28 @@ export class InferencePool {
     return Math.max(1, Math.floor(availableParallelism() / Math.max(1, intraOpThreads)));
   }
 
-  private static startWorker(deps: PoolDeps, index: number): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
+  /** What every worker must have loaded: the pool advertises one bundle on one provider. */
+  private get identity(): WorkerIdentity {
+    return { contentHash: this.manifest.content_hash, provider: this.provider };
+  }
+
+  /**
+   * Starts one worker; with `expected`, a worker that loaded another bundle (the folder was replaced
+   * under a running service) or landed on another provider (its first session fell back) is stopped
+   * and rejected, since the service would go on advertising what the first worker loaded.
+   */
+  private static startWorker(deps: PoolDeps, index: number, expected?: WorkerIdentity): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
     const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index, warmUp: deps.warmUp };
     const worker = spawn(init);
     return new Promise((resolve, reject) => {
       const onMessage = (msg: FromWorker) => {
         if (msg.type === 'ready') {
           cleanup();
-          resolve({ worker, manifest: msg.manifest, provider: msg.provider });
+          const mismatch = expected && identityMismatch(expected, { contentHash: msg.manifest.content_hash, provider: msg.provider });
+          if (mismatch) {
+            void worker.terminate();
+            reject(new VlmError('FAILED_PRECONDITION', `inference worker ${index} ${mismatch}; restart the service to serve it`));
+          } else resolve({ worker, manifest: msg.manifest, provider: msg.provider });
         } else if (msg.type === 'init-error') {
           cleanup();
           void worker.terminate();
@@ -277,7 +291,7 @@ export class InferencePool {
 
   private replace(index: number, attempt: number): void {
     this.starting++;
-    InferencePool.startWorker(this.deps, index)
+    InferencePool.startWorker(this.deps, index, this.identity)
       .then(({ worker }) => {
         this.starting--;
         if (this.closed) return void worker.terminate();
@@ -300,6 +314,18 @@ export class InferencePool {
         this.restartTimers.add(timer);
       });
   }
+}
+
+interface WorkerIdentity {
+  contentHash: string;
+  /** Undefined until a worker opens its first session (no warm-up and lazy sessions). */
+  provider: string | undefined;
+}
+
+function identityMismatch(want: WorkerIdentity, got: WorkerIdentity): string | undefined {
+  if (got.contentHash !== want.contentHash) return `loaded bundle ${got.contentHash}, but the service serves ${want.contentHash}`;
+  if (want.provider !== undefined && got.provider !== undefined && got.provider !== want.provider) return `runs on ${got.provider}, but the service runs on ${want.provider}`;
+  return undefined;
 }
 
 const RESTART_BASE_MS = 500;
