@@ -6,7 +6,7 @@ import { context } from '@opentelemetry/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { startTelemetry, shutdownTelemetry, telemetrySettings } from '../shared/telemetry/sdk';
+import { otlpMetricExporter, startTelemetry, shutdownTelemetry, telemetrySettings } from '../shared/telemetry/sdk';
 import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
@@ -25,6 +25,27 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_SDK_DISABLED: 'true' }, 9464, { tracing: false, otlpMetrics: false, prometheusPort: 0 }],
   ])('%j, metrics port %d -> %j', (env, port, expected) => {
     expect(telemetrySettings(env, port)).toMatchObject(expected);
+  });
+
+  it.each([
+    [{}, 'http/protobuf'],
+    [{ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }, 'grpc'],
+    [{ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json' }, 'http/json'],
+    [{ OTEL_EXPORTER_OTLP_PROTOCOL: 'carrier-pigeon' }, 'http/protobuf'],
+  ])('metrics follow the OTLP protocol setting: %j -> %s', (env, protocol) => {
+    expect(telemetrySettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4317', ...env }).metricsProtocol).toBe(protocol);
+  });
+
+  it('builds the exporter of each protocol from its own package', async () => {
+    const packages = { grpc: '@opentelemetry/exporter-metrics-otlp-grpc', 'http/json': '@opentelemetry/exporter-metrics-otlp-http', 'http/protobuf': '@opentelemetry/exporter-metrics-otlp-proto' } as const;
+    for (const [protocol, pkg] of Object.entries(packages)) {
+      const exporter = otlpMetricExporter(protocol as keyof typeof packages);
+      try {
+        expect(exporter).toBeInstanceOf(((await import(pkg)) as { OTLPMetricExporter: new () => unknown }).OTLPMetricExporter);
+      } finally {
+        await exporter.shutdown();
+      }
+    }
   });
 });
 

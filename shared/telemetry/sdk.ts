@@ -10,11 +10,14 @@
  *   sampler, resource attributes and propagators (W3C tracecontext and baggage by default) are the
  *   SDK's usual variables. OTEL_SDK_DISABLED=true turns everything off.
  * - Metrics: a Prometheus endpoint on `metricsPort` (VLM_METRICS_PORT; 0 = off) and OTLP metrics when
- *   OTEL_METRICS_EXPORTER says otlp, or is unset and an OTLP endpoint is configured.
+ *   OTEL_METRICS_EXPORTER says otlp, or is unset and an OTLP endpoint is configured, over the protocol
+ *   OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL names, as traces do.
  * With nothing configured no SDK is started and the API stays no-op: zero cost in the hot path.
  */
 import { DiagLogLevel, diag } from '@opentelemetry/api';
-import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
+import { OTLPMetricExporter as OtlpGrpcMetricExporter } from '@opentelemetry/exporter-metrics-otlp-grpc';
+import { OTLPMetricExporter as OtlpJsonMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
+import { OTLPMetricExporter as OtlpProtoMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
 import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources';
@@ -37,10 +40,15 @@ export interface TelemetryOptions {
 export interface TelemetrySettings {
   tracing: boolean;
   otlpMetrics: boolean;
+  /** The OTLP metrics transport; the SDK's own default (http/protobuf) for an unknown value. */
+  metricsProtocol: OtlpProtocol;
   prometheusPort: number;
   /** OTEL_METRIC_EXPORT_INTERVAL, ms. */
   metricIntervalMs: number;
 }
+
+export type OtlpProtocol = 'grpc' | 'http/protobuf' | 'http/json';
+const OTLP_PROTOCOLS: readonly string[] = ['grpc', 'http/protobuf', 'http/json'] satisfies OtlpProtocol[];
 
 export interface Telemetry {
   readonly serviceName: string;
@@ -68,7 +76,26 @@ export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings 
   let prometheusPort = metricsPort > 0 ? metricsPort : 0;
   if (!prometheusPort && metrics.includes('prometheus')) prometheusPort = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464);
   const interval = Number(env.OTEL_METRIC_EXPORT_INTERVAL ?? 60_000);
-  return { tracing, otlpMetrics, prometheusPort: off ? 0 : prometheusPort, metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000 };
+  const protocol = (env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? '').trim().toLowerCase();
+  return {
+    tracing,
+    otlpMetrics,
+    metricsProtocol: OTLP_PROTOCOLS.includes(protocol) ? (protocol as OtlpProtocol) : 'http/protobuf',
+    prometheusPort: off ? 0 : prometheusPort,
+    metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000,
+  };
+}
+
+/** One exporter per protocol; each reads its endpoint, headers and timeout from the OTEL_* env itself. */
+export function otlpMetricExporter(protocol: OtlpProtocol): OtlpGrpcMetricExporter | OtlpJsonMetricExporter | OtlpProtoMetricExporter {
+  switch (protocol) {
+    case 'grpc':
+      return new OtlpGrpcMetricExporter();
+    case 'http/json':
+      return new OtlpJsonMetricExporter();
+    case 'http/protobuf':
+      return new OtlpProtoMetricExporter();
+  }
 }
 
 let current: { telemetry: Telemetry; sdk: NodeSDK | undefined } | undefined;
@@ -94,7 +121,7 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     );
     readers.push(prometheus);
   }
-  if (settings.otlpMetrics) readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: settings.metricIntervalMs }));
+  if (settings.otlpMetrics) readers.push(new PeriodicExportingMetricReader({ exporter: otlpMetricExporter(settings.metricsProtocol), exportIntervalMillis: settings.metricIntervalMs }));
 
   let sdk: NodeSDK | undefined;
   if (settings.tracing || readers.length) {
