@@ -14,6 +14,7 @@ import { createKvCaches } from '../shared/engine/kv-cache';
 import type { Manifest } from '../shared/bundle/manifest';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { F32Tensor } from '../shared/tensor/host-tensor';
+import { float16BitToFloat32 } from '../shared/tensor/fp16';
 import { failure, loadTestModel, policy, ROOT } from './core-helpers';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures');
@@ -103,6 +104,28 @@ describe('KV cache store', () => {
     expect(past_key.dims).toEqual([1, 43, 2, 3]);
     expect([...(past_key.data as Float32Array)]).toEqual(Array.from({ length: 43 * 6 }, (_, i) => i));
     expect((past_value.data as Float32Array)[43 * 6 - 1]).toBe(100 + 43 * 6 - 1);
+  });
+
+  it('reserves the declared decode rows at prefill: decode appends in place, without copying the cache', () => {
+    const caches = createKvCaches(manifest('append', 'float32'), 40);
+    caches.update(0, { new_key: rows(3, 0), new_value: rows(3, 100) }, 3);
+    const prefilled = (caches.past(0).past_key.data as Float32Array).buffer;
+    for (let step = 0; step < 40; step++) caches.update(0, { new_key: rows(1, 18 + 6 * step), new_value: rows(1, 118 + 6 * step) }, 1);
+    const after = caches.past(0).past_key;
+    expect((after.data as Float32Array).buffer).toBe(prefilled);
+    expect([...(after.data as Float32Array)]).toEqual(Array.from({ length: 43 * 6 }, (_, i) => i));
+  });
+
+  it('appends float16 rows by their bits, whatever 2-byte array ORT hands out (a Float16Array on newer runtimes)', () => {
+    const caches = createKvCaches(manifest('append', 'float16'));
+    const bits = Uint16Array.from({ length: 12 }, (_, i) => 0xbc00 + i); // -1.0, -1.000977, ...
+    // Node 20 has no Float16Array. The stand-in is what one is: a 2-byte view over the bits whose
+    // elements read as the decoded numbers.
+    const float16Array = (b: Uint16Array) =>
+      new Proxy(new Int16Array(b.buffer), { get: (target, key) => (typeof key === 'string' && /^\d+$/.test(key) ? float16BitToFloat32(b[Number(key)]!) : Reflect.get(target, key, target)) });
+    const asOrtHandsOut = (b: Uint16Array) => ({ type: 'float16', dims: [1, 2, 2, 3], data: float16Array(b) }) as unknown as ort.Tensor;
+    caches.update(0, { new_key: asOrtHandsOut(bits), new_value: asOrtHandsOut(bits) }, 2);
+    expect([...(caches.past(0).past_key.data as Uint16Array)]).toEqual([...bits]);
   });
 
   it('refuses rows of another dtype or count, and a present cache of the wrong length', () => {

@@ -107,5 +107,18 @@ describe('random bundle: the engine reproduces the unreduced reference flow', ()
     expect((await run(1.5, 7)).tokenIds).toEqual(a.tokenIds);
     expect(a.finishReason === 'length' ? a.tokenIds.length : a.tokenIds.length + 1).toBeLessThanOrEqual(6);
   });
+
+  it('reports every generated id to the delta listener exactly once, also when the answer ends inside a character', async () => {
+    const pixels = tensor(caseOf('vision/embed').inputs.pixel_values!) as F32Tensor;
+    const enc = await encodePixels(model, pixels, policy());
+    // Every token decodes as an unfinished multi-byte character, so each push yields '' and the whole
+    // text arrives in the final flush, as when max tokens cuts a byte-level tokenizer's character.
+    const unfinished = Object.assign(Object.create(model.tokenizer) as typeof model.tokenizer, { decode: (ids: readonly number[]) => '\uFFFD'.repeat(ids.length) });
+    const deltas: Array<[string, number | undefined]> = [];
+    const result = await generate({ ...model, tokenizer: unfinished }, enc, 'what shape is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 4 }, policy(), {}, (d, id) => deltas.push([d, id]));
+    expect(result.tokenIds.length).toBeGreaterThan(0);
+    expect(deltas.flatMap(([, id]) => (id === undefined ? [] : [id]))).toEqual(result.tokenIds);
+    expect(deltas.map(([d]) => d).join('')).toBe(result.text);
+  });
 });
 });

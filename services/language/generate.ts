@@ -75,7 +75,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       requestId: ctx.requestId,
       // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
       onDelta: (text, id) => {
-        pendingIds.push(id);
+        if (id !== undefined) pendingIds.push(id);
         if (text === '') return;
         deltas.push({ text, tokenIds: pendingIds });
         pendingIds = [];

@@ -59,8 +59,12 @@ export interface GenerateResult {
   readonly timingsMs: { readonly prefill: number; readonly firstToken: number; readonly decode: number };
 }
 
-/** Called for every generated token (not stop tokens) with the text it completes (may be ''). */
-export type OnDelta = (delta: string, tokenId: number) => void;
+/**
+ * Called for every generated token (not stop tokens) with the text it completes (may be ''), and
+ * once more without an id when the end of the answer flushes text still held back (a token that
+ * stopped inside a multi-byte character): every id is reported exactly once.
+ */
+export type OnDelta = (delta: string, tokenId: number | undefined) => void;
 
 function checkVisual(model: LoadedModel, visual: VisualTokens): void {
   const [N, D] = visual.embeds.dims;
@@ -111,7 +115,8 @@ export async function generate(
     throw VlmError.invalid('sampling.max_new_tokens', `prompt (${promptTokens} tokens) + max_new_tokens (${sampling.maxNewTokens}) exceeds the model's ${arch.max_positions} positions`);
   }
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
-  const runner = new LanguageStageRunner(model.bundle.stages, m, ctx);
+  // The last token is sampled, never fed back: decode appends at most maxNewTokens - 1 rows.
+  const runner = new LanguageStageRunner(model.bundle.stages, m, ctx, Math.max(0, sampling.maxNewTokens - 1));
   const flops = emptyFlops();
   const perLayerVisualTokens: number[] = [];
   checkContinue(ctx);
@@ -209,7 +214,7 @@ export async function generate(
       flops.decode += headFlops(arch, 1);
     }
     const rest = decoder.flush();
-    if (rest && ids.length) onDelta?.(rest, ids[ids.length - 1]!);
+    if (rest) onDelta?.(rest, undefined);
     span.setAttribute(ATTR_VLM_TOKENS_OUT, ids.length);
     span.setAttribute(ATTR_VLM_FINISH_REASON, finishReason);
     span.setAttribute(ATTR_VLM_FLOPS, flops.decode);

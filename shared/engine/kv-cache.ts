@@ -14,6 +14,7 @@ import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import { KV_CACHE_OUTPUTS, kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
 import type { Resident } from '../onnx/run-stage';
+import { float16Bits } from '../tensor/fp16';
 
 type Rows = Uint16Array | Float32Array;
 
@@ -28,11 +29,12 @@ export interface KvCaches {
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void;
 }
 
-export function createKvCaches(manifest: Manifest): KvCaches {
+/** `decodeRows`: how many rows each layer may still append after prefill (room reserved up front). */
+export function createKvCaches(manifest: Manifest, decodeRows = 0): KvCaches {
   const l = manifest.language;
   const type = manifest.io_dtype === 'float16' ? 'float16' : 'float32';
   return kvCacheLayout(manifest) === 'append'
-    ? new AppendCaches(l.num_layers, l.num_kv_heads, l.head_dim, type)
+    ? new AppendCaches(l.num_layers, l.num_kv_heads, l.head_dim, type, decodeRows)
     : new PresentCaches(l.num_layers, l.num_kv_heads, l.head_dim, type);
 }
 
@@ -83,6 +85,7 @@ class RowBuffer {
   constructor(
     private readonly type: 'float16' | 'float32',
     private readonly rowSize: number,
+    private readonly spareRows: number,
   ) {
     this.data = emptyRows(type, 0);
   }
@@ -91,8 +94,11 @@ class RowBuffer {
     if (rows.length !== count * this.rowSize) throw new VlmError('INTERNAL', `appending ${rows.length} values as ${count} rows of ${this.rowSize}`);
     const needed = (this.length + count) * this.rowSize;
     if (needed > this.data.length) {
-      // Doubling keeps decode's one-row appends amortised O(1) copies.
-      const grown = emptyRows(this.type, Math.max(needed, 2 * this.data.length));
+      // The first fill (prefill) reserves the decode rows, so decode appends in place: growing at the
+      // first decode row would copy the whole prompt's cache and hold twice its memory. Past the
+      // reserve (a caller that under-declared), doubling keeps one-row appends amortised O(1).
+      const capacity = this.data.length === 0 ? needed + this.spareRows * this.rowSize : Math.max(needed, 2 * this.data.length);
+      const grown = emptyRows(this.type, capacity);
       grown.set(this.data.subarray(0, this.length * this.rowSize));
       this.data = grown;
     }
@@ -117,8 +123,9 @@ class AppendCaches implements KvCaches {
     private readonly kvHeads: number,
     private readonly headDim: number,
     private readonly type: 'float16' | 'float32',
+    decodeRows: number,
   ) {
-    const buffers = () => Array.from({ length: numLayers }, () => new RowBuffer(type, kvHeads * headDim));
+    const buffers = () => Array.from({ length: numLayers }, () => new RowBuffer(type, kvHeads * headDim, decodeRows));
     this.keys = buffers();
     this.values = buffers();
   }
@@ -137,7 +144,7 @@ class AppendCaches implements KvCaches {
     for (const [name, buffer] of [[keyName, this.keys[layer]!], [valueName, this.values[layer]!]] as const) {
       const t = output(kept, name, layer);
       if (t.type !== this.type) throw new VlmError('INTERNAL', `layer ${layer} ${name} is ${t.type}, the cache holds ${this.type}`);
-      buffer.append(t.data as Rows, tokens);
+      buffer.append(this.type === 'float16' ? float16Bits(t.data as ArrayBufferView) : (t.data as Float32Array), tokens);
     }
   }
 }

@@ -24,8 +24,9 @@ export class LanguageStageRunner {
     private readonly stages: StageSet,
     private readonly manifest: Manifest,
     private readonly ctx: RunContext,
+    decodeRows: number,
   ) {
-    this.caches = createKvCaches(manifest);
+    this.caches = createKvCaches(manifest, decodeRows);
   }
 
   /** Embeddings of token ids: [n, Dl]. */

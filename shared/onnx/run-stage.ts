@@ -9,7 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
-import { toFloat16, toFloat32 } from '../tensor/fp16';
+import { float16Bits, toFloat16, toFloat32 } from '../tensor/fp16';
 import { isOutOfMemory } from './out-of-memory';
 import type { Stage } from './stage';
 
@@ -89,7 +89,7 @@ function toOrt(decl: TensorDecl, f: Feed): ort.Tensor {
 function toHost(name: string, t: ort.Tensor): F32Tensor {
   const dims = t.dims.map(Number);
   if (t.type === 'float32') return f32(dims, t.data as Float32Array);
-  if (t.type === 'float16') return f32(dims, toFloat32(t.data as Uint16Array));
+  if (t.type === 'float16') return f32(dims, toFloat32(float16Bits(t.data as ArrayBufferView)));
   throw new VlmError('INTERNAL', `output ${name} has dtype ${t.type}; the engine reads float outputs only`);
 }
 

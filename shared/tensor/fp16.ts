@@ -45,6 +45,16 @@ export function toFloat16(src: Float32Array): Uint16Array {
   return out;
 }
 
+/**
+ * The raw bits of an ORT float16 tensor's data. onnxruntime-common returns a Float16Array (decoded
+ * values over the same bytes) on runtimes that have that global, a Uint16Array of bits otherwise;
+ * read as numbers, the former would index the decode table with values and the cache with truncated
+ * integers.
+ */
+export function float16Bits(data: ArrayBufferView): Uint16Array {
+  return data instanceof Uint16Array ? data : new Uint16Array(data.buffer, data.byteOffset, data.byteLength / 2);
+}
+
 /** Table lookup: 65536 entries, built on first use (256 KiB), so decoding a KV cache is one pass. */
 let table: Float32Array | undefined;
 export function toFloat32(src: Uint16Array): Float32Array {

@@ -32,7 +32,7 @@ function errorData(err: unknown) {
 // The engine's withSpan calls record into `recorder` (no SDK in a worker); the spans ride with the
 // result or error and the pool replays them under the caller's span.
 async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, recorder?: SpanRecorder): Promise<void> {
-  const onDelta = (delta: string, tokenId: number) => send({ type: 'delta', id, delta, tokenId });
+  const onDelta = (delta: string, tokenId: number | undefined) => send({ type: 'delta', id, delta, tokenId });
   const spans = recorder?.spans;
   switch (job.kind) {
     case 'encode': {

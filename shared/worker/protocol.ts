@@ -54,6 +54,6 @@ export type ToWorker =
 export type FromWorker =
   | { readonly type: 'ready'; readonly manifest: Manifest; readonly provider: string | undefined }
   | { readonly type: 'init-error'; readonly error: ErrorData }
-  | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number }
+  | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number | undefined }
   | { readonly type: 'result'; readonly id: number; readonly result: unknown; readonly spans?: SpanTiming[] }
   | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[] };
