@@ -4,11 +4,11 @@
  * interceptors, health, reflection and the graceful stop. The handlers here are small generators
  * written for the test; the services' own handlers are tested in service-pair.test.ts.
  */
-import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
-import type { CallContext } from '../services/common/call-context';
+import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeViolations, fromServiceError } from '../services/common/status';
@@ -19,7 +19,7 @@ import {
   type EncodeResponse,
   type VisionServiceServer,
 } from '../gen/vlm/v1/vision_service';
-import { collect, eventually, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+import { collect, eventually, healthClient, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
 
 const log = createLogger('test');
 const CHUNK_BYTES = 1 << 20;
@@ -225,6 +225,32 @@ describe('the service shell over loopback gRPC', () => {
   });
 });
 
+describe('deadlines', () => {
+  it("a call's own deadline holds even when longer than the service default; one past a timer's range never fires early", () => {
+    const now = 1_000_000;
+    expect(deadlineOf({ getDeadline: () => Infinity }, 200, now)).toBe(now + 200);
+    expect(deadlineOf({ getDeadline: () => new Date(now + 5000) }, 200, now)).toBe(now + 5000);
+    expect(deadlineOf({ getDeadline: () => now + 50 }, 200, now)).toBe(now + 50);
+    const month = deadlineOf({ getDeadline: () => now + 30 * 86_400_000 }, 200, now);
+    expect(month - now).toBe(2 ** 31 - 1);
+  });
+
+  it('a client deadline past the default is served to its end over gRPC', async () => {
+    const server = startServer({ defaultDeadlineMs: 200 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const t0 = Date.now();
+      const { error } = await collect(encode(client, 5, { deadlineMs: 1500 }));
+      expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+});
+
 describe('a call without a deadline', () => {
   it("gets the service's default deadline, answered with DEADLINE_EXCEEDED by the service", async () => {
     const server = startServer({ defaultDeadlineMs: 200 });
@@ -288,6 +314,26 @@ describe('graceful stop', () => {
       await stopped;
     } finally {
       client.close();
+    }
+  });
+
+  it('does not wait out the grace period for an open health Watch stream', async () => {
+    const server = startServer({ graceMs: 8000 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    server.setServing(true);
+    const health = healthClient(address) as unknown as { watch(req: { service: string }): ClientReadableStream<{ status: string }>; close(): void };
+    const watch = health.watch({ service: '' });
+    const statuses: string[] = [];
+    watch.on('data', (m: { status: string }) => statuses.push(m.status));
+    watch.on('error', () => undefined); // ended by the shutdown
+    try {
+      await eventually(() => statuses.includes('SERVING'));
+      const started = Date.now();
+      await server.stop();
+      expect(Date.now() - started).toBeLessThan(3000);
+      expect(statuses).toContain('NOT_SERVING');
+    } finally {
+      health.close();
     }
   });
 

@@ -31,7 +31,7 @@ export interface ContextSource {
 }
 
 export interface ContextOptions {
-  /** Used when the client set no deadline (or one further away). */
+  /** Used when the client set no deadline. */
   readonly defaultDeadlineMs: number;
   readonly log: Logger;
 }
@@ -42,12 +42,18 @@ export interface OwnedContext {
   readonly dispose: () => void;
 }
 
-/** Reads the client's deadline: grpc-js gives Infinity when none was set. */
+/** Node timers hold at most 2^31 - 1 ms (24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The client's deadline when it set one (grpc-js gives Infinity when it did not), else the service
+ * default. A client's deadline is kept even when longer than the default: the caller knows how long
+ * its answer may take (a long answer on a large model), and the work is bounded by max tokens anyway.
+ */
 export function deadlineOf(source: Pick<ContextSource, 'getDeadline'>, defaultDeadlineMs: number, now = Date.now()): number {
   const raw = source.getDeadline();
   const client = raw instanceof Date ? raw.getTime() : raw;
-  const fallback = now + defaultDeadlineMs;
-  return Number.isFinite(client) ? Math.min(client, fallback) : fallback;
+  return Math.min(Number.isFinite(client) ? client : now + defaultDeadlineMs, now + MAX_TIMER_MS);
 }
 
 export function callContext(source: ContextSource, options: ContextOptions): OwnedContext {

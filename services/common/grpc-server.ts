@@ -122,9 +122,12 @@ export class GrpcServer {
     const started = Date.now();
     const drained = await within(this.admission.idle(), grace);
     const left = Math.max(0, grace - (Date.now() - started));
-    const closed = drained && (await within(new Promise<void>((resolve) => this.server.tryShutdown(() => resolve())), left));
+    // Once admitted calls are done, what tryShutdown still waits for is calls admission exempts:
+    // a health Watch stream never ends by itself, so it gets a moment to close, not the whole grace.
+    const closed = drained && (await within(new Promise<void>((resolve) => this.server.tryShutdown(() => resolve())), Math.min(left, EXEMPT_CLOSE_MS)));
     if (!closed) {
-      log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
+      if (drained) log.info('closing health watches and other streams outside admission');
+      else log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
       this.server.forceShutdown();
     }
     // Probes watched the drain as NOT_SERVING; the health port goes last.
@@ -132,6 +135,8 @@ export class GrpcServer {
     log.info('stopped', { drained, ms: Date.now() - started });
   }
 }
+
+const EXEMPT_CLOSE_MS = 1000;
 
 function within(p: Promise<void>, ms: number): Promise<boolean> {
   return new Promise((resolve) => {
