@@ -17,7 +17,7 @@ import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { decodeViolations } from '../services/common/status';
-import { ElementType } from '../gen/vlm/v1/common';
+import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { collect, healthStatus } from './service-helpers';
@@ -144,6 +144,44 @@ describe('bad and unusual inputs through the real pair', () => {
       await stillHealthy();
     });
   }
+
+  it('a misspelt method parameter is INVALID_ARGUMENT naming it, instead of running with the default', async () => {
+    const policy = { visionMethod: 'ficoco-v', params: { lamda: { kind: { $case: 'number' as const, number: 0.9 } } } };
+    const out = await ask(client, request(valid, { maxTokens: 2, policy }));
+    expect(out.error?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(decodeViolations(out.error!.metadata)).toEqual([{ field: 'policy.params[lamda]', description: expect.stringContaining('epsilon, lambda, penalty, start_layer, window') }]);
+  });
+
+  describe('caller strings far too long to repeat', () => {
+    const long = 'x'.repeat(40_000);
+    const cases: Array<[string, Partial<WirePolicy>]> = [
+      ['policy.mode', { mode: long }],
+      ['policy.preset', { preset: long }],
+      ['policy.vision_method', { visionMethod: long }],
+      ['policy.language_method', { languageMethod: long }],
+      ['text value of a policy.params entry', { languageMethod: 'sparsevlm', params: { version: { kind: { $case: 'text', text: long } } } }],
+      ['policy.params name', { params: { [long]: { kind: { $case: 'number', number: 1 } } } }],
+    ];
+    for (const [what, policy] of cases) {
+      it(`a 40000-character ${what} is INVALID_ARGUMENT at once, repeating only a short prefix`, async () => {
+        const started = Date.now();
+        // A status too large for the client's trailers never arrives: the call would end at its deadline.
+        const out = await ask(client, request(valid, { maxTokens: 2, policy }), { deadlineMs: 5000 });
+        expect(out.error?.code, out.error?.details.slice(0, 200)).toBe(GrpcCode.INVALID_ARGUMENT);
+        expect(Date.now() - started).toBeLessThan(2000);
+        expect(out.error!.details.length).toBeLessThan(1000);
+        expect(out.error!.details).toContain('x'.repeat(64));
+        expect(out.error!.details).not.toContain('x'.repeat(65));
+        for (const v of decodeViolations(out.error!.metadata)) expect(v.field.length + v.description.length).toBeLessThan(1000);
+      });
+    }
+
+    it('the echo says how long the value was', async () => {
+      const out = await ask(client, request(valid, { maxTokens: 2, policy: { mode: long } }), { deadlineMs: 5000 });
+      expect(out.error?.details).toContain("got 'xxxx");
+      expect(out.error?.details).toContain('…\' (40000 characters)');
+    });
+  });
 
   it('prints the corpus counts', () => {
     console.log(`bad-input corpus: ${corpus.cases.length} cases, ${counts.rejected} rejected with INVALID_ARGUMENT, ${counts.answered} unusual images answered`);

@@ -15,7 +15,7 @@ import type { ReductionPolicy } from '../shared/methods/policy';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
-import { expectationOf, generateStream } from '../services/language/generate';
+import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate';
 import { decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
@@ -159,6 +159,17 @@ describe('the service pair on loopback', () => {
     });
   }
 
+  it('draws a sampler seed for an unseeded request and reports it; sending it back replays the answer', async () => {
+    const sampled = (seed?: number): GenerateRequest => ({ ...request(image, { maxTokens: 8 }), sampling: SamplingParams.fromPartial({ temperature: 1.5, maxTokens: 8, seed }) });
+    const first = (await ask(client, sampled())).final!;
+    const second = (await ask(client, sampled())).final!;
+    expect(first.samplingSeed).not.toBe(second.samplingSeed);
+    const replay = (await ask(client, sampled(first.samplingSeed))).final!;
+    expect(replay.samplingSeed).toBe(first.samplingSeed);
+    expect(replay.text).toBe(first.text);
+    expect(replay.tokens?.generated).toBe(first.tokens?.generated);
+  });
+
   it('meets the requested budget: ficoco-v at 8 sends 8 rows; fastv at 50% averages 8 of 16 over the layers', async () => {
     const v = (await ask(client, request(image, { policy: POLICIES[1]![1] }))).final!;
     expect(v.tokens?.visualReceived).toBe(8);
@@ -220,7 +231,8 @@ describe('the service pair on loopback', () => {
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
     try {
-      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits }, request(image, { maxTokens: 220 }), ctx);
+      const promptTokens = await loadPromptTokenCounter(BUNDLE, language.engine.model.manifest, config(BUNDLE).limits);
+      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: 220 }), ctx);
       await stream.next();
       await stream.next();
       expect(language.engine.pool.stats.busy).toBe(1);

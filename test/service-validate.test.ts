@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
 import { validateEncode, validateGenerate, wirePolicy } from '../services/common/validate';
 import type { GenerateRequest } from '../gen/vlm/v1/language_service';
-import { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
+import { ReductionPolicy as WirePolicy, type ParamValue } from '../gen/vlm/v1/common';
 
 const limits = { maxImageBytes: 1000, maxPromptChars: 50, maxNewTokens: 64 };
 const png = Buffer.from([0x89, 0x50, 0x4e, 0x47]);
@@ -28,10 +28,16 @@ describe('validateGenerate', () => {
   it('fills the documented defaults: no reduction, greedy, the model default max tokens (capped)', () => {
     const ok = validateGenerate(request(), limits, 32);
     expect(ok.policy).toEqual({ vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 });
-    expect(ok.sampling).toEqual({ temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 32 });
+    expect(ok.sampling).toEqual({ temperature: 0, topP: 1, topK: 0, seed: expect.any(Number), maxNewTokens: 32 });
     expect(ok.limits).toEqual({ rowsPerChunk: 0 });
     expect(validateGenerate(request(), limits, 500).sampling.maxNewTokens).toBe(64);
     expect(ok.question).toBe('what shape is it?');
+  });
+
+  it('draws a fresh sampler seed for each request that sets none', () => {
+    const seeds = new Set(Array.from({ length: 20 }, () => validateGenerate(request(), limits, 32).sampling.seed));
+    expect(seeds.size).toBe(20);
+    for (const s of seeds) expect(Number.isSafeInteger(s) && s >= 0).toBe(true);
   });
 
   it('distinguishes an explicit zero from unset (temperature 0, seed 0 set explicitly)', () => {
@@ -92,6 +98,95 @@ describe('validateGenerate', () => {
   });
 });
 
+describe('policy.params', () => {
+  const num = (number: number): ParamValue => ({ kind: { $case: 'number', number } });
+  const text = (t: string): ParamValue => ({ kind: { $case: 'text', text: t } });
+  const flag = (f: boolean): ParamValue => ({ kind: { $case: 'flag', flag: f } });
+  const withPolicy = (policy: Partial<WirePolicy>): GenerateRequest => request({ policy: WirePolicy.fromPartial(policy) });
+  const accepts = (policy: Partial<WirePolicy>) => validateGenerate(withPolicy(policy), limits, 32).policy.params;
+  const rejects = (policy: Partial<WirePolicy>) => violationsOf(() => validateGenerate(withPolicy(policy), limits, 32));
+
+  it('takes the names each method declares, with values of the declared type', () => {
+    expect(accepts({ visionMethod: 'ficoco-v', params: { lambda: num(0.9), start_layer: num(3) } })).toEqual({ lambda: 0.9, start_layer: 3 });
+    expect(accepts({ languageMethod: 'sparsevlm', params: { version: text('v1'), scale: num(2), bias: num(-1) } })).toEqual({ version: 'v1', scale: 2, bias: -1 });
+    expect(accepts({ languageMethod: 'ficoco-l', params: { beta: num(0.5), decline_layers: num(4) } })).toEqual({ beta: 0.5, decline_layers: 4 });
+  });
+
+  it('rejects a misspelt name instead of running the default, listing the accepted names', () => {
+    const [[field, why]] = rejects({ visionMethod: 'ficoco-v', params: { lamda: num(0.9) } }) as [[string, string]];
+    expect(field).toBe('policy.params[lamda]');
+    expect(why).toMatch(/^unknown parameter; accepted by vision method ficoco-v, language method none: epsilon, lambda, penalty, start_layer, window$/);
+  });
+
+  it('rejects any name for a method that reads none, whatever its value', () => {
+    for (const value of [num(1), text('x'), flag(true)]) {
+      const [[field, why]] = rejects({ languageMethod: 'fastv', params: { k: value } }) as [[string, string]];
+      expect(field).toBe('policy.params[k]');
+      expect(why).toBe('unknown parameter; vision method none, language method fastv take no parameters');
+    }
+  });
+
+  it('knows only declared names, not what every object has', () => {
+    for (const name of ['constructor', 'to_string', 'has_own_property', 'value_of']) {
+      expect(rejects({ visionMethod: 'ficoco-v', params: { [name]: num(1) } }).map(([f]) => f)).toEqual([`policy.params[${name}]`]);
+    }
+  });
+
+  it('judges names per side: a name one method reads is unknown to another', () => {
+    expect(rejects({ visionMethod: 'tome', params: { lambda: num(0.35) } }).map(([f]) => f)).toEqual(['policy.params[lambda]']);
+    expect(rejects({ languageMethod: 'fastv', params: { version: text('v1') } }).map(([f]) => f)).toEqual(['policy.params[version]']);
+    // The budget split's override only exists when both sides reduce.
+    expect(rejects({ visionMethod: 'ficoco-v', params: { vision_tokens: num(100) } }).map(([f]) => f)).toEqual(['policy.params[vision_tokens]']);
+  });
+
+  it('takes, for the ficoco-vl preset, the names either half or the budget split reads', () => {
+    expect(accepts({ preset: 'ficoco-vl', params: { lambda: num(0.4), beta: num(0.5), epsilon: num(0.99), vision_tokens: num(100) } })).toEqual({ lambda: 0.4, beta: 0.5, epsilon: 0.99, vision_tokens: 100 });
+    const [[field, why]] = rejects({ preset: 'ficoco-vl', params: { gama: num(0.5) } }) as [[string, string]];
+    expect(field).toBe('policy.params[gama]');
+    expect(why).toContain('beta, decline_layers, epsilon, gamma, lambda, penalty, start_layer, vision_tokens, window');
+  });
+
+  it('rejects a value of the wrong type for a known name', () => {
+    const v = rejects({
+      visionMethod: 'ficoco-v',
+      languageMethod: 'sparsevlm',
+      params: { lambda: text('0.9'), start_layer: num(1.5), window: flag(true), version: text('v2'), vision_tokens: num(-3) },
+    });
+    expect(v).toEqual([
+      ['policy.params[lambda]', "must be a number, got text '0.9'"],
+      ['policy.params[start_layer]', 'must be an integer of at least 0, got number 1.5'],
+      ['policy.params[window]', 'must be a number, got flag true'],
+      ['policy.params[version]', "must be one of 'v1', 'v1.5', got text 'v2'"],
+      ['policy.params[vision_tokens]', 'must be an integer of at least 1, got number -3'],
+    ]);
+  });
+
+  it('leaves names unjudged when the method itself is unknown (that is the violation)', () => {
+    expect(rejects({ visionMethod: 'nope', params: { lambda: num(1) } }).map(([f]) => f)).toEqual(['policy.vision_method']);
+  });
+
+  it('holds for Encode as for Generate (the vision hop carries the same policy)', () => {
+    const e = violationsOf(() => validateEncode({ image: png, policy: WirePolicy.fromPartial({ visionMethod: 'ficoco-v', params: { lamda: num(1) } }), limits: undefined }, limits));
+    expect(e.map(([f]) => f)).toEqual(['policy.params[lamda]']);
+  });
+});
+
+describe('echoes of caller strings', () => {
+  it('repeat at most 64 characters, saying how long the value was', () => {
+    const long = `${'m'.repeat(100)}`;
+    const [[, why]] = violationsOf(() => validateGenerate(request({ policy: WirePolicy.fromPartial({ mode: long }) }), limits, 32)) as [[string, string]];
+    expect(why).toBe(`must be one of clean, exact, got '${'m'.repeat(64)}…' (100 characters)`);
+  });
+
+  it('never cut a character in half', () => {
+    const long = `${'a'.repeat(63)}🙂${'b'.repeat(10)}`;
+    const [[, why]] = violationsOf(() => validateGenerate(request({ policy: WirePolicy.fromPartial({ preset: long }) }), limits, 32)) as [[string, string]];
+    expect(why).toContain(`'${'a'.repeat(63)}…' (75 characters)`);
+    // A lone surrogate cannot be percent-encoded into grpc-message.
+    expect(() => encodeURIComponent(why)).not.toThrow();
+  });
+});
+
 describe('validateEncode', () => {
   it('takes the policy and the chunking limit; the prompt is not its business', () => {
     const ok = validateEncode({ image: png, policy: WirePolicy.fromPartial({ budget: { $case: 'budgetTokens', budgetTokens: 8 }, seed: 7 }), limits: { rowsPerChunk: 4 } }, limits);
@@ -105,7 +200,14 @@ describe('wirePolicy', () => {
     const policy = validateEncode(
       {
         image: png,
-        policy: WirePolicy.fromPartial({ budget: { $case: 'budgetPercent', budgetPercent: 25 }, mode: 'exact', params: { lambda: { kind: { $case: 'number', number: 0.35 } }, version: { kind: { $case: 'text', text: 'v1' } } }, seed: 3 }),
+        policy: WirePolicy.fromPartial({
+          visionMethod: 'ficoco-v',
+          languageMethod: 'sparsevlm',
+          budget: { $case: 'budgetPercent', budgetPercent: 25 },
+          mode: 'exact',
+          params: { lambda: { kind: { $case: 'number', number: 0.35 } }, version: { kind: { $case: 'text', text: 'v1' } } },
+          seed: 3,
+        }),
         limits: undefined,
       },
       limits,

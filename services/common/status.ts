@@ -17,6 +17,17 @@ import { Status } from '../../gen/google/rpc/status';
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 const BAD_REQUEST_TYPE = 'type.googleapis.com/google.rpc.BadRequest';
 
+/**
+ * Bounds on what a status carries. The message travels twice (grpc-message, and base64 inside the
+ * details), and a grpc-js client never sees a status whose trailers exceed its header-list limit
+ * (about 128 KiB): it waits for its deadline instead. Whatever a message repeats, the status stays
+ * a few tens of KiB at most.
+ */
+const MAX_MESSAGE_CHARS = 2048;
+const MAX_FIELD_CHARS = 256;
+const MAX_DESCRIPTION_CHARS = 1024;
+const MAX_VIOLATIONS_CHARS = 16 * 1024;
+
 const TO_GRPC: Readonly<Record<VlmErrorCode, GrpcCode>> = Object.freeze({
   INVALID_ARGUMENT: GrpcCode.INVALID_ARGUMENT,
   FAILED_PRECONDITION: GrpcCode.FAILED_PRECONDITION,
@@ -60,7 +71,7 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
     log.error('internal error', { ...fields, error: describeCause(err) });
   }
   const code = grpcCodeOf(e.code);
-  const details = e.code === 'INTERNAL' ? 'internal error' : e.message;
+  const details = e.code === 'INTERNAL' ? 'internal error' : clip(e.message, MAX_MESSAGE_CHARS);
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, e.violations));
   return { code, details, metadata };
@@ -77,15 +88,38 @@ function describeCause(err: unknown): Record<string, unknown> {
   return { chain, stack };
 }
 
+/** `text` cut to `max` characters, the cut marked, never splitting a surrogate pair. */
+function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = max - 1;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
+}
+
+/** Each violation clipped, and the list cut where it would pass the total bound (earlier ones kept). */
+function boundedViolations(violations: readonly FieldViolation[]): FieldViolation[] {
+  const kept: FieldViolation[] = [];
+  let total = 0;
+  for (const v of violations) {
+    const clipped = { field: clip(v.field, MAX_FIELD_CHARS), description: clip(v.description, MAX_DESCRIPTION_CHARS) };
+    total += clipped.field.length + clipped.description.length;
+    if (total > MAX_VIOLATIONS_CHARS) break;
+    kept.push(clipped);
+  }
+  return kept;
+}
+
 export function encodeStatusDetails(code: GrpcCode, message: string, violations: readonly FieldViolation[]): Buffer {
   const details: Any[] = [];
-  if (violations.length > 0) {
+  const bounded = boundedViolations(violations);
+  if (bounded.length > 0) {
     const badRequest = BadRequest.encode({
-      fieldViolations: violations.map((v) => ({ field: v.field, description: v.description, reason: '' })),
+      fieldViolations: bounded.map((v) => ({ field: v.field, description: v.description, reason: '' })),
     }).finish();
     details.push({ typeUrl: BAD_REQUEST_TYPE, value: Buffer.from(badRequest) });
   }
-  return Buffer.from(Status.encode({ code, message, details }).finish());
+  return Buffer.from(Status.encode({ code, message: clip(message, MAX_MESSAGE_CHARS), details }).finish());
 }
 
 /** Field violations from a status trailer; empty when there is none or it does not parse. */

@@ -1,15 +1,17 @@
 /**
  * Request validation for both services, in one place: wire messages in, core types out, or one
  * INVALID_ARGUMENT listing every field violation (google.rpc.BadRequest), named by proto field path.
- * Unset fields take their documented defaults here, so the core never sees "unset".
+ * Unset fields take their documented defaults here, so the core never sees "unset". Method
+ * parameters are judged against the names and types the methods declare (shared/methods).
  *
  * What needs the model (image decoding, budget feasibility, prompt length in tokens) is judged by the
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
+import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
-import { METHOD_PRESETS, type Budget, type ReductionPolicy } from '../../shared/methods/policy';
+import { METHOD_PRESETS, paramReaders, type Budget, type ParamReader, type ReductionPolicy } from '../../shared/methods/policy';
 import { languageMethodNames, visionMethodNames } from '../../shared/methods/registry';
-import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../../shared/methods/types';
+import type { LanguageMethodName, ParamSpec, ReductionMode, VisionMethodName } from '../../shared/methods/types';
 import type { SamplingParams } from '../../shared/engine/sampling';
 import type { ParamValue, ReductionPolicy as WirePolicy, RequestLimits, SamplingParams as WireSampling } from '../../gen/vlm/v1/common';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
@@ -42,6 +44,29 @@ export interface ValidGenerate extends ValidEncode {
 const MODES: readonly ReductionMode[] = ['clean', 'exact'];
 const MAX_PARAMS = 32;
 const MAX_TEMPERATURE = 2;
+/** Longest prefix of a caller's string that a message repeats. */
+const ECHO_CHARS = 64;
+
+/**
+ * A caller's string as a message may repeat it: quoted, and cut to a short prefix with its length
+ * when long. Messages travel in the status trailers (twice: grpc-message and the details), and a
+ * client never sees a status whose trailers exceed its header-list limit; it waits for its deadline.
+ */
+function quoted(value: string): string {
+  if (value.length <= ECHO_CHARS) return `'${value}'`;
+  return `'${prefix(value, ECHO_CHARS)}…' (${value.length} characters)`;
+}
+
+/** The first `n` UTF-16 units, one fewer if the cut would split a surrogate pair. */
+function prefix(value: string, n: number): string {
+  const code = value.charCodeAt(n - 1);
+  return value.slice(0, code >= 0xd800 && code <= 0xdbff ? n - 1 : n);
+}
+
+/** A parameter's field path; an overlong (hence invalid) name is cut like any echo. */
+function paramField(name: string): string {
+  return `policy.params[${name.length <= ECHO_CHARS ? name : `${prefix(name, ECHO_CHARS)}…`}]`;
+}
 
 class Violations {
   readonly list: FieldViolation[] = [];
@@ -77,14 +102,54 @@ function checkText(field: string, text: string, maxChars: number, v: Violations,
 function paramValue(name: string, p: ParamValue, v: Violations): number | string | boolean | undefined {
   const kind = p.kind;
   if (kind === undefined) {
-    v.add(`policy.params[${name}]`, 'has no value; set number, text or flag');
+    v.add(paramField(name), 'has no value; set number, text or flag');
     return undefined;
   }
   if (kind.$case === 'number') {
-    if (!Number.isFinite(kind.number)) v.add(`policy.params[${name}]`, `must be a finite number, got ${kind.number}`);
+    if (!Number.isFinite(kind.number)) {
+      v.add(paramField(name), `must be a finite number, got ${kind.number}`);
+      return undefined;
+    }
     return kind.number;
   }
   return kind.$case === 'text' ? kind.text : kind.flag;
+}
+
+function describeValue(value: number | string | boolean): string {
+  if (typeof value === 'string') return `text ${quoted(value)}`;
+  return typeof value === 'number' ? `number ${value}` : `flag ${value}`;
+}
+
+/** Why `value` does not fit `spec`, or null when it does. */
+function specMismatch(spec: ParamSpec, value: number | string | boolean): string | null {
+  const got = `got ${describeValue(value)}`;
+  if (spec.type === 'number') return typeof value === 'number' ? null : `must be a number, ${got}`;
+  if (spec.type === 'integer') {
+    return typeof value === 'number' && Number.isInteger(value) && value >= spec.min ? null : `must be an integer of at least ${spec.min}, ${got}`;
+  }
+  return typeof value === 'string' && spec.values.includes(value) ? null : `must be one of ${spec.values.map((x) => `'${x}'`).join(', ')}, ${got}`;
+}
+
+/** The specs `name` has among the readers (own names only: 'constructor' is no parameter). */
+function specsOf(name: string, readers: readonly ParamReader[]): ParamSpec[] {
+  return readers.flatMap((r) => (Object.hasOwn(r.params, name) ? [r.params[name]!] : []));
+}
+
+function acceptedNames(readers: readonly ParamReader[]): string {
+  const names = [...new Set(readers.flatMap((r) => Object.keys(r.params)))].sort();
+  const who = readers.map((r) => r.reader).join(', ');
+  return names.length === 0 ? `${who} take no parameters` : `accepted by ${who}: ${names.join(', ')}`;
+}
+
+/** A parameter no reader declares, or whose value a declaring reader cannot use. */
+function checkParam(name: string, value: number | string | boolean, readers: readonly ParamReader[], v: Violations): void {
+  const specs = specsOf(name, readers);
+  if (specs.length === 0) {
+    v.add(paramField(name), `unknown parameter; ${acceptedNames(readers)}`);
+    return;
+  }
+  const mismatch = specs.map((s) => specMismatch(s, value)).find((m) => m !== null);
+  if (mismatch !== undefined) v.add(paramField(name), mismatch);
 }
 
 function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; language: LanguageMethodName } {
@@ -93,26 +158,51 @@ function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; 
   if (p.preset !== '') {
     const preset = METHOD_PRESETS[p.preset];
     if (preset === undefined) {
-      v.add('policy.preset', `unknown preset '${p.preset}'; valid presets: ${Object.keys(METHOD_PRESETS).join(', ')}`);
+      v.add('policy.preset', `unknown preset ${quoted(p.preset)}; valid presets: ${Object.keys(METHOD_PRESETS).join(', ')}`);
     } else {
-      if (p.visionMethod !== '' && p.visionMethod !== preset.vision) v.add('policy.vision_method', `'${p.visionMethod}' contradicts preset '${p.preset}' (${preset.vision}); set one or the other`);
-      if (p.languageMethod !== '' && p.languageMethod !== preset.language) v.add('policy.language_method', `'${p.languageMethod}' contradicts preset '${p.preset}' (${preset.language}); set one or the other`);
+      if (p.visionMethod !== '' && p.visionMethod !== preset.vision) v.add('policy.vision_method', `${quoted(p.visionMethod)} contradicts preset '${p.preset}' (${preset.vision}); set one or the other`);
+      if (p.languageMethod !== '' && p.languageMethod !== preset.language) v.add('policy.language_method', `${quoted(p.languageMethod)} contradicts preset '${p.preset}' (${preset.language}); set one or the other`);
       vision = preset.vision;
       language = preset.language;
     }
   }
   const visionNames: readonly string[] = visionMethodNames();
   const languageNames: readonly string[] = languageMethodNames();
-  if (!visionNames.includes(vision)) v.add('policy.vision_method', `unknown vision method '${vision}'; valid: ${visionNames.join(', ')}`);
-  if (!languageNames.includes(language)) v.add('policy.language_method', `unknown language method '${language}'; valid: ${languageNames.join(', ')}`);
+  if (!visionNames.includes(vision)) v.add('policy.vision_method', `unknown vision method ${quoted(vision)}; valid: ${visionNames.join(', ')}`);
+  if (!languageNames.includes(language)) v.add('policy.language_method', `unknown language method ${quoted(language)}; valid: ${languageNames.join(', ')}`);
   return { vision: vision as VisionMethodName, language: language as LanguageMethodName };
+}
+
+function isKnownPair(vision: string, language: string): boolean {
+  return (visionMethodNames() as string[]).includes(vision) && (languageMethodNames() as string[]).includes(language);
+}
+
+/**
+ * `readers` null: the methods are unknown, so which names they take cannot be judged (their
+ * violations already say what is wrong).
+ */
+function parseParams(wire: WirePolicy['params'], readers: readonly ParamReader[] | null, v: Violations): Record<string, number | string | boolean> {
+  const params: Record<string, number | string | boolean> = {};
+  const entries = Object.entries(wire);
+  if (entries.length > MAX_PARAMS) v.add('policy.params', `has ${entries.length} entries, at most ${MAX_PARAMS} are accepted`);
+  for (const [name, value] of entries.slice(0, MAX_PARAMS)) {
+    if (!/^[a-z][a-z0-9_]{0,63}$/.test(name)) {
+      v.add(paramField(name), 'parameter names are lower_snake_case, at most 64 characters');
+      continue;
+    }
+    const parsed = paramValue(name, value, v);
+    if (parsed === undefined) continue;
+    if (readers !== null) checkParam(name, parsed, readers, v);
+    params[name] = parsed;
+  }
+  return params;
 }
 
 function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy {
   const wire: WirePolicy = p ?? { visionMethod: '', languageMethod: '', budget: undefined, mode: '', params: {}, seed: undefined, preset: '' };
   const { vision, language } = pickMethods(wire, v);
   const mode = (wire.mode || 'clean') as ReductionMode;
-  if (!MODES.includes(mode)) v.add('policy.mode', `must be one of ${MODES.join(', ')}, got '${wire.mode}'`);
+  if (!MODES.includes(mode)) v.add('policy.mode', `must be one of ${MODES.join(', ')}, got ${quoted(wire.mode)}`);
 
   let budget: Budget | null = null;
   const b = wire.budget;
@@ -124,14 +214,7 @@ function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy 
     budget = { percent: b.budgetPercent };
   }
 
-  const params: Record<string, number | string | boolean> = {};
-  const entries = Object.entries(wire.params);
-  if (entries.length > MAX_PARAMS) v.add('policy.params', `has ${entries.length} entries, at most ${MAX_PARAMS} are accepted`);
-  for (const [name, value] of entries.slice(0, MAX_PARAMS)) {
-    if (!/^[a-z][a-z0-9_]{0,63}$/.test(name)) v.add(`policy.params[${name.slice(0, 64)}]`, 'parameter names are lower_snake_case, at most 64 characters');
-    const parsed = paramValue(name, value, v);
-    if (parsed !== undefined) params[name] = parsed;
-  }
+  const params = parseParams(wire.params, isKnownPair(vision, language) ? paramReaders(vision, language) : null, v);
   const seed = wire.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) v.add('policy.seed', `must be an integer in [0, 2^53), got ${seed}`);
   return { vision, language, budget, mode, params, seed };
@@ -148,7 +231,9 @@ function parseSampling(s: WireSampling | undefined, defaultMaxTokens: number, li
   if (!(temperature >= 0 && temperature <= MAX_TEMPERATURE)) v.add('sampling.temperature', `must be in [0, ${MAX_TEMPERATURE}] (0 is greedy), got ${temperature}`);
   const topP = s?.topP ?? 1;
   if (!(topP > 0 && topP <= 1)) v.add('sampling.top_p', `must be in (0, 1], got ${topP}`);
-  const seed = s?.seed ?? 0;
+  // Unset: drawn per request (reported in the final message), or every unseeded sampled request
+  // would draw the same answer.
+  const seed = s?.seed ?? randomInt(2 ** 48 - 1);
   if (!Number.isSafeInteger(seed) || seed < 0) v.add('sampling.seed', `must be an integer in [0, 2^53), got ${seed}`);
   const maxNewTokens = s?.maxTokens ?? Math.min(defaultMaxTokens, limits.maxNewTokens);
   if (maxNewTokens < 1 || maxNewTokens > limits.maxNewTokens) v.add('sampling.max_tokens', `must be in [1, ${limits.maxNewTokens}], got ${maxNewTokens}`);

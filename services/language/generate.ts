@@ -1,9 +1,13 @@
 /**
  * One Generate: validate -> resolve both schedules (an infeasible budget fails before any work) ->
- * encode on the vision service (caller's deadline and cancellation carried over) -> check the tensor
- * against this model -> prefill and decode in the pool, streaming deltas -> the final message.
+ * check that prompt and answer fit the model's positions (likewise) -> encode on the vision service
+ * (caller's deadline and cancellation carried over) -> check the tensor against this model ->
+ * prefill and decode in the pool, streaming deltas -> the final message.
  */
+import * as path from 'node:path';
 import { toFloat32 } from '../../shared/tensor/fp16';
+import type { Manifest } from '../../shared/bundle/manifest';
+import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
 import type { VisualTokens as CoreVisualTokens, GenerateResult } from '../../shared/engine';
 import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
 import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen/vlm/v1/language_service';
@@ -22,10 +26,24 @@ import { ATTR_GEN_AI_REQUEST_MAX_TOKENS, ATTR_GEN_AI_RESPONSE_FINISH_REASONS, AT
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
+/** Text tokens (template and question) of the prompt the language side assembles around the image. */
+export type PromptTokenCounter = (question: string) => number;
+
 export interface GenerateDeps {
   readonly engine: ServiceEngine;
   readonly vision: { encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> };
   readonly limits: RequestLimitsConfig;
+  /** Lets a prompt too long for the model fail before the hop rather than after a whole vision encode. */
+  readonly promptTokens: PromptTokenCounter;
+}
+
+/** The bundle's tokenizer on the service's own thread, counting prompts as the engine assembles them. */
+export async function loadPromptTokenCounter(modelDir: string, manifest: Manifest, limits: PromptLimits): Promise<PromptTokenCounter> {
+  const tokenizer = await loadTokenizer(path.join(modelDir, 'tokenizer.json'));
+  return (question) => {
+    const prompt = assemblePrompt(tokenizer, manifest.prompt, manifest.tokens, question, limits);
+    return prompt.prefix.length + prompt.suffix.length;
+  };
 }
 
 export function expectationOf(engine: ServiceEngine): Expectation {
@@ -39,10 +57,31 @@ function coreTokens(t: VisualTokens): CoreVisualTokens {
   return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
 }
 
-/** Judged here, before the hop: a bad policy must not cost an encode. */
-function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): void {
+/** Judged here, before the hop: a bad policy must not cost an encode. Returns the visual tokens the hop will bring. */
+function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): number {
   const vision = resolveVisionSchedule(valid.policy, engine.model.visionGeometry);
   resolveLanguageSchedule(valid.policy, { ...engine.model.languageGeometry, visualTokens: vision.outputTokens });
+  return vision.outputTokens;
+}
+
+/**
+ * The prompt (text plus the visual tokens the vision schedule outputs) and the answer must fit the
+ * model's positions; the same sum the engine checks after the hop. The caller's max_tokens is blamed
+ * only when they set it and the prompt alone leaves room; otherwise it is the prompt that is too long.
+ */
+function checkContextFits(m: Manifest, maxTokens: { value: number; set: boolean }, textTokens: number, visualTokens: number): void {
+  const positions = m.language.max_positions;
+  const prompt = textTokens + visualTokens;
+  const room = positions - prompt;
+  if (maxTokens.value <= room) return;
+  const size = `${prompt} tokens (${textTokens} of text, ${visualTokens} visual)`;
+  if (maxTokens.set && room >= 1) {
+    throw VlmError.invalid('sampling.max_tokens', `must be at most ${room} for this prompt: its ${size} leave ${room} of the model's ${positions} positions; got ${maxTokens.value}`);
+  }
+  if (room >= 1) {
+    throw VlmError.invalid('prompt', `is too long for the default max_tokens of ${maxTokens.value}: its ${size} leave ${room} of the model's ${positions} positions; shorten it or set sampling.max_tokens to at most ${room}`);
+  }
+  throw VlmError.invalid('prompt', `is too long: its ${size} leave no room for an answer in the model's ${positions} positions; shorten it (or reduce the visual tokens)`);
 }
 
 /** `span`: the request's span (tracedStream), for the policy and usage attributes. */
@@ -52,7 +91,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const started = performance.now();
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
   span?.setAttributes({ ...policyAttributes(valid.policy), [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: valid.sampling.maxNewTokens });
-  checkPolicy(engine, valid);
+  const visualTokens = checkPolicy(engine, valid);
+  checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visualTokens);
 
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
   const tensor = await deps.vision.encode(hop, expectationOf(engine), ctx);
@@ -136,5 +176,6 @@ function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledT
     policy: resolvedPolicy(valid.policy, m.vision.num_patches, tensor.header.schedule, r.schedule, r.achievedBudget),
     modelId: m.model_id,
     contentHash: m.content_hash,
+    samplingSeed: valid.sampling.seed,
   };
 }

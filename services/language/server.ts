@@ -2,13 +2,15 @@
  * The language service: an InferencePool behind LanguageService, a balanced client to the vision
  * replicas, health, reflection and limits.
  */
-import type { Config } from '../../shared/config';
+import { localAddress, type Config } from '../../shared/config';
+import { VlmError } from '../../shared/errors';
 import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startEngine } from '../common/engine';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../common/validate';
+import { loadPromptTokenCounter } from './generate';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
 import { serviceTls } from '../common/tls';
@@ -19,8 +21,17 @@ export interface LanguageServiceOptions {
   readonly log?: Logger;
 }
 
+/**
+ * --vision-target, else vision on this host: where it listens (--host; a wildcard through loopback)
+ * on --vision-port. Port 0 lets vision pick one, which this process cannot know: `serve all` passes
+ * the bound address on; anyone else must name it.
+ */
 export function visionTargetOf(config: Config): string {
-  return config.rpc.visionTarget || `127.0.0.1:${config.services.visionPort}`;
+  if (config.rpc.visionTarget) return config.rpc.visionTarget;
+  if (config.services.visionPort === 0) {
+    throw VlmError.invalid('--vision-target', 'is required when --vision-port is 0 (vision picks a free port this service cannot know); name the address vision listens on');
+  }
+  return localAddress(config.services.host, config.services.visionPort);
 }
 
 export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
@@ -44,6 +55,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     engine,
     vision,
     limits: config.limits,
+    promptTokens: await loadPromptTokenCounter(config.model.dir, engine.model.manifest, config.limits),
     adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
   });
   const server = new GrpcServer({

@@ -49,6 +49,8 @@ export function singleCutSchedule(
 
 export const fastv: LanguageReducer = {
   name: 'fastv',
+  // K and the keep count come from the budget and the `fastv.k` anchor alone.
+  params: {},
 
   feasibleRange(g: LanguageGeometry) {
     return singleCutRange(g.numLayers, g.visualTokens);

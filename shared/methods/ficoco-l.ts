@@ -49,6 +49,12 @@ function minimumAt(g: LanguageGeometry, start: number): number {
 
 export const ficocoL: LanguageReducer = {
   name: 'ficoco-l',
+  params: {
+    beta: { type: 'number' },
+    gamma: { type: 'number' },
+    epsilon: { type: 'number' },
+    decline_layers: { type: 'number' },
+  },
 
   feasibleRange(g: LanguageGeometry): BudgetRange {
     if (g.numLayers < 2) return { min: g.visualTokens, max: g.visualTokens };

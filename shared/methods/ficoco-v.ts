@@ -46,6 +46,13 @@ function params(options: MethodOptions): FicocoVParams {
 
 export const ficocoV: VisionReducer = {
   name: 'ficoco-v',
+  params: {
+    lambda: { type: 'number' },
+    epsilon: { type: 'number' },
+    window: { type: 'number' },
+    penalty: { type: 'number' },
+    start_layer: { type: 'integer', min: 0 },
+  },
 
   feasibleRange(g: VisionGeometry, options: MethodOptions) {
     if (options.mode !== 'exact') return { min: 1, max: g.numPatches };

@@ -24,6 +24,7 @@ function rejectBudget(side: string, budget: number | null, unreduced: number): v
 
 export const noneVision: VisionReducer = {
   name: 'none',
+  params: {},
   resolve(geometry: VisionGeometry, budget: number | null): VisionSchedule {
     rejectBudget('vision', budget, geometry.numPatches);
     return { method: 'none', steps: [], outputTokens: geometry.numPatches, proportionalAttention: false, needs: [], params: {} };
@@ -38,6 +39,7 @@ export const noneVision: VisionReducer = {
 
 export const noneLanguage: LanguageReducer = {
   name: 'none',
+  params: {},
   resolve(geometry: LanguageGeometry, budget: number | null): LanguageSchedule {
     rejectBudget('language', budget, geometry.visualTokens);
     return {

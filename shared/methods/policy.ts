@@ -16,6 +16,7 @@ import type {
   LanguageMethodName,
   LanguageSchedule,
   MethodOptions,
+  ParamSpecs,
   ReductionMode,
   VisionGeometry,
   VisionMethodName,
@@ -38,6 +39,29 @@ export interface ReductionPolicy {
 /** Named combinations a client may ask for by one name. */
 export const METHOD_PRESETS: Readonly<Record<string, { vision: VisionMethodName; language: LanguageMethodName }>> =
   Object.freeze({ 'ficoco-vl': Object.freeze({ vision: 'ficoco-v', language: 'ficoco-l' }) });
+
+/** The parameters the budget split reads when both sides reduce (resolveBudgetSplit). */
+export const SPLIT_PARAMS: ParamSpecs = Object.freeze({ vision_tokens: Object.freeze({ type: 'integer', min: 1 } as const) });
+
+/** A reader of `policy.params`: a method, or the budget split of a pair. */
+export interface ParamReader {
+  /** As a message names it: "vision method ficoco-v". */
+  readonly reader: string;
+  readonly params: ParamSpecs;
+}
+
+/**
+ * Everything that reads `policy.params` for this pair. Both services hand the whole map to both
+ * methods (and the split), so a name is valid when any of them declares it.
+ */
+export function paramReaders(vision: VisionMethodName, language: LanguageMethodName): ParamReader[] {
+  const readers: ParamReader[] = [
+    { reader: `vision method ${vision}`, params: getVisionReducer(vision).params },
+    { reader: `language method ${language}`, params: getLanguageReducer(language).params },
+  ];
+  if (vision !== 'none' && language !== 'none') readers.push({ reader: 'the budget split of a two-sided pair', params: SPLIT_PARAMS });
+  return readers;
+}
 
 /** What both services know about the model, enough to split a budget identically on either side. */
 export interface SplitGeometry {

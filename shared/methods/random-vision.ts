@@ -5,12 +5,13 @@
  */
 import { VlmError } from '../errors';
 import { selection } from './combination';
-import { sampleIndices, seededRandom } from './numeric';
+import { foldSeed, sampleIndices, seededRandom } from './numeric';
 import { anchorInt, checkBudgetInRange } from './schedule';
 import type { MethodOptions, VisionGeometry, VisionReducer, VisionSchedule, VisionStepInput, VisionStepOutput } from './types';
 
 export const randomVision: VisionReducer = {
   name: 'random',
+  params: { start_layer: { type: 'integer', min: 0 } },
 
   feasibleRange(g: VisionGeometry) {
     return { min: 1, max: g.numPatches };
@@ -32,7 +33,7 @@ export const randomVision: VisionReducer = {
     const T = input.hidden.rows;
     if (T !== input.step.tokensIn) throw new VlmError('INTERNAL', `random step expected ${input.step.tokensIn} tokens, got ${T}`);
     const cls = input.tokens.origin[0] === -1 ? 1 : 0;
-    const rand = seededRandom((options.seed ^ Math.imul(input.step.layer + 1, 0x9e3779b1)) >>> 0);
+    const rand = seededRandom((foldSeed(options.seed) ^ Math.imul(input.step.layer + 1, 0x9e3779b1)) >>> 0);
     const keep = [...(cls ? [0] : []), ...sampleIndices(T - cls, input.step.tokensOut - cls, rand).map((i) => i + cls)];
     return {
       combine: selection(keep),

@@ -158,6 +158,12 @@ function keepsFor(g: LanguageGeometry, layers: readonly number[], budget: number
 
 export const sparsevlm: LanguageReducer = {
   name: 'sparsevlm',
+  params: {
+    version: { type: 'text', values: ['v1', 'v1.5'] },
+    // v1 only: keep = floor(rank * scale + bias).
+    scale: { type: 'number' },
+    bias: { type: 'number' },
+  },
 
   feasibleRange(g: LanguageGeometry, options: MethodOptions): BudgetRange {
     const layers = stageLayers(g, version(options));

@@ -44,6 +44,7 @@ function minimumOutput(g: VisionGeometry): number {
 
 export const tome: VisionReducer = {
   name: 'tome',
+  params: {},
 
   feasibleRange(g: VisionGeometry) {
     return { min: minimumOutput(g), max: g.numPatches };

@@ -49,9 +49,23 @@ export interface BudgetRange {
   readonly max: number;
 }
 
+/**
+ * The type of one `policy.params` entry a method reads. Requests are checked against these before any
+ * method runs, so a misspelt name or a value of the wrong kind is INVALID_ARGUMENT instead of being
+ * silently replaced by the default.
+ */
+export type ParamSpec =
+  /** Any finite number. */
+  | { readonly type: 'number' }
+  | { readonly type: 'integer'; readonly min: number }
+  | { readonly type: 'text'; readonly values: readonly string[] };
+
+/** Every `policy.params` name a method reads, and nothing else. */
+export type ParamSpecs = Readonly<Record<string, ParamSpec>>;
+
 export interface MethodOptions {
   readonly mode: ReductionMode;
-  /** Method-specific overrides (e.g. { lambda: 0.35 } or { version: 'v1' }); validated by the method. */
+  /** Method-specific overrides (e.g. { lambda: 0.35 } or { version: 'v1' }), of the names and types the method declares. */
   readonly params: Readonly<Record<string, number | string | boolean>>;
   /** Seed for methods that draw random numbers (random, tie-breaks); per request. */
   readonly seed: number;
@@ -116,6 +130,7 @@ export interface VisionStepOutput {
 
 export interface VisionReducer {
   readonly name: VisionMethodName;
+  readonly params: ParamSpecs;
   /**
    * Turns a budget into a schedule for this geometry. `budget` null means the method's default
    * operating point. Throws VlmError INVALID_ARGUMENT naming the feasible range when infeasible.
@@ -210,6 +225,7 @@ export interface LanguageStepOutput {
 
 export interface LanguageReducer {
   readonly name: LanguageMethodName;
+  readonly params: ParamSpecs;
   resolve(geometry: LanguageGeometry, budget: number | null, options: MethodOptions): LanguageSchedule;
   /** The budgets resolve() accepts given geometry.visualTokens arriving (GetModelInfo reports it). */
   feasibleRange(geometry: LanguageGeometry, options: MethodOptions): BudgetRange;

@@ -1,0 +1,125 @@
+/**
+ * A prompt too long for the model is refused before the vision hop: the language service knows the
+ * visual tokens from the resolved vision schedule and counts the prompt's text tokens itself, so the
+ * vision service never encodes for a request that cannot run. The violation names the proto field
+ * to change: `sampling.max_tokens` when the caller set it and the prompt leaves room, else `prompt`.
+ */
+import { Metadata } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VlmError } from '../shared/errors';
+import { createLogger, type Logger } from '../shared/log';
+import { startEngine, type ServiceEngine } from '../services/common/engine';
+import type { RunningService } from '../services/common/lifecycle';
+import { startVisionService } from '../services/vision/server';
+import { VisionClient } from '../services/language/vision-client';
+import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate';
+import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
+import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, shapesImage, type LogLine } from './reliability-helpers';
+
+const config = pairConfig();
+const silent: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => silent };
+
+describe('prompt length, judged before the hop', () => {
+  let vision: RunningService;
+  let visionLog: LogLine[];
+  let hop: VisionClient;
+  let engine: ServiceEngine;
+  let count: PromptTokenCounter;
+  let image: Buffer;
+  let positions: number;
+  let patches: number;
+  let defaultMaxTokens: number;
+
+  beforeAll(async () => {
+    visionLog = [];
+    vision = await startVisionService(config, { port: 0, log: recordingLogger(visionLog, 'vision') });
+    hop = new VisionClient({ target: vision.address, authToken: null });
+    engine = await startEngine(config, createLogger('language'));
+    const m = engine.model.manifest;
+    count = await loadPromptTokenCounter(BUNDLE, m, config.limits);
+    image = await shapesImage();
+    positions = m.language.max_positions;
+    patches = m.vision.num_patches;
+    defaultMaxTokens = m.generation.max_new_tokens;
+  });
+
+  afterAll(async () => {
+    hop?.close();
+    await engine?.close();
+    await vision?.stop();
+  });
+
+  /** Encode calls the vision service has finished (each logs one `call` line). */
+  const encodes = (): number => visionLog.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.VisionService/Encode').length;
+
+  async function generate(over: { prompt?: string; maxTokens?: number; policy?: Partial<WirePolicy> }): Promise<{ text: string; error: VlmError | null }> {
+    const req = request(image, over);
+    if (over.maxTokens === undefined) req.sampling = undefined;
+    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'prompt-length', metadata: new Metadata(), log: silent };
+    let text = '';
+    try {
+      for await (const r of generateStream({ engine, vision: hop, limits: config.limits, promptTokens: count }, req, ctx)) {
+        if (r.part?.$case === 'final') text = r.part.final.text;
+      }
+      return { text, error: null };
+    } catch (err) {
+      if (!(err instanceof VlmError)) throw err;
+      return { text, error: err };
+    }
+  }
+
+  /** A question of about `tokens` text tokens (the template's included). */
+  function questionOf(tokens: number): string {
+    let q = QUESTION;
+    while (count(q) < tokens) q += ' and the square?';
+    return q;
+  }
+
+  it('refuses a prompt that alone fills the positions, naming the prompt, without an Encode', async () => {
+    const question = questionOf(positions);
+    expect(question.length).toBeLessThanOrEqual(config.limits.maxPromptChars);
+    const out = await generate({ prompt: question });
+    expect(out.error?.code).toBe('INVALID_ARGUMENT');
+    expect(out.error?.violations.map((v) => v.field)).toEqual(['prompt']);
+    expect(out.error?.message).toMatch(/^prompt: is too long: its \d+ tokens \(\d+ of text, 16 visual\) leave no room for an answer in the model's 256 positions/);
+    expect(encodes()).toBe(0);
+  });
+
+  it('names sampling.max_tokens, with the most it can be, when the caller set it and the prompt leaves room', async () => {
+    const room = positions - count(QUESTION) - patches;
+    const out = await generate({ maxTokens: room + 1 });
+    expect(out.error?.violations).toEqual([{ field: 'sampling.max_tokens', description: expect.stringMatching(new RegExp(`^must be at most ${room} for this prompt: .*; got ${room + 1}$`)) }]);
+    expect(encodes()).toBe(0);
+  });
+
+  it('blames the prompt, not max_tokens, when max_tokens was left to its default', async () => {
+    const question = questionOf(positions - patches - defaultMaxTokens + 1);
+    const room = positions - count(question) - patches;
+    expect(room).toBeGreaterThanOrEqual(1);
+    expect(room).toBeLessThan(defaultMaxTokens);
+    const out = await generate({ prompt: question });
+    expect(out.error?.violations.map((v) => v.field)).toEqual(['prompt']);
+    expect(out.error?.message).toContain(`set sampling.max_tokens to at most ${room}`);
+    expect(encodes()).toBe(0);
+  });
+
+  it('counts the visual tokens the vision schedule will send: what fits after ficoco-v to 4 tokens is answered', async () => {
+    const question = questionOf(positions - patches - 8);
+    const maxTokens = positions - count(question) - 4;
+    expect(count(question) + patches + maxTokens).toBeGreaterThan(positions);
+    const out = await generate({ prompt: question, maxTokens, policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 4 } } });
+    expect(out.error).toBeNull();
+    // The same request unreduced does not fit.
+    const unreduced = await generate({ prompt: question, maxTokens });
+    expect(unreduced.error?.violations.map((v) => v.field)).toEqual(['sampling.max_tokens']);
+  }, 60_000);
+
+  it('answers a request that exactly fills the positions, as the engine does', async () => {
+    const maxTokens = positions - count(QUESTION) - patches;
+    expect(maxTokens).toBeLessThanOrEqual(config.limits.maxNewTokens);
+    const before = encodes();
+    const out = await generate({ maxTokens });
+    expect(out.error).toBeNull();
+    expect(encodes()).toBe(before + 1);
+  }, 60_000);
+});
