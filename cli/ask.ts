@@ -19,7 +19,7 @@ import { setLogLevel } from '../shared/log';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
 import { generateOnce, languageClient } from '../services/language/client';
-import { parseBudgetFlag } from './eval';
+import { integerFlag, numberFlag, parseBudgetFlag, seedFlag, UINT32_MAX } from './numeric-flags';
 
 const FLAGS = {
   image: { type: 'string' },
@@ -44,13 +44,15 @@ const FLAGS = {
 
 export const DEFAULT_TARGET = '127.0.0.1:50052';
 
-/** A number flag, or undefined when absent (so the service's default applies). */
-function num(values: Record<string, unknown>, flag: string): number | undefined {
-  const raw = values[flag];
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  if (raw === '' || !Number.isFinite(n)) throw VlmError.invalid(`--${flag}`, `expected a number, got "${String(raw)}"`);
-  return n;
+/** Sampling from the flags; unset flags stay unset, so the service's defaults apply. */
+export function samplingFromFlags(values: Record<string, unknown>): SamplingParams {
+  return SamplingParams.fromPartial({
+    // sampling.max_tokens is a uint32; the service judges it against its own limit.
+    maxTokens: integerFlag(values, 'max-tokens', 1, UINT32_MAX),
+    temperature: numberFlag(values, 'temperature'),
+    topP: numberFlag(values, 'top-p'),
+    seed: seedFlag(values),
+  });
 }
 
 export function policyFromFlags(values: Record<string, unknown>): ReductionPolicy {
@@ -75,6 +77,8 @@ export async function run(argv: string[]): Promise<number> {
   setLogLevel(config.logLevel);
   if (typeof values['image'] !== 'string') throw VlmError.invalid('--image', 'is required (a file path)');
   if (typeof values['question'] !== 'string') throw VlmError.invalid('--question', 'is required');
+  const sampling = samplingFromFlags(values);
+  const policy = policyFromFlags(values);
   let image: Buffer;
   try {
     image = await readFile(values['image']);
@@ -84,8 +88,8 @@ export async function run(argv: string[]): Promise<number> {
   const request: GenerateRequest = {
     image,
     prompt: values['question'],
-    sampling: SamplingParams.fromPartial({ maxTokens: num(values, 'max-tokens'), temperature: num(values, 'temperature'), topP: num(values, 'top-p'), seed: num(values, 'seed') }),
-    policy: policyFromFlags(values),
+    sampling,
+    policy,
     limits: undefined,
   };
   const json = values['json'] === true;

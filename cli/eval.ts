@@ -12,10 +12,11 @@ import * as path from 'node:path';
 import { VlmError } from '../shared/errors';
 import { intraOpThreadsChosen, parseCommandLine, workersChosen, type Config } from '../shared/config';
 import { setLogLevel, type LogLevel } from '../shared/log';
-import type { Budget, ReductionPolicy } from '../shared/methods/policy';
+import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
 import { addFlops, emptyFlops, macs, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { InferencePool, type AskResult } from '../shared/worker';
+import { integerFlag, parseBudgetFlag, seedFlag } from './numeric-flags';
 
 export interface EvalItem {
   readonly image: string;
@@ -34,14 +35,6 @@ const FLAGS = {
   seed: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
-
-/** `128` (tokens) or `25%` (of the unreduced visual tokens). */
-export function parseBudgetFlag(raw: string | undefined): Budget | null {
-  if (raw === undefined || raw === '') return null;
-  const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(raw.trim());
-  if (!m) throw VlmError.invalid('--budget', `expected a token count like 128 or a percentage like 25%, got "${raw}"`);
-  return m[2] ? { percent: Number(m[1]) } : { tokens: Number(m[1]) };
-}
 
 export async function readItems(modelDir: string): Promise<EvalItem[]> {
   const file = path.join(modelDir, 'eval', 'items.jsonl');
@@ -109,14 +102,6 @@ export function isCorrect(generated: string, answer: string): boolean {
   return norm(generated) === norm(answer);
 }
 
-function intFlag(values: Record<string, unknown>, name: string): number | undefined {
-  const raw = values[name];
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw VlmError.invalid(`--${name}`, `expected a positive integer, got "${String(raw)}"`);
-  return n;
-}
-
 /** Eval runs many small requests: one intra-op thread per worker and a worker per core, unless told otherwise. */
 export function evalRuntime(config: Config, values: Record<string, unknown>): Config {
   const intraOpThreads = intraOpThreadsChosen(values) ? config.runtime.intraOpThreads : 1;
@@ -137,15 +122,17 @@ export async function run(argv: string[]): Promise<number> {
     budget: parseBudgetFlag(values.budget as string | undefined),
     mode,
     params: {},
-    seed: intFlag(values, 'seed') ?? 0,
+    seed: seedFlag(values) ?? 0,
   };
-  const items = selectEvenly(await readItems(config.model.dir), intFlag(values, 'limit'));
+  // Judged before the pool starts, against the limit the workers enforce (--max-new-tokens-limit).
+  const maxNewTokensFlag = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
+  const items = selectEvenly(await readItems(config.model.dir), integerFlag(values, 'limit', 1, Number.MAX_SAFE_INTEGER));
   const progress = (s: string) => process.stderr.write(`[eval] ${s}\n`);
   progress(`${items.length} items, model ${config.model.dir}, vision ${policy.vision}, language ${policy.language}, budget ${values.budget ?? 'default'}, ${config.runtime.workers} workers x ${config.runtime.intraOpThreads} threads`);
 
   const started = performance.now();
   const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : config.logLevel });
-  const maxNewTokens = intFlag(values, 'max-new-tokens') ?? pool.manifest.generation.max_new_tokens;
+  const maxNewTokens = maxNewTokensFlag ?? pool.manifest.generation.max_new_tokens;
   const byType = new Map<string, { items: number; correct: number }>();
   let correct = 0;
   let visualTokens = 0;

@@ -2,16 +2,17 @@
  * `vlm serve vision|language|all [config flags]`
  *
  * vision: VisionService on --vision-port (50051); language: LanguageService on --language-port
- * (50052), calling vision at --vision-target (default 127.0.0.1:<vision port>); all: both, as two
- * child processes as in production (each its own pool, logs and trace service name). Defaults: the
- * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain, exit); `all` passes the
- * signal to both children and exits when they have; a second signal SIGKILLs the ones still running.
+ * (50052), calling vision at --vision-target (default: vision on this host, --host and --vision-port);
+ * all: both, as two child processes as in production (each its own pool, logs and trace service
+ * name). Defaults: the embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain,
+ * exit); `all` passes the signal to both children and exits when they have; a second signal SIGKILLs
+ * the ones still running. SIGHUP re-reads TLS files and never stops a service; `all` passes it on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, packageRoot, parseCommandLine } from '../shared/config';
+import { CONFIG_FLAGS, coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
-import { createLogger, setLogLevel } from '../shared/log';
+import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
@@ -29,8 +30,9 @@ export async function run(argv: string[]): Promise<number> {
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
     throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
   }
-  if (role === 'all') return serveBoth(argv.filter((a) => a !== 'all'), coLocatedServiceEnv(values, 2), config.telemetry.metricsPort, config.services.healthPort);
+  if (role === 'all') return serveBoth(withoutWord(argv, 'all'), coLocatedServiceEnv(values, 2), config);
   const log = createLogger(role);
+  surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
@@ -38,31 +40,103 @@ export async function run(argv: string[]): Promise<number> {
     role === 'vision'
       ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(config, { log })
       : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(config, { log });
+  // `serve all` waits for this to learn the port vision picked for --vision-port 0.
+  process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
   // Spans of the drained requests are flushed after the server has stopped.
   stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
   // Runs until a signal; stopOnSignals exits the process.
   return new Promise<number>(() => undefined);
 }
 
-/** The two services as child processes sharing the cores: each gets half unless threads are set. */
-function serveBoth(flags: string[], env: NodeJS.ProcessEnv, metricsPort: number, healthPort: number): Promise<number> {
+/** What a service started by `serve all` tells its parent once it is serving. */
+interface ServingMessage {
+  readonly type: 'serving';
+  readonly port: number;
+}
+
+/**
+ * SIGHUP means "re-read the TLS files" (services/common/tls.ts listens for it when TLS is on). A
+ * service without TLS has nothing to re-read, but must not take SIGHUP's default action, exit, when
+ * `serve all` passes a reload on or an operator sends one. Installed before the model loads.
+ */
+function surviveHangup(log: Logger): void {
+  process.on('SIGHUP', () => {
+    if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS files to re-read');
+  });
+}
+
+/** argv without the positional `word`; a flag's value that happens to equal it (`--graph-optimization all`) stays. */
+function withoutWord(argv: readonly string[], word: string): string[] {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') break;
+    if (arg.startsWith('-')) {
+      const name = arg.replace(/^--?/, '').split('=')[0]!;
+      if ((CONFIG_FLAGS as Readonly<Record<string, { type: string }>>)[name]?.type === 'string' && !arg.includes('=')) i++;
+      continue;
+    }
+    if (arg === word) return [...argv.slice(0, i), ...argv.slice(i + 1)];
+  }
+  return [...argv];
+}
+
+/**
+ * The two services as child processes sharing the cores (coLocatedServiceEnv). Language dials vision
+ * where it listens: on --host (loopback for a wildcard) at --vision-port, which language works out
+ * itself; for --vision-port 0 vision starts first and reports the port it bound, and language is
+ * started with that address, unless a --vision-target was given.
+ */
+function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Promise<number> {
   const log = createLogger('serve');
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
+  const { metricsPort } = config.telemetry;
+  const { healthPort, host, visionPort } = config.services;
+  const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
   const children = new Map<string, ChildProcess>();
-  for (const role of ['vision', 'language']) {
-    // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
-    // So does the plaintext health port.
-    const own =
-      role === 'language'
-        ? [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])]
-        : [];
-    children.set(role, spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit'] }));
-  }
+  const exited = new Set<string>();
+  let worst = 0;
   let stopping = false;
+  let done: (code: number) => void = () => undefined;
+  const finished = new Promise<number>((resolve) => (done = resolve));
+  const settle = (): void => {
+    // Once stopping, language is never started: the children spawned so far are all there will be.
+    if ((children.size === 2 || stopping) && [...children.keys()].every((r) => exited.has(r))) done(worst);
+  };
   const stopAll = (signal: NodeJS.Signals): void => {
     stopping = true;
     for (const child of children.values()) if (running(child)) child.kill(signal);
+    settle();
   };
+  const start = (role: 'vision' | 'language', own: string[]): ChildProcess => {
+    const ipc = role === 'vision' && waitForVisionPort;
+    const child = spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit', ...(ipc ? (['ipc'] as const) : [])] });
+    children.set(role, child);
+    child.on('exit', (code, signal) => {
+      worst = Math.max(worst, code ?? (signal ? 1 : 0));
+      exited.add(role);
+      if (!stopping) {
+        // One service gone means the pair cannot answer: take the other down too.
+        log.error('service exited; stopping the other', { role, code, signal });
+        stopAll('SIGTERM');
+      }
+      settle();
+    });
+    return child;
+  };
+  // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
+  // So does the plaintext health port.
+  const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
+  const vision = start('vision', []);
+  if (!waitForVisionPort) start('language', languageOwn);
+  else {
+    vision.on('message', (msg: ServingMessage) => {
+      if (msg.type !== 'serving') return;
+      vision.disconnect();
+      const target = localAddress(host, msg.port);
+      log.info('vision is serving; starting language', { vision_target: target });
+      if (!stopping) start('language', [...languageOwn, '--vision-target', target]);
+    });
+  }
   // The first signal drains both services; a second one (an operator out of patience) kills what
   // still runs, so a child stuck in its drain cannot keep `serve all` alive.
   let signals = 0;
@@ -73,20 +147,10 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, metricsPort: number,
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  return new Promise((resolve) => {
-    let worst = 0;
-    let left = children.size;
-    for (const [role, child] of children) {
-      child.on('exit', (code, signal) => {
-        const status = code ?? (signal ? 1 : 0);
-        worst = Math.max(worst, status);
-        if (!stopping) {
-          // One service gone means the pair cannot answer: take the other down too.
-          log.error('service exited; stopping the other', { role, code, signal });
-          stopAll('SIGTERM');
-        }
-        if (--left === 0) resolve(worst);
-      });
-    }
+  // A reload for the services (TLS files), not a reason for the parent to exit and orphan them.
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP: passing it to the services');
+    for (const child of children.values()) if (running(child)) child.kill('SIGHUP');
   });
+  return finished;
 }

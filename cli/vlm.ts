@@ -4,7 +4,9 @@
  * `run(argv: string[]): Promise<number>` (the exit code) and parses its flags with
  * shared/config.ts parseCommandLine. VlmErrors print as `CODE: message` on stderr with exit 1.
  */
+import { HelpRequested } from '../shared/config';
 import { VlmError } from '../shared/errors';
+import { commandHelp } from './help';
 
 export interface CommandModule {
   run(argv: string[]): Promise<number>;
@@ -13,6 +15,8 @@ export interface CommandModule {
 interface Row {
   readonly summary: string;
   readonly load: () => CommandModule;
+  /** Subcommands, each with its own flags: `vlm <command> --help` points to theirs. */
+  readonly subcommands?: readonly string[];
 }
 
 // One line per command; keep alphabetical.
@@ -21,22 +25,26 @@ const COMMANDS: Readonly<Record<string, Row>> = {
   bench: {
     summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR); bench load: both services under mixed load, every request accounted for, memory and latency (--duration-s, --concurrency, --requests)',
     load: () => ({ run: (argv) => (argv[0] === 'load' ? (require('./bench-load') as CommandModule).run(argv.slice(1)) : (require('./bench-accuracy') as CommandModule).run(argv)) }),
+    subcommands: ['accuracy', 'load'],
   },
   demo: { summary: 'start both services, ask committed test questions under several policies, print answers, tokens, FLOPs, latency', load: () => require('./demo') as CommandModule },
   eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },
   serve: { summary: 'serve vision|language|all (all = two processes; ports 50051/50052, embedded model, CPU by default)', load: () => require('./serve') as CommandModule },
-  trace: { summary: 'trace collect: OTLP/HTTP receiver writing span lines; trace report: per-stage latency, shares, transfer, methods, HTML waterfall', load: () => require('./trace') as CommandModule },
+  trace: { summary: 'trace collect: OTLP/HTTP receiver writing span lines; trace report: per-stage latency, shares, transfer, methods, HTML waterfall', load: () => require('./trace') as CommandModule, subcommands: ['collect', 'report'] },
 };
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
   const rows = Object.entries(COMMANDS).map(([name, r]) => `  ${name.padEnd(width)}  ${r.summary}`);
-  return `usage: vlm <command> [flags]\n\ncommands:\n${rows.join('\n')}\n\nflags shared by all commands: --model DIR, --provider cpu|cuda:<id>|webgpu[,...], --intra-op-threads N, --workers N, --log-level L (see shared/config.ts)\n`;
+  return `usage: vlm <command> [flags]\n\ncommands:\n${rows.join('\n')}\n\nvlm <command> --help (or vlm help <command>) lists the command's flags, with their variables and defaults.\n`;
 }
 
+const isHelp = (arg: string | undefined): boolean => arg === '--help' || arg === '-h';
+
 export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+  let [name, ...rest] = argv;
+  if (name === 'help' && argv[1] !== undefined) [name, rest] = [argv[1], [...argv.slice(2), '--help']];
+  if (name === undefined || name === 'help' || isHelp(name)) {
     process.stdout.write(usage());
     return name === undefined ? 2 : 0;
   }
@@ -45,9 +53,19 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`vlm: unknown command "${name}"\n\n${usage()}`);
     return 2;
   }
+  if (row.subcommands && isHelp(rest[0])) {
+    process.stdout.write(`usage: vlm ${name} ${row.subcommands.join('|')} [flags]\n\n${row.summary}\n\n${row.subcommands.map((sub) => `vlm ${name} ${sub} --help`).join(', ')}: the flags of each\n`);
+    return 0;
+  }
   try {
     return await row.load().run(rest);
   } catch (err) {
+    // A command parsing `--help` stops there and hands back its own flags (shared/config.ts).
+    if (err instanceof HelpRequested) {
+      const sub = row.subcommands?.includes(rest[0] ?? '') ? ` ${rest[0]}` : '';
+      process.stdout.write(commandHelp(`${name}${sub}`, row.summary, err.commandFlags));
+      return 0;
+    }
     const e = VlmError.from(err);
     process.stderr.write(`${e.code}: ${e.code === 'INTERNAL' && err instanceof Error ? err.message : e.message}\n`);
     return 1;

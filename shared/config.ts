@@ -2,8 +2,9 @@
  * Configuration: command-line flags and VLM_* environment variables, parsed once into a frozen Config
  * with one section per concern. A flag wins over its variable, the variable over the default.
  *
- * To add an option: a field in its section's interface, a flag in CONFIG_FLAGS, one line in that
- * section's reader. Constructors take the section they need (`config.runtime`), not the whole object.
+ * To add an option: a field in its section's interface, a row in CONFIG_OPTIONS (flag, variable,
+ * default, bounds, help), one line in that section's reader. Constructors take the section they
+ * need (`config.runtime`), not the whole object.
  */
 import { availableParallelism } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
@@ -22,6 +23,11 @@ export type GraphOptimization = 'disabled' | 'basic' | 'extended' | 'all';
 export interface ModelConfig {
   /** Bundle folder (absolute). */
   readonly dir: string;
+  /**
+   * The manifest content_hash the operator pinned (`sha256:<hex>`); a bundle with another one fails
+   * the load, so a pod pointed at the wrong or a replaced folder never becomes Ready. null: any.
+   */
+  readonly expectedHash: string | null;
   /** Recompute every file's sha256 at load (slow for 7B bundles; sizes are always checked). */
   readonly verifyHashes: boolean;
   /** Open every ONNX session at load instead of on first use. */
@@ -29,7 +35,7 @@ export interface ModelConfig {
 }
 
 export interface RuntimeConfig {
-  /** Tried in order; the first that opens a session wins and the fallback is logged. */
+  /** Tried in order; the first that opens a session wins and the fallback is logged. One entry: no fallback. */
   readonly providers: readonly ProviderSpec[];
   /** ONNX Runtime intra-op threads per session; 0 = cores / workers. */
   readonly intraOpThreads: number;
@@ -86,7 +92,7 @@ export interface RpcConfig {
   /**
    * Where the language service finds vision: one address, a comma-separated list (balanced
    * round-robin on the client) or any gRPC target such as dns:///vision.vlm.svc:50051.
-   * Empty: 127.0.0.1:<vision port>.
+   * Empty: the vision service on this host (localAddress of host and vision port).
    */
   readonly visionTarget: string;
   /** Rows per tensor chunk on the vision hop; 0: about 1 MiB per chunk. */
@@ -122,46 +128,79 @@ export interface Config {
   readonly logLevel: LogLevel;
 }
 
+/** Timers (setTimeout) and gRPC's integer channel options take at most a signed 32-bit count. */
+const INT32_MAX = 2 ** 31 - 1;
+const PORT = { min: 0, max: 65_535 } as const;
+/** Threads and workers: far above any machine's cores, low enough to catch a typo (a port, a byte count). */
+const THREADS = 1024;
+
+export const DEFAULT_MODEL = 'models/tiny-llava-shapes';
+
+interface OptionBase {
+  readonly env: string;
+  readonly help: string;
+  /** The value's placeholder in `--help` (N, DIR, ...). */
+  readonly arg?: string;
+  /** What `--help` shows as the default when the raw default says nothing (a computed one). */
+  readonly shown?: string;
+}
+export type OptionSpec =
+  | (OptionBase & { readonly type: 'string'; readonly default: string; readonly choices?: readonly string[] })
+  | (OptionBase & { readonly type: 'int'; readonly default: number; readonly min: number; readonly max: number })
+  | (OptionBase & { readonly type: 'boolean'; readonly default: boolean });
+
+/**
+ * Every config option: its flag (the key), variable, default, bounds and help. configFrom reads
+ * through this table and `vlm <command> --help` prints it, so neither can drift from the other.
+ */
+export const CONFIG_OPTIONS = {
+  model: { type: 'string', env: 'VLM_MODEL_DIR', default: DEFAULT_MODEL, arg: 'DIR', shown: `${DEFAULT_MODEL} (in the package)`, help: 'the model bundle folder' },
+  'model-hash': { type: 'string', env: 'VLM_MODEL_HASH', default: '', arg: 'sha256:HEX', shown: 'any', help: "refuse to start unless the bundle's manifest content_hash is this" },
+  'verify-hashes': { type: 'boolean', env: 'VLM_VERIFY_HASHES', default: false, help: "recompute every bundle file's sha256 at load (reads the bundle twice; sizes are always checked)" },
+  'eager-sessions': { type: 'boolean', env: 'VLM_EAGER_SESSIONS', default: false, help: 'open every ONNX session at load instead of on first use' },
+  provider: { type: 'string', env: 'VLM_PROVIDER', default: 'cpu', arg: 'LIST', help: 'cpu, cuda:<id> or webgpu; a comma-separated list is a fallback order (cuda:0,cpu); a single provider never falls back' },
+  device: { type: 'string', env: 'VLM_DEVICE', default: '', arg: 'ID', shown: '0', help: 'CUDA device for a provider given as plain "cuda"' },
+  'intra-op-threads': { type: 'int', env: 'VLM_INTRA_OP_THREADS', default: 0, min: 0, max: THREADS, arg: 'N', shown: 'cores / workers (serve all: cores / 2 / workers)', help: 'ONNX Runtime threads per session; 0 = the default' },
+  'inter-op-threads': { type: 'int', env: 'VLM_INTER_OP_THREADS', default: 1, min: 1, max: THREADS, arg: 'N', help: 'ONNX Runtime inter-op threads per session' },
+  'graph-optimization': { type: 'string', env: 'VLM_GRAPH_OPTIMIZATION', default: 'all', choices: ['disabled', 'basic', 'extended', 'all'], arg: 'LEVEL', help: 'ONNX Runtime graph optimization level' },
+  spinning: { type: 'boolean', env: 'VLM_SPINNING', default: false, help: "let ONNX Runtime's idle threads spin (a dedicated machine only)" },
+  workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', help: 'inference worker threads, each with its own copy of the model' },
+  // 1 GiB: the transport's receive limit (this + prompt + envelope) must stay a 32-bit gRPC length.
+  'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 1, max: 1024 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },
+  'max-image-pixels': { type: 'int', env: 'VLM_MAX_IMAGE_PIXELS', default: 40_000_000, min: 1, max: INT32_MAX, arg: 'N', help: 'largest width x height x pages, checked from the header before decoding' },
+  'max-aspect-ratio': { type: 'int', env: 'VLM_MAX_ASPECT_RATIO', default: 32, min: 1, max: 1_000_000, arg: 'N', help: 'largest longer side / shorter side' },
+  'max-prompt-chars': { type: 'int', env: 'VLM_MAX_PROMPT_CHARS', default: 4096, min: 1, max: 1_000_000, arg: 'N', help: 'longest question' },
+  'queue-size': { type: 'int', env: 'VLM_QUEUE_SIZE', default: 16, min: 0, max: 100_000, arg: 'N', help: 'requests waiting for a worker before RESOURCE_EXHAUSTED' },
+  'deadline-ms': { type: 'int', env: 'VLM_DEADLINE_MS', default: 60_000, min: 1, max: INT32_MAX, arg: 'MS', help: 'deadline for calls that carry none' },
+  'max-new-tokens-limit': { type: 'int', env: 'VLM_MAX_NEW_TOKENS', default: 256, min: 1, max: 1_000_000, arg: 'N', help: "upper bound on a request's max_new_tokens" },
+  host: { type: 'string', env: 'VLM_HOST', default: '0.0.0.0', arg: 'ADDR', help: 'listen address' },
+  'vision-port': { type: 'int', env: 'VLM_VISION_PORT', default: 50051, ...PORT, arg: 'PORT', help: "vision's gRPC port (0 = any free port)" },
+  'language-port': { type: 'int', env: 'VLM_LANGUAGE_PORT', default: 50052, ...PORT, arg: 'PORT', help: "language's gRPC port (0 = any free port)" },
+  'health-port': { type: 'int', env: 'VLM_HEALTH_PORT', default: 0, ...PORT, arg: 'PORT', help: 'a second, plaintext port answering only grpc.health.v1 (0 = off; serve all gives language the next one)' },
+  'metrics-port': { type: 'int', env: 'VLM_METRICS_PORT', default: 9464, ...PORT, arg: 'PORT', help: 'Prometheus /metrics (0 = off; serve all gives language the next one)' },
+  'vision-target': { type: 'string', env: 'VLM_VISION_TARGET', default: '', arg: 'TARGET', shown: 'vision on this host (--host, --vision-port)', help: 'where language finds vision: an address, a comma-separated list, or dns:///name:port' },
+  'rows-per-chunk': { type: 'int', env: 'VLM_ROWS_PER_CHUNK', default: 0, min: 0, max: 1_000_000, arg: 'N', shown: '0 (about 1 MiB per chunk)', help: 'rows per tensor chunk on the vision hop' },
+  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'a file holding the bearer token clients must send (the token itself may come in VLM_AUTH_TOKEN; the file wins)' },
+  'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
+  warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
+  'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
+  'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'vision closes connections after this long so clients re-resolve (0 = never)' },
+  'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
+  'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
+  'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
+  'vision-client-cert': { type: 'string', env: 'VLM_VISION_CLIENT_CERT', default: '', arg: 'FILE', shown: 'off', help: 'language: client certificate presented to vision' },
+  'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
+  'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },
+  'tls-reload-ms': { type: 'int', env: 'VLM_TLS_RELOAD_MS', default: 60_000, min: 100, max: INT32_MAX, arg: 'MS', help: 'how often certificate files are re-read (SIGHUP re-reads at once)' },
+  'log-level': { type: 'string', env: 'VLM_LOG_LEVEL', default: 'info', choices: ['debug', 'info', 'warn', 'error', 'silent'], arg: 'LEVEL', help: 'log level' },
+} as const satisfies Record<string, OptionSpec>;
+
+export type ConfigOption = keyof typeof CONFIG_OPTIONS;
+
 /** Flags every `vlm` subcommand accepts (util.parseArgs format); subcommands add their own. */
-export const CONFIG_FLAGS = {
-  model: { type: 'string' },
-  'verify-hashes': { type: 'boolean' },
-  'eager-sessions': { type: 'boolean' },
-  provider: { type: 'string' },
-  device: { type: 'string' },
-  'intra-op-threads': { type: 'string' },
-  'inter-op-threads': { type: 'string' },
-  'graph-optimization': { type: 'string' },
-  spinning: { type: 'boolean' },
-  workers: { type: 'string' },
-  'max-image-bytes': { type: 'string' },
-  'max-image-pixels': { type: 'string' },
-  'max-aspect-ratio': { type: 'string' },
-  'max-prompt-chars': { type: 'string' },
-  'queue-size': { type: 'string' },
-  'deadline-ms': { type: 'string' },
-  'max-new-tokens-limit': { type: 'string' },
-  host: { type: 'string' },
-  'vision-port': { type: 'string' },
-  'language-port': { type: 'string' },
-  'metrics-port': { type: 'string' },
-  'vision-target': { type: 'string' },
-  'rows-per-chunk': { type: 'string' },
-  'auth-token-file': { type: 'string' },
-  'shutdown-grace-ms': { type: 'string' },
-  warmup: { type: 'boolean' },
-  'max-concurrent-streams': { type: 'string' },
-  'max-connection-age-ms': { type: 'string' },
-  'health-port': { type: 'string' },
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-  'tls-ca': { type: 'string' },
-  'vision-client-cert': { type: 'string' },
-  'vision-client-key': { type: 'string' },
-  'vision-ca': { type: 'string' },
-  'tls-reload-ms': { type: 'string' },
-  'log-level': { type: 'string' },
-} as const satisfies ParseArgsConfig['options'];
+export const CONFIG_FLAGS = Object.fromEntries(
+  Object.entries(CONFIG_OPTIONS).map(([flag, o]) => [flag, { type: o.type === 'boolean' ? 'boolean' : 'string' }]),
+) as { readonly [K in ConfigOption]: { readonly type: (typeof CONFIG_OPTIONS)[K]['type'] extends 'boolean' ? 'boolean' : 'string' } };
 
 type Values = Readonly<Record<string, string | boolean | undefined>>;
 type Env = Readonly<Record<string, string | undefined>>;
@@ -178,78 +217,112 @@ export function packageRoot(): string {
   }
 }
 
-export const DEFAULT_MODEL = 'models/tiny-llava-shapes';
-
 /** Builds the Config from parsed flag values and the environment. */
 export function configFrom(values: Values, env: Env = process.env): Config {
   const r = new Reader(values, env);
   const cores = availableParallelism();
-  const workers = r.int('workers', 'VLM_WORKERS', 1, 1);
+  const workers = r.int('workers');
   const config: Config = {
     model: {
-      dir: path.resolve(r.str('model', 'VLM_MODEL_DIR', path.join(packageRoot(), DEFAULT_MODEL))),
-      verifyHashes: r.bool('verify-hashes', 'VLM_VERIFY_HASHES', false),
-      eagerSessions: r.bool('eager-sessions', 'VLM_EAGER_SESSIONS', false),
+      dir: path.resolve(r.given('model') ?? path.join(packageRoot(), DEFAULT_MODEL)),
+      expectedHash: readModelHash(r),
+      verifyHashes: r.bool('verify-hashes'),
+      eagerSessions: r.bool('eager-sessions'),
     },
     runtime: {
-      providers: parseProviders(r.str('provider', 'VLM_PROVIDER', 'cpu'), r.str('device', 'VLM_DEVICE', '')),
-      intraOpThreads: r.int('intra-op-threads', 'VLM_INTRA_OP_THREADS', 0, 0) || Math.max(1, Math.floor(cores / workers)),
-      interOpThreads: r.int('inter-op-threads', 'VLM_INTER_OP_THREADS', 1, 1),
-      graphOptimization: r.oneOf('graph-optimization', 'VLM_GRAPH_OPTIMIZATION', 'all', ['disabled', 'basic', 'extended', 'all'] as const),
-      spinning: r.bool('spinning', 'VLM_SPINNING', false),
+      providers: parseProviders(r.str('provider'), r.str('device')),
+      intraOpThreads: r.int('intra-op-threads') || Math.max(1, Math.floor(cores / workers)),
+      interOpThreads: r.int('inter-op-threads'),
+      graphOptimization: r.oneOf('graph-optimization'),
+      spinning: r.bool('spinning'),
       workers,
     },
     limits: {
-      maxImageBytes: r.int('max-image-bytes', 'VLM_MAX_IMAGE_BYTES', 20 * 1024 * 1024, 1),
-      maxImagePixels: r.int('max-image-pixels', 'VLM_MAX_IMAGE_PIXELS', 40_000_000, 1),
-      maxAspectRatio: r.int('max-aspect-ratio', 'VLM_MAX_ASPECT_RATIO', 32, 1),
-      maxPromptChars: r.int('max-prompt-chars', 'VLM_MAX_PROMPT_CHARS', 4096, 1),
-      queueSize: r.int('queue-size', 'VLM_QUEUE_SIZE', 16, 0),
-      deadlineMs: r.int('deadline-ms', 'VLM_DEADLINE_MS', 60_000, 1),
-      maxNewTokens: r.int('max-new-tokens-limit', 'VLM_MAX_NEW_TOKENS', 256, 1),
+      maxImageBytes: r.int('max-image-bytes'),
+      maxImagePixels: r.int('max-image-pixels'),
+      maxAspectRatio: r.int('max-aspect-ratio'),
+      maxPromptChars: r.int('max-prompt-chars'),
+      queueSize: r.int('queue-size'),
+      deadlineMs: r.int('deadline-ms'),
+      maxNewTokens: r.int('max-new-tokens-limit'),
     },
     services: {
-      host: r.str('host', 'VLM_HOST', '0.0.0.0'),
-      visionPort: r.int('vision-port', 'VLM_VISION_PORT', 50051, 0),
-      languagePort: r.int('language-port', 'VLM_LANGUAGE_PORT', 50052, 0),
-      healthPort: r.int('health-port', 'VLM_HEALTH_PORT', 0, 0),
+      host: r.str('host'),
+      visionPort: r.int('vision-port'),
+      languagePort: r.int('language-port'),
+      healthPort: r.int('health-port'),
     },
     telemetry: {
-      metricsPort: r.int('metrics-port', 'VLM_METRICS_PORT', 9464, 0),
+      metricsPort: r.int('metrics-port'),
     },
     rpc: {
-      visionTarget: r.str('vision-target', 'VLM_VISION_TARGET', ''),
-      rowsPerChunk: r.int('rows-per-chunk', 'VLM_ROWS_PER_CHUNK', 0, 0),
-      authToken: readAuthToken(r.str('auth-token-file', 'VLM_AUTH_TOKEN_FILE', ''), env.VLM_AUTH_TOKEN),
-      shutdownGraceMs: r.int('shutdown-grace-ms', 'VLM_SHUTDOWN_GRACE_MS', 10_000, 0),
-      warmup: r.bool('warmup', 'VLM_WARMUP', true),
-      maxConcurrentStreams: r.int('max-concurrent-streams', 'VLM_MAX_CONCURRENT_STREAMS', 100, 1),
-      maxConnectionAgeMs: r.int('max-connection-age-ms', 'VLM_MAX_CONNECTION_AGE_MS', 300_000, 0),
+      visionTarget: r.str('vision-target'),
+      rowsPerChunk: r.int('rows-per-chunk'),
+      authToken: readAuthToken(r.str('auth-token-file'), env[AUTH_TOKEN_ENV]),
+      shutdownGraceMs: r.int('shutdown-grace-ms'),
+      warmup: r.bool('warmup'),
+      maxConcurrentStreams: r.int('max-concurrent-streams'),
+      maxConnectionAgeMs: r.int('max-connection-age-ms'),
     },
     tls: readTls(r),
-    logLevel: r.oneOf('log-level', 'VLM_LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent'] as const),
+    logLevel: r.oneOf('log-level'),
   };
   return deepFreeze(config);
 }
 
+/** The token itself, for deployments that inject secrets as variables; it has no flag (a flag value shows in `ps`). */
+export const AUTH_TOKEN_ENV = 'VLM_AUTH_TOKEN';
+
+/** `sha256:` and 64 hex digits, as manifest.json's content_hash is written (docs/bundle-format.md). */
+function readModelHash(r: Reader): string | null {
+  const v = r.given('model-hash');
+  if (v === undefined) return null;
+  const hash = v.trim().toLowerCase();
+  if (!/^sha256:[0-9a-f]{64}$/.test(hash)) throw VlmError.invalid(r.from('model-hash'), `expected sha256:<64 hex digits> (a manifest's content_hash), got "${v}"`);
+  return hash;
+}
+
 /** Whether the operator chose the intra-op thread count (flag or env), so a launcher must not pick one. */
 export function intraOpThreadsChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
-  return values['intra-op-threads'] !== undefined || !!env.VLM_INTRA_OP_THREADS;
+  return values['intra-op-threads'] !== undefined || !!env[CONFIG_OPTIONS['intra-op-threads'].env];
 }
 
 /** Whether the operator chose the worker count (flag or env). */
 export function workersChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
-  return values['workers'] !== undefined || !!env.VLM_WORKERS;
+  return values['workers'] !== undefined || !!env[CONFIG_OPTIONS.workers.env];
 }
 
 /**
- * The environment for `services` service processes started on this host: each gets an equal share
- * of the cores as its intra-op threads (each would otherwise take them all and oversubscribe),
+ * The environment for `services` service processes started on this host: each worker of each gets
+ * an equal share of the cores as its intra-op threads (cores / services / workers, the co-located
+ * form of the cores / workers default; each would otherwise take them all and oversubscribe),
  * unless the operator chose a count, which the children then read themselves.
  */
 export function coLocatedServiceEnv(values: Values, services: number, env: Env = process.env): Record<string, string | undefined> {
   if (intraOpThreadsChosen(values, env)) return { ...env };
-  return { ...env, VLM_INTRA_OP_THREADS: String(Math.max(1, Math.floor(availableParallelism() / services))) };
+  const workers = new Reader(values, env).int('workers');
+  return { ...env, [CONFIG_OPTIONS['intra-op-threads'].env]: String(Math.max(1, Math.floor(availableParallelism() / services / workers))) };
+}
+
+/**
+ * The address a client on this host dials to reach a server listening on `host`:`port`: a wildcard
+ * listens on every interface, loopback included; a specific address is the only one listening.
+ */
+export function localAddress(host: string, port: number): string {
+  const h = host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
+  return h.includes(':') && !h.startsWith('[') ? `[${h}]:${port}` : `${h}:${port}`;
+}
+
+/**
+ * Thrown by parseCommandLine for --help / -h instead of reading the config: only the command knows
+ * its own flags, and only the CLI entry point prints (cli/help.ts). Not a VlmError: asking for help
+ * is no failure, and exits 0.
+ */
+export class HelpRequested extends Error {
+  override readonly name = 'HelpRequested';
+  constructor(readonly commandFlags: Readonly<Record<string, { readonly type: string }>>) {
+    super('help requested');
+  }
 }
 
 /**
@@ -263,11 +336,13 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
 ): { config: Config; values: Values; positionals: string[] } {
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra }, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
   } catch (err) {
     throw new VlmError('INVALID_ARGUMENT', (err as Error).message);
   }
+  // Before the config is read: help must print even when a variable in the environment is malformed.
   const values = parsed.values as Values;
+  if (values.help === true) throw new HelpRequested(extra);
   return { config: configFrom(values, env), values, positionals: parsed.positionals };
 }
 
@@ -287,18 +362,18 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Config {
 
 /** Certificate and key come as a pair; a CA without a certificate would be a server without TLS asking for client certificates. */
 function readTls(r: Reader): TlsConfig {
-  const file = (flag: string, envName: string): string | null => {
-    const v = r.str(flag, envName, '');
+  const file = (key: 'tls-cert' | 'tls-key' | 'tls-ca' | 'vision-client-cert' | 'vision-client-key' | 'vision-ca'): string | null => {
+    const v = r.str(key);
     return v === '' ? null : path.resolve(v);
   };
   const tls: TlsConfig = {
-    certFile: file('tls-cert', 'VLM_TLS_CERT'),
-    keyFile: file('tls-key', 'VLM_TLS_KEY'),
-    caFile: file('tls-ca', 'VLM_TLS_CA'),
-    visionClientCertFile: file('vision-client-cert', 'VLM_VISION_CLIENT_CERT'),
-    visionClientKeyFile: file('vision-client-key', 'VLM_VISION_CLIENT_KEY'),
-    visionCaFile: file('vision-ca', 'VLM_VISION_CA'),
-    reloadIntervalMs: r.int('tls-reload-ms', 'VLM_TLS_RELOAD_MS', 60_000, 100),
+    certFile: file('tls-cert'),
+    keyFile: file('tls-key'),
+    caFile: file('tls-ca'),
+    visionClientCertFile: file('vision-client-cert'),
+    visionClientKeyFile: file('vision-client-key'),
+    visionCaFile: file('vision-ca'),
+    reloadIntervalMs: r.int('tls-reload-ms'),
   };
   if ((tls.certFile === null) !== (tls.keyFile === null)) throw VlmError.invalid('--tls-cert/--tls-key', 'set both VLM_TLS_CERT and VLM_TLS_KEY, or neither (plaintext)');
   if (tls.caFile !== null && tls.certFile === null) throw VlmError.invalid('--tls-ca', 'requiring client certificates needs TLS: set VLM_TLS_CERT and VLM_TLS_KEY too');
@@ -325,7 +400,11 @@ function readAuthToken(file: string, fromEnv: string | undefined): string | null
   return token === '' ? null : token;
 }
 
-/** `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order. A lone GPU provider gets `cpu` appended. */
+/**
+ * `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order. Nothing is appended: a GPU
+ * pod configured for `cuda:0` on a broken driver must fail to start, not hold its GPU while serving
+ * on the CPU; `cuda:0,cpu` asks for the fallback.
+ */
 export function parseProviders(spec: string, device = ''): ProviderSpec[] {
   const out: ProviderSpec[] = [];
   for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
@@ -339,7 +418,6 @@ export function parseProviders(spec: string, device = ''): ProviderSpec[] {
     } else throw VlmError.invalid('provider', `unknown execution provider "${raw}"; use cpu, cuda:<id> or webgpu (comma-separated for a fallback order)`);
   }
   if (out.length === 0) throw VlmError.invalid('provider', 'no execution provider given');
-  if (out.length === 1 && out[0]!.kind !== 'cpu') out.push({ kind: 'cpu' });
   return out;
 }
 
@@ -347,46 +425,69 @@ export function providerName(p: ProviderSpec): string {
   return p.kind === 'cuda' ? `cuda:${p.deviceId}` : p.kind;
 }
 
+type Spec<K extends ConfigOption> = (typeof CONFIG_OPTIONS)[K];
+type OptionOfType<T extends OptionSpec['type']> = { [K in ConfigOption]: Spec<K>['type'] extends T ? K : never }[ConfigOption];
+type ChoiceOption = { [K in ConfigOption]: Spec<K> extends { readonly choices: readonly string[] } ? K : never }[ConfigOption];
+type ChoicesOf<K extends ChoiceOption> = Spec<K> extends { readonly choices: readonly (infer C)[] } ? C : never;
+
+/** Reads one option by its CONFIG_OPTIONS row: the flag, else its variable, else its default. */
 class Reader {
   constructor(
     private readonly values: Values,
     private readonly env: Env,
   ) {}
 
-  private raw(flag: string, envName: string): { value: string | boolean; from: string } | undefined {
-    const v = this.values[flag];
-    if (v !== undefined) return { value: v, from: `--${flag}` };
+  private raw(key: ConfigOption): { value: string | boolean; from: string } | undefined {
+    const v = this.values[key];
+    if (v !== undefined) return { value: v, from: `--${key}` };
+    const envName = CONFIG_OPTIONS[key].env;
     const e = this.env[envName];
     if (e !== undefined && e !== '') return { value: e, from: envName };
     return undefined;
   }
 
-  str(flag: string, envName: string, dflt: string): string {
-    const r = this.raw(flag, envName);
-    return r === undefined ? dflt : String(r.value);
+  /** The flag or variable the value was taken from, for error messages (the flag when neither was set). */
+  from(key: ConfigOption): string {
+    return this.raw(key)?.from ?? `--${key}`;
   }
 
-  bool(flag: string, envName: string, dflt: boolean): boolean {
-    const r = this.raw(flag, envName);
-    if (r === undefined) return dflt;
+  /** The value set by flag or variable; undefined when neither is (the default is the caller's to compute). */
+  given(key: OptionOfType<'string'>): string | undefined {
+    const r = this.raw(key);
+    return r === undefined ? undefined : String(r.value);
+  }
+
+  str(key: OptionOfType<'string'>): string {
+    return this.given(key) ?? CONFIG_OPTIONS[key].default;
+  }
+
+  bool(key: OptionOfType<'boolean'>): boolean {
+    const r = this.raw(key);
+    if (r === undefined) return CONFIG_OPTIONS[key].default;
     if (typeof r.value === 'boolean') return r.value;
     if (/^(1|true|yes|on)$/i.test(r.value)) return true;
     if (/^(0|false|no|off)$/i.test(r.value)) return false;
     throw VlmError.invalid(r.from, `expected a boolean, got "${r.value}"`);
   }
 
-  int(flag: string, envName: string, dflt: number, min: number): number {
-    const r = this.raw(flag, envName);
-    if (r === undefined) return dflt;
+  /**
+   * Bounded above too: past 2^31-1 ms a Node timer fires after 1 ms (a 3e9 ms deadline would fail
+   * every call at once), and a port past 65535 or a thread count in the millions is a typo.
+   */
+  int(key: OptionOfType<'int'>): number {
+    const spec = CONFIG_OPTIONS[key];
+    const r = this.raw(key);
+    if (r === undefined) return spec.default;
     const n = Number(r.value);
-    if (!Number.isInteger(n) || n < min) throw VlmError.invalid(r.from, `expected an integer >= ${min}, got "${String(r.value)}"`);
+    if (!Number.isInteger(n) || n < spec.min || n > spec.max) throw VlmError.invalid(r.from, `expected an integer from ${spec.min} to ${spec.max}, got "${String(r.value)}"`);
     return n;
   }
 
-  oneOf<T extends string>(flag: string, envName: string, dflt: T, allowed: readonly T[]): T {
-    const v = this.str(flag, envName, dflt);
-    if (!(allowed as readonly string[]).includes(v)) throw VlmError.invalid(`--${flag}`, `expected one of ${allowed.join(', ')}, got "${v}"`);
-    return v as T;
+  oneOf<K extends ChoiceOption>(key: K): ChoicesOf<K> {
+    const allowed: readonly string[] = CONFIG_OPTIONS[key].choices;
+    const v = this.str(key);
+    if (!allowed.includes(v)) throw VlmError.invalid(this.from(key), `expected one of ${allowed.join(', ')}, got "${v}"`);
+    return v as ChoicesOf<K>;
   }
 }
 

@@ -9,7 +9,8 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isCorrect, parseBudgetFlag, selectEvenly, type EvalItem } from '../cli/eval';
+import { isCorrect, selectEvenly, type EvalItem } from '../cli/eval';
+import { integerFlag, parseBudgetFlag, seedFlag } from '../cli/numeric-flags';
 import { RANDOM_BUNDLE, ROOT } from './core-helpers';
 
 const exec = promisify(execFile);
@@ -78,6 +79,36 @@ describe('vlm CLI', () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"[\s\S]*eval/);
   });
+
+  // Each would fail to serialise into the request (or be judged under a proto field name): the CLI
+  // names the flag and its range before anything is sent. Port 1 has no service: nothing is sent.
+  const askFlags: Array<[string[], RegExp]> = [
+    [['--budget', '12.5'], /^INVALID_ARGUMENT: --budget: a token count must be an integer in \[1, 4294967295\], got "12\.5"; for a share of the visual tokens write a percentage like 12\.5%$/m],
+    [['--seed', '1.5'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 9007199254740991\], got "1\.5"$/m],
+    [['--seed=-1'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 9007199254740991\], got "-1"$/m],
+    [['--max-tokens', '1e10'], /^INVALID_ARGUMENT: --max-tokens: expected an integer in \[1, 4294967295\], got "1e10"$/m],
+    [['--max-tokens', '2.5'], /^INVALID_ARGUMENT: --max-tokens: expected an integer in \[1, 4294967295\], got "2\.5"$/m],
+  ];
+  for (const [flags, message] of askFlags) {
+    it(`ask ${flags.join(' ')} is INVALID_ARGUMENT naming the flag and its range`, async () => {
+      const r = await vlm(['ask', '--image', path.join(dir, 'eval/0.png'), '--question', 'what color?', '--target', '127.0.0.1:1', '--deadline-ms', '3000', ...flags]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(message);
+    });
+  }
+
+  it('eval judges its numeric flags before starting the pool', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['--budget', '12.5'], /^INVALID_ARGUMENT: --budget: a token count must be an integer/m],
+      [['--seed', '1.5'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 9007199254740991\]/m],
+      [['--max-new-tokens', '1e10'], /^INVALID_ARGUMENT: --max-new-tokens: expected an integer in \[1, 256\], got "1e10"$/m],
+    ];
+    for (const [flags, message] of cases) {
+      const r = await vlm(['eval', '--model', dir, '--limit', '1', ...flags]);
+      expect(r.code, flags.join(' ')).toBe(1);
+      expect(r.stderr).toMatch(message);
+    }
+  });
 });
 
 describe('eval helpers', () => {
@@ -95,7 +126,26 @@ describe('eval helpers', () => {
   it('parses budgets as tokens or percent', () => {
     expect(parseBudgetFlag('128')).toEqual({ tokens: 128 });
     expect(parseBudgetFlag('12.5%')).toEqual({ percent: 12.5 });
+    expect(parseBudgetFlag('100%')).toEqual({ percent: 100 });
     expect(parseBudgetFlag(undefined)).toBeNull();
     expect(() => parseBudgetFlag('-3')).toThrow(/--budget/);
+  });
+
+  it('takes a token budget only as a whole number a uint32 holds, and a percentage only in (0, 100]', () => {
+    expect(() => parseBudgetFlag('12.5')).toThrow(/--budget: a token count must be an integer in \[1, 4294967295\]/);
+    expect(() => parseBudgetFlag('0')).toThrow(/--budget/);
+    expect(() => parseBudgetFlag('4294967296')).toThrow(/--budget/);
+    expect(parseBudgetFlag('4294967295')).toEqual({ tokens: 4294967295 });
+    expect(() => parseBudgetFlag('0%')).toThrow(/--budget: a percentage must be in \(0, 100\]/);
+    expect(() => parseBudgetFlag('100.5%')).toThrow(/--budget/);
+  });
+
+  it('takes seeds from 0 to 2^53 - 1 and integer flags only within their range', () => {
+    expect(seedFlag({ seed: '0' })).toBe(0);
+    expect(seedFlag({ seed: String(Number.MAX_SAFE_INTEGER) })).toBe(Number.MAX_SAFE_INTEGER);
+    expect(() => seedFlag({ seed: '9007199254740992' })).toThrow(/--seed/);
+    expect(seedFlag({})).toBeUndefined();
+    expect(integerFlag({ n: '1e3' }, 'n', 1, 2000)).toBe(1000);
+    expect(() => integerFlag({ n: '' }, 'n', 0, 10)).toThrow(/--n: expected an integer in \[0, 10\], got ""/);
   });
 });

@@ -33,16 +33,18 @@ describe('config', () => {
     expect(testConfig().runtime.intraOpThreads).toBe(1);
   });
 
-  it('parses provider fallback orders and rejects unknown providers', () => {
-    expect(parseProviders('cuda:1')).toEqual([{ kind: 'cuda', deviceId: 1 }, { kind: 'cpu' }]);
-    expect(parseProviders('cuda', '2')).toEqual([{ kind: 'cuda', deviceId: 2 }, { kind: 'cpu' }]);
+  it('parses provider fallback orders as given, appending nothing, and rejects unknown providers', () => {
+    // A lone GPU provider means that GPU or no start: a silent CPU fallback would hold the GPU and serve slowly.
+    expect(parseProviders('cuda:1')).toEqual([{ kind: 'cuda', deviceId: 1 }]);
+    expect(parseProviders('cuda', '2')).toEqual([{ kind: 'cuda', deviceId: 2 }]);
+    expect(parseProviders('cuda:0,cpu')).toEqual([{ kind: 'cuda', deviceId: 0 }, { kind: 'cpu' }]);
     expect(parseProviders('webgpu,cuda:0')).toEqual([{ kind: 'webgpu' }, { kind: 'cuda', deviceId: 0 }]);
     expect(() => parseProviders('tpu')).toThrow(/unknown execution provider "tpu"; use cpu, cuda:<id> or webgpu/);
   });
 
   it('rejects unknown flags and bad numbers as INVALID_ARGUMENT', () => {
     expect(() => parseCommandLine(['--modle', 'x'], {}, {})).toThrow(VlmError);
-    expect(() => parseCommandLine(['--queue-size=-1'], {}, {})).toThrow(/--queue-size: expected an integer >= 0, got "-1"/);
+    expect(() => parseCommandLine(['--queue-size=-1'], {}, {})).toThrow(/--queue-size: expected an integer from 0 to \d+, got "-1"/);
     const { values, positionals } = parseCommandLine(['eval', '--json', '--limit', '3'], { json: { type: 'boolean' }, limit: { type: 'string' } }, {});
     expect(values).toMatchObject({ json: true, limit: '3' });
     expect(positionals).toEqual(['eval']);
@@ -151,6 +153,17 @@ describe('tensor helpers', () => {
       expect(rows.map((l) => sampler.next(l)), JSON.stringify(params)).toEqual(reference(params, rows));
     }
     expect(descendingPrefix(Float32Array.from([1, 3, 3, 2]), Float64Array.from([0.1, 1, 1, 0.4]), (count) => count >= 3)).toEqual([1, 2, 3]);
+  });
+
+  it('draws a different stream for every seed the API accepts, not only for their low 32 bits', () => {
+    const draws = (seed: number) => Array.from({ length: 4 }, seededRandom(seed));
+    // Mulberry32 as published, for seeds below 2^32: existing seeds keep their streams.
+    expect(draws(1)).toEqual([0.6270739405881613, 0.002735721180215478, 0.5274470399599522, 0.9810509674716741]);
+    for (const s of [0, 7, 2 ** 32 - 1]) {
+      expect(draws(s + 2 ** 32)).not.toEqual(draws(s));
+      expect(draws(s + 2 ** 40)).not.toEqual(draws(s + 2 ** 32));
+    }
+    expect(draws(Number.MAX_SAFE_INTEGER)).toEqual(draws(Number.MAX_SAFE_INTEGER));
   });
 
   it('greedy takes the first maximum; temperature sampling stays inside top-k', () => {

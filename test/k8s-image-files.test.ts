@@ -63,8 +63,15 @@ describe('the runtime image holds every file the services read', () => {
   let scratch: string | undefined;
   let server: ChildProcess | undefined;
   let stderr = '';
-  afterEach(() => {
-    if (server && running(server)) server.kill('SIGKILL');
+  afterEach(async () => {
+    // SIGTERM, not SIGKILL: serve all stops its two children on SIGTERM; killed outright, it would
+    // leave them running.
+    if (server && running(server)) {
+      const exited = new Promise((resolve) => server!.once('exit', resolve));
+      server.kill('SIGTERM');
+      await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 15_000))]);
+      if (running(server)) server.kill('SIGKILL');
+    }
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 

@@ -81,6 +81,19 @@ describe('vlm serve all + vlm ask', () => {
     expect(infeasible.stderr).toMatch(/^INVALID_ARGUMENT: .*999/);
   });
 
+  it('passes SIGHUP (reload TLS files) on to both services and keeps all three running', async () => {
+    const children = () => spawnSync('ps', ['-o', 'pid=', '--ppid', String(server.pid)], { encoding: 'utf8' }).stdout.trim().split(/\s+/).filter(Boolean);
+    expect(children()).toHaveLength(2);
+    server.kill('SIGHUP');
+    // Plaintext services have nothing to re-read; each says so, and neither takes SIGHUP's default (exit).
+    await eventually(() => (stderr.match(/"msg":"SIGHUP: no TLS files to re-read"/g) ?? []).length === 2, 10_000);
+    expect(stderr).toMatch(/"component":"serve","msg":"SIGHUP: passing it to the services"/);
+    expect(running(server)).toBe(true);
+    expect(children()).toHaveLength(2);
+    expect(await healthOf(target, 1000)).toBe('SERVING');
+    expect(await healthOf(visionAddress, 1000)).toBe('SERVING');
+  });
+
   it('stops both services on SIGTERM and exits 0', async () => {
     server.kill('SIGTERM');
     const code = await new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));

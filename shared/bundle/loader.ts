@@ -23,12 +23,17 @@ export interface Bundle {
 }
 
 export interface LoadOptions {
-  readonly model: Pick<ModelConfig, 'verifyHashes' | 'eagerSessions'>;
+  readonly model: Pick<ModelConfig, 'verifyHashes' | 'eagerSessions'> & Partial<Pick<ModelConfig, 'expectedHash'>>;
   readonly runtime: SessionRuntime;
   readonly log?: Logger;
 }
 
-export async function readManifest(dir: string, verifyHashes = false): Promise<Manifest> {
+/**
+ * `expectedHash` (VLM_MODEL_HASH) is compared before the files are read: a wrong bundle fails at
+ * once, not after hashing gigabytes. It pins the manifest's claim; `verifyHashes` proves the files
+ * hold what the manifest lists.
+ */
+export async function readManifest(dir: string, verifyHashes = false, expectedHash: string | null = null): Promise<Manifest> {
   const file = path.join(dir, 'manifest.json');
   let text: string;
   try {
@@ -43,6 +48,9 @@ export async function readManifest(dir: string, verifyHashes = false): Promise<M
     throw new VlmError('FAILED_PRECONDITION', `${file} is not valid JSON: ${(err as Error).message}`);
   }
   const manifest = checkManifest(raw, file);
+  if (expectedHash !== null && manifest.content_hash !== expectedHash) {
+    throw new VlmError('FAILED_PRECONDITION', `bundle ${dir} has content_hash ${manifest.content_hash}, but --model-hash / VLM_MODEL_HASH requires ${expectedHash}; point --model / VLM_MODEL_DIR at that bundle or change the pinned hash`);
+  }
   await checkFiles(dir, manifest.files, verifyHashes);
   if (verifyHashes) {
     const actual = contentHash(manifest.files);
@@ -54,7 +62,8 @@ export async function readManifest(dir: string, verifyHashes = false): Promise<M
 export async function loadBundle(dir: string, options: LoadOptions): Promise<Bundle> {
   const abs = path.resolve(dir);
   const log = options.log ?? createLogger('bundle');
-  const manifest = await readManifest(abs, options.model.verifyHashes);
+  // Here rather than in the service: every worker of a pool loads through this, replacements too.
+  const manifest = await readManifest(abs, options.model.verifyHashes, options.model.expectedHash ?? null);
   const stages = new StageSet(abs, manifest, new ProviderChain(options.runtime, log));
   if (options.model.eagerSessions) await stages.openAll();
   log.info('bundle loaded', { dir: abs, model_id: manifest.model_id, content_hash: manifest.content_hash, eager: options.model.eagerSessions });

@@ -1,8 +1,9 @@
 /**
  * Opening ONNX Runtime sessions on the configured execution providers. ORT throws when a provider is
- * unavailable instead of falling back, so the order is walked here: each failure is logged with its
- * cause, and the first provider that opens a session is pinned for the rest of the bundle (mixing
- * providers between stages would move every hidden state across devices).
+ * unavailable instead of falling back, so the configured order is walked here (and only that order:
+ * a lone `cuda:0` never falls back to the CPU): each failure is logged with its cause, and the first
+ * provider that opens a session is pinned for the rest of the bundle (mixing providers between
+ * stages would move every hidden state across devices).
  */
 import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
@@ -79,11 +80,23 @@ export class ProviderChain {
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
         if (this.pinned) throw new VlmError(isOutOfMemory(message) ? 'RESOURCE_EXHAUSTED' : 'FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
+        // Out of memory says the device works but is full (another worker or process shares it):
+        // falling on to the next provider would pin this worker to the CPU for good while its
+        // service goes on advertising the GPU. Failing lets the start be retried once memory frees.
+        if (isOutOfMemory(message)) {
+          throw new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: out of memory (${message}); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err });
+        }
         this.failed.set(name, message);
         this.log.warn('execution provider unavailable, trying the next', { provider: name, error: message });
       }
     }
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
-    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER to one this host has`);
+    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER to one this host has${fallbackHint(this.runtime.providers)}`);
   }
+}
+
+/** A list without the CPU never falls back to it by itself; name the explicit way to ask for that. */
+function fallbackHint(providers: readonly ProviderSpec[]): string {
+  if (providers.some((p) => p.kind === 'cpu')) return '';
+  return `, or list a fallback explicitly (--provider ${[...providers.map(providerName), 'cpu'].join(',')})`;
 }

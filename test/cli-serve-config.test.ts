@@ -1,0 +1,98 @@
+/**
+ * The `vlm` command's own description of its configuration, and `vlm serve all` wiring the two
+ * services together wherever vision listens.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AUTH_TOKEN_ENV, CONFIG_OPTIONS } from '../shared/config';
+import { healthOf } from '../services/common/health-client';
+import { freePort } from '../cli/free-port';
+import { running } from '../cli/child-running';
+import { eventually } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+/** `vlm ARGV` as a user runs it: exit status and stdout. */
+function printed(argv: string[]): { code: number | null; out: string } {
+  const r = spawnSync(process.execPath, [BIN, ...argv], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, out: r.stdout };
+}
+
+describe('vlm <command> --help', () => {
+  it('prints every config flag with its variable and default, from the table config is read through, and exits 0', () => {
+    const { code, out } = printed(['serve', '--help']);
+    expect(code).toBe(0);
+    expect(out).toMatch(/^usage: vlm serve \[flags\]/);
+    for (const [flag, o] of Object.entries(CONFIG_OPTIONS)) expect(out).toMatch(new RegExp(`--${flag}\\b.*\\b${o.env}\\b.*\\[default: `));
+    expect(out).toMatch(/--deadline-ms MS +VLM_DEADLINE_MS .*\[default: 60000, 1 to 2147483647\]/);
+  });
+
+  it('lists the command\'s own flags too, also as `vlm help <command>`', () => {
+    const { code, out } = printed(['help', 'ask']);
+    expect(code).toBe(0);
+    expect(out).toMatch(/^usage: vlm ask \[flags\]/);
+    expect(out).toMatch(/^ {2}--image VALUE$/m);
+    expect(out).toMatch(/--provider LIST +VLM_PROVIDER/);
+  });
+
+  it('points a command with subcommands to theirs', () => {
+    const { code, out } = printed(['bench', '-h']);
+    expect(code).toBe(0);
+    expect(out).toContain('vlm bench accuracy --help, vlm bench load --help');
+  });
+});
+
+describe("README's configuration table", () => {
+  const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Telemetry'));
+  const rows = section.split('\n').filter((l) => /^\| .*`(--|VLM_)/.test(l)).map((l) => l.split('|').slice(1, 3).map((cell) => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!.split(' ')[0]!)));
+
+  it('pairs each flag with the variable config reads for it', () => {
+    expect(rows.length).toBeGreaterThan(10);
+    for (const [flags, vars] of rows) {
+      const vlmVars = vars!.filter((v) => v.startsWith('VLM_'));
+      for (const f of flags!) expect(Object.keys(CONFIG_OPTIONS), `${f} is a config flag`).toContain(f.replace(/^--/, ''));
+      if (flags!.length === 0) {
+        const known = [...Object.values(CONFIG_OPTIONS).map((o) => o.env), AUTH_TOKEN_ENV];
+        for (const v of vlmVars) expect(known, `${v} is read by config`).toContain(v);
+        continue;
+      }
+      expect(vlmVars.map((v) => v), `row ${flags!.join(', ')}`).toEqual(flags!.map((f) => CONFIG_OPTIONS[f.replace(/^--/, '') as keyof typeof CONFIG_OPTIONS].env));
+    }
+  });
+});
+
+describe('vlm serve all, vision on a picked port and a specific host', () => {
+  let server: ChildProcess | undefined;
+  // SIGTERM, so the parent takes both services down with it; SIGKILL only if that hangs.
+  afterEach(async () => {
+    if (!server || !running(server)) return;
+    const exited = new Promise((resolve) => server!.once('exit', resolve));
+    server.kill('SIGTERM');
+    if ((await Promise.race([exited, new Promise((r) => setTimeout(() => r('hung'), 15_000))])) === 'hung') server.kill('SIGKILL');
+  });
+
+  it('has language dial the address vision bound: --host 127.0.0.2 --vision-port 0', async () => {
+    const languagePort = await freePort();
+    const target = `127.0.0.2:${languagePort}`;
+    let stderr = '';
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.2', '--vision-port', '0', '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    await eventually(async () => {
+      if (!running(server!)) throw new Error(`serve all exited:\n${stderr}`);
+      return (await healthOf(target, 500).catch(() => '')) === 'SERVING';
+    }, 90_000, 200);
+    expect(stderr).toMatch(/"msg":"vision target","target":"127\.0\.0\.2:[1-9]\d*"/);
+    const image = path.join(tmpdir(), `vlm-serve-config-${process.pid}.png`);
+    writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
+    const r = spawnSync(process.execPath, [BIN, 'ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '2'], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  }, 120_000);
+});

@@ -1,0 +1,80 @@
+/**
+ * Config options as the operator sets them: every integer bounded on both sides (a timer past 2^31-1
+ * ms fires at once), the model hash pinned in its one format, serve all's thread share per worker,
+ * and the address language dials for vision on this host.
+ */
+import { describe, expect, it, vi } from 'vitest';
+import { coLocatedServiceEnv, configFrom, localAddress, parseCommandLine, testConfig } from '../shared/config';
+import { visionTargetOf } from '../services/language/server';
+
+// A 16-core host, so that a share per worker differs from a share per service.
+vi.mock('node:os', async (importOriginal) => {
+  const os = await importOriginal<typeof import('node:os')>();
+  return { ...os, default: { ...os, availableParallelism: () => 16 }, availableParallelism: () => 16 };
+});
+
+const TIMER_MAX = 2 ** 31 - 1;
+
+describe('integer options', () => {
+  it('refuse a millisecond value a Node timer cannot hold, naming the flag or variable and the range', () => {
+    expect(() => configFrom({ 'deadline-ms': '3000000000' }, {})).toThrow(/^--deadline-ms: expected an integer from 1 to 2147483647, got "3000000000"$/);
+    expect(() => configFrom({}, { VLM_SHUTDOWN_GRACE_MS: String(TIMER_MAX + 1) })).toThrow(/^VLM_SHUTDOWN_GRACE_MS: expected an integer from 0 to 2147483647/);
+    expect(() => configFrom({ 'tls-reload-ms': '1e10' }, {})).toThrow(/^--tls-reload-ms: expected an integer from 100 to 2147483647/);
+    expect(() => configFrom({}, { VLM_MAX_CONNECTION_AGE_MS: '9007199254740991' })).toThrow(/^VLM_MAX_CONNECTION_AGE_MS: /);
+    const c = configFrom({ 'deadline-ms': String(TIMER_MAX), 'shutdown-grace-ms': String(TIMER_MAX) }, {});
+    expect(c.limits.deadlineMs).toBe(TIMER_MAX);
+    expect(c.rpc.shutdownGraceMs).toBe(TIMER_MAX);
+  });
+
+  it('refuse ports past 65535 and thread counts past any machine as INVALID_ARGUMENT', () => {
+    for (const flag of ['vision-port', 'language-port', 'health-port', 'metrics-port']) {
+      expect(() => parseCommandLine([`--${flag}`, '65536'], {}, {})).toThrow(new RegExp(`^--${flag}: expected an integer from 0 to 65535`));
+      expect(() => parseCommandLine([`--${flag}`, '65535'], {}, {})).not.toThrow();
+    }
+    expect(() => parseCommandLine(['--workers', '100000'], {}, {})).toThrow(/--workers: expected an integer from 1 to/);
+    expect(() => parseCommandLine(['--intra-op-threads', '50051'], {}, {})).toThrow(/--intra-op-threads: expected an integer from 0 to/);
+  });
+});
+
+describe('--model-hash / VLM_MODEL_HASH', () => {
+  const hash = `sha256:${'ab'.repeat(32)}`;
+
+  it('is read from the flag or the variable (case-insensitively), and absent means any bundle', () => {
+    expect(configFrom({ 'model-hash': hash.toUpperCase().replace('SHA256', 'sha256') }, {}).model.expectedHash).toBe(hash);
+    expect(configFrom({}, { VLM_MODEL_HASH: hash }).model.expectedHash).toBe(hash);
+    expect(configFrom({}, {}).model.expectedHash).toBeNull();
+  });
+
+  it('must be sha256: and 64 hex digits, as a manifest writes content_hash', () => {
+    expect(() => configFrom({}, { VLM_MODEL_HASH: 'abab' })).toThrow(/^VLM_MODEL_HASH: expected sha256:<64 hex digits>/);
+    expect(() => configFrom({ 'model-hash': 'ab'.repeat(32) }, {})).toThrow(/^--model-hash: expected sha256:<64 hex digits>/);
+  });
+});
+
+describe('serve all thread share', () => {
+  it('gives each worker of each of the two services cores / 2 / workers intra-op threads, at least one', () => {
+    expect(coLocatedServiceEnv({}, 2, {}).VLM_INTRA_OP_THREADS).toBe('8');
+    expect(coLocatedServiceEnv({ workers: '4' }, 2, {}).VLM_INTRA_OP_THREADS).toBe('2');
+    expect(coLocatedServiceEnv({}, 2, { VLM_WORKERS: '3' }).VLM_INTRA_OP_THREADS).toBe('2');
+    expect(coLocatedServiceEnv({ workers: '64' }, 2, {}).VLM_INTRA_OP_THREADS).toBe('1');
+    // A count the operator chose is the children's to read; serve all leaves it alone.
+    expect(coLocatedServiceEnv({ workers: '4' }, 2, { VLM_INTRA_OP_THREADS: '6' }).VLM_INTRA_OP_THREADS).toBe('6');
+  });
+});
+
+describe('the vision address language dials without --vision-target', () => {
+  const target = (host: string, visionPort = 50051, visionTarget = '') => visionTargetOf(testConfig({ services: { host, visionPort }, rpc: { visionTarget } }));
+
+  it('is where vision listens: the given host, loopback for a wildcard', () => {
+    expect(target('127.0.0.2')).toBe('127.0.0.2:50051');
+    expect(target('0.0.0.0', 6000)).toBe('127.0.0.1:6000');
+    expect(target('::')).toBe('[::1]:50051');
+    expect(target('::1')).toBe('[::1]:50051');
+    expect(target('127.0.0.2', 50051, 'dns:///vision:50051')).toBe('dns:///vision:50051');
+    expect(localAddress('vision.local', 7)).toBe('vision.local:7');
+  });
+
+  it('cannot be guessed for vision port 0 (any free port), so that is INVALID_ARGUMENT asking for a target', () => {
+    expect(() => target('127.0.0.1', 0)).toThrow(/--vision-target: is required when --vision-port is 0/);
+  });
+});

@@ -1,0 +1,82 @@
+/**
+ * What stops a service from starting rather than serving the wrong way: a GPU provider that cannot
+ * open (no silent CPU fallback unless the list asks for one), a GPU that is out of memory when the
+ * first session opens (no fallback at all), and a bundle whose content hash is not the pinned one.
+ */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { configFrom, testConfig } from '../shared/config';
+import { loadBundle } from '../shared/bundle';
+import { createLogger } from '../shared/log';
+import { ProviderChain } from '../shared/onnx/providers';
+import { startVisionService } from '../services/vision/server';
+import { failure, RANDOM_BUNDLE } from './core-helpers';
+
+const log = createLogger('test');
+const GRAPH = path.join(RANDOM_BUNDLE, 'vision/projector.onnx');
+const HASH = (JSON.parse(readFileSync(path.join(RANDOM_BUNDLE, 'manifest.json'), 'utf8')) as { content_hash: string }).content_hash;
+const OTHER_HASH = `sha256:${'0'.repeat(64)}`;
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('execution provider start-up', () => {
+  it('--provider cuda:0 on a host without CUDA fails FAILED_PRECONDITION with the error and the explicit fallback, never on the CPU', async () => {
+    // onnxruntime-node here ships without the CUDA provider, as a node with a broken driver behaves.
+    const chain = new ProviderChain({ ...configFrom({ provider: 'cuda:0' }, { VLM_INTRA_OP_THREADS: '1' }).runtime }, log);
+    const e = await failure(chain.open(GRAPH));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(/tried cuda:0: .+\); .*--provider cuda:0,cpu/);
+    expect(chain.active).toBeUndefined();
+  });
+
+  it('--provider cuda:0,cpu falls back to the CPU, as asked', async () => {
+    const chain = new ProviderChain(configFrom({ provider: 'cuda:0,cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, log);
+    expect((await chain.open(GRAPH)).provider).toBe('cpu');
+  });
+
+  it('out of memory on the first session is RESOURCE_EXHAUSTED, not a fallback to the next provider', async () => {
+    const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
+    const spy = vi.spyOn(ort.InferenceSession, 'create').mockImplementation(((file: string, options: ort.InferenceSession.SessionOptions) => {
+      const ep = options.executionProviders?.[0];
+      if (typeof ep === 'object' && ep.name === 'cuda') return Promise.reject(new Error('CUDA failure 2: out of memory ; GPU=0'));
+      return create(file, options);
+    }) as never);
+    const chain = new ProviderChain(configFrom({ provider: 'cuda:0,cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, log);
+    const e = await failure(chain.open(GRAPH));
+    expect(e.code).toBe('RESOURCE_EXHAUSTED');
+    expect(e.message).toMatch(/on cuda:0: out of memory .*not falling back/);
+    expect(spy).toHaveBeenCalledTimes(1); // the CPU was never tried
+    expect(chain.active).toBeUndefined();
+  });
+});
+
+describe('the pinned bundle hash (--model-hash / VLM_MODEL_HASH)', () => {
+  const config = testConfig();
+  const load = (expectedHash: string | null) => loadBundle(RANDOM_BUNDLE, { model: { verifyHashes: false, eagerSessions: false, expectedHash }, runtime: config.runtime, log });
+
+  it('refuses another bundle with FAILED_PRECONDITION naming both hashes, and loads the pinned one', async () => {
+    const e = await failure(load(OTHER_HASH));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toContain(`has content_hash ${HASH}, but --model-hash / VLM_MODEL_HASH requires ${OTHER_HASH}`);
+    const b = await load(HASH);
+    expect(b.manifest.content_hash).toBe(HASH);
+    await b.stages.dispose();
+  });
+
+  it('keeps a service from starting on another bundle, and lets it start on the pinned one', async () => {
+    const service = (hash: string) => startVisionService(testConfig({ model: { dir: RANDOM_BUNDLE, expectedHash: hash }, services: { host: '127.0.0.1' }, telemetry: { metricsPort: 0 } }), { port: 0 });
+    const e = await failure(service(OTHER_HASH));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toContain(`requires ${OTHER_HASH}`);
+    const running = await service(HASH);
+    try {
+      expect(running.engine.model.manifest.content_hash).toBe(HASH);
+    } finally {
+      await running.stop();
+    }
+  });
+});
