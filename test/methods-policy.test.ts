@@ -124,6 +124,15 @@ describe('ficoco-vl', () => {
     expect(vs.outputTokens).toBeLessThan(196);
   });
 
+  it('takes vision_tokens as the split of a budget, and refuses it without one', () => {
+    const geometry = { fullVisualTokens: 196, languageLayers: 12, anchors: tiny.anchors };
+    const p = policy('ficoco-v', 'ficoco-l', 25);
+    expect(resolveBudgetSplit({ ...p, params: { vision_tokens: 120 } }, geometry).visionTokens).toBe(120);
+    const e = thrown(() => resolveBudgetSplit({ ...policy('ficoco-v', 'ficoco-l', null), params: { vision_tokens: 120 } }, geometry));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toMatch(/vision_tokens.*set policy.budget too/);
+  });
+
   it('is listed with its feasible range for GetModelInfo', () => {
     const rows = feasibleBudgets(tiny, { numLayers: 12, hiddenSize: 64, numHeads: 4, fullVisualTokens: 196, anchors: tiny.anchors });
     expect(rows.find((r) => r.preset === 'ficoco-vl' && r.mode === 'clean')).toMatchObject({ vision: 'ficoco-v', language: 'ficoco-l', min: 1, max: 196 });

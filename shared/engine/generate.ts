@@ -112,7 +112,7 @@ export async function generate(
   const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
   const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
   if (promptTokens + sampling.maxNewTokens > arch.max_positions) {
-    throw VlmError.invalid('sampling.max_new_tokens', `prompt (${promptTokens} tokens) + max_new_tokens (${sampling.maxNewTokens}) exceeds the model's ${arch.max_positions} positions`);
+    throw VlmError.invalid('sampling.max_tokens', `prompt (${promptTokens} tokens) + max_tokens (${sampling.maxNewTokens}) exceeds the model's ${arch.max_positions} positions`);
   }
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
   // The last token is sampled, never fed back: decode appends at most maxNewTokens - 1 rows.

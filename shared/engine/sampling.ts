@@ -24,7 +24,7 @@ export function checkSampling(s: SamplingParams, maxNewTokensLimit: number): voi
   if (!(s.topP > 0 && s.topP <= 1)) throw VlmError.invalid('sampling.top_p', `must be in (0, 1], got ${s.topP}`);
   if (!Number.isInteger(s.topK) || s.topK < 0) throw VlmError.invalid('sampling.top_k', `must be an integer >= 0, got ${s.topK}`);
   if (!Number.isInteger(s.maxNewTokens) || s.maxNewTokens < 1 || s.maxNewTokens > maxNewTokensLimit) {
-    throw VlmError.invalid('sampling.max_new_tokens', `must be an integer in [1, ${maxNewTokensLimit}], got ${s.maxNewTokens}`);
+    throw VlmError.invalid('sampling.max_tokens', `must be an integer in [1, ${maxNewTokensLimit}], got ${s.maxNewTokens}`);
   }
 }
 

@@ -115,8 +115,10 @@ function fits(range: BudgetRange, b: number): boolean {
 export function resolveBudgetSplit(policy: ReductionPolicy, g: SplitGeometry): BudgetSplit {
   const total = budgetTokens(policy.budget, g.fullVisualTokens);
   if (policy.vision === 'none' || policy.language === 'none') return { total, visionTokens: policy.vision === 'none' ? null : total };
-  if (total === null) return { total, visionTokens: null };
   const override = policy.params['vision_tokens'];
+  // Silently running the methods' defaults would look like the split the caller asked for.
+  if (total === null && override !== undefined) throw VlmError.invalid('policy.params.vision_tokens', 'splits a budget between the two sides; set policy.budget too');
+  if (total === null) return { total, visionTokens: null };
   if (override !== undefined) {
     if (typeof override !== 'number' || !Number.isInteger(override) || override < Math.ceil(total) || override > g.fullVisualTokens) {
       throw VlmError.invalid('policy.params.vision_tokens', `must be an integer in [${Math.ceil(total)}, ${g.fullVisualTokens}], got ${String(override)}`);
