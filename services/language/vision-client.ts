@@ -71,7 +71,7 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
-/** Whole-call repeats of an Encode that failed UNAVAILABLE, beyond grpc-js's own transparent retries. */
+/** Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before that). */
 const RETRIES = 2;
 const RETRY_BACKOFF_MS = 25;
 
@@ -104,20 +104,23 @@ export class VisionClient {
    * and the caller has received nothing yet (text streams only after the tensor is whole), so the
    * whole call is repeated, up to RETRIES times, while the deadline allows; the channel's round robin
    * sends it to another address. The partial tensor is discarded: a stream is never spliced.
+   * A call that failed before any message was already retried by grpc-js (VISION_SERVICE_CONFIG);
+   * repeating it here too would multiply the attempts (3 x 3) against a replica set that is down.
    */
   async encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
     for (let attempt = 0; ; attempt++) {
+      const progress = { received: false };
       try {
-        return await this.encodeOnce(request, expect, ctx);
+        return await this.encodeOnce(request, expect, ctx, progress);
       } catch (err) {
-        const retry = err instanceof VlmError && err.code === 'UNAVAILABLE' && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS < ctx.deadline;
+        const retry = err instanceof VlmError && err.code === 'UNAVAILABLE' && progress.received && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS * (attempt + 1) < ctx.deadline;
         if (!retry) throw err;
         await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS * (attempt + 1)));
       }
     }
   }
 
-  private encodeOnce(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
+  private encodeOnce(request: EncodeRequest, expect: Expectation, ctx: HopContext, progress: { received: boolean }): Promise<AssembledTensor> {
     return new Promise((resolve, reject) => {
       if (ctx.signal.aborted) return reject(ctx.signal.reason);
       const assembler = new TensorAssembler(expect);
@@ -136,6 +139,7 @@ export class VisionClient {
       ctx.signal.addEventListener('abort', onAbort, { once: true });
 
       call.on('data', (message: EncodeResponse) => {
+        progress.received = true;
         // vlm.stream.receive: from the header until the tensor is whole.
         receive ??= openSpan(SpanName.StreamReceive, {}, parent);
         const n = chunkBytes(message);

@@ -284,7 +284,9 @@ export class InferencePool {
     const i = this.slots.indexOf(slot);
     if (i < 0 || this.closed) return;
     this.slots.splice(i, 1);
-    if (slot.task) this.settle(slot.task, new VlmError('UNAVAILABLE', `the inference worker exited (code ${code}) while running the request`));
+    // INTERNAL, not UNAVAILABLE: callers and the hop retry UNAVAILABLE elsewhere, and a request that
+    // kills its worker would kill one on every replica it is retried on.
+    if (slot.task) this.settle(slot.task, new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`));
     this.log.error('inference worker exited; starting a replacement', { code });
     this.replace(i, 0);
   }

@@ -1,0 +1,79 @@
+/**
+ * How often the language service tries an Encode that fails. grpc-js retries a call that fails
+ * UNAVAILABLE before its first message (the channel's retry policy, 3 attempts); the client repeats a
+ * whole call only when it failed after data had arrived, which grpc-js cannot retry. A replica set
+ * that is down therefore sees 3 attempts per request, not 3 x 3, and other failures are not retried.
+ */
+import { Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ByteOrder, ElementType } from '../gen/vlm/v1/common';
+import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
+import { VlmError } from '../shared/errors';
+import { VisionClient } from '../services/language/vision-client';
+import type { Expectation } from '../services/common/tensor-stream';
+
+const expectation: Expectation = { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 2, fullTokenCount: 4 };
+const header: EncodeResponse = {
+  part: {
+    $case: 'header',
+    header: { modelId: 'm', contentHash: 'sha256:aa', dtype: ElementType.ELEMENT_TYPE_FLOAT32, byteOrder: ByteOrder.BYTE_ORDER_LITTLE_ENDIAN, shape: [4, 2], tokenCount: 4, width: 2, origin: [0, 1, 2, 3], size: [], fullTokenCount: 4, rowsPerChunk: 4, chunkCount: 1, schedule: undefined },
+  },
+};
+
+type Behaviour = (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => void;
+
+let server: Server | undefined;
+let client: VisionClient | undefined;
+afterEach(() => {
+  client?.close();
+  server?.forceShutdown();
+});
+
+/** A vision server that answers every Encode with `behaviour`; returns a counter of Encode calls. */
+async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }> {
+  let calls = 0;
+  server = new Server();
+  server.addService(VisionServiceService, {
+    encode: (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
+      calls++;
+      behaviour(call);
+    },
+    getModelInfo: () => undefined,
+  });
+  const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  client = new VisionClient({ target: `127.0.0.1:${port}`, authToken: null });
+  return { calls: () => calls };
+}
+
+async function encodeFailure(): Promise<VlmError> {
+  const ctx = { signal: new AbortController().signal, deadline: Date.now() + 10_000, requestId: 'retries' };
+  const outcome = await client!.encode({ image: Buffer.from('x'), policy: undefined, limits: undefined }, expectation, ctx).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(outcome).toBeInstanceOf(VlmError);
+  return outcome as VlmError;
+}
+
+describe('Encode retries on the language -> vision hop', () => {
+  it('a replica failing UNAVAILABLE before any message gets the channel policy attempts only (3, not 3 x 3)', async () => {
+    const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'worker pool down' }));
+    expect((await encodeFailure()).code).toBe('UNAVAILABLE');
+    expect(vision.calls()).toBe(3);
+  });
+
+  it('a call that fails UNAVAILABLE after its header is repeated whole, twice, and then reported', async () => {
+    const vision = await fakeVision((call) => {
+      call.write(header);
+      setTimeout(() => call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'replica lost mid-stream' }), 5);
+    });
+    expect((await encodeFailure()).code).toBe('UNAVAILABLE');
+    expect(vision.calls()).toBe(3);
+  });
+
+  it('is not repeated for a failure the request itself caused', async () => {
+    const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.INTERNAL, details: 'the inference worker exited while running this request' }));
+    expect((await encodeFailure()).code).toBe('INTERNAL');
+    expect(vision.calls()).toBe(1);
+  });
+});
