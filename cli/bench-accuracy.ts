@@ -17,6 +17,7 @@ import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
 import { InferencePool } from '../shared/worker';
+import { integerFlag, seedFlag } from './numeric-flags';
 import { evalRuntime, isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
 
 const FLAGS = {
@@ -154,12 +155,9 @@ function escapeXml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
-function positiveInt(values: Record<string, unknown>, name: string): number | undefined {
-  const raw = values[name];
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0) throw VlmError.invalid(`--${name}`, `expected a non-negative integer, got "${String(raw)}"`);
-  return n;
+/** The methods' refusal of a budget (policy.budget), as opposed to any other INVALID_ARGUMENT. */
+function isInfeasibleBudget(e: VlmError): boolean {
+  return e.code === 'INVALID_ARGUMENT' && e.violations.length > 0 && e.violations.every((v) => v.field === 'policy.budget');
 }
 
 export async function run(argv: string[]): Promise<number> {
@@ -172,13 +170,16 @@ export async function run(argv: string[]): Promise<number> {
   setLogLevel(quiet ? 'warn' : (config.logLevel as LogLevel));
   const mode = (values.mode ?? 'clean') as ReductionMode;
   if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values.mode)}"`);
-  const seed = positiveInt(values, 'seed') ?? 0;
-  const items = selectEvenly(await readItems(config.model.dir), positiveInt(values, 'limit'));
+  const seed = seedFlag(values) ?? 0;
+  const limit = integerFlag(values, 'limit', 1, Number.MAX_SAFE_INTEGER);
+  // Judged here, before any cell runs: a value the engine refuses would mark every cell infeasible.
+  const maxNewTokensFlag = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
+  const items = selectEvenly(await readItems(config.model.dir), limit);
   const images = await Promise.all(items.map((it) => readItemImage(config.model.dir, it)));
   const progress = (s: string) => process.stderr.write(`[bench accuracy] ${s}\n`);
   const started = performance.now();
   const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: quiet ? 'warn' : config.logLevel });
-  const maxNewTokens = positiveInt(values, 'max-new-tokens') ?? pool.manifest.generation.max_new_tokens;
+  const maxNewTokens = maxNewTokensFlag ?? Math.min(pool.manifest.generation.max_new_tokens, config.limits.maxNewTokens);
   const cells = benchCells();
   progress(`${items.length} items x ${cells.length} cells, mode ${mode}, ${config.runtime.workers} workers x ${config.runtime.intraOpThreads} threads`);
 
@@ -274,8 +275,9 @@ async function runCell(pool: InferencePool, items: readonly EvalItem[], images: 
         const e = VlmError.from(err);
         // Either way the other lanes stop sending this cell's items.
         controller.abort(e);
-        // An unreachable budget is a property of the cell, not a failure of the benchmark.
-        if (e.code !== 'INVALID_ARGUMENT') throw err;
+        // An unreachable budget is a property of the cell, not a failure of the benchmark; any other
+        // refusal is a fault of this run and ends it.
+        if (!isInfeasibleBudget(e)) throw err;
         error ??= e.message;
       }
     }

@@ -13,7 +13,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
-import { packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
@@ -55,6 +55,8 @@ export interface LoadOptions {
   readonly seed: number;
   /** Extra flags for both `vlm serve` processes (e.g. --queue-size). */
   readonly serveFlags: readonly string[];
+  /** Environment of both processes (default this one's); the CLI shares the cores out between them. */
+  readonly serviceEnv?: NodeJS.ProcessEnv;
   readonly onProgress?: (line: string) => void;
 }
 
@@ -171,7 +173,7 @@ function generate(client: LanguageServiceClient, p: Planned, authToken: string |
 export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { config } = o;
   const pool = await images(config.model.dir);
-  const services = await startChildServices({ modelDir: config.model.dir, flags: o.serveFlags });
+  const services = await startChildServices({ modelDir: config.model.dir, flags: o.serveFlags, env: o.serviceEnv });
   const { vision, language } = services;
   const client = languageClient(`127.0.0.1:${services.languagePort}`);
   try {
@@ -260,8 +262,11 @@ export async function run(argv: string[]): Promise<number> {
     warmupMs: int(values, 'warmup-s', 10) * 1000,
     seed: values['seed'] === undefined ? 1 : int(values, 'seed', 1),
     serveFlags: serveFlags(argv, FLAGS),
+    // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
+    serviceEnv: coLocatedServiceEnv(values, 2),
     onProgress: log,
   });
   process.stdout.write(`${JSON.stringify(summary)}\n`);
-  return summary.lost === 0 && summary.accountedFor ? 0 : 1;
+  // Any status the plan does not provoke (a crashed service answers UNAVAILABLE from then on) fails the run.
+  return summary.lost === 0 && summary.accountedFor && Object.keys(summary.otherErrors).length === 0 ? 0 : 1;
 }

@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, parseCommandLine } from '../shared/config';
 import { VlmError } from '../shared/errors';
+import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
@@ -51,7 +52,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!existsSync(path.join(modelDir, 'manifest.json'))) {
     throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);
   }
-  const items = await questions(modelDir, Number(values['items'] ?? 3));
+  const items = await questions(modelDir, integerFlag(values, 'items', 1, 10_000) ?? 3);
   const env = coLocatedServiceEnv(values, 2);
   const started = Date.now();
   const services = await startChildServices({ modelDir, env, flags: serveFlags(argv, FLAGS) });

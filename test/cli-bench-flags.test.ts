@@ -1,0 +1,32 @@
+/**
+ * The benchmark and demo commands judge their numeric flags before they start anything: a value the
+ * engine would refuse used to mark every bench cell "infeasible" (exit 0), and a demo with no items
+ * started both services, asked nothing and exited 0.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+
+function vlm(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('numeric flags of bench accuracy and demo', () => {
+  it.each([
+    [['bench', 'accuracy', '--limit', '0'], /--limit: expected an integer in \[1, /],
+    [['bench', 'accuracy', '--limit', '2', '--max-new-tokens', '300'], /--max-new-tokens: expected an integer in \[1, 256\], got "300"/],
+    [['bench', 'accuracy', '--limit', '2', '--seed', '1.5'], /--seed: expected an integer in \[0, /],
+    [['demo', '--items', 'abc'], /--items: expected an integer in \[1, /],
+    [['demo', '--items', '0'], /--items: expected an integer in \[1, /],
+  ])('vlm %j is INVALID_ARGUMENT, exit 1, with nothing on stdout', (args, message) => {
+    const r = vlm(args);
+    expect(r.stderr).toMatch(/^INVALID_ARGUMENT: /);
+    expect(r.stderr).toMatch(message);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+  });
+});
