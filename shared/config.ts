@@ -84,6 +84,11 @@ export interface TlsConfig {
   readonly visionClientKeyFile: string | null;
   /** Language -> vision: the CA vision's certificate is verified against; set (or a client certificate): the hop uses TLS. */
   readonly visionCaFile: string | null;
+  /**
+   * Language -> vision: the name every vision certificate must carry, checked instead of the target's
+   * host (for a list of IPs grpc-js checks every replica against the first one). null: the host.
+   */
+  readonly visionServerName: string | null;
   readonly reloadIntervalMs: number;
 }
 
@@ -191,6 +196,7 @@ export const CONFIG_OPTIONS = {
   'vision-client-cert': { type: 'string', env: 'VLM_VISION_CLIENT_CERT', default: '', arg: 'FILE', shown: 'off', help: 'language: client certificate presented to vision' },
   'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
   'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },
+  'vision-server-name': { type: 'string', env: 'VLM_VISION_SERVER_NAME', default: '', arg: 'NAME', shown: "the target's host", help: "language: the name every vision certificate must carry (TLS; needed for a list of IPs unless each certificate carries every listed address)" },
   'tls-reload-ms': { type: 'int', env: 'VLM_TLS_RELOAD_MS', default: 60_000, min: 100, max: INT32_MAX, arg: 'MS', help: 'how often certificate files are re-read (SIGHUP re-reads at once)' },
   'log-level': { type: 'string', env: 'VLM_LOG_LEVEL', default: 'info', choices: ['debug', 'info', 'warn', 'error', 'silent'], arg: 'LEVEL', help: 'log level' },
 } as const satisfies Record<string, OptionSpec>;
@@ -373,6 +379,7 @@ function readTls(r: Reader): TlsConfig {
     visionClientCertFile: file('vision-client-cert'),
     visionClientKeyFile: file('vision-client-key'),
     visionCaFile: file('vision-ca'),
+    visionServerName: r.str('vision-server-name') || null,
     reloadIntervalMs: r.int('tls-reload-ms'),
   };
   if ((tls.certFile === null) !== (tls.keyFile === null)) throw VlmError.invalid('--tls-cert/--tls-key', 'set both VLM_TLS_CERT and VLM_TLS_KEY, or neither (plaintext)');

@@ -227,7 +227,15 @@ describe('bad and unusual inputs through the real pair', () => {
     const chunks = (): EncodeResponse[] => genuine.slice(1, 5);
     const summary = (): EncodeResponse => genuine[5]!;
 
-    const streams: Array<[string, () => EncodeResponse[], GrpcCode, RegExp]> = [
+    /** A self-consistent header for the first `rows` rows of the genuine tensor, as a vision service that resolved `rows` would send. */
+    const rowsHeader = (rows: number): EncodeResponse => {
+      const h = genuine[0]!.part!.$case === 'header' ? genuine[0]!.part!.header : undefined;
+      return header({ tokenCount: rows, shape: [rows, 48], origin: h!.origin.slice(0, rows), chunkCount: Math.ceil(rows / 4), schedule: { ...h!.schedule!, outputTokens: rows } });
+    };
+    const skew = /both services must resolve the same schedule .*rollout/;
+
+    // The fifth entry is the request's policy (none: no reduction, 16 rows expected).
+    const streams: Array<[string, () => EncodeResponse[], GrpcCode, RegExp, Partial<WirePolicy>?]> = [
       ['the genuine stream (control)', () => genuine, GrpcCode.OK, /.*/],
       ['wrong dtype (float16 for a float32 model)', () => [header({ dtype: ElementType.ELEMENT_TYPE_FLOAT16 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /float16 tokens but this language service runs float32/],
       ['unknown dtype', () => [header({ dtype: 99 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /element type 99/],
@@ -245,11 +253,17 @@ describe('bad and unusual inputs through the real pair', () => {
       ['an empty stream', () => [], GrpcCode.DATA_LOSS, /without a header/],
       ['a message after the summary', () => [...genuine, chunks()[0]!], GrpcCode.DATA_LOSS, /after the summary/],
       ['an empty message', () => [header({}), { part: undefined }], GrpcCode.DATA_LOSS, /no header, chunk or summary/],
+      // The row count is held to the schedule the language service resolved before the hop.
+      ['fewer rows than resolved, consistently announced', () => [rowsHeader(12), ...chunks().slice(0, 3), summary()], GrpcCode.FAILED_PRECONDITION, /ran none with 12 visual tokens but this language service resolved none with 16/],
+      ['no rows at all, consistently announced', () => [rowsHeader(0), summary()], GrpcCode.FAILED_PRECONDITION, skew],
+      ['all 16 rows for a request resolved to 8', () => genuine, GrpcCode.FAILED_PRECONDITION, /ran none with 16 visual tokens but this language service resolved random with 8/, { visionMethod: 'random', budget: { $case: 'budgetTokens', budgetTokens: 8 } }],
+      ['a header without its schedule', () => [header({ schedule: undefined }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /without the schedule it ran/],
+      ['token_count disagreeing with its own schedule', () => [header({ tokenCount: 12, shape: [12, 48], origin: [...Array(12).keys()], chunkCount: 3 }), ...chunks().slice(0, 3), summary()], GrpcCode.DATA_LOSS, /token_count 12 disagrees with the header's own schedule/],
     ];
-    for (const [name, make, code, why] of streams) {
+    for (const [name, make, code, why, policy] of streams) {
       it(`${name}: ${GrpcCode[code]}`, async () => {
         script = make();
-        const out = await ask(frontClient, request(valid, { maxTokens: 2 }));
+        const out = await ask(frontClient, request(valid, { maxTokens: 2, ...(policy ? { policy } : {}) }));
         expect(out.error?.code ?? GrpcCode.OK, out.error?.details).toBe(code);
         if (code !== GrpcCode.OK) expect(out.error?.details).toMatch(why);
         expect(front.engine.pool.stats.busy).toBe(0);

@@ -4,7 +4,8 @@
  * their files without a restart, bearer-token authentication, a plaintext port for health probes
  * only, and no secret (token, key material) in any log line.
  */
-import { mkdtempSync, copyFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { credentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
@@ -17,6 +18,7 @@ import { languageClient } from '../services/language/client';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { createLogger } from '../shared/log';
+import { VlmError } from '../shared/errors';
 import { configFrom } from '../shared/config';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { ask, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
@@ -32,6 +34,43 @@ function bearer(token: string): Metadata {
   const md = new Metadata();
   md.set('authorization', `Bearer ${token}`);
   return md;
+}
+
+/**
+ * A key and a certificate valid from `start` to `end` (openssl's YYYYMMDDHHMMSSZ), issued by `issuer`
+ * or, with none, self-signed as a CA. `openssl ca` because OpenSSL 3.0's `x509 -req` only counts
+ * days forward from now (its -not_before/-not_after arrived in 3.4).
+ */
+function datedCert(dir: string, name: string, start: string, end: string, issuer: { cert: string; key: string } | null): { cert: string; key: string } {
+  const work = path.join(dir, name);
+  mkdirSync(work, { recursive: true });
+  const run = (args: string[]): void => void execFileSync('openssl', args, { cwd: work, stdio: ['ignore', 'ignore', 'pipe'] });
+  writeFileSync(path.join(work, 'index.txt'), '');
+  writeFileSync(path.join(work, 'serial'), '01\n');
+  writeFileSync(
+    path.join(work, 'ca.cnf'),
+    ['[ca]', 'default_ca = local', '[local]', 'database = index.txt', 'new_certs_dir = .', 'serial = serial', 'default_md = sha256', 'policy = any', 'unique_subject = no', '[any]', 'commonName = supplied', ''].join('\n'),
+  );
+  writeFileSync(
+    path.join(work, 'ext'),
+    issuer === null
+      ? 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n'
+      : 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n',
+  );
+  run(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${name}`, '-keyout', 'key.pem', '-out', 'csr.pem']);
+  const signer = issuer === null ? ['-selfsign', '-keyfile', 'key.pem'] : ['-cert', issuer.cert, '-keyfile', issuer.key];
+  run(['ca', '-batch', '-config', 'ca.cnf', ...signer, '-in', 'csr.pem', '-out', 'cert.pem', '-startdate', start, '-enddate', end, '-notext', '-extfile', 'ext']);
+  return { cert: path.join(work, 'cert.pem'), key: path.join(work, 'key.pem') };
+}
+
+function errorOf(fn: () => unknown): VlmError | undefined {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof VlmError) return err;
+    throw err;
+  }
+  return undefined;
 }
 
 async function encodeWith(address: string, creds: ChannelCredentials, image: Buffer): Promise<number | null> {
@@ -233,6 +272,70 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(text).not.toMatch(/PRIVATE KEY/);
     // What is logged instead: files, subjects, expiry and fingerprints.
     expect(lines.find((l) => l['msg'] === 'tls certificates loaded')).toMatchObject({ certificate: { subject: expect.stringContaining('CN=') as unknown } });
+  });
+
+  describe('certificates outside their validity window', () => {
+    let expired: { cert: string; key: string };
+    let early: { cert: string; key: string };
+    let expiredCa: { cert: string; key: string };
+
+    beforeAll(() => {
+      const issuer = { cert: certs.caCert, key: certs.caKey };
+      expired = datedCert(dir, 'expired', '20200101000000Z', '20210101000000Z', issuer);
+      early = datedCert(dir, 'early', '20990101000000Z', '21000101000000Z', issuer);
+      expiredCa = datedCert(dir, 'expired-ca', '20200101000000Z', '20210101000000Z', null);
+    });
+
+    it('refuses them at start-up with FAILED_PRECONDITION naming the file and the dates', () => {
+      const log = createLogger('silent-test');
+      const old = errorOf(() => new CertificateFiles({ cert: expired.cert, key: expired.key, ca: null }, log));
+      expect(old?.code).toBe('FAILED_PRECONDITION');
+      expect(old?.message).toContain(`CN=expired in ${expired.cert} expired on Jan  1 00:00:00 2021 GMT (valid from Jan  1 00:00:00 2020 GMT to Jan  1 00:00:00 2021 GMT;`);
+      const notYet = errorOf(() => new CertificateFiles({ cert: early.cert, key: early.key, ca: null }, log));
+      expect(notYet?.code).toBe('FAILED_PRECONDITION');
+      expect(notYet?.message).toContain(`CN=early in ${early.cert} is not valid until Jan  1 00:00:00 2099 GMT`);
+      // The CA file's certificates too: the client side of the hop with an expired CA.
+      const ca = errorOf(() => new CertificateFiles({ cert: certs.clientCert, key: certs.clientKey, ca: expiredCa.cert }, log));
+      expect(ca?.code).toBe('FAILED_PRECONDITION');
+      expect(ca?.message).toContain(`CA certificate CN=expired-ca in ${expiredCa.cert} expired on Jan  1 00:00:00 2021 GMT`);
+    });
+
+    it('takes a CA bundle that still carries an expired root beside a valid one (trust anchors on their way out)', () => {
+      const bundle = path.join(dir, 'ca-bundle.pem');
+      writeFileSync(bundle, readFileSync(expiredCa.cert, 'utf8') + readFileSync(certs.caCert, 'utf8'));
+      const files = new CertificateFiles({ cert: certs.clientCert, key: certs.clientKey, ca: bundle }, createLogger('silent-test'));
+      expect(files).toBeInstanceOf(CertificateFiles);
+    });
+
+    it('a service given an expired certificate does not start', async () => {
+      const outcome = await startVisionService(pairConfig({ tls: { certFile: expired.cert, keyFile: expired.key } }), { port: 0, log: createLogger('silent-test') }).then(
+        async (started) => (await started.stop(), 'started'),
+        (err: unknown) => err,
+      );
+      expect(outcome).toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining(expired.cert) as unknown });
+    });
+
+    it('at reload keeps the set in use and logs an error; a valid set is applied afterwards', () => {
+      const cert = path.join(dir, 'reload.crt');
+      const key = path.join(dir, 'reload.key');
+      copyFileSync(certs.serverCert, cert);
+      copyFileSync(certs.serverKey, key);
+      const reloadLines: LogLine[] = [];
+      const files = new CertificateFiles({ cert, key, ca: null }, recordingLogger(reloadLines, 'reload'));
+      const inUse = files.contextOptions().cert;
+      for (const wrong of [expired, early]) {
+        copyFileSync(wrong.cert, cert);
+        copyFileSync(wrong.key, key);
+        expect(files.reload()).toBe(false);
+        expect(files.contextOptions().cert).toEqual(inUse);
+        expect(reloadLines.at(-1)).toMatchObject({ level: 'error', msg: 'tls reload refused: a certificate is outside its validity window; keeping the certificates in use' });
+        expect(String(reloadLines.at(-1)!['error'])).toContain(wrong.cert === expired.cert ? 'expired on' : 'is not valid until');
+      }
+      copyFileSync(certs.clientCert, cert);
+      copyFileSync(certs.clientKey, key);
+      expect(files.reload()).toBe(true);
+      expect(files.contextOptions().cert).toEqual(readFileSync(certs.clientCert));
+    });
   });
 
   it('rejects half a TLS configuration at start-up, naming the variables', () => {

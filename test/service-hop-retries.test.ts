@@ -12,11 +12,11 @@ import { VlmError } from '../shared/errors';
 import { VisionClient } from '../services/language/vision-client';
 import type { Expectation } from '../services/common/tensor-stream';
 
-const expectation: Expectation = { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 2, fullTokenCount: 4 };
+const expectation: Expectation = { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 2, fullTokenCount: 4, schedule: { method: 'none', outputTokens: 4, params: {} } };
 const header: EncodeResponse = {
   part: {
     $case: 'header',
-    header: { modelId: 'm', contentHash: 'sha256:aa', dtype: ElementType.ELEMENT_TYPE_FLOAT32, byteOrder: ByteOrder.BYTE_ORDER_LITTLE_ENDIAN, shape: [4, 2], tokenCount: 4, width: 2, origin: [0, 1, 2, 3], size: [], fullTokenCount: 4, rowsPerChunk: 4, chunkCount: 1, schedule: undefined },
+    header: { modelId: 'm', contentHash: 'sha256:aa', dtype: ElementType.ELEMENT_TYPE_FLOAT32, byteOrder: ByteOrder.BYTE_ORDER_LITTLE_ENDIAN, shape: [4, 2], tokenCount: 4, width: 2, origin: [0, 1, 2, 3], size: [], fullTokenCount: 4, rowsPerChunk: 4, chunkCount: 1, schedule: { method: 'none', steps: [], outputTokens: 4, proportionalAttention: false, params: {} } },
   },
 };
 

@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
 import type { EncodeResponse } from '../gen/vlm/v1/vision_service';
-import { ElementType } from '../gen/vlm/v1/common';
+import { ElementType, type VisionSchedule } from '../gen/vlm/v1/common';
+import { paramsToWire } from '../services/common/wire';
 import {
   MAX_CHUNK_BYTES,
   rowsPerChunk,
@@ -28,18 +29,32 @@ function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'flo
   };
 }
 
-const fields = { modelId: 'm', contentHash: 'sha256:aa', fullTokenCount: 64, schedule: undefined };
 const summary = { timingsMs: { encoder: 1 }, flops: { vision: 2 }, queueMs: 0, tensorBytes: 0 };
 
-function expectation(over: Partial<Expectation> = {}): Expectation {
-  return { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 24, fullTokenCount: 64, ...over };
+/** The schedule a vision service reports in the header: ficoco-v, half of a two-sided split. */
+function wireSchedule(rows: number, over: Partial<VisionSchedule> = {}): VisionSchedule {
+  return { method: 'ficoco-v', steps: [], outputTokens: rows, proportionalAttention: false, params: paramsToWire({ budget_total: 6.4, budget_vision_tokens: rows }), ...over };
 }
 
-function messages(t: VisualTokens, rowsWanted = 5): EncodeResponse[] {
-  return [...tensorMessages(t, fields, rowsWanted, summary)];
+/** The receiver's own resolution of the same request: `rows` visual tokens from ficoco-v. */
+function expectation(rows: number, over: Partial<Expectation> = {}): Expectation {
+  return {
+    modelId: 'm',
+    contentHash: 'sha256:aa',
+    dtype: 'float32',
+    width: 24,
+    fullTokenCount: 64,
+    schedule: { method: 'ficoco-v', outputTokens: rows, params: { start_layer: 2, budget_total: 6.4, budget_vision_tokens: rows } },
+    ...over,
+  };
 }
 
-function assemble(msgs: EncodeResponse[], expect = expectation()) {
+/** `schedule` null: a header without one. */
+function messages(t: VisualTokens, rowsWanted = 5, schedule: VisionSchedule | null = wireSchedule(t.rows)): EncodeResponse[] {
+  return [...tensorMessages(t, { modelId: 'm', contentHash: 'sha256:aa', fullTokenCount: 64, schedule: schedule ?? undefined }, rowsWanted, summary)];
+}
+
+function assemble(msgs: EncodeResponse[], expect: Expectation) {
   const a = new TensorAssembler(expect);
   for (const m of msgs) a.accept(m);
   return a.finish();
@@ -85,7 +100,7 @@ describe('TensorAssembler', () => {
   it('reassembles float32 and float16 tensors bit for bit with provenance and sizes', () => {
     for (const dtype of ['float32', 'float16'] as const) {
       const t = tokens(17, 24, dtype);
-      const out = assemble(messages(t, 4), expectation({ dtype }));
+      const out = assemble(messages(t, 4), expectation(17, { dtype }));
       expect(out.tokens.dtype).toBe(dtype);
       expect(Array.from(out.tokens.data)).toEqual(Array.from(t.data));
       expect(Array.from(out.tokens.origin)).toEqual(Array.from(t.origin));
@@ -94,16 +109,51 @@ describe('TensorAssembler', () => {
     }
   });
 
-  it('accepts a zero-row tensor (header, no chunks, summary)', () => {
-    const out = assemble(messages(tokens(0, 24)));
+  it('accepts a zero-row tensor (header, no chunks, summary) where zero rows were resolved', () => {
+    const out = assemble(messages(tokens(0, 24)), expectation(0));
     expect(out.tokens.rows).toBe(0);
   });
 
   it('answers FAILED_PRECONDITION for a tensor of another model: content hash, dtype, width', () => {
     const msgs = messages(tokens(8, 24));
-    expect(codeOf(() => assemble(msgs, expectation({ contentHash: 'sha256:bb' })))).toMatch(/^FAILED_PRECONDITION: .*sha256:aa.*sha256:bb.*same model bundle/);
-    expect(codeOf(() => assemble(msgs, expectation({ dtype: 'float16' })))).toMatch(/^FAILED_PRECONDITION: .*float32.*float16/);
-    expect(codeOf(() => assemble(msgs, expectation({ width: 32 })))).toMatch(/^FAILED_PRECONDITION: .*width 24.*32/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { contentHash: 'sha256:bb' })))).toMatch(/^FAILED_PRECONDITION: .*sha256:aa.*sha256:bb.*same model bundle/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { dtype: 'float16' })))).toMatch(/^FAILED_PRECONDITION: .*float32.*float16/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { width: 32 })))).toMatch(/^FAILED_PRECONDITION: .*width 24.*32/);
+  });
+
+  describe('holds the rows to the vision schedule the receiver resolved for the request', () => {
+    const skew = /^FAILED_PRECONDITION: .*both services must resolve the same schedule .*rollout/;
+
+    it('accepts exactly the resolved rows, method and split; the method\'s other params are vision\'s own', () => {
+      expect(assemble(messages(tokens(12, 24), 5, wireSchedule(12, { steps: [{ layer: 1, tokensIn: 65, tokensOut: 13 }] })), expectation(12)).tokens.rows).toBe(12);
+    });
+
+    it('fewer, more or no rows than resolved: FAILED_PRECONDITION naming both schedules, never the caller\'s fault', () => {
+      for (const rows of [8, 16, 0]) {
+        const result = codeOf(() => assemble(messages(tokens(rows, 24)), expectation(12)));
+        expect(result).toMatch(skew);
+        expect(result).toContain(`the vision service ran ficoco-v with ${rows} visual tokens but this language service resolved ficoco-v with 12`);
+      }
+    });
+
+    it('another vision method with the same count: FAILED_PRECONDITION', () => {
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, wireSchedule(12, { method: 'tome' })), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*ran tome with 12 .*resolved ficoco-v with 12/);
+    });
+
+    it('another split of a two-sided budget: FAILED_PRECONDITION naming the parameter', () => {
+      const otherTotal = wireSchedule(12, { params: paramsToWire({ budget_total: 7, budget_vision_tokens: 12 }) });
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, otherTotal), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*budget_total = 7 .*6\.4/);
+      const noSplit = wireSchedule(12, { params: {} });
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, noSplit), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*budget_total = unset .*6\.4/);
+    });
+
+    it('a header without its schedule: FAILED_PRECONDITION (a vision service that does not report one)', () => {
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, null), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*without the schedule it ran.*resolved ficoco-v with 12.*rollout/);
+    });
+
+    it('a token count its own schedule contradicts: DATA_LOSS', () => {
+      expect(codeOf(() => assemble(messages(tokens(8, 24), 5, wireSchedule(12)), expectation(12)))).toMatch(/^DATA_LOSS: vision stream: token_count 8 disagrees with the header's own schedule \(ficoco-v with 12/);
+    });
   });
 
   describe('answers DATA_LOSS for a broken stream', () => {
@@ -124,7 +174,7 @@ describe('TensorAssembler', () => {
     ];
     for (const [name, msgs, why] of cases) {
       it(name, () => {
-        const result = codeOf(() => assemble(msgs));
+        const result = codeOf(() => assemble(msgs, expectation(12)));
         expect(result).toMatch(/^DATA_LOSS: vision stream: /);
         expect(result).toMatch(why);
       });
@@ -133,10 +183,10 @@ describe('TensorAssembler', () => {
     it('a header whose shape, provenance or chunking disagree with its token count', () => {
       const header = good[0]!.part!.$case === 'header' ? good[0]!.part!.header : null;
       const bad = (over: object): EncodeResponse[] => [{ part: { $case: 'header', header: { ...header!, ...over } } }];
-      expect(codeOf(() => assemble(bad({ shape: [13, 24] })))).toMatch(/^DATA_LOSS: .*shape/);
-      expect(codeOf(() => assemble(bad({ origin: [1, 2] })))).toMatch(/^DATA_LOSS: .*2 provenance entries/);
-      expect(codeOf(() => assemble(bad({ chunkCount: 2 })))).toMatch(/^DATA_LOSS: .*chunk_count 2/);
-      expect(codeOf(() => assemble(bad({ tokenCount: 100, shape: [100, 24] })))).toMatch(/^DATA_LOSS: .*more than the model's 64/);
+      expect(codeOf(() => assemble(bad({ shape: [13, 24] }), expectation(12)))).toMatch(/^DATA_LOSS: .*shape/);
+      expect(codeOf(() => assemble(bad({ origin: [1, 2] }), expectation(12)))).toMatch(/^DATA_LOSS: .*2 provenance entries/);
+      expect(codeOf(() => assemble(bad({ chunkCount: 2 }), expectation(12)))).toMatch(/^DATA_LOSS: .*chunk_count 2/);
+      expect(codeOf(() => assemble(bad({ tokenCount: 100, shape: [100, 24] }), expectation(12)))).toMatch(/^DATA_LOSS: .*more than the model's 64/);
     });
   });
 });

@@ -4,13 +4,15 @@
  *
  * Order: exactly one header, then chunk 0..chunk_count-1 (row_offset = index * rows_per_chunk), then
  * exactly one summary. Data is little-endian. Violations are DATA_LOSS (the stream is not the tensor
- * it claims to be); a well-formed tensor from a different model (content hash, dtype, width) is
- * FAILED_PRECONDITION, as in a half-finished rollout.
+ * it claims to be); a well-formed tensor from a different model (content hash, dtype, width) or of
+ * a different schedule than the receiver resolved for the request (method, row count, budget split)
+ * is FAILED_PRECONDITION, as in a half-finished rollout.
  */
 import { endianness } from 'node:os';
 import { VlmError } from '../../shared/errors';
 import type { EncodeResponse, EncodeSummary, TensorChunk, TensorHeader } from '../../gen/vlm/v1/vision_service';
 import { ByteOrder, ElementType, type VisionSchedule } from '../../gen/vlm/v1/common';
+import { paramsFromWire } from './wire';
 
 export type WireDType = 'float32' | 'float16';
 
@@ -109,7 +111,22 @@ export function* tensorMessages(tokens: VisualTokens, fields: HeaderFields, rows
   yield { part: { $case: 'summary', summary: { ...summary, tensorBytes: bytes.byteLength } } };
 }
 
-/** What the receiver requires of the tensor: its own model. */
+/**
+ * The vision schedule the receiver resolved for this request itself (shared/methods/policy.ts
+ * resolveVisionSchedule, from the same policy and bundle the vision service resolves it from).
+ */
+export interface ExpectedSchedule {
+  readonly method: string;
+  /**
+   * Rows the tensor must have. Every vision method's count is fixed by its schedule (only language
+   * schedules can be `dataDependent`), so this is exact: for ficoco-vl it is the split's vision share.
+   */
+  readonly outputTokens: number;
+  /** The schedule's params; of these, the budget split (budget_total, budget_vision_tokens) is compared. */
+  readonly params: Readonly<Record<string, number | string | boolean>>;
+}
+
+/** What the receiver requires of the tensor: its own model, and the schedule it resolved for the request. */
 export interface Expectation {
   readonly modelId: string;
   readonly contentHash: string;
@@ -117,7 +134,16 @@ export interface Expectation {
   readonly width: number;
   /** Unreduced visual tokens of this model; more rows than this is not a tensor of this model. */
   readonly fullTokenCount: number;
+  readonly schedule: ExpectedSchedule;
 }
+
+/**
+ * The params both services derive from the policy when both sides reduce (policy.ts withSplit). The
+ * language side resolves its own schedule from the same split, so a vision side that split differently
+ * would leave the two halves of one budget inconsistent. The method's other params and its steps are
+ * vision's own business: they are relayed to the client as vision reports them.
+ */
+const SPLIT_PARAMS = ['budget_total', 'budget_vision_tokens'] as const;
 
 export interface AssembledTensor {
   readonly tokens: VisualTokens;
@@ -127,6 +153,15 @@ export interface AssembledTensor {
 
 function loss(message: string): VlmError {
   return new VlmError('DATA_LOSS', `vision stream: ${message}`);
+}
+
+/** A self-consistent header for another resolution of the request's policy: version skew, not a broken stream. */
+function skew(message: string): VlmError {
+  return new VlmError('FAILED_PRECONDITION', `${message}; both services must resolve the same schedule from a request's policy (is a rollout half finished?)`);
+}
+
+function describeSchedule(method: string, tokens: number): string {
+  return `${method} with ${tokens} visual tokens`;
 }
 
 /**
@@ -178,12 +213,38 @@ export class TensorAssembler {
     const rows = h.tokenCount;
     if (h.shape.length !== 2 || h.shape[0] !== rows || h.shape[1] !== h.width) throw loss(`header shape [${h.shape.join(', ')}] disagrees with token_count ${rows} and width ${h.width}`);
     if (rows > e.fullTokenCount) throw loss(`${rows} visual tokens, more than the model's ${e.fullTokenCount}`);
+    this.checkSchedule(h);
     if (h.origin.length !== rows) throw loss(`${h.origin.length} provenance entries for ${rows} rows`);
     if (h.size.length !== rows && h.size.length !== 0) throw loss(`${h.size.length} size entries for ${rows} rows`);
     if (h.rowsPerChunk < 1 || h.chunkCount !== Math.ceil(rows / h.rowsPerChunk)) throw loss(`chunk_count ${h.chunkCount} does not cover ${rows} rows in chunks of ${h.rowsPerChunk}`);
     this.header = h;
     this.dtype = dtype;
     this.bytes = new Uint8Array(rows * h.width * bytesPerElement(dtype));
+  }
+
+  /**
+   * The rows must be the ones this service planned the request around (context length, the language
+   * schedule, the budget reported to the client). A header that contradicts its own schedule is not the
+   * tensor it claims to be (DATA_LOSS); a consistent header for a different schedule, or one that
+   * reports none (its rows cannot be vouched for), comes from a vision service that resolves policies
+   * differently: FAILED_PRECONDITION, as for another bundle. No retry on another replica of the same
+   * version would fix it, and it must not reach the caller as their INVALID_ARGUMENT.
+   */
+  private checkSchedule(h: TensorHeader): void {
+    const want = this.expect.schedule;
+    const expected = describeSchedule(want.method, want.outputTokens);
+    const got = h.schedule;
+    if (got === undefined) throw skew(`the vision service sent ${h.tokenCount} visual tokens without the schedule it ran; this language service resolved ${expected}`);
+    if (got.outputTokens !== h.tokenCount) throw loss(`token_count ${h.tokenCount} disagrees with the header's own schedule (${describeSchedule(got.method, got.outputTokens)})`);
+    if (got.method !== want.method || got.outputTokens !== want.outputTokens) {
+      throw skew(`the vision service ran ${describeSchedule(got.method, got.outputTokens)} but this language service resolved ${expected} for the request`);
+    }
+    const params = paramsFromWire(got.params);
+    for (const name of SPLIT_PARAMS) {
+      if (params[name] !== want.params[name]) {
+        throw skew(`the vision service split the budget with ${name} = ${String(params[name] ?? 'unset')} but this language service with ${String(want.params[name] ?? 'unset')}`);
+      }
+    }
   }
 
   private acceptChunk(c: TensorChunk): void {

@@ -2,8 +2,9 @@
  * TLS for both services from PEM files, reloaded without a restart (certificate rotation by
  * cert-manager or a Secret update): the files are re-read every `reloadIntervalMs` and on SIGHUP, and
  * a new set is applied only when it is complete and consistent (the key matches the certificate, the
- * CA parses); a half-written rotation keeps the previous set and logs a warning. New handshakes use
- * the new set; connections already open keep theirs.
+ * CA parses) and every certificate in it is within its validity window; a half-written rotation keeps
+ * the previous set and logs a warning, an expired or not-yet-valid one keeps it and logs an error. New
+ * handshakes use the new set; connections already open keep theirs.
  *
  * - Server: `reloadingServerCredentials` (a grpc-js ServerCredentials whose secure context is
  *   replaced in place). With a CA, client certificates are required and must chain to it: the
@@ -16,7 +17,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, rootCertificates, type SecureContextOptions } from 'node:tls';
-import { experimental, ServerCredentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import type { TlsConfig } from '../../shared/config';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
@@ -53,9 +54,40 @@ export function describeCertificate(pem: Buffer): Record<string, string> {
   return { subject: leaf.subject.replace(/\n/g, ', '), validTo: leaf.validTo, sha256: leaf.fingerprint256 };
 }
 
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+
+/**
+ * A certificate issued moments ago by a host whose clock runs ahead is still accepted: peers allow
+ * for such skew too, and refusing it would fail a pod started right after a rotation.
+ */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+/**
+ * Refuses a file holding a certificate outside its validity window. Parsing and the key match let an
+ * expired certificate through, and every peer would then fail the handshake: at start-up that is a
+ * service reporting SERVING that nobody can reach, at reload a working set replaced by a dead one.
+ * A certificate file (leaf and chain) must be valid throughout; a CA file is a set of trust anchors,
+ * refused only when none of them is valid (a bundle may still carry a root on its way out).
+ */
+function checkValidity(pem: Buffer, file: string, what: string, now: number, need: 'every' | 'some'): void {
+  const problems: string[] = [];
+  const blocks = pem.toString('latin1').match(PEM_CERTIFICATE) ?? [];
+  for (const block of blocks) {
+    const c = new X509Certificate(block);
+    const from = Date.parse(c.validFrom) - CLOCK_SKEW_MS;
+    const to = Date.parse(c.validTo);
+    if (now >= from && now <= to) continue;
+    const state = now > to ? `expired on ${c.validTo}` : `is not valid until ${c.validFrom}`;
+    problems.push(`the ${what} ${c.subject.replace(/\n/g, ', ')} in ${file} ${state} (valid from ${c.validFrom} to ${c.validTo}; now ${new Date(now).toUTCString()})`);
+  }
+  const refused = need === 'every' ? problems.length > 0 : blocks.length > 0 && problems.length === blocks.length;
+  if (refused) throw new VlmError('FAILED_PRECONDITION', `${problems.join('; ')}; replace the file or fix the clock`);
+}
+
 /**
  * A set of PEM files, read now (missing or inconsistent files fail the start with INVALID_ARGUMENT
- * naming the file) and re-read on `reload()`. Implements grpc-js's CertificateProvider so channel
+ * naming the file, a certificate outside its validity window with FAILED_PRECONDITION naming the file
+ * and the dates) and re-read on `reload()`. Implements grpc-js's CertificateProvider so channel
  * credentials can follow it; servers follow it through `reloadingServerCredentials`.
  */
 export class CertificateFiles implements experimental.CertificateProvider {
@@ -88,6 +120,9 @@ export class CertificateFiles implements experimental.CertificateProvider {
       const names = [files.cert, files.key, files.ca].filter((f) => f !== null).join(', ');
       throw new VlmError('INVALID_ARGUMENT', `TLS files ${names} are not a usable set: ${(err as Error).message}`);
     }
+    const now = Date.now();
+    if (cert !== null) checkValidity(cert, files.cert!, 'certificate', now, 'every');
+    if (ca !== null) checkValidity(ca, files.ca!, 'CA certificate', now, 'some');
     const digest = createHash('sha256')
       .update(cert ?? '')
       .update('\0')
@@ -113,7 +148,14 @@ export class CertificateFiles implements experimental.CertificateProvider {
     try {
       next = this.read();
     } catch (err) {
-      this.log.warn('tls reload skipped; keeping the certificates in use', { error: (err as Error).message });
+      // A half-written rotation completes by the next poll: a warning. A certificate outside its
+      // validity window is a rotation gone wrong (an expired one never becomes usable): an error. One
+      // not yet valid is applied by the first poll after its window opens.
+      if (err instanceof VlmError && err.code === 'FAILED_PRECONDITION') {
+        this.log.error('tls reload refused: a certificate is outside its validity window; keeping the certificates in use', { error: err.message });
+      } else {
+        this.log.warn('tls reload skipped; keeping the certificates in use', { error: (err as Error).message });
+      }
       return false;
     }
     if (next.digest === this.current.digest) return false;
@@ -201,9 +243,30 @@ export function reloadingServerCredentials(files: CertificateFiles): ServerCrede
   return new ReloadingServerCredentials(files, files.files.ca !== null);
 }
 
-/** TLS channel credentials that present `files.cert` (if any) and verify the server with `files.ca`. */
-export function reloadingChannelCredentials(files: CertificateFiles): ChannelCredentials {
-  return experimental.createCertificateProviderChannelCredentials(files, files.files.cert !== null ? files : null);
+/** The server name bound to channel credentials by reloadingChannelCredentials. */
+const serverNames = new WeakMap<ChannelCredentials, string>();
+
+/**
+ * TLS channel credentials that present `files.cert` (if any) and verify the server with `files.ca`,
+ * and with `serverName`, verify every server's certificate against that name (serverNameOptions).
+ */
+export function reloadingChannelCredentials(files: CertificateFiles, serverName: string | null = null): ChannelCredentials {
+  const credentials = experimental.createCertificateProviderChannelCredentials(files, files.files.cert !== null ? files : null);
+  if (serverName !== null) serverNames.set(credentials, serverName);
+  return credentials;
+}
+
+/**
+ * The channel options a channel over `credentials` needs for their server name. grpc-js checks a
+ * certificate against the channel's authority, which for a static list (ipv4:a,b) is the first
+ * address, so every other replica's certificate would have to carry that address too. With the
+ * name, each replica is verified against it (and gets it as SNI and :authority) whatever address it
+ * was dialled at. The name travels with the credentials because it belongs to the identity the hop
+ * verifies, configured where the credentials are (--vision-server-name beside --vision-ca).
+ */
+export function serverNameOptions(credentials: ChannelCredentials | undefined): ChannelOptions {
+  const name = credentials === undefined ? undefined : serverNames.get(credentials);
+  return name === undefined ? {} : { 'grpc.ssl_target_name_override': name, 'grpc.default_authority': name };
 }
 
 /** What a service runs with: server credentials (null: plaintext) and the files to watch. */
@@ -217,10 +280,14 @@ export interface ServiceTls {
 
 /**
  * Builds a service's TLS from config: the server side when VLM_TLS_CERT/KEY are set, the vision hop
- * when `withVisionClient` and VLM_VISION_CA or VLM_VISION_CLIENT_CERT are set. Watches the files and
- * reloads on SIGHUP.
+ * when `withVisionClient` and VLM_VISION_CA or VLM_VISION_CLIENT_CERT are set (verified against
+ * VLM_VISION_SERVER_NAME when given). Watches the files and reloads on SIGHUP.
  */
 export function serviceTls(config: TlsConfig, log: Logger, withVisionClient: boolean): ServiceTls {
+  const hopTls = config.visionCaFile !== null || config.visionClientCertFile !== null;
+  if (withVisionClient && config.visionServerName !== null && !hopTls) {
+    throw VlmError.invalid('--vision-server-name', "names the certificate vision must present, but the hop is plaintext: set VLM_VISION_CA (or a client certificate) for TLS, or unset VLM_VISION_SERVER_NAME");
+  }
   const sets: CertificateFiles[] = [];
   let server: ServerCredentials | null = null;
   let visionChannel: ChannelCredentials | null = null;
@@ -229,10 +296,10 @@ export function serviceTls(config: TlsConfig, log: Logger, withVisionClient: boo
     sets.push(files);
     server = reloadingServerCredentials(files);
   }
-  if (withVisionClient && (config.visionCaFile !== null || config.visionClientCertFile !== null)) {
+  if (withVisionClient && hopTls) {
     const files = new CertificateFiles({ cert: config.visionClientCertFile, key: config.visionClientKeyFile, ca: config.visionCaFile }, log.child('tls.vision-client'));
     sets.push(files);
-    visionChannel = reloadingChannelCredentials(files);
+    visionChannel = reloadingChannelCredentials(files, config.visionServerName);
   }
   for (const s of sets) s.watch(config.reloadIntervalMs);
   const onHangup = (): void => {

@@ -10,6 +10,7 @@ import type { Manifest } from '../../shared/bundle/manifest';
 import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
 import type { VisualTokens as CoreVisualTokens, GenerateResult } from '../../shared/engine';
 import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
+import type { VisionSchedule } from '../../shared/methods/types';
 import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen/vlm/v1/language_service';
 import { FinishReason } from '../../gen/vlm/v1/language_service';
 import { VlmError } from '../../shared/errors';
@@ -17,7 +18,7 @@ import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
 import type { ServiceEngine } from '../common/engine';
 import type { AssembledTensor, Expectation, VisualTokens } from '../common/tensor-stream';
-import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
+import { noReduction, validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
 import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
 import type { HopContext } from './vision-client';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
@@ -46,9 +47,21 @@ export async function loadPromptTokenCounter(modelDir: string, manifest: Manifes
   };
 }
 
-export function expectationOf(engine: ServiceEngine): Expectation {
+/**
+ * What the hop must bring back: this model's tensor, of the vision schedule this service resolved for
+ * the request (checkPolicy), so the rows are the ones the context check and the language schedule were
+ * planned for. Default: the schedule of a request that sets no policy.
+ */
+export function expectationOf(engine: ServiceEngine, vision: VisionSchedule = resolveVisionSchedule(noReduction(), engine.model.visionGeometry)): Expectation {
   const m = engine.model.manifest;
-  return { modelId: m.model_id, contentHash: m.content_hash, dtype: m.io_dtype, width: m.language.hidden_size, fullTokenCount: m.vision.num_patches };
+  return {
+    modelId: m.model_id,
+    contentHash: m.content_hash,
+    dtype: m.io_dtype,
+    width: m.language.hidden_size,
+    fullTokenCount: m.vision.num_patches,
+    schedule: { method: vision.method, outputTokens: vision.outputTokens, params: vision.params },
+  };
 }
 
 /** The engine takes float32 rows; a float16 hop is widened here. */
@@ -57,11 +70,11 @@ function coreTokens(t: VisualTokens): CoreVisualTokens {
   return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
 }
 
-/** Judged here, before the hop: a bad policy must not cost an encode. Returns the visual tokens the hop will bring. */
-function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): number {
+/** Judged here, before the hop: a bad policy must not cost an encode. Returns the vision schedule the hop must bring. */
+function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): VisionSchedule {
   const vision = resolveVisionSchedule(valid.policy, engine.model.visionGeometry);
   resolveLanguageSchedule(valid.policy, { ...engine.model.languageGeometry, visualTokens: vision.outputTokens });
-  return vision.outputTokens;
+  return vision;
 }
 
 /**
@@ -91,11 +104,11 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const started = performance.now();
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
   span?.setAttributes({ ...policyAttributes(valid.policy), [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: valid.sampling.maxNewTokens });
-  const visualTokens = checkPolicy(engine, valid);
-  checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visualTokens);
+  const visionSchedule = checkPolicy(engine, valid);
+  checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visionSchedule.outputTokens);
 
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
-  const tensor = await deps.vision.encode(hop, expectationOf(engine), ctx);
+  const tensor = await deps.vision.encode(hop, expectationOf(engine, visionSchedule), ctx);
   const encodeMs = performance.now() - started;
 
   // The generation gets a signal of its own: besides the call's cancellation and deadline, it is

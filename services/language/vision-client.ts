@@ -11,6 +11,7 @@ import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '..
 import type { ModelInfo } from '../../gen/vlm/v1/common';
 import { REQUEST_ID_KEY } from '../common/interceptors';
 import { fromServiceError } from '../common/status';
+import { serverNameOptions } from '../common/tls';
 import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
 import { context } from '@opentelemetry/api';
 import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '../../shared/telemetry/names';
@@ -20,6 +21,7 @@ export interface VisionClientOptions {
   /** host:port, a comma-separated list of IP:port, or any gRPC target (dns:///name:port). */
   readonly target: string;
   readonly authToken: string | null;
+  /** Plaintext when absent; credentials from reloadingChannelCredentials bring their server name along. */
   readonly credentials?: ChannelCredentials;
 }
 
@@ -32,7 +34,9 @@ export interface HopContext {
 
 /**
  * A list of addresses becomes grpc-js's static `ipv4:`/`ipv6:` target, so one channel balances over
- * all of them; a single name stays a DNS target (round-robin over its A/AAAA records).
+ * all of them; a single name stays a DNS target (round-robin over its A/AAAA records). With TLS, such
+ * a channel checks every replica's certificate against the first address unless the credentials
+ * carry a server name (--vision-server-name; see serverNameOptions in tls.ts).
  */
 export function channelTarget(target: string): string {
   const parts = target.split(',').map((s) => s.trim()).filter(Boolean);
@@ -86,6 +90,7 @@ export class VisionClient {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.enable_retries': 1,
+      ...serverNameOptions(options.credentials),
     });
   }
 
