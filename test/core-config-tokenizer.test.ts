@@ -155,6 +155,45 @@ describe('tensor helpers', () => {
     expect(descendingPrefix(Float32Array.from([1, 3, 3, 2]), Float64Array.from([0.1, 1, 1, 0.4]), (count) => count >= 3)).toEqual([1, 2, 3]);
   });
 
+  it('cuts to top-k, then to top-p of the renormalized top-k mass, after temperature: hand-worked cases', () => {
+    // Ids 0..3 with weights 1 : 4 : 2 : 3 (the logits are their logs): probabilities .1 .4 .2 .3 at
+    // temperature 1, in descending order 1, 3, 2, 0.
+    const logits = Float32Array.from([1, 4, 2, 3].map(Math.log));
+    const N = 4000;
+    const frequencies = (params: { temperature: number; topP: number; topK: number }): Record<number, number> => {
+      const sampler = new Sampler({ ...params, seed: 11 });
+      const counts: Record<number, number> = {};
+      for (let i = 0; i < N; i++) {
+        const id = sampler.next(logits);
+        counts[id] = (counts[id] ?? 0) + 1;
+      }
+      return Object.fromEntries(Object.entries(counts).map(([id, c]) => [id, c / N]));
+    };
+    const cases: Array<[string, { temperature: number; topP: number; topK: number }, Record<number, number>]> = [
+      // No cut: every id, at its probability.
+      ['no cut', { temperature: 1, topP: 1, topK: 0 }, { 0: 0.1, 1: 0.4, 2: 0.2, 3: 0.3 }],
+      // Cumulative .4, .7: .7 >= .65 after two tokens, so {1, 3}, drawn .4/.7 and .3/.7.
+      ['top-p 0.65', { temperature: 1, topP: 0.65, topK: 0 }, { 1: 4 / 7, 3: 3 / 7 }],
+      // Cumulative .4, .7, .9: three tokens, drawn .4/.9, .3/.9, .2/.9.
+      ['top-p 0.8', { temperature: 1, topP: 0.8, topK: 0 }, { 1: 4 / 9, 3: 3 / 9, 2: 2 / 9 }],
+      // Temperature 0.5 squares the weights, 1 : 16 : 4 : 9 of 30; cumulative 16/30 = .533, 25/30 = .833
+      // >= .8 after two tokens, so {1, 3}, drawn 16/25 and 9/25.
+      ['temperature 0.5, top-p 0.8', { temperature: 0.5, topP: 0.8, topK: 0 }, { 1: 16 / 25, 3: 9 / 25 }],
+      // The two largest: {1, 3}, drawn 4/7 and 3/7.
+      ['top-k 2', { temperature: 1, topP: 1, topK: 2 }, { 1: 4 / 7, 3: 3 / 7 }],
+      // Top-k 3 keeps 1, 3, 2 (mass .9); top-p over that mass: .4/.9 = .444, .7/.9 = .778 >= .75, so
+      // {1, 3}. (Measured against the whole vocabulary, .7 < .75 would have kept a third token.)
+      ['top-k 3, then top-p 0.75', { temperature: 1, topP: 0.75, topK: 3 }, { 1: 4 / 7, 3: 3 / 7 }],
+    ];
+    for (const [name, params, expected] of cases) {
+      const seen = frequencies(params);
+      // The support exactly (every kept id has probability >= 2/9, so 4000 draws show it), and each
+      // frequency within 0.04 of its probability (the standard error is under 0.008).
+      expect(Object.keys(seen).map(Number).sort(), name).toEqual(Object.keys(expected).map(Number).sort());
+      for (const [id, p] of Object.entries(expected)) expect(Math.abs(seen[Number(id)]! - p), `${name}: id ${id} drawn ${seen[Number(id)]}, expected ${p.toFixed(3)}`).toBeLessThan(0.04);
+    }
+  });
+
   it('draws a different stream for every seed the API accepts, not only for their low 32 bits', () => {
     const draws = (seed: number) => Array.from({ length: 4 }, seededRandom(seed));
     // Mulberry32 as published, for seeds below 2^32: existing seeds keep their streams.

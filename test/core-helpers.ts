@@ -5,6 +5,7 @@ import { expect } from 'vitest';
 import { testConfig, type Config } from '../shared/config';
 import { loadModel, type LoadedModel } from '../shared/engine';
 import { VlmError } from '../shared/errors';
+import type { Logger } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import { f32, i64, type HostTensor } from '../shared/tensor/host-tensor';
 
@@ -60,4 +61,33 @@ export async function failure(p: Promise<unknown>): Promise<VlmError> {
 export function loadTestModel(model: Partial<Config['model']>): Promise<LoadedModel> {
   const config = testConfig({ model });
   return loadModel({ model: config.model, runtime: config.runtime, limits: config.limits });
+}
+
+export type LogLine = Record<string, unknown>;
+
+/** Records every line at every level, so tests can read (and grep) what the services and the pool log. */
+export function recordingLogger(lines: LogLine[], component: string): Logger {
+  const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
+  return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error'), child: (c) => recordingLogger(lines, `${component}.${c}`) };
+}
+
+/**
+ * The pool's line for a job that ended early (shared/worker/pool.ts): 'job stopped early' with the
+ * tokens its worker had generated when it stopped. Waits up to `timeoutMs` for the worker's answer;
+ * fails naming what was logged instead ('aborted job ran to completion' from a worker that ignored
+ * the abort).
+ */
+export async function stoppedJob(lines: readonly LogLine[], requestId: string, timeoutMs = 10_000): Promise<LogLine & { decode_steps: number; code: string; aborted: boolean }> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const line = lines.find((l) => l['msg'] === 'job stopped early' && l['request_id'] === requestId);
+    if (line) return line as LogLine & { decode_steps: number; code: string; aborted: boolean };
+    const completed = lines.find((l) => l['msg'] === 'aborted job ran to completion' && l['request_id'] === requestId);
+    if (completed) throw new Error(`the job of request ${requestId} was aborted but ran to completion: ${JSON.stringify(completed)}`);
+    if (Date.now() > until) {
+      const seen = lines.filter((l) => l['request_id'] === requestId);
+      throw new Error(`no 'job stopped early' line for request ${requestId} within ${timeoutMs} ms; its lines: ${JSON.stringify(seen)}`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }

@@ -12,15 +12,18 @@ import { testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { InferencePool } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
-import { failure, policy, RANDOM_BUNDLE, ROOT } from './core-helpers';
+import { failure, policy, RANDOM_BUNDLE, recordingLogger, ROOT, stoppedJob, type LogLine } from './core-helpers';
 
 const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
+/** As many tokens as the random bundle's 256 positions leave after this prompt; it emits no stop token before. */
+const LONG = 200;
 let pool: InferencePool;
 let image: Buffer;
+const poolLog: LogLine[] = [];
 
 beforeAll(async () => {
   const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 1 } });
-  pool = await InferencePool.start({ ...config, warmUp: 'both' });
+  pool = await InferencePool.start({ ...config, warmUp: 'both', log: recordingLogger(poolLog, 'pool') });
   image = await sharp({ create: { width: 48, height: 40, channels: 3, background: { r: 250, g: 200, b: 0 } } }).png().toBuffer();
 });
 afterAll(() => pool.close());
@@ -68,20 +71,30 @@ describe('InferencePool', () => {
     await expect(queued).resolves.toBeDefined();
   });
 
-  it('cancels a running job from its stream and frees the worker', async () => {
+  it('runs an uncancelled long job to its last token (what the cancellation test stops short of)', async () => {
+    const r = await pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: LONG }, policy());
+    expect(r.generate.tokenIds).toHaveLength(LONG);
+    expect(r.generate.finishReason).toBe('length');
+  });
+
+  it('cancels a running job from its stream: the worker stops within a few decode steps and takes new work', async () => {
     const controller = new AbortController();
-    let deltas = 0;
-    const job = pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: 160 }, policy(), {
+    const job = pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: LONG }, policy(), {
       signal: controller.signal,
-      onDelta: () => {
-        deltas++;
-        controller.abort();
-      },
+      requestId: 'cancelled-on-first-token',
+      onDelta: () => controller.abort(),
     });
     const e = await failure(job);
     expect(e.code).toBe('CANCELLED');
-    expect(deltas).toBeLessThanOrEqual(2);
-    // The worker stops at its next check and takes new work.
+    // The caller's promise settles at once; the worker's own answer says where it stopped. A worker
+    // that ignored the abort would generate all LONG tokens and answer with a result instead (logged
+    // as 'aborted job ran to completion'). The abort leaves after the first token reaches this thread,
+    // so a few more steps may run meanwhile: a quarter of the job is a wide margin for a slow machine.
+    const stopped = await stoppedJob(poolLog, 'cancelled-on-first-token');
+    expect(stopped).toMatchObject({ kind: 'ask', code: 'CANCELLED', aborted: true });
+    expect(stopped.decode_steps).toBeGreaterThanOrEqual(1);
+    expect(stopped.decode_steps).toBeLessThan(LONG / 4);
+    expect(pool.stats.busy).toBe(0);
     await expect(pool.ask(image, 'what color is it?', sampling, policy())).resolves.toBeDefined();
   });
 

@@ -163,12 +163,11 @@ describe('bad and unusual inputs through the real pair', () => {
       ['policy.params name', { params: { [long]: { kind: { $case: 'number', number: 1 } } } }],
     ];
     for (const [what, policy] of cases) {
-      it(`a 40000-character ${what} is INVALID_ARGUMENT at once, repeating only a short prefix`, async () => {
-        const started = Date.now();
-        // A status too large for the client's trailers never arrives: the call would end at its deadline.
+      it(`a 40000-character ${what} is INVALID_ARGUMENT, repeating only a short prefix`, async () => {
+        // A status too large for the client's trailers never arrives: the call would end at its
+        // deadline as DEADLINE_EXCEEDED instead.
         const out = await ask(client, request(valid, { maxTokens: 2, policy }), { deadlineMs: 5000 });
         expect(out.error?.code, out.error?.details.slice(0, 200)).toBe(GrpcCode.INVALID_ARGUMENT);
-        expect(Date.now() - started).toBeLessThan(2000);
         expect(out.error!.details.length).toBeLessThan(1000);
         expect(out.error!.details).toContain('x'.repeat(64));
         expect(out.error!.details).not.toContain('x'.repeat(65));

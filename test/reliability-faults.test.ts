@@ -5,25 +5,27 @@
  * - vision unavailable at start (language starts anyway; UNAVAILABLE naming the target; answered
  *   once vision is up), vision SIGKILLed while encoding (UNAVAILABLE), a vision replica dying
  *   mid-stream while another is up (the Encode is repeated there: the caller sees an answer),
- *   vision slower than the deadline (DEADLINE_EXCEEDED), vision restarted (answered again);
- * - the client cancelling (CANCELLED; both sides stop);
+ *   vision slower than the deadline (DEADLINE_EXCEEDED; the service cancels its Encode), vision
+ *   restarted (answered again);
+ * - the client cancelling (CANCELLED; both workers stop, as their pools log);
  * - the language service SIGKILLed mid-generate and restarted (UNAVAILABLE, then answered on the
  *   same client channel; vision's call ended with the connection).
  * The child services run with a bearer token, and their stderr is checked for it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode } from '@grpc/grpc-js';
+import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { healthOf } from '../services/common/health-client';
-import { EncodeResponse, VisionServiceClient, VisionServiceService } from '../gen/vlm/v1/vision_service';
+import { EncodeResponse, VisionServiceClient, VisionServiceService, type EncodeRequest } from '../gen/vlm/v1/vision_service';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
-import { collect, eventually, sleep } from './service-helpers';
-import { ask, BUNDLE, pairConfig, request, ROOT, shapesImage } from './reliability-helpers';
+import { collect, eventually, metadataWith } from './service-helpers';
+import { ask, BUNDLE, pairConfig, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
+import { stoppedJob } from './core-helpers';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
@@ -34,24 +36,42 @@ interface Child {
   readonly proc: ChildProcess;
   readonly stderr: () => string;
   readonly exited: Promise<void>;
+  /** Its Prometheus endpoint, http://127.0.0.1:<port>/metrics. */
+  readonly metricsPort: number;
 }
 
 const logs: string[] = [];
 
-/** `vlm serve <role>` as its own process on a fixed port, with the token; resolves once SERVING. */
+/**
+ * `vlm serve <role>` as its own process on a given port, with the token and a Prometheus endpoint on
+ * a free port; resolves once SERVING. A child that does not get there is killed before the error is
+ * thrown: none outlives the test.
+ */
 async function serveProcess(role: 'vision' | 'language', port: number, extra: string[] = []): Promise<Child> {
-  const flags = ['serve', role, '--model', BUNDLE, '--host', '127.0.0.1', `--${role}-port`, String(port), '--metrics-port', '0', '--shutdown-grace-ms', '500', '--log-level', 'debug', ...extra];
+  const metricsPort = await freePort();
+  const flags = ['serve', role, '--model', BUNDLE, '--host', '127.0.0.1', `--${role}-port`, String(port), '--metrics-port', String(metricsPort), '--shutdown-grace-ms', '500', '--log-level', 'debug', ...extra];
   const proc = spawn(process.execPath, [BIN, ...flags], { env: { ...process.env, VLM_AUTH_TOKEN: TOKEN, VLM_INTRA_OP_THREADS: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const child = { proc, stderr: () => err, exited };
+  const child = { proc, stderr: () => err, exited, metricsPort };
   const address = `127.0.0.1:${port}`;
-  await eventually(async () => {
-    if (!running(proc)) throw new Error(`${role} exited during start-up:\n${err}`);
-    return (await healthOf(address, 500).catch(() => 'DOWN')) === 'SERVING';
-  }, 60_000, 100);
+  try {
+    await eventually(async () => {
+      if (!running(proc)) throw new Error(`${role} exited during start-up:\n${err}`);
+      return (await healthOf(address, 500).catch(() => 'DOWN')) === 'SERVING';
+    }, 60_000, 100);
+  } catch (e) {
+    if (running(proc)) await kill(child, 'SIGKILL'); // a single service process: no children to orphan
+    throw e;
+  }
   return child;
+}
+
+/** The value of a metric without labels (or summed over them) on a child's Prometheus endpoint; 0 while unreachable. */
+async function metric(child: Child, name: string): Promise<number> {
+  const text = await fetch(`http://127.0.0.1:${child.metricsPort}/metrics`).then((r) => r.text(), () => '');
+  return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((sum, m) => sum + Number(m[1]), 0);
 }
 
 async function kill(child: Child, signal: NodeJS.Signals): Promise<void> {
@@ -131,8 +151,10 @@ describe('faults across the hop', () => {
     });
 
     it('SIGKILLed while encoding: UNAVAILABLE, and the language service holds nothing', async () => {
+      expect(await metric(vision!, 'vlm_inflight_requests')).toBe(0);
       const pending = ask(client, request(big), { metadata: withToken(), deadlineMs: 20_000 });
-      await sleep(150); // the Encode is in flight: vision decodes the 3000x3000 JPEG
+      // The Encode is in flight: vision has admitted it (and decodes the 3000x3000 JPEG).
+      await eventually(async () => (await metric(vision!, 'vlm_inflight_requests')) >= 1, 10_000, 5);
       await kill(vision!, 'SIGKILL');
       const out = await pending;
       expect(out.error?.code, out.error?.details).toBe(GrpcCode.UNAVAILABLE);
@@ -149,19 +171,25 @@ describe('faults across the hop', () => {
       await idle(language);
     });
 
-    it('slower than the deadline (a vision that never answers): DEADLINE_EXCEEDED, nothing left behind', async () => {
+    it('slower than the deadline (a vision that never answers): DEADLINE_EXCEEDED, and the service cancels its Encode', async () => {
       const stalled = new Server();
       const open: Array<{ end(): void }> = [];
-      stalled.addService(VisionServiceService, { encode: (call: { end(): void }) => void open.push(call), getModelInfo: () => undefined });
+      let cancelled = 0;
+      const encode = (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
+        open.push(call);
+        call.on('cancelled', () => cancelled++);
+      };
+      stalled.addService(VisionServiceService, { encode, getModelInfo: () => undefined });
       const port = await new Promise<number>((resolve, reject) => stalled.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
       const slow = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       const slowClient = new LanguageServiceClient(slow.address, credentials.createInsecure());
       try {
-        const started = Date.now();
         const out = await ask(slowClient, request(image), { deadlineMs: 400 });
         expect(out.error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
-        expect(Date.now() - started).toBeLessThan(1500);
         expect(open.length).toBe(1);
+        // The language service's duty: its own Encode to the stalled vision ends with the caller's
+        // deadline (cancelled by the hop or expired by the deadline it carries), not left open.
+        await eventually(() => cancelled === 1, 5000, 10);
         await idle(slow);
       } finally {
         slowClient.close();
@@ -224,9 +252,12 @@ describe('faults across the hop', () => {
     let vision: RunningService;
     let language: RunningService;
     let client: LanguageServiceClient;
+    // The pools' 'job stopped early' lines say where a cancelled job stopped.
+    const visionLog: LogLine[] = [];
+    const languageLog: LogLine[] = [];
     beforeAll(async () => {
-      vision = await startVisionService(pairConfig(), { port: 0 });
-      language = await startLanguageService(pairConfig({ visionTarget: vision.address }), { port: 0 });
+      vision = await startVisionService(pairConfig(), { port: 0, log: recordingLogger(visionLog, 'vision') });
+      language = await startLanguageService(pairConfig({ visionTarget: vision.address }), { port: 0, log: recordingLogger(languageLog, 'language') });
       client = new LanguageServiceClient(language.address, credentials.createInsecure());
     });
     afterAll(async () => {
@@ -235,18 +266,25 @@ describe('faults across the hop', () => {
       await vision?.stop();
     });
 
-    it('while vision encodes and while language decodes: CANCELLED, both services hold nothing', async () => {
-      const duringEncode = client.generate(request(big));
+    it('while vision encodes and while language decodes: CANCELLED, both workers stop, both services hold nothing', async () => {
+      const duringEncode = client.generate(request(big), metadataWith({ 'x-request-id': 'cancel-during-encode' }));
       const encodeOutcome = collect(duringEncode);
       await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
       duringEncode.cancel();
       expect((await encodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
+      // The vision worker stopped instead of finishing the encode ('aborted job ran to completion').
+      expect(await stoppedJob(visionLog, 'cancel-during-encode')).toMatchObject({ kind: 'encode', code: 'CANCELLED', aborted: true });
 
-      const duringDecode = client.generate(request(image, { maxTokens: 200 }));
+      // 200 tokens (the random bundle emits no stop token); cancelled at the first delta, the worker
+      // stops within a few steps: a quarter of the answer is a wide margin for the cancel's trip.
+      const duringDecode = client.generate(request(image, { maxTokens: 200 }), metadataWith({ 'x-request-id': 'cancel-during-decode' }));
       const decodeOutcome = collect(duringDecode);
       await new Promise<void>((resolve) => duringDecode.once('data', () => resolve()));
       duringDecode.cancel();
       expect((await decodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
+      const stopped = await stoppedJob(languageLog, 'cancel-during-decode');
+      expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
+      expect(stopped.decode_steps).toBeLessThan(200 / 4);
 
       await idle(vision);
       await idle(language);

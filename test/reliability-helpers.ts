@@ -9,7 +9,6 @@ import * as path from 'node:path';
 import { Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { testConfig, type Config } from '../shared/config';
-import type { Logger } from '../shared/log';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { GenerateResponse, type GenerateFinal, type GenerateRequest, type LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect } from './service-helpers';
@@ -62,13 +61,7 @@ export function keyBody(file: string): string {
     .join('');
 }
 
-export type LogLine = Record<string, unknown>;
-
-/** Records every line at every level, so tests can read (and grep) what the services log. */
-export function recordingLogger(lines: LogLine[], component: string): Logger {
-  const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
-  return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error'), child: (c) => recordingLogger(lines, `${component}.${c}`) };
-}
+export { recordingLogger, type LogLine } from './core-helpers';
 
 export interface PairOverrides {
   readonly visionTarget?: string;

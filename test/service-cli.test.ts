@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { eventually } from './service-helpers';
+import { eventually, stopServeAll } from './service-helpers';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
@@ -33,16 +33,14 @@ describe('vlm serve all + vlm ask', () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
     target = `127.0.0.1:${languagePort}`;
     visionAddress = `127.0.0.1:${visionPort}`;
-    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     image = path.join(tmpdir(), `vlm-cli-${process.pid}.png`);
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
     await eventually(async () => (await healthOf(target, 500).catch(() => '')) === 'SERVING' && (await healthOf(visionAddress, 500).catch(() => '')) === 'SERVING', 60_000, 200);
   });
 
-  afterAll(() => {
-    if (running(server)) server.kill('SIGKILL');
-  });
+  afterAll(() => stopServeAll(server)); // (a no-op after the SIGTERM test, unless it failed)
 
   it('runs the two services as two processes, logging JSON lines with one request id across the hop', async () => {
     const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '4']);
@@ -106,7 +104,7 @@ describe('vlm serve all + vlm ask', () => {
 describe('vlm serve all, a child stuck while draining', () => {
   it('drains on the first SIGTERM and kills the stuck child on the second, then exits', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
-    const server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'warn'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     let vision = 0;
@@ -127,7 +125,6 @@ describe('vlm serve all, a child stuck while draining', () => {
       expect(stderr).toMatch(/second signal: killing the services that still run/);
       expect(() => process.kill(vision, 0)).toThrow(); // gone
     } finally {
-      if (running(server)) server.kill('SIGKILL');
       if (vision > 0) {
         try {
           process.kill(vision, 'SIGKILL'); // never leave a stopped orphan behind
@@ -135,6 +132,7 @@ describe('vlm serve all, a child stuck while draining', () => {
           // already gone
         }
       }
+      await stopServeAll(server); // SIGTERM, so the language child goes down with its parent
     }
   }, 90_000);
 });

@@ -193,12 +193,11 @@ describe('the service shell over loopback gRPC', () => {
   });
 
   it("aborts the handler's work with DEADLINE_EXCEEDED when the client's deadline passes", async () => {
-    const started = Date.now();
     const { error } = await collect(encode(client, 5, { deadlineMs: 300 }));
     expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    // The handler only ends when its signal aborts: its reason says the deadline did it.
     await eventually(() => observed.get(5)?.finished === true, 2000);
     expect(observed.get(5)!.aborted).toBe('DEADLINE_EXCEEDED');
-    expect(Date.now() - started).toBeLessThan(2000);
   });
 
   it('echoes a well-formed x-request-id and gives the handler the same id', async () => {
@@ -344,10 +343,10 @@ describe('graceful stop', () => {
     try {
       const stuck = collect(encode(client, 5));
       await eventually(() => server.activeCalls === 1);
-      const started = Date.now();
+      // The handler never ends by itself: stop() returns (within the test's timeout) only because the
+      // grace period's end cancels it.
       await server.stop();
-      expect(Date.now() - started).toBeLessThan(2000);
-      expect((await stuck).error).not.toBeNull();
+      expect((await stuck).error?.code).toBe(GrpcCode.CANCELLED);
     } finally {
       client.close();
     }

@@ -2,10 +2,12 @@
  * Clients the service tests share: the generated vlm.v1 clients, and dynamic ones (proto-loader) for
  * grpc.health.v1 and server reflection, as any external tool would use them.
  */
+import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { running } from '../cli/child-running';
 
 type Ctor = new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => Client;
 
@@ -76,5 +78,23 @@ export async function eventually(check: () => boolean | Promise<boolean>, timeou
   while (!(await check())) {
     if (Date.now() > until) throw new Error(`condition not met within ${timeoutMs} ms`);
     await sleep(stepMs);
+  }
+}
+
+/**
+ * Stops a `vlm serve all` parent the way its children get stopped too: SIGTERM (it forwards it to
+ * both services and waits for them), then SIGKILL only if it has not exited within `graceMs`. A bare
+ * SIGKILL would leave its two service processes running, orphaned.
+ */
+export async function stopServeAll(server: ChildProcess | undefined, graceMs = 15_000): Promise<void> {
+  if (!server || !running(server)) return;
+  const exited = new Promise<void>((resolve) => server.once('exit', () => resolve()));
+  server.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([exited, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+  clearTimeout(timer);
+  if (running(server)) {
+    server.kill('SIGKILL');
+    await exited;
   }
 }

@@ -22,13 +22,19 @@ import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/com
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import type { Logger } from '../shared/log';
-import { collect, eventually, healthStatus, reflectedServices, sleep } from './service-helpers';
+import { collect, eventually, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+import { recordingLogger, stoppedJob, type LogLine } from './core-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
 const BUNDLE_F16 = path.join(ROOT, 'test/fixtures/random-bundle-f16');
 const QUESTION = 'What color is the small circle?';
 const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
+/**
+ * A long answer: the random bundle emits no stop token, so an uncancelled request decodes all of them
+ * (the 256 positions hold the prompt and about 220 tokens).
+ */
+const LONG = 200;
 
 function config(dir: string, over: { visionTarget?: string; queueSize?: number } = {}): Config {
   return testConfig({
@@ -60,8 +66,8 @@ interface Outcome {
   error: ServiceError | null;
 }
 
-async function ask(client: LanguageServiceClient, req: GenerateRequest, deadlineMs = 30_000): Promise<Outcome> {
-  const { messages, error } = await collect<GenerateResponse>(client.generate(req, new Metadata(), { deadline: Date.now() + deadlineMs }));
+async function ask(client: LanguageServiceClient, req: GenerateRequest, deadlineMs = 30_000, metadata = new Metadata()): Promise<Outcome> {
+  const { messages, error } = await collect<GenerateResponse>(client.generate(req, metadata, { deadline: Date.now() + deadlineMs }));
   const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
   const final = messages.find((m) => m.part?.$case === 'final');
   return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
@@ -74,12 +80,6 @@ function bigJpeg(): Promise<Buffer> {
   const raw = Buffer.alloc(side * side * 3);
   for (let i = 0; i < raw.length; i += 97) raw[i] = (i * 2654435761) >>> 24;
   return (bigJpegBytes ??= sharp(raw, { raw: { width: side, height: side, channels: 3 } }).jpeg({ quality: 40 }).toBuffer());
-}
-
-/** A log sink for the services under test: every line as an object, so tests can read the access log. */
-function recordingLogger(lines: Array<Record<string, unknown>>, component: string): Logger {
-  const rec = (level: string) => (msg: string, fields?: Record<string, unknown>) => void lines.push({ level, component, msg, ...fields });
-  return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error'), child: (c) => recordingLogger(lines, `${component}.${c}`) };
 }
 
 const POLICIES: Array<[string, Partial<WirePolicy>, ReductionPolicy]> = [
@@ -95,11 +95,14 @@ describe('the service pair on loopback', () => {
   let client: LanguageServiceClient;
   let core: LoadedModel;
   let image: Buffer;
+  // What each service logs, its pool's 'job stopped early' lines included (where a cancelled job stopped).
+  const visionLog: LogLine[] = [];
+  const languageLog: LogLine[] = [];
 
   beforeAll(async () => {
-    vision = await startVisionService(config(BUNDLE), { port: 0 });
+    vision = await startVisionService(config(BUNDLE), { port: 0, log: recordingLogger(visionLog, 'vision') });
     // The language pool admits one running request and queues none: the RESOURCE_EXHAUSTED test needs it.
-    language = await startLanguageService(config(BUNDLE, { visionTarget: vision.address, queueSize: 0 }), { port: 0 });
+    language = await startLanguageService(config(BUNDLE, { visionTarget: vision.address, queueSize: 0 }), { port: 0, log: recordingLogger(languageLog, 'language') });
     client = new LanguageServiceClient(language.address, credentials.createInsecure());
     const c = config(BUNDLE);
     core = await loadModel({ model: c.model, runtime: c.runtime, limits: c.limits });
@@ -213,15 +216,18 @@ describe('the service pair on loopback', () => {
   });
 
   it('stops decoding in the language worker when the client cancels', async () => {
-    const call = client.generate(request(image, { maxTokens: 200 }));
+    const call = client.generate(request(image, { maxTokens: LONG }), metadataWith({ 'x-request-id': 'client-cancels' }));
     call.on('error', () => undefined);
     let deltas = 0;
     await new Promise<void>((resolve) => call.on('data', () => ++deltas === 2 && resolve()));
     call.cancel();
-    const cancelledAt = Date.now();
+    // The worker says where it stopped. Uncancelled, it would decode all LONG tokens and log
+    // 'aborted job ran to completion'; the cancel travels client -> service -> pool -> worker while
+    // decoding goes on, so a few more steps run: a quarter of the answer is a wide margin.
+    const stopped = await stoppedJob(languageLog, 'client-cancels');
+    expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
+    expect(stopped.decode_steps).toBeLessThan(LONG / 4);
     await eventually(() => language.engine.pool.stats.busy === 0 && language.activeCalls() === 0, 2000, 5);
-    // 200 tokens take most of a second on this model; the worker stopped at its next decode step.
-    expect(Date.now() - cancelledAt).toBeLessThan(600);
     expect(vision.activeCalls()).toBe(0);
   });
 
@@ -232,16 +238,17 @@ describe('the service pair on loopback', () => {
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
     try {
       const promptTokens = await loadPromptTokenCounter(BUNDLE, language.engine.model.manifest, config(BUNDLE).limits);
-      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: 220 }), ctx);
+      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: LONG }), ctx);
       await stream.next();
       await stream.next();
       expect(language.engine.pool.stats.busy).toBe(1);
-      const abandonedAt = Date.now();
       await stream.return(undefined);
+      // Where the worker stopped: not after all LONG tokens (a worker left decoding would log
+      // 'aborted job ran to completion'), but within a few steps of the abandonment.
+      const stopped = await stoppedJob(languageLog, 'abandoned');
+      expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
+      expect(stopped.decode_steps).toBeLessThan(LONG / 4);
       await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
-      // The remaining ~218 tokens take about 0.4 s on an idle machine (measured: 370 ms for
-      // 198 without this behaviour); the worker stopped at its next decode step (7 ms measured).
-      expect(Date.now() - abandonedAt).toBeLessThan(150);
     } finally {
       hop.close();
     }
@@ -253,13 +260,16 @@ describe('the service pair on loopback', () => {
     let languageBusy = false;
     const watch = setInterval(() => (languageBusy ||= language.engine.pool.stats.busy > 0), 2);
     try {
-      const call = client.generate(request(big));
+      const call = client.generate(request(big), metadataWith({ 'x-request-id': 'cancelled-while-encoding' }));
       const outcome = collect(call);
       await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
       call.cancel();
       expect((await outcome).error?.code).toBe(GrpcCode.CANCELLED);
       // The language service cancelled its Encode call: vision's call ends now, not when encoding would.
       await eventually(() => vision.activeCalls() === 0 && language.activeCalls() === 0, 1000, 2);
+      // The vision worker was told and stopped before the encoder (the request id crosses the hop); one
+      // that ignored the abort would log 'aborted job ran to completion'.
+      expect(await stoppedJob(visionLog, 'cancelled-while-encoding')).toMatchObject({ kind: 'encode', code: 'CANCELLED', aborted: true });
       await eventually(() => vision.engine.pool.stats.busy === 0, 3000, 5);
       await sleep(50);
       expect(languageBusy).toBe(false);
@@ -269,8 +279,33 @@ describe('the service pair on loopback', () => {
   });
 
   it("carries the caller's deadline: DEADLINE_EXCEEDED, and the worker stops", async () => {
-    const out = await ask(client, request(image, { maxTokens: 200 }), 150);
-    expect(out.error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    // An uncancelled control run, timed here (the faster of two: the first may pay for a cold start),
+    // places the deadline a quarter of the way into its decode: the job has reached the language
+    // worker by then even if this run's encode is slower, and the answer is far from complete even if
+    // this run is faster.
+    const control = async (): Promise<{ firstMs: number; decodeMs: number }> => {
+      const started = Date.now();
+      let firstMs = 0;
+      const call = client.generate(request(image, { maxTokens: LONG }));
+      call.once('data', () => (firstMs = Date.now() - started));
+      const done = await collect<GenerateResponse>(call);
+      expect(done.error).toBeNull();
+      expect(done.messages.flatMap((m) => (m.part?.$case === 'final' ? [m.part.final.tokens?.generated] : []))).toEqual([LONG]);
+      return { firstMs, decodeMs: Date.now() - started - firstMs };
+    };
+    const runs = [await control(), await control()];
+    const { firstMs, decodeMs } = runs[0]!.firstMs + runs[0]!.decodeMs < runs[1]!.firstMs + runs[1]!.decodeMs ? runs[0]! : runs[1]!;
+
+    const { messages, error } = await collect<GenerateResponse>(
+      client.generate(request(image, { maxTokens: LONG }), metadataWith({ 'x-request-id': 'past-its-deadline' }), { deadline: Date.now() + firstMs + decodeMs / 4 }),
+    );
+    expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    const received = messages.flatMap((m) => (m.part?.$case === 'delta' ? m.part.delta.tokenIds : [])).length;
+    // The worker stopped at the deadline: a few steps past the tokens the caller received before it,
+    // not at the last token (a worker that went on would answer with a result: no such line).
+    const stopped = await stoppedJob(languageLog, 'past-its-deadline');
+    expect(stopped).toMatchObject({ kind: 'generate', code: 'DEADLINE_EXCEEDED' });
+    expect(stopped.decode_steps - received).toBeLessThan(LONG / 4);
     await eventually(() => language.engine.pool.stats.busy === 0, 1000, 5);
   });
 

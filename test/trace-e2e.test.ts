@@ -15,9 +15,8 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { healthOf } from '../services/common/health-client';
 import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { collect, eventually } from './service-helpers';
+import { collect, eventually, stopServeAll } from './service-helpers';
 import { freePort } from '../cli/free-port';
-import { running } from '../cli/child-running';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -69,7 +68,7 @@ describe('one trace across vlm-language and vlm-vision (two processes)', () => {
   });
 
   afterAll(async () => {
-    if (server && running(server)) server.kill('SIGKILL');
+    await stopServeAll(server); // only if the start-up above failed before its SIGTERM
     await receiver?.close();
   });
 

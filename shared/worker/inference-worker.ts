@@ -1,7 +1,9 @@
 /**
  * A worker thread of an InferencePool: loads the model once, then runs one job at a time. ONNX
  * Runtime calls, tensor work and the methods' host code all happen here, never on the caller's
- * event loop. An abort message aborts the job's signal; the engine stops at its next check.
+ * event loop. An abort message aborts the job's signal; the engine stops at its next check. Every
+ * answer says how many tokens the job had generated (decode steps), so the pool can log where a
+ * cancelled job stopped.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import sharp from 'sharp';
@@ -31,23 +33,28 @@ function errorData(err: unknown) {
 
 // The engine's withSpan calls record into `recorder` (no SDK in a worker); the spans ride with the
 // result or error and the pool replays them under the caller's span.
-async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, recorder?: SpanRecorder): Promise<void> {
-  const onDelta = (delta: string, tokenId: number | undefined) => send({ type: 'delta', id, delta, tokenId });
+async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, progress: { decodeSteps: number }, recorder?: SpanRecorder): Promise<void> {
+  // The engine reports every generated token once with its id (and a flush without one).
+  const onDelta = (delta: string, tokenId: number | undefined) => {
+    if (tokenId !== undefined) progress.decodeSteps++;
+    send({ type: 'delta', id, delta, tokenId });
+  };
   const spans = recorder?.spans;
   switch (job.kind) {
     case 'encode': {
       const r = await encodeImage(model, job.image, job.policy, ctx);
-      send({ type: 'result', id, result: r, spans }, [r.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: r, spans, decodeSteps: 0 }, [r.embeds.data.buffer as ArrayBuffer]);
       return;
     }
     case 'generate': {
-      send({ type: 'result', id, result: await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta), spans });
+      const result = await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta);
+      send({ type: 'result', id, result, spans, decodeSteps: progress.decodeSteps });
       return;
     }
     case 'ask': {
       const encode = await encodeImage(model, job.image, job.policy, ctx);
       const gen = await generate(model, encode, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result: { encode, generate: gen }, spans }, [encode.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { encode, generate: gen }, spans, decodeSteps: progress.decodeSteps }, [encode.embeds.data.buffer as ArrayBuffer]);
       return;
     }
   }
@@ -94,9 +101,10 @@ async function main(): Promise<void> {
     const controller = new AbortController();
     running.set(msg.id, controller);
     const recorder = msg.record ? new SpanRecorder() : undefined;
-    const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId }, recorder);
+    const progress = { decodeSteps: 0 };
+    const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId }, progress, recorder);
     (recorder ? recorder.run(job) : job())
-      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans }))
+      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans, decodeSteps: progress.decodeSteps }))
       .finally(() => running.delete(msg.id));
   });
   send({ type: 'ready', manifest: model.manifest, provider: model.bundle.stages.provider });

@@ -5,9 +5,12 @@
  *   RESOURCE_EXHAUSTED (callers shed load instead of piling up latency).
  * - Cancellation: a queued job is dropped; a running job's worker gets an abort message and stops at
  *   the engine's next check. The caller's promise settles with the signal's reason (CANCELLED, or the
- *   DEADLINE_EXCEEDED a service put there).
+ *   DEADLINE_EXCEEDED a service put there). When the worker answers, a job that was aborted or ran
+ *   past its deadline is logged (info) with the tokens it had generated: 'job stopped early', or
+ *   'aborted job ran to completion' where the abort came too late to save any work.
  * - Deltas stream back as they are produced; errors arrive as VlmError.
- * - A worker that dies fails its job (UNAVAILABLE) and is replaced. If no worker is left and the
+ * - A worker that dies fails its job (INTERNAL: the job may be what killed it, so it is not one to
+ *   retry elsewhere) and is replaced. If no worker is left and the
  *   replacement cannot start, queued and new jobs fail at once with UNAVAILABLE (a client retries
  *   another replica instead of waiting for its deadline) and the start is retried with backoff.
  * Under vitest or tsx the worker runs the TypeScript source through tsx's require hook; built code
@@ -54,6 +57,8 @@ interface Task {
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: VlmError) => void;
   onAbort?: () => void;
+  /** performance.now() when the worker running it was sent an abort. */
+  abortedAt?: number;
   /** The caller's trace context and when the job was queued: the worker's spans are replayed there. */
   readonly trace?: { readonly parent: Context; readonly queuedAt: number; dispatchedAt?: number };
 }
@@ -191,11 +196,25 @@ export class InferencePool {
     for (const t of this.queue.splice(0)) this.settle(t, new VlmError('UNAVAILABLE', 'the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    await Promise.all(this.slots.map((s) => {
-      if (s.task) this.settle(s.task, new VlmError('UNAVAILABLE', 'the inference pool shut down while the request ran'));
-      return s.worker.terminate();
-    }));
+    await Promise.all(this.slots.map((s) => this.stopWorker(s)));
     this.slots.length = 0;
+  }
+
+  /**
+   * Terminating a worker while it is inside an ONNX Runtime call aborts the whole process
+   * (onnxruntime-node throws into the torn-down thread: "terminate called after throwing an instance
+   * of 'Napi::Error'", exit 134). A running job is aborted first; the worker stops at its next check
+   * between layers or decode steps and answers, and only then is it terminated.
+   */
+  private async stopWorker(s: Slot): Promise<void> {
+    const task = s.task;
+    if (task) {
+      const reason = new VlmError('UNAVAILABLE', 'the inference pool shut down while the request ran');
+      this.settle(task, reason);
+      s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+      for (const until = Date.now() + STOP_WAIT_MS; s.task === task && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
+    }
+    await s.worker.terminate();
   }
 
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
@@ -238,7 +257,10 @@ export class InferencePool {
     }
     const slot = this.slots.find((s) => s.task === task);
     // The worker stops at its next check and answers with the reason; settle now so the caller is not kept waiting.
-    if (slot) slot.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+    if (slot) {
+      task.abortedAt = performance.now();
+      slot.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+    }
     this.settle(task, reason);
   }
 
@@ -264,8 +286,20 @@ export class InferencePool {
       return;
     }
     if (task.trace) replayJobSpans(task.trace, msg.spans);
+    this.logEarlyEnd(task, msg);
     this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
     this.release(slot);
+  }
+
+  /** Where a job that was aborted, or ran past its deadline, stopped (its worker's answer is in). */
+  private logEarlyEnd(task: Task, msg: Extract<FromWorker, { type: 'result' | 'error' }>): void {
+    const aborted = task.abortedAt !== undefined;
+    const fields = { id: task.id, request_id: task.options.requestId, kind: task.job.kind, decode_steps: msg.decodeSteps, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
+    if (msg.type === 'result') {
+      if (aborted) this.log.info('aborted job ran to completion', fields);
+    } else if (aborted || msg.error.code === 'CANCELLED' || msg.error.code === 'DEADLINE_EXCEEDED') {
+      this.log.info('job stopped early', { ...fields, code: msg.error.code });
+    }
   }
 
   /** No worker is running and none is being started: nothing can run a job. */
@@ -330,6 +364,8 @@ function identityMismatch(want: WorkerIdentity, got: WorkerIdentity): string | u
   return undefined;
 }
 
+/** How long a closing pool waits for an aborted job's worker to reach its next check. */
+const STOP_WAIT_MS = 5_000;
 const RESTART_BASE_MS = 500;
 const RESTART_MAX_MS = 30_000;
 

@@ -55,5 +55,7 @@ export type FromWorker =
   | { readonly type: 'ready'; readonly manifest: Manifest; readonly provider: string | undefined }
   | { readonly type: 'init-error'; readonly error: ErrorData }
   | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number | undefined }
-  | { readonly type: 'result'; readonly id: number; readonly result: unknown; readonly spans?: SpanTiming[] }
-  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[] };
+  // decodeSteps: the tokens the job generated (one per decode step run) before it ended; for a job that
+  // was stopped, where it stopped.
+  | { readonly type: 'result'; readonly id: number; readonly result: unknown; readonly spans?: SpanTiming[]; readonly decodeSteps: number }
+  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[]; readonly decodeSteps: number };

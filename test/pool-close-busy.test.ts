@@ -1,0 +1,25 @@
+/**
+ * Closing the inference pool while a worker is decoding (a service's shutdown after its grace period)
+ * ends the job with UNAVAILABLE and the process carries on: the worker is aborted and allowed to reach
+ * its next check before it is terminated. Terminated inside an ONNX Runtime call, it would abort the
+ * whole process (exit 134), losing the drain's telemetry flush and whatever else was in flight.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const ROOT = path.resolve(__dirname, '..');
+
+describe('closing the pool while a job runs', () => {
+  it.each([1, 2, 3])('stops the worker cleanly (run %i)', () => {
+    const r = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), path.join(ROOT, 'test/fixtures/pool/close-while-running.ts')], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, VLM_LOG_LEVEL: 'warn' },
+    });
+    expect(r.stderr).not.toMatch(/terminate called/);
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe('closed UNAVAILABLE');
+  }, 70_000);
+});
