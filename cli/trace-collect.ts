@@ -46,6 +46,8 @@ export async function traceCollectMain(argv: readonly string[]): Promise<number>
     onSpans: (spans) => {
       writeSync(fd, spans.map((s) => JSON.stringify(s)).join('\n') + '\n');
     },
+    // The SDK's exporter only logs a refused batch with its diagnostics on: say it here.
+    onRejected: (status, message) => process.stderr.write(`vlm trace collect: refused a request (${status}): ${message}\n`),
   });
   process.stderr.write(`vlm trace collect: OTLP/HTTP on ${receiver.url}/v1/traces, writing ${values.out}\n`);
 

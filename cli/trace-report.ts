@@ -35,9 +35,10 @@ export async function traceReportMain(argv: readonly string[]): Promise<number> 
   } catch (err) {
     throw new VlmError('NOT_FOUND', `cannot read trace file ${file}: ${(err as Error).message}`);
   }
-  const { format, spans } = parseTraceText(text);
+  const { format, spans } = parseTraceText(text, file);
   if (spans.length === 0) throw new VlmError('FAILED_PRECONDITION', `${file} holds no spans (format ${format}); was the collector running while requests were sent?`);
   const { report, trees } = analyseTraces(spans);
+  printWarnings(report.warnings);
 
   if (values.html !== undefined) {
     const wanted = values.trace ?? report.slowestTraceId;
@@ -47,6 +48,13 @@ export async function traceReportMain(argv: readonly string[]): Promise<number> 
   }
   process.stdout.write(values.json ? `${JSON.stringify({ format, ...report }, null, 2)}\n` : `${formatReport(report)}\n`);
   return 0;
+}
+
+/** Odd traces are analysed anyway; say which, on stderr so --json output stays parseable. */
+const MAX_WARNINGS_SHOWN = 20;
+function printWarnings(warnings: readonly string[]): void {
+  for (const w of warnings.slice(0, MAX_WARNINGS_SHOWN)) process.stderr.write(`vlm trace report: warning: ${w}\n`);
+  if (warnings.length > MAX_WARNINGS_SHOWN) process.stderr.write(`vlm trace report: warning: ${warnings.length - MAX_WARNINGS_SHOWN} more (all of them are in --json output)\n`);
 }
 
 if (require.main === module) {

@@ -84,8 +84,8 @@ describe('vlm trace report on the hand-made fixture', () => {
     // the embed span is covered by its layers: no self time; the root keeps [0,1) and its last 1 ms
     expect(stage(report, 'vlm-vision vlm.vision.embed').selfShare).toBe(0);
     expect(stage(report, 'vlm-language vlm.request').selfShare).toBeCloseTo(10 / 585, 9);
-    // the client span is 3 ms longer than the server span it contains (C - V = 3)
-    expect(stage(report, 'vlm-language vlm.v1.VisionService/Encode').selfShare).toBeCloseTo(15 / 585, 9);
+    // the client span [1, V+3] is 2 ms longer than the server span [2, V+2] it contains
+    expect(stage(report, 'vlm-language grpc.vlm.v1.VisionService/Encode').selfShare).toBeCloseTo(10 / 585, 9);
   });
 
   it('orders stages along the pipeline', () => {
@@ -103,10 +103,10 @@ describe('vlm trace report on the hand-made fixture', () => {
     expect(t.p50).toBeCloseTo(6, 9);
     expect(t.p95).toBeCloseTo(11.6, 9);
     expect(t.p99).toBeCloseTo(11.92, 9);
-    // client span (V+3) minus server span (V): 3 ms in every trace
+    // client span (V+2) minus server span (V): 2 ms in every trace
     expect(report.transfer.rpc).toHaveLength(1);
-    expect(report.transfer.rpc[0]!.name).toBe('vlm.v1.VisionService/Encode');
-    expect(report.transfer.rpc[0]!.overhead.p50).toBeCloseTo(3, 9);
+    expect(report.transfer.rpc[0]!.name).toBe('grpc.vlm.v1.VisionService/Encode');
+    expect(report.transfer.rpc[0]!.overhead.p50).toBeCloseTo(2, 9);
   });
 
   it('compares methods and budgets', () => {
@@ -142,7 +142,7 @@ describe('other trace sources', () => {
     const decode = spans.find((s) => s.name === 'vlm.decode')!;
     expect(decode.events.map((e) => e.name)).toEqual(Array(5).fill('vlm.token'));
     expect(decode.kind).toBe('INTERNAL');
-    expect(spans.find((s) => s.kind === 'CLIENT')?.name).toBe('vlm.v1.VisionService/Encode');
+    expect(spans.find((s) => s.kind === 'CLIENT')?.name).toBe('grpc.vlm.v1.VisionService/Encode');
   });
 
   it('names what it cannot read', () => {

@@ -1,9 +1,11 @@
 import { SpanName } from '../names';
-import type { TraceReport } from './report';
+import type { ClockOffsetReport, TraceReport } from './report';
 import type { Summary } from './stats';
 
 const ms = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : '-');
 const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
+/** Signed, so that the direction of a clock offset is never ambiguous. */
+const signedMs = (v: number) => (Number.isFinite(v) ? `${v >= 0 ? '+' : ''}${v.toFixed(1)}` : '-');
 
 /** Pipeline stages worth a column in the method comparison (layers and steps are inside them). */
 const COMPARED: readonly string[] = [SpanName.Preprocess, SpanName.VisionEmbed, SpanName.Project, SpanName.StreamReceive, SpanName.Prefill, SpanName.Decode];
@@ -16,6 +18,12 @@ function table(header: string[], rows: string[][]): string {
 
 function triple(s: Summary): string {
   return `p50 ${ms(s.p50)} ms, p95 ${ms(s.p95)} ms, p99 ${ms(s.p99)} ms (n=${s.count})`;
+}
+
+/** How far a service's clock was found ahead of the root service's (and taken off its spans). */
+export function clockOffsetLine(c: ClockOffsetReport): string {
+  const o = c.offset;
+  return `clock offset of ${c.service} relative to ${c.relativeTo} (estimated per trace, removed): mean ${signedMs(o.mean)} ms, p50 ${signedMs(o.p50)} ms, max ${signedMs(o.max)} ms (n=${c.traces})`;
 }
 
 export function formatReport(report: TraceReport): string {
@@ -31,6 +39,7 @@ export function formatReport(report: TraceReport): string {
   out.push('');
   out.push(`transfer (vision send start -> language receive end): ${report.transfer.stream.count ? triple(report.transfer.stream) : 'no traces with both stream spans'}`);
   for (const r of report.transfer.rpc) out.push(`rpc overhead ${r.name} (client minus server): ${triple(r.overhead)}`);
+  for (const c of report.clockOffsets) out.push(clockOffsetLine(c));
   out.push('');
   const compared = COMPARED.filter((name) => report.stages.some((s) => s.name === name));
   const keyOf = (name: string) => report.stages.filter((s) => s.name === name).map((s) => s.key);

@@ -1,11 +1,13 @@
 import { EVENT_TOKEN } from '../names';
 import type { TraceReport } from './report';
-import type { TraceTree } from './trace-tree';
+import { eventMillis, type TraceTree } from './trace-tree';
 
 /**
  * A self-contained HTML page (inline CSS and SVG, no scripts, no external assets): the stage table,
  * the method comparison, a breakdown chart of self time per stage (one stacked bar for all traces and
- * one per method and budget) and the waterfall of one trace.
+ * one per method and budget) and the waterfall of one trace. Every text that comes from a span (names,
+ * services, ids, attributes, even in attribute values of elements) goes through `esc`: a trace file is
+ * input from anywhere, and the page is opened in a browser.
  */
 
 const PALETTE = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac', '#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#8c564b', '#17becf'];
@@ -14,6 +16,7 @@ const SERVICE_COLORS = ['#4e79a7', '#e15759', '#59a14f', '#b07aa1', '#f28e2b'];
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 const ms = (v: number) => (Number.isFinite(v) ? `${v.toFixed(v < 10 ? 2 : 1)} ms` : '-');
 const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
+const signedMs = (v: number) => (Number.isFinite(v) ? `${v >= 0 ? '+' : ''}${v.toFixed(1)} ms` : '-');
 
 export function renderHtml(report: TraceReport, tree: TraceTree | undefined): string {
   const stageColor = new Map(report.stages.map((s, i) => [s.key, PALETTE[i % PALETTE.length]!]));
@@ -29,10 +32,11 @@ svg text{font:11px system-ui,sans-serif}
 </style></head><body>
 <h1>Where the time goes</h1>
 <p>${report.traces.length} traces, ${report.spans} spans. End-to-end p50 ${ms(report.endToEnd.p50)}, p95 ${ms(report.endToEnd.p95)}, p99 ${ms(report.endToEnd.p99)}.
-Transfer (vision send start to language receive end): ${report.transfer.stream.count ? `p50 ${ms(report.transfer.stream.p50)}, p95 ${ms(report.transfer.stream.p95)}` : 'not traced'}.</p>
+Transfer (vision send start to language receive end): ${report.transfer.stream.count ? `p50 ${ms(report.transfer.stream.p50)}, p95 ${ms(report.transfer.stream.p95)}` : 'not traced'}.${clockOffsetText(report)}</p>
+${warningList(report)}
 <h2>Breakdown: self time per stage (mean per trace)</h2>
 ${breakdownChart(report, stageColor)}
-<h2>Waterfall${tree ? ` of trace ${esc(tree.traceId)} (${ms(tree.root.duration)})` : ''}</h2>
+<h2>Waterfall${tree ? ` of trace ${esc(tree.traceId)} (${waterfallNote(tree)})` : ''}</h2>
 ${tree ? waterfall(tree, stageColor) : '<p>No trace.</p>'}
 <h2>Stages</h2>
 ${stageTable(report)}
@@ -40,6 +44,22 @@ ${stageTable(report)}
 ${groupTable(report)}
 </body></html>
 `;
+}
+
+function clockOffsetText(report: TraceReport): string {
+  return report.clockOffsets
+    .map((c) => `\nClock offset of ${esc(c.service)} relative to ${esc(c.relativeTo)} (estimated per trace, removed): mean ${signedMs(c.offset.mean)}, p50 ${signedMs(c.offset.p50)}, max ${signedMs(c.offset.max)} (n=${c.traces}).`)
+    .join('');
+}
+
+function warningList(report: TraceReport): string {
+  if (report.warnings.length === 0) return '';
+  return `<ul class="warnings">${report.warnings.map((w) => `<li>${esc(w)}</li>`).join('')}</ul>`;
+}
+
+/** The trace's duration and the clock offsets taken off its spans. */
+function waterfallNote(tree: TraceTree): string {
+  return [ms(tree.root.duration), ...tree.clockOffsets.map((c) => `${esc(c.service)} clock ${signedMs(c.offsetMs)}, removed`)].join('; ');
 }
 
 function breakdownChart(report: TraceReport, stageColor: Map<string, string>): string {
@@ -83,7 +103,8 @@ function waterfall(tree: TraceTree, stageColor: Map<string, string>): string {
   const width = 1100;
   const rowH = 18;
   const origin = tree.root.start;
-  const total = Math.max(1e-9, Math.max(...tree.ordered.map((n) => n.end)) - origin);
+  // A loop, not Math.max(...spans): a huge trace would overflow the argument list.
+  const total = Math.max(1e-9, tree.ordered.reduce((latest, n) => Math.max(latest, n.end), -Infinity) - origin);
   const scale = (width - left - 90) / total;
   const serviceColor = new Map(tree.services.map((s, i) => [s, SERVICE_COLORS[i % SERVICE_COLORS.length]!]));
   const rows = tree.ordered
@@ -97,14 +118,13 @@ function waterfall(tree: TraceTree, stageColor: Map<string, string>): string {
       const ticks = n.span.events
         .filter((e) => e.name === EVENT_TOKEN)
         .map((e) => {
-          const t = Number(BigInt(e.timeUnixNano) - tree.originNs) / 1e6;
-          const ex = left + (t - origin) * scale;
+          const ex = left + (eventMillis(tree, n, e) - origin) * scale;
           return `<line class="event" x1="${ex.toFixed(2)}" x2="${ex.toFixed(2)}" y1="${y + 1}" y2="${y + rowH - 5}" stroke="#000" stroke-opacity="0.5"/>`;
         })
         .join('');
       return `<g class="row"><rect x="0" y="${y - 1}" width="6" height="${rowH - 2}" fill="${serviceColor.get(n.span.service)}"><title>${esc(n.span.service)}</title></rect>
 <text x="${10 + n.depth * 12}" y="${y + rowH / 2 + 1}">${esc(label)}</text>
-<rect class="span-bar" data-span-id="${n.span.spanId}" x="${x.toFixed(2)}" y="${y}" width="${w.toFixed(2)}" height="${rowH - 4}" fill="${n.span.status.code === 'ERROR' ? '#c00' : stageColor.get(`${n.span.service} ${n.span.name}`) ?? '#888'}"><title>${esc(tip)}</title></rect>${ticks}
+<rect class="span-bar" data-span-id="${esc(n.span.spanId)}" x="${x.toFixed(2)}" y="${y}" width="${w.toFixed(2)}" height="${rowH - 4}" fill="${n.span.status.code === 'ERROR' ? '#c00' : stageColor.get(`${n.span.service} ${n.span.name}`) ?? '#888'}"><title>${esc(tip)}</title></rect>${ticks}
 <text x="${(x + w + 4).toFixed(2)}" y="${y + rowH / 2 + 1}">${ms(n.duration)}</text></g>`;
     })
     .join('\n');

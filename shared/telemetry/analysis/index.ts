@@ -2,8 +2,8 @@ export type { SpanRecord, SpanEventRecord, Attributes as SpanAttributes, Attribu
 export { parseTraceText, type TraceFileFormat } from './load';
 export { spansFromOtlp, isOtlpTraces } from './otlp-json';
 export { spansFromJaeger, isJaegerTraces } from './jaeger';
-export { analyseTraces, stageKey, type TraceReport, type StageReport, type GroupReport, type TraceSummary } from './report';
-export { buildTraces, type TraceTree, type TimedSpan } from './trace-tree';
+export { analyseTraces, stageKey, type TraceReport, type StageReport, type GroupReport, type TraceSummary, type ClockOffsetReport } from './report';
+export { buildTraces, eventMillis, type TraceTree, type TimedSpan, type ClockOffset } from './trace-tree';
 export { quantile, summarise, type Summary } from './stats';
 export { formatReport } from './format-text';
 export { renderHtml } from './html';

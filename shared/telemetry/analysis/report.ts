@@ -1,7 +1,7 @@
 import { ATTR_VLM_REDUCTION_BUDGET, ATTR_VLM_REDUCTION_METHOD, SpanName } from '../names';
 import type { SpanRecord } from './span-record';
 import { summarise, type Summary } from './stats';
-import { buildTraces, type TimedSpan, type TraceTree } from './trace-tree';
+import { buildTraces, type ClockOffset, type TimedSpan, type TraceTree } from './trace-tree';
 
 /**
  * Where the time of a request goes, from its traces. All durations are milliseconds.
@@ -15,6 +15,10 @@ import { buildTraces, type TimedSpan, type TraceTree } from './trace-tree';
  *   `rpc` is, per client span, its duration minus its server span's: connection, queueing and
  *   serialisation outside the callee.
  * - Groups compare reduction methods and budgets by the attributes of each trace's request span.
+ * - Every time is on the root service's clock: the other services' spans are shifted by their clock
+ *   offset, estimated per trace from its RPC spans (trace-tree.ts). `clockOffsets` shows the estimates,
+ *   per trace and summarised per service, so a large or wandering offset can be seen.
+ * - `warnings` lists traces whose span graph was odd (parent cycles, several roots, repeated ids).
  */
 export interface StageReport {
   key: string;
@@ -47,6 +51,16 @@ export interface TraceSummary {
   services: string[];
   method: string;
   budget: string;
+  /** The clock offsets estimated and removed in this trace, one per service reached by RPC. */
+  clockOffsets: ClockOffset[];
+}
+
+/** The estimated clock offsets of one service over all traces that called it. */
+export interface ClockOffsetReport {
+  service: string;
+  relativeTo: string;
+  traces: number;
+  offset: Summary;
 }
 
 export interface TraceReport {
@@ -56,7 +70,9 @@ export interface TraceReport {
   stages: StageReport[];
   transfer: { stream: Summary; rpc: { name: string; overhead: Summary }[] };
   groups: GroupReport[];
+  clockOffsets: ClockOffsetReport[];
   slowestTraceId: string;
+  warnings: string[];
 }
 
 export function stageKey(span: SpanRecord): string {
@@ -118,7 +134,7 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
 
   const traceSummaries = trees.map((t): TraceSummary => {
     const { method, budget } = policyOf(t);
-    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget };
+    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, clockOffsets: t.clockOffsets };
   });
 
   const groupAcc = new Map<string, { method: string; budget: string; trees: TraceTree[] }>();
@@ -154,9 +170,25 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
       stages,
       transfer: { stream: summarise(streamMs), rpc: [...rpc.entries()].map(([name, v]) => ({ name, overhead: summarise(v) })) },
       groups,
+      clockOffsets: clockOffsetsOf(trees),
       slowestTraceId: slowest?.traceId ?? '',
+      warnings: trees.flatMap((t) => t.warnings),
     },
   };
+}
+
+/** Per service and reference service, the per-trace offsets summarised (in order of first appearance). */
+function clockOffsetsOf(trees: readonly TraceTree[]): ClockOffsetReport[] {
+  const acc = new Map<string, { service: string; relativeTo: string; offsets: number[] }>();
+  for (const tree of trees) {
+    for (const c of tree.clockOffsets) {
+      const key = `${c.service}\u0000${c.relativeTo}`;
+      const entry = acc.get(key) ?? { service: c.service, relativeTo: c.relativeTo, offsets: [] };
+      entry.offsets.push(c.offsetMs);
+      acc.set(key, entry);
+    }
+  }
+  return [...acc.values()].map((e) => ({ service: e.service, relativeTo: e.relativeTo, traces: e.offsets.length, offset: summarise(e.offsets) }));
 }
 
 /** The policy of a trace: from the root if it carries one, else from the first request span that does. */

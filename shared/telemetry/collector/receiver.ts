@@ -4,7 +4,7 @@ import { gunzipSync, inflateSync } from 'node:zlib';
 import { VlmError } from '../../errors';
 import { spansFromOtlp } from '../analysis/otlp-json';
 import type { SpanRecord } from '../analysis/span-record';
-import { decodeTraceRequest, encodeTraceResponse } from './otlp-proto';
+import { decodeTraceRequest, encodeErrorStatus, encodeTraceResponse } from './otlp-proto';
 
 /**
  * A minimal OTLP/HTTP trace receiver: `POST /v1/traces` with an ExportTraceServiceRequest as
@@ -12,13 +12,26 @@ import { decodeTraceRequest, encodeTraceResponse } from './otlp-proto';
  * or deflate encoded. Spans are flattened to SpanRecords and handed to `onSpans`. Metrics and logs
  * posted to the same endpoint (an SDK with OTLP metrics on) are accepted and dropped, so the sender
  * does not retry or log errors.
+ *
+ * Failures follow OTLP/HTTP: a body that cannot be decoded, or holds a malformed span (a field of the
+ * wrong type, a bad id, a time that is not a non-negative whole number of nanoseconds), is 400 Bad
+ * Request, and the whole request is refused: nothing of it reaches `onSpans`, so the file never holds
+ * half a batch, and the exporter, which does not retry a 400, logs the message instead of the batch
+ * vanishing span by span. (partial_success would keep the good spans, but a producer that writes one
+ * malformed span is broken and should be seen.) A body over `maxBodyBytes`, on the wire or once
+ * decompressed, is 413. Error bodies are a google.rpc.Status in the request's encoding.
  */
 export interface TraceReceiverOptions {
   port: number;
   host?: string;
   onSpans: (spans: SpanRecord[]) => void;
-  /** Largest accepted body after decompression. */
+  /** Largest accepted body, both as received and after decompression. */
   maxBodyBytes?: number;
+  /**
+   * Told of every refused request, e.g. to log it, since the sender may not: the status and the
+   * message sent, or for a 500 the cause, which is not sent.
+   */
+  onRejected?: (status: number, message: string) => void;
 }
 
 export interface TraceReceiver {
@@ -38,10 +51,8 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
     const path = (req.url ?? '/').split('?')[0]!;
     stats.requests[path] = (stats.requests[path] ?? 0) + 1;
     handle(req, res, path).catch((err: unknown) => {
-      const e = VlmError.from(err);
-      const status = e.code === 'INVALID_ARGUMENT' ? 400 : e.code === 'RESOURCE_EXHAUSTED' ? 413 : 500;
-      if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain' });
-      res.end(e.code === 'INTERNAL' ? 'internal error' : e.message);
+      const status = answerError(req, res, err);
+      options.onRejected?.(status, status === 500 ? `internal error: ${err instanceof Error ? err.message : String(err)}` : VlmError.from(err).message);
     });
   });
 
@@ -54,7 +65,7 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
       res.writeHead(404, { 'content-type': 'text/plain' }).end(`no OTLP endpoint at ${path}; spans go to /v1/traces`);
       return;
     }
-    const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    const contentType = contentTypeOf(req);
     const json = contentType === 'application/json';
     if (!json && contentType !== 'application/x-protobuf') {
       res.writeHead(415, { 'content-type': 'text/plain' }).end(`content-type ${contentType || '(none)'}: OTLP/HTTP takes application/x-protobuf or application/json`);
@@ -93,15 +104,49 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
   };
 }
 
+/** gRPC status codes for the google.rpc.Status of an error answer. */
+const GRPC_CODE = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, INTERNAL: 13 } as const;
+
+/**
+ * Answers a failed request: 400 for a malformed payload, 413 for one too large, 500 for our own
+ * faults (whose cause is not sent). The body is a google.rpc.Status, as JSON or protobuf like the
+ * request. Returns the HTTP status answered.
+ */
+function answerError(req: IncomingMessage, res: ServerResponse, err: unknown): number {
+  const e = VlmError.from(err);
+  const [status, code] = e.code === 'INVALID_ARGUMENT' ? [400, GRPC_CODE.INVALID_ARGUMENT] : e.code === 'RESOURCE_EXHAUSTED' ? [413, GRPC_CODE.RESOURCE_EXHAUSTED] : [500, GRPC_CODE.INTERNAL];
+  const message = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED' ? e.message : 'internal error';
+  const type = contentTypeOf(req);
+  const [contentType, body] =
+    type === 'application/json' ? [type, JSON.stringify({ code, message })] : type === 'application/x-protobuf' ? [type, Buffer.from(encodeErrorStatus(code, message))] : ['text/plain', message];
+  // A body left unread (too large) cannot be skipped on a kept-alive connection: close it once the
+  // answer is out, rather than before, so the sender reads the 413 instead of a reset.
+  const unread = !req.complete;
+  if (!res.headersSent) res.writeHead(status, { 'content-type': contentType, ...(unread ? { connection: 'close' } : {}) });
+  res.end(body, () => {
+    if (unread) req.destroy();
+  });
+  return status;
+}
+
+function contentTypeOf(req: IncomingMessage): string {
+  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
 function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let refused = false;
     req.on('data', (c: Buffer) => {
+      if (refused) return;
       size += c.length;
       if (size > max) {
+        refused = true;
+        chunks.length = 0;
+        // Stop reading; answerError closes the connection after the 413 is written.
+        req.pause();
         reject(new VlmError('RESOURCE_EXHAUSTED', `request body over ${max} bytes`));
-        req.destroy();
         return;
       }
       chunks.push(c);
@@ -117,6 +162,9 @@ function decompress(body: Buffer, encoding: string | undefined, max: number): Bu
     if (enc === 'gzip') return gunzipSync(body, { maxOutputLength: max });
     if (enc === 'deflate') return inflateSync(body, { maxOutputLength: max });
   } catch (err) {
+    // zlib stops at maxOutputLength with this code: the body is too large, not corrupt (413 like
+    // a body too large as sent, so a small compressed bomb gets the same answer as a big body).
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new VlmError('RESOURCE_EXHAUSTED', `decompressed body over ${max} bytes`);
     throw new VlmError('INVALID_ARGUMENT', `cannot ${enc}-decode the body: ${(err as Error).message}`);
   }
   if (enc !== 'identity') throw new VlmError('INVALID_ARGUMENT', `unsupported content-encoding ${enc}; use gzip, deflate or none`);
