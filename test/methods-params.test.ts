@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
-import { paramReaders, resolveBudgetSplit, SPLIT_PARAMS, type ReductionPolicy } from '../shared/methods/policy';
+import { paramReaders, resolveBudgetSplit, SPLIT_PARAM_SPECS, type ReductionPolicy } from '../shared/methods/policy';
 import { LANGUAGE_METHODS, VISION_METHODS } from '../shared/methods/registry';
 import type {
   LanguageGeometry,
@@ -112,7 +112,7 @@ describe('method parameter declarations', () => {
     const split = { fullVisualTokens: 36, languageLayers: 12, anchors: {} };
     const read = new Set<string>();
     resolveBudgetSplit(policy(recording({}, read)), split);
-    expect([...read].filter((n) => !Object.hasOwn(LANGUAGE_METHODS.get('sparsevlm')!.params, n))).toEqual(declared(SPLIT_PARAMS));
+    expect([...read].filter((n) => !Object.hasOwn(LANGUAGE_METHODS.get('sparsevlm')!.params, n))).toEqual(declared(SPLIT_PARAM_SPECS));
   });
 
   it('the split is a reader of params only when both sides reduce', () => {
@@ -123,7 +123,7 @@ describe('method parameter declarations', () => {
   });
 
   it('declares names in the lower_snake_case the request check accepts', () => {
-    const all = [...VISION_METHODS.values(), ...LANGUAGE_METHODS.values()].flatMap((m) => Object.keys(m.params)).concat(Object.keys(SPLIT_PARAMS));
+    const all = [...VISION_METHODS.values(), ...LANGUAGE_METHODS.values()].flatMap((m) => Object.keys(m.params)).concat(Object.keys(SPLIT_PARAM_SPECS));
     for (const n of all) expect(n).toMatch(/^[a-z][a-z0-9_]{0,63}$/);
   });
 });

@@ -32,7 +32,7 @@ afterEach(() => {
 /** A vision server that answers every Encode with `behaviour`; returns a counter of Encode calls. */
 async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }> {
   let calls = 0;
-  server = new Server();
+  server = new Server({ 'grpc.max_receive_message_length': 32 << 20 });
   server.addService(VisionServiceService, {
     encode: (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
       calls++;
@@ -45,9 +45,9 @@ async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }
   return { calls: () => calls };
 }
 
-async function encodeFailure(): Promise<VlmError> {
+async function encodeFailure(image: Buffer = Buffer.from('x')): Promise<VlmError> {
   const ctx = { signal: new AbortController().signal, deadline: Date.now() + 10_000, requestId: 'retries' };
-  const outcome = await client!.encode({ image: Buffer.from('x'), policy: undefined, limits: undefined }, expectation, ctx).then(
+  const outcome = await client!.encode({ image, policy: undefined, limits: undefined }, expectation, ctx).then(
     () => undefined,
     (err: unknown) => err,
   );
@@ -59,6 +59,12 @@ describe('Encode retries on the language -> vision hop', () => {
   it('a replica failing UNAVAILABLE before any message gets the channel policy attempts only (3, not 3 x 3)', async () => {
     const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'worker pool down' }));
     expect((await encodeFailure()).code).toBe('UNAVAILABLE');
+    expect(vision.calls()).toBe(3);
+  });
+
+  it('retries a large image too (grpc-js keeps only requests that fit its retry buffer, 1 MiB by default)', async () => {
+    const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'replica draining' }));
+    expect((await encodeFailure(Buffer.alloc(5 * 1024 * 1024, 7))).code).toBe('UNAVAILABLE');
     expect(vision.calls()).toBe(3);
   });
 

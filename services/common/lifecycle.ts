@@ -2,7 +2,7 @@
  * Start-up and shutdown shared by both services: listen first (so probes see NOT_SERVING rather than
  * a refused connection), warm up, then SERVING; on stop, drain the server and close the pool.
  */
-import type { Config } from '../../shared/config';
+import { localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import type { ServiceEngine } from './engine';
 import type { GrpcServer } from './grpc-server';
@@ -38,11 +38,10 @@ export async function serve(
     await engine.close();
     throw err;
   }
-  const host = config.services.host === '0.0.0.0' || config.services.host === '::' ? '127.0.0.1' : config.services.host;
   let stopping: Promise<void> | null = null;
   const service: RunningService = {
     port: bound,
-    address: `${host}:${bound}`,
+    address: localAddress(config.services.host, bound),
     engine,
     activeCalls: () => server.activeCalls,
     stop: () =>

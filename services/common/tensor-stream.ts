@@ -13,6 +13,7 @@ import { VlmError } from '../../shared/errors';
 import type { EncodeResponse, EncodeSummary, TensorChunk, TensorHeader } from '../../gen/vlm/v1/vision_service';
 import { ByteOrder, ElementType, type VisionSchedule } from '../../gen/vlm/v1/common';
 import { paramsFromWire } from './wire';
+import { SPLIT_REPORT } from '../../shared/methods/policy';
 
 export type WireDType = 'float32' | 'float16';
 
@@ -143,7 +144,7 @@ export interface Expectation {
  * would leave the two halves of one budget inconsistent. The method's other params and its steps are
  * vision's own business: they are relayed to the client as vision reports them.
  */
-const SPLIT_PARAMS = ['budget_total', 'budget_vision_tokens'] as const;
+const SPLIT_PARAMS = Object.values(SPLIT_REPORT);
 
 export interface AssembledTensor {
   readonly tokens: VisualTokens;

@@ -14,6 +14,7 @@ import { loadPromptTokenCounter } from './generate';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
 import { serviceTls } from '../common/tls';
+import { receiveLimit } from '../common/message-limits';
 
 export interface LanguageServiceOptions {
   /** Defaults to config.services.languagePort. */
@@ -40,7 +41,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   const tls = serviceTls(config.tls, log, true);
   let vision: VisionClient;
   try {
-    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined });
+    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits) });
   } catch (err) {
     // A malformed --vision-target: the certificate polling and SIGHUP handler must not outlive the failed start.
     tls.close();

@@ -23,6 +23,13 @@ export interface VisionClientOptions {
   readonly authToken: string | null;
   /** Plaintext when absent; credentials from reloadingChannelCredentials bring their server name along. */
   readonly credentials?: ChannelCredentials;
+  /**
+   * The largest Encode request (image, policy, envelope). grpc-js keeps a request for a retry only
+   * while it fits its per-call buffer (1 MiB by default); a larger one is never retried, and the hop
+   * repeats only calls that failed after data arrived. Default: the services' receive limit for the
+   * default image limit.
+   */
+  readonly maxRequestBytes?: number;
 }
 
 export interface HopContext {
@@ -75,6 +82,8 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
+const DEFAULT_MAX_REQUEST_BYTES = 24 * 1024 * 1024;
+
 /** Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before that). */
 const RETRIES = 2;
 const RETRY_BACKOFF_MS = 25;
@@ -90,6 +99,7 @@ export class VisionClient {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.enable_retries': 1,
+      'grpc.per_rpc_retry_buffer_size': options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
       ...serverNameOptions(options.credentials),
     });
   }

@@ -41,7 +41,10 @@ export const METHOD_PRESETS: Readonly<Record<string, { vision: VisionMethodName;
   Object.freeze({ 'ficoco-vl': Object.freeze({ vision: 'ficoco-v', language: 'ficoco-l' }) });
 
 /** The parameters the budget split reads when both sides reduce (resolveBudgetSplit). */
-export const SPLIT_PARAMS: ParamSpecs = Object.freeze({ vision_tokens: Object.freeze({ type: 'integer', min: 1 } as const) });
+export const SPLIT_PARAM_SPECS: ParamSpecs = Object.freeze({ vision_tokens: Object.freeze({ type: 'integer', min: 1 } as const) });
+
+/** Where both schedules report the split (their params), so the two services can check they agree. */
+export const SPLIT_REPORT = Object.freeze({ total: 'budget_total', visionTokens: 'budget_vision_tokens' } as const);
 
 /** A reader of `policy.params`: a method, or the budget split of a pair. */
 export interface ParamReader {
@@ -59,7 +62,7 @@ export function paramReaders(vision: VisionMethodName, language: LanguageMethodN
     { reader: `vision method ${vision}`, params: getVisionReducer(vision).params },
     { reader: `language method ${language}`, params: getLanguageReducer(language).params },
   ];
-  if (vision !== 'none' && language !== 'none') readers.push({ reader: 'the budget split of a two-sided pair', params: SPLIT_PARAMS });
+  if (vision !== 'none' && language !== 'none') readers.push({ reader: 'the budget split of a two-sided pair', params: SPLIT_PARAM_SPECS });
   return readers;
 }
 
@@ -144,8 +147,8 @@ function splitGeometryOfLanguage(g: LanguageGeometry): SplitGeometry {
 
 function withSplit<T extends { params: Readonly<Record<string, number | string | boolean>> }>(schedule: T, split: BudgetSplit): T {
   if (split.total === null) return schedule;
-  const params: Record<string, number | string | boolean> = { ...schedule.params, budget_total: split.total };
-  if (split.visionTokens !== null) params['budget_vision_tokens'] = split.visionTokens;
+  const params: Record<string, number | string | boolean> = { ...schedule.params, [SPLIT_REPORT.total]: split.total };
+  if (split.visionTokens !== null) params[SPLIT_REPORT.visionTokens] = split.visionTokens;
   return { ...schedule, params };
 }
 

@@ -316,6 +316,8 @@ export class InferencePool {
 
   private onExit(slot: Slot, code: number): void {
     const i = this.slots.indexOf(slot);
+    // While closing, a worker that exits has answered in its way: stopWorker need not wait for it.
+    if (this.closed) slot.task = undefined;
     if (i < 0 || this.closed) return;
     this.slots.splice(i, 1);
     // INTERNAL, not UNAVAILABLE: callers and the hop retry UNAVAILABLE elsewhere, and a request that

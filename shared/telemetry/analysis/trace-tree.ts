@@ -7,12 +7,12 @@ import { coveredLength } from './stats';
  * Clocks: every span is stamped by the clock of the node its service runs on, and the services of a
  * trace run on different nodes. Each RPC pair (a CLIENT span and a SERVER span of another service
  * directly under it) gives NTP's symmetric-delay estimate of how far the server's clock is ahead of
- * the client's: ((server.start - client.start) + (server.end - client.end)) / 2. The server span and
- * its descendants are shifted back by that much (plus whatever the client's own spans were shifted
- * by), always, not only when the server span sticks out of its client span: a skew smaller than the
- * RPC overhead keeps the server inside yet still moves the transfer and self times by up to the skew.
- * The estimate is exact when the request and the response take equally long on the wire; otherwise
- * it is off by half their difference. The reference clock is that of the root's service.
+ * the client's: ((server.start - client.start) + (server.end - client.end)) / 2. A server span that
+ * sticks out of its client span (only a skew does that) is shifted back by that much, with its
+ * descendants (plus whatever the client's own spans were shifted by), which centres it in its client
+ * span. One inside is left alone: the estimate is exact only when the request and the response take
+ * equally long on the wire and off by half their difference otherwise, which a new connection makes
+ * large. The reference clock is that of the root's service.
  *
  * Malformed graphs are analysed rather than refused: a span whose parent is not in the trace becomes
  * a root (the trace is measured by its longest root), a parent cycle is broken at its earliest span,
