@@ -4,6 +4,8 @@
  * vision service never encodes for a request that cannot run. The violation names the proto field
  * to change: `sampling.max_tokens` when the caller set it and the prompt leaves room, else `prompt`.
  */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
@@ -14,7 +16,8 @@ import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
-import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, shapesImage, type LogLine } from './reliability-helpers';
+import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
+import type { Manifest } from '../shared/bundle/manifest';
 
 const config = pairConfig();
 const silent: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => silent };
@@ -122,4 +125,17 @@ describe('prompt length, judged before the hop', () => {
     expect(out.error).toBeNull();
     expect(encodes()).toBe(before + 1);
   }, 60_000);
+});
+
+describe('the prompt-length bound that spares the tokenizer', () => {
+  it.each([
+    ['the embedded model (WordPiece)', 'models/tiny-llava-shapes'],
+    ['the LLaVA fixture (byte-level BPE)', 'test/fixtures/llava-tiny/bundle'],
+  ])('is never below the exact count: %s', async (_name, dir) => {
+    const bundle = path.join(ROOT, dir);
+    const manifest = JSON.parse(readFileSync(path.join(bundle, 'manifest.json'), 'utf8')) as Manifest;
+    const count = await loadPromptTokenCounter(bundle, manifest, { maxPromptChars: 4096 });
+    const prompts = ['x', 'what color is the diamond?', '  spaced   out  ', 'a.b,c;d!e?f', '日本語の質問ですか', '🙂🙃 emoji 🧪', 'ǅ̀ combining', 'x'.repeat(4000), '。'.repeat(1000)];
+    for (const q of prompts) expect(count.atMost(q), q.slice(0, 20)).toBeGreaterThanOrEqual(count(q));
+  });
 });

@@ -28,7 +28,15 @@ import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
 /** Text tokens (template and question) of the prompt the language side assembles around the image. */
-export type PromptTokenCounter = (question: string) => number;
+export interface PromptTokenCounter {
+  (question: string): number;
+  /**
+   * No fewer than the count, without tokenizing: the template's tokens and one per UTF-8 byte of the
+   * question (no tokenizer makes more: byte-level BPE and WordPiece at most one per byte, SentencePiece
+   * one more for its leading word marker, which the template's own count covers).
+   */
+  readonly atMost: (question: string) => number;
+}
 
 export interface GenerateDeps {
   readonly engine: ServiceEngine;
@@ -41,10 +49,13 @@ export interface GenerateDeps {
 /** The bundle's tokenizer on the service's own thread, counting prompts as the engine assembles them. */
 export async function loadPromptTokenCounter(modelDir: string, manifest: Manifest, limits: PromptLimits): Promise<PromptTokenCounter> {
   const tokenizer = await loadTokenizer(path.join(modelDir, 'tokenizer.json'));
-  return (question) => {
+  const count = (question: string): number => {
     const prompt = assemblePrompt(tokenizer, manifest.prompt, manifest.tokens, question, limits);
     return prompt.prefix.length + prompt.suffix.length;
   };
+  // The template around a one-byte question, which is at least one token itself.
+  const template = count('x');
+  return Object.assign(count, { atMost: (question: string) => template + Buffer.byteLength(question, 'utf8') });
 }
 
 /**
@@ -105,7 +116,12 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
   span?.setAttributes({ ...policyAttributes(valid.policy), [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: valid.sampling.maxNewTokens });
   const visionSchedule = checkPolicy(engine, valid);
-  checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visionSchedule.outputTokens);
+  // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
+  // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
+  const visual = visionSchedule.outputTokens;
+  if (deps.promptTokens.atMost(valid.question) + visual + valid.sampling.maxNewTokens > m.language.max_positions) {
+    checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
+  }
 
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
   const tensor = await deps.vision.encode(hop, expectationOf(engine, visionSchedule), ctx);
