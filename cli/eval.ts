@@ -132,7 +132,7 @@ export async function run(argv: string[]): Promise<number> {
 
   const started = performance.now();
   const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : config.logLevel });
-  const maxNewTokens = maxNewTokensFlag ?? pool.manifest.generation.max_new_tokens;
+  const maxNewTokens = maxNewTokensFlag ?? Math.min(pool.manifest.generation.max_new_tokens, config.limits.maxNewTokens);
   const byType = new Map<string, { items: number; correct: number }>();
   let correct = 0;
   let visualTokens = 0;
