@@ -1,6 +1,6 @@
 /**
  * `vlm ask --image FILE --question TEXT [--target HOST:PORT] [--vision-method M] [--language-method M]
- *          [--preset P] [--budget N|P%] [--mode clean|exact] [--max-tokens N] [--temperature T]
+ *          [--preset P] [--budget N|P%] [--mode clean|exact] [--param NAME=VALUE ...] [--max-tokens N] [--temperature T]
  *          [--top-p P] [--seed N] [--deadline-ms N] [--json]
  *          [--tls] [--ca FILE] [--cert FILE --key FILE] [--server-name NAME]`
  *
@@ -19,6 +19,7 @@ import { setLogLevel } from '../shared/log';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
 import { generateOnce, languageClient } from '../services/language/client';
+import { paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, seedFlag, UINT32_MAX } from './numeric-flags';
 
 const FLAGS = {
@@ -40,9 +41,24 @@ const FLAGS = {
   cert: { type: 'string' },
   key: { type: 'string' },
   'server-name': { type: 'string' },
+  param: { type: 'string', multiple: true },
 } as const;
 
-export const DEFAULT_TARGET = '127.0.0.1:50052';
+/**
+ * `--param name=value` (repeatable): a method parameter; the value is a number when it reads as one,
+ * a flag for true/false, text otherwise (the service judges names and types).
+ */
+export function paramsFromFlags(raw: readonly string[] | undefined): Record<string, number | string | boolean> {
+  const params: Record<string, number | string | boolean> = {};
+  for (const p of raw ?? []) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw VlmError.invalid('--param', `expected name=value, got "${p}"`);
+    const name = p.slice(0, eq);
+    const text = p.slice(eq + 1);
+    params[name] = text === 'true' ? true : text === 'false' ? false : text.trim() !== '' && Number.isFinite(Number(text)) ? Number(text) : text;
+  }
+  return params;
+}
 
 /** Sampling from the flags; unset flags stay unset, so the service's defaults apply. */
 export function samplingFromFlags(values: Record<string, unknown>): SamplingParams {
@@ -63,6 +79,7 @@ export function policyFromFlags(values: Record<string, unknown>): ReductionPolic
     preset: (values['preset'] as string | undefined) ?? '',
     mode: (values['mode'] as string | undefined) ?? '',
     budget: budget === null ? undefined : 'tokens' in budget ? { $case: 'budgetTokens', budgetTokens: budget.tokens } : { $case: 'budgetPercent', budgetPercent: budget.percent },
+    params: paramsToWire(paramsFromFlags(values['param'] as string[] | undefined)),
   });
 }
 
@@ -97,7 +114,8 @@ export async function run(argv: string[]): Promise<number> {
   if ((str('cert') === null) !== (str('key') === null)) throw VlmError.invalid('--cert/--key', 'a client certificate needs both --cert and --key');
   const useTls = values['tls'] === true || str('ca') !== null || str('cert') !== null;
   const tls = useTls ? { caFile: str('ca'), certFile: str('cert'), keyFile: str('key'), serverName: str('server-name') } : null;
-  const client = languageClient((values['target'] as string | undefined) ?? DEFAULT_TARGET, tls);
+  // Without --target: the language service on this host, at --language-port / VLM_LANGUAGE_PORT.
+  const client = languageClient((values['target'] as string | undefined) ?? `127.0.0.1:${config.services.languagePort}`, tls);
   try {
     const out = await generateOnce(client, request, {
       deadline: Date.now() + config.limits.deadlineMs,

@@ -15,6 +15,7 @@ import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
+import { stopWhenOrphaned } from './stop-when-orphaned';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
 import type * as LanguageServer from '../services/language/server';
@@ -34,7 +35,8 @@ export async function run(argv: string[]): Promise<number> {
   const log = createLogger(role);
   surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
-  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort });
+  // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
+  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const service =
     role === 'vision'
@@ -151,6 +153,10 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   process.on('SIGHUP', () => {
     log.info('SIGHUP: passing it to the services');
     for (const child of children.values()) if (running(child)) child.kill('SIGHUP');
+  });
+  stopWhenOrphaned(() => {
+    log.warn('the process that started serve all is gone; stopping the services');
+    stopAll('SIGTERM');
   });
   return finished;
 }

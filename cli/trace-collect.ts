@@ -8,6 +8,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { VlmError } from '../shared/errors';
 import { startTraceReceiver } from '../shared/telemetry/collector';
+import { stopWhenOrphaned } from './stop-when-orphaned';
 
 export const TRACE_COLLECT_USAGE = 'usage: vlm trace collect --out FILE [--port 4318] [--host 127.0.0.1] [--append]';
 
@@ -55,6 +56,7 @@ export async function traceCollectMain(argv: readonly string[]): Promise<number>
     const stop = () => resolve();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    stopWhenOrphaned(stop);
   });
   await receiver.close();
   closeSync(fd);

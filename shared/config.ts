@@ -171,7 +171,8 @@ export const CONFIG_OPTIONS = {
   spinning: { type: 'boolean', env: 'VLM_SPINNING', default: false, help: "let ONNX Runtime's idle threads spin (a dedicated machine only)" },
   workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', help: 'inference worker threads, each with its own copy of the model' },
   // 1 GiB: the transport's receive limit (this + prompt + envelope) must stay a 32-bit gRPC length.
-  'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 1, max: 1024 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },
+  // At least 64 KiB: the vision service's warm-up image (a few kB, vision/server.ts) must pass it.
+  'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 64 * 1024, max: 1024 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },
   'max-image-pixels': { type: 'int', env: 'VLM_MAX_IMAGE_PIXELS', default: 40_000_000, min: 1, max: INT32_MAX, arg: 'N', help: 'largest width x height x pages, checked from the header before decoding' },
   'max-aspect-ratio': { type: 'int', env: 'VLM_MAX_ASPECT_RATIO', default: 32, min: 1, max: 1_000_000, arg: 'N', help: 'largest longer side / shorter side' },
   'max-prompt-chars': { type: 'int', env: 'VLM_MAX_PROMPT_CHARS', default: 4096, min: 1, max: 1_000_000, arg: 'N', help: 'longest question' },
@@ -344,12 +345,26 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
   try {
     parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new VlmError('INVALID_ARGUMENT', (err as Error).message);
+    throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }));
   }
   // Before the config is read: help must print even when a variable in the environment is malformed.
   const values = parsed.values as Values;
   if (values.help === true) throw new HelpRequested(extra);
   return { config: configFrom(values, env), values, positionals: parsed.positionals };
+}
+
+/** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */
+function parseArgsMessage(err: Error & { code?: string }): string {
+  const option = /'(-{1,2}[^' ]+)'/.exec(err.message)?.[1];
+  if (option === undefined) return err.message;
+  switch (err.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${option}; --help lists this command's options`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return `option ${option} needs a value (one that starts with '-' is written ${option}=VALUE)`;
+    default:
+      return err.message;
+  }
 }
 
 type DeepPartial<T> = { -readonly [K in keyof T]?: T[K] extends readonly unknown[] ? T[K] : T[K] extends object ? DeepPartial<T[K]> : T[K] };

@@ -20,12 +20,21 @@ export interface VisionServiceOptions {
 
 /**
  * The warm-up's worst case: an image larger than the model input (the resize path runs) with no
- * reduction (the most tokens through every layer).
+ * reduction (the most tokens through every layer). Coloured squares, not noise: it must pass the
+ * service's own byte limit (noise at 672 x 672 for a 336-pixel model is 1.3 MB; this is a few kB),
+ * and its pixel limit.
  */
-export async function warmUpImage(imageSize: number): Promise<Buffer> {
-  const side = imageSize * 2;
+export async function warmUpImage(imageSize: number, maxPixels = Infinity): Promise<Buffer> {
+  const side = Math.max(1, Math.min(imageSize * 2, Math.floor(Math.sqrt(maxPixels))));
   const raw = Buffer.alloc(side * side * 3);
-  for (let i = 0; i < raw.length; i++) raw[i] = (i * 2654435761) >>> 24;
+  for (let y = 0, i = 0; y < side; y++) {
+    for (let x = 0; x < side; x++, i += 3) {
+      const cell = (x >> 4) * 7 + (y >> 4) * 13;
+      raw[i] = (cell * 37) & 255;
+      raw[i + 1] = (cell * 91) & 255;
+      raw[i + 2] = (cell * 53) & 255;
+    }
+  }
   return sharp(raw, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
 }
 
@@ -55,7 +64,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
     maxConnectionAgeGraceMs: config.limits.deadlineMs,
   });
   const warmUp = async (): Promise<void> => {
-    const image = await warmUpImage(engine.model.manifest.preprocess.size);
+    const image = await warmUpImage(engine.model.manifest.preprocess.size, config.limits.maxImagePixels);
     await engine.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   const running = await serve(server, engine, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {

@@ -1,0 +1,48 @@
+/**
+ * `vlm ask` as a client: method parameters from --param, the language service found at
+ * --language-port / VLM_LANGUAGE_PORT when no --target is given, and option errors that say what to do.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { paramsFromFlags } from '../cli/ask';
+import { freePort } from '../cli/free-port';
+import { VlmError } from '../shared/errors';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const IMAGE = path.join(ROOT, 'models/tiny-llava-shapes/eval/images/0000.png');
+
+function vlm(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('vlm ask', () => {
+  it('reads --param name=value as numbers, flags or text', () => {
+    expect(paramsFromFlags(['lambda=0.5', 'version=v1', 'penalty=true', 'start_layer=3', 'note='])).toEqual({ lambda: 0.5, version: 'v1', penalty: true, start_layer: 3, note: '' });
+    expect(() => paramsFromFlags(['lambda'])).toThrow(VlmError);
+    expect(() => paramsFromFlags(['=1'])).toThrow(/expected name=value/);
+  });
+
+  it('dials the language port from VLM_LANGUAGE_PORT (or --language-port) without --target', async () => {
+    const port = await freePort(); // nothing listens there
+    for (const [args, env] of [[['--language-port', String(port)], {}], [[], { VLM_LANGUAGE_PORT: String(port) }]] as const) {
+      const r = vlm(['ask', '--image', IMAGE, '--question', 'what color?', ...args], env);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/^UNAVAILABLE: /);
+      expect(r.stderr).toContain(`127.0.0.1:${port}`);
+    }
+  });
+
+  it('names an unknown option and where the options are listed', () => {
+    const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--lambda', '0.5']);
+    expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: unknown option --lambda; --help lists this command's options");
+    expect(r.status).toBe(1);
+  });
+
+  it('explains how to give a value that starts with a dash', () => {
+    const r = vlm(['serve', 'all', '--queue-size', '-1']);
+    expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: option --queue-size needs a value (one that starts with '-' is written --queue-size=VALUE)");
+  });
+});

@@ -1,0 +1,45 @@
+/**
+ * `vlm serve all` under a wrapper that does not pass signals on (npm start, npx): when the wrapper is
+ * killed, serve all is re-parented and stops its two services instead of leaving them on their ports.
+ */
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { healthOf } from '../services/common/health-client';
+import { freePort } from '../cli/free-port';
+import { eventually } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('serve all whose parent dies', () => {
+  it('stops both services and exits', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    const args = ['serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0'];
+    // The wrapper: starts serve all, reports its pid, and ignores signals it would have to pass on.
+    const wrapperCode = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify([BIN, ...args])}, { stdio: 'ignore' }); process.stdout.write(String(c.pid) + '\\n'); setInterval(() => {}, 1000);`;
+    const wrapper = spawn(process.execPath, ['-e', wrapperCode], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const servePid = await new Promise<number>((resolve) => wrapper.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+    try {
+      await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      wrapper.kill('SIGKILL');
+      await eventually(() => !alive(servePid), 20_000, 100);
+      // Both services drained and exited with it: nothing listens on their ports any more.
+      expect(await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => 'DOWN')).toBe('DOWN');
+      expect(await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => 'DOWN')).toBe('DOWN');
+    } finally {
+      if (alive(servePid)) process.kill(servePid, 'SIGTERM');
+      if (wrapper.exitCode === null && wrapper.signalCode === null) wrapper.kill('SIGKILL');
+    }
+  }, 90_000);
+});

@@ -1,0 +1,31 @@
+/**
+ * The vision service's warm-up image must pass the service's own limits, or the service never
+ * reports SERVING: at the smallest byte limit the configuration allows (64 KiB), for model inputs up
+ * to 448 pixels, and within the pixel limit.
+ */
+import sharp from 'sharp';
+import { describe, expect, it } from 'vitest';
+import { CONFIG_OPTIONS } from '../shared/config';
+import { startVisionService, warmUpImage } from '../services/vision/server';
+import { createLogger } from '../shared/log';
+import { pairConfig } from './reliability-helpers';
+
+const MIN_IMAGE_BYTES = CONFIG_OPTIONS['max-image-bytes'].min;
+
+describe('the warm-up image', () => {
+  it.each([112, 224, 336, 448])('for a %i-pixel model input is larger than the input and fits the smallest byte limit', async (size) => {
+    const png = await warmUpImage(size);
+    expect(png.length).toBeLessThanOrEqual(MIN_IMAGE_BYTES);
+    expect((await sharp(png).metadata()).width).toBe(2 * size);
+  });
+
+  it('stays within the pixel limit', async () => {
+    const meta = await sharp(await warmUpImage(336, 100_000)).metadata();
+    expect(meta.width! * meta.height!).toBeLessThanOrEqual(100_000);
+  });
+
+  it('lets a vision service with the smallest byte limit reach SERVING', async () => {
+    const vision = await startVisionService(pairConfig({ maxImageBytes: MIN_IMAGE_BYTES }), { port: 0, log: createLogger('silent-test') });
+    await vision.stop();
+  });
+});
