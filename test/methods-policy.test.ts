@@ -104,6 +104,19 @@ describe('budgets', () => {
     expect(clean.steps.map((x) => x.layer)).toEqual([6]);
   });
 
+  it('sparsevlm v1.5 refuses v1\'s scale and bias instead of dropping them', () => {
+    const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'sparsevlm', 25), params: { scale: 2 } }, tinyLanguage(196)));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toMatch(/policy.params.scale: applies to sparsevlm version 'v1' only/);
+  });
+
+  it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended)', () => {
+    for (const start_layer of [2 ** 31, Number.MAX_SAFE_INTEGER]) {
+      const p = { ...policy('ficoco-v', 'none', 25), mode: 'exact' as const, params: { start_layer } };
+      expect(resolveVisionSchedule(p, tiny).outputTokens).toBe(49);
+    }
+  });
+
   it('sparsevlm v1 decides its counts from the data, so it takes no budget', () => {
     const p = { ...policy('none', 'sparsevlm', null), params: { version: 'v1' } };
     expect(resolveLanguageSchedule(p, tinyLanguage(196)).dataDependent).toBe(true);

@@ -112,6 +112,24 @@ describe('policy.params', () => {
     expect(accepts({ languageMethod: 'ficoco-l', params: { beta: num(0.5), decline_layers: num(4) } })).toEqual({ beta: 0.5, decline_layers: 4 });
   });
 
+  it('rejects values outside the range a method computes with (found by fuzzing: a crashed process, NaN answers)', () => {
+    const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+      [{ visionMethod: 'ficoco-v', params: { window: num(0) } }, 'policy.params[window]', /^must be an integer in \[1, 64\], got number 0$/],
+      [{ visionMethod: 'ficoco-v', params: { window: num(0.001) } }, 'policy.params[window]', /integer in \[1, 64\]/],
+      [{ visionMethod: 'ficoco-v', params: { penalty: num(0) } }, 'policy.params[penalty]', /^must be a number in \[1, 1000\], got number 0$/],
+      [{ visionMethod: 'ficoco-v', params: { lambda: num(1.5) } }, 'policy.params[lambda]', /number in \[0, 1\]/],
+      [{ languageMethod: 'ficoco-l', params: { gamma: num(1e308) } }, 'policy.params[gamma]', /number in \[0, 1\], got number 1e\+308/],
+      [{ languageMethod: 'ficoco-l', params: { epsilon: num(2) } }, 'policy.params[epsilon]', /number in \[0, 1\]/],
+      [{ languageMethod: 'ficoco-l', params: { decline_layers: num(0.5) } }, 'policy.params[decline_layers]', /integer in \[1, 1000\]/],
+      [{ languageMethod: 'sparsevlm', params: { version: text('v1'), scale: num(1e308) } }, 'policy.params[scale]', /number in \[0, 10000\]/],
+    ];
+    for (const [policy, field, why] of cases) {
+      const violations = rejects(policy as never) as Array<[string, string]>;
+      expect(violations.map(([f]) => f), JSON.stringify(policy)).toEqual([field]);
+      expect(violations[0]![1]).toMatch(why);
+    }
+  });
+
   it('rejects a misspelt name instead of running the default, listing the accepted names', () => {
     const [[field, why]] = rejects({ visionMethod: 'ficoco-v', params: { lamda: num(0.9) } }) as [[string, string]];
     expect(field).toBe('policy.params[lamda]');
@@ -153,9 +171,9 @@ describe('policy.params', () => {
       params: { lambda: text('0.9'), start_layer: num(1.5), window: flag(true), version: text('v2'), vision_tokens: num(-3) },
     });
     expect(v).toEqual([
-      ['policy.params[lambda]', "must be a number, got text '0.9'"],
+      ['policy.params[lambda]', "must be a number in [0, 1], got text '0.9'"],
       ['policy.params[start_layer]', 'must be an integer of at least 0, got number 1.5'],
-      ['policy.params[window]', 'must be a number, got flag true'],
+      ['policy.params[window]', 'must be an integer in [1, 64], got flag true'],
       ['policy.params[version]', "must be one of 'v1', 'v1.5', got text 'v2'"],
       ['policy.params[vision_tokens]', 'must be an integer of at least 1, got number -3'],
     ]);

@@ -85,7 +85,7 @@ function mib(bytes: number): string {
 }
 
 function checkImage(image: Uint8Array, limits: RequestLimitsConfig, v: Violations): void {
-  if (image.length === 0) v.add('image', 'is empty; send the encoded image bytes (PNG, JPEG, WebP, GIF, TIFF or AVIF)');
+  if (image.length === 0) v.add('image', 'is empty; send the encoded image bytes (PNG, JPEG, WebP, GIF or TIFF)');
   else if (image.length > limits.maxImageBytes) {
     v.add('image', `is ${image.length} bytes, over the ${limits.maxImageBytes}-byte (${mib(limits.maxImageBytes)}) image limit (max_image_bytes); downscale or recompress it`);
   }
@@ -123,9 +123,13 @@ function describeValue(value: number | string | boolean): string {
 /** Why `value` does not fit `spec`, or null when it does. */
 function specMismatch(spec: ParamSpec, value: number | string | boolean): string | null {
   const got = `got ${describeValue(value)}`;
-  if (spec.type === 'number') return typeof value === 'number' ? null : `must be a number, ${got}`;
+  if (spec.type === 'number') {
+    return typeof value === 'number' && value >= spec.min && value <= spec.max ? null : `must be a number in [${spec.min}, ${spec.max}], ${got}`;
+  }
   if (spec.type === 'integer') {
-    return typeof value === 'number' && Number.isInteger(value) && value >= spec.min ? null : `must be an integer of at least ${spec.min}, ${got}`;
+    const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+    const range = spec.max === undefined ? `of at least ${spec.min}` : `in [${spec.min}, ${spec.max}]`;
+    return typeof value === 'number' && Number.isInteger(value) && value >= spec.min && value <= max ? null : `must be an integer ${range}, ${got}`;
   }
   return typeof value === 'string' && spec.values.includes(value) ? null : `must be one of ${spec.values.map((x) => `'${x}'`).join(', ')}, ${got}`;
 }

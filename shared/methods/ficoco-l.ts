@@ -50,10 +50,11 @@ function minimumAt(g: LanguageGeometry, start: number): number {
 export const ficocoL: LanguageReducer = {
   name: 'ficoco-l',
   params: {
-    beta: { type: 'number' },
-    gamma: { type: 'number' },
-    epsilon: { type: 'number' },
-    decline_layers: { type: 'number' },
+    // Weights and the quantile are fractions (beyond them the merge weights overflow to non-finite values).
+    beta: { type: 'number', min: 0, max: 1 },
+    gamma: { type: 'number', min: 0, max: 1 },
+    epsilon: { type: 'number', min: 0, max: 1 },
+    decline_layers: { type: 'integer', min: 1, max: 1000 },
   },
 
   feasibleRange(g: LanguageGeometry): BudgetRange {

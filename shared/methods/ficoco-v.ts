@@ -47,10 +47,12 @@ function params(options: MethodOptions): FicocoVParams {
 export const ficocoV: VisionReducer = {
   name: 'ficoco-v',
   params: {
-    lambda: { type: 'number' },
-    epsilon: { type: 'number' },
-    window: { type: 'number' },
-    penalty: { type: 'number' },
+    // Weights and the quantile are fractions; the local penalty divides by `penalty` and groups patches
+    // in windows of `window` (a zero or a fraction of either would divide by zero or by less than one).
+    lambda: { type: 'number', min: 0, max: 1 },
+    epsilon: { type: 'number', min: 0, max: 1 },
+    window: { type: 'integer', min: 1, max: 64 },
+    penalty: { type: 'number', min: 1, max: 1000 },
     start_layer: { type: 'integer', min: 0 },
   },
 
@@ -77,7 +79,9 @@ export const ficocoV: VisionReducer = {
     // LLaVA) and moves earlier only if the remaining layers cannot remove enough.
     let steps = null;
     const override = options.params['start_layer'];
-    const first = typeof override === 'number' && Number.isInteger(override) ? override : anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2));
+    // Clamped to the last layer: the search below steps down one layer at a time, and from 2^53 it
+    // would hold the thread for good (the language service resolves this on its event loop).
+    const first = Math.min(g.numLayers - 1, typeof override === 'number' && Number.isInteger(override) ? override : anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)));
     for (let start = first; start >= 0 && steps === null; start--) {
       steps = distributeVisionRemoval(P + cls, P - out, Math.min(start, g.numLayers - 1), g.numLayers, (t) => stepCap(options.mode, t, cls));
     }

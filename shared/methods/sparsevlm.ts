@@ -161,8 +161,9 @@ export const sparsevlm: LanguageReducer = {
   params: {
     version: { type: 'text', values: ['v1', 'v1.5'] },
     // v1 only: keep = floor(rank * scale + bias).
-    scale: { type: 'number' },
-    bias: { type: 'number' },
+    // Bounded so rank * scale + bias stays finite (scale 1e308 with bias -1e308 made it NaN).
+    scale: { type: 'number', min: 0, max: 10_000 },
+    bias: { type: 'number', min: -10_000, max: 10_000 },
   },
 
   feasibleRange(g: LanguageGeometry, options: MethodOptions): BudgetRange {
@@ -190,6 +191,10 @@ export const sparsevlm: LanguageReducer = {
         params: { version: 'v1', scale, bias },
         dataDependent: true,
       };
+    }
+    // v1.5 takes its counts from the budget: v1's rank rule would be dropped without a word.
+    for (const name of ['scale', 'bias']) {
+      if (options.params[name] !== undefined) throw VlmError.invalid(`policy.params.${name}`, "applies to sparsevlm version 'v1' only (keep = rank x scale + bias); v1.5 takes its counts from the budget");
     }
     // Default operating point: RETAIN_TOKN = 192 of 576.
     const target = budget ?? (192 / 576) * V;

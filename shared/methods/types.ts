@@ -55,9 +55,9 @@ export interface BudgetRange {
  * silently replaced by the default.
  */
 export type ParamSpec =
-  /** Any finite number. */
-  | { readonly type: 'number' }
-  | { readonly type: 'integer'; readonly min: number }
+  /** A finite number in [min, max]: the range the method's arithmetic is defined on (weights in [0, 1], divisors above 0). */
+  | { readonly type: 'number'; readonly min: number; readonly max: number }
+  | { readonly type: 'integer'; readonly min: number; readonly max?: number }
   | { readonly type: 'text'; readonly values: readonly string[] };
 
 /** Every `policy.params` name a method reads, and nothing else. */
