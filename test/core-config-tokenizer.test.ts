@@ -205,6 +205,16 @@ describe('tensor helpers', () => {
     expect(draws(Number.MAX_SAFE_INTEGER)).toEqual(draws(Number.MAX_SAFE_INTEGER));
   });
 
+  it('refuses to draw from a NaN or +Infinity logit, greedy or sampled; -Infinity only rules a token out', () => {
+    for (const temperature of [0, 1]) {
+      const sampler = new Sampler({ temperature, topP: 1, topK: 0, seed: 1 });
+      for (const bad of [NaN, Infinity]) {
+        expect(() => sampler.next(Float32Array.of(0.1, bad, 0.3))).toThrow(/non-finite logit \((NaN|Infinity) for token 1\)/);
+      }
+      expect(sampler.next(Float32Array.of(-Infinity, -Infinity, 0.3))).toBe(2);
+    }
+  });
+
   it('greedy takes the first maximum; temperature sampling stays inside top-k', () => {
     expect(new Sampler({ temperature: 0, topP: 1, topK: 0, seed: 0 }).next(Float32Array.from([0, 5, 5, 1]))).toBe(1);
     const s = new Sampler({ temperature: 1, topP: 1, topK: 2, seed: 3 });
