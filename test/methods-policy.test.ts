@@ -107,7 +107,7 @@ describe('budgets', () => {
   it('sparsevlm v1.5 refuses v1\'s scale and bias instead of dropping them', () => {
     const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'sparsevlm', 25), params: { scale: 2 } }, tinyLanguage(196)));
     expect(e.code).toBe('INVALID_ARGUMENT');
-    expect(e.message).toMatch(/policy.params.scale: applies to sparsevlm version 'v1' only/);
+    expect(e.message).toMatch(/policy.params\[scale\]: applies to sparsevlm version 'v1' only/);
   });
 
   it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended)', () => {

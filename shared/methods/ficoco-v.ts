@@ -69,7 +69,7 @@ export const ficocoV: VisionReducer = {
     const P = g.numPatches;
     if (!g.hasClassToken) {
       // The paper's no-CLS proxy (App. 10.2) is not in the released code and not implemented here.
-      throw VlmError.invalid('policy.vision', 'ficoco-v scores tokens by their [CLS] attention and this vision tower has no class token; use tome or random');
+      throw VlmError.invalid('policy.vision_method', 'ficoco-v scores tokens by their [CLS] attention and this vision tower has no class token; use tome or random');
     }
     const target = budget ?? DEFAULT_KEEP_FRACTION * P;
     checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), options.mode === 'exact' ? 'in exact mode a layer removes at most half of its tokens' : 'a vision method outputs between 1 and P tokens');

@@ -90,12 +90,12 @@ export function budgetTokens(budget: Budget | null, fullVisualTokens: number): n
   if (budget === null) return null;
   if ('tokens' in budget) {
     if (!Number.isFinite(budget.tokens) || budget.tokens <= 0) {
-      throw VlmError.invalid('policy.budget.tokens', `must be a positive number of visual tokens, got ${budget.tokens}`);
+      throw VlmError.invalid('policy.budget_tokens', `must be a positive number of visual tokens, got ${budget.tokens}`);
     }
     return budget.tokens;
   }
   if (!Number.isFinite(budget.percent) || budget.percent <= 0 || budget.percent > 100) {
-    throw VlmError.invalid('policy.budget.percent', `must be in (0, 100], got ${budget.percent}`);
+    throw VlmError.invalid('policy.budget_percent', `must be in (0, 100], got ${budget.percent}`);
   }
   return (budget.percent / 100) * fullVisualTokens;
 }
@@ -120,11 +120,11 @@ export function resolveBudgetSplit(policy: ReductionPolicy, g: SplitGeometry): B
   if (policy.vision === 'none' || policy.language === 'none') return { total, visionTokens: policy.vision === 'none' ? null : total };
   const override = policy.params['vision_tokens'];
   // Silently running the methods' defaults would look like the split the caller asked for.
-  if (total === null && override !== undefined) throw VlmError.invalid('policy.params.vision_tokens', 'splits a budget between the two sides; set policy.budget too');
+  if (total === null && override !== undefined) throw VlmError.invalid('policy.params[vision_tokens]', 'splits a budget between the two sides; set policy.budget too');
   if (total === null) return { total, visionTokens: null };
   if (override !== undefined) {
     if (typeof override !== 'number' || !Number.isInteger(override) || override < Math.ceil(total) || override > g.fullVisualTokens) {
-      throw VlmError.invalid('policy.params.vision_tokens', `must be an integer in [${Math.ceil(total)}, ${g.fullVisualTokens}], got ${String(override)}`);
+      throw VlmError.invalid('policy.params[vision_tokens]', `must be an integer in [${Math.ceil(total)}, ${g.fullVisualTokens}], got ${String(override)}`);
     }
     return { total, visionTokens: override };
   }

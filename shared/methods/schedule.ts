@@ -20,7 +20,7 @@ export function anchor(anchors: Readonly<Record<string, unknown>>, path: string)
 export function numberParam(options: MethodOptions, key: string, fallback: number): number {
   const v = options.params[key];
   if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params.${key}`, `must be a number, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw VlmError.invalid(`policy.params[${key}]`, `must be a number, got ${String(v)}`);
   return v;
 }
 

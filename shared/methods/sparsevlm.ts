@@ -67,7 +67,7 @@ function version(options: MethodOptions): 'v1' | 'v1.5' {
   const v = options.params['version'];
   if (v === undefined || v === 'v1.5') return 'v1.5';
   if (v === 'v1') return 'v1';
-  throw VlmError.invalid('policy.params.version', `must be 'v1' or 'v1.5', got ${String(v)}`);
+  throw VlmError.invalid('policy.params[version]', `must be 'v1' or 'v1.5', got ${String(v)}`);
 }
 
 function strictlyIncreasing(layers: number[], numLayers: number): number[] {
@@ -194,7 +194,7 @@ export const sparsevlm: LanguageReducer = {
     }
     // v1.5 takes its counts from the budget: v1's rank rule would be dropped without a word.
     for (const name of ['scale', 'bias']) {
-      if (options.params[name] !== undefined) throw VlmError.invalid(`policy.params.${name}`, "applies to sparsevlm version 'v1' only (keep = rank x scale + bias); v1.5 takes its counts from the budget");
+      if (options.params[name] !== undefined) throw VlmError.invalid(`policy.params[${name}]`, "applies to sparsevlm version 'v1' only (keep = rank x scale + bias); v1.5 takes its counts from the budget");
     }
     // Default operating point: RETAIN_TOKN = 192 of 576.
     const target = budget ?? (192 / 576) * V;
