@@ -104,6 +104,14 @@ describe('budgets', () => {
     expect(clean.steps.map((x) => x.layer)).toEqual([6]);
   });
 
+  it('sparsevlm without a budget runs its default operating point, raised into the feasible range on a shallow model', () => {
+    const shallow: LanguageGeometry = { numLayers: 4, hiddenSize: 48, numHeads: 4, visualTokens: 16, fullVisualTokens: 16, anchors: {} };
+    const s = resolveLanguageSchedule(policy('none', 'sparsevlm', null), shallow);
+    const mean = s.perLayerVisualTokens.reduce((a, b) => a + b, 0) / s.perLayerVisualTokens.length;
+    expect(mean).toBeGreaterThan(16 / 3);
+    expect(mean).toBeLessThanOrEqual(16);
+  });
+
   it('sparsevlm v1.5 refuses v1\'s scale and bias instead of dropping them', () => {
     const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'sparsevlm', 25), params: { scale: 2 } }, tinyLanguage(196)));
     expect(e.code).toBe('INVALID_ARGUMENT');

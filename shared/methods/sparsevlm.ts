@@ -196,8 +196,9 @@ export const sparsevlm: LanguageReducer = {
     for (const name of ['scale', 'bias']) {
       if (options.params[name] !== undefined) throw VlmError.invalid(`policy.params[${name}]`, "applies to sparsevlm version 'v1' only (keep = rank x scale + bias); v1.5 takes its counts from the budget");
     }
-    // Default operating point: RETAIN_TOKN = 192 of 576.
-    const target = budget ?? (192 / 576) * V;
+    // Default operating point: RETAIN_TOKN = 192 of 576, raised into the feasible range on a model too
+    // shallow for it (an unset budget must not fail as an infeasible one).
+    const target = budget ?? Math.max((192 / 576) * V, this.feasibleRange(g, options).min);
     checkBudgetInRange('sparsevlm', target, this.feasibleRange(g, options), `layers up to the first pruning layer see all ${V} visual tokens`);
     let layers = anchorLayers;
     for (let d = 1; d <= anchorLayers[0]! && minimumAt(g, layers) > target + 1e-9; d++) layers = shiftEarlier(anchorLayers, d, g.numLayers);
