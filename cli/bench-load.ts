@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
+import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { languageClient } from '../services/language/client';
@@ -241,11 +242,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
 }
 
 function int(values: Record<string, unknown>, flag: string, dflt: number): number {
-  const raw = values[flag];
-  if (raw === undefined) return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw VlmError.invalid(`--${flag}`, `expected a positive integer, got "${String(raw)}"`);
-  return n;
+  return integerFlag(values, flag, 1, Number.MAX_SAFE_INTEGER) ?? dflt;
 }
 
 export async function run(argv: string[]): Promise<number> {
@@ -260,7 +257,7 @@ export async function run(argv: string[]): Promise<number> {
     concurrency: int(values, 'concurrency', 16),
     sampleMs: int(values, 'sample-ms', 1000),
     warmupMs: int(values, 'warmup-s', 10) * 1000,
-    seed: values['seed'] === undefined ? 1 : int(values, 'seed', 1),
+    seed: int(values, 'seed', 1),
     serveFlags: serveFlags(argv, FLAGS),
     // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
     serviceEnv: coLocatedServiceEnv(values, 2),

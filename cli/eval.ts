@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { VlmError } from '../shared/errors';
-import { intraOpThreadsChosen, parseCommandLine, workersChosen, type Config } from '../shared/config';
+import { optionChosen, parseCommandLine, type Config } from '../shared/config';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
@@ -104,8 +104,8 @@ export function isCorrect(generated: string, answer: string): boolean {
 
 /** Eval runs many small requests: one intra-op thread per worker and a worker per core, unless told otherwise. */
 export function evalRuntime(config: Config, values: Record<string, unknown>): Config {
-  const intraOpThreads = intraOpThreadsChosen(values) ? config.runtime.intraOpThreads : 1;
-  const workers = workersChosen(values) ? config.runtime.workers : InferencePool.workersFor(intraOpThreads);
+  const intraOpThreads = optionChosen('intra-op-threads', values) ? config.runtime.intraOpThreads : 1;
+  const workers = optionChosen('workers', values) ? config.runtime.workers : InferencePool.workersFor(intraOpThreads);
   return { ...config, runtime: { ...config.runtime, intraOpThreads, workers }, limits: { ...config.limits, queueSize: Math.max(config.limits.queueSize, workers) } };
 }
 

@@ -289,14 +289,9 @@ function readModelHash(r: Reader): string | null {
   return hash;
 }
 
-/** Whether the operator chose the intra-op thread count (flag or env), so a launcher must not pick one. */
-export function intraOpThreadsChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
-  return values['intra-op-threads'] !== undefined || !!env[CONFIG_OPTIONS['intra-op-threads'].env];
-}
-
-/** Whether the operator chose the worker count (flag or env). */
-export function workersChosen(values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
-  return values['workers'] !== undefined || !!env[CONFIG_OPTIONS.workers.env];
+/** Whether the operator set the option (its flag, or its variable to a non-empty value). */
+export function optionChosen(option: ConfigOption, values: Readonly<Record<string, unknown>>, env: Env = process.env): boolean {
+  return values[option] !== undefined || !!env[CONFIG_OPTIONS[option].env];
 }
 
 /**
@@ -306,7 +301,7 @@ export function workersChosen(values: Readonly<Record<string, unknown>>, env: En
  * unless the operator chose a count, which the children then read themselves.
  */
 export function coLocatedServiceEnv(values: Values, services: number, env: Env = process.env): Record<string, string | undefined> {
-  if (intraOpThreadsChosen(values, env)) return { ...env };
+  if (optionChosen('intra-op-threads', values, env)) return { ...env };
   const workers = new Reader(values, env).int('workers');
   return { ...env, [CONFIG_OPTIONS['intra-op-threads'].env]: String(Math.max(1, Math.floor(availableParallelism() / services / workers))) };
 }

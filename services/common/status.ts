@@ -13,6 +13,7 @@ import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
 import { BadRequest } from '../../gen/google/rpc/error_details';
 import { Status } from '../../gen/google/rpc/status';
+import { clipText } from './text-cut';
 
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 const BAD_REQUEST_TYPE = 'type.googleapis.com/google.rpc.BadRequest';
@@ -71,7 +72,7 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
     log.error('internal error', { ...fields, error: describeCause(err) });
   }
   const code = grpcCodeOf(e.code);
-  const details = e.code === 'INTERNAL' ? 'internal error' : clip(e.message, MAX_MESSAGE_CHARS);
+  const details = e.code === 'INTERNAL' ? 'internal error' : clipText(e.message, MAX_MESSAGE_CHARS);
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, e.violations));
   return { code, details, metadata };
@@ -88,21 +89,12 @@ function describeCause(err: unknown): Record<string, unknown> {
   return { chain, stack };
 }
 
-/** `text` cut to `max` characters, the cut marked, never splitting a surrogate pair. */
-function clip(text: string, max: number): string {
-  if (text.length <= max) return text;
-  let end = max - 1;
-  const last = text.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end--;
-  return `${text.slice(0, end)}…`;
-}
-
 /** Each violation clipped, and the list cut where it would pass the total bound (earlier ones kept). */
 function boundedViolations(violations: readonly FieldViolation[]): FieldViolation[] {
   const kept: FieldViolation[] = [];
   let total = 0;
   for (const v of violations) {
-    const clipped = { field: clip(v.field, MAX_FIELD_CHARS), description: clip(v.description, MAX_DESCRIPTION_CHARS) };
+    const clipped = { field: clipText(v.field, MAX_FIELD_CHARS), description: clipText(v.description, MAX_DESCRIPTION_CHARS) };
     total += clipped.field.length + clipped.description.length;
     if (total > MAX_VIOLATIONS_CHARS) break;
     kept.push(clipped);
@@ -119,7 +111,7 @@ export function encodeStatusDetails(code: GrpcCode, message: string, violations:
     }).finish();
     details.push({ typeUrl: BAD_REQUEST_TYPE, value: Buffer.from(badRequest) });
   }
-  return Buffer.from(Status.encode({ code, message: clip(message, MAX_MESSAGE_CHARS), details }).finish());
+  return Buffer.from(Status.encode({ code, message: clipText(message, MAX_MESSAGE_CHARS), details }).finish());
 }
 
 /** Field violations from a status trailer; empty when there is none or it does not parse. */

@@ -17,6 +17,7 @@ import type { ParamValue, ReductionPolicy as WirePolicy, RequestLimits, Sampling
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { GenerateRequest } from '../../gen/vlm/v1/language_service';
 import { paramsToWire } from './wire';
+import { utf16Prefix } from './text-cut';
 
 export interface RequestLimitsConfig {
   readonly maxImageBytes: number;
@@ -54,18 +55,12 @@ const ECHO_CHARS = 64;
  */
 function quoted(value: string): string {
   if (value.length <= ECHO_CHARS) return `'${value}'`;
-  return `'${prefix(value, ECHO_CHARS)}…' (${value.length} characters)`;
-}
-
-/** The first `n` UTF-16 units, one fewer if the cut would split a surrogate pair. */
-function prefix(value: string, n: number): string {
-  const code = value.charCodeAt(n - 1);
-  return value.slice(0, code >= 0xd800 && code <= 0xdbff ? n - 1 : n);
+  return `'${utf16Prefix(value, ECHO_CHARS)}…' (${value.length} characters)`;
 }
 
 /** A parameter's field path; an overlong (hence invalid) name is cut like any echo. */
 function paramField(name: string): string {
-  return `policy.params[${name.length <= ECHO_CHARS ? name : `${prefix(name, ECHO_CHARS)}…`}]`;
+  return `policy.params[${name.length <= ECHO_CHARS ? name : `${utf16Prefix(name, ECHO_CHARS)}…`}]`;
 }
 
 class Violations {

@@ -18,7 +18,7 @@ import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
 import type { ServiceEngine } from '../common/engine';
 import type { AssembledTensor, Expectation, VisualTokens } from '../common/tensor-stream';
-import { noReduction, validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
+import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
 import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
 import type { HopContext } from './vision-client';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
@@ -61,9 +61,9 @@ export async function loadPromptTokenCounter(modelDir: string, manifest: Manifes
 /**
  * What the hop must bring back: this model's tensor, of the vision schedule this service resolved for
  * the request (checkPolicy), so the rows are the ones the context check and the language schedule were
- * planned for. Default: the schedule of a request that sets no policy.
+ * planned for.
  */
-export function expectationOf(engine: ServiceEngine, vision: VisionSchedule = resolveVisionSchedule(noReduction(), engine.model.visionGeometry)): Expectation {
+export function expectationOf(engine: ServiceEngine, vision: VisionSchedule): Expectation {
   const m = engine.model.manifest;
   return {
     modelId: m.model_id,

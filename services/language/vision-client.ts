@@ -24,12 +24,12 @@ export interface VisionClientOptions {
   /** Plaintext when absent; credentials from reloadingChannelCredentials bring their server name along. */
   readonly credentials?: ChannelCredentials;
   /**
-   * The largest Encode request (image, policy, envelope). grpc-js keeps a request for a retry only
-   * while it fits its per-call buffer (1 MiB by default); a larger one is never retried, and the hop
-   * repeats only calls that failed after data arrived. Default: the services' receive limit for the
-   * default image limit.
+   * The largest Encode request (image, policy, envelope): the service's receive limit
+   * (message-limits.ts). grpc-js keeps a request for a retry only while it fits its per-call buffer
+   * (1 MiB by default); a larger one is never retried, and the hop repeats only calls that failed
+   * after data arrived.
    */
-  readonly maxRequestBytes?: number;
+  readonly maxRequestBytes: number;
 }
 
 export interface HopContext {
@@ -82,8 +82,6 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
-const DEFAULT_MAX_REQUEST_BYTES = 24 * 1024 * 1024;
-
 /** Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before that). */
 const RETRIES = 2;
 const RETRY_BACKOFF_MS = 25;
@@ -99,7 +97,7 @@ export class VisionClient {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.enable_retries': 1,
-      'grpc.per_rpc_retry_buffer_size': options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
+      'grpc.per_rpc_retry_buffer_size': options.maxRequestBytes,
       ...serverNameOptions(options.credentials),
     });
   }

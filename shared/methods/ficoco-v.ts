@@ -83,7 +83,7 @@ export const ficocoV: VisionReducer = {
     // would hold the thread for good (the language service resolves this on its event loop).
     const first = Math.min(g.numLayers - 1, typeof override === 'number' && Number.isInteger(override) ? override : anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)));
     for (let start = first; start >= 0 && steps === null; start--) {
-      steps = distributeVisionRemoval(P + cls, P - out, Math.min(start, g.numLayers - 1), g.numLayers, (t) => stepCap(options.mode, t, cls));
+      steps = distributeVisionRemoval(P + cls, P - out, start, g.numLayers, (t) => stepCap(options.mode, t, cls));
     }
     if (steps === null) throw new VlmError('INTERNAL', `ficoco-v could not schedule ${P - out} removals`);
     return {

@@ -79,14 +79,17 @@ export function mean(values: ArrayLike<number>, from = 0, to = values.length): n
  * into 32 bits of generator state: the low word as is, so every seed below 2^32 draws what it always
  * drew, and the high word mixed in, so s and s + 2^32 do not draw the same stream.
  */
-export function foldSeed(seed: number): number {
+function foldSeed(seed: number): number {
   const high = Math.floor(seed / 0x100000000);
   return ((seed >>> 0) ^ Math.imul(high, 0x9e3779b1)) >>> 0;
 }
 
-/** Seeded uniform [0,1) generator (mulberry32): reproducible per request and step. */
-export function seededRandom(seed: number): () => number {
-  let a = foldSeed(seed);
+/**
+ * Seeded uniform [0,1) generator (mulberry32): reproducible per request and step. `salt` (32 bits)
+ * separates streams of one seed (a layer's draws from another's), mixed in after the fold.
+ */
+export function seededRandom(seed: number, salt = 0): () => number {
+  let a = (foldSeed(seed) ^ salt) >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;

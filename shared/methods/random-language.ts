@@ -6,7 +6,7 @@ import { VlmError } from '../errors';
 import { selection } from './combination';
 import { singleCutSchedule } from './fastv';
 import { singleCutRange } from './language-schedule';
-import { foldSeed, sampleIndices, seededRandom } from './numeric';
+import { sampleIndices, seededRandom } from './numeric';
 import type { LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, MethodOptions } from './types';
 
 export const randomLanguage: LanguageReducer = {
@@ -24,7 +24,7 @@ export const randomLanguage: LanguageReducer = {
   reduce(input: LanguageStepInput, _schedule: LanguageSchedule, options: MethodOptions): LanguageStepOutput {
     const { start, length } = input.image;
     if (length !== input.step.tokensIn) throw new VlmError('INTERNAL', `random step expected ${input.step.tokensIn} image tokens, got ${length}`);
-    const rand = seededRandom((foldSeed(options.seed) ^ Math.imul(input.step.layer + 101, 0x85ebca77)) >>> 0);
+    const rand = seededRandom(options.seed, Math.imul(input.step.layer + 101, 0x85ebca77));
     const keep = sampleIndices(length, input.step.tokensOut, rand);
     return { span: input.image, combine: selection(keep), image: { start, length: keep.length } };
   },

@@ -5,7 +5,7 @@
  */
 import { VlmError } from '../errors';
 import { selection } from './combination';
-import { foldSeed, sampleIndices, seededRandom } from './numeric';
+import { sampleIndices, seededRandom } from './numeric';
 import { anchorInt, checkBudgetInRange } from './schedule';
 import type { MethodOptions, VisionGeometry, VisionReducer, VisionSchedule, VisionStepInput, VisionStepOutput } from './types';
 
@@ -33,7 +33,7 @@ export const randomVision: VisionReducer = {
     const T = input.hidden.rows;
     if (T !== input.step.tokensIn) throw new VlmError('INTERNAL', `random step expected ${input.step.tokensIn} tokens, got ${T}`);
     const cls = input.tokens.origin[0] === -1 ? 1 : 0;
-    const rand = seededRandom((foldSeed(options.seed) ^ Math.imul(input.step.layer + 1, 0x9e3779b1)) >>> 0);
+    const rand = seededRandom(options.seed, Math.imul(input.step.layer + 1, 0x9e3779b1));
     const keep = [...(cls ? [0] : []), ...sampleIndices(T - cls, input.step.tokensOut - cls, rand).map((i) => i + cls)];
     return {
       combine: selection(keep),

@@ -198,8 +198,9 @@ export const sparsevlm: LanguageReducer = {
     }
     // Default operating point: RETAIN_TOKN = 192 of 576, raised into the feasible range on a model too
     // shallow for it (an unset budget must not fail as an infeasible one).
-    const target = budget ?? Math.max((192 / 576) * V, this.feasibleRange(g, options).min);
-    checkBudgetInRange('sparsevlm', target, this.feasibleRange(g, options), `layers up to the first pruning layer see all ${V} visual tokens`);
+    const range = this.feasibleRange(g, options);
+    const target = budget ?? Math.max((192 / 576) * V, range.min);
+    checkBudgetInRange('sparsevlm', target, range, `layers up to the first pruning layer see all ${V} visual tokens`);
     let layers = anchorLayers;
     for (let d = 1; d <= anchorLayers[0]! && minimumAt(g, layers) > target + 1e-9; d++) layers = shiftEarlier(anchorLayers, d, g.numLayers);
     const keeps = keepsFor(g, layers, target);

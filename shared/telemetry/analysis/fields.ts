@@ -15,11 +15,6 @@ export function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
 }
 
-/** `path: problem`, with the path also carried as the violation's field. */
-export function badField(path: string, problem: string): VlmError {
-  return VlmError.invalid(path, problem);
-}
-
 /** A short JSON-ish rendering of a bad value for error messages. */
 export function shown(v: unknown): string {
   if (v === undefined) return 'nothing';
@@ -35,7 +30,7 @@ export function shown(v: unknown): string {
 }
 
 export function objectAt(v: unknown, path: string): Json {
-  if (!isObject(v)) throw badField(path, `expected an object, got ${shown(v)}`);
+  if (!isObject(v)) throw VlmError.invalid(path, `expected an object, got ${shown(v)}`);
   return v;
 }
 
@@ -45,7 +40,7 @@ export function optionalObject(v: unknown, path: string): Json | undefined {
 }
 
 export function arrayAt(v: unknown, path: string): unknown[] {
-  if (!Array.isArray(v)) throw badField(path, `expected an array, got ${shown(v)}`);
+  if (!Array.isArray(v)) throw VlmError.invalid(path, `expected an array, got ${shown(v)}`);
   return v;
 }
 
@@ -55,8 +50,8 @@ export function optionalArray(v: unknown, path: string): unknown[] {
 }
 
 export function stringAt(v: unknown, path: string): string {
-  if (v === undefined) throw badField(path, 'missing');
-  if (typeof v !== 'string') throw badField(path, `expected a string, got ${shown(v)}`);
+  if (v === undefined) throw VlmError.invalid(path, 'missing');
+  if (typeof v !== 'string') throw VlmError.invalid(path, `expected a string, got ${shown(v)}`);
   return v;
 }
 
@@ -71,13 +66,13 @@ export function optionalString(v: unknown, path: string, fallback: string): stri
  * refused rather than written: it would make every duration around it meaningless.
  */
 export function wholeNumberAt(v: unknown, path: string, unit: string): string {
-  if (v === undefined || v === null) throw badField(path, 'missing');
+  if (v === undefined || v === null) throw VlmError.invalid(path, 'missing');
   let n: bigint | undefined;
   if (typeof v === 'string' && /^\d{1,20}$/.test(v)) n = BigInt(v);
   else if (typeof v === 'number' && Number.isInteger(v) && v >= 0) n = BigInt(v);
   else if (typeof v === 'bigint' && v >= 0n) n = v;
   else if (isObject(v) && typeof v.low === 'number' && typeof v.high === 'number') n = (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0);
-  if (n === undefined || n > UINT64_MAX) throw badField(path, `${shown(v)} is not a non-negative whole number of ${unit}`);
+  if (n === undefined || n > UINT64_MAX) throw VlmError.invalid(path, `${shown(v)} is not a non-negative whole number of ${unit}`);
   return n.toString();
 }
 

@@ -1,5 +1,5 @@
 import { VlmError } from '../../errors';
-import { badField, checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, wholeNumberAt, type Json } from './fields';
+import { checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, wholeNumberAt, type Json } from './fields';
 import type { AttributeValue, Attributes, SpanEventRecord, SpanKindName, SpanRecord } from './span-record';
 
 /**
@@ -85,6 +85,6 @@ function kindOf(tag: AttributeValue | undefined): SpanKindName {
 /** Jaeger drops leading zeros and may carry 64-bit trace ids: pad to the OTLP width. */
 function hexId(id: unknown, digits: number, path: string): string {
   const s = typeof id === 'string' ? id.toLowerCase() : '';
-  if (!/^[0-9a-f]+$/.test(s) || s.length > digits) throw badField(path, `${shown(id)} is not hex of at most ${digits} digits`);
+  if (!/^[0-9a-f]+$/.test(s) || s.length > digits) throw VlmError.invalid(path, `${shown(id)} is not hex of at most ${digits} digits`);
   return s.padStart(digits, '0');
 }

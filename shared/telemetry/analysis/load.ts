@@ -1,5 +1,5 @@
 import { VlmError } from '../../errors';
-import { badField, checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, stringAt, wholeNumberAt, within, type Json } from './fields';
+import { checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, stringAt, wholeNumberAt, within, type Json } from './fields';
 import { isJaegerTraces, spansFromJaeger } from './jaeger';
 import { isOtlpTraces, spansFromOtlp } from './otlp-json';
 import type { AttributeValue, Attributes, SpanEventRecord, SpanKindName, SpanRecord, StatusName } from './span-record';
@@ -74,18 +74,18 @@ function spanRecordOf(d: Json): SpanRecord {
 }
 
 function hexAt(v: unknown, digits: number, path: string): string {
-  if (typeof v !== 'string' || v.length !== digits || !/^[0-9a-fA-F]+$/.test(v)) throw badField(path, `${shown(v)} is not ${digits} hex digits`);
+  if (typeof v !== 'string' || v.length !== digits || !/^[0-9a-fA-F]+$/.test(v)) throw VlmError.invalid(path, `${shown(v)} is not ${digits} hex digits`);
   return v.toLowerCase();
 }
 
 function parentIdAt(v: unknown): string {
-  if (typeof v !== 'string' || v.length !== 16 || !/^[0-9a-fA-F]+$/.test(v)) throw badField('parentSpanId', `${shown(v)} is neither empty nor 16 hex digits`);
+  if (typeof v !== 'string' || v.length !== 16 || !/^[0-9a-fA-F]+$/.test(v)) throw VlmError.invalid('parentSpanId', `${shown(v)} is neither empty nor 16 hex digits`);
   return v.toLowerCase();
 }
 
 function oneOf<T extends string>(v: unknown, names: readonly T[], path: string): T {
   if (typeof v === 'string' && (names as readonly string[]).includes(v)) return v as T;
-  throw badField(path, `${shown(v)} is not one of ${names.join(', ')}`);
+  throw VlmError.invalid(path, `${shown(v)} is not one of ${names.join(', ')}`);
 }
 
 function attributesAt(v: unknown, path: string): Attributes {
@@ -98,7 +98,7 @@ function attributesAt(v: unknown, path: string): Attributes {
 function attributeValueAt(v: unknown, path: string): AttributeValue {
   const scalar = (x: unknown) => typeof x === 'string' || typeof x === 'boolean' || (typeof x === 'number' && Number.isFinite(x));
   if (scalar(v) || (Array.isArray(v) && v.every(scalar))) return v as AttributeValue;
-  throw badField(path, `expected a string, number, boolean or a list of them, got ${shown(v)}`);
+  throw VlmError.invalid(path, `expected a string, number, boolean or a list of them, got ${shown(v)}`);
 }
 
 function eventAt(v: unknown, path: string): SpanEventRecord {

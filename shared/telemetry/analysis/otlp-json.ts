@@ -1,5 +1,5 @@
 import { VlmError } from '../../errors';
-import { arrayAt, badField, checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, stringAt, wholeNumberAt, type Json } from './fields';
+import { arrayAt, checkSpanTimes, isObject, objectAt, optionalArray, optionalObject, optionalString, shown, stringAt, wholeNumberAt, type Json } from './fields';
 import type { AttributeValue, Attributes, SpanEventRecord, SpanKindName, SpanRecord, StatusName } from './span-record';
 
 /**
@@ -117,7 +117,7 @@ function anyValue(value: unknown, path: string): AttributeValue | undefined {
 }
 
 function boolAt(v: unknown, path: string): boolean {
-  if (typeof v !== 'boolean') throw badField(path, `expected true or false, got ${shown(v)}`);
+  if (typeof v !== 'boolean') throw VlmError.invalid(path, `expected true or false, got ${shown(v)}`);
   return v;
 }
 
@@ -125,26 +125,26 @@ function boolAt(v: unknown, path: string): boolean {
 function intAt(v: unknown, path: string): number {
   if (typeof v === 'number' && Number.isInteger(v)) return v;
   if (typeof v === 'string' && /^-?\d{1,20}$/.test(v)) return Number(v);
-  throw badField(path, `expected an integer, got ${shown(v)}`);
+  throw VlmError.invalid(path, `expected an integer, got ${shown(v)}`);
 }
 
 /** double: a JSON number, or text for the values JSON lacks ("NaN", "Infinity", "-Infinity"). */
 function doubleAt(v: unknown, path: string): number {
   if (typeof v === 'number') return v;
   if (typeof v === 'string' && v.trim() !== '' && (Number.isFinite(Number(v)) || ['NaN', 'Infinity', '-Infinity'].includes(v))) return Number(v);
-  throw badField(path, `expected a number, got ${shown(v)}`);
+  throw VlmError.invalid(path, `expected a number, got ${shown(v)}`);
 }
 
 /** bytes stay base64 text in the record: protojson's spelling, or the protobuf decoder's raw bytes. */
 function bytesAt(v: unknown, path: string): string {
   if (typeof v === 'string') return v;
   if (v instanceof Uint8Array) return Buffer.from(v).toString('base64');
-  throw badField(path, `expected base64 text or bytes, got ${shown(v)}`);
+  throw VlmError.invalid(path, `expected base64 text or bytes, got ${shown(v)}`);
 }
 
 /** Hex as the OTLP/JSON spec says, base64 as protojson (Tempo) writes, or raw bytes from protobuf. */
 export function idToHex(id: unknown, bytes: number, path: string, emptyAllowed = false): string {
-  if (id === undefined || id === null) throw badField(path, 'missing');
+  if (id === undefined || id === null) throw VlmError.invalid(path, 'missing');
   if (id instanceof Uint8Array) {
     if (id.length === 0 && emptyAllowed) return '';
     if (id.length === bytes) return Buffer.from(id).toString('hex');
@@ -156,7 +156,7 @@ export function idToHex(id: unknown, bytes: number, path: string, emptyAllowed =
       if (raw.length === bytes) return raw.toString('hex');
     }
   }
-  throw badField(path, `${shown(id)} is neither ${bytes * 2} hex digits nor base64 of ${bytes} bytes`);
+  throw VlmError.invalid(path, `${shown(id)} is neither ${bytes * 2} hex digits nor base64 of ${bytes} bytes`);
 }
 
 function enumOf<T extends string>(v: unknown, names: readonly T[], prefix: string, fallback: T): T {
