@@ -12,7 +12,7 @@ import { AUTH_TOKEN_ENV, CONFIG_OPTIONS } from '../shared/config';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
-import { eventually } from './service-helpers';
+import { eventually, stopServeAll } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -71,12 +71,7 @@ describe("README's configuration table", () => {
 describe('vlm serve all, vision on a picked port and a specific host', () => {
   let server: ChildProcess | undefined;
   // SIGTERM, so the parent takes both services down with it; SIGKILL only if that hangs.
-  afterEach(async () => {
-    if (!server || !running(server)) return;
-    const exited = new Promise((resolve) => server!.once('exit', resolve));
-    server.kill('SIGTERM');
-    if ((await Promise.race([exited, new Promise((r) => setTimeout(() => r('hung'), 15_000))])) === 'hung') server.kill('SIGKILL');
-  });
+  afterEach(() => stopServeAll(server));
 
   it('has language dial the address vision bound: --host 127.0.0.2 --vision-port 0', async () => {
     const languagePort = await freePort();

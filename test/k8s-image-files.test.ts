@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
-import { eventually } from './service-helpers';
+import { eventually, stopServeAll } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const DOCKER = path.join(ROOT, 'k8s', 'docker');
@@ -66,12 +66,7 @@ describe('the runtime image holds every file the services read', () => {
   afterEach(async () => {
     // SIGTERM, not SIGKILL: serve all stops its two children on SIGTERM; killed outright, it would
     // leave them running.
-    if (server && running(server)) {
-      const exited = new Promise((resolve) => server!.once('exit', resolve));
-      server.kill('SIGTERM');
-      await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 15_000))]);
-      if (running(server)) server.kill('SIGKILL');
-    }
+    await stopServeAll(server);
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 

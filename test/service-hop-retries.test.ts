@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ByteOrder, ElementType } from '../gen/vlm/v1/common';
 import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { VlmError } from '../shared/errors';
+import { failure } from './core-helpers';
 import { VisionClient } from '../services/language/vision-client';
 import type { Expectation } from '../services/common/tensor-stream';
 
@@ -41,18 +42,13 @@ async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }
     getModelInfo: () => undefined,
   });
   const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-  client = new VisionClient({ target: `127.0.0.1:${port}`, authToken: null });
+  client = new VisionClient({ target: `127.0.0.1:${port}`, authToken: null, maxRequestBytes: 32 << 20 });
   return { calls: () => calls };
 }
 
 async function encodeFailure(image: Buffer = Buffer.from('x')): Promise<VlmError> {
   const ctx = { signal: new AbortController().signal, deadline: Date.now() + 10_000, requestId: 'retries' };
-  const outcome = await client!.encode({ image, policy: undefined, limits: undefined }, expectation, ctx).then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(outcome).toBeInstanceOf(VlmError);
-  return outcome as VlmError;
+  return failure(client!.encode({ image, policy: undefined, limits: undefined }, expectation, ctx));
 }
 
 describe('Encode retries on the language -> vision hop', () => {

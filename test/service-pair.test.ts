@@ -11,10 +11,12 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testConfig, type Config } from '../shared/config';
 import { disposeModel, encodeImage, generate, loadModel, type LoadedModel } from '../shared/engine';
-import type { ReductionPolicy } from '../shared/methods/policy';
+import { resolveVisionSchedule, type ReductionPolicy } from '../shared/methods/policy';
+import { noReduction } from '../services/common/validate';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
+import { receiveLimit } from '../services/common/message-limits';
 import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate';
 import { decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
@@ -66,8 +68,8 @@ interface Outcome {
   error: ServiceError | null;
 }
 
-async function ask(client: LanguageServiceClient, req: GenerateRequest, deadlineMs = 30_000, metadata = new Metadata()): Promise<Outcome> {
-  const { messages, error } = await collect<GenerateResponse>(client.generate(req, metadata, { deadline: Date.now() + deadlineMs }));
+async function ask(client: LanguageServiceClient, req: GenerateRequest): Promise<Outcome> {
+  const { messages, error } = await collect<GenerateResponse>(client.generate(req, new Metadata(), { deadline: Date.now() + 30_000 }));
   const deltas = messages.flatMap((m) => (m.part?.$case === 'delta' ? [m.part.delta.text] : [])).join('');
   const final = messages.find((m) => m.part?.$case === 'final');
   return { deltas, final: final?.part?.$case === 'final' ? final.part.final : undefined, error };
@@ -233,7 +235,7 @@ describe('the service pair on loopback', () => {
 
   it('stops decoding when the stream is abandoned without a cancel (a failed write ends the call)', async () => {
     // The adapter returns the handler's generator when a write fails; nothing aborts the call's signal.
-    const hop = new VisionClient({ target: vision.address, authToken: null });
+    const hop = new VisionClient({ target: vision.address, authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
     try {
@@ -343,11 +345,11 @@ describe('the service pair on loopback', () => {
   });
 
   it('reports UNAVAILABLE, naming the target, when no vision replica answers', async () => {
-    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null });
+    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
     const controller = new AbortController();
     try {
       const err = await dead
-        .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.engine), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
+        .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.engine, resolveVisionSchedule(noReduction(), language.engine.model.visionGeometry)), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
         .then(() => null, (e: unknown) => e as { code: string; message: string });
       expect(err?.code).toBe('UNAVAILABLE');
       expect(err?.message).toMatch(/vision service unavailable at 127\.0\.0\.1:1/);
