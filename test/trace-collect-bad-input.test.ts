@@ -1,7 +1,7 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { decodeErrorStatus } from '../shared/telemetry/collector/otlp-proto';
+import { Status } from '../gen/google/rpc/status';
 import type { SpanRecord } from '../shared/telemetry/analysis';
 
 /**
@@ -96,7 +96,7 @@ describe('OTLP/HTTP receiver on malformed payloads', () => {
     const res = await fetch(`${receiver.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: new Uint8Array([0x0a, 0xff]) });
     expect(res.status).toBe(400);
     expect(res.headers.get('content-type')).toBe('application/x-protobuf');
-    expect(decodeErrorStatus(new Uint8Array(await res.arrayBuffer()))).toMatchObject({ code: 3, message: expect.stringMatching(/not an ExportTraceServiceRequest/) });
+    expect(Status.decode(new Uint8Array(await res.arrayBuffer()))).toMatchObject({ code: 3, message: expect.stringMatching(/not an ExportTraceServiceRequest/) });
   });
 
   it('answers 413 to a body over the limit, compressed or once decompressed', async () => {

@@ -73,9 +73,6 @@ const DESCRIPTOR = {
         },
         ArrayValue: { fields: { values: field(1, 'AnyValue', 'repeated') } },
         KeyValueList: { fields: { values: field(1, 'KeyValue', 'repeated') } },
-        // google.rpc.Status, the body of every OTLP/HTTP 4xx and 5xx answer; its `details` (field 3,
-        // repeated Any) is left out: we send none and never read one.
-        RpcStatus: { fields: { code: field(1, 'int32'), message: field(2, 'string') } },
       },
     },
   },
@@ -84,7 +81,6 @@ const DESCRIPTOR = {
 const root = protobuf.Root.fromJSON(DESCRIPTOR);
 const Request = root.lookupType('otlp.ExportTraceServiceRequest');
 const Response = root.lookupType('otlp.ExportTraceServiceResponse');
-const RpcStatus = root.lookupType('otlp.RpcStatus');
 
 /**
  * Decodes a protobuf ExportTraceServiceRequest into the OTLP/JSON object shape (ids stay bytes,
@@ -99,14 +95,4 @@ export function decodeTraceRequest(body: Uint8Array): unknown {
 export function encodeTraceResponse(rejectedSpans = 0, errorMessage = ''): Uint8Array {
   const payload = rejectedSpans === 0 && errorMessage === '' ? {} : { partialSuccess: { rejectedSpans, errorMessage } };
   return Response.encode(Response.fromObject(payload)).finish();
-}
-
-/** A google.rpc.Status: `code` is the gRPC status code (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, ...). */
-export function encodeErrorStatus(code: number, message: string): Uint8Array {
-  return RpcStatus.encode(RpcStatus.fromObject({ code, message })).finish();
-}
-
-export function decodeErrorStatus(body: Uint8Array): { code: number; message: string } {
-  const o = RpcStatus.toObject(RpcStatus.decode(body), { defaults: true }) as { code: number; message: string };
-  return { code: o.code, message: o.message };
 }

@@ -4,7 +4,8 @@ import { gunzipSync, inflateSync } from 'node:zlib';
 import { VlmError } from '../../errors';
 import { spansFromOtlp } from '../analysis/otlp-json';
 import type { SpanRecord } from '../analysis/span-record';
-import { decodeTraceRequest, encodeErrorStatus, encodeTraceResponse } from './otlp-proto';
+import { Status } from '../../../gen/google/rpc/status';
+import { decodeTraceRequest, encodeTraceResponse } from './otlp-proto';
 
 /**
  * A minimal OTLP/HTTP trace receiver: `POST /v1/traces` with an ExportTraceServiceRequest as
@@ -118,7 +119,7 @@ function answerError(req: IncomingMessage, res: ServerResponse, err: unknown): n
   const message = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED' ? e.message : 'internal error';
   const type = contentTypeOf(req);
   const [contentType, body] =
-    type === 'application/json' ? [type, JSON.stringify({ code, message })] : type === 'application/x-protobuf' ? [type, Buffer.from(encodeErrorStatus(code, message))] : ['text/plain', message];
+    type === 'application/json' ? [type, JSON.stringify({ code, message })] : type === 'application/x-protobuf' ? [type, Buffer.from(Status.encode({ code, message, details: [] }).finish())] : ['text/plain', message];
   // A body left unread (too large) cannot be skipped on a kept-alive connection: close it once the
   // answer is out, rather than before, so the sender reads the 413 instead of a reset.
   const unread = !req.complete;
