@@ -10,7 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { CONFIG_FLAGS, coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { stopOnSignals } from '../services/common/lifecycle';
@@ -25,13 +25,14 @@ const ROLES = ['vision', 'language', 'all'] as const;
 type Role = (typeof ROLES)[number];
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values, positionals } = parseCommandLine(argv, {});
+  const { config, values, positionals, positionalIndices } = parseCommandLine(argv, {});
   setLogLevel(config.logLevel);
   const role = positionals[0] as Role | undefined;
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
     throw VlmError.invalid('serve', `expected one of ${ROLES.join(', ')}, got "${positionals.join(' ')}"`);
   }
-  if (role === 'all') return serveBoth(withoutWord(argv, 'all'), coLocatedServiceEnv(values, 2), config);
+  // The children get the command line less the word `all`.
+  if (role === 'all') return serveBoth(argv.filter((_, i) => i !== positionalIndices[0]), coLocatedServiceEnv(values, 2), config);
   const log = createLogger(role);
   surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
@@ -65,21 +66,6 @@ function surviveHangup(log: Logger): void {
   process.on('SIGHUP', () => {
     if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS files to re-read');
   });
-}
-
-/** argv without the positional `word`; a flag's value that happens to equal it (`--graph-optimization all`) stays. */
-function withoutWord(argv: readonly string[], word: string): string[] {
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') break;
-    if (arg.startsWith('-')) {
-      const name = arg.replace(/^--?/, '').split('=')[0]!;
-      if ((CONFIG_FLAGS as Readonly<Record<string, { type: string }>>)[name]?.type === 'string' && !arg.includes('=')) i++;
-      continue;
-    }
-    if (arg === word) return [...argv.slice(0, i), ...argv.slice(i + 1)];
-  }
-  return [...argv];
 }
 
 /**

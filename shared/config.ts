@@ -335,17 +335,19 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
   argv: readonly string[],
   extra: O,
   env: Env = process.env,
-): { config: Config; values: Values; positionals: string[] } {
+): { config: Config; values: Values; positionals: string[]; positionalIndices: number[] } {
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true, tokens: true });
   } catch (err) {
     throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }));
   }
   // Before the config is read: help must print even when a variable in the environment is malformed.
   const values = parsed.values as Values;
   if (values.help === true) throw new HelpRequested(extra);
-  return { config: configFrom(values, env), values, positionals: parsed.positionals };
+  // Where each positional stands in argv (a flag's value equal to one, `--graph-optimization all`, is not one).
+  const positionalIndices = parsed.tokens.flatMap((t) => (t.kind === 'positional' ? [t.index] : []));
+  return { config: configFrom(values, env), values, positionals: parsed.positionals, positionalIndices };
 }
 
 /** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */

@@ -11,6 +11,15 @@ import { seededRandom, softmax, topkIndices } from '../shared/methods/numeric';
 import { RANDOM_BUNDLE, readJson, ROOT } from './core-helpers';
 import type { Manifest } from '../shared/bundle/manifest';
 
+describe('parseCommandLine', () => {
+  it('says where each positional stands, telling a flag value equal to one apart (serve all drops the word)', () => {
+    const parsed = parseCommandLine(['--graph-optimization', 'all', 'all', '--workers=2'], {});
+    expect(parsed.positionals).toEqual(['all']);
+    expect(parsed.positionalIndices).toEqual([2]);
+    expect(parsed.values['graph-optimization']).toBe('all');
+  });
+});
+
 describe('config', () => {
   it('takes flags over environment over defaults, and freezes the result', () => {
     const c = configFrom({ 'intra-op-threads': '3' }, { VLM_INTRA_OP_THREADS: '2', VLM_QUEUE_SIZE: '5' });
