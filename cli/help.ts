@@ -15,7 +15,8 @@ function usageOf(flag: string, o: { readonly type: string; readonly arg?: string
   return o.type === 'boolean' ? `--${flag}` : `--${flag} ${o.arg ?? 'VALUE'}`;
 }
 
-function table(rows: ReadonlyArray<readonly [string, string]>): string {
+/** Two columns, the left padded to its widest entry. */
+export function table(rows: ReadonlyArray<readonly [string, string]>): string {
   const width = Math.max(...rows.map(([left]) => left.length));
   return rows.map(([left, right]) => `  ${left.padEnd(width)}  ${right}`.trimEnd()).join('\n');
 }

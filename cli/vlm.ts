@@ -6,7 +6,7 @@
  */
 import { HelpRequested } from '../shared/config';
 import { VlmError } from '../shared/errors';
-import { commandHelp } from './help';
+import { commandHelp, table } from './help';
 
 export interface CommandModule {
   run(argv: string[]): Promise<number>;
@@ -34,9 +34,8 @@ const COMMANDS: Readonly<Record<string, Row>> = {
 };
 
 function usage(): string {
-  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
-  const rows = Object.entries(COMMANDS).map(([name, r]) => `  ${name.padEnd(width)}  ${r.summary}`);
-  return `usage: vlm <command> [flags]\n\ncommands:\n${rows.join('\n')}\n\nvlm <command> --help (or vlm help <command>) lists the command's flags, with their variables and defaults.\n`;
+  const rows = table(Object.entries(COMMANDS).map(([name, r]) => [name, r.summary] as const));
+  return `usage: vlm <command> [flags]\n\ncommands:\n${rows}\n\nvlm <command> --help (or vlm help <command>) lists the command's flags, with their variables and defaults.\n`;
 }
 
 const isHelp = (arg: string | undefined): boolean => arg === '--help' || arg === '-h';

@@ -151,7 +151,8 @@ function checkParam(name: string, value: number | string | boolean, readers: rea
   if (mismatch !== undefined) v.add(paramField(name), mismatch);
 }
 
-function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; language: LanguageMethodName } {
+/** The methods the policy names; `known` when both are, so their parameters can be judged. */
+function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; language: LanguageMethodName; known: boolean } {
   let vision = p.visionMethod || 'none';
   let language = p.languageMethod || 'none';
   if (p.preset !== '') {
@@ -167,13 +168,11 @@ function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; 
   }
   const visionNames: readonly string[] = visionMethodNames();
   const languageNames: readonly string[] = languageMethodNames();
-  if (!visionNames.includes(vision)) v.add('policy.vision_method', `unknown vision method ${quoted(vision)}; valid: ${visionNames.join(', ')}`);
-  if (!languageNames.includes(language)) v.add('policy.language_method', `unknown language method ${quoted(language)}; valid: ${languageNames.join(', ')}`);
-  return { vision: vision as VisionMethodName, language: language as LanguageMethodName };
-}
-
-function isKnownPair(vision: string, language: string): boolean {
-  return (visionMethodNames() as string[]).includes(vision) && (languageMethodNames() as string[]).includes(language);
+  const knownVision = visionNames.includes(vision);
+  const knownLanguage = languageNames.includes(language);
+  if (!knownVision) v.add('policy.vision_method', `unknown vision method ${quoted(vision)}; valid: ${visionNames.join(', ')}`);
+  if (!knownLanguage) v.add('policy.language_method', `unknown language method ${quoted(language)}; valid: ${languageNames.join(', ')}`);
+  return { vision: vision as VisionMethodName, language: language as LanguageMethodName, known: knownVision && knownLanguage };
 }
 
 /**
@@ -199,7 +198,7 @@ function parseParams(wire: WirePolicy['params'], readers: readonly ParamReader[]
 
 function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy {
   const wire: WirePolicy = p ?? { visionMethod: '', languageMethod: '', budget: undefined, mode: '', params: {}, seed: undefined, preset: '' };
-  const { vision, language } = pickMethods(wire, v);
+  const { vision, language, known } = pickMethods(wire, v);
   const mode = (wire.mode || 'clean') as ReductionMode;
   if (!MODES.includes(mode)) v.add('policy.mode', `must be one of ${MODES.join(', ')}, got ${quoted(wire.mode)}`);
 
@@ -213,7 +212,7 @@ function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy 
     budget = { percent: b.budgetPercent };
   }
 
-  const params = parseParams(wire.params, isKnownPair(vision, language) ? paramReaders(vision, language) : null, v);
+  const params = parseParams(wire.params, known ? paramReaders(vision, language) : null, v);
   const seed = wire.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) v.add('policy.seed', `must be an integer in [0, 2^53), got ${seed}`);
   return { vision, language, budget, mode, params, seed };
