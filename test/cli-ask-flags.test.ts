@@ -2,21 +2,16 @@
  * `vlm ask` as a client: method parameters from --param, the language service found at
  * --language-port / VLM_LANGUAGE_PORT when no --target is given, and option errors that say what to do.
  */
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { vlm } from './service-helpers';
 import { paramsFromFlags } from '../cli/ask';
 import { freePort } from '../cli/free-port';
 import { VlmError } from '../shared/errors';
 
 const ROOT = path.resolve(__dirname, '..');
-const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const IMAGE = path.join(ROOT, 'models/tiny-llava-shapes/eval/images/0000.png');
 
-function vlm(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 describe('vlm ask', () => {
   it('reads --param name=value as numbers, flags or text', () => {

@@ -3,17 +3,10 @@
  * engine would refuse used to mark every bench cell "infeasible" (exit 0), and a demo with no items
  * started both services, asked nothing and exited 0.
  */
-import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { vlm } from './service-helpers';
 
-const ROOT = path.resolve(__dirname, '..');
-const BIN = path.join(ROOT, 'bin', 'vlm.js');
 
-function vlm(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 describe('numeric flags of bench accuracy and demo', () => {
   it.each([

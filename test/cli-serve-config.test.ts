@@ -2,7 +2,7 @@
  * The `vlm` command's own description of its configuration, and `vlm serve all` wiring the two
  * services together wherever vision listens.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -12,7 +12,7 @@ import { AUTH_TOKEN_ENV, CONFIG_OPTIONS } from '../shared/config';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
-import { eventually, stopServeAll } from './service-helpers';
+import { eventually, stopServeAll, vlm } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -20,7 +20,7 @@ const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
 
 /** `vlm ARGV` as a user runs it: exit status and stdout. */
 function printed(argv: string[]): { code: number | null; out: string } {
-  const r = spawnSync(process.execPath, [BIN, ...argv], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  const r = vlm(argv);
   return { code: r.status, out: r.stdout };
 }
 
@@ -86,7 +86,7 @@ describe('vlm serve all, vision on a picked port and a specific host', () => {
     expect(stderr).toMatch(/"msg":"vision target","target":"127\.0\.0\.2:[1-9]\d*"/);
     const image = path.join(tmpdir(), `vlm-serve-config-${process.pid}.png`);
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
-    const r = spawnSync(process.execPath, [BIN, 'ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '2'], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+    const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '2']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
   }, 120_000);

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { eventually, stopServeAll } from './service-helpers';
+import { eventually, stopServeAll, vlm } from './service-helpers';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
@@ -17,10 +17,6 @@ const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
 
-function vlm(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 describe('vlm serve all + vlm ask', () => {
   let server: ChildProcess;

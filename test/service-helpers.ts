@@ -2,7 +2,7 @@
  * Clients the service tests share: the generated vlm.v1 clients, and dynamic ones (proto-loader) for
  * grpc.health.v1 and server reflection, as any external tool would use them.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -97,4 +97,13 @@ export async function stopServeAll(server: ChildProcess | undefined, graceMs = 1
     server.kill('SIGKILL');
     await exited;
   }
+}
+
+/** The `vlm` command (bin/vlm.js) of this checkout. */
+export const VLM_BIN = path.resolve(__dirname, '..', 'bin', 'vlm.js');
+
+/** `vlm ARGS` run to completion as a user runs it, from the repository root, with `env` added. */
+export function vlm(args: readonly string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [VLM_BIN, ...args], { cwd: path.resolve(__dirname, '..'), encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
