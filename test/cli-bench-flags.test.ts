@@ -6,8 +6,6 @@
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
 
-
-
 describe('numeric flags of bench accuracy and demo', () => {
   it.each([
     [['bench', 'accuracy', '--limit', '0'], /--limit: expected an integer in \[1, /],
