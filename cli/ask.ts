@@ -14,6 +14,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { parseCommandLine } from '../shared/config';
+import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { setLogLevel } from '../shared/log';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
@@ -23,26 +24,26 @@ import { paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, seedFlag, UINT32_MAX } from './numeric-flags';
 
 const FLAGS = {
-  image: { type: 'string' },
-  question: { type: 'string' },
-  target: { type: 'string' },
-  'vision-method': { type: 'string' },
-  'language-method': { type: 'string' },
-  preset: { type: 'string' },
-  budget: { type: 'string' },
-  mode: { type: 'string' },
-  'max-tokens': { type: 'string' },
-  temperature: { type: 'string' },
-  'top-p': { type: 'string' },
-  seed: { type: 'string' },
-  json: { type: 'boolean' },
-  tls: { type: 'boolean' },
-  ca: { type: 'string' },
-  cert: { type: 'string' },
-  key: { type: 'string' },
-  'server-name': { type: 'string' },
-  param: { type: 'string', multiple: true },
-} as const;
+  image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },
+  question: { type: 'string', arg: 'TEXT', help: 'the question (required); the service applies the prompt template' },
+  target: { type: 'string', arg: 'HOST:PORT', help: 'the language service [default: 127.0.0.1 at --language-port]' },
+  'vision-method': { type: 'string', arg: 'NAME', help: 'none, ficoco-v, tome or random [default: none]' },
+  'language-method': { type: 'string', arg: 'NAME', help: 'none, sparsevlm, ficoco-l, fastv or random [default: none]' },
+  preset: { type: 'string', arg: 'NAME', help: 'ficoco-vl: ficoco-v + ficoco-l under one budget (instead of the two methods)' },
+  budget: { type: 'string', arg: 'N|P%', help: 'mean visual tokens per decoder layer, absolute or a percentage of the unreduced count [default: the method\'s own]' },
+  mode: { type: 'string', arg: 'MODE', help: 'clean or exact (the official code\'s behaviour) [default: clean]' },
+  param: { type: 'string', multiple: true, arg: 'NAME=VALUE', help: 'a method parameter, e.g. lambda=0.5 (shared/methods/README.md lists them)' },
+  'max-tokens': { type: 'string', arg: 'N', help: 'most answer tokens [default: the model\'s]' },
+  temperature: { type: 'string', arg: 'T', help: 'sampling temperature; 0 is greedy [default: 0]' },
+  'top-p': { type: 'string', arg: 'P', help: 'nucleus sampling mass, (0, 1] [default: 1]' },
+  seed: { type: 'string', arg: 'N', help: 'sampler seed, to replay a sampled answer [default: drawn per request and reported]' },
+  json: { type: 'boolean', help: 'print one JSON line with the answer and the final stats instead of streaming the text' },
+  tls: { type: 'boolean', help: 'use TLS with the public roots' },
+  ca: { type: 'string', arg: 'FILE', help: 'use TLS, trusting this CA' },
+  cert: { type: 'string', arg: 'FILE', help: 'client certificate (with --key)' },
+  key: { type: 'string', arg: 'FILE', help: 'client private key (with --cert)' },
+  'server-name': { type: 'string', arg: 'NAME', help: 'the name the service\'s certificate must carry, when --target is an IP address or a tunnel' },
+} as const satisfies CommandFlags;
 
 /**
  * `--param name=value` (repeatable): a method parameter; the value is a number when it reads as one,

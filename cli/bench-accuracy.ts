@@ -11,6 +11,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { parseCommandLine } from '../shared/config';
+import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { setLogLevel, type LogLevel } from '../shared/log';
@@ -21,13 +22,13 @@ import { integerFlag, seedFlag } from './numeric-flags';
 import { evalRuntime, isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
 
 const FLAGS = {
-  limit: { type: 'string' },
-  mode: { type: 'string' },
-  seed: { type: 'string' },
-  docs: { type: 'string' },
-  'max-new-tokens': { type: 'string' },
-  json: { type: 'boolean' },
-} as const;
+  limit: { type: 'string', arg: 'N', help: 'N items taken evenly across the question types [default: all]' },
+  mode: { type: 'string', arg: 'MODE', help: 'clean or exact [default: clean]' },
+  seed: { type: 'string', arg: 'N', help: 'seed of the random methods [default: 0]' },
+  docs: { type: 'string', arg: 'DIR', help: 'also write DIR/bench-accuracy.md and DIR/bench-accuracy.svg' },
+  'max-new-tokens': { type: 'string', arg: 'N', help: 'most answer tokens per item [default: the model\'s]' },
+  json: { type: 'boolean', help: 'last stdout line: one JSON object with rows (else a markdown table)' },
+} as const satisfies CommandFlags;
 
 export const BUDGET_PERCENTS = [50, 25, 12.5] as const;
 

@@ -14,6 +14,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
@@ -25,14 +26,14 @@ import { readItemImage, readItems, selectEvenly } from './eval';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = {
-  'duration-s': { type: 'string' },
-  requests: { type: 'string' },
-  concurrency: { type: 'string' },
-  'sample-ms': { type: 'string' },
-  'warmup-s': { type: 'string' },
-  seed: { type: 'string' },
-  json: { type: 'boolean' },
-} as const;
+  'duration-s': { type: 'string', arg: 'S', help: 'stop sending after S seconds [default: 60]' },
+  requests: { type: 'string', arg: 'N', help: 'stop after N requests were sent [default: 1000000]' },
+  concurrency: { type: 'string', arg: 'N', help: 'closed-loop clients [default: 16]' },
+  'sample-ms': { type: 'string', arg: 'MS', help: 'resident-memory sampling period [default: 1000]' },
+  'warmup-s': { type: 'string', arg: 'S', help: 'load before the memory baseline is taken [default: 10]' },
+  seed: { type: 'string', arg: 'N', help: 'seed of the request mix [default: 1]' },
+  json: { type: 'boolean', help: 'print only the JSON summary' },
+} as const satisfies CommandFlags;
 
 const POLICIES: ReadonlyArray<Partial<ReductionPolicy>> = [
   {},

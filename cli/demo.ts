@@ -10,6 +10,7 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, parseCommandLine } from '../shared/config';
+import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
@@ -17,7 +18,7 @@ import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
-const FLAGS = { items: { type: 'string' } } as const;
+const FLAGS = { items: { type: 'string', arg: 'N', help: 'questions asked under each policy [default: 3]' } } as const satisfies CommandFlags;
 
 /** Several policies at one budget: what each method keeps, and what it costs. */
 const POLICIES: ReadonlyArray<[string, Partial<ReductionPolicy>]> = [

@@ -11,6 +11,7 @@ import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { VlmError } from '../shared/errors';
 import { optionChosen, parseCommandLine, type Config } from '../shared/config';
+import type { CommandFlags } from './help';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
@@ -26,15 +27,15 @@ export interface EvalItem {
 }
 
 const FLAGS = {
-  limit: { type: 'string' },
-  'vision-method': { type: 'string' },
-  'language-method': { type: 'string' },
-  budget: { type: 'string' },
-  mode: { type: 'string' },
-  'max-new-tokens': { type: 'string' },
-  seed: { type: 'string' },
-  json: { type: 'boolean' },
-} as const;
+  limit: { type: 'string', arg: 'N', help: 'evaluate N items taken evenly across the question types [default: all]' },
+  'vision-method': { type: 'string', arg: 'NAME', help: 'none, ficoco-v, tome or random [default: none]' },
+  'language-method': { type: 'string', arg: 'NAME', help: 'none, sparsevlm, ficoco-l, fastv or random [default: none]' },
+  budget: { type: 'string', arg: 'N|P%', help: 'mean visual tokens per decoder layer, absolute or a percentage [default: the method\'s own]' },
+  mode: { type: 'string', arg: 'MODE', help: 'clean or exact [default: clean]' },
+  'max-new-tokens': { type: 'string', arg: 'N', help: 'most answer tokens per item [default: the model\'s]' },
+  seed: { type: 'string', arg: 'N', help: 'seed of the random methods [default: 0]' },
+  json: { type: 'boolean', help: 'print the result as one JSON line' },
+} as const satisfies CommandFlags;
 
 export async function readItems(modelDir: string): Promise<EvalItem[]> {
   const file = path.join(modelDir, 'eval', 'items.jsonl');

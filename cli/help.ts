@@ -11,8 +11,30 @@ function defaultOf(o: OptionSpec): string {
   return String(o.default);
 }
 
+/**
+ * A command's own flag: node:util parseArgs reads `type` and `multiple` and ignores the rest, so the
+ * table a command parses with is also the one its help is printed from.
+ */
+export interface CommandFlag {
+  readonly type: 'string' | 'boolean';
+  readonly multiple?: boolean;
+  /** The value's placeholder in the usage column (VALUE if unset). */
+  readonly arg?: string;
+  readonly help: string;
+}
+
+export type CommandFlags = Readonly<Record<string, CommandFlag>>;
+
+/** What help needs of a flag (HelpRequested carries them typed loosely). */
+type DescribedFlags = Readonly<Record<string, { readonly type: string; readonly multiple?: boolean; readonly arg?: string; readonly help?: string }>>;
+
 function usageOf(flag: string, o: { readonly type: string; readonly arg?: string }): string {
   return o.type === 'boolean' ? `--${flag}` : `--${flag} ${o.arg ?? 'VALUE'}`;
+}
+
+/** One entry per flag of the command itself: usage and meaning. */
+export function ownFlagsHelp(flags: DescribedFlags): string {
+  return table(Object.entries(flags).map(([flag, o]) => [usageOf(flag, o), `${o.help ?? ''}${o.multiple ? ' (repeatable)' : ''}`] as const));
 }
 
 /** Two columns, the left padded to its widest entry. */
@@ -31,13 +53,12 @@ export function configFlagsHelp(): string {
 }
 
 /** The full help of one command: what it does, its own flags, then the config flags. */
-export function commandHelp(name: string, summary: string, commandFlags: Readonly<Record<string, { readonly type: string }>>): string {
-  const own = Object.entries(commandFlags).map(([flag, o]) => [usageOf(flag, o), ''] as const);
+export function commandHelp(name: string, summary: string, commandFlags: DescribedFlags): string {
   return [
     `usage: vlm ${name} [flags]`,
     '',
     summary,
-    ...(own.length > 0 ? ['', 'flags of this command:', table(own)] : []),
+    ...(Object.keys(commandFlags).length > 0 ? ['', 'flags of this command:', ownFlagsHelp(commandFlags)] : []),
     '',
     'config flags (each also read from its variable; a flag wins over its variable):',
     configFlagsHelp(),

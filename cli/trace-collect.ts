@@ -8,22 +8,24 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { VlmError } from '../shared/errors';
 import { startTraceReceiver } from '../shared/telemetry/collector';
+import { ownFlagsHelp, type CommandFlags } from './help';
 import { stopWhenOrphaned } from './stop-when-orphaned';
 
 export const TRACE_COLLECT_USAGE = 'usage: vlm trace collect --out FILE [--port 4318] [--host 127.0.0.1] [--append]';
+
+const FLAGS = {
+  out: { type: 'string', arg: 'FILE', help: 'where the span lines go (required)' },
+  port: { type: 'string', arg: 'PORT', help: 'OTLP/HTTP port; 0 picks a free one [default: 4318]' },
+  host: { type: 'string', arg: 'ADDRESS', help: 'address to listen on [default: 127.0.0.1]' },
+  append: { type: 'boolean', help: 'append to FILE instead of replacing it' },
+} as const satisfies CommandFlags;
 
 export async function traceCollectMain(argv: readonly string[]): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
       args: [...argv],
-      options: {
-        out: { type: 'string' },
-        port: { type: 'string', default: '4318' },
-        host: { type: 'string', default: '127.0.0.1' },
-        append: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
+      options: { ...FLAGS, port: { ...FLAGS.port, default: '4318' }, host: { ...FLAGS.host, default: '127.0.0.1' }, help: { type: 'boolean', short: 'h' } },
       strict: true,
     });
   } catch (err) {
@@ -31,7 +33,7 @@ export async function traceCollectMain(argv: readonly string[]): Promise<number>
   }
   const { values } = parsed;
   if (values.help) {
-    process.stdout.write(`${TRACE_COLLECT_USAGE}\n`);
+    process.stdout.write(`${TRACE_COLLECT_USAGE}\n\nflags of this command:\n${ownFlagsHelp(FLAGS)}\n`);
     return 0;
   }
   if (!values.out) throw new VlmError('INVALID_ARGUMENT', `--out FILE is required\n${TRACE_COLLECT_USAGE}`);

@@ -7,15 +7,22 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { VlmError } from '../shared/errors';
 import { analyseTraces, formatReport, parseTraceText, renderHtml } from '../shared/telemetry/analysis';
+import { ownFlagsHelp, type CommandFlags } from './help';
 
 export const TRACE_REPORT_USAGE = 'usage: vlm trace report FILE [--json] [--html OUT.html] [--trace TRACE_ID]';
+
+const FLAGS = {
+  json: { type: 'boolean', help: 'print the report as JSON' },
+  html: { type: 'string', arg: 'OUT.html', help: 'also write an HTML waterfall of one trace' },
+  trace: { type: 'string', arg: 'TRACE_ID', help: 'the trace --html draws [default: the slowest]' },
+} as const satisfies CommandFlags;
 
 export async function traceReportMain(argv: readonly string[]): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
       args: [...argv],
-      options: { json: { type: 'boolean' }, html: { type: 'string' }, trace: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: { ...FLAGS, help: { type: 'boolean', short: 'h' } },
       allowPositionals: true,
       strict: true,
     });
@@ -24,7 +31,7 @@ export async function traceReportMain(argv: readonly string[]): Promise<number> 
   }
   const { values, positionals } = parsed;
   if (values.help) {
-    process.stdout.write(`${TRACE_REPORT_USAGE}\n`);
+    process.stdout.write(`${TRACE_REPORT_USAGE}\n\nFILE: what vlm trace collect wrote, OTLP JSON or Jaeger's query JSON (detected)\n\nflags of this command:\n${ownFlagsHelp(FLAGS)}\n`);
     return 0;
   }
   if (positionals.length !== 1) throw new VlmError('INVALID_ARGUMENT', `expected exactly one trace file\n${TRACE_REPORT_USAGE}`);

@@ -322,7 +322,7 @@ export function localAddress(host: string, port: number): string {
  */
 export class HelpRequested extends Error {
   override readonly name = 'HelpRequested';
-  constructor(readonly commandFlags: Readonly<Record<string, { readonly type: string }>>) {
+  constructor(readonly commandFlags: Readonly<Record<string, { readonly type: string; readonly help?: string; readonly arg?: string; readonly multiple?: boolean }>>) {
     super('help requested');
   }
 }

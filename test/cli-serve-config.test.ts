@@ -37,8 +37,18 @@ describe('vlm <command> --help', () => {
     const { code, out } = printed(['help', 'ask']);
     expect(code).toBe(0);
     expect(out).toMatch(/^usage: vlm ask \[flags\]/);
-    expect(out).toMatch(/^ {2}--image VALUE$/m);
+    expect(out).toMatch(/^ {2}--image FILE +the image \(required\)/m);
+    expect(out).toMatch(/^ {2}--param NAME=VALUE +a method parameter.*\(repeatable\)$/m);
     expect(out).toMatch(/--provider LIST +VLM_PROVIDER/);
+  });
+
+  it.each([['ask'], ['eval'], ['demo'], ['bench', 'accuracy'], ['bench', 'load'], ['trace', 'collect'], ['trace', 'report']])('describes every flag of vlm %s %s', (...command: string[]) => {
+    const { code, out } = printed([...command.filter(Boolean), '--help']);
+    expect(code).toBe(0);
+    const own = out.slice(out.indexOf('flags of this command:\n')).split('\n\n')[0]!.trimEnd().split('\n').slice(1);
+    expect(own.length).toBeGreaterThan(0);
+    // Each line: the flag's usage, then a description after at least two spaces.
+    for (const line of own) expect(line, line).toMatch(/^ {2}--[a-z-]+( \S+)? {2,}\S/);
   });
 
   it('points a command with subcommands to theirs', () => {
