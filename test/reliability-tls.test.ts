@@ -5,6 +5,7 @@
  * only, and no secret (token, key material) in any log line.
  */
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, mkdirSync, copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -313,6 +314,37 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
         (err: unknown) => err,
       );
       expect(outcome).toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining(expired.cert) as unknown });
+    });
+
+    it('warns once a week before the set in use expires and errors once when it has; a rotated set starts over', () => {
+      const cert = path.join(dir, 'expiry.crt');
+      const key = path.join(dir, 'expiry.key');
+      copyFileSync(certs.serverCert, cert);
+      copyFileSync(certs.serverKey, key);
+      const expiryLines: LogLine[] = [];
+      const files = new CertificateFiles({ cert, key, ca: null }, recordingLogger(expiryLines, 'expiry'));
+      const at = files.expiresAt()!;
+      expect(at).toBe(Date.parse(new X509Certificate(readFileSync(cert)).validTo));
+      const day = 86_400_000;
+      const logged = () => expiryLines.filter((l) => l.level === 'warn' || l.level === 'error');
+      expect(files.checkExpiry(at - 8 * day)).toBe('valid');
+      expect(files.checkExpiry(at - 6 * day)).toBe('expiring');
+      expect(files.checkExpiry(at - 5 * day)).toBe('expiring');
+      expect(files.checkExpiry(at + 1000)).toBe('expired');
+      expect(files.checkExpiry(at + 2000)).toBe('expired');
+      expect(logged().map((l) => [l.level, l.msg])).toEqual([
+        ['warn', 'tls certificates in use expire within 7 days: rotate the files'],
+        ['error', 'tls certificates in use have expired: new connections fail their handshake until the files are rotated'],
+      ]);
+      expect(logged()[1]).toMatchObject({ expiresAt: new Date(at).toISOString() });
+      // A rotation to another set: its own expiry is judged afresh.
+      copyFileSync(certs.clientCert, cert);
+      copyFileSync(certs.clientKey, key);
+      expect(files.reload()).toBe(true);
+      expect(files.checkExpiry(files.expiresAt()! - 6 * day)).toBe('expiring');
+      expect(logged()).toHaveLength(3);
+      // Without a certificate or CA, nothing expires.
+      expect(new CertificateFiles({ cert: null, key: null, ca: null }, createLogger('silent-test')).expiresAt()).toBeNull();
     });
 
     it('at reload keeps the set in use and logs an error; a valid set is applied afterwards', () => {

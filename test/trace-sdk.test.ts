@@ -166,7 +166,7 @@ describe('the SDK in a service process', () => {
 });
 
 describe('metrics on the Prometheus endpoint', () => {
-  it('exposes queue depth, in-flight requests, stage latency and request histograms', async () => {
+  it('exposes queue depth, in-flight requests, stage latency, request histograms and TLS expiry', async () => {
     // A fresh process has no SDK; this file's SDK was shut down, so start a metrics-only one in a child.
     const { execFileSync } = await import('node:child_process');
     const port = await freePort();
@@ -177,6 +177,8 @@ describe('metrics on the Prometheus endpoint', () => {
         const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
         await t.ready;
         m.observeQueueDepth(() => 3);
+        m.observeTlsExpiry(() => Date.now() + 86400e3, 'server');
+        m.observeTlsExpiry(() => null, 'vision-client');
         m.trackInFlight();
         const done = m.trackInFlight(); done(); done();
         m.recordStage('vlm.prefill', 0.004, { 'vlm.reduction.method': 'fastv' });
@@ -192,6 +194,9 @@ describe('metrics on the Prometheus endpoint', () => {
     const value = (re: RegExp) => Number(re.exec(text)?.[1]);
     expect(value(/^vlm_queue_depth(?:\{[^}]*\})? (\S+)/m)).toBe(3);
     expect(value(/^vlm_inflight_requests(?:\{[^}]*\})? (\S+)/m)).toBe(1);
+    // A day left, in seconds; a set with nothing to expire reports nothing.
+    expect(value(/^vlm_tls_expiry\{[^}]*vlm_tls_set="server"[^}]*\} (\S+)/m)).toBeCloseTo(86400, -1);
+    expect(text).not.toMatch(/^vlm_tls_expiry\{[^}]*vision-client/m);
     // buckets are cumulative: 0.004 s falls in le=0.005, 0.2 s first in le=0.25
     expect(value(/^vlm_stage_duration_bucket\{[^}]*vlm_stage="vlm.prefill"[^}]*le="0.005"\} (\S+)/m)).toBe(1);
     expect(value(/^vlm_stage_duration_bucket\{[^}]*vlm_stage="vlm.prefill"[^}]*le="0.25"\} (\S+)/m)).toBe(2);

@@ -21,6 +21,7 @@ import { experimental, ServerCredentials, type ChannelCredentials, type ChannelO
 import type { TlsConfig } from '../../shared/config';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
+import { observeTlsExpiry } from '../../shared/telemetry/metrics';
 
 export interface PemFiles {
   /** Certificate chain (leaf first) and its private key: both or neither. */
@@ -35,7 +36,19 @@ interface PemSet {
   readonly key: Buffer | null;
   readonly ca: Buffer | null;
   readonly digest: string;
+  /** When the set stops working (ms since the epoch): see lastValidMoment. Null: nothing expires. */
+  readonly expiresAt: number | null;
 }
+
+/** How the set in use stands against the clock; each state but `valid` is logged once per set. */
+export type ExpiryState = 'valid' | 'expiring' | 'expired';
+
+/**
+ * A week before the set in use expires the service warns. cert-manager renews a certificate when a
+ * third of its life is left (30 days of 90), so a week left means renewal has been failing for three
+ * weeks, and a week is still time to fix it by hand.
+ */
+export const EXPIRY_WARNING_MS = 7 * 24 * 3600_000;
 
 type CaListener = experimental.CaCertificateUpdateListener;
 type IdentityListener = experimental.IdentityCertificateUpdateListener;
@@ -69,11 +82,14 @@ const CLOCK_SKEW_MS = 5 * 60_000;
  * A certificate file (leaf and chain) must be valid throughout; a CA file is a set of trust anchors,
  * refused only when none of them is valid (a bundle may still carry a root on its way out).
  */
+function certificatesIn(pem: Buffer): X509Certificate[] {
+  return (pem.toString('latin1').match(PEM_CERTIFICATE) ?? []).map((block) => new X509Certificate(block));
+}
+
 function checkValidity(pem: Buffer, file: string, what: string, now: number, need: 'every' | 'some'): void {
   const problems: string[] = [];
-  const blocks = pem.toString('latin1').match(PEM_CERTIFICATE) ?? [];
-  for (const block of blocks) {
-    const c = new X509Certificate(block);
+  const blocks = certificatesIn(pem);
+  for (const c of blocks) {
     const from = Date.parse(c.validFrom) - CLOCK_SKEW_MS;
     const to = Date.parse(c.validTo);
     if (now >= from && now <= to) continue;
@@ -85,6 +101,18 @@ function checkValidity(pem: Buffer, file: string, what: string, now: number, nee
 }
 
 /**
+ * The last moment a set verifies, by the same rule as checkValidity: the certificate chain expires
+ * with its first certificate to expire, a CA bundle with its last anchor.
+ */
+function lastValidMoment(cert: Buffer | null, ca: Buffer | null): number | null {
+  const ends = (pem: Buffer | null) => (pem === null ? [] : certificatesIn(pem).map((c) => Date.parse(c.validTo)));
+  const certEnds = ends(cert);
+  const caEnds = ends(ca);
+  const limits = [...(certEnds.length > 0 ? [Math.min(...certEnds)] : []), ...(caEnds.length > 0 ? [Math.max(...caEnds)] : [])];
+  return limits.length > 0 ? Math.min(...limits) : null;
+}
+
+/**
  * A set of PEM files, read now (missing or inconsistent files fail the start with INVALID_ARGUMENT
  * naming the file, a certificate outside its validity window with FAILED_PRECONDITION naming the file
  * and the dates) and re-read on `reload()`. Implements grpc-js's CertificateProvider so channel
@@ -92,6 +120,8 @@ function checkValidity(pem: Buffer, file: string, what: string, now: number, nee
  */
 export class CertificateFiles implements experimental.CertificateProvider {
   private current: PemSet;
+  /** The expiry state last logged for the set in use (a new set starts again at `valid`). */
+  private reportedExpiry: ExpiryState = 'valid';
   private timer: NodeJS.Timeout | null = null;
   private readonly caListeners = new Set<CaListener>();
   private readonly identityListeners = new Set<IdentityListener>();
@@ -104,6 +134,7 @@ export class CertificateFiles implements experimental.CertificateProvider {
     if ((files.cert === null) !== (files.key === null)) throw VlmError.invalid('tls', 'a certificate needs its key and a key its certificate');
     this.current = this.read();
     log.info('tls certificates loaded', this.describe());
+    this.checkExpiry();
   }
 
   private read(): PemSet {
@@ -130,7 +161,7 @@ export class CertificateFiles implements experimental.CertificateProvider {
       .update('\0')
       .update(ca ?? '')
       .digest('hex');
-    return { cert, key, ca, digest };
+    return { cert, key, ca, digest, expiresAt: lastValidMoment(cert, ca) };
   }
 
   private describe(): Record<string, unknown> {
@@ -160,17 +191,45 @@ export class CertificateFiles implements experimental.CertificateProvider {
     }
     if (next.digest === this.current.digest) return false;
     this.current = next;
+    this.reportedExpiry = 'valid';
     this.log.info('tls certificates reloaded', this.describe());
+    this.checkExpiry();
     for (const l of this.changeListeners) l();
     for (const l of this.identityListeners) l(this.identityUpdate());
     for (const l of this.caListeners) l(this.caUpdate());
     return true;
   }
 
+  /** When the set in use stops verifying (ms since the epoch), or null if nothing in it expires. */
+  expiresAt(): number | null {
+    return this.current.expiresAt;
+  }
+
+  /**
+   * Where the set in use stands at `now`. A set valid at load can expire while the service runs,
+   * and then every new handshake fails while the service still reports SERVING: the first poll
+   * that finds it expiring logs a warning, the first that finds it expired an error (once each per
+   * set; the `vlm.tls.expiry` gauge carries the countdown for alerts).
+   */
+  checkExpiry(now: number = Date.now()): ExpiryState {
+    const at = this.current.expiresAt;
+    const state: ExpiryState = at === null || at - now > EXPIRY_WARNING_MS ? 'valid' : now > at ? 'expired' : 'expiring';
+    if (state !== this.reportedExpiry && state !== 'valid') {
+      const details = { ...this.describe(), expiresAt: new Date(at!).toISOString() };
+      if (state === 'expired') this.log.error('tls certificates in use have expired: new connections fail their handshake until the files are rotated', details);
+      else this.log.warn(`tls certificates in use expire within ${EXPIRY_WARNING_MS / 86_400_000} days: rotate the files`, details);
+    }
+    this.reportedExpiry = state;
+    return state;
+  }
+
   /** Polls the files every `intervalMs` (the timer does not keep the process alive). */
   watch(intervalMs: number): this {
     if (this.timer === null) {
-      this.timer = setInterval(() => this.reload(), intervalMs);
+      this.timer = setInterval(() => {
+        this.reload();
+        this.checkExpiry();
+      }, intervalMs);
       this.timer.unref();
     }
     return this;
@@ -288,23 +347,26 @@ export function serviceTls(config: TlsConfig, log: Logger, withVisionClient: boo
   if (withVisionClient && config.visionServerName !== null && !hopTls) {
     throw VlmError.invalid('--vision-server-name', "names the certificate vision must present, but the hop is plaintext: set VLM_VISION_CA (or a client certificate) for TLS, or unset VLM_VISION_SERVER_NAME");
   }
-  const sets: CertificateFiles[] = [];
+  const sets: Array<{ files: CertificateFiles; name: string }> = [];
   let server: ServerCredentials | null = null;
   let visionChannel: ChannelCredentials | null = null;
   if (config.certFile !== null && config.keyFile !== null) {
     const files = new CertificateFiles({ cert: config.certFile, key: config.keyFile, ca: config.caFile }, log.child('tls.server'));
-    sets.push(files);
+    sets.push({ files, name: 'server' });
     server = reloadingServerCredentials(files);
   }
   if (withVisionClient && hopTls) {
     const files = new CertificateFiles({ cert: config.visionClientCertFile, key: config.visionClientKeyFile, ca: config.visionCaFile }, log.child('tls.vision-client'));
-    sets.push(files);
+    sets.push({ files, name: 'vision-client' });
     visionChannel = reloadingChannelCredentials(files, config.visionServerName);
   }
-  for (const s of sets) s.watch(config.reloadIntervalMs);
+  const unobserve = sets.map(({ files, name }) => {
+    files.watch(config.reloadIntervalMs);
+    return observeTlsExpiry(() => files.expiresAt(), name);
+  });
   const onHangup = (): void => {
     log.info('SIGHUP: re-reading TLS files');
-    for (const s of sets) s.reload();
+    for (const s of sets) s.files.reload();
   };
   if (sets.length > 0) process.on('SIGHUP', onHangup);
   return {
@@ -312,7 +374,8 @@ export function serviceTls(config: TlsConfig, log: Logger, withVisionClient: boo
     visionChannel,
     close: () => {
       process.removeListener('SIGHUP', onHangup);
-      for (const s of sets) s.close();
+      for (const stop of unobserve) stop();
+      for (const s of sets) s.files.close();
     },
   };
 }

@@ -5,14 +5,16 @@
  * - stage latency in seconds [vlm_stage_duration{vlm_stage}] and tokens per stage [vlm_stage_tokens];
  * - decode throughput [vlm_decode_tokens_per_second], and the gen_ai server conventions, seconds
  *   [gen_ai_server_request_duration, gen_ai_server_time_to_first_token, gen_ai_server_time_per_output_token].
+ * - seconds until the TLS certificates in use expire [vlm_tls_expiry{vlm_tls_set}], for alerts.
  * Histograms declare their unit and explicit buckets. Instruments bind to the meter provider that is
  * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
  */
 import { metrics, type Attributes, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
-import { ATTR_VLM_STAGE, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
+import { ATTR_VLM_STAGE, ATTR_VLM_TLS_SET, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
 
 interface Instruments {
   queueDepth: ObservableGauge;
+  tlsExpiry: ObservableGauge;
   inFlight: UpDownCounter;
   stageDuration: Histogram;
   stageTokens: Histogram;
@@ -32,6 +34,7 @@ function instruments(): Instruments {
     meter.createHistogram(name, { unit: 's', description, advice: { explicitBucketBoundaries: [...SECONDS_BUCKETS] } });
   const created: Instruments = {
     queueDepth: meter.createObservableGauge(MetricName.QueueDepth, { unit: '{request}', description: 'Requests admitted and waiting for a worker' }),
+    tlsExpiry: meter.createObservableGauge(MetricName.TlsExpiry, { unit: 's', description: 'Seconds until the TLS certificates in use stop verifying (negative once they have)' }),
     inFlight: meter.createUpDownCounter(MetricName.InFlight, { unit: '{request}', description: 'Requests being served (queued or running)' }),
     stageDuration: seconds(MetricName.StageDuration, 'Duration of one pipeline stage of a request'),
     stageTokens: meter.createHistogram(MetricName.StageTokens, { unit: '{token}', description: 'Tokens leaving a stage (visual tokens after reduction, generated tokens)', advice: { explicitBucketBoundaries: [...TOKEN_BUCKETS] } }),
@@ -85,6 +88,20 @@ export function trackInFlight(attributes: Attributes = {}): () => void {
 export function observeQueueDepth(depth: () => number, attributes: Attributes = {}): () => void {
   const gauge = instruments().queueDepth;
   const callback = (result: { observe(value: number, attributes?: Attributes): void }) => result.observe(depth(), attributes);
+  gauge.addCallback(callback);
+  return () => gauge.removeCallback(callback);
+}
+
+/**
+ * Reports the seconds left until `expiresAt()` (ms since the epoch; null reports nothing) at every
+ * collection; returns the unregister function.
+ */
+export function observeTlsExpiry(expiresAt: () => number | null, set: string): () => void {
+  const gauge = instruments().tlsExpiry;
+  const callback = (result: { observe(value: number, attributes?: Attributes): void }) => {
+    const at = expiresAt();
+    if (at !== null) result.observe(Math.round((at - Date.now()) / 1000), { [ATTR_VLM_TLS_SET]: set });
+  };
   gauge.addCallback(callback);
   return () => gauge.removeCallback(callback);
 }

@@ -70,6 +70,8 @@ export const ATTR_VLM_STAGE = 'vlm.stage';
 export const ATTR_VLM_SERVICE = 'vlm.service';
 export const ATTR_VLM_WORKER = 'vlm.worker';
 export const ATTR_VLM_FINISH_REASON = 'vlm.finish_reason';
+/** Which TLS file set: `server` (the service's own) or `vision-client` (language's hop to vision). */
+export const ATTR_VLM_TLS_SET = 'vlm.tls.set';
 
 // --- attributes: semantic conventions (kept as literals; the incubating package is unstable) -----
 
@@ -108,6 +110,8 @@ export const MetricName = {
   RequestDuration: 'gen_ai.server.request.duration',
   TimeToFirstToken: 'gen_ai.server.time_to_first_token',
   TimePerOutputToken: 'gen_ai.server.time_per_output_token',
+  /** Seconds until a TLS file set in use stops verifying (negative once it has): for expiry alerts. */
+  TlsExpiry: 'vlm.tls.expiry',
 } as const;
 
 /** Seconds: from half a millisecond (one small layer on a GPU) to a minute (a long CPU generation). */
