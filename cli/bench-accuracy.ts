@@ -14,12 +14,11 @@ import { parseCommandLine } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
-import { setLogLevel, type LogLevel } from '../shared/log';
+import { setLogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
-import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
+import type { LanguageMethodName, VisionMethodName } from '../shared/methods/types';
 import { InferencePool } from '../shared/worker';
-import { integerFlag, seedFlag } from './numeric-flags';
-import { evalRuntime, isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
+import { evalRunFlags, evalRuntime, isCorrect, readItemImage, type EvalItem } from './eval';
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'N items taken evenly across the question types [default: all]' },
@@ -167,19 +166,13 @@ export async function run(argv: string[]): Promise<number> {
   const parsed = parseCommandLine(rest, FLAGS);
   const values = parsed.values as Record<string, string | boolean | undefined>;
   const config = evalRuntime(parsed.config, values);
-  const quiet = values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL;
-  setLogLevel(quiet ? 'warn' : (config.logLevel as LogLevel));
-  const mode = (values.mode ?? 'clean') as ReductionMode;
-  if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values.mode)}"`);
-  const seed = seedFlag(values) ?? 0;
-  const limit = integerFlag(values, 'limit', 1, Number.MAX_SAFE_INTEGER);
-  // Judged here, before any cell runs: a value the engine refuses would mark every cell infeasible.
-  const maxNewTokensFlag = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
-  const items = selectEvenly(await readItems(config.model.dir), limit);
+  // Judged before any cell runs: a --max-new-tokens the engine refuses would mark every cell infeasible.
+  const { mode, seed, items, maxNewTokens: maxNewTokensFlag, logLevel } = await evalRunFlags(values, config);
+  setLogLevel(logLevel);
   const images = await Promise.all(items.map((it) => readItemImage(config.model.dir, it)));
   const progress = (s: string) => process.stderr.write(`[bench accuracy] ${s}\n`);
   const started = performance.now();
-  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: quiet ? 'warn' : config.logLevel });
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel });
   const maxNewTokens = maxNewTokensFlag ?? Math.min(pool.manifest.generation.max_new_tokens, config.limits.maxNewTokens);
   const cells = benchCells();
   progress(`${items.length} items x ${cells.length} cells, mode ${mode}, ${config.runtime.workers} workers x ${config.runtime.intraOpThreads} threads`);

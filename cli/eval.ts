@@ -110,29 +110,42 @@ export function evalRuntime(config: Config, values: Record<string, unknown>): Co
   return { ...config, runtime: { ...config.runtime, intraOpThreads, workers }, limits: { ...config.limits, queueSize: Math.max(config.limits.queueSize, workers) } };
 }
 
+/**
+ * What eval and bench accuracy read alike, judged before any model loads: the mode, the seed, the
+ * items (--limit) and --max-new-tokens (against the limit the workers enforce). Progress-only logging
+ * unless a log level was asked for.
+ */
+export async function evalRunFlags(values: Record<string, unknown>, config: Config): Promise<{
+  mode: ReductionMode; seed: number; items: EvalItem[]; maxNewTokens: number | undefined; logLevel: LogLevel;
+}> {
+  const logLevel = values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : (config.logLevel as LogLevel);
+  const mode = (values['mode'] ?? 'clean') as ReductionMode;
+  if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values['mode'])}"`);
+  const seed = seedFlag(values) ?? 0;
+  const maxNewTokens = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
+  const items = selectEvenly(await readItems(config.model.dir), integerFlag(values, 'limit', 1, Number.MAX_SAFE_INTEGER));
+  return { mode, seed, items, maxNewTokens, logLevel };
+}
+
 export async function run(argv: string[]): Promise<number> {
   const parsed = parseCommandLine(argv, FLAGS);
   const values = parsed.values as Record<string, string | boolean | undefined>;
   const config = evalRuntime(parsed.config, values);
-  setLogLevel(values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : (config.logLevel as LogLevel));
-  const mode = (values.mode ?? 'clean') as ReductionMode;
-  if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values.mode)}"`);
+  const { mode, seed, items, maxNewTokens: maxNewTokensFlag, logLevel } = await evalRunFlags(values, config);
+  setLogLevel(logLevel);
   const policy: ReductionPolicy = {
     vision: (values['vision-method'] ?? 'none') as VisionMethodName,
     language: (values['language-method'] ?? 'none') as LanguageMethodName,
     budget: parseBudgetFlag(values.budget as string | undefined),
     mode,
     params: {},
-    seed: seedFlag(values) ?? 0,
+    seed,
   };
-  // Judged before the pool starts, against the limit the workers enforce (--max-new-tokens-limit).
-  const maxNewTokensFlag = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
-  const items = selectEvenly(await readItems(config.model.dir), integerFlag(values, 'limit', 1, Number.MAX_SAFE_INTEGER));
   const progress = (s: string) => process.stderr.write(`[eval] ${s}\n`);
   progress(`${items.length} items, model ${config.model.dir}, vision ${policy.vision}, language ${policy.language}, budget ${values.budget ?? 'default'}, ${config.runtime.workers} workers x ${config.runtime.intraOpThreads} threads`);
 
   const started = performance.now();
-  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : config.logLevel });
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel });
   const maxNewTokens = maxNewTokensFlag ?? Math.min(pool.manifest.generation.max_new_tokens, config.limits.maxNewTokens);
   const byType = new Map<string, { items: number; correct: number }>();
   let correct = 0;
