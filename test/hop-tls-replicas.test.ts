@@ -6,8 +6,7 @@
  * Real certificates (openssl), real vision services on 127.0.0.1 and 127.0.0.2 (Linux routes all of
  * 127/8 to loopback), the language service started from config.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { credentials } from '@grpc/grpc-js';
@@ -20,25 +19,15 @@ import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { configFrom, type Config } from '../shared/config';
 import { createLogger } from '../shared/log';
 import { VlmError } from '../shared/errors';
-import { ask, pairConfig, recordingLogger, request, shapesImage, type LogLine } from './reliability-helpers';
+import { ask, issueCertificate, makeCerts, pairConfig, recordingLogger, request, shapesImage, type LogLine } from './reliability-helpers';
 
 const NAME = 'vision.vlm.test';
 
-function openssl(args: string[], cwd: string): void {
-  execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
-}
-
 /** A CA and, per replica, a server certificate for its own IP and the shared name (as a per-pod certificate would be). */
 function makeReplicaCerts(dir: string, ips: readonly string[]): { ca: string; replicas: Array<{ cert: string; key: string }> } {
-  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '30', '-subj', '/CN=hop-test-ca', '-keyout', 'ca.key', '-out', 'ca.crt', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
-  const replicas = ips.map((ip, i) => {
-    const name = `vision-${i}`;
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`], dir);
-    writeFileSync(path.join(dir, `${name}.ext`), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:${ip},DNS:${NAME}\n`);
-    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '30', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
-    return { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
-  });
-  return { ca: path.join(dir, 'ca.crt'), replicas };
+  const { caCert } = makeCerts(dir, 'hop-test-ca');
+  const replicas = ips.map((ip, i) => issueCertificate(dir, `vision-${i}`, `vision-${i}`, 'serverAuth', `IP:${ip},DNS:${NAME}`));
+  return { ca: caCert, replicas };
 }
 
 function onHost(config: Config, host: string): Config {

@@ -33,20 +33,25 @@ function openssl(args: string[], cwd: string): void {
   execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
+/**
+ * A certificate `dir/NAME.crt` (key `dir/NAME.key`) for `cn`, issued by the CA makeCerts left in
+ * `dir`, valid 30 days, with extended key usage `eku` and, if given, subject alternative names `san`.
+ */
+export function issueCertificate(dir: string, name: string, cn: string, eku: string, san?: string): { cert: string; key: string } {
+  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${cn}`, '-keyout', `${name}.key`, '-out', `${name}.csr`], dir);
+  const ext = ['basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
+  writeFileSync(path.join(dir, `${name}.ext`), `${ext}\n`);
+  openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '30', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
+  return { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
+}
+
 /** A private CA and a server and a client certificate under `dir` (EC P-256, as the dev script). */
 export function makeCerts(dir: string, caName = 'vlm-test-ca'): CertPaths {
   mkdirSync(dir, { recursive: true });
   openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '30', '-subj', `/CN=${caName}`, '-keyout', 'ca.key', '-out', 'ca.crt', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
-  const issue = (name: string, cn: string, eku: string, san?: string): void => {
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${cn}`, '-keyout', `${name}.key`, '-out', `${name}.csr`], dir);
-    const ext = ['basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
-    writeFileSync(path.join(dir, `${name}.ext`), `${ext}\n`);
-    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '30', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
-  };
-  issue('server', 'vlm-test-server', 'serverAuth', 'IP:127.0.0.1,DNS:localhost');
-  issue('client', 'vlm-language', 'clientAuth');
-  const p = (f: string): string => path.join(dir, f);
-  return { dir, caCert: p('ca.crt'), caKey: p('ca.key'), serverCert: p('server.crt'), serverKey: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key') };
+  const server = issueCertificate(dir, 'server', 'vlm-test-server', 'serverAuth', 'IP:127.0.0.1,DNS:localhost');
+  const client = issueCertificate(dir, 'client', 'vlm-language', 'clientAuth');
+  return { dir, caCert: path.join(dir, 'ca.crt'), caKey: path.join(dir, 'ca.key'), serverCert: server.cert, serverKey: server.key, clientCert: client.cert, clientKey: client.key };
 }
 
 export function pem(file: string): Buffer {
