@@ -165,7 +165,7 @@ describe('the service pair on loopback', () => {
   }
 
   it('draws a sampler seed for an unseeded request and reports it; sending it back replays the answer', async () => {
-    const sampled = (seed?: number): GenerateRequest => ({ ...request(image, { maxTokens: 8 }), sampling: SamplingParams.fromPartial({ temperature: 1.5, maxTokens: 8, seed }) });
+    const sampled = (seed?: bigint): GenerateRequest => ({ ...request(image, { maxTokens: 8 }), sampling: SamplingParams.fromPartial({ temperature: 1.5, maxTokens: 8, seed }) });
     const first = (await ask(client, sampled())).final!;
     const second = (await ask(client, sampled())).final!;
     expect(first.samplingSeed).not.toBe(second.samplingSeed);
@@ -173,6 +173,11 @@ describe('the service pair on loopback', () => {
     expect(replay.samplingSeed).toBe(first.samplingSeed);
     expect(replay.text).toBe(first.text);
     expect(replay.tokens?.generated).toBe(first.tokens?.generated);
+    // A 64-bit seed, as Go's rand.Uint64 draws them: served, reported folded, and replayable.
+    const wide = await ask(client, sampled(2n ** 64n - 1n));
+    expect(wide.error).toBeNull();
+    expect(wide.final!.samplingSeed < 2n ** 53n).toBe(true);
+    expect((await ask(client, sampled(wide.final!.samplingSeed))).final!.text).toBe(wide.final!.text);
   });
 
   it('meets the requested budget: ficoco-v at 8 sends 8 rows; fastv at 50% averages 8 of 16 over the layers', async () => {
@@ -371,7 +376,7 @@ describe('the service pair on loopback', () => {
       expect(rows).toEqual([3, 3, 3, 3, 3, 1]);
       const last = messages.at(-1)!.part!;
       const summary = last.$case === 'summary' ? last.summary : undefined;
-      expect(summary?.tensorBytes).toBe(16 * 48 * 4);
+      expect(summary?.tensorBytes).toBe(BigInt(16 * 48 * 4));
       expect(summary?.flops['vision']).toBeGreaterThan(0);
     } finally {
       visionClient.close();

@@ -29,7 +29,7 @@ function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'flo
   };
 }
 
-const summary = { timingsMs: { encoder: 1 }, flops: { vision: 2 }, queueMs: 0, tensorBytes: 0 };
+const summary = { timingsMs: { encoder: 1 }, flops: { vision: 2 }, queueMs: 0, tensorBytes: 0n };
 
 /** The schedule a vision service reports in the header: ficoco-v, half of a two-sided split. */
 function wireSchedule(rows: number, over: Partial<VisionSchedule> = {}): VisionSchedule {
@@ -85,7 +85,7 @@ describe('tensorMessages', () => {
       [4, 20, 3, 3 * 24 * 4],
     ]);
     const last = msgs.at(-1)!;
-    expect(last.part?.$case === 'summary' && last.part.summary.tensorBytes).toBe(23 * 24 * 4);
+    expect(last.part?.$case === 'summary' && last.part.summary.tensorBytes).toBe(BigInt(23 * 24 * 4));
   });
 
   it('keeps chunks under 3 MiB even for LLaVA-7B-sized rows and a huge requested row count', () => {

@@ -40,8 +40,20 @@ describe('validateGenerate', () => {
     for (const s of seeds) expect(Number.isSafeInteger(s) && s >= 0).toBe(true);
   });
 
+  it('takes every uint64 seed: below 2^53 as it is, above folded into 53 bits, distinct high seeds kept apart', () => {
+    const seedOf = (seed: bigint) => validateGenerate(request({ sampling: { temperature: 1, topP: 1, seed, maxTokens: 3 } }), limits, 32).sampling.seed;
+    expect(seedOf(2n ** 53n - 1n)).toBe(Number.MAX_SAFE_INTEGER);
+    const high = [2n ** 53n, 2n ** 63n, 2n ** 64n - 1n, 0xdeadbeefcafebaben, 0xdeadbeefcafebaben + 1n].map(seedOf);
+    for (const s of high) expect(Number.isSafeInteger(s) && s >= 0).toBe(true);
+    expect(new Set(high).size).toBe(high.length);
+    // Folding is idempotent: the seed reported replays the same draws.
+    for (const s of high) expect(seedOf(BigInt(s))).toBe(s);
+    const policySeed = validateEncode({ image: png, policy: WirePolicy.fromPartial({ seed: 2n ** 64n - 1n }), limits: undefined }, limits).policy.seed;
+    expect(Number.isSafeInteger(policySeed)).toBe(true);
+  });
+
   it('distinguishes an explicit zero from unset (temperature 0, seed 0 set explicitly)', () => {
-    const ok = validateGenerate(request({ sampling: { temperature: 0, topP: 0.5, seed: 0, maxTokens: 3 } }), limits, 32);
+    const ok = validateGenerate(request({ sampling: { temperature: 0, topP: 0.5, seed: 0n, maxTokens: 3 } }), limits, 32);
     expect(ok.sampling).toMatchObject({ temperature: 0, topP: 0.5, seed: 0, maxNewTokens: 3 });
   });
 

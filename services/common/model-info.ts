@@ -45,7 +45,7 @@ export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
     })),
     provider: placement.provider,
     device: placement.device,
-    maxImageBytes: placement.maxImageBytes,
+    maxImageBytes: BigInt(placement.maxImageBytes),
     defaultMaxTokens: Math.min(m.generation.max_new_tokens, placement.maxNewTokens),
     imageSize: m.preprocess.size,
   };

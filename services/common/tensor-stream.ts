@@ -109,7 +109,7 @@ export function* tensorMessages(tokens: VisualTokens, fields: HeaderFields, rows
     const data = bytes.subarray(rowOffset * rowBytes, (rowOffset + rowCount) * rowBytes);
     yield { part: { $case: 'chunk', chunk: { index, rowOffset, rowCount, data } } };
   }
-  yield { part: { $case: 'summary', summary: { ...summary, tensorBytes: bytes.byteLength } } };
+  yield { part: { $case: 'summary', summary: { ...summary, tensorBytes: BigInt(bytes.byteLength) } } };
 }
 
 /**

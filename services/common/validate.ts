@@ -213,9 +213,21 @@ function parsePolicy(p: WirePolicy | undefined, v: Violations): ReductionPolicy 
   }
 
   const params = parseParams(wire.params, known ? paramReaders(vision, language) : null, v);
-  const seed = wire.seed ?? 0;
-  if (!Number.isSafeInteger(seed) || seed < 0) v.add('policy.seed', `must be an integer in [0, 2^53), got ${seed}`);
+  const seed = seedFromWire(wire.seed ?? 0n);
   return { vision, language, budget, mode, params, seed };
+}
+
+const SEED_BITS = 53n;
+const SEED_MASK = (1n << SEED_BITS) - 1n;
+
+/**
+ * A uint64 seed as the 53-bit integer the samplers and methods draw from: itself below 2^53 (so a
+ * seed reported back replays exactly), else its high bits folded into the low ones. Every uint64 is
+ * accepted: clients that draw 64-bit random seeds (Go's rand.Uint64, Java's nextLong) must not be
+ * refused most of the time.
+ */
+export function seedFromWire(seed: bigint): number {
+  return Number((seed ^ (seed >> SEED_BITS)) & SEED_MASK);
 }
 
 function parseLimits(l: RequestLimits | undefined, v: Violations): ValidLimits {
@@ -231,8 +243,7 @@ function parseSampling(s: WireSampling | undefined, defaultMaxTokens: number, li
   if (!(topP > 0 && topP <= 1)) v.add('sampling.top_p', `must be in (0, 1], got ${topP}`);
   // Unset: drawn per request (reported in the final message), or every unseeded sampled request
   // would draw the same answer.
-  const seed = s?.seed ?? randomInt(2 ** 48 - 1);
-  if (!Number.isSafeInteger(seed) || seed < 0) v.add('sampling.seed', `must be an integer in [0, 2^53), got ${seed}`);
+  const seed = s?.seed === undefined ? randomInt(2 ** 48 - 1) : seedFromWire(s.seed);
   const maxNewTokens = s?.maxTokens ?? Math.min(defaultMaxTokens, limits.maxNewTokens);
   if (maxNewTokens < 1 || maxNewTokens > limits.maxNewTokens) v.add('sampling.max_tokens', `must be in [1, ${limits.maxNewTokens}], got ${maxNewTokens}`);
   return { temperature, topP, topK: 0, seed, maxNewTokens };
@@ -268,5 +279,5 @@ export function noReduction(): ReductionPolicy {
 export function wirePolicy(p: ReductionPolicy): WirePolicy {
   const budget: WirePolicy['budget'] =
     p.budget === null ? undefined : 'tokens' in p.budget ? { $case: 'budgetTokens', budgetTokens: p.budget.tokens } : { $case: 'budgetPercent', budgetPercent: p.budget.percent };
-  return { visionMethod: p.vision, languageMethod: p.language, budget, mode: p.mode, params: paramsToWire(p.params), seed: p.seed, preset: '' };
+  return { visionMethod: p.vision, languageMethod: p.language, budget, mode: p.mode, params: paramsToWire(p.params), seed: BigInt(p.seed), preset: '' };
 }

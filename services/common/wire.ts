@@ -82,7 +82,7 @@ export function resolvedPolicy(
     mode: policy.mode,
     requestedBudget: b === null ? undefined : 'tokens' in b ? b.tokens : (b.percent / 100) * fullVisualTokens,
     achievedBudget,
-    seed: policy.seed,
+    seed: BigInt(policy.seed),
     visionSchedule: vision,
     languageSchedule: languageScheduleToWire(language),
   };

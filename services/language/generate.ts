@@ -205,6 +205,6 @@ function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledT
     policy: resolvedPolicy(valid.policy, m.vision.num_patches, tensor.header.schedule, r.schedule, r.achievedBudget),
     modelId: m.model_id,
     contentHash: m.content_hash,
-    samplingSeed: valid.sampling.seed,
+    samplingSeed: BigInt(valid.sampling.seed),
   };
 }

@@ -57,7 +57,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         fullTokenCount: manifest.vision.num_patches,
         schedule: visionScheduleToWire(result.schedule),
       };
-      const summary = { timingsMs: roundMs(result.timingsMs), flops: flopsToWire(result.flops), queueMs: Math.max(0, Math.round(waitedMs * 1000) / 1000), tensorBytes: 0 };
+      const summary = { timingsMs: roundMs(result.timingsMs), flops: flopsToWire(result.flops), queueMs: Math.max(0, Math.round(waitedMs * 1000) / 1000), tensorBytes: 0n };
       recordEncodeTelemetry(span, result);
       const messages = (): Iterable<EncodeResponse> => tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary);
       yield* tracedSend(messages, { [ATTR_VLM_DTYPE]: manifest.io_dtype }, chunkBytes);
