@@ -298,13 +298,15 @@ describe('graceful stop', () => {
   it('goes NOT_SERVING, refuses new calls, lets the call in flight finish, then stops', async () => {
     const server = startServer({ graceMs: 5000 });
     const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const healthPort = await server.listenHealth('127.0.0.1', 0);
     server.setServing(true);
     const client = new VisionServiceClient(address, credentials.createInsecure());
     try {
       const inFlight = collect(encode(client, 1));
       await eventually(() => server.activeCalls === 1);
       const stopped = server.stop();
-      expect(await healthStatus(address)).toBe('NOT_SERVING');
+      // Probes ask the health port, which stays up through the drain.
+      expect(await healthStatus(`127.0.0.1:${healthPort}`)).toBe('NOT_SERVING');
       const late = await collect(encode(client, 0));
       expect(late.error?.code).toBe(GrpcCode.UNAVAILABLE);
       const first = await inFlight;
@@ -313,6 +315,28 @@ describe('graceful stop', () => {
       await stopped;
     } finally {
       client.close();
+    }
+  });
+
+  it("sends its clients away at once: a client's next call reaches another replica while the call in flight finishes here", async () => {
+    const draining = startServer({ graceMs: 5000 });
+    const other = startServer();
+    const first = `127.0.0.1:${await draining.listen('127.0.0.1', 0)}`;
+    const second = `127.0.0.1:${await other.listen('127.0.0.1', 0)}`;
+    // One channel over both replicas, connected to the first (pick_first), as a client pinned to one pod.
+    const client = new VisionServiceClient(`ipv4:${first},${second}`, credentials.createInsecure());
+    try {
+      const inFlight = collect(encode(client, 1));
+      await eventually(() => draining.activeCalls === 1);
+      const stopped = draining.stop();
+      const next = await collect(encode(client, 0));
+      expect(next.error).toBeNull();
+      expect(draining.activeCalls).toBe(1);
+      expect((await inFlight).error).toBeNull();
+      await stopped;
+    } finally {
+      client.close();
+      await other.stop();
     }
   });
 

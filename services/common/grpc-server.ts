@@ -2,8 +2,8 @@
  * A gRPC server with what both services need around their handlers: interceptors, grpc.health.v1
  * (NOT_SERVING until the owner calls setServing(true) after load and warm-up), server reflection,
  * deliberate message size limits, and a graceful stop:
- *   health NOT_SERVING -> refuse new calls -> wait for calls in flight (up to the grace period)
- *   -> tryShutdown -> forceShutdown if that does not finish in time.
+ *   health NOT_SERVING, refuse new calls, tryShutdown (close the port, GOAWAY on every connection)
+ *   -> wait for calls in flight (up to the grace period) -> forceShutdown if they do not finish.
  * Sessions are disposed by the owner after stop() resolves.
  */
 import * as path from 'node:path';
@@ -120,11 +120,16 @@ export class GrpcServer {
     this.admission.startDraining();
     log.info('draining', { inFlight: this.admission.active, graceMs: grace });
     const started = Date.now();
+    // At once, not after the drain: GOAWAY tells every client to take its next calls elsewhere while
+    // the calls in flight finish here. A connection left open would keep a client (a pinned L4
+    // connection, a round-robin channel) sending its retries into this replica's refusals for the
+    // whole grace period.
+    const shutDown = new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
     const drained = await within(this.admission.idle(), grace);
     const left = Math.max(0, grace - (Date.now() - started));
     // Once admitted calls are done, what tryShutdown still waits for is calls admission exempts:
     // a health Watch stream never ends by itself, so it gets a moment to close, not the whole grace.
-    const closed = drained && (await within(new Promise<void>((resolve) => this.server.tryShutdown(() => resolve())), Math.min(left, EXEMPT_CLOSE_MS)));
+    const closed = drained && (await within(shutDown, Math.min(left, EXEMPT_CLOSE_MS)));
     if (!closed) {
       if (drained) log.info('closing health watches and other streams outside admission');
       else log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
