@@ -38,6 +38,15 @@ export async function run(argv: string[]): Promise<number> {
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
+  // Until it serves there is nothing to drain: a signal during the model load (a pod deleted while
+  // starting) ends the process at once. Node as a container's PID 1 ignores signals it has no
+  // handler for, so without this the pod would load for minutes and then be killed at its grace end.
+  const exitWhileStarting = (signal: NodeJS.Signals): void => {
+    log.info('stopped while starting', { signal });
+    process.exit(0);
+  };
+  process.on('SIGTERM', exitWhileStarting);
+  process.on('SIGINT', exitWhileStarting);
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const service =
     role === 'vision'
@@ -45,6 +54,8 @@ export async function run(argv: string[]): Promise<number> {
       : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(config, { log });
   // `serve all` waits for this to learn the port vision picked for --vision-port 0.
   process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
+  process.off('SIGTERM', exitWhileStarting);
+  process.off('SIGINT', exitWhileStarting);
   // Spans of the drained requests are flushed after the server has stopped.
   stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
   // Runs until a signal; stopOnSignals exits the process.

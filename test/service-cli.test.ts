@@ -133,6 +133,26 @@ describe('vlm serve all, a child stuck while draining', () => {
   }, 90_000);
 });
 
+describe('vlm serve <role>, signalled while it loads its model', () => {
+  it('exits at once with status 0 instead of loading on (a pod deleted while starting)', async () => {
+    // The embedded model: its load and warm-up take long enough to signal in the middle of them.
+    const server = spawn(process.execPath, [BIN, 'serve', 'vision', '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
+    try {
+      // The first log line comes before the model loads.
+      await new Promise<void>((resolve) => server.stderr!.on('data', (d: Buffer) => ((stderr += d.toString()), resolve())));
+      server.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
+      expect(code).toBe(0);
+      expect(stderr).toMatch(/"msg":"stopped while starting","signal":"SIGTERM"/);
+      expect(stderr).not.toMatch(/"msg":"serving"/);
+    } finally {
+      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+    }
+  }, 30_000);
+});
+
 describe('vlm demo', () => {
   it('starts both services, asks under several policies, prints tokens, FLOPs and latency, and exits 0', () => {
     const r = vlm(['demo', '--model', BUNDLE, '--items', '1']);

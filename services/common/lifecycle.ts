@@ -1,6 +1,7 @@
 /**
- * Start-up and shutdown shared by both services: listen first (so probes see NOT_SERVING rather than
- * a refused connection), warm up, then SERVING; on stop, drain the server and close the pool.
+ * Start-up and shutdown shared by both services: once the model is loaded, listen (probes get
+ * NOT_SERVING through the warm-up; during the load itself they get a refused connection, which the
+ * startup probe allows for), warm up, then SERVING; on stop, drain the server and close the pool.
  */
 import { localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
