@@ -9,7 +9,7 @@ import { InferencePool } from '../../shared/worker';
 import type { ModelFacts } from './model-info';
 import { observeQueueDepth } from '../../shared/telemetry/metrics';
 
-export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'stats' | 'close'>;
+export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'stats' | 'close' | 'onWorkerCount'>;
 
 export interface ServiceEngine {
   readonly pool: Inference;

@@ -89,6 +89,7 @@ export class InferencePool {
   private starting = 0;
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
+  private readonly workerCountListeners = new Set<(running: number) => void>();
   private readonly log: Logger;
 
   private constructor(
@@ -168,6 +169,19 @@ export class InferencePool {
       worker.on('error', onError);
       worker.on('exit', onExit);
     });
+  }
+
+  /**
+   * Calls `listener` with the number of running workers whenever a worker starts or dies; returns
+   * the unregister function. A service reports NOT_SERVING while none runs (services/common/lifecycle.ts).
+   */
+  onWorkerCount(listener: (running: number) => void): () => void {
+    this.workerCountListeners.add(listener);
+    return () => this.workerCountListeners.delete(listener);
+  }
+
+  private announceWorkerCount(): void {
+    for (const l of this.workerCountListeners) l(this.slots.length);
   }
 
   get stats(): { workers: number; busy: number; queued: number; queueSize: number } {
@@ -276,6 +290,7 @@ export class InferencePool {
     worker.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
     worker.on('error', (err) => this.log.error('inference worker crashed', { error: err.message }));
     worker.on('exit', (code) => this.onExit(slot, code));
+    this.announceWorkerCount();
   }
 
   private onMessage(slot: Slot, msg: FromWorker): void {
@@ -324,6 +339,7 @@ export class InferencePool {
     // kills its worker would kill one on every replica it is retried on.
     if (slot.task) this.settle(slot.task, new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`));
     this.log.error('inference worker exited; starting a replacement', { code });
+    this.announceWorkerCount();
     this.replace(i, 0);
   }
 
