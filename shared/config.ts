@@ -190,7 +190,7 @@ export const CONFIG_OPTIONS = {
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
-  'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'vision closes connections after this long so clients re-resolve (0 = never)' },
+  'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'each service closes a connection (GOAWAY) after this long, so clients reconnect and spread over new replicas; calls in flight keep their deadline (0 = never)' },
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
   'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
