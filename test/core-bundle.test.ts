@@ -43,6 +43,18 @@ describe('bundle loader', () => {
     await b.stages.dispose();
   });
 
+  it("opens every graph of one side at load with eagerSessions and a side, the methods' scores graphs included", async () => {
+    const b = await loadBundle(RANDOM_BUNDLE, { model: { verifyHashes: false, eagerSessions: true }, runtime: config.runtime, side: 'vision', log });
+    try {
+      const open = [...(b.stages as unknown as { opening: Map<string, unknown> }).opening.keys()];
+      const visionGraphs = Object.keys(b.manifest.graphs).filter((n) => n.startsWith('vision/'));
+      expect(open.sort()).toEqual(visionGraphs.sort());
+      expect(open).toContain('vision/layer_00.scores');
+    } finally {
+      await b.stages.dispose();
+    }
+  });
+
   it('names a missing directory', async () => {
     const e = await failure(load('/nonexistent/bundle'));
     expect(e.code).toBe('FAILED_PRECONDITION');

@@ -6,6 +6,7 @@ import { providerName, type Config } from '../../shared/config';
 import { geometryOf } from '../../shared/engine/model';
 import type { Logger } from '../../shared/log';
 import { InferencePool } from '../../shared/worker';
+import type { ModelSide } from '../../shared/bundle/loader';
 import type { ModelFacts } from './model-info';
 import { observeQueueDepth } from '../../shared/telemetry/metrics';
 
@@ -28,8 +29,8 @@ function deviceOf(config: Config, provider: string): string {
   return spec ? providerName(spec) : provider;
 }
 
-export async function startEngine(config: Config, log: Logger): Promise<ServiceEngine> {
-  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, log: log.child('pool') });
+export async function startEngine(config: Config, log: Logger, side: ModelSide): Promise<ServiceEngine> {
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, side, log: log.child('pool') });
   const g = geometryOf(pool.manifest);
   const provider = pool.provider ?? 'cpu';
   // Scraped by Prometheus as vlm_queue_depth: the autoscalers' signal (k8s/base/*/hpa.yaml).

@@ -47,7 +47,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     tls.close();
     throw err;
   }
-  const engine = await startEngine(config, log).catch((err: unknown) => {
+  const engine = await startEngine(config, log, 'language').catch((err: unknown) => {
     vision.close();
     tls.close();
     throw err;

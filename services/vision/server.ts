@@ -42,7 +42,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
   const log = options.log ?? createLogger('vision');
   // TLS files are checked before the model loads: a bad path fails the start at once.
   const tls = serviceTls(config.tls, log, false);
-  const engine: ServiceEngine = await startEngine(config, log).catch((err: unknown) => {
+  const engine: ServiceEngine = await startEngine(config, log, 'vision').catch((err: unknown) => {
     tls.close();
     throw err;
   });

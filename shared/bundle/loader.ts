@@ -22,9 +22,14 @@ export interface Bundle {
   readonly stages: StageSet;
 }
 
+/** The half of a bundle a process runs: a vision service never opens the decoder's graphs. */
+export type ModelSide = 'vision' | 'language';
+
 export interface LoadOptions {
   readonly model: Pick<ModelConfig, 'verifyHashes' | 'eagerSessions'> & Partial<Pick<ModelConfig, 'expectedHash'>>;
   readonly runtime: SessionRuntime;
+  /** With eagerSessions, open only this side's graphs (absent: both, as eval and local runs need). */
+  readonly side?: ModelSide;
   readonly log?: Logger;
 }
 
@@ -65,8 +70,8 @@ export async function loadBundle(dir: string, options: LoadOptions): Promise<Bun
   // Here rather than in the service: every worker of a pool loads through this, replacements too.
   const manifest = await readManifest(abs, options.model.verifyHashes, options.model.expectedHash ?? null);
   const stages = new StageSet(abs, manifest, new ProviderChain(options.runtime, log));
-  if (options.model.eagerSessions) await stages.openAll();
-  log.info('bundle loaded', { dir: abs, model_id: manifest.model_id, content_hash: manifest.content_hash, eager: options.model.eagerSessions });
+  if (options.model.eagerSessions) await stages.openAll(options.side);
+  log.info('bundle loaded', { dir: abs, model_id: manifest.model_id, content_hash: manifest.content_hash, eager: options.model.eagerSessions, side: options.side ?? 'both' });
   return { dir: abs, manifest, stages };
 }
 
@@ -103,8 +108,10 @@ export class StageSet {
   }
 
   /** Opens the required stages and every scores graph present; used for eager loading and warm-up. */
-  async openAll(): Promise<void> {
-    const names = new Set([...requiredStages(this.manifest), ...Object.keys(this.manifest.graphs)]);
+  /** Every graph of the bundle, or of one side: the reduction methods' scores graphs included. */
+  async openAll(side?: ModelSide): Promise<void> {
+    const all = new Set([...requiredStages(this.manifest), ...Object.keys(this.manifest.graphs)]);
+    const names = side === undefined ? [...all] : [...all].filter((n) => n.startsWith(`${side}/`));
     // One after another: the first open pins the provider, and parallel opens would each log a fallback.
     for (const n of names) await this.get(n);
   }

@@ -3,7 +3,7 @@
  * reduction methods resolve schedules against. Family differences are manifest data, not subclasses.
  */
 import * as path from 'node:path';
-import { loadBundle, type Bundle } from '../bundle/loader';
+import { loadBundle, type Bundle, type ModelSide } from '../bundle/loader';
 import type { Manifest } from '../bundle/manifest';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import type { Logger } from '../log';
@@ -24,6 +24,7 @@ export interface ModelDeps {
   readonly model: ModelConfig;
   readonly runtime: RuntimeConfig;
   readonly limits: LimitsConfig;
+  readonly side?: ModelSide;
   readonly log?: Logger;
 }
 
@@ -49,7 +50,7 @@ export function geometryOf(m: Manifest): { vision: VisionGeometry; language: Omi
 }
 
 export async function loadModel(deps: ModelDeps): Promise<LoadedModel> {
-  const bundle = await loadBundle(deps.model.dir, { model: deps.model, runtime: deps.runtime, log: deps.log });
+  const bundle = await loadBundle(deps.model.dir, { model: deps.model, runtime: deps.runtime, side: deps.side, log: deps.log });
   const tokenizer = await loadTokenizer(path.join(bundle.dir, 'tokenizer.json'));
   const g = geometryOf(bundle.manifest);
   return { bundle, manifest: bundle.manifest, tokenizer, limits: deps.limits, visionGeometry: g.vision, languageGeometry: g.language };

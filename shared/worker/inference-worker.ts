@@ -81,9 +81,10 @@ async function warmUp(model: LoadedModel, parts: WarmUp): Promise<void> {
 async function main(): Promise<void> {
   let model: LoadedModel;
   try {
-    model = await loadModel({ model: init.model, runtime: init.runtime, limits: init.limits, log });
-    if (init.model.eagerSessions) await model.bundle.stages.openAll();
-    else await model.bundle.stages.get('vision/embed'); // pins the provider before the first request
+    // With eager sessions the loader opened every graph of the side; else one, to pin the provider
+    // before the first request.
+    model = await loadModel({ model: init.model, runtime: init.runtime, limits: init.limits, side: init.side, log });
+    if (!init.model.eagerSessions) await model.bundle.stages.get(init.side === 'language' ? 'language/embed' : 'vision/embed');
     if (init.warmUp) {
       const t0 = performance.now();
       await warmUp(model, init.warmUp);

@@ -24,6 +24,7 @@ import { VlmError } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import { createLogger, type Logger } from '../log';
 import type { Manifest } from '../bundle/manifest';
+import type { ModelSide } from '../bundle/loader';
 import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult, OnDelta } from '../engine/generate';
@@ -41,6 +42,8 @@ export interface PoolDeps {
   readonly log?: Logger;
   /** Each worker runs a worst-case request through these parts before the pool is ready. */
   readonly warmUp?: WarmUp;
+  /** A service's side: with eager sessions each worker opens only that side's graphs. */
+  readonly side?: ModelSide;
 }
 
 export interface CallOptions {
@@ -135,7 +138,7 @@ export class InferencePool {
    * and rejected, since the service would go on advertising what the first worker loaded.
    */
   private static startWorker(deps: PoolDeps, index: number, expected?: WorkerIdentity): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
-    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index, warmUp: deps.warmUp };
+    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index, warmUp: deps.warmUp, side: deps.side };
     const worker = spawn(init);
     return new Promise((resolve, reject) => {
       const onMessage = (msg: FromWorker) => {
@@ -240,9 +243,10 @@ export class InferencePool {
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
         return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
       }
-      // Traced only inside a caller's span: warm-up and other background jobs would be orphan traces.
+      // Traced only inside a caller's span that records: warm-up and other background jobs would be
+      // orphan traces, and a trace the sampler dropped would replay every span only to discard it.
       const parent = context.active();
-      const traced = tracingEnabled() && trace.getSpan(parent) !== undefined ? { parent, queuedAt: epochMillis() } : undefined;
+      const traced = tracingEnabled() && trace.getSpan(parent)?.isRecording() ? { parent, queuedAt: epochMillis() } : undefined;
       const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject, trace: traced };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));

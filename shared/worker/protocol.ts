@@ -10,6 +10,7 @@ import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
 import type { Manifest } from '../bundle/manifest';
+import type { ModelSide } from '../bundle/loader';
 import type { SpanTiming } from '../telemetry/span-recorder';
 
 export interface WorkerInit {
@@ -20,6 +21,8 @@ export interface WorkerInit {
   readonly index: number;
   /** Runs a worst-case request through these parts before reporting ready (every worker, not just one). */
   readonly warmUp?: WarmUp;
+  /** The side the pool's service runs (loader.ts ModelSide); absent: both. */
+  readonly side?: ModelSide;
 }
 
 export type WarmUp = 'vision' | 'language' | 'both';
