@@ -337,6 +337,27 @@ describe('bad and unusual inputs through the real pair', () => {
   });
 });
 
+describe('images over the limit', () => {
+  it('answers one up to twice the limit with INVALID_ARGUMENT naming the limit (not a retryable RESOURCE_EXHAUSTED); only a larger request meets the transport limit', async () => {
+    const limit = 8 * 1024 * 1024;
+    // Validation comes before the hop: no vision service is needed to judge the image.
+    const language = await startLanguageService(pairConfig({ maxImageBytes: limit, visionTarget: '127.0.0.1:1' }), { port: 0 });
+    const client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    try {
+      const twice = await ask(client, request(oversize(2 * limit), { maxTokens: 2 }));
+      expect(twice.error?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(twice.error?.details).toMatch(/over the \d+-byte .*image limit/);
+      const huge = await ask(client, request(oversize(3 * limit), { maxTokens: 2 }));
+      expect(huge.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+      expect(huge.error?.details).toMatch(/larger than max/);
+      expect(await healthStatus(language.address)).toBe('SERVING');
+    } finally {
+      client.close();
+      await language.stop();
+    }
+  });
+});
+
 describe('limits per connection', () => {
   let vision: RunningService;
   let language: RunningService;
