@@ -118,11 +118,21 @@ describe('budgets', () => {
     expect(e.message).toMatch(/policy.params\[scale\]: applies to sparsevlm version 'v1' only/);
   });
 
-  it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended)', () => {
+  it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended), and reports it as clamped', () => {
     for (const start_layer of [2 ** 31, Number.MAX_SAFE_INTEGER]) {
       const p = { ...policy('ficoco-v', 'none', 25), mode: 'exact' as const, params: { start_layer } };
-      expect(resolveVisionSchedule(p, tiny).outputTokens).toBe(49);
+      const s = resolveVisionSchedule(p, tiny);
+      expect(s.outputTokens).toBe(49);
+      expect(s.params['start_layer']).toBe(tiny.numLayers - 1);
     }
+  });
+
+  it('vision random reports the start layer in effect, the anchor when none is asked for', () => {
+    const asked = resolveVisionSchedule({ ...policy('random', 'none', 25), params: { start_layer: 1 } }, tiny);
+    expect(asked.params['start_layer']).toBe(1);
+    expect(asked.steps.map((s) => s.layer)).toEqual([1]);
+    const anchored = resolveVisionSchedule(policy('random', 'none', 25), tiny);
+    expect(anchored.params['start_layer']).toBe(anchored.steps[0]!.layer);
   });
 
   it('sparsevlm v1 decides its counts from the data, so it takes no budget', () => {

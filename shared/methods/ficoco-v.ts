@@ -92,7 +92,8 @@ export const ficocoV: VisionReducer = {
       outputTokens: out,
       proportionalAttention: false,
       needs: options.mode === 'exact' ? ['scores'] : ['probs'],
-      params: { ...p, grid: g.grid },
+      // start_layer as clamped: a request past the last layer sees where compression may start.
+      params: { ...p, start_layer: first, grid: g.grid },
     };
   },
 

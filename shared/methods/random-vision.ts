@@ -26,7 +26,7 @@ export const randomVision: VisionReducer = {
     const anchored = anchorInt(g.anchors, 'random.start_layer', anchorInt(g.anchors, 'ficoco_v.start_layer', Math.floor(g.numLayers / 2)));
     const layer = Math.min(g.numLayers - 1, Math.max(0, typeof override === 'number' && Number.isInteger(override) ? override : anchored));
     const steps = out < g.numPatches ? [{ layer, tokensIn: g.numPatches + cls, tokensOut: out + cls }] : [];
-    return { method: 'random', steps, outputTokens: out, proportionalAttention: false, needs: [], params: {} };
+    return { method: 'random', steps, outputTokens: out, proportionalAttention: false, needs: [], params: { start_layer: layer } };
   },
 
   reduce(input: VisionStepInput, _schedule: VisionSchedule, options: MethodOptions): VisionStepOutput {
