@@ -324,6 +324,7 @@ describe('the service pair on loopback', () => {
     first.cancel();
     expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
     expect(second.error?.details).toMatch(/busy.*retry later/);
+    expect(second.error?.details).not.toMatch(/vision service/);
     await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
     expect((await ask(client, request(image))).error).toBeNull();
   });
@@ -433,12 +434,12 @@ describe('the service pair on loopback', () => {
       await busyVision?.stop();
     });
 
-    it("relays vision's RESOURCE_EXHAUSTED to the caller, and the next request is answered", async () => {
+    it("relays vision's RESOURCE_EXHAUSTED to the caller, naming the vision service, and the next request is answered", async () => {
       const first = collect(frontClient.generate(request(await bigJpeg())));
       await eventually(() => busyVision.engine.pool.stats.busy === 1, 5000, 2);
       const second = await ask(frontClient, request(image));
       expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
-      expect(second.error?.details).toMatch(/queued \(limit 0\)/);
+      expect(second.error?.details).toMatch(/^the vision service: .*queued \(limit 0\)/);
       expect((await first).error).toBeNull();
       expect((await ask(frontClient, request(image))).error).toBeNull();
     });

@@ -206,6 +206,10 @@ export class VisionClient {
       // The caller did nothing wrong: this service is misconfigured towards vision.
       return new VlmError('INTERNAL', 'the vision service refused this language service\'s credentials', { cause: status });
     }
+    if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
+      // Which pool is full tells an operator which one to scale; the caller backs off either way.
+      return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status });
+    }
     return fromServiceError({ ...status, message: status.details } as unknown as ServiceError);
   }
 
