@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { eventually, stopServeAll, vlm } from './service-helpers';
 import { freePort } from '../cli/free-port';
@@ -134,22 +134,25 @@ describe('vlm serve all, a child stuck while draining', () => {
 });
 
 describe('vlm serve <role>, signalled while it loads its model', () => {
+  let server: ChildProcess | undefined;
+  // In a hook, so a test that times out leaves no service behind either.
+  afterEach(() => {
+    if (server && server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+  });
+
   it('exits at once with status 0 instead of loading on (a pod deleted while starting)', async () => {
     // The embedded model: its load and warm-up take long enough to signal in the middle of them.
-    const server = spawn(process.execPath, [BIN, 'serve', 'vision', '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server = spawn(process.execPath, [BIN, 'serve', 'vision', '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = server;
     let stderr = '';
-    const exited = new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
-    try {
-      // The first log line comes before the model loads.
-      await new Promise<void>((resolve) => server.stderr!.on('data', (d: Buffer) => ((stderr += d.toString()), resolve())));
-      server.kill('SIGTERM');
-      const code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
-      expect(code).toBe(0);
-      expect(stderr).toMatch(/"msg":"stopped while starting","signal":"SIGTERM"/);
-      expect(stderr).not.toMatch(/"msg":"serving"/);
-    } finally {
-      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
-    }
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    // The first log line comes before the model loads.
+    await new Promise<void>((resolve) => child.stderr!.on('data', (d: Buffer) => ((stderr += d.toString()), resolve())));
+    child.kill('SIGTERM');
+    const code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
+    expect(code).toBe(0);
+    expect(stderr).toMatch(/"msg":"stopped while starting","signal":"SIGTERM"/);
+    expect(stderr).not.toMatch(/"msg":"serving"/);
   }, 30_000);
 });
 
