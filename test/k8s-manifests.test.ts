@@ -21,6 +21,7 @@ import {
   type Finding,
   type Manifest,
 } from '../scripts/validate-k8s';
+import { SHUTDOWN_FLUSH_MS } from '../shared/telemetry/sdk';
 
 const ROOT = path.resolve(__dirname, '..');
 const K8S = path.join(ROOT, 'k8s');
@@ -94,6 +95,22 @@ describe('the gpu overlay', () => {
       expect(d.spec.template.metadata.labels['vlm.io/model-version']).toBe(model.data.VLM_MODEL_VERSION);
     }
     expect(model.data.VLM_MODEL_DIR.startsWith('/models/')).toBe(true);
+  });
+
+  it("names each pod in its telemetry by uid (k8s.pod.uid, service.instance.id), and exports give up within shutdown's flush", () => {
+    type FieldEnv = { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } };
+    for (const name of ['vlm-vision', 'vlm-language']) {
+      const vars = (deployment(objects, name).c.env ?? []) as FieldEnv[];
+      const uid = vars.findIndex((e) => e.name === 'POD_UID');
+      const attributes = vars.findIndex((e) => e.name === 'OTEL_RESOURCE_ATTRIBUTES');
+      expect(vars[uid]?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.uid');
+      // $(POD_UID) expands only when POD_UID is declared first
+      expect(uid).toBeLessThan(attributes);
+      expect(vars[attributes]!.value!.split(',')).toEqual(expect.arrayContaining(['k8s.pod.uid=$(POD_UID)', 'service.instance.id=$(POD_UID)']));
+    }
+    const config = objects.find((m) => m.kind === 'ConfigMap' && m.metadata.name.startsWith('vlm-config-')) as Manifest & { data: Record<string, string> };
+    expect(Number(config.data.OTEL_EXPORTER_OTLP_TIMEOUT)).toBeGreaterThan(0);
+    expect(Number(config.data.OTEL_EXPORTER_OTLP_TIMEOUT)).toBeLessThanOrEqual(SHUTDOWN_FLUSH_MS);
   });
 });
 

@@ -20,7 +20,7 @@ import { receiveLimit } from '../services/common/message-limits';
 import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate';
 import { decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
-import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { ReductionPolicy as WirePolicy, SamplingParams, type ModelInfo } from '../gen/vlm/v1/common';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import type { Logger } from '../shared/log';
@@ -135,6 +135,29 @@ describe('the service pair on loopback', () => {
     expect(info).toMatchObject({ modelId: 'random-tiny', contentHash: core.manifest.content_hash, visualTokens: 16, embedWidth: 48, provider: 'cpu', device: 'cpu', defaultMaxTokens: 16 });
     const ranges = (info as { budgetRanges: Array<{ visionMethod: string; languageMethod: string; mode: string; minTokens: number; maxTokens: number }> }).budgetRanges;
     expect(ranges.find((r) => r.visionMethod === 'ficoco-v' && r.languageMethod === 'none' && r.mode === 'clean')?.maxTokens).toBeGreaterThan(0);
+  });
+
+  it('tells a client every limit its request must respect and every method parameter it may set', async () => {
+    const info = await new Promise<ModelInfo>((resolve, reject) => client.getModelInfo({}, (e, r) => (e ? reject(e) : resolve(r.model!))));
+    const limits = config(BUNDLE).limits;
+    expect(info).toMatchObject({
+      maxImageBytes: BigInt(limits.maxImageBytes),
+      maxImagePixels: BigInt(limits.maxImagePixels),
+      maxAspectRatio: limits.maxAspectRatio,
+      maxPromptChars: limits.maxPromptChars,
+      maxTokensLimit: 256,
+      maxPositions: core.manifest.language.max_positions,
+    });
+    const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);
+    expect(param('vision', 'ficoco-v', 'lambda')).toMatchObject({ type: 'number', min: 0, max: 1, choices: [] });
+    expect(param('vision', 'ficoco-v', 'start_layer')).toMatchObject({ type: 'integer', min: 0, max: undefined });
+    expect(param('vision', 'random', 'start_layer')).toBeDefined();
+    expect(param('language', 'sparsevlm', 'version')).toMatchObject({ type: 'text', choices: ['v1', 'v1.5'] });
+    expect(param('', '', 'vision_tokens')).toMatchObject({ type: 'integer', min: 1 });
+    // What GetModelInfo lists is what validation accepts: an unlisted name is refused.
+    expect(info.methodParams.filter((p) => p.method === 'tome')).toEqual([]);
+    const refused = await ask(client, request(image, { policy: { visionMethod: 'tome', params: { grid: { kind: { $case: 'number', number: 4 } } } } }));
+    expect(refused.error?.code).toBe(GrpcCode.INVALID_ARGUMENT);
   });
 
   for (const [name, wire, policy] of POLICIES) {

@@ -95,6 +95,13 @@ describe('trace trees from odd span graphs', () => {
     expect(report.warnings).toEqual([expect.stringMatching(/trace 0+c1c1: 2 spans have no parent in the trace; measured by the longest, span-2/)]);
   });
 
+  it('warns when the only root has a parent that is not in the trace (a lost parent)', () => {
+    const { report, trees } = analyseTraces([span(2, 99, 0, 30), span(3, 2, 2, 4)]);
+    expect(trees[0]!.root.span.spanId).toBe('0000000000000002');
+    expect(report.warnings).toEqual([expect.stringMatching(/trace 0+c1c1: its root span-2 \(0+2\) has parent 0+63, which is not in the trace/)]);
+    expect(analyseTraces([span(2, undefined, 0, 30), span(3, 2, 2, 4)]).report.warnings).toEqual([]);
+  });
+
   it('keeps the first of two spans with one id and warns', () => {
     const { report, trees } = analyseTraces([span(1, undefined, 0, 10), span(1, undefined, 0, 50, { name: 'again' })]);
     expect(trees[0]!.ordered.map((n) => n.span.name)).toEqual(['span-1']);

@@ -6,7 +6,7 @@ import { context } from '@opentelemetry/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { otlpMetricExporter, startTelemetry, shutdownTelemetry, telemetrySettings } from '../shared/telemetry/sdk';
+import { otlpMetricExporter, startTelemetry, shutdownTelemetry, telemetryResource, telemetrySettings } from '../shared/telemetry/sdk';
 import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
@@ -46,6 +46,31 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
         await exporter.shutdown();
       }
     }
+  });
+});
+
+describe('the resource: which process a span or metric came from', () => {
+  const attributesWith = async (resourceAttributes: string | undefined) => {
+    const saved = process.env.OTEL_RESOURCE_ATTRIBUTES;
+    if (resourceAttributes === undefined) delete process.env.OTEL_RESOURCE_ATTRIBUTES;
+    else process.env.OTEL_RESOURCE_ATTRIBUTES = resourceAttributes;
+    try {
+      const resource = telemetryResource('vlm-vision');
+      await resource.waitForAsyncAttributes?.();
+      return resource.attributes;
+    } finally {
+      if (saved === undefined) delete process.env.OTEL_RESOURCE_ATTRIBUTES;
+      else process.env.OTEL_RESOURCE_ATTRIBUTES = saved;
+    }
+  };
+
+  it('has a service.instance.id: a random UUID per process unless OTEL_RESOURCE_ATTRIBUTES names one', async () => {
+    const a = await attributesWith(undefined);
+    const b = await attributesWith(undefined);
+    expect(a['service.instance.id']).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    expect(b['service.instance.id']).not.toBe(a['service.instance.id']);
+    const pod = await attributesWith('k8s.pod.uid=6f1c,service.instance.id=6f1c,service.name=other');
+    expect(pod).toMatchObject({ 'service.instance.id': '6f1c', 'k8s.pod.uid': '6f1c', 'service.name': 'vlm-vision' });
   });
 });
 
@@ -165,8 +190,43 @@ describe('the SDK in a service process', () => {
   });
 });
 
+describe('shutdown with the collector down', () => {
+  it('gives up on the flush after about 3 s, saying spans may be lost, instead of waiting out the exporter (10 s)', async () => {
+    const { createServer: createTcpServer } = await import('node:net');
+    const { execFile } = await import('node:child_process');
+    // Takes connections and never answers: an exporter waits its whole timeout on it.
+    const sockets: import('node:net').Socket[] = [];
+    const blackHole = createTcpServer((socket) => void sockets.push(socket));
+    await new Promise<void>((resolve) => blackHole.listen(0, '127.0.0.1', resolve));
+    const { port } = blackHole.address() as { port: number };
+    const script = `
+      const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
+      const { trace } = require('@opentelemetry/api');
+      (async () => {
+        startTelemetry({ serviceName: 'vlm-language' });
+        trace.getTracer('test').startSpan('never exported').end();
+        const t0 = Date.now();
+        await shutdownTelemetry();
+        // as the services' signal handler does (lifecycle.ts): the abandoned export must not hold the process
+        process.stdout.write(String(Date.now() - t0), () => process.exit(0));
+      })();`;
+    const env = { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, OTEL_EXPORTER_OTLP_TIMEOUT: '', OTEL_METRICS_EXPORTER: 'none', VLM_LOG_LEVEL: 'warn' };
+    try {
+      const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
+        execFile(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), env }, (err, stdout, stderr) => (err ? reject(err) : resolve({ stdout, stderr }))),
+      );
+      expect(Number(stdout)).toBeGreaterThanOrEqual(2900);
+      expect(Number(stdout)).toBeLessThan(5000);
+      expect(stderr).toMatch(/"msg":"telemetry shutdown gave up waiting for the exporters; spans and metrics not yet exported may be lost"/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => blackHole.close(() => resolve()));
+    }
+  });
+});
+
 describe('metrics on the Prometheus endpoint', () => {
-  it('exposes queue depth, in-flight requests, stage latency, request histograms and TLS expiry', async () => {
+  it('exposes queue depth, in-flight requests, stage latency, request and encode histograms and TLS expiry', async () => {
     // A fresh process has no SDK; this file's SDK was shut down, so start a metrics-only one in a child.
     const { execFileSync } = await import('node:child_process');
     const port = await freePort();
@@ -185,6 +245,8 @@ describe('metrics on the Prometheus endpoint', () => {
         m.recordStage('vlm.prefill', 0.2, { 'vlm.reduction.method': 'fastv' });
         m.recordStageTokens('vlm.reduce', 64);
         m.recordRequest(1.5);
+        m.recordRequest(0.5, { 'error.type': 'INVALID_ARGUMENT' });
+        m.recordEncode(0.7);
         m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
         const res = await fetch('http://127.0.0.1:${port}/metrics');
         process.stdout.write(await res.text());
@@ -203,6 +265,8 @@ describe('metrics on the Prometheus endpoint', () => {
     expect(value(/^vlm_stage_duration_count\{[^}]*vlm_stage="vlm.prefill"[^}]*\} (\S+)/m)).toBe(2);
     expect(value(/^vlm_stage_tokens_bucket\{[^}]*le="64"\} (\S+)/m)).toBe(1);
     expect(value(/^gen_ai_server_request_duration_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(1.5, 9);
+    expect(value(/^gen_ai_server_request_duration_sum\{[^}]*error_type="INVALID_ARGUMENT"[^}]*\} (\S+)/m)).toBeCloseTo(0.5, 9);
+    expect(value(/^vlm_encode_duration_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.7, 9);
     expect(value(/^gen_ai_server_time_to_first_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.3, 9);
     // 11 tokens in 1 s of decode: 11 tokens/s; 10 gaps: 0.1 s per output token
     expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(11, 9);

@@ -7,6 +7,7 @@
  * to the vision hop), so cancellation and deadlines cross the service boundary unchanged.
  */
 import type { Metadata } from '@grpc/grpc-js';
+import { trace } from '@opentelemetry/api';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { REQUEST_ID_KEY } from './interceptors';
@@ -18,7 +19,7 @@ export interface CallContext {
   readonly requestId: string;
   /** Incoming metadata (trace context travels here). */
   readonly metadata: Metadata;
-  /** Logger bound to this request (`requestId` on every line). */
+  /** Logger bound to this request (`requestId`, and `trace_id` and `span_id` when traced, on every line). */
   readonly log: Logger;
 }
 
@@ -91,7 +92,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     deadline,
     requestId,
     metadata: source.metadata,
-    log: withFields(options.log, { requestId }),
+    log: withFields(options.log, { requestId, ...traceFields() }),
   };
   return {
     ctx,
@@ -100,6 +101,14 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
       source.removeListener('cancelled', onCancelled);
     },
   };
+}
+
+/** The active span's ids (the call's server span, on entry), so a log line can be found from its trace and back. */
+function traceFields(): { trace_id?: string; span_id?: string } {
+  const span = trace.getActiveSpan();
+  if (!span?.isRecording()) return {};
+  const { traceId, spanId } = span.spanContext();
+  return { trace_id: traceId, span_id: spanId };
 }
 
 /** A logger that adds `fields` to every line (the shared logger binds components, not fields). */

@@ -1,12 +1,14 @@
 /**
  * GetModelInfo's answer, the same for both services: what model runs (id, content hash, dtype,
- * geometry), which methods it offers and the budget range each can reach, where it runs.
+ * geometry), which methods it offers, the budget range each can reach and the parameters each reads,
+ * the limits a request must stay within, and where it runs.
  */
 import type { Manifest } from '../../shared/bundle/manifest';
-import type { LanguageGeometry, VisionGeometry } from '../../shared/methods/types';
-import { feasibleBudgets } from '../../shared/methods/policy';
-import { languageMethodNames, visionMethodNames } from '../../shared/methods/registry';
-import { ElementType, type ModelInfo } from '../../gen/vlm/v1/common';
+import type { LimitsConfig } from '../../shared/config';
+import { feasibleBudgets, SPLIT_PARAM_SPECS } from '../../shared/methods/policy';
+import { LANGUAGE_METHODS, languageMethodNames, VISION_METHODS, visionMethodNames } from '../../shared/methods/registry';
+import type { LanguageGeometry, ParamSpecs, VisionGeometry } from '../../shared/methods/types';
+import { ElementType, type MethodParam, type ModelInfo } from '../../gen/vlm/v1/common';
 
 export interface ModelFacts {
   readonly manifest: Manifest;
@@ -14,13 +16,33 @@ export interface ModelFacts {
   readonly languageGeometry: Omit<LanguageGeometry, 'visualTokens'>;
 }
 
-export interface Placement {
+/** The request limits a client must stay within, as the service enforces them. */
+export type AdvertisedLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxNewTokens' | 'maxPromptChars' | 'maxImagePixels' | 'maxAspectRatio'>;
+
+export interface Placement extends AdvertisedLimits {
   /** Execution provider sessions actually run on, e.g. "cpu" or "cuda". */
   readonly provider: string;
   /** e.g. "cpu" or "cuda:0". */
   readonly device: string;
-  readonly maxImageBytes: number;
-  readonly maxNewTokens: number;
+}
+
+/** Every parameter a request may set in policy.params, per method and for the budget split. */
+function methodParams(): MethodParam[] {
+  const rows = (side: string, method: string, specs: ParamSpecs): MethodParam[] =>
+    Object.entries(specs).map(([name, spec]) => ({
+      side,
+      method,
+      name,
+      type: spec.type,
+      min: spec.type === 'text' ? undefined : spec.min,
+      max: spec.type === 'text' ? undefined : spec.max,
+      choices: spec.type === 'text' ? [...spec.values] : [],
+    }));
+  return [
+    ...[...VISION_METHODS].flatMap(([name, r]) => rows('vision', name, r.params)),
+    ...[...LANGUAGE_METHODS].flatMap(([name, r]) => rows('language', name, r.params)),
+    ...rows('', '', SPLIT_PARAM_SPECS),
+  ];
 }
 
 export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
@@ -48,9 +70,16 @@ export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
     maxImageBytes: BigInt(placement.maxImageBytes),
     defaultMaxTokens: Math.min(m.generation.max_new_tokens, placement.maxNewTokens),
     imageSize: m.preprocess.size,
+    maxPromptChars: placement.maxPromptChars,
+    maxTokensLimit: placement.maxNewTokens,
+    maxPositions: m.language.max_positions,
+    maxImagePixels: BigInt(placement.maxImagePixels),
+    maxAspectRatio: placement.maxAspectRatio,
+    methodParams: methodParams(),
   };
 }
 
-export function placementOf(where: { readonly provider: string; readonly device: string }, limits: { readonly maxImageBytes: number; readonly maxNewTokens: number }): Placement {
-  return { provider: where.provider, device: where.device, maxImageBytes: limits.maxImageBytes, maxNewTokens: limits.maxNewTokens };
+export function placementOf(where: { readonly provider: string; readonly device: string }, limits: AdvertisedLimits): Placement {
+  const { maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio } = limits;
+  return { provider: where.provider, device: where.device, maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio };
 }

@@ -12,10 +12,13 @@ import type {
   ServerUnaryCall,
   ServerWritableStream,
 } from '@grpc/grpc-js';
-import { throwIfAborted } from '../../shared/errors';
+import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
+import { VlmError, throwIfAborted } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
+import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
+import { isServerFault } from '../../shared/telemetry/span-status';
 import { callContext, type CallContext } from './call-context';
-import { toStatus } from './status';
+import { grpcCodeOf, toStatus } from './status';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
 export interface AdapterDeps {
@@ -44,6 +47,21 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
   });
 }
 
+/**
+ * Ends the gRPC server span of a call that grpc-js ended as cancelled (the client's cancel or its
+ * deadline). The instrumentation ends that span only on 'finish' or an error event, and such a call
+ * emits neither: left open, the span is never exported, and the trace loses its root. `reason` is
+ * the call context's abort reason, which tells the two apart.
+ */
+function endCancelledServerSpan(span: Span | undefined, reason: unknown): void {
+  if (!span?.isRecording()) return;
+  const e = VlmError.from(reason);
+  const code = e.code === 'DEADLINE_EXCEEDED' ? e.code : 'CANCELLED';
+  span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: grpcCodeOf(code), [ATTR_ERROR_TYPE]: code });
+  if (isServerFault(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+  span.end();
+}
+
 // eslint-disable-next-line require-yield
 async function* refuse(request: Parameters<typeof undecodableError>[0]): AsyncGenerator<never> {
   throw undecodableError(request);
@@ -55,6 +73,8 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
   };
 
   async function run(call: ServerWritableStream<Req, Res>): Promise<void> {
+    // Taken before the first await: the instrumentation's server span is active only on entry.
+    const serverSpan = trace.getActiveSpan();
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
     const { ctx } = owned;
     const request = call.request;
@@ -74,7 +94,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
-      if (call.cancelled) return;
+      if (call.cancelled) return endCancelledServerSpan(serverSpan, ctx.signal.reason);
       call.emit('error', toStatus(err, ctx.log, { method: call.getPath() }));
       return;
     } finally {
@@ -89,6 +109,7 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
   };
 
   async function run(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): Promise<void> {
+    const serverSpan = trace.getActiveSpan();
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
     try {
       const request = call.request;
@@ -98,7 +119,7 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
       callback(null, res);
       return;
     } catch (err) {
-      if (call.cancelled) return;
+      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.ctx.signal.reason);
       callback(toStatus(err, owned.ctx.log, { method: call.getPath() }));
       return;
     } finally {

@@ -17,13 +17,27 @@ import { VlmError } from '../../shared/errors';
 import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
 import type { ServiceEngine } from '../common/engine';
+import type { AdvertisedLimits } from '../common/model-info';
 import type { AssembledTensor, Expectation, VisualTokens } from '../common/tensor-stream';
 import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
 import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
 import type { HopContext } from './vision-client';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
-import type { Span } from '@opentelemetry/api';
-import { ATTR_GEN_AI_REQUEST_MAX_TOKENS, ATTR_GEN_AI_RESPONSE_FINISH_REASONS, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_FLOPS, SpanName } from '../../shared/telemetry/names';
+import type { Attributes, Span } from '@opentelemetry/api';
+import {
+  ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_GEN_AI_REQUEST_MAX_TOKENS,
+  ATTR_GEN_AI_REQUEST_MODEL,
+  ATTR_GEN_AI_RESPONSE_FINISH_REASONS,
+  ATTR_GEN_AI_USAGE_INPUT_TOKENS,
+  ATTR_GEN_AI_USAGE_OUTPUT_TOKENS,
+  ATTR_VLM_DEVICE,
+  ATTR_VLM_FLOPS,
+  ATTR_VLM_MODEL_ID,
+  ATTR_VLM_PROVIDER,
+  GEN_AI_OPERATION_CHAT,
+  SpanName,
+} from '../../shared/telemetry/names';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
@@ -41,7 +55,7 @@ export interface PromptTokenCounter {
 export interface GenerateDeps {
   readonly engine: ServiceEngine;
   readonly vision: { encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> };
-  readonly limits: RequestLimitsConfig;
+  readonly limits: RequestLimitsConfig & AdvertisedLimits;
   /** Lets a prompt too long for the model fail before the hop rather than after a whole vision encode. */
   readonly promptTokens: PromptTokenCounter;
 }
@@ -108,6 +122,12 @@ function checkContextFits(m: Manifest, maxTokens: { value: number; set: boolean 
   throw VlmError.invalid('prompt', `is too long: its ${size} leave no room for an answer in the model's ${positions} positions; shorten it (or reduce the visual tokens)`);
 }
 
+/** The Generate span's fixed attributes, and those of its gen_ai metrics: one set, so the metrics join. */
+export function generateAttributes(engine: ServiceEngine): Attributes {
+  const modelId = engine.model.manifest.model_id;
+  return { [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_CHAT, [ATTR_GEN_AI_REQUEST_MODEL]: modelId, [ATTR_VLM_MODEL_ID]: modelId, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device };
+}
+
 /** `span`: the request's span (tracedStream), for the policy and usage attributes. */
 export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, ctx: CallContext, span?: Span): AsyncGenerator<GenerateResponse> {
   const { engine } = deps;
@@ -157,7 +177,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
     const result = await run;
     const final = finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
-    recordGenerateTelemetry(span, result, final, encodeMs);
+    recordGenerateTelemetry(span, result, final, encodeMs, generateAttributes(engine));
     yield { part: { $case: 'final', final } };
   } finally {
     ctx.signal.removeEventListener('abort', forward);
@@ -165,7 +185,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   }
 }
 
-function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, encodeMs: number): void {
+function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, encodeMs: number, attributes: Attributes): void {
   span?.setAttributes({
     [ATTR_GEN_AI_USAGE_INPUT_TOKENS]: r.promptTokens,
     [ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]: r.tokenIds.length,
@@ -176,7 +196,7 @@ function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, fina
   recordStage(SpanName.Decode, r.timingsMs.decode / 1000);
   recordStageTokens(SpanName.Prefill, r.promptTokens);
   recordStageTokens(SpanName.Decode, r.tokenIds.length);
-  recordGeneration({ timeToFirstTokenSeconds: (encodeMs + r.timingsMs.firstToken) / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 });
+  recordGeneration({ timeToFirstTokenSeconds: (encodeMs + r.timingsMs.firstToken) / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
 }
 
 function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {

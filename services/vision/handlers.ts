@@ -6,7 +6,7 @@ import type { EncodeResult } from '../../shared/engine';
 import type { EncodeResponse, VisionServiceServer } from '../../gen/vlm/v1/vision_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
 import { chunkBytes, tensorMessages, type VisualTokens } from '../common/tensor-stream';
-import { modelInfo, placementOf } from '../common/model-info';
+import { modelInfo, placementOf, type AdvertisedLimits } from '../common/model-info';
 import { validateEncode, type RequestLimitsConfig } from '../common/validate';
 import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
 import type { ServiceEngine } from '../common/engine';
@@ -14,11 +14,11 @@ import type { Span } from '@opentelemetry/api';
 import { ATTR_VLM_DEVICE, ATTR_VLM_DTYPE, ATTR_VLM_MODEL_ID, ATTR_VLM_PROVIDER, ATTR_VLM_TOKENS_OUT, SpanName } from '../../shared/telemetry/names';
 import { tracedSend, tracedStream } from '../../shared/telemetry/traced-stream';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
-import { recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
+import { recordEncode, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
 export interface VisionHandlerDeps {
   readonly engine: ServiceEngine;
-  readonly limits: RequestLimitsConfig;
+  readonly limits: RequestLimitsConfig & AdvertisedLimits;
   /** Configured rows per chunk (0: about 1 MiB); a request may ask for fewer or more. */
   readonly rowsPerChunk: number;
   readonly adapter: AdapterDeps;
@@ -45,7 +45,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
   const { engine } = deps;
   const manifest = engine.model.manifest;
   return {
-    encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device }, async function* (req, ctx, span) {
+    encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device }, recordEncode, async function* (req, ctx, span) {
       const valid = validateEncode(req, deps.limits);
       span.setAttributes(policyAttributes(valid.policy));
       const started = performance.now();

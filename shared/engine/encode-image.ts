@@ -4,8 +4,11 @@
  * post-attention stream; mlp half) -> drop CLS -> projector.
  */
 import { withSpan } from '../telemetry/with-span';
+import { budgetAttribute } from '../telemetry/policy-attributes';
 import {
+  ATTR_VLM_BYTES,
   ATTR_VLM_FLOPS,
+  ATTR_VLM_IMAGE_SIZE,
   ATTR_VLM_LAYER,
   ATTR_VLM_MODEL_ID,
   ATTR_VLM_REDUCTION_BUDGET,
@@ -49,17 +52,16 @@ function initialTokens(P: number, cls: boolean): TokenMeta {
   return { origin, size: new Float32Array(n).fill(1) };
 }
 
-function budgetAttr(policy: ReductionPolicy): number | string {
-  if (!policy.budget) return 'default';
-  return 'tokens' in policy.budget ? policy.budget.tokens : `${policy.budget.percent}%`;
-}
-
 export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, policy: ReductionPolicy, ctx: RunContext = {}): Promise<EncodeResult> {
   checkContinue(ctx);
   // Resolve before any work: an infeasible budget is the caller's error and costs nothing.
   resolveVisionSchedule(policy, model.visionGeometry);
   const t0 = performance.now();
-  const pre = await withSpan(SpanName.Preprocess, { [ATTR_VLM_MODEL_ID]: model.manifest.model_id }, () => preprocessImage(imageBytes, model.manifest.preprocess, model.limits));
+  const pre = await withSpan(SpanName.Preprocess, { [ATTR_VLM_MODEL_ID]: model.manifest.model_id, [ATTR_VLM_BYTES]: imageBytes.byteLength }, async (span) => {
+    const p = await preprocessImage(imageBytes, model.manifest.preprocess, model.limits);
+    span.setAttribute(ATTR_VLM_IMAGE_SIZE, `${p.width}x${p.height}`);
+    return p;
+  });
   const preprocessMs = performance.now() - t0;
   const encoded = await encodePixels(model, pre.pixelValues, policy, ctx);
   return { ...encoded, timingsMs: { ...encoded.timingsMs, preprocess: preprocessMs }, image: { width: pre.width, height: pre.height, format: pre.format } };
@@ -68,7 +70,7 @@ export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, po
 /** The encoder from pixel_values [1,3,S,S] on (golden tests start here). */
 export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, policy: ReductionPolicy, ctx: RunContext = {}): Promise<EncodeResult> {
   const m = model.manifest;
-  const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.vision, [ATTR_VLM_REDUCTION_BUDGET]: budgetAttr(policy) };
+  const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.vision, [ATTR_VLM_REDUCTION_BUDGET]: budgetAttribute(policy.budget) };
   checkContinue(ctx);
   const schedule = resolveVisionSchedule(policy, model.visionGeometry);
   ctx.tap?.('pixel_values', pixelValues);
@@ -89,6 +91,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
       const T = runner.tokens;
       tokensPerLayer.push(T);
       await withSpan(SpanName.VisionLayer, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (layerSpan) => {
+        const flopsBefore = flops.vision + flops.overhead;
         await runner.attn(layer);
         flops.vision += visionAttnFlops(m.vision, T);
         const step = schedule.steps.find((s) => s.layer === layer);
@@ -111,6 +114,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
         await runner.mlp(layer);
         flops.vision += visionMlpFlops(m.vision, runner.tokens);
         layerSpan.setAttribute(ATTR_VLM_TOKENS_OUT, runner.tokens);
+        layerSpan.setAttribute(ATTR_VLM_FLOPS, flops.vision + flops.overhead - flopsBefore);
       });
     }
     span.setAttribute(ATTR_VLM_TOKENS_OUT, runner.tokens);

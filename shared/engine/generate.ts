@@ -172,6 +172,7 @@ export async function generate(
       });
     }
     flops.prefill += headFlops(arch, 1);
+    span.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
     span.setAttribute(ATTR_VLM_FLOPS, flops.prefill + flops.overhead);
     span.setAttribute(ATTR_VLM_REDUCTION_ACHIEVED, mean(perLayerVisualTokens));
   });

@@ -3,8 +3,10 @@
  * version does not append unit suffixes, the unit is in the `# UNIT` line):
  * - queue depth [vlm_queue_depth] and in-flight requests [vlm_inflight_requests]: the HPAs scale on these;
  * - stage latency in seconds [vlm_stage_duration{vlm_stage}] and tokens per stage [vlm_stage_tokens];
- * - decode throughput [vlm_decode_tokens_per_second], and the gen_ai server conventions, seconds
- *   [gen_ai_server_request_duration, gen_ai_server_time_to_first_token, gen_ai_server_time_per_output_token].
+ * - decode throughput [vlm_decode_tokens_per_second], and the gen_ai server conventions for Generate,
+ *   seconds [gen_ai_server_request_duration, gen_ai_server_time_to_first_token,
+ *   gen_ai_server_time_per_output_token]; Encode's duration in seconds [vlm_encode_duration].
+ *   Request durations carry `error.type` (the gRPC code name) on failures.
  * - seconds until the TLS certificates in use expire [vlm_tls_expiry{vlm_tls_set}], for alerts.
  * Histograms declare their unit and explicit buckets. Instruments bind to the meter provider that is
  * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
@@ -22,6 +24,7 @@ interface Instruments {
   requestDuration: Histogram;
   timeToFirstToken: Histogram;
   timePerOutputToken: Histogram;
+  encodeDuration: Histogram;
 }
 
 let bound: { provider: unknown; instruments: Instruments } | undefined;
@@ -42,6 +45,7 @@ function instruments(): Instruments {
     requestDuration: seconds(MetricName.RequestDuration, 'End-to-end duration of a request inside the service'),
     timeToFirstToken: seconds(MetricName.TimeToFirstToken, 'From request start to the first generated token'),
     timePerOutputToken: seconds(MetricName.TimePerOutputToken, 'Decode time per generated token after the first'),
+    encodeDuration: seconds(MetricName.EncodeDuration, 'End-to-end duration of an Encode inside the vision service'),
   };
   bound = { provider, instruments: created };
   return created;
@@ -57,9 +61,14 @@ export function recordStageTokens(stage: string, tokens: number, attributes: Att
   instruments().stageTokens.record(tokens, { ...attributes, [ATTR_VLM_STAGE]: stage });
 }
 
-/** A finished request's duration inside the service. */
+/** A finished Generate's duration inside the language service. */
 export function recordRequest(seconds: number, attributes: Attributes = {}): void {
   instruments().requestDuration.record(seconds, attributes);
+}
+
+/** A finished Encode's duration inside the vision service. */
+export function recordEncode(seconds: number, attributes: Attributes = {}): void {
+  instruments().encodeDuration.record(seconds, attributes);
 }
 
 /** A finished generation: time to first token, decode rate and time per output token. */

@@ -40,6 +40,8 @@ export const EVENT_TOKEN = 'vlm.token';
 // --- attributes: our own -------------------------------------------------------------------------
 
 export const ATTR_VLM_MODEL_ID = 'vlm.model.id';
+/** The call's `x-request-id` (the caller's, or one the service assigned): the same id the logs carry. */
+export const ATTR_VLM_REQUEST_ID = 'vlm.request_id';
 export const ATTR_VLM_MODEL_HASH = 'vlm.model.hash';
 /** The request's policy name as the client gave it (e.g. `ficoco-vl`, `fastv`, `none`). */
 export const ATTR_VLM_REDUCTION_METHOD = 'vlm.reduction.method';
@@ -58,7 +60,7 @@ export const ATTR_VLM_FLOPS = 'vlm.flops';
 /** ONNX Runtime execution provider actually used (`cpu`, `cuda`, `webgpu`) and the device (`cuda:0`). */
 export const ATTR_VLM_PROVIDER = 'vlm.provider';
 export const ATTR_VLM_DEVICE = 'vlm.device';
-/** Payload bytes of a transfer (tensor bytes of the Encode stream). */
+/** Payload bytes of a transfer (tensor bytes of the Encode stream) or of the encoded image (preprocess). */
 export const ATTR_VLM_BYTES = 'vlm.bytes';
 export const ATTR_VLM_CHUNKS = 'vlm.chunks';
 export const ATTR_VLM_DTYPE = 'vlm.dtype';
@@ -79,6 +81,7 @@ export const ATTR_ERROR_TYPE = 'error.type';
 export const ATTR_RPC_SYSTEM = 'rpc.system';
 export const ATTR_RPC_SERVICE = 'rpc.service';
 export const ATTR_RPC_METHOD = 'rpc.method';
+export const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
 export const ATTR_GEN_AI_OPERATION_NAME = 'gen_ai.operation.name';
 export const ATTR_GEN_AI_SYSTEM = 'gen_ai.system';
 export const ATTR_GEN_AI_REQUEST_MODEL = 'gen_ai.request.model';
@@ -106,10 +109,12 @@ export const MetricName = {
   StageDuration: 'vlm.stage.duration',
   StageTokens: 'vlm.stage.tokens',
   TokensPerSecond: 'vlm.decode.tokens_per_second',
-  /** gen_ai server conventions: end-to-end, time to first token, time per output token. */
+  /** gen_ai server conventions (Generate only): end-to-end, time to first token, time per output token. */
   RequestDuration: 'gen_ai.server.request.duration',
   TimeToFirstToken: 'gen_ai.server.time_to_first_token',
   TimePerOutputToken: 'gen_ai.server.time_per_output_token',
+  /** The vision service's Encode end to end: not a GenAI operation, so not under gen_ai.*. */
+  EncodeDuration: 'vlm.encode.duration',
   /** Seconds until a TLS file set in use stops verifying (negative once it has): for expiry alerts. */
   TlsExpiry: 'vlm.tls.expiry',
 } as const;
@@ -125,9 +130,9 @@ export const RATE_BUCKETS: readonly number[] = [1, 2, 5, 10, 20, 50, 100, 200, 5
 
 /** What each span stands for and which attributes it carries: rendered as the README's span table. */
 export const SPAN_DOCS: readonly { name: SpanName; service: string; what: string; attributes: readonly string[] }[] = [
-  { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
+  { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REQUEST_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
   { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker', attributes: [] },
-  { name: SpanName.Preprocess, service: 'vlm-vision', what: 'image decode, resize/crop, normalise', attributes: [ATTR_VLM_IMAGE_SIZE, ATTR_VLM_BYTES] },
+  { name: SpanName.Preprocess, service: 'vlm-vision', what: 'image decode, resize/crop, normalise', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_IMAGE_SIZE, ATTR_VLM_BYTES] },
   { name: SpanName.VisionEmbed, service: 'vlm-vision', what: 'patch embedding and every encoder layer up to the feature layer', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
   { name: SpanName.VisionLayer, service: 'vlm-vision', what: 'one encoder layer (attn, scores if a method reads them, mlp)', attributes: [ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
   { name: SpanName.Reduce, service: 'both', what: 'one token-reduction step (inside an encoder layer or a prefill layer)', attributes: [ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT] },

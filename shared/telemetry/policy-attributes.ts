@@ -10,15 +10,24 @@ import {
 /**
  * A request's policy as span attributes: the one method name the trace report groups by (the preset
  * name for FiCoCo-V + FiCoCo-L, the active side's name when the other is `none`, `vision+language`
- * otherwise), both sides, and the budget (a token count, `N%`, or `full`).
+ * otherwise), both sides, and the budget (budgetAttribute).
  */
 export function policyAttributes(policy: Pick<ReductionPolicy, 'vision' | 'language' | 'budget'>): Attributes {
   return {
     [ATTR_VLM_REDUCTION_METHOD]: methodName(policy.vision, policy.language),
     [ATTR_VLM_REDUCTION_VISION_METHOD]: policy.vision,
     [ATTR_VLM_REDUCTION_LANGUAGE_METHOD]: policy.language,
-    [ATTR_VLM_REDUCTION_BUDGET]: policy.budget === null ? 'full' : 'tokens' in policy.budget ? policy.budget.tokens : `${policy.budget.percent}%`,
+    [ATTR_VLM_REDUCTION_BUDGET]: budgetAttribute(policy.budget),
   };
+}
+
+/**
+ * A token count, `N%`, or `default` when the request set none: each method then runs at its own
+ * default operating point, which is a reduction, not the full token count.
+ */
+export function budgetAttribute(budget: ReductionPolicy['budget']): number | string {
+  if (budget === null) return 'default';
+  return 'tokens' in budget ? budget.tokens : `${budget.percent}%`;
 }
 
 export function methodName(vision: string, language: string): string {

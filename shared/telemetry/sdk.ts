@@ -14,13 +14,14 @@
  *   OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL names, as traces do.
  * With nothing configured no SDK is started and the API stays no-op: zero cost in the hot path.
  */
+import { randomUUID } from 'node:crypto';
 import { DiagLogLevel, diag } from '@opentelemetry/api';
 import { OTLPMetricExporter as OtlpGrpcMetricExporter } from '@opentelemetry/exporter-metrics-otlp-grpc';
 import { OTLPMetricExporter as OtlpJsonMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
 import { OTLPMetricExporter as OtlpProtoMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
-import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import { createLogger } from '../log';
@@ -98,6 +99,26 @@ export function otlpMetricExporter(protocol: OtlpProtocol): OtlpGrpcMetricExport
   }
 }
 
+/**
+ * The process's resource. OTEL_RESOURCE_ATTRIBUTES (k8s pod, node; the manifests set
+ * service.instance.id to the pod's uid) comes in through envDetector; without a service.instance.id
+ * there, each process gets a random one, so replicas of one service stay apart in the backend.
+ * Our service name wins over OTEL_SERVICE_NAME.
+ */
+export function telemetryResource(serviceName: string): Resource {
+  return defaultResource()
+    .merge(resourceFromAttributes({ 'service.instance.id': randomUUID() }))
+    .merge(detectResources({ detectors: [envDetector, processDetector, hostDetector] }))
+    .merge(resourceFromAttributes({ 'service.name': serviceName }));
+}
+
+/**
+ * How long shutdown waits for the last spans and metrics. The OTLP exporter would wait its own
+ * timeout (10 s by default) on a collector that is down, and the pod's grace period leaves about
+ * 10 s after the drain for everything after it.
+ */
+export const SHUTDOWN_FLUSH_MS = 3000;
+
 let current: { telemetry: Telemetry; sdk: NodeSDK | undefined } | undefined;
 
 /** Starts the SDK once per process; a second call returns the first one's handle. */
@@ -126,11 +147,8 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
   let sdk: NodeSDK | undefined;
   if (settings.tracing || readers.length) {
     // The resource is built here rather than by NodeSDK so that `ready` can wait for its asynchronous
-    // attributes: a scrape before they settle logs an error. OTEL_RESOURCE_ATTRIBUTES (k8s pod, node)
-    // comes in through envDetector; our service name wins over OTEL_SERVICE_NAME.
-    const resource = defaultResource()
-      .merge(detectResources({ detectors: [envDetector, processDetector, hostDetector] }))
-      .merge(resourceFromAttributes({ 'service.name': options.serviceName }));
+    // attributes: a scrape before they settle logs an error.
+    const resource = telemetryResource(options.serviceName);
     ready = Promise.all([ready, resource.waitForAsyncAttributes?.()]).then(() => undefined);
     sdk = new NodeSDK({
       resource,
@@ -153,15 +171,24 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
   return telemetry;
 }
 
-/** Flushes pending spans and metrics and stops the exporters; call on shutdown after the server stops. */
-export async function shutdownTelemetry(): Promise<void> {
+/**
+ * Flushes pending spans and metrics and stops the exporters; call on shutdown after the server stops.
+ * Gives up after `flushMs`, so a collector that is down cannot hold the process past its grace period.
+ */
+export async function shutdownTelemetry(flushMs = SHUTDOWN_FLUSH_MS): Promise<void> {
   const c = current;
   current = undefined;
   setTracingEnabled(false);
   if (!c?.sdk) return;
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = new Promise<'gave up'>((resolve) => (timer = setTimeout(() => resolve('gave up'), flushMs)));
   try {
-    await c.sdk.shutdown();
+    if ((await Promise.race([c.sdk.shutdown(), gaveUp])) === 'gave up') {
+      log.warn('telemetry shutdown gave up waiting for the exporters; spans and metrics not yet exported may be lost', { waited_ms: flushMs });
+    }
   } catch (err) {
     log.warn('telemetry shutdown did not flush cleanly', { err: err as Error });
+  } finally {
+    clearTimeout(timer);
   }
 }

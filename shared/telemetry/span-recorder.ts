@@ -16,6 +16,7 @@ import {
   type TimeInput,
   type Tracer,
 } from '@opentelemetry/api';
+import { markFailed } from './span-status';
 
 /**
  * Spans from worker threads. The engine runs in workers, where no SDK is registered; instead of a
@@ -138,13 +139,14 @@ class RecordingSpan implements Span {
   }
   recordException(exception: Exception, time?: TimeInput): void {
     const e = typeof exception === 'string' ? { name: 'Error', message: exception } : exception;
-    this.addEvent('exception', { 'exception.type': e.name ?? 'Error', 'exception.message': e.message ?? '' }, time);
+    // The SDK's own rule (code before name), so a VlmError reads INVALID_ARGUMENT from either thread.
+    const type = e.code ? String(e.code) : (e.name ?? 'Error');
+    this.addEvent('exception', { 'exception.type': type, 'exception.message': e.message ?? '' }, time);
   }
   /** Filled in by withSpan's error path through the normal Span calls, kept here for the recorder. */
   failWith(err: unknown): void {
-    if (this.timing.status) return;
-    this.recordException(err instanceof Error ? err : new Error(String(err)));
-    this.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+    if (this.timing.events.some((e) => e.name === 'exception')) return;
+    markFailed(this, err);
   }
 }
 

@@ -1,30 +1,42 @@
 import { context, type Attributes, type Span } from '@opentelemetry/api';
-import { recordRequest, trackInFlight } from './metrics';
-import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, SpanName } from './names';
+import { VlmError } from '../errors';
+import { trackInFlight } from './metrics';
+import { ATTR_ERROR_TYPE, ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_REQUEST_ID, SpanName } from './names';
 import { openSpan } from './with-span';
 
+/** What tracedStream reads of a call: its request id, and the signal that says why it ended early. */
+export interface TracedCall {
+  readonly requestId: string;
+  readonly signal: AbortSignal;
+}
+
 /**
- * Wraps a streaming handler body in the `vlm.request` span and the in-flight and request-duration
- * metrics. The body runs with the span active across every resumption (the adapter calls `next()`
- * from its own context), so the pool's jobs, the vision hop's client span and the stream spans all
- * become its children. The span ends once: at the end, on error (marked failed), or when the
- * consumer stops early (a cancelled call).
+ * Wraps a streaming handler body in the `vlm.request` span, the in-flight metric and a duration
+ * metric (`recordDuration`, given the attributes plus `error.type` on failure). The body runs with the
+ * span active across every resumption (the adapter calls `next()` from its own context), so the pool's
+ * jobs, the vision hop's client span and the stream spans all become its children. The span ends
+ * once: at the end, on error (marked failed), or when the consumer stops early (a cancelled call).
  */
-export function tracedStream<Req, Ctx, Res>(
+export function tracedStream<Req, Ctx extends TracedCall, Res>(
   attributes: Attributes,
+  recordDuration: (seconds: number, attributes: Attributes) => void,
   fn: (req: Req, ctx: Ctx, span: Span) => AsyncIterable<Res>,
 ): (req: Req, ctx: Ctx) => AsyncGenerator<Res> {
   return async function* traced(req: Req, ctx: Ctx): AsyncGenerator<Res> {
-    const request = openSpan(SpanName.Request, attributes);
+    const request = openSpan(SpanName.Request, ctx.requestId ? { ...attributes, [ATTR_VLM_REQUEST_ID]: ctx.requestId } : attributes);
     const done = trackInFlight();
     const started = performance.now();
     const inSpan = <T>(f: () => T): T => context.with(request.context, f);
     const iterator = inSpan(() => fn(req, ctx, request.span)[Symbol.asyncIterator]());
     let failure: unknown;
+    let finished = false;
     try {
       for (;;) {
         const next = await inSpan(() => iterator.next());
-        if (next.done) return;
+        if (next.done) {
+          finished = true;
+          return;
+        }
         yield next.value;
       }
     } catch (err) {
@@ -32,8 +44,11 @@ export function tracedStream<Req, Ctx, Res>(
       throw err;
     } finally {
       if (failure === undefined) await inSpan(async () => iterator.return?.(undefined)).catch(() => undefined);
+      // The adapter stops a stream early only once the call has ended (a cancel, a deadline): a
+      // failure like a thrown one, which the duration metric and the span must not count as a success.
+      if (failure === undefined && !finished && ctx.signal.aborted) failure = ctx.signal.reason;
       done();
-      recordRequest((performance.now() - started) / 1000, attributes);
+      recordDuration((performance.now() - started) / 1000, failure === undefined ? attributes : { ...attributes, [ATTR_ERROR_TYPE]: VlmError.from(failure).code });
       request.end(failure);
     }
   };

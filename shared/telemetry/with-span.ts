@@ -1,15 +1,15 @@
-import { context, trace, SpanStatusCode, type Attributes, type Context, type Span } from '@opentelemetry/api';
-import { VlmError } from '../errors';
-import { ATTR_ERROR_TYPE } from './names';
+import { context, trace, type Attributes, type Context, type Span } from '@opentelemetry/api';
 import { activeRecorder } from './span-recorder';
+import { markFailed } from './span-status';
 
 const tracer = () => trace.getTracer('vlm');
 
 /**
- * Runs fn inside an active span named `name`. On error the exception is recorded, the status set to
- * ERROR and `error.type` to the VlmError code. The span ends exactly once. Without an SDK registered
- * this is the API's no-op tracer, so the core can call it unconditionally. Inside
- * `SpanRecorder.run` (a worker thread) the span is recorded as data for the main thread to replay.
+ * Runs fn inside an active span named `name`. On error the exception is recorded and `error.type` set
+ * to the VlmError code; the status becomes ERROR only for a server fault (span-status.ts). The span
+ * ends exactly once. Without an SDK registered this is the API's no-op tracer, so the core can call
+ * it unconditionally. Inside `SpanRecorder.run` (a worker thread) the span is recorded as data for the
+ * main thread to replay.
  */
 export async function withSpan<T>(name: string, attributes: Attributes, fn: (span: Span) => Promise<T> | T): Promise<T> {
   const recording = activeRecorder();
@@ -56,11 +56,4 @@ export function openSpan(name: string, attributes: Attributes, parent: Context =
       span.end();
     },
   };
-}
-
-function markFailed(span: Span, err: unknown): void {
-  const e = VlmError.from(err);
-  span.recordException(err instanceof Error ? err : new Error(String(err)));
-  span.setAttribute(ATTR_ERROR_TYPE, e.code);
-  span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
 }

@@ -16,7 +16,8 @@ import { coveredLength } from './stats';
  *
  * Malformed graphs are analysed rather than refused: a span whose parent is not in the trace becomes
  * a root (the trace is measured by its longest root), a parent cycle is broken at its earliest span,
- * which becomes a root, and a second span with an id already seen is ignored; each is a warning.
+ * which becomes a root, and a second span with an id already seen is ignored; each is a warning, and
+ * so is a lone root whose parent is missing.
  */
 
 /** One span placed on its trace's time axis (milliseconds from the trace's first start). */
@@ -94,6 +95,11 @@ function buildOne(traceId: string, list: SpanRecord[]): TraceTree {
   for (const d of drafts.values()) d.parent?.children.push(d);
   const main = longestRoot(roots);
   if (roots.length > 1) warn(`${roots.length} spans have no parent in the trace; measured by the longest, ${main.span.name} (${main.span.spanId})`);
+  else if (main.span.parentSpanId !== '' && !drafts.has(main.span.parentSpanId)) {
+    // A lone root can still be a fragment: its parent was lost (a span never ended is never exported)
+    // or lives elsewhere (a caller exporting to another backend), so it may not measure the request.
+    warn(`its root ${main.span.name} (${main.span.spanId}) has parent ${main.span.parentSpanId}, which is not in the trace`);
+  }
 
   const pairs = estimateClockOffsets(main, roots);
   let originNs = main.startNs - main.offsetNs;

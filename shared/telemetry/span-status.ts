@@ -1,0 +1,22 @@
+import { SpanStatusCode, type Span } from '@opentelemetry/api';
+import { VlmError, type VlmErrorCode } from '../errors';
+import { ATTR_ERROR_TYPE } from './names';
+
+/**
+ * The codes that are the server's fault. OpenTelemetry's gRPC conventions leave a server span's
+ * status UNSET for the others (a bad argument, a client's cancel, a full queue): those are the
+ * caller's doing, and an ERROR on them would drown the errors an operator has to act on.
+ */
+const SERVER_FAULTS: ReadonlySet<VlmErrorCode> = new Set(['DEADLINE_EXCEEDED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS']);
+
+export function isServerFault(code: VlmErrorCode): boolean {
+  return SERVER_FAULTS.has(code);
+}
+
+/** The exception event and `error.type` always; status ERROR only for a server fault. */
+export function markFailed(span: Span, err: unknown): void {
+  const e = VlmError.from(err);
+  span.recordException(err instanceof Error ? err : new Error(String(err)));
+  span.setAttribute(ATTR_ERROR_TYPE, e.code);
+  if (isServerFault(e.code)) span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+}
