@@ -263,6 +263,8 @@ interface Workload extends Manifest {
 }
 
 const GPU = 'nvidia.com/gpu';
+/** After the drain a service closes its pool (up to 5 s, shared/worker/pool.ts) and flushes spans (up to 3 s, shared/telemetry/sdk.ts). */
+const AFTER_DRAIN_S = 8;
 const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding', 'PersistentVolume', 'StorageClass', 'PriorityClass', 'CustomResourceDefinition', 'APIService']);
 /** Node labels that name a node pool, generic first. */
 const POOL_KEYS = ['vlm.io/pool', 'cloud.google.com/gke-nodepool', 'eks.amazonaws.com/nodegroup', 'kubernetes.azure.com/agentpool'];
@@ -447,7 +449,7 @@ export const RULES: Readonly<Record<string, Rule>> = {
       const live = svc.container.livenessProbe;
       const out: string[] = [];
       if (!Number.isFinite(drain) || drain <= 0) out.push('sets no VLM_SHUTDOWN_GRACE_MS');
-      else if (grace <= preStop + drain) out.push(`terminationGracePeriodSeconds ${grace} leaves no time after preStop (${preStop} s) and the drain (${drain} s)`);
+      else if (grace < preStop + drain + AFTER_DRAIN_S) out.push(`terminationGracePeriodSeconds ${grace} leaves no time after preStop (${preStop} s) and the drain (${drain} s) for the pool's close and the span flush (${AFTER_DRAIN_S} s)`);
       // A liveness probe that fails during the drain (health is NOT_SERVING) must not kill the pod first.
       if (live && (live.periodSeconds ?? 10) * (live.failureThreshold ?? 3) <= preStop + drain) out.push('the liveness probe would restart the container before its drain ends');
       if (w.spec.strategy?.rollingUpdate?.maxUnavailable !== 0) out.push('rolling updates may remove a pod before its replacement is ready (set maxUnavailable: 0)');

@@ -226,6 +226,24 @@ describe('shutdown with the collector down', () => {
 });
 
 describe('metrics on the Prometheus endpoint', () => {
+  it('has the in-flight series at 0 on a service that has served nothing (the autoscalers read it on every pod)', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const port = await freePort();
+    const script = `
+      const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
+      const m = require('./shared/telemetry/metrics');
+      (async () => {
+        const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
+        await t.ready;
+        m.observeQueueDepth(() => 0);
+        const res = await fetch('http://127.0.0.1:${port}/metrics');
+        process.stdout.write(await res.text());
+        await shutdownTelemetry();
+      })();`;
+    const text = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_METRICS_EXPORTER: '' } });
+    expect(text).toMatch(/^vlm_inflight_requests(?:\{[^}]*\})? 0$/m);
+  });
+
   it('exposes queue depth, in-flight requests, stage latency, request and encode histograms and TLS expiry', async () => {
     // A fresh process has no SDK; this file's SDK was shut down, so start a metrics-only one in a child.
     const { execFileSync } = await import('node:child_process');
