@@ -25,6 +25,13 @@ describe('exact mode in the engine', () => {
   it.each(['ficoco-v', 'tome', 'random'] as const)('%s hands the budgeted number of tokens to the projector', async (vision) => {
     const enc = await encodePixels(model, pixels, policy({ vision, mode: 'exact', budget: { tokens: 6 } }));
     expect(enc.embeds.dims[0]).toBe(6);
+    expect(enc.size).toHaveLength(6);
+  });
+
+  it('reports how many patches each of ToMe\'s merged rows stands for: every patch counted once', async () => {
+    const enc = await encodePixels(model, pixels, policy({ vision: 'tome', budget: { tokens: 6 } }));
+    expect(enc.size.reduce((a, b) => a + b, 0)).toBe(model.manifest.vision.num_patches);
+    expect(Math.max(...enc.size)).toBeGreaterThan(1);
   });
 
   it("ficoco-l counts the code's [0, V) slots, prefix included, so its true image counts are measured", async () => {

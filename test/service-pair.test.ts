@@ -396,6 +396,7 @@ describe('the service pair on loopback', () => {
       const header = messages[0]!.part!.$case === 'header' ? messages[0]!.part!.header : undefined;
       expect(header).toMatchObject({ modelId: 'random-tiny', contentHash: core.manifest.content_hash, shape: [16, 48], tokenCount: 16, rowsPerChunk: 3, chunkCount: 6, fullTokenCount: 16 });
       expect(header!.origin).toEqual([...Array(16).keys()]);
+      expect(header!.size).toEqual(Array(16).fill(1));
       const rows = messages.flatMap((m) => (m.part?.$case === 'chunk' ? [m.part.chunk.rowCount] : []));
       expect(rows).toEqual([3, 3, 3, 3, 3, 1]);
       const last = messages.at(-1)!.part!;
@@ -408,6 +409,20 @@ describe('the service pair on loopback', () => {
     // The language side reassembles any chunking into the same tensor, hence the same answer.
     const chunked = await ask(client, { ...request(image), limits: { rowsPerChunk: 1 } });
     expect(chunked.final?.text).toBe((await ask(client, request(image))).final?.text);
+  });
+
+  it("sends ToMe's merge sizes in the header: every patch counted once", async () => {
+    const visionClient = new VisionServiceClient(vision.address, credentials.createInsecure());
+    try {
+      const policy = WirePolicy.fromPartial({ visionMethod: 'tome', budget: { $case: 'budgetTokens', budgetTokens: 6 } });
+      const { messages, error } = await collect<EncodeResponse>(visionClient.encode({ image, policy, limits: undefined }));
+      expect(error).toBeNull();
+      const header = messages[0]!.part!.$case === 'header' ? messages[0]!.part!.header : undefined;
+      expect(header!.size).toHaveLength(6);
+      expect(header!.size.reduce((a, b) => a + b, 0)).toBe(16);
+    } finally {
+      visionClient.close();
+    }
   });
 
   describe('a language service balancing over two vision replicas', () => {

@@ -28,8 +28,7 @@ export interface VisionHandlerDeps {
 function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): VisualTokens {
   const [rows, width] = result.embeds.dims;
   const data = ioDtype === 'float16' ? toFloat16(result.embeds.data) : result.embeds.data;
-  // Sizes are not tracked by the core's result; an empty list reads as 1 per row.
-  return { rows, width, dtype: ioDtype, data, origin: result.origin, size: new Float32Array(0) };
+  return { rows, width, dtype: ioDtype, data, origin: result.origin, size: result.size };
 }
 
 /** Stage latencies and the visual tokens leaving the projector, as metrics and on the request span. */

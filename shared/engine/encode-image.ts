@@ -37,6 +37,8 @@ export interface VisualTokens {
 }
 
 export interface EncodeResult extends VisualTokens {
+  /** Original patches each row stands for, as the vision method tracked them (ToMe's merge sizes; 1 where no merge reached). */
+  readonly size: Float32Array;
   readonly schedule: VisionSchedule;
   readonly flops: StageFlops;
   /** Tokens (CLS included) entering each encoder layer's attention. */
@@ -137,6 +139,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
   return {
     embeds: { dtype: 'float32', dims: [N, m.language.hidden_size], data: embeds.data },
     origin: tokens.origin.slice(drop),
+    size: tokens.size.slice(drop),
     schedule,
     flops,
     tokensPerLayer,
