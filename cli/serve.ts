@@ -34,10 +34,6 @@ export async function run(argv: string[]): Promise<number> {
   // The children get the command line less the word `all`.
   if (role === 'all') return serveBoth(argv.filter((_, i) => i !== positionalIndices[0]), coLocatedServiceEnv(values, 2), config);
   const log = createLogger(role);
-  surviveHangup(log);
-  // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
-  // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
-  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
   // Until it serves there is nothing to drain: a signal during the model load (a pod deleted while
   // starting) ends the process at once. Node as a container's PID 1 ignores signals it has no
   // handler for, so without this the pod would load for minutes and then be killed at its grace end.
@@ -47,6 +43,10 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', exitWhileStarting);
   process.on('SIGINT', exitWhileStarting);
+  surviveHangup(log);
+  // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
+  // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
+  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const service =
     role === 'vision'
