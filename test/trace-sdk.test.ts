@@ -225,52 +225,48 @@ describe('shutdown with the collector down', () => {
   });
 });
 
+/**
+ * What /metrics shows after `calls` (statements over `m`, the metrics module) ran in a fresh process
+ * with a metrics-only SDK: this file's SDK was shut down, and a process starts one SDK at most.
+ */
+async function scrapeAfter(calls: string): Promise<string> {
+  const { execFileSync } = await import('node:child_process');
+  const port = await freePort();
+  const script = `
+    const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
+    const m = require('./shared/telemetry/metrics');
+    (async () => {
+      const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
+      await t.ready;
+      ${calls}
+      const res = await fetch('http://127.0.0.1:${port}/metrics');
+      process.stdout.write(await res.text());
+      await shutdownTelemetry();
+    })();`;
+  return execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_METRICS_EXPORTER: '' } });
+}
+
 describe('metrics on the Prometheus endpoint', () => {
   it('has the in-flight series at 0 on a service that has served nothing (the autoscalers read it on every pod)', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const port = await freePort();
-    const script = `
-      const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
-      const m = require('./shared/telemetry/metrics');
-      (async () => {
-        const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
-        await t.ready;
-        m.observeQueueDepth(() => 0);
-        const res = await fetch('http://127.0.0.1:${port}/metrics');
-        process.stdout.write(await res.text());
-        await shutdownTelemetry();
-      })();`;
-    const text = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_METRICS_EXPORTER: '' } });
+    const text = await scrapeAfter('m.observeQueueDepth(() => 0);');
     expect(text).toMatch(/^vlm_inflight_requests(?:\{[^}]*\})? 0$/m);
   });
 
   it('exposes queue depth, in-flight requests, stage latency, request and encode histograms and TLS expiry', async () => {
-    // A fresh process has no SDK; this file's SDK was shut down, so start a metrics-only one in a child.
-    const { execFileSync } = await import('node:child_process');
-    const port = await freePort();
-    const script = `
-      const { startTelemetry, shutdownTelemetry } = require('./shared/telemetry/sdk');
-      const m = require('./shared/telemetry/metrics');
-      (async () => {
-        const t = startTelemetry({ serviceName: 'vlm-vision', metricsPort: ${port}, metricsHost: '127.0.0.1' });
-        await t.ready;
-        m.observeQueueDepth(() => 3);
-        m.observeTlsExpiry(() => Date.now() + 86400e3, 'server');
-        m.observeTlsExpiry(() => null, 'vision-client');
-        m.trackInFlight();
-        const done = m.trackInFlight(); done(); done();
-        m.recordStage('vlm.prefill', 0.004, { 'vlm.reduction.method': 'fastv' });
-        m.recordStage('vlm.prefill', 0.2, { 'vlm.reduction.method': 'fastv' });
-        m.recordStageTokens('vlm.reduce', 64);
-        m.recordRequest(1.5);
-        m.recordRequest(0.5, { 'error.type': 'INVALID_ARGUMENT' });
-        m.recordEncode(0.7);
-        m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
-        const res = await fetch('http://127.0.0.1:${port}/metrics');
-        process.stdout.write(await res.text());
-        await shutdownTelemetry();
-      })();`;
-    const text = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_METRICS_EXPORTER: '' } });
+    const text = await scrapeAfter(`
+      m.observeQueueDepth(() => 3);
+      m.observeTlsExpiry(() => Date.now() + 86400e3, 'server');
+      m.observeTlsExpiry(() => null, 'vision-client');
+      m.trackInFlight();
+      const done = m.trackInFlight(); done(); done();
+      m.recordStage('vlm.prefill', 0.004, { 'vlm.reduction.method': 'fastv' });
+      m.recordStage('vlm.prefill', 0.2, { 'vlm.reduction.method': 'fastv' });
+      m.recordStageTokens('vlm.reduce', 64);
+      m.recordRequest(1.5);
+      m.recordRequest(0.5, { 'error.type': 'INVALID_ARGUMENT' });
+      m.recordEncode(0.7);
+      m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
+    `);
     const value = (re: RegExp) => Number(re.exec(text)?.[1]);
     expect(value(/^vlm_queue_depth(?:\{[^}]*\})? (\S+)/m)).toBe(3);
     expect(value(/^vlm_inflight_requests(?:\{[^}]*\})? (\S+)/m)).toBe(1);
