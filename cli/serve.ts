@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
-import { stopOnSignals } from '../services/common/lifecycle';
+import { REPEATED_SIGNAL_MS, stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
 import { stopWhenOrphaned } from './stop-when-orphaned';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
@@ -137,12 +137,15 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
     });
   }
   // The first signal drains both services; a second one (an operator out of patience) kills what
-  // still runs, so a child stuck in its drain cannot keep `serve all` alive.
-  let signals = 0;
+  // still runs, so a child stuck in its drain cannot keep `serve all` alive. The same stop arriving
+  // again within moments (Ctrl-C reaches npm and every child as well) is not a second one.
+  let firstAt: number | null = null;
   const onSignal = (): void => {
-    signals += 1;
-    if (signals > 1) log.warn('second signal: killing the services that still run');
-    stopAll(signals > 1 ? 'SIGKILL' : 'SIGTERM');
+    if (firstAt !== null && Date.now() - firstAt < REPEATED_SIGNAL_MS) return;
+    const again = firstAt !== null;
+    firstAt ??= Date.now();
+    if (again) log.warn('second signal: killing the services that still run');
+    stopAll(again ? 'SIGKILL' : 'SIGTERM');
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

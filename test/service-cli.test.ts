@@ -97,6 +97,27 @@ describe('vlm serve all + vlm ask', () => {
   });
 });
 
+describe('vlm serve all, stopped with Ctrl-C in a terminal', () => {
+  let server: ChildProcess | undefined;
+  afterEach(() => stopServeAll(server));
+
+  it('drains both services and exits 0, though the signal reaches every process of the group and serve all passes it on', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    // Its own process group, as a job in a terminal: a signal to the group reaches serve all and both children.
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => server!.once('exit', (c) => resolve(c)));
+    await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+    await eventually(async () => (await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+    process.kill(-server.pid!, 'SIGINT');
+    expect(await exited).toBe(0);
+    expect(stderr).toMatch(/"component":"vision","msg":"stopped","drained":true/);
+    expect(stderr).toMatch(/"component":"language","msg":"stopped","drained":true/);
+    expect(stderr).not.toMatch(/second signal/);
+  }, 90_000);
+});
+
 describe('vlm serve all, a child stuck while draining', () => {
   it('drains on the first SIGTERM and kills the stuck child on the second, then exits', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];

@@ -78,15 +78,23 @@ export async function serve(
   return service;
 }
 
-/** SIGTERM/SIGINT: stop gracefully once; a second signal exits at once. */
+/**
+ * A terminal's Ctrl-C, or a kill of a process group, reaches every process of the group, and
+ * `serve all` and npm pass it on as well: one stop arrives two or three times within moments. Only
+ * a signal later than this after the first is an operator asking again.
+ */
+export const REPEATED_SIGNAL_MS = 2000;
+
+/** SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. */
 export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
-  let stopping = false;
+  let firstAt: number | null = null;
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (stopping) {
+    if (firstAt !== null) {
+      if (Date.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; still draining', { signal });
       log.warn('second signal; exiting now', { signal });
       process.exit(1);
     }
-    stopping = true;
+    firstAt = Date.now();
     log.info('stopping', { signal });
     stop().then(
       () => process.exit(0),
