@@ -10,6 +10,7 @@ import { ProviderChain } from '../shared/onnx/providers';
 import { runStage } from '../shared/onnx/run-stage';
 import { f32, i64 } from '../shared/tensor/host-tensor';
 import { failure, RANDOM_BUNDLE } from './core-helpers';
+import { recordingLogger, type LogLine } from './reliability-helpers';
 
 const config = testConfig();
 const log = createLogger('test');
@@ -160,16 +161,20 @@ describe('runStage checks feeds against the declaration', () => {
 describe('execution providers', () => {
   it('falls back along the configured order and pins the provider that worked', async () => {
     // onnxruntime-node ships without the CUDA provider here, so cuda:0 throws and cpu takes over.
-    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 0 }, { kind: 'cpu' }] }, log);
+    const lines: LogLine[] = [];
+    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 0 }, { kind: 'cpu' }] }, recordingLogger(lines, 'providers'));
     const { provider } = await chain.open(path.join(RANDOM_BUNDLE, 'vision/projector.onnx'));
     expect(provider).toBe('cpu');
     expect(chain.active).toBe('cpu');
+    expect(lines.map((l) => l.msg)).toContain('execution provider unavailable, trying the next');
   });
 
-  it('fails with every provider tried when none opens', async () => {
-    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 3 }] }, log);
+  it('fails with every provider tried when none opens, without announcing a next one that does not exist', async () => {
+    const lines: LogLine[] = [];
+    const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cuda', deviceId: 3 }] }, recordingLogger(lines, 'providers'));
     const e = await failure(chain.open(path.join(RANDOM_BUNDLE, 'vision/projector.onnx')));
     expect(e.code).toBe('FAILED_PRECONDITION');
     expect(e.message).toMatch(/no execution provider could open .*tried cuda:3: .*VLM_PROVIDER/);
+    expect(lines.map((l) => l.msg)).not.toContain('execution provider unavailable, trying the next');
   });
 });

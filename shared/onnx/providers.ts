@@ -64,7 +64,7 @@ export class ProviderChain {
 
   async open(modelPath: string): Promise<{ session: ort.InferenceSession; provider: string }> {
     const candidates = this.pinned ? [this.pinned] : this.runtime.providers.filter((p) => !this.failed.has(providerName(p)));
-    for (const p of candidates) {
+    for (const [i, p] of candidates.entries()) {
       const name = providerName(p);
       try {
         const session = await ort.InferenceSession.create(modelPath, sessionOptions(this.runtime, p));
@@ -87,7 +87,8 @@ export class ProviderChain {
           throw new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: out of memory (${message}); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err });
         }
         this.failed.set(name, message);
-        this.log.warn('execution provider unavailable, trying the next', { provider: name, error: message });
+        // The last one's failure is the error thrown below, not a step on to another.
+        if (i < candidates.length - 1) this.log.warn('execution provider unavailable, trying the next', { provider: name, error: message });
       }
     }
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
