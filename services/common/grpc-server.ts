@@ -10,12 +10,13 @@ import * as path from 'node:path';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { HealthService } from './health';
 import { packageRoot, type Config } from '../../shared/config';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
-import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestIdInterceptor } from './interceptors';
+import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -39,10 +40,14 @@ export interface GrpcServerOptions {
   readonly maxConnectionAgeMs?: number;
   /** Longest a call may still run on a connection past its age limit (the services' default deadline). */
   readonly maxConnectionAgeGraceMs?: number;
+  /** Longest a call may wait for its request message after its headers (the services' default deadline). */
+  readonly requestArrivalMs?: number;
 }
 
+const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
+
 export class GrpcServer {
-  readonly health = new HealthImplementation();
+  readonly health: HealthService;
   private readonly admission = new Admission();
   private readonly server: Server;
   /** Plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS); started by listenHealth(). */
@@ -50,9 +55,10 @@ export class GrpcServer {
   private stopping: Promise<void> | null = null;
 
   constructor(private readonly options: GrpcServerOptions) {
-    const interceptors: ServerInterceptor[] = [requestIdInterceptor(), accessLogInterceptor(options.log.child('access'))];
+    this.health = new HealthService([options.serviceName]);
+    const interceptors: ServerInterceptor[] = [uncompressedRequestsInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access'))];
     if (options.authToken !== null) interceptors.push(bearerAuthInterceptor(options.authToken));
-    interceptors.push(this.admission.interceptor());
+    interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     this.server = new Server({
       interceptors,
       'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
@@ -98,9 +104,7 @@ export class GrpcServer {
 
   /** Overall health ("") and the service's own entry move together. */
   setServing(serving: boolean): void {
-    const status = serving ? 'SERVING' : 'NOT_SERVING';
-    this.health.setStatus('', status);
-    this.health.setStatus(this.options.serviceName, status);
+    this.health.setAll(serving ? 'SERVING' : 'NOT_SERVING');
   }
 
   get activeCalls(): number {
@@ -166,10 +170,11 @@ function reflectionDefinition(protoFiles: readonly string[]): ReturnType<typeof 
 /** The transport options both services take from the config alike: limits, auth, drain, TLS, streams. */
 export function transportOptions(config: Config, credentials: ServerCredentials | null): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs'
 > {
   return {
     maxReceiveMessageBytes: receiveLimit(config.limits),
+    requestArrivalMs: config.limits.deadlineMs,
     maxSendMessageBytes: SEND_LIMIT,
     authToken: config.rpc.authToken,
     shutdownGraceMs: config.rpc.shutdownGraceMs,

@@ -1,6 +1,7 @@
 /**
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
- * request id -> access log -> bearer-token auth (optional) -> admission (drain).
+ * uncompressed requests only -> request id -> access log -> bearer-token auth (optional) ->
+ * request arrival -> admission (drain).
  *
  * Handlers never log requests: the access log here writes one line per call with the method, status,
  * duration and request id, and never metadata values (tokens live there).
@@ -79,6 +80,58 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
       .withStart((next) => next(listener))
       .withSendStatus((status, next) => {
         finish(status.code ?? GrpcCode.UNKNOWN, status.details ?? '');
+        next(status);
+      })
+      .build();
+    return new ServerInterceptingCall(call, responder);
+  };
+}
+
+/**
+ * Refuses compressed requests (UNIMPLEMENTED, as gRPC answers an encoding it does not take). grpc-js
+ * inflates gzip and deflate up to the receive limit, which sits above the image limit: 40 KB of
+ * gzip became a 40 MiB message, a thousandfold amplification open to any caller (health checks need
+ * no token). Images are compressed formats already, so a client loses nothing by not compressing.
+ * grpc-js strips `grpc-encoding` from the metadata it hands on; the base call (what the first
+ * interceptor wraps) has parsed it, so this must stay first.
+ */
+export function uncompressedRequestsInterceptor(): ServerInterceptor {
+  return (_method, call) => {
+    const encoding = (call as unknown as { incomingEncoding?: unknown }).incomingEncoding;
+    if (encoding === undefined || encoding === 'identity') return new ServerInterceptingCall(call);
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata(() => reject(call, GrpcCode.UNIMPLEMENTED, `request compression "${String(encoding).slice(0, 32)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`))
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+/**
+ * Ends a call whose request message has not arrived within `waitMs` (the default deadline): the
+ * handler, which applies the default deadline, only starts once the message is in, so a caller that
+ * sent headers and nothing else held an admitted call (and every drain) open indefinitely.
+ */
+export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
+  return (method, call) => {
+    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    let timer: NodeJS.Timeout | undefined;
+    const stop = (): void => clearTimeout(timer);
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        timer = setTimeout(() => reject(call, GrpcCode.DEADLINE_EXCEEDED, `the request message did not arrive within ${waitMs / 1000} s of its headers`), waitMs);
+        timer.unref();
+        next(metadata);
+      })
+      .withOnReceiveMessage((message, next) => {
+        stop();
+        next(message);
+      })
+      .withOnCancel(stop)
+      .build();
+    const responder = new ResponderBuilder()
+      .withStart((next) => next(listener))
+      .withSendStatus((status, next) => {
+        stop();
         next(status);
       })
       .build();

@@ -35,10 +35,19 @@ export function visionTargetOf(config: Config): string {
   return localAddress(config.services.host, config.services.visionPort);
 }
 
+/** Whether every address of a target is a loopback one (a hop that never leaves the host). */
+export function onThisHost(target: string): boolean {
+  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
+  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
+}
+
 export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
   const tls = serviceTls(config.tls, log, true);
+  if (config.rpc.authToken !== null && tls.visionChannel === null && !onThisHost(target)) {
+    log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target });
+  }
   let vision: VisionClient;
   try {
     vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits) });

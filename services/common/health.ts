@@ -1,0 +1,79 @@
+/**
+ * grpc.health.v1 for a fixed set of names: "" (the process) and the service's own. Written here
+ * rather than taken from grpc-health-check's HealthImplementation, which answers any name and keeps
+ * every name a caller ever watched in a map for good: health needs no token, so any caller could
+ * fill the heap with watched multi-megabyte names. Here a request is at most MAX_REQUEST_BYTES, an
+ * unknown name is answered without being stored, and a Watch holds nothing once it ends.
+ */
+import { status as GrpcCode, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition } from '@grpc/grpc-js';
+import { service as healthDefinition } from 'grpc-health-check';
+
+export type ServingStatus = 'SERVING' | 'NOT_SERVING';
+type WatchStatus = ServingStatus | 'SERVICE_UNKNOWN';
+
+interface HealthRequest {
+  readonly service?: string;
+}
+
+/** A service name is a fully qualified proto name; 1 KiB leaves room for any real one. */
+const MAX_REQUEST_BYTES = 1024;
+const TOO_LARGE = Symbol('health request too large');
+
+/** The health definition with requests over MAX_REQUEST_BYTES marked before they are decoded. */
+function boundedDefinition(): ServiceDefinition {
+  const out: Record<string, ServiceDefinition[string]> = {};
+  for (const [name, method] of Object.entries(healthDefinition as unknown as ServiceDefinition)) {
+    out[name] = { ...method, requestDeserialize: (bytes: Buffer) => (bytes.length > MAX_REQUEST_BYTES ? TOO_LARGE : method.requestDeserialize(bytes)) };
+  }
+  return out as ServiceDefinition;
+}
+
+const TOO_LARGE_STATUS = { code: GrpcCode.INVALID_ARGUMENT, details: `a health request is at most ${MAX_REQUEST_BYTES} bytes` };
+
+export class HealthService {
+  private readonly statuses: Map<string, ServingStatus>;
+  private readonly watchers = new Set<{ readonly name: string; readonly call: ServerWritableStream<HealthRequest, unknown> }>();
+  private readonly definition = boundedDefinition();
+
+  /** `names`: every name this process answers for besides "" (the overall status). */
+  constructor(names: readonly string[]) {
+    this.statuses = new Map(['', ...names].map((n) => [n, 'NOT_SERVING']));
+  }
+
+  /** Sets every name's status and tells the watchers of each name whose status changed. */
+  setAll(status: ServingStatus): void {
+    for (const [name, was] of this.statuses) {
+      if (was === status) continue;
+      this.statuses.set(name, status);
+      for (const w of this.watchers) if (w.name === name) w.call.write({ status });
+    }
+  }
+
+  addToServer(server: Server): void {
+    server.addService(this.definition, {
+      check: (call: ServerUnaryCall<HealthRequest | typeof TOO_LARGE, unknown>, callback: sendUnaryData<unknown>) => {
+        if (call.request === TOO_LARGE) return callback(TOO_LARGE_STATUS);
+        const status = this.statuses.get(call.request.service ?? '');
+        // The name is not repeated: it is the caller's, of any length up to the bound.
+        if (status === undefined) return callback({ code: GrpcCode.NOT_FOUND, details: 'unknown service name' });
+        callback(null, { status });
+      },
+      watch: (call: ServerWritableStream<HealthRequest | typeof TOO_LARGE, unknown>) => {
+        if (call.request === TOO_LARGE) return call.emit('error', TOO_LARGE_STATUS);
+        const name = call.request.service ?? '';
+        const status: WatchStatus = this.statuses.get(name) ?? 'SERVICE_UNKNOWN';
+        call.write({ status });
+        // An unknown name never becomes known here (the names are fixed): the stream stays open, as
+        // the protocol asks, but nothing is kept for it.
+        if (status === 'SERVICE_UNKNOWN') return;
+        const watcher = { name, call: call as ServerWritableStream<HealthRequest, unknown> };
+        this.watchers.add(watcher);
+        call.on('cancelled', () => this.watchers.delete(watcher));
+      },
+      list: (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        if (call.request === TOO_LARGE) return callback(TOO_LARGE_STATUS);
+        callback(null, { statuses: Object.fromEntries([...this.statuses].map(([name, status]) => [name, { status }])) });
+      },
+    });
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * What a caller without good intentions can make the service shell do: health checks (no token
+ * needed) hold nothing per name and refuse oversized requests, compressed requests are refused
+ * before they are inflated, and a call that never sends its request message is ended.
+ */
+import { connect, constants as h2 } from 'node:http2';
+import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../shared/log';
+import { GrpcServer } from '../services/common/grpc-server';
+import { serverStream, unary } from '../services/common/server-stream';
+import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
+import { collect, eventually, healthClient } from './service-helpers';
+import { onThisHost, startLanguageService } from '../services/language/server';
+import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
+
+const log = createLogger('test');
+
+/** A vision shell whose Encode answers one empty chunk at once. */
+function startServer(requestArrivalMs = 60_000): GrpcServer {
+  const deps = { log, defaultDeadlineMs: 30_000 };
+  const implementation: VisionServiceServer = {
+    // eslint-disable-next-line require-yield
+    encode: serverStream(async function* () {
+      yield { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 0, rowCount: 0, data: Buffer.alloc(0) } } } as EncodeResponse;
+    }, deps),
+    getModelInfo: unary(async () => ({ model: undefined }), deps),
+  };
+  return new GrpcServer({
+    serviceName: 'vlm.v1.VisionService',
+    definition: VisionServiceService,
+    implementation,
+    protoFiles: ['vlm/v1/vision_service.proto'],
+    log,
+    maxReceiveMessageBytes: 8 << 20,
+    maxSendMessageBytes: 4 << 20,
+    authToken: null,
+    shutdownGraceMs: 1000,
+    requestArrivalMs,
+  });
+}
+
+type HealthClient = ReturnType<typeof healthClient> & {
+  watch(req: { service: string }): ClientReadableStream<{ status: string }>;
+  list(req: object, cb: (err: ServiceError | null, res?: { statuses: Record<string, { status: string }> }) => void): void;
+};
+
+function check(client: HealthClient, service: string): Promise<{ code: number; status?: string; details?: string }> {
+  return new Promise((resolve) => client.check({ service }, (err, res) => resolve(err ? { code: err.code, details: err.details } : { code: 0, status: res!.status })));
+}
+
+describe('health checks, which need no token', () => {
+  let server: GrpcServer;
+  let address: string;
+  let client: HealthClient;
+  const watchers = (): number => (server.health as unknown as { watchers: Set<unknown> }).watchers.size;
+
+  beforeAll(async () => {
+    server = startServer();
+    address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    server.setServing(true);
+    client = healthClient(address) as HealthClient;
+  });
+  afterAll(async () => {
+    client?.close();
+    await server?.stop();
+  });
+
+  it('answer "" and the service\'s own name, NOT_FOUND for any other without repeating it', async () => {
+    expect(await check(client, '')).toEqual({ code: 0, status: 'SERVING' });
+    expect(await check(client, 'vlm.v1.VisionService')).toEqual({ code: 0, status: 'SERVING' });
+    const other = await check(client, 'x'.repeat(500));
+    expect(other.code).toBe(GrpcCode.NOT_FOUND);
+    expect(other.details).not.toContain('xxx');
+    const listed = await new Promise<Record<string, { status: string }>>((resolve, reject) => client.list({}, (err, res) => (err ? reject(err) : resolve(res!.statuses))));
+    expect(listed).toEqual({ '': { status: 'SERVING' }, 'vlm.v1.VisionService': { status: 'SERVING' } });
+  });
+
+  it('refuse a request over 1 KiB with INVALID_ARGUMENT (a name of megabytes was kept for good)', async () => {
+    const huge = await check(client, 'x'.repeat(4096));
+    expect(huge.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(huge.details).toMatch(/at most 1024 bytes/);
+  });
+
+  it('keep nothing for a watched unknown name, and nothing for a known one once its watch ends', async () => {
+    const unknown = client.watch({ service: 'y'.repeat(900) });
+    const first = await new Promise<string>((resolve) => unknown.once('data', (m: { status: string }) => resolve(m.status)));
+    expect(first).toBe('SERVICE_UNKNOWN');
+    expect(watchers()).toBe(0);
+    unknown.on('error', () => undefined);
+    unknown.cancel();
+
+    const known = client.watch({ service: '' });
+    const statuses: string[] = [];
+    known.on('data', (m: { status: string }) => statuses.push(m.status));
+    known.on('error', () => undefined);
+    await eventually(() => statuses.length === 1);
+    expect(watchers()).toBe(1);
+    server.setServing(false);
+    await eventually(() => statuses.length === 2);
+    expect(statuses).toEqual(['SERVING', 'NOT_SERVING']);
+    server.setServing(true);
+    known.cancel();
+    await eventually(() => watchers() === 0);
+  });
+});
+
+describe('a compressed request', () => {
+  let server: GrpcServer;
+  let address: string;
+  beforeAll(async () => {
+    server = startServer();
+    address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    server.setServing(true);
+  });
+  afterAll(() => server?.stop());
+
+  it('is refused with UNIMPLEMENTED before it is inflated (40 KB of gzip became a 40 MiB message)', async () => {
+    // gzip: 2 in grpc's compression algorithm enum.
+    const gzipped = new VisionServiceClient(address, credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 });
+    const plain = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const request = { image: Buffer.alloc(1 << 20), policy: undefined, limits: undefined };
+      const refused = await collect<EncodeResponse>(gzipped.encode(request, new Metadata()));
+      expect(refused.error?.code).toBe(GrpcCode.UNIMPLEMENTED);
+      expect(refused.error?.details).toMatch(/request compression "gzip" is not accepted; send requests uncompressed/);
+      expect((await collect<EncodeResponse>(plain.encode(request, new Metadata()))).error).toBeNull();
+    } finally {
+      gzipped.close();
+      plain.close();
+    }
+  });
+});
+
+describe('a call whose request message never comes', () => {
+  it('is ended with DEADLINE_EXCEEDED once the wait is over, and no longer counts as in flight', async () => {
+    const server = startServer(300);
+    const port = await server.listen('127.0.0.1', 0);
+    const session = connect(`http://127.0.0.1:${port}`);
+    try {
+      // Headers only: no message, no end of stream, no grpc-timeout.
+      const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.on('trailers', resolve));
+      const headers = new Promise<Record<string, unknown>>((resolve) => stream.on('response', resolve));
+      stream.on('error', () => undefined);
+      await eventually(() => server.activeCalls === 1, 2000);
+      // A trailers-only answer carries its status in the headers.
+      const status = await Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]);
+      expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(decodeURIComponent(String(status['grpc-message']))).toMatch(/request message did not arrive within 0.3 s/);
+      await eventually(() => server.activeCalls === 0, 2000);
+    } finally {
+      session.destroy();
+      await server.stop();
+    }
+  }, 20_000);
+});
+
+describe('a bearer token on a plaintext hop to vision', () => {
+  it('is named as readable on the path when the hop leaves the host, and not when it stays on it', async () => {
+    expect(['127.0.0.1:50051', 'localhost:50051', 'ipv4:127.0.0.1:1,127.0.0.2:2', 'ipv6:[::1]:50051', 'dns:///localhost:50051'].every(onThisHost)).toBe(true);
+    expect(['dns:///vlm-vision-headless.vlm.svc.cluster.local:50051', '10.0.0.1:50051', 'ipv4:127.0.0.1:1,10.0.0.2:2'].some(onThisHost)).toBe(false);
+    const lines: LogLine[] = [];
+    // An address nobody answers at: the language service serves anyway, and warns at start.
+    const language = await startLanguageService(pairConfig({ authToken: 'a-token-of-32-characters-or-more!!', visionTarget: '10.255.255.1:50051' }), { port: 0, log: recordingLogger(lines, 'language') });
+    await language.stop();
+    expect(lines.filter((l) => l.level === 'warn').map((l) => l.msg)).toContain('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop');
+  });
+});
