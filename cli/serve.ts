@@ -80,8 +80,8 @@ function surviveHangup(log: Logger): void {
 }
 
 /**
- * The two services as child processes sharing the cores (coLocatedServiceEnv). Language dials vision
- * where it listens: on --host (loopback for a wildcard) at --vision-port, which language works out
+ * The two services as child processes sharing the cores (coLocatedServiceEnv). Vision listens on
+ * --host, or on loopback for a wildcard --host; language dials it there at --vision-port, which language works out
  * itself; for --vision-port 0 vision starts first and reports the port it bound, and language is
  * started with that address, unless a --vision-target was given.
  */
@@ -125,7 +125,10 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
   // So does the plaintext health port.
   const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
-  const vision = start('vision', []);
+  // Only language dials vision, from this host: on a wildcard --host vision listens on loopback, or
+  // any client on the network could call it directly with the token clients use.
+  const loopback = localAddress(host, 0).replace(/:0$/, '').replace(/^\[(.*)\]$/, '$1');
+  const vision = start('vision', loopback !== host ? ['--host', loopback] : []);
   if (!waitForVisionPort) start('language', languageOwn);
   else {
     vision.on('message', (msg: ServingMessage) => {

@@ -97,19 +97,22 @@ describe('vlm serve all + vlm ask', () => {
   });
 });
 
-describe('vlm serve all, stopped with Ctrl-C in a terminal', () => {
+describe('vlm serve all on the default host, stopped with Ctrl-C in a terminal', () => {
   let server: ChildProcess | undefined;
   afterEach(() => stopServeAll(server));
 
-  it('drains both services and exits 0, though the signal reaches every process of the group and serve all passes it on', async () => {
+  it('keeps vision on loopback, and drains both services and exits 0 though the signal reaches every process of the group and serve all passes it on', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
     // Its own process group, as a job in a terminal: a signal to the group reaches serve all and both children.
-    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    // The default --host, a wildcard: language listens on every interface, vision on loopback only.
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => server!.once('exit', (c) => resolve(c)));
     await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
     await eventually(async () => (await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+    expect(stderr).toMatch(new RegExp(`"component":"vision","msg":"serving","address":"127\\.0\\.0\\.1:${visionPort}"`));
+    expect(stderr).toMatch(new RegExp(`"component":"language","msg":"serving","address":"0\\.0\\.0\\.0:${languagePort}"`));
     process.kill(-server.pid!, 'SIGINT');
     expect(await exited).toBe(0);
     expect(stderr).toMatch(/"component":"vision","msg":"stopped","drained":true/);
