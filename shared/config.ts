@@ -162,7 +162,7 @@ export const CONFIG_OPTIONS = {
   model: { type: 'string', env: 'VLM_MODEL_DIR', default: DEFAULT_MODEL, arg: 'DIR', shown: `${DEFAULT_MODEL} (in the package)`, help: 'the model bundle folder' },
   'model-hash': { type: 'string', env: 'VLM_MODEL_HASH', default: '', arg: 'sha256:HEX', shown: 'any', help: "refuse to start unless the bundle's manifest content_hash is this" },
   'verify-hashes': { type: 'boolean', env: 'VLM_VERIFY_HASHES', default: false, help: "recompute every bundle file's sha256 at load (reads the bundle twice; sizes are always checked)" },
-  'eager-sessions': { type: 'boolean', env: 'VLM_EAGER_SESSIONS', default: false, help: 'open every ONNX session of the service\'s side (the methods\' scores graphs included) at load instead of on first use: no slow first request per method, and a device out of memory fails the start, not a request' },
+  'eager-sessions': { type: 'boolean', env: 'VLM_EAGER_SESSIONS', default: false, help: 'open every ONNX session of the service\'s side (the methods\' scores graphs included) at load, and warm every worker with each method: no slow first request per method, and a device out of memory fails the start, not a request' },
   provider: { type: 'string', env: 'VLM_PROVIDER', default: 'cpu', arg: 'LIST', help: 'cpu, cuda:<id> or webgpu; a comma-separated list is a fallback order (cuda:0,cpu); a single provider never falls back' },
   device: { type: 'string', env: 'VLM_DEVICE', default: '', arg: 'ID', shown: '0', help: 'CUDA device for a provider given as plain "cuda"' },
   'intra-op-threads': { type: 'int', env: 'VLM_INTRA_OP_THREADS', default: 0, min: 0, max: THREADS, arg: 'N', shown: 'cores / workers (serve all: cores / 2 / workers)', help: 'ONNX Runtime threads per session; 0 = the default' },

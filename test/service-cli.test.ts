@@ -180,6 +180,24 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
   }, 30_000);
 });
 
+describe('vlm serve <role> with eager sessions', () => {
+  let server: ChildProcess | undefined;
+  afterEach(() => {
+    if (server && server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
+  });
+
+  it("warms every worker on its own side, each reduction method included, before it serves", async () => {
+    server = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--eager-sessions', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    await eventually(() => /"msg":"serving"/.test(stderr), 60_000, 100);
+    expect(stderr).toMatch(/"component":"worker\.0","msg":"bundle loaded",.*"eager":true,"side":"vision"/);
+    expect(stderr).toMatch(/"component":"worker\.0","msg":"warm-up done","parts":"vision","methods":true/);
+    // The worker's warm-up comes before the service's own end-to-end one.
+    expect(stderr.indexOf('"msg":"warm-up done"')).toBeLessThan(stderr.indexOf('"msg":"warm-up passed"'));
+  }, 90_000);
+});
+
 describe('vlm demo', () => {
   it('starts both services, asks under several policies, prints tokens, FLOPs and latency, and exits 0', () => {
     const r = vlm(['demo', '--model', BUNDLE, '--items', '1']);

@@ -30,7 +30,10 @@ function deviceOf(config: Config, provider: string): string {
 }
 
 export async function startEngine(config: Config, log: Logger, side: ModelSide): Promise<ServiceEngine> {
-  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, side, log: log.child('pool') });
+  // With eager sessions every worker warms its side, each method included, before it reports ready
+  // (replacements too); the service's own warm-up then checks the path end to end.
+  const warmUp = config.model.eagerSessions && config.rpc.warmup ? side : undefined;
+  const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits, logLevel: config.logLevel, side, warmUp, log: log.child('pool') });
   const g = geometryOf(pool.manifest);
   const provider = pool.provider ?? 'cpu';
   // Scraped by Prometheus as vlm_queue_depth: the autoscalers' signal (k8s/base/*/hpa.yaml).

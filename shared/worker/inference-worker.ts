@@ -12,6 +12,7 @@ import { createLogger, setLogLevel, type LogLevel } from '../log';
 import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
+import { languageMethodNames, visionMethodNames } from '../methods/registry';
 import { SpanRecorder } from '../telemetry/span-recorder';
 import type { FromWorker, Job, ToWorker, WarmUp, WorkerInit } from './protocol';
 
@@ -62,20 +63,28 @@ async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: Abor
 
 /**
  * The unreduced path at full token count (the most any request runs), so sessions are open, ORT's
- * first-run allocations are done, and a broken bundle fails before the worker reports ready.
+ * first-run allocations are done, and a broken bundle fails before the worker reports ready. With
+ * eager sessions, also one pass of every reduction method of those parts at its default operating
+ * point: a first request per method otherwise took twice as long (the scores graphs' first runs and
+ * the methods' code compiling), on every worker and replacement.
  */
-async function warmUp(model: LoadedModel, parts: WarmUp): Promise<void> {
+async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Promise<void> {
   const policy = { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 } as const;
   const size = model.manifest.preprocess.size;
   let visual: VisualTokens = {
     embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
     origin: Int32Array.from({ length: model.manifest.vision.num_patches }, (_, i) => i),
   };
+  const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
   if (parts !== 'language') {
     const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
     visual = await encodeImage(model, image, { ...policy });
+    if (methods) for (const vision of visionMethodNames()) if (vision !== 'none') await encodeImage(model, image, { ...policy, vision });
   }
-  if (parts !== 'vision') await generate(model, visual, 'warm-up', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 }, { ...policy });
+  if (parts !== 'vision') {
+    await generate(model, visual, 'warm-up', sampling, { ...policy });
+    if (methods) for (const language of languageMethodNames()) if (language !== 'none') await generate(model, visual, 'warm-up', sampling, { ...policy, language });
+  }
 }
 
 async function main(): Promise<void> {
@@ -87,8 +96,8 @@ async function main(): Promise<void> {
     if (!init.model.eagerSessions) await model.bundle.stages.get(init.side === 'language' ? 'language/embed' : 'vision/embed');
     if (init.warmUp) {
       const t0 = performance.now();
-      await warmUp(model, init.warmUp);
-      log.info('warm-up done', { parts: init.warmUp, ms: Math.round(performance.now() - t0) });
+      await warmUp(model, init.warmUp, init.model.eagerSessions);
+      log.info('warm-up done', { parts: init.warmUp, methods: init.model.eagerSessions, ms: Math.round(performance.now() - t0) });
     }
   } catch (err) {
     send({ type: 'init-error', error: errorData(err) });
