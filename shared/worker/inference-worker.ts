@@ -79,11 +79,21 @@ async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Prom
   if (parts !== 'language') {
     const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
     visual = await encodeImage(model, image, { ...policy });
-    if (methods) for (const vision of visionMethodNames()) if (vision !== 'none') await encodeImage(model, image, { ...policy, vision });
+    if (methods) for (const vision of visionMethodNames()) if (vision !== 'none') await unlessInfeasible(vision, () => encodeImage(model, image, { ...policy, vision }));
   }
   if (parts !== 'vision') {
     await generate(model, visual, 'warm-up', sampling, { ...policy });
-    if (methods) for (const language of languageMethodNames()) if (language !== 'none') await generate(model, visual, 'warm-up', sampling, { ...policy, language });
+    if (methods) for (const language of languageMethodNames()) if (language !== 'none') await unlessInfeasible(language, () => generate(model, visual, 'warm-up', sampling, { ...policy, language }));
+  }
+}
+
+/** A method whose default operating point this model cannot reach is refused per request; the rest still serve. */
+async function unlessInfeasible(method: string, pass: () => Promise<unknown>): Promise<void> {
+  try {
+    await pass();
+  } catch (err) {
+    if (!(err instanceof VlmError && err.code === 'INVALID_ARGUMENT')) throw err;
+    log.warn('warm-up skipped a method its default cannot run on this model', { method, error: err.message });
   }
 }
 
