@@ -38,6 +38,24 @@ describe('InferencePool', () => {
     expect(pool.provider).toBe('cpu');
   });
 
+  it('moves the visual tokens to the worker when the caller gives them up, and copies them otherwise', async () => {
+    const { encode } = await pool.ask(image, 'what color is it?', sampling, policy());
+    const fresh = () => ({ embeds: { ...encode.embeds, data: encode.embeds.data.slice() }, origin: encode.origin });
+    const kept = fresh();
+    const copied = await pool.generate(kept, 'what color is it?', sampling, policy());
+    expect(kept.embeds.data.length).toBe(16 * 48);
+    const given = fresh();
+    const moved = await pool.generate(given, 'what color is it?', sampling, policy(), { transferVisual: true });
+    expect(given.embeds.data.length).toBe(0);
+    expect(moved.text).toBe(copied.text);
+    // A view into a larger buffer is copied even when given up: moving it would take the rest along.
+    const larger = new Float32Array(2 * 16 * 48);
+    larger.set(encode.embeds.data, 16 * 48);
+    const view = { embeds: { ...encode.embeds, data: larger.subarray(16 * 48) }, origin: encode.origin };
+    expect((await pool.generate(view, 'what color is it?', sampling, policy(), { transferVisual: true })).text).toBe(copied.text);
+    expect(larger.length).toBe(2 * 16 * 48);
+  });
+
   it('infers without the caller thread: a job finishes while the caller is blocked', async () => {
     // The caller's thread is frozen (no timers, no I/O, no message handling) for far longer than one
     // inference takes. Work done on a worker thread is complete when the caller wakes, so the answer

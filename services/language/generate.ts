@@ -162,6 +162,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       signal: generation.signal,
       deadline: ctx.deadline,
       requestId: ctx.requestId,
+      // The rows are this request's alone and read nowhere after this (finalOf uses the counts).
+      transferVisual: true,
       // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
       onDelta: (text, id) => {
         if (id !== undefined) pendingIds.push(id);

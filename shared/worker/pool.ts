@@ -51,6 +51,12 @@ export interface CallOptions {
   readonly deadline?: number;
   readonly requestId?: string;
   readonly onDelta?: OnDelta;
+  /**
+   * generate: the caller gives up the visual tokens' buffer, which moves to the worker instead of
+   * being copied on this thread (about 3 ms for LLaVA's 576 x 4096 rows). Read it afterwards and it
+   * is empty.
+   */
+  readonly transferVisual?: boolean;
 }
 
 interface Task {
@@ -261,6 +267,7 @@ export class InferencePool {
     slot.task = task;
     const transfer: ArrayBuffer[] = [];
     if (task.job.kind !== 'generate') transfer.push(task.job.image.buffer as ArrayBuffer);
+    else if (task.options.transferVisual && ownsBuffer(task.job.visual.embeds.data)) transfer.push(task.job.visual.embeds.data.buffer as ArrayBuffer);
     if (task.trace) task.trace.dispatchedAt = epochMillis();
     const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId, record: task.trace !== undefined };
     slot.worker.postMessage(msg, transfer);
@@ -399,6 +406,11 @@ function noWorker(): VlmError {
 function replayJobSpans(trace: NonNullable<Task['trace']>, spans: readonly SpanTiming[] = []): void {
   const queued: SpanTiming = { name: SpanName.Queue, attributes: {}, startMs: trace.queuedAt, endMs: trace.dispatchedAt ?? trace.queuedAt, parent: -1, events: [] };
   replaySpans([queued, ...spans.map((s) => ({ ...s, parent: s.parent < 0 ? -1 : s.parent + 1 }))], trace.parent);
+}
+
+/** Whether a view spans its whole buffer: only then can the buffer move without taking other data along. */
+function ownsBuffer(view: ArrayBufferView): boolean {
+  return view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
 }
 
 /** A private copy the pool can transfer to the worker without detaching the caller's buffer. */
