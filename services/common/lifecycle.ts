@@ -63,16 +63,16 @@ export async function serve(
     throw err;
   }
   server.setServing(true);
-  // A service whose workers are all gone (a GPU fault, a replacement that cannot load) answers
-  // UNAVAILABLE to everything: NOT_SERVING takes it out of its Service's endpoints, and the liveness
-  // probe restarts the pod if no replacement starts.
+  // A service whose workers are all gone and cannot be replaced (a GPU fault, a bundle that no
+  // longer loads) answers UNAVAILABLE to everything: NOT_SERVING takes it out of its Service's
+  // endpoints, and the liveness probe restarts the pod if no replacement starts.
   let serving = true;
-  engine.pool.onWorkerCount((running) => {
-    if (stopping !== null || serving === running > 0) return;
-    serving = running > 0;
+  engine.pool.onAvailability((available) => {
+    if (stopping !== null || serving === available) return;
+    serving = available;
     server.setServing(serving);
-    if (serving) log.info('an inference worker is running again: SERVING', { workers: running });
-    else log.error('no inference worker is running: NOT_SERVING until a replacement starts');
+    if (serving) log.info('an inference worker is running again: SERVING');
+    else log.error('no inference worker is running and its replacement failed: NOT_SERVING until one starts');
   });
   log.info('serving', { address: `${config.services.host}:${bound}`, model_id: engine.model.manifest.model_id, content_hash: engine.model.manifest.content_hash, provider: engine.provider, device: engine.device });
   return service;

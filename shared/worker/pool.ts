@@ -98,7 +98,7 @@ export class InferencePool {
   private starting = 0;
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
-  private readonly workerCountListeners = new Set<(running: number) => void>();
+  private readonly availabilityListeners = new Set<(available: boolean) => void>();
   private readonly log: Logger;
 
   private constructor(
@@ -181,16 +181,19 @@ export class InferencePool {
   }
 
   /**
-   * Calls `listener` with the number of running workers whenever a worker starts or dies; returns
-   * the unregister function. A service reports NOT_SERVING while none runs (services/common/lifecycle.ts).
+   * Calls `listener` whenever a worker starts, dies or fails to be replaced, with whether the pool
+   * can still serve: false only with no worker running and none being started (a replacement that
+   * failed and waits to retry). A worker being replaced is no outage: its restart can take as long
+   * as a start (minutes on a GPU), and a service that said NOT_SERVING for it would have its pod
+   * restarted by the liveness probe mid-way. Returns the unregister function.
    */
-  onWorkerCount(listener: (running: number) => void): () => void {
-    this.workerCountListeners.add(listener);
-    return () => this.workerCountListeners.delete(listener);
+  onAvailability(listener: (available: boolean) => void): () => void {
+    this.availabilityListeners.add(listener);
+    return () => this.availabilityListeners.delete(listener);
   }
 
-  private announceWorkerCount(): void {
-    for (const l of this.workerCountListeners) l(this.slots.length);
+  private announceAvailability(): void {
+    for (const l of this.availabilityListeners) l(!this.workerless);
   }
 
   get stats(): { workers: number; busy: number; queued: number; queueSize: number } {
@@ -301,7 +304,7 @@ export class InferencePool {
     worker.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
     worker.on('error', (err) => this.log.error('inference worker crashed', { error: err.message }));
     worker.on('exit', (code) => this.onExit(slot, code));
-    this.announceWorkerCount();
+    this.announceAvailability();
   }
 
   private onMessage(slot: Slot, msg: FromWorker): void {
@@ -350,8 +353,8 @@ export class InferencePool {
     // kills its worker would kill one on every replica it is retried on.
     if (slot.task) this.settle(slot.task, new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`));
     this.log.error('inference worker exited; starting a replacement', { code });
-    this.announceWorkerCount();
     this.replace(i, 0);
+    this.announceAvailability();
   }
 
   private replace(index: number, attempt: number): void {
@@ -371,6 +374,7 @@ export class InferencePool {
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
         // Without any worker the queue would only wait for its deadlines.
         if (this.workerless) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
+        this.announceAvailability();
         const timer = setTimeout(() => {
           this.restartTimers.delete(timer);
           if (!this.closed) this.replace(index, attempt + 1);
