@@ -4,19 +4,19 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { credentials, loadPackageDefinition, Metadata, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, loadPackageDefinition, Metadata, type ChannelOptions, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { running } from '../cli/child-running';
 
-type Ctor = new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => Client;
+type Ctor = new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: ChannelOptions) => Client;
 
-export function healthClient(address: string): Client & {
+export function healthClient(address: string, options: ChannelOptions = {}): Client & {
   check(req: { service: string }, cb: (err: ServiceError | null, res?: { status: string }) => void): void;
 } {
   const def = loadSync(healthProtoPath, { keepCase: true, enums: String });
   const pkg = loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: Ctor } } } };
-  return new pkg.grpc.health.v1.Health(address, credentials.createInsecure()) as never;
+  return new pkg.grpc.health.v1.Health(address, credentials.createInsecure(), options) as never;
 }
 
 export function healthStatus(address: string, service = ''): Promise<string> {

@@ -17,7 +17,7 @@ import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers
 const log = createLogger('test');
 
 /** A vision shell whose Encode answers one empty chunk at once. */
-function startServer(requestArrivalMs = 60_000): GrpcServer {
+function startServer(requestArrivalMs = 60_000, serverLog = log): GrpcServer {
   const deps = { log, defaultDeadlineMs: 30_000 };
   const implementation: VisionServiceServer = {
     // eslint-disable-next-line require-yield
@@ -31,7 +31,7 @@ function startServer(requestArrivalMs = 60_000): GrpcServer {
     definition: VisionServiceService,
     implementation,
     protoFiles: ['vlm/v1/vision_service.proto'],
-    log,
+    log: serverLog,
     maxReceiveMessageBytes: 8 << 20,
     maxSendMessageBytes: 4 << 20,
     authToken: null,
@@ -108,14 +108,30 @@ describe('health checks, which need no token', () => {
 describe('a compressed request', () => {
   let server: GrpcServer;
   let address: string;
+  let healthAddress: string;
+  const lines: LogLine[] = [];
   beforeAll(async () => {
-    server = startServer();
+    server = startServer(60_000, recordingLogger(lines, 'shell'));
     address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    healthAddress = `127.0.0.1:${await server.listenHealth('127.0.0.1', 0)}`;
     server.setServing(true);
   });
   afterAll(() => server?.stop());
 
-  it('is refused with UNIMPLEMENTED before it is inflated (40 KB of gzip became a 40 MiB message)', async () => {
+  it('is refused on the plaintext health port too, where a request past 1 KiB never reaches the service', async () => {
+    const gzipped = healthClient(healthAddress, { 'grpc.default_compression_algorithm': 2 }) as HealthClient;
+    const plain = healthClient(healthAddress) as HealthClient;
+    try {
+      expect((await check(gzipped, '')).code).toBe(GrpcCode.UNIMPLEMENTED);
+      expect(await check(plain, '')).toEqual({ code: 0, status: 'SERVING' });
+      expect((await check(plain, 'x'.repeat(4096))).code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    } finally {
+      gzipped.close();
+      plain.close();
+    }
+  });
+
+  it('is refused with UNIMPLEMENTED before it is inflated (40 KB of gzip became a 40 MiB message), and logged as such', async () => {
     // gzip: 2 in grpc's compression algorithm enum.
     const gzipped = new VisionServiceClient(address, credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 });
     const plain = new VisionServiceClient(address, credentials.createInsecure());
@@ -125,6 +141,8 @@ describe('a compressed request', () => {
       expect(refused.error?.code).toBe(GrpcCode.UNIMPLEMENTED);
       expect(refused.error?.details).toMatch(/request compression "gzip" is not accepted; send requests uncompressed/);
       expect((await collect<EncodeResponse>(plain.encode(request, new Metadata()))).error).toBeNull();
+      const access = lines.filter((l) => l.msg === 'call' && l['method'] === '/vlm.v1.VisionService/Encode');
+      expect(access[0]).toMatchObject({ code: 'UNIMPLEMENTED', requestId: expect.stringMatching(/^[0-9a-f-]{36}$/) as unknown });
     } finally {
       gzipped.close();
       plain.close();
@@ -149,6 +167,27 @@ describe('a call whose request message never comes', () => {
       expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
       expect(decodeURIComponent(String(status['grpc-message']))).toMatch(/request message did not arrive within 0.3 s/);
       await eventually(() => server.activeCalls === 0, 2000);
+    } finally {
+      session.destroy();
+      await server.stop();
+    }
+  }, 20_000);
+
+  it('is left to its own deadline when it has one, however long', async () => {
+    const server = startServer(300);
+    const port = await server.listen('127.0.0.1', 0);
+    const session = connect(`http://127.0.0.1:${port}`);
+    try {
+      const started = Date.now();
+      const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '1500m' }, { endStream: false });
+      stream.on('error', () => undefined);
+      const status = await new Promise<Record<string, unknown>>((resolve) => {
+        stream.on('response', (h) => h['grpc-status'] !== undefined && resolve(h));
+        stream.on('trailers', resolve);
+      });
+      expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(decodeURIComponent(String(status['grpc-message']))).not.toMatch(/did not arrive/);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
     } finally {
       session.destroy();
       await server.stop();

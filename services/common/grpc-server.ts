@@ -11,12 +11,12 @@ import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefiniti
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
-import { HealthService } from './health';
+import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
 import { packageRoot, type Config } from '../../shared/config';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
-import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -56,7 +56,7 @@ export class GrpcServer {
 
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
-    const interceptors: ServerInterceptor[] = [uncompressedRequestsInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access'))];
+    const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
     if (options.authToken !== null) interceptors.push(bearerAuthInterceptor(options.authToken));
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     this.server = new Server({
@@ -91,7 +91,12 @@ export class GrpcServer {
 
   /** A second, plaintext server answering only grpc.health.v1 from the same statuses; resolves to its port. */
   listenHealth(host: string, port: number): Promise<number> {
-    const server = (this.healthServer ??= new Server());
+    // Open to anyone who reaches it and never sent anything but a short name: no compression, and
+    // the transport refuses a request past the health service's own bound.
+    const server = (this.healthServer ??= new Server({
+      interceptors: [requestEncodingInterceptor(), uncompressedRequestsInterceptor()],
+      'grpc.max_receive_message_length': HEALTH_REQUEST_LIMIT,
+    }));
     this.health.addToServer(server);
     const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
     return new Promise((resolve, reject) => {

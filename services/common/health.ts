@@ -17,6 +17,8 @@ interface HealthRequest {
 
 /** A service name is a fully qualified proto name; 1 KiB leaves room for any real one. */
 const MAX_REQUEST_BYTES = 1024;
+/** The receive limit of a server that serves health alone: the bound plus the message's own framing. */
+export const HEALTH_REQUEST_LIMIT = MAX_REQUEST_BYTES + 64;
 const TOO_LARGE = Symbol('health request too large');
 
 /** The health definition with requests over MAX_REQUEST_BYTES marked before they are decoded. */

@@ -1,7 +1,7 @@
 /**
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
- * uncompressed requests only -> request id -> access log -> bearer-token auth (optional) ->
- * request arrival -> admission (drain).
+ * request encoding (noted) -> request id -> access log -> uncompressed requests only -> bearer-token
+ * auth (optional) -> request arrival -> admission (drain).
  *
  * Handlers never log requests: the access log here writes one line per call with the method, status,
  * duration and request id, and never metadata values (tokens live there).
@@ -87,33 +87,59 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
   };
 }
 
+/** Where requestEncodingInterceptor leaves a request's encoding for the interceptors after it. */
+const REQUEST_ENCODING_KEY = 'x-vlm-request-encoding';
+
 /**
- * Refuses compressed requests (UNIMPLEMENTED, as gRPC answers an encoding it does not take). grpc-js
- * inflates gzip and deflate up to the receive limit, which sits above the image limit: 40 KB of
- * gzip became a 40 MiB message, a thousandfold amplification open to any caller (health checks need
- * no token). Images are compressed formats already, so a client loses nothing by not compressing.
- * grpc-js strips `grpc-encoding` from the metadata it hands on; the base call (what the first
- * interceptor wraps) has parsed it, so this must stay first.
+ * Notes a request's `grpc-encoding` in its metadata. grpc-js strips that header from the metadata it
+ * hands on; only the base call (what the first interceptor wraps) has parsed it, so this must stay
+ * first. A caller's own header of that name is dropped: only this one speaks for the transport.
  */
-export function uncompressedRequestsInterceptor(): ServerInterceptor {
+export function requestEncodingInterceptor(): ServerInterceptor {
   return (_method, call) => {
-    const encoding = (call as unknown as { incomingEncoding?: unknown }).incomingEncoding;
-    if (encoding === undefined || encoding === 'identity') return new ServerInterceptingCall(call);
+    const parsed = (call as unknown as { incomingEncoding?: unknown }).incomingEncoding;
+    const encoding = typeof parsed === 'string' ? parsed.slice(0, 32) : 'identity';
     const listener = new ServerListenerBuilder()
-      .withOnReceiveMetadata(() => reject(call, GrpcCode.UNIMPLEMENTED, `request compression "${String(encoding).slice(0, 32)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`))
+      .withOnReceiveMetadata((metadata, next) => {
+        metadata.remove(REQUEST_ENCODING_KEY);
+        if (encoding !== 'identity') metadata.set(REQUEST_ENCODING_KEY, encoding);
+        next(metadata);
+      })
       .build();
     return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
   };
 }
 
 /**
- * Ends a call whose request message has not arrived within `waitMs` (the default deadline): the
- * handler, which applies the default deadline, only starts once the message is in, so a caller that
- * sent headers and nothing else held an admitted call (and every drain) open indefinitely.
+ * Refuses compressed requests (UNIMPLEMENTED, as gRPC answers an encoding it does not take). grpc-js
+ * inflates gzip and deflate up to the receive limit, which sits above the image limit: 40 KB of
+ * gzip became a 40 MiB message, a thousandfold amplification open to any caller (health checks need
+ * no token). Images are compressed formats already, so a client loses nothing by not compressing.
+ * The message is not read before this answers (grpc-js reads once the metadata has passed).
+ */
+export function uncompressedRequestsInterceptor(): ServerInterceptor {
+  return (_method, call) => {
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const encoding = metadata.get(REQUEST_ENCODING_KEY)[0];
+        if (encoding === undefined) return next(metadata);
+        reject(call, GrpcCode.UNIMPLEMENTED, `request compression "${String(encoding)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`);
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+/**
+ * Ends a call without a deadline of its own whose request message has not arrived within `waitMs`
+ * (the default deadline): the handler, which applies the default deadline, only starts once the
+ * message is in, so a caller that sent headers and nothing else held an admitted call (and every
+ * drain) open indefinitely.
  */
 export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
   return (method, call) => {
-    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    // A call with its own deadline is ended by grpc-js at that deadline, however long it is.
+    if (method.path.startsWith(HEALTH_PREFIX) || Number.isFinite(Number(call.getDeadline()))) return new ServerInterceptingCall(call);
     let timer: NodeJS.Timeout | undefined;
     const stop = (): void => clearTimeout(timer);
     const listener = new ServerListenerBuilder()
@@ -174,7 +200,8 @@ function reject(call: ServerInterceptingCallInterface, code: GrpcCode, details: 
 
 /**
  * Counts calls in flight and, once draining, refuses new ones with UNAVAILABLE (clients retry another
- * replica). Health and reflection stay open so probes can watch the drain.
+ * replica). Health and reflection are not counted or refused; probes watch the drain on the plaintext
+ * health port, since the main port stops taking connections when the drain starts (GOAWAY).
  */
 export class Admission {
   private inFlight = 0;
