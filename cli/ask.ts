@@ -21,7 +21,7 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
 import { generateOnce, languageClient } from '../services/language/client';
 import { paramsToWire } from '../services/common/wire';
-import { integerFlag, numberFlag, parseBudgetFlag, seedFlag, UINT32_MAX } from './numeric-flags';
+import { integerFlag, numberFlag, parseBudgetFlag, UINT32_MAX, wireSeedFlag } from './numeric-flags';
 
 const FLAGS = {
   image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },
@@ -36,7 +36,7 @@ const FLAGS = {
   'max-tokens': { type: 'string', arg: 'N', help: 'most answer tokens [default: the model\'s]' },
   temperature: { type: 'string', arg: 'T', help: 'sampling temperature; 0 is greedy [default: 0]' },
   'top-p': { type: 'string', arg: 'P', help: 'nucleus sampling mass, (0, 1] [default: 1]' },
-  seed: { type: 'string', arg: 'N', help: 'sampler seed, to replay a sampled answer [default: drawn per request and reported]' },
+  seed: { type: 'string', arg: 'N', help: 'sampler seed, 0 to 2^64-1, to replay a sampled answer [default: drawn per request and reported]' },
   json: { type: 'boolean', help: 'print one JSON line with the answer and the final stats instead of streaming the text' },
   tls: { type: 'boolean', help: 'use TLS with the public roots' },
   ca: { type: 'string', arg: 'FILE', help: 'use TLS, trusting this CA' },
@@ -68,7 +68,7 @@ export function samplingFromFlags(values: Record<string, unknown>): SamplingPara
     maxTokens: integerFlag(values, 'max-tokens', 1, UINT32_MAX),
     temperature: numberFlag(values, 'temperature'),
     topP: numberFlag(values, 'top-p'),
-    seed: seedFlag(values),
+    seed: wireSeedFlag(values),
   });
 }
 

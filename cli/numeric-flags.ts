@@ -35,9 +35,20 @@ export function integerFlag(values: FlagValues, flag: string, min: number, max: 
   return n;
 }
 
-/** `--seed`: the services take seeds up to 2^53 - 1, the largest integer a JS number holds exactly. */
+/** `--seed` of the in-process commands (eval, bench): the engine's seeds are integers below 2^53. */
 export function seedFlag(values: FlagValues): number | undefined {
   return integerFlag(values, 'seed', 0, Number.MAX_SAFE_INTEGER);
+}
+
+const UINT64_MAX = 2n ** 64n - 1n;
+
+/** `vlm ask --seed`: a uint64, as the API takes it (the service folds seeds past 2^53). */
+export function wireSeedFlag(values: FlagValues): bigint | undefined {
+  const raw = values['seed'];
+  if (raw === undefined) return undefined;
+  const text = String(raw).trim();
+  if (!/^\d{1,20}$/.test(text) || BigInt(text) > UINT64_MAX) throw VlmError.invalid('--seed', `expected an integer in [0, ${UINT64_MAX}], got "${String(raw)}"`);
+  return BigInt(text);
 }
 
 /** `128` (tokens, policy.budget_tokens: a uint32) or `25%` (of the unreduced visual tokens, in (0, 100]). */

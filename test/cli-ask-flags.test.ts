@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
-import { paramsFromFlags } from '../cli/ask';
+import { paramsFromFlags, samplingFromFlags } from '../cli/ask';
 import { freePort } from '../cli/free-port';
 import { VlmError } from '../shared/errors';
 
@@ -18,6 +18,13 @@ describe('vlm ask', () => {
     expect(paramsFromFlags(['lambda=0.5', 'version=v1', 'penalty=true', 'start_layer=3', 'note='])).toEqual({ lambda: 0.5, version: 'v1', penalty: true, start_layer: 3, note: '' });
     expect(() => paramsFromFlags(['lambda'])).toThrow(VlmError);
     expect(() => paramsFromFlags(['=1'])).toThrow(/expected name=value/);
+  });
+
+  it('takes a --seed across the whole uint64 range the API takes, and nothing past it', () => {
+    expect(samplingFromFlags({ seed: '18446744073709551615' }).seed).toBe(2n ** 64n - 1n);
+    expect(samplingFromFlags({ seed: '0' }).seed).toBe(0n);
+    expect(samplingFromFlags({}).seed).toBeUndefined();
+    for (const bad of ['18446744073709551616', '-1', '1.5', 'x', '']) expect(() => samplingFromFlags({ seed: bad }), bad).toThrow(/--seed: expected an integer in \[0, 18446744073709551615\]/);
   });
 
   it('dials the language port from VLM_LANGUAGE_PORT (or --language-port) without --target', async () => {

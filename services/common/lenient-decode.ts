@@ -3,7 +3,7 @@
  * throws with INTERNAL "Error deserializing request", which tells a caller nothing and reads as our
  * fault. Here the deserializer keeps the failure as a marker value instead, and the adapters
  * (server-stream.ts) answer it with INVALID_ARGUMENT naming the message type and what was wrong
- * (bad wire format, a uint64 beyond 2^53, ...).
+ * (bad wire format, a truncated field, ...).
  */
 import type { ServiceDefinition } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
