@@ -144,9 +144,9 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // again within moments (Ctrl-C reaches npm and every child as well) is not a second one.
   let firstAt: number | null = null;
   const onSignal = (): void => {
-    if (firstAt !== null && Date.now() - firstAt < REPEATED_SIGNAL_MS) return;
+    if (firstAt !== null && performance.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; the services are draining');
     const again = firstAt !== null;
-    firstAt ??= Date.now();
+    firstAt ??= performance.now();
     if (again) log.warn('second signal: killing the services that still run');
     stopAll(again ? 'SIGKILL' : 'SIGTERM');
   };

@@ -179,7 +179,7 @@ export const CONFIG_OPTIONS = {
   'queue-size': { type: 'int', env: 'VLM_QUEUE_SIZE', default: 16, min: 0, max: 100_000, arg: 'N', help: 'requests waiting for a worker before RESOURCE_EXHAUSTED' },
   'deadline-ms': { type: 'int', env: 'VLM_DEADLINE_MS', default: 60_000, min: 1, max: INT32_MAX, arg: 'MS', help: 'deadline for calls that carry none' },
   'max-new-tokens-limit': { type: 'int', env: 'VLM_MAX_NEW_TOKENS', default: 256, min: 1, max: 1_000_000, arg: 'N', help: "upper bound on a request's max_new_tokens" },
-  host: { type: 'string', env: 'VLM_HOST', default: '0.0.0.0', arg: 'ADDR', help: 'listen address (serve all: vision listens on loopback when this is a wildcard)' },
+  host: { type: 'string', env: 'VLM_HOST', default: '0.0.0.0', arg: 'ADDR', help: 'listen address, of /metrics and the health port too (serve all: vision listens on loopback when this is a wildcard)' },
   'vision-port': { type: 'int', env: 'VLM_VISION_PORT', default: 50051, ...PORT, arg: 'PORT', help: "vision's gRPC port (0 = any free port)" },
   'language-port': { type: 'int', env: 'VLM_LANGUAGE_PORT', default: 50052, ...PORT, arg: 'PORT', help: "language's gRPC port (0 = any free port)" },
   'health-port': { type: 'int', env: 'VLM_HEALTH_PORT', default: 0, ...PORT, arg: 'PORT', help: 'a second, plaintext port answering only grpc.health.v1 (0 = off; serve all gives language the next one)' },

@@ -26,6 +26,8 @@ const CHUNK_BYTES = 1 << 20;
 
 /** What the test handlers observed, keyed by the request's first image byte. */
 const observed = new Map<number, { aborted?: string; finished?: boolean; produced: number }>();
+/** Mode 7 answers only once the test calls this. */
+let releaseHeld: () => void = () => undefined;
 
 function chunk(index: number, data: Buffer): EncodeResponse {
   return { part: { $case: 'chunk', chunk: { index, rowOffset: index, rowCount: 1, data } } };
@@ -64,6 +66,10 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
       case 6: // a stream that has sent data, then fails
         yield chunk(0, Buffer.alloc(8));
         throw new VlmError('RESOURCE_EXHAUSTED', 'the queue is full (16 waiting); retry later');
+      case 7: // held until the test releases it
+        await new Promise<void>((resolve) => (releaseHeld = resolve));
+        yield chunk(0, Buffer.alloc(8));
+        return;
       default:
         yield chunk(0, Buffer.from(ctx.requestId));
     }
@@ -326,12 +332,14 @@ describe('graceful stop', () => {
     // One channel over both replicas, connected to the first (pick_first), as a client pinned to one pod.
     const client = new VisionServiceClient(`ipv4:${first},${second}`, credentials.createInsecure());
     try {
-      const inFlight = collect(encode(client, 1));
+      const inFlight = collect(encode(client, 7));
       await eventually(() => draining.activeCalls === 1);
       const stopped = draining.stop();
       const next = await collect(encode(client, 0));
       expect(next.error).toBeNull();
+      // Still held here: the next call was answered by the other replica.
       expect(draining.activeCalls).toBe(1);
+      releaseHeld();
       expect((await inFlight).error).toBeNull();
       await stopped;
     } finally {

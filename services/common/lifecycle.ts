@@ -90,11 +90,11 @@ export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
   let firstAt: number | null = null;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (firstAt !== null) {
-      if (Date.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; still draining', { signal });
+      if (performance.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; still draining', { signal });
       log.warn('second signal; exiting now', { signal });
       process.exit(1);
     }
-    firstAt = Date.now();
+    firstAt = performance.now();
     log.info('stopping', { signal });
     stop().then(
       () => process.exit(0),

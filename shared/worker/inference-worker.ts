@@ -92,7 +92,9 @@ async function unlessInfeasible(method: string, pass: () => Promise<unknown>): P
   try {
     await pass();
   } catch (err) {
-    if (!(err instanceof VlmError && err.code === 'INVALID_ARGUMENT')) throw err;
+    // Only the methods' refusal of the budget (policy.budget); any other error is a fault to see.
+    const refusal = err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.length > 0 && err.violations.every((v) => v.field === 'policy.budget');
+    if (!refusal) throw err;
     log.warn('warm-up skipped a method its default cannot run on this model', { method, error: err.message });
   }
 }
