@@ -102,15 +102,6 @@ export class VisionClient {
     });
   }
 
-  /**
-   * Starts connecting to vision without waiting: the first request would otherwise pay for the TCP
-   * (and TLS) handshakes, about 50 ms on loopback. A vision that is not up yet costs nothing here:
-   * the channel keeps retrying with backoff as it would for a request.
-   */
-  connect(): void {
-    this.client.getChannel().getConnectivityState(true);
-  }
-
   private metadata(requestId: string): Metadata {
     const md = new Metadata();
     if (requestId) md.set(REQUEST_ID_KEY, requestId);
