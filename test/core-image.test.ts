@@ -169,11 +169,17 @@ describe('limits are enforced before decoding, naming the limit', () => {
     await expectInvalid(preprocessImage(gif, spec(), { ...limits, maxImagePixels: 100 }), /8x8 x 3 pages = 192 pixels/);
   });
 
-  it('refuses empty input, non-images and unsupported formats', async () => {
+  it('refuses empty input, non-images and unsupported formats by their first bytes, before any decoder runs', async () => {
     await expectInvalid(preprocessImage(new Uint8Array(0), spec(), limits), /empty/);
-    await expectInvalid(preprocessImage(Buffer.from('definitely not an image'), spec(), limits), /cannot be read as an image/);
+    const notSupported = /cannot be read as an image: its format is not supported \(the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF\)/;
+    await expectInvalid(preprocessImage(Buffer.from('definitely not an image'), spec(), limits), notSupported);
+    // Formats libvips has loaders for, which would otherwise run on the untrusted bytes first.
     const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>');
-    await expectInvalid(preprocessImage(svg, spec(), limits), /format svg is not supported/);
+    await expectInvalid(preprocessImage(svg, spec(), limits), notSupported);
+    await expectInvalid(preprocessImage(await solid(8, 8, [1, 2, 3]).heif({ compression: 'av1' }).toBuffer().catch(() => Buffer.from('\0\0\0\x1cftypavif')), spec(), limits), notSupported);
+    await expectInvalid(preprocessImage(Buffer.from('%PDF-1.7\n'), spec(), limits), notSupported);
+    // Every supported format passes the first check.
+    for (const f of ['png', 'jpeg', 'webp', 'gif', 'tiff'] as const) expect((await preprocessImage(await solid(8, 8, [1, 2, 3]).toFormat(f).toBuffer(), spec(), limits)).format, f).toBe(f);
   });
 
   it('refuses a truncated image at decode time', async () => {

@@ -35,11 +35,30 @@ interface Rgb8 {
   readonly height: number;
 }
 
+const startsWith = (bytes: Uint8Array, at: number, sig: readonly number[]): boolean => sig.every((b, i) => bytes[at + i] === b);
+const ascii = (s: string): number[] => [...s].map((c) => c.charCodeAt(0));
+
+/** The supported format the first bytes announce, or null. */
+function sniffFormat(bytes: Uint8Array): string | null {
+  if (startsWith(bytes, 0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'png';
+  if (startsWith(bytes, 0, [0xff, 0xd8, 0xff])) return 'jpeg';
+  if (startsWith(bytes, 0, ascii('RIFF')) && startsWith(bytes, 8, ascii('WEBP'))) return 'webp';
+  if (startsWith(bytes, 0, ascii('GIF87a')) || startsWith(bytes, 0, ascii('GIF89a'))) return 'gif';
+  // Classic and BigTIFF, either byte order.
+  if ([[0x49, 0x49, 0x2a, 0x00], [0x4d, 0x4d, 0x00, 0x2a], [0x49, 0x49, 0x2b, 0x00], [0x4d, 0x4d, 0x00, 0x2b]].some((sig) => startsWith(bytes, 0, sig))) return 'tiff';
+  return null;
+}
+
 /** Reads the header only and enforces the limits; returns the metadata. */
 export async function checkImage(bytes: Uint8Array, limits: ImageLimits): Promise<sharp.Metadata> {
   if (bytes.length === 0) throw VlmError.invalid('image', 'is empty');
   if (bytes.length > limits.maxImageBytes) {
     throw VlmError.invalid('image', `is ${bytes.length} bytes, over the limit of ${limits.maxImageBytes} bytes (--max-image-bytes / VLM_MAX_IMAGE_BYTES)`);
+  }
+  // Before any decoder sees the bytes: libvips would otherwise pick one of its many loaders (SVG,
+  // PDF, HEIF...) from the content, and run it on untrusted input only to be refused afterwards.
+  if (sniffFormat(bytes) === null) {
+    throw VlmError.invalid('image', `cannot be read as an image: its format is not supported (the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF); supported formats: ${SUPPORTED_FORMATS.join(', ')}`);
   }
   let meta: sharp.Metadata;
   try {
