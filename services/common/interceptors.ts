@@ -115,7 +115,9 @@ export function requestEncodingInterceptor(): ServerInterceptor {
  * inflates gzip and deflate up to the receive limit, which sits above the image limit: 40 KB of
  * gzip became a 40 MiB message, a thousandfold amplification open to any caller (health checks need
  * no token). Images are compressed formats already, so a client loses nothing by not compressing.
- * The message is not read before this answers (grpc-js reads once the metadata has passed).
+ * The message is not read before this answers (grpc-js reads once the metadata has passed). Responses
+ * say `grpc-accept-encoding: identity`, where grpc-js would advertise gzip and deflate to clients
+ * that pick their compression from it.
  */
 export function uncompressedRequestsInterceptor(): ServerInterceptor {
   return (_method, call) => {
@@ -126,7 +128,14 @@ export function uncompressedRequestsInterceptor(): ServerInterceptor {
         reject(call, GrpcCode.UNIMPLEMENTED, `request compression "${String(encoding)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`);
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    const responder = new ResponderBuilder()
+      .withStart((next) => next(listener))
+      .withSendMetadata((metadata, next) => {
+        metadata.set('grpc-accept-encoding', 'identity');
+        next(metadata);
+      })
+      .build();
+    return new ServerInterceptingCall(call, responder);
   };
 }
 
