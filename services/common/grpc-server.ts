@@ -172,12 +172,20 @@ function reflectionDefinition(protoFiles: readonly string[]): ReturnType<typeof 
   });
 }
 
-/** The transport options both services take from the config alike: limits, auth, drain, TLS, streams. */
+/**
+ * The transport options both services take from the config alike: limits, auth, drain, TLS, streams,
+ * connection age. Aged-out connections matter on both sides: language pods hold long-lived channels
+ * to vision and re-resolve to find new replicas, and backend apps reach language through an L4
+ * Service, where a connection stays on the pod it first reached and replicas the autoscaler adds
+ * would get no traffic from them.
+ */
 export function transportOptions(config: Config, credentials: ServerCredentials | null): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'
 > {
   return {
+    maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.limits.deadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),
     requestArrivalMs: config.limits.deadlineMs,
     maxSendMessageBytes: SEND_LIMIT,

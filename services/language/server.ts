@@ -75,10 +75,6 @@ export async function startLanguageService(config: Config, options: LanguageServ
     protoFiles: ['vlm/v1/language_service.proto'],
     log,
     ...transportOptions(config, tls.server),
-    // Backend apps reach language through an L4 Service: a connection stays on the pod it first
-    // reached, so without an age limit replicas the autoscaler adds get no traffic from them.
-    maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
-    maxConnectionAgeGraceMs: config.limits.deadlineMs,
   });
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.

@@ -59,9 +59,6 @@ export async function startVisionService(config: Config, options: VisionServiceO
     protoFiles: ['vlm/v1/vision_service.proto'],
     log,
     ...transportOptions(config, tls.server),
-    // Language pods hold long-lived channels; aged-out connections make them re-resolve and find new replicas.
-    maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
-    maxConnectionAgeGraceMs: config.limits.deadlineMs,
   });
   const warmUp = async (): Promise<void> => {
     const image = await warmUpImage(engine.model.manifest.preprocess.size, config.limits.maxImagePixels);
