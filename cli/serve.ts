@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
-import { REPEATED_SIGNAL_MS, stopOnSignals } from '../services/common/lifecycle';
+import { onStopSignals, stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
 import { stopWhenOrphaned } from './stop-when-orphaned';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
@@ -142,16 +142,10 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // The first signal drains both services; a second one (an operator out of patience) kills what
   // still runs, so a child stuck in its drain cannot keep `serve all` alive. The same stop arriving
   // again within moments (Ctrl-C reaches npm and every child as well) is not a second one.
-  let firstAt: number | null = null;
-  const onSignal = (): void => {
-    if (firstAt !== null && performance.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; the services are draining');
-    const again = firstAt !== null;
-    firstAt ??= performance.now();
+  onStopSignals((_signal, again) => {
     if (again) log.warn('second signal: killing the services that still run');
     stopAll(again ? 'SIGKILL' : 'SIGTERM');
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  }, log, 'the same stop again; the services are draining');
   // A reload for the services (TLS files), not a reason for the parent to exit and orphan them.
   process.on('SIGHUP', () => {
     log.info('SIGHUP: passing it to the services');

@@ -83,18 +83,32 @@ export async function serve(
  * `serve all` and npm pass it on as well: one stop arrives two or three times within moments. Only
  * a signal later than this after the first is an operator asking again.
  */
-export const REPEATED_SIGNAL_MS = 2000;
+const REPEATED_SIGNAL_MS = 2000;
+
+/**
+ * Calls `onStop` for SIGTERM and SIGINT: once with `again` false, then with `again` true for each
+ * signal later than REPEATED_SIGNAL_MS after the first; a repeat within it is logged and dropped.
+ */
+export function onStopSignals(onStop: (signal: NodeJS.Signals, again: boolean) => void, log: Logger, repeatNote: string): void {
+  let firstAt: number | null = null;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    const now = performance.now();
+    if (firstAt !== null && now - firstAt < REPEATED_SIGNAL_MS) return log.info(repeatNote, { signal });
+    const again = firstAt !== null;
+    firstAt ??= now;
+    onStop(signal, again);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
 
 /** SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. */
 export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
-  let firstAt: number | null = null;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (firstAt !== null) {
-      if (performance.now() - firstAt < REPEATED_SIGNAL_MS) return log.info('the same stop again; still draining', { signal });
+  onStopSignals((signal, again) => {
+    if (again) {
       log.warn('second signal; exiting now', { signal });
       process.exit(1);
     }
-    firstAt = performance.now();
     log.info('stopping', { signal });
     stop().then(
       () => process.exit(0),
@@ -103,7 +117,5 @@ export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
         process.exit(1);
       },
     );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  }, log, 'the same stop again; still draining');
 }
