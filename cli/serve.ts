@@ -10,7 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, localAddress, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { coLocatedServiceEnv, localAddress, loopbackFor, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { onStopSignals, stopOnSignals } from '../services/common/lifecycle';
@@ -127,7 +127,7 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
   // Only language dials vision, from this host: on a wildcard --host vision listens on loopback, or
   // any client on the network could call it directly with the token clients use.
-  const loopback = localAddress(host, 0).replace(/:0$/, '').replace(/^\[(.*)\]$/, '$1');
+  const loopback = loopbackFor(host);
   const vision = start('vision', loopback !== host ? ['--host', loopback] : []);
   if (!waitForVisionPort) start('language', languageOwn);
   else {

@@ -306,13 +306,22 @@ export function coLocatedServiceEnv(values: Values, services: number, env: Env =
   return { ...env, [CONFIG_OPTIONS['intra-op-threads'].env]: String(Math.max(1, Math.floor(availableParallelism() / services / workers))) };
 }
 
+/** `host:port`, an IPv6 host in brackets. */
+export function hostPort(host: string, port: number): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /**
- * The address a client on this host dials to reach a server listening on `host`:`port`: a wildcard
- * listens on every interface, loopback included; a specific address is the only one listening.
+ * The host a client on this host dials to reach a server listening on `host`: a wildcard listens on
+ * every interface, loopback included; a specific address is the only one listening.
  */
+export function loopbackFor(host: string): string {
+  return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
+}
+
+/** The address a client on this host dials to reach a server listening on `host`:`port`. */
 export function localAddress(host: string, port: number): string {
-  const h = host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
-  return h.includes(':') && !h.startsWith('[') ? `[${h}]:${port}` : `${h}:${port}`;
+  return hostPort(loopbackFor(host), port);
 }
 
 /**

@@ -12,7 +12,7 @@ import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
-import { packageRoot, type Config } from '../../shared/config';
+import { hostPort, packageRoot, type Config } from '../../shared/config';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
@@ -80,7 +80,7 @@ export class GrpcServer {
 
   /** Binds and starts; resolves to the bound port (useful with port 0). */
   listen(host: string, port: number): Promise<number> {
-    const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+    const address = hostPort(host, port);
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, this.options.credentials ?? ServerCredentials.createInsecure(), (err, bound) => {
         if (err) reject(new Error(`cannot listen on ${address}: ${err.message}`, { cause: err }));
@@ -98,7 +98,7 @@ export class GrpcServer {
       'grpc.max_receive_message_length': HEALTH_REQUEST_LIMIT,
     }));
     this.health.addToServer(server);
-    const address = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+    const address = hostPort(host, port);
     return new Promise((resolve, reject) => {
       server.bindAsync(address, ServerCredentials.createInsecure(), (err, bound) => {
         if (err) reject(new Error(`cannot listen for health checks on ${address}: ${err.message}`, { cause: err }));
