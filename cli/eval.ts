@@ -118,7 +118,7 @@ export function evalRuntime(config: Config, values: Record<string, unknown>): Co
 export async function evalRunFlags(values: Record<string, unknown>, config: Config): Promise<{
   mode: ReductionMode; seed: number; items: EvalItem[]; maxNewTokens: number | undefined; logLevel: LogLevel;
 }> {
-  const logLevel = values['log-level'] === undefined && !process.env.VLM_LOG_LEVEL ? 'warn' : (config.logLevel as LogLevel);
+  const logLevel = optionChosen('log-level', values) ? (config.logLevel as LogLevel) : 'warn';
   const mode = (values['mode'] ?? 'clean') as ReductionMode;
   if (mode !== 'clean' && mode !== 'exact') throw VlmError.invalid('--mode', `expected clean or exact, got "${String(values['mode'])}"`);
   const seed = seedFlag(values) ?? 0;

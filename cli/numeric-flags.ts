@@ -44,10 +44,10 @@ const UINT64_MAX = 2n ** 64n - 1n;
 
 /** `vlm ask --seed`: a uint64, as the API takes it (the service folds seeds past 2^53). */
 export function wireSeedFlag(values: FlagValues): bigint | undefined {
-  const raw = values['seed'];
+  const raw = present(values, 'seed');
   if (raw === undefined) return undefined;
-  const text = String(raw).trim();
-  if (!/^\d{1,20}$/.test(text) || BigInt(text) > UINT64_MAX) throw VlmError.invalid('--seed', `expected an integer in [0, ${UINT64_MAX}], got "${String(raw)}"`);
+  const text = raw.trim();
+  if (!/^\d{1,20}$/.test(text) || BigInt(text) > UINT64_MAX) throw VlmError.invalid('--seed', `expected an integer in [0, ${UINT64_MAX}], got "${raw}"`);
   return BigInt(text);
 }
 
