@@ -86,9 +86,8 @@ function certificatesIn(pem: Buffer): X509Certificate[] {
   return (pem.toString('latin1').match(PEM_CERTIFICATE) ?? []).map((block) => new X509Certificate(block));
 }
 
-function checkValidity(pem: Buffer, file: string, what: string, now: number, need: 'every' | 'some'): void {
+function checkValidity(blocks: readonly X509Certificate[], file: string, what: string, now: number, need: 'every' | 'some'): void {
   const problems: string[] = [];
-  const blocks = certificatesIn(pem);
   for (const c of blocks) {
     const from = Date.parse(c.validFrom) - CLOCK_SKEW_MS;
     const to = Date.parse(c.validTo);
@@ -104,10 +103,9 @@ function checkValidity(pem: Buffer, file: string, what: string, now: number, nee
  * The last moment a set verifies, by the same rule as checkValidity: the certificate chain expires
  * with its first certificate to expire, a CA bundle with its last anchor.
  */
-function lastValidMoment(cert: Buffer | null, ca: Buffer | null): number | null {
-  const ends = (pem: Buffer | null) => (pem === null ? [] : certificatesIn(pem).map((c) => Date.parse(c.validTo)));
-  const certEnds = ends(cert);
-  const caEnds = ends(ca);
+function lastValidMoment(cert: readonly X509Certificate[], ca: readonly X509Certificate[]): number | null {
+  const certEnds = cert.map((c) => Date.parse(c.validTo));
+  const caEnds = ca.map((c) => Date.parse(c.validTo));
   const limits = [...(certEnds.length > 0 ? [Math.min(...certEnds)] : []), ...(caEnds.length > 0 ? [Math.max(...caEnds)] : [])];
   return limits.length > 0 ? Math.min(...limits) : null;
 }
@@ -152,8 +150,11 @@ export class CertificateFiles implements experimental.CertificateProvider {
       throw new VlmError('INVALID_ARGUMENT', `TLS files ${names} are not a usable set: ${(err as Error).message}`);
     }
     const now = Date.now();
-    if (cert !== null) checkValidity(cert, files.cert!, 'certificate', now, 'every');
-    if (ca !== null) checkValidity(ca, files.ca!, 'CA certificate', now, 'some');
+    // Parsed once for both the validity check and the expiry: a set is re-read at every poll.
+    const certChain = cert === null ? [] : certificatesIn(cert);
+    const caAnchors = ca === null ? [] : certificatesIn(ca);
+    if (cert !== null) checkValidity(certChain, files.cert!, 'certificate', now, 'every');
+    if (ca !== null) checkValidity(caAnchors, files.ca!, 'CA certificate', now, 'some');
     const digest = createHash('sha256')
       .update(cert ?? '')
       .update('\0')
@@ -161,7 +162,7 @@ export class CertificateFiles implements experimental.CertificateProvider {
       .update('\0')
       .update(ca ?? '')
       .digest('hex');
-    return { cert, key, ca, digest, expiresAt: lastValidMoment(cert, ca) };
+    return { cert, key, ca, digest, expiresAt: lastValidMoment(certChain, caAnchors) };
   }
 
   private describe(): Record<string, unknown> {
