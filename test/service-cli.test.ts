@@ -161,7 +161,7 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
   let server: ChildProcess | undefined;
   // In a hook, so a test that times out leaves no service behind either.
   afterEach(() => {
-    if (server && server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+    if (server && running(server)) server.kill('SIGKILL');
   });
 
   it('exits at once with status 0 instead of loading on (a pod deleted while starting)', async () => {
@@ -183,7 +183,7 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
 describe('vlm serve <role> with eager sessions', () => {
   let server: ChildProcess | undefined;
   afterEach(() => {
-    if (server && server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
+    if (server && running(server)) server.kill('SIGTERM');
   });
 
   it("warms every worker on its own side, each reduction method included, before it serves", async () => {
