@@ -98,14 +98,20 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
   let healthPort: number;
   let image: Buffer;
 
+  /** A copy of the server certificate and key under `name`, which a test may overwrite (a rotation). */
+  function rotatableServerPair(name: string): { cert: string; key: string } {
+    const cert = path.join(dir, `${name}.crt`);
+    const key = path.join(dir, `${name}.key`);
+    copyFileSync(certs.serverCert, cert);
+    copyFileSync(certs.serverKey, key);
+    return { cert, key };
+  }
+
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'vlm-tls-'));
     certs = makeCerts(path.join(dir, 'pki'));
     rogue = makeCerts(path.join(dir, 'rogue'), 'rogue-ca');
-    liveCert = path.join(dir, 'language.crt');
-    liveKey = path.join(dir, 'language.key');
-    copyFileSync(certs.serverCert, liveCert);
-    copyFileSync(certs.serverKey, liveKey);
+    ({ cert: liveCert, key: liveKey } = rotatableServerPair('language'));
     image = await shapesImage();
     vision = await startVisionService(pairConfig({ authToken: TOKEN, tls: { certFile: certs.serverCert, keyFile: certs.serverKey, caFile: certs.caCert } }), {
       port: 0,
@@ -317,10 +323,7 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     });
 
     it('warns once a week before the set in use expires and errors once when it has; a rotated set starts over', () => {
-      const cert = path.join(dir, 'expiry.crt');
-      const key = path.join(dir, 'expiry.key');
-      copyFileSync(certs.serverCert, cert);
-      copyFileSync(certs.serverKey, key);
+      const { cert, key } = rotatableServerPair('expiry');
       const expiryLines: LogLine[] = [];
       const files = new CertificateFiles({ cert, key, ca: null }, recordingLogger(expiryLines, 'expiry'));
       const at = files.expiresAt()!;
@@ -348,10 +351,7 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     });
 
     it('at reload keeps the set in use and logs an error; a valid set is applied afterwards', () => {
-      const cert = path.join(dir, 'reload.crt');
-      const key = path.join(dir, 'reload.key');
-      copyFileSync(certs.serverCert, cert);
-      copyFileSync(certs.serverKey, key);
+      const { cert, key } = rotatableServerPair('reload');
       const reloadLines: LogLine[] = [];
       const files = new CertificateFiles({ cert, key, ca: null }, recordingLogger(reloadLines, 'reload'));
       const inUse = files.contextOptions().cert;
