@@ -248,7 +248,7 @@ async function scrapeAfter(calls: string): Promise<string> {
 
 describe('metrics on the Prometheus endpoint', () => {
   it('has the in-flight series at 0 on a service that has served nothing (the autoscalers read it on every pod)', async () => {
-    const text = await scrapeAfter('m.observeQueueDepth(() => 0);');
+    const text = await scrapeAfter('m.publishInFlightAtZero();');
     expect(text).toMatch(/^vlm_inflight_requests(?:\{[^}]*\})? 0$/m);
   });
 

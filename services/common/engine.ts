@@ -8,7 +8,7 @@ import type { Logger } from '../../shared/log';
 import { InferencePool } from '../../shared/worker';
 import type { ModelSide } from '../../shared/bundle/loader';
 import type { ModelFacts } from './model-info';
-import { observeQueueDepth } from '../../shared/telemetry/metrics';
+import { observeQueueDepth, publishInFlightAtZero } from '../../shared/telemetry/metrics';
 
 export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'stats' | 'close' | 'onAvailability'>;
 
@@ -38,6 +38,7 @@ export async function startEngine(config: Config, log: Logger, side: ModelSide):
   const provider = pool.provider ?? 'cpu';
   // Scraped by Prometheus as vlm_queue_depth: the autoscalers' signal (k8s/base/*/hpa.yaml).
   const unobserve = observeQueueDepth(() => pool.stats.queued);
+  publishInFlightAtZero();
   return {
     pool,
     model: { manifest: pool.manifest, visionGeometry: g.vision, languageGeometry: g.language },

@@ -3,7 +3,7 @@
  * NOT_SERVING through the warm-up; during the load itself they get a refused connection, which the
  * startup probe allows for), warm up, then SERVING; on stop, drain the server and close the pool.
  */
-import { localAddress, type Config } from '../../shared/config';
+import { hostPort, localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import type { ServiceEngine } from './engine';
 import type { GrpcServer } from './grpc-server';
@@ -74,7 +74,7 @@ export async function serve(
     if (serving) log.info('an inference worker is running again: SERVING');
     else log.error('no inference worker is running and its replacement failed: NOT_SERVING until one starts');
   });
-  log.info('serving', { address: `${config.services.host}:${bound}`, model_id: engine.model.manifest.model_id, content_hash: engine.model.manifest.content_hash, provider: engine.provider, device: engine.device });
+  log.info('serving', { address: hostPort(config.services.host, bound), model_id: engine.model.manifest.model_id, content_hash: engine.model.manifest.content_hash, provider: engine.provider, device: engine.device });
   return service;
 }
 

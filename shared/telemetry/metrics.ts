@@ -94,13 +94,15 @@ export function trackInFlight(attributes: Attributes = {}): () => void {
 }
 
 /**
- * Reports `depth()` as the queue depth at every collection, and starts the in-flight series at 0:
- * an autoscaler reading vlm_inflight_requests must find it on a pod that has served nothing yet
- * (a new replica, or all of them after a rollout), or it refuses to scale. Returns the unregister
- * function.
+ * Starts the in-flight series at 0: an autoscaler reading vlm_inflight_requests must find it on a pod
+ * that has served nothing yet (a new replica, or all of them after a rollout), or it refuses to scale.
  */
-export function observeQueueDepth(depth: () => number, attributes: Attributes = {}): () => void {
+export function publishInFlightAtZero(): void {
   instruments().inFlight.add(0);
+}
+
+/** Reports `depth()` as the queue depth at every collection; returns the unregister function. */
+export function observeQueueDepth(depth: () => number, attributes: Attributes = {}): () => void {
   const gauge = instruments().queueDepth;
   const callback = (result: { observe(value: number, attributes?: Attributes): void }) => result.observe(depth(), attributes);
   gauge.addCallback(callback);
