@@ -22,15 +22,41 @@ export interface FieldViolation {
   description: string;
 }
 
+/**
+ * Machine-readable reasons (google.rpc.ErrorInfo, domain `vlm.v1`) for the errors a caller handles
+ * differently under one code: a full queue and a request too large for the transport are both
+ * RESOURCE_EXHAUSTED, but only the first is worth retrying.
+ */
+export type VlmErrorReason =
+  | 'QUEUE_FULL'
+  | 'OUT_OF_MEMORY'
+  | 'NO_WORKER'
+  | 'SHUTTING_DOWN'
+  | 'VISION_UNAVAILABLE';
+
+/** Wire fields of an error besides its code and message, carried across the worker boundary and the hop. */
+export interface VlmErrorDetails {
+  cause?: unknown;
+  violations?: FieldViolation[];
+  /** Why, for a caller that branches on it (sent as google.rpc.ErrorInfo.reason). */
+  reason?: VlmErrorReason;
+  /** How long a caller should wait before retrying (sent as google.rpc.RetryInfo); unset: do not retry as is. */
+  retryDelayMs?: number;
+}
+
 export class VlmError extends Error {
   override readonly name = 'VlmError';
   readonly code: VlmErrorCode;
   readonly violations: readonly FieldViolation[];
+  readonly reason: VlmErrorReason | undefined;
+  readonly retryDelayMs: number | undefined;
 
-  constructor(code: VlmErrorCode, message: string, options: { cause?: unknown; violations?: FieldViolation[] } = {}) {
+  constructor(code: VlmErrorCode, message: string, options: VlmErrorDetails = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.violations = options.violations ?? [];
+    this.reason = options.reason;
+    this.retryDelayMs = options.retryDelayMs;
   }
 
   static invalid(field: string, description: string): VlmError {
@@ -49,13 +75,21 @@ export class VlmError extends Error {
   }
 
   /** Plain data for crossing a worker-thread boundary. */
-  toJSON(): { code: VlmErrorCode; message: string; violations: readonly FieldViolation[] } {
-    return { code: this.code, message: this.message, violations: this.violations };
+  toJSON(): VlmErrorJSON {
+    return { code: this.code, message: this.message, violations: this.violations, reason: this.reason, retryDelayMs: this.retryDelayMs };
   }
 
-  static fromJSON(data: { code: VlmErrorCode; message: string; violations?: FieldViolation[] }): VlmError {
-    return new VlmError(data.code, data.message, { violations: data.violations ?? [] });
+  static fromJSON(data: VlmErrorJSON): VlmError {
+    return new VlmError(data.code, data.message, { violations: [...(data.violations ?? [])], reason: data.reason, retryDelayMs: data.retryDelayMs });
   }
+}
+
+export interface VlmErrorJSON {
+  code: VlmErrorCode;
+  message: string;
+  violations?: readonly FieldViolation[];
+  reason?: VlmErrorReason;
+  retryDelayMs?: number;
 }
 
 function isAbort(err: unknown): boolean {

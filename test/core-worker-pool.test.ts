@@ -85,6 +85,7 @@ describe('InferencePool', () => {
     const refused = await failure(pool.ask(image, 'what color is it?', sampling, policy()));
     expect(refused.code).toBe('RESOURCE_EXHAUSTED');
     expect(refused.message).toMatch(/1 inference workers are busy and 1 requests are queued \(limit 1\)/);
+    expect([refused.reason, refused.retryDelayMs]).toEqual(['QUEUE_FULL', 1000]);
     await expect(running).resolves.toBeDefined();
     await expect(queued).resolves.toBeDefined();
   });

@@ -21,6 +21,7 @@ import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { healthOf } from '../services/common/health-client';
+import { decodeStatusDetails } from '../services/common/status';
 import { EncodeResponse, VisionServiceClient, VisionServiceService, type EncodeRequest } from '../gen/vlm/v1/vision_service';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect, eventually, metadataWith } from './service-helpers';
@@ -141,6 +142,7 @@ describe('faults across the hop', () => {
       const out = await ask(client, request(image), { metadata: withToken(), deadlineMs: 5000 });
       expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
       expect(out.error?.details).toContain(`vision service unavailable at 127.0.0.1:${visionPort}`);
+      expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'VISION_UNAVAILABLE', retryDelayMs: 1000 });
       await idle(language);
     });
 

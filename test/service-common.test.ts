@@ -4,14 +4,15 @@
  * interceptors, health, reflection and the graceful stop. The handlers here are small generators
  * written for the test; the services' own handlers are tested in service-pair.test.ts.
  */
-import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
 import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
+import { Admission } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
-import { decodeViolations, fromServiceError } from '../services/common/status';
+import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
 import {
   VisionServiceClient,
   VisionServiceService,
@@ -321,6 +322,26 @@ describe('graceful stop', () => {
       await stopped;
     } finally {
       client.close();
+    }
+  });
+
+  it('refuses a call that reaches a draining server before its GOAWAY with UNAVAILABLE, reason SHUTTING_DOWN, retry at once', async () => {
+    const admission = new Admission();
+    const server = new Server({ interceptors: [admission.interceptor()] });
+    server.addService(VisionServiceService, { encode: serverStream(behaviour, { log, defaultDeadlineMs: 30_000 }), getModelInfo: unary(async () => ({ model: undefined }), { log, defaultDeadlineMs: 30_000 }) });
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const client = new VisionServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+    try {
+      expect((await collect(encode(client, 0))).error).toBeNull();
+      // Draining without closing the port: what a call racing the GOAWAY meets.
+      admission.startDraining();
+      const refused = await collect(encode(client, 0));
+      expect(refused.error?.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(refused.error?.details).toMatch(/shutting down; retry on another replica/);
+      expect(decodeStatusDetails(refused.error?.metadata)).toMatchObject({ reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+    } finally {
+      client.close();
+      server.forceShutdown();
     }
   });
 

@@ -18,7 +18,7 @@ import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { receiveLimit } from '../services/common/message-limits';
 import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate';
-import { decodeViolations } from '../services/common/status';
+import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams, type ModelInfo } from '../gen/vlm/v1/common';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
@@ -350,6 +350,7 @@ describe('the service pair on loopback', () => {
     expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
     expect(second.error?.details).toMatch(/busy.*retry later/);
     expect(second.error?.details).not.toMatch(/vision service/);
+    expect(decodeStatusDetails(second.error?.metadata)).toMatchObject({ reason: 'QUEUE_FULL', retryDelayMs: 1000 });
     await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
     expect((await ask(client, request(image))).error).toBeNull();
   });
@@ -480,6 +481,7 @@ describe('the service pair on loopback', () => {
       const second = await ask(frontClient, request(image));
       expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
       expect(second.error?.details).toMatch(/^the vision service: .*queued \(limit 0\)/);
+      expect(decodeStatusDetails(second.error?.metadata)).toMatchObject({ reason: 'QUEUE_FULL', retryDelayMs: 1000 });
       expect((await first).error).toBeNull();
       expect((await ask(frontClient, request(image))).error).toBeNull();
     });

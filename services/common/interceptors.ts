@@ -17,7 +17,7 @@ import {
   type ServerInterceptor,
 } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
-import { grpcCodeName } from './status';
+import { grpcCodeName, statusObject, type StatusDetails } from './status';
 
 export const REQUEST_ID_KEY = 'x-request-id';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
@@ -203,8 +203,8 @@ export function bearerAuthInterceptor(token: string): ServerInterceptor {
   };
 }
 
-function reject(call: ServerInterceptingCallInterface, code: GrpcCode, details: string): void {
-  call.sendStatus({ code, details, metadata: new Metadata() });
+function reject(call: ServerInterceptingCallInterface, code: GrpcCode, details: string, extra?: StatusDetails): void {
+  call.sendStatus(statusObject(code, details, extra));
 }
 
 /**
@@ -245,7 +245,7 @@ export class Admission {
       const listener = new ServerListenerBuilder()
         .withOnReceiveMetadata((metadata, next) => {
           if (this.draining) {
-            reject(call, GrpcCode.UNAVAILABLE, 'the service is shutting down; retry on another replica');
+            reject(call, GrpcCode.UNAVAILABLE, 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
             return;
           }
           counted = true;

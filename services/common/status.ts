@@ -1,22 +1,28 @@
 /**
  * The one place where errors become gRPC statuses (server side) and statuses become errors again
  * (client side: the language service calling vision, the CLI). VlmError codes map 1:1 to gRPC codes;
- * field violations travel as google.rpc.BadRequest inside google.rpc.Status in the
- * `grpc-status-details-bin` trailer, which every gRPC library knows how to read.
+ * field violations (google.rpc.BadRequest), a reason (google.rpc.ErrorInfo, domain `vlm.v1`) and a
+ * retry delay (google.rpc.RetryInfo) travel inside google.rpc.Status in the `grpc-status-details-bin`
+ * trailer, which every gRPC library knows how to read.
  *
  * Anything that is not a VlmError becomes INTERNAL "internal error": the cause is logged with the
  * request id and never sent, so stack traces, paths and library messages stay inside the service.
  */
 import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { VlmError, type FieldViolation, type VlmErrorCode } from '../../shared/errors';
+import { VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
-import { BadRequest } from '../../gen/google/rpc/error_details';
+import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details';
 import { Status } from '../../gen/google/rpc/status';
 import { clipText } from './text-cut';
 
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 const BAD_REQUEST_TYPE = 'type.googleapis.com/google.rpc.BadRequest';
+const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
+const RETRY_INFO_TYPE = 'type.googleapis.com/google.rpc.RetryInfo';
+/** ErrorInfo.domain of every reason this API sends. */
+export const ERROR_DOMAIN = 'vlm.v1';
+const REASONS: ReadonlySet<string> = new Set<VlmErrorReason>(['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE']);
 
 /**
  * Bounds on what a status carries. The message travels twice (grpc-message, and base64 inside the
@@ -73,9 +79,23 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
   }
   const code = grpcCodeOf(e.code);
   const details = e.code === 'INTERNAL' ? 'internal error' : clipText(e.message, MAX_MESSAGE_CHARS);
+  return statusObject(code, details, e.code === 'INTERNAL' ? {} : e);
+}
+
+/**
+ * A status with its details trailer, for the places that answer before a handler runs (the
+ * interceptors) as well as for toStatus.
+ */
+export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
   const metadata = new Metadata();
-  metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, e.violations));
+  metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));
   return { code, details, metadata };
+}
+
+export interface StatusDetails {
+  readonly violations?: readonly FieldViolation[];
+  readonly reason?: VlmErrorReason;
+  readonly retryDelayMs?: number;
 }
 
 function describeCause(err: unknown): Record<string, unknown> {
@@ -102,31 +122,55 @@ function boundedViolations(violations: readonly FieldViolation[]): FieldViolatio
   return kept;
 }
 
-export function encodeStatusDetails(code: GrpcCode, message: string, violations: readonly FieldViolation[]): Buffer {
+export function encodeStatusDetails(code: GrpcCode, message: string, extra: StatusDetails = {}): Buffer {
   const details: Any[] = [];
-  const bounded = boundedViolations(violations);
+  const bounded = boundedViolations(extra.violations ?? []);
   if (bounded.length > 0) {
     const badRequest = BadRequest.encode({
       fieldViolations: bounded.map((v) => ({ field: v.field, description: v.description, reason: '' })),
     }).finish();
     details.push({ typeUrl: BAD_REQUEST_TYPE, value: Buffer.from(badRequest) });
   }
+  if (extra.reason !== undefined) {
+    details.push({ typeUrl: ERROR_INFO_TYPE, value: Buffer.from(ErrorInfo.encode({ reason: extra.reason, domain: ERROR_DOMAIN, metadata: {} }).finish()) });
+  }
+  if (extra.retryDelayMs !== undefined) {
+    const ms = Math.max(0, Math.round(extra.retryDelayMs));
+    const retryDelay = { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
+    details.push({ typeUrl: RETRY_INFO_TYPE, value: Buffer.from(RetryInfo.encode({ retryDelay }).finish()) });
+  }
   return Buffer.from(Status.encode({ code, message: clipText(message, MAX_MESSAGE_CHARS), details }).finish());
 }
 
-/** Field violations from a status trailer; empty when there is none or it does not parse. */
-export function decodeViolations(metadata: Metadata | undefined): FieldViolation[] {
+/**
+ * Violations, reason and retry delay from a status trailer; each empty when absent or unreadable (a
+ * reason from another domain, or one this version does not know, is left out).
+ */
+export function decodeStatusDetails(metadata: Metadata | undefined): { violations: FieldViolation[]; reason?: VlmErrorReason; retryDelayMs?: number } {
   const raw = metadata?.get(STATUS_DETAILS_KEY)[0];
-  if (!Buffer.isBuffer(raw)) return [];
+  const out: { violations: FieldViolation[]; reason?: VlmErrorReason; retryDelayMs?: number } = { violations: [] };
+  if (!Buffer.isBuffer(raw)) return out;
   try {
-    const status = Status.decode(raw);
-    return status.details
-      .filter((d) => d.typeUrl === BAD_REQUEST_TYPE)
-      .flatMap((d) => BadRequest.decode(d.value).fieldViolations)
-      .map((v) => ({ field: v.field, description: v.description }));
+    for (const d of Status.decode(raw).details) {
+      if (d.typeUrl === BAD_REQUEST_TYPE) {
+        out.violations.push(...BadRequest.decode(d.value).fieldViolations.map((v) => ({ field: v.field, description: v.description })));
+      } else if (d.typeUrl === ERROR_INFO_TYPE) {
+        const info = ErrorInfo.decode(d.value);
+        if (info.domain === ERROR_DOMAIN && REASONS.has(info.reason)) out.reason = info.reason as VlmErrorReason;
+      } else if (d.typeUrl === RETRY_INFO_TYPE) {
+        const delay = RetryInfo.decode(d.value).retryDelay;
+        if (delay) out.retryDelayMs = Number(delay.seconds) * 1000 + Math.round(delay.nanos / 1e6);
+      }
+    }
+    return out;
   } catch {
-    return [];
+    return { violations: [] };
   }
+}
+
+/** Field violations from a status trailer; empty when there are none or it does not parse. */
+export function decodeViolations(metadata: Metadata | undefined): FieldViolation[] {
+  return decodeStatusDetails(metadata).violations;
 }
 
 /**
@@ -136,7 +180,7 @@ export function decodeViolations(metadata: Metadata | undefined): FieldViolation
 export function fromServiceError(err: ServiceError | (Partial<ServiceError> & { code: number }), prefix = ''): VlmError {
   const code = FROM_GRPC[err.code as GrpcCode] ?? 'INTERNAL';
   const details = err.details ?? err.message ?? grpcCodeName(err.code);
-  return new VlmError(code, prefix + details, { cause: err, violations: decodeViolations(err.metadata) });
+  return new VlmError(code, prefix + details, { cause: err, ...decodeStatusDetails(err.metadata) });
 }
 
 export function isServiceError(err: unknown): err is ServiceError {

@@ -10,7 +10,7 @@ import { VlmError } from '../../shared/errors';
 import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
 import type { ModelInfo } from '../../gen/vlm/v1/common';
 import { REQUEST_ID_KEY } from '../common/interceptors';
-import { fromServiceError } from '../common/status';
+import { decodeStatusDetails, fromServiceError } from '../common/status';
 import { serverNameOptions } from '../common/tls';
 import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
 import { context } from '@opentelemetry/api';
@@ -85,6 +85,8 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
 /** Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before that). */
 const RETRIES = 2;
 const RETRY_BACKOFF_MS = 25;
+/** The retry hint passed to the caller when no vision replica answered and vision sent none. */
+const VISION_UNAVAILABLE_RETRY_MS = 1_000;
 
 export class VisionClient {
   private readonly client: VisionServiceClient;
@@ -196,8 +198,10 @@ export class VisionClient {
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }): VlmError {
+    const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.UNAVAILABLE) {
-      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status });
+      // By now grpc-js has tried another replica: the caller backs off (vision's hint, when it sent one).
+      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: sent.retryDelayMs ?? VISION_UNAVAILABLE_RETRY_MS });
     }
     if (status.code === GrpcCode.DEADLINE_EXCEEDED) {
       return new VlmError('DEADLINE_EXCEEDED', `the deadline passed while the vision service was encoding the image`, { cause: status });
@@ -208,7 +212,7 @@ export class VisionClient {
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way.
-      return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status });
+      return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status, reason: sent.reason, retryDelayMs: sent.retryDelayMs });
     }
     return fromServiceError({ ...status, message: status.details } as unknown as ServiceError);
   }

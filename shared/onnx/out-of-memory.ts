@@ -16,3 +16,6 @@ const OUT_OF_MEMORY = [
 export function isOutOfMemory(message: string): boolean {
   return OUT_OF_MEMORY.some((re) => re.test(message));
 }
+
+/** Retry hint sent with an out-of-memory error: memory frees as the requests holding it finish. */
+export const OUT_OF_MEMORY_RETRY_MS = 1_000;

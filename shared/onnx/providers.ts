@@ -9,7 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
 import type { Logger } from '../log';
-import { isOutOfMemory } from './out-of-memory';
+import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 
 export type SessionRuntime = Pick<RuntimeConfig, 'providers' | 'intraOpThreads' | 'interOpThreads' | 'graphOptimization' | 'spinning'>;
 
@@ -79,12 +79,12 @@ export class ProviderChain {
         const message = (err as Error).message;
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
-        if (this.pinned) throw new VlmError(isOutOfMemory(message) ? 'RESOURCE_EXHAUSTED' : 'FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
+        if (this.pinned) throw isOutOfMemory(message) ? new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS }) : new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
         // Out of memory says the device works but is full (another worker or process shares it):
         // falling on to the next provider would pin this worker to the CPU for good while its
         // service goes on advertising the GPU. Failing lets the start be retried once memory frees.
         if (isOutOfMemory(message)) {
-          throw new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: out of memory (${message}); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err });
+          throw new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: out of memory (${message}); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
         }
         this.failed.set(name, message);
         // The last one's failure is the error thrown below, not a step on to another.

@@ -10,7 +10,7 @@ import { VlmError } from '../errors';
 import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
 import { float16Bits, toFloat16, toFloat32 } from '../tensor/fp16';
-import { isOutOfMemory } from './out-of-memory';
+import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 import type { Stage } from './stage';
 
 /** A tensor fed as-is: a previously kept output (already in the session's dtype). */
@@ -107,7 +107,7 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
   } catch (err) {
     const message = (err as Error).message;
     if (isOutOfMemory(message)) {
-      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now): ${message}`, { cause: err });
+      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now): ${message}`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
     }
     throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${message}. Fed {${describe(feeds)}}`, { cause: err });
   }

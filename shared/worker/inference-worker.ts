@@ -117,7 +117,7 @@ async function main(): Promise<void> {
   }
   port.on('message', (msg: ToWorker) => {
     if (msg.type === 'abort') {
-      running.get(msg.id)?.abort(VlmError.fromJSON({ ...msg.reason, violations: [...msg.reason.violations] }));
+      running.get(msg.id)?.abort(VlmError.fromJSON(msg.reason));
       return;
     }
     const controller = new AbortController();

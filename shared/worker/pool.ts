@@ -158,7 +158,7 @@ export class InferencePool {
         } else if (msg.type === 'init-error') {
           cleanup();
           void worker.terminate();
-          reject(VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
+          reject(VlmError.fromJSON(msg.error));
         }
       };
       const onError = (err: Error) => {
@@ -219,7 +219,7 @@ export class InferencePool {
     this.closed = true;
     for (const t of this.restartTimers) clearTimeout(t);
     this.restartTimers.clear();
-    for (const t of this.queue.splice(0)) this.settle(t, new VlmError('UNAVAILABLE', 'the inference pool is shutting down'));
+    for (const t of this.queue.splice(0)) this.settle(t, shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     await Promise.all(this.slots.map((s) => this.stopWorker(s)));
@@ -235,7 +235,7 @@ export class InferencePool {
   private async stopWorker(s: Slot): Promise<void> {
     const task = s.task;
     if (task) {
-      const reason = new VlmError('UNAVAILABLE', 'the inference pool shut down while the request ran');
+      const reason = shuttingDown('the inference pool shut down while the request ran');
       this.settle(task, reason);
       s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
       for (const until = Date.now() + STOP_WAIT_MS; s.task === task && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
@@ -245,12 +245,12 @@ export class InferencePool {
 
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
-      if (this.closed) return reject(new VlmError('UNAVAILABLE', 'the inference pool is shut down'));
+      if (this.closed) return reject(shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
       if (this.workerless) return reject(noWorker());
       const idle = this.slots.find((s) => !s.task);
       if (!idle && this.queue.length >= this.deps.limits.queueSize) {
-        return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`));
+        return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS }));
       }
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
       // orphan traces, and a trace the sampler dropped would replay every span only to discard it.
@@ -316,7 +316,7 @@ export class InferencePool {
     }
     if (task.trace) replayJobSpans(task.trace, msg.spans);
     this.logEarlyEnd(task, msg);
-    this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON({ ...msg.error, violations: [...msg.error.violations] }));
+    this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON(msg.error));
     this.release(slot);
   }
 
@@ -402,8 +402,20 @@ const STOP_WAIT_MS = 5_000;
 const RESTART_BASE_MS = 500;
 const RESTART_MAX_MS = 30_000;
 
+/**
+ * Retry hints sent with the errors below (google.rpc.RetryInfo). A full queue drains in about a
+ * request's time; a replacement worker takes about as long to start; another replica can take a
+ * request refused by a closing pool at once.
+ */
+const BUSY_RETRY_MS = 1_000;
+const NO_WORKER_RETRY_MS = 1_000;
+
 function noWorker(): VlmError {
-  return new VlmError('UNAVAILABLE', 'no inference worker is running (a replacement is being started); retry later or on another replica');
+  return new VlmError('UNAVAILABLE', 'no inference worker is running (a replacement is being started); retry later or on another replica', { reason: 'NO_WORKER', retryDelayMs: NO_WORKER_RETRY_MS });
+}
+
+function shuttingDown(message: string): VlmError {
+  return new VlmError('UNAVAILABLE', message, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
 }
 
 /** The wait for a worker as `vlm.queue`, then the worker's own spans, all under the caller's span. */

@@ -3,7 +3,7 @@
  * not copied, where the sender is done with them), JSON-shaped policies and results, and errors as
  * VlmError.toJSON().
  */
-import type { FieldViolation, VlmErrorCode } from '../errors';
+import type { VlmErrorJSON } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
@@ -43,11 +43,7 @@ export interface JobResultOf {
   ask: AskResult;
 }
 
-export interface ErrorData {
-  readonly code: VlmErrorCode;
-  readonly message: string;
-  readonly violations: readonly FieldViolation[];
-}
+export type ErrorData = Readonly<VlmErrorJSON>;
 
 export type ToWorker =
   // record: trace the job's stages as SpanTimings (only while the main thread exports spans).
