@@ -1,6 +1,6 @@
 /**
  * The one error type of the core. Services map `code` to a gRPC status in exactly one place
- * (services/common/server-stream.ts); everything else throws VlmError or lets unknown errors become
+ * (services/common/status.ts); everything else throws VlmError or lets unknown errors become
  * INTERNAL there, with the cause logged and never sent.
  */
 export type VlmErrorCode =
@@ -14,6 +14,7 @@ export type VlmErrorCode =
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
   | 'DATA_LOSS'
+  | 'UNIMPLEMENTED'
   | 'INTERNAL';
 
 /** A field-level violation, carried to clients as google.rpc.BadRequest.FieldViolation. */

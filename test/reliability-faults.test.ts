@@ -173,6 +173,22 @@ describe('faults across the hop', () => {
       await idle(language);
     });
 
+    it('without Encode (an older or other service on the target): FAILED_PRECONDITION naming the skew, not UNIMPLEMENTED for the caller', async () => {
+      const other = new Server();
+      const port = await new Promise<number>((resolve, reject) => other.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const skewed = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
+      const skewedClient = new LanguageServiceClient(skewed.address, credentials.createInsecure());
+      try {
+        const out = await ask(skewedClient, request(image), { deadlineMs: 5000 });
+        expect(out.error?.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(out.error?.details).toMatch(/^the vision service does not implement this call/);
+      } finally {
+        skewedClient.close();
+        await skewed.stop();
+        other.forceShutdown();
+      }
+    });
+
     it('slower than the deadline (a vision that never answers): DEADLINE_EXCEEDED, and the service cancels its Encode', async () => {
       const stalled = new Server();
       const open: Array<{ end(): void }> = [];
@@ -186,7 +202,7 @@ describe('faults across the hop', () => {
       const slow = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       const slowClient = new LanguageServiceClient(slow.address, credentials.createInsecure());
       try {
-        const out = await ask(slowClient, request(image), { deadlineMs: 400 });
+        const out = await ask(slowClient, request(image), { deadlineMs: 1500 });
         expect(out.error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
         expect(open.length).toBe(1);
         // The language service's duty: its own Encode to the stalled vision ends with the caller's

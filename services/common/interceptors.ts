@@ -17,7 +17,8 @@ import {
   type ServerInterceptor,
 } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
-import { grpcCodeName, statusObject, type StatusDetails } from './status';
+import { VlmError } from '../../shared/errors';
+import { grpcCodeName, refusalStatus } from './status';
 
 export const REQUEST_ID_KEY = 'x-request-id';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
@@ -125,7 +126,7 @@ export function uncompressedRequestsInterceptor(): ServerInterceptor {
       .withOnReceiveMetadata((metadata, next) => {
         const encoding = metadata.get(REQUEST_ENCODING_KEY)[0];
         if (encoding === undefined) return next(metadata);
-        reject(call, GrpcCode.UNIMPLEMENTED, `request compression "${String(encoding)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`);
+        reject(call, new VlmError('UNIMPLEMENTED', `request compression "${String(encoding)}" is not accepted; send requests uncompressed (grpc-encoding: identity)`));
       })
       .build();
     const responder = new ResponderBuilder()
@@ -153,7 +154,7 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
     const stop = (): void => clearTimeout(timer);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
-        timer = setTimeout(() => reject(call, GrpcCode.DEADLINE_EXCEEDED, `the request message did not arrive within ${waitMs / 1000} s of its headers`), waitMs);
+        timer = setTimeout(() => reject(call, new VlmError('DEADLINE_EXCEEDED', `the request message did not arrive within ${waitMs / 1000} s of its headers`)), waitMs);
         timer.unref();
         next(metadata);
       })
@@ -191,9 +192,9 @@ export function bearerAuthInterceptor(token: string): ServerInterceptor {
         const header = metadata.get('authorization')[0];
         const match = typeof header === 'string' ? /^Bearer (.+)$/i.exec(header.trim()) : null;
         if (match === null) {
-          reject(call, GrpcCode.UNAUTHENTICATED, 'missing bearer token: send "authorization: Bearer <token>" metadata');
+          reject(call, new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata'));
         } else if (!timingSafeEqual(digest(match[1]!), expected)) {
-          reject(call, GrpcCode.UNAUTHENTICATED, 'invalid bearer token');
+          reject(call, new VlmError('UNAUTHENTICATED', 'invalid bearer token'));
         } else {
           next(metadata);
         }
@@ -203,8 +204,8 @@ export function bearerAuthInterceptor(token: string): ServerInterceptor {
   };
 }
 
-function reject(call: ServerInterceptingCallInterface, code: GrpcCode, details: string, extra?: StatusDetails): void {
-  call.sendStatus(statusObject(code, details, extra));
+function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
+  call.sendStatus(refusalStatus(err));
 }
 
 /**
@@ -245,7 +246,7 @@ export class Admission {
       const listener = new ServerListenerBuilder()
         .withOnReceiveMetadata((metadata, next) => {
           if (this.draining) {
-            reject(call, GrpcCode.UNAVAILABLE, 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+            reject(call, new VlmError('UNAVAILABLE', 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 }));
             return;
           }
           counted = true;

@@ -46,6 +46,7 @@ const TO_GRPC: Readonly<Record<VlmErrorCode, GrpcCode>> = Object.freeze({
   UNAUTHENTICATED: GrpcCode.UNAUTHENTICATED,
   PERMISSION_DENIED: GrpcCode.PERMISSION_DENIED,
   DATA_LOSS: GrpcCode.DATA_LOSS,
+  UNIMPLEMENTED: GrpcCode.UNIMPLEMENTED,
   INTERNAL: GrpcCode.INTERNAL,
 });
 
@@ -55,7 +56,6 @@ const FROM_GRPC: Readonly<Partial<Record<GrpcCode, VlmErrorCode>>> = Object.free
   [GrpcCode.OUT_OF_RANGE]: 'INVALID_ARGUMENT',
   [GrpcCode.ABORTED]: 'UNAVAILABLE',
   [GrpcCode.UNKNOWN]: 'INTERNAL',
-  [GrpcCode.UNIMPLEMENTED]: 'FAILED_PRECONDITION',
   [GrpcCode.ALREADY_EXISTS]: 'FAILED_PRECONDITION',
 });
 
@@ -82,10 +82,12 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
   return statusObject(code, details, e.code === 'INTERNAL' ? {} : e);
 }
 
-/**
- * A status with its details trailer, for the places that answer before a handler runs (the
- * interceptors) as well as for toStatus.
- */
+/** The status for an error refused before a handler runs (the interceptors): never INTERNAL, nothing to log. */
+export function refusalStatus(e: VlmError): StatusObject {
+  return statusObject(grpcCodeOf(e.code), clipText(e.message, MAX_MESSAGE_CHARS), e);
+}
+
+/** A status with its details trailer. */
 export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));

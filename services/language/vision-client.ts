@@ -5,7 +5,7 @@
  * with their code, message and field violations intact.
  */
 import { isIP } from 'node:net';
-import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
 import type { ModelInfo } from '../../gen/vlm/v1/common';
@@ -210,11 +210,15 @@ export class VisionClient {
       // The caller did nothing wrong: this service is misconfigured towards vision.
       return new VlmError('INTERNAL', 'the vision service refused this language service\'s credentials', { cause: status });
     }
+    if (status.code === GrpcCode.UNIMPLEMENTED) {
+      // Vision lacks what this service calls: a version skew between the two, not the caller's doing.
+      return new VlmError('FAILED_PRECONDITION', `the vision service does not implement this call: ${status.details}`, { cause: status });
+    }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way.
       return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status, reason: sent.reason, retryDelayMs: sent.retryDelayMs });
     }
-    return fromServiceError({ ...status, message: status.details } as unknown as ServiceError);
+    return fromServiceError(status);
   }
 
   getModelInfo(deadlineMs = 5000): Promise<ModelInfo | undefined> {
