@@ -18,6 +18,8 @@ import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { setLogLevel } from '../shared/log';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
+import { METHOD_PRESETS } from '../shared/methods/policy';
 import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
 import { generateOnce, languageClient } from '../services/language/client';
 import { paramsToWire } from '../services/common/wire';
@@ -27,9 +29,9 @@ const FLAGS = {
   image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },
   question: { type: 'string', arg: 'TEXT', help: 'the question (required); the service applies the prompt template' },
   target: { type: 'string', arg: 'HOST:PORT', help: 'the language service [default: 127.0.0.1 at --language-port]' },
-  'vision-method': { type: 'string', arg: 'NAME', help: 'none, ficoco-v, tome or random [default: none]' },
-  'language-method': { type: 'string', arg: 'NAME', help: 'none, sparsevlm, ficoco-l, fastv or random [default: none]' },
-  preset: { type: 'string', arg: 'NAME', help: 'ficoco-vl: ficoco-v + ficoco-l under one budget (instead of the two methods)' },
+  'vision-method': { type: 'string', arg: 'NAME', help: `${visionMethodNames().join(', ')} [default: none]` },
+  'language-method': { type: 'string', arg: 'NAME', help: `${languageMethodNames().join(', ')} [default: none]` },
+  preset: { type: 'string', arg: 'NAME', help: `${Object.entries(METHOD_PRESETS).map(([name, p]) => `${name}: ${p.vision} + ${p.language}`).join('; ')}, under one budget (instead of the two methods)` },
   budget: { type: 'string', arg: 'N|P%', help: 'mean visual tokens per decoder layer, absolute or a percentage of the unreduced count [default: the method\'s own]' },
   mode: { type: 'string', arg: 'MODE', help: 'clean or exact (the official code\'s behaviour) [default: clean]' },
   param: { type: 'string', multiple: true, arg: 'NAME=VALUE', help: 'a method parameter, e.g. lambda=0.5 (shared/methods/README.md lists them)' },

@@ -15,8 +15,9 @@ import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { setLogLevel } from '../shared/log';
-import type { ReductionPolicy } from '../shared/methods/policy';
+import { METHOD_PRESETS, type ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, VisionMethodName } from '../shared/methods/types';
+import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import { InferencePool } from '../shared/worker';
 import { evalRunFlags, evalRuntime, isCorrect, readItemImage, type EvalItem } from './eval';
 
@@ -40,15 +41,11 @@ export interface Cell {
 }
 
 export function benchCells(): Cell[] {
+  // Every method alone, in the registry's order, then every preset.
   const methods: Array<Omit<Cell, 'percent'>> = [
-    { vision: 'ficoco-v', language: 'none' },
-    { vision: 'tome', language: 'none' },
-    { vision: 'random', language: 'none' },
-    { vision: 'none', language: 'sparsevlm' },
-    { vision: 'none', language: 'ficoco-l' },
-    { vision: 'none', language: 'fastv' },
-    { vision: 'none', language: 'random' },
-    { vision: 'ficoco-v', language: 'ficoco-l', preset: 'ficoco-vl' },
+    ...visionMethodNames().filter((v) => v !== 'none').map((vision) => ({ vision, language: 'none' as const })),
+    ...languageMethodNames().filter((l) => l !== 'none').map((language) => ({ vision: 'none' as const, language })),
+    ...Object.entries(METHOD_PRESETS).map(([preset, pair]) => ({ ...pair, preset })),
   ];
   return [{ vision: 'none', language: 'none', percent: null }, ...methods.flatMap((m) => BUDGET_PERCENTS.map((percent) => ({ ...m, percent })))];
 }

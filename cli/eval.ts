@@ -15,6 +15,7 @@ import type { CommandFlags } from './help';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, ReductionMode, VisionMethodName } from '../shared/methods/types';
+import { isLanguageMethod, isVisionMethod, languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import { addFlops, emptyFlops, macs, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { InferencePool, type AskResult } from '../shared/worker';
 import { integerFlag, parseBudgetFlag, seedFlag } from './numeric-flags';
@@ -28,8 +29,8 @@ export interface EvalItem {
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'evaluate N items taken evenly across the question types [default: all]' },
-  'vision-method': { type: 'string', arg: 'NAME', help: 'none, ficoco-v, tome or random [default: none]' },
-  'language-method': { type: 'string', arg: 'NAME', help: 'none, sparsevlm, ficoco-l, fastv or random [default: none]' },
+  'vision-method': { type: 'string', arg: 'NAME', help: `${visionMethodNames().join(', ')} [default: none]` },
+  'language-method': { type: 'string', arg: 'NAME', help: `${languageMethodNames().join(', ')} [default: none]` },
   budget: { type: 'string', arg: 'N|P%', help: 'mean visual tokens per decoder layer, absolute or a percentage [default: the method\'s own]' },
   mode: { type: 'string', arg: 'MODE', help: 'clean or exact [default: clean]' },
   'max-new-tokens': { type: 'string', arg: 'N', help: 'most answer tokens per item [default: the model\'s]' },
@@ -127,6 +128,12 @@ export async function evalRunFlags(values: Record<string, unknown>, config: Conf
   return { mode, seed, items, maxNewTokens, logLevel };
 }
 
+function methodFlag<N extends VisionMethodName | LanguageMethodName>(values: Record<string, string | boolean | undefined>, flag: string, known: (name: string) => name is N, names: readonly string[]): N {
+  const name = String(values[flag] ?? 'none');
+  if (!known(name)) throw VlmError.invalid(`--${flag}`, `unknown method "${name}"; valid: ${names.join(', ')}`);
+  return name;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const parsed = parseCommandLine(argv, FLAGS);
   const values = parsed.values as Record<string, string | boolean | undefined>;
@@ -134,8 +141,8 @@ export async function run(argv: string[]): Promise<number> {
   const { mode, seed, items, maxNewTokens: maxNewTokensFlag, logLevel } = await evalRunFlags(values, config);
   setLogLevel(logLevel);
   const policy: ReductionPolicy = {
-    vision: (values['vision-method'] ?? 'none') as VisionMethodName,
-    language: (values['language-method'] ?? 'none') as LanguageMethodName,
+    vision: methodFlag(values, 'vision-method', isVisionMethod, visionMethodNames()),
+    language: methodFlag(values, 'language-method', isLanguageMethod, languageMethodNames()),
     budget: parseBudgetFlag(values.budget as string | undefined),
     mode,
     params: {},

@@ -97,11 +97,13 @@ describe('vlm CLI', () => {
     });
   }
 
-  it('eval judges its numeric flags before starting the pool', async () => {
+  it('eval judges its numeric and method flags before starting the pool', async () => {
     const cases: Array<[string[], RegExp]> = [
       [['--budget', '12.5'], /^INVALID_ARGUMENT: --budget: a token count must be an integer/m],
       [['--seed', '1.5'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 9007199254740991\]/m],
       [['--max-new-tokens', '1e10'], /^INVALID_ARGUMENT: --max-new-tokens: expected an integer in \[1, 256\], got "1e10"$/m],
+      [['--vision-method', 'fastv'], /^INVALID_ARGUMENT: --vision-method: unknown method "fastv"; valid: none, ficoco-v, tome, random$/m],
+      [['--language-method', 'tome'], /^INVALID_ARGUMENT: --language-method: unknown method "tome"; valid: none, sparsevlm, ficoco-l, fastv, random$/m],
     ];
     for (const [flags, message] of cases) {
       const r = await vlm(['eval', '--model', dir, '--limit', '1', ...flags]);

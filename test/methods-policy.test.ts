@@ -45,7 +45,12 @@ describe('registry', () => {
   it('has one row per method name and no way to add one at run time', () => {
     expect([...VISION_METHODS.keys()]).toEqual(['none', 'ficoco-v', 'tome', 'random']);
     expect([...LANGUAGE_METHODS.keys()]).toEqual(['none', 'sparsevlm', 'ficoco-l', 'fastv', 'random']);
-    expect(Object.isFrozen(VISION_METHODS)).toBe(true);
+    for (const table of [VISION_METHODS, LANGUAGE_METHODS] as unknown as Array<Map<string, unknown>>) {
+      expect(() => table.set('extra', {})).toThrow(TypeError);
+      expect(() => table.delete('none')).toThrow(TypeError);
+      expect(() => table.clear()).toThrow(TypeError);
+      expect(table.has('none')).toBe(true);
+    }
     for (const [name, reducer] of VISION_METHODS) expect(reducer.name).toBe(name);
     for (const [name, reducer] of LANGUAGE_METHODS) expect(reducer.name).toBe(name);
   });

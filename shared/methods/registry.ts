@@ -1,6 +1,7 @@
 /**
  * The one table of token-reduction methods: one row per method, one file per method. Rows are
- * listed here explicitly (no method registers itself on import), and the maps are frozen.
+ * listed here explicitly (no method registers itself on import), and the tables cannot be changed at
+ * run time.
  */
 import { VlmError } from '../errors';
 import { fastv } from './fastv';
@@ -13,10 +14,44 @@ import { sparsevlm } from './sparsevlm';
 import { tome } from './tome';
 import type { LanguageMethodName, LanguageReducer, VisionMethodName, VisionReducer } from './types';
 
+/**
+ * A Map frozen with Object.freeze still takes set() and delete() (they change its internal slots, not
+ * its properties), so the table is a Map behind an object that has no way to change it.
+ */
+class Table<K extends string, V> implements ReadonlyMap<K, V> {
+  readonly #map: Map<K, V>;
+  constructor(rows: ReadonlyArray<readonly [K, V]>) {
+    this.#map = new Map(rows);
+    Object.freeze(this);
+  }
+  get size(): number {
+    return this.#map.size;
+  }
+  get(key: K): V | undefined {
+    return this.#map.get(key);
+  }
+  has(key: K): boolean {
+    return this.#map.has(key);
+  }
+  forEach(fn: (value: V, key: K, map: ReadonlyMap<K, V>) => void): void {
+    this.#map.forEach((v, k) => fn(v, k, this));
+  }
+  keys(): MapIterator<K> {
+    return this.#map.keys();
+  }
+  values(): MapIterator<V> {
+    return this.#map.values();
+  }
+  entries(): MapIterator<[K, V]> {
+    return this.#map.entries();
+  }
+  [Symbol.iterator](): MapIterator<[K, V]> {
+    return this.#map[Symbol.iterator]();
+  }
+}
+
 function table<K extends string, V>(rows: ReadonlyArray<readonly [K, V]>): ReadonlyMap<K, V> {
-  const map = new Map<K, V>(rows);
-  // ReadonlyMap removes set/delete at compile time; freezing stops anything being hung on the object.
-  return Object.freeze(map);
+  return new Table(rows);
 }
 
 export const VISION_METHODS: ReadonlyMap<VisionMethodName, VisionReducer> = table<VisionMethodName, VisionReducer>([
@@ -38,7 +73,7 @@ function lookup<V>(side: 'vision' | 'language', map: ReadonlyMap<string, V>, nam
   const found = map.get(name);
   if (found === undefined) {
     throw VlmError.invalid(
-      `policy.${side}`,
+      `policy.${side}_method`,
       `unknown ${side} method '${name}'; valid ${side} methods: ${[...map.keys()].join(', ')}`,
     );
   }
@@ -51,6 +86,14 @@ export function getVisionReducer(name: string): VisionReducer {
 
 export function getLanguageReducer(name: string): LanguageReducer {
   return lookup('language', LANGUAGE_METHODS, name);
+}
+
+export function isVisionMethod(name: string): name is VisionMethodName {
+  return (VISION_METHODS as ReadonlyMap<string, unknown>).has(name);
+}
+
+export function isLanguageMethod(name: string): name is LanguageMethodName {
+  return (LANGUAGE_METHODS as ReadonlyMap<string, unknown>).has(name);
 }
 
 export function visionMethodNames(): VisionMethodName[] {

@@ -1,5 +1,5 @@
 import type { Attributes } from '@opentelemetry/api';
-import type { ReductionPolicy } from '../methods/policy';
+import { METHOD_PRESETS, type ReductionPolicy } from '../methods/policy';
 import {
   ATTR_VLM_REDUCTION_BUDGET,
   ATTR_VLM_REDUCTION_LANGUAGE_METHOD,
@@ -31,7 +31,8 @@ export function budgetAttribute(budget: ReductionPolicy['budget']): number | str
 }
 
 export function methodName(vision: string, language: string): string {
-  if (vision === 'ficoco-v' && language === 'ficoco-l') return 'ficoco-vl';
+  const preset = Object.entries(METHOD_PRESETS).find(([, pair]) => pair.vision === vision && pair.language === language);
+  if (preset) return preset[0];
   if (language === 'none') return vision;
   if (vision === 'none') return language;
   return `${vision}+${language}`;
