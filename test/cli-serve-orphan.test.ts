@@ -3,6 +3,7 @@
  * killed, serve all is re-parented and stops its two services instead of leaving them on their ports.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
@@ -13,10 +14,14 @@ const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
 
+/**
+ * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
+ * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
+ */
 const alive = (pid: number): boolean => {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(') ') + 2)[0] !== 'Z';
   } catch {
     return false;
   }

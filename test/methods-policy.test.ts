@@ -91,6 +91,18 @@ describe('budgets', () => {
     expect(s.positions).toBe('renumber');
   });
 
+  it("sparsevlm reproduces each v1.5 setting's keeps on LLaVA at that setting's budget, and RETAIN_TOKN = 192's without one", () => {
+    // SparseVLM counts each layer after its prune, this budget before: its "192" is 206.5 here (spec §2.6).
+    const g = { ...llavaLanguage(576), anchors: { sparsevlm: { layers: [2, 6, 15] } } };
+    const settings: Array<[number | null, string]> = [[null, '300,200,110'], [206.5, '300,200,110'], [145.40625, '303,110,36'], [114.09375, '238,48,26'], [82.25, '66,30,17']];
+    for (const [tokens, keeps] of settings) {
+      const s = resolveLanguageSchedule({ ...policy('none', 'sparsevlm', null), budget: tokens === null ? null : { tokens } }, g);
+      expect(s.params['keeps'], String(tokens)).toBe(keeps);
+    }
+    const byDefault = resolveLanguageSchedule(policy('none', 'sparsevlm', null), g).perLayerVisualTokens;
+    expect([byDefault[2], byDefault[3], byDefault[7], byDefault[16]]).toEqual([576, 309, 204, 113]);
+  });
+
   it('an unreachable budget is INVALID_ARGUMENT naming the feasible range', () => {
     const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'fastv', null), budget: { tokens: 5 } }, tinyLanguage(196)));
     expect(e.code).toBe('INVALID_ARGUMENT');

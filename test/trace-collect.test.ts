@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +9,8 @@ import { OTLPTraceExporter as ProtoExporter } from '@opentelemetry/exporter-trac
 import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, SimpleSpanProcessor, type SpanExporter } from '@opentelemetry/sdk-trace-base';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { running } from '../cli/child-running';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 
@@ -91,9 +92,15 @@ describe('vlm trace collect (the CLI, as a process)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'trace-collect-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  let collector: ChildProcess | undefined;
+  // A failed test leaves no collector listening.
+  afterEach(() => {
+    if (collector && running(collector)) collector.kill('SIGKILL');
+  });
+
   it('writes one span per line and flushes on SIGTERM', async () => {
     const out = join(dir, 'spans.jsonl');
-    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'cli', 'trace-collect.ts'), '--port', '0', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = (collector = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'cli', 'trace-collect.ts'), '--port', '0', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] }));
     let stderr = '';
     const url = await new Promise<string>((resolve, reject) => {
       child.stderr.on('data', (d: Buffer) => {

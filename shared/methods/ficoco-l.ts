@@ -95,6 +95,9 @@ export const ficocoL: LanguageReducer = {
     return {
       method: 'ficoco-l',
       steps: stepsFromCuts('after-attn', V, cuts),
+      // Both modes: a decoded token's position is the layer's cache length. The released code instead
+      // subtracts 14 per merging layer cumulatively in decode (spec §1.3.5), 14 below that length at
+      // every layer from 5 on, so its new token collides with cached positions; exact does not copy that.
       positions: 'renumber',
       perLayerVisualTokens: perLayerCounts(L, V, cuts),
       needs: ['scores'],
@@ -109,6 +112,10 @@ export const ficocoL: LanguageReducer = {
     const S = input.scores;
     if (!S) throw new VlmError('INTERNAL', 'ficoco-l needs the unmasked head-mean logits (scores) of the layer');
     const r = input.step.tokensIn - input.step.tokensOut;
+    // Exact's slot count may include prompt-prefix tokens (dataDependent); clean's span must be the step's.
+    if (options.mode !== 'exact' && input.image.length !== input.step.tokensIn) {
+      throw new VlmError('INTERNAL', `ficoco-l step expected ${input.step.tokensIn} image tokens, got ${input.image.length}`);
+    }
     return options.mode === 'exact' ? reduceExact(input, S, r, params(options)) : reduceClean(input, S, r, params(options));
   },
 };
@@ -192,7 +199,9 @@ function reduceClean(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   const M = L - textStart;
   if (M <= 0) throw new VlmError('INTERNAL', 'ficoco-l needs text tokens after the image');
 
-  // FILTER (Eq. 3): β·mean over image keys − (1−β)·mean over text keys.
+  // FILTER (Eq. 3): β·mean over image keys − (1−β)·mean over text keys. The image mean includes the
+  // token's own key, as the released code's sum does (it builds a -inf-diagonal copy and never uses
+  // it); the paper's Σ_j does not say.
   const red = new Float64Array(N);
   for (let i = 0; i < N; i++) {
     let vv = 0;
@@ -207,6 +216,9 @@ function reduceClean(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   for (let i = 0; i < N; i++) if (!dropped.has(i)) remain.push(i);
 
   // CORRELATE (Eq. 4): direct γ·S_ij plus indirect (1−γ)·(1/M) Σ_k S_ik S_kj, preserved targets only.
+  // On logits, as the released code computes it (the paper writes attention A): a product of two
+  // negative logits (both avoiding the text token k) adds as much as two positive ones, which the
+  // paper's non-negative A·A would not.
   const recipes: Array<Array<[number, number]>> = remain.map((j) => [[j, 1]]);
   const denom = new Float64Array(remain.length).fill(1);
   for (const i of discard) {

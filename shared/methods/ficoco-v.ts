@@ -227,7 +227,10 @@ function reduceClean(input: VisionStepInput, r: number, grid: number, p: FicocoV
   if (origin[0] !== -1) throw new VlmError('INTERNAL', 'ficoco-v clean expects the class token at index 0');
 
   // FILTER (paper Eq. 1): redundancy s_i = λ·mean_j A[i, patches] − (1−λ)·A[CLS, i]; clean puts λ
-  // on the patch term as the paper does (the code puts it on the CLS term).
+  // on the patch term as the paper does (the code puts it on the CLS term). With A a softmax over all
+  // keys, the patch mean (the token's own key included) is (1 − A[i, CLS]) / (T − 1): the paper's
+  // "patch redundancy" is how little the token attends to CLS. The released code reads logits, whose
+  // row means do differ across keys; exact mode does that.
   const s = new Float64Array(T).fill(-Infinity);
   const a0 = row(A, 0);
   for (let i = 1; i < T; i++) s[i] = p.lambda * mean(row(A, i), 1, T) - (1 - p.lambda) * a0[i]!;

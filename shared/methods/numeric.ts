@@ -18,9 +18,11 @@ export function quantileLinear(values: ArrayLike<number>, q: number): number {
   const frac = pos - lo;
   const a = sorted[lo]!;
   const b = sorted[hi]!;
-  // torch's lerp; -inf entries (masked diagonals) must not turn the result into NaN when frac is 0.
+  // -inf entries (masked diagonals) must not turn the result into NaN when frac is 0.
   if (frac === 0) return a;
-  return a + frac * (b - a);
+  // torch's lerp kernel, both branches: they round differently, and from the upper end a -inf lower
+  // neighbour gives -inf where the lower-end form gives NaN (a count of nothing above it).
+  return frac < 0.5 ? a + frac * (b - a) : b - (b - a) * (1 - frac);
 }
 
 /** Indices sorted by value ascending; equal values keep index order. */
@@ -43,7 +45,7 @@ export function topkIndices(values: ArrayLike<number>, k: number): number[] {
   return idx.slice(0, k);
 }
 
-/** Softmax of one row, in float64, -inf entries giving 0. */
+/** Softmax of one row, in float64, -inf entries giving 0 (a row with no finite entry is NaN: callers never pass one). */
 export function softmax(values: ArrayLike<number>): Float64Array {
   const out = new Float64Array(values.length);
   let max = -Infinity;

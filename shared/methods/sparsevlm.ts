@@ -34,12 +34,26 @@ import type {
 } from './types';
 
 /** v1.5 per-layer visual counts (keep + recycled clusters) over 576, at layers 2 / 6 / 15 (§2.6). */
-const V15_TABLE: ReadonlyArray<{ ratio: number; fractions: readonly number[] }> = [
-  { ratio: 64 / 576, fractions: [82 / 576, 32 / 576, 18 / 576] },
-  { ratio: 96 / 576, fractions: [249 / 576, 55 / 576, 27 / 576] },
-  { ratio: 128 / 576, fractions: [312 / 576, 117 / 576, 39 / 576] },
-  { ratio: 192 / 576, fractions: [309 / 576, 204 / 576, 113 / 576] },
+/**
+ * The v1.5 settings (spec §2.6): visual tokens per layer after the prunes at layers 2, 6 and 15 of
+ * LLaVA's 32, cluster tokens included, as fractions of 576. SparseVLM labels a setting by the mean
+ * it counts after each layer's prune (192, 128, ...); this project's budget counts what enters each
+ * layer's attention, so the pruning layer itself still sees all 576 and a setting's budget is its
+ * `ratio` here (the 192 setting is 206.5 of 576). Keyed by that ratio, a budget picks the shape of
+ * the setting it equals.
+ */
+const V15_SETTINGS: ReadonlyArray<readonly [number, number, number]> = [
+  [82, 32, 18], // "64"
+  [249, 55, 27], // "96"
+  [312, 117, 39], // "128"
+  [309, 204, 113], // "192": RETAIN_TOKN's default
 ];
+const V15_TABLE: ReadonlyArray<{ ratio: number; fractions: readonly number[] }> = V15_SETTINGS.map(([a, b, c]) => ({
+  ratio: (3 * 576 + 4 * a + 9 * b + 16 * c) / 32 / 576,
+  fractions: [a / 576, b / 576, c / 576],
+}));
+/** The default operating point: RETAIN_TOKN = 192, as a budget of this project. */
+const DEFAULT_RATIO = V15_TABLE[V15_TABLE.length - 1]!.ratio;
 const FLOAT32_EPS = 1.1920928955078125e-7;
 
 /** Pruned tokens recycled into clusters: the best 30 % (+1). */
@@ -196,10 +210,10 @@ export const sparsevlm: LanguageReducer = {
     for (const name of ['scale', 'bias']) {
       if (options.params[name] !== undefined) throw VlmError.invalid(`policy.params[${name}]`, "applies to sparsevlm version 'v1' only (keep = rank x scale + bias); v1.5 takes its counts from the budget");
     }
-    // Default operating point: RETAIN_TOKN = 192 of 576, raised into the feasible range on a model too
+    // Default operating point: RETAIN_TOKN = 192, raised into the feasible range on a model too
     // shallow for it (an unset budget must not fail as an infeasible one).
     const range = this.feasibleRange(g, options);
-    const target = budget ?? Math.max((192 / 576) * V, range.min);
+    const target = budget ?? Math.max(DEFAULT_RATIO * V, range.min);
     checkBudgetInRange('sparsevlm', target, range, `layers up to the first pruning layer see all ${V} visual tokens`);
     let layers = anchorLayers;
     for (let d = 1; d <= anchorLayers[0]! && minimumAt(g, layers) > target + 1e-9; d++) layers = shiftEarlier(anchorLayers, d, g.numLayers);

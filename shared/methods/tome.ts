@@ -8,9 +8,11 @@
  * add log(size) to every later attention logit (proportional attention).
  *
  * exact: the official output order [unmerged A tokens by index, then all B tokens].
- * clean: the same matching and merge, output in original token order (CLS first), ties broken by
- *   lower index. The order does not matter inside a ViT with absolute positions, but it becomes the
- *   LLM's visual token order, where raster order is what the model was trained on.
+ * clean: the same matching and merge at each step, output in original token order (CLS first), ties
+ *   broken by lower index. The order does not matter inside a ViT with absolute positions, but it
+ *   becomes the LLM's visual token order, where raster order is what the model was trained on. Sets
+ *   A and B are taken by position, so from the second step on the two orders split the tokens into
+ *   different sets and the modes' matchings differ.
  */
 import { VlmError } from '../errors';
 import { fromRecipes, type RowRecipe } from './combination';
