@@ -8,6 +8,7 @@
  * `rows` (--json) or a markdown table. `--docs DIR` also writes DIR/bench-accuracy.md and
  * DIR/bench-accuracy.svg (accuracy against FLOPs) for the README.
  */
+import { GREEDY } from '../shared/engine/sampling';
 import { mkdir, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { parseCommandLine } from '../shared/config';
@@ -19,7 +20,8 @@ import { METHOD_PRESETS, type ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, VisionMethodName } from '../shared/methods/types';
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import { InferencePool } from '../shared/worker';
-import { evalRunFlags, evalRuntime, isCorrect, readItemImage, type EvalItem } from './eval';
+import { evalRunFlags, evalRuntime } from './eval';
+import { isCorrect, readItemImage, type EvalItem } from './eval-items';
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'N items taken evenly across the question types [default: all]' },
@@ -257,7 +259,7 @@ async function runCell(pool: InferencePool, items: readonly EvalItem[], images: 
     while (next < items.length && error === null) {
       const k = next++;
       try {
-        const r = await pool.ask(images[k]!, items[k]!.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, policy, { signal: controller.signal });
+        const r = await pool.ask(images[k]!, items[k]!.question, { ...GREEDY, maxNewTokens }, policy, { signal: controller.signal });
         if (isCorrect(r.generate.text, items[k]!.answer)) correct++;
         visualTokens += r.generate.achievedBudget;
         visionTokensOut += r.encode.embeds.dims[0]!;

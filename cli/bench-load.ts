@@ -12,7 +12,8 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { callMetadata } from '../services/common/call-metadata';
 import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
@@ -22,7 +23,7 @@ import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '.
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
 import { seededRandom } from '../shared/methods/numeric';
-import { readItemImage, readItems, selectEvenly } from './eval';
+import { readItemImage, readItems, selectEvenly } from './eval-items';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = {
@@ -154,8 +155,7 @@ function plan(rand: () => number, pool: ReadonlyArray<{ bytes: Buffer; question:
  */
 function generate(client: LanguageServiceClient, p: Planned, authToken: string | null): Promise<{ code: GrpcCode | 'lost'; ms: number }> {
   const started = performance.now();
-  const md = new Metadata();
-  if (authToken) md.set('authorization', `Bearer ${authToken}`);
+  const md = callMetadata({ authToken });
   return new Promise((resolve) => {
     const call = client.generate(p.request, md, { deadline: Date.now() + p.deadlineMs });
     const watchdog = setTimeout(() => {

@@ -15,7 +15,7 @@ import { VlmError } from '../shared/errors';
 import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
-import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval';
+import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
 import { generatedImage, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = { items: { type: 'string', arg: 'N', help: 'questions asked under each policy [default: 3]' } } as const satisfies CommandFlags;

@@ -7,8 +7,7 @@
  * told otherwise). Progress goes to stderr; the result is printed last on stdout, with --json as one
  * single-line JSON object.
  */
-import { readFile } from 'node:fs/promises';
-import * as path from 'node:path';
+import { GREEDY } from '../shared/engine/sampling';
 import { VlmError } from '../shared/errors';
 import { optionChosen, parseCommandLine, type Config } from '../shared/config';
 import type { CommandFlags } from './help';
@@ -19,13 +18,7 @@ import { isLanguageMethod, isVisionMethod, languageMethodNames, visionMethodName
 import { addFlops, emptyFlops, macs, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { InferencePool, type AskResult } from '../shared/worker';
 import { integerFlag, parseBudgetFlag, seedFlag } from './numeric-flags';
-
-export interface EvalItem {
-  readonly image: string;
-  readonly question: string;
-  readonly answer: string;
-  readonly type: string;
-}
+import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'evaluate N items taken evenly across the question types [default: all]' },
@@ -37,72 +30,6 @@ const FLAGS = {
   seed: { type: 'string', arg: 'N', help: 'seed of the random methods [default: 0]' },
   json: { type: 'boolean', help: 'print the result as one JSON line' },
 } as const satisfies CommandFlags;
-
-export async function readItems(modelDir: string): Promise<EvalItem[]> {
-  const file = path.join(modelDir, 'eval', 'items.jsonl');
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new VlmError('FAILED_PRECONDITION', `no evaluation items at ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-  return text
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((line, i) => {
-      let item: EvalItem;
-      try {
-        item = JSON.parse(line) as EvalItem;
-      } catch (err) {
-        throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: not valid JSON (${(err as Error).message})`);
-      }
-      if (typeof item !== 'object' || item === null) throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: not a JSON object`);
-      for (const k of ['image', 'question', 'answer', 'type'] as const) {
-        if (typeof item[k] !== 'string') throw new VlmError('FAILED_PRECONDITION', `${file}:${i + 1}: field "${k}" missing or not a string`);
-      }
-      return item;
-    });
-}
-
-/** An item's image bytes; a missing file names the item list it came from. */
-export async function readItemImage(modelDir: string, item: EvalItem): Promise<Buffer> {
-  const file = path.join(modelDir, 'eval', item.image);
-  try {
-    return await readFile(file);
-  } catch (err) {
-    throw new VlmError('FAILED_PRECONDITION', `cannot read image ${file} of eval/items.jsonl (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-}
-
-/** The first `limit` items taken round-robin over types (in order of first appearance), so every type is equally represented. */
-export function selectEvenly(items: readonly EvalItem[], limit: number | undefined): EvalItem[] {
-  if (limit === undefined || limit >= items.length) return [...items];
-  const byType = new Map<string, EvalItem[]>();
-  for (const it of items) {
-    const list = byType.get(it.type) ?? [];
-    list.push(it);
-    byType.set(it.type, list);
-  }
-  const lists = [...byType.values()];
-  const out: EvalItem[] = [];
-  for (let round = 0; out.length < limit; round++) {
-    let took = false;
-    for (const l of lists) {
-      if (round < l.length && out.length < limit) {
-        out.push(l[round]!);
-        took = true;
-      }
-    }
-    if (!took) break;
-  }
-  return out;
-}
-
-/** Case- and space-insensitive whole-answer match, ignoring trailing punctuation. */
-export function isCorrect(generated: string, answer: string): boolean {
-  const norm = (s: string) => s.trim().toLowerCase().replace(/[\s.!?,;:]+$/u, '').replace(/\s+/g, ' ');
-  return norm(generated) === norm(answer);
-}
 
 /** Eval runs many small requests: one intra-op thread per worker and a worker per core, unless told otherwise. */
 export function evalRuntime(config: Config, values: Record<string, unknown>): Config {
@@ -166,7 +93,7 @@ export async function run(argv: string[]): Promise<number> {
   const one = async (item: EvalItem): Promise<void> => {
     const image = await readItemImage(config.model.dir, item);
     const t0 = performance.now();
-    const r: AskResult = await pool.ask(image, item.question, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, policy, { signal: controller.signal });
+    const r: AskResult = await pool.ask(image, item.question, { ...GREEDY, maxNewTokens }, policy, { signal: controller.signal });
     latencyMs += performance.now() - t0;
     const ok = isCorrect(r.generate.text, item.answer);
     const t = byType.get(item.type) ?? { items: 0, correct: 0 };

@@ -15,7 +15,7 @@ import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promis
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { isCorrect, readItems, selectEvenly } from '../cli/eval';
+import { isCorrect, readItems, selectEvenly } from '../cli/eval-items';
 import { parseCommandLine } from '../shared/config';
 import { geometryOf } from '../shared/engine/model';
 import { setLogLevel } from '../shared/log';

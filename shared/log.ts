@@ -19,11 +19,20 @@ function parseLevel(raw: string | undefined): LogLevel {
   return v in RANK ? (v as LogLevel) : 'info';
 }
 
-let threshold = RANK[parseLevel(process.env.VLM_LOG_LEVEL)];
+// Until an entry point applies its parsed configuration (setLogLevel), libraries and tests log at
+// the environment's level; config.ts is what validates the value.
+let current: LogLevel = parseLevel(process.env.VLM_LOG_LEVEL);
+let threshold = RANK[current];
 
 /** For CLIs that take --log-level after import time. */
 export function setLogLevel(level: LogLevel): void {
+  current = level;
   threshold = RANK[level];
+}
+
+/** The level in effect: what a worker thread started now should log at. */
+export function logLevel(): LogLevel {
+  return current;
 }
 
 function write(level: Exclude<LogLevel, 'silent'>, component: string, msg: string, fields?: Record<string, unknown>): void {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isCorrect, selectEvenly, type EvalItem } from '../cli/eval';
+import { isCorrect, selectEvenly, type EvalItem } from '../cli/eval-items';
 import { integerFlag, parseBudgetFlag, seedFlag } from '../cli/numeric-flags';
 import { RANDOM_BUNDLE, ROOT } from './core-helpers';
 

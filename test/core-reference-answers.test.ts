@@ -16,7 +16,7 @@ import { loadTokenizer, assemblePrompt } from '../shared/tokenizer';
 import type { Manifest } from '../shared/bundle/manifest';
 import { InferencePool } from '../shared/worker';
 import type { EncodeResult } from '../shared/engine';
-import { selectEvenly, type EvalItem } from '../cli/eval';
+import { selectEvenly, type EvalItem } from '../cli/eval-items';
 import { policy, ROOT } from './core-helpers';
 
 const MODEL_DIR = path.join(ROOT, 'models/tiny-llava-shapes');

@@ -68,7 +68,7 @@ describe('InferencePool', () => {
 
     let done = false;
     const job = pool.ask(image, 'what shape is it?', sampling, policy()).then((r) => ((done = true), r));
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(500, 20 * oneJobMs));
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(3000, 50 * oneJobMs));
     let turns = 0;
     while (!done && turns < 1000) {
       await new Promise((resolve) => setImmediate(resolve));
@@ -141,11 +141,19 @@ describe('InferencePool', () => {
     await cp(RANDOM_BUNDLE, dir, { recursive: true });
     const own = await InferencePool.start(testConfig({ model: { dir }, runtime: { workers: 1 }, limits: { queueSize: 2 } }));
     try {
-      // The only worker dies and its replacement cannot load the (now missing) bundle.
+      // A job runs and one waits behind it; then the only worker dies and its replacement cannot
+      // load the (now missing) bundle.
+      let started!: () => void;
+      const streaming = new Promise<void>((resolve) => (started = resolve));
+      const running = failure(own.ask(image, 'what color is it?', { ...sampling, maxNewTokens: LONG }, policy(), { onDelta: () => started() }));
+      await streaming;
+      const queued = failure(own.ask(image, 'what color is it?', sampling, policy()));
       await rm(dir, { recursive: true, force: true });
       const { slots } = own as unknown as { slots: Array<{ worker: Worker }> };
       await slots[0]!.worker.terminate();
       const t0 = Date.now();
+      expect((await running).code).toBe('INTERNAL');
+      expect((await queued).code).toBe('UNAVAILABLE');
       expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
       expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
       expect(Date.now() - t0).toBeLessThan(15_000); // not the 60 s default deadline
@@ -171,7 +179,8 @@ describe('InferencePool', () => {
   it('refuses a replacement worker that loaded another bundle: it never answers from a model the service does not advertise', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'vlm-pool-'));
     await cp(RANDOM_BUNDLE, dir, { recursive: true });
-    const own = await InferencePool.start(testConfig({ model: { dir }, runtime: { workers: 1 }, limits: { queueSize: 2 } }));
+    const lines: LogLine[] = [];
+    const own = await InferencePool.start({ ...testConfig({ model: { dir }, runtime: { workers: 1 }, limits: { queueSize: 2 } }), log: recordingLogger(lines, 'pool') });
     try {
       const advertised = own.manifest.content_hash;
       // The folder is replaced under the running service (another bundle of the same format), then
@@ -188,6 +197,10 @@ describe('InferencePool', () => {
       }
       expect(own.manifest.content_hash).toBe(advertised);
       expect(own.stats.workers).toBe(0);
+      // Refused for the bundle it loaded, not for failing to load one.
+      const refusals = lines.filter((l) => l.msg === 'replacement worker failed to start; retrying');
+      expect(refusals.length).toBeGreaterThan(0);
+      for (const l of refusals) expect(String(l['error'])).toMatch(/loaded bundle sha256:\w+, but the service serves sha256:\w+/);
     } finally {
       await own.close();
       await rm(dir, { recursive: true, force: true });

@@ -370,7 +370,7 @@ describe('graceful stop', () => {
   });
 
   it('does not wait out the grace period for an open health Watch stream', async () => {
-    const server = startServer({ graceMs: 8000 });
+    const server = startServer({ graceMs: 30_000 });
     const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
     server.setServing(true);
     const health = healthClient(address) as unknown as { watch(req: { service: string }): ClientReadableStream<{ status: string }>; close(): void };
@@ -382,10 +382,12 @@ describe('graceful stop', () => {
       await eventually(() => statuses.includes('SERVING'));
       const started = Date.now();
       await server.stop();
-      expect(Date.now() - started).toBeLessThan(3000);
+      // Far below the 30 s grace even on a loaded machine: the watch got a moment, not the grace.
+      expect(Date.now() - started).toBeLessThan(15_000);
       expect(statuses).toContain('NOT_SERVING');
     } finally {
       health.close();
+      await server.stop();
     }
   });
 

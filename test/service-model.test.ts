@@ -14,7 +14,7 @@ import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { LanguageServiceClient, type GenerateFinal, type GenerateResponse } from '../gen/vlm/v1/language_service';
-import { isCorrect, readItems, selectEvenly, type EvalItem } from '../cli/eval';
+import { isCorrect, readItems, selectEvenly, type EvalItem } from '../cli/eval-items';
 import { collect } from './service-helpers';
 
 const MODEL = path.resolve(__dirname, '..', DEFAULT_MODEL);

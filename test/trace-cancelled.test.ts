@@ -126,7 +126,8 @@ describe('the server span of a call that ended without our status', () => {
   it('a unary call the client cancels: its server span is exported too', async () => {
     const before = spans.length;
     const call = client.getModelInfo({}, (err) => err);
-    await sleep(100);
+    // Cancelled once the handler runs: a cancel that beats the call to the server makes no server span.
+    await eventually(() => server.activeCalls === 1, 5000, 2);
     call.cancel();
     await eventually(() => spans.slice(before).some((s) => s.kind === 'SERVER' && s.name === 'grpc.vlm.v1.VisionService/GetModelInfo'), 5000);
     const span = spans.slice(before).find((s) => s.kind === 'SERVER' && s.name === 'grpc.vlm.v1.VisionService/GetModelInfo')!;

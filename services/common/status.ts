@@ -184,7 +184,3 @@ export function fromServiceError(err: ServiceError | (Partial<ServiceError> & { 
   const details = err.details ?? err.message ?? grpcCodeName(err.code);
   return new VlmError(code, prefix + details, { cause: err, ...decodeStatusDetails(err.metadata) });
 }
-
-export function isServiceError(err: unknown): err is ServiceError {
-  return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number' && 'metadata' in err;
-}

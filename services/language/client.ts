@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../../gen/vlm/v1/language_service';
-import { REQUEST_ID_KEY } from '../common/interceptors';
+import { callMetadata } from '../common/call-metadata';
 import { fromServiceError, grpcCodeName } from '../common/status';
 
 export interface GenerateCallOptions {
@@ -44,9 +44,7 @@ export function languageClient(target: string, tls: ClientTlsOptions | null = nu
 }
 
 export function generateOnce(client: LanguageServiceClient, request: GenerateRequest, options: GenerateCallOptions): Promise<GenerateOutcome> {
-  const md = new Metadata();
-  if (options.authToken) md.set('authorization', `Bearer ${options.authToken}`);
-  if (options.requestId) md.set(REQUEST_ID_KEY, options.requestId);
+  const md = callMetadata(options);
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const call = client.generate(request, md, { deadline: options.deadline });

@@ -40,6 +40,7 @@ import {
 } from '../../shared/telemetry/names';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
+import { checkContextFits } from '../../shared/engine/context-fit';
 
 /** Text tokens (template and question) of the prompt the language side assembles around the image. */
 export interface PromptTokenCounter {
@@ -102,26 +103,6 @@ function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): VisionSchedul
   return vision;
 }
 
-/**
- * The prompt (text plus the visual tokens the vision schedule outputs) and the answer must fit the
- * model's positions; the same sum the engine checks after the hop. The caller's max_tokens is blamed
- * only when they set it and the prompt alone leaves room; otherwise it is the prompt that is too long.
- */
-function checkContextFits(m: Manifest, maxTokens: { value: number; set: boolean }, textTokens: number, visualTokens: number): void {
-  const positions = m.language.max_positions;
-  const prompt = textTokens + visualTokens;
-  const room = positions - prompt;
-  if (maxTokens.value <= room) return;
-  const size = `${prompt} tokens (${textTokens} of text, ${visualTokens} visual)`;
-  if (maxTokens.set && room >= 1) {
-    throw VlmError.invalid('sampling.max_tokens', `must be at most ${room} for this prompt: its ${size} leave ${room} of the model's ${positions} positions; got ${maxTokens.value}`);
-  }
-  if (room >= 1) {
-    throw VlmError.invalid('prompt', `is too long for the default max_tokens of ${maxTokens.value}: its ${size} leave ${room} of the model's ${positions} positions; shorten it or set sampling.max_tokens to at most ${room}`);
-  }
-  throw VlmError.invalid('prompt', `is too long: its ${size} leave no room for an answer in the model's ${positions} positions; shorten it (or reduce the visual tokens)`);
-}
-
 /** The Generate span's fixed attributes, and those of its gen_ai metrics: one set, so the metrics join. */
 export function generateAttributes(engine: ServiceEngine): Attributes {
   const modelId = engine.model.manifest.model_id;
@@ -140,7 +121,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
   const visual = visionSchedule.outputTokens;
   if (deps.promptTokens.atMost(valid.question) + visual + valid.sampling.maxNewTokens > m.language.max_positions) {
-    checkContextFits(m, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
+    checkContextFits(m.language.max_positions, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
   }
 
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };

@@ -2,6 +2,7 @@
  * The language service: an InferencePool behind LanguageService, a balanced client to the vision
  * replicas, health, reflection and limits.
  */
+import { GREEDY } from '../../shared/engine/sampling';
 import { localAddress, type Config } from '../../shared/config';
 import { VlmError } from '../../shared/errors';
 import { createLogger, type Logger } from '../../shared/log';
@@ -83,7 +84,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     const rows = m.vision.num_patches;
     const width = m.language.hidden_size;
     const visual = { embeds: { dtype: 'float32' as const, dims: [rows, width] as [number, number], data: new Float32Array(rows * width) }, origin: Int32Array.from({ length: rows }, (_, i) => i) };
-    const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
+    const sampling = { ...GREEDY, maxNewTokens: 2 };
     await engine.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   log.info('vision target', { target, tls: tls.visionChannel !== null });

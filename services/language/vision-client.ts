@@ -8,8 +8,7 @@ import { isIP } from 'node:net';
 import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
-import type { ModelInfo } from '../../gen/vlm/v1/common';
-import { REQUEST_ID_KEY } from '../common/interceptors';
+import { callMetadata } from '../common/call-metadata';
 import { decodeStatusDetails, fromServiceError } from '../common/status';
 import { serverNameOptions } from '../common/tls';
 import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
@@ -105,10 +104,7 @@ export class VisionClient {
   }
 
   private metadata(requestId: string): Metadata {
-    const md = new Metadata();
-    if (requestId) md.set(REQUEST_ID_KEY, requestId);
-    if (this.options.authToken !== null) md.set('authorization', `Bearer ${this.options.authToken}`);
-    return md;
+    return callMetadata({ authToken: this.options.authToken, requestId });
   }
 
   /**
@@ -219,15 +215,6 @@ export class VisionClient {
       return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status, reason: sent.reason, retryDelayMs: sent.retryDelayMs });
     }
     return fromServiceError(status);
-  }
-
-  getModelInfo(deadlineMs = 5000): Promise<ModelInfo | undefined> {
-    return new Promise((resolve, reject) => {
-      this.client.getModelInfo({}, this.metadata(''), { deadline: Date.now() + deadlineMs }, (err, res) => {
-        if (err) reject(this.relay(err));
-        else resolve(res.model);
-      });
-    });
   }
 
   close(): void {

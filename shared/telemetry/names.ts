@@ -42,7 +42,6 @@ export const EVENT_TOKEN = 'vlm.token';
 export const ATTR_VLM_MODEL_ID = 'vlm.model.id';
 /** The call's `x-request-id` (the caller's, or one the service assigned): the same id the logs carry. */
 export const ATTR_VLM_REQUEST_ID = 'vlm.request_id';
-export const ATTR_VLM_MODEL_HASH = 'vlm.model.hash';
 /** The request's policy name as the client gave it (e.g. `ficoco-vl`, `fastv`, `none`). */
 export const ATTR_VLM_REDUCTION_METHOD = 'vlm.reduction.method';
 export const ATTR_VLM_REDUCTION_VISION_METHOD = 'vlm.reduction.vision_method';
@@ -69,8 +68,6 @@ export const ATTR_VLM_IMAGE_SIZE = 'vlm.image.size';
 export const ATTR_VLM_TOKEN_INDEX = 'vlm.token.index';
 export const ATTR_VLM_TOKEN_ID = 'vlm.token.id';
 export const ATTR_VLM_STAGE = 'vlm.stage';
-export const ATTR_VLM_SERVICE = 'vlm.service';
-export const ATTR_VLM_WORKER = 'vlm.worker';
 export const ATTR_VLM_FINISH_REASON = 'vlm.finish_reason';
 /** Which TLS file set: `server` (the service's own) or `vision-client` (language's hop to vision). */
 export const ATTR_VLM_TLS_SET = 'vlm.tls.set';
@@ -94,13 +91,11 @@ export const ATTR_GEN_AI_RESPONSE_FINISH_REASONS = 'gen_ai.response.finish_reaso
 export const ATTR_GEN_AI_TOKEN_TYPE = 'gen_ai.token.type';
 /** gen_ai.operation.name values we emit. */
 export const GEN_AI_OPERATION_CHAT = 'chat';
-export const GEN_AI_OPERATION_EMBEDDINGS = 'embeddings';
 
 // --- service names and metrics -------------------------------------------------------------------
 
 export const SERVICE_VISION = 'vlm-vision';
 export const SERVICE_LANGUAGE = 'vlm-language';
-export type VlmServiceName = typeof SERVICE_VISION | typeof SERVICE_LANGUAGE;
 
 export const MetricName = {
   QueueDepth: 'vlm.queue.depth',

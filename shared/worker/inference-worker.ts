@@ -5,10 +5,11 @@
  * answer says how many tokens the job had generated (decode steps), so the pool can log where a
  * cancelled job stopped.
  */
+import { GREEDY } from '../engine/sampling';
 import { parentPort, workerData } from 'node:worker_threads';
 import sharp from 'sharp';
 import { VlmError } from '../errors';
-import { createLogger, setLogLevel, type LogLevel } from '../log';
+import { createLogger, setLogLevel } from '../log';
 import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
@@ -17,7 +18,7 @@ import { SpanRecorder } from '../telemetry/span-recorder';
 import type { FromWorker, Job, ToWorker, WarmUp, WorkerInit } from './protocol';
 
 const init = workerData as WorkerInit;
-setLogLevel(init.logLevel as LogLevel);
+setLogLevel(init.logLevel);
 const log = createLogger(`worker.${init.index}`);
 const port = parentPort!;
 const running = new Map<number, AbortController>();
@@ -75,7 +76,7 @@ async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Prom
     embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
     origin: Int32Array.from({ length: model.manifest.vision.num_patches }, (_, i) => i),
   };
-  const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 };
+  const sampling = { ...GREEDY, maxNewTokens: 2 };
   if (parts !== 'language') {
     const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
     visual = await encodeImage(model, image, { ...policy });

@@ -22,7 +22,7 @@ import { Worker } from 'node:worker_threads';
 import { context, trace, type Context } from '@opentelemetry/api';
 import { VlmError } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
-import { createLogger, type Logger } from '../log';
+import { createLogger, logLevel, type Logger, type LogLevel } from '../log';
 import type { Manifest } from '../bundle/manifest';
 import type { ModelSide } from '../bundle/loader';
 import type { ReductionPolicy } from '../methods/policy';
@@ -38,7 +38,7 @@ export interface PoolDeps {
   readonly model: ModelConfig;
   readonly runtime: RuntimeConfig;
   readonly limits: LimitsConfig;
-  readonly logLevel?: string;
+  readonly logLevel?: LogLevel;
   readonly log?: Logger;
   /** Each worker runs a worst-case request through these parts before the pool is ready. */
   readonly warmUp?: WarmUp;
@@ -144,7 +144,7 @@ export class InferencePool {
    * and rejected, since the service would go on advertising what the first worker loaded.
    */
   private static startWorker(deps: PoolDeps, index: number, expected?: WorkerIdentity): Promise<{ worker: Worker; manifest: Manifest; provider: string | undefined }> {
-    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? process.env.VLM_LOG_LEVEL ?? 'info', index, warmUp: deps.warmUp, side: deps.side };
+    const init: WorkerInit = { model: deps.model, runtime: deps.runtime, limits: deps.limits, logLevel: deps.logLevel ?? logLevel(), index, warmUp: deps.warmUp, side: deps.side };
     const worker = spawn(init);
     return new Promise((resolve, reject) => {
       const onMessage = (msg: FromWorker) => {

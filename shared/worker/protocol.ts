@@ -4,6 +4,7 @@
  * VlmError.toJSON().
  */
 import type { VlmErrorJSON } from '../errors';
+import type { LogLevel } from '../log';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
@@ -17,7 +18,7 @@ export interface WorkerInit {
   readonly model: ModelConfig;
   readonly runtime: RuntimeConfig;
   readonly limits: LimitsConfig;
-  readonly logLevel: string;
+  readonly logLevel: LogLevel;
   readonly index: number;
   /** Runs a worst-case request through these parts before reporting ready (every worker, not just one). */
   readonly warmUp?: WarmUp;

@@ -33,14 +33,3 @@ export interface SpanRecord {
   status: { code: StatusName; message?: string };
 }
 
-/** Start and end in milliseconds relative to an origin (ns), exact enough for analysis. */
-export function spanMillis(span: SpanRecord, originNs: bigint): { start: number; end: number } {
-  return {
-    start: Number(BigInt(span.startTimeUnixNano) - originNs) / 1e6,
-    end: Number(BigInt(span.endTimeUnixNano) - originNs) / 1e6,
-  };
-}
-
-export function durationMillis(span: SpanRecord): number {
-  return Number(BigInt(span.endTimeUnixNano) - BigInt(span.startTimeUnixNano)) / 1e6;
-}
