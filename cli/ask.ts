@@ -22,7 +22,7 @@ import { languageMethodNames, visionMethodNames } from '../shared/methods/regist
 import { METHOD_PRESETS } from '../shared/methods/policy';
 import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_service';
 import { generateOnce, languageClient } from '../services/language/client';
-import { paramsToWire } from '../services/common/wire';
+import { budgetToWire, paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, UINT32_MAX, wireSeedFlag } from './numeric-flags';
 
 const FLAGS = {
@@ -81,7 +81,7 @@ export function policyFromFlags(values: Record<string, unknown>): ReductionPolic
     languageMethod: (values['language-method'] as string | undefined) ?? '',
     preset: (values['preset'] as string | undefined) ?? '',
     mode: (values['mode'] as string | undefined) ?? '',
-    budget: budget === null ? undefined : 'tokens' in budget ? { $case: 'budgetTokens', budgetTokens: budget.tokens } : { $case: 'budgetPercent', budgetPercent: budget.percent },
+    budget: budgetToWire(budget),
     params: paramsToWire(paramsFromFlags(values['param'] as string[] | undefined)),
   });
 }

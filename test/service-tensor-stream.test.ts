@@ -18,12 +18,14 @@ import {
 
 function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'float32'): VisualTokens {
   const n = rows * width;
-  const data = dtype === 'float32' ? Float32Array.from({ length: n }, (_, i) => i * 0.5 - 3) : Uint16Array.from({ length: n }, (_, i) => (i * 7919) & 0xffff);
+  const typed =
+    dtype === 'float32'
+      ? { dtype, data: Float32Array.from({ length: n }, (_, i) => i * 0.5 - 3) }
+      : { dtype, data: Uint16Array.from({ length: n }, (_, i) => (i * 7919) & 0xffff) };
   return {
     rows,
     width,
-    dtype,
-    data,
+    ...typed,
     origin: Int32Array.from({ length: rows }, (_, i) => (i === 0 ? -2 : i * 3)),
     size: Float32Array.from({ length: rows }, (_, i) => (i === 0 ? 4 : 1)),
   };

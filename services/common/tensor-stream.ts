@@ -18,16 +18,14 @@ import { SPLIT_REPORT } from '../../shared/methods/policy';
 export type WireDType = 'float32' | 'float16';
 
 /** Visual tokens as the services hold them: row-major [rows, width]; float16 as raw Uint16 bits. */
-export interface VisualTokens {
+export type VisualTokens = {
   readonly rows: number;
   readonly width: number;
-  readonly dtype: WireDType;
-  readonly data: Float32Array | Uint16Array;
   /** Per row: original patch index, -1 CLS, -2 synthesised. */
   readonly origin: Int32Array;
   /** Per row: original patches it stands for. */
   readonly size: Float32Array;
-}
+} & ({ readonly dtype: 'float32'; readonly data: Float32Array } | { readonly dtype: 'float16'; readonly data: Uint16Array });
 
 /** Chunks stay far below gRPC's 4 MiB default message limit. */
 export const TARGET_CHUNK_BYTES = 1 << 20;
@@ -281,12 +279,15 @@ export class TensorAssembler {
       if (this.dtype === 'float32') b.swap32();
       else b.swap16();
     }
-    const data = this.dtype === 'float32' ? new Float32Array(bytes.buffer, 0, bytes.byteLength / 4) : new Uint16Array(bytes.buffer, 0, bytes.byteLength / 2);
+    const typed =
+      this.dtype === 'float32'
+        ? { dtype: 'float32' as const, data: new Float32Array(bytes.buffer, 0, bytes.byteLength / 4) }
+        : { dtype: 'float16' as const, data: new Uint16Array(bytes.buffer, 0, bytes.byteLength / 2) };
     const size = h.size.length === h.tokenCount ? Float32Array.from(h.size) : new Float32Array(h.tokenCount).fill(1);
     return {
       header: h,
       summary: this.summary,
-      tokens: { rows: h.tokenCount, width: h.width, dtype: this.dtype, data, origin: Int32Array.from(h.origin), size },
+      tokens: { rows: h.tokenCount, width: h.width, ...typed, origin: Int32Array.from(h.origin), size },
     };
   }
 }

@@ -16,7 +16,7 @@ import type { SamplingParams } from '../../shared/engine/sampling';
 import type { ParamValue, ReductionPolicy as WirePolicy, RequestLimits, SamplingParams as WireSampling } from '../../gen/vlm/v1/common';
 import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { GenerateRequest } from '../../gen/vlm/v1/language_service';
-import { paramsToWire } from './wire';
+import { budgetToWire, paramsToWire } from './wire';
 import { utf16Prefix } from './text-cut';
 
 export interface RequestLimitsConfig {
@@ -270,14 +270,7 @@ export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConf
   return { image: req.image, question: req.prompt, sampling, policy, limits: parsedLimits };
 }
 
-/** The policy of a request that sets none: both sides 'none', no budget. */
-export function noReduction(): ReductionPolicy {
-  return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 };
-}
-
 /** The wire form of a validated policy, for the vision hop (defaults made explicit). */
 export function wirePolicy(p: ReductionPolicy): WirePolicy {
-  const budget: WirePolicy['budget'] =
-    p.budget === null ? undefined : 'tokens' in p.budget ? { $case: 'budgetTokens', budgetTokens: p.budget.tokens } : { $case: 'budgetPercent', budgetPercent: p.budget.percent };
-  return { visionMethod: p.vision, languageMethod: p.language, budget, mode: p.mode, params: paramsToWire(p.params), seed: BigInt(p.seed), preset: '' };
+  return { visionMethod: p.vision, languageMethod: p.language, budget: budgetToWire(p.budget), mode: p.mode, params: paramsToWire(p.params), seed: BigInt(p.seed), preset: '' };
 }

@@ -1,14 +1,15 @@
 /**
- * Core results to wire messages: schedules, method parameters, FLOPs. Plain data mapping, no logic.
+ * Core results to wire messages and back: schedules, method parameters, budgets, FLOPs. Plain data mapping.
  */
 import type { StageFlops } from '../../shared/flops/flops';
-import type { ReductionPolicy } from '../../shared/methods/policy';
+import { budgetTokens, type Budget, type ReductionPolicy } from '../../shared/methods/policy';
 import type { LanguageSchedule, VisionSchedule } from '../../shared/methods/types';
 import {
   PositionRule,
   StepPosition,
   type LanguageSchedule as WireLanguageSchedule,
   type ParamValue,
+  type ReductionPolicy as WirePolicy,
   type ResolvedPolicy,
   type VisionSchedule as WireVisionSchedule,
 } from '../../gen/vlm/v1/common';
@@ -68,6 +69,12 @@ export function roundMs(timings: Readonly<Record<string, number>>): Record<strin
   return out;
 }
 
+/** A budget as the policy's `budget` oneof; none is unset. */
+export function budgetToWire(budget: Budget | null): WirePolicy['budget'] {
+  if (budget === null) return undefined;
+  return 'tokens' in budget ? { $case: 'budgetTokens', budgetTokens: budget.tokens } : { $case: 'budgetPercent', budgetPercent: budget.percent };
+}
+
 export function resolvedPolicy(
   policy: ReductionPolicy,
   fullVisualTokens: number,
@@ -75,12 +82,11 @@ export function resolvedPolicy(
   language: LanguageSchedule,
   achievedBudget: number,
 ): ResolvedPolicy {
-  const b = policy.budget;
   return {
     visionMethod: policy.vision,
     languageMethod: policy.language,
     mode: policy.mode,
-    requestedBudget: b === null ? undefined : 'tokens' in b ? b.tokens : (b.percent / 100) * fullVisualTokens,
+    requestedBudget: budgetTokens(policy.budget, fullVisualTokens) ?? undefined,
     achievedBudget,
     seed: BigInt(policy.seed),
     visionSchedule: vision,

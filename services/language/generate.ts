@@ -92,7 +92,7 @@ export function expectationOf(engine: ServiceEngine, vision: VisionSchedule): Ex
 
 /** The engine takes float32 rows; a float16 hop is widened here. */
 function coreTokens(t: VisualTokens): CoreVisualTokens {
-  const data = t.dtype === 'float32' ? (t.data as Float32Array) : toFloat32(t.data as Uint16Array);
+  const data = t.dtype === 'float32' ? t.data : toFloat32(t.data);
   return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
 }
 

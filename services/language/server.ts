@@ -10,7 +10,7 @@ import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startEngine } from '../common/engine';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
-import { noReduction } from '../common/validate';
+import { noReduction } from '../../shared/methods/policy';
 import { loadPromptTokenCounter } from './generate';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';

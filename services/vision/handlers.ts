@@ -27,8 +27,8 @@ export interface VisionHandlerDeps {
 /** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop). */
 function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): VisualTokens {
   const [rows, width] = result.embeds.dims;
-  const data = ioDtype === 'float16' ? toFloat16(result.embeds.data) : result.embeds.data;
-  return { rows, width, dtype: ioDtype, data, origin: result.origin, size: result.size };
+  const typed = ioDtype === 'float16' ? { dtype: 'float16' as const, data: toFloat16(result.embeds.data) } : { dtype: 'float32' as const, data: result.embeds.data };
+  return { rows, width, ...typed, origin: result.origin, size: result.size };
 }
 
 /** Stage latencies and the visual tokens leaving the projector, as metrics and on the request span. */

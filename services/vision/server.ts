@@ -9,7 +9,7 @@ import { startEngine, type ServiceEngine } from '../common/engine';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { visionHandlers } from './handlers';
-import { noReduction } from '../common/validate';
+import { noReduction } from '../../shared/methods/policy';
 import { serviceTls } from '../common/tls';
 
 export interface VisionServiceOptions {

@@ -36,6 +36,11 @@ export interface ReductionPolicy {
   seed: number;
 }
 
+/** The policy of a request that sets none: both sides 'none', no budget. */
+export function noReduction(): ReductionPolicy {
+  return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 };
+}
+
 /** Named combinations a client may ask for by one name. */
 export const METHOD_PRESETS: Readonly<Record<string, { vision: VisionMethodName; language: LanguageMethodName }>> =
   Object.freeze({ 'ficoco-vl': Object.freeze({ vision: 'ficoco-v', language: 'ficoco-l' }) });

@@ -1,8 +1,9 @@
 /**
  * The one way a stage runs. Feeds are checked against the manifest's declared inputs (names, dtype,
  * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them, and this is
- * the only place float16 <-> Uint16Array conversion happens: the engine always hands over and gets
- * back float32, whatever the bundle's io_dtype. Outputs named in `keep` stay ORT tensors in their
+ * the only place ORT tensors are converted between float16 and float32: the engine always hands over
+ * and gets back float32, whatever the bundle's io_dtype (the services' hop carries float16 as Uint16
+ * bits and converts at its two ends). Outputs named in `keep` stay ORT tensors in their
  * session dtype (the KV caches) so they can be fed back without a round trip through float32.
  */
 import * as ort from 'onnxruntime-node';

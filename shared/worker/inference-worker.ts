@@ -14,6 +14,7 @@ import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
 import { languageMethodNames, visionMethodNames } from '../methods/registry';
+import { noReduction } from '../methods/policy';
 import { SpanRecorder } from '../telemetry/span-recorder';
 import type { FromWorker, Job, ToWorker, WarmUp, WorkerInit } from './protocol';
 
@@ -70,7 +71,7 @@ async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: Abor
  * the methods' code compiling), on every worker and replacement.
  */
 async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Promise<void> {
-  const policy = { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 } as const;
+  const policy = noReduction();
   const size = model.manifest.preprocess.size;
   let visual: VisualTokens = {
     embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
