@@ -23,9 +23,16 @@ interface Row {
 const COMMANDS: Readonly<Record<string, Row>> = {
   ask: { summary: 'ask the language service about an image (--image FILE --question TEXT [--target HOST:PORT] [--budget N|P%] [--json] [--ca FILE|--tls] [--cert F --key F])', load: () => require('./ask') as CommandModule },
   bench: {
-    summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR); bench load: both services under mixed load, every request accounted for, memory and latency (--duration-s, --concurrency, --requests)',
-    load: () => ({ run: (argv) => (argv[0] === 'load' ? (require('./bench-load') as CommandModule).run(argv.slice(1)) : (require('./bench-accuracy') as CommandModule).run(argv)) }),
-    subcommands: ['accuracy', 'load'],
+    summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR); bench load: both services under mixed load, every request accounted for, memory and latency (--duration-s, --concurrency, --requests); bench latency: where the time of a request goes per method, from the traces of both services (--limit, --budget, --spans FILE)',
+    load: () => ({
+      run: (argv) =>
+        argv[0] === 'load'
+          ? (require('./bench-load') as CommandModule).run(argv.slice(1))
+          : argv[0] === 'latency'
+            ? (require('./bench-latency') as CommandModule).run(argv.slice(1))
+            : (require('./bench-accuracy') as CommandModule).run(argv),
+    }),
+    subcommands: ['accuracy', 'load', 'latency'],
   },
   demo: { summary: 'start both services, ask committed test questions under several policies, print answers, tokens, FLOPs, latency', load: () => require('./demo') as CommandModule },
   eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },

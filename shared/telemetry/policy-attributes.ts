@@ -1,5 +1,6 @@
 import type { Attributes } from '@opentelemetry/api';
 import { METHOD_PRESETS, type ReductionPolicy } from '../methods/policy';
+import { isLanguageMethod, isVisionMethod } from '../methods/registry';
 import {
   ATTR_VLM_REDUCTION_BUDGET,
   ATTR_VLM_REDUCTION_LANGUAGE_METHOD,
@@ -10,7 +11,7 @@ import {
 /**
  * A request's policy as span attributes: the one method name the trace report groups by (the preset
  * name for FiCoCo-V + FiCoCo-L, the active side's name when the other is `none`, `vision+language`
- * otherwise), both sides, and the budget (budgetAttribute).
+ * otherwise; see methodName), both sides, and the budget (budgetAttribute).
  */
 export function policyAttributes(policy: Pick<ReductionPolicy, 'vision' | 'language' | 'budget'>): Attributes {
   return {
@@ -30,10 +31,14 @@ export function budgetAttribute(budget: ReductionPolicy['budget']): number | str
   return 'tokens' in budget ? budget.tokens : `${budget.percent}%`;
 }
 
+/**
+ * A name a method has on both sides (`random`) says which side it ran on (`random (vision)`), so
+ * requests that reduce different sides never share a group.
+ */
 export function methodName(vision: string, language: string): string {
   const preset = Object.entries(METHOD_PRESETS).find(([, pair]) => pair.vision === vision && pair.language === language);
   if (preset) return preset[0];
-  if (language === 'none') return vision;
-  if (vision === 'none') return language;
+  if (language === 'none') return vision !== 'none' && isLanguageMethod(vision) ? `${vision} (vision)` : vision;
+  if (vision === 'none') return isVisionMethod(language) ? `${language} (language)` : language;
   return `${vision}+${language}`;
 }

@@ -1,0 +1,281 @@
+/**
+ * `vlm bench latency [--limit N] [--budget N|P%] [--max-new-tokens N] [--spans FILE] [--json] [config flags]`
+ *
+ * Where the time of a request goes, per reduction method, measured from the services' own traces:
+ * starts the vision and language services as two processes exporting OTLP to a receiver in this
+ * process, sends the same `limit` evaluation items under every method at one budget (and unreduced),
+ * one request at a time so no request waits for another, stops the services (their drain flushes the
+ * spans) and analyses the traces as `vlm trace report` does. Sessions are opened and every method run
+ * once per worker before the services report ready, and one request per policy is sent and left out
+ * of the figures, so first-call costs do not land on a method. Prints a table (with --json only one
+ * JSON object); --spans keeps the spans for `vlm trace report --html`.
+ */
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { existsSync } from 'node:fs';
+import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
+import type { GenerateRequest } from '../gen/vlm/v1/language_service';
+import { languageClient, generateOnce } from '../services/language/client';
+import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { VlmError } from '../shared/errors';
+import { budgetAttribute, methodName } from '../shared/telemetry/policy-attributes';
+import { analyseTraces, summarise, type SpanRecord, type Summary } from '../shared/telemetry/analysis';
+import { startTraceReceiver } from '../shared/telemetry/collector';
+import { ATTR_VLM_PROVIDER, ATTR_VLM_REQUEST_ID, SERVICE_LANGUAGE, SERVICE_VISION, SpanName } from '../shared/telemetry/names';
+import { METHOD_PRESETS, type Budget } from '../shared/methods/policy';
+import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
+import type { CommandFlags } from './help';
+import { integerFlag, parseBudgetFlag } from './numeric-flags';
+import { readItemImage, readItems, selectEvenly } from './eval-items';
+import { generatedImage, serveFlags, startChildServices } from './child-services';
+import { budgetToWire } from '../services/common/wire';
+
+const FLAGS = {
+  limit: { type: 'string', arg: 'N', help: 'requests per policy, one per evaluation item taken evenly across types [default: 10]' },
+  budget: { type: 'string', arg: 'N|P%', help: 'the budget every method runs at [default: 25%]' },
+  'max-new-tokens': { type: 'string', arg: 'N', help: 'most answer tokens per request [default: the model\'s]' },
+  spans: { type: 'string', arg: 'FILE', help: 'also write the spans, one JSON object per line (what `vlm trace collect` writes)' },
+  json: { type: 'boolean', help: 'print only the JSON result' },
+} as const satisfies CommandFlags;
+
+/** One request policy of the run: a method alone, a preset, or nothing. */
+export interface LatencyPolicy {
+  /** What the services call it (the `vlm.reduction.method` of its traces), and the row's label. */
+  readonly method: string;
+  readonly policy: Partial<ReductionPolicy>;
+}
+
+/** Unreduced, then every method alone in the registry's order, then every preset: the accuracy bench's rows. */
+export function latencyPolicies(budget: Budget): LatencyPolicy[] {
+  const wire = budgetToWire(budget);
+  return [
+    { method: 'none', policy: {} },
+    ...visionMethodNames().filter((m) => m !== 'none').map((m) => ({ method: methodName(m, 'none'), policy: { visionMethod: m, budget: wire } })),
+    ...languageMethodNames().filter((m) => m !== 'none').map((m) => ({ method: methodName('none', m), policy: { languageMethod: m, budget: wire } })),
+    ...Object.keys(METHOD_PRESETS).map((preset) => ({ method: preset, policy: { preset, budget: wire } })),
+  ];
+}
+
+/** Mean milliseconds per request of the stages that make up a request, from the traces. */
+export interface StageMeans {
+  /** Vision's Encode as vision saw it (its request span), and inside it: */
+  readonly visionRequest: number;
+  readonly preprocess: number;
+  /** Embed graph and encoder layers with their reductions. */
+  readonly tower: number;
+  readonly project: number;
+  /** Language reading the tensor stream until the tensor is whole. */
+  readonly streamReceive: number;
+  readonly prefill: number;
+  readonly decode: number;
+  /** Waiting for a worker, in either service (0 when requests never overlap). */
+  readonly queue: number;
+}
+
+export interface LatencyRow {
+  /** As the services name it (`vlm.reduction.method`). */
+  readonly method: string;
+  readonly budget: string;
+  readonly requests: number;
+  /** The language service's request span (the trace's root), milliseconds. */
+  readonly endToEnd: Summary;
+  /** What the caller measured, milliseconds: the root plus the client's side of the call. */
+  readonly client: Summary;
+  readonly stages: StageMeans;
+  readonly outputTokens: number;
+}
+
+/** A policy whose budget the model cannot give the method: the service's INVALID_ARGUMENT message. */
+export interface InfeasibleRow {
+  readonly method: string;
+  readonly infeasible: string;
+}
+
+export interface LatencyResult {
+  readonly rows: Array<LatencyRow | InfeasibleRow>;
+  readonly settings: { model: string; budget: string; requestsPerPolicy: number; workers: number; intraOpThreads: string | undefined; provider: string };
+  /** Spans received, and those left out (the warm-up requests). */
+  readonly spans: { received: number; analysed: number };
+}
+
+export interface LatencyOptions {
+  readonly config: Config;
+  readonly limit: number;
+  readonly budget: Budget;
+  readonly maxNewTokens: number | undefined;
+  readonly serveFlags: readonly string[];
+  readonly serviceEnv: NodeJS.ProcessEnv;
+  /** Only these policies (tests); default latencyPolicies(budget). */
+  readonly policies?: readonly LatencyPolicy[];
+  readonly onSpans?: (spans: readonly SpanRecord[]) => void;
+  readonly onProgress?: (line: string) => void;
+}
+
+const WARM_UP_PREFIX = 'warm-up-';
+
+/** A request id the services keep as sent (their interceptor replaces anything else with a fresh one). */
+function requestIdOf(prefix: string, method: string): string {
+  return `${prefix}${method.replace(/[^A-Za-z0-9._:-]+/g, '-')}`.slice(0, 128);
+}
+
+async function requestItems(modelDir: string, limit: number): Promise<Array<{ image: Buffer; question: string }>> {
+  if (!existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
+    const image = await generatedImage();
+    return Array.from({ length: limit }, () => ({ image, question: 'What color is the circle?' }));
+  }
+  const items = selectEvenly(await readItems(modelDir), limit);
+  return Promise.all(items.map(async (it) => ({ image: await readItemImage(modelDir, it), question: it.question })));
+}
+
+export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
+  const policies = o.policies ?? latencyPolicies(o.budget);
+  const items = await requestItems(o.config.model.dir, o.limit);
+  const spans: SpanRecord[] = [];
+  const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: (s) => void spans.push(...s) });
+  const env: NodeJS.ProcessEnv = {
+    ...o.serviceEnv,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_TRACES_SAMPLER: 'always_on',
+    OTEL_METRICS_EXPORTER: 'none',
+    OTEL_LOGS_EXPORTER: 'none',
+    // First calls per method are a warm-up's cost, not the method's.
+    VLM_EAGER_SESSIONS: 'true',
+  };
+  const clientMs = new Map<string, number[]>();
+  const outputTokens = new Map<string, number[]>();
+  const infeasible = new Map<string, string>();
+  try {
+    const services = await startChildServices({ modelDir: o.config.model.dir, flags: o.serveFlags, env });
+    const client = languageClient(`127.0.0.1:${services.languagePort}`);
+    try {
+      const ask = async (p: LatencyPolicy, item: { image: Buffer; question: string }, requestId: string) => {
+        const request: GenerateRequest = {
+          image: item.image,
+          prompt: item.question,
+          sampling: SamplingParams.fromPartial({ maxTokens: o.maxNewTokens }),
+          policy: ReductionPolicy.fromPartial(p.policy),
+          limits: undefined,
+        };
+        return generateOnce(client, request, { deadline: Date.now() + o.config.limits.deadlineMs, authToken: o.config.rpc.authToken, requestId });
+      };
+      for (const p of policies) {
+        try {
+          await ask(p, items[0]!, requestIdOf(WARM_UP_PREFIX, p.method));
+        } catch (err) {
+          // A budget this model cannot give the method is a cell to mark, not a failed run.
+          if (!(err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.some((v) => v.field === 'policy.budget'))) throw err;
+          infeasible.set(p.method, err.message);
+        }
+      }
+      const feasible = policies.filter((p) => !infeasible.has(p.method));
+      // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
+      for (const [i, item] of items.entries()) {
+        for (const p of feasible) {
+          const r = await ask(p, item, requestIdOf(`bench-${i}-`, p.method));
+          (clientMs.get(p.method) ?? clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
+          (outputTokens.get(p.method) ?? outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
+        }
+        o.onProgress?.(`${i + 1}/${items.length} items under ${policies.length} policies`);
+      }
+    } finally {
+      client.close();
+      await services.stop();
+    }
+  } finally {
+    await receiver.close();
+  }
+  o.onSpans?.(spans);
+
+  const warmUps = new Set(spans.filter((s) => String(s.attributes[ATTR_VLM_REQUEST_ID] ?? '').startsWith(WARM_UP_PREFIX)).map((s) => s.traceId));
+  const measured = spans.filter((s) => !warmUps.has(s.traceId));
+  const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
+  const { report } = analyseTraces(measured);
+  const budget = String(budgetAttribute(o.budget));
+  const rows = policies.map((p): LatencyRow | InfeasibleRow => {
+    const reason = infeasible.get(p.method);
+    if (reason !== undefined) return { method: p.method, infeasible: reason };
+    const method = p.method;
+    // The unreduced request sets no budget; every other one carries the run's.
+    const group = report.groups.find((g) => g.method === method && (method === 'none' || g.budget === budget));
+    if (!group) throw new VlmError('INTERNAL', `no traces of ${p.method} arrived (were the services' spans exported?)`);
+    const mean = (service: string, name: string): number => round(group.stageMean[`${service} ${name}`] ?? 0);
+    const tokens = outputTokens.get(p.method) ?? [];
+    return {
+      method,
+      budget: method === 'none' ? 'full' : budget,
+      requests: group.traces,
+      endToEnd: group.endToEnd,
+      client: summarise(clientMs.get(p.method) ?? []),
+      stages: {
+        visionRequest: mean(SERVICE_VISION, SpanName.Request),
+        preprocess: mean(SERVICE_VISION, SpanName.Preprocess),
+        tower: mean(SERVICE_VISION, SpanName.VisionEmbed),
+        project: mean(SERVICE_VISION, SpanName.Project),
+        streamReceive: mean(SERVICE_LANGUAGE, SpanName.StreamReceive),
+        prefill: mean(SERVICE_LANGUAGE, SpanName.Prefill),
+        decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
+        queue: round((group.stageMean[`${SERVICE_VISION} ${SpanName.Queue}`] ?? 0) + (group.stageMean[`${SERVICE_LANGUAGE} ${SpanName.Queue}`] ?? 0)),
+      },
+      outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
+    };
+  });
+  return {
+    rows,
+    settings: {
+      model: path.relative(packageRoot(), o.config.model.dir) || o.config.model.dir,
+      budget,
+      requestsPerPolicy: items.length,
+      workers: o.config.runtime.workers,
+      intraOpThreads: o.serviceEnv['VLM_INTRA_OP_THREADS'],
+      provider: providers.join(', ') || 'unknown',
+    },
+    spans: { received: spans.length, analysed: measured.length },
+  };
+}
+
+function round(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+/** The result as a markdown table, milliseconds. */
+export function formatLatency(r: LatencyResult): string {
+  const head = '| policy | end to end p50 | p95 | client p50 | vision Encode | preprocess | tower | project | tensor receive | prefill | decode | output tokens |';
+  const lines = r.rows.map((x) =>
+    'infeasible' in x
+      ? `| ${x.method} | infeasible: ${x.infeasible.replace(/\|/g, '/')} |${' |'.repeat(10)}`
+      : `| ${x.method} | ${round(x.endToEnd.p50)} | ${round(x.endToEnd.p95)} | ${round(x.client.p50)} | ${x.stages.visionRequest} | ${x.stages.preprocess} | ${x.stages.tower} | ${x.stages.project} | ${x.stages.streamReceive} | ${x.stages.prefill} | ${x.stages.decode} | ${x.outputTokens} |`,
+  );
+  const s = r.settings;
+  return [
+    `${s.requestsPerPolicy} requests per policy, one at a time, budget ${s.budget}; ${s.model} on ${s.provider}, ${s.workers} worker(s) per service; milliseconds, stage columns are means per request`,
+    '',
+    head,
+    `|${'---|'.repeat(12)}`,
+    ...lines,
+  ].join('\n');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { config, values } = parseCommandLine(argv, FLAGS);
+  if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
+  const json = values['json'] === true;
+  const limit = integerFlag(values, 'limit', 1, 10_000) ?? 10;
+  const budget = parseBudgetFlag((values['budget'] as string | undefined) ?? '25%')!;
+  const maxNewTokens = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
+  const spansFile = values['spans'] as string | undefined;
+  const result = await runLatency({
+    config,
+    limit,
+    budget,
+    maxNewTokens,
+    serveFlags: serveFlags(argv, FLAGS),
+    // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
+    serviceEnv: coLocatedServiceEnv(values, 2),
+    onSpans: spansFile ? (spans) => writeFileSync(spansFile, spans.map((s) => JSON.stringify(s)).join('\n') + '\n') : undefined,
+    onProgress: json ? undefined : (line) => process.stderr.write(`[bench latency] ${line}\n`),
+  });
+  if (!json) process.stdout.write(`${formatLatency(result)}\n`);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  return 0;
+}
