@@ -4,13 +4,14 @@
  * vision: VisionService on --vision-port (50051); language: LanguageService on --language-port
  * (50052), calling vision at --vision-target (default: vision on this host, --host and --vision-port);
  * all: both, as two child processes as in production (each its own pool, logs and trace service
- * name). Defaults: the embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain,
+ * name); --vision-provider and --language-provider put each on its own device. Defaults: the
+ * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain,
  * exit); `all` passes the signal to both children and exits when they have; a second signal SIGKILLs
  * the ones still running. SIGHUP re-reads TLS files and never stops a service; `all` passes it on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, localAddress, loopbackFor, packageRoot, parseCommandLine, type Config } from '../shared/config';
+import { coLocatedServiceEnv, localAddress, loopbackFor, packageRoot, parseCommandLine, serviceConfig, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { onStopSignals, stopOnSignals } from '../services/common/lifecycle';
@@ -48,10 +49,11 @@ export async function run(argv: string[]): Promise<number> {
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
+  const own = serviceConfig(config, role);
   const service =
     role === 'vision'
-      ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(config, { log })
-      : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(config, { log });
+      ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(own, { log })
+      : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(own, { log });
   // `serve all` waits for this to learn the port vision picked for --vision-port 0.
   process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
   process.off('SIGTERM', exitWhileStarting);

@@ -37,6 +37,8 @@ export interface ModelConfig {
 export interface RuntimeConfig {
   /** Tried in order; the first that opens a session wins and the fallback is logged. One entry: no fallback. */
   readonly providers: readonly ProviderSpec[];
+  /** A service's own providers over `providers` (two services on one host, a device each); null: `providers`. */
+  readonly serviceProviders: Readonly<Record<'vision' | 'language', readonly ProviderSpec[] | null>>;
   /** ONNX Runtime intra-op threads per session; 0 = cores / workers. */
   readonly intraOpThreads: number;
   readonly interOpThreads: number;
@@ -164,6 +166,8 @@ export const CONFIG_OPTIONS = {
   'verify-hashes': { type: 'boolean', env: 'VLM_VERIFY_HASHES', default: false, help: "recompute every bundle file's sha256 at load (reads the bundle twice; sizes are always checked)" },
   'eager-sessions': { type: 'boolean', env: 'VLM_EAGER_SESSIONS', default: false, help: 'open every ONNX session of the service\'s side (the methods\' scores graphs included) at load, and warm every worker with each method: no slow first request per method, and a device out of memory fails the start, not a request' },
   provider: { type: 'string', env: 'VLM_PROVIDER', default: 'cpu', arg: 'LIST', help: 'cpu, cuda:<id> or webgpu; a comma-separated list is a fallback order (cuda:0,cpu); a single provider never falls back' },
+  'vision-provider': { type: 'string', env: 'VLM_VISION_PROVIDER', default: '', arg: 'LIST', shown: '--provider', help: 'the vision service\'s providers, over --provider: two services on one host with a GPU each (serve all --vision-provider cuda:0 --language-provider cuda:1)' },
+  'language-provider': { type: 'string', env: 'VLM_LANGUAGE_PROVIDER', default: '', arg: 'LIST', shown: '--provider', help: 'the language service\'s providers, over --provider' },
   device: { type: 'string', env: 'VLM_DEVICE', default: '', arg: 'ID', shown: '0', help: 'CUDA device for a provider given as plain "cuda"' },
   'intra-op-threads': { type: 'int', env: 'VLM_INTRA_OP_THREADS', default: 0, min: 0, max: THREADS, arg: 'N', shown: 'cores / workers (serve all: cores / 2 / workers)', help: 'ONNX Runtime threads per session; 0 = the default' },
   'inter-op-threads': { type: 'int', env: 'VLM_INTER_OP_THREADS', default: 1, min: 1, max: THREADS, arg: 'N', help: 'ONNX Runtime inter-op threads per session' },
@@ -238,6 +242,10 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     },
     runtime: {
       providers: parseProviders(r.str('provider'), r.str('device')),
+      serviceProviders: {
+        vision: r.str('vision-provider') === '' ? null : parseProviders(r.str('vision-provider'), r.str('device'), 'vision-provider'),
+        language: r.str('language-provider') === '' ? null : parseProviders(r.str('language-provider'), r.str('device'), 'language-provider'),
+      },
       intraOpThreads: r.int('intra-op-threads') || Math.max(1, Math.floor(cores / workers)),
       interOpThreads: r.int('inter-op-threads'),
       graphOptimization: r.oneOf('graph-optimization'),
@@ -433,7 +441,7 @@ function readAuthToken(file: string, fromEnv: string | undefined): string | null
  * pod configured for `cuda:0` on a broken driver must fail to start, not hold its GPU while serving
  * on the CPU; `cuda:0,cpu` asks for the fallback.
  */
-export function parseProviders(spec: string, device = ''): ProviderSpec[] {
+export function parseProviders(spec: string, device = '', option = 'provider'): ProviderSpec[] {
   const out: ProviderSpec[] = [];
   for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
     const [kind, id] = raw.split(':');
@@ -441,12 +449,18 @@ export function parseProviders(spec: string, device = ''): ProviderSpec[] {
     else if (kind === 'webgpu' && id === undefined) out.push({ kind: 'webgpu' });
     else if (kind === 'cuda') {
       const deviceId = Number(id ?? (device || '0'));
-      if (!Number.isInteger(deviceId) || deviceId < 0) throw VlmError.invalid('provider', `bad CUDA device in "${raw}"; use cuda:<id>`);
+      if (!Number.isInteger(deviceId) || deviceId < 0) throw VlmError.invalid(option, `bad CUDA device in "${raw}"; use cuda:<id>`);
       out.push({ kind: 'cuda', deviceId });
-    } else throw VlmError.invalid('provider', `unknown execution provider "${raw}"; use cpu, cuda:<id> or webgpu (comma-separated for a fallback order)`);
+    } else throw VlmError.invalid(option, `unknown execution provider "${raw}"; use cpu, cuda:<id> or webgpu (comma-separated for a fallback order)`);
   }
-  if (out.length === 0) throw VlmError.invalid('provider', 'no execution provider given');
+  if (out.length === 0) throw VlmError.invalid(option, 'no execution provider given');
   return out;
+}
+
+/** The configuration one service runs with: its own providers where --vision-provider / --language-provider set them. */
+export function serviceConfig(config: Config, service: 'vision' | 'language'): Config {
+  const own = config.runtime.serviceProviders[service];
+  return own === null ? config : { ...config, runtime: { ...config.runtime, providers: own } };
 }
 
 export function providerName(p: ProviderSpec): string {

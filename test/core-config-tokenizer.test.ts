@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { availableParallelism } from 'node:os';
-import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parseProviders, testConfig } from '../shared/config';
+import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parseProviders, serviceConfig, testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';
@@ -49,6 +49,16 @@ describe('config', () => {
     expect(parseProviders('cuda:0,cpu')).toEqual([{ kind: 'cuda', deviceId: 0 }, { kind: 'cpu' }]);
     expect(parseProviders('webgpu,cuda:0')).toEqual([{ kind: 'webgpu' }, { kind: 'cuda', deviceId: 0 }]);
     expect(() => parseProviders('tpu')).toThrow(/unknown execution provider "tpu"; use cpu, cuda:<id> or webgpu/);
+  });
+
+  it('gives each service its own providers where --vision-provider / --language-provider say, --provider otherwise', () => {
+    const { config } = parseCommandLine(['--provider', 'cpu', '--vision-provider', 'cuda:0', '--language-provider', 'cuda:1,cpu'], {}, {});
+    expect(serviceConfig(config, 'vision').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 0 }]);
+    expect(serviceConfig(config, 'language').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 1 }, { kind: 'cpu' }]);
+    const fromEnv = parseCommandLine([], {}, { VLM_PROVIDER: 'cuda:3', VLM_LANGUAGE_PROVIDER: 'cuda:2' }).config;
+    expect(serviceConfig(fromEnv, 'vision').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 3 }]);
+    expect(serviceConfig(fromEnv, 'language').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 2 }]);
+    expect(() => parseCommandLine(['--vision-provider', 'tpu'], {}, {})).toThrow(/vision-provider: unknown execution provider "tpu"/);
   });
 
   it('rejects unknown flags and bad numbers as INVALID_ARGUMENT', () => {
