@@ -146,7 +146,8 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   const outputTokens = new Map<string, number[]>();
   const infeasible = new Map<string, string>();
   try {
-    const services = await startChildServices({ modelDir: o.config.model.dir, flags: o.serveFlags, env });
+    // A 7B bundle on a GPU opens and warms every method's sessions before it reports ready: minutes.
+    const services = await startChildServices({ modelDir: o.config.model.dir, flags: o.serveFlags, env, startTimeoutMs: 600_000 });
     const client = languageClient(`127.0.0.1:${services.languagePort}`);
     try {
       const ask = async (p: LatencyPolicy, item: { image: Buffer; question: string }, requestId: string) => {
