@@ -64,6 +64,27 @@ describe('Encode retries on the language -> vision hop', () => {
     expect(vision.calls()).toBe(3);
   });
 
+  it('retries an image over 16 MiB, and a hop while 16 MiB of others wait on vision (grpc-js keeps 16 MiB per channel by default)', async () => {
+    const held: Array<() => void> = [];
+    const attempts = new Map<string, number>();
+    await fakeVision((call) => {
+      const id = String(call.metadata.get('x-request-id')[0]);
+      if (id.startsWith('hold')) return void held.push(() => call.emit('error', { code: GrpcCode.NOT_FOUND, details: 'released' }));
+      attempts.set(id, (attempts.get(id) ?? 0) + 1);
+      call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'replica draining' });
+    });
+    const encode = (id: string, bytes: number) => failure(client!.encode({ image: Buffer.alloc(bytes, 7), policy: undefined, limits: undefined }, expectation, { signal: new AbortController().signal, deadline: Date.now() + 10_000, requestId: id }));
+    expect((await encode('large', 17 << 20)).code).toBe('UNAVAILABLE');
+    expect(attempts.get('large')).toBe(3);
+    const holding = Array.from({ length: 16 }, (_, i) => encode(`hold-${i}`, 1 << 20));
+    for (const until = Date.now() + 5000; held.length < 16 && Date.now() < until; ) await new Promise((r) => setTimeout(r, 10));
+    expect(held).toHaveLength(16);
+    expect((await encode('among-others', 1 << 20)).code).toBe('UNAVAILABLE');
+    expect(attempts.get('among-others')).toBe(3);
+    for (const release of held) release();
+    await Promise.all(holding);
+  });
+
   it('a call that fails UNAVAILABLE after its header is repeated whole, twice, and then reported', async () => {
     const vision = await fakeVision((call) => {
       call.write(header);

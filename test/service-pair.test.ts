@@ -341,13 +341,17 @@ describe('the service pair on loopback', () => {
     await eventually(() => language.engine.pool.stats.busy === 0, 1000, 5);
   });
 
-  it('answers RESOURCE_EXHAUSTED when every language worker is busy and the queue is full', async () => {
+  it('answers RESOURCE_EXHAUSTED when every language worker is busy and the queue is full, before spending a vision encode on it', async () => {
     const first = client.generate(request(image, { maxTokens: 200 }));
     first.on('error', () => undefined);
     await new Promise<void>((resolve) => first.once('data', () => resolve()));
-    const second = await ask(client, request(image));
+    const md = new Metadata();
+    md.set('x-request-id', 'shed-before-the-hop');
+    const second = await collect<GenerateResponse>(client.generate(request(image), md, { deadline: Date.now() + 30_000 }));
     first.cancel();
     expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    expect(visionLog.some((l) => l['requestId'] === 'shed-before-the-hop')).toBe(false);
+    expect(languageLog.some((l) => l.msg === 'call' && l['requestId'] === 'shed-before-the-hop' && l['code'] === 'RESOURCE_EXHAUSTED')).toBe(true);
     expect(second.error?.details).toMatch(/busy.*retry later/);
     expect(second.error?.details).not.toMatch(/vision service/);
     expect(decodeStatusDetails(second.error?.metadata)).toMatchObject({ reason: 'QUEUE_FULL', retryDelayMs: 1000 });

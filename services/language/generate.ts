@@ -124,6 +124,10 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     checkContextFits(m.language.max_positions, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
   }
 
+  // Shed now, not after a whole vision encode: under overload every request this service refuses
+  // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still
+  // fill while the hop runs; it refuses then as before.)
+  engine.pool.checkRoom();
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
   const tensor = await deps.vision.encode(hop, expectationOf(engine, visionSchedule), ctx);
   const encodeMs = performance.now() - started;

@@ -62,21 +62,31 @@ export async function startLanguageService(config: Config, options: LanguageServ
     tls.close();
     throw err;
   });
-  const implementation = languageHandlers({
-    engine,
-    vision,
-    limits: config.limits,
-    promptTokens: await loadPromptTokenCounter(config.model.dir, engine.model.manifest, config.limits),
-    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
-  });
-  const server = new GrpcServer({
-    serviceName: 'vlm.v1.LanguageService',
-    definition: LanguageServiceService,
-    implementation,
-    protoFiles: ['vlm/v1/language_service.proto'],
-    log,
-    ...transportOptions(config, tls.server),
-  });
+  let server: GrpcServer;
+  try {
+    const implementation = languageHandlers({
+      engine,
+      vision,
+      limits: config.limits,
+      promptTokens: await loadPromptTokenCounter(config.model.dir, engine.model.manifest, config.limits),
+      adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
+    });
+    server = new GrpcServer({
+      serviceName: 'vlm.v1.LanguageService',
+      definition: LanguageServiceService,
+      implementation,
+      protoFiles: ['vlm/v1/language_service.proto'],
+      log,
+      ...transportOptions(config, tls.server),
+    });
+  } catch (err) {
+    // The pool's worker threads, the channel and the certificate polling would keep a failed start's
+    // process alive.
+    await engine.close();
+    vision.close();
+    tls.close();
+    throw err;
+  }
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.
   const warmUp = async (): Promise<void> => {

@@ -98,7 +98,13 @@ export class VisionClient {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.enable_retries': 1,
+      // grpc-js keeps a request for a retry only within both limits, until its first response: the
+      // call's (any request the service accepts) and the channel's total over every hop in flight,
+      // 16 MiB by default, which one 17 MiB image or sixteen 1 MiB hops waiting on vision would use
+      // up, so a vision drain or rollout would fail them instead of retrying another replica. The
+      // requests are held in memory anyway; this only lets the retry keep them.
       'grpc.per_rpc_retry_buffer_size': options.maxRequestBytes,
+      'grpc.retry_buffer_size': Math.max(256 << 20, 8 * options.maxRequestBytes),
       ...serverNameOptions(options.credentials),
     });
   }

@@ -115,10 +115,12 @@ export class InferencePool {
     const first = await InferencePool.startWorker(deps, 0);
     const pool = new InferencePool(deps, first.manifest, first.provider);
     pool.attach(first.worker);
-    const rest = await Promise.allSettled(Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1, pool.identity)));
-    // Attach every worker that started before failing, so close() terminates all of them (a started
-    // worker left unattached would keep the process alive).
-    for (const r of rest) if (r.status === 'fulfilled') pool.attach(r.value.worker);
+    // Each worker is attached the moment it is ready, not once its siblings are: a ready worker without
+    // the pool's listeners would take the process down with an 'error' event while the others load
+    // (minutes on a GPU). Attached, a started worker is also terminated by close() if a sibling fails.
+    const rest = await Promise.allSettled(
+      Array.from({ length: n - 1 }, (_, i) => InferencePool.startWorker(deps, i + 1, pool.identity).then((w) => (pool.attach(w.worker), w))),
+    );
     const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       await pool.close();
@@ -200,11 +202,32 @@ export class InferencePool {
     return { workers: this.slots.length, busy: this.slots.filter((s) => s.task).length, queued: this.queue.length, queueSize: this.deps.limits.queueSize };
   }
 
+  /**
+   * Throws what a job submitted now would be refused with for a full pool, so a caller can shed a
+   * request before spending other work on it (the language service before its vision hop).
+   */
+  checkRoom(): void {
+    const full = this.fullError();
+    if (full) throw full;
+  }
+
+  private fullError(): VlmError | null {
+    if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
+    return new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
+  }
+
   encode(image: Uint8Array, policy: ReductionPolicy, options: CallOptions = {}): Promise<EncodeResult> {
     return this.submit({ kind: 'encode', image: copyBytes(image), policy }, options);
   }
 
   generate(visual: VisualTokens, question: string, sampling: SamplingParams, policy: ReductionPolicy, options: CallOptions = {}): Promise<GenerateResult> {
+    // A view whose buffer was transferred away (passed twice with transferVisual) is empty, and
+    // postMessage drops a message naming a detached buffer without a word: the job would hold its
+    // worker forever. Refused here instead.
+    const [rows, width] = visual.embeds.dims;
+    if (visual.embeds.data.length !== rows * width) {
+      return Promise.reject(new VlmError('INTERNAL', `visual tokens hold ${visual.embeds.data.length} values for dims [${rows}, ${width}] (a buffer already transferred?)`));
+    }
     return this.submit({ kind: 'generate', visual, question, sampling, policy }, options);
   }
 
@@ -248,10 +271,9 @@ export class InferencePool {
       if (this.closed) return reject(shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
       if (this.workerless) return reject(noWorker());
+      const full = this.fullError();
+      if (full) return reject(full);
       const idle = this.slots.find((s) => !s.task);
-      if (!idle && this.queue.length >= this.deps.limits.queueSize) {
-        return reject(new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS }));
-      }
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
       // orphan traces, and a trace the sampler dropped would replay every span only to discard it.
       const parent = context.active();
@@ -345,8 +367,12 @@ export class InferencePool {
 
   private onExit(slot: Slot, code: number): void {
     const i = this.slots.indexOf(slot);
-    // While closing, a worker that exits has answered in its way: stopWorker need not wait for it.
-    if (this.closed) slot.task = undefined;
+    // While closing, a worker that exits ends its job: its caller is answered (if close's grace had
+    // not already), and stopWorker need not wait for it.
+    if (this.closed && slot.task) {
+      this.settle(slot.task, shuttingDown('the inference pool shut down while the request ran'));
+      slot.task = undefined;
+    }
     if (i < 0 || this.closed) return;
     this.slots.splice(i, 1);
     // INTERNAL, not UNAVAILABLE: callers and the hop retry UNAVAILABLE elsewhere, and a request that
