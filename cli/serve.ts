@@ -5,9 +5,10 @@
  * (50052), calling vision at --vision-target (default: vision on this host, --host and --vision-port);
  * all: both, as two child processes as in production (each its own pool, logs and trace service
  * name); --vision-provider and --language-provider put each on its own device. Defaults: the
- * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain,
- * exit); `all` passes the signal to both children and exits when they have; a second signal SIGKILLs
- * the ones still running. SIGHUP re-reads TLS files and never stops a service; `all` passes it on.
+ * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain, exit); `all` passes the
+ * signal to language, then to vision once language has exited, and exits when both have; a second
+ * signal SIGKILLs the ones still running. SIGHUP re-reads TLS files and never stops a service; `all`
+ * passes it on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
@@ -105,7 +106,19 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   };
   const stopAll = (signal: NodeJS.Signals): void => {
     stopping = true;
-    for (const child of children.values()) if (running(child)) child.kill(signal);
+    const language = children.get('language');
+    const vision = children.get('vision');
+    if (signal === 'SIGKILL' || !language || !running(language)) {
+      for (const child of children.values()) if (running(child)) child.kill(signal);
+    } else {
+      // Language first: the requests it admitted still need vision, which would refuse their hop
+      // while draining too; vision stops once language has finished them. (A terminal's Ctrl-C
+      // reaches both at once: nothing to order then.)
+      language.kill(signal);
+      language.once('exit', () => {
+        if (vision && running(vision)) vision.kill(signal);
+      });
+    }
     settle();
   };
   const start = (role: 'vision' | 'language', own: string[]): ChildProcess => {

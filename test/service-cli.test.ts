@@ -121,6 +121,26 @@ describe('vlm serve all on the default host, stopped with Ctrl-C in a terminal',
   }, 90_000);
 });
 
+describe('vlm serve all, stopped with SIGTERM (a supervisor, npm, a container runtime)', () => {
+  let server: ChildProcess | undefined;
+  afterEach(() => stopServeAll(server));
+
+  it('drains language first and stops vision once language has exited: requests language admitted still reach vision', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => server!.once('exit', (c) => resolve(c)));
+    await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const at = (re: RegExp) => stderr.search(re);
+    expect(at(/"component":"language","msg":"stopped","drained":true/)).toBeGreaterThanOrEqual(0);
+    expect(at(/"component":"vision","msg":"draining"/)).toBeGreaterThan(at(/"component":"language","msg":"stopped"/));
+    expect(stderr).toMatch(/"component":"vision","msg":"stopped","drained":true/);
+  }, 90_000);
+});
+
 describe('vlm serve all, a child stuck while draining', () => {
   it('drains on the first SIGTERM and kills the stuck child on the second, then exits', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
