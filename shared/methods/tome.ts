@@ -72,28 +72,33 @@ export const tome: VisionReducer = {
     const hasCls = input.tokens.origin[0] === -1;
     const r = Math.min(input.step.tokensIn - input.step.tokensOut, Math.floor((T - (hasCls ? 1 : 0)) / 2));
 
+    // Sets by position: A the even rows, B the odd ones, each token's key normalised (cosine). Laid
+    // out contiguously per set, so the n_A x n_B x dh inner loop reads memory in order: the matching
+    // is most of a step's time (576 tokens on LLaVA's ViT, 23 layers per request).
     const dh = metric.cols;
-    const unit = new Float64Array(T * dh);
+    const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);
+    const B = Array.from({ length: Math.floor(T / 2) }, (_, k) => 2 * k + 1);
+    const unitA = new Float64Array(A.length * dh);
+    const unitB = new Float64Array(B.length * dh);
     for (let i = 0; i < T; i++) {
       const v = row(metric, i);
       let n = 0;
-      for (const x of v) n += x * x;
+      for (let d = 0; d < dh; d++) n += v[d]! * v[d]!;
       n = Math.sqrt(n);
-      for (let d = 0; d < dh; d++) unit[i * dh + d] = v[d]! / n;
+      const dst = i % 2 === 0 ? unitA : unitB;
+      const o = (i >> 1) * dh;
+      for (let d = 0; d < dh; d++) dst[o + d] = v[d]! / n;
     }
-    const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);
-    const B = Array.from({ length: Math.floor(T / 2) }, (_, k) => 2 * k + 1);
     const nodeMax = new Float64Array(A.length);
     const nodeIdx = new Int32Array(A.length);
-    A.forEach((a, ai) => {
+    for (let ai = 0; ai < A.length; ai++) {
       let best = -Infinity;
       let arg = 0;
       if (!(hasCls && ai === 0)) {
-        for (let bi = 0; bi < B.length; bi++) {
-          const oa = a * dh;
-          const ob = B[bi]! * dh;
+        const oa = ai * dh;
+        for (let bi = 0, ob = 0; bi < B.length; bi++, ob += dh) {
           let dot = 0;
-          for (let d = 0; d < dh; d++) dot += unit[oa + d]! * unit[ob + d]!;
+          for (let d = 0; d < dh; d++) dot += unitA[oa + d]! * unitB[ob + d]!;
           if (dot > best) {
             best = dot;
             arg = bi;
@@ -102,7 +107,7 @@ export const tome: VisionReducer = {
       }
       nodeMax[ai] = best;
       nodeIdx[ai] = arg;
-    });
+    }
     // Strongest matches first; equal scores keep index order.
     const edge = Array.from({ length: A.length }, (_, i) => i).sort((x, y) => nodeMax[y]! - nodeMax[x]! || x - y);
     const src = edge.slice(0, r);
