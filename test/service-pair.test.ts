@@ -17,7 +17,7 @@ import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { receiveLimit } from '../services/common/message-limits';
-import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate';
+import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate-stream';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams, type ModelInfo } from '../gen/vlm/v1/common';

@@ -15,7 +15,7 @@ import type { RunningService } from '../services/common/lifecycle';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { receiveLimit } from '../services/common/message-limits';
-import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate';
+import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate-stream';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
 import type { Manifest } from '../shared/bundle/manifest';

@@ -13,10 +13,10 @@ import {
   TensorAssembler,
   tensorMessages,
   type Expectation,
-  type VisualTokens,
+  type WireTokens,
 } from '../services/common/tensor-stream';
 
-function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'float32'): VisualTokens {
+function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'float32'): WireTokens {
   const n = rows * width;
   const typed =
     dtype === 'float32'
@@ -52,7 +52,7 @@ function expectation(rows: number, over: Partial<Expectation> = {}): Expectation
 }
 
 /** `schedule` null: a header without one. */
-function messages(t: VisualTokens, rowsWanted = 5, schedule: VisionSchedule | null = wireSchedule(t.rows)): EncodeResponse[] {
+function messages(t: WireTokens, rowsWanted = 5, schedule: VisionSchedule | null = wireSchedule(t.rows)): EncodeResponse[] {
   return [...tensorMessages(t, { modelId: 'm', contentHash: 'sha256:aa', fullTokenCount: 64, schedule: schedule ?? undefined }, rowsWanted, summary)];
 }
 

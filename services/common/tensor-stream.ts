@@ -18,7 +18,7 @@ import { SPLIT_REPORT } from '../../shared/methods/policy';
 export type WireDType = 'float32' | 'float16';
 
 /** Visual tokens as the services hold them: row-major [rows, width]; float16 as raw Uint16 bits. */
-export type VisualTokens = {
+export type WireTokens = {
   readonly rows: number;
   readonly width: number;
   /** Per row: original patch index, -1 CLS, -2 synthesised. */
@@ -80,7 +80,7 @@ export interface HeaderFields {
 }
 
 /** The whole Encode response sequence for `tokens`: header, chunks, summary. */
-export function* tensorMessages(tokens: VisualTokens, fields: HeaderFields, rowsWanted: number, summary: EncodeSummary): Generator<EncodeResponse> {
+export function* tensorMessages(tokens: WireTokens, fields: HeaderFields, rowsWanted: number, summary: EncodeSummary): Generator<EncodeResponse> {
   const perChunk = rowsPerChunk(tokens.width, tokens.dtype, rowsWanted);
   const chunkCount = Math.ceil(tokens.rows / perChunk);
   const header: TensorHeader = {
@@ -145,7 +145,7 @@ export interface Expectation {
 const SPLIT_PARAMS = Object.values(SPLIT_REPORT);
 
 export interface AssembledTensor {
-  readonly tokens: VisualTokens;
+  readonly tokens: WireTokens;
   readonly header: TensorHeader;
   readonly summary: EncodeSummary;
 }

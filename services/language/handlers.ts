@@ -4,7 +4,7 @@
 import type { LanguageServiceServer } from '../../gen/vlm/v1/language_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
 import { modelInfo, placementOf } from '../common/model-info';
-import { generateAttributes, generateStream, type GenerateDeps } from './generate';
+import { generateAttributes, generateStream, type GenerateDeps } from './generate-stream';
 import { tracedStream } from '../../shared/telemetry/traced-stream';
 import { recordRequest } from '../../shared/telemetry/metrics';
 

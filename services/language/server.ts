@@ -11,7 +11,7 @@ import { startEngine } from '../common/engine';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../../shared/methods/policy';
-import { loadPromptTokenCounter } from './generate';
+import { loadPromptTokenCounter } from './generate-stream';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
 import { serviceTls } from '../common/tls';

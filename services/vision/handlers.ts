@@ -5,7 +5,7 @@ import { toFloat16 } from '../../shared/tensor/fp16';
 import type { EncodeResult } from '../../shared/engine';
 import type { EncodeResponse, VisionServiceServer } from '../../gen/vlm/v1/vision_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
-import { chunkBytes, tensorMessages, type VisualTokens } from '../common/tensor-stream';
+import { chunkBytes, tensorMessages, type WireTokens } from '../common/tensor-stream';
 import { modelInfo, placementOf, type AdvertisedLimits } from '../common/model-info';
 import { validateEncode, type RequestLimitsConfig } from '../common/validate';
 import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
@@ -25,7 +25,7 @@ export interface VisionHandlerDeps {
 }
 
 /** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop). */
-function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): VisualTokens {
+function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): WireTokens {
   const [rows, width] = result.embeds.dims;
   const typed = ioDtype === 'float16' ? { dtype: 'float16' as const, data: toFloat16(result.embeds.data) } : { dtype: 'float32' as const, data: result.embeds.data };
   return { rows, width, ...typed, origin: result.origin, size: result.size };

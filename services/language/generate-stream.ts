@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { toFloat32 } from '../../shared/tensor/fp16';
 import type { Manifest } from '../../shared/bundle/manifest';
 import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
-import type { VisualTokens as CoreVisualTokens, GenerateResult } from '../../shared/engine';
+import type { VisualTokens, GenerateResult } from '../../shared/engine';
 import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
 import type { VisionSchedule } from '../../shared/methods/types';
 import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen/vlm/v1/language_service';
@@ -18,7 +18,7 @@ import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
 import type { ServiceEngine } from '../common/engine';
 import type { AdvertisedLimits } from '../common/model-info';
-import type { AssembledTensor, Expectation, VisualTokens } from '../common/tensor-stream';
+import type { AssembledTensor, Expectation, WireTokens } from '../common/tensor-stream';
 import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
 import { flopsToWire, resolvedPolicy, roundMs } from '../common/wire';
 import type { HopContext } from './vision-client';
@@ -91,7 +91,7 @@ export function expectationOf(engine: ServiceEngine, vision: VisionSchedule): Ex
 }
 
 /** The engine takes float32 rows; a float16 hop is widened here. */
-function coreTokens(t: VisualTokens): CoreVisualTokens {
+function coreTokens(t: WireTokens): VisualTokens {
   const data = t.dtype === 'float32' ? t.data : toFloat32(t.data);
   return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
 }
