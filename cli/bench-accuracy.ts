@@ -161,7 +161,7 @@ function isInfeasibleBudget(e: VlmError): boolean {
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== 'accuracy') throw VlmError.invalid('bench', `unknown benchmark "${sub ?? ''}"; available: accuracy, load`);
+  if (sub !== 'accuracy') throw VlmError.invalid('bench', `unknown benchmark "${sub ?? ''}"; available: accuracy, load, latency`);
   const parsed = parseCommandLine(rest, FLAGS);
   const values = parsed.values as Record<string, string | boolean | undefined>;
   const config = evalRuntime(parsed.config, values);

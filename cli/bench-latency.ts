@@ -130,12 +130,21 @@ async function requestItems(modelDir: string, limit: number): Promise<Array<{ im
 export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   const policies = o.policies ?? latencyPolicies(o.budget);
   const items = await requestItems(o.config.model.dir, o.limit);
+  if (items.length === 0) throw new VlmError('FAILED_PRECONDITION', `no evaluation items in ${o.config.model.dir}/eval/items.jsonl`);
   const spans: SpanRecord[] = [];
-  const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: (s) => void spans.push(...s) });
+  const refused: string[] = [];
+  const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: (s) => void spans.push(...s), onRejected: (status, message) => void refused.push(`${status}: ${message}`) });
+  // The trace variables themselves, not only the generic ones: a shell's own OTEL_* settings (a
+  // local Jaeger's endpoint, a console exporter, the SDK disabled) win over the generic ones in the
+  // SDK and would send the spans elsewhere, found out only after the whole run.
   const env: NodeJS.ProcessEnv = {
     ...o.serviceEnv,
+    OTEL_SDK_DISABLED: 'false',
+    OTEL_TRACES_EXPORTER: 'otlp',
     OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
     OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/v1/traces`,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/protobuf',
     OTEL_TRACES_SAMPLER: 'always_on',
     OTEL_METRICS_EXPORTER: 'none',
     OTEL_LOGS_EXPORTER: 'none',
@@ -199,8 +208,16 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
     const method = p.method;
     // The unreduced request sets no budget; every other one carries the run's.
     const group = report.groups.find((g) => g.method === method && (method === 'none' || g.budget === budget));
-    if (!group) throw new VlmError('INTERNAL', `no traces of ${p.method} arrived (were the services' spans exported?)`);
-    const mean = (service: string, name: string): number => round(group.stageMean[`${service} ${name}`] ?? 0);
+    const sent = clientMs.get(p.method)?.length ?? 0;
+    // Figures from some of the requests, or without one service's spans, would read as a faster method.
+    if (!group || group.traces !== sent) {
+      throw new VlmError('DATA_LOSS', `${group?.traces ?? 0} traces of ${p.method} arrived for ${sent} requests${refused.length ? `; the receiver refused exports: ${refused.join('; ')}` : ''}`);
+    }
+    const mean = (service: string, name: string): number => {
+      const value = group.stageMean[`${service} ${name}`];
+      if (value === undefined) throw new VlmError('DATA_LOSS', `the traces of ${p.method} have no ${service} ${name} spans`);
+      return round(value);
+    };
     const tokens = outputTokens.get(p.method) ?? [];
     return {
       method,
@@ -216,7 +233,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
         streamReceive: mean(SERVICE_LANGUAGE, SpanName.StreamReceive),
         prefill: mean(SERVICE_LANGUAGE, SpanName.Prefill),
         decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
-        queue: round((group.stageMean[`${SERVICE_VISION} ${SpanName.Queue}`] ?? 0) + (group.stageMean[`${SERVICE_LANGUAGE} ${SpanName.Queue}`] ?? 0)),
+        queue: round(mean(SERVICE_VISION, SpanName.Queue) + mean(SERVICE_LANGUAGE, SpanName.Queue)),
       },
       outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
     };

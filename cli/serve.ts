@@ -108,12 +108,14 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
     stopping = true;
     const language = children.get('language');
     const vision = children.get('vision');
-    if (signal === 'SIGKILL' || !language || !running(language)) {
+    // SIGTERM is for this process alone (a supervisor, npm): language first, since the requests it
+    // admitted still need vision, which would refuse their hop while draining too; vision stops once
+    // language has finished them. SIGINT is a terminal's Ctrl-C, which reached both children at the
+    // same moment: passed on at once too, so each sees it as the same stop (a late copy would read
+    // as a second signal and cut vision's drain short).
+    if (signal !== 'SIGTERM' || !language || !running(language)) {
       for (const child of children.values()) if (running(child)) child.kill(signal);
     } else {
-      // Language first: the requests it admitted still need vision, which would refuse their hop
-      // while draining too; vision stops once language has finished them. (A terminal's Ctrl-C
-      // reaches both at once: nothing to order then.)
       language.kill(signal);
       language.once('exit', () => {
         if (vision && running(vision)) vision.kill(signal);
@@ -157,9 +159,9 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // The first signal drains both services; a second one (an operator out of patience) kills what
   // still runs, so a child stuck in its drain cannot keep `serve all` alive. The same stop arriving
   // again within moments (Ctrl-C reaches npm and every child as well) is not a second one.
-  onStopSignals((_signal, again) => {
+  onStopSignals((signal, again) => {
     if (again) log.warn('second signal: killing the services that still run');
-    stopAll(again ? 'SIGKILL' : 'SIGTERM');
+    stopAll(again ? 'SIGKILL' : signal === 'SIGINT' ? 'SIGINT' : 'SIGTERM');
   }, log, 'the same stop again; the services are draining');
   // A reload for the services (TLS files), not a reason for the parent to exit and orphan them.
   process.on('SIGHUP', () => {

@@ -19,7 +19,9 @@ describe('vlm bench latency', () => {
     const config = testConfig({ model: { dir: BUNDLE } });
     // 4 tokens: reachable by vision random, below fastv's feasible range on this 16-token bundle.
     const policies = latencyPolicies({ tokens: 4 }).filter((p) => ['none', 'random (vision)', 'fastv'].includes(p.method));
-    const result = await runLatency({ config, limit: 2, budget: { tokens: 4 }, maxNewTokens: 4, serveFlags: ['--workers', '1'], serviceEnv: { ...process.env }, policies });
+    // A shell's own trace settings must not take the spans elsewhere (they win over the generic ones).
+    const shell = { ...process.env, OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://127.0.0.1:9/v1/traces', OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc' };
+    const result = await runLatency({ config, limit: 2, budget: { tokens: 4 }, maxNewTokens: 4, serveFlags: ['--workers', '1'], serviceEnv: shell, policies });
     const [none, random, fastv] = result.rows;
     expect(fastv).toEqual({ method: 'fastv', infeasible: expect.stringMatching(/feasible range is \[4\.75, 16\]/) });
     for (const row of [none, random] as LatencyRow[]) {

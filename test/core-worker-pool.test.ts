@@ -84,6 +84,18 @@ describe('InferencePool', () => {
     expect(turns).toBeLessThan(Math.min(4, r.generate.tokenIds.length));
   });
 
+  it('says whether it has room before a job is sent (what the language service checks before its vision hop)', async () => {
+    expect(() => pool.checkRoom()).not.toThrow();
+    const running = pool.ask(image, 'what color is it?', sampling, policy());
+    const queued = pool.ask(image, 'what color is it?', sampling, policy());
+    expect(() => pool.checkRoom()).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'QUEUE_FULL' }));
+    await Promise.all([running, queued]);
+    expect(() => pool.checkRoom()).not.toThrow();
+    const closed = await InferencePool.start(testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 } }));
+    await closed.close();
+    expect(() => closed.checkRoom()).toThrow(expect.objectContaining({ code: 'UNAVAILABLE', reason: 'SHUTTING_DOWN' }));
+  });
+
   it('refuses work beyond the queue with RESOURCE_EXHAUSTED, and still serves what it accepted', async () => {
     const running = pool.ask(image, 'what color is it?', sampling, policy());
     const queued = pool.ask(image, 'what color is it?', sampling, policy());

@@ -125,7 +125,7 @@ describe('vlm serve all, stopped with SIGTERM (a supervisor, npm, a container ru
   let server: ChildProcess | undefined;
   afterEach(() => stopServeAll(server));
 
-  it('drains language first and stops vision once language has exited: requests language admitted still reach vision', async () => {
+  it('drains language first and signals vision only once language has exited (so requests language admitted can still reach vision)', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
     server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';

@@ -11,6 +11,7 @@ import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '.
 import { VlmError } from '../shared/errors';
 import { failure } from './core-helpers';
 import { VisionClient } from '../services/language/vision-client';
+import { statusObject } from '../services/common/status';
 import type { Expectation } from '../services/common/tensor-stream';
 
 const expectation: Expectation = { modelId: 'm', contentHash: 'sha256:aa', dtype: 'float32', width: 2, fullTokenCount: 4, schedule: { method: 'none', outputTokens: 4, params: {} } };
@@ -83,6 +84,15 @@ describe('Encode retries on the language -> vision hop', () => {
     expect(attempts.get('among-others')).toBe(3);
     for (const release of held) release();
     await Promise.all(holding);
+  });
+
+  it("tells its caller to back off when every attempt met a draining vision (vision's 'retry now, elsewhere' was for the hop)", async () => {
+    await fakeVision((call) => {
+      const s = statusObject(GrpcCode.UNAVAILABLE, 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+      call.emit('error', { code: s.code, details: s.details, metadata: s.metadata });
+    });
+    const e = await encodeFailure();
+    expect([e.code, e.reason, e.retryDelayMs]).toEqual(['UNAVAILABLE', 'VISION_UNAVAILABLE', 1000]);
   });
 
   it('a call that fails UNAVAILABLE after its header is repeated whole, twice, and then reported', async () => {

@@ -202,8 +202,9 @@ export class VisionClient {
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }): VlmError {
     const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.UNAVAILABLE) {
-      // By now grpc-js has tried another replica: the caller backs off (vision's hint, when it sent one).
-      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: sent.retryDelayMs ?? VISION_UNAVAILABLE_RETRY_MS });
+      // By now grpc-js has tried other replicas: the caller backs off. A draining vision's "retry now,
+      // elsewhere" (0) was meant for this service, which has done so.
+      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: Math.max(sent.retryDelayMs ?? 0, VISION_UNAVAILABLE_RETRY_MS) });
     }
     if (status.code === GrpcCode.DEADLINE_EXCEEDED) {
       return new VlmError('DEADLINE_EXCEEDED', `the deadline passed while the vision service was encoding the image`, { cause: status });

@@ -207,6 +207,8 @@ export class InferencePool {
    * request before spending other work on it (the language service before its vision hop).
    */
   checkRoom(): void {
+    if (this.closed) throw shuttingDown('the inference pool is shut down');
+    if (this.workerless) throw noWorker();
     const full = this.fullError();
     if (full) throw full;
   }
@@ -370,14 +372,12 @@ export class InferencePool {
     // While closing, a worker that exits ends its job: its caller is answered (if close's grace had
     // not already), and stopWorker need not wait for it.
     if (this.closed && slot.task) {
-      this.settle(slot.task, shuttingDown('the inference pool shut down while the request ran'));
+      this.settle(slot.task, workerExited(code));
       slot.task = undefined;
     }
     if (i < 0 || this.closed) return;
     this.slots.splice(i, 1);
-    // INTERNAL, not UNAVAILABLE: callers and the hop retry UNAVAILABLE elsewhere, and a request that
-    // kills its worker would kill one on every replica it is retried on.
-    if (slot.task) this.settle(slot.task, new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`));
+    if (slot.task) this.settle(slot.task, workerExited(code));
     this.log.error('inference worker exited; starting a replacement', { code });
     this.replace(i, 0);
     this.announceAvailability();
@@ -438,6 +438,14 @@ const NO_WORKER_RETRY_MS = 1_000;
 
 function noWorker(): VlmError {
   return new VlmError('UNAVAILABLE', 'no inference worker is running (a replacement is being started); retry later or on another replica', { reason: 'NO_WORKER', retryDelayMs: NO_WORKER_RETRY_MS });
+}
+
+/**
+ * INTERNAL, not UNAVAILABLE: callers and the hop retry UNAVAILABLE elsewhere, and a request that
+ * kills its worker would kill one on every replica it is retried on.
+ */
+function workerExited(code: number): VlmError {
+  return new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`);
 }
 
 function shuttingDown(message: string): VlmError {
