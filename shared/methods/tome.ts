@@ -73,8 +73,8 @@ export const tome: VisionReducer = {
     const r = Math.min(input.step.tokensIn - input.step.tokensOut, Math.floor((T - (hasCls ? 1 : 0)) / 2));
 
     // Sets by position: A the even rows, B the odd ones, each token's key normalised (cosine). Laid
-    // out contiguously per set, so the n_A x n_B x dh inner loop reads memory in order: the matching
-    // is most of a step's time (576 tokens on LLaVA's ViT, 23 layers per request).
+    // out contiguously per set for bestMatch: the matching is most of a step's time (576 tokens on
+    // LLaVA's ViT, 23 layers per request).
     const dh = metric.cols;
     const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);
     const B = Array.from({ length: Math.floor(T / 2) }, (_, k) => 2 * k + 1);
@@ -92,21 +92,14 @@ export const tome: VisionReducer = {
     const nodeMax = new Float64Array(A.length);
     const nodeIdx = new Int32Array(A.length);
     for (let ai = 0; ai < A.length; ai++) {
-      let best = -Infinity;
-      let arg = 0;
-      if (!(hasCls && ai === 0)) {
-        const oa = ai * dh;
-        for (let bi = 0, ob = 0; bi < B.length; bi++, ob += dh) {
-          let dot = 0;
-          for (let d = 0; d < dh; d++) dot += unitA[oa + d]! * unitB[ob + d]!;
-          if (dot > best) {
-            best = dot;
-            arg = bi;
-          }
-        }
+      if (hasCls && ai === 0) {
+        nodeMax[ai] = -Infinity;
+        nodeIdx[ai] = 0;
+        continue;
       }
-      nodeMax[ai] = best;
-      nodeIdx[ai] = arg;
+      const match = bestMatch(unitA, ai * dh, unitB, B.length, dh);
+      nodeMax[ai] = match.best;
+      nodeIdx[ai] = match.arg;
     }
     // Strongest matches first; equal scores keep index order.
     const edge = Array.from({ length: A.length }, (_, i) => i).sort((x, y) => nodeMax[y]! - nodeMax[x]! || x - y);
@@ -132,3 +125,42 @@ export const tome: VisionReducer = {
     };
   },
 };
+
+/**
+ * The B row with the largest dot product with A's row at `oa` (the first on a tie). Four B rows per
+ * pass over the A row: each dot is still summed in order over d, so the values (and the ties) are
+ * the one-row-at-a-time loop's exactly, in about a quarter of the time.
+ */
+function bestMatch(unitA: Float64Array, oa: number, unitB: Float64Array, nB: number, dh: number): { best: number; arg: number } {
+  let best = -Infinity;
+  let arg = 0;
+  let bi = 0;
+  for (; bi + 3 < nB; bi += 4) {
+    const o0 = bi * dh;
+    const o1 = o0 + dh;
+    const o2 = o1 + dh;
+    const o3 = o2 + dh;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let d = 0; d < dh; d++) {
+      const x = unitA[oa + d]!;
+      s0 += x * unitB[o0 + d]!;
+      s1 += x * unitB[o1 + d]!;
+      s2 += x * unitB[o2 + d]!;
+      s3 += x * unitB[o3 + d]!;
+    }
+    if (s0 > best) (best = s0), (arg = bi);
+    if (s1 > best) (best = s1), (arg = bi + 1);
+    if (s2 > best) (best = s2), (arg = bi + 2);
+    if (s3 > best) (best = s3), (arg = bi + 3);
+  }
+  for (; bi < nB; bi++) {
+    const ob = bi * dh;
+    let dot = 0;
+    for (let d = 0; d < dh; d++) dot += unitA[oa + d]! * unitB[ob + d]!;
+    if (dot > best) (best = dot), (arg = bi);
+  }
+  return { best, arg };
+}
