@@ -131,7 +131,10 @@ describe('vlm serve all, stopped with SIGTERM (a supervisor, npm, a container ru
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => server!.once('exit', (c) => resolve(c)));
+    // Both serving: language warms up on its own and may serve before vision has (a vision still
+    // starting just exits on a signal, with nothing to drain).
     await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+    await eventually(async () => (await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
     server.kill('SIGTERM');
     expect(await exited).toBe(0);
     const at = (re: RegExp) => stderr.search(re);
