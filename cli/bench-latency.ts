@@ -6,9 +6,10 @@
  * process, sends the same `limit` evaluation items under every method at one budget (and unreduced),
  * one request at a time so no request waits for another, stops the services (their drain flushes the
  * spans) and analyses the traces as `vlm trace report` does. Sessions are opened and every method run
- * once per worker before the services report ready, and one request per policy is sent and left out
- * of the figures, so first-call costs do not land on a method. Prints a table (with --json only one
- * JSON object); --spans keeps the spans for `vlm trace report --html`.
+ * once per worker before the services report ready, and each policy first gets one warm-up request
+ * that is left out of the figures, so first-call costs do not land on a method. Prints a markdown
+ * table, or with --json one JSON object; --spans keeps the measured spans (warm-ups left out) for
+ * `vlm trace report --html`, which then gives the same figures.
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -34,8 +35,8 @@ const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'requests per policy, one per evaluation item taken evenly across types [default: 10]' },
   budget: { type: 'string', arg: 'N|P%', help: 'the budget every method runs at [default: 25%]' },
   'max-new-tokens': { type: 'string', arg: 'N', help: 'most answer tokens per request [default: the model\'s]' },
-  spans: { type: 'string', arg: 'FILE', help: 'also write the spans, one JSON object per line (what `vlm trace collect` writes)' },
-  json: { type: 'boolean', help: 'print only the JSON result' },
+  spans: { type: 'string', arg: 'FILE', help: 'also write the measured spans (warm-ups left out), one JSON object per line as `vlm trace collect` writes' },
+  json: { type: 'boolean', help: 'print the result as one JSON object instead of the table' },
 } as const satisfies CommandFlags;
 
 /** One request policy of the run: a method alone, a preset, or nothing. */
@@ -195,10 +196,10 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   } finally {
     await receiver.close();
   }
-  o.onSpans?.(spans);
-
   const warmUps = new Set(spans.filter((s) => String(s.attributes[ATTR_VLM_REQUEST_ID] ?? '').startsWith(WARM_UP_PREFIX)).map((s) => s.traceId));
   const measured = spans.filter((s) => !warmUps.has(s.traceId));
+  // The spans the table is made of: `vlm trace report` on them gives the same figures.
+  o.onSpans?.(measured);
   const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
   const { report } = analyseTraces(measured);
   const budget = String(budgetAttribute(o.budget));
@@ -293,7 +294,6 @@ export async function run(argv: string[]): Promise<number> {
     onSpans: spansFile ? (spans) => writeFileSync(spansFile, spans.map((s) => JSON.stringify(s)).join('\n') + '\n') : undefined,
     onProgress: json ? undefined : (line) => process.stderr.write(`[bench latency] ${line}\n`),
   });
-  if (!json) process.stdout.write(`${formatLatency(result)}\n`);
-  process.stdout.write(`${JSON.stringify(result)}\n`);
+  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${formatLatency(result)}\n`);
   return 0;
 }

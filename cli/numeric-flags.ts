@@ -62,7 +62,7 @@ export function parseBudgetFlag(raw: string | undefined): Budget | null {
     return { percent: n };
   }
   if (!Number.isInteger(n) || n < 1 || n > UINT32_MAX) {
-    throw VlmError.invalid('--budget', `a token count must be an integer in [1, ${UINT32_MAX}], got "${raw}"; for a share of the visual tokens write a percentage like ${m[1]}%`);
+    throw VlmError.invalid('--budget', `a token count must be an integer in [1, ${UINT32_MAX}], got "${raw}"; for a share of the visual tokens write a percentage like ${n > 0 && n <= 100 ? m[1] : '25'}%`);
   }
   return { tokens: n };
 }

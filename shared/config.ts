@@ -243,8 +243,8 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     runtime: {
       providers: parseProviders(r.str('provider'), r.str('device')),
       serviceProviders: {
-        vision: r.str('vision-provider') === '' ? null : parseProviders(r.str('vision-provider'), r.str('device'), 'vision-provider'),
-        language: r.str('language-provider') === '' ? null : parseProviders(r.str('language-provider'), r.str('device'), 'language-provider'),
+        vision: r.str('vision-provider') === '' ? null : parseProviders(r.str('vision-provider'), r.str('device'), '--vision-provider / VLM_VISION_PROVIDER'),
+        language: r.str('language-provider') === '' ? null : parseProviders(r.str('language-provider'), r.str('device'), '--language-provider / VLM_LANGUAGE_PROVIDER'),
       },
       intraOpThreads: r.int('intra-op-threads') || Math.max(1, Math.floor(cores / workers)),
       interOpThreads: r.int('inter-op-threads'),

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
 import { formatLatency, latencyPolicies, runLatency, type LatencyRow } from '../cli/bench-latency';
 import { BUNDLE } from './reliability-helpers';
+import type { SpanRecord } from '../shared/telemetry/analysis';
 
 describe('vlm bench latency', () => {
   it('covers every method alone and every preset, each named as its traces name it', () => {
@@ -21,7 +22,8 @@ describe('vlm bench latency', () => {
     const policies = latencyPolicies({ tokens: 4 }).filter((p) => ['none', 'random (vision)', 'fastv'].includes(p.method));
     // A shell's own trace settings must not take the spans elsewhere (they win over the generic ones).
     const shell = { ...process.env, OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://127.0.0.1:9/v1/traces', OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc' };
-    const result = await runLatency({ config, limit: 2, budget: { tokens: 4 }, maxNewTokens: 4, serveFlags: ['--workers', '1'], serviceEnv: shell, policies });
+    let written: readonly SpanRecord[] = [];
+    const result = await runLatency({ config, limit: 2, budget: { tokens: 4 }, maxNewTokens: 4, serveFlags: ['--workers', '1'], serviceEnv: shell, policies, onSpans: (s) => (written = s) });
     const [none, random, fastv] = result.rows;
     expect(fastv).toEqual({ method: 'fastv', infeasible: expect.stringMatching(/feasible range is \[4\.75, 16\]/) });
     for (const row of [none, random] as LatencyRow[]) {
@@ -37,6 +39,9 @@ describe('vlm bench latency', () => {
     expect((none as LatencyRow).budget).toBe('full');
     expect((random as LatencyRow).budget).toBe('4');
     expect(result.spans.analysed).toBeLessThan(result.spans.received);
+    // What --spans keeps is what the table was made of: no warm-up, so `vlm trace report` agrees.
+    expect(written).toHaveLength(result.spans.analysed);
+    expect(written.some((s) => String(s.attributes['vlm.request_id'] ?? '').startsWith('warm-up-'))).toBe(false);
     const table = formatLatency(result);
     expect(table).toMatch(/^\| random \(vision\) \| [\d.]+ \|/m);
     expect(table).toMatch(/^\| fastv \| infeasible: /m);

@@ -84,6 +84,7 @@ describe('vlm CLI', () => {
   // names the flag and its range before anything is sent. Port 1 has no service: nothing is sent.
   const askFlags: Array<[string[], RegExp]> = [
     [['--budget', '12.5'], /^INVALID_ARGUMENT: --budget: a token count must be an integer in \[1, 4294967295\], got "12\.5"; for a share of the visual tokens write a percentage like 12\.5%$/m],
+    [['--budget', '0'], /^INVALID_ARGUMENT: --budget: a token count must be an integer in \[1, 4294967295\], got "0"; for a share of the visual tokens write a percentage like 25%$/m],
     [['--seed', '1.5'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 18446744073709551615\], got "1\.5"$/m],
     [['--seed=-1'], /^INVALID_ARGUMENT: --seed: expected an integer in \[0, 18446744073709551615\], got "-1"$/m],
     [['--max-tokens', '1e10'], /^INVALID_ARGUMENT: --max-tokens: expected an integer in \[1, 4294967295\], got "1e10"$/m],

@@ -58,7 +58,7 @@ describe('config', () => {
     const fromEnv = parseCommandLine([], {}, { VLM_PROVIDER: 'cuda:3', VLM_LANGUAGE_PROVIDER: 'cuda:2' }).config;
     expect(serviceConfig(fromEnv, 'vision').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 3 }]);
     expect(serviceConfig(fromEnv, 'language').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 2 }]);
-    expect(() => parseCommandLine(['--vision-provider', 'tpu'], {}, {})).toThrow(/vision-provider: unknown execution provider "tpu"/);
+    expect(() => parseCommandLine(['--vision-provider', 'tpu'], {}, {})).toThrow(/--vision-provider \/ VLM_VISION_PROVIDER: unknown execution provider "tpu"/);
   });
 
   it('rejects unknown flags and bad numbers as INVALID_ARGUMENT', () => {

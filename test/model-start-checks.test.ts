@@ -29,7 +29,7 @@ describe('execution provider start-up', () => {
     const chain = new ProviderChain({ ...configFrom({ provider: 'cuda:0' }, { VLM_INTRA_OP_THREADS: '1' }).runtime }, log);
     const e = await failure(chain.open(GRAPH));
     expect(e.code).toBe('FAILED_PRECONDITION');
-    expect(e.message).toMatch(/tried cuda:0: .+\); .*--provider cuda:0,cpu/);
+    expect(e.message).toMatch(/tried cuda:0: .+\); set --provider .*list a fallback explicitly \(cuda:0,cpu\)/);
     expect(chain.active).toBeUndefined();
   });
 

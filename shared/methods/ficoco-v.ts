@@ -72,7 +72,7 @@ export const ficocoV: VisionReducer = {
       throw VlmError.invalid('policy.vision_method', 'ficoco-v scores tokens by their [CLS] attention and this vision tower has no class token; use tome or random');
     }
     const target = budget ?? DEFAULT_KEEP_FRACTION * P;
-    checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), options.mode === 'exact' ? 'in exact mode a layer removes at most half of its tokens' : 'a vision method outputs between 1 and P tokens');
+    checkBudgetInRange('ficoco-v', target, this.feasibleRange(g, options), options.mode === 'exact' ? 'in exact mode a layer removes at most half of its tokens' : `a vision method outputs between 1 and ${P} tokens`);
     const out = Math.max(1, Math.min(P, Math.round(target)));
     const cls = g.hasClassToken ? 1 : 0;
     // A step keeps CLS and at least one patch; compression starts at the anchor (layer 12 of 24 in

@@ -19,7 +19,7 @@ export const randomVision: VisionReducer = {
 
   resolve(g: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule {
     const target = budget ?? g.numPatches / 2;
-    checkBudgetInRange('random', target, this.feasibleRange(g, options), 'a vision method outputs between 1 and P tokens');
+    checkBudgetInRange('random', target, this.feasibleRange(g, options), `a vision method outputs between 1 and ${g.numPatches} tokens`);
     const out = Math.max(1, Math.min(g.numPatches, Math.round(target)));
     const cls = g.hasClassToken ? 1 : 0;
     const override = options.params['start_layer'];

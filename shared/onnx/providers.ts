@@ -92,12 +92,12 @@ export class ProviderChain {
       }
     }
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
-    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER to one this host has${fallbackHint(this.runtime.providers)}`);
+    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
   }
 }
 
 /** A list without the CPU never falls back to it by itself; name the explicit way to ask for that. */
 function fallbackHint(providers: readonly ProviderSpec[]): string {
   if (providers.some((p) => p.kind === 'cpu')) return '';
-  return `, or list a fallback explicitly (--provider ${[...providers.map(providerName), 'cpu'].join(',')})`;
+  return `, or list a fallback explicitly (${[...providers.map(providerName), 'cpu'].join(',')})`;
 }
