@@ -121,10 +121,11 @@ describe('faults across the hop', () => {
     let visionPort: number;
     let language: RunningService;
     let client: LanguageServiceClient;
+    const languageLog: LogLine[] = [];
 
     beforeAll(async () => {
       visionPort = await freePort();
-      language = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${visionPort}`, authToken: TOKEN }), { port: 0 });
+      language = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${visionPort}`, authToken: TOKEN }), { port: 0, log: recordingLogger(languageLog, 'language') });
       client = new LanguageServiceClient(language.address, credentials.createInsecure());
     });
     afterAll(async () => {
@@ -137,11 +138,12 @@ describe('faults across the hop', () => {
       if (vision && running(vision.proc)) await kill(vision, 'SIGTERM');
     });
 
-    it('unavailable at start: the language service serves anyway and answers UNAVAILABLE naming the target', async () => {
+    it('unavailable at start: the language service serves anyway, answers UNAVAILABLE and logs the target', async () => {
       expect(await healthOf(language.address, 1000)).toBe('SERVING');
       const out = await ask(client, request(image), { metadata: withToken(), deadlineMs: 5000 });
       expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
-      expect(out.error?.details).toContain(`vision service unavailable at 127.0.0.1:${visionPort}`);
+      expect(out.error?.details).toBe('the vision service is unavailable (no replica answered); retry later');
+      expect(languageLog.some((l) => l.msg === 'no vision replica answered' && l['target'] === `127.0.0.1:${visionPort}`)).toBe(true);
       expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'VISION_UNAVAILABLE', retryDelayMs: 1000 });
       await idle(language);
     });

@@ -196,13 +196,15 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(await encodeWith(vision.address, credentials.createSsl(pem(rogue.caCert), pem(certs.clientKey), pem(certs.clientCert)), image)).toBe(GrpcCode.UNAVAILABLE);
   });
 
-  it('a language service without the client certificate cannot use vision: UNAVAILABLE, naming the target', async () => {
-    const other = await startLanguageService(pairConfig({ visionTarget: vision.address, authToken: TOKEN, tls: { visionCaFile: certs.caCert } }), { port: 0, log: createLogger('silent-test') });
+  it('a language service without the client certificate cannot use vision: UNAVAILABLE, the target in its log', async () => {
+    const otherLog: LogLine[] = [];
+    const other = await startLanguageService(pairConfig({ visionTarget: vision.address, authToken: TOKEN, tls: { visionCaFile: certs.caCert } }), { port: 0, log: recordingLogger(otherLog, 'language') });
     const client = tlsClient(other.address, credentials.createInsecure());
     try {
       const out = await ask(client, request(image), { metadata: bearer(TOKEN), deadlineMs: 5000 });
       expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
-      expect(out.error?.details).toContain(`vision service unavailable at ${vision.address}`);
+      expect(out.error?.details).toBe('the vision service is unavailable (no replica answered); retry later');
+      expect(otherLog.some((l) => l.msg === 'no vision replica answered' && l['target'] === vision.address)).toBe(true);
     } finally {
       client.close();
       await other.stop();

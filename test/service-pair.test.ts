@@ -380,15 +380,17 @@ describe('the service pair on loopback', () => {
     });
   });
 
-  it('reports UNAVAILABLE, naming the target, when no vision replica answers', async () => {
-    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
+  it('reports UNAVAILABLE when no vision replica answers, naming the target in its log and not to the caller', async () => {
+    const hopLog: LogLine[] = [];
+    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits), log: recordingLogger(hopLog, 'vision-client') });
     const controller = new AbortController();
     try {
       const err = await dead
         .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.engine, resolveVisionSchedule(noReduction(), language.engine.model.visionGeometry)), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
         .then(() => null, (e: unknown) => e as { code: string; message: string });
       expect(err?.code).toBe('UNAVAILABLE');
-      expect(err?.message).toMatch(/vision service unavailable at 127\.0\.0\.1:1/);
+      expect(err?.message).toBe('the vision service is unavailable (no replica answered); retry later');
+      expect(hopLog).toContainEqual(expect.objectContaining({ msg: 'no vision replica answered', requestId: 'r', target: '127.0.0.1:1', details: expect.stringContaining('127.0.0.1:1') }));
     } finally {
       dead.close();
     }

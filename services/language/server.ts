@@ -51,7 +51,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   }
   let vision: VisionClient;
   try {
-    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits) });
+    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits), log: log.child('vision-client') });
   } catch (err) {
     // A malformed --vision-target: the certificate polling and SIGHUP handler must not outlive the failed start.
     tls.close();

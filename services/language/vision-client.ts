@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
+import type { Logger } from '../../shared/log';
 import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
 import { callMetadata } from '../common/call-metadata';
 import { decodeStatusDetails, fromServiceError } from '../common/status';
@@ -29,6 +30,8 @@ export interface VisionClientOptions {
    * after data arrived.
    */
   readonly maxRequestBytes: number;
+  /** Where a failed hop's details go (the vision address and gRPC's reason), which callers are not sent. */
+  readonly log?: Logger;
 }
 
 export interface HopContext {
@@ -181,7 +184,7 @@ export class VisionClient {
           return reject(failure);
         }
         if (status.code !== GrpcCode.OK) {
-          const err = this.relay(status);
+          const err = this.relay(status, ctx.requestId);
           receive?.end(err);
           return reject(err);
         }
@@ -199,12 +202,15 @@ export class VisionClient {
   }
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
-  private relay(status: { code: GrpcCode; details: string; metadata: Metadata }): VlmError {
+  private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, requestId: string): VlmError {
     const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.UNAVAILABLE) {
+      // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not
+      // to the caller, who can act only on "unavailable, retry later".
+      this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target, details: status.details });
       // By now grpc-js has tried other replicas: the caller backs off. A draining vision's "retry now,
       // elsewhere" (0) was meant for this service, which has done so.
-      return new VlmError('UNAVAILABLE', `vision service unavailable at ${this.options.target}: ${status.details}`, { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: Math.max(sent.retryDelayMs ?? 0, VISION_UNAVAILABLE_RETRY_MS) });
+      return new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: Math.max(sent.retryDelayMs ?? 0, VISION_UNAVAILABLE_RETRY_MS) });
     }
     if (status.code === GrpcCode.DEADLINE_EXCEEDED) {
       return new VlmError('DEADLINE_EXCEEDED', `the deadline passed while the vision service was encoding the image`, { cause: status });
