@@ -203,17 +203,18 @@ export class InferencePool {
   }
 
   /**
-   * Throws what a job submitted now would be refused with for a full pool, so a caller can shed a
-   * request before spending other work on it (the language service before its vision hop).
+   * Throws what a job submitted now would be refused with, so a caller can shed a request before
+   * spending other work on it (the language service before its vision hop).
    */
   checkRoom(): void {
-    if (this.closed) throw shuttingDown('the inference pool is shut down');
-    if (this.workerless) throw noWorker();
-    const full = this.fullError();
-    if (full) throw full;
+    const refused = this.refusal();
+    if (refused) throw refused;
   }
 
-  private fullError(): VlmError | null {
+  /** Why a job submitted now would be refused (shut down, no worker, every worker busy and the queue full); null if it would be taken. */
+  private refusal(): VlmError | null {
+    if (this.closed) return shuttingDown('the inference pool is shut down');
+    if (this.workerless) return noWorker();
     if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
     return new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
   }
@@ -272,9 +273,8 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
-      if (this.workerless) return reject(noWorker());
-      const full = this.fullError();
-      if (full) return reject(full);
+      const refused = this.refusal();
+      if (refused) return reject(refused);
       const idle = this.slots.find((s) => !s.task);
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
       // orphan traces, and a trace the sampler dropped would replay every span only to discard it.
