@@ -11,9 +11,8 @@
  * table, or with --json one JSON object; --spans keeps the measured spans (warm-ups left out) for
  * `vlm trace report --html`, which then gives the same figures.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { existsSync } from 'node:fs';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import type { GenerateRequest } from '../gen/vlm/v1/language_service';
 import { languageClient, generateOnce } from '../services/language/client';
@@ -27,9 +26,9 @@ import { METHOD_PRESETS, type Budget } from '../shared/methods/policy';
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import type { CommandFlags } from './help';
 import { integerFlag, parseBudgetFlag } from './numeric-flags';
-import { readItemImage, readItems, selectEvenly } from './eval-items';
-import { generatedImage, serveFlags, startChildServices } from './child-services';
+import { GENERATED_QUESTION_TYPE, questionItems, serveFlags, startChildServices } from './child-services';
 import { budgetToWire } from '../services/common/wire';
+import { asRequestId } from '../services/common/interceptors';
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'requests per policy, one per evaluation item taken evenly across types [default: 10]' },
@@ -114,18 +113,11 @@ export interface LatencyOptions {
 
 const WARM_UP_PREFIX = 'warm-up-';
 
-/** A request id the services keep as sent (their interceptor replaces anything else with a fresh one). */
-function requestIdOf(prefix: string, method: string): string {
-  return `${prefix}${method.replace(/[^A-Za-z0-9._:-]+/g, '-')}`.slice(0, 128);
-}
-
+/** `limit` questions; a bundle without evaluation items asks its one generated question `limit` times. */
 async function requestItems(modelDir: string, limit: number): Promise<Array<{ image: Buffer; question: string }>> {
-  if (!existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
-    const image = await generatedImage();
-    return Array.from({ length: limit }, () => ({ image, question: 'What color is the circle?' }));
-  }
-  const items = selectEvenly(await readItems(modelDir), limit);
-  return Promise.all(items.map(async (it) => ({ image: await readItemImage(modelDir, it), question: it.question })));
+  const found = await questionItems(modelDir, limit);
+  const items = found[0]?.type === GENERATED_QUESTION_TYPE ? Array.from({ length: limit }, () => found[0]!) : found;
+  return items.map((it) => ({ image: it.bytes, question: it.question }));
 }
 
 export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
@@ -172,7 +164,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
       };
       for (const p of policies) {
         try {
-          await ask(p, items[0]!, requestIdOf(WARM_UP_PREFIX, p.method));
+          await ask(p, items[0]!, asRequestId(`${WARM_UP_PREFIX}${p.method}`));
         } catch (err) {
           // A budget this model cannot give the method is a cell to mark, not a failed run.
           if (!(err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.some((v) => v.field === 'policy.budget'))) throw err;
@@ -183,7 +175,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
       // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
       for (const [i, item] of items.entries()) {
         for (const p of feasible) {
-          const r = await ask(p, item, requestIdOf(`bench-${i}-`, p.method));
+          const r = await ask(p, item, asRequestId(`bench-${i}-${p.method}`));
           (clientMs.get(p.method) ?? clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
           (outputTokens.get(p.method) ?? outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
         }
@@ -206,7 +198,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   const rows = policies.map((p): LatencyRow | InfeasibleRow => {
     const reason = infeasible.get(p.method);
     if (reason !== undefined) return { method: p.method, infeasible: reason };
-    const method = p.method;
+    const { method } = p;
     // The unreduced request sets no budget; every other one carries the run's.
     const group = report.groups.find((g) => g.method === method && (method === 'none' || g.budget === budget));
     const sent = clientMs.get(p.method)?.length ?? 0;

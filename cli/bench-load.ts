@@ -23,8 +23,7 @@ import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '.
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
 import { seededRandom } from '../shared/methods/numeric';
-import { readItemImage, readItems, selectEvenly } from './eval-items';
-import { generatedImage, serveFlags, startChildServices } from './child-services';
+import { questionItems, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = {
   'duration-s': { type: 'string', arg: 'S', help: 'stop sending after S seconds [default: 60]' },
@@ -118,14 +117,6 @@ export function percentiles(values: readonly number[]): Percentiles {
   return { count: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: at(1) };
 }
 
-async function images(modelDir: string): Promise<Array<{ bytes: Buffer; question: string }>> {
-  if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
-    const items = selectEvenly(await readItems(modelDir), 12);
-    return Promise.all(items.map(async (it) => ({ bytes: await readItemImage(modelDir, it), question: it.question })));
-  }
-  return [{ bytes: await generatedImage(), question: 'What color is the circle?' }];
-}
-
 interface Planned {
   readonly request: GenerateRequest;
   readonly deadlineMs: number;
@@ -174,7 +165,7 @@ function generate(client: LanguageServiceClient, p: Planned, authToken: string |
 /** Starts both services, runs the load, stops them; the summary. */
 export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { config } = o;
-  const pool = await images(config.model.dir);
+  const pool = await questionItems(config.model.dir, 12);
   const services = await startChildServices({ modelDir: config.model.dir, flags: o.serveFlags, env: o.serviceEnv });
   const { vision, language } = services;
   const client = languageClient(`127.0.0.1:${services.languagePort}`);

@@ -4,6 +4,7 @@
  * SIGTERM (a graceful drain) and waited for.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { CONFIG_FLAGS, packageRoot } from '../shared/config';
@@ -11,6 +12,7 @@ import { VlmError } from '../shared/errors';
 import { healthOf } from '../services/common/health-client';
 import { running } from './child-running';
 import { freePort } from './free-port';
+import { readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
 
 export interface ChildServices {
   readonly visionPort: number;
@@ -87,4 +89,20 @@ export async function startChildServices(o: ChildServicesOptions): Promise<Child
 export function generatedImage(): Promise<Buffer> {
   const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="64"><rect width="96" height="64" fill="#fff"/><circle cx="30" cy="30" r="12" fill="#d22"/></svg>';
   return sharp(Buffer.from(svg)).png().toBuffer();
+}
+
+/** The `type` of the one question a bundle without evaluation items gets (see questionItems). */
+export const GENERATED_QUESTION_TYPE = 'generated';
+
+/**
+ * `count` of the bundle's evaluation items taken evenly across types, each with its image bytes; a
+ * bundle without any (a random-weight fixture) gets one question about a generated image.
+ */
+export async function questionItems(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
+  if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
+    const items = selectEvenly(await readItems(modelDir), count);
+    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readItemImage(modelDir, it) })));
+  }
+  const bytes = await generatedImage();
+  return [{ image: '(generated)', question: 'What color is the circle?', answer: '', type: GENERATED_QUESTION_TYPE, bytes }];
 }

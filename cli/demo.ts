@@ -15,8 +15,8 @@ import { VlmError } from '../shared/errors';
 import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
-import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
-import { generatedImage, serveFlags, startChildServices } from './child-services';
+import { isCorrect } from './eval-items';
+import { questionItems, serveFlags, startChildServices } from './child-services';
 
 const FLAGS = { items: { type: 'string', arg: 'N', help: 'questions asked under each policy [default: 3]' } } as const satisfies CommandFlags;
 
@@ -29,15 +29,6 @@ const POLICIES: ReadonlyArray<[string, Partial<ReductionPolicy>]> = [
   ['sparsevlm 25%', { languageMethod: 'sparsevlm', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
   ['ficoco-vl 25%', { preset: 'ficoco-vl', budget: { $case: 'budgetPercent', budgetPercent: 25 } }],
 ];
-
-async function questions(modelDir: string, count: number): Promise<Array<EvalItem & { bytes: Buffer }>> {
-  if (existsSync(path.join(modelDir, 'eval', 'items.jsonl'))) {
-    const items = selectEvenly(await readItems(modelDir), count);
-    return Promise.all(items.map(async (it) => ({ ...it, bytes: await readItemImage(modelDir, it) })));
-  }
-  const bytes = await generatedImage();
-  return [{ image: '(generated)', question: 'What color is the circle?', answer: '', type: 'generated', bytes }];
-}
 
 function fmtFlops(f: number): string {
   return f >= 1e12 ? `${(f / 1e12).toFixed(2)} T` : f >= 1e9 ? `${(f / 1e9).toFixed(2)} G` : `${(f / 1e6).toFixed(1)} M`;
@@ -53,7 +44,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!existsSync(path.join(modelDir, 'manifest.json'))) {
     throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);
   }
-  const items = await questions(modelDir, integerFlag(values, 'items', 1, 10_000) ?? 3);
+  const items = await questionItems(modelDir, integerFlag(values, 'items', 1, 10_000) ?? 3);
   const env = coLocatedServiceEnv(values, 2);
   const started = Date.now();
   const services = await startChildServices({ modelDir, env, flags: serveFlags(argv, FLAGS) });

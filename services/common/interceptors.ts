@@ -25,6 +25,12 @@ const HEALTH_PREFIX = '/grpc.health.v1.Health/';
 const REFLECTION_PREFIX = '/grpc.reflection.';
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+const REQUEST_ID_REFUSED = /[^A-Za-z0-9._:-]+/g;
+
+/** `text` as a request id the services keep as sent: runs of other characters become '-', cut to 128. */
+export function asRequestId(text: string): string {
+  return text.replace(REQUEST_ID_REFUSED, '-').slice(0, 128);
+}
 
 /** Keeps a caller's well-formed `x-request-id`, otherwise assigns one; echoes it in the response headers. */
 export function requestIdInterceptor(): ServerInterceptor {
