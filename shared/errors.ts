@@ -28,12 +28,8 @@ export interface FieldViolation {
  * differently under one code: a full queue and a request too large for the transport are both
  * RESOURCE_EXHAUSTED, but only the first is worth retrying.
  */
-export type VlmErrorReason =
-  | 'QUEUE_FULL'
-  | 'OUT_OF_MEMORY'
-  | 'NO_WORKER'
-  | 'SHUTTING_DOWN'
-  | 'VISION_UNAVAILABLE';
+export const VLM_ERROR_REASONS = ['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE'] as const;
+export type VlmErrorReason = (typeof VLM_ERROR_REASONS)[number];
 
 /** Wire fields of an error besides its code and message, carried across the worker boundary and the hop. */
 export interface VlmErrorDetails {

@@ -9,7 +9,7 @@
  * request id and never sent, so stack traces, paths and library messages stay inside the service.
  */
 import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
+import { VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
 import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details';
@@ -22,7 +22,7 @@ const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
 const RETRY_INFO_TYPE = 'type.googleapis.com/google.rpc.RetryInfo';
 /** ErrorInfo.domain of every reason this API sends. */
 export const ERROR_DOMAIN = 'vlm.v1';
-const REASONS: ReadonlySet<string> = new Set<VlmErrorReason>(['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE']);
+const REASONS: ReadonlySet<string> = new Set(VLM_ERROR_REASONS);
 
 /**
  * Bounds on what a status carries. The message travels twice (grpc-message, and base64 inside the
@@ -74,15 +74,15 @@ export function grpcCodeName(code: GrpcCode): string {
  */
 export function toStatus(err: unknown, log: Logger, fields: Record<string, unknown> = {}): StatusObject {
   const e = VlmError.from(err);
-  if (e.code === 'INTERNAL') {
-    log.error('internal error', { ...fields, error: describeCause(err) });
-  }
-  const code = grpcCodeOf(e.code);
-  const details = e.code === 'INTERNAL' ? 'internal error' : clipText(e.message, MAX_MESSAGE_CHARS);
-  return statusObject(code, details, e.code === 'INTERNAL' ? {} : e);
+  if (e.code !== 'INTERNAL') return refusalStatus(e);
+  log.error('internal error', { ...fields, error: describeCause(err) });
+  return statusObject(GrpcCode.INTERNAL, 'internal error');
 }
 
-/** The status for an error refused before a handler runs (the interceptors): never INTERNAL, nothing to log. */
+/**
+ * The status of an error the caller may see whole (any but INTERNAL): code, clipped message, details.
+ * The interceptors' refusals use it directly: they are never INTERNAL and have nothing to log.
+ */
 export function refusalStatus(e: VlmError): StatusObject {
   return statusObject(grpcCodeOf(e.code), clipText(e.message, MAX_MESSAGE_CHARS), e);
 }

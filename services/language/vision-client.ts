@@ -203,8 +203,8 @@ export class VisionClient {
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, requestId: string): VlmError {
-    const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.UNAVAILABLE) {
+      const sent = decodeStatusDetails(status.metadata);
       // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not
       // to the caller, who can act only on "unavailable, retry later".
       this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target, details: status.details });
@@ -224,8 +224,9 @@ export class VisionClient {
       return new VlmError('FAILED_PRECONDITION', `the vision service does not implement this call: ${status.details}`, { cause: status });
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
-      // Which pool is full tells an operator which one to scale; the caller backs off either way.
-      return new VlmError('RESOURCE_EXHAUSTED', `the vision service: ${status.details}`, { cause: status, reason: sent.reason, retryDelayMs: sent.retryDelayMs });
+      // Which pool is full tells an operator which one to scale; the caller backs off either way
+      // (vision's reason and retry delay are kept).
+      return fromServiceError(status, 'the vision service: ');
     }
     return fromServiceError(status);
   }
