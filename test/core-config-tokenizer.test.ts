@@ -122,6 +122,23 @@ describe('tensor helpers', () => {
     expect(back[5]).toBeNaN();
   });
 
+  it('converts arrays to float16 bit for bit as the scalar conversion does, at every exponent and rounding boundary', () => {
+    // Every exponent with the mantissas around each rounding point (ties, ±1 ulp, carries into the
+    // exponent), both signs, then random bit patterns: the array path's shortcut covers normal halves
+    // only and must agree with the scalar path everywhere (checked over all 2^32 patterns once, offline).
+    const patterns: number[] = [];
+    const mantissas = [0, 1, 0xfff, 0x1000, 0x1001, 0x2000, 0x2fff, 0x3000, 0x3001, 0x7fefff, 0x7ff000, 0x7ff001, 0x7fffff];
+    for (let exp = 0; exp < 256; exp++) for (const m of mantissas) for (const sign of [0, 0x80000000]) patterns.push((sign | (exp << 23) | m) >>> 0);
+    const rand = seededRandom(7);
+    for (let i = 0; i < 200_000; i++) patterns.push(Math.floor(rand() * 2 ** 32) >>> 0);
+    const values = new Float32Array(Uint32Array.from(patterns).buffer);
+    const bits = toFloat16(values);
+    const mismatches = patterns.filter((_, i) => bits[i] !== float32ToFloat16Bit(values[i]!));
+    expect(mismatches.map((p) => p.toString(16))).toEqual([]);
+    // and it reads the array's own window, not its whole buffer
+    expect([...toFloat16(values.subarray(patterns.length - 2))]).toEqual([...bits.subarray(patterns.length - 2)]);
+  });
+
   it('applies a CSR combination to rows and to a span of rows', () => {
     const m = { rows: 4, cols: 2, data: Float32Array.from([0, 1, 10, 11, 20, 21, 30, 31]) };
     // out0 = row2; out1 = 0.5 row0 + 0.5 row3
