@@ -5,7 +5,7 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { coLocatedServiceEnv, configFrom, localAddress, parseCommandLine, testConfig } from '../shared/config';
-import { visionTargetOf } from '../services/language/server';
+import { parseVisionTarget, visionTargetOf } from '../services/language/vision-target';
 
 // A 16-core host, so that a share per worker differs from a share per service.
 vi.mock('node:os', async (importOriginal) => {
@@ -63,7 +63,7 @@ describe('serve all thread share', () => {
 });
 
 describe('the vision address language dials without --vision-target', () => {
-  const target = (host: string, visionPort = 50051, visionTarget = '') => visionTargetOf(testConfig({ services: { host, visionPort }, rpc: { visionTarget } }));
+  const target = (host: string, visionPort = 50051, visionTarget = '') => visionTargetOf(testConfig({ services: { host, visionPort }, rpc: { visionTarget } })).configured;
 
   it('is where vision listens: the given host, loopback for a wildcard', () => {
     expect(target('127.0.0.2')).toBe('127.0.0.2:50051');
@@ -72,6 +72,27 @@ describe('the vision address language dials without --vision-target', () => {
     expect(target('::1')).toBe('[::1]:50051');
     expect(target('127.0.0.2', 50051, 'dns:///vision:50051')).toBe('dns:///vision:50051');
     expect(localAddress('vision.local', 7)).toBe('vision.local:7');
+  });
+
+  it('dials one name as given, and a list of IP addresses of one family as one balanced static target', () => {
+    expect(parseVisionTarget('dns:///vision.vlm.svc:50051').channel).toBe('dns:///vision.vlm.svc:50051');
+    expect(parseVisionTarget(' 10.0.0.1:1, 10.0.0.2:2 ').channel).toBe('ipv4:10.0.0.1:1,10.0.0.2:2');
+    expect(parseVisionTarget('[fd00::1]:1,[fd00::2]:2').channel).toBe('ipv6:[fd00::1]:1,[fd00::2]:2');
+    expect(parseVisionTarget('10.0.0.1:1,').channel).toBe('10.0.0.1:1');
+    // a target naming a resolver scheme is grpc-js's to read, lists included
+    expect(parseVisionTarget('ipv4:10.0.0.1:1,10.0.0.2:2').channel).toBe('ipv4:10.0.0.1:1,10.0.0.2:2');
+  });
+
+  it('refuses an empty target, a list entry without a port, a list of names and a list of mixed families, naming --vision-target', () => {
+    for (const [t, why] of [
+      [' , ', /is empty/],
+      ['10.0.0.1:1,10.0.0.2', /'10.0.0.2' is not host:port/],
+      ['a.svc:1,b.svc:2', /IP addresses of one family/],
+      ['10.0.0.1:1,[fd00::2]:2', /IP addresses of one family/],
+    ] as const) {
+      expect(() => parseVisionTarget(t)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/--vision-target/) }));
+      expect(() => parseVisionTarget(t)).toThrow(why);
+    }
   });
 
   it('cannot be guessed for vision port 0 (any free port), so that is INVALID_ARGUMENT asking for a target', () => {

@@ -11,6 +11,7 @@ import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '.
 import { VlmError } from '../shared/errors';
 import { failure } from './core-helpers';
 import { VisionClient } from '../services/language/vision-client';
+import { parseVisionTarget } from '../services/language/vision-target';
 import { statusObject } from '../services/common/status';
 import type { Expectation } from '../services/common/tensor-stream';
 
@@ -43,7 +44,7 @@ async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }
     getModelInfo: () => undefined,
   });
   const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-  client = new VisionClient({ target: `127.0.0.1:${port}`, authToken: null, maxRequestBytes: 32 << 20 });
+  client = new VisionClient({ target: parseVisionTarget(`127.0.0.1:${port}`), authToken: null, maxRequestBytes: 32 << 20 });
   return { calls: () => calls };
 }
 

@@ -16,6 +16,7 @@ import { seedFromWire } from '../services/common/validate';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
+import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
 import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate-stream';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
@@ -265,7 +266,7 @@ describe('the service pair on loopback', () => {
 
   it('stops decoding when the stream is abandoned without a cancel (a failed write ends the call)', async () => {
     // The adapter returns the handler's generator when a write fails; nothing aborts the call's signal.
-    const hop = new VisionClient({ target: vision.address, authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
+    const hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
     try {
@@ -382,7 +383,7 @@ describe('the service pair on loopback', () => {
 
   it('reports UNAVAILABLE when no vision replica answers, naming the target in its log and not to the caller', async () => {
     const hopLog: LogLine[] = [];
-    const dead = new VisionClient({ target: '127.0.0.1:1', authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits), log: recordingLogger(hopLog, 'vision-client') });
+    const dead = new VisionClient({ target: parseVisionTarget('127.0.0.1:1'), authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits), log: recordingLogger(hopLog, 'vision-client') });
     const controller = new AbortController();
     try {
       const err = await dead

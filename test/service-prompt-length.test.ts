@@ -14,6 +14,7 @@ import { startEngine, type ServiceEngine } from '../services/common/engine';
 import type { RunningService } from '../services/common/lifecycle';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
+import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
 import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate-stream';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
@@ -37,7 +38,7 @@ describe('prompt length, judged before the hop', () => {
   beforeAll(async () => {
     visionLog = [];
     vision = await startVisionService(config, { port: 0, log: recordingLogger(visionLog, 'vision') });
-    hop = new VisionClient({ target: vision.address, authToken: null, maxRequestBytes: receiveLimit(config.limits) });
+    hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config.limits) });
     engine = await startEngine(config, createLogger('language'), 'language');
     const m = engine.model.manifest;
     count = await loadPromptTokenCounter(BUNDLE, m, config.limits);

@@ -11,7 +11,8 @@ import { GrpcServer } from '../services/common/grpc-server';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { collect, eventually, healthClient } from './service-helpers';
-import { onThisHost, startLanguageService } from '../services/language/server';
+import { startLanguageService } from '../services/language/server';
+import { parseVisionTarget } from '../services/language/vision-target';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
 
 const log = createLogger('test');
@@ -216,8 +217,9 @@ describe('a call whose request message never comes', () => {
 
 describe('a bearer token on a plaintext hop to vision', () => {
   it('is named as readable on the path when the hop leaves the host, and not when it stays on it', async () => {
-    expect(['127.0.0.1:50051', 'localhost:50051', 'ipv4:127.0.0.1:1,127.0.0.2:2', 'ipv6:[::1]:50051', 'dns:///localhost:50051'].every(onThisHost)).toBe(true);
-    expect(['dns:///vlm-vision-headless.vlm.svc.cluster.local:50051', '10.0.0.1:50051', 'ipv4:127.0.0.1:1,10.0.0.2:2'].some(onThisHost)).toBe(false);
+    const loopback = (t: string) => parseVisionTarget(t).loopback;
+    expect(['127.0.0.1:50051', 'localhost:50051', 'ipv4:127.0.0.1:1,127.0.0.2:2', '127.0.0.1:1,127.0.0.2:2', 'ipv6:[::1]:50051', 'dns:///localhost:50051'].every(loopback)).toBe(true);
+    expect(['dns:///vlm-vision-headless.vlm.svc.cluster.local:50051', '10.0.0.1:50051', 'ipv4:127.0.0.1:1,10.0.0.2:2', '127.0.0.1:1,10.0.0.2:2'].some(loopback)).toBe(false);
     const lines: LogLine[] = [];
     // An address nobody answers at: the language service serves anyway, and warns at start.
     const language = await startLanguageService(pairConfig({ authToken: 'a-token-of-32-characters-or-more!!', visionTarget: '10.255.255.1:50051' }), { port: 0, log: recordingLogger(lines, 'language') });

@@ -3,8 +3,7 @@
  * replicas, health, reflection and limits.
  */
 import { GREEDY } from '../../shared/engine/sampling';
-import { localAddress, type Config } from '../../shared/config';
-import { VlmError } from '../../shared/errors';
+import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startEngine } from '../common/engine';
@@ -14,6 +13,7 @@ import { noReduction } from '../../shared/methods/policy';
 import { loadPromptTokenCounter } from './generate-stream';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
+import { visionTargetOf } from './vision-target';
 import { serviceTls } from '../common/tls';
 import { receiveLimit } from '../common/message-limits';
 
@@ -23,31 +23,12 @@ export interface LanguageServiceOptions {
   readonly log?: Logger;
 }
 
-/**
- * --vision-target, else vision on this host: where it listens (--host; a wildcard through loopback)
- * on --vision-port. Port 0 lets vision pick one, which this process cannot know: `serve all` passes
- * the bound address on; anyone else must name it.
- */
-export function visionTargetOf(config: Config): string {
-  if (config.rpc.visionTarget) return config.rpc.visionTarget;
-  if (config.services.visionPort === 0) {
-    throw VlmError.invalid('--vision-target', 'is required when --vision-port is 0 (vision picks a free port this service cannot know); name the address vision listens on');
-  }
-  return localAddress(config.services.host, config.services.visionPort);
-}
-
-/** Whether every address of a target is a loopback one (a hop that never leaves the host). */
-export function onThisHost(target: string): boolean {
-  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
-  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
-}
-
 export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
   const tls = serviceTls(config.tls, log, true);
-  if (config.rpc.authToken !== null && tls.visionChannel === null && !onThisHost(target)) {
-    log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target });
+  if (config.rpc.authToken !== null && tls.visionChannel === null && !target.loopback) {
+    log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target: target.configured });
   }
   let vision: VisionClient;
   try {

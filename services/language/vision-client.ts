@@ -4,7 +4,6 @@
  * TensorAssembler (checked against this service's own model) and relays vision's errors as VlmErrors
  * with their code, message and field violations intact.
  */
-import { isIP } from 'node:net';
 import { credentials as grpcCredentials, Metadata, status as GrpcCode, type ChannelCredentials } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
@@ -16,10 +15,10 @@ import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } f
 import { context } from '@opentelemetry/api';
 import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '../../shared/telemetry/names';
 import { openSpan, type OpenSpan } from '../../shared/telemetry/with-span';
+import type { VisionTarget } from './vision-target';
 
 export interface VisionClientOptions {
-  /** host:port, a comma-separated list of IP:port, or any gRPC target (dns:///name:port). */
-  readonly target: string;
+  readonly target: VisionTarget;
   readonly authToken: string | null;
   /** Plaintext when absent; credentials from reloadingChannelCredentials bring their server name along. */
   readonly credentials?: ChannelCredentials;
@@ -39,28 +38,6 @@ export interface HopContext {
   /** Epoch ms: the caller's deadline, passed on unchanged. */
   readonly deadline: number;
   readonly requestId: string;
-}
-
-/**
- * A list of addresses becomes grpc-js's static `ipv4:`/`ipv6:` target, so one channel balances over
- * all of them; a single name stays a DNS target (round-robin over its A/AAAA records). With TLS, such
- * a channel checks every replica's certificate against the first address unless the credentials
- * carry a server name (--vision-server-name; see serverNameOptions in tls.ts).
- */
-export function channelTarget(target: string): string {
-  const parts = target.split(',').map((s) => s.trim()).filter(Boolean);
-  if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
-  if (parts.length === 1) return parts[0]!;
-  const hosts = parts.map((p) => {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(p);
-    if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port`);
-    return { raw: p, family: isIP(m[1]!) };
-  });
-  const family = hosts[0]!.family;
-  if (family === 0 || hosts.some((h) => h.family !== family)) {
-    throw VlmError.invalid('--vision-target', 'a list must hold IP addresses of one family (ip:port,ip:port); for host names use one DNS name, e.g. dns:///vision.vlm.svc:50051');
-  }
-  return `${family === 4 ? 'ipv4' : 'ipv6'}:${hosts.map((h) => h.raw).join(',')}`;
 }
 
 /**
@@ -94,7 +71,7 @@ export class VisionClient {
   private readonly client: VisionServiceClient;
 
   constructor(private readonly options: VisionClientOptions) {
-    this.client = new VisionServiceClient(channelTarget(options.target), options.credentials ?? grpcCredentials.createInsecure(), {
+    this.client = new VisionServiceClient(options.target.channel, options.credentials ?? grpcCredentials.createInsecure(), {
       'grpc.service_config': VISION_SERVICE_CONFIG,
       // Chunks are at most 3 MiB (tensor-stream.ts); the default 4 MiB receive limit holds them.
       'grpc.max_receive_message_length': 4 << 20,
@@ -207,7 +184,7 @@ export class VisionClient {
       const sent = decodeStatusDetails(status.metadata);
       // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not
       // to the caller, who can act only on "unavailable, retry later".
-      this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target, details: status.details });
+      this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target.configured, details: status.details });
       // By now grpc-js has tried other replicas: the caller backs off. A draining vision's "retry now,
       // elsewhere" (0) was meant for this service, which has done so.
       return new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: Math.max(sent.retryDelayMs ?? 0, VISION_UNAVAILABLE_RETRY_MS) });

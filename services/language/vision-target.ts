@@ -1,0 +1,65 @@
+/**
+ * Where the language service finds vision, read once: the configured target, the gRPC channel target
+ * it becomes, and whether the hop stays on this host. One parse, so the channel, the plaintext-token
+ * warning and the logs all see the same addresses.
+ */
+import { isIP } from 'node:net';
+import { localAddress, type Config } from '../../shared/config';
+import { VlmError } from '../../shared/errors';
+
+export interface VisionTarget {
+  /** As configured: host:port, a comma-separated list of IP:port, or any gRPC target (dns:///name:port). */
+  readonly configured: string;
+  /**
+   * What the channel dials. A list of addresses becomes grpc-js's static `ipv4:`/`ipv6:` target, so
+   * one channel balances over all of them; a single name stays a DNS target (round-robin over its
+   * A/AAAA records). With TLS, such a channel checks every replica's certificate against the first
+   * address unless the credentials carry a server name (--vision-server-name; see serverNameOptions
+   * in tls.ts).
+   */
+  readonly channel: string;
+  /** Every address is a loopback one: the hop never leaves the host (a bearer token in plaintext stays on it). */
+  readonly loopback: boolean;
+}
+
+/**
+ * --vision-target, else vision on this host: where it listens (--host; a wildcard through loopback)
+ * on --vision-port. Port 0 lets vision pick one, which this process cannot know: `serve all` passes
+ * the bound address on; anyone else must name it.
+ */
+export function visionTargetOf(config: Config): VisionTarget {
+  if (config.rpc.visionTarget) return parseVisionTarget(config.rpc.visionTarget);
+  if (config.services.visionPort === 0) {
+    throw VlmError.invalid('--vision-target', 'is required when --vision-port is 0 (vision picks a free port this service cannot know); name the address vision listens on');
+  }
+  return parseVisionTarget(localAddress(config.services.host, config.services.visionPort));
+}
+
+/** grpc-js's resolver schemes: a target naming one is dialled as written. */
+const SCHEME = /^(dns|ipv4|ipv6|unix|unix-abstract|vsock):/i;
+
+export function parseVisionTarget(configured: string): VisionTarget {
+  const trimmed = configured.trim();
+  if (SCHEME.test(trimmed)) return { configured, channel: trimmed, loopback: isLoopback(trimmed) };
+  const parts = trimmed.split(',').map((s) => s.trim()).filter(Boolean);
+  if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
+  return { configured, channel: parts.length === 1 ? parts[0]! : staticList(parts), loopback: isLoopback(parts.join(',')) };
+}
+
+function staticList(parts: readonly string[]): string {
+  const hosts = parts.map((p) => {
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(p);
+    if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port`);
+    return { raw: p, family: isIP(m[1]!) };
+  });
+  const family = hosts[0]!.family;
+  if (family === 0 || hosts.some((h) => h.family !== family)) {
+    throw VlmError.invalid('--vision-target', 'a list must hold IP addresses of one family (ip:port,ip:port); for host names use one DNS name, e.g. dns:///vision.vlm.svc:50051');
+  }
+  return `${family === 4 ? 'ipv4' : 'ipv6'}:${hosts.map((h) => h.raw).join(',')}`;
+}
+
+function isLoopback(target: string): boolean {
+  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
+  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
+}
