@@ -46,18 +46,18 @@ async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: Abor
   switch (job.kind) {
     case 'encode': {
       const r = await encodeImage(model, job.image, job.policy, ctx);
-      send({ type: 'result', id, result: r, spans, decodeSteps: 0 }, [r.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { kind: 'encode', value: r }, spans, decodeSteps: 0 }, [r.embeds.data.buffer as ArrayBuffer]);
       return;
     }
     case 'generate': {
       const result = await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result, spans, decodeSteps: progress.decodeSteps });
+      send({ type: 'result', id, result: { kind: 'generate', value: result }, spans, decodeSteps: progress.decodeSteps });
       return;
     }
     case 'ask': {
       const encode = await encodeImage(model, job.image, job.policy, ctx);
       const gen = await generate(model, encode, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result: { encode, generate: gen }, spans, decodeSteps: progress.decodeSteps }, [encode.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { kind: 'ask', value: { encode, generate: gen } }, spans, decodeSteps: progress.decodeSteps }, [encode.embeds.data.buffer as ArrayBuffer]);
       return;
     }
   }

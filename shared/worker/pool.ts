@@ -29,7 +29,7 @@ import type { ReductionPolicy } from '../methods/policy';
 import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult, OnDelta } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
-import type { AskResult, FromWorker, Job, JobResultOf, ToWorker, WarmUp, WorkerInit } from './protocol';
+import type { AskResult, FromWorker, Job, JobResult, JobResultOf, ToWorker, WarmUp, WorkerInit } from './protocol';
 import { SpanName } from '../telemetry/names';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { tracingEnabled } from '../telemetry/state';
@@ -63,7 +63,7 @@ interface Task {
   readonly id: number;
   readonly job: Job;
   readonly options: CallOptions;
-  readonly resolve: (v: unknown) => void;
+  readonly resolve: (r: JobResult) => void;
   readonly reject: (e: VlmError) => void;
   onAbort?: () => void;
   /** performance.now() when the worker running it was sent an abort. */
@@ -280,7 +280,10 @@ export class InferencePool {
       // orphan traces, and a trace the sampler dropped would replay every span only to discard it.
       const parent = context.active();
       const traced = tracingEnabled() && trace.getSpan(parent)?.isRecording() ? { parent, queuedAt: epochMillis() } : undefined;
-      const task: Task = { id: this.nextId++, job, options, resolve: resolve as (v: unknown) => void, reject, trace: traced };
+      // The worker tags its answer with the job's kind; TypeScript cannot tie that tag to K, the check can.
+      const settleWith = (r: JobResult) =>
+        r.kind === job.kind ? resolve(r.value as JobResultOf[K]) : reject(new VlmError('INTERNAL', `the inference worker answered a ${job.kind} job with a ${r.kind} result`));
+      const task: Task = { id: this.nextId++, job, options, resolve: settleWith, reject, trace: traced };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });
@@ -316,7 +319,7 @@ export class InferencePool {
     this.settle(task, reason);
   }
 
-  private settle(task: Task, outcome: VlmError | { result: unknown }): void {
+  private settle(task: Task, outcome: VlmError | { result: JobResult }): void {
     if (task.onAbort) task.options.signal?.removeEventListener('abort', task.onAbort);
     if (outcome instanceof VlmError) task.reject(outcome);
     else task.resolve(outcome.result);

@@ -44,6 +44,9 @@ export interface JobResultOf {
   ask: AskResult;
 }
 
+/** A job's answer, tagged with its kind so the pool can check it against the job it sent. */
+export type JobResult = { [K in Job['kind']]: { readonly kind: K; readonly value: JobResultOf[K] } }[Job['kind']];
+
 export type ErrorData = Readonly<VlmErrorJSON>;
 
 export type ToWorker =
@@ -57,5 +60,5 @@ export type FromWorker =
   | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number | undefined }
   // decodeSteps: the tokens the job generated (one per decode step run) before it ended; for a job that
   // was stopped, where it stopped.
-  | { readonly type: 'result'; readonly id: number; readonly result: unknown; readonly spans?: SpanTiming[]; readonly decodeSteps: number }
+  | { readonly type: 'result'; readonly id: number; readonly result: JobResult; readonly spans?: SpanTiming[]; readonly decodeSteps: number }
   | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[]; readonly decodeSteps: number };
