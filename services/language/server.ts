@@ -78,7 +78,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     const sampling = { ...GREEDY, maxNewTokens: 2 };
     await engine.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
-  log.info('vision target', { target, tls: tls.visionChannel !== null });
+  log.info('vision target', { target: target.configured, tls: tls.visionChannel !== null });
   const running = await serve(server, engine, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
     vision.close();
     tls.close();
