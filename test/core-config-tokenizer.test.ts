@@ -5,7 +5,9 @@ import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parsePr
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';
-import { toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
+import * as ort from 'onnxruntime-node';
+import { float16Bits, toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
+import { HiddenState } from '../shared/engine/hidden-state';
 import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';
 import { seededRandom, softmax, topkIndices } from '../shared/methods/numeric';
 import { RANDOM_BUNDLE, readJson, ROOT } from './core-helpers';
@@ -148,6 +150,38 @@ describe('tensor helpers', () => {
     const s = { indptr: Int32Array.from([0, 1, 3]), src: Int32Array.from([2, 0, 1]), weight: Float32Array.from([1, 0.5, 0.5]) };
     expect([...combineSpan(m, { start: 1, length: 3 }, s).data]).toEqual([0, 1, 30, 31, 15, 16]);
     expect(() => checkCombination({ ...c, src: Int32Array.from([2, 0, 4]) }, 4, 'test method')).toThrow(/test method: TokenCombination source 4 outside \[0, 4\)/);
+  });
+
+  it('combines a float16 state in its bits exactly as decoding, combining in float32 and encoding again would', () => {
+    // A reduction step on a float16 bundle: kept rows are copied as bits, merged rows summed in
+    // float32 and rounded once. Same bits as the float32 path, for rows and for a span of rows.
+    const rand = seededRandom(11);
+    const T = 9;
+    const D = 5;
+    const values = Float32Array.from({ length: T * D }, () => (rand() - 0.5) * 300);
+    const bits = toFloat16(values);
+    const state = HiddenState.fromResident(new ort.Tensor('float16', bits, [1, T, D]));
+    // out0 = row 4; out1 = 0.3 row 0 + 0.7 row 8; out2 = 0.2 row 1 + 0.5 row 2 + 0.3 row 1 (a repeated source); out3 = 0.5 row 3
+    const c = { indptr: Int32Array.from([0, 1, 3, 6, 7]), src: Int32Array.from([4, 0, 8, 1, 2, 1, 3]), weight: Float32Array.from([1, 0.3, 0.7, 0.2, 0.5, 0.3, 0.5]) };
+    const viaFloat32 = (m: { rows: number; cols: number; data: Float32Array }) => toFloat16(m.data);
+    const decoded = { rows: T, cols: D, data: toFloat32(bits) };
+
+    const rows = state.combine(c).feed() as ort.Tensor;
+    expect(rows.type).toBe('float16');
+    expect(rows.dims).toEqual([1, 4, D]);
+    expect([...float16Bits(rows.data as ArrayBufferView)]).toEqual([...viaFloat32(combineRows(decoded, c))]);
+
+    const span = { start: 2, length: 7 };
+    const spanC = { ...c, src: c.src.map((s) => Math.min(s, 6)) };
+    const spanned = state.combine(spanC, span).feed() as ort.Tensor;
+    expect(spanned.dims).toEqual([1, T - 7 + 4, D]);
+    expect([...float16Bits(spanned.data as ArrayBufferView)]).toEqual([...viaFloat32(combineSpan(decoded, span, spanC))]);
+    // rows outside the span are the same bits, not a round trip
+    expect([...float16Bits(spanned.data as ArrayBufferView).subarray(0, 2 * D)]).toEqual([...bits.subarray(0, 2 * D)]);
+
+    // A float32 state combines in float32.
+    const f32State = HiddenState.fromHost({ dtype: 'float32', dims: [1, T, D], data: decoded.data });
+    expect([...(f32State.combine(c).host().data)]).toEqual([...combineRows(decoded, c).data]);
   });
 
   it('top-k orders by value then index, NaN last; softmax sums to one without overflow, -inf giving 0', () => {

@@ -103,7 +103,8 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
           await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (reduceSpan) => {
             const scores = await runner.scores(layer, schedule.needs);
             if (schedule.needs.length) flops.overhead += visionScoresFlops(m.vision, T);
-            const out = reducer.reduce({ step, hidden: runner.hiddenMatrix(), ...scores, tokens, state }, schedule, options);
+            // The hidden state is decoded to float32 only for a method that reads it (none of the vision ones do today).
+            const out = reducer.reduce({ step, get hidden() { return runner.hiddenMatrix(); }, ...scores, tokens, state }, schedule, options);
             runner.combine(out.combine, `vision method ${schedule.method} at layer ${layer}`);
             tokens = out.tokens;
             if (tokens.origin.length !== runner.tokens) {

@@ -137,13 +137,13 @@ export async function generate(
     const applyStep = async (step: LanguageStep, layer: number): Promise<void> => {
       checkContinue(ctx);
       await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: image.length }, async (reduceSpan) => {
-        const hidden = runner.hiddenMatrix();
         const scores = await runner.scores(layer, schedule.needs);
         if (schedule.needs.length) flops.overhead += languageScoresFlops(arch, positions.length, positions.length);
-        const out = reducer.reduce({ step, hidden, ...scores, image, state }, schedule, options);
+        // The hidden state is decoded to float32 only for a method that reads it (SparseVLM's clustering).
+        const out = reducer.reduce({ step, get hidden() { return runner.hiddenMatrix(); }, ...scores, image, state }, schedule, options);
         runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
         const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
-        const rows = runner.hiddenMatrix().rows;
+        const rows = runner.tokens;
         if (kept) {
           const next = new Int32Array(rows);
           next.set(positions.subarray(0, out.span.start), 0);

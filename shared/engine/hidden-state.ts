@@ -7,7 +7,10 @@
 import * as ort from 'onnxruntime-node';
 import type { Feed, Resident } from '../onnx/run-stage';
 import { residentToHost } from '../onnx/run-stage';
-import { f32, type F32Tensor } from '../tensor/host-tensor';
+import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
+import { float16Bits } from '../tensor/fp16';
+import { combineRows, combineSpan } from '../tensor/rows';
+import type { Span, TokenCombination } from '../methods/types';
 
 export class HiddenState {
   private hostCopy: F32Tensor | undefined;
@@ -40,6 +43,22 @@ export class HiddenState {
   host(): F32Tensor {
     this.hostCopy ??= residentToHost('hidden', this.resident!);
     return this.hostCopy;
+  }
+
+  /**
+   * The state after a reduction step's combination (of the rows in `span`, or of all rows), in the
+   * representation it is held in: a float16 state stays float16 bits, so the rows that are only kept
+   * (most of them) are copied, not decoded and encoded again, and the next stage is fed it as is.
+   */
+  combine(c: TokenCombination, span?: Span): HiddenState {
+    const [, T, D] = this.dims as [number, number, number];
+    if (this.resident?.type === 'float16') {
+      const m = { rows: T, cols: D, data: float16Bits(this.resident.data as ArrayBufferView) };
+      const out = span ? combineSpan(m, span, c) : combineRows(m, c);
+      return HiddenState.fromResident(new ort.Tensor('float16', out.data, [1, out.rows, D]));
+    }
+    const m = asMatrix(this.host());
+    return HiddenState.fromHost(batched(span ? combineSpan(m, span, c) : combineRows(m, c)));
   }
 
   /** Rows [start, start+count) of the token axis of a [1,T,D] state, without converting. */

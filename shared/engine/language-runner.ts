@@ -11,7 +11,7 @@ import { residentToHost, runStage, type Feed, type Resident } from '../onnx/run-
 import { asMatrix, batched, i64, type I64Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
 import { createKvCaches, type KvCaches } from './kv-cache';
-import { checkCombination, combineSpan } from '../tensor/rows';
+import { checkCombination } from '../tensor/rows';
 import type { RunContext } from './context';
 
 export class LanguageStageRunner {
@@ -96,7 +96,7 @@ export class LanguageStageRunner {
   /** Replaces the span's rows by the combination of them (rows outside the span unchanged). */
   combineSpan(span: Span, c: TokenCombination, who: string): void {
     checkCombination(c, span.length, who);
-    this.hidden = HiddenState.fromHost(batched(combineSpan(this.hiddenMatrix(), span, c)));
+    this.hidden = this.current().combine(c, span);
   }
 
   async mlp(layer: number): Promise<void> {

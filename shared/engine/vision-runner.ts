@@ -10,9 +10,9 @@ import type { StageSet } from '../bundle/loader';
 import { layerStage } from '../bundle/manifest';
 import type { Matrix, TokenCombination } from '../methods/types';
 import { runStage, type Feed } from '../onnx/run-stage';
-import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
+import { asMatrix, f32, type F32Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
-import { checkCombination, combineRows } from '../tensor/rows';
+import { checkCombination } from '../tensor/rows';
 import type { RunContext } from './context';
 
 export type ScoreName = 'scores' | 'probs' | 'keys';
@@ -69,9 +69,8 @@ export class VisionStageRunner {
   }
 
   combine(c: TokenCombination, who: string): void {
-    const h = this.hiddenMatrix();
-    checkCombination(c, h.rows, who);
-    this.hidden = HiddenState.fromHost(batched(combineRows(h, c)));
+    checkCombination(c, this.tokens, who);
+    this.hidden = this.current().combine(c);
     // A zero bias for the new length; proportional attention replaces it with log(size).
     this.bias = f32([1, this.tokens]);
   }

@@ -98,7 +98,7 @@ export const ficocoV: VisionReducer = {
   },
 
   reduce(input: VisionStepInput, schedule: VisionSchedule, options: MethodOptions): VisionStepOutput {
-    const T = input.hidden.rows;
+    const T = input.tokens.origin.length;
     if (T !== input.step.tokensIn) {
       throw new VlmError('INTERNAL', `ficoco-v step at layer ${input.step.layer} expected ${input.step.tokensIn} tokens, got ${T}`);
     }

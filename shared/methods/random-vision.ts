@@ -30,7 +30,7 @@ export const randomVision: VisionReducer = {
   },
 
   reduce(input: VisionStepInput, _schedule: VisionSchedule, options: MethodOptions): VisionStepOutput {
-    const T = input.hidden.rows;
+    const T = input.tokens.origin.length;
     if (T !== input.step.tokensIn) throw new VlmError('INTERNAL', `random step expected ${input.step.tokensIn} tokens, got ${T}`);
     const cls = input.tokens.origin[0] === -1 ? 1 : 0;
     const rand = seededRandom(options.seed, Math.imul(input.step.layer + 1, 0x9e3779b1));

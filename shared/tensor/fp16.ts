@@ -73,13 +73,18 @@ export function float16Bits(data: ArrayBufferView): Uint16Array {
   return data instanceof Uint16Array ? data : new Uint16Array(data.buffer, data.byteOffset, data.byteLength / 2);
 }
 
-/** Table lookup: 65536 entries, built on first use (256 KiB), so decoding a KV cache is one pass. */
+/** Every float16 bit pattern's value: 65536 entries, built on first use (256 KiB), so decoding a KV cache is one pass. */
 let table: Float32Array | undefined;
-export function toFloat32(src: Uint16Array): Float32Array {
+export function float16Values(): Float32Array {
   if (!table) {
     table = new Float32Array(65536);
     for (let i = 0; i < 65536; i++) table[i] = float16BitToFloat32(i);
   }
+  return table;
+}
+
+export function toFloat32(src: Uint16Array): Float32Array {
+  const table = float16Values();
   const out = new Float32Array(src.length);
   for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
   return out;

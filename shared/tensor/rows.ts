@@ -3,7 +3,8 @@
  * Each allocates its output once and copies every row at most once.
  */
 import { VlmError } from '../errors';
-import type { Matrix, Span, TokenCombination } from '../methods/types';
+import type { Span, TokenCombination } from '../methods/types';
+import { float16Values, toFloat16 } from './fp16';
 
 /** Checks a combination against its input row count; a method bug becomes an INTERNAL error naming the method. */
 export function checkCombination(c: TokenCombination, inputRows: number, who: string): void {
@@ -24,12 +25,25 @@ export function outputRows(c: TokenCombination): number {
   return c.indptr.length - 1;
 }
 
-/** out[k] = sum_j weight[j] * in[src[j]] over row k's entries. A single weight-1 source is a copy. */
-export function combineRows(m: Matrix, c: TokenCombination): Matrix {
+/** Rows as float32 values, or as float16 bit patterns (a float16 bundle's residual stream, never converted whole). */
+export type RowData = Float32Array | Uint16Array;
+export interface Rows<T extends RowData = RowData> {
+  readonly rows: number;
+  readonly cols: number;
+  readonly data: T;
+}
+
+/**
+ * out[k] = sum_j weight[j] * in[src[j]] over row k's entries. A single weight-1 source is a copy,
+ * in either representation; a merged float16 row is summed in float32 exactly as the float32 path
+ * sums it, then rounded once, so both give the same bits.
+ */
+export function combineRows<T extends RowData>(m: Rows<T>, c: TokenCombination): Rows<T> {
   const k = outputRows(c);
   const D = m.cols;
-  const out = new Float32Array(k * D);
-  for (let r = 0; r < k; r++) combineRowInto(m, c, r, out, r * D);
+  const out = like(m.data, k * D);
+  const scratch = new Float32Array(D);
+  for (let r = 0; r < k; r++) combineRowInto(m, c, r, out, r * D, scratch);
   return { rows: k, cols: D, data: out };
 }
 
@@ -37,21 +51,26 @@ export function combineRows(m: Matrix, c: TokenCombination): Matrix {
  * Replaces rows [span.start, span.start+span.length) of m by the combination of those rows; rows
  * outside the span are kept. Source indices of the combination are relative to the span.
  */
-export function combineSpan(m: Matrix, span: Span, c: TokenCombination): Matrix {
+export function combineSpan<T extends RowData>(m: Rows<T>, span: Span, c: TokenCombination): Rows<T> {
   const D = m.cols;
   const end = span.start + span.length;
   if (span.start < 0 || end > m.rows) throw new VlmError('INTERNAL', `combineSpan: span [${span.start}, ${end}) outside ${m.rows} rows`);
   const k = outputRows(c);
   const rows = m.rows - span.length + k;
-  const out = new Float32Array(rows * D);
+  const out = like(m.data, rows * D);
   out.set(m.data.subarray(0, span.start * D), 0);
-  const spanView: Matrix = { rows: span.length, cols: D, data: m.data.subarray(span.start * D, end * D) };
-  for (let r = 0; r < k; r++) combineRowInto(spanView, c, r, out, (span.start + r) * D);
+  const spanView: Rows<T> = { rows: span.length, cols: D, data: m.data.subarray(span.start * D, end * D) as T };
+  const scratch = new Float32Array(D);
+  for (let r = 0; r < k; r++) combineRowInto(spanView, c, r, out, (span.start + r) * D, scratch);
   out.set(m.data.subarray(end * D), (span.start + k) * D);
   return { rows, cols: D, data: out };
 }
 
-function combineRowInto(m: Matrix, c: TokenCombination, r: number, out: Float32Array, at: number): void {
+function like<T extends RowData>(data: T, n: number): T {
+  return (data instanceof Uint16Array ? new Uint16Array(n) : new Float32Array(n)) as T;
+}
+
+function combineRowInto<T extends RowData>(m: Rows<T>, c: TokenCombination, r: number, out: T, at: number, scratch: Float32Array): void {
   const D = m.cols;
   const a = c.indptr[r]!;
   const b = c.indptr[r + 1]!;
@@ -60,11 +79,24 @@ function combineRowInto(m: Matrix, c: TokenCombination, r: number, out: Float32A
     out.set(m.data.subarray(s * D, (s + 1) * D), at);
     return;
   }
+  if (m.data instanceof Float32Array) {
+    const acc = out as Float32Array;
+    for (let j = a; j < b; j++) {
+      const w = c.weight[j]!;
+      const base = c.src[j]! * D;
+      for (let d = 0; d < D; d++) acc[at + d]! += w * m.data[base + d]!;
+    }
+    return;
+  }
+  const bits = m.data as Uint16Array;
+  const value = float16Values();
+  scratch.fill(0);
   for (let j = a; j < b; j++) {
     const w = c.weight[j]!;
     const base = c.src[j]! * D;
-    for (let d = 0; d < D; d++) out[at + d]! += w * m.data[base + d]!;
+    for (let d = 0; d < D; d++) scratch[d]! += w * value[bits[base + d]!]!;
   }
+  (out as Uint16Array).set(toFloat16(scratch), at);
 }
 
 /** Maps per-row integers (e.g. positions, origins) through a combination: each output row takes its first source's value. */
