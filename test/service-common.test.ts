@@ -215,11 +215,23 @@ describe('the service shell over loopback gRPC', () => {
     expect(messages[0]?.part?.$case === 'chunk' && messages[0].part.chunk.data.toString()).toBe('req-42');
   });
 
-  it('replaces a malformed x-request-id with a generated one', async () => {
-    const stream = encode(client, 0, { metadata: metadataWith({ 'x-request-id': 'bad id with spaces' }) });
+  it('keeps a malformed x-request-id with its other characters turned into dashes, and generates one when none is sent', async () => {
+    const stream = encode(client, 0, { metadata: metadataWith({ 'x-request-id': 'bad id/with spaces' }) });
     const header = new Promise<Metadata>((r) => stream.on('metadata', r));
     await collect(stream);
-    expect(String((await header).get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
+    expect((await header).get('x-request-id')).toEqual(['bad-id-with-spaces']);
+    const none = encode(client, 0, { metadata: metadataWith({ 'x-request-id': '  ' }) });
+    const generated = new Promise<Metadata>((r) => none.on('metadata', r));
+    await collect(none);
+    expect(String((await generated).get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('returns the request id with an error sent before any message, in the trailers', async () => {
+    const err = await new Promise<ServiceError | null>((resolve) =>
+      client.getModelInfo({}, metadataWith({ fail: 'yes', 'x-request-id': 'req-err-7' }), (e) => resolve(e)),
+    );
+    expect(err?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(err?.metadata.get('x-request-id')).toEqual(['req-err-7']);
   });
 
   it('maps errors of unary calls the same way', async () => {
@@ -289,9 +301,10 @@ describe('bearer-token authentication', () => {
 
   it('refuses a call without a token or with a wrong one (UNAUTHENTICATED)', async () => {
     expect((await collect(encode(client, 0))).error?.code).toBe(GrpcCode.UNAUTHENTICATED);
-    const wrong = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer nope' }) }));
+    const wrong = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer nope', 'x-request-id': 'who-was-refused' }) }));
     expect(wrong.error?.code).toBe(GrpcCode.UNAUTHENTICATED);
     expect(wrong.error?.details).not.toContain('s3cret');
+    expect(wrong.error?.metadata.get('x-request-id')).toEqual(['who-was-refused']);
   });
 
   it('accepts the right token and leaves health checks open to probes', async () => {

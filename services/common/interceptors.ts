@@ -32,14 +32,19 @@ export function asRequestId(text: string): string {
   return text.replace(REQUEST_ID_REFUSED, '-').slice(0, 128);
 }
 
-/** Keeps a caller's well-formed `x-request-id`, otherwise assigns one; echoes it in the response headers. */
+/**
+ * Keeps a caller's `x-request-id` (other characters turned into '-', cut to 128; a generated UUID
+ * when none is sent or nothing is left) and echoes it in the response headers and in the trailers,
+ * so a call refused before its first message (bad input, a full queue, a wrong token) carries it too.
+ */
 export function requestIdInterceptor(): ServerInterceptor {
   return (_method, call) => {
     let id = '';
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const given = metadata.get(REQUEST_ID_KEY)[0];
-        id = typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
+        const kept = typeof given === 'string' ? asRequestId(given.trim()) : '';
+        id = REQUEST_ID_RE.test(kept) ? kept : randomUUID();
         metadata.set(REQUEST_ID_KEY, id);
         next(metadata);
       })
@@ -49,6 +54,13 @@ export function requestIdInterceptor(): ServerInterceptor {
       .withSendMetadata((metadata, next) => {
         if (id) metadata.set(REQUEST_ID_KEY, id);
         next(metadata);
+      })
+      .withSendStatus((status, next) => {
+        if (id) {
+          const metadata = status.metadata ?? new Metadata();
+          metadata.set(REQUEST_ID_KEY, id);
+          next({ ...status, metadata });
+        } else next(status);
       })
       .build();
     return new ServerInterceptingCall(call, responder);
