@@ -135,6 +135,9 @@ describe('runStage classifies what the runtime reports', () => {
     const oom = await failure(runStage(failing(ARENA), feeds));
     expect(oom.code).toBe('RESOURCE_EXHAUSTED');
     expect(oom.message).toMatch(/^stage vision\/layer_00\.attn ran out of memory on cuda:0/);
+    // the runtime's own text stays with the error's cause (logged by the worker), not in what callers read
+    expect(oom.message).not.toContain('bfc_arena');
+    expect((oom.cause as Error).message).toBe(ARENA);
     const cublas = await failure(runStage(failing('CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0'), feeds));
     expect(cublas.code).toBe('RESOURCE_EXHAUSTED');
     const other = await failure(runStage(failing('Non-zero status code returned while running Gemm node: shape mismatch'), feeds));

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { availableParallelism } from 'node:os';
 import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parseProviders, serviceConfig, testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
-import { assemblePrompt, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
+import { assemblePrompt, characterCount, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';
 import * as ort from 'onnxruntime-node';
 import { float16Bits, toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
@@ -91,6 +91,9 @@ describe('prompt assembly', () => {
     const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, '  ', limits)).toThrow(/prompt: is empty/);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'x'.repeat(65), limits)).toThrow(/65 characters, over the limit of 64/);
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'é🙂'.repeat(32), limits)).not.toThrow(/over the limit/);
+    expect(characterCount('a🙂\ud800b\udc00')).toBe(5); // a lone surrogate counts as one
+    expect(characterCount('')).toBe(0);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'what is <image>?', limits)).toThrow(/must not contain the image placeholder "<image>"/);
   });
 

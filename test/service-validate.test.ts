@@ -92,7 +92,10 @@ describe('validateGenerate', () => {
   });
 
   it('rejects prompts that are too long, invalid UTF-8 (decoded as U+FFFD) or contain NUL', () => {
-    expect(violationsOf(() => validateGenerate(request({ prompt: 'x'.repeat(51) }), limits, 32))[0]![1]).toMatch(/51 characters, over the limit of 50/);
+    expect(violationsOf(() => validateGenerate(request({ prompt: 'x'.repeat(51) }), limits, 32))[0]![1]).toMatch(/51 characters \(Unicode code points\), over the limit of 50/);
+    // Characters as a Python, Go or Java caller counts them: 50 emoji (100 UTF-16 units) fit a limit of 50; 51 do not.
+    expect(() => validateGenerate(request({ prompt: '🙂'.repeat(50) }), limits, 32)).not.toThrow();
+    expect(violationsOf(() => validateGenerate(request({ prompt: '🙂'.repeat(51) }), limits, 32))[0]![1]).toMatch(/51 characters/);
     const invalidUtf8 = Buffer.from([0x77, 0xff, 0xfe, 0x68]).toString('utf8');
     expect(violationsOf(() => validateGenerate(request({ prompt: invalidUtf8 }), limits, 32))[0]).toEqual(['prompt', 'is not valid UTF-8 (or contains U+FFFD)']);
     expect(violationsOf(() => validateGenerate(request({ prompt: 'a\u0000b' }), limits, 32))[0]![0]).toBe('prompt');

@@ -7,6 +7,7 @@
  * What needs the model (image decoding, budget feasibility, prompt length in tokens) is judged by the
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
+import { characterCount } from '../../shared/tokenizer/characters';
 import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
 import { METHOD_PRESETS, paramReaders, type Budget, type ParamReader, type ReductionPolicy } from '../../shared/methods/policy';
@@ -89,7 +90,8 @@ function checkImage(image: Uint8Array, limits: RequestLimitsConfig, v: Violation
 /** Protobuf decoding replaces invalid UTF-8 with U+FFFD, so its presence is how invalid input shows. */
 function checkText(field: string, text: string, maxChars: number, v: Violations, required: boolean): void {
   if (required && text.trim() === '') v.add(field, 'is empty; send the question to ask about the image');
-  if (text.length > maxChars) v.add(field, `has ${text.length} characters, over the limit of ${maxChars} (max_prompt_chars)`);
+  const chars = characterCount(text);
+  if (chars > maxChars) v.add(field, `has ${chars} characters (Unicode code points), over the limit of ${maxChars} (max_prompt_chars)`);
   if (text.includes('\uFFFD')) v.add(field, 'is not valid UTF-8 (or contains U+FFFD)');
   if (text.includes('\u0000')) v.add(field, 'contains a NUL character');
 }

@@ -40,7 +40,7 @@ import {
 } from '../../shared/telemetry/names';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
-import { checkContextFits } from '../../shared/engine/context-fit';
+import { fitMaxTokens } from '../../shared/engine/context-fit';
 
 /** Text tokens (template and question) of the prompt the language side assembles around the image. */
 export interface PromptTokenCounter {
@@ -120,8 +120,10 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
   // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
   const visual = visionSchedule.outputTokens;
-  if (deps.promptTokens.atMost(valid.question) + visual + valid.sampling.maxNewTokens > m.language.max_positions) {
-    checkContextFits(m.language.max_positions, { value: valid.sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
+  let sampling = valid.sampling;
+  if (deps.promptTokens.atMost(valid.question) + visual + sampling.maxNewTokens > m.language.max_positions) {
+    const maxNewTokens = fitMaxTokens(m.language.max_positions, { value: sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
+    sampling = { ...sampling, maxNewTokens };
   }
 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
@@ -143,7 +145,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   try {
     const deltas = new Channel<{ text: string; tokenIds: number[] }>();
     let pendingIds: number[] = [];
-    const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, valid.sampling, valid.policy, {
+    const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, sampling, valid.policy, {
       signal: generation.signal,
       deadline: ctx.deadline,
       requestId: ctx.requestId,
@@ -158,7 +160,13 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       },
     });
     run.then(
-      () => ((settled = true), deltas.close()),
+      () => {
+        settled = true;
+        // Ids whose text never completed (an answer cut inside a multi-byte character) still go out,
+        // so the deltas' ids are every generated token's.
+        if (pendingIds.length > 0) deltas.push({ text: '', tokenIds: pendingIds });
+        deltas.close();
+      },
       (err: unknown) => ((settled = true), deltas.fail(err)),
     );
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };

@@ -40,7 +40,7 @@ import type { VisualTokens } from './encode-image';
 import { LanguageStageRunner } from './language-runner';
 import type { LoadedModel } from './model';
 import { checkSampling, Sampler, type SamplingParams } from './sampling';
-import { checkContextFits } from './context-fit';
+import { fitMaxTokens } from './context-fit';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -112,7 +112,7 @@ export async function generate(
   const options = optionsOf(policy);
   const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
   const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
-  checkContextFits(arch.max_positions, { value: sampling.maxNewTokens, set: true }, prompt.prefix.length + prompt.suffix.length, N);
+  fitMaxTokens(arch.max_positions, { value: sampling.maxNewTokens, set: true }, prompt.prefix.length + prompt.suffix.length, N);
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
   // The last token is sampled, never fed back: decode appends at most maxNewTokens - 1 rows.
   const runner = new LanguageStageRunner(model.bundle.stages, m, ctx, Math.max(0, sampling.maxNewTokens - 1));

@@ -108,7 +108,8 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
   } catch (err) {
     const message = (err as Error).message;
     if (isOutOfMemory(message)) {
-      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now): ${message}`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
+      // The runtime's text (allocator, sizes, source paths) goes to the worker's log, not to the caller.
+      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
     }
     throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${message}. Fed {${describe(feeds)}}`, { cause: err });
   }

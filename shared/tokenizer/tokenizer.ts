@@ -4,6 +4,7 @@
  * the template is split at the image token; `{question}` is replaced in the suffix; each part is
  * encoded without special tokens; BOS is prepended when the manifest says so.
  */
+import { characterCount } from './characters';
 import { readFile } from 'node:fs/promises';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { VlmError } from '../errors';
@@ -50,8 +51,9 @@ export interface PromptLimits {
 
 export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: TokenSpec, question: string, limits: PromptLimits): AssembledPrompt {
   if (question.trim().length === 0) throw VlmError.invalid('prompt', 'is empty; ask a question about the image');
-  if (question.length > limits.maxPromptChars) {
-    throw VlmError.invalid('prompt', `is ${question.length} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
+  const chars = characterCount(question);
+  if (chars > limits.maxPromptChars) {
+    throw VlmError.invalid('prompt', `is ${chars} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
   }
   if (question.includes(prompt.image_token)) {
     throw VlmError.invalid('prompt', `must not contain the image placeholder "${prompt.image_token}"; the image is passed separately`);

@@ -31,6 +31,7 @@ function send(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
 function errorData(err: unknown) {
   const e = VlmError.from(err);
   if (e.code === 'INTERNAL') log.error('job failed', { error: err instanceof Error ? err.stack ?? err.message : String(err) });
+  else if (e.reason === 'OUT_OF_MEMORY') log.warn('job ran out of device memory', { error: e.message, runtime: e.cause instanceof Error ? e.cause.message : undefined });
   return e.toJSON();
 }
 
