@@ -234,6 +234,7 @@ interface Container {
 }
 interface Probe {
   grpc?: { port: number; service?: string };
+  initialDelaySeconds?: number;
   periodSeconds?: number;
   failureThreshold?: number;
 }
@@ -259,12 +260,18 @@ interface PodSpec {
   terminationGracePeriodSeconds?: number;
 }
 interface Workload extends Manifest {
-  spec: { template: { metadata?: { labels?: Record<string, string> }; spec: PodSpec }; strategy?: { rollingUpdate?: { maxUnavailable?: number | string } } };
+  spec: { template: { metadata?: { labels?: Record<string, string> }; spec: PodSpec }; strategy?: { rollingUpdate?: { maxUnavailable?: number | string } }; progressDeadlineSeconds?: number };
 }
 
 const GPU = 'nvidia.com/gpu';
-/** After the drain a service closes its pool (up to 5 s, shared/worker/pool.ts) and flushes spans (up to 3 s, shared/telemetry/sdk.ts). */
-const AFTER_DRAIN_S = 8;
+/**
+ * After the drain a service ends the exempt streams (up to 1 s, services/common/grpc-server.ts), closes
+ * its pool (up to 5 s, shared/worker/pool.ts) and flushes spans (up to 3 s, shared/telemetry/sdk.ts),
+ * and the process releases its device: 5 s of margin for that.
+ */
+const AFTER_DRAIN_S = 9 + 5;
+/** Scheduling a surge pod and pulling its image, on top of the startup probe's budget, before a rollout counts as stuck. */
+const SCHEDULE_AND_PULL_S = 300;
 const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding', 'PersistentVolume', 'StorageClass', 'PriorityClass', 'CustomResourceDefinition', 'APIService']);
 /** Node labels that name a node pool, generic first. */
 const POOL_KEYS = ['vlm.io/pool', 'cloud.google.com/gke-nodepool', 'eks.amazonaws.com/nodegroup', 'kubernetes.azure.com/agentpool'];
@@ -450,10 +457,21 @@ export const RULES: Readonly<Record<string, Rule>> = {
       const out: string[] = [];
       if (!Number.isFinite(drain) || drain <= 0) out.push('sets no VLM_SHUTDOWN_GRACE_MS');
       else if (grace < preStop + drain + AFTER_DRAIN_S) out.push(`terminationGracePeriodSeconds ${grace} leaves no time after preStop (${preStop} s) and the drain (${drain} s) for the pool's close and the span flush (${AFTER_DRAIN_S} s)`);
-      // A liveness probe that fails during the drain (health is NOT_SERVING) must not kill the pod first.
-      if (live && (live.periodSeconds ?? 10) * (live.failureThreshold ?? 3) <= preStop + drain) out.push('the liveness probe would restart the container before its drain ends');
+      // A liveness probe that fails while the pod terminates (health NOT_SERVING, then closed) must not kill it first.
+      if (live && (live.periodSeconds ?? 10) * (live.failureThreshold ?? 3) <= grace) out.push(`the liveness probe (${(live.periodSeconds ?? 10) * (live.failureThreshold ?? 3)} s) would restart the container before its grace period (${grace} s) ends`);
       if (w.spec.strategy?.rollingUpdate?.maxUnavailable !== 0) out.push('rolling updates may remove a pod before its replacement is ready (set maxUnavailable: 0)');
       return out.map((message) => ({ object: ref(w), check: 'graceful-drain', message }));
+    }),
+
+  'progress-deadline': (objects) =>
+    workloads(objects).flatMap((w) => {
+      const svc = vlmService(w);
+      if (!svc) return [];
+      const s = svc.container.startupProbe;
+      const startup = s ? (s.initialDelaySeconds ?? 0) + (s.periodSeconds ?? 10) * (s.failureThreshold ?? 3) : 0;
+      const deadline = w.spec.progressDeadlineSeconds ?? 600;
+      if (deadline >= startup + SCHEDULE_AND_PULL_S) return [];
+      return [{ object: ref(w), check: 'progress-deadline', message: `progressDeadlineSeconds ${deadline} is shorter than the startup probe's ${startup} s plus ${SCHEDULE_AND_PULL_S} s to schedule and pull: a rollout of pods that start normally would be reported as failed` }];
     }),
 
   'model-lockstep': (objects) => {
