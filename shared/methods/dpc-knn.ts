@@ -19,17 +19,51 @@ export function dpcKnn(rows: readonly ArrayLike<number>[], C: number): Clusterin
   const d = n > 0 ? rows[0]!.length : 0;
   const dist = new Float64Array(n * n);
   let distMax = 0;
+  // The pairwise distances are most of the time (83 rows of 4096 on LLaVA's first SparseVLM step):
+  // four rows j per pass over row i, each sum still taken in order over k, so the values are the
+  // one-pair-at-a-time loop's exactly, in a third of the time.
+  const put = (i: number, j: number, s: number): void => {
+    const v = Math.sqrt(s) / Math.sqrt(d);
+    dist[i * n + j] = v;
+    dist[j * n + i] = v;
+    distMax = Math.max(distMax, v);
+  };
   for (let i = 0; i < n; i++) {
-    for (let j = i + 1; j < n; j++) {
+    const ri = rows[i]!;
+    let j = i + 1;
+    for (; j + 3 < n; j += 4) {
+      const r0 = rows[j]!;
+      const r1 = rows[j + 1]!;
+      const r2 = rows[j + 2]!;
+      const r3 = rows[j + 3]!;
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let k = 0; k < d; k++) {
+        const x = ri[k]!;
+        const t0 = x - r0[k]!;
+        const t1 = x - r1[k]!;
+        const t2 = x - r2[k]!;
+        const t3 = x - r3[k]!;
+        s0 += t0 * t0;
+        s1 += t1 * t1;
+        s2 += t2 * t2;
+        s3 += t3 * t3;
+      }
+      put(i, j, s0);
+      put(i, j + 1, s1);
+      put(i, j + 2, s2);
+      put(i, j + 3, s3);
+    }
+    for (; j < n; j++) {
+      const rj = rows[j]!;
       let s = 0;
       for (let k = 0; k < d; k++) {
-        const t = rows[i]![k]! - rows[j]![k]!;
+        const t = ri[k]! - rj[k]!;
         s += t * t;
       }
-      const v = Math.sqrt(s) / Math.sqrt(d);
-      dist[i * n + j] = v;
-      dist[j * n + i] = v;
-      distMax = Math.max(distMax, v);
+      put(i, j, s);
     }
   }
   // Density from the C nearest neighbours, the row itself (distance 0) included.
