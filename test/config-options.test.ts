@@ -81,6 +81,7 @@ describe('the vision address language dials without --vision-target', () => {
     expect(parseVisionTarget('10.0.0.1:1,').channel).toBe('10.0.0.1:1');
     // a target naming a resolver scheme is grpc-js's to read, lists included
     expect(parseVisionTarget('ipv4:10.0.0.1:1,10.0.0.2:2').channel).toBe('ipv4:10.0.0.1:1,10.0.0.2:2');
+    expect(parseVisionTarget('unix:/run/vlm/vision.sock')).toMatchObject({ channel: 'unix:/run/vlm/vision.sock', loopback: true });
   });
 
   it('refuses an empty target, a list entry without a port, a list of names and a list of mixed families, naming --vision-target', () => {

@@ -91,7 +91,7 @@ describe('prompt assembly', () => {
     const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, '  ', limits)).toThrow(/prompt: is empty/);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'x'.repeat(65), limits)).toThrow(/65 characters, over the limit of 64/);
-    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'é🙂'.repeat(32), limits)).not.toThrow(/over the limit/);
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'é🙂'.repeat(32), limits)).not.toThrow();
     expect(characterCount('a🙂\ud800b\udc00')).toBe(5); // a lone surrogate counts as one
     expect(characterCount('')).toBe(0);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'what is <image>?', limits)).toThrow(/must not contain the image placeholder "<image>"/);
@@ -174,13 +174,15 @@ describe('tensor helpers', () => {
     expect(rows.dims).toEqual([1, 4, D]);
     expect([...float16Bits(rows.data as ArrayBufferView)]).toEqual([...viaFloat32(combineRows(decoded, c))]);
 
-    const span = { start: 2, length: 7 };
-    const spanC = { ...c, src: c.src.map((s) => Math.min(s, 6)) };
+    const span = { start: 2, length: 5 };
+    const spanC = { ...c, src: c.src.map((s) => Math.min(s, 4)) };
     const spanned = state.combine(spanC, span).feed() as ort.Tensor;
-    expect(spanned.dims).toEqual([1, T - 7 + 4, D]);
-    expect([...float16Bits(spanned.data as ArrayBufferView)]).toEqual([...viaFloat32(combineSpan(decoded, span, spanC))]);
-    // rows outside the span are the same bits, not a round trip
-    expect([...float16Bits(spanned.data as ArrayBufferView).subarray(0, 2 * D)]).toEqual([...bits.subarray(0, 2 * D)]);
+    expect(spanned.dims).toEqual([1, T - 5 + 4, D]);
+    const spannedBits = float16Bits(spanned.data as ArrayBufferView);
+    expect([...spannedBits]).toEqual([...viaFloat32(combineSpan(decoded, span, spanC))]);
+    // rows before and after the span are the same bits, not a round trip
+    expect([...spannedBits.subarray(0, 2 * D)]).toEqual([...bits.subarray(0, 2 * D)]);
+    expect([...spannedBits.subarray(6 * D)]).toEqual([...bits.subarray(7 * D)]);
 
     // A float32 state combines in float32.
     const f32State = HiddenState.fromHost({ dtype: 'float32', dims: [1, T, D], data: decoded.data });

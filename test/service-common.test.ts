@@ -224,6 +224,11 @@ describe('the service shell over loopback gRPC', () => {
     const generated = new Promise<Metadata>((r) => none.on('metadata', r));
     await collect(none);
     expect(String((await generated).get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
+    // nothing but refused characters would leave '-', which unrelated callers would share
+    const junk = encode(client, 0, { metadata: metadataWith({ 'x-request-id': '???' }) });
+    const replaced = new Promise<Metadata>((r) => junk.on('metadata', r));
+    await collect(junk);
+    expect(String((await replaced).get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
   });
 
   it('returns the request id with an error sent before any message, in the trailers', async () => {

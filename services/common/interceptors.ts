@@ -33,8 +33,8 @@ export function asRequestId(text: string): string {
 }
 
 /**
- * Keeps a caller's `x-request-id` (other characters turned into '-', cut to 128; a generated UUID
- * when none is sent or nothing is left) and echoes it in the response headers and in the trailers,
+ * Keeps a caller's `x-request-id` (each run of other characters turned into one '-', cut to 128; a
+ * generated UUID when none is sent or no letter or digit is left) and echoes it in the response headers and in the trailers,
  * so a call refused before its first message (bad input, a full queue, a wrong token) carries it too.
  */
 export function requestIdInterceptor(): ServerInterceptor {
@@ -44,7 +44,8 @@ export function requestIdInterceptor(): ServerInterceptor {
       .withOnReceiveMetadata((metadata, next) => {
         const given = metadata.get(REQUEST_ID_KEY)[0];
         const kept = typeof given === 'string' ? asRequestId(given.trim()) : '';
-        id = REQUEST_ID_RE.test(kept) ? kept : randomUUID();
+        // An id of nothing but refused characters ("???" -> "-") would be shared by unrelated callers.
+        id = REQUEST_ID_RE.test(kept) && /[A-Za-z0-9]/.test(kept) ? kept : randomUUID();
         metadata.set(REQUEST_ID_KEY, id);
         next(metadata);
       })

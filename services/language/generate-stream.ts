@@ -115,7 +115,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const m = engine.model.manifest;
   const started = performance.now();
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
-  span?.setAttributes({ ...policyAttributes(valid.policy), [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: valid.sampling.maxNewTokens });
+  span?.setAttributes(policyAttributes(valid.policy));
   const visionSchedule = checkPolicy(engine, valid);
   // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
   // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
@@ -125,6 +125,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     const maxNewTokens = fitMaxTokens(m.language.max_positions, { value: sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
     sampling = { ...sampling, maxNewTokens };
   }
+  // What the answer may use: an unset max_tokens cut to the room the prompt leaves.
+  span?.setAttribute(ATTR_GEN_AI_REQUEST_MAX_TOKENS, sampling.maxNewTokens);
 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
   // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still

@@ -35,8 +35,8 @@ export function visionTargetOf(config: Config): VisionTarget {
   return parseVisionTarget(localAddress(config.services.host, config.services.visionPort));
 }
 
-/** grpc-js's resolver schemes: a target naming one is dialled as written. */
-const SCHEME = /^(dns|ipv4|ipv6|unix|unix-abstract|vsock):/i;
+/** The resolver schemes grpc-js (1.14) registers: a target naming one is dialled as written. */
+const SCHEME = /^(dns|ipv4|ipv6|unix):/;
 
 export function parseVisionTarget(configured: string): VisionTarget {
   const trimmed = configured.trim();
@@ -60,6 +60,7 @@ function staticList(parts: readonly string[]): string {
 }
 
 function isLoopback(target: string): boolean {
+  if (target.startsWith('unix:')) return true;
   const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
   return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
 }
