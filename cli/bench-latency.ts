@@ -72,6 +72,13 @@ export interface StageMeans {
   readonly queue: number;
 }
 
+/** A service's reduction steps (`vlm.reduce` spans) per request: how many, and their mean duration. */
+export interface ReduceSteps {
+  readonly stepsPerRequest: number;
+  /** Mean milliseconds per step (0 without steps): the scores graph, the method and the combination. */
+  readonly msPerStep: number;
+}
+
 export interface LatencyRow {
   /** As the services name it (`vlm.reduction.method`). */
   readonly method: string;
@@ -82,6 +89,8 @@ export interface LatencyRow {
   /** What the caller measured, milliseconds: the root plus the client's side of the call. */
   readonly client: Summary;
   readonly stages: StageMeans;
+  /** The methods' own steps, per service: where a method's cost beyond its smaller graphs goes. */
+  readonly reduce: { readonly vision: ReduceSteps; readonly language: ReduceSteps };
   readonly outputTokens: number;
 }
 
@@ -194,6 +203,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   o.onSpans?.(measured);
   const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
   const { report } = analyseTraces(measured);
+  const reduceSteps = reduceStepsByPolicy(measured);
   const budget = String(budgetAttribute(o.budget));
   const rows = policies.map((p): LatencyRow | InfeasibleRow => {
     const reason = infeasible.get(p.method);
@@ -228,6 +238,10 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
         decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
         queue: round(mean(SERVICE_VISION, SpanName.Queue) + mean(SERVICE_LANGUAGE, SpanName.Queue)),
       },
+      reduce: {
+        vision: reduceSteps(p.method, SERVICE_VISION, group.traces),
+        language: reduceSteps(p.method, SERVICE_LANGUAGE, group.traces),
+      },
       outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
     };
   });
@@ -249,20 +263,51 @@ function round(x: number): number {
   return Math.round(x * 10) / 10;
 }
 
+/**
+ * The `vlm.reduce` spans of each policy's traces, per service. A trace belongs to the policy named in
+ * its request id (`bench-<i>-<policy>`, sent by this command), read from whichever span carries it.
+ */
+function reduceStepsByPolicy(spans: readonly SpanRecord[]): (policy: string, service: string, requests: number) => ReduceSteps {
+  const policyOf = new Map<string, string>();
+  for (const s of spans) {
+    const id = s.attributes[ATTR_VLM_REQUEST_ID];
+    const m = typeof id === 'string' ? /^bench-\d+-(.+)$/.exec(id) : null;
+    if (m) policyOf.set(s.traceId, m[1]!);
+  }
+  const steps = new Map<string, number[]>();
+  for (const s of spans) {
+    if (s.name !== SpanName.Reduce) continue;
+    const policy = policyOf.get(s.traceId);
+    if (policy === undefined) continue;
+    const key = `${policy} ${s.service}`;
+    const ms = Number(BigInt(s.endTimeUnixNano) - BigInt(s.startTimeUnixNano)) / 1e6;
+    steps.set(key, [...(steps.get(key) ?? []), ms]);
+  }
+  return (policy, service, requests) => {
+    const all = steps.get(`${asRequestId(policy)} ${service}`) ?? [];
+    return { stepsPerRequest: round(all.length / Math.max(1, requests)), msPerStep: all.length ? Math.round((all.reduce((a, b) => a + b, 0) / all.length) * 100) / 100 : 0 };
+  };
+}
+
+/** "3.41 x 11": mean milliseconds per step and steps per request; "-" without steps. */
+function formatSteps(r: ReduceSteps): string {
+  return r.stepsPerRequest > 0 ? `${r.msPerStep} x ${r.stepsPerRequest}` : '-';
+}
+
 /** The result as a markdown table, milliseconds. */
 export function formatLatency(r: LatencyResult): string {
-  const head = '| policy | end to end p50 | p95 | client p50 | vision Encode | preprocess | tower | project | tensor receive | prefill | decode | output tokens |';
+  const head = '| policy | end to end p50 | p95 | client p50 | vision Encode | preprocess | tower | project | tensor receive | prefill | decode | output tokens | vision steps (ms x n) | language steps (ms x n) |';
   const lines = r.rows.map((x) =>
     'infeasible' in x
-      ? `| ${x.method} | infeasible: ${x.infeasible.replace(/\|/g, '/')} |${' |'.repeat(10)}`
-      : `| ${x.method} | ${round(x.endToEnd.p50)} | ${round(x.endToEnd.p95)} | ${round(x.client.p50)} | ${x.stages.visionRequest} | ${x.stages.preprocess} | ${x.stages.tower} | ${x.stages.project} | ${x.stages.streamReceive} | ${x.stages.prefill} | ${x.stages.decode} | ${x.outputTokens} |`,
+      ? `| ${x.method} | infeasible: ${x.infeasible.replace(/\|/g, '/')} |${' |'.repeat(12)}`
+      : `| ${x.method} | ${round(x.endToEnd.p50)} | ${round(x.endToEnd.p95)} | ${round(x.client.p50)} | ${x.stages.visionRequest} | ${x.stages.preprocess} | ${x.stages.tower} | ${x.stages.project} | ${x.stages.streamReceive} | ${x.stages.prefill} | ${x.stages.decode} | ${x.outputTokens} | ${formatSteps(x.reduce.vision)} | ${formatSteps(x.reduce.language)} |`,
   );
   const s = r.settings;
   return [
-    `${s.requestsPerPolicy} requests per policy, one at a time, budget ${s.budget}; ${s.model} on ${s.provider}, ${s.workers} worker(s) per service; milliseconds, stage columns are means per request`,
+    `${s.requestsPerPolicy} requests per policy, one at a time, budget ${s.budget}; ${s.model} on ${s.provider}, ${s.workers} worker(s) per service; milliseconds, stage columns are means per request; steps: the methods' reduction steps, mean ms per step x steps per request`,
     '',
     head,
-    `|${'---|'.repeat(12)}`,
+    `|${'---|'.repeat(14)}`,
     ...lines,
   ].join('\n');
 }

@@ -36,6 +36,11 @@ describe('vlm bench latency', () => {
       // The caller waits for at least what the service spent.
       expect(row.client.p50).toBeGreaterThanOrEqual(row.endToEnd.p50 * 0.9);
     }
+    // The methods' own steps, from their vlm.reduce spans: vision random makes one cut, nothing else reduces.
+    expect((random as LatencyRow).reduce.vision.stepsPerRequest).toBe(1);
+    expect((random as LatencyRow).reduce.vision.msPerStep).toBeGreaterThan(0);
+    expect((random as LatencyRow).reduce.language).toEqual({ stepsPerRequest: 0, msPerStep: 0 });
+    expect((none as LatencyRow).reduce).toEqual({ vision: { stepsPerRequest: 0, msPerStep: 0 }, language: { stepsPerRequest: 0, msPerStep: 0 } });
     expect((none as LatencyRow).budget).toBe('full');
     expect((random as LatencyRow).budget).toBe('4');
     expect(result.spans.analysed).toBeLessThan(result.spans.received);
@@ -43,7 +48,7 @@ describe('vlm bench latency', () => {
     expect(written).toHaveLength(result.spans.analysed);
     expect(written.some((s) => String(s.attributes['vlm.request_id'] ?? '').startsWith('warm-up-'))).toBe(false);
     const table = formatLatency(result);
-    expect(table).toMatch(/^\| random \(vision\) \| [\d.]+ \|/m);
+    expect(table).toMatch(/^\| random \(vision\) \| [\d.]+ \|.* \| [\d.]+ x 1 \| - \|$/m);
     expect(table).toMatch(/^\| fastv \| infeasible: /m);
   }, 120_000);
 });
