@@ -26,9 +26,10 @@ export interface FieldViolation {
 /**
  * Machine-readable reasons (google.rpc.ErrorInfo, domain `vlm.v1`) for the errors a caller handles
  * differently under one code: a full queue and a request too large for the transport are both
- * RESOURCE_EXHAUSTED, but only the first is worth retrying.
+ * RESOURCE_EXHAUSTED, but only the first is worth retrying. MODEL_MISMATCH: the vision replicas this
+ * language service reached run another model or version (a rollout in progress).
  */
-export const VLM_ERROR_REASONS = ['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE'] as const;
+export const VLM_ERROR_REASONS = ['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE', 'MODEL_MISMATCH'] as const;
 export type VlmErrorReason = (typeof VLM_ERROR_REASONS)[number];
 
 /** Wire fields of an error besides its code and message, carried across the worker boundary and the hop. */

@@ -4,7 +4,7 @@
  * real pair: every bad case gets its status with a message naming the problem, every unusual but
  * valid image is answered, and after each case both services are SERVING and answer the next
  * request exactly as before. Malformed tensor streams from a scripted vision server reach the
- * language service's stream handling and get DATA_LOSS / FAILED_PRECONDITION. A seeded fuzz run
+ * language service's stream handling and get DATA_LOSS / UNAVAILABLE (MODEL_MISMATCH). A seeded fuzz run
  * mutates valid encoded requests and randomises field values: never INTERNAL, never a hang. Per
  * connection: the advertised stream limit, and vision's connection age (GOAWAY) without failed calls.
  */
@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
-import { decodeViolations } from '../services/common/status';
+import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
@@ -234,10 +234,10 @@ describe('bad and unusual inputs through the real pair', () => {
     // The fifth entry is the request's policy (none: no reduction, 16 rows expected).
     const streams: Array<[string, () => EncodeResponse[], GrpcCode, RegExp, Partial<WirePolicy>?]> = [
       ['the genuine stream (control)', () => genuine, GrpcCode.OK, /.*/],
-      ['wrong dtype (float16 for a float32 model)', () => [header({ dtype: ElementType.ELEMENT_TYPE_FLOAT16 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /float16 tokens but this language service runs float32/],
-      ['unknown dtype', () => [header({ dtype: 99 }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /element type 99/],
-      ['wrong width', () => [header({ width: 32, shape: [16, 32] }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /width 32/],
-      ['another bundle (content hash)', () => [header({ contentHash: 'sha256:0000' }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /sha256:0000/],
+      ['wrong dtype (float16 for a float32 model)', () => [header({ dtype: ElementType.ELEMENT_TYPE_FLOAT16 }), ...chunks(), summary()], GrpcCode.UNAVAILABLE, /float16 tokens but this language service runs float32/],
+      ['unknown dtype', () => [header({ dtype: 99 }), ...chunks(), summary()], GrpcCode.UNAVAILABLE, /element type 99/],
+      ['wrong width', () => [header({ width: 32, shape: [16, 32] }), ...chunks(), summary()], GrpcCode.UNAVAILABLE, /width 32/],
+      ['another bundle (content hash)', () => [header({ contentHash: 'sha256:0000' }), ...chunks(), summary()], GrpcCode.UNAVAILABLE, /sha256:0000/],
       ['shape disagreeing with token_count', () => [header({ shape: [15, 48] }), ...chunks(), summary()], GrpcCode.DATA_LOSS, /shape \[15, 48\]/],
       ['more rows than the model has patches', () => [header({ tokenCount: 40, shape: [40, 48], origin: [...Array(40).keys()], chunkCount: 10 }), ...chunks(), summary()], GrpcCode.DATA_LOSS, /more than the model's 16/],
       ['a missing chunk', () => [header({}), ...chunks().filter((_, i) => i !== 2), summary()], GrpcCode.DATA_LOSS, /chunk 3 where chunk 2 was due/],
@@ -251,10 +251,10 @@ describe('bad and unusual inputs through the real pair', () => {
       ['a message after the summary', () => [...genuine, chunks()[0]!], GrpcCode.DATA_LOSS, /after the summary/],
       ['an empty message', () => [header({}), { part: undefined }], GrpcCode.DATA_LOSS, /no header, chunk or summary/],
       // The row count is held to the schedule the language service resolved before the hop.
-      ['fewer rows than resolved, consistently announced', () => [rowsHeader(12), ...chunks().slice(0, 3), summary()], GrpcCode.FAILED_PRECONDITION, /ran none with 12 visual tokens but this language service resolved none with 16/],
-      ['no rows at all, consistently announced', () => [rowsHeader(0), summary()], GrpcCode.FAILED_PRECONDITION, skew],
-      ['all 16 rows for a request resolved to 8', () => genuine, GrpcCode.FAILED_PRECONDITION, /ran none with 16 visual tokens but this language service resolved random with 8/, { visionMethod: 'random', budget: { $case: 'budgetTokens', budgetTokens: 8 } }],
-      ['a header without its schedule', () => [header({ schedule: undefined }), ...chunks(), summary()], GrpcCode.FAILED_PRECONDITION, /without the schedule it ran/],
+      ['fewer rows than resolved, consistently announced', () => [rowsHeader(12), ...chunks().slice(0, 3), summary()], GrpcCode.UNAVAILABLE, /ran none with 12 visual tokens but this language service resolved none with 16/],
+      ['no rows at all, consistently announced', () => [rowsHeader(0), summary()], GrpcCode.UNAVAILABLE, skew],
+      ['all 16 rows for a request resolved to 8', () => genuine, GrpcCode.UNAVAILABLE, /ran none with 16 visual tokens but this language service resolved random with 8/, { visionMethod: 'random', budget: { $case: 'budgetTokens', budgetTokens: 8 } }],
+      ['a header without its schedule', () => [header({ schedule: undefined }), ...chunks(), summary()], GrpcCode.UNAVAILABLE, /without the schedule it ran/],
       ['token_count disagreeing with its own schedule', () => [header({ tokenCount: 12, shape: [12, 48], origin: [...Array(12).keys()], chunkCount: 3 }), ...chunks().slice(0, 3), summary()], GrpcCode.DATA_LOSS, /token_count 12 disagrees with the header's own schedule/],
     ];
     for (const [name, make, code, why, policy] of streams) {
@@ -263,6 +263,8 @@ describe('bad and unusual inputs through the real pair', () => {
         const out = await ask(frontClient, request(valid, { maxTokens: 2, ...(policy ? { policy } : {}) }));
         expect(out.error?.code ?? GrpcCode.OK, out.error?.details).toBe(code);
         if (code !== GrpcCode.OK) expect(out.error?.details).toMatch(why);
+        // Another model or version is a rollout in progress: retryable later, with the reason to branch on.
+        if (code === GrpcCode.UNAVAILABLE) expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
         expect(front.engine.pool.stats.busy).toBe(0);
         expect(front.activeCalls()).toBe(0);
         expect(await healthStatus(front.address)).toBe('SERVING');

@@ -175,15 +175,16 @@ describe('faults across the hop', () => {
       await idle(language);
     });
 
-    it('without Encode (an older or other service on the target): FAILED_PRECONDITION naming the skew, not UNIMPLEMENTED for the caller', async () => {
+    it('without Encode (an older or other service on the target): UNAVAILABLE MODEL_MISMATCH naming the skew, not UNIMPLEMENTED for the caller', async () => {
       const other = new Server();
       const port = await new Promise<number>((resolve, reject) => other.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
       const skewed = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       const skewedClient = new LanguageServiceClient(skewed.address, credentials.createInsecure());
       try {
         const out = await ask(skewedClient, request(image), { deadlineMs: 5000 });
-        expect(out.error?.code).toBe(GrpcCode.FAILED_PRECONDITION);
+        expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
         expect(out.error?.details).toMatch(/^the vision service does not implement this call/);
+        expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
       } finally {
         skewedClient.close();
         await skewed.stop();

@@ -372,13 +372,40 @@ describe('the service pair on loopback', () => {
       await other?.stop();
     });
 
-    it('answers FAILED_PRECONDITION naming both content hashes, and stays healthy', async () => {
+    it('answers UNAVAILABLE with reason MODEL_MISMATCH naming both content hashes, and stays healthy', async () => {
       const out = await ask(otherClient, request(image));
-      expect(out.error?.code).toBe(GrpcCode.FAILED_PRECONDITION);
+      expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
+      expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
       expect(out.error?.details).toContain(core.manifest.content_hash);
       expect(out.error?.details).toContain(other.engine.model.manifest.content_hash);
       expect(await healthStatus(other.address)).toBe('SERVING');
     });
+  });
+
+  describe('vision replicas on two models at once (a rolling update of vision)', () => {
+    const newLines: Array<Record<string, unknown>> = [];
+    let newer: RunningService;
+    let mixed: RunningService;
+    let mixedClient: LanguageServiceClient;
+    beforeAll(async () => {
+      newer = await startVisionService(config(BUNDLE_F16), { port: 0, log: recordingLogger(newLines, 'vision-new') });
+      mixed = await startLanguageService(config(BUNDLE, { visionTarget: `${vision.address},${newer.address}` }), { port: 0 });
+      mixedClient = new LanguageServiceClient(mixed.address, credentials.createInsecure());
+    });
+    afterAll(async () => {
+      mixedClient?.close();
+      await mixed?.stop();
+      await newer?.stop();
+    });
+
+    it('answers every request: a tensor from the other model is retried on the next replica, not sent to the caller as an error', async () => {
+      for (let i = 0; i < 4; i++) {
+        const out = await ask(mixedClient, request(image));
+        expect(out.error, out.error?.details).toBeNull();
+      }
+      // The round robin did reach the replica of the other model, and its tensors were refused.
+      expect(newLines.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.VisionService/Encode').length).toBeGreaterThanOrEqual(2);
+    }, 60_000);
   });
 
   it('reports UNAVAILABLE when no vision replica answers, naming the target in its log and not to the caller', async () => {

@@ -116,21 +116,21 @@ describe('TensorAssembler', () => {
     expect(out.tokens.rows).toBe(0);
   });
 
-  it('answers FAILED_PRECONDITION for a tensor of another model: content hash, dtype, width', () => {
+  it('answers UNAVAILABLE (MODEL_MISMATCH) for a tensor of another model: content hash, dtype, width', () => {
     const msgs = messages(tokens(8, 24));
-    expect(codeOf(() => assemble(msgs, expectation(8, { contentHash: 'sha256:bb' })))).toMatch(/^FAILED_PRECONDITION: .*sha256:aa.*sha256:bb.*same model bundle/);
-    expect(codeOf(() => assemble(msgs, expectation(8, { dtype: 'float16' })))).toMatch(/^FAILED_PRECONDITION: .*float32.*float16/);
-    expect(codeOf(() => assemble(msgs, expectation(8, { width: 32 })))).toMatch(/^FAILED_PRECONDITION: .*width 24.*32/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { contentHash: 'sha256:bb' })))).toMatch(/^UNAVAILABLE: .*sha256:aa.*sha256:bb.*same model bundle/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { dtype: 'float16' })))).toMatch(/^UNAVAILABLE: .*float32.*float16/);
+    expect(codeOf(() => assemble(msgs, expectation(8, { width: 32 })))).toMatch(/^UNAVAILABLE: .*width 24.*32/);
   });
 
   describe('holds the rows to the vision schedule the receiver resolved for the request', () => {
-    const skew = /^FAILED_PRECONDITION: .*both services must resolve the same schedule .*rollout/;
+    const skew = /^UNAVAILABLE: .*both services must resolve the same schedule .*rollout/;
 
     it('accepts exactly the resolved rows, method and split; the method\'s other params are vision\'s own', () => {
       expect(assemble(messages(tokens(12, 24), 5, wireSchedule(12, { steps: [{ layer: 1, tokensIn: 65, tokensOut: 13 }] })), expectation(12)).tokens.rows).toBe(12);
     });
 
-    it('fewer, more or no rows than resolved: FAILED_PRECONDITION naming both schedules, never the caller\'s fault', () => {
+    it('fewer, more or no rows than resolved: UNAVAILABLE (MODEL_MISMATCH) naming both schedules, never the caller\'s fault', () => {
       for (const rows of [8, 16, 0]) {
         const result = codeOf(() => assemble(messages(tokens(rows, 24)), expectation(12)));
         expect(result).toMatch(skew);
@@ -138,19 +138,19 @@ describe('TensorAssembler', () => {
       }
     });
 
-    it('another vision method with the same count: FAILED_PRECONDITION', () => {
-      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, wireSchedule(12, { method: 'tome' })), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*ran tome with 12 .*resolved ficoco-v with 12/);
+    it('another vision method with the same count: UNAVAILABLE (MODEL_MISMATCH)', () => {
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, wireSchedule(12, { method: 'tome' })), expectation(12)))).toMatch(/^UNAVAILABLE: .*ran tome with 12 .*resolved ficoco-v with 12/);
     });
 
-    it('another split of a two-sided budget: FAILED_PRECONDITION naming the parameter', () => {
+    it('another split of a two-sided budget: UNAVAILABLE (MODEL_MISMATCH) naming the parameter', () => {
       const otherTotal = wireSchedule(12, { params: paramsToWire({ budget_total: 7, budget_vision_tokens: 12 }) });
-      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, otherTotal), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*budget_total = 7 .*6\.4/);
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, otherTotal), expectation(12)))).toMatch(/^UNAVAILABLE: .*budget_total = 7 .*6\.4/);
       const noSplit = wireSchedule(12, { params: {} });
-      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, noSplit), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*budget_total = unset .*6\.4/);
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, noSplit), expectation(12)))).toMatch(/^UNAVAILABLE: .*budget_total = unset .*6\.4/);
     });
 
-    it('a header without its schedule: FAILED_PRECONDITION (a vision service that does not report one)', () => {
-      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, null), expectation(12)))).toMatch(/^FAILED_PRECONDITION: .*without the schedule it ran.*resolved ficoco-v with 12.*rollout/);
+    it('a header without its schedule: UNAVAILABLE (MODEL_MISMATCH; a vision service that does not report one)', () => {
+      expect(codeOf(() => assemble(messages(tokens(12, 24), 5, null), expectation(12)))).toMatch(/^UNAVAILABLE: .*without the schedule it ran.*resolved ficoco-v with 12.*rollout/);
     });
 
     it('a token count its own schedule contradicts: DATA_LOSS', () => {

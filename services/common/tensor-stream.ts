@@ -6,7 +6,8 @@
  * exactly one summary. Data is little-endian. Violations are DATA_LOSS (the stream is not the tensor
  * it claims to be); a well-formed tensor from a different model (content hash, dtype, width) or of
  * a different schedule than the receiver resolved for the request (method, row count, budget split)
- * is FAILED_PRECONDITION, as in a half-finished rollout.
+ * is UNAVAILABLE with reason MODEL_MISMATCH: a rollout in progress, where another replica (of vision,
+ * for the hop's retry, or of language, for the caller's) may run the matching version.
  */
 import { endianness } from 'node:os';
 import { VlmError } from '../../shared/errors';
@@ -154,9 +155,17 @@ function loss(message: string): VlmError {
   return new VlmError('DATA_LOSS', `vision stream: ${message}`);
 }
 
+/** How long a caller waits before retrying a request that met two versions of the services. */
+export const MODEL_MISMATCH_RETRY_MS = 1_000;
+
+/** The two services run different models or versions: not the caller's doing, and not permanent in a rollout. */
+export function modelMismatch(message: string): VlmError {
+  return new VlmError('UNAVAILABLE', message, { reason: 'MODEL_MISMATCH', retryDelayMs: MODEL_MISMATCH_RETRY_MS });
+}
+
 /** A self-consistent header for another resolution of the request's policy: version skew, not a broken stream. */
 function skew(message: string): VlmError {
-  return new VlmError('FAILED_PRECONDITION', `${message}; both services must resolve the same schedule from a request's policy (is a rollout half finished?)`);
+  return modelMismatch(`${message}; both services must resolve the same schedule from a request's policy (is a rollout half finished?)`);
 }
 
 function describeSchedule(method: string, tokens: number): string {
@@ -195,18 +204,17 @@ export class TensorAssembler {
     if (this.header !== null) throw loss('a second header');
     const e = this.expect;
     if (h.contentHash !== e.contentHash) {
-      throw new VlmError(
-        'FAILED_PRECONDITION',
+      throw modelMismatch(
         `the vision service runs ${h.modelId} (${h.contentHash}) but this language service runs ${e.modelId} (${e.contentHash}); ` +
           'both must serve the same model bundle (is a rollout half finished?)',
       );
     }
     const dtype = wireDTypeOf(h.dtype);
     if (dtype !== e.dtype) {
-      throw new VlmError('FAILED_PRECONDITION', `the vision service sends ${dtype ?? `element type ${h.dtype}`} tokens but this language service runs ${e.dtype}; run both with the same io_dtype bundle`);
+      throw modelMismatch(`the vision service sends ${dtype ?? `element type ${h.dtype}`} tokens but this language service runs ${e.dtype}; run both with the same io_dtype bundle`);
     }
     if (h.width !== e.width) {
-      throw new VlmError('FAILED_PRECONDITION', `the vision service sends tokens of width ${h.width} but this language model's hidden size is ${e.width}`);
+      throw modelMismatch(`the vision service sends tokens of width ${h.width} but this language model's hidden size is ${e.width}`);
     }
     if (h.byteOrder !== ByteOrder.BYTE_ORDER_LITTLE_ENDIAN) throw loss(`unsupported byte order ${h.byteOrder}; only little-endian is defined`);
     const rows = h.tokenCount;
@@ -226,8 +234,8 @@ export class TensorAssembler {
    * schedule, the budget reported to the client). A header that contradicts its own schedule is not the
    * tensor it claims to be (DATA_LOSS); a consistent header for a different schedule, or one that
    * reports none (its rows cannot be vouched for), comes from a vision service that resolves policies
-   * differently: FAILED_PRECONDITION, as for another bundle. No retry on another replica of the same
-   * version would fix it, and it must not reach the caller as their INVALID_ARGUMENT.
+   * differently: MODEL_MISMATCH, as for another bundle. It must not reach the caller as their
+   * INVALID_ARGUMENT.
    */
   private checkSchedule(h: TensorHeader): void {
     const want = this.expect.schedule;

@@ -11,7 +11,7 @@ import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '..
 import { callMetadata } from '../common/call-metadata';
 import { decodeStatusDetails, fromServiceError } from '../common/status';
 import { serverNameOptions } from '../common/tls';
-import { chunkBytes, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
+import { chunkBytes, modelMismatch, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
 import { context } from '@opentelemetry/api';
 import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '../../shared/telemetry/names';
 import { openSpan, type OpenSpan } from '../../shared/telemetry/with-span';
@@ -103,6 +103,9 @@ export class VisionClient {
    * sends it to another address. The partial tensor is discarded: a stream is never spliced.
    * A call that failed before any message was already retried by grpc-js (VISION_SERVICE_CONFIG);
    * repeating it here too would multiply the attempts (3 x 3) against a replica set that is down.
+   * A replica of another model or version (MODEL_MISMATCH: its header, or UNIMPLEMENTED) is repeated
+   * the same way; when every try meets one, the caller gets UNAVAILABLE MODEL_MISMATCH and retries
+   * later, by when the rollout has moved on.
    */
   async encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
     for (let attempt = 0; ; attempt++) {
@@ -110,7 +113,10 @@ export class VisionClient {
       try {
         return await this.encodeOnce(request, expect, ctx, progress);
       } catch (err) {
-        const retry = err instanceof VlmError && err.code === 'UNAVAILABLE' && progress.received && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS * (attempt + 1) < ctx.deadline;
+        // A replica of another version (MODEL_MISMATCH) is retried too: in a rolling update the next
+        // address the round robin picks may run this service's model.
+        const retryable = err instanceof VlmError && ((err.code === 'UNAVAILABLE' && progress.received) || err.reason === 'MODEL_MISMATCH');
+        const retry = retryable && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS * (attempt + 1) < ctx.deadline;
         if (!retry) throw err;
         await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS * (attempt + 1)));
       }
@@ -198,7 +204,7 @@ export class VisionClient {
     }
     if (status.code === GrpcCode.UNIMPLEMENTED) {
       // Vision lacks what this service calls: a version skew between the two, not the caller's doing.
-      return new VlmError('FAILED_PRECONDITION', `the vision service does not implement this call: ${status.details}`, { cause: status });
+      return modelMismatch(`the vision service does not implement this call (is a rollout half finished?): ${status.details}`);
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way
