@@ -6,7 +6,8 @@
  */
 import { Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { VlmError } from '../shared/errors';
+import { VLM_ERROR_REASONS, VlmError } from '../shared/errors';
+import { ErrorReason } from '../gen/vlm/v1/common';
 import type { Logger } from '../shared/log';
 import { decodeStatusDetails, ERROR_DOMAIN, fromServiceError, STATUS_DETAILS_KEY, statusObject, toStatus } from '../services/common/status';
 import { Status } from '../gen/google/rpc/status';
@@ -29,6 +30,11 @@ function genericView(metadata: Metadata): { types: string[]; reason?: string; do
 }
 
 describe('status details', () => {
+  it('sends exactly the reasons the proto lists in vlm.v1.ErrorReason, so clients can compare against generated constants', () => {
+    const listed = Object.keys(ErrorReason).filter((k) => Number.isNaN(Number(k)) && k !== 'ERROR_REASON_UNSPECIFIED' && k !== 'UNRECOGNIZED');
+    expect(listed).toEqual([...VLM_ERROR_REASONS]);
+  });
+
   it('a full queue says QUEUE_FULL in domain vlm.v1 and when to retry, as googleapis messages', () => {
     const s = toStatus(new VlmError('RESOURCE_EXHAUSTED', 'busy', { reason: 'QUEUE_FULL', retryDelayMs: 1500 }), silent);
     expect(s.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
