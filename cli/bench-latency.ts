@@ -153,6 +153,8 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
     // First calls per method are a warm-up's cost, not the method's.
     VLM_EAGER_SESSIONS: 'true',
   };
+  // The ids sent, to find each trace's policy again (a cleaned id cannot be read back into a name).
+  const policyOfRequest = new Map<string, string>();
   const clientMs = new Map<string, number[]>();
   const outputTokens = new Map<string, number[]>();
   const infeasible = new Map<string, string>();
@@ -184,7 +186,9 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
       // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
       for (const [i, item] of items.entries()) {
         for (const p of feasible) {
-          const r = await ask(p, item, asRequestId(`bench-${i}-${p.method}`));
+          const requestId = asRequestId(`bench-${i}-${p.method}`);
+          policyOfRequest.set(requestId, p.method);
+          const r = await ask(p, item, requestId);
           (clientMs.get(p.method) ?? clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
           (outputTokens.get(p.method) ?? outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
         }
@@ -203,7 +207,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   o.onSpans?.(measured);
   const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
   const { report } = analyseTraces(measured);
-  const reduceSteps = reduceStepsByPolicy(measured);
+  const reduceSteps = reduceStepsByPolicy(measured, policyOfRequest);
   const budget = String(budgetAttribute(o.budget));
   const rows = policies.map((p): LatencyRow | InfeasibleRow => {
     const reason = infeasible.get(p.method);
@@ -264,15 +268,15 @@ function round(x: number): number {
 }
 
 /**
- * The `vlm.reduce` spans of each policy's traces, per service. A trace belongs to the policy named in
- * its request id (`bench-<i>-<policy>`, sent by this command), read from whichever span carries it.
+ * The `vlm.reduce` spans of each policy's traces, per service. A trace belongs to the policy whose
+ * request id (as this command sent it) one of its spans carries.
  */
-function reduceStepsByPolicy(spans: readonly SpanRecord[]): (policy: string, service: string, requests: number) => ReduceSteps {
+function reduceStepsByPolicy(spans: readonly SpanRecord[], policyOfRequest: ReadonlyMap<string, string>): (policy: string, service: string, requests: number) => ReduceSteps {
   const policyOf = new Map<string, string>();
   for (const s of spans) {
     const id = s.attributes[ATTR_VLM_REQUEST_ID];
-    const m = typeof id === 'string' ? /^bench-\d+-(.+)$/.exec(id) : null;
-    if (m) policyOf.set(s.traceId, m[1]!);
+    const policy = typeof id === 'string' ? policyOfRequest.get(id) : undefined;
+    if (policy !== undefined) policyOf.set(s.traceId, policy);
   }
   const steps = new Map<string, number[]>();
   for (const s of spans) {
@@ -284,7 +288,7 @@ function reduceStepsByPolicy(spans: readonly SpanRecord[]): (policy: string, ser
     steps.set(key, [...(steps.get(key) ?? []), ms]);
   }
   return (policy, service, requests) => {
-    const all = steps.get(`${asRequestId(policy)} ${service}`) ?? [];
+    const all = steps.get(`${policy} ${service}`) ?? [];
     return { stepsPerRequest: round(all.length / Math.max(1, requests)), msPerStep: all.length ? Math.round((all.reduce((a, b) => a + b, 0) / all.length) * 100) / 100 : 0 };
   };
 }

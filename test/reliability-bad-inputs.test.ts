@@ -17,6 +17,7 @@ import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
+import { HOP_RETRIES } from '../services/language/vision-client';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
@@ -188,6 +189,8 @@ describe('bad and unusual inputs through the real pair', () => {
   describe('malformed tensor streams from a scripted vision server', () => {
     let genuine: EncodeResponse[];
     let script: EncodeResponse[] = [];
+    /** Encode calls the scripted vision received, and the model hash each named in its metadata. */
+    let calls: Array<string | undefined> = [];
     let fake: Server;
     let front: RunningService;
     let frontClient: LanguageServiceClient;
@@ -201,6 +204,7 @@ describe('bad and unusual inputs through the real pair', () => {
       fake = new Server();
       fake.addService(VisionServiceService, {
         encode: (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
+          calls.push(call.metadata.get('x-vlm-expected-model')[0] as string | undefined);
           for (const m of script) call.write(m);
           call.end();
         },
@@ -260,11 +264,18 @@ describe('bad and unusual inputs through the real pair', () => {
     for (const [name, make, code, why, policy] of streams) {
       it(`${name}: ${GrpcCode[code]}`, async () => {
         script = make();
+        calls = [];
         const out = await ask(frontClient, request(valid, { maxTokens: 2, ...(policy ? { policy } : {}) }));
         expect(out.error?.code ?? GrpcCode.OK, out.error?.details).toBe(code);
         if (code !== GrpcCode.OK) expect(out.error?.details).toMatch(why);
         // Another model or version is a rollout in progress: retryable later, with the reason to branch on.
-        if (code === GrpcCode.UNAVAILABLE) expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
+        if (code === GrpcCode.UNAVAILABLE) {
+          expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
+          // The hop tried again, twice (here on the same, only replica), then gave up.
+          expect(calls).toHaveLength(1 + HOP_RETRIES);
+        } else expect(calls).toHaveLength(1);
+        // Every call named the model the language service runs, so a vision of another one can refuse it early.
+        expect(new Set(calls)).toEqual(new Set([front.engine.model.manifest.content_hash]));
         expect(front.engine.pool.stats.busy).toBe(0);
         expect(front.activeCalls()).toBe(0);
         expect(await healthStatus(front.address)).toBe('SERVING');

@@ -384,12 +384,13 @@ describe('the service pair on loopback', () => {
 
   describe('vision replicas on two models at once (a rolling update of vision)', () => {
     const newLines: Array<Record<string, unknown>> = [];
+    const mixedLog: Array<Record<string, unknown>> = [];
     let newer: RunningService;
     let mixed: RunningService;
     let mixedClient: LanguageServiceClient;
     beforeAll(async () => {
       newer = await startVisionService(config(BUNDLE_F16), { port: 0, log: recordingLogger(newLines, 'vision-new') });
-      mixed = await startLanguageService(config(BUNDLE, { visionTarget: `${vision.address},${newer.address}` }), { port: 0 });
+      mixed = await startLanguageService(config(BUNDLE, { visionTarget: `${vision.address},${newer.address}` }), { port: 0, log: recordingLogger(mixedLog, 'language') });
       mixedClient = new LanguageServiceClient(mixed.address, credentials.createInsecure());
     });
     afterAll(async () => {
@@ -398,13 +399,16 @@ describe('the service pair on loopback', () => {
       await newer?.stop();
     });
 
-    it('answers every request: a tensor from the other model is retried on the next replica, not sent to the caller as an error', async () => {
+    it('answers every request: the replica of the other model refuses before encoding, and the hop tries the next one', async () => {
       for (let i = 0; i < 4; i++) {
         const out = await ask(mixedClient, request(image));
         expect(out.error, out.error?.details).toBeNull();
       }
-      // The round robin did reach the replica of the other model, and its tensors were refused.
-      expect(newLines.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.VisionService/Encode').length).toBeGreaterThanOrEqual(2);
+      // The round robin did reach the replica of the other model, which refused each call without encoding.
+      const refused = newLines.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.VisionService/Encode');
+      expect(refused.length).toBeGreaterThanOrEqual(2);
+      expect(refused.every((l) => l['code'] === 'FAILED_PRECONDITION')).toBe(true);
+      expect(mixedLog.filter((l) => l['msg'] === 'vision replica of another model or version').length).toBe(refused.length);
     }, 60_000);
   });
 

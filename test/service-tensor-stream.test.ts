@@ -121,6 +121,14 @@ describe('TensorAssembler', () => {
     expect(codeOf(() => assemble(msgs, expectation(8, { contentHash: 'sha256:bb' })))).toMatch(/^UNAVAILABLE: .*sha256:aa.*sha256:bb.*same model bundle/);
     expect(codeOf(() => assemble(msgs, expectation(8, { dtype: 'float16' })))).toMatch(/^UNAVAILABLE: .*float32.*float16/);
     expect(codeOf(() => assemble(msgs, expectation(8, { width: 32 })))).toMatch(/^UNAVAILABLE: .*width 24.*32/);
+    // the reason the hop retries on and the caller branches on, with when to retry
+    let thrown: unknown;
+    try {
+      assemble(msgs, expectation(8, { contentHash: 'sha256:bb' }));
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({ code: 'UNAVAILABLE', reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
   });
 
   describe('holds the rows to the vision schedule the receiver resolved for the request', () => {

@@ -6,9 +6,17 @@
 import { Metadata } from '@grpc/grpc-js';
 import { REQUEST_ID_KEY } from './interceptors';
 
-export function callMetadata(options: { authToken?: string | null; requestId?: string }): Metadata {
+/**
+ * The hop's: the content hash of the model the language service runs. Vision refuses a request whose
+ * hash is not its own before it queues or encodes it (a rollout in progress), instead of encoding a
+ * tensor the language service can only throw away.
+ */
+export const EXPECTED_MODEL_KEY = 'x-vlm-expected-model';
+
+export function callMetadata(options: { authToken?: string | null; requestId?: string; expectedModel?: string }): Metadata {
   const md = new Metadata();
   if (options.requestId) md.set(REQUEST_ID_KEY, options.requestId);
   if (options.authToken) md.set('authorization', `Bearer ${options.authToken}`);
+  if (options.expectedModel) md.set(EXPECTED_MODEL_KEY, options.expectedModel);
   return md;
 }

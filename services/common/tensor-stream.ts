@@ -158,9 +158,12 @@ function loss(message: string): VlmError {
 /** How long a caller waits before retrying a request that met two versions of the services. */
 export const MODEL_MISMATCH_RETRY_MS = 1_000;
 
-/** The two services run different models or versions: not the caller's doing, and not permanent in a rollout. */
-export function modelMismatch(message: string): VlmError {
-  return new VlmError('UNAVAILABLE', message, { reason: 'MODEL_MISMATCH', retryDelayMs: MODEL_MISMATCH_RETRY_MS });
+/**
+ * The two services run different models or versions: not the caller's doing, and not permanent in a
+ * rollout (a misconfiguration looks the same). `detail`: what the other side said, for the log only.
+ */
+export function modelMismatch(message: string, detail?: string): VlmError {
+  return new VlmError('UNAVAILABLE', message, { reason: 'MODEL_MISMATCH', retryDelayMs: MODEL_MISMATCH_RETRY_MS, cause: detail === undefined ? undefined : new Error(detail) });
 }
 
 /** A self-consistent header for another resolution of the request's policy: version skew, not a broken stream. */

@@ -61,8 +61,11 @@ export const VISION_SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
-/** Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before that). */
-const RETRIES = 2;
+/**
+ * Whole-call repeats of an Encode that failed UNAVAILABLE after data arrived (grpc-js retries before
+ * that) or met a replica of another model or version (MODEL_MISMATCH).
+ */
+export const HOP_RETRIES = 2;
 const RETRY_BACKOFF_MS = 25;
 /** The retry hint passed to the caller when no vision replica answered and vision sent none. */
 const VISION_UNAVAILABLE_RETRY_MS = 1_000;
@@ -89,8 +92,8 @@ export class VisionClient {
     });
   }
 
-  private metadata(requestId: string): Metadata {
-    return callMetadata({ authToken: this.options.authToken, requestId });
+  private metadata(requestId: string, expectedModel: string): Metadata {
+    return callMetadata({ authToken: this.options.authToken, requestId, expectedModel });
   }
 
   /**
@@ -110,15 +113,24 @@ export class VisionClient {
   async encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
     for (let attempt = 0; ; attempt++) {
       const progress = { received: false };
+      const started = Date.now();
       try {
         return await this.encodeOnce(request, expect, ctx, progress);
       } catch (err) {
         // A replica of another version (MODEL_MISMATCH) is retried too: in a rolling update the next
         // address the round robin picks may run this service's model.
-        const retryable = err instanceof VlmError && ((err.code === 'UNAVAILABLE' && progress.received) || err.reason === 'MODEL_MISMATCH');
-        const retry = retryable && attempt < RETRIES && !ctx.signal.aborted && Date.now() + RETRY_BACKOFF_MS * (attempt + 1) < ctx.deadline;
+        const mismatch = err instanceof VlmError && err.reason === 'MODEL_MISMATCH';
+        if (mismatch) {
+          const e = err as VlmError;
+          this.options.log?.warn('vision replica of another model or version', { requestId: ctx.requestId, attempt, target: this.options.target.configured, error: e.message, detail: e.cause instanceof Error ? e.cause.message : undefined });
+        }
+        const retryable = mismatch || (err instanceof VlmError && err.code === 'UNAVAILABLE' && progress.received);
+        // Only while another try as long as this one still fits: otherwise the caller would get
+        // DEADLINE_EXCEEDED for what was a retryable failure.
+        const backoff = RETRY_BACKOFF_MS * (attempt + 1);
+        const retry = retryable && attempt < HOP_RETRIES && !ctx.signal.aborted && Date.now() + backoff + (Date.now() - started) < ctx.deadline;
         if (!retry) throw err;
-        await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS * (attempt + 1)));
+        await new Promise((r) => setTimeout(r, backoff));
       }
     }
   }
@@ -133,7 +145,7 @@ export class VisionClient {
       let receive: OpenSpan | undefined;
       let chunks = 0;
       let bytes = 0;
-      const call = this.client.encode(request, this.metadata(ctx.requestId), { deadline: ctx.deadline });
+      const call = this.client.encode(request, this.metadata(ctx.requestId, expect.contentHash), { deadline: ctx.deadline });
       let failure: unknown = null;
       const onAbort = (): void => {
         failure ??= ctx.signal.reason;
@@ -204,7 +216,13 @@ export class VisionClient {
     }
     if (status.code === GrpcCode.UNIMPLEMENTED) {
       // Vision lacks what this service calls: a version skew between the two, not the caller's doing.
-      return modelMismatch(`the vision service does not implement this call (is a rollout half finished?): ${status.details}`);
+      // Vision's own text (which may name hosts) goes to the log with the other mismatches.
+      return modelMismatch('the vision service does not implement this call (is a rollout half finished?)', status.details);
+    }
+    if (decodeStatusDetails(status.metadata).reason === 'MODEL_MISMATCH') {
+      // Vision refused before encoding: it runs another model than the one named in the metadata.
+      // Its text is this project's own ("this vision service runs <id> (<hash>), not <hash>").
+      return modelMismatch(`${status.details}; both services must serve the same model bundle (is a rollout half finished?)`);
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way

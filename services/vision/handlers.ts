@@ -2,6 +2,8 @@
  * VisionService handlers: validate, encode with the core, stream header -> chunks -> summary.
  */
 import { toFloat16 } from '../../shared/tensor/fp16';
+import { VlmError } from '../../shared/errors';
+import { EXPECTED_MODEL_KEY } from '../common/call-metadata';
 import type { EncodeResult } from '../../shared/engine';
 import type { EncodeResponse, VisionServiceServer } from '../../gen/vlm/v1/vision_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
@@ -47,6 +49,12 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
     encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device }, recordEncode, async function* (req, ctx, span) {
       const valid = validateEncode(req, deps.limits);
       span.setAttributes(policyAttributes(valid.policy));
+      const expected = ctx.metadata.get(EXPECTED_MODEL_KEY)[0];
+      if (typeof expected === 'string' && expected !== manifest.content_hash) {
+        // FAILED_PRECONDITION on this internal answer, which grpc-js does not retry; the hop reads the
+        // reason and tries another replica itself.
+        throw new VlmError('FAILED_PRECONDITION', `this vision service runs ${manifest.model_id} (${manifest.content_hash}), not ${expected}`, { reason: 'MODEL_MISMATCH' });
+      }
       const started = performance.now();
       const result = await engine.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
       const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
