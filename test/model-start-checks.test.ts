@@ -74,7 +74,7 @@ describe('the pinned bundle hash (--model-hash / VLM_MODEL_HASH)', () => {
     expect(e.message).toContain(`requires ${OTHER_HASH}`);
     const running = await service(HASH);
     try {
-      expect(running.engine.model.manifest.content_hash).toBe(HASH);
+      expect(running.backend.model.manifest.content_hash).toBe(HASH);
     } finally {
       await running.stop();
     }

@@ -275,8 +275,8 @@ describe('bad and unusual inputs through the real pair', () => {
           expect(calls).toHaveLength(1 + HOP_RETRIES);
         } else expect(calls).toHaveLength(1);
         // Every call named the model the language service runs, so a vision of another one can refuse it early.
-        expect(new Set(calls)).toEqual(new Set([front.engine.model.manifest.content_hash]));
-        expect(front.engine.pool.stats.busy).toBe(0);
+        expect(new Set(calls)).toEqual(new Set([front.backend.model.manifest.content_hash]));
+        expect(front.backend.pool.stats.busy).toBe(0);
         expect(front.activeCalls()).toBe(0);
         expect(await healthStatus(front.address)).toBe('SERVING');
       });
@@ -342,7 +342,7 @@ describe('bad and unusual inputs through the real pair', () => {
         expect(ALLOWED.has(out.code), `case ${i}: ${name} ${out.details}`).toBe(true);
       }
       console.log(`fuzz: ${N} requests -> ${JSON.stringify(Object.fromEntries(tally))}`);
-      expect(language.engine.pool.stats.busy + vision.engine.pool.stats.busy).toBe(0);
+      expect(language.backend.pool.stats.busy + vision.backend.pool.stats.busy).toBe(0);
       await stillHealthy();
     });
   });

@@ -99,7 +99,7 @@ async function bigJpeg(): Promise<Buffer> {
 
 /** Nothing left behind on an in-process service. */
 async function idle(svc: RunningService): Promise<void> {
-  await eventually(() => svc.activeCalls() === 0 && svc.engine.pool.stats.busy === 0 && svc.engine.pool.stats.queued === 0, 5000, 10);
+  await eventually(() => svc.activeCalls() === 0 && svc.backend.pool.stats.busy === 0 && svc.backend.pool.stats.queued === 0, 5000, 10);
 }
 
 describe('faults across the hop', () => {
@@ -290,7 +290,7 @@ describe('faults across the hop', () => {
     it('while vision encodes and while language decodes: CANCELLED, both workers stop, both services hold nothing', async () => {
       const duringEncode = client.generate(request(big), metadataWith({ 'x-request-id': 'cancel-during-encode' }));
       const encodeOutcome = collect(duringEncode);
-      await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
+      await eventually(() => vision.backend.pool.stats.busy === 1, 5000, 2);
       duringEncode.cancel();
       expect((await encodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
       // The vision worker stopped instead of finishing the encode ('aborted job ran to completion').

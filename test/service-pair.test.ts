@@ -260,7 +260,7 @@ describe('the service pair on loopback', () => {
     const stopped = await stoppedJob(languageLog, 'client-cancels');
     expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
     expect(stopped.decode_steps).toBeLessThan(LONG / 4);
-    await eventually(() => language.engine.pool.stats.busy === 0 && language.activeCalls() === 0, 2000, 5);
+    await eventually(() => language.backend.pool.stats.busy === 0 && language.activeCalls() === 0, 2000, 5);
     expect(vision.activeCalls()).toBe(0);
   });
 
@@ -270,18 +270,18 @@ describe('the service pair on loopback', () => {
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
     try {
-      const promptTokens = await loadPromptTokenCounter(BUNDLE, language.engine.model.manifest, config(BUNDLE).limits);
-      const stream = generateStream({ engine: language.engine, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: LONG }), ctx);
+      const promptTokens = await loadPromptTokenCounter(BUNDLE, language.backend.model.manifest, config(BUNDLE).limits);
+      const stream = generateStream({ backend: language.backend, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: LONG }), ctx);
       await stream.next();
       await stream.next();
-      expect(language.engine.pool.stats.busy).toBe(1);
+      expect(language.backend.pool.stats.busy).toBe(1);
       await stream.return(undefined);
       // Where the worker stopped: not after all LONG tokens (a worker left decoding would log
       // 'aborted job ran to completion'), but within a few steps of the abandonment.
       const stopped = await stoppedJob(languageLog, 'abandoned');
       expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
       expect(stopped.decode_steps).toBeLessThan(LONG / 4);
-      await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
+      await eventually(() => language.backend.pool.stats.busy === 0, 2000, 5);
     } finally {
       hop.close();
     }
@@ -291,11 +291,11 @@ describe('the service pair on loopback', () => {
     const big = await bigJpeg();
     expect(big.length).toBeLessThan(MAX_IMAGE_BYTES);
     let languageBusy = false;
-    const watch = setInterval(() => (languageBusy ||= language.engine.pool.stats.busy > 0), 2);
+    const watch = setInterval(() => (languageBusy ||= language.backend.pool.stats.busy > 0), 2);
     try {
       const call = client.generate(request(big), metadataWith({ 'x-request-id': 'cancelled-while-encoding' }));
       const outcome = collect(call);
-      await eventually(() => vision.engine.pool.stats.busy === 1, 5000, 2);
+      await eventually(() => vision.backend.pool.stats.busy === 1, 5000, 2);
       call.cancel();
       expect((await outcome).error?.code).toBe(GrpcCode.CANCELLED);
       // The language service cancelled its Encode call: vision's call ends now, not when encoding would.
@@ -303,7 +303,7 @@ describe('the service pair on loopback', () => {
       // The vision worker was told and stopped before the encoder (the request id crosses the hop); one
       // that ignored the abort would log 'aborted job ran to completion'.
       expect(await stoppedJob(visionLog, 'cancelled-while-encoding')).toMatchObject({ kind: 'encode', code: 'CANCELLED', aborted: true });
-      await eventually(() => vision.engine.pool.stats.busy === 0, 3000, 5);
+      await eventually(() => vision.backend.pool.stats.busy === 0, 3000, 5);
       await sleep(50);
       expect(languageBusy).toBe(false);
     } finally {
@@ -339,7 +339,7 @@ describe('the service pair on loopback', () => {
     const stopped = await stoppedJob(languageLog, 'past-its-deadline');
     expect(stopped).toMatchObject({ kind: 'generate', code: 'DEADLINE_EXCEEDED' });
     expect(stopped.decode_steps - received).toBeLessThan(LONG / 4);
-    await eventually(() => language.engine.pool.stats.busy === 0, 1000, 5);
+    await eventually(() => language.backend.pool.stats.busy === 0, 1000, 5);
   });
 
   it('answers RESOURCE_EXHAUSTED when every language worker is busy and the queue is full, before spending a vision encode on it', async () => {
@@ -356,7 +356,7 @@ describe('the service pair on loopback', () => {
     expect(second.error?.details).toMatch(/busy.*retry later/);
     expect(second.error?.details).not.toMatch(/vision service/);
     expect(decodeStatusDetails(second.error?.metadata)).toMatchObject({ reason: 'QUEUE_FULL', retryDelayMs: 1000 });
-    await eventually(() => language.engine.pool.stats.busy === 0, 2000, 5);
+    await eventually(() => language.backend.pool.stats.busy === 0, 2000, 5);
     expect((await ask(client, request(image))).error).toBeNull();
   });
 
@@ -377,7 +377,7 @@ describe('the service pair on loopback', () => {
       expect(out.error?.code).toBe(GrpcCode.UNAVAILABLE);
       expect(decodeStatusDetails(out.error?.metadata)).toMatchObject({ reason: 'MODEL_MISMATCH', retryDelayMs: 1000 });
       expect(out.error?.details).toContain(core.manifest.content_hash);
-      expect(out.error?.details).toContain(other.engine.model.manifest.content_hash);
+      expect(out.error?.details).toContain(other.backend.model.manifest.content_hash);
       expect(await healthStatus(other.address)).toBe('SERVING');
     });
   });
@@ -418,7 +418,7 @@ describe('the service pair on loopback', () => {
     const controller = new AbortController();
     try {
       const err = await dead
-        .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.engine, resolveVisionSchedule(noReduction(), language.engine.model.visionGeometry)), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
+        .encode({ image, policy: undefined, limits: undefined }, expectationOf(language.backend, resolveVisionSchedule(noReduction(), language.backend.model.visionGeometry)), { signal: controller.signal, deadline: Date.now() + 5000, requestId: 'r' })
         .then(() => null, (e: unknown) => e as { code: string; message: string });
       expect(err?.code).toBe('UNAVAILABLE');
       expect(err?.message).toBe('the vision service is unavailable (no replica answered); retry later');
@@ -515,7 +515,7 @@ describe('the service pair on loopback', () => {
 
     it("relays vision's RESOURCE_EXHAUSTED to the caller, naming the vision service, and the next request is answered", async () => {
       const first = collect(frontClient.generate(request(await bigJpeg())));
-      await eventually(() => busyVision.engine.pool.stats.busy === 1, 5000, 2);
+      await eventually(() => busyVision.backend.pool.stats.busy === 1, 5000, 2);
       const second = await ask(frontClient, request(image));
       expect(second.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
       expect(second.error?.details).toMatch(/^the vision service: .*queued \(limit 0\)/);

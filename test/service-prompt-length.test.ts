@@ -11,7 +11,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
 import { createLogger, type Logger } from '../shared/log';
-import { startEngine, type ServiceEngine } from '../services/common/engine';
+import { startInferenceBackend, type InferenceBackend } from '../services/common/inference-backend';
 import type { RunningService } from '../services/common/lifecycle';
 import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
@@ -30,7 +30,7 @@ describe('prompt length, judged before the hop', () => {
   let vision: RunningService;
   let visionLog: LogLine[];
   let hop: VisionClient;
-  let engine: ServiceEngine;
+  let backend: InferenceBackend;
   let count: PromptTokenCounter;
   let image: Buffer;
   let positions: number;
@@ -41,8 +41,8 @@ describe('prompt length, judged before the hop', () => {
     visionLog = [];
     vision = await startVisionService(config, { port: 0, log: recordingLogger(visionLog, 'vision') });
     hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config.limits) });
-    engine = await startEngine(config, createLogger('language'), 'language');
-    const m = engine.model.manifest;
+    backend = await startInferenceBackend(config, createLogger('language'), 'language');
+    const m = backend.model.manifest;
     count = await loadPromptTokenCounter(BUNDLE, m, config.limits);
     image = await shapesImage();
     positions = m.language.max_positions;
@@ -52,7 +52,7 @@ describe('prompt length, judged before the hop', () => {
 
   afterAll(async () => {
     hop?.close();
-    await engine?.close();
+    await backend?.close();
     await vision?.stop();
   });
 
@@ -67,7 +67,7 @@ describe('prompt length, judged before the hop', () => {
     let generated: number | undefined;
     let finish: FinishReason | undefined;
     try {
-      for await (const r of generateStream({ engine, vision: hop, limits: config.limits, promptTokens: count }, req, ctx)) {
+      for await (const r of generateStream({ backend, vision: hop, limits: config.limits, promptTokens: count }, req, ctx)) {
         if (r.part?.$case === 'final') ({ text, finishReason: finish } = r.part.final), (generated = r.part.final.tokens?.generated);
       }
       return { text, generated, finish, error: null };

@@ -18,13 +18,13 @@ describe('a service whose only worker dies', () => {
     const lines: LogLine[] = [];
     const service = await startVisionService({ ...pairConfig({}) }, { port: 0, log: recordingLogger(lines, 'vision') });
     try {
-      const { slots } = service.engine.pool as unknown as { slots: Array<{ worker: Worker }> };
+      const { slots } = service.backend.pool as unknown as { slots: Array<{ worker: Worker }> };
       await slots[0]!.worker.terminate();
-      await eventually(() => service.engine.pool.stats.workers === 0, 5000, 5);
+      await eventually(() => service.backend.pool.stats.workers === 0, 5000, 5);
       // Asked again and again until the replacement has loaded.
       const statuses: string[] = [];
-      for (const until = Date.now() + 45_000; service.engine.pool.stats.workers === 0 && Date.now() < until; ) statuses.push(await healthStatus(service.address));
-      expect(service.engine.pool.stats.workers).toBe(1);
+      for (const until = Date.now() + 45_000; service.backend.pool.stats.workers === 0 && Date.now() < until; ) statuses.push(await healthStatus(service.address));
+      expect(service.backend.pool.stats.workers).toBe(1);
       expect(statuses.length).toBeGreaterThan(0);
       expect(new Set(statuses)).toEqual(new Set(['SERVING']));
       expect(lines.some((l) => l.level === 'error' && String(l.msg).startsWith('no inference worker is running'))).toBe(false);
@@ -45,7 +45,7 @@ describe('a service whose only worker dies and cannot be replaced', () => {
       expect(await healthStatus(service.address)).toBe('SERVING');
       // The bundle goes away, so the replacement cannot load; then the worker dies.
       await rm(dir, { recursive: true, force: true });
-      const { slots } = service.engine.pool as unknown as { slots: Array<{ worker: Worker }> };
+      const { slots } = service.backend.pool as unknown as { slots: Array<{ worker: Worker }> };
       await slots[0]!.worker.terminate();
       await eventually(async () => (await healthStatus(service.address)) === 'NOT_SERVING', 10_000, 100);
       expect(lines.some((l) => l.level === 'error' && l.msg === 'no inference worker is running and its replacement failed: NOT_SERVING until one starts')).toBe(true);

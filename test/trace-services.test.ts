@@ -120,7 +120,7 @@ describe('request metrics', () => {
   it.each(['gen_ai.server.time_to_first_token', 'vlm.decode.tokens_per_second', 'gen_ai.server.time_per_output_token'])('%s carries the request attributes of request duration', async (name) => {
     const points = await pair.histogram(name);
     expect(points.length).toBeGreaterThan(0);
-    const model = pair.language.engine.model.manifest.model_id;
+    const model = pair.language.backend.model.manifest.model_id;
     for (const p of points) expect(p.attributes).toMatchObject({ 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': model, 'vlm.model.id': model });
   });
 });
@@ -132,7 +132,7 @@ describe('worker spans follow the sampler', () => {
   async function recorded(parent: typeof ROOT_CONTEXT): Promise<boolean> {
     const post = vi.spyOn(Worker.prototype, 'postMessage');
     try {
-      await context.with(parent, async () => pair.vision.engine.pool.encode(await shapesImage(), policy, {}));
+      await context.with(parent, async () => pair.vision.backend.pool.encode(await shapesImage(), policy, {}));
       const run = post.mock.calls.map(([m]) => m as { type: string; record?: boolean }).find((m) => m.type === 'run');
       return run!.record!;
     } finally {

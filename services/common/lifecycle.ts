@@ -5,14 +5,14 @@
  */
 import { hostPort, localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import type { ServiceEngine } from './engine';
+import type { InferenceBackend } from './inference-backend';
 import type { GrpcServer } from './grpc-server';
 
 export interface RunningService {
   /** The bound port (the configured one, or the one picked for port 0). */
   readonly port: number;
   readonly address: string;
-  readonly engine: ServiceEngine;
+  readonly backend: InferenceBackend;
   /** Calls of the service's API in flight (health and reflection not counted). */
   activeCalls(): number;
   /** Graceful: NOT_SERVING, drain, shutdown, then the workers are stopped. Idempotent. */
@@ -21,7 +21,7 @@ export interface RunningService {
 
 export async function serve(
   server: GrpcServer,
-  engine: ServiceEngine,
+  backend: InferenceBackend,
   config: Config,
   port: number,
   warmUp: () => Promise<void>,
@@ -36,19 +36,19 @@ export async function serve(
     }
   } catch (err) {
     await server.stop();
-    await engine.close();
+    await backend.close();
     throw err;
   }
   let stopping: Promise<void> | null = null;
   const service: RunningService = {
     port: bound,
     address: localAddress(config.services.host, bound),
-    engine,
+    backend,
     activeCalls: () => server.activeCalls,
     stop: () =>
       (stopping ??= (async () => {
         await server.stop();
-        await engine.close();
+        await backend.close();
       })()),
   };
   try {
@@ -67,14 +67,14 @@ export async function serve(
   // longer loads) answers UNAVAILABLE to everything: NOT_SERVING takes it out of its Service's
   // endpoints, and the liveness probe restarts the pod if no replacement starts.
   let serving = true;
-  engine.pool.onAvailability((available) => {
+  backend.pool.onAvailability((available) => {
     if (stopping !== null || serving === available) return;
     serving = available;
     server.setServing(serving);
     if (serving) log.info('an inference worker is running again: SERVING');
     else log.error('no inference worker is running and its replacement failed: NOT_SERVING until one starts');
   });
-  log.info('serving', { address: hostPort(config.services.host, bound), model_id: engine.model.manifest.model_id, content_hash: engine.model.manifest.content_hash, provider: engine.provider, device: engine.device });
+  log.info('serving', { address: hostPort(config.services.host, bound), model_id: backend.model.manifest.model_id, content_hash: backend.model.manifest.content_hash, provider: backend.provider, device: backend.device });
   return service;
 }
 

@@ -16,7 +16,7 @@ import { FinishReason } from '../../gen/vlm/v1/language_service';
 import { VlmError } from '../../shared/errors';
 import type { CallContext } from '../common/call-context';
 import { Channel } from '../common/channel';
-import type { ServiceEngine } from '../common/engine';
+import type { InferenceBackend } from '../common/inference-backend';
 import type { AdvertisedLimits } from '../common/model-info';
 import type { AssembledTensor, Expectation, WireTokens } from '../common/tensor-stream';
 import { validateGenerate, wirePolicy, type RequestLimitsConfig, type ValidGenerate } from '../common/validate';
@@ -54,7 +54,7 @@ export interface PromptTokenCounter {
 }
 
 export interface GenerateDeps {
-  readonly engine: ServiceEngine;
+  readonly backend: InferenceBackend;
   readonly vision: { encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> };
   readonly limits: RequestLimitsConfig & AdvertisedLimits;
   /** Lets a prompt too long for the model fail before the hop rather than after a whole vision encode. */
@@ -78,8 +78,8 @@ export async function loadPromptTokenCounter(modelDir: string, manifest: Manifes
  * the request (checkPolicy), so the rows are the ones the context check and the language schedule were
  * planned for.
  */
-export function expectationOf(engine: ServiceEngine, vision: VisionSchedule): Expectation {
-  const m = engine.model.manifest;
+export function expectationOf(backend: InferenceBackend, vision: VisionSchedule): Expectation {
+  const m = backend.model.manifest;
   return {
     modelId: m.model_id,
     contentHash: m.content_hash,
@@ -97,26 +97,26 @@ function coreTokens(t: WireTokens): VisualTokens {
 }
 
 /** Judged here, before the hop: a bad policy must not cost an encode. Returns the vision schedule the hop must bring. */
-function checkPolicy(engine: ServiceEngine, valid: ValidGenerate): VisionSchedule {
-  const vision = resolveVisionSchedule(valid.policy, engine.model.visionGeometry);
-  resolveLanguageSchedule(valid.policy, { ...engine.model.languageGeometry, visualTokens: vision.outputTokens });
+function checkPolicy(backend: InferenceBackend, valid: ValidGenerate): VisionSchedule {
+  const vision = resolveVisionSchedule(valid.policy, backend.model.visionGeometry);
+  resolveLanguageSchedule(valid.policy, { ...backend.model.languageGeometry, visualTokens: vision.outputTokens });
   return vision;
 }
 
 /** The Generate span's fixed attributes, and those of its gen_ai metrics: one set, so the metrics join. */
-export function generateAttributes(engine: ServiceEngine): Attributes {
-  const modelId = engine.model.manifest.model_id;
-  return { [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_CHAT, [ATTR_GEN_AI_REQUEST_MODEL]: modelId, [ATTR_VLM_MODEL_ID]: modelId, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device };
+export function generateAttributes(backend: InferenceBackend): Attributes {
+  const modelId = backend.model.manifest.model_id;
+  return { [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_CHAT, [ATTR_GEN_AI_REQUEST_MODEL]: modelId, [ATTR_VLM_MODEL_ID]: modelId, [ATTR_VLM_PROVIDER]: backend.provider, [ATTR_VLM_DEVICE]: backend.device };
 }
 
 /** `span`: the request's span (tracedStream), for the policy and usage attributes. */
 export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, ctx: CallContext, span?: Span): AsyncGenerator<GenerateResponse> {
-  const { engine } = deps;
-  const m = engine.model.manifest;
+  const { backend } = deps;
+  const m = backend.model.manifest;
   const started = performance.now();
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
   span?.setAttributes(policyAttributes(valid.policy));
-  const visionSchedule = checkPolicy(engine, valid);
+  const visionSchedule = checkPolicy(backend, valid);
   // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
   // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
   const visual = visionSchedule.outputTokens;
@@ -131,9 +131,9 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
   // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still
   // fill while the hop runs; it refuses then as before.)
-  engine.pool.checkRoom();
+  backend.pool.checkRoom();
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
-  const tensor = await deps.vision.encode(hop, expectationOf(engine, visionSchedule), ctx);
+  const tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
   const encodeMs = performance.now() - started;
 
   // The generation gets a signal of its own: besides the call's cancellation and deadline, it is
@@ -147,7 +147,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   try {
     const deltas = new Channel<{ text: string; tokenIds: number[] }>();
     let pendingIds: number[] = [];
-    const run = engine.pool.generate(coreTokens(tensor.tokens), valid.question, sampling, valid.policy, {
+    const run = backend.pool.generate(coreTokens(tensor.tokens), valid.question, sampling, valid.policy, {
       signal: generation.signal,
       deadline: ctx.deadline,
       requestId: ctx.requestId,
@@ -173,8 +173,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     );
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
     const result = await run;
-    const final = finalOf(engine, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
-    recordGenerateTelemetry(span, result, final, encodeMs, generateAttributes(engine));
+    const final = finalOf(backend, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
+    recordGenerateTelemetry(span, result, final, encodeMs, generateAttributes(backend));
     yield { part: { $case: 'final', final } };
   } finally {
     ctx.signal.removeEventListener('abort', forward);
@@ -196,8 +196,8 @@ function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, fina
   recordGeneration({ timeToFirstTokenSeconds: (encodeMs + r.timingsMs.firstToken) / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
 }
 
-function finalOf(engine: ServiceEngine, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {
-  const m = engine.model.manifest;
+function finalOf(backend: InferenceBackend, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {
+  const m = backend.model.manifest;
   const visionFlops = tensor.summary.flops;
   const flops: Record<string, number> = {
     ...flopsToWire({ vision: visionFlops['vision'] ?? 0, projector: visionFlops['projector'] ?? 0, prefill: r.flops.prefill, decode: r.flops.decode }),

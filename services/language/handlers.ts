@@ -14,7 +14,7 @@ export interface LanguageHandlerDeps extends GenerateDeps {
 
 export function languageHandlers(deps: LanguageHandlerDeps): LanguageServiceServer {
   return {
-    generate: serverStream(tracedStream(generateAttributes(deps.engine), recordRequest, (req, ctx, span) => generateStream(deps, req, ctx, span)), deps.adapter),
-    getModelInfo: unary(async () => ({ model: modelInfo(deps.engine.model, placementOf(deps.engine, deps.limits)) }), deps.adapter),
+    generate: serverStream(tracedStream(generateAttributes(deps.backend), recordRequest, (req, ctx, span) => generateStream(deps, req, ctx, span)), deps.adapter),
+    getModelInfo: unary(async () => ({ model: modelInfo(deps.backend.model, placementOf(deps.backend, deps.limits)) }), deps.adapter),
   };
 }

@@ -6,7 +6,7 @@ import { GREEDY } from '../../shared/engine/sampling';
 import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
-import { startEngine } from '../common/engine';
+import { startInferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../../shared/methods/policy';
@@ -38,7 +38,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     tls.close();
     throw err;
   }
-  const engine = await startEngine(config, log, 'language').catch((err: unknown) => {
+  const backend = await startInferenceBackend(config, log, 'language').catch((err: unknown) => {
     vision.close();
     tls.close();
     throw err;
@@ -46,10 +46,10 @@ export async function startLanguageService(config: Config, options: LanguageServ
   let server: GrpcServer;
   try {
     const implementation = languageHandlers({
-      engine,
+      backend,
       vision,
       limits: config.limits,
-      promptTokens: await loadPromptTokenCounter(config.model.dir, engine.model.manifest, config.limits),
+      promptTokens: await loadPromptTokenCounter(config.model.dir, backend.model.manifest, config.limits),
       adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
     });
     server = new GrpcServer({
@@ -63,7 +63,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   } catch (err) {
     // The pool's worker threads, the channel and the certificate polling would keep a failed start's
     // process alive.
-    await engine.close();
+    await backend.close();
     vision.close();
     tls.close();
     throw err;
@@ -71,15 +71,15 @@ export async function startLanguageService(config: Config, options: LanguageServ
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.
   const warmUp = async (): Promise<void> => {
-    const m = engine.model.manifest;
+    const m = backend.model.manifest;
     const rows = m.vision.num_patches;
     const width = m.language.hidden_size;
     const visual = { embeds: { dtype: 'float32' as const, dims: [rows, width] as [number, number], data: new Float32Array(rows * width) }, origin: Int32Array.from({ length: rows }, (_, i) => i) };
     const sampling = { ...GREEDY, maxNewTokens: 2 };
-    await engine.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+    await backend.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   log.info('vision target', { target: target.configured, tls: tls.visionChannel !== null });
-  const running = await serve(server, engine, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
+  const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
     vision.close();
     tls.close();
     throw err;

@@ -11,7 +11,7 @@ import { chunkBytes, tensorMessages, type WireTokens } from '../common/tensor-st
 import { modelInfo, placementOf, type AdvertisedLimits } from '../common/model-info';
 import { validateEncode, type RequestLimitsConfig } from '../common/validate';
 import { flopsToWire, roundMs, visionScheduleToWire } from '../common/wire';
-import type { ServiceEngine } from '../common/engine';
+import type { InferenceBackend } from '../common/inference-backend';
 import type { Span } from '@opentelemetry/api';
 import { ATTR_VLM_DEVICE, ATTR_VLM_DTYPE, ATTR_VLM_MODEL_ID, ATTR_VLM_PROVIDER, ATTR_VLM_TOKENS_OUT, SpanName } from '../../shared/telemetry/names';
 import { tracedSend, tracedStream } from '../../shared/telemetry/traced-stream';
@@ -19,7 +19,7 @@ import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordEncode, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 
 export interface VisionHandlerDeps {
-  readonly engine: ServiceEngine;
+  readonly backend: InferenceBackend;
   readonly limits: RequestLimitsConfig & AdvertisedLimits;
   /** Configured rows per chunk (0: about 1 MiB); a request may ask for fewer or more. */
   readonly rowsPerChunk: number;
@@ -43,10 +43,10 @@ function recordEncodeTelemetry(span: Span, result: EncodeResult): void {
 }
 
 export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
-  const { engine } = deps;
-  const manifest = engine.model.manifest;
+  const { backend } = deps;
+  const manifest = backend.model.manifest;
   return {
-    encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: engine.provider, [ATTR_VLM_DEVICE]: engine.device }, recordEncode, async function* (req, ctx, span) {
+    encode: serverStream(tracedStream({ [ATTR_VLM_MODEL_ID]: manifest.model_id, [ATTR_VLM_PROVIDER]: backend.provider, [ATTR_VLM_DEVICE]: backend.device }, recordEncode, async function* (req, ctx, span) {
       const valid = validateEncode(req, deps.limits);
       span.setAttributes(policyAttributes(valid.policy));
       const expected = ctx.metadata.get(EXPECTED_MODEL_KEY)[0];
@@ -56,7 +56,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         throw new VlmError('FAILED_PRECONDITION', `this vision service runs ${manifest.model_id} (${manifest.content_hash}), not ${expected}`, { reason: 'MODEL_MISMATCH' });
       }
       const started = performance.now();
-      const result = await engine.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
+      const result = await backend.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
       const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
       const header = {
         modelId: manifest.model_id,
@@ -70,6 +70,6 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
       yield* tracedSend(messages, { [ATTR_VLM_DTYPE]: manifest.io_dtype }, chunkBytes);
     }), deps.adapter),
 
-    getModelInfo: unary(async () => ({ model: modelInfo(engine.model, placementOf(engine, deps.limits)) }), deps.adapter),
+    getModelInfo: unary(async () => ({ model: modelInfo(backend.model, placementOf(backend, deps.limits)) }), deps.adapter),
   };
 }

@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { VisionServiceService } from '../../gen/vlm/v1/vision_service';
-import { startEngine, type ServiceEngine } from '../common/engine';
+import { startInferenceBackend, type InferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { visionHandlers } from './handlers';
@@ -42,12 +42,12 @@ export async function startVisionService(config: Config, options: VisionServiceO
   const log = options.log ?? createLogger('vision');
   // TLS files are checked before the model loads: a bad path fails the start at once.
   const tls = serviceTls(config.tls, log, false);
-  const engine: ServiceEngine = await startEngine(config, log, 'vision').catch((err: unknown) => {
+  const backend: InferenceBackend = await startInferenceBackend(config, log, 'vision').catch((err: unknown) => {
     tls.close();
     throw err;
   });
   const implementation = visionHandlers({
-    engine,
+    backend,
     limits: config.limits,
     rowsPerChunk: config.rpc.rowsPerChunk,
     adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
@@ -61,10 +61,10 @@ export async function startVisionService(config: Config, options: VisionServiceO
     ...transportOptions(config, tls.server),
   });
   const warmUp = async (): Promise<void> => {
-    const image = await warmUpImage(engine.model.manifest.preprocess.size, config.limits.maxImagePixels);
-    await engine.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+    const image = await warmUpImage(backend.model.manifest.preprocess.size, config.limits.maxImagePixels);
+    await backend.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
-  const running = await serve(server, engine, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {
+  const running = await serve(server, backend, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {
     tls.close();
     throw err;
   });

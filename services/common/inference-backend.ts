@@ -1,5 +1,5 @@
 /**
- * The core as the services hold it: the InferencePool (worker threads, bounded queue) plus the
+ * The inference backend a service holds: the InferencePool (worker threads, bounded queue) plus the
  * model's facts on the service's own thread, for validation, GetModelInfo and stream checks.
  */
 import { providerName, type Config } from '../../shared/config';
@@ -12,7 +12,7 @@ import { observeQueueDepth, publishInFlightAtZero } from '../../shared/telemetry
 
 export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'checkRoom' | 'stats' | 'close' | 'onAvailability'>;
 
-export interface ServiceEngine {
+export interface InferenceBackend {
   readonly pool: Inference;
   readonly model: ModelFacts;
   /** Provider the sessions run on ("cpu", "cuda", ...). */
@@ -29,7 +29,7 @@ function deviceOf(config: Config, provider: string): string {
   return spec ? providerName(spec) : provider;
 }
 
-export async function startEngine(config: Config, log: Logger, side: ModelSide): Promise<ServiceEngine> {
+export async function startInferenceBackend(config: Config, log: Logger, side: ModelSide): Promise<InferenceBackend> {
   // With eager sessions every worker warms its side, each method included, before it reports ready
   // (replacements too); the service's own warm-up then checks the path end to end.
   const warmUp = config.model.eagerSessions && config.rpc.warmup ? side : undefined;
