@@ -19,7 +19,7 @@ import { languageClient, generateOnce } from '../services/language/client';
 import { coLocatedServiceEnv, packageRoot, parseCommandLine, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { budgetAttribute, methodName } from '../shared/telemetry/policy-attributes';
-import { analyseTraces, summarise, type SpanRecord, type Summary } from '../shared/telemetry/analysis';
+import { analyseTraces, summarise, type GroupReport, type SpanRecord, type Summary } from '../shared/telemetry/analysis';
 import { startTraceReceiver } from '../shared/telemetry/collector';
 import { ATTR_VLM_PROVIDER, ATTR_VLM_REQUEST_ID, SERVICE_LANGUAGE, SERVICE_VISION, SpanName } from '../shared/telemetry/names';
 import { METHOD_PRESETS, type Budget } from '../shared/methods/policy';
@@ -153,8 +153,6 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
     // First calls per method are a warm-up's cost, not the method's.
     VLM_EAGER_SESSIONS: 'true',
   };
-  // The ids sent, to find each trace's policy again (a cleaned id cannot be read back into a name).
-  const policyOfRequest = new Map<string, string>();
   const clientMs = new Map<string, number[]>();
   const outputTokens = new Map<string, number[]>();
   const infeasible = new Map<string, string>();
@@ -186,9 +184,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
       // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
       for (const [i, item] of items.entries()) {
         for (const p of feasible) {
-          const requestId = asRequestId(`bench-${i}-${p.method}`);
-          policyOfRequest.set(requestId, p.method);
-          const r = await ask(p, item, requestId);
+          const r = await ask(p, item, asRequestId(`bench-${i}-${p.method}`));
           (clientMs.get(p.method) ?? clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
           (outputTokens.get(p.method) ?? outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
         }
@@ -207,7 +203,6 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   o.onSpans?.(measured);
   const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
   const { report } = analyseTraces(measured);
-  const reduceSteps = reduceStepsByPolicy(measured, policyOfRequest);
   const budget = String(budgetAttribute(o.budget));
   const rows = policies.map((p): LatencyRow | InfeasibleRow => {
     const reason = infeasible.get(p.method);
@@ -242,10 +237,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
         decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
         queue: round(mean(SERVICE_VISION, SpanName.Queue) + mean(SERVICE_LANGUAGE, SpanName.Queue)),
       },
-      reduce: {
-        vision: reduceSteps(p.method, SERVICE_VISION, group.traces),
-        language: reduceSteps(p.method, SERVICE_LANGUAGE, group.traces),
-      },
+      reduce: { vision: reduceSteps(group, SERVICE_VISION), language: reduceSteps(group, SERVICE_LANGUAGE) },
       outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
     };
   });
@@ -267,30 +259,11 @@ function round(x: number): number {
   return Math.round(x * 10) / 10;
 }
 
-/**
- * The `vlm.reduce` spans of each policy's traces, per service. A trace belongs to the policy whose
- * request id (as this command sent it) one of its spans carries.
- */
-function reduceStepsByPolicy(spans: readonly SpanRecord[], policyOfRequest: ReadonlyMap<string, string>): (policy: string, service: string, requests: number) => ReduceSteps {
-  const policyOf = new Map<string, string>();
-  for (const s of spans) {
-    const id = s.attributes[ATTR_VLM_REQUEST_ID];
-    const policy = typeof id === 'string' ? policyOfRequest.get(id) : undefined;
-    if (policy !== undefined) policyOf.set(s.traceId, policy);
-  }
-  const steps = new Map<string, number[]>();
-  for (const s of spans) {
-    if (s.name !== SpanName.Reduce) continue;
-    const policy = policyOf.get(s.traceId);
-    if (policy === undefined) continue;
-    const key = `${policy} ${s.service}`;
-    const ms = Number(BigInt(s.endTimeUnixNano) - BigInt(s.startTimeUnixNano)) / 1e6;
-    steps.set(key, [...(steps.get(key) ?? []), ms]);
-  }
-  return (policy, service, requests) => {
-    const all = steps.get(`${policy} ${service}`) ?? [];
-    return { stepsPerRequest: round(all.length / Math.max(1, requests)), msPerStep: all.length ? Math.round((all.reduce((a, b) => a + b, 0) / all.length) * 100) / 100 : 0 };
-  };
+/** A service's `vlm.reduce` spans in a policy's traces: steps per request and mean milliseconds per step. */
+function reduceSteps(group: GroupReport, service: string): ReduceSteps {
+  const key = `${service} ${SpanName.Reduce}`;
+  const steps = group.stageCountMean[key] ?? 0;
+  return { stepsPerRequest: round(steps), msPerStep: steps > 0 ? Math.round(((group.stageMean[key] ?? 0) / steps) * 100) / 100 : 0 };
 }
 
 /** "3.41 x 11": mean milliseconds per step and steps per request; "-" without steps. */

@@ -123,6 +123,9 @@ describe('vlm trace report on the hand-made fixture', () => {
     // mean prefill per trace: (10+12+10)/3 and (40+44)/2
     expect(ficoco!.stageMean['vlm-language vlm.prefill']).toBeCloseTo(32 / 3, 9);
     expect(none!.stageMean['vlm-language vlm.prefill']).toBeCloseTo(42, 9);
+    // and how many spans of a stage a trace has: one prefill and two vision layers each
+    expect(ficoco!.stageCountMean['vlm-language vlm.prefill']).toBeCloseTo(1, 9);
+    expect(none!.stageCountMean['vlm-vision vlm.vision.layer']).toBeCloseTo(2, 9);
   });
 });
 

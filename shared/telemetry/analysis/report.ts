@@ -42,6 +42,8 @@ export interface GroupReport {
   /** Mean total and mean self time per trace, by stage key. */
   stageMean: Record<string, number>;
   stageSelfMean: Record<string, number>;
+  /** Mean number of spans per trace, by stage key (e.g. the reduction steps of a method). */
+  stageCountMean: Record<string, number>;
 }
 
 export interface TraceSummary {
@@ -149,14 +151,16 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     .map((g): GroupReport => {
       const stageMean: Record<string, number> = {};
       const stageSelfMean: Record<string, number> = {};
+      const stageCountMean: Record<string, number> = {};
       for (const tree of g.trees) {
         for (const node of tree.ordered) {
           const key = stageKey(node.span);
           stageMean[key] = (stageMean[key] ?? 0) + node.duration / g.trees.length;
           stageSelfMean[key] = (stageSelfMean[key] ?? 0) + node.self / g.trees.length;
+          stageCountMean[key] = (stageCountMean[key] ?? 0) + 1 / g.trees.length;
         }
       }
-      return { method: g.method, budget: g.budget, traces: g.trees.length, endToEnd: summarise(g.trees.map((t) => t.root.duration)), stageMean, stageSelfMean };
+      return { method: g.method, budget: g.budget, traces: g.trees.length, endToEnd: summarise(g.trees.map((t) => t.root.duration)), stageMean, stageSelfMean, stageCountMean };
     })
     .sort((a, b) => (a.method < b.method ? -1 : a.method > b.method ? 1 : budgetOrder(a.budget) - budgetOrder(b.budget)));
 
