@@ -1,9 +1,10 @@
 /**
  * The one way a stage runs. Feeds are checked against the manifest's declared inputs (names, dtype,
  * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them, and this is
- * the only place ORT tensors are converted between float16 and float32: the engine always hands over
+ * the only place feeds and outputs are converted between float16 and float32: the engine hands over
  * and gets back float32, whatever the bundle's io_dtype (the services' hop carries float16 as Uint16
- * bits and converts at its two ends). Outputs named in `keep` stay ORT tensors in their
+ * bits and converts at its two ends; a reduction step combines a kept float16 state in its bits,
+ * HiddenState.combine). Outputs named in `keep` stay ORT tensors in their
  * session dtype (the KV caches) so they can be fed back without a round trip through float32.
  */
 import * as ort from 'onnxruntime-node';
