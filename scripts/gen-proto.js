@@ -20,3 +20,8 @@ if (result.error) {
   process.exit(1);
 }
 if (result.status !== 0) process.exit(result.status ?? 1);
+
+// The protos as a FileDescriptorSet with source info: server reflection serves it, so tools that
+// describe the API (grpcurl describe, Postman) show the contract's comments (services/common/reflection.ts).
+const set = spawnSync(buf, ['build', '--as-file-descriptor-set', '-o', path.join('gen', 'descriptors.binpb')], { cwd: root, stdio: 'inherit' });
+if (set.status !== 0) process.exit(set.status ?? 1);

@@ -13,6 +13,7 @@ import { VlmError } from '../shared/errors';
 import { InferencePool } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
 import { failure, policy, RANDOM_BUNDLE, recordingLogger, ROOT, stoppedJob, type LogLine } from './core-helpers';
+import { floatRows, rowsFloat32 } from '../shared/tensor/float-rows';
 
 const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
 /** As many tokens as the random bundle's 256 positions leave after this prompt; it emits no stop token before. */
@@ -40,7 +41,7 @@ describe('InferencePool', () => {
 
   it('moves the visual tokens to the worker when the caller gives them up, and copies them otherwise', async () => {
     const { encode } = await pool.ask(image, 'what color is it?', sampling, policy());
-    const fresh = () => ({ embeds: { ...encode.embeds, data: encode.embeds.data.slice() }, origin: encode.origin });
+    const fresh = () => ({ embeds: floatRows(encode.embeds.dims, encode.embeds.data.slice()), origin: encode.origin });
     const kept = fresh();
     const copied = await pool.generate(kept, 'what color is it?', sampling, policy());
     expect(kept.embeds.data.length).toBe(16 * 48);
@@ -55,8 +56,8 @@ describe('InferencePool', () => {
     expect(pool.stats.busy).toBe(0);
     // A view into a larger buffer is copied even when given up: moving it would take the rest along.
     const larger = new Float32Array(2 * 16 * 48);
-    larger.set(encode.embeds.data, 16 * 48);
-    const view = { embeds: { ...encode.embeds, data: larger.subarray(16 * 48) }, origin: encode.origin };
+    larger.set(rowsFloat32(encode.embeds), 16 * 48);
+    const view = { embeds: floatRows(encode.embeds.dims, larger.subarray(16 * 48)), origin: encode.origin };
     expect((await pool.generate(view, 'what color is it?', sampling, policy(), { transferVisual: true })).text).toBe(copied.text);
     expect(larger.length).toBe(2 * 16 * 48);
   });

@@ -22,6 +22,7 @@ import {
   type Manifest,
 } from '../scripts/validate-k8s';
 import { SHUTDOWN_FLUSH_MS } from '../shared/telemetry/sdk';
+import { bindLoopback } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const K8S = path.join(ROOT, 'k8s');
@@ -409,7 +410,7 @@ describe('development TLS certificates (k8s/tls/make-dev-certs.sh)', () => {
     const server = new grpc.Server();
     new HealthImplementation({ '': 'SERVING' }).addToServer(server);
     const credentials = grpc.ServerCredentials.createSsl(pem('ca.crt'), [{ cert_chain: pem('vision-server.crt'), private_key: pem('vision-server.key') }], true);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', credentials, (err, p) => (err ? reject(err) : resolve(p))));
+    const port = await bindLoopback(server, credentials);
     const Health = grpc.makeGenericClientConstructor(service, 'Health');
     const check = (clientCreds: InstanceType<typeof grpc.ChannelCredentials>): Promise<string> =>
       new Promise((resolve) => {

@@ -12,7 +12,7 @@ import { loadBundle } from '../shared/bundle';
 import { createLogger } from '../shared/log';
 import { ProviderChain } from '../shared/onnx/providers';
 import { startVisionService } from '../services/vision/server';
-import { failure, RANDOM_BUNDLE } from './core-helpers';
+import { failure, RANDOM_BUNDLE, recordingLogger, type LogLine } from './core-helpers';
 
 const log = createLogger('test');
 const GRAPH = path.join(RANDOM_BUNDLE, 'vision/projector.onnx');
@@ -51,6 +51,23 @@ describe('execution provider start-up', () => {
     expect(e.message).toMatch(/on cuda:0: out of memory .*not falling back/);
     expect(spy).toHaveBeenCalledTimes(1); // the CPU was never tried
     expect(chain.active).toBeUndefined();
+  });
+  it('out of memory opening a later graph on the pinned provider: RESOURCE_EXHAUSTED naming the graph, the runtime text only in the log', async () => {
+    const lines: LogLine[] = [];
+    const chain = new ProviderChain(configFrom({ provider: 'cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, recordingLogger(lines, 'providers'));
+    await chain.open(GRAPH);
+    const ORT_TEXT = '/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 Failed to allocate memory for requested buffer of size 48098560';
+    const spy = vi.spyOn(ort.InferenceSession, 'create').mockRejectedValue(new Error(ORT_TEXT));
+    try {
+      const e = await failure(chain.open(path.join(RANDOM_BUNDLE, 'vision/layer_00.attn.onnx')));
+      expect(e.code).toBe('RESOURCE_EXHAUSTED');
+      expect(e.reason).toBe('OUT_OF_MEMORY');
+      expect(e.message).toBe('graph vision/layer_00.attn could not be opened on cpu: out of memory (the request needs more than is free now)');
+      expect((e.cause as Error).message).toBe(ORT_TEXT);
+      expect(lines.find((l) => l.msg === 'session open ran out of memory')).toMatchObject({ provider: 'cpu', error: ORT_TEXT });
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
 

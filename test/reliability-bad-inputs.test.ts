@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:http2';
 import * as path from 'node:path';
-import { credentials, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { credentials, Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
@@ -21,7 +21,7 @@ import { HOP_RETRIES } from '../services/language/vision-client';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
-import { collect, healthStatus } from './service-helpers';
+import { bindLoopback, collect, healthStatus } from './service-helpers';
 import { ask, pairConfig, rawGenerate, request, ROOT, shapesImage, type Outcome } from './reliability-helpers';
 import { seededRandom } from '../shared/methods/numeric';
 
@@ -210,7 +210,7 @@ describe('bad and unusual inputs through the real pair', () => {
         },
         getModelInfo: (_call: unknown, cb: (e: null, r: object) => void) => cb(null, {}),
       });
-      const port = await new Promise<number>((resolve, reject) => fake.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const port = await bindLoopback(fake);
       front = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       frontClient = new LanguageServiceClient(front.address, credentials.createInsecure());
     });

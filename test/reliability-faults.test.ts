@@ -14,7 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { credentials, Metadata, Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLanguageService } from '../services/language/server';
@@ -24,7 +24,7 @@ import { healthOf } from '../services/common/health-client';
 import { decodeStatusDetails } from '../services/common/status';
 import { EncodeResponse, VisionServiceClient, VisionServiceService, type EncodeRequest } from '../gen/vlm/v1/vision_service';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
-import { collect, eventually, metadataWith } from './service-helpers';
+import { bindLoopback, collect, eventually, metadataWith } from './service-helpers';
 import { ask, BUNDLE, pairConfig, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
 import { stoppedJob } from './core-helpers';
 import { freePort } from '../cli/free-port';
@@ -177,7 +177,7 @@ describe('faults across the hop', () => {
 
     it('without Encode (an older or other service on the target): UNAVAILABLE MODEL_MISMATCH naming the skew, not UNIMPLEMENTED for the caller', async () => {
       const other = new Server();
-      const port = await new Promise<number>((resolve, reject) => other.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const port = await bindLoopback(other);
       const skewed = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       const skewedClient = new LanguageServiceClient(skewed.address, credentials.createInsecure());
       try {
@@ -201,7 +201,7 @@ describe('faults across the hop', () => {
         call.on('cancelled', () => cancelled++);
       };
       stalled.addService(VisionServiceService, { encode, getModelInfo: () => undefined });
-      const port = await new Promise<number>((resolve, reject) => stalled.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const port = await bindLoopback(stalled);
       const slow = await startLanguageService(pairConfig({ visionTarget: `127.0.0.1:${port}` }), { port: 0 });
       const slowClient = new LanguageServiceClient(slow.address, credentials.createInsecure());
       try {

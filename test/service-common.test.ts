@@ -4,7 +4,7 @@
  * interceptors, health, reflection and the graceful stop. The handlers here are small generators
  * written for the test; the services' own handlers are tested in service-pair.test.ts.
  */
-import { credentials, Metadata, Server, ServerCredentials, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
@@ -20,7 +20,11 @@ import {
   type EncodeResponse,
   type VisionServiceServer,
 } from '../gen/vlm/v1/vision_service';
-import { collect, eventually, healthClient, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+import { bindLoopback, collect, eventually, healthClient, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+import { recordingLogger, type LogLine } from './core-helpers';
+import { filesWithImports, reflectionDefinition } from '../services/common/reflection';
+import { fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 
 const log = createLogger('test');
 const CHUNK_BYTES = 1 << 20;
@@ -131,6 +135,18 @@ describe('the service shell over loopback gRPC', () => {
   it('lists the API, health and reflection through server reflection', async () => {
     const names = await reflectedServices(address);
     expect(names).toEqual(expect.arrayContaining(['vlm.v1.VisionService', 'grpc.health.v1.Health']));
+  });
+
+  it('still describes the API, without comments and with a warning, when the built descriptor set is missing', () => {
+    const lines: LogLine[] = [];
+    const def = reflectionDefinition(['vlm/v1/vision_service.proto'], recordingLogger(lines, 'server'), '/nonexistent/descriptors.binpb');
+    const names = Object.values(def).flatMap((d) => ((d as { fileDescriptorProtos?: Buffer[] }).fileDescriptorProtos ?? []).map((b) => fromBinary(FileDescriptorProtoSchema, b).name));
+    expect(new Set(names)).toEqual(new Set(['vlm_v1.proto', 'grpc_health_v1.proto']));
+    expect(lines).toEqual([expect.objectContaining({ level: 'warn', msg: 'reflection serves the API without its comments', reason: expect.stringContaining('/nonexistent/descriptors.binpb does not exist') })]);
+  });
+
+  it('refuses to describe an import the descriptor set lacks, naming it', () => {
+    expect(() => filesWithImports([], ['vlm/v1/vision_service.proto'])).toThrow('vlm/v1/vision_service.proto is not in the descriptor set');
   });
 
   it('streams 32 MiB to a slow reader in order, waiting for drain instead of buffering', async () => {
@@ -347,7 +363,7 @@ describe('graceful stop', () => {
     const admission = new Admission();
     const server = new Server({ interceptors: [admission.interceptor()] });
     server.addService(VisionServiceService, { encode: serverStream(behaviour, { log, defaultDeadlineMs: 30_000 }), getModelInfo: unary(async () => ({ model: undefined }), { log, defaultDeadlineMs: 30_000 }) });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const port = await bindLoopback(server);
     const client = new VisionServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
     try {
       expect((await collect(encode(client, 0))).error).toBeNull();

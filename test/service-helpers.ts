@@ -4,8 +4,10 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { credentials, loadPackageDefinition, Metadata, type ChannelOptions, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, loadPackageDefinition, Metadata, ServerCredentials, type ChannelOptions, type Server, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
+import { fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { running } from '../cli/child-running';
 
@@ -30,8 +32,13 @@ export function healthStatus(address: string, service = ''): Promise<string> {
   });
 }
 
-/** Service names the server lists through reflection v1. */
-export function reflectedServices(address: string): Promise<string[]> {
+/** Binds a test server to a free loopback port; resolves to the port. */
+export function bindLoopback(server: Pick<Server, 'bindAsync'>, serverCredentials: ServerCredentials = ServerCredentials.createInsecure()): Promise<number> {
+  return new Promise((resolve, reject) => server.bindAsync('127.0.0.1:0', serverCredentials, (err, port) => (err ? reject(err) : resolve(port))));
+}
+
+/** One request on a reflection v1 stream, as grpcurl makes it; resolves to the response. */
+function reflect<T>(address: string, request: Record<string, unknown>): Promise<T> {
   const file = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
   const def = loadSync(file, { keepCase: true });
   const pkg = loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: Ctor } } } };
@@ -40,14 +47,32 @@ export function reflectedServices(address: string): Promise<string[]> {
   };
   return new Promise((resolve, reject) => {
     const call = client.ServerReflectionInfo();
-    call.on('data', (res: { list_services_response?: { service: Array<{ name: string }> } }) => {
-      resolve((res.list_services_response?.service ?? []).map((s) => s.name));
+    call.on('data', (res: T) => {
+      resolve(res);
       call.end();
       client.close();
     });
     call.on('error', reject);
-    call.write({ list_services: '' });
+    call.write(request);
   });
+}
+
+/** Service names the server lists through reflection v1. */
+export async function reflectedServices(address: string): Promise<string[]> {
+  const res = await reflect<{ list_services_response?: { service: Array<{ name: string }> } }>(address, { list_services: '' });
+  return (res.list_services_response?.service ?? []).map((s) => s.name);
+}
+
+/** The files reflection returns for a symbol (the one declaring it, then what it imports), decoded. */
+export async function reflectedFiles(address: string, symbol: string): Promise<FileDescriptorProto[]> {
+  const res = await reflect<{ file_descriptor_response?: { file_descriptor_proto: Buffer[] }; error_response?: { error_message: string } }>(address, { file_containing_symbol: symbol });
+  if (!res.file_descriptor_response) throw new Error(`reflection: ${res.error_response?.error_message}`);
+  return res.file_descriptor_response.file_descriptor_proto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
+}
+
+/** The leading comment of a declaration, found by its source path (e.g. [6, 0] the first service). */
+export function leadingComment(file: FileDescriptorProto, sourcePath: readonly number[]): string | undefined {
+  return file.sourceCodeInfo?.location.find((l) => l.path.length === sourcePath.length && l.path.every((p, i) => p === sourcePath[i]))?.leadingComments;
 }
 
 /** Reads a server stream to its end: the messages, then the status error (or null for OK). */

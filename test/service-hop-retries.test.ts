@@ -4,12 +4,13 @@
  * whole call only when it failed after data had arrived, which grpc-js cannot retry. A replica set
  * that is down therefore sees 3 attempts per request, not 3 x 3, and other failures are not retried.
  */
-import { Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ByteOrder, ElementType } from '../gen/vlm/v1/common';
 import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { VlmError } from '../shared/errors';
 import { failure } from './core-helpers';
+import { bindLoopback } from './service-helpers';
 import { VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { statusObject } from '../services/common/status';
@@ -43,7 +44,7 @@ async function fakeVision(behaviour: Behaviour): Promise<{ calls: () => number }
     },
     getModelInfo: () => undefined,
   });
-  const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  const port = await bindLoopback(server!);
   client = new VisionClient({ target: parseVisionTarget(`127.0.0.1:${port}`), authToken: null, maxRequestBytes: 32 << 20 });
   return { calls: () => calls };
 }

@@ -25,7 +25,8 @@ import { ReductionPolicy as WirePolicy, SamplingParams, type ModelInfo } from '.
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import type { Logger } from '../shared/log';
-import { collect, eventually, healthStatus, metadataWith, reflectedServices, sleep } from './service-helpers';
+import { collect, eventually, healthStatus, metadataWith, reflectedServices, reflectedFiles, leadingComment, sleep } from './service-helpers';
+import type { FileDescriptorProto } from '@bufbuild/protobuf/wkt';
 import { recordingLogger, stoppedJob, type LogLine } from './core-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -123,8 +124,22 @@ describe('the service pair on loopback', () => {
     for (const svc of [vision, language]) {
       expect(await healthStatus(svc.address)).toBe('SERVING');
     }
-    expect(await reflectedServices(language.address)).toContain('vlm.v1.LanguageService');
-    expect(await reflectedServices(vision.address)).toContain('vlm.v1.VisionService');
+    expect((await reflectedServices(language.address)).sort()).toEqual(['grpc.health.v1.Health', 'vlm.v1.LanguageService']);
+    expect((await reflectedServices(vision.address)).sort()).toEqual(['grpc.health.v1.Health', 'vlm.v1.VisionService']);
+  });
+
+  it('describes the API through reflection by its real files, with the contract comments (what grpcurl describe shows)', async () => {
+    const files = await reflectedFiles(language.address, 'vlm.v1.LanguageService.Generate');
+    expect(files.map((f) => f.name)).toEqual(['vlm/v1/language_service.proto', 'vlm/v1/common.proto']);
+    const [service, common] = files as [FileDescriptorProto, FileDescriptorProto];
+    // [6, 0]: the file's first service; [6, 0, 2, 0]: its first method; [4, i]: message i.
+    expect(leadingComment(service, [6, 0])).toMatch(/^ Answers a question about an image\..*\n Status codes: INVALID_ARGUMENT/s);
+    expect(leadingComment(service, [6, 0, 2, 0])).toBeTruthy();
+    expect(common.messageType.length).toBeGreaterThan(0);
+    const visionFiles = await reflectedFiles(vision.address, 'vlm.v1.VisionService');
+    expect(leadingComment(visionFiles[0]!, [6, 0])).toMatch(/^ Encodes images into \(reduced, projected\) visual tokens/);
+    // another service's symbols are not described by this one
+    await expect(reflectedFiles(vision.address, 'vlm.v1.LanguageService')).rejects.toThrow(/not found|LanguageService/i);
   });
 
   it('describes the same model on both sides through GetModelInfo', async () => {

@@ -6,16 +6,14 @@
  *   -> wait for calls in flight (up to the grace period) -> forceShutdown if they do not finish.
  * Sessions are disposed by the owner after stop() resolves.
  */
-import * as path from 'node:path';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
-import { hostPort, packageRoot, type Config } from '../../shared/config';
+import { hostPort, type Config } from '../../shared/config';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
+import { reflectionDefinition } from './reflection';
 import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
@@ -75,7 +73,7 @@ export class GrpcServer {
     this.setServing(false);
     this.server.addService(lenientDefinition(options.definition), options.implementation);
     this.health.addToServer(this.server);
-    new ReflectionService(reflectionDefinition(options.protoFiles)).addToServer(this.server);
+    new ReflectionService(reflectionDefinition(options.protoFiles, options.log)).addToServer(this.server);
   }
 
   /** Binds and starts; resolves to the bound port (useful with port 0). */
@@ -159,16 +157,6 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
       clearTimeout(timer);
       resolve(true);
     });
-  });
-}
-
-/** The descriptors reflection serves: our protos (loaded dynamically from proto/) and health. */
-function reflectionDefinition(protoFiles: readonly string[]): ReturnType<typeof loadSync> {
-  const protoRoot = path.join(packageRoot(), 'proto');
-  return loadSync([...protoFiles, healthProtoPath], {
-    includeDirs: [protoRoot, path.dirname(healthProtoPath)],
-    keepCase: true,
-    defaults: false,
   });
 }
 

@@ -5,7 +5,7 @@
  * prefill and decode in the pool, streaming deltas -> the final message.
  */
 import * as path from 'node:path';
-import { toFloat32 } from '../../shared/tensor/fp16';
+import { floatRows } from '../../shared/tensor/float-rows';
 import type { Manifest } from '../../shared/bundle/manifest';
 import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
 import type { VisualTokens, GenerateResult } from '../../shared/engine';
@@ -90,10 +90,9 @@ export function expectationOf(backend: InferenceBackend, vision: VisionSchedule)
   };
 }
 
-/** The engine takes float32 rows; a float16 hop is widened here. */
+/** The engine takes the rows in the hop's dtype: a float16 hop goes to the decoder's first layer as bits. */
 function coreTokens(t: WireTokens): VisualTokens {
-  const data = t.dtype === 'float32' ? t.data : toFloat32(t.data);
-  return { embeds: { dtype: 'float32', dims: [t.rows, t.width], data }, origin: t.origin };
+  return { embeds: floatRows([t.rows, t.width], t.data), origin: t.origin };
 }
 
 /** Judged here, before the hop: a bad policy must not cost an encode. Returns the vision schedule the hop must bring. */

@@ -1,7 +1,7 @@
 /**
  * VisionService handlers: validate, encode with the core, stream header -> chunks -> summary.
  */
-import { toFloat16 } from '../../shared/tensor/fp16';
+import { rowsIn, type FloatDType } from '../../shared/tensor/float-rows';
 import { VlmError } from '../../shared/errors';
 import { EXPECTED_MODEL_KEY } from '../common/call-metadata';
 import type { EncodeResult } from '../../shared/engine';
@@ -26,11 +26,11 @@ export interface VisionHandlerDeps {
   readonly adapter: AdapterDeps;
 }
 
-/** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop). */
-function wireTokens(result: EncodeResult, ioDtype: 'float32' | 'float16'): WireTokens {
-  const [rows, width] = result.embeds.dims;
-  const typed = ioDtype === 'float16' ? { dtype: 'float16' as const, data: toFloat16(result.embeds.data) } : { dtype: 'float32' as const, data: result.embeds.data };
-  return { rows, width, ...typed, origin: result.origin, size: result.size };
+/** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop); the projector already gives them so. */
+function wireTokens(result: EncodeResult, ioDtype: FloatDType): WireTokens {
+  const embeds = rowsIn(result.embeds, ioDtype);
+  const [rows, width] = embeds.dims;
+  return { rows, width, ...(embeds.dtype === 'float16' ? { dtype: 'float16', data: embeds.data } : { dtype: 'float32', data: embeds.data }), origin: result.origin, size: result.size };
 }
 
 /** Stage latencies and the visual tokens leaving the projector, as metrics and on the request span. */

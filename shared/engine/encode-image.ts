@@ -24,14 +24,15 @@ import { getVisionReducer } from '../methods/registry';
 import type { TokenMeta, VisionSchedule } from '../methods/types';
 import { emptyFlops, projectorFlops, visionAttnFlops, visionEmbedFlops, visionMlpFlops, visionScoresFlops, type StageFlops } from '../flops/flops';
 import type { F32Tensor } from '../tensor/host-tensor';
+import type { FloatRows } from '../tensor/float-rows';
 import { checkContinue, type RunContext } from './context';
 import type { LoadedModel } from './model';
 import { VisionStageRunner } from './vision-runner';
 
 /** Projected visual tokens, as the language side takes them. */
 export interface VisualTokens {
-  /** [N, Dl] float32. */
-  readonly embeds: { readonly dtype: 'float32'; readonly dims: readonly [number, number]; readonly data: Float32Array };
+  /** [N, Dl] in the projector's dtype (the bundle's io_dtype; float16 as bits, never widened on the way to the decoder). */
+  readonly embeds: FloatRows;
   /** Original patch index of each row's main source; -2 for a synthesised token. */
   readonly origin: Int32Array;
 }
@@ -130,7 +131,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
   // LLaVA drops sequence position 0 (select_feature='patch'), whatever token sits there.
   const drop = m.vision.class_token ? 1 : 0;
   const N = runner.tokens - drop;
-  const embeds: F32Tensor = await withSpan(SpanName.Project, { ...attrs, [ATTR_VLM_TOKENS_IN]: N }, async (span) => {
+  const embeds = await withSpan(SpanName.Project, { ...attrs, [ATTR_VLM_TOKENS_IN]: N }, async (span) => {
     flops.projector += projectorFlops(m, N);
     span.setAttribute(ATTR_VLM_FLOPS, flops.projector);
     return runner.project(drop);
@@ -138,7 +139,7 @@ export async function encodePixels(model: LoadedModel, pixelValues: F32Tensor, p
   const projectMs = performance.now() - t0;
 
   return {
-    embeds: { dtype: 'float32', dims: [N, m.language.hidden_size], data: embeds.data },
+    embeds,
     origin: tokens.origin.slice(drop),
     size: tokens.size.slice(drop),
     schedule,

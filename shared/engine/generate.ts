@@ -34,6 +34,7 @@ import type { LanguageSchedule, LanguageStep, Matrix, Span } from '../methods/ty
 import { emptyFlops, headFlops, languageAttnFlops, languageMlpFlops, languageScoresFlops, type StageFlops } from '../flops/flops';
 import { batched } from '../tensor/host-tensor';
 import { firstSourceValues } from '../tensor/rows';
+import { concatRows, rowsIn, rowsMatrix, sliceRows } from '../tensor/float-rows';
 import { assemblePrompt, DeltaDecoder } from '../tokenizer/tokenizer';
 import { checkContinue, type RunContext } from './context';
 import type { VisualTokens } from './encode-image';
@@ -75,18 +76,6 @@ function checkVisual(model: LoadedModel, visual: VisualTokens): void {
   if (visual.origin.length !== N) throw VlmError.invalid('visual.origin', `has ${visual.origin.length} entries for ${N} rows`);
 }
 
-function concatRows(parts: readonly Matrix[]): Matrix {
-  const cols = parts[0]!.cols;
-  const rows = parts.reduce((n, p) => n + p.rows, 0);
-  const data = new Float32Array(rows * cols);
-  let at = 0;
-  for (const p of parts) {
-    data.set(p.data.subarray(0, p.rows * cols), at);
-    at += p.rows * cols;
-  }
-  return { rows, cols, data };
-}
-
 function range(n: number): Int32Array {
   const out = new Int32Array(n);
   for (let i = 0; i < n; i++) out[i] = i;
@@ -124,15 +113,19 @@ export async function generate(
   let t0 = performance.now();
   await withSpan(SpanName.Prefill, { ...attrs, [ATTR_VLM_TOKENS_IN]: promptTokens }, async (span) => {
     const text = await runner.embed([...prompt.prefix, ...prompt.suffix]);
-    const prefixRows: Matrix = { rows: prompt.prefix.length, cols: text.cols, data: text.data.subarray(0, prompt.prefix.length * text.cols) };
-    const suffixRows: Matrix = { rows: prompt.suffix.length, cols: text.cols, data: text.data.subarray(prompt.prefix.length * text.cols) };
-    const embeds = concatRows([prefixRows, { rows: N, cols: visual.embeds.dims[1], data: visual.embeds.data }, suffixRows]);
+    const P = prompt.prefix.length;
+    // In the embedding graph's dtype: visual rows from the hop already are (a caller's float32 rows on a float16 bundle are converted once here).
+    const embeds = concatRows([sliceRows(text, 0, P), rowsIn(visual.embeds, text.dtype), sliceRows(text, P, text.dims[0] - P)]);
     let image: Span = { start: prompt.imageStart, length: N };
     const state: Record<string, unknown> = {};
-    ctx.tap?.('language/input:embeds', batched(embeds));
-    reducer.prepare?.({ embeds, image }, schedule, options, state);
+    if (ctx.tap) ctx.tap('language/input:embeds', batched(rowsMatrix(embeds)));
+    if (reducer.prepare) {
+      let values: Matrix | undefined;
+      // Decoded to float32 only for a method that reads the embeddings (SparseVLM's raters).
+      reducer.prepare({ get embeds() { return (values ??= rowsMatrix(embeds)); }, image }, schedule, options, state);
+    }
     runner.setHidden(embeds);
-    let positions = range(embeds.rows);
+    let positions = range(embeds.dims[0]);
 
     const applyStep = async (step: LanguageStep, layer: number): Promise<void> => {
       checkContinue(ctx);

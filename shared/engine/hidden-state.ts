@@ -9,6 +9,7 @@ import type { Feed, Resident } from '../onnx/run-stage';
 import { residentToHost } from '../onnx/run-stage';
 import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
 import { float16Bits } from '../tensor/fp16';
+import type { FloatRows } from '../tensor/float-rows';
 import { combineRows, combineSpan } from '../tensor/rows';
 import type { Span, TokenCombination } from '../methods/types';
 
@@ -28,6 +29,12 @@ export class HiddenState {
 
   static fromResident(t: Resident): HiddenState {
     return new HiddenState(t, undefined);
+  }
+
+  /** A [N, D] block as the [1, N, D] state: float16 bits become the resident tensor as they are. */
+  static fromRows(r: FloatRows): HiddenState {
+    const dims = [1, r.dims[0], r.dims[1]];
+    return r.dtype === 'float16' ? HiddenState.fromResident(new ort.Tensor('float16', r.data, dims)) : HiddenState.fromHost(f32(dims, r.data));
   }
 
   get dims(): readonly number[] {

@@ -7,8 +7,9 @@ import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage, type Manifest } from '../bundle/manifest';
 import type { Matrix, Span, TokenCombination } from '../methods/types';
-import { residentToHost, runStage, type Feed, type Resident } from '../onnx/run-stage';
-import { asMatrix, batched, i64, type I64Tensor } from '../tensor/host-tensor';
+import { residentRows, residentToHost, runStage, type Feed, type Resident } from '../onnx/run-stage';
+import type { FloatRows } from '../tensor/float-rows';
+import { asMatrix, i64, type I64Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
 import { createKvCaches, type KvCaches } from './kv-cache';
 import { checkCombination } from '../tensor/rows';
@@ -29,17 +30,18 @@ export class LanguageStageRunner {
     this.caches = createKvCaches(manifest, decodeRows);
   }
 
-  /** Embeddings of token ids: [n, Dl]. */
-  async embed(ids: readonly number[]): Promise<Matrix> {
+  /** Embeddings of token ids: [n, Dl] in the graph's dtype (float16 as bits). */
+  async embed(ids: readonly number[]): Promise<FloatRows> {
     const name = 'language/embed';
-    const out = await runStage(await this.stages.get(name), { input_ids: i64([1, ids.length], ids) });
-    const t = out.host.embeds!;
-    this.ctx.tap?.(`${name}:embeds`, t);
-    return asMatrix(t);
+    const out = await runStage(await this.stages.get(name), { input_ids: i64([1, ids.length], ids) }, { keep: ['embeds'] });
+    const t = out.kept.embeds!;
+    if (this.ctx.tap) this.ctx.tap(`${name}:embeds`, residentToHost(`${name}:embeds`, t));
+    return residentRows(`${name}:embeds`, t);
   }
 
-  setHidden(m: Matrix): void {
-    this.hidden = HiddenState.fromHost(batched(m));
+  /** The sequence's layer-0 input, held in its own dtype (a float16 block is fed to the first layer as it is). */
+  setHidden(rows: FloatRows): void {
+    this.hidden = HiddenState.fromRows(rows);
   }
 
   hiddenMatrix(): Matrix {

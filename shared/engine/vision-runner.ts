@@ -9,7 +9,8 @@ import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage } from '../bundle/manifest';
 import type { Matrix, TokenCombination } from '../methods/types';
-import { runStage, type Feed } from '../onnx/run-stage';
+import { residentRows, residentToHost, runStage, type Feed } from '../onnx/run-stage';
+import type { FloatRows } from '../tensor/float-rows';
 import { asMatrix, f32, type F32Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
 import { checkCombination } from '../tensor/rows';
@@ -79,11 +80,15 @@ export class VisionStageRunner {
     this.hidden = await this.run(layerStage('vision', layer, 'mlp'), { hidden_in: this.current().feed() }, 'hidden_out');
   }
 
-  /** Drops the first `drop` rows (LLaVA's select_feature='patch') and runs the projector: [1, N, Dl]. */
-  async project(drop: number): Promise<F32Tensor> {
+  /** Drops the first `drop` rows (LLaVA's select_feature='patch') and runs the projector: [N, Dl] in the graph's dtype. */
+  async project(drop: number): Promise<FloatRows> {
     const h = this.current();
     const features = h.rows(drop, this.tokens - drop);
-    return (await this.run('vision/projector', { features }, 'embeds')).host();
+    const name = 'vision/projector';
+    const out = await runStage(await this.stages.get(name), { features }, { outputs: ['embeds'], keep: ['embeds'] });
+    const embeds = out.kept.embeds!;
+    if (this.ctx.tap) this.ctx.tap(`${name}:embeds`, residentToHost(`${name}:embeds`, embeds));
+    return residentRows(`${name}:embeds`, embeds);
   }
 
   private current(): HiddenState {

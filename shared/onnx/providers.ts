@@ -6,6 +6,7 @@
  * stages would move every hidden state across devices).
  */
 import * as ort from 'onnxruntime-node';
+import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
 import type { Logger } from '../log';
@@ -79,7 +80,13 @@ export class ProviderChain {
         const message = (err as Error).message;
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
-        if (this.pinned) throw isOutOfMemory(message) ? new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS }) : new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
+        if (this.pinned) {
+          if (!isOutOfMemory(message)) throw new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
+          // A lazily opened graph fails inside a caller's request: the runtime's text (allocator,
+          // sizes, source paths) and the server's paths go to the log, not into the caller's status.
+          this.log.warn('session open ran out of memory', { graph: modelPath, provider: name, error: message });
+          throw new VlmError('RESOURCE_EXHAUSTED', `graph ${graphName(modelPath)} could not be opened on ${name}: out of memory (the request needs more than is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
+        }
         // Out of memory says the device works but is full (another worker or process shares it):
         // falling on to the next provider would pin this worker to the CPU for good while its
         // service goes on advertising the GPU. Failing lets the start be retried once memory frees.
@@ -94,6 +101,11 @@ export class ProviderChain {
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
     throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
   }
+}
+
+/** The graph as the bundle names it (`vision/layer_00.attn`), without the server's directories. */
+function graphName(modelPath: string): string {
+  return path.relative(path.dirname(path.dirname(modelPath)), modelPath).replace(/\.onnx$/, '').split(path.sep).join('/');
 }
 
 /** A list without the CPU never falls back to it by itself; name the explicit way to ask for that. */

@@ -2,16 +2,18 @@
  * The one way a stage runs. Feeds are checked against the manifest's declared inputs (names, dtype,
  * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them, and this is
  * the only place feeds and outputs are converted between float16 and float32: the engine hands over
- * and gets back float32, whatever the bundle's io_dtype (the services' hop carries float16 as Uint16
- * bits and converts at its two ends; a reduction step combines a kept float16 state in its bits,
- * HiddenState.combine). Outputs named in `keep` stay ORT tensors in their
- * session dtype (the KV caches) so they can be fed back without a round trip through float32.
+ * and gets back float32, whatever the bundle's io_dtype. Outputs named in `keep` stay ORT tensors in
+ * their session dtype, so what only moves between graphs is never converted: the residual stream and
+ * the KV caches are fed back as they are, a reduction step combines a float16 state in its bits
+ * (HiddenState.combine), and the projected visual tokens and prompt embeddings stay float16 bits from
+ * the projector over the hop to the decoder's first layer (residentRows, tensor/float-rows.ts).
  */
 import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
 import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
 import { float16Bits, toFloat16, toFloat32 } from '../tensor/fp16';
+import { floatRows, type FloatRows } from '../tensor/float-rows';
 import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 import type { Stage } from './stage';
 
@@ -129,4 +131,14 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
 /** Converts a kept tensor to host float32 (for golden comparisons and the CPU fallback of merges). */
 export function residentToHost(name: string, t: Resident): F32Tensor {
   return toHost(name, t);
+}
+
+/** A kept [1, N, D] (or [N, D]) float output as rows in its own dtype, float16 as bits: no conversion. */
+export function residentRows(name: string, t: Resident): FloatRows {
+  const dims = t.dims.map(Number);
+  const [N, D] = dims.length === 3 && dims[0] === 1 ? [dims[1]!, dims[2]!] : dims.length === 2 ? [dims[0]!, dims[1]!] : [NaN, NaN];
+  if (Number.isNaN(N)) throw new VlmError('INTERNAL', `output ${name} has dims [${dims.join(',')}], expected [1,N,D]`);
+  if (t.type === 'float32') return floatRows([N, D], t.data as Float32Array);
+  if (t.type === 'float16') return floatRows([N, D], float16Bits(t.data as ArrayBufferView));
+  throw new VlmError('INTERNAL', `output ${name} has dtype ${t.type}; the engine reads float outputs only`);
 }

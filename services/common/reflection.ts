@@ -1,0 +1,51 @@
+/**
+ * What server reflection describes. proto-loader's descriptors lose the comments (protobufjs keeps
+ * no source info) and merge a package's files into one `vlm_v1.proto`, so `grpcurl describe` would
+ * show our API without its contract. `npm run gen` has buf write the protos as a FileDescriptorSet
+ * with source info (gen/descriptors.binpb); reflection serves those files, by their real names and
+ * with their comments, and proto-loader's only for grpc.health.v1 (not ours). Without the set (a
+ * tree built without `npm run gen`) it falls back to proto-loader's for everything, with a warning.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, FileDescriptorSetSchema, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
+import { loadSync, type PackageDefinition } from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { packageRoot } from '../../shared/config';
+import type { Logger } from '../../shared/log';
+
+export const DESCRIPTOR_SET_PATH = path.join(packageRoot(), 'gen', 'descriptors.binpb');
+
+const LOADER_OPTIONS = { keepCase: true, defaults: false } as const;
+
+/** `files` and every file they import, each once, serialized (with source info) for reflection. */
+export function filesWithImports(set: readonly FileDescriptorProto[], files: readonly string[]): Uint8Array[] {
+  const byName = new Map(set.map((f) => [f.name, f]));
+  const seen = new Set<string>();
+  const out: Uint8Array[] = [];
+  const visit = (name: string): void => {
+    if (seen.has(name)) return;
+    const file = byName.get(name);
+    if (!file) throw new Error(`${name} is not in the descriptor set`);
+    seen.add(name);
+    out.push(toBinary(FileDescriptorProtoSchema, file));
+    for (const dep of file.dependency) visit(dep);
+  };
+  for (const f of files) visit(f);
+  return out;
+}
+
+/** The definition @grpc/reflection indexes (it reads only each entry's `fileDescriptorProtos`). */
+export function reflectionDefinition(protoFiles: readonly string[], log: Logger, setPath = DESCRIPTOR_SET_PATH): PackageDefinition {
+  const health = loadSync(healthProtoPath, { ...LOADER_OPTIONS, includeDirs: [path.dirname(healthProtoPath)] });
+  try {
+    if (!existsSync(setPath)) throw new Error(`${setPath} does not exist (run npm run gen)`);
+    const set = fromBinary(FileDescriptorSetSchema, readFileSync(setPath)).file;
+    const ours = { fileDescriptorProtos: filesWithImports(set, protoFiles) };
+    return { ...health, [`vlm.reflection:${protoFiles.join(',')}`]: ours } as unknown as PackageDefinition;
+  } catch (err) {
+    log.warn('reflection serves the API without its comments', { reason: (err as Error).message });
+    return { ...health, ...loadSync([...protoFiles], { ...LOADER_OPTIONS, includeDirs: [path.join(packageRoot(), 'proto')] }) };
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * A [rows, cols] block of embeddings in the dtype the graph produced it: float32 values, or float16
+ * as raw bits. The projected visual tokens travel in this form from the projector, over the hop, to
+ * the decoder's first layer, so a float16 bundle never widens them to float32 on the way (on
+ * LLaVA-7B that was four passes over 576 x 4096 values per request).
+ */
+import { VlmError } from '../errors';
+import { toFloat16, toFloat32 } from './fp16';
+import type { Matrix } from '../methods/types';
+
+export type FloatDType = 'float32' | 'float16';
+
+export type FloatRows = { readonly dims: readonly [number, number] } & (
+  | { readonly dtype: 'float32'; readonly data: Float32Array }
+  | { readonly dtype: 'float16'; readonly data: Uint16Array }
+);
+
+export function floatRows(dims: readonly [number, number], data: Float32Array | Uint16Array): FloatRows {
+  if (data.length !== dims[0] * dims[1]) throw new VlmError('INTERNAL', `rows [${dims.join(', ')}] do not match ${data.length} values`);
+  return data instanceof Float32Array ? { dims, dtype: 'float32', data } : { dims, dtype: 'float16', data };
+}
+
+/** The values as float32 (the same array when already float32). */
+export function rowsFloat32(r: FloatRows): Float32Array {
+  return r.dtype === 'float32' ? r.data : toFloat32(r.data);
+}
+
+/** As a float32 matrix, for code that reads values (a method's prepare, a tap). */
+export function rowsMatrix(r: FloatRows): Matrix {
+  return { rows: r.dims[0], cols: r.dims[1], data: rowsFloat32(r) };
+}
+
+/** The rows in `dtype`, converted only when they are in the other one. */
+export function rowsIn(r: FloatRows, dtype: FloatDType): FloatRows {
+  if (r.dtype === dtype) return r;
+  return r.dtype === 'float32' ? { dims: r.dims, dtype: 'float16', data: toFloat16(r.data) } : { dims: r.dims, dtype: 'float32', data: toFloat32(r.data) };
+}
+
+/** Stacks blocks of one dtype and width, copying each once. */
+export function concatRows(parts: readonly FloatRows[]): FloatRows {
+  const first = parts[0];
+  if (!first) throw new VlmError('INTERNAL', 'concatRows of nothing');
+  const cols = first.dims[1];
+  let rows = 0;
+  for (const p of parts) {
+    if (p.dtype !== first.dtype || p.dims[1] !== cols) throw new VlmError('INTERNAL', `concatRows: ${p.dtype}[${p.dims.join(', ')}] beside ${first.dtype}[${first.dims.join(', ')}]`);
+    rows += p.dims[0];
+  }
+  const data = first.dtype === 'float32' ? new Float32Array(rows * cols) : new Uint16Array(rows * cols);
+  let at = 0;
+  for (const p of parts) {
+    data.set(p.data.subarray(0, p.dims[0] * cols), at);
+    at += p.dims[0] * cols;
+  }
+  return floatRows([rows, cols], data);
+}
+
+/** Rows [start, start + count) as a view. */
+export function sliceRows(r: FloatRows, start: number, count: number): FloatRows {
+  const cols = r.dims[1];
+  return floatRows([count, cols], r.data.subarray(start * cols, (start + count) * cols));
+}
