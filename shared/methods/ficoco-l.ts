@@ -124,6 +124,36 @@ function at(S: Matrix, i: number, j: number): number {
   return S.data[i * S.cols + j]!;
 }
 
+/**
+ * out[j] = Σ_{k in [kFrom, kTo)} S[i, k] · S[k, colFrom + j] for j < out.length. Reads S along its
+ * rows, four text rows per pass over out; every sum still adds its terms one by one in k order, so
+ * the result is the same double as the plain column-by-column loop.
+ */
+function indirectRow(S: Matrix, i: number, kFrom: number, kTo: number, colFrom: number, out: Float64Array): void {
+  const s = S.data;
+  const cols = S.cols;
+  const n = out.length;
+  out.fill(0);
+  let k = kFrom;
+  for (; k + 4 <= kTo; k += 4) {
+    const a0 = s[i * cols + k]!, a1 = s[i * cols + k + 1]!, a2 = s[i * cols + k + 2]!, a3 = s[i * cols + k + 3]!;
+    const r0 = k * cols + colFrom, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+    for (let j = 0; j < n; j++) {
+      let v = out[j]!;
+      v += a0 * s[r0 + j]!;
+      v += a1 * s[r1 + j]!;
+      v += a2 * s[r2 + j]!;
+      v += a3 * s[r3 + j]!;
+      out[j] = v;
+    }
+  }
+  for (; k < kTo; k++) {
+    const a = s[i * cols + k]!;
+    const r = k * cols + colFrom;
+    for (let j = 0; j < n; j++) out[j] = out[j]! + a * s[r + j]!;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // exact
 
@@ -136,10 +166,11 @@ function reduceExact(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   // FILTER: 0.6·Σ_j S_vv (a sum, diagonal included) − 0.4·mean_k S_vt; row 0 protected.
   const red = new Float64Array(V);
   for (let i = 0; i < V; i++) {
+    const row = S.data.subarray(i * S.cols, (i + 1) * S.cols);
     let vv = 0;
-    for (let j = 0; j < V; j++) vv += at(S, i, j);
+    for (let j = 0; j < V; j++) vv += row[j]!;
     let vt = 0;
-    for (let k = V; k < L; k++) vt += at(S, i, k);
+    for (let k = V; k < L; k++) vt += row[k]!;
     red[i] = Math.fround(p.beta * vv - (1 - p.beta) * (vt / (L - V)));
   }
   red[0] = -Infinity;
@@ -149,13 +180,11 @@ function reduceExact(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   for (let i = 0; i < V; i++) if (!dropped.has(i)) remain.push(i);
 
   // CORRELATE: C = 0.6·S_vv + 0.4·(S_vt @ S_tv) with −inf diagonal, over all V columns.
+  const ind = new Float64Array(V);
   const C = discard.map((i) => {
     const c = new Float64Array(V);
-    for (let j = 0; j < V; j++) {
-      let ind = 0;
-      for (let k = V; k < L; k++) ind += at(S, i, k) * at(S, k, j);
-      c[j] = i === j ? -Infinity : Math.fround(p.gamma * at(S, i, j) + (1 - p.gamma) * ind);
-    }
+    indirectRow(S, i, V, L, 0, ind);
+    for (let j = 0; j < V; j++) c[j] = i === j ? -Infinity : Math.fround(p.gamma * at(S, i, j) + (1 - p.gamma) * ind[j]!);
     return c;
   });
   let K = 0;
@@ -203,11 +232,14 @@ function reduceClean(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   // token's own key, as the released code's sum does (it builds a -inf-diagonal copy and never uses
   // it); the paper's Σ_j does not say.
   const red = new Float64Array(N);
+  const s = S.data;
+  const cols = S.cols;
   for (let i = 0; i < N; i++) {
+    const rowAt = (start + i) * cols;
     let vv = 0;
-    for (let j = 0; j < N; j++) vv += at(S, start + i, start + j);
+    for (let j = start; j < start + N; j++) vv += s[rowAt + j]!;
     let vt = 0;
-    for (let k = textStart; k < L; k++) vt += at(S, start + i, k);
+    for (let k = textStart; k < L; k++) vt += s[rowAt + k]!;
     red[i] = p.beta * (vv / N) - (1 - p.beta) * (vt / M);
   }
   const discard = topkIndices(red, r);
@@ -221,13 +253,15 @@ function reduceClean(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   // paper's non-negative A·A would not.
   const recipes: Array<Array<[number, number]>> = remain.map((j) => [[j, 1]]);
   const denom = new Float64Array(remain.length).fill(1);
+  const ind = new Float64Array(N);
+  const c = new Float64Array(remain.length);
   for (const i of discard) {
-    const c = remain.map((j) => {
-      let ind = 0;
-      for (let k = textStart; k < L; k++) ind += at(S, start + i, k) * at(S, k, start + j);
-      return p.gamma * at(S, start + i, start + j) + (1 - p.gamma) * (ind / M);
-    });
     if (c.length === 0) continue;
+    // Σ_k S_ik S_kj for every image column at once, text row by text row, so S is read along its
+    // rows; each column's sum still adds its terms in k order (the same value as column by column).
+    indirectRow(S, start + i, textStart, L, start, ind);
+    const rowAt = (start + i) * cols;
+    remain.forEach((j, k) => (c[k] = p.gamma * s[rowAt + start + j]! + (1 - p.gamma) * (ind[j]! / M)));
     const tau = quantileLinear(c, p.epsilon);
     const chosen = remain.map((_, k) => k).filter((k) => c[k]! >= tau);
     // Correlations are logits (possibly negative), so the weights are a softmax over the targets.

@@ -270,16 +270,17 @@ export function selectRaters(input: LanguagePrepareInput): Int32Array {
   const dots = new Float64Array(Lt);
   const data = E.data;
   const D = E.cols;
-  for (let i = 0; i < Lv; i++) {
-    const vi = (start + i) * D;
-    for (let t = 0; t < Lt; t++) {
-      const ti = (textStart + t) * D;
-      let s = 0;
-      for (let d = 0; d < D; d++) s += data[vi + d]! * data[ti + d]!;
-      dots[t] = s;
-    }
-    const p = softmax(dots);
+  const other = new Float64Array(Lt);
+  const add = (d: Float64Array) => {
+    const p = softmax(d);
     for (let t = 0; t < Lt; t++) relevance[t] = relevance[t]! + p[t]! / Lv;
+  };
+  // Image rows in pairs (the odd last one paired with itself), added in row order.
+  for (let i = 0; i < Lv; i += 2) {
+    const pair = i + 1 < Lv;
+    textDots(data, D, (start + i) * D, (start + (pair ? i + 1 : i)) * D, textStart * D, Lt, dots, other);
+    add(dots);
+    if (pair) add(other);
   }
   let mean = 0;
   for (const x of relevance) mean += x / Lt;
@@ -287,6 +288,51 @@ export function selectRaters(input: LanguagePrepareInput): Int32Array {
   for (let t = 0; t < Lt; t++) if (relevance[t]! > mean) raters.push(t);
   // All relevances equal (a one-token question): every text token rates.
   return Int32Array.from(raters.length > 0 ? raters : Array.from({ length: Lt }, (_, t) => t));
+}
+
+/**
+ * Dot products of two image rows (at offsets a and b) with `count` consecutive text rows (from
+ * offset t0): two image rows times four text rows per pass over d, so each text value is read once
+ * for both. Every product is still summed over d in order, the same value as one pair at a time.
+ */
+function textDots(data: Float32Array, D: number, a: number, b: number, t0: number, count: number, outA: Float64Array, outB: Float64Array): void {
+  let t = 0;
+  for (; t + 4 <= count; t += 4) {
+    const r0 = t0 + t * D, r1 = r0 + D, r2 = r1 + D, r3 = r2 + D;
+    let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    for (let d = 0; d < D; d++) {
+      const x = data[a + d]!;
+      const y = data[b + d]!;
+      const c0 = data[r0 + d]!, c1 = data[r1 + d]!, c2 = data[r2 + d]!, c3 = data[r3 + d]!;
+      a0 += x * c0;
+      a1 += x * c1;
+      a2 += x * c2;
+      a3 += x * c3;
+      b0 += y * c0;
+      b1 += y * c1;
+      b2 += y * c2;
+      b3 += y * c3;
+    }
+    outA[t] = a0;
+    outA[t + 1] = a1;
+    outA[t + 2] = a2;
+    outA[t + 3] = a3;
+    outB[t] = b0;
+    outB[t + 1] = b1;
+    outB[t + 2] = b2;
+    outB[t + 3] = b3;
+  }
+  for (; t < count; t++) {
+    const r = t0 + t * D;
+    let sa = 0;
+    let sb = 0;
+    for (let d = 0; d < D; d++) {
+      sa += data[a + d]! * data[r + d]!;
+      sb += data[b + d]! * data[r + d]!;
+    }
+    outA[t] = sa;
+    outB[t] = sb;
+  }
 }
 
 function raterScores(A: { rows: number; cols: number; data: Float32Array }, raters: Int32Array, start: number, Lv: number, textStart: number): Float64Array {

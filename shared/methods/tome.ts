@@ -91,15 +91,12 @@ export const tome: VisionReducer = {
     }
     const nodeMax = new Float64Array(A.length);
     const nodeIdx = new Int32Array(A.length);
-    for (let ai = 0; ai < A.length; ai++) {
-      if (hasCls && ai === 0) {
-        nodeMax[ai] = -Infinity;
-        nodeIdx[ai] = 0;
-        continue;
-      }
-      const match = bestMatch(unitA, ai * dh, unitB, B.length, dh);
-      nodeMax[ai] = match.best;
-      nodeIdx[ai] = match.arg;
+    // A rows in pairs (the odd last one paired with itself); the CLS row (A's first) never merges.
+    const first = hasCls ? 1 : 0;
+    if (hasCls) nodeMax[0] = -Infinity;
+    for (let ai = first; ai < A.length; ai += 2) {
+      const next = ai + 1 < A.length ? ai + 1 : ai;
+      bestMatches(unitA, ai * dh, next * dh, unitB, B.length, dh, nodeMax, nodeIdx, ai, next);
     }
     // Strongest matches first; equal scores keep index order.
     const edge = Array.from({ length: A.length }, (_, i) => i).sort((x, y) => nodeMax[y]! - nodeMax[x]! || x - y);
@@ -127,40 +124,58 @@ export const tome: VisionReducer = {
 };
 
 /**
- * The B row with the largest dot product with A's row at `oa` (the first on a tie). Four B rows per
- * pass over the A row: each dot is still summed in order over d, so the values (and the ties) are
- * the one-row-at-a-time loop's exactly, in about a quarter of the time.
+ * For two A rows (at offsets oa and ob), the B row with the largest dot product (the first on a
+ * tie), written to max/idx at ia and ib. Two A rows times four B rows per pass over d, so each B value
+ * is read once for both: each dot is still summed in order over d, so the values (and the ties) are
+ * the one-pair-at-a-time loop's exactly.
  */
-function bestMatch(unitA: Float64Array, oa: number, unitB: Float64Array, nB: number, dh: number): { best: number; arg: number } {
-  let best = -Infinity;
-  let arg = 0;
+function bestMatches(unitA: Float64Array, oa: number, ob: number, unitB: Float64Array, nB: number, dh: number, max: Float64Array, idx: Int32Array, ia: number, ib: number): void {
+  let bestA = -Infinity;
+  let argA = 0;
+  let bestB = -Infinity;
+  let argB = 0;
   let bi = 0;
   for (; bi + 3 < nB; bi += 4) {
     const o0 = bi * dh;
     const o1 = o0 + dh;
     const o2 = o1 + dh;
     const o3 = o2 + dh;
-    let s0 = 0;
-    let s1 = 0;
-    let s2 = 0;
-    let s3 = 0;
+    let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
     for (let d = 0; d < dh; d++) {
       const x = unitA[oa + d]!;
-      s0 += x * unitB[o0 + d]!;
-      s1 += x * unitB[o1 + d]!;
-      s2 += x * unitB[o2 + d]!;
-      s3 += x * unitB[o3 + d]!;
+      const y = unitA[ob + d]!;
+      const c0 = unitB[o0 + d]!, c1 = unitB[o1 + d]!, c2 = unitB[o2 + d]!, c3 = unitB[o3 + d]!;
+      a0 += x * c0;
+      a1 += x * c1;
+      a2 += x * c2;
+      a3 += x * c3;
+      b0 += y * c0;
+      b1 += y * c1;
+      b2 += y * c2;
+      b3 += y * c3;
     }
-    if (s0 > best) (best = s0), (arg = bi);
-    if (s1 > best) (best = s1), (arg = bi + 1);
-    if (s2 > best) (best = s2), (arg = bi + 2);
-    if (s3 > best) (best = s3), (arg = bi + 3);
+    if (a0 > bestA) (bestA = a0), (argA = bi);
+    if (a1 > bestA) (bestA = a1), (argA = bi + 1);
+    if (a2 > bestA) (bestA = a2), (argA = bi + 2);
+    if (a3 > bestA) (bestA = a3), (argA = bi + 3);
+    if (b0 > bestB) (bestB = b0), (argB = bi);
+    if (b1 > bestB) (bestB = b1), (argB = bi + 1);
+    if (b2 > bestB) (bestB = b2), (argB = bi + 2);
+    if (b3 > bestB) (bestB = b3), (argB = bi + 3);
   }
   for (; bi < nB; bi++) {
-    const ob = bi * dh;
-    let dot = 0;
-    for (let d = 0; d < dh; d++) dot += unitA[oa + d]! * unitB[ob + d]!;
-    if (dot > best) (best = dot), (arg = bi);
+    const o = bi * dh;
+    let sa = 0;
+    let sb = 0;
+    for (let d = 0; d < dh; d++) {
+      sa += unitA[oa + d]! * unitB[o + d]!;
+      sb += unitA[ob + d]! * unitB[o + d]!;
+    }
+    if (sa > bestA) (bestA = sa), (argA = bi);
+    if (sb > bestB) (bestB = sb), (argB = bi);
   }
-  return { best, arg };
+  max[ia] = bestA;
+  idx[ia] = argA;
+  max[ib] = bestB;
+  idx[ib] = argB;
 }
