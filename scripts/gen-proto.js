@@ -22,6 +22,17 @@ if (result.error) {
 if (result.status !== 0) process.exit(result.status ?? 1);
 
 // The protos as a FileDescriptorSet with source info: server reflection serves it, so tools that
-// describe the API (grpcurl describe, Postman) show the contract's comments (services/common/reflection.ts).
-const set = spawnSync(buf, ['build', '--as-file-descriptor-set', '-o', path.join('gen', 'descriptors.binpb')], { cwd: root, stdio: 'inherit' });
-if (set.status !== 0) process.exit(set.status ?? 1);
+// describe the API (grpcurl describe, buf curl, Postman) show the contract's comments
+// (services/common/reflection.ts). grpc.health.v1 comes from grpc-health-check's own health.proto,
+// built the same way (as health/v1/health.proto): proto-loader's descriptor of it names the map entry
+// and types in ways Go reflection clients refuse. Two sets concatenated are one set (a repeated field).
+const healthRoot = path.resolve(path.dirname(require('grpc-health-check').protoPath), '..', '..');
+const sets = [[], [healthRoot]].map((input, i) => {
+  const file = path.join(out, `descriptors-${i}.binpb`);
+  const built = spawnSync(buf, ['build', ...input, '--as-file-descriptor-set', '-o', file], { cwd: root, stdio: 'inherit' });
+  if (built.status !== 0) process.exit(built.status ?? 1);
+  const bytes = fs.readFileSync(file);
+  fs.rmSync(file);
+  return bytes;
+});
+fs.writeFileSync(path.join(out, 'descriptors.binpb'), Buffer.concat(sets));

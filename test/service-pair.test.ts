@@ -6,6 +6,8 @@
  * the chunking, the reassembly, the worker threads) must not change a single token.
  */
 import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -28,6 +30,9 @@ import type { Logger } from '../shared/log';
 import { collect, eventually, healthStatus, metadataWith, reflectedServices, reflectedFiles, leadingComment, sleep } from './service-helpers';
 import type { FileDescriptorProto } from '@bufbuild/protobuf/wkt';
 import { recordingLogger, stoppedJob, type LogLine } from './core-helpers';
+
+const buf: string = require('../scripts/buf-path.js').bufPath();
+const execFileAsync = promisify(execFile);
 
 const ROOT = path.resolve(__dirname, '..');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
@@ -140,6 +145,19 @@ describe('the service pair on loopback', () => {
     expect(leadingComment(visionFiles[0]!, [6, 0])).toMatch(/^ Encodes images into \(reduced, projected\) visual tokens/);
     // another service's symbols are not described by this one
     await expect(reflectedFiles(vision.address, 'vlm.v1.LanguageService')).rejects.toThrow(/not found|LanguageService/i);
+  });
+
+  it('is callable from a Go reflection client with no generated code (buf curl): every method listed, health answered', async () => {
+    const bufCurl = async (...args: string[]) => (await execFileAsync(buf, ['curl', '--protocol', 'grpc', '--http2-prior-knowledge', ...args], { timeout: 20_000 })).stdout;
+    expect((await bufCurl('--list-methods', `http://${language.address}`)).trim().split('\n')).toEqual([
+      'grpc.health.v1.Health/Check',
+      'grpc.health.v1.Health/List',
+      'grpc.health.v1.Health/Watch',
+      'vlm.v1.LanguageService/Generate',
+      'vlm.v1.LanguageService/GetModelInfo',
+    ]);
+    expect(JSON.parse(await bufCurl(`http://${vision.address}/grpc.health.v1.Health/Check`))).toEqual({ status: 'SERVING' });
+    expect(JSON.parse(await bufCurl(`http://${language.address}/vlm.v1.LanguageService/GetModelInfo`)).model).toMatchObject({ modelId: 'random-tiny', visualTokens: 16 });
   });
 
   it('describes the same model on both sides through GetModelInfo', async () => {

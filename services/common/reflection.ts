@@ -1,10 +1,11 @@
 /**
  * What server reflection describes. proto-loader's descriptors lose the comments (protobufjs keeps
- * no source info) and merge a package's files into one `vlm_v1.proto`, so `grpcurl describe` would
- * show our API without its contract. `npm run gen` has buf write the protos as a FileDescriptorSet
- * with source info (gen/descriptors.binpb); reflection serves those files, by their real names and
- * with their comments, and proto-loader's only for grpc.health.v1 (not ours). Without the set (a
- * tree built without `npm run gen`) it falls back to proto-loader's for everything, with a warning.
+ * no source info), merge a package's files into one `vlm_v1.proto`, and write relative type names
+ * and map entries Go clients refuse (`buf curl --list-methods` failed on grpc.health.v1), so
+ * `npm run gen` has buf write the protos as a FileDescriptorSet with source info
+ * (gen/descriptors.binpb): ours, and grpc-health-check's health.proto. Reflection serves those files,
+ * by their real names and with their comments. Without the set (a tree built without `npm run gen`)
+ * it falls back to proto-loader's, with a warning.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -36,16 +37,19 @@ export function filesWithImports(set: readonly FileDescriptorProto[], files: rea
   return out;
 }
 
+/** grpc.health.v1 in the set, named as buf names it from grpc-health-check's proto root. */
+export const HEALTH_PROTO_FILE = 'health/v1/health.proto';
+
 /** The definition @grpc/reflection indexes (it reads only each entry's `fileDescriptorProtos`). */
 export function reflectionDefinition(protoFiles: readonly string[], log: Logger, setPath = DESCRIPTOR_SET_PATH): PackageDefinition {
-  const health = loadSync(healthProtoPath, { ...LOADER_OPTIONS, includeDirs: [path.dirname(healthProtoPath)] });
   try {
     if (!existsSync(setPath)) throw new Error(`${setPath} does not exist (run npm run gen)`);
     const set = fromBinary(FileDescriptorSetSchema, readFileSync(setPath)).file;
-    const ours = { fileDescriptorProtos: filesWithImports(set, protoFiles) };
-    return { ...health, [`vlm.reflection:${protoFiles.join(',')}`]: ours } as unknown as PackageDefinition;
+    const files = { fileDescriptorProtos: filesWithImports(set, [...protoFiles, HEALTH_PROTO_FILE]) };
+    return { [`vlm.reflection:${protoFiles.join(',')}`]: files } as unknown as PackageDefinition;
   } catch (err) {
     log.warn('reflection serves the API without its comments', { reason: (err as Error).message });
+    const health = loadSync(healthProtoPath, { ...LOADER_OPTIONS, includeDirs: [path.dirname(healthProtoPath)] });
     return { ...health, ...loadSync([...protoFiles], { ...LOADER_OPTIONS, includeDirs: [path.join(packageRoot(), 'proto')] }) };
   }
 }
