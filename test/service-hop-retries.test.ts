@@ -4,14 +4,14 @@
  * whole call only when it failed after data had arrived, which grpc-js cannot retry. A replica set
  * that is down therefore sees 3 attempts per request, not 3 x 3, and other failures are not retried.
  */
-import { Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { getChannelzHandlers, Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ByteOrder, ElementType } from '../gen/vlm/v1/common';
 import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { VlmError } from '../shared/errors';
 import { failure } from './core-helpers';
 import { bindLoopback } from './service-helpers';
-import { VisionClient } from '../services/language/vision-client';
+import { HOP_RECEIVE_WINDOW_BYTES, VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { statusObject } from '../services/common/status';
 import type { Expectation } from '../services/common/tensor-stream';
@@ -112,3 +112,27 @@ describe('Encode retries on the language -> vision hop', () => {
     expect(vision.calls()).toBe(1);
   });
 });
+
+/** What the server side of each of its connections may still send (channelz: the peer's receive window). */
+async function serverSendWindows(srv: Server): Promise<number[]> {
+  const handlers = getChannelzHandlers() as unknown as Record<string, (call: { request: Record<string, unknown> }, cb: (err: unknown, res: Record<string, unknown>) => void) => void>;
+  const ask = <T>(name: string, request: Record<string, unknown>) => new Promise<T>((resolve, reject) => handlers[name]!({ request }, (err, res) => (err ? reject(err) : resolve(res as T))));
+  const { socket_ref: refs } = await ask<{ socket_ref: Array<{ socket_id: string }> }>('GetServerSockets', { server_id: srv.getChannelzRef().id, start_socket_id: 0 });
+  const sockets = await Promise.all(refs.map((r) => ask<{ socket: { data: { remote_flow_control_window: { value: number } | null } } }>('GetSocket', { socket_id: r.socket_id })));
+  return sockets.map((s) => Number(s.socket.data.remote_flow_control_window?.value ?? 0));
+}
+
+describe('the hop connection', () => {
+  it("opens a receive window that holds a whole LLaVA-1.5 tensor, so vision's stream is not paced by 64 KiB window updates", async () => {
+    await fakeVision((call) => {
+      call.write(header);
+      call.end();
+    });
+    await encodeFailure(); // the header alone is an incomplete stream; the connection is what counts
+    const windows = await serverSendWindows(server!);
+    expect(windows.length).toBeGreaterThan(0);
+    expect(HOP_RECEIVE_WINDOW_BYTES).toBeGreaterThanOrEqual(576 * 4096 * 2);
+    for (const w of windows) expect(w).toBeGreaterThan(576 * 4096 * 2);
+  });
+});
+
