@@ -4,7 +4,7 @@
  * 0.5 and from the upper end at or above it.
  */
 import { describe, expect, it } from 'vitest';
-import { quantileLinear } from '../shared/methods/numeric';
+import { quantileLinear, seededRandom } from '../shared/methods/numeric';
 
 describe('quantileLinear (torch.quantile, linear)', () => {
   it('interpolates between the two neighbours of q·(n−1)', () => {
@@ -30,3 +30,44 @@ describe('quantileLinear (torch.quantile, linear)', () => {
     expect(quantileLinear([a, b], 1 - w)).toBe(a + (1 - w) * (b - a));
   });
 });
+
+describe('quantileLinear by selection', () => {
+  /** The definition: sort, then torch's lerp between the two neighbours. */
+  function bySort(values: readonly number[], q: number): number {
+    const sorted = Float64Array.from(values).sort();
+    const pos = q * (sorted.length - 1);
+    const lo = Math.floor(pos);
+    const [a, b, frac] = [sorted[lo]!, sorted[Math.min(lo + 1, sorted.length - 1)]!, pos - lo];
+    if (frac === 0) return a;
+    return frac < 0.5 ? a + frac * (b - a) : b - (b - a) * (1 - frac);
+  }
+
+  it('equals the sorted definition on rows with ties, infinities, signed zeros and NaN, at every length up to 40', () => {
+    const rand = seededRandom(2024);
+    const pool = [-Infinity, Infinity, -0, 0, 1, -1, 0.5, 2.25];
+    let checked = 0;
+    for (let n = 1; n <= 40; n++) {
+      for (let trial = 0; trial < 60; trial++) {
+        const kind = trial % 4;
+        const row = Array.from({ length: n }, () =>
+          kind === 0 ? rand() * 10 - 5 : kind === 1 ? pool[Math.floor(rand() * pool.length)]! : kind === 2 ? Math.floor(rand() * 3) : rand() < 0.1 ? NaN : rand(),
+        );
+        for (const q of [0, 0.25, 0.5, 0.998, 1, rand()]) {
+          const got = quantileLinear(row, q);
+          const want = bySort(row, q);
+          // -0 and +0 may trade places among equal values; callers only compare against the result.
+          expect(Number.isNaN(want) ? Number.isNaN(got) : got === want, `n ${n}, q ${q}, row ${row.join(' ')}: ${got} vs ${want}`).toBe(true);
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBe(40 * 60 * 6);
+  });
+
+  it('leaves its input as it was', () => {
+    const row = Float32Array.of(3, 1, 2);
+    quantileLinear(row, 0.5);
+    expect(Array.from(row)).toEqual([3, 1, 2]);
+  });
+});
+

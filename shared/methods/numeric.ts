@@ -9,20 +9,77 @@ export function row(m: Matrix, i: number): Float32Array {
   return m.data.subarray(i * m.cols, (i + 1) * m.cols);
 }
 
-/** torch.quantile(x, q) with the default 'linear' interpolation. */
+/**
+ * torch.quantile(x, q) with the default 'linear' interpolation. Only the two order statistics around
+ * q·(n−1) are needed, so they are selected (O(n)) instead of sorting the row: FiCoCo-V and FiCoCo-L
+ * take one quantile per discarded token, and the sort was 40 % of FiCoCo-V's host time. A row with
+ * NaN is sorted as before (NaN last, as the typed-array sort places it).
+ */
 export function quantileLinear(values: ArrayLike<number>, q: number): number {
-  const sorted = Float64Array.from(values).sort();
-  const pos = q * (sorted.length - 1);
+  const x = Float64Array.from(values);
+  const n = x.length;
+  const pos = q * (n - 1);
   const lo = Math.floor(pos);
-  const hi = Math.min(lo + 1, sorted.length - 1);
+  const hi = Math.min(lo + 1, n - 1);
   const frac = pos - lo;
-  const a = sorted[lo]!;
-  const b = sorted[hi]!;
+  let a: number;
+  let b: number;
+  if (x.some(Number.isNaN)) {
+    x.sort();
+    a = x[lo]!;
+    b = x[hi]!;
+  } else {
+    a = selectKth(x, lo);
+    // After selection everything from lo + 1 on is >= a: the next order statistic is their minimum.
+    b = a;
+    if (hi > lo) {
+      b = x[lo + 1]!;
+      for (let i = lo + 2; i < n; i++) if (x[i]! < b) b = x[i]!;
+    }
+  }
   // -inf entries (masked diagonals) must not turn the result into NaN when frac is 0.
   if (frac === 0) return a;
   // torch's lerp kernel, both branches: they round differently, and from the upper end a -inf lower
   // neighbour gives -inf where the lower-end form gives NaN (a count of nothing above it).
   return frac < 0.5 ? a + frac * (b - a) : b - (b - a) * (1 - frac);
+}
+
+/**
+ * The k-th smallest value of x (0-based), rearranging x so that x[k] holds it, everything before it
+ * is <= and everything after it >= (Hoare's selection, median-of-three pivots). x holds no NaN.
+ */
+function selectKth(x: Float64Array, k: number): number {
+  let left = 0;
+  let right = x.length - 1;
+  while (right > left) {
+    const mid = (left + right) >> 1;
+    // Median of three as the pivot, so sorted or constant rows stay linear.
+    if (x[mid]! < x[left]!) swap(x, mid, left);
+    if (x[right]! < x[left]!) swap(x, right, left);
+    if (x[right]! < x[mid]!) swap(x, right, mid);
+    const pivot = x[mid]!;
+    let i = left;
+    let j = right;
+    while (i <= j) {
+      while (x[i]! < pivot) i++;
+      while (x[j]! > pivot) j--;
+      if (i <= j) {
+        swap(x, i, j);
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) right = j;
+    else if (k >= i) left = i;
+    else break; // j < k < i: x[k] equals the pivot and sits between the two parts
+  }
+  return x[k]!;
+}
+
+function swap(x: Float64Array, i: number, j: number): void {
+  const t = x[i]!;
+  x[i] = x[j]!;
+  x[j] = t;
 }
 
 /** Indices sorted by value ascending; equal values keep index order. */
