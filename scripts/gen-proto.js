@@ -30,6 +30,10 @@ const healthRoot = path.resolve(path.dirname(require('grpc-health-check').protoP
 const sets = [[], [healthRoot]].map((input, i) => {
   const file = path.join(out, `descriptors-${i}.binpb`);
   const built = spawnSync(buf, ['build', ...input, '--as-file-descriptor-set', '-o', file], { cwd: root, stdio: 'inherit' });
+  if (built.error) {
+    console.error(`gen-proto: cannot run ${buf}: ${built.error.message}`);
+    process.exit(1);
+  }
   if (built.status !== 0) process.exit(built.status ?? 1);
   const bytes = fs.readFileSync(file);
   fs.rmSync(file);

@@ -80,6 +80,7 @@ const METHODS: Record<string, (m: string) => { ms: number; steps: number }> = {
 const args = process.argv.slice(2);
 const repsAt = args.indexOf('--reps');
 const reps = repsAt >= 0 ? Number(args.splice(repsAt, 2)[1]) : 10;
+if (!Number.isInteger(reps) || reps < 1) throw new Error('--reps takes a whole number of requests, at least 1');
 const chosen = args.length ? args : Object.keys(METHODS);
 console.log(`host ms per request at LLaVA-1.5-7B sizes, budget ${BUDGET.tokens}, ${reps} requests after one warm-up`);
 console.log('| method | steps | min | median |\n|---|---|---|---|');

@@ -1,7 +1,8 @@
 /**
  * The projected visual tokens of a float16 bundle stay float16 bits from the projector to the
- * decoder's first layer (in-process and over the hop alike): nothing on the way widens them to
- * float32 and back, and the answers are the bits the float32 detour gave.
+ * decoder's first layer: nothing on the way widens them to float32 and back, and the answers are the
+ * bits the float32 detour gave. In process here; over the hop in test/service-pair.test.ts (a
+ * float16 bundle on both sides).
  */
 import * as path from 'node:path';
 import sharp from 'sharp';
@@ -59,14 +60,14 @@ describe('float16 visual tokens', () => {
       return { tokens: result.tokenIds, perLayer: result.perLayerVisualTokens, logits, input };
     };
     const bits = await run(enc.embeds);
-    const widened = await run(floatRows(enc.embeds.dims, rowsFloat32(enc.embeds)));
+    const widened = await run(floatRows(enc.embeds.dims, 'float32', rowsFloat32(enc.embeds)));
     expect(bits.tokens.length).toBeGreaterThan(0);
     expect(bits).toEqual(widened);
   });
 });
 
 describe('FloatRows', () => {
-  const a = floatRows([2, 2], Float32Array.of(1, 2.5, -3, 65504));
+  const a = floatRows([2, 2], 'float32', Float32Array.of(1, 2.5, -3, 65504));
   it('converts only across dtypes, exactly for values float16 holds', () => {
     expect(rowsIn(a, 'float32')).toBe(a);
     const h = rowsIn(a, 'float16');
@@ -76,13 +77,17 @@ describe('FloatRows', () => {
   });
 
   it('stacks and slices blocks of one dtype and width, and refuses to mix them', async () => {
-    const b = floatRows([1, 2], Float32Array.of(7, 8));
+    const b = floatRows([1, 2], 'float32', Float32Array.of(7, 8));
     const ab = concatRows([a, b]);
     expect(ab.dims).toEqual([3, 2]);
     expect(Array.from(ab.data)).toEqual([1, 2.5, -3, 65504, 7, 8]);
     expect(Array.from(sliceRows(ab, 1, 2).data)).toEqual([-3, 65504, 7, 8]);
     expect((await failure(Promise.resolve().then(() => concatRows([a, rowsIn(b, 'float16')])))).message).toMatch(/float16\[1, 2\] beside float32\[2, 2\]/);
-    expect((await failure(Promise.resolve().then(() => concatRows([a, floatRows([1, 3], new Float32Array(3))])))).message).toMatch(/float32\[1, 3\] beside/);
-    expect(() => floatRows([2, 3], new Float32Array(5))).toThrow(/rows \[2, 3\] do not match 5 values/);
+    expect((await failure(Promise.resolve().then(() => concatRows([a, floatRows([1, 3], 'float32', new Float32Array(3))])))).message).toMatch(/float32\[1, 3\] beside/);
+    expect(() => floatRows([2, 3], 'float32', new Float32Array(5))).toThrow(/rows \[2, 3\] do not match 5 values/);
+    // the dtype is stated, never guessed from the array: values are not taken for bits or the reverse
+    expect(() => floatRows([1, 2], 'float16', Float32Array.of(1, 2))).toThrow('float16 rows given as Float32Array');
+    expect(() => floatRows([1, 2], 'float32', Uint16Array.of(1, 2))).toThrow('float32 rows given as Uint16Array');
+    expect(() => floatRows([1, 2], 'float16', Int16Array.of(1, 2) as unknown as Uint16Array)).toThrow('float16 rows given as Int16Array');
   });
 });

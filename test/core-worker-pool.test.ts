@@ -41,7 +41,7 @@ describe('InferencePool', () => {
 
   it('moves the visual tokens to the worker when the caller gives them up, and copies them otherwise', async () => {
     const { encode } = await pool.ask(image, 'what color is it?', sampling, policy());
-    const fresh = () => ({ embeds: floatRows(encode.embeds.dims, encode.embeds.data.slice()), origin: encode.origin });
+    const fresh = () => ({ embeds: { ...encode.embeds, data: encode.embeds.data.slice() } as typeof encode.embeds, origin: encode.origin });
     const kept = fresh();
     const copied = await pool.generate(kept, 'what color is it?', sampling, policy());
     expect(kept.embeds.data.length).toBe(16 * 48);
@@ -57,7 +57,7 @@ describe('InferencePool', () => {
     // A view into a larger buffer is copied even when given up: moving it would take the rest along.
     const larger = new Float32Array(2 * 16 * 48);
     larger.set(rowsFloat32(encode.embeds), 16 * 48);
-    const view = { embeds: floatRows(encode.embeds.dims, larger.subarray(16 * 48)), origin: encode.origin };
+    const view = { embeds: floatRows(encode.embeds.dims, 'float32', larger.subarray(16 * 48)), origin: encode.origin };
     expect((await pool.generate(view, 'what color is it?', sampling, policy(), { transferVisual: true })).text).toBe(copied.text);
     expect(larger.length).toBe(2 * 16 * 48);
   });

@@ -52,19 +52,25 @@ describe('execution provider start-up', () => {
     expect(spy).toHaveBeenCalledTimes(1); // the CPU was never tried
     expect(chain.active).toBeUndefined();
   });
-  it('out of memory opening a later graph on the pinned provider: RESOURCE_EXHAUSTED naming the graph, the runtime text only in the log', async () => {
+  it('a later graph that fails to open on the pinned provider names the stage to callers; the runtime text and the path stay in the cause and the log', async () => {
     const lines: LogLine[] = [];
     const chain = new ProviderChain(configFrom({ provider: 'cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, recordingLogger(lines, 'providers'));
     await chain.open(GRAPH);
-    const ORT_TEXT = '/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 Failed to allocate memory for requested buffer of size 48098560';
-    const spy = vi.spyOn(ort.InferenceSession, 'create').mockRejectedValue(new Error(ORT_TEXT));
+    const graphPath = path.join(RANDOM_BUNDLE, 'vision/layer_00.attn.onnx');
+    const OOM = '/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 Failed to allocate memory for requested buffer of size 48098560';
+    const BROKEN = '/onnxruntime_src/onnxruntime/core/graph/model.cc:180 Protobuf parsing failed.';
+    const spy = vi.spyOn(ort.InferenceSession, 'create').mockRejectedValueOnce(new Error(OOM)).mockRejectedValueOnce(new Error(BROKEN));
     try {
-      const e = await failure(chain.open(path.join(RANDOM_BUNDLE, 'vision/layer_00.attn.onnx')));
-      expect(e.code).toBe('RESOURCE_EXHAUSTED');
-      expect(e.reason).toBe('OUT_OF_MEMORY');
-      expect(e.message).toBe('graph vision/layer_00.attn could not be opened on cpu: out of memory (the request needs more than is free now)');
-      expect((e.cause as Error).message).toBe(ORT_TEXT);
-      expect(lines.find((l) => l.msg === 'session open ran out of memory')).toMatchObject({ provider: 'cpu', error: ORT_TEXT });
+      const oom = await failure(chain.open(graphPath, 'vision/layer_00.attn'));
+      expect(oom.code).toBe('RESOURCE_EXHAUSTED');
+      expect(oom.reason).toBe('OUT_OF_MEMORY');
+      expect(oom.message).toBe('graph vision/layer_00.attn could not be opened on cpu: out of memory (the request needs more than is free now)');
+      expect((oom.cause as Error).message).toBe(OOM);
+      const broken = await failure(chain.open(graphPath, 'vision/layer_00.attn'));
+      expect(broken.code).toBe('FAILED_PRECONDITION');
+      expect(broken.message).toBe("graph vision/layer_00.attn could not be opened on cpu: the model bundle or the provider is broken (the service log has the runtime's message)");
+      expect(lines.find((l) => l.msg === 'graph could not be opened')).toMatchObject({ graph: graphPath, provider: 'cpu', error: BROKEN });
+      for (const e of [oom, broken]) expect(e.message).not.toContain(RANDOM_BUNDLE);
     } finally {
       spy.mockRestore();
     }

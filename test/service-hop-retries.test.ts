@@ -113,7 +113,11 @@ describe('Encode retries on the language -> vision hop', () => {
   });
 });
 
-/** What the server side of each of its connections may still send (channelz: the peer's receive window). */
+/**
+ * What the server side of each of its connections may still send: the client's connection-level
+ * receive window, as channelz reports it. Channelz does not show the per-stream initial window (the
+ * same option sets both); this one is 64 KiB unless the client raised it.
+ */
 async function serverSendWindows(srv: Server): Promise<number[]> {
   const handlers = getChannelzHandlers() as unknown as Record<string, (call: { request: Record<string, unknown> }, cb: (err: unknown, res: Record<string, unknown>) => void) => void>;
   const ask = <T>(name: string, request: Record<string, unknown>) => new Promise<T>((resolve, reject) => handlers[name]!({ request }, (err, res) => (err ? reject(err) : resolve(res as T))));
@@ -131,8 +135,8 @@ describe('the hop connection', () => {
     await encodeFailure(); // the header alone is an incomplete stream; the connection is what counts
     const windows = await serverSendWindows(server!);
     expect(windows.length).toBeGreaterThan(0);
-    expect(HOP_RECEIVE_WINDOW_BYTES).toBeGreaterThanOrEqual(576 * 4096 * 2);
-    for (const w of windows) expect(w).toBeGreaterThan(576 * 4096 * 2);
+    // more than a whole LLaVA-1.5 tensor (576 x 4096 float16), about what the client configured
+    for (const w of windows) expect(w).toBeGreaterThan(Math.max(576 * 4096 * 2, HOP_RECEIVE_WINDOW_BYTES - (1 << 20)));
   });
 });
 

@@ -557,4 +557,40 @@ describe('the service pair on loopback', () => {
       expect((await ask(frontClient, request(image))).error).toBeNull();
     });
   });
+
+  describe('a float16 bundle on both sides', () => {
+    let visionF16: RunningService;
+    let languageF16: RunningService;
+    let clientF16: LanguageServiceClient;
+    let coreF16: LoadedModel;
+    beforeAll(async () => {
+      visionF16 = await startVisionService(config(BUNDLE_F16), { port: 0 });
+      languageF16 = await startLanguageService(config(BUNDLE_F16, { visionTarget: visionF16.address }), { port: 0 });
+      clientF16 = new LanguageServiceClient(languageF16.address, credentials.createInsecure());
+      const c = config(BUNDLE_F16);
+      coreF16 = await loadModel({ model: c.model, runtime: c.runtime, limits: c.limits });
+    });
+    afterAll(async () => {
+      clientF16?.close();
+      await languageF16?.stop();
+      await visionF16?.stop();
+      if (coreF16) await disposeModel(coreF16);
+    });
+
+    // The tensor crosses the hop as float16 bits and reaches the decoder's first layer as they are.
+    it.each<[string, Partial<WirePolicy>, ReductionPolicy]>([
+      ['no reduction', {}, { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 }],
+      ['sparsevlm at 50% (its raters read the embeddings)', { languageMethod: 'sparsevlm', budget: { $case: 'budgetPercent', budgetPercent: 50 } }, { vision: 'none', language: 'sparsevlm', budget: { percent: 50 }, mode: 'clean', params: {}, seed: 0 }],
+    ])('answers over the hop exactly as the core does in one process (%s)', async (_name, wire, policy) => {
+      const out = await ask(clientF16, request(image, { policy: wire }));
+      expect(out.error).toBeNull();
+      const encoded = await encodeImage(coreF16, image, policy);
+      expect(encoded.embeds.dtype).toBe('float16');
+      const expected = await generate(coreF16, encoded, QUESTION, { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 6 }, policy);
+      expect(expected.tokenIds.length).toBeGreaterThan(0);
+      expect(out.final?.text).toBe(expected.text);
+      expect(out.final?.tokens?.generated).toBe(expected.tokenIds.length);
+      expect(out.final?.tokens?.perLayerVisual).toEqual(expected.perLayerVisualTokens);
+    });
+  });
 });

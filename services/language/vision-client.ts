@@ -81,7 +81,7 @@ const VISION_UNAVAILABLE_RETRY_MS = 1_000;
 export const HOP_RECEIVE_WINDOW_BYTES = 8 << 20;
 
 /** The hop channel's options (grpc-js), from the client's options. */
-export function visionChannelOptions(options: VisionClientOptions): ChannelOptions {
+function visionChannelOptions(options: VisionClientOptions): ChannelOptions {
   return {
     'grpc.service_config': VISION_SERVICE_CONFIG,
     // Chunks are at most 3 MiB (tensor-stream.ts); the default 4 MiB receive limit holds them.

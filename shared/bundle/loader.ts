@@ -129,7 +129,7 @@ export class StageSet {
   }
 
   private async open(name: string, decl: GraphDecl): Promise<Stage> {
-    const { session, provider } = await this.providers.open(path.join(this.dir, decl.path));
+    const { session, provider } = await this.providers.open(path.join(this.dir, decl.path), name);
     checkSessionIo(name, decl, session);
     return { name, decl, session, provider, ioDtype: this.manifest.io_dtype };
   }

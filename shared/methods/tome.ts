@@ -73,7 +73,7 @@ export const tome: VisionReducer = {
     const r = Math.min(input.step.tokensIn - input.step.tokensOut, Math.floor((T - (hasCls ? 1 : 0)) / 2));
 
     // Sets by position: A the even rows, B the odd ones, each token's key normalised (cosine). Laid
-    // out contiguously per set for bestMatch: the matching is most of a step's time (576 tokens on
+    // out contiguously per set for bestMatches: the matching is most of a step's time (576 tokens on
     // LLaVA's ViT, 23 layers per request).
     const dh = metric.cols;
     const A = Array.from({ length: Math.ceil(T / 2) }, (_, k) => 2 * k);

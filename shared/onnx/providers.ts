@@ -63,7 +63,8 @@ export class ProviderChain {
     return this.pinned && providerName(this.pinned);
   }
 
-  async open(modelPath: string): Promise<{ session: ort.InferenceSession; provider: string }> {
+  /** Opens the graph at `modelPath`; `graph` names it in what callers read (the stage name, not the server's path). */
+  async open(modelPath: string, graph = path.basename(modelPath, '.onnx')): Promise<{ session: ort.InferenceSession; provider: string }> {
     const candidates = this.pinned ? [this.pinned] : this.runtime.providers.filter((p) => !this.failed.has(providerName(p)));
     for (const [i, p] of candidates.entries()) {
       const name = providerName(p);
@@ -81,11 +82,14 @@ export class ProviderChain {
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
         if (this.pinned) {
-          if (!isOutOfMemory(message)) throw new VlmError('FAILED_PRECONDITION', `cannot open ${modelPath} on ${name}: ${message}`, { cause: err });
           // A lazily opened graph fails inside a caller's request: the runtime's text (allocator,
-          // sizes, source paths) and the server's paths go to the log, not into the caller's status.
-          this.log.warn('session open ran out of memory', { graph: modelPath, provider: name, error: message });
-          throw new VlmError('RESOURCE_EXHAUSTED', `graph ${graphName(modelPath)} could not be opened on ${name}: out of memory (the request needs more than is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
+          // sizes, source paths) and the server's paths stay in the error's cause and the log, not
+          // in the caller's status. The worker logs an out-of-memory failure with its cause.
+          if (isOutOfMemory(message)) {
+            throw new VlmError('RESOURCE_EXHAUSTED', `graph ${graph} could not be opened on ${name}: out of memory (the request needs more than is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
+          }
+          this.log.error('graph could not be opened', { graph: modelPath, provider: name, error: message });
+          throw new VlmError('FAILED_PRECONDITION', `graph ${graph} could not be opened on ${name}: the model bundle or the provider is broken (the service log has the runtime's message)`, { cause: err });
         }
         // Out of memory says the device works but is full (another worker or process shares it):
         // falling on to the next provider would pin this worker to the CPU for good while its
@@ -101,11 +105,6 @@ export class ProviderChain {
     const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
     throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
   }
-}
-
-/** The graph as the bundle names it (`vision/layer_00.attn`), without the server's directories. */
-function graphName(modelPath: string): string {
-  return path.relative(path.dirname(path.dirname(modelPath)), modelPath).replace(/\.onnx$/, '').split(path.sep).join('/');
 }
 
 /** A list without the CPU never falls back to it by itself; name the explicit way to ask for that. */

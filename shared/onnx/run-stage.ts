@@ -1,12 +1,13 @@
 /**
  * The one way a stage runs. Feeds are checked against the manifest's declared inputs (names, dtype,
- * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them, and this is
- * the only place feeds and outputs are converted between float16 and float32: the engine hands over
- * and gets back float32, whatever the bundle's io_dtype. Outputs named in `keep` stay ORT tensors in
- * their session dtype, so what only moves between graphs is never converted: the residual stream and
- * the KV caches are fed back as they are, a reduction step combines a float16 state in its bits
+ * rank, fixed sizes, and symbols bound consistently across inputs) before ORT sees them. Host float32
+ * feeds of a float16 input and outputs that are not kept are converted here, so the engine hands over
+ * and reads float32 whatever the bundle's io_dtype. Outputs named in `keep` stay ORT tensors in their
+ * session dtype, so what only moves between graphs is never converted: the residual stream and the KV
+ * caches are fed back as they are, a reduction step combines a float16 state in its bits
  * (HiddenState.combine), and the projected visual tokens and prompt embeddings stay float16 bits from
- * the projector over the hop to the decoder's first layer (residentRows, tensor/float-rows.ts).
+ * the projector over the hop to the decoder's first layer (residentRows; tensor/float-rows.ts converts
+ * them only for a reader of values or a caller's rows of the other dtype).
  */
 import * as ort from 'onnxruntime-node';
 import { VlmError } from '../errors';
@@ -137,8 +138,8 @@ export function residentToHost(name: string, t: Resident): F32Tensor {
 export function residentRows(name: string, t: Resident): FloatRows {
   const dims = t.dims.map(Number);
   const [N, D] = dims.length === 3 && dims[0] === 1 ? [dims[1]!, dims[2]!] : dims.length === 2 ? [dims[0]!, dims[1]!] : [NaN, NaN];
-  if (Number.isNaN(N)) throw new VlmError('INTERNAL', `output ${name} has dims [${dims.join(',')}], expected [1,N,D]`);
-  if (t.type === 'float32') return floatRows([N, D], t.data as Float32Array);
-  if (t.type === 'float16') return floatRows([N, D], float16Bits(t.data as ArrayBufferView));
+  if (Number.isNaN(N)) throw new VlmError('INTERNAL', `output ${name} has dims [${dims.join(',')}], expected [1,N,D] or [N,D]`);
+  if (t.type === 'float32') return floatRows([N, D], 'float32', t.data as Float32Array);
+  if (t.type === 'float16') return floatRows([N, D], 'float16', float16Bits(t.data as ArrayBufferView));
   throw new VlmError('INTERNAL', `output ${name} has dtype ${t.type}; the engine reads float outputs only`);
 }

@@ -15,9 +15,16 @@ export type FloatRows = { readonly dims: readonly [number, number] } & (
   | { readonly dtype: 'float16'; readonly data: Uint16Array }
 );
 
-export function floatRows(dims: readonly [number, number], data: Float32Array | Uint16Array): FloatRows {
+/**
+ * Rows of a stated dtype. The dtype is never guessed from the array: a float16 block must be a
+ * Uint16Array of bits (onnxruntime-common hands out a Float16Array of values where that global
+ * exists; reading one as bits would be silent garbage), a float32 block a Float32Array.
+ */
+export function floatRows(dims: readonly [number, number], dtype: FloatDType, data: Float32Array | Uint16Array): FloatRows {
   if (data.length !== dims[0] * dims[1]) throw new VlmError('INTERNAL', `rows [${dims.join(', ')}] do not match ${data.length} values`);
-  return data instanceof Float32Array ? { dims, dtype: 'float32', data } : { dims, dtype: 'float16', data };
+  if (dtype === 'float32' && data instanceof Float32Array) return { dims, dtype, data };
+  if (dtype === 'float16' && data instanceof Uint16Array) return { dims, dtype, data };
+  throw new VlmError('INTERNAL', `${dtype} rows given as ${Object.prototype.toString.call(data).slice(8, -1)}`);
 }
 
 /** The values as float32 (the same array when already float32). */
@@ -52,11 +59,11 @@ export function concatRows(parts: readonly FloatRows[]): FloatRows {
     data.set(p.data.subarray(0, p.dims[0] * cols), at);
     at += p.dims[0] * cols;
   }
-  return floatRows([rows, cols], data);
+  return floatRows([rows, cols], first.dtype, data);
 }
 
 /** Rows [start, start + count) as a view. */
 export function sliceRows(r: FloatRows, start: number, count: number): FloatRows {
   const cols = r.dims[1];
-  return floatRows([count, cols], r.data.subarray(start * cols, (start + count) * cols));
+  return floatRows([count, cols], r.dtype, r.data.subarray(start * cols, (start + count) * cols));
 }
