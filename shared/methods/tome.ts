@@ -127,7 +127,8 @@ export const tome: VisionReducer = {
  * For two A rows (at offsets oa and ob), the B row with the largest dot product (the first on a
  * tie), written to max/idx at ia and ib. Two A rows times four B rows per pass over d, so each B value
  * is read once for both: each dot is still summed in order over d, so the values (and the ties) are
- * the one-pair-at-a-time loop's exactly.
+ * the one-pair-at-a-time loop's exactly. (SparseVLM's textDots is the same block over Float32Array
+ * rows, kept apart so that each stays monomorphic.)
  */
 function bestMatches(unitA: Float64Array, oa: number, ob: number, unitB: Float64Array, nB: number, dh: number, max: Float64Array, idx: Int32Array, ia: number, ib: number): void {
   let bestA = -Infinity;
