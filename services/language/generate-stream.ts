@@ -92,7 +92,7 @@ export function expectationOf(backend: InferenceBackend, vision: VisionSchedule)
 
 /** The engine takes the rows in the hop's dtype: a float16 hop goes to the decoder's first layer as bits. */
 function coreTokens(t: WireTokens): VisualTokens {
-  return { embeds: t.dtype === 'float16' ? floatRows([t.rows, t.width], 'float16', t.data) : floatRows([t.rows, t.width], 'float32', t.data), origin: t.origin };
+  return { embeds: floatRows([t.rows, t.width], t.dtype, t.data), origin: t.origin };
 }
 
 /** Judged here, before the hop: a bad policy must not cost an encode. Returns the vision schedule the hop must bring. */

@@ -28,9 +28,8 @@ export interface VisionHandlerDeps {
 
 /** The projected rows in the bundle's io dtype (float16 halves the bytes on the hop); the projector already gives them so. */
 function wireTokens(result: EncodeResult, ioDtype: FloatDType): WireTokens {
-  const embeds = rowsIn(result.embeds, ioDtype);
-  const [rows, width] = embeds.dims;
-  return { rows, width, ...(embeds.dtype === 'float16' ? { dtype: 'float16', data: embeds.data } : { dtype: 'float32', data: embeds.data }), origin: result.origin, size: result.size };
+  const { dims: [rows, width], ...typed } = rowsIn(result.embeds, ioDtype);
+  return { rows, width, ...typed, origin: result.origin, size: result.size };
 }
 
 /** Stage latencies and the visual tokens leaving the projector, as metrics and on the request span. */

@@ -6,10 +6,10 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { Feed, Resident } from '../onnx/run-stage';
-import { residentToHost } from '../onnx/run-stage';
+import { residentRows, residentToHost } from '../onnx/run-stage';
 import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
 import { float16Bits } from '../tensor/fp16';
-import type { FloatRows } from '../tensor/float-rows';
+import { floatRows, type FloatRows } from '../tensor/float-rows';
 import { combineRows, combineSpan } from '../tensor/rows';
 import type { Span, TokenCombination } from '../methods/types';
 
@@ -66,6 +66,13 @@ export class HiddenState {
     }
     const m = asMatrix(this.host());
     return HiddenState.fromHost(batched(span ? combineSpan(m, span, c) : combineRows(m, c)));
+  }
+
+  /** The [1, T, D] state as [T, D] rows in the dtype it is held in (float16 as bits), without converting. */
+  asRows(): FloatRows {
+    if (this.resident) return residentRows('hidden', this.resident);
+    const [, T, D] = this.dims as [number, number, number];
+    return floatRows([T, D], 'float32', this.hostCopy!.data);
   }
 
   /** Rows [start, start+count) of the token axis of a [1,T,D] state, without converting. */

@@ -9,7 +9,7 @@ import { VlmError } from '../errors';
 import type { StageSet } from '../bundle/loader';
 import { layerStage } from '../bundle/manifest';
 import type { Matrix, TokenCombination } from '../methods/types';
-import { residentRows, residentToHost, runStage, type Feed } from '../onnx/run-stage';
+import { runStage, type Feed } from '../onnx/run-stage';
 import type { FloatRows } from '../tensor/float-rows';
 import { asMatrix, f32, type F32Tensor } from '../tensor/host-tensor';
 import { HiddenState } from './hidden-state';
@@ -84,11 +84,7 @@ export class VisionStageRunner {
   async project(drop: number): Promise<FloatRows> {
     const h = this.current();
     const features = h.rows(drop, this.tokens - drop);
-    const name = 'vision/projector';
-    const out = await runStage(await this.stages.get(name), { features }, { outputs: ['embeds'], keep: ['embeds'] });
-    const embeds = out.kept.embeds!;
-    if (this.ctx.tap) this.ctx.tap(`${name}:embeds`, residentToHost(`${name}:embeds`, embeds));
-    return residentRows(`${name}:embeds`, embeds);
+    return (await this.run('vision/projector', { features }, 'embeds')).asRows();
   }
 
   private current(): HiddenState {

@@ -17,7 +17,7 @@
 import { VlmError } from '../errors';
 import { fromRecipes, type RowRecipe } from './combination';
 import { constantRateCuts, declineCuts, meanOfCuts, perLayerCounts, stepsFromCuts } from './language-schedule';
-import { quantileLinear, softmax, topkIndices } from './numeric';
+import { quantileLinear, row, softmax, topkIndices } from './numeric';
 import { anchorInt, checkBudgetInRange, numberParam, scaleLayer, solveMonotone } from './schedule';
 import type { BudgetRange, LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, Matrix, MethodOptions } from './types';
 
@@ -166,11 +166,11 @@ function reduceExact(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   // FILTER: 0.6·Σ_j S_vv (a sum, diagonal included) − 0.4·mean_k S_vt; row 0 protected.
   const red = new Float64Array(V);
   for (let i = 0; i < V; i++) {
-    const row = S.data.subarray(i * S.cols, (i + 1) * S.cols);
+    const Si = row(S, i);
     let vv = 0;
-    for (let j = 0; j < V; j++) vv += row[j]!;
+    for (let j = 0; j < V; j++) vv += Si[j]!;
     let vt = 0;
-    for (let k = V; k < L; k++) vt += row[k]!;
+    for (let k = V; k < L; k++) vt += Si[k]!;
     red[i] = Math.fround(p.beta * vv - (1 - p.beta) * (vt / (L - V)));
   }
   red[0] = -Infinity;
