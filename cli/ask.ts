@@ -24,6 +24,7 @@ import { GenerateFinal, type GenerateRequest } from '../gen/vlm/v1/language_serv
 import { generateOnce, languageClient } from '../services/language/client';
 import { budgetToWire, paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, UINT32_MAX, wireSeedFlag } from './numeric-flags';
+import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = {
   image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },
@@ -122,7 +123,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const out = await generateOnce(client, request, {
       deadline: Date.now() + config.limits.deadlineMs,
-      authToken: config.rpc.authToken,
+      authToken: sentToken(config.rpc.auth),
       onDelta: json ? undefined : (text) => process.stdout.write(text),
     });
     process.stdout.write(json ? `${JSON.stringify(finalJson(out.answer, out.final, out.latencyMs))}\n` : '\n');

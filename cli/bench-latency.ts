@@ -29,6 +29,7 @@ import { integerFlag, parseBudgetFlag } from './numeric-flags';
 import { GENERATED_QUESTION_TYPE, questionItems, serveFlags, startChildServices } from './child-services';
 import { budgetToWire } from '../services/common/wire';
 import { asRequestId } from '../services/common/interceptors';
+import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'requests per policy, one per evaluation item taken evenly across types [default: 10]' },
@@ -169,7 +170,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
           policy: ReductionPolicy.fromPartial(p.policy),
           limits: undefined,
         };
-        return generateOnce(client, request, { deadline: Date.now() + o.config.limits.deadlineMs, authToken: o.config.rpc.authToken, requestId });
+        return generateOnce(client, request, { deadline: Date.now() + o.config.limits.deadlineMs, authToken: sentToken(o.config.rpc.auth), requestId });
       };
       for (const p of policies) {
         try {

@@ -24,6 +24,7 @@ import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
 import { seededRandom } from '../shared/methods/numeric';
 import { questionItems, serveFlags, startChildServices } from './child-services';
+import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = {
   'duration-s': { type: 'string', arg: 'S', help: 'stop sending after S seconds [default: 60]' },
@@ -188,7 +189,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     const worker = async (): Promise<void> => {
       while (sent < o.maxRequests && performance.now() < until) {
         sent++;
-        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs), config.rpc.authToken);
+        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs), sentToken(config.rpc.auth));
         allMs.push(ms);
         if (code === 'lost') counts.lost++;
         else if (code === GrpcCode.OK) {

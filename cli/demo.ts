@@ -17,6 +17,7 @@ import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect } from './eval-items';
 import { questionItems, serveFlags, startChildServices } from './child-services';
+import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = { items: { type: 'string', arg: 'N', help: 'questions asked under each policy [default: 3]' } } as const satisfies CommandFlags;
 
@@ -59,7 +60,7 @@ export async function run(argv: string[]): Promise<number> {
         const cells = [name, item.question];
         let note = '';
         try {
-          const out = await generateOnce(client, { image: item.bytes, prompt: item.question, sampling: SamplingParams.fromPartial({}), policy: ReductionPolicy.fromPartial(policy), limits: undefined }, { deadline: Date.now() + config.limits.deadlineMs, authToken: config.rpc.authToken });
+          const out = await generateOnce(client, { image: item.bytes, prompt: item.question, sampling: SamplingParams.fromPartial({}), policy: ReductionPolicy.fromPartial(policy), limits: undefined }, { deadline: Date.now() + config.limits.deadlineMs, authToken: sentToken(config.rpc.auth) });
           const t = out.final.tokens!;
           const ok = item.answer === '' ? '-' : isCorrect(out.answer, item.answer) ? 'y' : 'n';
           const tokens = `${t.visualReceived}/${t.visualFull} avg ${out.final.policy?.achievedBudget.toFixed(1)}`;

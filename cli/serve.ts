@@ -7,7 +7,7 @@
  * name); --vision-provider and --language-provider put each on its own device. Defaults: the
  * embedded model, CPU. SIGTERM/SIGINT stop gracefully (not serving, drain, exit); `all` passes the
  * signal to language, then to vision once language has exited, and exits when both have; a second
- * signal SIGKILLs the ones still running. SIGHUP re-reads TLS files and never stops a service; `all`
+ * signal SIGKILLs the ones still running. SIGHUP re-reads the TLS and token files and never stops a service; `all`
  * passes it on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -72,13 +72,13 @@ interface ServingMessage {
 }
 
 /**
- * SIGHUP means "re-read the TLS files" (services/common/tls.ts listens for it when TLS is on). A
- * service without TLS has nothing to re-read, but must not take SIGHUP's default action, exit, when
+ * SIGHUP means "re-read the TLS and token files" (services/common/credentials.ts listens for it when
+ * there are any). A service without them has nothing to re-read, but must not take SIGHUP's default action, exit, when
  * `serve all` passes a reload on or an operator sends one. Installed before the model loads.
  */
 function surviveHangup(log: Logger): void {
   process.on('SIGHUP', () => {
-    if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS files to re-read');
+    if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS or token files to re-read');
   });
 }
 

@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VlmError } from './errors';
+import { envToken, parseTokenFile, type AuthTokens } from './auth-tokens';
 import type { LogLevel } from './log';
 
 export type ProviderSpec =
@@ -104,8 +105,11 @@ export interface RpcConfig {
   readonly visionTarget: string;
   /** Rows per tensor chunk on the vision hop; 0: about 1 MiB per chunk. */
   readonly rowsPerChunk: number;
-  /** Bearer token clients must send (also sent on the vision hop); null: no authentication. From VLM_AUTH_TOKEN or --auth-token-file, never a flag value. */
-  readonly authToken: string | null;
+  /**
+   * The bearer tokens clients must send, any one of them (shared/auth-tokens.ts); null: no
+   * authentication. From --auth-token-file (re-read while serving) or VLM_AUTH_TOKEN, never a flag value.
+   */
+  readonly auth: AuthTokens | null;
   /** SIGTERM: how long calls in flight may finish before they are cancelled. */
   readonly shutdownGraceMs: number;
   /** Run a worst-case dummy request before reporting SERVING. */
@@ -190,7 +194,7 @@ export const CONFIG_OPTIONS = {
   'metrics-port': { type: 'int', env: 'VLM_METRICS_PORT', default: 9464, ...PORT, arg: 'PORT', help: 'Prometheus /metrics (0 = off; serve all gives language the next one)' },
   'vision-target': { type: 'string', env: 'VLM_VISION_TARGET', default: '', arg: 'TARGET', shown: 'vision on this host (--host, --vision-port)', help: 'where language finds vision: an address, a comma-separated list, or dns:///name:port' },
   'rows-per-chunk': { type: 'int', env: 'VLM_ROWS_PER_CHUNK', default: 0, min: 0, max: 1_000_000, arg: 'N', shown: '0 (about 1 MiB per chunk)', help: 'rows per tensor chunk on the vision hop' },
-  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'a file holding the bearer token clients must send (the token itself may come in VLM_AUTH_TOKEN; the file wins)' },
+  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as TOKEN or NAME TOKEN, any one accepted and the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
@@ -202,7 +206,7 @@ export const CONFIG_OPTIONS = {
   'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
   'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },
   'vision-server-name': { type: 'string', env: 'VLM_VISION_SERVER_NAME', default: '', arg: 'NAME', shown: "the target's host", help: "language: the name every vision certificate must carry (TLS; needed for a list of IPs unless each certificate carries every listed address)" },
-  'tls-reload-ms': { type: 'int', env: 'VLM_TLS_RELOAD_MS', default: 60_000, min: 100, max: INT32_MAX, arg: 'MS', help: 'how often certificate files are re-read (SIGHUP re-reads at once)' },
+  'tls-reload-ms': { type: 'int', env: 'VLM_TLS_RELOAD_MS', default: 60_000, min: 100, max: INT32_MAX, arg: 'MS', help: 'how often the certificate and token files are re-read (SIGHUP re-reads at once)' },
   'log-level': { type: 'string', env: 'VLM_LOG_LEVEL', default: 'info', choices: ['debug', 'info', 'warn', 'error', 'silent'], arg: 'LEVEL', help: 'log level' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -273,7 +277,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     rpc: {
       visionTarget: r.str('vision-target'),
       rowsPerChunk: r.int('rows-per-chunk'),
-      authToken: readAuthToken(r.str('auth-token-file'), env[AUTH_TOKEN_ENV]),
+      auth: readAuthTokens(r.str('auth-token-file'), env[AUTH_TOKEN_ENV]),
       shutdownGraceMs: r.int('shutdown-grace-ms'),
       warmup: r.bool('warmup'),
       maxConcurrentStreams: r.int('max-concurrent-streams'),
@@ -419,21 +423,16 @@ function readTls(r: Reader): TlsConfig {
   return tls;
 }
 
-/** A token file wins over VLM_AUTH_TOKEN; surrounding whitespace (a trailing newline) is not part of it. */
-function readAuthToken(file: string, fromEnv: string | undefined): string | null {
-  if (file !== '') {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new VlmError('INVALID_ARGUMENT', `--auth-token-file: cannot read ${file}: ${(err as Error).message}`);
-    }
-    const token = text.trim();
-    if (token === '') throw VlmError.invalid('--auth-token-file', `${file} is empty`);
-    return token;
+/** A token file wins over VLM_AUTH_TOKEN. */
+function readAuthTokens(file: string, fromEnv: string | undefined): AuthTokens | null {
+  if (file === '') return envToken(fromEnv);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new VlmError('INVALID_ARGUMENT', `--auth-token-file: cannot read ${file}: ${(err as Error).message}`);
   }
-  const token = fromEnv?.trim() ?? '';
-  return token === '' ? null : token;
+  return { file, tokens: parseTokenFile(text, file) };
 }
 
 /**

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
-import { serviceTls } from '../services/common/tls';
+import { serviceCredentials } from '../services/common/credentials';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { configFrom, type Config } from '../shared/config';
 import { createLogger } from '../shared/log';
@@ -106,13 +106,13 @@ describe('TLS over a list of vision replica IPs', () => {
     const config = configFrom({ 'vision-server-name': NAME }, {});
     let error: unknown;
     try {
-      serviceTls(config.tls, createLogger('silent-test'), true).close();
+      serviceCredentials(config, createLogger('silent-test'), true).close();
     } catch (err) {
       error = err;
     }
     expect(error).toBeInstanceOf(VlmError);
     expect(error).toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('--vision-server-name') as unknown });
     // The vision service reads the same config and ignores the hop's options.
-    serviceTls(config.tls, createLogger('silent-test'), false).close();
+    serviceCredentials(config, createLogger('silent-test'), false).close();
   });
 });

@@ -22,6 +22,7 @@ import {
   type Manifest,
 } from '../scripts/validate-k8s';
 import { SHUTDOWN_FLUSH_MS } from '../shared/telemetry/sdk';
+import { parseTokenFile } from '../shared/auth-tokens';
 import { bindLoopback } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -39,8 +40,8 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 const summary = (findings: readonly Finding[]): string[] => findings.map((f) => `${f.check} ${f.object}: ${f.message}`);
 
-type Container = { name: string; args?: string[]; env?: { name: string; value?: string }[]; resources: { requests?: Record<string, unknown>; limits?: Record<string, unknown> }; volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[]; image: string; envFrom?: { configMapRef?: { name: string } }[] };
-type Deployment = Manifest & { spec: { template: { metadata: { labels: Record<string, string> }; spec: { containers: Container[]; nodeSelector?: Record<string, string>; volumes?: { name: string; persistentVolumeClaim?: { claimName: string; readOnly?: boolean } }[] } } } };
+type Container = { name: string; args?: string[]; env?: { name: string; value?: string }[]; resources: { requests?: Record<string, unknown>; limits?: Record<string, unknown> }; volumeMounts?: { name: string; mountPath: string; readOnly?: boolean; subPath?: string }[]; image: string; envFrom?: { configMapRef?: { name: string } }[] };
+type Deployment = Manifest & { spec: { template: { metadata: { labels: Record<string, string> }; spec: { containers: Container[]; nodeSelector?: Record<string, string>; volumes?: { name: string; persistentVolumeClaim?: { claimName: string; readOnly?: boolean }; secret?: { secretName: string } }[] } } } };
 
 function deployment(objects: readonly Manifest[], name: string): { d: Deployment; c: Container } {
   const d = objects.find((m) => m.kind === 'Deployment' && m.metadata.name === name) as Deployment | undefined;
@@ -384,7 +385,7 @@ describe('metrics adapter rules', () => {
   });
 });
 
-describe('development TLS certificates (k8s/tls/make-dev-certs.sh)', () => {
+describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.sh)', () => {
   let dir: string;
   let secrets: Manifest[];
   beforeAll(() => {
@@ -393,7 +394,7 @@ describe('development TLS certificates (k8s/tls/make-dev-certs.sh)', () => {
     secrets = parseManifests(readFileSync(path.join(dir, 'secrets.yaml'), 'utf8'));
   });
 
-  it('writes the three Secrets the Deployments mount, schema-valid', () => {
+  it('writes the four Secrets the Deployments mount, schema-valid', () => {
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
     const mounted = objects
       .filter((m) => m.kind === 'Deployment')
@@ -401,6 +402,25 @@ describe('development TLS certificates (k8s/tls/make-dev-certs.sh)', () => {
       .flatMap((v) => (v.secret ? [v.secret.secretName] : []));
     expect(new Set(mounted)).toEqual(new Set(secrets.map((s) => s.metadata.name)));
     expect(summary([...schemaFindings(secrets), ...fields.findings(secrets)])).toEqual([]);
+  });
+
+  it('writes a token file both services accept from the file the Deployments point VLM_AUTH_TOKEN_FILE at', () => {
+    const auth = secrets.find((s) => s.metadata.name === 'vlm-auth') as unknown as { data: { tokens: string } };
+    const text = Buffer.from(auth.data.tokens, 'base64').toString('utf8');
+    expect(text).toBe(readFileSync(path.join(dir, 'auth-tokens'), 'utf8'));
+    const [token] = parseTokenFile(text, 'vlm-auth');
+    expect(token!.name).toBe('dev');
+    expect(token!.token).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
+    for (const name of ['vlm-vision', 'vlm-language']) {
+      const pod = deployment(objects, name).d.spec.template.spec;
+      const container = pod.containers[0]!;
+      const file = container.env?.find((e) => e.name === 'VLM_AUTH_TOKEN_FILE')?.value;
+      const volume = pod.volumes?.find((v) => v.secret?.secretName === 'vlm-auth');
+      const mount = container.volumeMounts?.find((m) => m.name === volume?.name);
+      // A directory mount (no subPath): only that follows the Secret's updates, which a rotation needs.
+      expect({ file, subPath: mount?.subPath }).toEqual({ file: `${mount?.mountPath}/tokens`, subPath: undefined });
+    }
   });
 
   it('lets the language client through vision\'s mutual TLS under the headless Service name, and nobody without a client certificate', async () => {

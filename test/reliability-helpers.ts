@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { testConfig, type Config } from '../shared/config';
+import { singleToken, type AuthTokens } from '../shared/auth-tokens';
 import { ReductionPolicy as WirePolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { GenerateResponse, type GenerateFinal, type GenerateRequest, type LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { collect } from './service-helpers';
@@ -74,6 +75,8 @@ export interface PairOverrides {
   readonly maxImageBytes?: number;
   readonly deadlineMs?: number;
   readonly authToken?: string | null;
+  /** Tokens as a file gives them (re-read while serving); wins over authToken. */
+  readonly auth?: AuthTokens;
   readonly tls?: Partial<Config['tls']>;
   readonly healthPort?: number;
 }
@@ -84,7 +87,7 @@ export function pairConfig(over: PairOverrides = {}): Config {
     model: { dir: BUNDLE },
     services: { host: '127.0.0.1', healthPort: over.healthPort ?? 0 },
     limits: { queueSize: over.queueSize ?? 4, maxImageBytes: over.maxImageBytes ?? 2 * 1024 * 1024, maxNewTokens: 256, ...(over.deadlineMs ? { deadlineMs: over.deadlineMs } : {}) },
-    rpc: { visionTarget: over.visionTarget ?? '', shutdownGraceMs: 1000, authToken: over.authToken ?? null },
+    rpc: { visionTarget: over.visionTarget ?? '', shutdownGraceMs: 1000, auth: over.auth ?? singleToken(over.authToken ?? null) },
     tls: { ...(over.tls ?? {}) },
   });
 }

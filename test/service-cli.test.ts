@@ -75,12 +75,12 @@ describe('vlm serve all + vlm ask', () => {
     expect(infeasible.stderr).toMatch(/^INVALID_ARGUMENT: .*999/);
   });
 
-  it('passes SIGHUP (reload TLS files) on to both services and keeps all three running', async () => {
+  it('passes SIGHUP (reload TLS and token files) on to both services and keeps all three running', async () => {
     const children = () => spawnSync('ps', ['-o', 'pid=', '--ppid', String(server.pid)], { encoding: 'utf8' }).stdout.trim().split(/\s+/).filter(Boolean);
     expect(children()).toHaveLength(2);
     server.kill('SIGHUP');
     // Plaintext services have nothing to re-read; each says so, and neither takes SIGHUP's default (exit).
-    await eventually(() => (stderr.match(/"msg":"SIGHUP: no TLS files to re-read"/g) ?? []).length === 2, 10_000);
+    await eventually(() => (stderr.match(/"msg":"SIGHUP: no TLS or token files to re-read"/g) ?? []).length === 2, 10_000);
     expect(stderr).toMatch(/"component":"serve","msg":"SIGHUP: passing it to the services"/);
     expect(running(server)).toBe(true);
     expect(children()).toHaveLength(2);

@@ -10,6 +10,8 @@ import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
 import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
+import { BearerTokens } from '../services/common/bearer-tokens';
+import { singleToken } from '../shared/auth-tokens';
 import { Admission } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
@@ -100,7 +102,7 @@ function startServer(options: { authToken?: string | null; defaultDeadlineMs?: n
     log,
     maxReceiveMessageBytes: 8 << 20,
     maxSendMessageBytes: 4 << 20,
-    authToken: options.authToken ?? null,
+    auth: options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null,
     shutdownGraceMs: options.graceMs ?? 5000,
   });
 }

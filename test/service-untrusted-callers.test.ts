@@ -35,7 +35,7 @@ function startServer(requestArrivalMs = 60_000, serverLog = log): GrpcServer {
     log: serverLog,
     maxReceiveMessageBytes: 8 << 20,
     maxSendMessageBytes: 4 << 20,
-    authToken: null,
+    auth: null,
     shutdownGraceMs: 1000,
     requestArrivalMs,
   });

@@ -68,7 +68,7 @@ describe('the server span of a call that ended without our status', () => {
       log,
       maxReceiveMessageBytes: 1 << 20,
       maxSendMessageBytes: 1 << 20,
-      authToken: null,
+      auth: null,
       shutdownGraceMs: 1000,
     });
     const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;

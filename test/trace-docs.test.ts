@@ -18,8 +18,9 @@ describe('docs/telemetry.md', () => {
     expect(doc).toContain(`\`${EVENT_TOKEN}\``);
   });
 
-  it.each(Object.values(MetricName))('has a metric row for %s (Prometheus spelling)', (name) => {
-    expect(tableRows.some((row) => row.startsWith(`| \`${name.replace(/\./g, '_')}\``))).toBe(true);
+  it.each(Object.values(MetricName))('has a metric row for %s (Prometheus spelling; counters end in _total)', (name) => {
+    const prometheus = name.replace(/\./g, '_');
+    expect(tableRows.some((row) => row.startsWith(`| \`${prometheus}\``) || row.startsWith(`| \`${prometheus}_total\``))).toBe(true);
   });
 });
 

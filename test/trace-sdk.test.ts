@@ -253,7 +253,7 @@ describe('metrics on the Prometheus endpoint', () => {
     expect(text).toMatch(/^vlm_inflight_requests(?:\{[^}]*\})? 0$/m);
   });
 
-  it('exposes queue depth, in-flight requests, stage latency, request and encode histograms and TLS expiry', async () => {
+  it('exposes queue depth, in-flight requests, stage latency, request and encode histograms, TLS expiry and token use', async () => {
     const text = await scrapeAfter(`
       m.observeQueueDepth(() => 3);
       m.observeTlsExpiry(() => Date.now() + 86400e3, 'server');
@@ -267,6 +267,7 @@ describe('metrics on the Prometheus endpoint', () => {
       m.recordRequest(0.5, { 'error.type': 'INVALID_ARGUMENT' });
       m.recordEncode(0.7);
       m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
+      m.recordAuth('accepted', 'old'); m.recordAuth('accepted', 'new'); m.recordAuth('accepted', 'new'); m.recordAuth('invalid');
     `);
     const value = (re: RegExp) => Number(re.exec(text)?.[1]);
     expect(value(/^vlm_queue_depth(?:\{[^}]*\})? (\S+)/m)).toBe(3);
@@ -286,5 +287,9 @@ describe('metrics on the Prometheus endpoint', () => {
     // 11 tokens in 1 s of decode: 11 tokens/s; 10 gaps: 0.1 s per output token
     expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(11, 9);
     expect(value(/^gen_ai_server_time_per_output_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.1, 9);
+    // Per token name, so a token being rotated out can be removed once its count stops growing.
+    expect(value(/^vlm_auth_calls_total\{[^}]*vlm_auth_credential="new"[^}]*\} (\S+)/m)).toBe(2);
+    expect(value(/^vlm_auth_calls_total\{[^}]*vlm_auth_credential="old"[^}]*\} (\S+)/m)).toBe(1);
+    expect(value(/^vlm_auth_calls_total\{[^}]*vlm_auth_outcome="invalid"[^}]*\} (\S+)/m)).toBe(1);
   });
 });

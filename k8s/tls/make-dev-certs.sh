@@ -6,6 +6,9 @@
 #   vlm-vision-client-tls    the language service's client certificate for the hop to vision, and the
 #                            CA it verifies vision with (VLM_VISION_CLIENT_CERT/KEY, VLM_VISION_CA)
 #   vlm-language-server-tls  the language service's server certificate for backend apps
+# and a bearer token, as DIR/auth-tokens (for `VLM_AUTH_TOKEN_FILE=DIR/auth-tokens vlm ask`) and as
+#   vlm-auth                 the tokens both services accept, file format of shared/auth-tokens.ts
+#                            (VLM_AUTH_TOKEN_FILE)
 # For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
 #
 #   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90]
@@ -58,5 +61,11 @@ secret() {
   printf '  tls.crt: %s\n  tls.key: %s\n  ca.crt: %s\n' \
     "$(base64 -w0 < "$cert.crt")" "$(base64 -w0 < "$cert.key")" "$(base64 -w0 < ca.crt)"
 }
-{ secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; } > secrets.yaml
-echo "wrote $(pwd)/secrets.yaml (CA: $(pwd)/ca.crt, valid $DAYS days); apply with: kubectl apply -f $(pwd)/secrets.yaml"
+# 32 random bytes, base64url: a bearer token needs no quoting in a header.
+( umask 077; printf 'dev %s\n' "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')" > auth-tokens )
+auth_secret() {
+  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: vlm-auth\n  namespace: %s\ntype: Opaque\ndata:\n  tokens: %s\n' \
+    "$NS" "$(base64 -w0 < auth-tokens)"
+}
+{ secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; auth_secret; } > secrets.yaml
+echo "wrote $(pwd)/secrets.yaml (CA: $(pwd)/ca.crt, valid $DAYS days; bearer token: $(pwd)/auth-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"

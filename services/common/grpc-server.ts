@@ -14,6 +14,8 @@ import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
 import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
+import type { BearerTokens } from './bearer-tokens';
+import type { ServiceCredentials } from './credentials';
 import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
@@ -27,8 +29,8 @@ export interface GrpcServerOptions {
   /** Largest request accepted by the transport; set above the image byte limit so the service, not the transport, judges oversize images. */
   readonly maxReceiveMessageBytes: number;
   readonly maxSendMessageBytes: number;
-  /** Clients must send this bearer token; null: no authentication. */
-  readonly authToken: string | null;
+  /** Clients must send one of these bearer tokens; null: no authentication. */
+  readonly auth: BearerTokens | null;
   readonly shutdownGraceMs: number;
   /** TLS (services/common/tls.ts); absent: plaintext. */
   readonly credentials?: ServerCredentials;
@@ -55,7 +57,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
-    if (options.authToken !== null) interceptors.push(bearerAuthInterceptor(options.authToken));
+    if (options.auth !== null) interceptors.push(bearerAuthInterceptor(options.auth));
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     this.server = new Server({
       interceptors,
@@ -167,9 +169,9 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
  * Service, where a connection stays on the pod it first reached and replicas the autoscaler adds
  * would get no traffic from them.
  */
-export function transportOptions(config: Config, credentials: ServerCredentials | null): Pick<
+export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'authToken' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'
 > {
   return {
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
@@ -177,9 +179,9 @@ export function transportOptions(config: Config, credentials: ServerCredentials 
     maxReceiveMessageBytes: receiveLimit(config.limits),
     requestArrivalMs: config.limits.deadlineMs,
     maxSendMessageBytes: SEND_LIMIT,
-    authToken: config.rpc.authToken,
+    auth: credentials.tokens,
     shutdownGraceMs: config.rpc.shutdownGraceMs,
-    credentials: credentials ?? undefined,
+    credentials: credentials.server ?? undefined,
     maxConcurrentStreams: config.rpc.maxConcurrentStreams,
   };
 }

@@ -6,7 +6,7 @@
  * Handlers never log requests: the access log here writes one line per call with the method, status,
  * duration and request id, and never metadata values (tokens live there).
  */
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import {
   Metadata,
   ResponderBuilder,
@@ -18,6 +18,8 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
 import { VlmError } from '../../shared/errors';
+import { recordAuth } from '../../shared/telemetry/metrics';
+import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
 
 export const REQUEST_ID_KEY = 'x-request-id';
@@ -194,27 +196,27 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
   };
 }
 
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s).digest();
-}
-
 /**
  * Requires `authorization: Bearer <token>` on every call except health checks (probes carry no
- * token). Tokens are compared as sha256 digests in constant time.
+ * token), one of the tokens `tokens` holds now (they follow their file while serving). Each decision
+ * is counted by outcome and accepted token name (vlm.auth.calls).
  */
-export function bearerAuthInterceptor(token: string): ServerInterceptor {
-  const expected = digest(token);
+export function bearerAuthInterceptor(tokens: BearerTokens): ServerInterceptor {
   return (method, call) => {
     if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const header = metadata.get('authorization')[0];
         const match = typeof header === 'string' ? /^Bearer (.+)$/i.exec(header.trim()) : null;
+        const credential = match === null ? null : tokens.match(match[1]!);
         if (match === null) {
+          recordAuth('missing');
           reject(call, new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata'));
-        } else if (!timingSafeEqual(digest(match[1]!), expected)) {
+        } else if (credential === null) {
+          recordAuth('invalid');
           reject(call, new VlmError('UNAUTHENTICATED', 'invalid bearer token'));
         } else {
+          recordAuth('accepted', credential);
           next(metadata);
         }
       })

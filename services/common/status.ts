@@ -100,11 +100,21 @@ export interface StatusDetails {
   readonly retryDelayMs?: number;
 }
 
+/** An error's name and message; a peer's gRPC status (a hop's cause) by its code name and details. */
+function describeOne(cause: unknown): string {
+  if (cause instanceof Error) return `${cause.name}: ${cause.message}`;
+  if (typeof cause === 'object' && cause !== null && typeof (cause as StatusObject).code === 'number' && typeof (cause as StatusObject).details === 'string') {
+    const { code, details } = cause as StatusObject;
+    return `gRPC status ${grpcCodeName(code)}: ${details}`;
+  }
+  return String(cause);
+}
+
 function describeCause(err: unknown): Record<string, unknown> {
   const chain: string[] = [];
   let cur: unknown = err;
   for (let depth = 0; cur !== undefined && depth < 5; depth++) {
-    chain.push(cur instanceof Error ? `${cur.name}: ${cur.message}` : String(cur));
+    chain.push(describeOne(cur));
     cur = cur instanceof Error ? cur.cause : undefined;
   }
   const stack = err instanceof Error ? err.stack?.split('\n').slice(1, 6).map((s) => s.trim()) : undefined;

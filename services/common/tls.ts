@@ -18,10 +18,8 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, rootCertificates, type SecureContextOptions } from 'node:tls';
 import { experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
-import type { TlsConfig } from '../../shared/config';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
-import { observeTlsExpiry } from '../../shared/telemetry/metrics';
 
 export interface PemFiles {
   /** Certificate chain (leaf first) and its private key: both or neither. */
@@ -327,56 +325,4 @@ export function reloadingChannelCredentials(files: CertificateFiles, serverName:
 export function serverNameOptions(credentials: ChannelCredentials | undefined): ChannelOptions {
   const name = credentials === undefined ? undefined : serverNames.get(credentials);
   return name === undefined ? {} : { 'grpc.ssl_target_name_override': name, 'grpc.default_authority': name };
-}
-
-/** What a service runs with: server credentials (null: plaintext) and the files to watch. */
-export interface ServiceTls {
-  readonly server: ServerCredentials | null;
-  /** Language only: credentials for the hop to vision (null: plaintext). */
-  readonly visionChannel: ChannelCredentials | null;
-  /** Stops the file polling and the SIGHUP handler. */
-  close(): void;
-}
-
-/**
- * Builds a service's TLS from config: the server side when VLM_TLS_CERT/KEY are set, the vision hop
- * when `withVisionClient` and VLM_VISION_CA or VLM_VISION_CLIENT_CERT are set (verified against
- * VLM_VISION_SERVER_NAME when given). Watches the files and reloads on SIGHUP.
- */
-export function serviceTls(config: TlsConfig, log: Logger, withVisionClient: boolean): ServiceTls {
-  const hopTls = config.visionCaFile !== null || config.visionClientCertFile !== null;
-  if (withVisionClient && config.visionServerName !== null && !hopTls) {
-    throw VlmError.invalid('--vision-server-name', "names the certificate vision must present, but the hop is plaintext: set VLM_VISION_CA (or a client certificate) for TLS, or unset VLM_VISION_SERVER_NAME");
-  }
-  const sets: Array<{ files: CertificateFiles; name: string }> = [];
-  let server: ServerCredentials | null = null;
-  let visionChannel: ChannelCredentials | null = null;
-  if (config.certFile !== null && config.keyFile !== null) {
-    const files = new CertificateFiles({ cert: config.certFile, key: config.keyFile, ca: config.caFile }, log.child('tls.server'));
-    sets.push({ files, name: 'server' });
-    server = reloadingServerCredentials(files);
-  }
-  if (withVisionClient && hopTls) {
-    const files = new CertificateFiles({ cert: config.visionClientCertFile, key: config.visionClientKeyFile, ca: config.visionCaFile }, log.child('tls.vision-client'));
-    sets.push({ files, name: 'vision-client' });
-    visionChannel = reloadingChannelCredentials(files, config.visionServerName);
-  }
-  const unobserve = sets.map(({ files, name }) => {
-    files.watch(config.reloadIntervalMs);
-    return observeTlsExpiry(() => files.expiresAt(), name);
-  });
-  const onHangup = (): void => {
-    log.info('SIGHUP: re-reading TLS files');
-    for (const s of sets) s.files.reload();
-  };
-  if (sets.length > 0) process.on('SIGHUP', onHangup);
-  return {
-    server,
-    visionChannel,
-    close: () => {
-      process.removeListener('SIGHUP', onHangup);
-      for (const stop of unobserve) stop();
-      for (const s of sets) s.files.close();
-    },
-  };
 }

@@ -14,7 +14,7 @@ import { loadPromptTokenCounter } from './generate-stream';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
 import { visionTargetOf } from './vision-target';
-import { serviceTls } from '../common/tls';
+import { serviceCredentials } from '../common/credentials';
 import { receiveLimit } from '../common/message-limits';
 
 export interface LanguageServiceOptions {
@@ -26,21 +26,22 @@ export interface LanguageServiceOptions {
 export async function startLanguageService(config: Config, options: LanguageServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
-  const tls = serviceTls(config.tls, log, true);
-  if (config.rpc.authToken !== null && tls.visionChannel === null && !target.loopback) {
+  const creds = serviceCredentials(config, log, true);
+  if (creds.tokens !== null && creds.visionChannel === null && !target.loopback) {
     log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target: target.configured });
   }
   let vision: VisionClient;
   try {
-    vision = new VisionClient({ target, authToken: config.rpc.authToken, credentials: tls.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits), log: log.child('vision-client') });
+    const tokens = creds.tokens;
+    vision = new VisionClient({ target, authToken: tokens === null ? null : () => tokens.outgoing(), credentials: creds.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits), log: log.child('vision-client') });
   } catch (err) {
-    // A malformed --vision-target: the certificate polling and SIGHUP handler must not outlive the failed start.
-    tls.close();
+    // A malformed --vision-target: the file polling and SIGHUP handler must not outlive the failed start.
+    creds.close();
     throw err;
   }
   const backend = await startInferenceBackend(config, log, 'language').catch((err: unknown) => {
     vision.close();
-    tls.close();
+    creds.close();
     throw err;
   });
   let server: GrpcServer;
@@ -58,14 +59,14 @@ export async function startLanguageService(config: Config, options: LanguageServ
       implementation,
       protoFiles: ['vlm/v1/language_service.proto'],
       log,
-      ...transportOptions(config, tls.server),
+      ...transportOptions(config, creds),
     });
   } catch (err) {
     // The pool's worker threads, the channel and the certificate polling would keep a failed start's
     // process alive.
     await backend.close();
     vision.close();
-    tls.close();
+    creds.close();
     throw err;
   }
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
@@ -78,10 +79,10 @@ export async function startLanguageService(config: Config, options: LanguageServ
     const sampling = { ...GREEDY, maxNewTokens: 2 };
     await backend.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
-  log.info('vision target', { target: target.configured, tls: tls.visionChannel !== null });
+  log.info('vision target', { target: target.configured, tls: creds.visionChannel !== null });
   const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
     vision.close();
-    tls.close();
+    creds.close();
     throw err;
   });
   return {
@@ -89,7 +90,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
     stop: () =>
       running.stop().finally(() => {
         vision.close();
-        tls.close();
+        creds.close();
       }),
   };
 }

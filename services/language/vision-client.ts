@@ -19,7 +19,8 @@ import type { VisionTarget } from './vision-target';
 
 export interface VisionClientOptions {
   readonly target: VisionTarget;
-  readonly authToken: string | null;
+  /** The bearer token for each call, asked per call so a re-read token file takes effect at once; null: none. */
+  readonly authToken: (() => string) | null;
   /** Plaintext when absent; credentials from reloadingChannelCredentials bring their server name along. */
   readonly credentials?: ChannelCredentials;
   /**
@@ -109,7 +110,7 @@ export class VisionClient {
   }
 
   private metadata(requestId: string, expectedModel: string): Metadata {
-    return callMetadata({ authToken: this.options.authToken, requestId, expectedModel });
+    return callMetadata({ authToken: this.options.authToken?.() ?? null, requestId, expectedModel });
   }
 
   /**

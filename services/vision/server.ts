@@ -10,7 +10,7 @@ import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { serve, type RunningService } from '../common/lifecycle';
 import { visionHandlers } from './handlers';
 import { noReduction } from '../../shared/methods/policy';
-import { serviceTls } from '../common/tls';
+import { serviceCredentials } from '../common/credentials';
 
 export interface VisionServiceOptions {
   /** Defaults to config.services.visionPort. */
@@ -40,10 +40,10 @@ export async function warmUpImage(imageSize: number, maxPixels = Infinity): Prom
 
 export async function startVisionService(config: Config, options: VisionServiceOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger('vision');
-  // TLS files are checked before the model loads: a bad path fails the start at once.
-  const tls = serviceTls(config.tls, log, false);
+  // TLS and token files are checked before the model loads: a bad path fails the start at once.
+  const creds = serviceCredentials(config, log, false);
   const backend: InferenceBackend = await startInferenceBackend(config, log, 'vision').catch((err: unknown) => {
-    tls.close();
+    creds.close();
     throw err;
   });
   const implementation = visionHandlers({
@@ -58,15 +58,15 @@ export async function startVisionService(config: Config, options: VisionServiceO
     implementation,
     protoFiles: ['vlm/v1/vision_service.proto'],
     log,
-    ...transportOptions(config, tls.server),
+    ...transportOptions(config, creds),
   });
   const warmUp = async (): Promise<void> => {
     const image = await warmUpImage(backend.model.manifest.preprocess.size, config.limits.maxImagePixels);
     await backend.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   const running = await serve(server, backend, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {
-    tls.close();
+    creds.close();
     throw err;
   });
-  return { ...running, stop: () => running.stop().finally(() => tls.close()) };
+  return { ...running, stop: () => running.stop().finally(() => creds.close()) };
 }

@@ -7,17 +7,20 @@
  *   seconds [gen_ai_server_request_duration, gen_ai_server_time_to_first_token,
  *   gen_ai_server_time_per_output_token]; Encode's duration in seconds [vlm_encode_duration].
  *   Request durations carry `error.type` (the gRPC code name) on failures.
- * - seconds until the TLS certificates in use expire [vlm_tls_expiry{vlm_tls_set}], for alerts.
+ * - seconds until the TLS certificates in use expire [vlm_tls_expiry{vlm_tls_set}], for alerts;
+ * - calls the bearer-token check decided [vlm_auth_calls_total{vlm_auth_outcome, vlm_auth_credential}]:
+ *   a token being rotated out can be removed once its count stops growing.
  * Histograms declare their unit and explicit buckets. Instruments bind to the meter provider that is
  * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
  */
-import { metrics, type Attributes, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
-import { ATTR_VLM_STAGE, ATTR_VLM_TLS_SET, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
+import { metrics, type Attributes, type Counter, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
+import { ATTR_VLM_AUTH_CREDENTIAL, ATTR_VLM_AUTH_OUTCOME, ATTR_VLM_STAGE, ATTR_VLM_TLS_SET, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
 
 interface Instruments {
   queueDepth: ObservableGauge;
   tlsExpiry: ObservableGauge;
   inFlight: UpDownCounter;
+  authCalls: Counter;
   stageDuration: Histogram;
   stageTokens: Histogram;
   tokensPerSecond: Histogram;
@@ -39,6 +42,7 @@ function instruments(): Instruments {
     queueDepth: meter.createObservableGauge(MetricName.QueueDepth, { unit: '{request}', description: 'Requests admitted and waiting for a worker' }),
     tlsExpiry: meter.createObservableGauge(MetricName.TlsExpiry, { unit: 's', description: 'Seconds until the TLS certificates in use stop verifying (negative once they have)' }),
     inFlight: meter.createUpDownCounter(MetricName.InFlight, { unit: '{request}', description: 'Requests being served (queued or running)' }),
+    authCalls: meter.createCounter(MetricName.AuthCalls, { unit: '{call}', description: 'Calls the bearer-token check accepted (by token name) or refused' }),
     stageDuration: seconds(MetricName.StageDuration, 'Duration of one pipeline stage of a request'),
     stageTokens: meter.createHistogram(MetricName.StageTokens, { unit: '{token}', description: 'Tokens leaving a stage (visual tokens after reduction, generated tokens)', advice: { explicitBucketBoundaries: [...TOKEN_BUCKETS] } }),
     tokensPerSecond: meter.createHistogram(MetricName.TokensPerSecond, { unit: '{token}/s', description: 'Decode throughput of one request', advice: { explicitBucketBoundaries: [...RATE_BUCKETS] } }),
@@ -79,6 +83,11 @@ export function recordGeneration(g: { timeToFirstTokenSeconds: number; outputTok
     i.tokensPerSecond.record(g.outputTokens / g.decodeSeconds, attributes);
     if (g.outputTokens > 1) i.timePerOutputToken.record(g.decodeSeconds / (g.outputTokens - 1), attributes);
   }
+}
+
+/** One bearer-token decision; `credential` is the accepted token's name (shared/auth-tokens.ts), never a token. */
+export function recordAuth(outcome: 'accepted' | 'missing' | 'invalid', credential?: string): void {
+  instruments().authCalls.add(1, { [ATTR_VLM_AUTH_OUTCOME]: outcome, ...(credential === undefined ? {} : { [ATTR_VLM_AUTH_CREDENTIAL]: credential }) });
 }
 
 /** Counts a request as in flight until the returned function is called (once; later calls do nothing). */

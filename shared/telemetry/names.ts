@@ -71,6 +71,10 @@ export const ATTR_VLM_STAGE = 'vlm.stage';
 export const ATTR_VLM_FINISH_REASON = 'vlm.finish_reason';
 /** Which TLS file set: `server` (the service's own) or `vision-client` (language's hop to vision). */
 export const ATTR_VLM_TLS_SET = 'vlm.tls.set';
+/** The name of the bearer token a call was accepted with (never the token; shared/auth-tokens.ts). */
+export const ATTR_VLM_AUTH_CREDENTIAL = 'vlm.auth.credential';
+/** accepted, missing (no bearer token sent) or invalid (not one the service accepts). */
+export const ATTR_VLM_AUTH_OUTCOME = 'vlm.auth.outcome';
 
 // --- attributes: semantic conventions (kept as literals; the incubating package is unstable) -----
 
@@ -112,6 +116,8 @@ export const MetricName = {
   EncodeDuration: 'vlm.encode.duration',
   /** Seconds until a TLS file set in use stops verifying (negative once it has): for expiry alerts. */
   TlsExpiry: 'vlm.tls.expiry',
+  /** Calls the bearer-token check decided, by outcome and accepted token name: shows when a rotated-out token is no longer used. */
+  AuthCalls: 'vlm.auth.calls',
 } as const;
 
 /** Seconds: from half a millisecond (one small layer on a GPU) to a minute (a long CPU generation). */
