@@ -4,11 +4,16 @@
  * new one are refused: add the new one, move callers over, then remove the old one (the services
  * re-read the file, services/common/bearer-tokens.ts).
  *
- * File format, one token a line: `TOKEN` or `NAME TOKEN`; blank lines and lines starting with `#`
- * are skipped. The first token is the one this process sends (the language service to vision, the
- * CLI to a service). Names label the metric that counts accepted calls per token, which is how an
- * operator sees that nobody uses the old token any more; an unnamed token is `line-N`. Errors name
- * the file and the line, never a token.
+ * File format, one token a line as `NAME TOKEN`; blank lines and lines starting with `#` are skipped.
+ * A file of one token may hold it alone (`TOKEN`, named `default`), as a single-token file always
+ * could; a file of several must name every one, since the names label the metric that counts
+ * accepted calls per token, which is how an operator sees that nobody uses the old token any more
+ * (a name from the line number would move to the new token when it is put first). The first token is
+ * the one this process sends (the language service to vision, the CLI to a service).
+ *
+ * A token is at least 16 visible ASCII characters: a line whose name and token were swapped is then
+ * refused instead of accepting the name as a weak token and showing the token as a name in logs and
+ * metrics. Errors name the file and the line, never a name or a token (either may be the secret).
  */
 import { VlmError } from './errors';
 
@@ -26,6 +31,9 @@ export interface AuthTokens {
 
 /** The name of the token given in VLM_AUTH_TOKEN. */
 export const ENV_TOKEN_NAME = 'env';
+/** The name of a file's single unnamed token. */
+export const DEFAULT_TOKEN_NAME = 'default';
+export const MIN_TOKEN_CHARS = 16;
 
 const FIELD = '--auth-token-file';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -33,33 +41,48 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const TOKEN = /^[\x21-\x7e]+$/;
 
 export function parseTokenFile(text: string, file: string): NamedToken[] {
-  const tokens: NamedToken[] = [];
-  const names = new Set<string>();
-  const seen = new Set<string>();
+  const lines: Array<{ at: string; fields: string[] }> = [];
   text.split(/\r?\n/).forEach((raw, index) => {
     const line = raw.trim();
-    if (line === '' || line.startsWith('#')) return;
-    const at = `${file} line ${index + 1}`;
-    const fields = line.split(/[ \t]+/);
-    if (fields.length > 2) throw VlmError.invalid(FIELD, `${at}: expected TOKEN or NAME TOKEN, found ${fields.length} fields`);
-    const [name, token] = fields.length === 2 ? [fields[0]!, fields[1]!] : [`line-${index + 1}`, fields[0]!];
-    if (!NAME.test(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-    if (!TOKEN.test(token)) throw VlmError.invalid(FIELD, `${at}: a token is visible ASCII characters only`);
-    if (names.has(name)) throw VlmError.invalid(FIELD, `${at}: the name ${name} is used twice`);
-    if (seen.has(token)) throw VlmError.invalid(FIELD, `${at}: the same token as an earlier line`);
-    names.add(name);
-    seen.add(token);
-    tokens.push({ name, token });
+    if (line !== '' && !line.startsWith('#')) lines.push({ at: `${file} line ${index + 1}`, fields: line.split(/[ \t]+/) });
   });
-  if (tokens.length === 0) throw VlmError.invalid(FIELD, `${file} holds no token`);
-  return tokens;
+  if (lines.length === 0) throw VlmError.invalid(FIELD, `${file} holds no token`);
+  const names = new Map<string, string>();
+  const tokens = new Map<string, string>();
+  return lines.map(({ at, fields }) => {
+    if (fields.length > 2) throw VlmError.invalid(FIELD, `${at}: expected NAME TOKEN, found ${fields.length} fields`);
+    if (fields.length === 1 && lines.length > 1) throw VlmError.invalid(FIELD, `${at}: a file of several tokens names each one (NAME TOKEN)`);
+    const [name, token] = fields.length === 2 ? [fields[0]!, fields[1]!] : [DEFAULT_TOKEN_NAME, fields[0]!];
+    if (!NAME.test(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    checkToken(token, at);
+    const nameAt = names.get(name);
+    if (nameAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same name as ${nameAt}`);
+    const tokenAt = tokens.get(token);
+    if (tokenAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same token as ${tokenAt}`);
+    names.set(name, at);
+    tokens.set(token, at);
+    return { name, token };
+  });
 }
 
-/** A variable's value is one token; surrounding whitespace (a trailing newline) is not part of it. */
+function checkToken(token: string, at: string): void {
+  if (!TOKEN.test(token)) throw VlmError.invalid(FIELD, `${at}: a token is visible ASCII characters only`);
+  if (token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(FIELD, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
+}
+
+/**
+ * A variable's value is one token; surrounding whitespace (a trailing newline) is not part of it. It
+ * must be sendable as a header, like a file's, but no minimum length is imposed on it (it has no
+ * name to be swapped with, and deployments set short ones before files had the rule).
+ */
 export function envToken(value: string | undefined): AuthTokens | null {
   const token = value?.trim() ?? '';
-  return token === '' ? null : { file: null, tokens: [{ name: ENV_TOKEN_NAME, token }] };
+  if (token === '') return null;
+  if (!TOKEN.test(token)) throw VlmError.invalid(AUTH_TOKEN_VARIABLE, 'a token is visible ASCII characters only');
+  return { file: null, tokens: [{ name: ENV_TOKEN_NAME, token }] };
 }
+
+const AUTH_TOKEN_VARIABLE = 'VLM_AUTH_TOKEN';
 
 /** The token a process sends (the CLI to a service; the language service re-reads it, bearer-tokens.ts): the first. */
 export function sentToken(auth: AuthTokens | null): string | null {

@@ -194,7 +194,7 @@ export const CONFIG_OPTIONS = {
   'metrics-port': { type: 'int', env: 'VLM_METRICS_PORT', default: 9464, ...PORT, arg: 'PORT', help: 'Prometheus /metrics (0 = off; serve all gives language the next one)' },
   'vision-target': { type: 'string', env: 'VLM_VISION_TARGET', default: '', arg: 'TARGET', shown: 'vision on this host (--host, --vision-port)', help: 'where language finds vision: an address, a comma-separated list, or dns:///name:port' },
   'rows-per-chunk': { type: 'int', env: 'VLM_ROWS_PER_CHUNK', default: 0, min: 0, max: 1_000_000, arg: 'N', shown: '0 (about 1 MiB per chunk)', help: 'rows per tensor chunk on the vision hop' },
-  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as TOKEN or NAME TOKEN, any one accepted and the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
+  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as NAME TOKEN (a single one may stand alone), any one accepted and the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
@@ -432,7 +432,8 @@ function readAuthTokens(file: string, fromEnv: string | undefined): AuthTokens |
   } catch (err) {
     throw new VlmError('INVALID_ARGUMENT', `--auth-token-file: cannot read ${file}: ${(err as Error).message}`);
   }
-  return { file, tokens: parseTokenFile(text, file) };
+  const resolved = path.resolve(file);
+  return { file: resolved, tokens: parseTokenFile(text, resolved) };
 }
 
 /**

@@ -218,3 +218,30 @@ describe('InferencePool', () => {
     }
   }, 40_000);
 });
+
+describe('InferencePool with several callers', () => {
+  it('serves callers in turn and sheds the heaviest caller\'s newest job rather than refuse a lighter caller', async () => {
+    const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 3 } });
+    const fair = await InferencePool.start({ ...config, warmUp: 'both', log: recordingLogger([], 'pool') });
+    try {
+      const finished: string[] = [];
+      const ask = (caller: string, id: string) =>
+        fair.ask(image, 'what color is it?', sampling, policy(), { caller, requestId: id }).then(() => void finished.push(id));
+      const running = ask('a', 'a0');
+      const a = [ask('a', 'a1'), ask('a', 'a2')];
+      const shed = ask('a', 'a3');
+      // Full with a's jobs: a is refused, b is not.
+      expect(() => fair.checkRoom('a')).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL' }));
+      expect(() => fair.checkRoom('b')).not.toThrow();
+      const b = ask('b', 'b1');
+      const e = await failure(shed);
+      expect([e.code, e.reason, e.retryDelayMs]).toEqual(['RESOURCE_EXHAUSTED', 'QUEUE_FULL', 1000]);
+      expect(e.message).toMatch(/shed from the full queue to admit another caller's request: this caller had 3 of the 3 waiting/);
+      await Promise.all([running, ...a, b]);
+      // b's job ran second, not after all of a's.
+      expect(finished).toEqual(['a0', 'a1', 'b1', 'a2']);
+    } finally {
+      await fair.close();
+    }
+  });
+});

@@ -411,6 +411,9 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     const [token] = parseTokenFile(text, 'vlm-auth');
     expect(token!.name).toBe('dev');
     expect(token!.token).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    // Renewing the certificates keeps the token the callers hold.
+    execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '2'], { stdio: 'pipe' });
+    expect(readFileSync(path.join(dir, 'auth-tokens'), 'utf8')).toBe(text);
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
     for (const name of ['vlm-vision', 'vlm-language']) {
       const pod = deployment(objects, name).d.spec.template.spec;

@@ -16,6 +16,7 @@ import { serviceCredentials, type ServiceCredentials } from '../services/common/
 import { GrpcServer } from '../services/common/grpc-server';
 import { unary } from '../services/common/server-stream';
 import { recordingLogger, type LogLine } from './core-helpers';
+import { eventually } from './service-helpers';
 import { ask, pairConfig, request, shapesImage } from './reliability-helpers';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
@@ -42,28 +43,30 @@ function refusal(text: string): VlmError {
 }
 
 describe('the token file', () => {
-  it('reads a file holding one token, as a single-token file always was (trailing newline and spaces dropped)', () => {
-    expect(parseTokenFile('  s3cret-token  \n', 'f')).toEqual([{ name: 'line-1', token: 's3cret-token' }]);
+  it('reads a file holding one token alone, as a single-token file always was (named default; trailing newline and spaces dropped)', () => {
+    expect(parseTokenFile('  s3cret-token-0123456789  \n', 'f')).toEqual([{ name: 'default', token: 's3cret-token-0123456789' }]);
   });
 
   it('reads named tokens in order, skipping blank lines and comments; the first is the one sent on', () => {
-    const tokens = parseTokenFile('# rotation 2026-11\n\nnew   t0k3n-new\r\nold\tt0k3n-old\nunnamed-ok\n', 'f');
+    const tokens = parseTokenFile('# rotation 2026-11\n\nnew   t0k3n-new-xxxxxxxx\r\nold\tt0k3n-old-xxxxxxxx\n', 'f');
     expect(tokens).toEqual([
-      { name: 'new', token: 't0k3n-new' },
-      { name: 'old', token: 't0k3n-old' },
-      { name: 'line-5', token: 'unnamed-ok' },
+      { name: 'new', token: 't0k3n-new-xxxxxxxx' },
+      { name: 'old', token: 't0k3n-old-xxxxxxxx' },
     ]);
-    expect(sentToken({ file: 'f', tokens })).toBe('t0k3n-new');
+    expect(sentToken({ file: 'f', tokens })).toBe('t0k3n-new-xxxxxxxx');
   });
 
   it.each([
     ['', 'holds no token'],
     ['# only a comment\n\n', 'holds no token'],
-    ['a b c\n', 'line 1: expected TOKEN or NAME TOKEN, found 3 fields'],
-    ['x t0k3n-one\nx t0k3n-two\n', 'line 2: the name x is used twice'],
-    ['a t0k3n-one\nb t0k3n-one\n', 'line 2: the same token as an earlier line'],
-    ['a t0k3n-ünïcode\n', 'line 1: a token is visible ASCII characters only'],
-    ['-bad t0k3n-one\n', 'line 1: a name is 1 to 63 letters'],
+    ['a b c\n', 'line 1: expected NAME TOKEN, found 3 fields'],
+    ['new t0k3n-new-xxxxxxxx\n\nt0k3n-unnamed-xxxxxxxx\n', 'line 3: a file of several tokens names each one'],
+    ['x t0k3n-one-xxxxxxxx\n# x\nx t0k3n-two-xxxxxxxx\n', '/etc/vlm/tokens line 3: the same name as /etc/vlm/tokens line 1'],
+    ['a t0k3n-one-xxxxxxxx\nb t0k3n-one-xxxxxxxx\n', 'line 2: the same token as /etc/vlm/tokens line 1'],
+    ['a t0k3n-ünïcode-xxxxxxxx\n', 'line 1: a token is visible ASCII characters only'],
+    ['-bad t0k3n-one-xxxxxxxx\n', 'line 1: a name is 1 to 63 letters'],
+    // A token written before its name: the name would be accepted as a weak token and the token shown as a name.
+    ['t0k3nXk3vQ9pLmN4rT7wZ2yB5cF8hJ1 dev\n', 'line 1: a token has at least 16 characters (are the name and the token swapped?)'],
   ])('refuses %j as INVALID_ARGUMENT naming the file and line, never a token', (text, message) => {
     const err = refusal(text);
     expect(err).toBeInstanceOf(VlmError);
@@ -76,8 +79,9 @@ describe('the token file', () => {
 
 describe('configuration', () => {
   it('takes the tokens from --auth-token-file over VLM_AUTH_TOKEN, and one token from the variable alone', () => {
-    const file = tokenFile('ci t0k3n-from-file\n');
-    expect(configFrom({ 'auth-token-file': file }, { VLM_AUTH_TOKEN: 'from-env' }).rpc.auth).toEqual({ file, tokens: [{ name: 'ci', token: 't0k3n-from-file' }] });
+    const file = tokenFile('ci t0k3n-from-file-xxxxxxxx\n');
+    expect(path.isAbsolute(file)).toBe(true);
+    expect(configFrom({ 'auth-token-file': file }, { VLM_AUTH_TOKEN: 'from-env' }).rpc.auth).toEqual({ file, tokens: [{ name: 'ci', token: 't0k3n-from-file-xxxxxxxx' }] });
     expect(configFrom({}, { VLM_AUTH_TOKEN: ' from-env\n' }).rpc.auth).toEqual({ file: null, tokens: [{ name: 'env', token: 'from-env' }] });
     expect(configFrom({}, {}).rpc.auth).toBeNull();
   });
@@ -85,6 +89,7 @@ describe('configuration', () => {
   it('fails the start on a file it cannot read or parse', () => {
     expect(() => configFrom({ 'auth-token-file': path.join(dir, 'missing') }, {})).toThrow(/--auth-token-file: cannot read/);
     expect(() => configFrom({ 'auth-token-file': tokenFile('a b c\n') }, {})).toThrow(/line 1/);
+    expect(() => configFrom({}, { VLM_AUTH_TOKEN: 'two words' })).toThrow(/VLM_AUTH_TOKEN: a token is visible ASCII characters only/);
   });
 });
 
@@ -99,34 +104,34 @@ describe('re-reading the file', () => {
   }
 
   it('matches a presented token to its name, and nothing else', () => {
-    const { tokens } = load('new t0k3n-new\nold t0k3n-old\n');
-    expect(tokens.match('t0k3n-old')).toBe('old');
-    expect(tokens.match('t0k3n-new')).toBe('new');
-    expect(tokens.match('t0k3n-ne')).toBeNull();
+    const { tokens } = load('new t0k3n-new-xxxxxxxx\nold t0k3n-old-xxxxxxxx\n');
+    expect(tokens.match('t0k3n-old-xxxxxxxx')).toBe('old');
+    expect(tokens.match('t0k3n-new-xxxxxxxx')).toBe('new');
+    expect(tokens.match('t0k3n-ne-xxxxxxxx')).toBeNull();
     expect(tokens.match('')).toBeNull();
   });
 
   it('applies a changed file, and the token sent on follows its first line', () => {
-    const { tokens, file } = load('old t0k3n-old\n');
+    const { tokens, file } = load('old t0k3n-old-xxxxxxxx\n');
     expect(tokens.reload()).toBe(false);
-    writeFileSync(file, 'new t0k3n-new\nold t0k3n-old\n');
+    writeFileSync(file, 'new t0k3n-new-xxxxxxxx\nold t0k3n-old-xxxxxxxx\n');
     expect(tokens.reload()).toBe(true);
-    expect(tokens.outgoing()).toBe('t0k3n-new');
-    expect(tokens.match('t0k3n-old')).toBe('old');
-    writeFileSync(file, 'new t0k3n-new\n');
+    expect(tokens.outgoing()).toBe('t0k3n-new-xxxxxxxx');
+    expect(tokens.match('t0k3n-old-xxxxxxxx')).toBe('old');
+    writeFileSync(file, 'new t0k3n-new-xxxxxxxx\n');
     expect(tokens.reload()).toBe(true);
-    expect(tokens.match('t0k3n-old')).toBeNull();
+    expect(tokens.match('t0k3n-old-xxxxxxxx')).toBeNull();
     expect(lines.map((l) => l.msg)).toEqual(['bearer tokens loaded', 'bearer tokens reloaded', 'bearer tokens reloaded']);
     expect(lines.at(-1)).toMatchObject({ names: ['new'], sends: 'new' });
   });
 
   it('keeps the tokens in use when the file is half-written, empty or gone, and says so without a token', () => {
-    const { tokens, file } = load('old t0k3n-old\n');
-    for (const broken of ['new t0k3n-new extra\n', '', null]) {
+    const { tokens, file } = load('old t0k3n-old-xxxxxxxx\n');
+    for (const broken of ['new t0k3n-new-xxxxxxxx extra\n', '', null]) {
       if (broken === null) rmSync(file);
       else writeFileSync(file, broken);
       expect(tokens.reload()).toBe(false);
-      expect(tokens.match('t0k3n-old')).toBe('old');
+      expect(tokens.match('t0k3n-old-xxxxxxxx')).toBe('old');
     }
     const warnings = lines.filter((l) => l.level === 'warn');
     expect(warnings).toHaveLength(3);
@@ -134,29 +139,53 @@ describe('re-reading the file', () => {
     expect(JSON.stringify(lines)).not.toMatch(/t0k3n/);
   });
 
+  it('follows the file by polling, without a signal (what a Kubernetes Secret update relies on)', async () => {
+    const file = tokenFile('old t0k3n-old-xxxxxxxx\n');
+    const config = testConfig({ rpc: { auth: { file, tokens: parseTokenFile('old t0k3n-old-xxxxxxxx\n', file) } }, tls: { reloadIntervalMs: 100 } });
+    const creds = serviceCredentials(config, log, false);
+    try {
+      writeFileSync(file, 'new t0k3n-new-xxxxxxxx\n');
+      await eventually(() => creds.tokens!.match('t0k3n-new-xxxxxxxx') === 'new', 5000);
+      expect(creds.tokens!.match('t0k3n-old-xxxxxxxx')).toBeNull();
+    } finally {
+      creds.close();
+    }
+  });
+
+  it('listens for SIGHUP only while a file is to be re-read, and stops on close', () => {
+    const before = process.listenerCount('SIGHUP');
+    const fromFile = serviceCredentials(testConfig({ rpc: { auth: { file: tokenFile('old t0k3n-old-xxxxxxxx\n'), tokens: [{ name: 'old', token: 't0k3n-old-xxxxxxxx' }] } } }), log, false);
+    expect(process.listenerCount('SIGHUP')).toBe(before + 1);
+    fromFile.close();
+    const fromVariable = serviceCredentials(testConfig({ rpc: { auth: { file: null, tokens: [{ name: 'env', token: 't0k3n-env-xxxxxxxx' }] } } }), log, false);
+    expect(process.listenerCount('SIGHUP')).toBe(before);
+    fromVariable.close();
+  });
+
   it('never re-reads a token given in VLM_AUTH_TOKEN', () => {
-    const tokens = new BearerTokens({ file: null, tokens: [{ name: 'env', token: 't0k3n-env' }] }, log);
+    const tokens = new BearerTokens({ file: null, tokens: [{ name: 'env', token: 't0k3n-env-xxxxxxxx' }] }, log);
     expect(tokens.reload()).toBe(false);
-    expect(tokens.outgoing()).toBe('t0k3n-env');
+    expect(tokens.outgoing()).toBe('t0k3n-env-xxxxxxxx');
   });
 });
 
 describe('rotating a token on a serving service (SIGHUP)', () => {
-  const file = tokenFile('old t0k3n-old\n');
+  const file = tokenFile('old t0k3n-old-xxxxxxxx\n');
   const lines: LogLine[] = [];
   let creds: ServiceCredentials;
   let server: GrpcServer;
   let client: VisionServiceClient;
+  const callers: string[] = [];
 
   beforeAll(async () => {
-    const auth: AuthTokens = { file, tokens: parseTokenFile('old t0k3n-old\n', file) };
+    const auth: AuthTokens = { file, tokens: parseTokenFile('old t0k3n-old-xxxxxxxx\n', file) };
     // A long poll: only SIGHUP re-reads the file within this test.
     const config = testConfig({ rpc: { auth }, tls: { reloadIntervalMs: 3_600_000 } });
     creds = serviceCredentials(config, recordingLogger(lines, 'vision'), false);
     const log = recordingLogger(lines, 'vision');
     const implementation: VisionServiceServer = {
       encode: () => undefined,
-      getModelInfo: unary(async () => ({ model: undefined }), { log, defaultDeadlineMs: 5000 }),
+      getModelInfo: unary(async (_req, ctx) => (callers.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }),
     } as unknown as VisionServiceServer;
     server = new GrpcServer({
       serviceName: 'vlm.v1.VisionService',
@@ -177,33 +206,68 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     creds.close();
   });
 
-  function call(token: string): Promise<number> {
+  function call(token: string, claimed?: string): Promise<number> {
     const md = new Metadata();
     md.set('authorization', `Bearer ${token}`);
+    if (claimed !== undefined) md.set('x-vlm-caller', claimed);
     return new Promise((resolve) => client.getModelInfo({}, md, (err: ServiceError | null) => resolve(err?.code ?? GrpcCode.OK)));
   }
 
   it('accepts the old token, then both, then only the new one, with no restart', async () => {
-    expect([await call('t0k3n-old'), await call('t0k3n-new')]).toEqual([GrpcCode.OK, GrpcCode.UNAUTHENTICATED]);
-    writeFileSync(file, 'new t0k3n-new\nold t0k3n-old\n');
+    expect([await call('t0k3n-old-xxxxxxxx'), await call('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.OK, GrpcCode.UNAUTHENTICATED]);
+    writeFileSync(file, 'new t0k3n-new-xxxxxxxx\nold t0k3n-old-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect([await call('t0k3n-old'), await call('t0k3n-new')]).toEqual([GrpcCode.OK, GrpcCode.OK]);
-    writeFileSync(file, 'new t0k3n-new\n');
+    expect([await call('t0k3n-old-xxxxxxxx'), await call('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.OK, GrpcCode.OK]);
+    writeFileSync(file, 'new t0k3n-new-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect([await call('t0k3n-old'), await call('t0k3n-new')]).toEqual([GrpcCode.UNAUTHENTICATED, GrpcCode.OK]);
+    expect([await call('t0k3n-old-xxxxxxxx'), await call('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.UNAUTHENTICATED, GrpcCode.OK]);
     expect(lines.filter((l) => l.msg === 'bearer tokens reloaded')).toHaveLength(2);
     expect(JSON.stringify(lines)).not.toMatch(/t0k3n/);
+  });
+
+  it("tells the handler the accepted token's name as the caller (the fair queue's key), whatever the client claims", async () => {
+    callers.splice(0);
+    expect(await call('t0k3n-new-xxxxxxxx', 'someone-else')).toBe(GrpcCode.OK);
+    expect(callers).toEqual(['new']);
+  });
+});
+
+describe('callers without authentication', () => {
+  it('are one anonymous caller: a caller named in the metadata is not believed', async () => {
+    const seen: string[] = [];
+    const log = recordingLogger([], 'vision');
+    const server = new GrpcServer({
+      serviceName: 'vlm.v1.VisionService',
+      definition: VisionServiceService,
+      implementation: { encode: () => undefined, getModelInfo: unary(async (_req, ctx) => (seen.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }) } as unknown as VisionServiceServer,
+      protoFiles: ['vlm/v1/vision_service.proto'],
+      log,
+      maxReceiveMessageBytes: 1 << 20,
+      maxSendMessageBytes: 1 << 20,
+      auth: null,
+      shutdownGraceMs: 1000,
+    });
+    const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
+    try {
+      const md = new Metadata();
+      md.set('x-vlm-caller', 'vip');
+      await new Promise<void>((resolve, reject) => client.getModelInfo({}, md, (err: ServiceError | null) => (err ? reject(err) : resolve())));
+      expect(seen).toEqual(['']);
+    } finally {
+      client.close();
+      await server.stop();
+    }
   });
 });
 
 describe('rotating the token across the vision hop', () => {
-  const visionFile = tokenFile('old t0k3n-old\n');
-  const languageFile = tokenFile('old t0k3n-old\n');
+  const visionFile = tokenFile('old t0k3n-old-xxxxxxxx\n');
+  const languageFile = tokenFile('old t0k3n-old-xxxxxxxx\n');
   const lines: LogLine[] = [];
   let vision: RunningService;
   let language: RunningService;
 
-  const auth = (file: string): AuthTokens => ({ file, tokens: parseTokenFile('old t0k3n-old\n', file) });
+  const auth = (file: string): AuthTokens => ({ file, tokens: parseTokenFile('old t0k3n-old-xxxxxxxx\n', file) });
 
   beforeAll(async () => {
     vision = await startVisionService(pairConfig({ auth: auth(visionFile), tls: { reloadIntervalMs: 3_600_000 } }), { port: 0, log: recordingLogger(lines, 'vision') });
@@ -226,27 +290,30 @@ describe('rotating the token across the vision hop', () => {
   }
 
   it('keeps answering while vision, then language, then the callers move to the new token', async () => {
-    expect(await generate('t0k3n-old')).toBe(GrpcCode.OK);
-    // 1. vision accepts both; 2. language sends the new one to vision and accepts both from callers.
-    writeFileSync(visionFile, 'new t0k3n-new\nold t0k3n-old\n');
-    writeFileSync(languageFile, 'new t0k3n-new\nold t0k3n-old\n');
+    expect(await generate('t0k3n-old-xxxxxxxx')).toBe(GrpcCode.OK);
+    // 1. vision accepts both (language still sends the old one and accepts only it).
+    writeFileSync(visionFile, 'new t0k3n-new-xxxxxxxx\nold t0k3n-old-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect([await generate('t0k3n-old'), await generate('t0k3n-new')]).toEqual([GrpcCode.OK, GrpcCode.OK]);
+    expect([await generate('t0k3n-old-xxxxxxxx'), await generate('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.OK, GrpcCode.UNAUTHENTICATED]);
+    // 2. language sends the new one to vision and accepts both from callers.
+    writeFileSync(languageFile, 'new t0k3n-new-xxxxxxxx\nold t0k3n-old-xxxxxxxx\n');
+    process.emit('SIGHUP');
+    expect([await generate('t0k3n-old-xxxxxxxx'), await generate('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.OK, GrpcCode.OK]);
     // 3. vision drops the old token: the hop already sends the new one.
-    writeFileSync(visionFile, 'new t0k3n-new\n');
+    writeFileSync(visionFile, 'new t0k3n-new-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect(await generate('t0k3n-old')).toBe(GrpcCode.OK);
+    expect(await generate('t0k3n-old-xxxxxxxx')).toBe(GrpcCode.OK);
     // 4. the callers have moved; language drops the old token too.
-    writeFileSync(languageFile, 'new t0k3n-new\n');
+    writeFileSync(languageFile, 'new t0k3n-new-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect([await generate('t0k3n-old'), await generate('t0k3n-new')]).toEqual([GrpcCode.UNAUTHENTICATED, GrpcCode.OK]);
+    expect([await generate('t0k3n-old-xxxxxxxx'), await generate('t0k3n-new-xxxxxxxx')]).toEqual([GrpcCode.UNAUTHENTICATED, GrpcCode.OK]);
     expect(JSON.stringify(lines)).not.toMatch(/t0k3n/);
   });
 
   it('answers INTERNAL, not UNAUTHENTICATED, when vision is rotated ahead of language (the caller did nothing wrong)', async () => {
-    writeFileSync(visionFile, 'newer t0k3n-newer\n');
+    writeFileSync(visionFile, 'newer t0k3n-newer-xxxxxxxx\n');
     process.emit('SIGHUP');
-    expect(await generate('t0k3n-new')).toBe(GrpcCode.INTERNAL);
+    expect(await generate('t0k3n-new-xxxxxxxx')).toBe(GrpcCode.INTERNAL);
     expect(lines).toContainEqual(expect.objectContaining({ level: 'error', msg: 'internal error', error: expect.objectContaining({ chain: ["VlmError: the vision service refused this language service's credentials", 'gRPC status UNAUTHENTICATED: invalid bearer token'] }) }));
   });
 });

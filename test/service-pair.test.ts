@@ -301,7 +301,7 @@ describe('the service pair on loopback', () => {
     // The adapter returns the handler's generator when a write fails; nothing aborts the call's signal.
     const hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
-    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', metadata: new Metadata(), log };
+    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', caller: '', metadata: new Metadata(), log };
     try {
       const promptTokens = await loadPromptTokenCounter(BUNDLE, language.backend.model.manifest, config(BUNDLE).limits);
       const stream = generateStream({ backend: language.backend, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: LONG }), ctx);

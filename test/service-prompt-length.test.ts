@@ -62,7 +62,7 @@ describe('prompt length, judged before the hop', () => {
   async function generate(over: { prompt?: string; maxTokens?: number; policy?: Partial<WirePolicy> }): Promise<{ text: string; generated?: number; finish?: FinishReason; error: VlmError | null }> {
     const req = request(image, over);
     if (over.maxTokens === undefined) req.sampling = undefined;
-    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'prompt-length', metadata: new Metadata(), log: silent };
+    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'prompt-length', caller: '', metadata: new Metadata(), log: silent };
     let text = '';
     let generated: number | undefined;
     let finish: FinishReason | undefined;

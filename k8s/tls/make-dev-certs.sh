@@ -61,8 +61,9 @@ secret() {
   printf '  tls.crt: %s\n  tls.key: %s\n  ca.crt: %s\n' \
     "$(base64 -w0 < "$cert.crt")" "$(base64 -w0 < "$cert.key")" "$(base64 -w0 < ca.crt)"
 }
-# 32 random bytes, base64url: a bearer token needs no quoting in a header.
-( umask 077; printf 'dev %s\n' "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')" > auth-tokens )
+# 32 random bytes, base64url: a bearer token needs no quoting in a header. Kept when it exists, so
+# re-running this to renew the certificates does not lock out the callers holding the token.
+[ -s auth-tokens ] || printf 'dev %s\n' "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')" > auth-tokens
 auth_secret() {
   printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: vlm-auth\n  namespace: %s\ntype: Opaque\ndata:\n  tokens: %s\n' \
     "$NS" "$(base64 -w0 < auth-tokens)"

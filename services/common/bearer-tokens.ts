@@ -1,9 +1,10 @@
 /**
  * The bearer tokens a server accepts and the one it sends on (shared/auth-tokens.ts), following
  * their file while serving: re-read every VLM_TLS_RELOAD_MS and on SIGHUP, with the TLS files
- * (services/common/tls.ts), so rotating a token needs no restart. A file that no longer parses keeps
- * the tokens in use (a half-written rotation completes by the next poll) and logs a warning; turning
- * authentication off takes a restart, never an emptied file.
+ * (services/common/tls.ts), so rotating a token needs no restart. A file that no longer parses (empty,
+ * gone, a line cut short) keeps the tokens in use and logs a warning; a write cut off mid-token may
+ * still parse, which is why files are replaced by a rename (Kubernetes Secret volumes swap them
+ * whole). Turning authentication off takes a restart, never an emptied file.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';

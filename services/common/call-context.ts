@@ -10,13 +10,15 @@ import type { Metadata } from '@grpc/grpc-js';
 import { trace } from '@opentelemetry/api';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
-import { REQUEST_ID_KEY } from './interceptors';
+import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
 
 export interface CallContext {
   readonly signal: AbortSignal;
   /** Epoch milliseconds. */
   readonly deadline: number;
   readonly requestId: string;
+  /** The accepted bearer token's name ('' without authentication): the pool's fair queue serves callers in turn. */
+  readonly caller: string;
   /** Incoming metadata (trace context travels here). */
   readonly metadata: Metadata;
   /** Logger bound to this request (`requestId`, and `trace_id` and `span_id` when traced, on every line). */
@@ -62,6 +64,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   const start = Date.now();
   const deadline = deadlineOf(source, options.defaultDeadlineMs, start);
   const requestId = String(source.metadata.get(REQUEST_ID_KEY)[0] ?? '');
+  const caller = String(source.metadata.get(CALLER_KEY)[0] ?? '');
 
   const expire = (): void => {
     if (controller.signal.aborted) return;
@@ -91,6 +94,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     signal: controller.signal,
     deadline,
     requestId,
+    caller,
     metadata: source.metadata,
     log: withFields(options.log, { requestId, ...traceFields() }),
   };

@@ -16,7 +16,7 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { accessLogInterceptor, Admission, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { accessLogInterceptor, Admission, anonymousCallerInterceptor, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -57,7 +57,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
-    if (options.auth !== null) interceptors.push(bearerAuthInterceptor(options.auth));
+    interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     this.server = new Server({
       interceptors,

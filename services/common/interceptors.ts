@@ -1,7 +1,8 @@
 /**
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
  * request encoding (noted) -> request id -> access log -> uncompressed requests only -> bearer-token
- * auth (optional) -> request arrival -> admission (drain).
+ * auth (which names the caller; without it the caller is anonymous) -> request arrival -> admission
+ * (drain).
  *
  * Handlers never log requests: the access log here writes one line per call with the method, status,
  * duration and request id, and never metadata values (tokens live there).
@@ -23,6 +24,11 @@ import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
 
 export const REQUEST_ID_KEY = 'x-request-id';
+/**
+ * Who the call is from, for the pool's fair queue: the accepted bearer token's name, set by the auth
+ * interceptor over anything a client sent; without authentication it is removed (one anonymous caller).
+ */
+export const CALLER_KEY = 'x-vlm-caller';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
 const REFLECTION_PREFIX = '/grpc.reflection.';
 
@@ -217,8 +223,22 @@ export function bearerAuthInterceptor(tokens: BearerTokens): ServerInterceptor {
           reject(call, new VlmError('UNAUTHENTICATED', 'invalid bearer token'));
         } else {
           recordAuth('accepted', credential);
+          metadata.set(CALLER_KEY, credential);
           next(metadata);
         }
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+/** Without authentication nobody is told apart: a caller named in the metadata is not believed. */
+export function anonymousCallerInterceptor(): ServerInterceptor {
+  return (_method, call) => {
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        metadata.remove(CALLER_KEY);
+        next(metadata);
       })
       .build();
     return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());

@@ -130,7 +130,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
   // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still
   // fill while the hop runs; it refuses then as before.)
-  backend.pool.checkRoom();
+  backend.pool.checkRoom(ctx.caller);
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
   const tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
   const encodeMs = performance.now() - started;
@@ -150,6 +150,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       signal: generation.signal,
       deadline: ctx.deadline,
       requestId: ctx.requestId,
+      caller: ctx.caller,
       // The rows are this request's alone and read nowhere after this (finalOf uses the counts).
       transferVisual: true,
       // A token that ends inside a multi-byte character yields ''; its id rides with the next text.

@@ -55,7 +55,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         throw new VlmError('FAILED_PRECONDITION', `this vision service runs ${manifest.model_id} (${manifest.content_hash}), not ${expected}`, { reason: 'MODEL_MISMATCH' });
       }
       const started = performance.now();
-      const result = await backend.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId });
+      const result = await backend.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId, caller: ctx.caller });
       const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
       const header = {
         modelId: manifest.model_id,

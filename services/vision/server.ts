@@ -52,14 +52,22 @@ export async function startVisionService(config: Config, options: VisionServiceO
     rowsPerChunk: config.rpc.rowsPerChunk,
     adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
   });
-  const server = new GrpcServer({
-    serviceName: 'vlm.v1.VisionService',
-    definition: VisionServiceService,
-    implementation,
-    protoFiles: ['vlm/v1/vision_service.proto'],
-    log,
-    ...transportOptions(config, creds),
-  });
+  let server: GrpcServer;
+  try {
+    server = new GrpcServer({
+      serviceName: 'vlm.v1.VisionService',
+      definition: VisionServiceService,
+      implementation,
+      protoFiles: ['vlm/v1/vision_service.proto'],
+      log,
+      ...transportOptions(config, creds),
+    });
+  } catch (err) {
+    // The pool's worker threads and the file polling would keep a failed start's process alive.
+    await backend.close();
+    creds.close();
+    throw err;
+  }
   const warmUp = async (): Promise<void> => {
     const image = await warmUpImage(backend.model.manifest.preprocess.size, config.limits.maxImagePixels);
     await backend.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });

@@ -2,7 +2,10 @@
  * InferencePool: N worker threads, each with its own copy of the model, fed from one bounded queue.
  *
  * - A job waits for a free worker; beyond `queueSize` waiting jobs, submit fails at once with
- *   RESOURCE_EXHAUSTED (callers shed load instead of piling up latency).
+ *   RESOURCE_EXHAUSTED (callers shed load instead of piling up latency). Waiting jobs are served
+ *   round-robin between callers (`CallOptions.caller`), and a full queue sheds the newest job of a
+ *   caller with two or more waiting than the newcomer's rather than refusing the newcomer
+ *   (fair-queue.ts).
  * - Cancellation: a queued job is dropped; a running job's worker gets an abort message and stops at
  *   the engine's next check. The caller's promise settles with the signal's reason (CANCELLED, or the
  *   DEADLINE_EXCEEDED a service put there). When the worker answers, a job that was aborted or ran
@@ -33,6 +36,7 @@ import type { AskResult, FromWorker, Job, JobResult, JobResultOf, ToWorker, Warm
 import { SpanName } from '../telemetry/names';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { tracingEnabled } from '../telemetry/state';
+import { FairQueue } from './fair-queue';
 
 export interface PoolDeps {
   readonly model: ModelConfig;
@@ -57,10 +61,17 @@ export interface CallOptions {
    * is empty.
    */
   readonly transferVisual?: boolean;
+  /**
+   * Who asked (the accepted bearer token's name): waiting jobs are served round-robin between
+   * callers, and a full queue sheds the heaviest caller's newest job before refusing a lighter
+   * caller (fair-queue.ts). Unset: one anonymous caller, a plain FIFO.
+   */
+  readonly caller?: string;
 }
 
 interface Task {
   readonly id: number;
+  readonly caller: string;
   readonly job: Job;
   readonly options: CallOptions;
   readonly resolve: (r: JobResult) => void;
@@ -91,7 +102,7 @@ function reasonOf(signal: AbortSignal): VlmError {
 
 export class InferencePool {
   private readonly slots: Slot[] = [];
-  private readonly queue: Task[] = [];
+  private readonly queue = new FairQueue<Task>();
   private nextId = 1;
   private closed = false;
   /** Replacement workers being started. */
@@ -206,16 +217,20 @@ export class InferencePool {
    * Throws what a job submitted now would be refused with, so a caller can shed a request before
    * spending other work on it (the language service before its vision hop).
    */
-  checkRoom(): void {
-    const refused = this.refusal();
+  checkRoom(caller = ''): void {
+    const refused = this.refusal(caller);
     if (refused) throw refused;
   }
 
-  /** Why a job submitted now would be refused (shut down, no worker, every worker busy and the queue full); null if it would be taken. */
-  private refusal(): VlmError | null {
+  /**
+   * Why a job of `caller`'s submitted now would be refused (shut down, no worker, every worker busy and
+   * the queue full with no heavier caller to shed); null if it would be taken.
+   */
+  private refusal(caller: string): VlmError | null {
     if (this.closed) return shuttingDown('the inference pool is shut down');
     if (this.workerless) return noWorker();
     if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
+    if (this.queue.victimFor(caller) !== undefined) return null;
     return new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
   }
 
@@ -245,7 +260,7 @@ export class InferencePool {
     this.closed = true;
     for (const t of this.restartTimers) clearTimeout(t);
     this.restartTimers.clear();
-    for (const t of this.queue.splice(0)) this.settle(t, shuttingDown('the inference pool is shutting down'));
+    for (const t of this.queue.drain()) this.settle(t, shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     await Promise.all(this.slots.map((s) => this.stopWorker(s)));
@@ -273,7 +288,8 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
-      const refused = this.refusal();
+      const caller = options.caller ?? '';
+      const refused = this.refusal(caller);
       if (refused) return reject(refused);
       const idle = this.slots.find((s) => !s.task);
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
@@ -283,13 +299,14 @@ export class InferencePool {
       // The worker tags its answer with the job's kind; TypeScript cannot tie that tag to K, the check can.
       const settleWith = (r: JobResult) =>
         r.kind === job.kind ? resolve(r.value as JobResultOf[K]) : reject(new VlmError('INTERNAL', `the inference worker answered a ${job.kind} job with a ${r.kind} result`));
-      const task: Task = { id: this.nextId++, job, options, resolve: settleWith, reject, trace: traced };
+      const task: Task = { id: this.nextId++, caller, job, options, resolve: settleWith, reject, trace: traced };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });
       }
-      if (idle) this.dispatch(idle, task);
-      else this.queue.push(task);
+      if (idle) return this.dispatch(idle, task);
+      if (this.queue.length >= this.deps.limits.queueSize) this.shedFor(caller);
+      this.queue.push(caller, task);
     });
   }
 
@@ -303,10 +320,23 @@ export class InferencePool {
     slot.worker.postMessage(msg, transfer);
   }
 
+  /** Makes room in a full queue for one of `caller`'s jobs (refusal() has found a heavier caller). */
+  private shedFor(caller: string): void {
+    const victim = this.queue.victimFor(caller)!;
+    const waiting = this.queue.countOf(victim);
+    const shed = this.queue.popNewest(victim)!;
+    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, requestId: shed.options.requestId });
+    this.settle(
+      shed,
+      new VlmError('RESOURCE_EXHAUSTED', `shed from the full queue to admit another caller's request: this caller had ${waiting} of the ${this.queue.length + 1} waiting; retry later`, {
+        reason: 'QUEUE_FULL',
+        retryDelayMs: BUSY_RETRY_MS,
+      }),
+    );
+  }
+
   private abort(task: Task, reason: VlmError): void {
-    const queued = this.queue.indexOf(task);
-    if (queued >= 0) {
-      this.queue.splice(queued, 1);
+    if (this.queue.remove(task)) {
       this.settle(task, reason);
       return;
     }
@@ -402,7 +432,7 @@ export class InferencePool {
         const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
         // Without any worker the queue would only wait for its deadlines.
-        if (this.workerless) for (const t of this.queue.splice(0)) this.settle(t, noWorker());
+        if (this.workerless) for (const t of this.queue.drain()) this.settle(t, noWorker());
         this.announceAvailability();
         const timer = setTimeout(() => {
           this.restartTimers.delete(timer);
