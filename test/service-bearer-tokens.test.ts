@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseTokenFile, sentToken, type AuthTokens } from '../shared/auth-tokens';
 import { configFrom, testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
+import type { Logger } from '../shared/log';
 import { VisionServiceClient, VisionServiceService, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { BearerTokens } from '../services/common/bearer-tokens';
 import { serviceCredentials, type ServiceCredentials } from '../services/common/credentials';
@@ -31,6 +32,25 @@ function tokenFile(text: string): string {
   const file = path.join(dir, `tokens-${fileCount++}`);
   writeFileSync(file, text);
   return file;
+}
+
+/** A service whose GetModelInfo records the caller its handler was told (`ctx.caller`). */
+function callerRecordingServer(auth: BearerTokens | null, callers: string[], log: Logger): GrpcServer {
+  const implementation = {
+    encode: () => undefined,
+    getModelInfo: unary(async (_req, ctx) => (callers.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }),
+  } as unknown as VisionServiceServer;
+  return new GrpcServer({
+    serviceName: 'vlm.v1.VisionService',
+    definition: VisionServiceService,
+    implementation,
+    protoFiles: ['vlm/v1/vision_service.proto'],
+    log,
+    maxReceiveMessageBytes: 1 << 20,
+    maxSendMessageBytes: 1 << 20,
+    auth,
+    shutdownGraceMs: 1000,
+  });
 }
 
 function refusal(text: string): VlmError {
@@ -182,22 +202,7 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     // A long poll: only SIGHUP re-reads the file within this test.
     const config = testConfig({ rpc: { auth }, tls: { reloadIntervalMs: 3_600_000 } });
     creds = serviceCredentials(config, recordingLogger(lines, 'vision'), false);
-    const log = recordingLogger(lines, 'vision');
-    const implementation: VisionServiceServer = {
-      encode: () => undefined,
-      getModelInfo: unary(async (_req, ctx) => (callers.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }),
-    } as unknown as VisionServiceServer;
-    server = new GrpcServer({
-      serviceName: 'vlm.v1.VisionService',
-      definition: VisionServiceService,
-      implementation,
-      protoFiles: ['vlm/v1/vision_service.proto'],
-      log,
-      maxReceiveMessageBytes: 1 << 20,
-      maxSendMessageBytes: 1 << 20,
-      auth: creds.tokens,
-      shutdownGraceMs: 1000,
-    });
+    server = callerRecordingServer(creds.tokens, callers, recordingLogger(lines, 'vision'));
     client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
   });
   afterAll(async () => {
@@ -235,18 +240,7 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
 describe('callers without authentication', () => {
   it('are one anonymous caller: a caller named in the metadata is not believed', async () => {
     const seen: string[] = [];
-    const log = recordingLogger([], 'vision');
-    const server = new GrpcServer({
-      serviceName: 'vlm.v1.VisionService',
-      definition: VisionServiceService,
-      implementation: { encode: () => undefined, getModelInfo: unary(async (_req, ctx) => (seen.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }) } as unknown as VisionServiceServer,
-      protoFiles: ['vlm/v1/vision_service.proto'],
-      log,
-      maxReceiveMessageBytes: 1 << 20,
-      maxSendMessageBytes: 1 << 20,
-      auth: null,
-      shutdownGraceMs: 1000,
-    });
+    const server = callerRecordingServer(null, seen, recordingLogger([], 'vision'));
     const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
     try {
       const md = new Metadata();
