@@ -311,3 +311,44 @@ describe('rotating the token across the vision hop', () => {
     expect(lines).toContainEqual(expect.objectContaining({ level: 'error', msg: 'internal error', error: expect.objectContaining({ chain: ["VlmError: the vision service refused this language service's credentials", 'gRPC status UNAUTHENTICATED: invalid bearer token'] }) }));
   });
 });
+
+describe('two callers sharing a language service', () => {
+  const text = 'heavy t0k3n-heavy-xxxxxxxx\nlight t0k3n-light-xxxxxxxx\n';
+  const file = tokenFile(text);
+  let vision: RunningService;
+  let language: RunningService;
+
+  beforeAll(async () => {
+    const auth: AuthTokens = { file, tokens: parseTokenFile(text, file) };
+    vision = await startVisionService(pairConfig({ auth }), { port: 0, log: recordingLogger([], 'vision') });
+    language = await startLanguageService(pairConfig({ visionTarget: vision.address, auth, queueSize: 2 }), { port: 0, log: recordingLogger([], 'language') });
+  });
+  afterAll(async () => {
+    await language?.stop();
+    await vision?.stop();
+  });
+
+  it("admits the light caller into a queue the heavy caller filled, shedding the heavy caller's newest request", async () => {
+    const client = languageClient(language.address);
+    const as = (token: string): Metadata => {
+      const md = new Metadata();
+      md.set('authorization', `Bearer ${token}`);
+      return md;
+    };
+    try {
+      const image = await shapesImage();
+      // One running and two waiting: the language pool is full, all of it the heavy caller's.
+      const heavy = [0, 1, 2].map(() => ask(client, request(image, { maxTokens: 200 }), { metadata: as('t0k3n-heavy-xxxxxxxx') }));
+      await eventually(() => language.backend.pool.stats.queued === 2, 10_000);
+      const light = await ask(client, request(image, { maxTokens: 2 }), { metadata: as('t0k3n-light-xxxxxxxx') });
+      expect(light.error).toBeNull();
+      const codes = (await Promise.all(heavy)).map((o) => [o.error?.code ?? GrpcCode.OK, o.error?.details ?? '']);
+      expect(codes.filter(([code]) => code === GrpcCode.OK)).toHaveLength(2);
+      expect(codes.filter(([code]) => code === GrpcCode.RESOURCE_EXHAUSTED)).toEqual([
+        [GrpcCode.RESOURCE_EXHAUSTED, expect.stringMatching(/^shed from the full queue to admit another caller's request: this caller had 2 of the 2 waiting/)],
+      ]);
+    } finally {
+      client.close();
+    }
+  });
+});
