@@ -234,6 +234,7 @@ describe('InferencePool with several callers', () => {
       expect(() => fair.checkRoom('a')).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL' }));
       expect(() => fair.checkRoom('b')).not.toThrow();
       const b = ask('b', 'b1');
+      expect(fair.stats.queued).toBe(3);
       const e = await failure(shed);
       expect([e.code, e.reason, e.retryDelayMs]).toEqual(['RESOURCE_EXHAUSTED', 'QUEUE_FULL', 1000]);
       expect(e.message).toMatch(/shed from the full queue to admit another caller's request: this caller had 3 of the 3 waiting/);

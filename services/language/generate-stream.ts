@@ -129,7 +129,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
   // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still
-  // fill while the hop runs; it refuses then as before.)
+  // fill while the hop runs; it refuses then, or sheds a heavier caller's job, as it would have here.)
   backend.pool.checkRoom(ctx.caller);
   const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
   const tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);

@@ -5,8 +5,8 @@
  *
  * When the queue is full, a newcomer may take the place of the newest job of the caller with the
  * most waiting (`victimFor`), so a light caller is not refused because a heavy one filled the queue.
- * Only when that makes the heavy caller strictly lighter than before without making the newcomer the
- * heaviest: otherwise two callers would trade places for nothing.
+ * Only when the heavy caller has at least two more waiting than the newcomer's caller, so the newcomer
+ * never ends up heavier than its victim: otherwise two callers would trade places for nothing.
  */
 export class FairQueue<T> {
   /** Callers in turn order; each non-empty. */

@@ -325,7 +325,7 @@ export class InferencePool {
     const victim = this.queue.victimFor(caller)!;
     const waiting = this.queue.countOf(victim);
     const shed = this.queue.popNewest(victim)!;
-    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, requestId: shed.options.requestId });
+    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, request_id: shed.options.requestId });
     this.settle(
       shed,
       new VlmError('RESOURCE_EXHAUSTED', `shed from the full queue to admit another caller's request: this caller had ${waiting} of the ${this.queue.length + 1} waiting; retry later`, {
