@@ -9,8 +9,15 @@
  * DEADLINE_EXCEEDED, invalid = INVALID_ARGUMENT, another code, or lost: no status within its deadline
  * plus 10 s); `lost` must be 0 and the outcomes must add up to `sent`. Both services' resident memory
  * is sampled every `sample-ms`; memory's start is taken after `warmup-s` of load. Prints one JSON summary (with --json nothing else).
+ *
+ * `--light-concurrency N` adds a second caller: the services get a token file of two named tokens,
+ * `heavy` for the `concurrency` clients above and `light` for N more clients that send only valid
+ * requests, and the summary gets each caller's outcomes (`byCaller`): what the pools' fair queueing
+ * between callers does for a light caller beside a heavy one.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
 import { callMetadata } from '../services/common/call-metadata';
@@ -33,6 +40,7 @@ const FLAGS = {
   'sample-ms': { type: 'string', arg: 'MS', help: 'resident-memory sampling period [default: 1000]' },
   'warmup-s': { type: 'string', arg: 'S', help: 'load before the memory baseline is taken [default: 10]' },
   seed: { type: 'string', arg: 'N', help: 'seed of the request mix [default: 1]' },
+  'light-concurrency': { type: 'string', arg: 'N', help: 'closed-loop clients of a second caller (its own token) sending only valid requests; the summary splits outcomes by caller [default: 0, off]' },
   json: { type: 'boolean', help: 'print only the JSON summary' },
 } as const satisfies CommandFlags;
 
@@ -56,6 +64,8 @@ export interface LoadOptions {
   /** Memory's "start" is taken this long into the load (after JIT and heap growth settle); requests in it count as usual. */
   readonly warmupMs: number;
   readonly seed: number;
+  /** Clients of a second caller, `light`, sending valid requests only; 0: one caller. */
+  readonly lightConcurrency?: number;
   /** Extra flags for both `vlm serve` processes (e.g. --queue-size). */
   readonly serveFlags: readonly string[];
   /** Environment of both processes (default this one's); the CLI shares the cores out between them. */
@@ -76,6 +86,20 @@ export interface MemorySample {
   readonly t: number;
   readonly visionMiB: number;
   readonly languageMiB: number;
+}
+
+/** One caller's outcomes (`--light-concurrency`). */
+export interface CallerSummary {
+  readonly clients: number;
+  readonly sent: number;
+  readonly answered: number;
+  readonly shed: number;
+  readonly timedOut: number;
+  readonly invalid: number;
+  readonly other: number;
+  readonly lost: number;
+  readonly answeredPerS: number;
+  readonly latencyMs: { readonly answered: Percentiles };
 }
 
 export interface LoadSummary {
@@ -99,6 +123,8 @@ export interface LoadSummary {
     readonly samples: readonly MemorySample[];
   };
   readonly settings: { readonly concurrency: number; readonly queueSize: number; readonly workers: number; readonly model: string };
+  /** With --light-concurrency: the heavy caller (the `concurrency` clients, the whole mix) and the light one. */
+  readonly byCaller?: { readonly heavy: CallerSummary; readonly light: CallerSummary };
 }
 
 /** Resident set size of a process in MiB (Linux /proc); NaN where unavailable. */
@@ -123,8 +149,18 @@ interface Planned {
   readonly deadlineMs: number;
 }
 
+type Items = ReadonlyArray<{ bytes: Buffer; question: string }>;
+
+/** A valid request under a random policy: the light caller's whole mix. */
+function planValid(rand: () => number, pool: Items, deadlineMs: number): Planned {
+  const item = pool[Math.floor(rand() * pool.length)]!;
+  const policy = ReductionPolicy.fromPartial(POLICIES[Math.floor(rand() * POLICIES.length)]!);
+  const sampling = SamplingParams.fromPartial({ maxTokens: 2 + Math.floor(rand() * 12) });
+  return { request: { image: item.bytes, prompt: item.question, sampling, policy, limits: undefined }, deadlineMs };
+}
+
 /** The i-th request of the mix: 10 % bad input, 10 % a deadline too tight to meet, the rest valid under a random policy. */
-function plan(rand: () => number, pool: ReadonlyArray<{ bytes: Buffer; question: string }>, deadlineMs: number): Planned {
+function plan(rand: () => number, pool: Items, deadlineMs: number): Planned {
   const item = pool[Math.floor(rand() * pool.length)]!;
   const policy = ReductionPolicy.fromPartial(POLICIES[Math.floor(rand() * POLICIES.length)]!);
   const sampling = SamplingParams.fromPartial({ maxTokens: 2 + Math.floor(rand() * 12) });
@@ -163,19 +199,73 @@ function generate(client: LanguageServiceClient, p: Planned, authToken: string |
   });
 }
 
+/** Outcomes counted as requests end: every request once. */
+class Tally {
+  sent = 0;
+  readonly counts: Record<Outcome, number> = { answered: 0, shed: 0, timedOut: 0, invalid: 0, other: 0, lost: 0 };
+  readonly other: Record<string, number> = {};
+  readonly answeredMs: number[] = [];
+  readonly allMs: number[] = [];
+
+  record(code: GrpcCode | 'lost', ms: number): void {
+    this.allMs.push(ms);
+    const c = this.counts;
+    if (code === 'lost') c.lost++;
+    else if (code === GrpcCode.OK) {
+      c.answered++;
+      this.answeredMs.push(ms);
+    } else if (code === GrpcCode.RESOURCE_EXHAUSTED) c.shed++;
+    else if (code === GrpcCode.DEADLINE_EXCEEDED) c.timedOut++;
+    else if (code === GrpcCode.INVALID_ARGUMENT) c.invalid++;
+    else {
+      c.other++;
+      const name = grpcCodeName(code);
+      this.other[name] = (this.other[name] ?? 0) + 1;
+    }
+  }
+
+  get ended(): number {
+    const c = this.counts;
+    return c.answered + c.shed + c.timedOut + c.invalid + c.other + c.lost;
+  }
+
+  caller(clients: number, durationS: number): CallerSummary {
+    return { clients, sent: this.sent, ...this.counts, answeredPerS: Math.round((this.counts.answered / durationS) * 10) / 10, latencyMs: { answered: percentiles(this.answeredMs) } };
+  }
+}
+
+/** A token file naming two callers, in a folder of its own; `remove` deletes it. */
+function twoCallerTokens(): { file: string; heavy: string; light: string; remove: () => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'vlm-bench-tokens-'));
+  const token = (): string => randomBytes(32).toString('base64url');
+  const heavy = token();
+  const light = token();
+  const file = path.join(dir, 'tokens');
+  writeFileSync(file, `heavy ${heavy}\nlight ${light}\n`, { mode: 0o600 });
+  return { file, heavy, light, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
 /** Starts both services, runs the load, stops them; the summary. */
 export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { config } = o;
+  const lightClients = o.lightConcurrency ?? 0;
+  if (lightClients > 0 && config.rpc.auth !== null) {
+    throw VlmError.invalid('--light-concurrency', 'gives the two callers tokens of its own: run it without --auth-token-file and VLM_AUTH_TOKEN');
+  }
   const pool = await questionItems(config.model.dir, 12);
-  const services = await startChildServices({ modelDir: config.model.dir, flags: o.serveFlags, env: o.serviceEnv });
+  const tokens = lightClients > 0 ? twoCallerTokens() : null;
+  const flags = tokens ? [...o.serveFlags, '--auth-token-file', tokens.file] : o.serveFlags;
+  const services = await startChildServices({ modelDir: config.model.dir, flags, env: o.serviceEnv }).catch((err: unknown) => {
+    tokens?.remove();
+    throw err;
+  });
   const { vision, language } = services;
   const client = languageClient(`127.0.0.1:${services.languagePort}`);
   try {
     const rand = seededRandom(o.seed);
-    const counts: Record<Outcome, number> = { answered: 0, shed: 0, timedOut: 0, invalid: 0, other: 0, lost: 0 };
-    const other: Record<string, number> = {};
-    const answeredMs: number[] = [];
-    const allMs: number[] = [];
+    const all = new Tally();
+    const heavy = new Tally();
+    const light = new Tally();
     const samples: MemorySample[] = [];
     const started = performance.now();
     const sample = (): void => {
@@ -183,54 +273,50 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     };
     sample();
     const sampler = setInterval(sample, o.sampleMs);
-    let sent = 0;
     const until = started + o.durationMs;
-    const progress = setInterval(() => o.onProgress?.(`${Math.round((performance.now() - started) / 1000)} s: sent ${sent}, answered ${counts.answered}, shed ${counts.shed}, timed out ${counts.timedOut}`), 10_000);
-    const worker = async (): Promise<void> => {
-      while (sent < o.maxRequests && performance.now() < until) {
-        sent++;
-        const { code, ms } = await generate(client, plan(rand, pool, config.limits.deadlineMs), sentToken(config.rpc.auth));
-        allMs.push(ms);
-        if (code === 'lost') counts.lost++;
-        else if (code === GrpcCode.OK) {
-          counts.answered++;
-          answeredMs.push(ms);
-        } else if (code === GrpcCode.RESOURCE_EXHAUSTED) counts.shed++;
-        else if (code === GrpcCode.DEADLINE_EXCEEDED) counts.timedOut++;
-        else if (code === GrpcCode.INVALID_ARGUMENT) counts.invalid++;
-        else {
-          counts.other++;
-          const name = grpcCodeName(code);
-          other[name] = (other[name] ?? 0) + 1;
-        }
+    const counts = all.counts;
+    const progress = setInterval(() => o.onProgress?.(`${Math.round((performance.now() - started) / 1000)} s: sent ${all.sent}, answered ${counts.answered}, shed ${counts.shed}, timed out ${counts.timedOut}`), 10_000);
+    const worker = (tally: Tally, next: () => Planned, token: string | null) => async (): Promise<void> => {
+      while (all.sent < o.maxRequests && performance.now() < until) {
+        all.sent++;
+        tally.sent++;
+        const { code, ms } = await generate(client, next(), token);
+        all.record(code, ms);
+        tally.record(code, ms);
       }
     };
-    await Promise.all(Array.from({ length: o.concurrency }, worker));
+    const deadlineMs = config.limits.deadlineMs;
+    await Promise.all([
+      ...Array.from({ length: o.concurrency }, worker(heavy, () => plan(rand, pool, deadlineMs), tokens?.heavy ?? sentToken(config.rpc.auth))),
+      ...Array.from({ length: lightClients }, worker(light, () => planValid(rand, pool, deadlineMs), tokens?.light ?? null)),
+    ]);
     clearInterval(sampler);
     clearInterval(progress);
     sample();
     const durationS = (performance.now() - started) / 1000;
     const warm = samples.find((m) => m.t * 1000 >= o.warmupMs) ?? samples.at(-1)!;
     const mem = (key: 'visionMiB' | 'languageMiB') => ({ idleMiB: samples[0]![key], startMiB: warm[key], endMiB: samples.at(-1)![key], peakMiB: Math.max(...samples.map((s) => s[key])) });
-    const total = counts.answered + counts.shed + counts.timedOut + counts.invalid + counts.other + counts.lost;
+    const sent = all.sent;
     return {
       sent,
       answered: counts.answered,
       shed: counts.shed,
       timedOut: counts.timedOut,
       invalid: counts.invalid,
-      otherErrors: other,
+      otherErrors: all.other,
       lost: counts.lost,
-      accountedFor: total === sent,
+      accountedFor: all.ended === sent,
       durationS: Math.round(durationS * 10) / 10,
       answeredPerS: Math.round((counts.answered / durationS) * 10) / 10,
-      latencyMs: { answered: percentiles(answeredMs), all: percentiles(allMs) },
+      latencyMs: { answered: percentiles(all.answeredMs), all: percentiles(all.allMs) },
       memory: { vision: mem('visionMiB'), language: mem('languageMiB'), warmupS: warm.t, samples },
       settings: { concurrency: o.concurrency, queueSize: config.limits.queueSize, workers: config.runtime.workers, model: path.relative(packageRoot(), config.model.dir) || config.model.dir },
+      ...(lightClients > 0 ? { byCaller: { heavy: heavy.caller(o.concurrency, durationS), light: light.caller(lightClients, durationS) } } : {}),
     };
   } finally {
     client.close();
     await services.stop();
+    tokens?.remove();
   }
 }
 
@@ -251,6 +337,7 @@ export async function run(argv: string[]): Promise<number> {
     sampleMs: int(values, 'sample-ms', 1000),
     warmupMs: int(values, 'warmup-s', 10) * 1000,
     seed: int(values, 'seed', 1),
+    lightConcurrency: integerFlag(values, 'light-concurrency', 0, 10_000) ?? 0,
     serveFlags: serveFlags(argv, FLAGS),
     // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
     serviceEnv: coLocatedServiceEnv(values, 2),

@@ -211,10 +211,11 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     creds.close();
   });
 
-  function call(token: string, claimed?: string): Promise<number> {
+  function call(token: string, claimed?: string, onBehalfOf?: string): Promise<number> {
     const md = new Metadata();
     md.set('authorization', `Bearer ${token}`);
     if (claimed !== undefined) md.set('x-vlm-caller', claimed);
+    if (onBehalfOf !== undefined) md.set('x-vlm-on-behalf-of', onBehalfOf);
     return new Promise((resolve) => client.getModelInfo({}, md, (err: ServiceError | null) => resolve(err?.code ?? GrpcCode.OK)));
   }
 
@@ -237,6 +238,16 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     expect(callers).toEqual([creds.tokens!.match(token)]);
     expect(callers).not.toEqual(['someone-else']);
   });
+
+  it("names a forwarded caller (the language service's own, on the hop) under the token that sent it, and ignores one that is not a name", async () => {
+    callers.splice(0);
+    const token = creds.tokens!.outgoing();
+    const name = creds.tokens!.match(token)!;
+    expect(await call(token, undefined, 'light')).toBe(GrpcCode.OK);
+    expect(await call(token, undefined, 'not a name!')).toBe(GrpcCode.OK);
+    // A client can divide its own token's share, never pass as another token.
+    expect(callers).toEqual([`${name}/light`, name]);
+  });
 });
 
 describe('callers without authentication', () => {
@@ -247,6 +258,7 @@ describe('callers without authentication', () => {
     try {
       const md = new Metadata();
       md.set('x-vlm-caller', 'vip');
+      md.set('x-vlm-on-behalf-of', 'vip');
       await new Promise<void>((resolve, reject) => client.getModelInfo({}, md, (err: ServiceError | null) => (err ? reject(err) : resolve())));
       expect(seen).toEqual(['']);
     } finally {

@@ -140,3 +140,17 @@ describe('the hop connection', () => {
   });
 });
 
+
+describe('the metadata of the hop', () => {
+  it("carries the language service's caller, the request id and the model expected, on every attempt", async () => {
+    const seen: Array<Record<string, unknown>> = [];
+    await fakeVision((call) => {
+      seen.push(call.metadata.getMap());
+      call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'down' });
+    });
+    const ctx = { signal: new AbortController().signal, deadline: Date.now() + 10_000, requestId: 'hop-md', caller: 'light' };
+    await failure(client!.encode({ image: Buffer.from('x'), policy: undefined, limits: undefined }, expectation, ctx));
+    expect(seen.length).toBeGreaterThan(0);
+    for (const md of seen) expect(md).toMatchObject({ 'x-vlm-on-behalf-of': 'light', 'x-request-id': 'hop-md', 'x-vlm-expected-model': 'sha256:aa' });
+  });
+});

@@ -4,7 +4,7 @@
  * the hop to vision spell them alike.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { REQUEST_ID_KEY } from './interceptors';
+import { ON_BEHALF_OF_KEY, REQUEST_ID_KEY } from './interceptors';
 
 /**
  * The hop's: the content hash of the model the language service runs. Vision refuses a request whose
@@ -13,9 +13,10 @@ import { REQUEST_ID_KEY } from './interceptors';
  */
 export const EXPECTED_MODEL_KEY = 'x-vlm-expected-model';
 
-export function callMetadata(options: { authToken?: string | null; requestId?: string; expectedModel?: string }): Metadata {
+export function callMetadata(options: { authToken?: string | null; requestId?: string; expectedModel?: string; onBehalfOf?: string }): Metadata {
   const md = new Metadata();
   if (options.requestId) md.set(REQUEST_ID_KEY, options.requestId);
+  if (options.onBehalfOf) md.set(ON_BEHALF_OF_KEY, options.onBehalfOf);
   if (options.authToken) md.set('authorization', `Bearer ${options.authToken}`);
   if (options.expectedModel) md.set(EXPECTED_MODEL_KEY, options.expectedModel);
   return md;

@@ -29,6 +29,14 @@ export const REQUEST_ID_KEY = 'x-request-id';
  * interceptor over anything a client sent; without authentication it is removed (one anonymous caller).
  */
 export const CALLER_KEY = 'x-vlm-caller';
+/**
+ * The hop's: the language service's own caller. Vision's caller becomes `<token name>/<this>`, so
+ * its queue also serves the language service's callers in turn; namespaced by the token that sent
+ * it, a client can only divide its own share, never take another token's. Ignored without
+ * authentication or when it is not a token name.
+ */
+export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
+const CALLER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
 const REFLECTION_PREFIX = '/grpc.reflection.';
 
@@ -223,7 +231,10 @@ export function bearerAuthInterceptor(tokens: BearerTokens): ServerInterceptor {
           reject(call, new VlmError('UNAUTHENTICATED', 'invalid bearer token'));
         } else {
           recordAuth('accepted', credential);
-          metadata.set(CALLER_KEY, credential);
+          const onBehalfOf = metadata.get(ON_BEHALF_OF_KEY)[0];
+          metadata.remove(ON_BEHALF_OF_KEY);
+          const forwarded = typeof onBehalfOf === 'string' && CALLER_NAME.test(onBehalfOf) ? `/${onBehalfOf}` : '';
+          metadata.set(CALLER_KEY, `${credential}${forwarded}`);
           next(metadata);
         }
       })
@@ -238,6 +249,7 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         metadata.remove(CALLER_KEY);
+        metadata.remove(ON_BEHALF_OF_KEY);
         next(metadata);
       })
       .build();

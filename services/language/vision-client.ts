@@ -39,6 +39,8 @@ export interface HopContext {
   /** Epoch ms: the caller's deadline, passed on unchanged. */
   readonly deadline: number;
   readonly requestId: string;
+  /** The language service's caller ('' anonymous), passed on so vision's queue serves callers in turn too. */
+  readonly caller?: string;
 }
 
 /**
@@ -109,8 +111,8 @@ export class VisionClient {
     this.client = new VisionServiceClient(options.target.channel, options.credentials ?? grpcCredentials.createInsecure(), visionChannelOptions(options));
   }
 
-  private metadata(requestId: string, expectedModel: string): Metadata {
-    return callMetadata({ authToken: this.options.authToken?.() ?? null, requestId, expectedModel });
+  private metadata(ctx: HopContext, expectedModel: string): Metadata {
+    return callMetadata({ authToken: this.options.authToken?.() ?? null, requestId: ctx.requestId, expectedModel, onBehalfOf: ctx.caller });
   }
 
   /**
@@ -162,7 +164,7 @@ export class VisionClient {
       let receive: OpenSpan | undefined;
       let chunks = 0;
       let bytes = 0;
-      const call = this.client.encode(request, this.metadata(ctx.requestId, expect.contentHash), { deadline: ctx.deadline });
+      const call = this.client.encode(request, this.metadata(ctx, expect.contentHash), { deadline: ctx.deadline });
       let failure: unknown = null;
       const onAbort = (): void => {
         failure ??= ctx.signal.reason;
