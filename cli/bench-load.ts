@@ -1,6 +1,6 @@
 /**
- * `vlm bench load [--duration-s 60] [--requests N] [--concurrency 16] [--queue-size 4] [--seed N]
- *                 [--sample-ms 1000] [--warmup-s 10] [--json] [config flags]`
+ * `vlm bench load [--duration-s 60] [--requests N] [--concurrency 16] [--light-concurrency 0]
+ *                 [--queue-size 4] [--seed N] [--sample-ms 1000] [--warmup-s 10] [--json] [config flags]`
  *
  * Starts the vision and language services as two processes on free loopback ports and drives them
  * with a mixed, seeded load from `concurrency` closed-loop clients: several reduction policies, about
@@ -241,8 +241,14 @@ function twoCallerTokens(): { file: string; heavy: string; light: string; remove
   const heavy = token();
   const light = token();
   const file = path.join(dir, 'tokens');
-  writeFileSync(file, `heavy ${heavy}\nlight ${light}\n`, { mode: 0o600 });
-  return { file, heavy, light, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  const remove = (): void => rmSync(dir, { recursive: true, force: true });
+  try {
+    writeFileSync(file, `heavy ${heavy}\nlight ${light}\n`, { mode: 0o600 });
+  } catch (err) {
+    remove();
+    throw err;
+  }
+  return { file, heavy, light, remove };
 }
 
 /** Starts both services, runs the load, stops them; the summary. */
@@ -250,7 +256,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   const { config } = o;
   const lightClients = o.lightConcurrency ?? 0;
   if (lightClients > 0 && config.rpc.auth !== null) {
-    throw VlmError.invalid('--light-concurrency', 'gives the two callers tokens of its own: run it without --auth-token-file and VLM_AUTH_TOKEN');
+    throw VlmError.invalid('--light-concurrency', 'gives the two callers tokens of its own: run it without --auth-token-file, VLM_AUTH_TOKEN_FILE and VLM_AUTH_TOKEN');
   }
   const pool = await questionItems(config.model.dir, 12);
   const tokens = lightClients > 0 ? twoCallerTokens() : null;

@@ -35,7 +35,7 @@ function tokenFile(text: string): string {
 }
 
 /** A service whose GetModelInfo records the caller its handler was told (`ctx.caller`). */
-function callerRecordingServer(auth: BearerTokens | null, callers: string[], log: Logger): GrpcServer {
+function callerRecordingServer(auth: BearerTokens | null, callers: string[], log: Logger, acceptOnBehalfOf = false): GrpcServer {
   const implementation = {
     encode: () => undefined,
     getModelInfo: unary(async (_req, ctx) => (callers.push(ctx.caller), { model: undefined }), { log, defaultDeadlineMs: 5000 }),
@@ -49,6 +49,7 @@ function callerRecordingServer(auth: BearerTokens | null, callers: string[], log
     maxReceiveMessageBytes: 1 << 20,
     maxSendMessageBytes: 1 << 20,
     auth,
+    acceptOnBehalfOf,
     shutdownGraceMs: 1000,
   });
 }
@@ -202,7 +203,7 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     // A long poll: only SIGHUP re-reads the file within this test.
     const config = testConfig({ rpc: { auth }, tls: { reloadIntervalMs: 3_600_000 } });
     creds = serviceCredentials(config, recordingLogger(lines, 'vision'), false);
-    server = callerRecordingServer(creds.tokens, callers, recordingLogger(lines, 'vision'));
+    server = callerRecordingServer(creds.tokens, callers, recordingLogger(lines, 'vision'), true);
     client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
   });
   afterAll(async () => {
@@ -245,8 +246,27 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
     const name = creds.tokens!.match(token)!;
     expect(await call(token, undefined, 'light')).toBe(GrpcCode.OK);
     expect(await call(token, undefined, 'not a name!')).toBe(GrpcCode.OK);
-    // A client can divide its own token's share, never pass as another token.
+    // Under the token that sent it: never another token's.
     expect(callers).toEqual([`${name}/light`, name]);
+  });
+});
+
+describe('a forwarded caller at the front door', () => {
+  it('is ignored by a service that does not accept it (the language service): a client cannot take a turn per sub-name', async () => {
+    const seen: string[] = [];
+    const log = recordingLogger([], 'language');
+    const server = callerRecordingServer(new BearerTokens({ file: null, tokens: [{ name: 'app', token: 't0k3n-app-xxxxxxxx' }] }, log), seen, log);
+    const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
+    try {
+      const md = new Metadata();
+      md.set('authorization', 'Bearer t0k3n-app-xxxxxxxx');
+      md.set('x-vlm-on-behalf-of', 'sub-1');
+      await new Promise<void>((resolve, reject) => client.getModelInfo({}, md, (err: ServiceError | null) => (err ? reject(err) : resolve())));
+      expect(seen).toEqual(['app']);
+    } finally {
+      client.close();
+      await server.stop();
+    }
   });
 });
 

@@ -31,6 +31,8 @@ export interface GrpcServerOptions {
   readonly maxSendMessageBytes: number;
   /** Clients must send one of these bearer tokens; null: no authentication. */
   readonly auth: BearerTokens | null;
+  /** Vision only: a caller forwarded by the language service (`x-vlm-on-behalf-of`) names the call's caller under its token. */
+  readonly acceptOnBehalfOf?: boolean;
   readonly shutdownGraceMs: number;
   /** TLS (services/common/tls.ts); absent: plaintext. */
   readonly credentials?: ServerCredentials;
@@ -57,7 +59,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
-    interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth) : anonymousCallerInterceptor());
+    interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     this.server = new Server({
       interceptors,

@@ -31,9 +31,11 @@ export const REQUEST_ID_KEY = 'x-request-id';
 export const CALLER_KEY = 'x-vlm-caller';
 /**
  * The hop's: the language service's own caller. Vision's caller becomes `<token name>/<this>`, so
- * its queue also serves the language service's callers in turn; namespaced by the token that sent
- * it, a client can only divide its own share, never take another token's. Ignored without
- * authentication or when it is not a token name.
+ * its queue also serves the language service's callers in turn. Read only by vision (whose callers
+ * are the language service: a NetworkPolicy and mutual TLS in `k8s/`); the language service, the front
+ * door, drops it, since a client naming sub-callers there would get a turn for each. Namespaced by the
+ * token that sent it, it can never pass as another token's. Ignored without authentication or when
+ * it is not a token name.
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
 const CALLER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -215,7 +217,7 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
  * token), one of the tokens `tokens` holds now (they follow their file while serving). Each decision
  * is counted by outcome and accepted token name (vlm.auth.calls).
  */
-export function bearerAuthInterceptor(tokens: BearerTokens): ServerInterceptor {
+export function bearerAuthInterceptor(tokens: BearerTokens, options: { acceptOnBehalfOf?: boolean } = {}): ServerInterceptor {
   return (method, call) => {
     if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
@@ -233,7 +235,7 @@ export function bearerAuthInterceptor(tokens: BearerTokens): ServerInterceptor {
           recordAuth('accepted', credential);
           const onBehalfOf = metadata.get(ON_BEHALF_OF_KEY)[0];
           metadata.remove(ON_BEHALF_OF_KEY);
-          const forwarded = typeof onBehalfOf === 'string' && CALLER_NAME.test(onBehalfOf) ? `/${onBehalfOf}` : '';
+          const forwarded = options.acceptOnBehalfOf && typeof onBehalfOf === 'string' && CALLER_NAME.test(onBehalfOf) ? `/${onBehalfOf}` : '';
           metadata.set(CALLER_KEY, `${credential}${forwarded}`);
           next(metadata);
         }

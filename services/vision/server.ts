@@ -61,6 +61,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
       protoFiles: ['vlm/v1/vision_service.proto'],
       log,
       ...transportOptions(config, creds),
+      acceptOnBehalfOf: true,
     });
   } catch (err) {
     // The pool's worker threads and the file polling would keep a failed start's process alive.
