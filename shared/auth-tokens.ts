@@ -15,6 +15,8 @@
  * refused instead of accepting the name as a weak token and showing the token as a name in logs and
  * metrics. Errors name the file and the line, never a name or a token (either may be the secret).
  */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { VlmError } from './errors';
 
 export interface NamedToken {
@@ -53,7 +55,7 @@ export function parseTokenFile(text: string, file: string): NamedToken[] {
     if (fields.length > 2) throw VlmError.invalid(FIELD, `${at}: expected NAME TOKEN, found ${fields.length} fields`);
     if (fields.length === 1 && lines.length > 1) throw VlmError.invalid(FIELD, `${at}: a file of several tokens names each one (NAME TOKEN)`);
     const [name, token] = fields.length === 2 ? [fields[0]!, fields[1]!] : [DEFAULT_TOKEN_NAME, fields[0]!];
-    if (!NAME.test(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    if (!isTokenName(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
     checkToken(token, at);
     const nameAt = names.get(name);
     if (nameAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same name as ${nameAt}`);
@@ -68,6 +70,23 @@ export function parseTokenFile(text: string, file: string): NamedToken[] {
 function checkToken(token: string, at: string): void {
   if (!TOKEN.test(token)) throw VlmError.invalid(FIELD, `${at}: a token is visible ASCII characters only`);
   if (token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(FIELD, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
+}
+
+/** Reads and parses a token file (at start and at every re-read); errors are INVALID_ARGUMENT naming the file. */
+export function readTokenFile(file: string): AuthTokens {
+  const resolved = path.resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(resolved, 'utf8');
+  } catch (err) {
+    throw new VlmError('INVALID_ARGUMENT', `${FIELD}: cannot read ${resolved}: ${(err as Error).message}`);
+  }
+  return { file: resolved, tokens: parseTokenFile(text, resolved) };
+}
+
+/** Whether `name` may name a token (or a caller forwarded on the vision hop). */
+export function isTokenName(name: string): boolean {
+  return NAME.test(name);
 }
 
 /**

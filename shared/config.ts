@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VlmError } from './errors';
-import { envToken, parseTokenFile, type AuthTokens } from './auth-tokens';
+import { envToken, readTokenFile, type AuthTokens } from './auth-tokens';
 import type { LogLevel } from './log';
 
 export type ProviderSpec =
@@ -425,15 +425,7 @@ function readTls(r: Reader): TlsConfig {
 
 /** A token file wins over VLM_AUTH_TOKEN. */
 function readAuthTokens(file: string, fromEnv: string | undefined): AuthTokens | null {
-  if (file === '') return envToken(fromEnv);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new VlmError('INVALID_ARGUMENT', `--auth-token-file: cannot read ${file}: ${(err as Error).message}`);
-  }
-  const resolved = path.resolve(file);
-  return { file: resolved, tokens: parseTokenFile(text, resolved) };
+  return file === '' ? envToken(fromEnv) : readTokenFile(file);
 }
 
 /**

@@ -17,7 +17,7 @@ import { serviceCredentials, type ServiceCredentials } from '../services/common/
 import { GrpcServer } from '../services/common/grpc-server';
 import { unary } from '../services/common/server-stream';
 import { recordingLogger, type LogLine } from './core-helpers';
-import { eventually } from './service-helpers';
+import { eventually, metadataWith } from './service-helpers';
 import { ask, pairConfig, request, shapesImage } from './reliability-helpers';
 import { startLanguageService } from '../services/language/server';
 import { startVisionService } from '../services/vision/server';
@@ -52,6 +52,21 @@ function callerRecordingServer(auth: BearerTokens | null, callers: string[], log
     acceptOnBehalfOf,
     shutdownGraceMs: 1000,
   });
+}
+
+/** The caller a fresh server's handler is told for one GetModelInfo carrying `headers`. */
+async function callerSeen(auth: BearerTokens | null, headers: Record<string, string>): Promise<string | undefined> {
+  const seen: string[] = [];
+  const server = callerRecordingServer(auth, seen, recordingLogger([], 'service'));
+  const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
+  try {
+    await new Promise<void>((resolve, reject) => client.getModelInfo({}, metadataWith(headers), (err: ServiceError | null) => (err ? reject(err) : resolve())));
+    expect(seen).toHaveLength(1);
+    return seen[0];
+  } finally {
+    client.close();
+    await server.stop();
+  }
 }
 
 function refusal(text: string): VlmError {
@@ -253,38 +268,14 @@ describe('rotating a token on a serving service (SIGHUP)', () => {
 
 describe('a forwarded caller at the front door', () => {
   it('is ignored by a service that does not accept it (the language service): a client cannot take a turn per sub-name', async () => {
-    const seen: string[] = [];
-    const log = recordingLogger([], 'language');
-    const server = callerRecordingServer(new BearerTokens({ file: null, tokens: [{ name: 'app', token: 't0k3n-app-xxxxxxxx' }] }, log), seen, log);
-    const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
-    try {
-      const md = new Metadata();
-      md.set('authorization', 'Bearer t0k3n-app-xxxxxxxx');
-      md.set('x-vlm-on-behalf-of', 'sub-1');
-      await new Promise<void>((resolve, reject) => client.getModelInfo({}, md, (err: ServiceError | null) => (err ? reject(err) : resolve())));
-      expect(seen).toEqual(['app']);
-    } finally {
-      client.close();
-      await server.stop();
-    }
+    const tokens = new BearerTokens({ file: null, tokens: [{ name: 'app', token: 't0k3n-app-xxxxxxxx' }] }, recordingLogger([], 'language'));
+    expect(await callerSeen(tokens, { authorization: 'Bearer t0k3n-app-xxxxxxxx', 'x-vlm-on-behalf-of': 'sub-1' })).toBe('app');
   });
 });
 
 describe('callers without authentication', () => {
   it('are one anonymous caller: a caller named in the metadata is not believed', async () => {
-    const seen: string[] = [];
-    const server = callerRecordingServer(null, seen, recordingLogger([], 'vision'));
-    const client = new VisionServiceClient(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`, credentials.createInsecure());
-    try {
-      const md = new Metadata();
-      md.set('x-vlm-caller', 'vip');
-      md.set('x-vlm-on-behalf-of', 'vip');
-      await new Promise<void>((resolve, reject) => client.getModelInfo({}, md, (err: ServiceError | null) => (err ? reject(err) : resolve())));
-      expect(seen).toEqual(['']);
-    } finally {
-      client.close();
-      await server.stop();
-    }
+    expect(await callerSeen(null, { 'x-vlm-caller': 'vip', 'x-vlm-on-behalf-of': 'vip' })).toBe('');
   });
 });
 

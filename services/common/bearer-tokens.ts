@@ -7,8 +7,7 @@
  * whole). Turning authentication off takes a restart, never an emptied file.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { parseTokenFile, type AuthTokens, type NamedToken } from '../../shared/auth-tokens';
+import { readTokenFile, type AuthTokens, type NamedToken } from '../../shared/auth-tokens';
 import type { Logger } from '../../shared/log';
 
 interface Accepted {
@@ -48,16 +47,17 @@ export class BearerTokens {
   reload(): boolean {
     const { file } = this.source;
     if (file === null) return false;
-    let next: NamedToken[];
+    let next: readonly NamedToken[];
     try {
-      next = parseTokenFile(readFileSync(file, 'utf8'), file);
+      next = readTokenFile(file).tokens;
     } catch (err) {
       this.log.warn('bearer token reload skipped; keeping the tokens in use', { error: (err as Error).message });
       return false;
     }
-    if (fingerprint(next) === fingerprint(this.tokens)) return false;
+    const accepted = digests(next);
+    if (sameAccepted(accepted, this.accepted)) return false;
     this.tokens = next;
-    this.accepted = digests(next);
+    this.accepted = accepted;
     this.log.info('bearer tokens reloaded', this.describe());
     return true;
   }
@@ -90,6 +90,7 @@ function digests(tokens: readonly NamedToken[]): Accepted[] {
   return tokens.map((t) => ({ name: t.name, digest: sha256(t.token) }));
 }
 
-function fingerprint(tokens: readonly NamedToken[]): string {
-  return JSON.stringify(tokens.map((t) => [t.name, sha256(t.token).toString('hex')]));
+/** The same names and tokens in the same order (the first is the one sent on). */
+function sameAccepted(a: readonly Accepted[], b: readonly Accepted[]): boolean {
+  return a.length === b.length && a.every((x, i) => x.name === b[i]!.name && x.digest.equals(b[i]!.digest));
 }

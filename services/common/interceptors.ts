@@ -19,6 +19,7 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
 import { VlmError } from '../../shared/errors';
+import { isTokenName } from '../../shared/auth-tokens';
 import { recordAuth } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
@@ -38,7 +39,6 @@ export const CALLER_KEY = 'x-vlm-caller';
  * it is not a token name.
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
-const CALLER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
 const REFLECTION_PREFIX = '/grpc.reflection.';
 
@@ -235,7 +235,7 @@ export function bearerAuthInterceptor(tokens: BearerTokens, options: { acceptOnB
           recordAuth('accepted', credential);
           const onBehalfOf = metadata.get(ON_BEHALF_OF_KEY)[0];
           metadata.remove(ON_BEHALF_OF_KEY);
-          const forwarded = options.acceptOnBehalfOf && typeof onBehalfOf === 'string' && CALLER_NAME.test(onBehalfOf) ? `/${onBehalfOf}` : '';
+          const forwarded = options.acceptOnBehalfOf && typeof onBehalfOf === 'string' && isTokenName(onBehalfOf) ? `/${onBehalfOf}` : '';
           metadata.set(CALLER_KEY, `${credential}${forwarded}`);
           next(metadata);
         }

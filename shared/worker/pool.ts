@@ -71,7 +71,6 @@ export interface CallOptions {
 
 interface Task {
   readonly id: number;
-  readonly caller: string;
   readonly job: Job;
   readonly options: CallOptions;
   readonly resolve: (r: JobResult) => void;
@@ -299,7 +298,7 @@ export class InferencePool {
       // The worker tags its answer with the job's kind; TypeScript cannot tie that tag to K, the check can.
       const settleWith = (r: JobResult) =>
         r.kind === job.kind ? resolve(r.value as JobResultOf[K]) : reject(new VlmError('INTERNAL', `the inference worker answered a ${job.kind} job with a ${r.kind} result`));
-      const task: Task = { id: this.nextId++, caller, job, options, resolve: settleWith, reject, trace: traced };
+      const task: Task = { id: this.nextId++, job, options, resolve: settleWith, reject, trace: traced };
       if (options.signal) {
         task.onAbort = () => this.abort(task, reasonOf(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });
