@@ -1,6 +1,7 @@
 /**
  * The pool's queue: one FIFO per caller, callers served in turn, and a full queue sheds the heaviest
- * caller's newest job for a caller with at least two fewer waiting.
+ * caller's newest job for a caller with at least two fewer waiting. Callers `token/sub` (vision's
+ * name for a caller the language service forwards) take turns inside their token's turn.
  */
 import { describe, expect, it } from 'vitest';
 import { FairQueue } from '../shared/worker/fair-queue';
@@ -59,5 +60,50 @@ describe('FairQueue', () => {
     expect(q.countOf('b')).toBe(0);
     expect(q.drain()).toEqual(['a1', 'a2']);
     expect([q.length, q.shift()]).toEqual([0, undefined]);
+  });
+
+  describe('sub-callers (token/sub)', () => {
+    it('give a token one turn however many sub-callers it names, shared out between them in turn', () => {
+      const q = queueOf([
+        ['hop/a', 'a1'], ['hop/a', 'a2'], ['hop/b', 'b1'], ['hop/c', 'c1'], ['direct', 'd1'], ['direct', 'd2'], ['direct', 'd3'],
+      ]);
+      expect(drainInTurn(q)).toEqual(['a1', 'd1', 'b1', 'd2', 'c1', 'd3', 'a2']);
+    });
+
+    it('count each sub-caller apart, and the token alone as a sub-caller of its own', () => {
+      const q = queueOf([['hop', 'h1'], ['hop/a', 'a1'], ['hop/a', 'a2']]);
+      expect([q.countOf('hop'), q.countOf('hop/a'), q.countOf('hop/b'), q.length]).toEqual([1, 2, 0, 3]);
+      expect(drainInTurn(q)).toEqual(['h1', 'a1', 'a2']);
+    });
+
+    it('shed between tokens by their totals, from the heaviest sub-caller of the heaviest token', () => {
+      // hop has 4 waiting spread over three sub-callers, none of which alone is two ahead of anyone
+      const q = queueOf([['hop/a', 'a1'], ['hop/a', 'a2'], ['hop/b', 'b1'], ['hop/c', 'c1'], ['other', 'o1']]);
+      expect(q.victimFor('other')).toBe('hop/a');
+      expect(q.victimFor('new')).toBe('hop/a');
+      expect(q.popNewest('hop/a')).toBe('a2');
+    });
+
+    it('shed inside a token only between its own sub-callers, when the token is not two lighter than the heaviest', () => {
+      const q = queueOf([['hop/a', 'a1'], ['hop/a', 'a2'], ['hop/a', 'a3'], ['other', 'o1'], ['other', 'o2'], ['other', 'o3']]);
+      expect(q.victimFor('hop/b')).toBe('hop/a'); // hop's own share moves from a to b; other keeps its 3
+      expect(q.victimFor('hop/a')).toBeUndefined();
+      expect(q.victimFor('other/x')).toBe('other'); // the token's own calls are its sub-caller ''
+    });
+
+    it("cannot take another token's place by naming more sub-callers", () => {
+      const q = new FairQueue<string>();
+      for (let i = 0; i < 4; i++) q.push('light', `l${i}`);
+      for (let i = 0; i < 4; i++) q.push(`greedy/s${i}`, `g${i}`);
+      expect(q.victimFor('greedy/s9')).toBeUndefined(); // 4 against 4: refused, light keeps its places
+      expect(drainInTurn(q).slice(0, 4)).toEqual(['l0', 'g0', 'l1', 'g1']);
+    });
+
+    it('remove a cancelled job and drop a token whose last job left', () => {
+      const q = queueOf([['hop/a', 'a1'], ['x', 'x1']]);
+      expect(q.remove('a1')).toBe(true);
+      expect([q.countOf('hop/a'), q.length, q.victimFor('hop/a')]).toEqual([0, 1, undefined]);
+      expect(drainInTurn(q)).toEqual(['x1']);
+    });
   });
 });

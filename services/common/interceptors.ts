@@ -32,11 +32,11 @@ export const REQUEST_ID_KEY = 'x-request-id';
 export const CALLER_KEY = 'x-vlm-caller';
 /**
  * The hop's: the language service's own caller. Vision's caller becomes `<token name>/<this>`, so
- * its queue also serves the language service's callers in turn. Read only by vision (whose callers
- * are the language service: a NetworkPolicy and mutual TLS in `k8s/`); the language service, the front
- * door, drops it, since a client naming sub-callers there would get a turn for each. Namespaced by the
- * token that sent it, it can never pass as another token's. Ignored without authentication or when
- * it is not a token name.
+ * its queue also serves the language service's callers in turn, inside the hop token's turn (the
+ * queue's two levels: naming sub-callers divides a token's share, never enlarges it). Read only by
+ * vision (whose callers are the language service: a NetworkPolicy and mutual TLS in `k8s/`); the
+ * language service, the front door, drops it. Namespaced by the token that sent it, it can never pass
+ * as another token's. Ignored without authentication or when it is not a token name.
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';

@@ -3,87 +3,141 @@
  * burst of requests takes turns with the others instead of holding every worker until its burst has
  * drained. With one caller (no authentication, or one token) it is a plain FIFO.
  *
- * When the queue is full, a newcomer may take the place of the newest job of the caller with the
- * most waiting (`victimFor`), so a light caller is not refused because a heavy one filled the queue.
- * Only when the heavy caller has at least two more waiting than the newcomer's caller, so the newcomer
- * never ends up heavier than its victim: otherwise two callers would trade places for nothing.
+ * Two levels. A caller `token/sub` (vision's name for a caller the language service forwards) is a
+ * sub-caller of `token`: turns go round the tokens first, then round the sub-callers inside the
+ * token whose turn it is. A token therefore gets one turn however many sub-callers it names, and
+ * dividing it between them can only share out its own turns, never take another token's.
+ *
+ * When the queue is full, a newcomer may take the place of the newest job of a heavier caller
+ * (`victimFor`), so a light caller is not refused because a heavy one filled the queue. Only when the
+ * victim has at least two more waiting than the newcomer's side, so the newcomer never ends up heavier
+ * than its victim: otherwise two callers would trade places for nothing.
  */
 export class FairQueue<T> {
-  /** Callers in turn order; each non-empty. */
-  private readonly byCaller = new Map<string, T[]>();
+  /** Tokens in turn order, each holding its sub-callers in turn order; nothing held is empty. */
+  private readonly byToken = new Map<string, Group<T>>();
   private size = 0;
 
   get length(): number {
     return this.size;
   }
 
+  /** Jobs waiting for exactly this caller (`token` alone or `token/sub`). */
   countOf(caller: string): number {
-    return this.byCaller.get(caller)?.length ?? 0;
+    const { token, sub } = split(caller);
+    return this.byToken.get(token)?.bySub.get(sub)?.length ?? 0;
   }
 
   push(caller: string, item: T): void {
-    const items = this.byCaller.get(caller);
+    const { token, sub } = split(caller);
+    let group = this.byToken.get(token);
+    if (!group) {
+      group = { size: 0, bySub: new Map() };
+      this.byToken.set(token, group);
+    }
+    const items = group.bySub.get(sub);
     if (items) items.push(item);
-    else this.byCaller.set(caller, [item]);
+    else group.bySub.set(sub, [item]);
+    group.size++;
     this.size++;
   }
 
-  /** The oldest job of the caller whose turn it is; that caller then goes to the back of the turn order. */
+  /**
+   * The oldest job of the sub-caller whose turn it is inside the token whose turn it is; both then go
+   * to the back of their turn orders.
+   */
   shift(): T | undefined {
-    const first = this.byCaller.entries().next();
+    const first = this.byToken.entries().next();
     if (first.done) return undefined;
-    const [caller, items] = first.value;
+    const [token, group] = first.value;
+    const [sub, items] = group.bySub.entries().next().value!;
     const item = items.shift()!;
-    this.byCaller.delete(caller);
-    if (items.length > 0) this.byCaller.set(caller, items);
+    group.bySub.delete(sub);
+    if (items.length > 0) group.bySub.set(sub, items);
+    group.size--;
+    this.byToken.delete(token);
+    if (group.size > 0) this.byToken.set(token, group);
     this.size--;
     return item;
   }
 
   /** Takes `item` out wherever it waits (a cancelled job); false if it is not queued. */
   remove(item: T): boolean {
-    for (const [caller, items] of this.byCaller) {
-      const i = items.indexOf(item);
-      if (i < 0) continue;
-      items.splice(i, 1);
-      if (items.length === 0) this.byCaller.delete(caller);
-      this.size--;
-      return true;
+    for (const [token, group] of this.byToken) {
+      for (const [sub, items] of group.bySub) {
+        const i = items.indexOf(item);
+        if (i < 0) continue;
+        items.splice(i, 1);
+        this.taken(token, group, sub, items);
+        return true;
+      }
     }
     return false;
   }
 
   /**
    * The caller whose newest job a full queue should shed to admit one of `caller`'s, or undefined when
-   * `caller` should be refused instead: the heaviest caller, if it has at least two more waiting.
+   * `caller` should be refused instead. First between tokens: the heaviest token's heaviest
+   * sub-caller, if that token has at least two more waiting than `caller`'s token. Failing that,
+   * inside `caller`'s own token: its heaviest sub-caller, if that has at least two more waiting than
+   * `caller` (which moves a place between the token's own sub-callers, never another token's).
    */
   victimFor(caller: string): string | undefined {
-    let heaviest: string | undefined;
-    let most = 0;
-    for (const [c, items] of this.byCaller) {
-      if (items.length > most) {
-        heaviest = c;
-        most = items.length;
-      }
-    }
-    return heaviest !== undefined && this.countOf(caller) + 2 <= most ? heaviest : undefined;
+    const { token, sub } = split(caller);
+    const heaviest = heaviestOf(this.byToken, (g) => g.size);
+    const own = this.byToken.get(token);
+    if (heaviest && (own?.size ?? 0) + 2 <= heaviest[1].size) return join(heaviest[0], heaviestOf(heaviest[1].bySub, (items) => items.length)![0]);
+    if (!own) return undefined;
+    const [victim, items] = heaviestOf(own.bySub, (i) => i.length)!;
+    return (own.bySub.get(sub)?.length ?? 0) + 2 <= items.length ? join(token, victim) : undefined;
   }
 
   /** Removes and returns `caller`'s newest waiting job. */
   popNewest(caller: string): T | undefined {
-    const items = this.byCaller.get(caller);
-    if (!items) return undefined;
+    const { token, sub } = split(caller);
+    const group = this.byToken.get(token);
+    const items = group?.bySub.get(sub);
+    if (!group || !items) return undefined;
     const item = items.pop()!;
-    if (items.length === 0) this.byCaller.delete(caller);
-    this.size--;
+    this.taken(token, group, sub, items);
     return item;
   }
 
-  /** Every waiting job, oldest caller turn first; the queue is left empty. */
+  /** Every waiting job, oldest turn first; the queue is left empty. */
   drain(): T[] {
-    const all = [...this.byCaller.values()].flat();
-    this.byCaller.clear();
+    const all = [...this.byToken.values()].flatMap((g) => [...g.bySub.values()].flat());
+    this.byToken.clear();
     this.size = 0;
     return all;
   }
+
+  /** Bookkeeping after one job left `items` other than by its turn: nothing empty stays held. */
+  private taken(token: string, group: Group<T>, sub: string, items: T[]): void {
+    if (items.length === 0) group.bySub.delete(sub);
+    group.size--;
+    if (group.size === 0) this.byToken.delete(token);
+    this.size--;
+  }
+}
+
+interface Group<T> {
+  size: number;
+  bySub: Map<string, T[]>;
+}
+
+/** Token names hold no '/', so the first one separates a forwarded sub-caller from its token. */
+function split(caller: string): { token: string; sub: string } {
+  const at = caller.indexOf('/');
+  return at < 0 ? { token: caller, sub: '' } : { token: caller.slice(0, at), sub: caller.slice(at + 1) };
+}
+
+function join(token: string, sub: string): string {
+  return sub === '' ? token : `${token}/${sub}`;
+}
+
+/** The entry with the largest weight, the earliest in turn order on a tie; undefined when empty. */
+function heaviestOf<V>(map: Map<string, V>, weight: (v: V) => number): [string, V] | undefined {
+  let best: [string, V] | undefined;
+  for (const entry of map) if (!best || weight(entry[1]) > weight(best[1])) best = entry;
+  return best;
 }
