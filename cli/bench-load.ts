@@ -14,6 +14,10 @@
  * `heavy` for the `concurrency` clients above and `light` for N more clients that send only valid
  * requests, and the summary gets each caller's outcomes (`byCaller`): what the pools' fair queueing
  * between callers does for a light caller beside a heavy one.
+ *
+ * SIGINT or SIGTERM ends the load early: no request is sent after it, those in flight end as usual,
+ * the services stop, and the summary (marked `interrupted`) is printed; a second signal quits at once.
+ * The temporary token file is removed either way.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -35,7 +39,7 @@ import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = {
   'duration-s': { type: 'string', arg: 'S', help: 'stop sending after S seconds [default: 60]' },
-  requests: { type: 'string', arg: 'N', help: 'stop after N requests were sent [default: 1000000]' },
+  requests: { type: 'string', arg: 'N', help: 'stop after N requests were sent, both callers together [default: 1000000]' },
   concurrency: { type: 'string', arg: 'N', help: 'closed-loop clients [default: 16]' },
   'sample-ms': { type: 'string', arg: 'MS', help: 'resident-memory sampling period [default: 1000]' },
   'warmup-s': { type: 'string', arg: 'S', help: 'load before the memory baseline is taken [default: 10]' },
@@ -71,6 +75,8 @@ export interface LoadOptions {
   /** Environment of both processes (default this one's); the CLI shares the cores out between them. */
   readonly serviceEnv?: NodeJS.ProcessEnv;
   readonly onProgress?: (line: string) => void;
+  /** Ends the load early: no request is sent after it aborts; the summary is marked `interrupted`. */
+  readonly signal?: AbortSignal;
 }
 
 export interface Percentiles {
@@ -125,6 +131,8 @@ export interface LoadSummary {
   readonly settings: { readonly concurrency: number; readonly queueSize: number; readonly workers: number; readonly model: string };
   /** With --light-concurrency: the heavy caller (the `concurrency` clients, the whole mix) and the light one. */
   readonly byCaller?: { readonly heavy: CallerSummary; readonly light: CallerSummary };
+  /** The load was ended early (`LoadOptions.signal`), before its duration or request count. */
+  readonly interrupted?: true;
 }
 
 /** Resident set size of a process in MiB (Linux /proc); NaN where unavailable. */
@@ -234,14 +242,21 @@ class Tally {
   }
 }
 
-/** A token file naming two callers, in a folder of its own; `remove` deletes it. */
+/**
+ * A token file naming two callers, in a folder of its own; `remove` deletes it, and so does the
+ * process's exit if nothing did before (a second Ctrl-C quits without unwinding).
+ */
 function twoCallerTokens(): { file: string; heavy: string; light: string; remove: () => void } {
   const dir = mkdtempSync(path.join(tmpdir(), 'vlm-bench-tokens-'));
   const token = (): string => randomBytes(32).toString('base64url');
   const heavy = token();
   const light = token();
   const file = path.join(dir, 'tokens');
-  const remove = (): void => rmSync(dir, { recursive: true, force: true });
+  const remove = (): void => {
+    process.off('exit', remove);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('exit', remove);
   try {
     writeFileSync(file, `heavy ${heavy}\nlight ${light}\n`, { mode: 0o600 });
   } catch (err) {
@@ -280,10 +295,11 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     sample();
     const sampler = setInterval(sample, o.sampleMs);
     const until = started + o.durationMs;
+    o.onProgress?.(`services ready; load running for ${o.durationMs / 1000} s: ${o.concurrency} clients${lightClients > 0 ? ` (caller heavy) and ${lightClients} sending valid requests only (caller light)` : ''}`);
     const counts = all.counts;
     const progress = setInterval(() => o.onProgress?.(`${Math.round((performance.now() - started) / 1000)} s: sent ${all.sent}, answered ${counts.answered}, shed ${counts.shed}, timed out ${counts.timedOut}`), 10_000);
     const worker = (tally: Tally, next: () => Planned, token: string | null) => async (): Promise<void> => {
-      while (all.sent < o.maxRequests && performance.now() < until) {
+      while (all.sent < o.maxRequests && performance.now() < until && !o.signal?.aborted) {
         all.sent++;
         tally.sent++;
         const { code, ms } = await generate(client, next(), token);
@@ -318,6 +334,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
       memory: { vision: mem('visionMiB'), language: mem('languageMiB'), warmupS: warm.t, samples },
       settings: { concurrency: o.concurrency, queueSize: config.limits.queueSize, workers: config.runtime.workers, model: path.relative(packageRoot(), config.model.dir) || config.model.dir },
       ...(lightClients > 0 ? { byCaller: { heavy: heavy.caller(o.concurrency, durationS), light: light.caller(lightClients, durationS) } } : {}),
+      ...(o.signal?.aborted ? { interrupted: true as const } : {}),
     };
   } finally {
     client.close();
@@ -335,6 +352,14 @@ export async function run(argv: string[]): Promise<number> {
   if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
   const json = values['json'] === true;
   const log = (line: string): void => void (json ? undefined : process.stderr.write(`${line}\n`));
+  const stop = new AbortController();
+  const onSignal = (): void => {
+    if (stop.signal.aborted) process.exit(130);
+    stop.abort();
+    process.stderr.write('stopping the load: waiting for the requests in flight, then the summary (again to quit now)\n');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const summary = await runLoad({
     config,
     durationMs: int(values, 'duration-s', 60) * 1000,
@@ -348,8 +373,13 @@ export async function run(argv: string[]): Promise<number> {
     // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
     serviceEnv: coLocatedServiceEnv(values, 2),
     onProgress: log,
+    signal: stop.signal,
+  }).finally(() => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   });
   process.stdout.write(`${JSON.stringify(summary)}\n`);
+  if (summary.interrupted) return 130;
   // Any status the plan does not provoke (a crashed service answers UNAVAILABLE from then on) fails the run.
   return summary.lost === 0 && summary.accountedFor && Object.keys(summary.otherErrors).length === 0 ? 0 : 1;
 }

@@ -1,0 +1,60 @@
+/**
+ * `vlm bench load` as a user runs it: `--light-concurrency` gives the two callers tokens of its own
+ * (so it refuses a configured token before starting anything), splits the outcomes by caller, and
+ * Ctrl-C ends the load early with a summary and without leaving its token file behind.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BUNDLE, ROOT } from './reliability-helpers';
+import { vlm } from './service-helpers';
+
+const temps: string[] = [];
+afterEach(() => {
+  for (const dir of temps.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('vlm bench load with a light caller', () => {
+  it('refuses a configured token before starting any service: the bench makes its own two', () => {
+    const r = vlm(['bench', 'load', '--model', BUNDLE, '--light-concurrency', '1'], { VLM_AUTH_TOKEN: 'a-token-of-16-chars-or-more' });
+    expect(r.stderr).toMatch(/^INVALID_ARGUMENT: --light-concurrency: .*VLM_AUTH_TOKEN_FILE/);
+    expect([r.status, r.stdout]).toEqual([1, '']);
+  });
+
+  it('stops on SIGINT: the summary splits outcomes by caller, is marked interrupted, and the token file is gone', async () => {
+    const tmp = mkdtempSync(path.join(tmpdir(), 'vlm-bench-load-test-'));
+    temps.push(tmp);
+    const args = ['bench', 'load', '--model', BUNDLE, '--duration-s', '600', '--concurrency', '2', '--light-concurrency', '1', '--queue-size', '1', '--workers', '1'];
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (stderr.includes('load running')) resolve();
+      });
+      void exited.then(() => reject(new Error(`bench load exited before its load ran: ${stderr}`)));
+    });
+    expect(readdirSync(tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toHaveLength(1); // the token file is in use
+    await new Promise((r) => setTimeout(r, 3000));
+    child.kill('SIGINT');
+
+    expect(await exited).toBe(130);
+    expect(stderr).toContain('stopping the load');
+    const s = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    expect(s.interrupted).toBe(true);
+    expect(s.durationS).toBeLessThan(60);
+    const { heavy, light } = s.byCaller;
+    expect([heavy.clients, light.clients]).toEqual([2, 1]);
+    expect(heavy.sent + light.sent).toBe(s.sent);
+    expect(heavy.answered + light.answered).toBe(s.answered);
+    expect(light.answered).toBeGreaterThan(0);
+    expect(light.invalid).toBe(0); // the light caller sends valid requests only
+    expect(s.lost).toBe(0);
+    expect(readdirSync(tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
+  }, 60_000);
+});
