@@ -11,9 +11,9 @@
  * (a name from the line number would move to the new token when it is put first). The first token is
  * the one this process sends (the language service to vision, the CLI to a service).
  *
- * A token is at least 16 visible ASCII characters: a line whose name and token were swapped is then
- * refused instead of accepting the name as a weak token and showing the token as a name in logs and
- * metrics. Errors name the file and the line, never a name or a token (either may be the secret).
+ * A named token is at least 16 visible ASCII characters: a line whose name and token were swapped is
+ * then refused instead of accepting the name as a weak token and showing the token as a name in logs
+ * and metrics. A token alone may be shorter, as before names (an upgrade keeps its old file). Errors name the file and the line, never a name or a token (either may be the secret).
  */
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -56,7 +56,9 @@ export function parseTokenFile(text: string, file: string): NamedToken[] {
     if (fields.length === 1 && lines.length > 1) throw VlmError.invalid(FIELD, `${at}: a file of several tokens names each one (NAME TOKEN)`);
     const [name, token] = fields.length === 2 ? [fields[0]!, fields[1]!] : [DEFAULT_TOKEN_NAME, fields[0]!];
     if (!isTokenName(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-    checkToken(token, at);
+    // A token alone is the file format of releases before names (the whole file one token, any
+    // length): it keeps working, and with no name beside it there is nothing to swap it with.
+    checkToken(token, at, fields.length === 2);
     const nameAt = names.get(name);
     if (nameAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same name as ${nameAt}`);
     const tokenAt = tokens.get(token);
@@ -67,9 +69,9 @@ export function parseTokenFile(text: string, file: string): NamedToken[] {
   });
 }
 
-function checkToken(token: string, at: string): void {
+function checkToken(token: string, at: string, named: boolean): void {
   if (!TOKEN.test(token)) throw VlmError.invalid(FIELD, `${at}: a token is visible ASCII characters only`);
-  if (token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(FIELD, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
+  if (named && token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(FIELD, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
 }
 
 /** Reads and parses a token file (at start and at every re-read); errors are INVALID_ARGUMENT naming the file. */

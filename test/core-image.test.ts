@@ -133,6 +133,13 @@ describe('resize modes', () => {
     expect(rgbAt(out, 3, 6)).toEqual([0, 0, 100]);
   });
 
+  it('pad_to_square bounds the padded square by the pixel limit, not the image: a 32:1 strip would cost 32 times its pixels', async () => {
+    const strip = await solid(64, 2, [255, 255, 255]).png().toBuffer(); // 128 pixels, padded to 64 x 64 = 4096
+    await expectInvalid(preprocessImage(strip, spec({ resize: 'pad_to_square' }), { ...limits, maxImagePixels: 4095 }), /64x2, which this model pads to a square of 64x64 = 4096 pixels, over the limit of 4095 pixels/);
+    await expect(preprocessImage(strip, spec({ resize: 'pad_to_square' }), { ...limits, maxImagePixels: 4096 })).resolves.toBeDefined();
+    await expect(preprocessImage(strip, spec({ resize: 'squash' }), { ...limits, maxImagePixels: 128 })).resolves.toBeDefined(); // no square is built
+  });
+
   it('shortest_edge_center_crop keeps the centre of a wide image', async () => {
     // 16 x 8: columns 0-3 red, 4-11 green, 12-15 blue; the shortest edge is already 8, so the crop is columns 4-11.
     const raw = Buffer.alloc(16 * 8 * 3);

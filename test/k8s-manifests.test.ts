@@ -411,9 +411,16 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     const [token] = parseTokenFile(text, 'vlm-auth');
     expect(token!.name).toBe('dev');
     expect(token!.token).toMatch(/^[A-Za-z0-9_-]{43}$/);
-    // Renewing the certificates keeps the token the callers hold.
+    // Renewing the certificates keeps the token the callers hold, and the CA the pods not yet re-read trust.
+    const ca = readFileSync(path.join(dir, 'ca.crt'), 'utf8');
+    const leaf = readFileSync(path.join(dir, 'vision-server.crt'), 'utf8');
     execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '2'], { stdio: 'pipe' });
     expect(readFileSync(path.join(dir, 'auth-tokens'), 'utf8')).toBe(text);
+    expect(readFileSync(path.join(dir, 'ca.crt'), 'utf8')).toBe(ca);
+    expect(readFileSync(path.join(dir, 'vision-server.crt'), 'utf8')).not.toBe(leaf);
+    execFileSync('openssl', ['verify', '-CAfile', path.join(dir, 'ca.crt'), path.join(dir, 'vision-server.crt'), path.join(dir, 'vision-client.crt')], { stdio: 'pipe' });
+    // A CA that would expire before the renewed certificates is refused, not silently reused.
+    expect(() => execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '5000'], { stdio: 'pipe' })).toThrow(/expires within 5000 days/);
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
     for (const name of ['vlm-vision', 'vlm-language']) {
       const pod = deployment(objects, name).d.spec.template.spec;

@@ -92,6 +92,10 @@ describe('the token file', () => {
     expect(sentToken({ file: 'f', tokens })).toBe('t0k3n-new-xxxxxxxx');
   });
 
+  it("reads a file of one token alone, the format before names, whatever the token's length", () => {
+    expect(parseTokenFile('short\n', 'f')).toEqual([{ name: 'default', token: 'short' }]);
+  });
+
   it.each([
     ['', 'holds no token'],
     ['# only a comment\n\n', 'holds no token'],
@@ -103,6 +107,8 @@ describe('the token file', () => {
     ['-bad t0k3n-one-xxxxxxxx\n', 'line 1: a name is 1 to 63 letters'],
     // A token written before its name: the name would be accepted as a weak token and the token shown as a name.
     ['t0k3nXk3vQ9pLmN4rT7wZ2yB5cF8hJ1 dev\n', 'line 1: a token has at least 16 characters (are the name and the token swapped?)'],
+    // So is a short token once it has a name (an old token moved into a file of several to rotate it).
+    ['old short\nnew t0k3n-new-xxxxxxxx\n', 'line 1: a token has at least 16 characters'],
   ])('refuses %j as INVALID_ARGUMENT naming the file and line, never a token', (text, message) => {
     const err = refusal(text);
     expect(err).toBeInstanceOf(VlmError);

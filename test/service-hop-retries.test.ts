@@ -106,6 +106,21 @@ describe('Encode retries on the language -> vision hop', () => {
     expect(vision.calls()).toBe(3);
   });
 
+  it("reports a call vision force-closed (its drain grace ran out) as UNAVAILABLE, never as the caller's CANCELLED", async () => {
+    const srv = (await fakeVision(() => undefined), server!); // holds every call
+    const pending = encodeFailure();
+    await new Promise((r) => setTimeout(r, 100));
+    srv.forceShutdown();
+    const e = await pending;
+    expect([e.code, e.reason, e.retryDelayMs]).toEqual(['UNAVAILABLE', 'VISION_UNAVAILABLE', 1000]);
+  });
+
+  it('repeats a call vision cancelled, as it does a lost replica, and then reports it', async () => {
+    const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.CANCELLED, details: 'Call cancelled' }));
+    expect((await encodeFailure()).code).toBe('UNAVAILABLE');
+    expect(vision.calls()).toBe(3);
+  });
+
   it('is not repeated for a failure the request itself caused', async () => {
     const vision = await fakeVision((call) => call.emit('error', { code: GrpcCode.INTERNAL, details: 'the inference worker exited while running this request' }));
     expect((await encodeFailure()).code).toBe('INTERNAL');

@@ -11,16 +11,23 @@
 #                            (VLM_AUTH_TOKEN_FILE)
 # For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
 #
-#   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90]
+#   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90] [--ca-days 3650]
 #   kubectl apply -f DIR/secrets.yaml
+#
+# Re-running it with the same DIR renews the three certificates (valid --days) under the CA already
+# there (valid --ca-days from its making) and keeps the token: the pods re-read their Secrets at
+# different moments, and a new CA would fail the hop's handshake between a pod that has re-read and
+# one that has not. It refuses to renew when the CA would expire within --days; delete DIR/ca.* to
+# start a new CA (every pod then needs the new Secrets before the hop works again).
 set -euo pipefail
-OUT=./vlm-dev-certs; NS=vlm; DAYS=90
+OUT=./vlm-dev-certs; NS=vlm; DAYS=90; CA_DAYS=3650
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift ;;
     --namespace) NS=$2; shift ;;
     --days) DAYS=$2; shift ;;
-    *) echo "unknown option $1 (use --out DIR, --namespace NS, --days N)" >&2; exit 2 ;;
+    --ca-days) CA_DAYS=$2; shift ;;
+    *) echo "unknown option $1 (use --out DIR, --namespace NS, --days N, --ca-days N)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -32,9 +39,14 @@ umask 077
 # ClusterIP Service, short and fully qualified.
 names() { local svc; for svc in "$@"; do printf 'DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local,' "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS"; done | sed 's/,$//'; }
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$DAYS" \
-  -subj "/CN=vlm-dev-ca" -keyout ca.key -out ca.crt \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+if [ -s ca.key ] && [ -s ca.crt ]; then
+  openssl x509 -in ca.crt -noout -checkend $((DAYS * 86400)) >/dev/null || {
+    echo "the CA in $(pwd) expires within $DAYS days: delete ca.key and ca.crt to make a new one" >&2; exit 1; }
+else
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$CA_DAYS" \
+    -subj "/CN=vlm-dev-ca" -keyout ca.key -out ca.crt \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+fi
 
 # issue NAME CN EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
 issue() {
@@ -69,4 +81,4 @@ auth_secret() {
     "$NS" "$(base64 -w0 < auth-tokens)"
 }
 { secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; auth_secret; } > secrets.yaml
-echo "wrote $(pwd)/secrets.yaml (CA: $(pwd)/ca.crt, valid $DAYS days; bearer token: $(pwd)/auth-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"
+echo "wrote $(pwd)/secrets.yaml (certificates valid $DAYS days; CA: $(pwd)/ca.crt, until $(openssl x509 -in ca.crt -noout -enddate | cut -d= -f2); bearer token: $(pwd)/auth-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"

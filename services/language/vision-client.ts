@@ -143,7 +143,7 @@ export class VisionClient {
           const e = err as VlmError;
           this.options.log?.warn('vision replica of another model or version', { requestId: ctx.requestId, attempt, target: this.options.target.configured, error: e.message, detail: e.cause instanceof Error ? e.cause.message : undefined });
         }
-        const retryable = mismatch || (err instanceof VlmError && err.code === 'UNAVAILABLE' && progress.received);
+        const retryable = mismatch || (err instanceof VlmError && err.code === 'UNAVAILABLE' && (progress.received || progress.endedByVision));
         // Only while another try as long as this one still fits: otherwise the caller would get
         // DEADLINE_EXCEEDED for what was a retryable failure.
         const backoff = RETRY_BACKOFF_MS * (attempt + 1);
@@ -154,7 +154,7 @@ export class VisionClient {
     }
   }
 
-  private encodeOnce(request: EncodeRequest, expect: Expectation, ctx: HopContext, progress: { received: boolean }): Promise<AssembledTensor> {
+  private encodeOnce(request: EncodeRequest, expect: Expectation, ctx: HopContext, progress: { received: boolean; endedByVision?: boolean }): Promise<AssembledTensor> {
     return new Promise((resolve, reject) => {
       if (ctx.signal.aborted) return reject(ctx.signal.reason);
       const assembler = new TensorAssembler(expect);
@@ -198,6 +198,9 @@ export class VisionClient {
           return reject(failure);
         }
         if (status.code !== GrpcCode.OK) {
+          // CANCELLED that this side did not cause (it sets `failure` first) is vision's: a replica
+          // whose drain grace ran out force-closes its calls. grpc-js retries only UNAVAILABLE.
+          progress.endedByVision = status.code === GrpcCode.CANCELLED;
           const err = this.relay(status, ctx.requestId);
           receive?.end(err);
           return reject(err);
@@ -217,6 +220,12 @@ export class VisionClient {
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, requestId: string): VlmError {
+    if (status.code === GrpcCode.CANCELLED) {
+      // Only ever vision's doing here (see encodeOnce): the caller did not cancel, so it must not be
+      // told it did; like any lost replica this is retried, then the caller backs off.
+      this.options.log?.warn('vision ended the call (a replica force-closing its calls at shutdown?)', { requestId, target: this.options.target.configured, details: status.details });
+      return new VlmError('UNAVAILABLE', 'the vision service ended the call before the image was encoded; retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: VISION_UNAVAILABLE_RETRY_MS });
+    }
     if (status.code === GrpcCode.UNAVAILABLE) {
       const sent = decodeStatusDetails(status.metadata);
       // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not

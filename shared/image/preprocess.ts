@@ -49,8 +49,13 @@ function sniffFormat(bytes: Uint8Array): string | null {
   return null;
 }
 
-/** Reads the header only and enforces the limits; returns the metadata. */
-export async function checkImage(bytes: Uint8Array, limits: ImageLimits): Promise<sharp.Metadata> {
+/**
+ * Reads the header only and enforces the limits; returns the metadata. `resize` is the bundle's
+ * geometry: `pad_to_square` first builds a square of the longer side, so that square is what the
+ * pixel limit bounds (a 32:1 strip within the limit would otherwise cost 32 times its pixels, about
+ * 4 GB and 40 s of a worker for a 40-megapixel strip).
+ */
+export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?: PreprocessSpec['resize']): Promise<sharp.Metadata> {
   if (bytes.length === 0) throw VlmError.invalid('image', 'is empty');
   if (bytes.length > limits.maxImageBytes) {
     throw VlmError.invalid('image', `is ${bytes.length} bytes, over the limit of ${limits.maxImageBytes} bytes (--max-image-bytes / VLM_MAX_IMAGE_BYTES)`);
@@ -76,6 +81,10 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits): Promis
   const pixels = width * height * pages;
   if (pixels > limits.maxImagePixels) {
     throw VlmError.invalid('image', `is ${width}x${height}${pages > 1 ? ` x ${pages} pages` : ''} = ${pixels} pixels, over the limit of ${limits.maxImagePixels} pixels (--max-image-pixels / VLM_MAX_IMAGE_PIXELS)`);
+  }
+  const side = Math.max(width, height);
+  if (resize === 'pad_to_square' && side * side > limits.maxImagePixels) {
+    throw VlmError.invalid('image', `is ${width}x${height}, which this model pads to a square of ${side}x${side} = ${side * side} pixels, over the limit of ${limits.maxImagePixels} pixels (--max-image-pixels / VLM_MAX_IMAGE_PIXELS)`);
   }
   const ratio = Math.max(width, height) / Math.min(width, height);
   if (limits.maxAspectRatio !== undefined && ratio > limits.maxAspectRatio) {
@@ -160,7 +169,7 @@ export function normalize(img: Rgb8, spec: Pick<PreprocessSpec, 'rescale' | 'mea
 }
 
 export async function preprocessImage(bytes: Uint8Array, spec: PreprocessSpec, limits: ImageLimits): Promise<PreprocessedImage> {
-  const meta = await checkImage(bytes, limits);
+  const meta = await checkImage(bytes, limits, spec.resize);
   const decoded = await decodeRgb8(bytes, limits, spec.alpha_background);
   let img: Rgb8;
   switch (spec.resize) {
