@@ -217,6 +217,10 @@ describe('the service pair on loopback', () => {
       expect(final.flops['prefill']).toBe(expected.flops.prefill);
       expect(final.flops['vision']).toBe(encoded.flops.vision);
       expect(final.timingsMs['encode']).toBeGreaterThan(0);
+      // From the call's start, the language queue and the thread crossing included (timings are rounded).
+      const t = final.timingsMs;
+      expect(t['first_token']!).toBeGreaterThanOrEqual(t['encode']! + t['prefill']! - 0.01);
+      expect(t['first_token']!).toBeLessThanOrEqual(t['total']! + 0.01);
       expect(final.contentHash).toBe(core.manifest.content_hash);
     });
   }

@@ -8,7 +8,7 @@ import type { GenerateRequest } from '../gen/vlm/v1/language_service';
 import { ReductionPolicy as WirePolicy, type ParamValue } from '../gen/vlm/v1/common';
 
 const limits = { maxImageBytes: 1000, maxPromptChars: 50, maxNewTokens: 64 };
-const png = Buffer.from([0x89, 0x50, 0x4e, 0x47]);
+const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]); // a signature is all validation reads
 
 function request(over: Partial<GenerateRequest> = {}): GenerateRequest {
   return { image: png, prompt: 'what shape is it?', sampling: undefined, policy: undefined, limits: undefined, ...over };
@@ -55,6 +55,17 @@ describe('validateGenerate', () => {
   it('distinguishes an explicit zero from unset (temperature 0, seed 0 set explicitly)', () => {
     const ok = validateGenerate(request({ sampling: { temperature: 0, topP: 0.5, seed: 0n, maxTokens: 3 } }), limits, 32);
     expect(ok.sampling).toMatchObject({ temperature: 0, topP: 0.5, seed: 0, maxNewTokens: 3 });
+  });
+
+  it("refuses, before any encode, a question holding the model's image placeholder and bytes that are no supported image", () => {
+    expect(violationsOf(() => validateGenerate(request({ prompt: 'what is <image> here?' }), limits, 32, '<image>'))).toEqual([
+      ['prompt', 'must not contain the image placeholder "<image>"; the image is passed separately'],
+    ]);
+    expect(validateGenerate(request({ prompt: 'what is <image> here?' }), limits, 32, '<img>').question).toBe('what is <image> here?');
+    const [[field, why]] = violationsOf(() => validateGenerate(request({ image: Buffer.from('%PDF-1.7 not an image') }), limits, 32)) as [[string, string]];
+    expect(field).toBe('image');
+    expect(why).toMatch(/^cannot be read as an image: its format is not supported .*supported formats: png, jpeg, webp, gif, tiff$/);
+    expect(violationsOf(() => validateEncode({ image: Buffer.from('GIF8'), policy: undefined, limits: undefined }, limits))).toHaveLength(1);
   });
 
   it('names every bad field at once', () => {

@@ -1,12 +1,14 @@
 /**
  * The vision service's warm-up image must pass the service's own limits, or the service never
  * reports SERVING: at the smallest byte limit the configuration allows (64 KiB), for model inputs up
- * to 448 pixels, and within the pixel limit.
+ * to 448 pixels, and within the pixel limit. The language service's warm-up likewise stays within its
+ * token limit.
  */
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { CONFIG_OPTIONS } from '../shared/config';
 import { startVisionService, warmUpImage } from '../services/vision/server';
+import { startLanguageService } from '../services/language/server';
 import { createLogger } from '../shared/log';
 import { pairConfig } from './reliability-helpers';
 import { healthStatus } from './service-helpers';
@@ -33,6 +35,16 @@ describe('the warm-up image', () => {
       expect(await healthStatus(vision.address)).toBe('SERVING');
     } finally {
       await vision.stop();
+    }
+  });
+
+  it('lets a language service that allows one new token (the smallest --max-new-tokens-limit) reach SERVING', async () => {
+    const config = pairConfig();
+    const language = await startLanguageService({ ...config, limits: { ...config.limits, maxNewTokens: 1 }, rpc: { ...config.rpc, warmup: true, visionTarget: '127.0.0.1:1' } }, { port: 0, log: createLogger('silent-test') });
+    try {
+      expect(await healthStatus(language.address)).toBe('SERVING');
+    } finally {
+      await language.stop();
     }
   });
 });

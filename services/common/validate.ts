@@ -19,6 +19,7 @@ import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { GenerateRequest } from '../../gen/vlm/v1/language_service';
 import { budgetToWire, paramsToWire } from './wire';
 import { utf16Prefix } from './text-cut';
+import { SUPPORTED_FORMATS, sniffFormat } from '../../shared/image/format';
 
 export interface RequestLimitsConfig {
   readonly maxImageBytes: number;
@@ -84,6 +85,9 @@ function checkImage(image: Uint8Array, limits: RequestLimitsConfig, v: Violation
   if (image.length === 0) v.add('image', 'is empty; send the encoded image bytes (PNG, JPEG, WebP, GIF or TIFF)');
   else if (image.length > limits.maxImageBytes) {
     v.add('image', `is ${image.length} bytes, over the ${limits.maxImageBytes}-byte (${mib(limits.maxImageBytes)}) image limit (max_image_bytes); downscale or recompress it`);
+  } else if (sniffFormat(image) === null) {
+    // Here, not only at vision's decoder: the language service then refuses it before the hop.
+    v.add('image', `cannot be read as an image: its format is not supported (the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF); supported formats: ${SUPPORTED_FORMATS.join(', ')}`);
   }
 }
 
@@ -260,11 +264,15 @@ export function validateEncode(req: EncodeRequest, limits: RequestLimitsConfig):
   return { image: req.image, policy, limits: parsedLimits };
 }
 
-/** `defaultMaxTokens`: the model's generation.max_new_tokens. */
-export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConfig, defaultMaxTokens: number): ValidGenerate {
+/**
+ * `defaultMaxTokens`: the model's generation.max_new_tokens; `imageToken`: its prompt's image
+ * placeholder, which a question may not contain (refused here, before the vision hop, not after it).
+ */
+export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConfig, defaultMaxTokens: number, imageToken?: string): ValidGenerate {
   const v = new Violations();
   checkImage(req.image, limits, v);
   checkText('prompt', req.prompt, limits.maxPromptChars, v, true);
+  if (imageToken && req.prompt.includes(imageToken)) v.add('prompt', `must not contain the image placeholder "${imageToken}"; the image is passed separately`);
   const sampling = parseSampling(req.sampling, defaultMaxTokens, limits, v);
   const policy = parsePolicy(req.policy, v);
   const parsedLimits = parseLimits(req.limits, v);

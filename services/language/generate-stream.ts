@@ -113,7 +113,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const { backend } = deps;
   const m = backend.model.manifest;
   const started = performance.now();
-  const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens);
+  const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens, m.prompt.image_token);
   span?.setAttributes(policyAttributes(valid.policy));
   const visionSchedule = checkPolicy(backend, valid);
   // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
@@ -146,6 +146,9 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   try {
     const deltas = new Channel<{ text: string; tokenIds: number[] }>();
     let pendingIds: number[] = [];
+    // Measured here, from the call's start, not in the worker: the wait in this pool's queue and the
+    // crossing between threads are part of what a caller waits for its first token.
+    let firstTokenMs: number | undefined;
     const run = backend.pool.generate(coreTokens(tensor.tokens), valid.question, sampling, valid.policy, {
       signal: generation.signal,
       deadline: ctx.deadline,
@@ -155,6 +158,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       transferVisual: true,
       // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
       onDelta: (text, id) => {
+        firstTokenMs ??= performance.now() - started;
         if (id !== undefined) pendingIds.push(id);
         if (text === '') return;
         deltas.push({ text, tokenIds: pendingIds });
@@ -173,8 +177,9 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     );
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
     const result = await run;
-    const final = finalOf(backend, valid, tensor, result, { encode: encodeMs, total: performance.now() - started });
-    recordGenerateTelemetry(span, result, final, encodeMs, generateAttributes(backend));
+    const hop = { encode: encodeMs, firstToken: firstTokenMs ?? encodeMs + result.timingsMs.firstToken, total: performance.now() - started };
+    const final = finalOf(backend, valid, tensor, result, hop);
+    recordGenerateTelemetry(span, result, final, hop.firstToken, generateAttributes(backend));
     yield { part: { $case: 'final', final } };
   } finally {
     ctx.signal.removeEventListener('abort', forward);
@@ -182,7 +187,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   }
 }
 
-function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, encodeMs: number, attributes: Attributes): void {
+function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, final: GenerateFinal, firstTokenMs: number, attributes: Attributes): void {
   span?.setAttributes({
     [ATTR_GEN_AI_USAGE_INPUT_TOKENS]: r.promptTokens,
     [ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]: r.tokenIds.length,
@@ -193,10 +198,10 @@ function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, fina
   recordStage(SpanName.Decode, r.timingsMs.decode / 1000);
   recordStageTokens(SpanName.Prefill, r.promptTokens);
   recordStageTokens(SpanName.Decode, r.tokenIds.length);
-  recordGeneration({ timeToFirstTokenSeconds: (encodeMs + r.timingsMs.firstToken) / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
+  recordGeneration({ timeToFirstTokenSeconds: firstTokenMs / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
 }
 
-function finalOf(backend: InferenceBackend, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; total: number }): GenerateFinal {
+function finalOf(backend: InferenceBackend, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; firstToken: number; total: number }): GenerateFinal {
   const m = backend.model.manifest;
   const visionFlops = tensor.summary.flops;
   const flops: Record<string, number> = {
@@ -218,7 +223,7 @@ function finalOf(backend: InferenceBackend, valid: ValidGenerate, tensor: Assemb
       perLayerVisual: [...r.perLayerVisualTokens],
     },
     flops,
-    timingsMs: roundMs({ ...visionTimings, encode: hop.encode, prefill: r.timingsMs.prefill, first_token: hop.encode + r.timingsMs.firstToken, decode: r.timingsMs.decode, total: hop.total }),
+    timingsMs: roundMs({ ...visionTimings, encode: hop.encode, prefill: r.timingsMs.prefill, first_token: hop.firstToken, decode: r.timingsMs.decode, total: hop.total }),
     policy: resolvedPolicy(valid.policy, m.vision.num_patches, tensor.header.schedule, r.schedule, r.achievedBudget),
     modelId: m.model_id,
     contentHash: m.content_hash,

@@ -76,7 +76,8 @@ export async function startLanguageService(config: Config, options: LanguageServ
     const rows = m.vision.num_patches;
     const width = m.language.hidden_size;
     const visual = { embeds: { dtype: 'float32' as const, dims: [rows, width] as [number, number], data: new Float32Array(rows * width) }, origin: Int32Array.from({ length: rows }, (_, i) => i) };
-    const sampling = { ...GREEDY, maxNewTokens: 2 };
+    // Two tokens run the decode step as well, unless this service allows only one (then none will).
+    const sampling = { ...GREEDY, maxNewTokens: Math.min(2, config.limits.maxNewTokens) };
     await backend.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   log.info('vision target', { target: target.configured, tls: creds.visionChannel !== null });

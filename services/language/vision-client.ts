@@ -131,7 +131,7 @@ export class VisionClient {
    */
   async encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> {
     for (let attempt = 0; ; attempt++) {
-      const progress = { received: false };
+      const progress: { received: boolean; endedByVision?: boolean } = { received: false };
       const started = Date.now();
       try {
         return await this.encodeOnce(request, expect, ctx, progress);

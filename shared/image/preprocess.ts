@@ -16,10 +16,11 @@ import type { LimitsConfig } from '../config';
 import type { PreprocessSpec, Resample, Rgb } from '../bundle/manifest';
 import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
+import { SUPPORTED_FORMATS, sniffFormat } from './format';
 
 export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'> & Partial<Pick<LimitsConfig, 'maxAspectRatio'>>;
 
-export const SUPPORTED_FORMATS: readonly string[] = ['png', 'jpeg', 'webp', 'gif', 'tiff'];
+export { SUPPORTED_FORMATS };
 
 export interface PreprocessedImage {
   readonly pixelValues: F32Tensor;
@@ -33,20 +34,6 @@ interface Rgb8 {
   readonly data: Buffer;
   readonly width: number;
   readonly height: number;
-}
-
-const startsWith = (bytes: Uint8Array, at: number, sig: readonly number[]): boolean => sig.every((b, i) => bytes[at + i] === b);
-const ascii = (s: string): number[] => [...s].map((c) => c.charCodeAt(0));
-
-/** The supported format the first bytes announce, or null. */
-function sniffFormat(bytes: Uint8Array): string | null {
-  if (startsWith(bytes, 0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'png';
-  if (startsWith(bytes, 0, [0xff, 0xd8, 0xff])) return 'jpeg';
-  if (startsWith(bytes, 0, ascii('RIFF')) && startsWith(bytes, 8, ascii('WEBP'))) return 'webp';
-  if (startsWith(bytes, 0, ascii('GIF87a')) || startsWith(bytes, 0, ascii('GIF89a'))) return 'gif';
-  // Classic and BigTIFF, either byte order.
-  if ([[0x49, 0x49, 0x2a, 0x00], [0x4d, 0x4d, 0x00, 0x2a], [0x49, 0x49, 0x2b, 0x00], [0x4d, 0x4d, 0x00, 0x2b]].some((sig) => startsWith(bytes, 0, sig))) return 'tiff';
-  return null;
 }
 
 /**

@@ -78,7 +78,8 @@ async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Prom
     embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
     origin: Int32Array.from({ length: model.manifest.vision.num_patches }, (_, i) => i),
   };
-  const sampling = { ...GREEDY, maxNewTokens: 2 };
+  // Two tokens run the decode step as well, unless the service allows only one (then none will).
+  const sampling = { ...GREEDY, maxNewTokens: Math.min(2, model.limits.maxNewTokens) };
   if (parts !== 'language') {
     const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
     visual = await encodeImage(model, image, { ...policy });
