@@ -4,7 +4,7 @@
  * interceptors, health, reflection and the graceful stop. The handlers here are small generators
  * written for the test; the services' own handlers are tested in service-pair.test.ts.
  */
-import { credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { Client, credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
@@ -334,6 +334,50 @@ describe('bearer-token authentication', () => {
     const ok = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }));
     expect(ok.error).toBeNull();
     expect(await healthStatus(address)).toBe('NOT_SERVING');
+  });
+});
+
+describe('refusing at the headers (an inference pool that would refuse the call)', () => {
+  it("answers with the pool's status before the request message arrives, for the caller the auth interceptor named", async () => {
+    const seen: Array<[string, string]> = [];
+    const server = new GrpcServer({
+      serviceName: 'vlm.v1.VisionService',
+      definition: VisionServiceService,
+      implementation: { encode: serverStream(behaviour, { log, defaultDeadlineMs: 30_000 }), getModelInfo: unary(async () => ({ model: undefined }), { log, defaultDeadlineMs: 30_000 }) },
+      protoFiles: ['vlm/v1/vision_service.proto'],
+      log,
+      maxReceiveMessageBytes: 8 << 20,
+      maxSendMessageBytes: 4 << 20,
+      auth: new BearerTokens({ file: null, tokens: [{ name: 'heavy', token: 't0k3n-heavy-xxxxxxxx' }, { name: 'light', token: 't0k3n-light-xxxxxxxx' }] }, log),
+      shutdownGraceMs: 1000,
+      refuseAtHeaders: (path, caller) => {
+        seen.push([path, caller]);
+        return caller === 'heavy' ? new VlmError('RESOURCE_EXHAUSTED', 'all 1 inference workers are busy', { reason: 'QUEUE_FULL', retryDelayMs: 1000 }) : null;
+      },
+    });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const raw = new Client(address, credentials.createInsecure());
+    // Headers only: the request message is never sent, so only a refusal at the headers can answer.
+    const headersOnly = (token: string): Promise<ServiceError | null> =>
+      new Promise((resolve) => {
+        const call = raw.makeBidiStreamRequest(VisionServiceService.encode.path, (b: Buffer) => b, (b: Buffer) => b, metadataWith({ authorization: `Bearer ${token}` }));
+        const timer = setTimeout(() => call.cancel(), 500);
+        call.on('data', () => undefined);
+        call.on('error', (err: ServiceError) => (clearTimeout(timer), resolve(err)));
+        call.on('end', () => (clearTimeout(timer), resolve(null)));
+      });
+    try {
+      const heavy = await headersOnly('t0k3n-heavy-xxxxxxxx');
+      expect([heavy?.code, decodeStatusDetails(heavy!.metadata).reason]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'QUEUE_FULL']);
+      expect((await headersOnly('t0k3n-light-xxxxxxxx'))?.code).toBe(GrpcCode.CANCELLED); // let in: still waiting for its message
+      expect(seen).toEqual([[VisionServiceService.encode.path, 'heavy'], [VisionServiceService.encode.path, 'light']]);
+      // Probes are never asked about (nor refused with) the pools' state.
+      expect(await healthStatus(address)).toBe('NOT_SERVING');
+      expect(seen).toHaveLength(2);
+    } finally {
+      raw.close();
+      await server.stop();
+    }
   });
 });
 

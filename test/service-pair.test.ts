@@ -256,16 +256,17 @@ describe('the service pair on loopback', () => {
   });
 
   describe('malformed requests get INVALID_ARGUMENT naming the field, and the pair stays healthy', () => {
+    // A PNG signature and no more: through the services' validation, refused by the decoder.
     const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13]);
     const cases: Array<[string, () => GenerateRequest, string, RegExp]> = [
       ['an empty image', () => request(Buffer.alloc(0)), 'image', /empty/],
       ['bytes that are not an image', () => request(Buffer.from('hello, this is text')), '', /image/i],
       ['a truncated PNG', () => request(png), '', /image/i],
       ['an image over the byte limit', () => request(Buffer.alloc(MAX_IMAGE_BYTES + 1, 1)), 'image', new RegExp(`${MAX_IMAGE_BYTES}-byte`)],
-      ['an empty prompt', () => request(Buffer.from('x'), { prompt: '' }), 'prompt', /empty/],
-      ['an unknown method', () => request(Buffer.from('x'), { policy: { visionMethod: 'magic' } }), 'policy.vision_method', /valid: none, ficoco-v/],
-      ['a budget outside the method range', () => request(Buffer.from('x'), { policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 999 } } }), '', /999/],
-      ['an out-of-range temperature', () => ({ ...request(Buffer.from('x')), sampling: SamplingParams.fromPartial({ temperature: -1 }) }), 'sampling.temperature', /\[0, 2\]/],
+      ['an empty prompt', () => request(png, { prompt: '' }), 'prompt', /empty/],
+      ['an unknown method', () => request(png, { policy: { visionMethod: 'magic' } }), 'policy.vision_method', /valid: none, ficoco-v/],
+      ['a budget outside the method range', () => request(png, { policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 999 } } }), '', /999/],
+      ['an out-of-range temperature', () => ({ ...request(png), sampling: SamplingParams.fromPartial({ temperature: -1 }) }), 'sampling.temperature', /\[0, 2\]/],
     ];
     for (const [name, make, field, why] of cases) {
       it(name, async () => {

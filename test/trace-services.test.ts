@@ -56,7 +56,9 @@ describe('spans of real requests', () => {
 
   it("record a caller's bad image with its code, from the worker and the main thread alike, and leave the status UNSET", async () => {
     const spans = await generateSpans(async () => {
-      expect((await ask(pair.client, request(Buffer.from('not an image at all')))).error?.details).toMatch(/image/);
+      // A PNG signature on bytes that are no PNG: through validation, refused by the worker's decoder.
+      const broken = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.from('not an image at all')]);
+      expect((await ask(pair.client, request(broken))).error?.details).toMatch(/image/);
     });
     const failed = [spans.find((s) => s.name === 'vlm.preprocess')!, spans.find(isVisionRequest)!, spans.find(isLanguageRequest)!];
     for (const span of failed) {

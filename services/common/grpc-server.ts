@@ -6,6 +6,7 @@
  *   -> wait for calls in flight (up to the grace period) -> forceShutdown if they do not finish.
  * Sessions are disposed by the owner after stop() resolves.
  */
+import type { VlmError } from '../../shared/errors';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
@@ -16,7 +17,7 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { accessLogInterceptor, Admission, anonymousCallerInterceptor, bearerAuthInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { accessLogInterceptor, Admission, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -44,6 +45,12 @@ export interface GrpcServerOptions {
   readonly maxConnectionAgeGraceMs?: number;
   /** Longest a call may wait for its request message after its headers (the services' default deadline). */
   readonly requestArrivalMs?: number;
+  /**
+   * Why a call of `path` from `caller` would be refused now (its inference pool full, shut down or
+   * without a worker), asked when its headers arrive: a refused call's request message (up to the
+   * receive limit, an image of tens of MiB) is then never buffered. Null: let it in.
+   */
+  readonly refuseAtHeaders?: (path: string, caller: string) => VlmError | null;
 }
 
 const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
@@ -61,6 +68,7 @@ export class GrpcServer {
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
+    if (options.refuseAtHeaders) interceptors.push(refuseAtHeadersInterceptor(options.refuseAtHeaders));
     this.server = new Server({
       interceptors,
       'grpc.max_receive_message_length': options.maxReceiveMessageBytes,

@@ -259,6 +259,28 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
   };
 }
 
+/**
+ * Refuses a call when its headers arrive if `refusal` says its inference pool would refuse it, with
+ * the pool's own status (RESOURCE_EXHAUSTED QUEUE_FULL, UNAVAILABLE NO_WORKER...). grpc-js drops the
+ * data of a call it has answered, so an overloaded service does not buffer request messages, up to
+ * the receive limit each and as many as clients' streams allow, only to refuse them. Runs after the
+ * auth interceptor, whose caller name the fair queue's decision needs.
+ */
+export function refuseAtHeadersInterceptor(refusal: (path: string, caller: string) => VlmError | null): ServerInterceptor {
+  return (method, call) => {
+    if (method.path.startsWith(HEALTH_PREFIX) || method.path.startsWith(REFLECTION_PREFIX)) return new ServerInterceptingCall(call);
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const caller = metadata.get(CALLER_KEY)[0];
+        const refused = refusal(method.path, typeof caller === 'string' ? caller : '');
+        if (refused) reject(call, refused);
+        else next(metadata);
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
 function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
   call.sendStatus(refusalStatus(err));
 }

@@ -60,6 +60,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
       protoFiles: ['vlm/v1/language_service.proto'],
       log,
       ...transportOptions(config, creds),
+      refuseAtHeaders: (path, caller) => (path === LanguageServiceService.generate.path ? backend.pool.refusal(caller) : null),
     });
   } catch (err) {
     // The pool's worker threads, the channel and the certificate polling would keep a failed start's

@@ -62,6 +62,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
       log,
       ...transportOptions(config, creds),
       acceptOnBehalfOf: true,
+      refuseAtHeaders: (path, caller) => (path === VisionServiceService.encode.path ? backend.pool.refusal(caller) : null),
     });
   } catch (err) {
     // The pool's worker threads and the file polling would keep a failed start's process alive.

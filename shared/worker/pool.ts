@@ -223,9 +223,10 @@ export class InferencePool {
 
   /**
    * Why a job of `caller`'s submitted now would be refused (shut down, no worker, every worker busy and
-   * the queue full with no heavier caller to shed); null if it would be taken.
+   * the queue full with no heavier caller to shed); null if it would be taken. The services ask it
+   * when a call's headers arrive, before its request message is received.
    */
-  private refusal(caller: string): VlmError | null {
+  refusal(caller = ''): VlmError | null {
     if (this.closed) return shuttingDown('the inference pool is shut down');
     if (this.workerless) return noWorker();
     if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
