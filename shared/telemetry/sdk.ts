@@ -115,7 +115,7 @@ export function telemetryResource(serviceName: string): Resource {
 /**
  * How long shutdown waits for the last spans and metrics. The OTLP exporter would wait its own
  * timeout (10 s by default) on a collector that is down, and the pods' grace periods budget 3 s for
- * the flush after the drain (`k8s/base/*/deployment.yaml`).
+ * the flush after the drain (the two Deployments in `k8s/base`).
  */
 export const SHUTDOWN_FLUSH_MS = 3000;
 
