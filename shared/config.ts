@@ -82,6 +82,12 @@ export interface TlsConfig {
   readonly keyFile: string | null;
   /** CA that client certificates must chain to; set: clients without one are refused in the handshake. */
   readonly caFile: string | null;
+  /**
+   * With caFile: the names a client certificate may carry (its subject common name or a DNS
+   * subject alternative name); a certificate from the CA naming none of them is PERMISSION_DENIED.
+   * Empty: any certificate the CA issued (a CA of this deployment's own).
+   */
+  readonly clientNames: readonly string[];
   /** Language -> vision: the client certificate and key presented to vision. */
   readonly visionClientCertFile: string | null;
   readonly visionClientKeyFile: string | null;
@@ -202,6 +208,7 @@ export const CONFIG_OPTIONS = {
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
   'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
+  'tls-client-names': { type: 'string', env: 'VLM_TLS_CLIENT_NAMES', default: '', arg: 'NAMES', shown: 'any', help: "with --tls-ca: comma-separated names one of which a client certificate must carry (common name or DNS name), so a CA shared with other workloads lets only these in" },
   'vision-client-cert': { type: 'string', env: 'VLM_VISION_CLIENT_CERT', default: '', arg: 'FILE', shown: 'off', help: 'language: client certificate presented to vision' },
   'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
   'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },
@@ -409,6 +416,11 @@ function readTls(r: Reader): TlsConfig {
     certFile: file('tls-cert'),
     keyFile: file('tls-key'),
     caFile: file('tls-ca'),
+    clientNames: r
+      .str('tls-client-names')
+      .split(',')
+      .map((n) => n.trim())
+      .filter((n) => n !== ''),
     visionClientCertFile: file('vision-client-cert'),
     visionClientKeyFile: file('vision-client-key'),
     visionCaFile: file('vision-ca'),
@@ -417,6 +429,7 @@ function readTls(r: Reader): TlsConfig {
   };
   if ((tls.certFile === null) !== (tls.keyFile === null)) throw VlmError.invalid('--tls-cert/--tls-key', 'set both VLM_TLS_CERT and VLM_TLS_KEY, or neither (plaintext)');
   if (tls.caFile !== null && tls.certFile === null) throw VlmError.invalid('--tls-ca', 'requiring client certificates needs TLS: set VLM_TLS_CERT and VLM_TLS_KEY too');
+  if (tls.clientNames.length > 0 && tls.caFile === null) throw VlmError.invalid('--tls-client-names', 'names client certificates, which only mutual TLS asks for: set VLM_TLS_CA too');
   if ((tls.visionClientCertFile === null) !== (tls.visionClientKeyFile === null)) {
     throw VlmError.invalid('--vision-client-cert/--vision-client-key', 'set both VLM_VISION_CLIENT_CERT and VLM_VISION_CLIENT_KEY, or neither');
   }

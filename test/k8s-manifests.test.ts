@@ -4,6 +4,7 @@
  * Deliberately broken variants show that each check can fail.
  */
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -431,6 +432,13 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
       // A directory mount (no subPath): only that follows the Secret's updates, which a rotation needs.
       expect({ file, subPath: mount?.subPath }).toEqual({ file: `${mount?.mountPath}/tokens`, subPath: undefined });
     }
+  });
+
+  it("issues the language service's client certificate under the name vision's VLM_TLS_CLIENT_NAMES lets in", () => {
+    const vision = deployment(parseManifests(kustomizeBuild(GPU_OVERLAY)), 'vlm-vision').d.spec.template.spec.containers[0]!;
+    const allowed = (vision.env?.find((e) => e.name === 'VLM_TLS_CLIENT_NAMES')?.value ?? '').split(',');
+    const subject = new X509Certificate(readFileSync(path.join(dir, 'vision-client.crt'))).subject; // "CN=vlm-language"
+    expect(allowed).toContain(subject.replace(/^CN=/, ''));
   });
 
   it('lets the language client through vision\'s mutual TLS under the headless Service name, and nobody without a client certificate', async () => {

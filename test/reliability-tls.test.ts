@@ -22,7 +22,7 @@ import { createLogger } from '../shared/log';
 import { VlmError } from '../shared/errors';
 import { configFrom } from '../shared/config';
 import { collect, eventually, healthStatus } from './service-helpers';
-import { ask, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
+import { ask, issueCertificate, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
 import { freePort } from '../cli/free-port';
 
 const TOKEN = 'test-token-7f3a9c51e2b84d06a1f5c9e3b7d2a8f4';
@@ -113,7 +113,7 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     rogue = makeCerts(path.join(dir, 'rogue'), 'rogue-ca');
     ({ cert: liveCert, key: liveKey } = rotatableServerPair('language'));
     image = await shapesImage();
-    vision = await startVisionService(pairConfig({ authToken: TOKEN, tls: { certFile: certs.serverCert, keyFile: certs.serverKey, caFile: certs.caCert } }), {
+    vision = await startVisionService(pairConfig({ authToken: TOKEN, tls: { certFile: certs.serverCert, keyFile: certs.serverKey, caFile: certs.caCert, clientNames: ['vlm-language'] } }), {
       port: 0,
       log: recordingLogger(lines, 'vision'),
     });
@@ -194,6 +194,18 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(certs.clientKey), pem(certs.clientCert)), image)).toBeNull();
     // ...but a server certificate whose CA the client does not trust is refused by the client.
     expect(await encodeWith(vision.address, credentials.createSsl(pem(rogue.caCert), pem(certs.clientKey), pem(certs.clientCert)), image)).toBe(GrpcCode.UNAVAILABLE);
+  });
+
+  it('lets in only client certificates naming an allowed client (--tls-client-names), by common name or DNS name, when the CA issues to others too', async () => {
+    const ca = pem(certs.caCert);
+    const other = issueCertificate(certs.dir, 'other-workload', 'batch-job', 'clientAuth');
+    const byDnsName = issueCertificate(certs.dir, 'by-dns-name', 'language-7f9c', 'clientAuth', 'DNS:vlm-language');
+    const before = lines.length;
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(other.key), pem(other.cert)), image)).toBe(GrpcCode.PERMISSION_DENIED);
+    expect(lines.slice(before).find((l) => l.msg === 'client certificate not among --tls-client-names')).toMatchObject({ names: ['batch-job'] });
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(byDnsName.key), pem(byDnsName.cert)), image)).toBeNull();
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(certs.clientKey), pem(certs.clientCert)), image)).toBeNull();
+    expect(await healthStatus(vision.address, '', credentials.createSsl(ca, pem(other.key), pem(other.cert)))).toBe('SERVING'); // probes are not callers
   });
 
   it('a language service without the client certificate cannot use vision: UNAVAILABLE, the target in its log', async () => {
@@ -381,6 +393,8 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(() => configFrom({}, { VLM_TLS_CERT: certs.serverCert })).toThrow(/VLM_TLS_CERT and VLM_TLS_KEY/);
     expect(() => configFrom({}, { VLM_TLS_CA: certs.caCert })).toThrow(/needs TLS/);
     expect(() => configFrom({}, { VLM_VISION_CLIENT_KEY: certs.clientKey })).toThrow(/VLM_VISION_CLIENT_CERT and VLM_VISION_CLIENT_KEY/);
+    expect(() => configFrom({}, { VLM_TLS_CERT: certs.serverCert, VLM_TLS_KEY: certs.serverKey, VLM_TLS_CLIENT_NAMES: 'vlm-language' })).toThrow(/--tls-client-names: .*set VLM_TLS_CA too/);
+    expect(configFrom({}, { VLM_TLS_CERT: certs.serverCert, VLM_TLS_KEY: certs.serverKey, VLM_TLS_CA: certs.caCert, VLM_TLS_CLIENT_NAMES: ' vlm-language, other ,' }).tls.clientNames).toEqual(['vlm-language', 'other']);
     expect(() => new CertificateFiles({ cert: certs.serverCert, key: certs.clientKey, ca: null }, createLogger('t'))).toThrow(/not a usable set/);
     expect(() => new CertificateFiles({ cert: path.join(dir, 'nope.crt'), key: certs.serverKey, ca: null }, createLogger('t'))).toThrow(/cannot read the certificate file .*nope\.crt: ENOENT/);
   });

@@ -13,16 +13,16 @@ import { running } from '../cli/child-running';
 
 type Ctor = new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: ChannelOptions) => Client;
 
-export function healthClient(address: string, options: ChannelOptions = {}): Client & {
+export function healthClient(address: string, options: ChannelOptions = {}, creds = credentials.createInsecure()): Client & {
   check(req: { service: string }, cb: (err: ServiceError | null, res?: { status: string }) => void): void;
 } {
   const def = loadSync(healthProtoPath, { keepCase: true, enums: String });
   const pkg = loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: Ctor } } } };
-  return new pkg.grpc.health.v1.Health(address, credentials.createInsecure(), options) as never;
+  return new pkg.grpc.health.v1.Health(address, creds, options) as never;
 }
 
-export function healthStatus(address: string, service = ''): Promise<string> {
-  const client = healthClient(address);
+export function healthStatus(address: string, service = '', creds = credentials.createInsecure()): Promise<string> {
+  const client = healthClient(address, {}, creds);
   return new Promise((resolve, reject) => {
     client.check({ service }, (err, res) => {
       client.close();

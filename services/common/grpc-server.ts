@@ -17,7 +17,7 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { accessLogInterceptor, Admission, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { accessLogInterceptor, Admission, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -51,6 +51,8 @@ export interface GrpcServerOptions {
    * receive limit, an image of tens of MiB) is then never buffered. Null: let it in.
    */
   readonly refuseAtHeaders?: (path: string, caller: string) => VlmError | null;
+  /** With client certificates required: the names one of which a client's certificate must carry (empty: any from the CA). */
+  readonly clientNames?: readonly string[];
 }
 
 const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
@@ -66,6 +68,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
+    if (options.clientNames?.length) interceptors.push(clientCertificateNameInterceptor(options.clientNames, options.log));
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     if (options.refuseAtHeaders) interceptors.push(refuseAtHeadersInterceptor(options.refuseAtHeaders));
@@ -181,9 +184,10 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
  */
 export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
 > {
   return {
+    clientNames: config.tls.clientNames,
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
     maxConnectionAgeGraceMs: config.limits.deadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),

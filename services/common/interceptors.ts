@@ -8,6 +8,7 @@
  * duration and request id, and never metadata values (tokens live there).
  */
 import { randomUUID } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
 import {
   Metadata,
   ResponderBuilder,
@@ -257,6 +258,42 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
       .build();
     return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
   };
+}
+
+/**
+ * Mutual TLS proves a client holds a certificate from the CA; this checks that the certificate is one
+ * of the clients this service serves (`--tls-client-names`), for a CA that also issues to other
+ * workloads. Matched on the subject's common name or a DNS subject alternative name; anything else is
+ * PERMISSION_DENIED, its certificate's name logged, never echoed to the caller. Health is exempt
+ * (the plaintext health port carries probes; the main port's is the same service).
+ */
+export function clientCertificateNameInterceptor(names: readonly string[], log: Logger): ServerInterceptor {
+  const allowed = new Set(names);
+  return (method, call) => {
+    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const cert = call.getAuthContext().sslPeerCertificate;
+        const carried = certificateNames(cert);
+        if (carried.some((n) => allowed.has(n))) return next(metadata);
+        log.warn('client certificate not among --tls-client-names', { method: method.path, names: carried, requestId: metadata.get(REQUEST_ID_KEY)[0] });
+        reject(call, new VlmError('PERMISSION_DENIED', 'this service serves only certain clients, and the client certificate presented is not one of them'));
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+/** The subject's common name(s) and the DNS subject alternative names of a peer certificate. */
+function certificateNames(cert: PeerCertificate | undefined): string[] {
+  if (!cert || Object.keys(cert).length === 0) return [];
+  const cn = cert.subject?.CN as string | string[] | undefined;
+  const dns = (cert.subjectaltname ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.startsWith('DNS:'))
+    .map((s) => s.slice(4));
+  return [...(Array.isArray(cn) ? cn : cn ? [cn] : []), ...dns];
 }
 
 /**
