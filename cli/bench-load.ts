@@ -352,15 +352,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
   const json = values['json'] === true;
   const log = (line: string): void => void (json ? undefined : process.stderr.write(`${line}\n`));
-  const stop = new AbortController();
-  const onSignal = (): void => {
-    if (stop.signal.aborted) process.exit(130);
-    stop.abort();
-    process.stderr.write('stopping the load: waiting for the requests in flight, then the summary (again to quit now)\n');
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  const summary = await runLoad({
+  const options: LoadOptions = {
     config,
     durationMs: int(values, 'duration-s', 60) * 1000,
     maxRequests: int(values, 'requests', 1_000_000),
@@ -373,8 +365,16 @@ export async function run(argv: string[]): Promise<number> {
     // Two services on one host: each gets its share of the cores, as under `vlm serve all`.
     serviceEnv: coLocatedServiceEnv(values, 2),
     onProgress: log,
-    signal: stop.signal,
-  }).finally(() => {
+  };
+  const stop = new AbortController();
+  const onSignal = (): void => {
+    if (stop.signal.aborted) process.exit(130);
+    stop.abort();
+    process.stderr.write('stopping the load: waiting for the requests in flight, then the summary (again to quit now)\n');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const summary = await runLoad({ ...options, signal: stop.signal }).finally(() => {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   });

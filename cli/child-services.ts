@@ -70,9 +70,16 @@ export async function startChildServices(o: ChildServicesOptions): Promise<Child
   const common = ['--model', o.modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0', ...(o.flags ?? [])];
   const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env: o.env ?? process.env, stdio: ['ignore', 'ignore', 'inherit'] }));
   const [vision, language] = children as [ChildProcess, ChildProcess];
+  // A command that exits without stop() (process.exit on a second Ctrl-C, an uncaught error) must not
+  // leave the services holding their ports: 'exit' allows only synchronous work, and kill() is.
+  const killLeft = (): void => {
+    for (const c of children) if (running(c)) c.kill('SIGKILL');
+  };
+  process.on('exit', killLeft);
   const stop = async (): Promise<void> => {
     for (const c of children) if (running(c)) c.kill('SIGTERM');
     await Promise.all(children.map((c) => (running(c) ? new Promise((r) => c.once('exit', r)) : undefined)));
+    process.off('exit', killLeft);
   };
   try {
     const timeoutMs = o.startTimeoutMs ?? 180_000;

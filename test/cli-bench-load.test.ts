@@ -1,15 +1,16 @@
 /**
  * `vlm bench load` as a user runs it: `--light-concurrency` gives the two callers tokens of its own
  * (so it refuses a configured token before starting anything), splits the outcomes by caller, and
- * Ctrl-C ends the load early with a summary and without leaving its token file behind.
+ * Ctrl-C ends the load early with a summary and without leaving its token file behind; a second
+ * signal quits without leaving the services it started running.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BUNDLE, ROOT } from './reliability-helpers';
-import { vlm } from './service-helpers';
+import { eventually, vlm } from './service-helpers';
 
 const temps: string[] = [];
 afterEach(() => {
@@ -24,28 +25,14 @@ describe('vlm bench load with a light caller', () => {
   });
 
   it('stops on SIGINT: the summary splits outcomes by caller, is marked interrupted, and the token file is gone', async () => {
-    const tmp = mkdtempSync(path.join(tmpdir(), 'vlm-bench-load-test-'));
-    temps.push(tmp);
-    const args = ['bench', 'load', '--model', BUNDLE, '--duration-s', '600', '--concurrency', '2', '--light-concurrency', '1', '--queue-size', '1', '--workers', '1'];
-    const child = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    await new Promise<void>((resolve, reject) => {
-      child.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        if (stderr.includes('load running')) resolve();
-      });
-      void exited.then(() => reject(new Error(`bench load exited before its load ran: ${stderr}`)));
-    });
-    expect(readdirSync(tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toHaveLength(1); // the token file is in use
+    const bench = await startedBench();
+    expect(readdirSync(bench.tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toHaveLength(1); // the token file is in use
     await new Promise((r) => setTimeout(r, 3000));
-    child.kill('SIGINT');
+    bench.child.kill('SIGINT');
 
-    expect(await exited).toBe(130);
-    expect(stderr).toContain('stopping the load');
-    const s = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    expect(await bench.exited).toBe(130);
+    expect(bench.stderr()).toContain('stopping the load');
+    const s = JSON.parse(bench.stdout().trim().split('\n').at(-1)!);
     expect(s.interrupted).toBe(true);
     expect(s.durationS).toBeLessThan(60);
     const { heavy, light } = s.byCaller;
@@ -55,6 +42,67 @@ describe('vlm bench load with a light caller', () => {
     expect(light.answered).toBeGreaterThan(0);
     expect(light.invalid).toBe(0); // the light caller sends valid requests only
     expect(s.lost).toBe(0);
-    expect(readdirSync(tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
+    expect(readdirSync(bench.tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
+  }, 60_000);
+
+  it('quits at a second signal, killing the services it started rather than leaving them on their ports', async () => {
+    const bench = await startedBench();
+    const services = childPids(bench.child.pid!);
+    expect(services).toHaveLength(2);
+    bench.child.kill('SIGTERM');
+    // Only once the first was handled: two signals sent at once may be delivered as one.
+    await eventually(() => bench.stderr().includes('stopping the load'), 10_000, 20);
+    bench.child.kill('SIGTERM');
+    try {
+      expect(await bench.exited).toBe(130);
+      for (const pid of services) await eventually(() => !alive(pid), 10_000, 50);
+      expect(readdirSync(bench.tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
+    } finally {
+      for (const pid of services) if (alive(pid)) process.kill(pid, 'SIGKILL'); // only when the test failed
+    }
   }, 60_000);
 });
+
+/** `vlm bench load` with a light caller, once its load runs; TMPDIR is a folder of its own. */
+async function startedBench(): Promise<{ child: ChildProcess; exited: Promise<number | null>; tmp: string; stdout: () => string; stderr: () => string }> {
+  const tmp = mkdtempSync(path.join(tmpdir(), 'vlm-bench-load-test-'));
+  temps.push(tmp);
+  const args = ['bench', 'load', '--model', BUNDLE, '--duration-s', '600', '--concurrency', '2', '--light-concurrency', '1', '--queue-size', '1', '--workers', '1'];
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('load running')) resolve();
+    });
+    void exited.then(() => reject(new Error(`bench load exited before its load ran: ${stderr}`)));
+  });
+  return { child, exited, tmp, stdout: () => stdout, stderr: () => stderr };
+}
+
+function childPids(parent: number): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === parent;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Running, not a zombie (a killed orphan waits for a PID 1 that may never reap it). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(') ') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}

@@ -421,7 +421,7 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     expect(readFileSync(path.join(dir, 'vision-server.crt'), 'utf8')).not.toBe(leaf);
     execFileSync('openssl', ['verify', '-CAfile', path.join(dir, 'ca.crt'), path.join(dir, 'vision-server.crt'), path.join(dir, 'vision-client.crt')], { stdio: 'pipe' });
     // A CA that would expire before the renewed certificates is refused, not silently reused.
-    expect(() => execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '5000'], { stdio: 'pipe' })).toThrow(/expires within 5000 days/);
+    expect(() => execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '3700', '--ca-days', '4000'], { stdio: 'pipe' })).toThrow(/expires within 3700 days/);
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
     for (const name of ['vlm-vision', 'vlm-language']) {
       const pod = deployment(objects, name).d.spec.template.spec;

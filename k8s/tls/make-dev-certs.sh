@@ -39,9 +39,11 @@ umask 077
 # ClusterIP Service, short and fully qualified.
 names() { local svc; for svc in "$@"; do printf 'DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local,' "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS"; done | sed 's/,$//'; }
 
+[ "$DAYS" -le "$CA_DAYS" ] || { echo "--days $DAYS outlives --ca-days $CA_DAYS: certificates must expire before their CA" >&2; exit 2; }
 if [ -s ca.key ] && [ -s ca.crt ]; then
+  openssl x509 -in ca.crt -noout >/dev/null 2>&1 || { echo "$(pwd)/ca.crt is not a readable certificate" >&2; exit 1; }
   openssl x509 -in ca.crt -noout -checkend $((DAYS * 86400)) >/dev/null || {
-    echo "the CA in $(pwd) expires within $DAYS days: delete ca.key and ca.crt to make a new one" >&2; exit 1; }
+    echo "the CA in $(pwd) expires within $DAYS days (a folder from before the CA was kept lived 90 days like its certificates): delete ca.key and ca.crt to make a new one, valid --ca-days" >&2; exit 1; }
 else
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$CA_DAYS" \
     -subj "/CN=vlm-dev-ca" -keyout ca.key -out ca.crt \

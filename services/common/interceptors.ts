@@ -1,8 +1,9 @@
 /**
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
- * request encoding (noted) -> request id -> access log -> uncompressed requests only -> bearer-token
- * auth (which names the caller; without it the caller is anonymous) -> request arrival -> admission
- * (drain).
+ * request encoding (noted) -> request id -> access log -> uncompressed requests only -> client
+ * certificate names (when configured) -> bearer-token auth (which names the caller; without it the
+ * caller is anonymous) -> request arrival -> admission (drain) -> refusal at the headers (the
+ * inference pool full, for that caller). Metadata reaches their listeners in this order.
  *
  * Handlers never log requests: the access log here writes one line per call with the method, status,
  * duration and request id, and never metadata values (tokens live there).
