@@ -122,6 +122,8 @@ export interface RpcConfig {
   readonly warmup: boolean;
   /** Concurrent calls one client connection may hold open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
   readonly maxConcurrentStreams: number;
+  /** Calls one service holds at once (received, queued, running, on the hop) before refusing more; 0: no limit. */
+  readonly maxInFlightCalls: number;
   /**
    * Vision only: connections are closed (GOAWAY) after this long, so language pods re-resolve the
    * vision DNS name and spread onto replicas added by a scale-up; 0 = never.
@@ -204,6 +206,7 @@ export const CONFIG_OPTIONS = {
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
+  'max-inflight-calls': { type: 'int', env: 'VLM_MAX_INFLIGHT_CALLS', default: 0, min: 0, max: INT32_MAX, arg: 'N', shown: 'no limit', help: 'calls a service holds at once, over all connections, before refusing more with RESOURCE_EXHAUSTED at their headers: each may hold a request of up to the receive limit, so this bounds their memory' },
   'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'each service closes a connection (GOAWAY) after this long, so clients reconnect and spread over new replicas; calls in flight keep their deadline (0 = never)' },
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
@@ -288,6 +291,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       shutdownGraceMs: r.int('shutdown-grace-ms'),
       warmup: r.bool('warmup'),
       maxConcurrentStreams: r.int('max-concurrent-streams'),
+      maxInFlightCalls: r.int('max-inflight-calls'),
       maxConnectionAgeMs: r.int('max-connection-age-ms'),
     },
     tls: readTls(r),

@@ -85,7 +85,7 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
   }
 }
 
-function startServer(options: { authToken?: string | null; defaultDeadlineMs?: number; graceMs?: number } = {}) {
+function startServer(options: { authToken?: string | null; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number } = {}) {
   const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000 };
   const implementation: VisionServiceServer = {
     encode: serverStream(behaviour, deps),
@@ -104,6 +104,7 @@ function startServer(options: { authToken?: string | null; defaultDeadlineMs?: n
     maxSendMessageBytes: 4 << 20,
     auth: options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null,
     shutdownGraceMs: options.graceMs ?? 5000,
+    maxInFlightCalls: options.maxInFlightCalls,
   });
 }
 
@@ -334,6 +335,29 @@ describe('bearer-token authentication', () => {
     const ok = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }));
     expect(ok.error).toBeNull();
     expect(await healthStatus(address)).toBe('NOT_SERVING');
+  });
+});
+
+describe('a limit on calls in flight (--max-inflight-calls)', () => {
+  it('refuses a call past the limit at its headers with RESOURCE_EXHAUSTED, and takes calls again once one ends', async () => {
+    const server = startServer({ maxInFlightCalls: 1 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const held = collect(encode(client, 7)); // in flight until released
+      await eventually(() => server.activeCalls === 1, 5000, 5);
+      const refused = (await collect(encode(client, 0))).error;
+      expect([refused?.code, decodeStatusDetails(refused!.metadata).reason, decodeStatusDetails(refused!.metadata).retryDelayMs]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'QUEUE_FULL', 1000]);
+      expect(refused?.details).toBe('this replica is at its limit of 1 calls in flight (--max-inflight-calls); retry later');
+      expect(await healthStatus(address)).toBe('NOT_SERVING'); // probes are not calls
+      releaseHeld();
+      expect((await held).error).toBeNull();
+      await eventually(() => server.activeCalls === 0, 5000, 5);
+      expect((await collect(encode(client, 0))).error).toBeNull();
+    } finally {
+      client.close();
+      await server.stop();
+    }
   });
 });
 

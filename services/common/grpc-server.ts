@@ -39,6 +39,8 @@ export interface GrpcServerOptions {
   readonly credentials?: ServerCredentials;
   /** Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
   readonly maxConcurrentStreams?: number;
+  /** Calls (health and reflection aside) this server holds at once before refusing more with RESOURCE_EXHAUSTED; 0 or absent: no limit. */
+  readonly maxInFlightCalls?: number;
   /** Connections get GOAWAY after this long (clients reconnect and re-resolve); 0 or absent: never. Calls in flight keep their deadline. */
   readonly maxConnectionAgeMs?: number;
   /** Longest a call may still run on a connection past its age limit (the services' default deadline). */
@@ -59,7 +61,7 @@ const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
 
 export class GrpcServer {
   readonly health: HealthService;
-  private readonly admission = new Admission();
+  private readonly admission: Admission;
   private readonly server: Server;
   /** Plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS); started by listenHealth(). */
   private healthServer: Server | null = null;
@@ -67,6 +69,7 @@ export class GrpcServer {
 
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
+    this.admission = new Admission(options.maxInFlightCalls ?? 0);
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
     if (options.clientNames?.length) interceptors.push(clientCertificateNameInterceptor(options.clientNames, options.log));
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
@@ -184,7 +187,7 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
  */
 export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'maxInFlightCalls' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
 > {
   return {
     clientNames: config.tls.clientNames,
@@ -197,5 +200,6 @@ export function transportOptions(config: Config, credentials: Pick<ServiceCreden
     shutdownGraceMs: config.rpc.shutdownGraceMs,
     credentials: credentials.server ?? undefined,
     maxConcurrentStreams: config.rpc.maxConcurrentStreams,
+    maxInFlightCalls: config.rpc.maxInFlightCalls,
   };
 }

@@ -42,6 +42,8 @@ export const CALLER_KEY = 'x-vlm-caller';
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
+/** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
+const IN_FLIGHT_RETRY_MS = 1000;
 const REFLECTION_PREFIX = '/grpc.reflection.';
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -327,11 +329,19 @@ function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
  * Counts calls in flight and, once draining, refuses new ones with UNAVAILABLE (clients retry another
  * replica). Health and reflection are not counted or refused; probes watch the drain on the plaintext
  * health port, since the main port stops taking connections when the drain starts (GOAWAY).
+ *
+ * With `maxInFlight`, a call arriving when that many are in flight is RESOURCE_EXHAUSTED at its
+ * headers. Every call holds its request message (up to the receive limit) while it is received,
+ * queued, run or, at the language service, on its vision hop; the inference pool bounds only those
+ * it has taken, so this bounds the rest: a burst of large uploads cannot grow a pod past its memory.
  */
 export class Admission {
   private inFlight = 0;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
+
+  /** `maxInFlight`: 0 for no limit. */
+  constructor(private readonly maxInFlight = 0) {}
 
   get active(): number {
     return this.inFlight;
@@ -362,6 +372,10 @@ export class Admission {
         .withOnReceiveMetadata((metadata, next) => {
           if (this.draining) {
             reject(call, new VlmError('UNAVAILABLE', 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 }));
+            return;
+          }
+          if (this.maxInFlight > 0 && this.inFlight >= this.maxInFlight) {
+            reject(call, new VlmError('RESOURCE_EXHAUSTED', `this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS }));
             return;
           }
           counted = true;
