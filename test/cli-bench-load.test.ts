@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BUNDLE, ROOT } from './reliability-helpers';
-import { eventually, vlm } from './service-helpers';
+import { eventually, processAlive as alive, vlm } from './service-helpers';
 
 const temps: string[] = [];
 afterEach(() => {
@@ -95,14 +95,4 @@ function childPids(parent: number): number[] {
       }
     })
     .map(Number);
-}
-
-/** Running, not a zombie (a killed orphan waits for a PID 1 that may never reap it). */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(') ') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
 }

@@ -3,29 +3,15 @@
  * killed, serve all is re-parented and stops its two services instead of leaving them on their ports.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
-import { eventually } from './service-helpers';
+import { eventually, processAlive as alive } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
-
-/**
- * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
- * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
- */
-const alive = (pid: number): boolean => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(') ') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
-};
 
 describe('serve all whose parent dies', () => {
   it('stops both services and exits', async () => {

@@ -3,6 +3,7 @@
  * grpc.health.v1 and server reflection, as any external tool would use them.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, ServerCredentials, type ChannelOptions, type Server, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -131,4 +132,17 @@ export const VLM_BIN = path.resolve(__dirname, '..', 'bin', 'vlm.js');
 export function vlm(args: readonly string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [VLM_BIN, ...args], { cwd: path.resolve(__dirname, '..'), encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
+ * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
+ */
+export function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(') ') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
 }
