@@ -6,6 +6,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { coLocatedServiceEnv, configFrom, localAddress, parseCommandLine, testConfig } from '../shared/config';
 import { parseVisionTarget, visionTargetOf } from '../services/language/vision-target';
+import { transportOptions } from '../services/common/grpc-server';
 
 // A 16-core host, so that a share per worker differs from a share per service.
 vi.mock('node:os', async (importOriginal) => {
@@ -24,6 +25,14 @@ describe('integer options', () => {
     const c = configFrom({ 'deadline-ms': String(TIMER_MAX), 'shutdown-grace-ms': String(TIMER_MAX) }, {});
     expect(c.limits.deadlineMs).toBe(TIMER_MAX);
     expect(c.rpc.shutdownGraceMs).toBe(TIMER_MAX);
+  });
+
+  it('take --max-inflight-calls (0, the default: no limit) through to the servers both services build', () => {
+    expect(configFrom({}, {}).rpc.maxInFlightCalls).toBe(0);
+    const c = configFrom({}, { VLM_MAX_INFLIGHT_CALLS: '32' });
+    expect(c.rpc.maxInFlightCalls).toBe(32);
+    expect(transportOptions(c, { server: null, tokens: null }).maxInFlightCalls).toBe(32);
+    expect(() => configFrom({ 'max-inflight-calls': '-1' }, {})).toThrow(/^--max-inflight-calls: expected an integer from 0 to /);
   });
 
   it('refuse ports past 65535 and thread counts past any machine as INVALID_ARGUMENT', () => {

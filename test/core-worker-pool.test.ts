@@ -165,7 +165,8 @@ describe('InferencePool', () => {
       const { slots } = own as unknown as { slots: Array<{ worker: Worker }> };
       await slots[0]!.worker.terminate();
       const t0 = Date.now();
-      expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
+      const first = await failure(own.ask(image, 'what color is it?', sampling, policy()));
+      expect([first.code, first.reason, first.retryDelayMs]).toEqual(['UNAVAILABLE', 'NO_WORKER', 1000]);
       expect((await failure(own.ask(image, 'what color is it?', sampling, policy()))).code).toBe('UNAVAILABLE');
       expect(Date.now() - t0).toBeLessThan(15_000); // not the 60 s default deadline
 

@@ -136,7 +136,8 @@ describe('bad and unusual inputs through the real pair', () => {
         counts.answered++;
       } else {
         expect(out.code, out.details).toBe(GrpcCode.INVALID_ARGUMENT);
-        expect(out.details).toContain(c.message ?? '');
+        expect(c.message, 'every refused case names what its message must say').toBeTruthy();
+        expect(out.details).toContain(c.message);
         // Every message names what it judged.
         expect(out.details).toMatch(/image|prompt|sampling|policy|limits|request|budget|method/);
         if (c.field) expect(decodeViolations(out.metadata).map((v) => v.field)).toContain(c.field);

@@ -69,10 +69,12 @@ async function serveProcess(role: 'vision' | 'language', port: number, extra: st
   return child;
 }
 
-/** The value of a metric without labels (or summed over them) on a child's Prometheus endpoint; 0 while unreachable. */
-async function metric(child: Child, name: string): Promise<number> {
-  const text = await fetch(`http://127.0.0.1:${child.metricsPort}/metrics`).then((r) => r.text(), () => '');
-  return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((sum, m) => sum + Number(m[1]), 0);
+/** The value of a metric (summed over its labels) on a child's Prometheus endpoint; throws when the endpoint or the series is missing. */
+async function metric(child: Child, name: string, labels = ''): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${child.metricsPort}/metrics`)).text();
+  const series = [...text.matchAll(new RegExp(`^${name}(?:\\{([^}]*)\\})? (\\S+)$`, 'gm'))].filter((m) => (m[1] ?? '').includes(labels));
+  if (series.length === 0) throw new Error(`no ${name}${labels ? `{${labels}}` : ''} on the metrics endpoint`);
+  return series.reduce((sum, m) => sum + Number(m[2]), 0);
 }
 
 async function kill(child: Child, signal: NodeJS.Signals): Promise<void> {
@@ -152,6 +154,9 @@ describe('faults across the hop', () => {
       vision = await serveProcess('vision', visionPort);
       await eventually(async () => (await ask(client, request(image), { metadata: withToken() })).error === null, 10_000, 200);
       await idle(language);
+      // Vision counted the hop's calls it accepted under the token's name (the variable's token is `env`).
+      expect(await metric(vision!, 'vlm_auth_calls_total', 'vlm_auth_credential="env"')).toBeGreaterThan(0);
+      expect(await metric(vision!, 'vlm_auth_calls_total', 'vlm_auth_outcome="accepted"')).toBeGreaterThan(0);
     });
 
     it('SIGKILLed while encoding: UNAVAILABLE, and the language service holds nothing', async () => {

@@ -23,7 +23,7 @@ describe('soak: mixed load on the pair, every request given an expected status',
     console.log(`soak: ${JSON.stringify({ ...s, memory })}`);
     console.log(`soak memory (s: vision/language MiB): ${samples.map((m) => `${m.t}:${m.visionMiB}/${m.languageMiB}`).join(' ')}`);
 
-    // (The outcome counts add up to `sent` by construction: bench load counts each request once.)
+    expect(s.accountedFor).toBe(true); // every request ended in exactly one outcome
     expect(s.lost).toBe(0);
     expect(s.otherErrors).toEqual({});
     for (const n of [s.answered, s.shed, s.timedOut, s.invalid]) expect(n).toBeGreaterThan(0);

@@ -107,10 +107,12 @@ describe('Encode retries on the language -> vision hop', () => {
   });
 
   it("reports a call vision force-closed (its drain grace ran out) as UNAVAILABLE, never as the caller's CANCELLED", async () => {
-    const srv = (await fakeVision(() => undefined), server!); // holds every call
+    const vision = await fakeVision(() => undefined); // holds every call
     const pending = encodeFailure();
-    await new Promise((r) => setTimeout(r, 100));
-    srv.forceShutdown();
+    // Only once the call is at vision: a refused connection would give the same status for another reason.
+    for (const until = Date.now() + 5000; vision.calls() === 0 && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
+    expect(vision.calls()).toBe(1);
+    server!.forceShutdown();
     const e = await pending;
     expect([e.code, e.reason, e.retryDelayMs]).toEqual(['UNAVAILABLE', 'VISION_UNAVAILABLE', 1000]);
   });

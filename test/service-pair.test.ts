@@ -234,6 +234,11 @@ describe('the service pair on loopback', () => {
     expect(replay.samplingSeed).toBe(first.samplingSeed);
     expect(replay.text).toBe(first.text);
     expect(replay.tokens?.generated).toBe(first.tokens?.generated);
+    // ...and the seed and the temperature are what decide it: two fixed seeds draw different answers,
+    // and neither is the greedy one (deterministic, so this cannot flake).
+    const [one, two] = [(await ask(client, sampled(1n))).final!.text, (await ask(client, sampled(2n))).final!.text];
+    const greedy = (await ask(client, request(image, { maxTokens: 8 }))).final!.text;
+    expect(new Set([one, two, greedy]).size).toBe(3);
     // A 64-bit seed, as Go's rand.Uint64 draws them: served with the folded seed, reported, and
     // replayable with either.
     const wide = await ask(client, sampled(2n ** 64n - 1n));
@@ -265,7 +270,7 @@ describe('the service pair on loopback', () => {
       ['an image over the byte limit', () => request(Buffer.alloc(MAX_IMAGE_BYTES + 1, 1)), 'image', new RegExp(`${MAX_IMAGE_BYTES}-byte`)],
       ['an empty prompt', () => request(png, { prompt: '' }), 'prompt', /empty/],
       ['an unknown method', () => request(png, { policy: { visionMethod: 'magic' } }), 'policy.vision_method', /valid: none, ficoco-v/],
-      ['a budget outside the method range', () => request(png, { policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 999 } } }), '', /999/],
+      ['a budget outside the method range', () => request(png, { policy: { visionMethod: 'ficoco-v', budget: { $case: 'budgetTokens', budgetTokens: 999 } } }), 'policy.budget', /999/],
       ['an out-of-range temperature', () => ({ ...request(png), sampling: SamplingParams.fromPartial({ temperature: -1 }) }), 'sampling.temperature', /\[0, 2\]/],
     ];
     for (const [name, make, field, why] of cases) {
