@@ -62,6 +62,26 @@ describe('clock offset between the services', () => {
     expect(trace.clockOffsets).toEqual([{ service: 'vlm-vision', relativeTo: 'vlm-language', offsetMs: 0, pairs: 1 }]);
   });
 
+  it.each([
+    ['past its deadline at the client (DEADLINE_EXCEEDED), the server running on', 'ERROR', 4],
+    ['cancelled by the client, the server running on', 'UNSET', 1],
+  ] as const)('takes no offset from a call %s: the server span outlasts the client span on any clocks', (_, status, grpcCode) => {
+    // One shared clock, and the Encode's client span ends 30 ms into its server span.
+    const encode = fixture.find((s) => s.service === 'vlm-language' && s.kind === 'CLIENT')!;
+    const server = fixture.find((s) => s.parentSpanId === encode.spanId && s.kind === 'SERVER')!;
+    const cut = String(BigInt(server.startTimeUnixNano) + 30n * MS);
+    const failed = fixture.map((s) =>
+      s.spanId === encode.spanId ? { ...s, endTimeUnixNano: cut, status: { code: status }, attributes: { ...s.attributes, 'rpc.grpc.status_code': grpcCode } } : s,
+    );
+    const { report, trees } = analyseTraces(failed);
+    const trace = report.traces.find((t) => t.traceId === encode.traceId)!;
+    expect(trace.clockOffsets).toEqual([]); // no pair that shows the clocks
+    const tree = trees.find((t) => t.traceId === encode.traceId)!;
+    for (const n of tree.ordered) expect(n.clockOffsetNs).toBe(0n); // nothing moved
+    // ...and its client-minus-server time is no RPC overhead (it would be -30 ms or so)
+    for (const r of report.transfer.rpc) expect(r.overhead.count).toBe(4);
+  });
+
   it.each([20, -20, 50, -50])('with the vision clock %d ms off, gives the no-skew breakdown and reports the offset', (skew) => {
     const { report } = analyseTraces(withVisionClockOff(fixture, skew));
     expectWithin(breakdown(report), breakdown(straight), 1);

@@ -1,7 +1,7 @@
 import { ATTR_VLM_REDUCTION_BUDGET, ATTR_VLM_REDUCTION_METHOD, SpanName } from '../names';
 import type { SpanRecord } from './span-record';
 import { summarise, type Summary } from './stats';
-import { buildTraces, type ClockOffset, type TimedSpan, type TraceTree } from './trace-tree';
+import { buildTraces, rpcSucceeded, type ClockOffset, type TimedSpan, type TraceTree } from './trace-tree';
 
 /**
  * Where the time of a request goes, from its traces. All durations are milliseconds.
@@ -127,7 +127,8 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     for (const node of tree.ordered) {
       if (node.span.kind !== 'CLIENT') continue;
       const server = node.children.find((c) => c.span.kind === 'SERVER');
-      if (!server) continue;
+      // A failed call's sides end apart (the client at its deadline or cancel, the server later).
+      if (!server || !rpcSucceeded(node.span) || !rpcSucceeded(server.span)) continue;
       const list = rpc.get(node.span.name) ?? [];
       list.push(node.duration - server.duration);
       rpc.set(node.span.name, list);
