@@ -82,6 +82,7 @@ describe('span status of a failure: ERROR only for the server faults', () => {
     ['CANCELLED', SpanStatusCode.UNSET],
     ['RESOURCE_EXHAUSTED', SpanStatusCode.UNSET],
     ['DEADLINE_EXCEEDED', SpanStatusCode.ERROR],
+    ['UNIMPLEMENTED', SpanStatusCode.ERROR],
     ['INTERNAL', SpanStatusCode.ERROR],
     ['UNAVAILABLE', SpanStatusCode.ERROR],
     ['DATA_LOSS', SpanStatusCode.ERROR],
