@@ -109,6 +109,35 @@ describe('vlm trace report on the hand-made fixture', () => {
     expect(report.transfer.rpc[0]!.overhead.p50).toBeCloseTo(2, 9);
   });
 
+  it("measures a retried hop's transfer by its last attempt, not the one that failed", () => {
+    const spans = parseTraceText(fixture('pipeline.jsonl')).spans;
+    const traceId = spans[0]!.traceId;
+    const one = spans.filter((s) => s.traceId === traceId);
+    const before = analyseTraces(one).report.transfer.stream.p50;
+    // An earlier attempt: a copy of the Encode client span's subtree and of the receive span, 50 ms
+    // before the real one, with ids of their own (vision's send cut short by a lost replica).
+    const client = one.find((s) => s.kind === 'CLIENT')!;
+    const subtree = new Set([client.spanId]);
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const s of one) if (subtree.has(s.parentSpanId) && !subtree.has(s.spanId)) (subtree.add(s.spanId), (grew = true));
+    }
+    const copied = one.filter((s) => subtree.has(s.spanId) || s.name === 'vlm.stream.receive');
+    const id = (x: string) => `f${x.slice(1)}`;
+    const earlier = (t: string) => String(BigInt(t) - 50_000_000n);
+    const attempt = copied.map((s) => ({
+      ...s,
+      spanId: id(s.spanId),
+      parentSpanId: subtree.has(s.parentSpanId) ? id(s.parentSpanId) : s.parentSpanId,
+      startTimeUnixNano: earlier(s.startTimeUnixNano),
+      // the receive ends where the stream broke, 1 ms in
+      endTimeUnixNano: s.name === 'vlm.stream.receive' ? String(BigInt(earlier(s.startTimeUnixNano)) + 1_000_000n) : earlier(s.endTimeUnixNano),
+      events: [],
+    }));
+    expect(new Set([...one, ...attempt].map((s) => s.spanId)).size).toBe(one.length + attempt.length);
+    expect(analyseTraces([...one, ...attempt]).report.transfer.stream.p50).toBeCloseTo(before, 9);
+  });
+
   it('compares methods and budgets', () => {
     expect(report.groups.map((g) => [g.method, g.budget, g.traces])).toEqual([
       ['ficoco-vl', '64', 3],

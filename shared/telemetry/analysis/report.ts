@@ -121,8 +121,9 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
   const streamMs: number[] = [];
   const rpc = new Map<string, number[]>();
   for (const tree of trees) {
-    const send = tree.ordered.find((n) => n.span.name === SpanName.StreamSend);
-    const receive = tree.ordered.find((n) => n.span.name === SpanName.StreamReceive);
+    // The last of each: after a hop retry, the earlier pair is the attempt that failed.
+    const send = tree.ordered.findLast((n) => n.span.name === SpanName.StreamSend);
+    const receive = tree.ordered.findLast((n) => n.span.name === SpanName.StreamReceive);
     if (send && receive) streamMs.push(receive.end - send.start);
     for (const node of tree.ordered) {
       if (node.span.kind !== 'CLIENT') continue;
