@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { VlmError, type VlmErrorCode } from '../shared/errors';
 import { SpanRecorder, replaySpans } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
+import { tracedSend } from '../shared/telemetry/traced-stream';
 import { ask, request, shapesImage } from './reliability-helpers';
 import { metadataWith } from './service-helpers';
 import { startTracedPair, type TracedPair } from './trace-helpers';
@@ -100,6 +101,21 @@ describe('span status of a failure: ERROR only for the server faults', () => {
       const span = pair.spans().find((s) => s.name === name)!;
       expect({ name, status: span.status.code, error: span.attributes['error.type'], type: exceptionType(span) }).toEqual({ name, status, error: code, type: code });
     }
+  });
+});
+
+describe('the send span of a stream', () => {
+  it('ends with the counts written, marked CANCELLED (status UNSET) when the consumer stops early, and clean when complete', async () => {
+    const messages = () => [{ bytes: 3 }, { bytes: 5 }, { bytes: 7 }];
+    const cut = tracedSend(messages, { 'test.case': 'cut' }, (m) => m.bytes);
+    await cut.next();
+    await cut.return(undefined); // the call ended after one chunk
+    for await (const _ of tracedSend(messages, { 'test.case': 'whole' }, (m) => m.bytes)) void _;
+    const sendOf = (c: string) => pair.spans().find((s) => s.name === 'vlm.stream.send' && s.attributes['test.case'] === c)!;
+    expect(sendOf('cut').attributes).toMatchObject({ 'vlm.chunks': 1, 'vlm.bytes': 3, 'error.type': 'CANCELLED' });
+    expect(sendOf('cut').status.code).toBe(SpanStatusCode.UNSET);
+    expect(sendOf('whole').attributes).toMatchObject({ 'vlm.chunks': 3, 'vlm.bytes': 15 });
+    expect(sendOf('whole').attributes['error.type']).toBeUndefined();
   });
 });
 

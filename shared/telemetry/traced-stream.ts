@@ -58,13 +58,15 @@ export function tracedStream<Req, Ctx extends TracedCall, Res>(
  * Yields the messages `build` returns inside a `vlm.stream.send` span: from building them (the
  * conversion to wire form counts as sending) until the last one is written (backpressure included),
  * with the chunks and their bytes counted. `chunkBytes` gives a message's payload bytes, or undefined
- * for one that is not a chunk (header, summary). The span ends once: at the end, on error (marked
- * failed), or when the consumer stops early.
+ * for one that is not a chunk (header, summary). The span ends once, with the counts of what was
+ * written: at the end, on error (marked failed), or when the consumer stops early (marked CANCELLED:
+ * a stream cut short must not read as a complete send).
  */
 export async function* tracedSend<T>(build: () => Iterable<T>, attributes: Attributes, chunkBytes: (message: T) => number | undefined): AsyncGenerator<T> {
   const send = openSpan(SpanName.StreamSend, attributes);
   let chunks = 0;
   let bytes = 0;
+  let complete = false;
   try {
     for (const message of build()) {
       const n = chunkBytes(message);
@@ -74,11 +76,13 @@ export async function* tracedSend<T>(build: () => Iterable<T>, attributes: Attri
       }
       yield message;
     }
-    send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
+    complete = true;
   } catch (err) {
+    send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
     send.end(err);
     throw err;
   } finally {
-    send.end();
+    send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
+    send.end(complete ? undefined : new VlmError('CANCELLED', 'the stream ended before every message was written'));
   }
 }
