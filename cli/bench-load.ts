@@ -169,20 +169,18 @@ function planValid(rand: () => number, pool: Items, deadlineMs: number): Planned
 
 /** The i-th request of the mix: 10 % bad input, 10 % a deadline too tight to meet, the rest valid under a random policy. */
 function plan(rand: () => number, pool: Items, deadlineMs: number): Planned {
-  const item = pool[Math.floor(rand() * pool.length)]!;
-  const policy = ReductionPolicy.fromPartial(POLICIES[Math.floor(rand() * POLICIES.length)]!);
-  const sampling = SamplingParams.fromPartial({ maxTokens: 2 + Math.floor(rand() * 12) });
+  const valid = planValid(rand, pool, deadlineMs);
+  const { image, prompt } = valid.request;
   const r = rand();
   if (r < 0.1) {
     const bad = [
-      { image: Buffer.alloc(0), prompt: item.question },
-      { image: item.bytes.subarray(0, 40), prompt: item.question },
-      { image: item.bytes, prompt: '' },
+      { image: Buffer.alloc(0), prompt },
+      { image: image.subarray(0, 40), prompt },
+      { image, prompt: '' },
     ][Math.floor(rand() * 3)]!;
-    return { request: { ...bad, sampling, policy, limits: undefined }, deadlineMs };
+    return { request: { ...valid.request, ...bad }, deadlineMs };
   }
-  const tight = r < 0.2;
-  return { request: { image: item.bytes, prompt: item.question, sampling, policy, limits: undefined }, deadlineMs: tight ? 2 + Math.floor(rand() * 30) : deadlineMs };
+  return r < 0.2 ? { ...valid, deadlineMs: 2 + Math.floor(rand() * 30) } : valid;
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   status as GrpcCode,
   type ServerInterceptingCallInterface,
   type ServerInterceptor,
+  type ServerListener,
 } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
 import { VlmError } from '../../shared/errors';
@@ -42,9 +43,19 @@ export const CALLER_KEY = 'x-vlm-caller';
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
 const HEALTH_PREFIX = '/grpc.health.v1.Health/';
+const REFLECTION_PREFIX = '/grpc.reflection.';
 /** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
 const IN_FLIGHT_RETRY_MS = 1000;
-const REFLECTION_PREFIX = '/grpc.reflection.';
+
+/** Health and reflection: never counted, limited or refused for load (probes, tooling). */
+function isServiceInfrastructure(path: string): boolean {
+  return path.startsWith(HEALTH_PREFIX) || path.startsWith(REFLECTION_PREFIX);
+}
+
+/** A call whose only interception is `listener` (metadata, messages); its responses pass untouched. */
+function listening(call: ServerInterceptingCallInterface, listener: ServerListener): ServerInterceptingCall {
+  return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+}
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 const REQUEST_ID_REFUSED = /[^A-Za-z0-9._:-]+/g;
@@ -148,7 +159,7 @@ export function requestEncodingInterceptor(): ServerInterceptor {
         next(metadata);
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    return listening(call, listener);
   };
 }
 
@@ -245,7 +256,7 @@ export function bearerAuthInterceptor(tokens: BearerTokens, options: { acceptOnB
         }
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    return listening(call, listener);
   };
 }
 
@@ -259,7 +270,7 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
         next(metadata);
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    return listening(call, listener);
   };
 }
 
@@ -283,7 +294,7 @@ export function clientCertificateNameInterceptor(names: readonly string[], log: 
         reject(call, new VlmError('PERMISSION_DENIED', 'this service serves only certain clients, and the client certificate presented is not one of them'));
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    return listening(call, listener);
   };
 }
 
@@ -308,7 +319,7 @@ function certificateNames(cert: PeerCertificate | undefined): string[] {
  */
 export function refuseAtHeadersInterceptor(refusal: (path: string, caller: string) => VlmError | null): ServerInterceptor {
   return (method, call) => {
-    if (method.path.startsWith(HEALTH_PREFIX) || method.path.startsWith(REFLECTION_PREFIX)) return new ServerInterceptingCall(call);
+    if (isServiceInfrastructure(method.path)) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const caller = metadata.get(CALLER_KEY)[0];
@@ -317,7 +328,7 @@ export function refuseAtHeadersInterceptor(refusal: (path: string, caller: strin
         else next(metadata);
       })
       .build();
-    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+    return listening(call, listener);
   };
 }
 
@@ -359,8 +370,7 @@ export class Admission {
 
   interceptor(): ServerInterceptor {
     return (method, call) => {
-      const exempt = method.path.startsWith(HEALTH_PREFIX) || method.path.startsWith(REFLECTION_PREFIX);
-      if (exempt) return new ServerInterceptingCall(call);
+      if (isServiceInfrastructure(method.path)) return new ServerInterceptingCall(call);
       let counted = false;
       const release = (): void => {
         if (!counted) return;

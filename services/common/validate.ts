@@ -8,6 +8,7 @@
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
 import { characterCount } from '../../shared/tokenizer/characters';
+import { imagePlaceholderMisuse } from '../../shared/tokenizer/image-placeholder';
 import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
 import { METHOD_PRESETS, paramReaders, type Budget, type ParamReader, type ReductionPolicy } from '../../shared/methods/policy';
@@ -19,7 +20,7 @@ import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { GenerateRequest } from '../../gen/vlm/v1/language_service';
 import { budgetToWire, paramsToWire } from './wire';
 import { utf16Prefix } from './text-cut';
-import { SUPPORTED_FORMATS, sniffFormat } from '../../shared/image/format';
+import { UNSUPPORTED_FORMAT, sniffFormat } from '../../shared/image/format';
 
 export interface RequestLimitsConfig {
   readonly maxImageBytes: number;
@@ -87,7 +88,7 @@ function checkImage(image: Uint8Array, limits: RequestLimitsConfig, v: Violation
     v.add('image', `is ${image.length} bytes, over the ${limits.maxImageBytes}-byte (${mib(limits.maxImageBytes)}) image limit (max_image_bytes); downscale or recompress it`);
   } else if (sniffFormat(image) === null) {
     // Here, not only at vision's decoder: the language service then refuses it before the hop.
-    v.add('image', `cannot be read as an image: its format is not supported (the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF); supported formats: ${SUPPORTED_FORMATS.join(', ')}`);
+    v.add('image', UNSUPPORTED_FORMAT);
   }
 }
 
@@ -272,7 +273,8 @@ export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConf
   const v = new Violations();
   checkImage(req.image, limits, v);
   checkText('prompt', req.prompt, limits.maxPromptChars, v, true);
-  if (imageToken && req.prompt.includes(imageToken)) v.add('prompt', `must not contain the image placeholder "${imageToken}"; the image is passed separately`);
+  const misuse = imageToken ? imagePlaceholderMisuse(req.prompt, imageToken) : null;
+  if (misuse) v.add('prompt', misuse);
   const sampling = parseSampling(req.sampling, defaultMaxTokens, limits, v);
   const policy = parsePolicy(req.policy, v);
   const parsedLimits = parseLimits(req.limits, v);

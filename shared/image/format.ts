@@ -5,6 +5,9 @@
  */
 export const SUPPORTED_FORMATS: readonly string[] = ['png', 'jpeg', 'webp', 'gif', 'tiff'];
 
+/** Why bytes that announce no supported format are refused (an `image` violation), wherever that is. */
+export const UNSUPPORTED_FORMAT = `cannot be read as an image: its format is not supported (the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF); supported formats: ${SUPPORTED_FORMATS.join(', ')}`;
+
 const startsWith = (bytes: Uint8Array, at: number, sig: readonly number[]): boolean => sig.every((b, i) => bytes[at + i] === b);
 const ascii = (s: string): number[] => [...s].map((c) => c.charCodeAt(0));
 

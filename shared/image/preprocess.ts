@@ -16,7 +16,7 @@ import type { LimitsConfig } from '../config';
 import type { PreprocessSpec, Resample, Rgb } from '../bundle/manifest';
 import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
-import { SUPPORTED_FORMATS, sniffFormat } from './format';
+import { SUPPORTED_FORMATS, UNSUPPORTED_FORMAT, sniffFormat } from './format';
 
 export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'> & Partial<Pick<LimitsConfig, 'maxAspectRatio'>>;
 
@@ -50,7 +50,7 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   // Before any decoder sees the bytes: libvips would otherwise pick one of its many loaders (SVG,
   // PDF, HEIF...) from the content, and run it on untrusted input only to be refused afterwards.
   if (sniffFormat(bytes) === null) {
-    throw VlmError.invalid('image', `cannot be read as an image: its format is not supported (the first bytes are not those of PNG, JPEG, WebP, GIF or TIFF); supported formats: ${SUPPORTED_FORMATS.join(', ')}`);
+    throw VlmError.invalid('image', UNSUPPORTED_FORMAT);
   }
   let meta: sharp.Metadata;
   try {

@@ -5,6 +5,7 @@
  * encoded without special tokens; BOS is prepended when the manifest says so.
  */
 import { characterCount } from './characters';
+import { imagePlaceholderMisuse } from './image-placeholder';
 import { readFile } from 'node:fs/promises';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { VlmError } from '../errors';
@@ -55,9 +56,8 @@ export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: T
   if (chars > limits.maxPromptChars) {
     throw VlmError.invalid('prompt', `is ${chars} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
   }
-  if (question.includes(prompt.image_token)) {
-    throw VlmError.invalid('prompt', `must not contain the image placeholder "${prompt.image_token}"; the image is passed separately`);
-  }
+  const misuse = imagePlaceholderMisuse(question, prompt.image_token);
+  if (misuse) throw VlmError.invalid('prompt', misuse);
   const at = prompt.template.indexOf(prompt.image_token);
   const prefixText = prompt.template.slice(0, at);
   const suffixText = prompt.template.slice(at + prompt.image_token.length).replace('{question}', () => question);

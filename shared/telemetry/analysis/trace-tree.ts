@@ -218,7 +218,7 @@ function isRpcPair(client: Draft, server: Draft): boolean {
  * centring it would invent a skew (27 ms measured on one host) and move the server's spans before the
  * call that made them.
  */
-export function showsClocks(client: { span: SpanRecord; startNs: bigint; endNs: bigint }, server: { span: SpanRecord; startNs: bigint; endNs: bigint }): boolean {
+function showsClocks(client: Draft, server: Draft): boolean {
   return rpcSucceeded(client.span) && rpcSucceeded(server.span) && server.endNs - server.startNs <= client.endNs - client.startNs;
 }
 
