@@ -85,7 +85,7 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
   }
 }
 
-function startServer(options: { authToken?: string | null; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number } = {}) {
+function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number } = {}) {
   const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000 };
   const implementation: VisionServiceServer = {
     encode: serverStream(behaviour, deps),
@@ -102,7 +102,7 @@ function startServer(options: { authToken?: string | null; defaultDeadlineMs?: n
     log,
     maxReceiveMessageBytes: 8 << 20,
     maxSendMessageBytes: 4 << 20,
-    auth: options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null,
+    auth: options.tokens ?? (options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null),
     shutdownGraceMs: options.graceMs ?? 5000,
     maxInFlightCalls: options.maxInFlightCalls,
   });
@@ -355,6 +355,58 @@ describe('a limit on calls in flight (--max-inflight-calls)', () => {
       await eventually(() => server.activeCalls === 0, 5000, 5);
       expect((await collect(encode(client, 0))).error).toBeNull();
     } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+  it("keeps the cap's last quarter for callers below their share: one caller's burst cannot shut out another", async () => {
+    const names = ['heavy', 'light', 'third'];
+    const tokens = new BearerTokens({ file: null, tokens: names.map((name) => ({ name, token: `t0k3n-${name}-xxxxxxxx` })) }, log);
+    const server = startServer({ tokens, maxInFlightCalls: 4 }); // 1 place reserved
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    const as = (name: string) => ({ metadata: metadataWith({ authorization: `Bearer t0k3n-${name}-xxxxxxxx` }) });
+    const held: Array<ClientReadableStream<EncodeResponse>> = [];
+    const hold = async (name: string) => {
+      const call = encode(client, 5, as(name)); // runs until cancelled
+      void collect(call); // its CANCELLED at the end is expected
+      held.push(call);
+      await eventually(() => server.activeCalls === held.length, 5000, 5);
+    };
+    try {
+      for (let i = 0; i < 3; i++) await hold('heavy'); // first come, up to three quarters
+      const heavy = (await collect(encode(client, 0, as('heavy')))).error;
+      expect([heavy?.code, decodeStatusDetails(heavy!.metadata).reason, decodeStatusDetails(heavy!.metadata).retryDelayMs]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'QUEUE_FULL', 1000]);
+      expect(heavy?.details).toBe('this replica keeps its last 1 of 4 places for calls (--max-inflight-calls) for callers below their share, and this caller holds 3; retry later');
+      await hold('light'); // below its share: takes the reserved place
+      const third = (await collect(encode(client, 0, as('third')))).error;
+      expect(third?.details).toBe('this replica is at its limit of 4 calls in flight (--max-inflight-calls); retry later');
+      held.shift()!.cancel(); // a heavy call ends: 3 in flight, heavy 2 and light 1, shares of 4/3
+      await eventually(() => server.activeCalls === 3, 5000, 5);
+      expect((await collect(encode(client, 0, as('heavy')))).error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+      expect((await collect(encode(client, 0, as('light')))).error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+      expect((await collect(encode(client, 0, as('third')))).error).toBeNull(); // holds none: its share is free
+    } finally {
+      for (const call of held) call.cancel();
+      client.close();
+      await server.stop();
+    }
+  });
+
+  it('lets an anonymous caller (no authentication) use the whole cap: there is no one to be fair to', async () => {
+    const server = startServer({ maxInFlightCalls: 4 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    const held: Array<ClientReadableStream<EncodeResponse>> = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        held.push(encode(client, 5));
+        void collect(held.at(-1)!);
+        await eventually(() => server.activeCalls === held.length, 5000, 5);
+      }
+      expect((await collect(encode(client, 0))).error?.details).toBe('this replica is at its limit of 4 calls in flight (--max-inflight-calls); retry later');
+    } finally {
+      for (const call of held) call.cancel();
       client.close();
       await server.stop();
     }

@@ -2,7 +2,7 @@
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
  * request encoding (noted) -> request id -> access log -> uncompressed requests only -> client
  * certificate names (when configured) -> bearer-token auth (which names the caller; without it the
- * caller is anonymous) -> request arrival -> admission (drain) -> refusal at the headers (the
+ * caller is anonymous) -> request arrival -> admission (drain, calls in flight) -> refusal at the headers (the
  * inference pool full, for that caller). Metadata reaches their listeners in this order.
  *
  * Handlers never log requests: the access log here writes one line per call with the method, status,
@@ -345,14 +345,48 @@ function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
  * headers. Every call holds its request message (up to the receive limit) while it is received,
  * queued, run or, at the language service, on its vision hop; the inference pool bounds only those
  * it has taken, so this bounds the rest: a burst of large uploads cannot grow a pod past its memory.
+ *
+ * A flat cap would let one caller's burst fill it and refuse everyone else before the pool's fair
+ * queue could weigh them, so its last quarter (`reservedInFlight`) is kept for named callers holding
+ * less than a fair share: the cap divided among the callers holding calls, plus one share for a caller
+ * not yet seen. Below that quarter calls are taken first come, so one caller alone may hold three
+ * quarters of the cap, and a newcomer always finds room. Callers are named by the auth interceptor
+ * (at vision, `token/sub`: the language service's callers are weighed one by one); without
+ * authentication every call is one anonymous caller and only the cap applies.
  */
 export class Admission {
   private inFlight = 0;
+  /** Calls in flight by named caller; a caller leaves when its last call ends. */
+  private readonly byCaller = new Map<string, number>();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
 
   /** `maxInFlight`: 0 for no limit. */
   constructor(private readonly maxInFlight = 0) {}
+
+  /** The places at the top of the cap only callers below their fair share may take (none under 4). */
+  get reservedInFlight(): number {
+    return Math.floor(this.maxInFlight / 4);
+  }
+
+  /** Why a call from `caller` ('' when anonymous) would be refused now, or null to admit it. */
+  private refusal(caller: string): VlmError | null {
+    if (this.maxInFlight <= 0) return null;
+    if (this.inFlight >= this.maxInFlight) {
+      return new VlmError('RESOURCE_EXHAUSTED', `this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
+    }
+    if (caller === '' || this.inFlight < this.maxInFlight - this.reservedInFlight) return null;
+    const held = this.byCaller.get(caller) ?? 0;
+    const callers = this.byCaller.size + (held === 0 ? 1 : 0);
+    const share = Math.max(1, Math.floor(this.maxInFlight / (callers + 1)));
+    if (held < share) return null;
+    // The caller's own count only: other callers' names and counts are not theirs to see.
+    return new VlmError(
+      'RESOURCE_EXHAUSTED',
+      `this replica keeps its last ${this.reservedInFlight} of ${this.maxInFlight} places for calls (--max-inflight-calls) for callers below their share, and this caller holds ${held}; retry later`,
+      { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS },
+    );
+  }
 
   get active(): number {
     return this.inFlight;
@@ -372,10 +406,16 @@ export class Admission {
     return (method, call) => {
       if (isServiceInfrastructure(method.path)) return new ServerInterceptingCall(call);
       let counted = false;
+      let caller = '';
       const release = (): void => {
         if (!counted) return;
         counted = false;
         this.inFlight--;
+        if (caller !== '') {
+          const left = (this.byCaller.get(caller) ?? 1) - 1;
+          if (left > 0) this.byCaller.set(caller, left);
+          else this.byCaller.delete(caller);
+        }
         if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
       };
       const listener = new ServerListenerBuilder()
@@ -384,12 +424,18 @@ export class Admission {
             reject(call, new VlmError('UNAVAILABLE', 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 }));
             return;
           }
-          if (this.maxInFlight > 0 && this.inFlight >= this.maxInFlight) {
-            reject(call, new VlmError('RESOURCE_EXHAUSTED', `this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS }));
+          const named = metadata.get(CALLER_KEY)[0];
+          const refused = this.refusal(typeof named === 'string' ? named : '');
+          if (refused) {
+            reject(call, refused);
             return;
           }
           counted = true;
           this.inFlight++;
+          if (typeof named === 'string' && named !== '') {
+            caller = named;
+            this.byCaller.set(caller, (this.byCaller.get(caller) ?? 0) + 1);
+          }
           next(metadata);
         })
         .withOnCancel(release)
