@@ -18,6 +18,7 @@ import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import { HOP_RETRIES } from '../services/language/vision-client';
+import { receiveLimit } from '../services/common/message-limits';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
@@ -362,6 +363,36 @@ describe('images over the limit', () => {
       const huge = await ask(client, request(oversize(3 * limit), { maxTokens: 2 }));
       expect(huge.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
       expect(huge.error?.details).toMatch(/larger than max/);
+      expect(await healthStatus(language.address)).toBe('SERVING');
+    } finally {
+      client.close();
+      await language.stop();
+    }
+  });
+});
+
+describe('the receive limit at its edge', () => {
+  it('still judges an image of twice the limit beside the longest prompt of 4-byte characters, and leaves only a message past the receive limit to the transport', async () => {
+    const limit = 1024 * 1024;
+    const config = pairConfig({ maxImageBytes: limit, visionTarget: '127.0.0.1:1' });
+    const language = await startLanguageService(config, { port: 0 });
+    const client = new LanguageServiceClient(language.address, credentials.createInsecure());
+    const prompt = '\u{1F600}'.repeat(config.limits.maxPromptChars); // the most UTF-8 a prompt within the limit can take
+    const withImageOf = (bytes: number): GenerateRequest => request(oversize(bytes - 1), { maxTokens: 2, prompt });
+    try {
+      const judged = withImageOf(2 * limit + 1);
+      expect(Buffer.byteLength(prompt)).toBe(4 * config.limits.maxPromptChars);
+      const edge = await ask(client, judged);
+      expect(edge.error?.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(decodeViolations(edge.error!.metadata).map((v) => v.field)).toContain('image');
+      // One byte past the receive limit: the image grown until the encoded message is that size.
+      const ceiling = receiveLimit(config.limits);
+      let bytes = 2 * limit + 1;
+      while (GenerateRequest.encode(withImageOf(bytes)).finish().length <= ceiling) bytes += ceiling + 1 - GenerateRequest.encode(withImageOf(bytes)).finish().length;
+      expect(GenerateRequest.encode(withImageOf(bytes)).finish().length).toBe(ceiling + 1);
+      const over = await ask(client, withImageOf(bytes));
+      expect(over.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+      expect(over.error?.details).toMatch(/larger than max/);
       expect(await healthStatus(language.address)).toBe('SERVING');
     } finally {
       client.close();

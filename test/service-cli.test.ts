@@ -4,18 +4,32 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { eventually, stopServeAll, vlm } from './service-helpers';
+import { eventually, healthStatus, stopServeAll, vlm } from './service-helpers';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
 const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+
+/** A free port whose next port is free too (`serve all` gives language the next one). */
+async function freePortPair(): Promise<number> {
+  for (;;) {
+    const port = await freePort();
+    const next = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port + 1, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (next && port < 65535) return port;
+  }
+}
 
 
 describe('vlm serve all + vlm ask', () => {
@@ -24,12 +38,15 @@ describe('vlm serve all + vlm ask', () => {
   let visionAddress: string;
   let image: string;
   let stderr = '';
+  let metricsPort: number;
+  let healthPort: number;
 
   beforeAll(async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
+    [metricsPort, healthPort] = [await freePortPair(), await freePortPair()];
     target = `127.0.0.1:${languagePort}`;
     visionAddress = `127.0.0.1:${visionPort}`;
-    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', String(metricsPort), '--health-port', String(healthPort), '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     image = path.join(tmpdir(), `vlm-cli-${process.pid}.png`);
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
@@ -51,6 +68,14 @@ describe('vlm serve all + vlm ask', () => {
     const encode = calls.find((l) => l['method'] === '/vlm.v1.VisionService/Encode' && l['requestId'] === generate?.['requestId']);
     expect(encode, 'the Encode call carries the Generate request id').toBeDefined();
     expect(lines.map((l) => String(l['component']).split('.')[0])).toEqual(expect.arrayContaining(['vision', 'language']));
+  });
+
+  it('gives language the port after vision\'s for its metrics and its plaintext health checks', async () => {
+    const service = async (port: number) => /service_name="([^"]+)"/.exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1];
+    expect([await service(metricsPort), await service(metricsPort + 1)]).toEqual(['vlm-vision', 'vlm-language']);
+    expect(await healthStatus(`127.0.0.1:${healthPort}`, 'vlm.v1.VisionService')).toBe('SERVING');
+    expect(await healthStatus(`127.0.0.1:${healthPort + 1}`, 'vlm.v1.LanguageService')).toBe('SERVING');
+    await expect(healthStatus(`127.0.0.1:${healthPort + 1}`, 'vlm.v1.VisionService')).rejects.toMatchObject({ code: 5 }); // NOT_FOUND: not this one's
   });
 
   it('prints one JSON line with the answer and the final stats with --json', () => {

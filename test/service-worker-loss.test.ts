@@ -1,6 +1,7 @@
 /**
  * A service that has lost every inference worker says so through grpc.health.v1, so Kubernetes
  * takes it out of its Service and, if no replacement starts, restarts it; it serves again once one does.
+ * A worker that dies mid-request fails only that request.
  */
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,8 +9,10 @@ import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { startVisionService } from '../services/vision/server';
-import { eventually, healthStatus } from './service-helpers';
-import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
+import { credentials, status as GrpcCode } from '@grpc/grpc-js';
+import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { collect, eventually, healthStatus } from './service-helpers';
+import { pairConfig, recordingLogger, shapesImage, type LogLine } from './reliability-helpers';
 
 const RANDOM_BUNDLE = path.resolve(__dirname, 'fixtures/random-bundle');
 
@@ -54,6 +57,43 @@ describe('a service whose only worker dies and cannot be replaced', () => {
     } finally {
       await service.stop();
       await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
+describe('a worker that dies while it runs a request', () => {
+  it('fails that request with INTERNAL (it may be what killed the worker, so it is not retried elsewhere), and serves the one queued behind it from the replacement', async () => {
+    const lines: LogLine[] = [];
+    const service = await startVisionService({ ...pairConfig({}) }, { port: 0, log: recordingLogger(lines, 'vision') });
+    const client = new VisionServiceClient(service.address, credentials.createInsecure());
+    try {
+      const { slots } = service.backend.pool as unknown as { slots: Array<{ worker: Worker }> };
+      const worker = slots[0]!.worker;
+      const post = worker.postMessage.bind(worker);
+      let killed = false;
+      // The worker dies with the first job handed to it, deterministically before it can answer.
+      worker.postMessage = (msg: { type?: string }, transfer?: Parameters<Worker['postMessage']>[1]) => {
+        if (msg.type === 'run' && !killed) {
+          killed = true;
+          void worker.terminate();
+        }
+        post(msg, transfer);
+      };
+      const image = await shapesImage();
+      const encode = () => collect(client.encode({ image, policy: undefined, limits: undefined }));
+      const [first, queued] = await Promise.all([encode(), encode()]);
+      expect(killed).toBe(true);
+      // The caller sees the fixed INTERNAL message; the cause is in the service's log.
+      expect([first.error?.code, first.error?.details]).toEqual([GrpcCode.INTERNAL, 'internal error']);
+      expect(lines.some((l) => l.msg === 'internal error' && JSON.stringify(l['error']).includes('the inference worker exited (code 1) while running this request; it is being replaced'))).toBe(true);
+      expect(queued.error).toBeNull();
+      expect(queued.messages.some((m) => m.part?.$case === 'header')).toBe(true);
+      expect(lines.some((l) => l.level === 'error' && l.msg === 'inference worker exited; starting a replacement')).toBe(true);
+      expect(await healthStatus(service.address)).toBe('SERVING');
+      expect((await encode()).error).toBeNull();
+    } finally {
+      client.close();
+      await service.stop();
     }
   }, 60_000);
 });
