@@ -112,6 +112,8 @@ describe('InferencePool', () => {
     const r = await pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: LONG }, policy());
     expect(r.generate.tokenIds).toHaveLength(LONG);
     expect(r.generate.finishReason).toBe('length');
+    // The first token came from prefill's logits; each later one took a decode step.
+    expect(r.generate.decodeSteps).toBe(LONG - 1);
   });
 
   it('cancels a running job from its stream: the worker stops within a few decode steps and takes new work', async () => {

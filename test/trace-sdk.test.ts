@@ -266,7 +266,7 @@ describe('metrics on the Prometheus endpoint', () => {
       m.recordRequest(1.5);
       m.recordRequest(0.5, { 'error.type': 'INVALID_ARGUMENT' });
       m.recordEncode(0.7);
-      m.recordGeneration({ timeToFirstTokenSeconds: 0.3, outputTokens: 11, decodeSeconds: 1.0 });
+      m.recordGeneration({ timeToFirstTokenSeconds: 0.3, decodeSteps: 10, decodeSeconds: 1.0 }); m.recordGeneration({ timeToFirstTokenSeconds: 0.2, decodeSteps: 0, decodeSeconds: 0.001 });
       m.recordAuth('accepted', 'old'); m.recordAuth('accepted', 'new'); m.recordAuth('accepted', 'new'); m.recordAuth('invalid');
     `);
     const value = (re: RegExp) => Number(re.exec(text)?.[1]);
@@ -283,9 +283,11 @@ describe('metrics on the Prometheus endpoint', () => {
     expect(value(/^gen_ai_server_request_duration_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(1.5, 9);
     expect(value(/^gen_ai_server_request_duration_sum\{[^}]*error_type="INVALID_ARGUMENT"[^}]*\} (\S+)/m)).toBeCloseTo(0.5, 9);
     expect(value(/^vlm_encode_duration_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.7, 9);
-    expect(value(/^gen_ai_server_time_to_first_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.3, 9);
-    // 11 tokens in 1 s of decode: 11 tokens/s; 10 gaps: 0.1 s per output token
-    expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(11, 9);
+    expect(value(/^gen_ai_server_time_to_first_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.5, 9);
+    // 10 decode steps in 1 s: 10 tokens/s and 0.1 s per token, one the inverse of the other; an answer
+    // of one token had no decode step and records neither rate
+    expect(value(/^vlm_decode_tokens_per_second_count(?:\{[^}]*\})? (\S+)/m)).toBe(1);
+    expect(value(/^vlm_decode_tokens_per_second_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(10, 9);
     expect(value(/^gen_ai_server_time_per_output_token_sum(?:\{[^}]*\})? (\S+)/m)).toBeCloseTo(0.1, 9);
     // Per token name, so a token being rotated out can be removed once its count stops growing.
     expect(value(/^vlm_auth_calls_total\{[^}]*vlm_auth_credential="new"[^}]*\} (\S+)/m)).toBe(2);

@@ -168,6 +168,9 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     run.then(
       () => {
         settled = true;
+        // An answer that stops at its first token (the stop token) sends no delta: that token came
+        // with the result, and the wait for it still counts from the call's start.
+        firstTokenMs ??= performance.now() - started;
         // Ids whose text never completed (an answer cut inside a multi-byte character) still go out,
         // so the deltas' ids are every generated token's.
         if (pendingIds.length > 0) deltas.push({ text: '', tokenIds: pendingIds });
@@ -177,7 +180,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     );
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
     const result = await run;
-    const hop = { encode: encodeMs, firstToken: firstTokenMs ?? encodeMs + result.timingsMs.firstToken, total: performance.now() - started };
+    const hop = { encode: encodeMs, firstToken: firstTokenMs ?? performance.now() - started, total: performance.now() - started };
     const final = finalOf(backend, valid, tensor, result, hop);
     recordGenerateTelemetry(span, result, final, hop.firstToken, generateAttributes(backend));
     yield { part: { $case: 'final', final } };
@@ -198,7 +201,7 @@ function recordGenerateTelemetry(span: Span | undefined, r: GenerateResult, fina
   recordStage(SpanName.Decode, r.timingsMs.decode / 1000);
   recordStageTokens(SpanName.Prefill, r.promptTokens);
   recordStageTokens(SpanName.Decode, r.tokenIds.length);
-  recordGeneration({ timeToFirstTokenSeconds: firstTokenMs / 1000, outputTokens: r.tokenIds.length, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
+  recordGeneration({ timeToFirstTokenSeconds: firstTokenMs / 1000, decodeSteps: r.decodeSteps, decodeSeconds: r.timingsMs.decode / 1000 }, attributes);
 }
 
 function finalOf(backend: InferenceBackend, valid: ValidGenerate, tensor: AssembledTensor, r: GenerateResult, hop: { encode: number; firstToken: number; total: number }): GenerateFinal {

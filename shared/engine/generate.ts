@@ -59,6 +59,11 @@ export interface GenerateResult {
   readonly achievedBudget: number;
   readonly flops: StageFlops;
   readonly timingsMs: { readonly prefill: number; readonly firstToken: number; readonly decode: number };
+  /**
+   * Forward passes `timingsMs.decode` spent: one per token after the first (whose logits prefill
+   * made), and one more for the stop token when the answer stopped. Decode rates divide by this.
+   */
+  readonly decodeSteps: number;
 }
 
 /**
@@ -178,6 +183,7 @@ export async function generate(
   const decoder = new DeltaDecoder(model.tokenizer);
   const ids: number[] = [];
   let firstToken = 0;
+  let decodeSteps = 0;
   let finishReason: FinishReason = 'length';
   await withSpan(SpanName.Decode, attrs, async (span) => {
     for (let step = 0; ; step++) {
@@ -205,6 +211,7 @@ export async function generate(
       }
       logits = await runner.headLast();
       flops.decode += headFlops(arch, 1);
+      decodeSteps++;
     }
     const rest = decoder.flush();
     if (rest) onDelta?.(rest, undefined);
@@ -224,6 +231,7 @@ export async function generate(
     achievedBudget: mean(perLayerVisualTokens),
     flops,
     timingsMs: { prefill: prefillMs, firstToken, decode: performance.now() - t0 },
+    decodeSteps,
   };
 }
 

@@ -76,12 +76,17 @@ export function recordEncode(seconds: number, attributes: Attributes = {}): void
 }
 
 /** A finished generation: time to first token, decode rate and time per output token. */
-export function recordGeneration(g: { timeToFirstTokenSeconds: number; outputTokens: number; decodeSeconds: number }, attributes: Attributes = {}): void {
+/**
+ * `decodeSteps`: the forward passes `decodeSeconds` covers (the first token comes from prefill's
+ * logits, so its time is in time to first token, not here). Both rates divide by it, so throughput is
+ * the inverse of time per token; an answer of one token (or none) had no decode step and records neither.
+ */
+export function recordGeneration(g: { timeToFirstTokenSeconds: number; decodeSteps: number; decodeSeconds: number }, attributes: Attributes = {}): void {
   const i = instruments();
   i.timeToFirstToken.record(g.timeToFirstTokenSeconds, attributes);
-  if (g.outputTokens > 0 && g.decodeSeconds > 0) {
-    i.tokensPerSecond.record(g.outputTokens / g.decodeSeconds, attributes);
-    if (g.outputTokens > 1) i.timePerOutputToken.record(g.decodeSeconds / (g.outputTokens - 1), attributes);
+  if (g.decodeSteps > 0 && g.decodeSeconds > 0) {
+    i.tokensPerSecond.record(g.decodeSteps / g.decodeSeconds, attributes);
+    i.timePerOutputToken.record(g.decodeSeconds / g.decodeSteps, attributes);
   }
 }
 
