@@ -13,6 +13,7 @@ import { GrpcServer } from '../services/common/grpc-server';
 import { BearerTokens } from '../services/common/bearer-tokens';
 import { singleToken } from '../shared/auth-tokens';
 import { Admission } from '../services/common/interceptors';
+import { ActiveCalls } from '../services/common/active-calls';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
 import {
@@ -86,7 +87,8 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
 }
 
 function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number } = {}) {
-  const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000 };
+  const calls = new ActiveCalls();
+  const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000, calls };
   const implementation: VisionServiceServer = {
     encode: serverStream(behaviour, deps),
     getModelInfo: unary(async (_req, ctx) => {
@@ -105,6 +107,7 @@ function startServer(options: { authToken?: string | null; tokens?: BearerTokens
     auth: options.tokens ?? (options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null),
     shutdownGraceMs: options.graceMs ?? 5000,
     maxInFlightCalls: options.maxInFlightCalls,
+    activeCalls: calls,
   });
 }
 
@@ -547,18 +550,39 @@ describe('graceful stop', () => {
     }
   });
 
-  it('cancels calls still running when the grace period ends', async () => {
+  it('ends calls still running when the grace period ends with UNAVAILABLE SHUTTING_DOWN, which clients retry elsewhere', async () => {
     const server = startServer({ graceMs: 300 });
     const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
     const client = new VisionServiceClient(address, credentials.createInsecure());
     try {
-      const stuck = collect(encode(client, 5));
+      const stuck = collect(encode(client, 5, { metadata: metadataWith({ 'x-request-id': 'cut-at-drain' }) }));
       await eventually(() => server.activeCalls === 1);
       // The handler never ends by itself: stop() returns (within the test's timeout) only because the
-      // grace period's end cancels it.
+      // grace period's end aborts its signal.
       await server.stop();
+      const error = (await stuck).error;
+      expect([error?.code, decodeStatusDetails(error!.metadata).reason, decodeStatusDetails(error!.metadata).retryDelayMs]).toEqual([GrpcCode.UNAVAILABLE, 'SHUTTING_DOWN', 0]);
+      expect(error?.details).toBe('the service is shutting down and its 300 ms drain is over; retry on another replica');
+      expect(error?.metadata.get('x-request-id')).toEqual(['cut-at-drain']);
+      expect(observed.get(5)?.aborted).toBe('UNAVAILABLE');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('cuts off a handler that ignores its signal once the statuses had their moment (CANCELLED: only the transport can end it)', async () => {
+    const server = startServer({ graceMs: 200 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const stuck = collect(encode(client, 7)); // waits for releaseHeld, whatever its signal says
+      await eventually(() => server.activeCalls === 1);
+      const started = Date.now();
+      await server.stop();
+      expect(Date.now() - started).toBeLessThan(5000);
       expect((await stuck).error?.code).toBe(GrpcCode.CANCELLED);
     } finally {
+      releaseHeld();
       client.close();
     }
   });

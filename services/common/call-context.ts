@@ -6,6 +6,7 @@
  * The core only ever sees `signal` (checked between layers and decode steps) and `deadline` (passed on
  * to the vision hop), so cancellation and deadlines cross the service boundary unchanged.
  */
+import type { ActiveCalls } from './active-calls';
 import type { Metadata } from '@grpc/grpc-js';
 import { trace } from '@opentelemetry/api';
 import { VlmError } from '../../shared/errors';
@@ -37,6 +38,8 @@ export interface ContextOptions {
   /** Used when the client set no deadline. */
   readonly defaultDeadlineMs: number;
   readonly log: Logger;
+  /** Holds the call until disposed, for a drain to end it (active-calls.ts). */
+  readonly calls?: ActiveCalls;
 }
 
 export interface OwnedContext {
@@ -89,6 +92,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   source.on('cancelled', onCancelled);
   const timer = setTimeout(expire, Math.max(0, deadline - Date.now()));
   timer.unref();
+  const untrack = options.calls?.track(controller);
 
   const ctx: CallContext = {
     signal: controller.signal,
@@ -103,6 +107,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     dispose: () => {
       clearTimeout(timer);
       source.removeListener('cancelled', onCancelled);
+      untrack?.();
     },
   };
 }

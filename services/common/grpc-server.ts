@@ -6,7 +6,8 @@
  *   -> wait for calls in flight (up to the grace period) -> forceShutdown if they do not finish.
  * Sessions are disposed by the owner after stop() resolves.
  */
-import type { VlmError } from '../../shared/errors';
+import { VlmError } from '../../shared/errors';
+import type { ActiveCalls } from './active-calls';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
@@ -35,6 +36,8 @@ export interface GrpcServerOptions {
   /** Vision only: a caller forwarded by the language service (`x-vlm-on-behalf-of`) names the call's caller under its token. */
   readonly acceptOnBehalfOf?: boolean;
   readonly shutdownGraceMs: number;
+  /** The handlers' calls (their adapters' `calls`): a drain past its grace ends them as SHUTTING_DOWN. */
+  readonly activeCalls?: ActiveCalls;
   /** TLS (services/common/tls.ts); absent: plaintext. */
   readonly credentials?: ServerCredentials;
   /** Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
@@ -157,7 +160,13 @@ export class GrpcServer {
     const closed = drained && (await within(shutDown, Math.min(left, EXEMPT_CLOSE_MS)));
     if (!closed) {
       if (drained) log.info('closing health watches and other streams outside admission');
-      else log.warn('grace period over; cancelling calls still in flight', { inFlight: this.admission.active });
+      else {
+        const ended = this.options.activeCalls?.abortAll(new VlmError('UNAVAILABLE', `the service is shutting down and its ${grace} ms drain is over; retry on another replica`, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 })) ?? 0;
+        log.warn('grace period over; ending calls still in flight', { inFlight: this.admission.active, ended });
+        // Their statuses go out as their handlers see the abort (a worker stops at its next layer or
+        // decode step); what is still running after that is cut off by the transport (CANCELLED).
+        if (ended > 0 && (await within(this.admission.idle(), STATUS_FLUSH_MS))) await new Promise((r) => setTimeout(r, 20));
+      }
       this.server.forceShutdown();
     }
     // Probes watched the drain as NOT_SERVING; the health port goes last.
@@ -167,6 +176,8 @@ export class GrpcServer {
 }
 
 const EXEMPT_CLOSE_MS = 1000;
+/** How long calls ended at the end of a drain get to send their statuses. */
+const STATUS_FLUSH_MS = 1000;
 
 function within(p: Promise<void>, ms: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -107,7 +107,9 @@ export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
   onStopSignals((signal, again) => {
     if (again) {
       log.warn('second signal; exiting now', { signal });
-      process.exit(1);
+      // Not process.exit(): with a worker inside a native model call it waits for that call and then
+      // aborts (the worker is torn down mid-call), or never returns if the call hangs.
+      process.kill(process.pid, 'SIGKILL');
     }
     log.info('stopping', { signal });
     stop().then(

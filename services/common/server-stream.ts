@@ -18,6 +18,7 @@ import type { Logger } from '../../shared/log';
 import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
 import { isServerFault } from '../../shared/telemetry/span-status';
 import { callContext, type CallContext } from './call-context';
+import type { ActiveCalls } from './active-calls';
 import { grpcCodeOf, toStatus } from './status';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
@@ -25,6 +26,8 @@ export interface AdapterDeps {
   readonly log: Logger;
   /** Deadline for calls that arrive without one. */
   readonly defaultDeadlineMs: number;
+  /** Where the calls are held for a drain to end (the same registry as the server's). */
+  readonly calls?: ActiveCalls;
 }
 
 export type StreamFn<Req, Res> = (req: Req, ctx: CallContext) => AsyncIterable<Res>;
@@ -75,7 +78,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
   async function run(call: ServerWritableStream<Req, Res>): Promise<void> {
     // Taken before the first await: the instrumentation's server span is active only on entry.
     const serverSpan = trace.getActiveSpan();
-    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
     const { ctx } = owned;
     const request = call.request;
     const iterator = (isUndecodable(request) ? refuse(request) : fn(request, ctx))[Symbol.asyncIterator]();
@@ -110,7 +113,7 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
 
   async function run(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): Promise<void> {
     const serverSpan = trace.getActiveSpan();
-    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log });
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
     try {
       const request = call.request;
       if (isUndecodable(request)) throw undecodableError(request);

@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startInferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
+import { ActiveCalls } from '../common/active-calls';
 import { serve, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../../shared/methods/policy';
 import { loadPromptTokenCounter } from './generate-stream';
@@ -45,13 +46,14 @@ export async function startLanguageService(config: Config, options: LanguageServ
     throw err;
   });
   let server: GrpcServer;
+  const calls = new ActiveCalls();
   try {
     const implementation = languageHandlers({
       backend,
       vision,
       limits: config.limits,
       promptTokens: await loadPromptTokenCounter(config.model.dir, backend.model.manifest, config.limits),
-      adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
+      adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, calls },
     });
     server = new GrpcServer({
       serviceName: 'vlm.v1.LanguageService',
@@ -60,6 +62,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
       protoFiles: ['vlm/v1/language_service.proto'],
       log,
       ...transportOptions(config, creds),
+      activeCalls: calls,
       refuseAtHeaders: (path, caller) => (path === LanguageServiceService.generate.path ? backend.pool.refusal(caller) : null),
     });
   } catch (err) {

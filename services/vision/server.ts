@@ -7,6 +7,7 @@ import { createLogger, type Logger } from '../../shared/log';
 import { VisionServiceService } from '../../gen/vlm/v1/vision_service';
 import { startInferenceBackend, type InferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
+import { ActiveCalls } from '../common/active-calls';
 import { serve, type RunningService } from '../common/lifecycle';
 import { visionHandlers } from './handlers';
 import { noReduction } from '../../shared/methods/policy';
@@ -46,11 +47,12 @@ export async function startVisionService(config: Config, options: VisionServiceO
     creds.close();
     throw err;
   });
+  const calls = new ActiveCalls();
   const implementation = visionHandlers({
     backend,
     limits: config.limits,
     rowsPerChunk: config.rpc.rowsPerChunk,
-    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs },
+    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, calls },
   });
   let server: GrpcServer;
   try {
@@ -61,6 +63,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
       protoFiles: ['vlm/v1/vision_service.proto'],
       log,
       ...transportOptions(config, creds),
+      activeCalls: calls,
       acceptOnBehalfOf: true,
       refuseAtHeaders: (path, caller) => (path === VisionServiceService.encode.path ? backend.pool.refusal(caller) : null),
     });

@@ -106,6 +106,8 @@ export class InferencePool {
   private closed = false;
   /** Replacement workers being started. */
   private starting = 0;
+  /** Their starts, each settled once its worker is attached, stopped after a close, or failed. */
+  private readonly startingAttempts = new Set<Promise<void>>();
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
   private readonly availabilityListeners = new Set<(available: boolean) => void>();
@@ -254,7 +256,10 @@ export class InferencePool {
     return this.submit({ kind: 'ask', image: copyBytes(image), question, sampling, policy }, options);
   }
 
-  /** Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops the workers. */
+  /**
+   * Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops
+   * the workers, replacements still loading included (each once it has loaded).
+   */
   async close(graceMs = 0): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -263,15 +268,17 @@ export class InferencePool {
     for (const t of this.queue.drain()) this.settle(t, shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    await Promise.all(this.slots.map((s) => this.stopWorker(s)));
+    await Promise.all([...this.slots.map((s) => this.stopWorker(s)), ...this.startingAttempts]);
     this.slots.length = 0;
   }
 
   /**
    * Terminating a worker while it is inside an ONNX Runtime call aborts the whole process
    * (onnxruntime-node throws into the torn-down thread: "terminate called after throwing an instance
-   * of 'Napi::Error'", exit 134). A running job is aborted first; the worker stops at its next check
-   * between layers or decode steps and answers, and only then is it terminated.
+   * of 'Napi::Error'", exit 134), and so does process.exit(). A running job is aborted first; the
+   * worker stops at its next check between layers or decode steps and answers, and only then is it
+   * terminated. One native call cannot be interrupted, so a worker inside a long one is waited for
+   * however long it takes (with a warning after STOP_WAIT_MS): the orchestrator's kill is the bound.
    */
   private async stopWorker(s: Slot): Promise<void> {
     const task = s.task;
@@ -279,7 +286,15 @@ export class InferencePool {
       const reason = shuttingDown('the inference pool shut down while the request ran');
       this.settle(task, reason);
       s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
-      for (const until = Date.now() + STOP_WAIT_MS; s.task === task && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
+      const warnAt = Date.now() + STOP_WAIT_MS;
+      let warned = false;
+      while (s.task === task) {
+        if (!warned && Date.now() >= warnAt) {
+          warned = true;
+          this.log.warn('an inference worker is still inside a model call after its request was stopped; waiting for the call to return (stopping the worker mid-call would abort the process)', { request_id: task.options.requestId, waited_ms: STOP_WAIT_MS });
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
     }
     await s.worker.terminate();
   }
@@ -418,10 +433,12 @@ export class InferencePool {
 
   private replace(index: number, attempt: number): void {
     this.starting++;
-    InferencePool.startWorker(this.deps, index, this.identity)
-      .then(({ worker }) => {
+    // Tracked for close(), which must not end the process while this worker loads: terminating it,
+    // or exiting, inside a native session create aborts the process (see stopWorker).
+    const start: Promise<void> = InferencePool.startWorker(this.deps, index, this.identity)
+      .then(async ({ worker }) => {
         this.starting--;
-        if (this.closed) return void worker.terminate();
+        if (this.closed) return void (await worker.terminate());
         this.attach(worker);
         const next = this.queue.shift();
         if (next) this.dispatch(this.slots[this.slots.length - 1]!, next);
@@ -440,7 +457,9 @@ export class InferencePool {
         }, delayMs);
         timer.unref();
         this.restartTimers.add(timer);
-      });
+      })
+      .finally(() => this.startingAttempts.delete(start));
+    this.startingAttempts.add(start);
   }
 }
 
