@@ -181,6 +181,15 @@ describe('ficoco-vl', () => {
     expect(e.message).toMatch(/vision_tokens.*set policy.budget too/);
   });
 
+  it("refuses a budget below one token naming the pair's range, as GetModelInfo lists it, not the language side's", () => {
+    const geometry = { fullVisualTokens: 196, languageLayers: 12, anchors: tiny.anchors };
+    const e = thrown(() => resolveBudgetSplit(policy('ficoco-v', 'ficoco-l', 0.5), geometry));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.violations.map((v) => v.field)).toEqual(['policy.budget']);
+    expect(e.message).toMatch(/^policy\.budget: ficoco-v \+ ficoco-l cannot reach an average of 0\.98 visual tokens .*feasible range is \[1, 196\]$/);
+    expect(resolveBudgetSplit(policy('ficoco-v', 'ficoco-l', 0.52), geometry).visionTokens).toBe(2); // 1.02 tokens: feasible
+  });
+
   it('is listed with its feasible range for GetModelInfo', () => {
     const rows = feasibleBudgets(tiny, { numLayers: 12, hiddenSize: 64, numHeads: 4, fullVisualTokens: 196, anchors: tiny.anchors });
     expect(rows.find((r) => r.preset === 'ficoco-vl' && r.mode === 'clean')).toMatchObject({ vision: 'ficoco-v', language: 'ficoco-l', min: 1, max: 196 });

@@ -107,6 +107,7 @@ function startServer(options: { authToken?: string | null; tokens?: BearerTokens
     auth: options.tokens ?? (options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null),
     shutdownGraceMs: options.graceMs ?? 5000,
     maxInFlightCalls: options.maxInFlightCalls,
+    lightMethods: [VisionServiceService.getModelInfo.path],
     activeCalls: calls,
   });
 }
@@ -353,6 +354,9 @@ describe('a limit on calls in flight (--max-inflight-calls)', () => {
       expect([refused?.code, decodeStatusDetails(refused!.metadata).reason, decodeStatusDetails(refused!.metadata).retryDelayMs]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'QUEUE_FULL', 1000]);
       expect(refused?.details).toBe('this replica is at its limit of 1 calls in flight (--max-inflight-calls); retry later');
       expect(await healthStatus(address)).toBe('NOT_SERVING'); // probes are not calls
+      // What clients ask to learn what to send is answered at the limit too.
+      const info = await new Promise<ServiceError | null>((resolve) => client.getModelInfo({}, (err) => resolve(err)));
+      expect(info).toBeNull();
       releaseHeld();
       expect((await held).error).toBeNull();
       await eventually(() => server.activeCalls === 0, 5000, 5);

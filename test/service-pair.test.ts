@@ -181,6 +181,7 @@ describe('the service pair on loopback', () => {
       maxPromptChars: limits.maxPromptChars,
       maxTokensLimit: 256,
       maxPositions: core.manifest.language.max_positions,
+      padsToSquare: false, // the random bundle squashes its images
     });
     const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);
     expect(param('vision', 'ficoco-v', 'lambda')).toMatchObject({ type: 'number', min: 0, max: 1, choices: [] });

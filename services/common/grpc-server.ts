@@ -44,6 +44,8 @@ export interface GrpcServerOptions {
   readonly maxConcurrentStreams?: number;
   /** Calls (health and reflection aside) this server holds at once before refusing more with RESOURCE_EXHAUSTED; 0 or absent: no limit. */
   readonly maxInFlightCalls?: number;
+  /** Methods the in-flight cap never refuses (GetModelInfo: cheap, and what clients ask under load too). */
+  readonly lightMethods?: readonly string[];
   /** Connections get GOAWAY after this long (clients reconnect and re-resolve); 0 or absent: never. Calls in flight keep their deadline. */
   readonly maxConnectionAgeMs?: number;
   /** Longest a call may still run on a connection past its age limit (the services' default deadline). */
@@ -72,7 +74,7 @@ export class GrpcServer {
 
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
-    this.admission = new Admission(options.maxInFlightCalls ?? 0);
+    this.admission = new Admission(options.maxInFlightCalls ?? 0, new Set(options.lightMethods));
     const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
     if (options.clientNames?.length) interceptors.push(clientCertificateNameInterceptor(options.clientNames, options.log));
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());

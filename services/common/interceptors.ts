@@ -361,8 +361,15 @@ export class Admission {
   private draining = false;
   private idleWaiters: Array<() => void> = [];
 
-  /** `maxInFlight`: 0 for no limit. */
-  constructor(private readonly maxInFlight = 0) {}
+  /**
+   * `maxInFlight`: 0 for no limit. `lightPaths`: methods counted (a drain waits for them) but never
+   * refused by the cap: they hold no request worth bounding, and clients call them to learn what to
+   * send (GetModelInfo), which must work under load too.
+   */
+  constructor(
+    private readonly maxInFlight = 0,
+    private readonly lightPaths: ReadonlySet<string> = new Set(),
+  ) {}
 
   /** The places at the top of the cap only callers below their fair share may take (none under 4). */
   get reservedInFlight(): number {
@@ -425,7 +432,7 @@ export class Admission {
             return;
           }
           const named = metadata.get(CALLER_KEY)[0];
-          const refused = this.refusal(typeof named === 'string' ? named : '');
+          const refused = this.lightPaths.has(method.path) ? null : this.refusal(typeof named === 'string' ? named : '');
           if (refused) {
             reject(call, refused);
             return;

@@ -76,6 +76,7 @@ export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
     maxImagePixels: BigInt(placement.maxImagePixels),
     maxAspectRatio: placement.maxAspectRatio,
     methodParams: methodParams(),
+    padsToSquare: m.preprocess.resize === 'pad_to_square',
   };
 }
 

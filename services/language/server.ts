@@ -63,6 +63,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
       log,
       ...transportOptions(config, creds),
       activeCalls: calls,
+      lightMethods: [LanguageServiceService.getModelInfo.path],
       refuseAtHeaders: (path, caller) => (path === LanguageServiceService.generate.path ? backend.pool.refusal(caller) : null),
     });
   } catch (err) {

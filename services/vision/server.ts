@@ -64,6 +64,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
       log,
       ...transportOptions(config, creds),
       activeCalls: calls,
+      lightMethods: [VisionServiceService.getModelInfo.path],
       acceptOnBehalfOf: true,
       refuseAtHeaders: (path, caller) => (path === VisionServiceService.encode.path ? backend.pool.refusal(caller) : null),
     });

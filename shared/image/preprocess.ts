@@ -67,15 +67,15 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   if (width <= 0 || height <= 0) throw VlmError.invalid('image', `has no size in its header (${width}x${height})`);
   const pixels = width * height * pages;
   if (pixels > limits.maxImagePixels) {
-    throw VlmError.invalid('image', `is ${width}x${height}${pages > 1 ? ` x ${pages} pages` : ''} = ${pixels} pixels, over the limit of ${limits.maxImagePixels} pixels (--max-image-pixels / VLM_MAX_IMAGE_PIXELS)`);
+    throw VlmError.invalid('image', `is ${width}x${height}${pages > 1 ? ` x ${pages} pages` : ''} = ${pixels} pixels, over the limit of ${limits.maxImagePixels} pixels (max_image_pixels in GetModelInfo)`);
   }
   const side = Math.max(width, height);
   if (resize === 'pad_to_square' && side * side > limits.maxImagePixels) {
-    throw VlmError.invalid('image', `is ${width}x${height}, which this model pads to a square of ${side}x${side} = ${side * side} pixels, over the limit of ${limits.maxImagePixels} pixels (--max-image-pixels / VLM_MAX_IMAGE_PIXELS)`);
+    throw VlmError.invalid('image', `is ${width}x${height}, which this model pads to a square of ${side}x${side} = ${side * side} pixels, over the limit of ${limits.maxImagePixels} pixels (max_image_pixels in GetModelInfo)`);
   }
   const ratio = Math.max(width, height) / Math.min(width, height);
   if (limits.maxAspectRatio !== undefined && ratio > limits.maxAspectRatio) {
-    throw VlmError.invalid('image', `is ${width}x${height}, an aspect ratio of ${ratio.toFixed(1)}:1, over the limit of ${limits.maxAspectRatio}:1 (--max-aspect-ratio / VLM_MAX_ASPECT_RATIO)`);
+    throw VlmError.invalid('image', `is ${width}x${height}, an aspect ratio of ${ratio.toFixed(1)}:1, over the limit of ${limits.maxAspectRatio}:1 (max_aspect_ratio in GetModelInfo)`);
   }
   return meta;
 }
