@@ -350,9 +350,11 @@ function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
  * queue could weigh them, so its last quarter (`reservedInFlight`) is kept for named callers holding
  * less than a fair share: the cap divided among the callers holding calls, plus one share for a caller
  * not yet seen. Below that quarter calls are taken first come, so one caller alone may hold three
- * quarters of the cap, and a newcomer always finds room. Callers are named by the auth interceptor
- * (at vision, `token/sub`: the language service's callers are weighed one by one); without
- * authentication every call is one anonymous caller and only the cap applies.
+ * quarters of the cap, and a newcomer finds room until the cap itself is full. Callers are named by
+ * the auth interceptor (at vision, `token/sub`: the language service's callers are weighed one by
+ * one, and a token naming many sub-callers gets a share for each, unlike in the pool's queue; vision
+ * serves only the language service's certificate in `k8s/`); without authentication every call is
+ * one anonymous caller and only the cap applies.
  */
 export class Admission {
   private inFlight = 0;
