@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { startVisionService } from '../services/vision/server';
 import { credentials, status as GrpcCode } from '@grpc/grpc-js';
 import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { decodeStatusDetails } from '../services/common/status';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { pairConfig, recordingLogger, shapesImage, type LogLine } from './reliability-helpers';
 
@@ -62,7 +63,7 @@ describe('a service whose only worker dies and cannot be replaced', () => {
 });
 
 describe('a worker that dies while it runs a request', () => {
-  it('fails that request with INTERNAL (it may be what killed the worker, so it is not retried elsewhere), and serves the one queued behind it from the replacement', async () => {
+  it('fails that request with INTERNAL WORKER_LOST (it may be what killed the worker, so it is not retried elsewhere), and serves the one queued behind it from the replacement', async () => {
     const lines: LogLine[] = [];
     const service = await startVisionService({ ...pairConfig({}) }, { port: 0, log: recordingLogger(lines, 'vision') });
     const client = new VisionServiceClient(service.address, credentials.createInsecure());
@@ -83,9 +84,12 @@ describe('a worker that dies while it runs a request', () => {
       const encode = () => collect(client.encode({ image, policy: undefined, limits: undefined }));
       const [first, queued] = await Promise.all([encode(), encode()]);
       expect(killed).toBe(true);
-      // The caller sees the fixed INTERNAL message; the cause is in the service's log.
-      expect([first.error?.code, first.error?.details]).toEqual([GrpcCode.INTERNAL, 'internal error']);
-      expect(lines.some((l) => l.msg === 'internal error' && JSON.stringify(l['error']).includes('the inference worker exited (code 1) while running this request; it is being replaced'))).toBe(true);
+      // Unlike other INTERNAL errors (a fixed "internal error"), this one says what happened, with a
+      // reason a client can branch on (send it once more at most); no retry delay is offered.
+      expect([first.error?.code, first.error?.details]).toEqual([GrpcCode.INTERNAL, 'the inference worker exited (code 1) while running this request; it is being replaced']);
+      const details = decodeStatusDetails(first.error!.metadata);
+      expect([details.reason, details.retryDelayMs]).toEqual(['WORKER_LOST', undefined]);
+      expect(lines.some((l) => l.msg === 'internal error' && JSON.stringify(l['error']).includes('the inference worker exited (code 1)'))).toBe(true);
       expect(queued.error).toBeNull();
       expect(queued.messages.some((m) => m.part?.$case === 'header')).toBe(true);
       expect(lines.some((l) => l.level === 'error' && l.msg === 'inference worker exited; starting a replacement')).toBe(true);

@@ -70,17 +70,19 @@ export function grpcCodeName(code: GrpcCode): string {
 
 /**
  * The status to send for `err`. INTERNAL errors are logged here with their cause (the only place that
- * sees them all); the message sent is fixed.
+ * sees them all); the message sent is fixed, except for a lost worker (WORKER_LOST), whose message is
+ * this project's own and whose reason tells a client it may send the request once more.
  */
 export function toStatus(err: unknown, log: Logger, fields: Record<string, unknown> = {}): StatusObject {
   const e = VlmError.from(err);
   if (e.code !== 'INTERNAL') return refusalStatus(e);
   log.error('internal error', { ...fields, error: describeCause(err) });
+  if (e.reason === 'WORKER_LOST') return refusalStatus(e);
   return statusObject(GrpcCode.INTERNAL, 'internal error');
 }
 
 /**
- * The status of an error the caller may see whole (any but INTERNAL): code, clipped message, details.
+ * The status of an error the caller may see whole (any but INTERNAL, or a lost worker): code, clipped message, details.
  * The interceptors' refusals use it directly: they are never INTERNAL and have nothing to log.
  */
 export function refusalStatus(e: VlmError): StatusObject {

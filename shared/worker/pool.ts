@@ -497,7 +497,7 @@ function noWorker(): VlmError {
  * kills its worker would kill one on every replica it is retried on.
  */
 function workerExited(code: number): VlmError {
-  return new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`);
+  return new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`, { reason: 'WORKER_LOST' });
 }
 
 function shuttingDown(message: string): VlmError {
