@@ -12,7 +12,7 @@ import { serve } from '../services/common/lifecycle';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService } from '../gen/vlm/v1/vision_service';
 import { freePort } from '../cli/free-port';
-import { collect, healthStatus } from './service-helpers';
+import { collect, eventually, healthStatus } from './service-helpers';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
 
 async function startingService(warmUp: () => Promise<void>) {
@@ -37,13 +37,6 @@ async function startingService(warmUp: () => Promise<void>) {
   return { lines, backend, healthAddress: `127.0.0.1:${config.services.healthPort}`, address: `127.0.0.1:${port}`, started: serve(server, backend, config, port, warmUp, log) };
 }
 
-async function until(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  for (const end = Date.now() + timeoutMs; !(await check()); ) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 describe('a service starting up', () => {
   it('answers NOT_SERVING on its port and its health port through the warm-up, and SERVING once it has passed', async () => {
     let pass: () => void = () => undefined;
@@ -53,7 +46,7 @@ describe('a service starting up', () => {
       await gate;
       warmed = true;
     });
-    await until(async () => (await healthStatus(s.healthAddress).catch(() => '')) !== '');
+    await eventually(async () => (await healthStatus(s.healthAddress).catch(() => '')) !== '', 10_000, 20);
     expect(await healthStatus(s.healthAddress)).toBe('NOT_SERVING');
     expect(await healthStatus(s.address)).toBe('NOT_SERVING');
     expect(await healthStatus(s.address, 'vlm.v1.VisionService')).toBe('NOT_SERVING');
