@@ -119,16 +119,35 @@ export async function run(argv: string[]): Promise<number> {
   const useTls = values['tls'] === true || str('ca') !== null || str('cert') !== null;
   const tls = useTls ? { caFile: str('ca'), certFile: str('cert'), keyFile: str('key'), serverName: str('server-name') } : null;
   // Without --target: the language service on this host, at --language-port / VLM_LANGUAGE_PORT.
-  const client = languageClient((values['target'] as string | undefined) ?? `127.0.0.1:${config.services.languagePort}`, tls);
+  const target = (values['target'] as string | undefined) ?? `127.0.0.1:${config.services.languagePort}`;
+  const client = languageClient(target, tls);
   try {
     const out = await generateOnce(client, request, {
       deadline: Date.now() + config.limits.deadlineMs,
       authToken: sentToken(config.rpc.auth),
       onDelta: json ? undefined : (text) => process.stdout.write(text),
+    }).catch((err: unknown) => {
+      throw withHint(err, target);
     });
     process.stdout.write(json ? `${JSON.stringify(finalJson(out.answer, out.final, out.latencyMs))}\n` : '\n');
     return 0;
   } finally {
     client.close();
   }
+}
+
+/**
+ * What a person at the terminal can do about two errors the service words for API clients: nothing
+ * listening at the target (gRPC's text names only the socket error), and a missing or refused token.
+ */
+export function withHint(err: unknown, target: string): unknown {
+  if (!(err instanceof VlmError)) return err;
+  if (err.code === 'UNAVAILABLE' && /ECONNREFUSED|ENOTFOUND|EAI_AGAIN|No connection established/.test(err.message)) {
+    const cause = /(ECONNREFUSED|ENOTFOUND|EAI_AGAIN)/.exec(err.message)?.[1] ?? 'no connection';
+    return new VlmError('UNAVAILABLE', `cannot reach the language service at ${target} (${cause}); start it (npm start, or vlm serve all) or point --target / --language-port at it`, { cause: err });
+  }
+  if (err.code === 'UNAUTHENTICATED') {
+    return new VlmError('UNAUTHENTICATED', `${err.message}; set VLM_AUTH_TOKEN, or VLM_AUTH_TOKEN_FILE, to a token the service accepts`, { cause: err });
+  }
+  return err;
 }

@@ -17,11 +17,15 @@ interface Row {
   readonly load: () => CommandModule;
   /** Subcommands, each with its own flags: `vlm <command> --help` points to theirs. */
   readonly subcommands?: readonly string[];
+  /** What each subcommand does, for its own help (the summary otherwise). */
+  readonly subSummaries?: Readonly<Record<string, string>>;
+  /** The positional argument the command takes, for its usage line. */
+  readonly positional?: string;
 }
 
 // One line per command; keep alphabetical.
 const COMMANDS: Readonly<Record<string, Row>> = {
-  ask: { summary: 'ask the language service about an image (--image FILE --question TEXT [--target HOST:PORT] [--budget N|P%] [--json] [--ca FILE|--tls] [--cert F --key F])', load: () => require('./ask') as CommandModule },
+  ask: { summary: 'ask the language service about an image (--image FILE --question TEXT [--target HOST:PORT] [--vision-method M] [--language-method M] [--preset P] [--budget N|P%] [--json] [--ca FILE|--tls] [--cert F --key F])', load: () => require('./ask') as CommandModule },
   bench: {
     summary: 'bench accuracy: every reduction method at 50/25/12.5 % budgets (--limit N, --mode, --json, --docs DIR); bench load: both services under mixed load, every request accounted for, memory and latency (--duration-s, --concurrency, --requests); bench latency: where the time of a request goes per method, from the traces of both services (--limit, --budget, --spans FILE)',
     load: () => ({
@@ -33,11 +37,24 @@ const COMMANDS: Readonly<Record<string, Row>> = {
             : (require('./bench-accuracy') as CommandModule).run(argv),
     }),
     subcommands: ['accuracy', 'load', 'latency'],
+    subSummaries: {
+      accuracy: 'every reduction method at 50/25/12.5 % budgets and none, on the model\'s test items: accuracy, retention, FLOPs, confidence intervals (--json; --docs DIR writes the README table and plot)',
+      load: 'both services under a mixed load of valid and bad requests: every request accounted for, memory and latency (--light-concurrency adds a second caller)',
+      latency: 'where the time of a request goes per method, from the traces of both services',
+    },
   },
   demo: { summary: 'start both services, ask committed test questions under several policies, print answers, tokens, FLOPs, latency', load: () => require('./demo') as CommandModule },
   eval: { summary: 'accuracy of a model bundle on its evaluation items (--json for one JSON line)', load: () => require('./eval') as CommandModule },
-  serve: { summary: 'serve vision|language|all (all = two processes; ports 50051/50052, embedded model, CPU by default)', load: () => require('./serve') as CommandModule },
-  trace: { summary: 'trace collect: OTLP/HTTP receiver writing span lines; trace report: per-stage latency, shares, transfer, methods, HTML waterfall', load: () => require('./trace') as CommandModule, subcommands: ['collect', 'report'] },
+  serve: { summary: 'serve vision|language|all (all = two processes; ports 50051/50052, embedded model, CPU by default)', load: () => require('./serve') as CommandModule, positional: 'vision|language|all' },
+  trace: {
+    summary: 'trace collect: OTLP/HTTP receiver writing span lines; trace report: per-stage latency, shares, transfer, methods, HTML waterfall',
+    load: () => require('./trace') as CommandModule,
+    subcommands: ['collect', 'report'],
+    subSummaries: {
+      collect: 'an OTLP/HTTP receiver (traces) writing one JSON line per span, for services started with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it',
+      report: "per-stage latency, shares, transfer and methods from span lines, OTLP JSON (Tempo's query JSON is OTLP) or Jaeger's query JSON; --html writes a waterfall",
+    },
+  },
 };
 
 function usage(): string {
@@ -68,8 +85,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     // A command parsing `--help` stops there and hands back its own flags (shared/config.ts).
     if (err instanceof HelpRequested) {
-      const sub = row.subcommands?.includes(rest[0] ?? '') ? ` ${rest[0]}` : '';
-      process.stdout.write(commandHelp(`${name}${sub}`, row.summary, err.commandFlags));
+      const sub = row.subcommands?.includes(rest[0] ?? '') ? rest[0]! : undefined;
+      const shown = sub !== undefined ? `${name} ${sub}` : row.positional !== undefined ? `${name} ${row.positional}` : name;
+      process.stdout.write(commandHelp(shown, (sub !== undefined ? row.subSummaries?.[sub] : undefined) ?? row.summary, err.commandFlags));
       return 0;
     }
     const e = VlmError.from(err);

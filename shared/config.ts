@@ -181,11 +181,11 @@ export const CONFIG_OPTIONS = {
   'vision-provider': { type: 'string', env: 'VLM_VISION_PROVIDER', default: '', arg: 'LIST', shown: '--provider', help: 'the vision service\'s providers, over --provider: two services on one host with a GPU each (serve all --vision-provider cuda:0 --language-provider cuda:1)' },
   'language-provider': { type: 'string', env: 'VLM_LANGUAGE_PROVIDER', default: '', arg: 'LIST', shown: '--provider', help: 'the language service\'s providers, over --provider' },
   device: { type: 'string', env: 'VLM_DEVICE', default: '', arg: 'ID', shown: '0', help: 'CUDA device for a provider given as plain "cuda"' },
-  'intra-op-threads': { type: 'int', env: 'VLM_INTRA_OP_THREADS', default: 0, min: 0, max: THREADS, arg: 'N', shown: 'cores / workers (serve all: cores / 2 / workers)', help: 'ONNX Runtime threads per session; 0 = the default' },
+  'intra-op-threads': { type: 'int', env: 'VLM_INTRA_OP_THREADS', default: 0, min: 0, max: THREADS, arg: 'N', shown: 'cores / workers (serve all: cores / 2 / workers; eval and bench accuracy: 1)', help: 'ONNX Runtime threads per session; 0 = the default' },
   'inter-op-threads': { type: 'int', env: 'VLM_INTER_OP_THREADS', default: 1, min: 1, max: THREADS, arg: 'N', help: 'ONNX Runtime inter-op threads per session' },
   'graph-optimization': { type: 'string', env: 'VLM_GRAPH_OPTIMIZATION', default: 'all', choices: ['disabled', 'basic', 'extended', 'all'], arg: 'LEVEL', help: 'ONNX Runtime graph optimization level' },
   spinning: { type: 'boolean', env: 'VLM_SPINNING', default: false, help: "let ONNX Runtime's idle threads spin (a dedicated machine only)" },
-  workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', help: 'inference worker threads, each with its own copy of the model' },
+  workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', shown: '1 (eval and bench accuracy: one per core the intra-op threads leave)', help: 'inference worker threads, each with its own copy of the model' },
   // 1 GiB: the transport's receive limit (this + prompt + envelope) must stay a 32-bit gRPC length.
   // At least 64 KiB: the vision service's warm-up image (a few kB, vision/server.ts) must pass it.
   'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 64 * 1024, max: 1024 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },

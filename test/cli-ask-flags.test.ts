@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
-import { paramsFromFlags, samplingFromFlags } from '../cli/ask';
+import { paramsFromFlags, samplingFromFlags, withHint } from '../cli/ask';
 import { freePort } from '../cli/free-port';
 import { VlmError } from '../shared/errors';
 
@@ -32,9 +32,16 @@ describe('vlm ask', () => {
     for (const [args, env] of [[['--language-port', String(port)], {}], [[], { VLM_LANGUAGE_PORT: String(port) }]] as const) {
       const r = vlm(['ask', '--image', IMAGE, '--question', 'what color?', ...args], env);
       expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(/^UNAVAILABLE: /);
-      expect(r.stderr).toContain(`127.0.0.1:${port}`);
+      // Said for the person at the terminal: where it looked, and what to do.
+      expect(r.stderr.trim()).toBe(`UNAVAILABLE: cannot reach the language service at 127.0.0.1:${port} (ECONNREFUSED); start it (npm start, or vlm serve all) or point --target / --language-port at it`);
     }
+  });
+
+  it('says which variables carry the token when the service refuses the call for it', () => {
+    const refused = withHint(new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata'), '127.0.0.1:50052') as VlmError;
+    expect([refused.code, refused.message]).toEqual(['UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata; set VLM_AUTH_TOKEN, or VLM_AUTH_TOKEN_FILE, to a token the service accepts']);
+    const other = new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later');
+    expect(withHint(other, '127.0.0.1:50052')).toBe(other); // the service's own words, kept
   });
 
   it('names an unknown option and where the options are listed', () => {

@@ -108,7 +108,9 @@ describe('budgets', () => {
     expect(e.code).toBe('INVALID_ARGUMENT');
     expect(e.message).toContain('feasible range is [17.25, 196]');
     expect(thrown(() => resolveVisionSchedule({ ...policy('tome', 'none', null), budget: { tokens: 2 } }, tiny)).message).toMatch(/feasible range is \[4, 196\]/);
-    expect(thrown(() => resolveLanguageSchedule(policy('none', 'none', 50), tinyLanguage(196))).code).toBe('INVALID_ARGUMENT');
+    // A budget without a method: what to add, not a range of one value.
+    const bare = thrown(() => resolveLanguageSchedule(policy('none', 'none', 50), tinyLanguage(196)));
+    expect([bare.code, bare.message]).toEqual(['INVALID_ARGUMENT', "policy.budget: language method 'none' keeps all 196 visual tokens, so a budget needs a reduction method: set vision_method, language_method or preset (or leave the budget unset)"]);
   });
 
   it('ficoco-v exact removes at most half the tokens per layer (the released slot arithmetic needs r <= T - r)', () => {

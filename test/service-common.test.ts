@@ -342,6 +342,23 @@ describe('bearer-token authentication', () => {
   });
 });
 
+describe('a port already taken', () => {
+  it('fails the start with FAILED_PRECONDITION saying the port is taken, not an internal error', async () => {
+    const first = startServer();
+    const port = await first.listen('127.0.0.1', 0);
+    const second = startServer();
+    try {
+      const err = await second.listen('127.0.0.1', port).then(() => null, (e: unknown) => e as VlmError);
+      expect(err).toBeInstanceOf(VlmError);
+      expect(err?.code).toBe('FAILED_PRECONDITION');
+      expect(err?.message).toMatch(new RegExp(`^cannot listen on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*\\(the port is taken: is another vlm serve running\\? stop it, or choose another port\\)$`));
+    } finally {
+      await second.stop();
+      await first.stop();
+    }
+  });
+});
+
 describe('a limit on calls in flight (--max-inflight-calls)', () => {
   it('refuses a call past the limit at its headers with RESOURCE_EXHAUSTED, and takes calls again once one ends', async () => {
     const server = startServer({ maxInFlightCalls: 1 });

@@ -104,7 +104,7 @@ export class GrpcServer {
     const address = hostPort(host, port);
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, this.options.credentials ?? ServerCredentials.createInsecure(), (err, bound) => {
-        if (err) reject(new Error(`cannot listen on ${address}: ${err.message}`, { cause: err }));
+        if (err) reject(cannotListen(`cannot listen on ${address}`, err));
         else resolve(bound);
       });
     });
@@ -122,7 +122,7 @@ export class GrpcServer {
     const address = hostPort(host, port);
     return new Promise((resolve, reject) => {
       server.bindAsync(address, ServerCredentials.createInsecure(), (err, bound) => {
-        if (err) reject(new Error(`cannot listen for health checks on ${address}: ${err.message}`, { cause: err }));
+        if (err) reject(cannotListen(`cannot listen for health checks on ${address}`, err));
         else resolve(bound);
       });
     });
@@ -178,6 +178,12 @@ export class GrpcServer {
 }
 
 const EXEMPT_CLOSE_MS = 1000;
+
+/** A start that cannot bind is the operator's to fix, and a port in use is the usual reason. */
+function cannotListen(what: string, err: Error): VlmError {
+  const inUse = /EADDRINUSE/.test(err.message) ? ' (the port is taken: is another vlm serve running? stop it, or choose another port)' : '';
+  return new VlmError('FAILED_PRECONDITION', `${what}: ${err.message}${inUse}`, { cause: err });
+}
 /** How long calls ended at the end of a drain get to send their statuses. */
 const STATUS_FLUSH_MS = 1000;
 

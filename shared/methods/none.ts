@@ -17,7 +17,7 @@ function rejectBudget(side: string, budget: number | null, unreduced: number): v
   if (budget !== null && budget !== unreduced) {
     throw VlmError.invalid(
       'policy.budget',
-      `${side} method 'none' keeps all ${unreduced} visual tokens; feasible budget range is [${unreduced}, ${unreduced}] (or leave the budget unset)`,
+      `${side} method 'none' keeps all ${unreduced} visual tokens, so a budget needs a reduction method: set vision_method, language_method or preset (or leave the budget unset)`,
     );
   }
 }
