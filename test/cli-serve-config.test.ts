@@ -28,7 +28,7 @@ describe('vlm <command> --help', () => {
   it('prints every config flag with its variable and default, from the table config is read through, and exits 0', () => {
     const { code, out } = printed(['serve', '--help']);
     expect(code).toBe(0);
-    expect(out).toMatch(/^usage: vlm serve \[flags\]/);
+    expect(out).toMatch(/^usage: vlm serve vision\|language\|all \[flags\]/);
     for (const [flag, o] of Object.entries(CONFIG_OPTIONS)) expect(out).toMatch(new RegExp(`--${flag}\\b.*\\b${o.env}\\b.*\\[default: `));
     expect(out).toMatch(/--deadline-ms MS +VLM_DEADLINE_MS .*\[default: 60000, 1 to 2147483647\]/);
   });

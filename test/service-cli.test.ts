@@ -43,7 +43,9 @@ describe('vlm serve all + vlm ask', () => {
 
   beforeAll(async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
-    [metricsPort, healthPort] = [await freePortPair(), await freePortPair()];
+    metricsPort = await freePortPair();
+    do healthPort = await freePortPair();
+    while (Math.abs(healthPort - metricsPort) <= 1);
     target = `127.0.0.1:${languagePort}`;
     visionAddress = `127.0.0.1:${visionPort}`;
     server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', String(metricsPort), '--health-port', String(healthPort), '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });

@@ -4,7 +4,9 @@
  * interceptors, health, reflection and the graceful stop. The handlers here are small generators
  * written for the test; the services' own handlers are tested in service-pair.test.ts.
  */
-import { Client, credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { EventEmitter } from 'node:events';
+import { connect } from 'node:http2';
+import { Client, credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger } from '../shared/log';
@@ -14,7 +16,7 @@ import { BearerTokens } from '../services/common/bearer-tokens';
 import { singleToken } from '../shared/auth-tokens';
 import { Admission } from '../services/common/interceptors';
 import { ActiveCalls } from '../services/common/active-calls';
-import { serverStream, unary } from '../services/common/server-stream';
+import { drainedOrLast, serverStream, StreamComplete, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
 import {
   VisionServiceClient,
@@ -588,6 +590,45 @@ describe('graceful stop', () => {
       expect(observed.get(5)?.aborted).toBe('UNAVAILABLE');
     } finally {
       client.close();
+    }
+  });
+
+  it('ends a call still sending its request when the grace period ends the same way (no handler has it yet)', async () => {
+    const server = startServer({ graceMs: 200 });
+    const port = await server.listen('127.0.0.1', 0);
+    const session = connect(`http://127.0.0.1:${port}`);
+    try {
+      const stream = session.request({ ':method': 'POST', ':path': '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers', 'x-request-id': 'half-sent' });
+      // A message announced as 1000 bytes of which 10 arrive: the request is never complete.
+      const frame = Buffer.alloc(15);
+      frame.writeUInt32BE(1000, 1);
+      stream.write(frame);
+      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.on('trailers', (t) => resolve(t as Record<string, unknown>)));
+      const headers = new Promise<Record<string, unknown>>((resolve) => stream.on('response', (h) => resolve(h as Record<string, unknown>)));
+      stream.on('error', () => undefined);
+      await eventually(() => server.activeCalls === 1);
+      await server.stop();
+      // A status sent before any message comes as trailers-only: in the response headers.
+      const status = { ...(await Promise.race([headers, trailers])) };
+      expect([status['grpc-status'], decodeURIComponent(String(status['grpc-message']))]).toEqual(['14', 'the service is shutting down and its 200 ms drain is over; retry on another replica']);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('never follows a complete stream with an error: a last message still buffered when the call is ended ends it OK', async () => {
+    // What the adapter decides when the abort comes while it waits for 'drain' after a write.
+    const waiting = () => Object.assign(new EventEmitter(), { cancelled: false }) as unknown as ServerWritableStream<unknown, unknown>;
+    const over = new VlmError('UNAVAILABLE', 'drain over', { reason: 'SHUTTING_DOWN' });
+    async function* stream(more: boolean) {
+      yield 'the buffered message';
+      if (more) yield 'another';
+    }
+    for (const [more, expected] of [[false, StreamComplete], [true, VlmError]] as const) {
+      const iterator = stream(more)[Symbol.asyncIterator]();
+      await iterator.next(); // the message written
+      const signal = AbortSignal.abort(over);
+      await expect(drainedOrLast(waiting(), signal, iterator)).rejects.toBeInstanceOf(expected);
     }
   });
 

@@ -16,7 +16,7 @@ describe('a drain that runs out while a call is answered', () => {
     const vision = await startVisionService(pairConfig({}), { port: 0 });
     const base = pairConfig({ visionTarget: vision.address });
     const lines: LogLine[] = [];
-    const language = await startLanguageService({ ...base, rpc: { ...base.rpc, shutdownGraceMs: 50 } }, { port: 0, log: recordingLogger(lines, 'language') });
+    const language = await startLanguageService({ ...base, rpc: { ...base.rpc, shutdownGraceMs: 0 } }, { port: 0, log: recordingLogger(lines, 'language') });
     const client = new LanguageServiceClient(language.address, credentials.createInsecure());
     try {
       const metadata = new Metadata();
@@ -28,7 +28,7 @@ describe('a drain that runs out while a call is answered', () => {
         call.on('data', (m: { part?: { $case: string } }) => {
           if (m.part?.$case !== 'delta') return;
           deltas++;
-          stopped ??= language.stop(); // mid-answer: the 50 ms grace cannot cover the rest
+          stopped ??= language.stop(); // mid-answer, with no grace at all: the rest cannot be answered
         });
         call.on('error', (e: ServiceError) => resolve(e));
         call.on('end', () => resolve(null));

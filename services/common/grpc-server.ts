@@ -3,7 +3,9 @@
  * (NOT_SERVING until the owner calls setServing(true) after load and warm-up), server reflection,
  * deliberate message size limits, and a graceful stop:
  *   health NOT_SERVING, refuse new calls, tryShutdown (close the port, GOAWAY on every connection)
- *   -> wait for calls in flight (up to the grace period) -> forceShutdown if they do not finish.
+ *   -> wait for calls in flight (up to the grace period) -> end those left with UNAVAILABLE
+ *   SHUTTING_DOWN (through their handlers' signals, or at once if still receiving their request) and
+ *   give their statuses a moment -> forceShutdown.
  * Sessions are disposed by the owner after stop() resolves.
  */
 import { VlmError } from '../../shared/errors';
@@ -163,7 +165,9 @@ export class GrpcServer {
     if (!closed) {
       if (drained) log.info('closing health watches and other streams outside admission');
       else {
-        const ended = this.options.activeCalls?.abortAll(new VlmError('UNAVAILABLE', `the service is shutting down and its ${grace} ms drain is over; retry on another replica`, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 })) ?? 0;
+        const over = new VlmError('UNAVAILABLE', `the service is shutting down and its ${grace} ms drain is over; retry on another replica`, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+        // Calls in a handler end through their signals; calls still sending their request, here.
+        const ended = (this.options.activeCalls?.abortAll(over) ?? 0) + this.admission.refuseUnread(over);
         log.warn('grace period over; ending calls still in flight', { inFlight: this.admission.active, ended });
         // Their statuses go out as their handlers see the abort (a worker stops at its next layer or
         // decode step); what is still running after that is cut off by the transport (CANCELLED).

@@ -362,11 +362,13 @@ export class Admission {
   private readonly byCaller = new Map<string, number>();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
+  /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
+  private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
   /**
-   * `maxInFlight`: 0 for no limit. `lightPaths`: methods counted (a drain waits for them) but never
-   * refused by the cap: they hold no request worth bounding, and clients call them to learn what to
-   * send (GetModelInfo), which must work under load too.
+   * `maxInFlight`: 0 for no limit. `lightPaths`: methods clients call to learn what to send
+   * (GetModelInfo), which must work when the cap is full: they may go past it, up to twice the cap
+   * (the transport's receive limit applies to their messages too, so they are bounded all the same).
    */
   constructor(
     private readonly maxInFlight = 0,
@@ -379,8 +381,11 @@ export class Admission {
   }
 
   /** Why a call from `caller` ('' when anonymous) would be refused now, or null to admit it. */
-  private refusal(caller: string): VlmError | null {
+  private refusal(caller: string, light: boolean): VlmError | null {
     if (this.maxInFlight <= 0) return null;
+    if (light) {
+      return this.inFlight < 2 * this.maxInFlight ? null : new VlmError('RESOURCE_EXHAUSTED', `this replica holds twice its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
+    }
     if (this.inFlight >= this.maxInFlight) {
       return new VlmError('RESOURCE_EXHAUSTED', `this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
     }
@@ -405,6 +410,16 @@ export class Admission {
     this.draining = true;
   }
 
+  /**
+   * Ends the counted calls still receiving their request with `err` (no handler has them, so a drain
+   * cannot end them through their signals); returns how many.
+   */
+  refuseUnread(err: VlmError): number {
+    const endings = [...this.unread.values()];
+    for (const end of endings) end(err);
+    return endings.length;
+  }
+
   /** Resolves when no call is in flight (immediately if none is). */
   idle(): Promise<void> {
     if (this.inFlight === 0) return Promise.resolve();
@@ -419,6 +434,7 @@ export class Admission {
       const release = (): void => {
         if (!counted) return;
         counted = false;
+        this.unread.delete(call);
         this.inFlight--;
         if (caller !== '') {
           const left = (this.byCaller.get(caller) ?? 1) - 1;
@@ -434,18 +450,26 @@ export class Admission {
             return;
           }
           const named = metadata.get(CALLER_KEY)[0];
-          const refused = this.lightPaths.has(method.path) ? null : this.refusal(typeof named === 'string' ? named : '');
+          const refused = this.refusal(typeof named === 'string' ? named : '', this.lightPaths.has(method.path));
           if (refused) {
             reject(call, refused);
             return;
           }
           counted = true;
           this.inFlight++;
+          this.unread.set(call, (err) => {
+            reject(call, err);
+            release();
+          });
           if (typeof named === 'string' && named !== '') {
             caller = named;
             this.byCaller.set(caller, (this.byCaller.get(caller) ?? 0) + 1);
           }
           next(metadata);
+        })
+        .withOnReceiveMessage((message, next) => {
+          this.unread.delete(call);
+          next(message);
         })
         .withOnCancel(release)
         .build();

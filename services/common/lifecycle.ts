@@ -108,8 +108,11 @@ export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
     if (again) {
       log.warn('second signal; exiting now', { signal });
       // Not process.exit(): with a worker inside a native model call it waits for that call and then
-      // aborts (the worker is torn down mid-call), or never returns if the call hangs.
+      // aborts (the worker is torn down mid-call), or never returns if the call hangs. As PID 1 (the
+      // images start node directly) the kernel ignores a SIGKILL the process sends itself: abort.
+      if (process.pid === 1) process.abort();
       process.kill(process.pid, 'SIGKILL');
+      return;
     }
     log.info('stopping', { signal });
     stop().then(

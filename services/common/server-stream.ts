@@ -87,12 +87,16 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
         const next = await iterator.next();
         if (next.done) break;
         throwIfAborted(ctx.signal);
-        if (!call.write(next.value)) await drained(call as ServerWritableStream<unknown, unknown>, ctx.signal);
+        if (!call.write(next.value)) await drainedOrLast(call as ServerWritableStream<unknown, unknown>, ctx.signal, iterator);
       }
       throwIfAborted(ctx.signal);
       call.end();
       return;
     } catch (err) {
+      if (err instanceof StreamComplete) {
+        call.end();
+        return;
+      }
       // Let the generator run its finally blocks (release workers, cancel the vision hop).
       await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
@@ -105,6 +109,25 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
     }
   }
 }
+
+/**
+ * Waits for 'drain' after a write the transport buffered. If the call is ended meanwhile (a drain's
+ * grace running out, the deadline) and that write was the stream's last message, the stream is whole
+ * and is ended with OK: a complete answer must not be followed by an error status. Otherwise the
+ * abort goes on as the call's error.
+ */
+export async function drainedOrLast(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal, iterator: AsyncIterator<unknown>): Promise<void> {
+  try {
+    await drained(call, signal);
+  } catch (err) {
+    const rest = await iterator.next().catch(() => ({ done: false }));
+    if (rest.done === true && !call.cancelled) throw new StreamComplete();
+    throw err;
+  }
+}
+
+/** Thrown by drainedOrLast: everything was written, end the call with OK. */
+export class StreamComplete extends Error {}
 
 export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handleUnaryCall<Req, Res> {
   return (call, callback) => {

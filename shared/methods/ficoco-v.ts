@@ -61,7 +61,8 @@ export const ficocoV: VisionReducer = {
     // exact: a step can remove at most half its tokens (see stepCap), so at best every layer halves.
     let t = g.numPatches + (g.hasClassToken ? 1 : 0);
     for (let l = 0; l < g.numLayers; l++) t -= stepCap('exact', t, 1);
-    return { min: t - 1, max: g.numPatches };
+    // At least one patch stays (CLS aside), however deep the encoder.
+    return { min: Math.max(1, t - 1), max: g.numPatches };
   },
 
   resolve(g: VisionGeometry, budget: number | null, options: MethodOptions): VisionSchedule {

@@ -9,7 +9,7 @@
  * without talking to each other.
  */
 import { VlmError } from '../errors';
-import { infeasible } from './schedule';
+import { fmt } from './schedule';
 import { getLanguageReducer, getVisionReducer, LANGUAGE_METHODS, VISION_METHODS } from './registry';
 import type {
   BudgetRange,
@@ -129,8 +129,14 @@ export function resolveBudgetSplit(policy: ReductionPolicy, g: SplitGeometry): B
   if (total === null && override !== undefined) throw VlmError.invalid('policy.params[vision_tokens]', 'splits a budget between the two sides; set policy.budget too');
   if (total === null) return { total, visionTokens: null };
   // Below one token no split works, and the language method's own refusal would name its range for the
-  // one token the vision side leaves ([1, 1]), not the pair's, which GetModelInfo lists.
-  if (total < 1) throw infeasible(`${policy.vision} + ${policy.language}`, total, { min: 1, max: g.fullVisualTokens }, 'the vision side outputs at least one visual token, which the language side then keeps');
+  // one token the vision side leaves ([1, 1]), not the pair's. The pair's lower end depends on the mode
+  // and the vision depth (exact ficoco-v halves at most per layer), which GetModelInfo lists.
+  if (total < 1) {
+    throw VlmError.invalid(
+      'policy.budget',
+      `${policy.vision} + ${policy.language} cannot reach an average of ${fmt(total)} visual tokens per decoder layer: the vision side outputs at least one, which the language side then keeps; the budget must be at least 1 (GetModelInfo lists the pair's feasible range in each mode)`,
+    );
+  }
   if (override !== undefined) {
     if (typeof override !== 'number' || !Number.isInteger(override) || override < Math.ceil(total) || override > g.fullVisualTokens) {
       throw VlmError.invalid('policy.params[vision_tokens]', `must be an integer in [${Math.ceil(total)}, ${g.fullVisualTokens}], got ${String(override)}`);

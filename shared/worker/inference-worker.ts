@@ -37,28 +37,28 @@ function errorData(err: unknown) {
 
 // The engine's withSpan calls record into `recorder` (no SDK in a worker); the spans ride with the
 // result or error and the pool replays them under the caller's span.
-async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, progress: { decodeSteps: number }, recorder?: SpanRecorder): Promise<void> {
+async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, progress: { tokensGenerated: number }, recorder?: SpanRecorder): Promise<void> {
   // The engine reports every generated token once with its id (and a flush without one).
   const onDelta = (delta: string, tokenId: number | undefined) => {
-    if (tokenId !== undefined) progress.decodeSteps++;
+    if (tokenId !== undefined) progress.tokensGenerated++;
     send({ type: 'delta', id, delta, tokenId });
   };
   const spans = recorder?.spans;
   switch (job.kind) {
     case 'encode': {
       const r = await encodeImage(model, job.image, job.policy, ctx);
-      send({ type: 'result', id, result: { kind: 'encode', value: r }, spans, decodeSteps: 0 }, [r.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { kind: 'encode', value: r }, spans, tokensGenerated: 0 }, [r.embeds.data.buffer as ArrayBuffer]);
       return;
     }
     case 'generate': {
       const result = await generate(model, job.visual, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result: { kind: 'generate', value: result }, spans, decodeSteps: progress.decodeSteps });
+      send({ type: 'result', id, result: { kind: 'generate', value: result }, spans, tokensGenerated: progress.tokensGenerated });
       return;
     }
     case 'ask': {
       const encode = await encodeImage(model, job.image, job.policy, ctx);
       const gen = await generate(model, encode, job.question, job.sampling, job.policy, ctx, onDelta);
-      send({ type: 'result', id, result: { kind: 'ask', value: { encode, generate: gen } }, spans, decodeSteps: progress.decodeSteps }, [encode.embeds.data.buffer as ArrayBuffer]);
+      send({ type: 'result', id, result: { kind: 'ask', value: { encode, generate: gen } }, spans, tokensGenerated: progress.tokensGenerated }, [encode.embeds.data.buffer as ArrayBuffer]);
       return;
     }
   }
@@ -127,10 +127,10 @@ async function main(): Promise<void> {
     const controller = new AbortController();
     running.set(msg.id, controller);
     const recorder = msg.record ? new SpanRecorder() : undefined;
-    const progress = { decodeSteps: 0 };
+    const progress = { tokensGenerated: 0 };
     const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId }, progress, recorder);
     (recorder ? recorder.run(job) : job())
-      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans, decodeSteps: progress.decodeSteps }))
+      .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans, tokensGenerated: progress.tokensGenerated }))
       .finally(() => running.delete(msg.id));
   });
   send({ type: 'ready', manifest: model.manifest, provider: model.bundle.stages.provider });

@@ -395,7 +395,7 @@ export class InferencePool {
   /** Where a job that was aborted, or ran past its deadline, stopped (its worker's answer is in). */
   private logEarlyEnd(task: Task, msg: Extract<FromWorker, { type: 'result' | 'error' }>): void {
     const aborted = task.abortedAt !== undefined;
-    const fields = { id: task.id, request_id: task.options.requestId, kind: task.job.kind, decode_steps: msg.decodeSteps, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
+    const fields = { id: task.id, request_id: task.options.requestId, kind: task.job.kind, decode_steps: msg.tokensGenerated, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
     if (msg.type === 'result') {
       if (aborted) this.log.info('aborted job ran to completion', fields);
     } else if (aborted || msg.error.code === 'CANCELLED' || msg.error.code === 'DEADLINE_EXCEEDED') {
@@ -418,9 +418,10 @@ export class InferencePool {
   private onExit(slot: Slot, code: number): void {
     const i = this.slots.indexOf(slot);
     // While closing, a worker that exits ends its job: its caller is answered (if close's grace had
-    // not already), and stopWorker need not wait for it.
+    // not already), and stopWorker need not wait for it. Nothing replaces it, so the caller is told
+    // to go elsewhere, not that a replacement is coming.
     if (this.closed && slot.task) {
-      this.settle(slot.task, workerExited(code));
+      this.settle(slot.task, shuttingDown(`the inference worker exited (code ${code}) while the pool shut down`));
       slot.task = undefined;
     }
     if (i < 0 || this.closed) return;

@@ -58,7 +58,7 @@ export type FromWorker =
   | { readonly type: 'ready'; readonly manifest: Manifest; readonly provider: string | undefined }
   | { readonly type: 'init-error'; readonly error: ErrorData }
   | { readonly type: 'delta'; readonly id: number; readonly delta: string; readonly tokenId: number | undefined }
-  // decodeSteps: the tokens the job generated (one per decode step run) before it ended; for a job that
-  // was stopped, where it stopped.
-  | { readonly type: 'result'; readonly id: number; readonly result: JobResult; readonly spans?: SpanTiming[]; readonly decodeSteps: number }
-  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[]; readonly decodeSteps: number };
+  // tokensGenerated: the tokens the job generated before it ended; for a job that was stopped, where it
+  // stopped (logged as decode_steps; GenerateResult.decodeSteps counts forward passes instead).
+  | { readonly type: 'result'; readonly id: number; readonly result: JobResult; readonly spans?: SpanTiming[]; readonly tokensGenerated: number }
+  | { readonly type: 'error'; readonly id: number; readonly error: ErrorData; readonly spans?: SpanTiming[]; readonly tokensGenerated: number };
