@@ -137,14 +137,19 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /**
- * What a person at the terminal can do about two errors the service words for API clients: nothing
- * listening at the target (gRPC's text names only the socket error), and a missing or refused token.
+ * What a person at the terminal can do about errors the service words for API clients: nothing
+ * listening at the target (gRPC's text names only the socket error), no vision service behind it, and
+ * a missing or refused token.
  */
 export function withHint(err: unknown, target: string): unknown {
   if (!(err instanceof VlmError)) return err;
   if (err.code === 'UNAVAILABLE' && /ECONNREFUSED|ENOTFOUND|EAI_AGAIN|No connection established/.test(err.message)) {
     const cause = /(ECONNREFUSED|ENOTFOUND|EAI_AGAIN)/.exec(err.message)?.[1] ?? 'no connection';
     return new VlmError('UNAVAILABLE', `cannot reach the language service at ${target} (${cause}); start it (npm start, or vlm serve all) or point --target / --language-port at it`, { cause: err });
+  }
+  if (err.reason === 'VISION_UNAVAILABLE') {
+    // The service keeps vision's address to its log; at a terminal the likely cause is that it is down.
+    return new VlmError('UNAVAILABLE', `${err.message} (is the vision service running? the language service's log names the address it tried)`, { cause: err, reason: err.reason, retryDelayMs: err.retryDelayMs });
   }
   if (err.code === 'UNAUTHENTICATED') {
     return new VlmError('UNAUTHENTICATED', `${err.message}; set VLM_AUTH_TOKEN, or VLM_AUTH_TOKEN_FILE, to a token the service accepts`, { cause: err });

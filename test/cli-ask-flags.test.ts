@@ -37,10 +37,12 @@ describe('vlm ask', () => {
     }
   });
 
-  it('says which variables carry the token when the service refuses the call for it', () => {
+  it('says which variables carry the token when the service refuses the call for it, and asks after vision when it is missing', () => {
     const refused = withHint(new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata'), '127.0.0.1:50052') as VlmError;
     expect([refused.code, refused.message]).toEqual(['UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata; set VLM_AUTH_TOKEN, or VLM_AUTH_TOKEN_FILE, to a token the service accepts']);
-    const other = new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later');
+    const noVision = withHint(new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later', { reason: 'VISION_UNAVAILABLE', retryDelayMs: 1000 }), '127.0.0.1:50052') as VlmError;
+    expect(noVision.message).toBe("the vision service is unavailable (no replica answered); retry later (is the vision service running? the language service's log names the address it tried)");
+    const other = new VlmError('RESOURCE_EXHAUSTED', 'all 1 inference workers are busy', { reason: 'QUEUE_FULL' });
     expect(withHint(other, '127.0.0.1:50052')).toBe(other); // the service's own words, kept
   });
 
