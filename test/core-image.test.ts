@@ -1,6 +1,7 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { preprocessImage } from '../shared/image';
+import { MAX_PAGES } from '../shared/image/preprocess';
 import type { PreprocessSpec } from '../shared/bundle/manifest';
 import { failure } from './core-helpers';
 
@@ -174,6 +175,12 @@ describe('limits are enforced before decoding, naming the limit', () => {
   it('counts every page of an animation against the pixel limit', async () => {
     const gif = await sharp(bands(8, 8, [[255, 0, 0], [0, 255, 0], [0, 0, 255]]), { raw: { width: 8, height: 24, channels: 3, pageHeight: 8 } }).gif().toBuffer();
     await expectInvalid(preprocessImage(gif, spec(), { ...limits, maxImagePixels: 100 }), /8x8 x 3 pages = 192 pixels/);
+  });
+
+  it('refuses an image of more pages than it would ever use (many tiny pages pass the pixel limit)', async () => {
+    const frames = (n: number) => sharp(Buffer.alloc(n * 3, 128), { raw: { width: 1, height: n, channels: 3, pageHeight: 1 } }).tiff().toBuffer(); // one page per directory
+    await expectInvalid(preprocessImage(await frames(MAX_PAGES + 1), spec(), limits), new RegExp(`has ${MAX_PAGES + 1} pages \\(frames\\), over the limit of ${MAX_PAGES}`));
+    await expect(preprocessImage(await frames(MAX_PAGES), spec(), limits)).resolves.toBeDefined();
   });
 
   it('refuses empty input, non-images and unsupported formats by their first bytes, before any decoder runs', async () => {

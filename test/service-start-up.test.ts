@@ -15,10 +15,11 @@ import { freePort } from '../cli/free-port';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
 
-async function startingService(warmUp: () => Promise<void>) {
+async function startingService(warmUp: () => Promise<void>, host = '127.0.0.1') {
   const lines: LogLine[] = [];
   const log = recordingLogger(lines, 'vision');
-  const config = pairConfig({ healthPort: await freePort() });
+  const base = pairConfig({ healthPort: await freePort() });
+  const config = { ...base, services: { ...base.services, host } };
   const backend = await startInferenceBackend(config, log, 'vision');
   const deps = { log, defaultDeadlineMs: 30_000 };
   const server = new GrpcServer({
@@ -59,6 +60,16 @@ describe('a service starting up', () => {
       expect(s.lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['plaintext health checks', 'warm-up passed', 'serving']));
     } finally {
       await service.stop();
+    }
+  }, 30_000);
+
+  it('warns when it listens beyond this host without authentication, and not on loopback', async () => {
+    const warning = 'listening beyond this host without authentication: anyone who reaches the port may call it (set VLM_AUTH_TOKEN_FILE, or --host 127.0.0.1)';
+    for (const [host, warned] of [['0.0.0.0', true], ['127.0.0.1', false]] as const) {
+      const s = await startingService(async () => undefined, host);
+      const service = await s.started;
+      await service.stop();
+      expect(s.lines.some((l) => l.level === 'warn' && l.msg === warning), host).toBe(warned);
     }
   }, 30_000);
 

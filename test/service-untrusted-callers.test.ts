@@ -8,6 +8,7 @@ import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, t
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
+import { INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { collect, eventually, healthClient } from './service-helpers';
@@ -167,6 +168,37 @@ describe('a compressed request', () => {
       plain.close();
     }
   });
+});
+
+describe('health requests still arriving on the main port (its receive limit is a request\'s, tens of MiB)', () => {
+  it(`are held ${INFRASTRUCTURE_RECEIVING_MAX} at a time: one more is refused at its headers, and checks are answered again once they end`, async () => {
+    const server = startServer(1500);
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    server.setServing(true);
+    const session = connect(`http://${address}`);
+    const client = healthClient(address) as HealthClient;
+    try {
+      // Each announces a 4 MiB message and sends 1 KiB of it: grpc-js would buffer the lot.
+      const frame = Buffer.alloc(1029);
+      frame.writeUInt32BE(4 << 20, 1);
+      const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => {
+        const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+        stream.write(frame);
+        stream.on('error', () => undefined);
+        return stream;
+      });
+      await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
+      const refused = await check(client, '');
+      expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)` });
+      // Not for ever: the arrival timer (1.5 s here) ends them too, as it ends any other call.
+      await eventually(async () => (await check(client, '')).code === 0, 5000, 100);
+      for (const s of streams) s.close();
+    } finally {
+      client.close();
+      session.destroy();
+      await server.stop();
+    }
+  }, 20_000);
 });
 
 describe('a call whose request message never comes', () => {

@@ -46,6 +46,8 @@ const HEALTH_PREFIX = '/grpc.health.v1.Health/';
 const REFLECTION_PREFIX = '/grpc.reflection.';
 /** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
 const IN_FLIGHT_RETRY_MS = 1000;
+/** Health and reflection requests being received at once on the main port (each a few bytes when honest). */
+export const INFRASTRUCTURE_RECEIVING_MAX = 8;
 
 /** Health and reflection: never counted, limited or refused for load (probes, tooling). */
 function isServiceInfrastructure(path: string): boolean {
@@ -201,7 +203,7 @@ export function uncompressedRequestsInterceptor(): ServerInterceptor {
 export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
   return (method, call) => {
     // A call with its own deadline is ended by grpc-js at that deadline, however long it is.
-    if (method.path.startsWith(HEALTH_PREFIX) || Number.isFinite(Number(call.getDeadline()))) return new ServerInterceptingCall(call);
+    if (Number.isFinite(Number(call.getDeadline()))) return new ServerInterceptingCall(call);
     let timer: NodeJS.Timeout | undefined;
     const stop = (): void => clearTimeout(timer);
     const listener = new ServerListenerBuilder()
@@ -362,6 +364,8 @@ export class Admission {
   private readonly byCaller = new Map<string, number>();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
+  /** Health and reflection calls whose request message is still arriving (infrastructureCall). */
+  private infrastructureReceiving = 0;
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
   private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
@@ -426,9 +430,41 @@ export class Admission {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /**
+   * Health and reflection: never refused for load or drain, but on the main port their messages take
+   * the same receive limit as a request's (tens of MiB), and health needs no token, so anyone reaching
+   * the port could have grpc-js buffer 100 of them per connection. Only so many may be arriving at
+   * once; a call whose message has arrived holds nothing (a Watch stream stays open for free).
+   */
+  private infrastructureCall(call: ServerInterceptingCallInterface): ServerInterceptingCall {
+    let receiving = false;
+    const done = (): void => {
+      if (!receiving) return;
+      receiving = false;
+      this.infrastructureReceiving--;
+    };
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        if (this.infrastructureReceiving >= INFRASTRUCTURE_RECEIVING_MAX) {
+          reject(call, new VlmError('RESOURCE_EXHAUSTED', `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS }));
+          return;
+        }
+        receiving = true;
+        this.infrastructureReceiving++;
+        next(metadata);
+      })
+      .withOnReceiveMessage((message, next) => {
+        done();
+        next(message);
+      })
+      .withOnCancel(done)
+      .build();
+    return listening(call, listener);
+  }
+
   interceptor(): ServerInterceptor {
     return (method, call) => {
-      if (isServiceInfrastructure(method.path)) return new ServerInterceptingCall(call);
+      if (isServiceInfrastructure(method.path)) return this.infrastructureCall(call);
       let counted = false;
       let caller = '';
       const release = (): void => {

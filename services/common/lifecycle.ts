@@ -19,6 +19,10 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
+}
+
 export async function serve(
   server: GrpcServer,
   backend: InferenceBackend,
@@ -30,6 +34,9 @@ export async function serve(
   let bound: number;
   try {
     bound = await server.listen(config.services.host, port);
+    if (config.rpc.auth === null && !isLoopback(config.services.host)) {
+      log.warn('listening beyond this host without authentication: anyone who reaches the port may call it (set VLM_AUTH_TOKEN_FILE, or --host 127.0.0.1)', { address: hostPort(config.services.host, bound) });
+    }
     if (config.services.healthPort > 0) {
       const health = await server.listenHealth(config.services.host, config.services.healthPort);
       log.info('plaintext health checks', { port: health });

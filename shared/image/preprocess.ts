@@ -18,6 +18,13 @@ import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
 import { SUPPORTED_FORMATS, UNSUPPORTED_FORMAT, sniffFormat } from './format';
 
+/**
+ * Pages (animation frames, TIFF directories) an image may have. Only the first is used, but a
+ * decoder walks them all: 150,000 one-pixel TIFF pages pass the pixel limit and cost about 2 s of
+ * decoding on a thread that cannot be cancelled.
+ */
+export const MAX_PAGES = 64;
+
 export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'> & Partial<Pick<LimitsConfig, 'maxAspectRatio'>>;
 
 export { SUPPORTED_FORMATS };
@@ -64,6 +71,9 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   const width = meta.width ?? 0;
   const height = meta.pageHeight ?? meta.height ?? 0;
   const pages = meta.pages ?? 1;
+  if (pages > MAX_PAGES) {
+    throw VlmError.invalid('image', `has ${pages} pages (frames), over the limit of ${MAX_PAGES}: only the first is used; send it alone`);
+  }
   if (width <= 0 || height <= 0) throw VlmError.invalid('image', `has no size in its header (${width}x${height})`);
   const pixels = width * height * pages;
   if (pixels > limits.maxImagePixels) {
