@@ -116,6 +116,11 @@ export interface RpcConfig {
    * authentication. From --auth-token-file (re-read while serving) or VLM_AUTH_TOKEN, never a flag value.
    */
   readonly auth: AuthTokens | null;
+  /**
+   * Language only: the token sent to vision (the file's first), from --vision-token-file; null: the
+   * first of `auth`. Kept apart so vision, which parses untrusted images, need not hold client tokens.
+   */
+  readonly visionAuth: AuthTokens | null;
   /** SIGTERM: how long calls in flight may finish before they are cancelled. */
   readonly shutdownGraceMs: number;
   /** Run a worst-case dummy request before reporting SERVING. */
@@ -202,7 +207,8 @@ export const CONFIG_OPTIONS = {
   'metrics-port': { type: 'int', env: 'VLM_METRICS_PORT', default: 9464, ...PORT, arg: 'PORT', help: 'Prometheus /metrics (0 = off; serve all gives language the next one)' },
   'vision-target': { type: 'string', env: 'VLM_VISION_TARGET', default: '', arg: 'TARGET', shown: 'vision on this host (--host, --vision-port)', help: 'where language finds vision: an address, a comma-separated list, or dns:///name:port' },
   'rows-per-chunk': { type: 'int', env: 'VLM_ROWS_PER_CHUNK', default: 0, min: 0, max: 1_000_000, arg: 'N', shown: '0 (about 1 MiB per chunk)', help: 'rows per tensor chunk on the vision hop' },
-  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as NAME TOKEN (a single one may stand alone), any one accepted and the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
+  'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as NAME TOKEN (a single one may stand alone), any one accepted and, without --vision-token-file, the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
+  'vision-token-file': { type: 'string', env: 'VLM_VISION_TOKEN_FILE', default: '', arg: 'FILE', shown: 'the first token of --auth-token-file', help: 'language: the bearer token sent to vision (the first of the file, same format), apart from the tokens clients send, so vision need not hold them; re-read like the TLS files' },
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
@@ -288,6 +294,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       visionTarget: r.str('vision-target'),
       rowsPerChunk: r.int('rows-per-chunk'),
       auth: readAuthTokens(r.str('auth-token-file'), env[AUTH_TOKEN_ENV]),
+      visionAuth: r.str('vision-token-file') === '' ? null : readTokenFile(r.str('vision-token-file')),
       shutdownGraceMs: r.int('shutdown-grace-ms'),
       warmup: r.bool('warmup'),
       maxConcurrentStreams: r.int('max-concurrent-streams'),

@@ -395,7 +395,7 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     secrets = parseManifests(readFileSync(path.join(dir, 'secrets.yaml'), 'utf8'));
   });
 
-  it('writes the four Secrets the Deployments mount, schema-valid', () => {
+  it('writes the five Secrets the Deployments mount, schema-valid', () => {
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
     const mounted = objects
       .filter((m) => m.kind === 'Deployment')
@@ -423,15 +423,25 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     // A CA that would expire before the renewed certificates is refused, not silently reused.
     expect(() => execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', dir, '--days', '3700', '--ca-days', '4000'], { stdio: 'pipe' })).toThrow(/expires within 3700 days/);
     const objects = parseManifests(kustomizeBuild(GPU_OVERLAY));
-    for (const name of ['vlm-vision', 'vlm-language']) {
+    // Vision holds only the hop's token: the clients' stay with the language service.
+    for (const [name, variable, secret] of [
+      ['vlm-language', 'VLM_AUTH_TOKEN_FILE', 'vlm-auth'],
+      ['vlm-language', 'VLM_VISION_TOKEN_FILE', 'vlm-hop-auth'],
+      ['vlm-vision', 'VLM_AUTH_TOKEN_FILE', 'vlm-hop-auth'],
+    ] as const) {
       const pod = deployment(objects, name).d.spec.template.spec;
       const container = pod.containers[0]!;
-      const file = container.env?.find((e) => e.name === 'VLM_AUTH_TOKEN_FILE')?.value;
-      const volume = pod.volumes?.find((v) => v.secret?.secretName === 'vlm-auth');
+      const file = container.env?.find((e) => e.name === variable)?.value;
+      const volume = pod.volumes?.find((v) => v.secret?.secretName === secret);
       const mount = container.volumeMounts?.find((m) => m.name === volume?.name);
       // A directory mount (no subPath): only that follows the Secret's updates, which a rotation needs.
-      expect({ file, subPath: mount?.subPath }).toEqual({ file: `${mount?.mountPath}/tokens`, subPath: undefined });
+      expect({ name, variable, file, subPath: mount?.subPath }).toEqual({ name, variable, file: `${mount?.mountPath}/tokens`, subPath: undefined });
     }
+    expect(deployment(objects, 'vlm-vision').d.spec.template.spec.volumes?.some((v) => v.secret?.secretName === 'vlm-auth')).toBe(false);
+    const hop = secrets.find((s) => s.metadata.name === 'vlm-hop-auth') as unknown as { data: { tokens: string } };
+    const [hopToken] = parseTokenFile(Buffer.from(hop.data.tokens, 'base64').toString('utf8'), 'vlm-hop-auth');
+    expect(hopToken!.name).toBe('language');
+    expect(hopToken!.token).not.toBe(token!.token);
   });
 
   it("issues the language service's client certificate under the name vision's VLM_TLS_CLIENT_NAMES lets in", () => {

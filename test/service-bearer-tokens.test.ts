@@ -384,3 +384,56 @@ describe('two callers sharing a language service', () => {
     }
   });
 });
+
+describe('a hop token apart from the client tokens (--vision-token-file)', () => {
+  const hopFile = tokenFile('hop t0k3n-hop-xxxxxxxx\n');
+  const clientsFile = tokenFile('app t0k3n-app-xxxxxxxx\n');
+  const lines: LogLine[] = [];
+  let vision: RunningService;
+  let language: RunningService;
+  const auth = (file: string, text: string): AuthTokens => ({ file, tokens: parseTokenFile(text, file) });
+
+  beforeAll(async () => {
+    // As k8s/ mounts them: vision holds only the hop token; language accepts the clients' and sends the hop's.
+    vision = await startVisionService(pairConfig({ auth: auth(hopFile, 'hop t0k3n-hop-xxxxxxxx\n'), tls: { reloadIntervalMs: 3_600_000 } }), { port: 0, log: recordingLogger(lines, 'vision') });
+    const base = pairConfig({ visionTarget: vision.address, auth: auth(clientsFile, 'app t0k3n-app-xxxxxxxx\n'), tls: { reloadIntervalMs: 3_600_000 } });
+    language = await startLanguageService({ ...base, rpc: { ...base.rpc, visionAuth: auth(hopFile, 'hop t0k3n-hop-xxxxxxxx\n') } }, { port: 0, log: recordingLogger(lines, 'language') });
+  });
+  afterAll(async () => {
+    await language?.stop();
+    await vision?.stop();
+  });
+
+  async function generate(token: string): Promise<number> {
+    const client = languageClient(language.address);
+    try {
+      return (await ask(client, request(await shapesImage(), { maxTokens: 2 }), { metadata: metadataWith({ authorization: `Bearer ${token}` }) })).error?.code ?? GrpcCode.OK;
+    } finally {
+      client.close();
+    }
+  }
+
+  it('is read from the file the flag names', () => {
+    expect(configFrom({ 'vision-token-file': hopFile }, {}).rpc.visionAuth).toEqual({ file: hopFile, tokens: [{ name: 'hop', token: 't0k3n-hop-xxxxxxxx' }] });
+    expect(configFrom({}, {}).rpc.visionAuth).toBeNull();
+  });
+
+  it('answers a client with its own token across the hop; a client token opens nothing at vision, and the hop token nothing at language', async () => {
+    expect(await generate('t0k3n-app-xxxxxxxx')).toBe(GrpcCode.OK);
+    expect(await generate('t0k3n-hop-xxxxxxxx')).toBe(GrpcCode.UNAUTHENTICATED);
+    const direct = new VisionServiceClient(vision.address, credentials.createInsecure());
+    const code = await new Promise<number>((resolve) => direct.getModelInfo({}, metadataWith({ authorization: 'Bearer t0k3n-app-xxxxxxxx' }), (err: ServiceError | null) => resolve(err?.code ?? GrpcCode.OK)));
+    direct.close();
+    expect(code).toBe(GrpcCode.UNAUTHENTICATED);
+  });
+
+  it('rotates like the shared file did: both services re-read it, language sends its first line', async () => {
+    writeFileSync(hopFile, 'hop2 t0k3n-hop2-xxxxxxxx\nhop t0k3n-hop-xxxxxxxx\n');
+    process.emit('SIGHUP');
+    expect(await generate('t0k3n-app-xxxxxxxx')).toBe(GrpcCode.OK);
+    writeFileSync(hopFile, 'hop2 t0k3n-hop2-xxxxxxxx\n');
+    process.emit('SIGHUP');
+    expect(await generate('t0k3n-app-xxxxxxxx')).toBe(GrpcCode.OK); // sent hop2, the only one vision holds now
+    expect(JSON.stringify(lines)).not.toMatch(/t0k3n/);
+  });
+});

@@ -6,16 +6,18 @@
 #   vlm-vision-client-tls    the language service's client certificate for the hop to vision, and the
 #                            CA it verifies vision with (VLM_VISION_CLIENT_CERT/KEY, VLM_VISION_CA)
 #   vlm-language-server-tls  the language service's server certificate for backend apps
-# and a bearer token, as DIR/auth-tokens (for `VLM_AUTH_TOKEN_FILE=DIR/auth-tokens vlm ask`) and as
-#   vlm-auth                 the tokens both services accept, file format of shared/auth-tokens.ts
-#                            (VLM_AUTH_TOKEN_FILE)
+# and two bearer tokens, in the file format of shared/auth-tokens.ts:
+#   vlm-auth                 the clients' token, which the language service accepts (VLM_AUTH_TOKEN_FILE);
+#                            also DIR/auth-tokens, for `VLM_AUTH_TOKEN_FILE=DIR/auth-tokens vlm ask`
+#   vlm-hop-auth             the hop's token (DIR/hop-tokens): the language service sends it
+#                            (VLM_VISION_TOKEN_FILE), and it is the only one vision accepts
 # For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
 #
 #   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90] [--ca-days 3650]
 #   kubectl apply -f DIR/secrets.yaml
 #
 # Re-running it with the same DIR renews the three certificates (valid --days) under the CA already
-# there (valid --ca-days from its making) and keeps the token: the pods re-read their Secrets at
+# there (valid --ca-days from its making) and keeps the tokens: the pods re-read their Secrets at
 # different moments, and a new CA would fail the hop's handshake between a pod that has re-read and
 # one that has not. It refuses to renew when the CA would expire within --days; delete DIR/ca.* to
 # start a new CA (every pod then needs the new Secrets before the hop works again).
@@ -77,10 +79,14 @@ secret() {
 }
 # 32 random bytes, base64url: a bearer token needs no quoting in a header. Kept when it exists, so
 # re-running this to renew the certificates does not lock out the callers holding the token.
-[ -s auth-tokens ] || printf 'dev %s\n' "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')" > auth-tokens
+token() { printf '%s %s\n' "$1" "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')"; }
+# The clients' token (vlm-auth: language only) and the hop's (vlm-hop-auth: sent by language, the only
+# one vision accepts), so the vision pods never hold a client's token.
+[ -s auth-tokens ] || token dev > auth-tokens
+[ -s hop-tokens ] || token language > hop-tokens
 auth_secret() {
-  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: vlm-auth\n  namespace: %s\ntype: Opaque\ndata:\n  tokens: %s\n' \
-    "$NS" "$(base64 -w0 < auth-tokens)"
+  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: Opaque\ndata:\n  tokens: %s\n' \
+    "$1" "$NS" "$(base64 -w0 < "$2")"
 }
-{ secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; auth_secret; } > secrets.yaml
-echo "wrote $(pwd)/secrets.yaml (certificates valid $DAYS days; CA: $(pwd)/ca.crt, until $(openssl x509 -in ca.crt -noout -enddate | cut -d= -f2); bearer token: $(pwd)/auth-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"
+{ secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; auth_secret vlm-auth auth-tokens; auth_secret vlm-hop-auth hop-tokens; } > secrets.yaml
+echo "wrote $(pwd)/secrets.yaml (certificates valid $DAYS days; CA: $(pwd)/ca.crt, until $(openssl x509 -in ca.crt -noout -enddate | cut -d= -f2); clients' bearer token: $(pwd)/auth-tokens; the hop's: $(pwd)/hop-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"

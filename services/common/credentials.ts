@@ -17,8 +17,10 @@ export interface ServiceCredentials {
   readonly server: ServerCredentials | null;
   /** Language only: credentials for the hop to vision (null: plaintext). */
   readonly visionChannel: ChannelCredentials | null;
-  /** The bearer tokens callers must send, and the one sent to vision (null: no authentication). */
+  /** The bearer tokens callers must send (null: no authentication). */
   readonly tokens: BearerTokens | null;
+  /** The token the language service sends to vision now: --vision-token-file's first, else the first of `tokens`. */
+  readonly visionToken: (() => string) | null;
   /** Stops the file polling and the SIGHUP handler. */
   close(): void;
 }
@@ -48,6 +50,8 @@ export function serviceCredentials(config: Pick<Config, 'tls' | 'rpc'>, log: Log
     visionChannel = reloadingChannelCredentials(files, tls.visionServerName);
   }
   const tokens = config.rpc.auth === null ? null : new BearerTokens(config.rpc.auth, log.child('auth')).watch(tls.reloadIntervalMs);
+  const hopTokens = withVisionClient && config.rpc.visionAuth !== null ? new BearerTokens(config.rpc.visionAuth, log.child('auth.vision')).watch(tls.reloadIntervalMs) : null;
+  const hop = hopTokens ?? tokens;
   const unobserve = sets.map(({ files, name }) => {
     files.watch(tls.reloadIntervalMs);
     return observeTlsExpiry(() => files.expiresAt(), name);
@@ -56,18 +60,21 @@ export function serviceCredentials(config: Pick<Config, 'tls' | 'rpc'>, log: Log
     log.info('SIGHUP: re-reading the TLS and token files');
     for (const s of sets) s.files.reload();
     tokens?.reload();
+    hopTokens?.reload();
   };
-  const rereads = sets.length > 0 || config.rpc.auth?.file != null;
+  const rereads = sets.length > 0 || config.rpc.auth?.file != null || hopTokens !== null;
   if (rereads) process.on('SIGHUP', onHangup);
   return {
     server,
     visionChannel,
     tokens,
+    visionToken: hop === null ? null : () => hop.outgoing(),
     close: () => {
       process.removeListener('SIGHUP', onHangup);
       for (const stop of unobserve) stop();
       for (const s of sets) s.files.close();
       tokens?.close();
+      hopTokens?.close();
     },
   };
 }

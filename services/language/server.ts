@@ -28,13 +28,12 @@ export async function startLanguageService(config: Config, options: LanguageServ
   const log = options.log ?? createLogger('language');
   const target = visionTargetOf(config);
   const creds = serviceCredentials(config, log, true);
-  if (creds.tokens !== null && creds.visionChannel === null && !target.loopback) {
+  if (creds.visionToken !== null && creds.visionChannel === null && !target.loopback) {
     log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target: target.configured });
   }
   let vision: VisionClient;
   try {
-    const tokens = creds.tokens;
-    vision = new VisionClient({ target, authToken: tokens === null ? null : () => tokens.outgoing(), credentials: creds.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits), log: log.child('vision-client') });
+    vision = new VisionClient({ target, authToken: creds.visionToken, credentials: creds.visionChannel ?? undefined, maxRequestBytes: receiveLimit(config.limits), log: log.child('vision-client') });
   } catch (err) {
     // A malformed --vision-target: the file polling and SIGHUP handler must not outlive the failed start.
     creds.close();
