@@ -145,7 +145,9 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // Only language dials vision, from this host: on a wildcard --host vision listens on loopback, or
   // any client on the network could call it directly with the token clients use.
   const loopback = loopbackFor(host);
-  const vision = start('vision', loopback !== host ? ['--host', loopback] : []);
+  // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
+  const hopFile = config.rpc.visionAuth?.file;
+  const vision = start('vision', [...(loopback !== host ? ['--host', loopback] : []), ...(hopFile ? ['--auth-token-file', hopFile] : [])]);
   if (!waitForVisionPort) start('language', languageOwn);
   else {
     vision.on('message', (msg: ServingMessage) => {

@@ -42,48 +42,49 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 /** What an HTTP/2 header value can carry without folding or escaping: visible ASCII, no spaces. */
 const TOKEN = /^[\x21-\x7e]+$/;
 
-export function parseTokenFile(text: string, file: string): NamedToken[] {
+/** `field`: the flag the file came from, which errors name. */
+export function parseTokenFile(text: string, file: string, field = FIELD): NamedToken[] {
   const lines: Array<{ at: string; fields: string[] }> = [];
   text.split(/\r?\n/).forEach((raw, index) => {
     const line = raw.trim();
     if (line !== '' && !line.startsWith('#')) lines.push({ at: `${file} line ${index + 1}`, fields: line.split(/[ \t]+/) });
   });
-  if (lines.length === 0) throw VlmError.invalid(FIELD, `${file} holds no token`);
+  if (lines.length === 0) throw VlmError.invalid(field, `${file} holds no token`);
   const names = new Map<string, string>();
   const tokens = new Map<string, string>();
   return lines.map(({ at, fields }) => {
-    if (fields.length > 2) throw VlmError.invalid(FIELD, `${at}: expected NAME TOKEN, found ${fields.length} fields`);
-    if (fields.length === 1 && lines.length > 1) throw VlmError.invalid(FIELD, `${at}: a file of several tokens names each one (NAME TOKEN)`);
+    if (fields.length > 2) throw VlmError.invalid(field, `${at}: expected NAME TOKEN, found ${fields.length} fields`);
+    if (fields.length === 1 && lines.length > 1) throw VlmError.invalid(field, `${at}: a file of several tokens names each one (NAME TOKEN)`);
     const [name, token] = fields.length === 2 ? [fields[0]!, fields[1]!] : [DEFAULT_TOKEN_NAME, fields[0]!];
-    if (!isTokenName(name)) throw VlmError.invalid(FIELD, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    if (!isTokenName(name)) throw VlmError.invalid(field, `${at}: a name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
     // A token alone is the file format of releases before names (the whole file one token, any
     // length): it keeps working, and with no name beside it there is nothing to swap it with.
-    checkToken(token, at, fields.length === 2);
+    checkToken(token, at, fields.length === 2, field);
     const nameAt = names.get(name);
-    if (nameAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same name as ${nameAt}`);
+    if (nameAt !== undefined) throw VlmError.invalid(field, `${at}: the same name as ${nameAt}`);
     const tokenAt = tokens.get(token);
-    if (tokenAt !== undefined) throw VlmError.invalid(FIELD, `${at}: the same token as ${tokenAt}`);
+    if (tokenAt !== undefined) throw VlmError.invalid(field, `${at}: the same token as ${tokenAt}`);
     names.set(name, at);
     tokens.set(token, at);
     return { name, token };
   });
 }
 
-function checkToken(token: string, at: string, named: boolean): void {
-  if (!TOKEN.test(token)) throw VlmError.invalid(FIELD, `${at}: a token is visible ASCII characters only`);
-  if (named && token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(FIELD, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
+function checkToken(token: string, at: string, named: boolean, field: string): void {
+  if (!TOKEN.test(token)) throw VlmError.invalid(field, `${at}: a token is visible ASCII characters only`);
+  if (named && token.length < MIN_TOKEN_CHARS) throw VlmError.invalid(field, `${at}: a token has at least ${MIN_TOKEN_CHARS} characters (are the name and the token swapped?)`);
 }
 
 /** Reads and parses a token file (at start and at every re-read); errors are INVALID_ARGUMENT naming the file. */
-export function readTokenFile(file: string): AuthTokens {
+export function readTokenFile(file: string, field = FIELD): AuthTokens {
   const resolved = path.resolve(file);
   let text: string;
   try {
     text = readFileSync(resolved, 'utf8');
   } catch (err) {
-    throw new VlmError('INVALID_ARGUMENT', `${FIELD}: cannot read ${resolved}: ${(err as Error).message}`);
+    throw new VlmError('INVALID_ARGUMENT', `${field}: cannot read ${resolved}: ${(err as Error).message}`);
   }
-  return { file: resolved, tokens: parseTokenFile(text, resolved) };
+  return { file: resolved, tokens: parseTokenFile(text, resolved, field) };
 }
 
 /** Whether `name` may name a token (or a caller forwarded on the vision hop). */

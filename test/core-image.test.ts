@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { preprocessImage } from '../shared/image';
 import { MAX_PAGES } from '../shared/image/preprocess';
+import { pagesOver } from '../shared/image/page-count';
 import type { PreprocessSpec } from '../shared/bundle/manifest';
 import { failure } from './core-helpers';
 
@@ -179,8 +180,16 @@ describe('limits are enforced before decoding, naming the limit', () => {
 
   it('refuses an image of more pages than it would ever use (many tiny pages pass the pixel limit)', async () => {
     const frames = (n: number) => sharp(Buffer.alloc(n * 3, 128), { raw: { width: 1, height: n, channels: 3, pageHeight: 1 } }).tiff().toBuffer(); // one page per directory
-    await expectInvalid(preprocessImage(await frames(MAX_PAGES + 1), spec(), limits), new RegExp(`has ${MAX_PAGES + 1} pages \\(frames\\), over the limit of ${MAX_PAGES}`));
+    // Counted from the TIFF's directories before libvips reads the header (which walks every page).
+    await expectInvalid(preprocessImage(await frames(MAX_PAGES + 1), spec(), limits), new RegExp(`has more than ${MAX_PAGES} pages \\(frames\\), over the limit of ${MAX_PAGES}`));
     await expect(preprocessImage(await frames(MAX_PAGES), spec(), limits)).resolves.toBeDefined();
+    // And a GIF's frames (distinct ones: libvips merges identical frames when it writes).
+    const gif = (n: number) => sharp(Buffer.from(Array.from({ length: n * 3 }, (_, i) => (i * 37) % 256)), { raw: { width: 1, height: n, channels: 3, pageHeight: 1 } }).gif().toBuffer();
+    const many = await gif(MAX_PAGES + 1);
+    expect((await sharp(many).metadata()).pages).toBe(MAX_PAGES + 1);
+    expect(pagesOver(many, 'gif', MAX_PAGES)).toBe(true);
+    expect(pagesOver(await gif(MAX_PAGES), 'gif', MAX_PAGES)).toBe(false);
+    expect(pagesOver(await frames(MAX_PAGES), 'tiff', MAX_PAGES)).toBe(false);
   });
 
   it('refuses empty input, non-images and unsupported formats by their first bytes, before any decoder runs', async () => {

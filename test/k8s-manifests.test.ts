@@ -442,6 +442,13 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
     const [hopToken] = parseTokenFile(Buffer.from(hop.data.tokens, 'base64').toString('utf8'), 'vlm-hop-auth');
     expect(hopToken!.name).toBe('language');
     expect(hopToken!.token).not.toBe(token!.token);
+    // A folder from before the split (a token file, no hop file) keeps the hop's token the old pods send.
+    const old = path.join(scratch, 'certs-before-split');
+    execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', old, '--days', '2'], { stdio: 'pipe' });
+    rmSync(path.join(old, 'hop-tokens'));
+    writeFileSync(path.join(old, 'auth-tokens'), '# apps\n\ndev t0k3n-dev-xxxxxxxxxx\nci t0k3n-ci-xxxxxxxxxxx\n');
+    execFileSync('bash', [path.join(K8S, 'tls', 'make-dev-certs.sh'), '--out', old, '--days', '2'], { stdio: 'pipe' });
+    expect(readFileSync(path.join(old, 'hop-tokens'), 'utf8')).toBe('dev t0k3n-dev-xxxxxxxxxx\n');
   });
 
   it("issues the language service's client certificate under the name vision's VLM_TLS_CLIENT_NAMES lets in", () => {

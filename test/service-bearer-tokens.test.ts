@@ -416,6 +416,8 @@ describe('a hop token apart from the client tokens (--vision-token-file)', () =>
   it('is read from the file the flag names', () => {
     expect(configFrom({ 'vision-token-file': hopFile }, {}).rpc.visionAuth).toEqual({ file: hopFile, tokens: [{ name: 'hop', token: 't0k3n-hop-xxxxxxxx' }] });
     expect(configFrom({}, {}).rpc.visionAuth).toBeNull();
+    expect(() => configFrom({ 'vision-token-file': path.join(dir, 'missing') }, {})).toThrow(/^--vision-token-file: cannot read /);
+    expect(() => configFrom({ 'vision-token-file': tokenFile('a b c\n') }, {})).toThrow(/^--vision-token-file: .* line 1/);
   });
 
   it('answers a client with its own token across the hop; a client token opens nothing at vision, and the hop token nothing at language', async () => {

@@ -171,6 +171,24 @@ describe('vlm serve all, stopped with SIGTERM (a supervisor, npm, a container ru
   }, 90_000);
 });
 
+describe('vlm serve all with a hop token of its own (--vision-token-file)', () => {
+  it('has vision accept that token, so a client holding its own is answered across the hop', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    const clients = path.join(tmpdir(), `vlm-clients-${process.pid}`);
+    const hop = path.join(tmpdir(), `vlm-hop-${process.pid}`);
+    writeFileSync(clients, 'app t0k3n-app-xxxxxxxx\n');
+    writeFileSync(hop, 'hop t0k3n-hop-xxxxxxxx\n');
+    const server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--auth-token-file', clients, '--vision-token-file', hop], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      const r = vlm(['ask', '--image', path.join(ROOT, 'models/tiny-llava-shapes/eval/images/0000.png'), '--question', 'what color?', '--language-port', String(languagePort), '--max-tokens', '2'], { VLM_AUTH_TOKEN_FILE: clients });
+      expect([r.status, r.stderr]).toEqual([0, '']);
+    } finally {
+      await stopServeAll(server);
+    }
+  }, 90_000);
+});
+
 describe('vlm serve all, a child stuck while draining', () => {
   it('drains on the first SIGTERM and kills the stuck child on the second, then exits', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];

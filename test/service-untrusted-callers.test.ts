@@ -8,7 +8,7 @@ import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, t
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
-import { INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
+import { INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { collect, eventually, healthClient } from './service-helpers';
@@ -182,7 +182,8 @@ describe('health requests still arriving on the main port (its receive limit is 
       const frame = Buffer.alloc(1029);
       frame.writeUInt32BE(4 << 20, 1);
       const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => {
-        const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+        // A deadline of days claimed: the limit on arriving is the service's own.
+        const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '2000000S' }, { endStream: false });
         stream.write(frame);
         stream.on('error', () => undefined);
         return stream;
@@ -190,8 +191,8 @@ describe('health requests still arriving on the main port (its receive limit is 
       await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
       const refused = await check(client, '');
       expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)` });
-      // Not for ever: the arrival timer (1.5 s here) ends them too, as it ends any other call.
-      await eventually(async () => (await check(client, '')).code === 0, 5000, 100);
+      // Not for ever: they get INFRASTRUCTURE_ARRIVAL_MS to arrive, whatever deadline they claim.
+      await eventually(async () => (await check(client, '')).code === 0, INFRASTRUCTURE_ARRIVAL_MS + 5000, 100);
       for (const s of streams) s.close();
     } finally {
       client.close();
@@ -218,6 +219,26 @@ describe('a call whose request message never comes', () => {
       const status = await Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]);
       expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
       expect(decodeURIComponent(String(status['grpc-message']))).toMatch(/request message did not arrive within 1.5 s/);
+      await eventually(() => server.activeCalls === 0, 2000);
+    } finally {
+      session.destroy();
+      await server.stop();
+    }
+  }, 20_000);
+
+  it('is ended the same way when its message came whole but the stream was never ended (its handler starts only then)', async () => {
+    const server = startServer(1500);
+    const port = await server.listen('127.0.0.1', 0);
+    const session = connect(`http://127.0.0.1:${port}`);
+    try {
+      const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+      stream.write(Buffer.alloc(5)); // an empty message, complete; no END_STREAM follows
+      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.on('trailers', resolve));
+      const headers = new Promise<Record<string, unknown>>((resolve) => stream.on('response', resolve));
+      stream.on('error', () => undefined);
+      await eventually(() => server.activeCalls === 1, 2000);
+      const status = await Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]);
+      expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
       await eventually(() => server.activeCalls === 0, 2000);
     } finally {
       session.destroy();
@@ -256,7 +277,7 @@ describe('a bearer token on a plaintext hop to vision', () => {
     // An address nobody answers at: the language service serves anyway, and warns at start.
     const language = await startLanguageService(pairConfig({ authToken: 'a-token-of-32-characters-or-more!!', visionTarget: '10.255.255.1:50051' }), { port: 0, log: recordingLogger(lines, 'language') });
     await language.stop();
-    const warning = 'the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop';
+    const warning = 'the bearer token goes to vision in plaintext: anyone on the path can read it and call vision with it (and language too, unless --vision-token-file keeps it apart); set VLM_VISION_CA for TLS on the hop';
     expect(lines.filter((l) => l.level === 'warn').map((l) => l.msg)).toContain(warning);
     const local: LogLine[] = [];
     const onHost = await startLanguageService(pairConfig({ authToken: 'a-token-of-32-characters-or-more!!', visionTarget: '127.0.0.1:1' }), { port: 0, log: recordingLogger(local, 'language') });

@@ -82,6 +82,11 @@ secret() {
 token() { printf '%s %s\n' "$1" "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n')"; }
 # The clients' token (vlm-auth: language only) and the hop's (vlm-hop-auth: sent by language, the only
 # one vision accepts), so the vision pods never hold a client's token.
+# A folder from before the split keeps its hop working through the rollout: old language pods send
+# auth-tokens' first line, so the hop starts with that one (rotate it later, docs/deploy.md).
+if [ ! -s hop-tokens ] && [ -s auth-tokens ]; then
+  grep -v '^[[:space:]]*\(#\|$\)' auth-tokens | head -1 > hop-tokens
+fi
 [ -s auth-tokens ] || token dev > auth-tokens
 [ -s hop-tokens ] || token language > hop-tokens
 auth_secret() {

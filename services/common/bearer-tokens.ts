@@ -20,9 +20,11 @@ export class BearerTokens {
   private accepted: readonly Accepted[];
   private timer: NodeJS.Timeout | null = null;
 
+  /** `flag`: the option the file came from, which reload errors name. */
   constructor(
     private readonly source: AuthTokens,
     private readonly log: Logger,
+    private readonly flag?: string,
   ) {
     this.tokens = source.tokens;
     this.accepted = digests(source.tokens);
@@ -49,7 +51,7 @@ export class BearerTokens {
     if (file === null) return false;
     let next: readonly NamedToken[];
     try {
-      next = readTokenFile(file).tokens;
+      next = readTokenFile(file, this.flag).tokens;
     } catch (err) {
       this.log.warn('bearer token reload skipped; keeping the tokens in use', { error: (err as Error).message });
       return false;

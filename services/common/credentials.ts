@@ -50,7 +50,7 @@ export function serviceCredentials(config: Pick<Config, 'tls' | 'rpc'>, log: Log
     visionChannel = reloadingChannelCredentials(files, tls.visionServerName);
   }
   const tokens = config.rpc.auth === null ? null : new BearerTokens(config.rpc.auth, log.child('auth')).watch(tls.reloadIntervalMs);
-  const hopTokens = withVisionClient && config.rpc.visionAuth !== null ? new BearerTokens(config.rpc.visionAuth, log.child('auth.vision')).watch(tls.reloadIntervalMs) : null;
+  const hopTokens = withVisionClient && config.rpc.visionAuth !== null ? new BearerTokens(config.rpc.visionAuth, log.child('auth.vision'), '--vision-token-file').watch(tls.reloadIntervalMs) : null;
   const hop = hopTokens ?? tokens;
   const unobserve = sets.map(({ files, name }) => {
     files.watch(tls.reloadIntervalMs);

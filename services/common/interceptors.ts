@@ -48,6 +48,8 @@ const REFLECTION_PREFIX = '/grpc.reflection.';
 const IN_FLIGHT_RETRY_MS = 1000;
 /** Health and reflection requests being received at once on the main port (each a few bytes when honest). */
 export const INFRASTRUCTURE_RECEIVING_MAX = 8;
+/** How long a health or reflection request may take to arrive, whatever its deadline. */
+export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
 
 /** Health and reflection: never counted, limited or refused for load (probes, tooling). */
 function isServiceInfrastructure(path: string): boolean {
@@ -195,10 +197,10 @@ export function uncompressedRequestsInterceptor(): ServerInterceptor {
 }
 
 /**
- * Ends a call without a deadline of its own whose request message has not arrived within `waitMs`
- * (the default deadline): the handler, which applies the default deadline, only starts once the
- * message is in, so a caller that sent headers and nothing else held an admitted call (and every
- * drain) open indefinitely.
+ * Ends a call without a deadline of its own whose request has not arrived within `waitMs` (the default
+ * deadline): the handler, which applies the default deadline, only starts once the request is in (for
+ * a single-message request, once the client half-closes after it), so a caller that sent headers, or
+ * its message without the end of its stream, held an admitted call (and every drain) open indefinitely.
  */
 export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
   return (method, call) => {
@@ -213,8 +215,12 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
         next(metadata);
       })
       .withOnReceiveMessage((message, next) => {
-        stop();
+        if (method.requestStream) stop();
         next(message);
+      })
+      .withOnReceiveHalfClose((next) => {
+        stop();
+        next();
       })
       .withOnCancel(stop)
       .build();
@@ -436,9 +442,11 @@ export class Admission {
    * the port could have grpc-js buffer 100 of them per connection. Only so many may be arriving at
    * once; a call whose message has arrived holds nothing (a Watch stream stays open for free).
    */
-  private infrastructureCall(call: ServerInterceptingCallInterface): ServerInterceptingCall {
+  private infrastructureCall(method: { readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
     let receiving = false;
+    let timer: NodeJS.Timeout | undefined;
     const done = (): void => {
+      clearTimeout(timer);
       if (!receiving) return;
       receiving = false;
       this.infrastructureReceiving--;
@@ -451,11 +459,22 @@ export class Admission {
         }
         receiving = true;
         this.infrastructureReceiving++;
+        // Whatever deadline the caller claims: a few bytes take no longer than this.
+        timer = setTimeout(() => {
+          reject(call, new VlmError('DEADLINE_EXCEEDED', `the request did not arrive within ${INFRASTRUCTURE_ARRIVAL_MS / 1000} s of its headers`));
+          done();
+        }, INFRASTRUCTURE_ARRIVAL_MS);
+        timer.unref();
         next(metadata);
       })
       .withOnReceiveMessage((message, next) => {
-        done();
+        // Reflection streams its requests: it is in at its first. Health is in at the half-close.
+        if (method.requestStream) done();
         next(message);
+      })
+      .withOnReceiveHalfClose((next) => {
+        done();
+        next();
       })
       .withOnCancel(done)
       .build();
@@ -464,7 +483,7 @@ export class Admission {
 
   interceptor(): ServerInterceptor {
     return (method, call) => {
-      if (isServiceInfrastructure(method.path)) return this.infrastructureCall(call);
+      if (isServiceInfrastructure(method.path)) return this.infrastructureCall(method, call);
       let counted = false;
       let caller = '';
       const release = (): void => {
@@ -504,8 +523,13 @@ export class Admission {
           next(metadata);
         })
         .withOnReceiveMessage((message, next) => {
-          this.unread.delete(call);
+          if (method.requestStream) this.unread.delete(call);
           next(message);
+        })
+        .withOnReceiveHalfClose((next) => {
+          // A single-message request reaches its handler only at the half-close.
+          this.unread.delete(call);
+          next();
         })
         .withOnCancel(release)
         .build();

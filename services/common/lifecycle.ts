@@ -34,7 +34,8 @@ export async function serve(
   let bound: number;
   try {
     bound = await server.listen(config.services.host, port);
-    if (config.rpc.auth === null && !isLoopback(config.services.host)) {
+    // Mutual TLS (a client CA) authenticates callers too.
+    if (config.rpc.auth === null && config.tls.caFile === null && !isLoopback(config.services.host)) {
       log.warn('listening beyond this host without authentication: anyone who reaches the port may call it (set VLM_AUTH_TOKEN_FILE, or --host 127.0.0.1)', { address: hostPort(config.services.host, bound) });
     }
     if (config.services.healthPort > 0) {

@@ -70,7 +70,11 @@ async function* refuse(request: Parameters<typeof undecodableError>[0]): AsyncGe
   throw undecodableError(request);
 }
 
-export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps): handleServerStreamingCall<Req, Res> {
+/**
+ * `isLast`: whether a response is the stream's last by contract (Generate's final, Encode's summary),
+ * so that one still buffered when the call is ended completes it instead of failing it.
+ */
+export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps, isLast: (response: Res) => boolean = () => false): handleServerStreamingCall<Req, Res> {
   return (call) => {
     void run(call);
   };
@@ -87,18 +91,18 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
         const next = await iterator.next();
         if (next.done) break;
         throwIfAborted(ctx.signal);
-        if (!call.write(next.value)) await drainedOrLast(call as ServerWritableStream<unknown, unknown>, ctx.signal, iterator);
+        if (!call.write(next.value)) await drainedOrLast(call as ServerWritableStream<unknown, unknown>, ctx.signal, isLast(next.value));
       }
       throwIfAborted(ctx.signal);
       call.end();
       return;
     } catch (err) {
+      // Let the generator run its finally blocks (release workers, cancel the vision hop).
+      await iterator.return?.(undefined).catch(() => undefined);
       if (err instanceof StreamComplete) {
         call.end();
         return;
       }
-      // Let the generator run its finally blocks (release workers, cancel the vision hop).
-      await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
       if (call.cancelled) return endCancelledServerSpan(serverSpan, ctx.signal.reason);
@@ -116,12 +120,11 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
  * and is ended with OK: a complete answer must not be followed by an error status. Otherwise the
  * abort goes on as the call's error.
  */
-export async function drainedOrLast(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal, iterator: AsyncIterator<unknown>): Promise<void> {
+export async function drainedOrLast(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal, wroteLast: boolean): Promise<void> {
   try {
     await drained(call, signal);
   } catch (err) {
-    const rest = await iterator.next().catch(() => ({ done: false }));
-    if (rest.done === true && !call.cancelled) throw new StreamComplete();
+    if (wroteLast && !call.cancelled) throw new StreamComplete();
     throw err;
   }
 }

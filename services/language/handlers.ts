@@ -14,7 +14,7 @@ export interface LanguageHandlerDeps extends GenerateDeps {
 
 export function languageHandlers(deps: LanguageHandlerDeps): LanguageServiceServer {
   return {
-    generate: serverStream(tracedStream(generateAttributes(deps.backend), recordRequest, (req, ctx, span) => generateStream(deps, req, ctx, span)), deps.adapter),
+    generate: serverStream(tracedStream(generateAttributes(deps.backend), recordRequest, (req, ctx, span) => generateStream(deps, req, ctx, span)), deps.adapter, (r) => r.part?.$case === 'final'),
     getModelInfo: unary(async () => ({ model: modelInfo(deps.backend.model, placementOf(deps.backend, deps.limits)) }), deps.adapter),
   };
 }

@@ -29,7 +29,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   const target = visionTargetOf(config);
   const creds = serviceCredentials(config, log, true);
   if (creds.visionToken !== null && creds.visionChannel === null && !target.loopback) {
-    log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call either service; set VLM_VISION_CA for TLS on the hop', { target: target.configured });
+    log.warn('the bearer token goes to vision in plaintext: anyone on the path can read it and call vision with it (and language too, unless --vision-token-file keeps it apart); set VLM_VISION_CA for TLS on the hop', { target: target.configured });
   }
   let vision: VisionClient;
   try {

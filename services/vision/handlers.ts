@@ -67,7 +67,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
       recordEncodeTelemetry(span, result);
       const messages = (): Iterable<EncodeResponse> => tensorMessages(wireTokens(result, manifest.io_dtype), header, valid.limits.rowsPerChunk || deps.rowsPerChunk, summary);
       yield* tracedSend(messages, { [ATTR_VLM_DTYPE]: manifest.io_dtype }, chunkBytes);
-    }), deps.adapter),
+    }), deps.adapter, (r) => r.part?.$case === 'summary'),
 
     getModelInfo: unary(async () => ({ model: modelInfo(backend.model, placementOf(backend, deps.limits)) }), deps.adapter),
   };

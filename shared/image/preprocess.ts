@@ -17,6 +17,7 @@ import type { PreprocessSpec, Resample, Rgb } from '../bundle/manifest';
 import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
 import { SUPPORTED_FORMATS, UNSUPPORTED_FORMAT, sniffFormat } from './format';
+import { pagesOver } from './page-count';
 
 /**
  * Pages (animation frames, TIFF directories) an image may have. Only the first is used, but a
@@ -24,6 +25,10 @@ import { SUPPORTED_FORMATS, UNSUPPORTED_FORMAT, sniffFormat } from './format';
  * decoding on a thread that cannot be cancelled.
  */
 export const MAX_PAGES = 64;
+
+function tooManyPages(count: string): VlmError {
+  return VlmError.invalid('image', `has ${count} pages (frames), over the limit of ${MAX_PAGES}: only the first is used; send it alone`);
+}
 
 export type ImageLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxImagePixels'> & Partial<Pick<LimitsConfig, 'maxAspectRatio'>>;
 
@@ -56,9 +61,12 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   }
   // Before any decoder sees the bytes: libvips would otherwise pick one of its many loaders (SVG,
   // PDF, HEIF...) from the content, and run it on untrusted input only to be refused afterwards.
-  if (sniffFormat(bytes) === null) {
+  const format = sniffFormat(bytes);
+  if (format === null) {
     throw VlmError.invalid('image', UNSUPPORTED_FORMAT);
   }
+  // Before libvips too, whose header read walks every page.
+  if (pagesOver(bytes, format, MAX_PAGES)) throw tooManyPages(`more than ${MAX_PAGES}`);
   let meta: sharp.Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
@@ -71,9 +79,7 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   const width = meta.width ?? 0;
   const height = meta.pageHeight ?? meta.height ?? 0;
   const pages = meta.pages ?? 1;
-  if (pages > MAX_PAGES) {
-    throw VlmError.invalid('image', `has ${pages} pages (frames), over the limit of ${MAX_PAGES}: only the first is used; send it alone`);
-  }
+  if (pages > MAX_PAGES) throw tooManyPages(String(pages));
   if (width <= 0 || height <= 0) throw VlmError.invalid('image', `has no size in its header (${width}x${height})`);
   const pixels = width * height * pages;
   if (pixels > limits.maxImagePixels) {
