@@ -294,7 +294,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       visionTarget: r.str('vision-target'),
       rowsPerChunk: r.int('rows-per-chunk'),
       auth: readAuthTokens(r.str('auth-token-file'), env[AUTH_TOKEN_ENV]),
-      visionAuth: r.str('vision-token-file') === '' ? null : readTokenFile(r.str('vision-token-file'), '--vision-token-file'),
+      visionAuth: r.str('vision-token-file') === '' ? null : readTokenFile(r.str('vision-token-file'), r.from('vision-token-file')),
       shutdownGraceMs: r.int('shutdown-grace-ms'),
       warmup: r.bool('warmup'),
       maxConcurrentStreams: r.int('max-concurrent-streams'),

@@ -10,7 +10,8 @@
 #   vlm-auth                 the clients' token, which the language service accepts (VLM_AUTH_TOKEN_FILE);
 #                            also DIR/auth-tokens, for `VLM_AUTH_TOKEN_FILE=DIR/auth-tokens vlm ask`
 #   vlm-hop-auth             the hop's token (DIR/hop-tokens): the language service sends it
-#                            (VLM_VISION_TOKEN_FILE), and it is the only one vision accepts
+#                            (VLM_VISION_TOKEN_FILE), and it is the only one vision accepts (in a
+#                            folder made before the split, first a copy of auth-tokens' first token)
 # For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
 #
 #   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90] [--ca-days 3650]
@@ -83,9 +84,11 @@ token() { printf '%s %s\n' "$1" "$(openssl rand -base64 32 | tr '+/' '-_' | tr -
 # The clients' token (vlm-auth: language only) and the hop's (vlm-hop-auth: sent by language, the only
 # one vision accepts), so the vision pods never hold a client's token.
 # A folder from before the split keeps its hop working through the rollout: old language pods send
-# auth-tokens' first line, so the hop starts with that one (rotate it later, docs/deploy.md).
+# auth-tokens' first line, so the hop starts with that one, a client's token until it is rotated.
 if [ ! -s hop-tokens ] && [ -s auth-tokens ]; then
-  grep -v '^[[:space:]]*\(#\|$\)' auth-tokens | head -1 > hop-tokens
+  if grep -m1 -v '^[[:space:]]*\(#\|$\)' auth-tokens > hop-tokens; then
+    echo "hop-tokens starts as auth-tokens' first token, which the old pods send: once rolled out, rotate vlm-hop-auth to a token of its own (docs/deploy.md)" >&2
+  fi
 fi
 [ -s auth-tokens ] || token dev > auth-tokens
 [ -s hop-tokens ] || token language > hop-tokens

@@ -97,12 +97,16 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       call.end();
       return;
     } catch (err) {
-      // Let the generator run its finally blocks (release workers, cancel the vision hop).
-      await iterator.return?.(undefined).catch(() => undefined);
       if (err instanceof StreamComplete) {
+        // The last message by contract is written: let the generator finish as it would have (its
+        // spans end as complete), and stop it only if it does not.
+        const after = await iterator.next().catch(() => ({ done: true }));
+        if (after.done !== true) await iterator.return?.(undefined).catch(() => undefined);
         call.end();
         return;
       }
+      // Let the generator run its finally blocks (release workers, cancel the vision hop).
+      await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
       if (call.cancelled) return endCancelledServerSpan(serverSpan, ctx.signal.reason);
