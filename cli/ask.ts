@@ -13,7 +13,7 @@
  * the final stats); an error prints `CODE: message` on stderr and exits 1.
  */
 import { readFile } from 'node:fs/promises';
-import { parseCommandLine } from '../shared/config';
+import { parseCommandLine, type ConfigOption } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { setLogLevel } from '../shared/log';
@@ -25,6 +25,12 @@ import { generateOnce, languageClient } from '../services/language/client';
 import { budgetToWire, paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, UINT32_MAX, wireSeedFlag } from './numeric-flags';
 import { sentToken } from '../shared/auth-tokens';
+
+/**
+ * The config flags a client reads: where the service is, how long to wait, the token to send, and its
+ * log level. The services' others (--provider, --workers, ...) would be taken and do nothing here.
+ */
+const ASK_CONFIG: readonly ConfigOption[] = ['language-port', 'deadline-ms', 'auth-token-file', 'log-level'];
 
 const FLAGS = {
   image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },
@@ -94,7 +100,7 @@ export function finalJson(answer: string, final: GenerateFinal, latencyMs: numbe
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values } = parseCommandLine(argv, FLAGS);
+  const { config, values } = parseCommandLine(argv, FLAGS, process.env, ASK_CONFIG);
   setLogLevel(config.logLevel);
   if (typeof values['image'] !== 'string') throw VlmError.invalid('--image', 'is required (a file path)');
   if (typeof values['question'] !== 'string') throw VlmError.invalid('--question', 'is required');

@@ -44,8 +44,8 @@ export function table(rows: ReadonlyArray<readonly [string, string]>): string {
 }
 
 /** One entry per config flag: usage, variable, default (with the range for numbers), meaning. */
-export function configFlagsHelp(): string {
-  const rows = Object.entries(CONFIG_OPTIONS).map(([flag, o]: [string, OptionSpec]) => {
+export function configFlagsHelp(keys?: readonly string[]): string {
+  const rows = Object.entries(CONFIG_OPTIONS).filter(([flag]) => keys === undefined || keys.includes(flag)).map(([flag, o]: [string, OptionSpec]) => {
     const range = o.type === 'int' ? `, ${o.min} to ${o.max}` : o.type === 'string' && o.choices ? `, one of ${o.choices.join(' ')}` : '';
     return [`${usageOf(flag, o)}  ${o.env}`, `${o.help} [default: ${defaultOf(o)}${range}]`] as const;
   });
@@ -53,7 +53,7 @@ export function configFlagsHelp(): string {
 }
 
 /** The full help of one command: what it does, its own flags, then the config flags. */
-export function commandHelp(name: string, summary: string, commandFlags: DescribedFlags): string {
+export function commandHelp(name: string, summary: string, commandFlags: DescribedFlags, configKeys?: readonly string[]): string {
   return [
     `usage: vlm ${name} [flags]`,
     '',
@@ -61,7 +61,7 @@ export function commandHelp(name: string, summary: string, commandFlags: Describ
     ...(Object.keys(commandFlags).length > 0 ? ['', 'flags of this command:', ownFlagsHelp(commandFlags)] : []),
     '',
     'config flags (each also read from its variable; a flag wins over its variable):',
-    configFlagsHelp(),
+    configFlagsHelp(configKeys),
     '',
   ].join('\n');
 }

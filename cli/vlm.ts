@@ -87,7 +87,7 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof HelpRequested) {
       const sub = row.subcommands?.includes(rest[0] ?? '') ? rest[0]! : undefined;
       const shown = sub !== undefined ? `${name} ${sub}` : row.positional !== undefined ? `${name} ${row.positional}` : name;
-      process.stdout.write(commandHelp(shown, (sub !== undefined ? row.subSummaries?.[sub] : undefined) ?? row.summary, err.commandFlags));
+      process.stdout.write(commandHelp(shown, (sub !== undefined ? row.subSummaries?.[sub] : undefined) ?? row.summary, err.commandFlags, err.configKeys));
       return 0;
     }
     const e = VlmError.from(err);

@@ -361,7 +361,11 @@ export function localAddress(host: string, port: number): string {
  */
 export class HelpRequested extends Error {
   override readonly name = 'HelpRequested';
-  constructor(readonly commandFlags: Readonly<Record<string, { readonly type: string; readonly help?: string; readonly arg?: string; readonly multiple?: boolean }>>) {
+  constructor(
+    readonly commandFlags: Readonly<Record<string, { readonly type: string; readonly help?: string; readonly arg?: string; readonly multiple?: boolean }>>,
+    /** The config flags the command takes (all of them when undefined). */
+    readonly configKeys?: readonly ConfigOption[],
+  ) {
     super('help requested');
   }
 }
@@ -374,27 +378,31 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
   argv: readonly string[],
   extra: O,
   env: Env = process.env,
+  /** A client command's config flags: the services' others would be taken and do nothing. All when undefined. */
+  configKeys?: readonly ConfigOption[],
 ): { config: Config; values: Values; positionals: string[]; positionalIndices: number[] } {
+  const configFlags = configKeys === undefined ? CONFIG_FLAGS : Object.fromEntries(configKeys.map((k) => [k, CONFIG_FLAGS[k]]));
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...CONFIG_FLAGS, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true, tokens: true });
+    parsed = parseArgs({ args: [...argv], options: { ...configFlags, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true, tokens: true });
   } catch (err) {
-    throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }));
+    throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }, configKeys !== undefined));
   }
   // Before the config is read: help must print even when a variable in the environment is malformed.
   const values = parsed.values as Values;
-  if (values.help === true) throw new HelpRequested(extra);
+  if (values.help === true) throw new HelpRequested(extra, configKeys);
   // Where each positional stands in argv (a flag's value equal to one, `--graph-optimization all`, is not one).
   const positionalIndices = parsed.tokens.flatMap((t) => (t.kind === 'positional' ? [t.index] : []));
   return { config: configFrom(values, env), values, positionals: parsed.positionals, positionalIndices };
 }
 
 /** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */
-function parseArgsMessage(err: Error & { code?: string }): string {
+function parseArgsMessage(err: Error & { code?: string }, clientCommand: boolean): string {
   const option = /'(-{1,2}[^' ]+)'/.exec(err.message)?.[1];
   if (option === undefined) return err.message;
   switch (err.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      if (clientCommand && option.slice(2) in CONFIG_FLAGS) return `${option} is a setting of the services (vlm serve), which this command does not take; --help lists its options`;
       return `unknown option ${option}; --help lists this command's options`;
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
       return `option ${option} needs a value (one that starts with '-' is written ${option}=VALUE)`;

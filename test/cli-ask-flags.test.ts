@@ -52,6 +52,15 @@ describe('vlm ask', () => {
     expect(r.status).toBe(1);
   });
 
+  it("refuses the services' settings it would take and ignore, and lists only its own config flags", () => {
+    const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--provider', 'cuda:0']);
+    expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: --provider is a setting of the services (vlm serve), which this command does not take; --help lists its options");
+    expect(r.status).toBe(1);
+    const help = vlm(['ask', '--help']).stdout;
+    const config = help.slice(help.indexOf('config flags')).split('\n').slice(1).filter((l) => l.startsWith('  --')).map((l) => l.trim().split(' ')[0]);
+    expect(config.sort()).toEqual(['--auth-token-file', '--deadline-ms', '--language-port', '--log-level']);
+  });
+
   it('explains how to give a value that starts with a dash', () => {
     const r = vlm(['serve', 'all', '--queue-size', '-1']);
     expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: option --queue-size needs a value (one that starts with '-' is written --queue-size=VALUE)");

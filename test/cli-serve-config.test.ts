@@ -39,7 +39,9 @@ describe('vlm <command> --help', () => {
     expect(out).toMatch(/^usage: vlm ask \[flags\]/);
     expect(out).toMatch(/^ {2}--image FILE +the image \(required\)/m);
     expect(out).toMatch(/^ {2}--param NAME=VALUE +a method parameter.*\(repeatable\)$/m);
-    expect(out).toMatch(/--provider LIST +VLM_PROVIDER/);
+    // A client's config flags only: not the services' (--provider and the rest).
+    expect(out).toMatch(/--language-port PORT +VLM_LANGUAGE_PORT/);
+    expect(out).not.toMatch(/--provider LIST/);
   });
 
   it.each([['ask'], ['eval'], ['demo'], ['bench', 'accuracy'], ['bench', 'load'], ['trace', 'collect'], ['trace', 'report']])('describes every flag of vlm %s %s', (...command: string[]) => {
