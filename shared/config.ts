@@ -349,6 +349,16 @@ export function loopbackFor(host: string): string {
   return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
 }
 
+/**
+ * Whether every address of `target` stays on this host: a gRPC target (a scheme, a list, ports), or a
+ * listen host. Loopback addresses, `localhost` and unix sockets; a wildcard is not one.
+ */
+export function isLoopbackAddress(target: string): boolean {
+  if (target.startsWith('unix:')) return true;
+  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
+  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
+}
+
 /** The address a client on this host dials to reach a server listening on `host`:`port`. */
 export function localAddress(host: string, port: number): string {
   return hostPort(loopbackFor(host), port);

@@ -61,6 +61,11 @@ export class VlmError extends Error {
     return new VlmError('INVALID_ARGUMENT', `${field}: ${description}`, { violations: [{ field, description }] });
   }
 
+  /** UNAVAILABLE SHUTTING_DOWN, retry at once: another replica can take the request (pool, admission, drain). */
+  static shuttingDown(message: string): VlmError {
+    return new VlmError('UNAVAILABLE', message, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+  }
+
   /** Normalises anything thrown: aborts become CANCELLED/DEADLINE_EXCEEDED, the rest INTERNAL. */
   static from(err: unknown): VlmError {
     if (err instanceof VlmError) return err;

@@ -9,10 +9,6 @@ import type { VlmError } from '../../shared/errors';
 export class ActiveCalls {
   private readonly controllers = new Set<AbortController>();
 
-  get size(): number {
-    return this.controllers.size;
-  }
-
   /** Holds `controller` until the returned function is called. */
   track(controller: AbortController): () => void {
     this.controllers.add(controller);

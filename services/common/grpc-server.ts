@@ -46,7 +46,7 @@ export interface GrpcServerOptions {
   readonly maxConcurrentStreams?: number;
   /** Calls (health and reflection aside) this server holds at once before refusing more with RESOURCE_EXHAUSTED; 0 or absent: no limit. */
   readonly maxInFlightCalls?: number;
-  /** Methods the in-flight cap never refuses (GetModelInfo: cheap, and what clients ask under load too). */
+  /** Methods allowed past the in-flight cap, up to twice it (GetModelInfo: what clients ask under load too). */
   readonly lightMethods?: readonly string[];
   /** Connections get GOAWAY after this long (clients reconnect and re-resolve); 0 or absent: never. Calls in flight keep their deadline. */
   readonly maxConnectionAgeMs?: number;
@@ -165,7 +165,7 @@ export class GrpcServer {
     if (!closed) {
       if (drained) log.info('closing health watches and other streams outside admission');
       else {
-        const over = new VlmError('UNAVAILABLE', `the service is shutting down and its ${grace} ms drain is over; retry on another replica`, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
+        const over = VlmError.shuttingDown(`the service is shutting down and its ${grace} ms drain is over; retry on another replica`);
         // Calls in a handler end through their signals; calls still sending their request, here.
         const ended = (this.options.activeCalls?.abortAll(over) ?? 0) + this.admission.refuseUnread(over);
         log.warn('grace period over; ending calls still in flight', { inFlight: this.admission.active, ended });
@@ -182,14 +182,14 @@ export class GrpcServer {
 }
 
 const EXEMPT_CLOSE_MS = 1000;
+/** How long calls ended at the end of a drain get to send their statuses. */
+const STATUS_FLUSH_MS = 1000;
 
 /** A start that cannot bind is the operator's to fix, and a port in use is the usual reason. */
 function cannotListen(what: string, err: Error): VlmError {
   const inUse = /EADDRINUSE/.test(err.message) ? ' (the port is taken: is another vlm serve running? stop it, or choose another port)' : '';
   return new VlmError('FAILED_PRECONDITION', `${what}: ${err.message}${inUse}`, { cause: err });
 }
-/** How long calls ended at the end of a drain get to send their statuses. */
-const STATUS_FLUSH_MS = 1000;
 
 function within(p: Promise<void>, ms: number): Promise<boolean> {
   return new Promise((resolve) => {

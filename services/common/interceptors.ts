@@ -51,9 +51,34 @@ export const INFRASTRUCTURE_RECEIVING_MAX = 8;
 /** How long a health or reflection request may take to arrive, whatever its deadline. */
 export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
 
-/** Health and reflection: never counted, limited or refused for load (probes, tooling). */
+/**
+ * Health and reflection: never counted against the in-flight cap or refused for load or drain
+ * (probes, tooling); only how many may be arriving at once is bounded (Admission).
+ */
 function isServiceInfrastructure(path: string): boolean {
   return path.startsWith(HEALTH_PREFIX) || path.startsWith(REFLECTION_PREFIX);
+}
+
+/** RESOURCE_EXHAUSTED QUEUE_FULL for the admission limits, retried after IN_FLIGHT_RETRY_MS. */
+function queueFull(message: string): VlmError {
+  return new VlmError('RESOURCE_EXHAUSTED', message, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
+}
+
+/**
+ * Calls `arrived` once the call's request is in: at its first message for a streamed request (its
+ * handler runs from the start), at the half-close for a single-message one (grpc-js starts that
+ * handler only then, so a message without the end of its stream is not yet a request).
+ */
+function onRequestArrived(builder: ServerListenerBuilder, method: { readonly requestStream: boolean }, arrived: () => void): ServerListenerBuilder {
+  return builder
+    .withOnReceiveMessage((message, next) => {
+      if (method.requestStream) arrived();
+      next(message);
+    })
+    .withOnReceiveHalfClose((next) => {
+      arrived();
+      next();
+    });
 }
 
 /** A call whose only interception is `listener` (metadata, messages); its responses pass untouched. */
@@ -208,20 +233,15 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
     if (Number.isFinite(Number(call.getDeadline()))) return new ServerInterceptingCall(call);
     let timer: NodeJS.Timeout | undefined;
     const stop = (): void => clearTimeout(timer);
-    const listener = new ServerListenerBuilder()
-      .withOnReceiveMetadata((metadata, next) => {
+    const listener = onRequestArrived(
+      new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         timer = setTimeout(() => reject(call, new VlmError('DEADLINE_EXCEEDED', `the request message did not arrive within ${waitMs / 1000} s of its headers`)), waitMs);
         timer.unref();
         next(metadata);
-      })
-      .withOnReceiveMessage((message, next) => {
-        if (method.requestStream) stop();
-        next(message);
-      })
-      .withOnReceiveHalfClose((next) => {
-        stop();
-        next();
-      })
+      }),
+      method,
+      stop,
+    )
       .withOnCancel(stop)
       .build();
     const responder = new ResponderBuilder()
@@ -394,10 +414,10 @@ export class Admission {
   private refusal(caller: string, light: boolean): VlmError | null {
     if (this.maxInFlight <= 0) return null;
     if (light) {
-      return this.inFlight < 2 * this.maxInFlight ? null : new VlmError('RESOURCE_EXHAUSTED', `this replica holds twice its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
+      return this.inFlight < 2 * this.maxInFlight ? null : queueFull(`this replica holds twice its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`);
     }
     if (this.inFlight >= this.maxInFlight) {
-      return new VlmError('RESOURCE_EXHAUSTED', `this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS });
+      return queueFull(`this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`);
     }
     if (caller === '' || this.inFlight < this.maxInFlight - this.reservedInFlight) return null;
     const held = this.byCaller.get(caller) ?? 0;
@@ -405,11 +425,7 @@ export class Admission {
     const share = Math.max(1, Math.floor(this.maxInFlight / (callers + 1)));
     if (held < share) return null;
     // The caller's own count only: other callers' names and counts are not theirs to see.
-    return new VlmError(
-      'RESOURCE_EXHAUSTED',
-      `this replica keeps its last ${this.reservedInFlight} of ${this.maxInFlight} places for calls (--max-inflight-calls) for callers below their share, and this caller holds ${held}; retry later`,
-      { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS },
-    );
+    return queueFull(`this replica keeps its last ${this.reservedInFlight} of ${this.maxInFlight} places for calls (--max-inflight-calls) for callers below their share, and this caller holds ${held}; retry later`);
   }
 
   get active(): number {
@@ -451,10 +467,10 @@ export class Admission {
       receiving = false;
       this.infrastructureReceiving--;
     };
-    const listener = new ServerListenerBuilder()
-      .withOnReceiveMetadata((metadata, next) => {
+    const listener = onRequestArrived(
+      new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         if (this.infrastructureReceiving >= INFRASTRUCTURE_RECEIVING_MAX) {
-          reject(call, new VlmError('RESOURCE_EXHAUSTED', `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)`, { reason: 'QUEUE_FULL', retryDelayMs: IN_FLIGHT_RETRY_MS }));
+          reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)`));
           return;
         }
         receiving = true;
@@ -466,16 +482,10 @@ export class Admission {
         }, INFRASTRUCTURE_ARRIVAL_MS);
         timer.unref();
         next(metadata);
-      })
-      .withOnReceiveMessage((message, next) => {
-        // Reflection streams its requests: it is in at its first. Health is in at the half-close.
-        if (method.requestStream) done();
-        next(message);
-      })
-      .withOnReceiveHalfClose((next) => {
-        done();
-        next();
-      })
+      }),
+      method,
+      done,
+    )
       .withOnCancel(done)
       .build();
     return listening(call, listener);
@@ -498,39 +508,30 @@ export class Admission {
         }
         if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
       };
-      const listener = new ServerListenerBuilder()
-        .withOnReceiveMetadata((metadata, next) => {
-          if (this.draining) {
-            reject(call, new VlmError('UNAVAILABLE', 'the service is shutting down; retry on another replica', { reason: 'SHUTTING_DOWN', retryDelayMs: 0 }));
-            return;
-          }
-          const named = metadata.get(CALLER_KEY)[0];
-          const refused = this.refusal(typeof named === 'string' ? named : '', this.lightPaths.has(method.path));
-          if (refused) {
-            reject(call, refused);
-            return;
-          }
-          counted = true;
-          this.inFlight++;
-          this.unread.set(call, (err) => {
-            reject(call, err);
-            release();
-          });
-          if (typeof named === 'string' && named !== '') {
-            caller = named;
-            this.byCaller.set(caller, (this.byCaller.get(caller) ?? 0) + 1);
-          }
-          next(metadata);
-        })
-        .withOnReceiveMessage((message, next) => {
-          if (method.requestStream) this.unread.delete(call);
-          next(message);
-        })
-        .withOnReceiveHalfClose((next) => {
-          // A single-message request reaches its handler only at the half-close.
-          this.unread.delete(call);
-          next();
-        })
+      const admitting = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
+        if (this.draining) {
+          reject(call, VlmError.shuttingDown('the service is shutting down; retry on another replica'));
+          return;
+        }
+        const named = metadata.get(CALLER_KEY)[0];
+        const refused = this.refusal(typeof named === 'string' ? named : '', this.lightPaths.has(method.path));
+        if (refused) {
+          reject(call, refused);
+          return;
+        }
+        counted = true;
+        this.inFlight++;
+        this.unread.set(call, (err) => {
+          reject(call, err);
+          release();
+        });
+        if (typeof named === 'string' && named !== '') {
+          caller = named;
+          this.byCaller.set(caller, (this.byCaller.get(caller) ?? 0) + 1);
+        }
+        next(metadata);
+      });
+      const listener = onRequestArrived(admitting, method, () => this.unread.delete(call))
         .withOnCancel(release)
         .build();
       const responder = new ResponderBuilder()

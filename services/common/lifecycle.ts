@@ -3,7 +3,7 @@
  * NOT_SERVING through the warm-up; during the load itself they get a refused connection, which the
  * startup probe allows for), warm up, then SERVING; on stop, drain the server and close the pool.
  */
-import { hostPort, localAddress, type Config } from '../../shared/config';
+import { hostPort, isLoopbackAddress, localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
 import type { GrpcServer } from './grpc-server';
@@ -19,10 +19,6 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
-}
-
 export async function serve(
   server: GrpcServer,
   backend: InferenceBackend,
@@ -35,7 +31,7 @@ export async function serve(
   try {
     bound = await server.listen(config.services.host, port);
     // Mutual TLS (a client CA) authenticates callers too.
-    if (config.rpc.auth === null && config.tls.caFile === null && !isLoopback(config.services.host)) {
+    if (config.rpc.auth === null && config.tls.caFile === null && !isLoopbackAddress(config.services.host)) {
       log.warn('listening beyond this host without authentication: anyone who reaches the port may call it (set VLM_AUTH_TOKEN_FILE, or --host 127.0.0.1)', { address: hostPort(config.services.host, bound) });
     }
     if (config.services.healthPort > 0) {

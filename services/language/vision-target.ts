@@ -4,7 +4,7 @@
  * warning and the logs all see the same addresses.
  */
 import { isIP } from 'node:net';
-import { localAddress, type Config } from '../../shared/config';
+import { isLoopbackAddress, localAddress, type Config } from '../../shared/config';
 import { VlmError } from '../../shared/errors';
 
 export interface VisionTarget {
@@ -40,10 +40,10 @@ const SCHEME = /^(dns|ipv4|ipv6|unix):/;
 
 export function parseVisionTarget(configured: string): VisionTarget {
   const trimmed = configured.trim();
-  if (SCHEME.test(trimmed)) return { configured, channel: trimmed, loopback: isLoopback(trimmed) };
+  if (SCHEME.test(trimmed)) return { configured, channel: trimmed, loopback: isLoopbackAddress(trimmed) };
   const parts = trimmed.split(',').map((s) => s.trim()).filter(Boolean);
   if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
-  return { configured, channel: parts.length === 1 ? parts[0]! : staticList(parts), loopback: isLoopback(parts.join(',')) };
+  return { configured, channel: parts.length === 1 ? parts[0]! : staticList(parts), loopback: isLoopbackAddress(parts.join(',')) };
 }
 
 function staticList(parts: readonly string[]): string {
@@ -57,10 +57,4 @@ function staticList(parts: readonly string[]): string {
     throw VlmError.invalid('--vision-target', 'a list must hold IP addresses of one family (ip:port,ip:port); for host names use one DNS name, e.g. dns:///vision.vlm.svc:50051');
   }
   return `${family === 4 ? 'ipv4' : 'ipv6'}:${hosts.map((h) => h.raw).join(',')}`;
-}
-
-function isLoopback(target: string): boolean {
-  if (target.startsWith('unix:')) return true;
-  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
-  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
 }

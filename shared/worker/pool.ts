@@ -104,10 +104,11 @@ export class InferencePool {
   private readonly queue = new FairQueue<Task>();
   private nextId = 1;
   private closed = false;
-  /** Replacement workers being started. */
-  private starting = 0;
-  /** Their starts, each settled once its worker is attached, stopped after a close, or failed. */
-  private readonly startingAttempts = new Set<Promise<void>>();
+  /**
+   * Replacement workers being started, by their start: each leaves once it has loaded or failed, and
+   * settles once its worker is attached, stopped after a close, or its retry scheduled.
+   */
+  private readonly starting = new Set<Promise<void>>();
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
   private readonly availabilityListeners = new Set<(available: boolean) => void>();
@@ -229,7 +230,7 @@ export class InferencePool {
    * when a call's headers arrive, before its request message is received.
    */
   refusal(caller = ''): VlmError | null {
-    if (this.closed) return shuttingDown('the inference pool is shut down');
+    if (this.closed) return VlmError.shuttingDown('the inference pool is shut down');
     if (this.workerless) return noWorker();
     if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
     if (this.queue.victimFor(caller) !== undefined) return null;
@@ -265,10 +266,10 @@ export class InferencePool {
     this.closed = true;
     for (const t of this.restartTimers) clearTimeout(t);
     this.restartTimers.clear();
-    for (const t of this.queue.drain()) this.settle(t, shuttingDown('the inference pool is shutting down'));
+    for (const t of this.queue.drain()) this.settle(t, VlmError.shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    await Promise.all([...this.slots.map((s) => this.stopWorker(s)), ...this.startingAttempts]);
+    await Promise.all([...this.slots.map((s) => this.stopWorker(s)), ...this.starting]);
     this.slots.length = 0;
   }
 
@@ -283,7 +284,7 @@ export class InferencePool {
   private async stopWorker(s: Slot): Promise<void> {
     const task = s.task;
     if (task) {
-      const reason = shuttingDown('the inference pool shut down while the request ran');
+      const reason = VlmError.shuttingDown('the inference pool shut down while the request ran');
       this.settle(task, reason);
       s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
       const warnAt = Date.now() + STOP_WAIT_MS;
@@ -301,7 +302,7 @@ export class InferencePool {
 
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
-      if (this.closed) return reject(shuttingDown('the inference pool is shut down'));
+      if (this.closed) return reject(VlmError.shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(reasonOf(options.signal));
       const caller = options.caller ?? '';
       const refused = this.refusal(caller);
@@ -405,7 +406,7 @@ export class InferencePool {
 
   /** No worker is running and none is being started: nothing can run a job. */
   private get workerless(): boolean {
-    return this.slots.length === 0 && this.starting === 0;
+    return this.slots.length === 0 && this.starting.size === 0;
   }
 
   /** The slot is free once its worker has answered (result or error), aborted jobs included. */
@@ -421,7 +422,7 @@ export class InferencePool {
     // not already), and stopWorker need not wait for it. Nothing replaces it, so the caller is told
     // to go elsewhere, not that a replacement is coming.
     if (this.closed && slot.task) {
-      this.settle(slot.task, shuttingDown(`the inference worker exited (code ${code}) while the pool shut down`));
+      this.settle(slot.task, VlmError.shuttingDown(`the inference worker exited (code ${code}) while the pool shut down`));
       slot.task = undefined;
     }
     if (i < 0 || this.closed) return;
@@ -433,19 +434,18 @@ export class InferencePool {
   }
 
   private replace(index: number, attempt: number): void {
-    this.starting++;
     // Tracked for close(), which must not end the process while this worker loads: terminating it,
     // or exiting, inside a native session create aborts the process (see stopWorker).
     const start: Promise<void> = InferencePool.startWorker(this.deps, index, this.identity)
       .then(async ({ worker }) => {
-        this.starting--;
+        this.starting.delete(start);
         if (this.closed) return void (await worker.terminate());
         this.attach(worker);
         const next = this.queue.shift();
         if (next) this.dispatch(this.slots[this.slots.length - 1]!, next);
       })
       .catch((err: unknown) => {
-        this.starting--;
+        this.starting.delete(start);
         if (this.closed) return;
         const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
@@ -458,9 +458,8 @@ export class InferencePool {
         }, delayMs);
         timer.unref();
         this.restartTimers.add(timer);
-      })
-      .finally(() => this.startingAttempts.delete(start));
-    this.startingAttempts.add(start);
+      });
+    this.starting.add(start);
   }
 }
 
@@ -499,10 +498,6 @@ function noWorker(): VlmError {
  */
 function workerExited(code: number): VlmError {
   return new VlmError('INTERNAL', `the inference worker exited (code ${code}) while running this request; it is being replaced`, { reason: 'WORKER_LOST' });
-}
-
-function shuttingDown(message: string): VlmError {
-  return new VlmError('UNAVAILABLE', message, { reason: 'SHUTTING_DOWN', retryDelayMs: 0 });
 }
 
 /** The wait for a worker as `vlm.queue`, then the worker's own spans, all under the caller's span. */
