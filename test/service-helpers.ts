@@ -3,6 +3,7 @@
  * grpc.health.v1 and server reflection, as any external tool would use them.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
+import type { ClientHttp2Session, ClientHttp2Stream, IncomingHttpHeaders } from 'node:http2';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, ServerCredentials, type ChannelOptions, type Server, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
@@ -145,4 +146,29 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A gRPC message frame announcing `announced` bytes of which only `sent` follow: a request never complete. */
+export function partialMessage(announced: number, sent: number): Buffer {
+  const frame = Buffer.alloc(5 + sent);
+  frame.writeUInt32BE(announced, 1);
+  return frame;
+}
+
+/**
+ * A gRPC call made by hand over HTTP/2, for what no client library sends: `write` goes out as is and
+ * the stream is left open. `status` resolves to the call's grpc-status and message, from the trailers
+ * or, for a trailers-only answer, from the response headers.
+ */
+export function rawCall(session: ClientHttp2Session, path: string, options: { headers?: Record<string, string>; write?: Buffer } = {}): { stream: ClientHttp2Stream; status: Promise<{ code: number; message: string }> } {
+  const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...options.headers }, { endStream: false });
+  if (options.write) stream.write(options.write);
+  stream.on('error', () => undefined);
+  const trailers = new Promise<IncomingHttpHeaders>((resolve) => stream.on('trailers', resolve));
+  const headers = new Promise<IncomingHttpHeaders>((resolve) => stream.on('response', resolve));
+  const status = Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]).then((h) => ({
+    code: Number(h['grpc-status']),
+    message: decodeURIComponent(String(h['grpc-message'] ?? '')),
+  }));
+  return { stream, status };
 }

@@ -11,7 +11,8 @@ import { startVisionService } from '../services/vision/server';
 import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
 import { ask, pairConfig, request, shapesImage } from './reliability-helpers';
-import { collect, eventually } from './service-helpers';
+import { collect, eventually, partialMessage, rawCall } from './service-helpers';
+import type { RunningService } from '../services/common/lifecycle';
 
 function capped(cap: number) {
   const base = pairConfig({ visionTarget: '127.0.0.1:1' });
@@ -21,46 +22,61 @@ function capped(cap: number) {
 /** Opens a call of `path` whose 1000-byte request never finishes arriving; it holds a place until closed. */
 function halfSent(address: string, path: string): () => void {
   const session = connect(`http://${address}`);
-  const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
-  const frame = Buffer.alloc(15);
-  frame.writeUInt32BE(1000, 1);
-  stream.write(frame);
-  stream.on('error', () => undefined);
+  rawCall(session, path, { write: partialMessage(1000, 10) });
   return () => session.destroy();
 }
 
-describe('the in-flight cap of the services', () => {
-  it('vision: refuses a second Encode past a cap of 1, and still answers GetModelInfo', async () => {
-    const vision = await startVisionService(capped(1), { port: 0 });
-    const client = new VisionServiceClient(vision.address, credentials.createInsecure());
-    const close = halfSent(vision.address, '/vlm.v1.VisionService/Encode');
-    try {
-      await eventually(() => vision.activeCalls() === 1);
-      const refused = (await collect(client.encode({ image: await shapesImage(), policy: undefined, limits: undefined }))).error;
-      expect([refused?.code, refused?.details]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'this replica is at its limit of 1 calls in flight (--max-inflight-calls); retry later']);
-      const info = await new Promise<ServiceError | null>((resolve) => client.getModelInfo({}, (err) => resolve(err)));
-      expect(info).toBeNull();
-    } finally {
-      close();
-      client.close();
-      await vision.stop();
-    }
-  });
+/** What the test asks of one service: its own method, GetModelInfo, and closing the client. */
+interface Side {
+  readonly start: () => Promise<RunningService>;
+  readonly path: string;
+  readonly connect: (address: string) => { ownCall(): Promise<ServiceError | null>; modelInfo(): Promise<ServiceError | null>; close(): void };
+}
 
-  it('language: refuses a second Generate past a cap of 1, and still answers GetModelInfo', async () => {
-    const language = await startLanguageService(capped(1), { port: 0 });
-    const client = new LanguageServiceClient(language.address, credentials.createInsecure());
-    const close = halfSent(language.address, '/vlm.v1.LanguageService/Generate');
+const modelInfoOf = (client: { getModelInfo(req: object, cb: (err: ServiceError | null) => void): unknown }) => new Promise<ServiceError | null>((resolve) => client.getModelInfo({}, (err) => resolve(err)));
+
+const SIDES: Record<'vision' | 'language', Side> = {
+  vision: {
+    start: () => startVisionService(capped(1), { port: 0 }),
+    path: '/vlm.v1.VisionService/Encode',
+    connect: (address) => {
+      const client = new VisionServiceClient(address, credentials.createInsecure());
+      return {
+        ownCall: async () => (await collect(client.encode({ image: await shapesImage(), policy: undefined, limits: undefined }))).error,
+        modelInfo: () => modelInfoOf(client),
+        close: () => client.close(),
+      };
+    },
+  },
+  language: {
+    start: () => startLanguageService(capped(1), { port: 0 }),
+    path: '/vlm.v1.LanguageService/Generate',
+    connect: (address) => {
+      const client = new LanguageServiceClient(address, credentials.createInsecure());
+      return {
+        ownCall: async () => (await ask(client, request(await shapesImage()))).error,
+        modelInfo: () => modelInfoOf(client),
+        close: () => client.close(),
+      };
+    },
+  },
+};
+
+describe('the in-flight cap of the services', () => {
+  it.each(['vision', 'language'] as const)('%s: refuses a second call of its own method past a cap of 1, and still answers GetModelInfo', async (name) => {
+    const side = SIDES[name];
+    const service = await side.start();
+    const client = side.connect(service.address);
+    const close = halfSent(service.address, side.path);
     try {
-      await eventually(() => language.activeCalls() === 1);
-      const refused = (await ask(client, request(await shapesImage()))).error;
+      await eventually(() => service.activeCalls() === 1);
+      const refused = await client.ownCall();
       expect([refused?.code, refused?.details]).toEqual([GrpcCode.RESOURCE_EXHAUSTED, 'this replica is at its limit of 1 calls in flight (--max-inflight-calls); retry later']);
-      const info = await new Promise<ServiceError | null>((resolve) => client.getModelInfo({}, (err) => resolve(err)));
-      expect(info).toBeNull();
+      expect(await client.modelInfo()).toBeNull();
     } finally {
       close();
       client.close();
-      await language.stop();
+      await service.stop();
     }
   });
 });

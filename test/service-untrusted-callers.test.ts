@@ -11,7 +11,7 @@ import { GrpcServer } from '../services/common/grpc-server';
 import { INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
-import { collect, eventually, healthClient } from './service-helpers';
+import { collect, eventually, healthClient, partialMessage, rawCall } from './service-helpers';
 import { startLanguageService } from '../services/language/server';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
@@ -178,16 +178,9 @@ describe('health requests still arriving on the main port (its receive limit is 
     const session = connect(`http://${address}`);
     const client = healthClient(address) as HealthClient;
     try {
-      // Each announces a 4 MiB message and sends 1 KiB of it: grpc-js would buffer the lot.
-      const frame = Buffer.alloc(1029);
-      frame.writeUInt32BE(4 << 20, 1);
-      const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => {
-        // A deadline of days claimed: the limit on arriving is the service's own.
-        const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '2000000S' }, { endStream: false });
-        stream.write(frame);
-        stream.on('error', () => undefined);
-        return stream;
-      });
+      // Each announces a 4 MiB message and sends 1 KiB of it: grpc-js would buffer the lot. A deadline
+      // of days claimed: the limit on arriving is the service's own.
+      const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => rawCall(session, '/grpc.health.v1.Health/Check', { headers: { 'grpc-timeout': '2000000S' }, write: partialMessage(4 << 20, 1024) }).stream);
       await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
       const refused = await check(client, '');
       expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)` });
@@ -203,42 +196,22 @@ describe('health requests still arriving on the main port (its receive limit is 
 });
 
 describe('a call whose request message never comes', () => {
-  it('is ended with DEADLINE_EXCEEDED once the wait is over, and no longer counts as in flight', async () => {
+  // Headers only (no message, no end of stream, no grpc-timeout); or an empty message, complete, whose
+  // stream is never ended (a single-message request's handler starts only at the end of its stream).
+  it.each([
+    ['is ended with DEADLINE_EXCEEDED once the wait is over, and no longer counts as in flight', undefined],
+    ['is ended the same way when its message came whole but the stream was never ended', Buffer.alloc(5)],
+  ])('%s', async (_, write) => {
     // A window a loaded machine does not outlast before the test sees the call in flight.
     const server = startServer(1500);
     const port = await server.listen('127.0.0.1', 0);
     const session = connect(`http://127.0.0.1:${port}`);
     try {
-      // Headers only: no message, no end of stream, no grpc-timeout.
-      const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
-      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.on('trailers', resolve));
-      const headers = new Promise<Record<string, unknown>>((resolve) => stream.on('response', resolve));
-      stream.on('error', () => undefined);
+      const { status } = rawCall(session, '/vlm.v1.VisionService/Encode', { write });
       await eventually(() => server.activeCalls === 1, 2000);
-      // A trailers-only answer carries its status in the headers.
-      const status = await Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]);
-      expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
-      expect(decodeURIComponent(String(status['grpc-message']))).toMatch(/request message did not arrive within 1.5 s/);
-      await eventually(() => server.activeCalls === 0, 2000);
-    } finally {
-      session.destroy();
-      await server.stop();
-    }
-  }, 20_000);
-
-  it('is ended the same way when its message came whole but the stream was never ended (its handler starts only then)', async () => {
-    const server = startServer(1500);
-    const port = await server.listen('127.0.0.1', 0);
-    const session = connect(`http://127.0.0.1:${port}`);
-    try {
-      const stream = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: '/vlm.v1.VisionService/Encode', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
-      stream.write(Buffer.alloc(5)); // an empty message, complete; no END_STREAM follows
-      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.on('trailers', resolve));
-      const headers = new Promise<Record<string, unknown>>((resolve) => stream.on('response', resolve));
-      stream.on('error', () => undefined);
-      await eventually(() => server.activeCalls === 1, 2000);
-      const status = await Promise.race([trailers, headers.then((h) => (h['grpc-status'] !== undefined ? h : trailers))]);
-      expect(Number(status['grpc-status'])).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      const { code, message } = await status;
+      expect(code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(message).toMatch(/request message did not arrive within 1.5 s/);
       await eventually(() => server.activeCalls === 0, 2000);
     } finally {
       session.destroy();
