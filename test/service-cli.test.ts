@@ -4,13 +4,14 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { connect, type ClientHttp2Session } from 'node:http2';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { eventually, healthStatus, stopServeAll, vlm } from './service-helpers';
+import { eventually, healthStatus, partialMessage, rawCall, sleep, stopServeAll, vlm } from './service-helpers';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
@@ -246,6 +247,41 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
     expect(stderr).toMatch(/"msg":"stopped while starting","signal":"SIGTERM"/);
     expect(stderr).not.toMatch(/"msg":"serving"/);
   }, 30_000);
+});
+
+describe('vlm serve <role>, signalled again while it drains', () => {
+  let server: ChildProcess | undefined;
+  let session: ClientHttp2Session | undefined;
+  afterEach(() => {
+    session?.destroy();
+    if (server && running(server)) server.kill('SIGKILL');
+  });
+
+  it('ends the process at once on a second SIGTERM past the repeat window, without waiting out the grace', async () => {
+    const port = await freePort();
+    server = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], {
+      cwd: ROOT,
+      env: { ...process.env, VLM_SHUTDOWN_GRACE_MS: '120000' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const child = server;
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    await eventually(() => /"msg":"serving"/.test(stderr), 60_000, 100);
+    // A call whose request never completes holds the drain open for the whole two-minute grace.
+    session = connect(`http://127.0.0.1:${port}`);
+    rawCall(session, '/vlm.v1.VisionService/Encode', { headers: { 'grpc-timeout': '300S' }, write: partialMessage(100, 10) });
+    await sleep(300);
+    child.kill('SIGTERM');
+    await eventually(() => /"msg":"draining"/.test(stderr), 10_000, 50);
+    await sleep(2500); // past the window in which a repeat counts as the same stop
+    expect(running(child)).toBe(true);
+    child.kill('SIGTERM');
+    const end = await Promise.race([exited, sleep(20_000).then(() => 'still running' as const)]);
+    expect(end).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(stderr).toMatch(/"msg":"second signal; exiting now","signal":"SIGTERM"/);
+  }, 90_000);
 });
 
 describe('vlm serve <role> with eager sessions', () => {
