@@ -33,7 +33,8 @@ import type { EncodeResult, VisualTokens } from '../engine/encode-image';
 import type { GenerateResult, OnDelta } from '../engine/generate';
 import type { SamplingParams } from '../engine/sampling';
 import type { AskResult, FromWorker, Job, JobResult, JobResultOf, ToWorker, WarmUp, WorkerInit } from './protocol';
-import { SpanName } from '../telemetry/names';
+import { ATTR_ERROR_TYPE, SpanName } from '../telemetry/names';
+import { isServerFault } from '../telemetry/span-status';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { tracingEnabled } from '../telemetry/state';
 import { FairQueue } from './fair-queue';
@@ -367,6 +368,10 @@ export class InferencePool {
 
   private settle(task: Task, outcome: VlmError | { result: JobResult }): void {
     if (task.onAbort) task.options.signal?.removeEventListener('abort', task.onAbort);
+    // A job ended while still queued (its deadline, a cancel, shed, the pool closing) never reaches a
+    // worker, whose answer is where the wait is otherwise recorded: without this its trace would show
+    // the request's time with nothing inside to explain it.
+    if (task.trace && task.trace.dispatchedAt === undefined && outcome instanceof VlmError) replayUndispatched(task.trace, outcome);
     if (outcome instanceof VlmError) task.reject(outcome);
     else task.resolve(outcome.result);
   }
@@ -504,6 +509,13 @@ function workerExited(code: number): VlmError {
 function replayJobSpans(trace: NonNullable<Task['trace']>, spans: readonly SpanTiming[] = []): void {
   const queued: SpanTiming = { name: SpanName.Queue, attributes: {}, startMs: trace.queuedAt, endMs: trace.dispatchedAt ?? trace.queuedAt, parent: -1, events: [] };
   replaySpans([queued, ...spans.map((s) => ({ ...s, parent: s.parent < 0 ? -1 : s.parent + 1 }))], trace.parent);
+}
+
+/** The wait of a job that ended before any worker took it, as `vlm.queue` ending now with its error. */
+function replayUndispatched(trace: NonNullable<Task['trace']>, err: VlmError): void {
+  const queued: SpanTiming = { name: SpanName.Queue, attributes: { [ATTR_ERROR_TYPE]: err.code }, startMs: trace.queuedAt, endMs: epochMillis(), parent: -1, events: [] };
+  if (isServerFault(err.code)) queued.status = { code: 'ERROR', message: err.message };
+  replaySpans([queued], trace.parent);
 }
 
 /** Whether a view spans its whole buffer: only then can the buffer move without taking other data along. */
