@@ -131,7 +131,10 @@ describe('one trace across vlm-language and vlm-vision (two processes)', () => {
     expect(layers.every((l) => l.parentSpanId === prefill.spanId)).toBe(true);
     expect(all('vlm-language', 'vlm.reduce').some((r) => layers.some((l) => l.spanId === r.parentSpanId))).toBe(true);
     const decode = one('vlm-language', 'vlm.decode');
-    expect(decode.events.filter((e) => e.name === 'vlm.token')).toHaveLength(Number(decode.attributes['vlm.tokens.out']));
+    const tokens = decode.events.filter((e) => e.name === 'vlm.token');
+    expect(tokens).toHaveLength(Number(decode.attributes['vlm.tokens.out']));
+    // Each token's index, not its id: ids decode back to the answer, and content capture is opt-in.
+    expect(tokens.map((e) => e.attributes)).toEqual(tokens.map((_, i) => ({ 'vlm.token.index': i })));
     // the worker's spans keep their order on the time axis (to within the SDK's millisecond anchoring
     // of span start times: each span's clock is Date.now() plus a performance.now() duration)
     const slack = 2_000_000n;

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { otlpMetricExporter, startTelemetry, shutdownTelemetry, telemetryResource, telemetrySettings } from '../shared/telemetry/sdk';
-import { tracingEnabled } from '../shared/telemetry/state';
+import { captureContent, tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
 import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
@@ -46,6 +46,20 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
         await exporter.shutdown();
       }
     }
+  });
+});
+
+describe('captureContent: token ids on spans only when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT asks', () => {
+  it.each([
+    [undefined, false],
+    ['', false],
+    ['false', false],
+    ['yes', false],
+    ['true', true],
+    ['TRUE', true],
+    [' 1 ', true],
+  ])('%j -> %s', (value, expected) => {
+    expect(captureContent(value === undefined ? {} : { OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: value })).toBe(expected);
   });
 });
 

@@ -55,6 +55,15 @@ describe('spans of real requests', () => {
     expect(new Set(budgets.map((b) => b.split('=')[1]))).toEqual(new Set(['default']));
   });
 
+  it('carry a token budget as a string too, so the attribute keeps one type whatever the request set', async () => {
+    const spans = await generateSpans(async () => {
+      expect((await ask(pair.client, request(await shapesImage(), { policy: { preset: 'ficoco-vl', budget: { $case: 'budgetTokens', budgetTokens: 8 } } }))).error).toBeNull();
+    });
+    const budgets = spans.map((s) => s.attributes['vlm.reduction.budget']).filter((b) => b !== undefined);
+    expect(budgets.length).toBeGreaterThan(1);
+    expect(new Set(budgets)).toEqual(new Set(['8']));
+  });
+
   it("record a caller's bad image with its code, from the worker and the main thread alike, and leave the status UNSET", async () => {
     const spans = await generateSpans(async () => {
       // A PNG signature on bytes that are no PNG: through validation, refused by the worker's decoder.

@@ -13,6 +13,7 @@
  * same layer, run on that layer's attention inputs.
  */
 import { withSpan } from '../telemetry/with-span';
+import { captureContent } from '../telemetry/state';
 import {
   ATTR_VLM_FINISH_REASON,
   ATTR_VLM_TOKEN_ID,
@@ -104,19 +105,20 @@ export async function generate(
   const schedule = resolveLanguageSchedule(policy, { ...model.languageGeometry, visualTokens: N });
   const reducer = getLanguageReducer(schedule.method);
   const options = optionsOf(policy);
-  const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
-  const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
-  fitMaxTokens(arch.max_positions, { value: sampling.maxNewTokens, set: true }, prompt.prefix.length + prompt.suffix.length, N);
   const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
-  // The last token is sampled, never fed back: decode appends at most maxNewTokens - 1 rows.
-  const runner = new LanguageStageRunner(model.bundle.stages, m, ctx, Math.max(0, sampling.maxNewTokens - 1));
   const flops = emptyFlops();
   const perLayerVisualTokens: number[] = [];
   checkContinue(ctx);
 
-  // ---- prefill ----
+  // ---- prefill: the prompt's assembly to the first token's logits, as its span and metric say ----
   let t0 = performance.now();
-  await withSpan(SpanName.Prefill, { ...attrs, [ATTR_VLM_TOKENS_IN]: promptTokens }, async (span) => {
+  const { runner, promptTokens, firstLogits } = await withSpan(SpanName.Prefill, attrs, async (span) => {
+    const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
+    const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
+    span.setAttribute(ATTR_VLM_TOKENS_IN, promptTokens);
+    fitMaxTokens(arch.max_positions, { value: sampling.maxNewTokens, set: true }, prompt.prefix.length + prompt.suffix.length, N);
+    // The last token is sampled, never fed back: decode appends at most maxNewTokens - 1 rows.
+    const runner = new LanguageStageRunner(model.bundle.stages, m, ctx, Math.max(0, sampling.maxNewTokens - 1));
     const text = await runner.embed([...prompt.prefix, ...prompt.suffix]);
     const P = prompt.prefix.length;
     // In the embedding graph's dtype: visual rows from the hop already are (a caller's float32 rows on a float16 bundle are converted once here).
@@ -172,8 +174,9 @@ export async function generate(
     span.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
     span.setAttribute(ATTR_VLM_FLOPS, flops.prefill + flops.overhead);
     span.setAttribute(ATTR_VLM_REDUCTION_ACHIEVED, mean(perLayerVisualTokens));
+    return { runner, promptTokens, firstLogits: await runner.headLast() };
   });
-  let logits = await runner.headLast();
+  let logits = firstLogits;
   const prefillMs = performance.now() - t0;
 
   // ---- decode ----
@@ -185,6 +188,7 @@ export async function generate(
   let firstToken = 0;
   let decodeSteps = 0;
   let finishReason: FinishReason = 'length';
+  const withContent = captureContent();
   await withSpan(SpanName.Decode, attrs, async (span) => {
     for (let step = 0; ; step++) {
       checkContinue(ctx);
@@ -195,7 +199,7 @@ export async function generate(
         break;
       }
       ids.push(id);
-      span.addEvent(EVENT_TOKEN, { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1, [ATTR_VLM_TOKEN_ID]: id });
+      span.addEvent(EVENT_TOKEN, withContent ? { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1, [ATTR_VLM_TOKEN_ID]: id } : { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1 });
       // Pushed unconditionally: `onDelta?.(decoder.push(id))` would skip the push without a listener.
       const delta = decoder.push(id);
       onDelta?.(delta, id);

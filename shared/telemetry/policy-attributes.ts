@@ -23,12 +23,13 @@ export function policyAttributes(policy: Pick<ReductionPolicy, 'vision' | 'langu
 }
 
 /**
- * A token count, `N%`, or `default` when the request set none: each method then runs at its own
- * default operating point, which is a reduction, not the full token count.
+ * A token count (`192`), `N%`, or `default` when the request set none: each method then runs at its
+ * own default operating point, which is a reduction, not the full token count. Always a string, so a
+ * backend with typed columns keeps one column for the attribute, not one per type.
  */
-export function budgetAttribute(budget: ReductionPolicy['budget']): number | string {
+export function budgetAttribute(budget: ReductionPolicy['budget']): string {
   if (budget === null) return 'default';
-  return 'tokens' in budget ? budget.tokens : `${budget.percent}%`;
+  return 'tokens' in budget ? String(budget.tokens) : `${budget.percent}%`;
 }
 
 /**
