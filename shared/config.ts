@@ -248,6 +248,11 @@ export function packageRoot(): string {
   }
 }
 
+/** This package's version (package.json): the code's version, as `service.version` reports it. */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 /** Builds the Config from parsed flag values and the environment. */
 export function configFrom(values: Values, env: Env = process.env): Config {
   const r = new Reader(values, env);

@@ -1,6 +1,7 @@
 import { createServer } from 'node:net';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { context } from '@opentelemetry/api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -77,6 +78,12 @@ describe('the resource: which process a span or metric came from', () => {
       else process.env.OTEL_RESOURCE_ATTRIBUTES = saved;
     }
   };
+
+  it("has the code's version as service.version (the model's goes in vlm.model.version)", async () => {
+    const { version } = JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
+    expect((await attributesWith(undefined))['service.version']).toBe(version);
+    expect(await attributesWith('vlm.model.version=llava-1.5-7b-r1')).toMatchObject({ 'service.version': version, 'vlm.model.version': 'llava-1.5-7b-r1' });
+  });
 
   it('has a service.instance.id: a random UUID per process unless OTEL_RESOURCE_ATTRIBUTES names one', async () => {
     const a = await attributesWith(undefined);

@@ -14,7 +14,19 @@
  * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
  */
 import { metrics, type Attributes, type Counter, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
-import { ATTR_VLM_AUTH_CREDENTIAL, ATTR_VLM_AUTH_OUTCOME, ATTR_VLM_STAGE, ATTR_VLM_TLS_SET, MetricName, RATE_BUCKETS, SECONDS_BUCKETS, TOKEN_BUCKETS } from './names';
+import {
+  ATTR_VLM_AUTH_CREDENTIAL,
+  ATTR_VLM_AUTH_OUTCOME,
+  ATTR_VLM_STAGE,
+  ATTR_VLM_TLS_SET,
+  FIRST_TOKEN_SECONDS_BUCKETS,
+  MetricName,
+  OUTPUT_TOKEN_SECONDS_BUCKETS,
+  RATE_BUCKETS,
+  REQUEST_SECONDS_BUCKETS,
+  SECONDS_BUCKETS,
+  TOKEN_BUCKETS,
+} from './names';
 
 interface Instruments {
   queueDepth: ObservableGauge;
@@ -36,8 +48,8 @@ function instruments(): Instruments {
   const provider = metrics.getMeterProvider();
   if (bound?.provider === provider) return bound.instruments;
   const meter = metrics.getMeter('vlm');
-  const seconds = (name: string, description: string) =>
-    meter.createHistogram(name, { unit: 's', description, advice: { explicitBucketBoundaries: [...SECONDS_BUCKETS] } });
+  const seconds = (name: string, description: string, buckets: readonly number[] = SECONDS_BUCKETS) =>
+    meter.createHistogram(name, { unit: 's', description, advice: { explicitBucketBoundaries: [...buckets] } });
   const created: Instruments = {
     queueDepth: meter.createObservableGauge(MetricName.QueueDepth, { unit: '{request}', description: 'Requests admitted and waiting for a worker' }),
     tlsExpiry: meter.createObservableGauge(MetricName.TlsExpiry, { unit: 's', description: 'Seconds until the TLS certificates in use stop verifying (negative once they have)' }),
@@ -46,10 +58,10 @@ function instruments(): Instruments {
     stageDuration: seconds(MetricName.StageDuration, 'Duration of one pipeline stage of a request'),
     stageTokens: meter.createHistogram(MetricName.StageTokens, { unit: '{token}', description: 'Tokens leaving a stage (visual tokens after reduction, generated tokens)', advice: { explicitBucketBoundaries: [...TOKEN_BUCKETS] } }),
     tokensPerSecond: meter.createHistogram(MetricName.TokensPerSecond, { unit: '{token}/s', description: 'Decode throughput of one request', advice: { explicitBucketBoundaries: [...RATE_BUCKETS] } }),
-    requestDuration: seconds(MetricName.RequestDuration, 'End-to-end duration of a request inside the service'),
-    timeToFirstToken: seconds(MetricName.TimeToFirstToken, 'From request start to the first generated token'),
-    timePerOutputToken: seconds(MetricName.TimePerOutputToken, 'Decode time per generated token after the first'),
-    encodeDuration: seconds(MetricName.EncodeDuration, 'End-to-end duration of an Encode inside the vision service'),
+    requestDuration: seconds(MetricName.RequestDuration, 'End-to-end duration of a request inside the service', REQUEST_SECONDS_BUCKETS),
+    timeToFirstToken: seconds(MetricName.TimeToFirstToken, 'From request start to the first generated token', FIRST_TOKEN_SECONDS_BUCKETS),
+    timePerOutputToken: seconds(MetricName.TimePerOutputToken, 'Decode time per generated token after the first', OUTPUT_TOKEN_SECONDS_BUCKETS),
+    encodeDuration: seconds(MetricName.EncodeDuration, 'End-to-end duration of an Encode inside the vision service', REQUEST_SECONDS_BUCKETS),
   };
   bound = { provider, instruments: created };
   return created;

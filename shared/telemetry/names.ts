@@ -120,9 +120,24 @@ export const MetricName = {
   AuthCalls: 'vlm.auth.calls',
 } as const;
 
-/** Seconds: from half a millisecond (one small layer on a GPU) to a minute (a long CPU generation). */
+/** Stage seconds: from half a millisecond (one small layer on a GPU) to five minutes (a long CPU generation). */
 export const SECONDS_BUCKETS: readonly number[] = [
-  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+];
+/**
+ * Request seconds (gen_ai.server.request.duration, Encode): the GenAI conventions' advice, doubling
+ * from 10 ms, with 5 ms below it and doubled on to 5.5 minutes, past the longest default deadline.
+ */
+export const REQUEST_SECONDS_BUCKETS: readonly number[] = [
+  0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84, 327.68,
+];
+/** Time to first token: the conventions' advice, on to a minute. */
+export const FIRST_TOKEN_SECONDS_BUCKETS: readonly number[] = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60,
+];
+/** Time per output token: the conventions' advice (10 ms to 2.5 s), with small models' milliseconds below it. */
+export const OUTPUT_TOKEN_SECONDS_BUCKETS: readonly number[] = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5,
 ];
 /** Token counts: powers of two up to a 7B model's context, plus 576 (LLaVA-1.5's 24x24 patches). */
 export const TOKEN_BUCKETS: readonly number[] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 576, 1024, 2048, 4096, 8192];

@@ -24,6 +24,7 @@ import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
 import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
 import { NodeSDK } from '@opentelemetry/sdk-node';
+import { packageVersion } from '../config';
 import { createLogger } from '../log';
 import { setTracingEnabled } from './state';
 
@@ -103,11 +104,12 @@ export function otlpMetricExporter(protocol: OtlpProtocol): OtlpGrpcMetricExport
  * The process's resource. OTEL_RESOURCE_ATTRIBUTES (k8s pod, node; the manifests set
  * service.instance.id to the pod's uid) comes in through envDetector; without a service.instance.id
  * there, each process gets a random one, so replicas of one service stay apart in the backend.
- * Our service name wins over OTEL_SERVICE_NAME.
+ * Our service name wins over OTEL_SERVICE_NAME. service.version is the code's (package.json); the
+ * model's version is `vlm.model.version` (the manifests set it from VLM_MODEL_VERSION).
  */
 export function telemetryResource(serviceName: string): Resource {
   return defaultResource()
-    .merge(resourceFromAttributes({ 'service.instance.id': randomUUID() }))
+    .merge(resourceFromAttributes({ 'service.instance.id': randomUUID(), 'service.version': packageVersion() }))
     .merge(detectResources({ detectors: [envDetector, processDetector, hostDetector] }))
     .merge(resourceFromAttributes({ 'service.name': serviceName }));
 }
