@@ -80,12 +80,12 @@ export function recordingLogger(lines: LogLine[], component: string): Logger {
 export async function stoppedJob(lines: readonly LogLine[], requestId: string, timeoutMs = 10_000): Promise<LogLine & { decode_steps: number; code: string; aborted: boolean }> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const line = lines.find((l) => l['msg'] === 'job stopped early' && l['request_id'] === requestId);
+    const line = lines.find((l) => l['msg'] === 'job stopped early' && l['requestId'] === requestId);
     if (line) return line as LogLine & { decode_steps: number; code: string; aborted: boolean };
-    const completed = lines.find((l) => l['msg'] === 'aborted job ran to completion' && l['request_id'] === requestId);
+    const completed = lines.find((l) => l['msg'] === 'aborted job ran to completion' && l['requestId'] === requestId);
     if (completed) throw new Error(`the job of request ${requestId} was aborted but ran to completion: ${JSON.stringify(completed)}`);
     if (Date.now() > until) {
-      const seen = lines.filter((l) => l['request_id'] === requestId);
+      const seen = lines.filter((l) => l['requestId'] === requestId);
       throw new Error(`no 'job stopped early' line for request ${requestId} within ${timeoutMs} ms; its lines: ${JSON.stringify(seen)}`);
     }
     await new Promise((r) => setTimeout(r, 10));

@@ -138,5 +138,8 @@ describe('the server span of a call that ended without our status', () => {
     const span = await serverSpan('cancel-1');
     const line = lines.find((l) => l['msg'] === 'encoding' && l['requestId'] === 'cancel-1');
     expect(line).toMatchObject({ trace_id: span.traceId, span_id: span.spanId });
+    // The access log's line too, though it is written when the status goes out, outside the span.
+    await eventually(() => lines.some((l) => l['msg'] === 'call' && l['requestId'] === 'cancel-1'));
+    expect(lines.find((l) => l['msg'] === 'call' && l['requestId'] === 'cancel-1')).toMatchObject({ code: 'CANCELLED', trace_id: span.traceId, span_id: span.spanId });
   });
 });

@@ -8,10 +8,10 @@
  */
 import type { ActiveCalls } from './active-calls';
 import type { Metadata } from '@grpc/grpc-js';
-import { trace } from '@opentelemetry/api';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
+import { rememberTrace } from './call-trace';
 
 export interface CallContext {
   readonly signal: AbortSignal;
@@ -100,7 +100,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     requestId,
     caller,
     metadata: source.metadata,
-    log: withFields(options.log, { requestId, ...traceFields() }),
+    log: withFields(options.log, { requestId, ...rememberTrace(source.metadata) }),
   };
   return {
     ctx,
@@ -110,14 +110,6 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
       untrack?.();
     },
   };
-}
-
-/** The active span's ids (the call's server span, on entry), so a log line can be found from its trace and back. */
-function traceFields(): { trace_id?: string; span_id?: string } {
-  const span = trace.getActiveSpan();
-  if (!span?.isRecording()) return {};
-  const { traceId, spanId } = span.spanContext();
-  return { trace_id: traceId, span_id: spanId };
 }
 
 /** A logger that adds `fields` to every line (the shared logger binds components, not fields). */

@@ -26,6 +26,7 @@ import { isTokenName } from '../../shared/auth-tokens';
 import { recordAuth } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
+import { traceOf } from './call-trace';
 
 export const REQUEST_ID_KEY = 'x-request-id';
 /**
@@ -135,6 +136,7 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
   return (method, call) => {
     const started = performance.now();
     let requestId = '';
+    let received: Metadata | undefined;
     let done = false;
     const finish = (code: GrpcCode, details: string): void => {
       if (done) return;
@@ -144,6 +146,7 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
         code: grpcCodeName(code),
         durationMs: Math.round((performance.now() - started) * 10) / 10,
         requestId,
+        ...traceOf(received),
         peer: call.getPeer(),
         ...(code === GrpcCode.OK ? {} : { details }),
       };
@@ -154,6 +157,7 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         requestId = String(metadata.get(REQUEST_ID_KEY)[0] ?? '');
+        received = metadata;
         next(metadata);
       })
       .withOnCancel(() => finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline'))

@@ -293,7 +293,7 @@ export class InferencePool {
       while (s.task === task) {
         if (!warned && Date.now() >= warnAt) {
           warned = true;
-          this.log.warn('an inference worker is still inside a model call after its request was stopped; waiting for the call to return (stopping the worker mid-call would abort the process)', { request_id: task.options.requestId, waited_ms: STOP_WAIT_MS });
+          this.log.warn('an inference worker is still inside a model call after its request was stopped; waiting for the call to return (stopping the worker mid-call would abort the process)', { requestId: task.options.requestId, waited_ms: STOP_WAIT_MS });
         }
         await new Promise((r) => setTimeout(r, 5));
       }
@@ -342,7 +342,7 @@ export class InferencePool {
     const victim = this.queue.victimFor(caller)!;
     const waiting = this.queue.countOf(victim);
     const shed = this.queue.popNewest(victim)!;
-    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, request_id: shed.options.requestId });
+    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, requestId: shed.options.requestId });
     this.settle(
       shed,
       new VlmError('RESOURCE_EXHAUSTED', `shed from the full queue to admit another caller's request: this caller had ${waiting} of the ${this.queue.length + 1} waiting; retry later`, {
@@ -401,7 +401,7 @@ export class InferencePool {
   /** Where a job that was aborted, or ran past its deadline, stopped (its worker's answer is in). */
   private logEarlyEnd(task: Task, msg: Extract<FromWorker, { type: 'result' | 'error' }>): void {
     const aborted = task.abortedAt !== undefined;
-    const fields = { id: task.id, request_id: task.options.requestId, kind: task.job.kind, decode_steps: msg.tokensGenerated, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
+    const fields = { id: task.id, requestId: task.options.requestId, kind: task.job.kind, decode_steps: msg.tokensGenerated, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
     if (msg.type === 'result') {
       if (aborted) this.log.info('aborted job ran to completion', fields);
     } else if (aborted || msg.error.code === 'CANCELLED' || msg.error.code === 'DEADLINE_EXCEEDED') {
