@@ -23,7 +23,7 @@ import {
 import type { Logger } from '../../shared/log';
 import { VlmError } from '../../shared/errors';
 import { isTokenName } from '../../shared/auth-tokens';
-import { recordAuth } from '../../shared/telemetry/metrics';
+import { recordAuth, recordCall } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
 import { traceOf } from './call-trace';
@@ -141,10 +141,12 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
     const finish = (code: GrpcCode, details: string): void => {
       if (done) return;
       done = true;
+      const ms = performance.now() - started;
+      recordCall(ms / 1000, method.path.slice(1), grpcCodeName(code));
       const fields = {
         method: method.path,
         code: grpcCodeName(code),
-        durationMs: Math.round((performance.now() - started) * 10) / 10,
+        durationMs: Math.round(ms * 10) / 10,
         requestId,
         ...traceOf(received),
         peer: call.getPeer(),

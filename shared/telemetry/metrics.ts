@@ -8,6 +8,7 @@
  *   gen_ai_server_time_per_output_token]; Encode's duration in seconds [vlm_encode_duration].
  *   Request durations carry `error.type` (the gRPC code name) on failures.
  * - seconds until the TLS certificates in use expire [vlm_tls_expiry{vlm_tls_set}], for alerts;
+ * - every gRPC call's duration by method and status code, refused calls included [rpc_server_call_duration];
  * - calls the bearer-token check decided [vlm_auth_calls_total{vlm_auth_outcome, vlm_auth_credential}]:
  *   a token being rotated out can be removed once its count stops growing.
  * Histograms declare their unit and explicit buckets. Instruments bind to the meter provider that is
@@ -40,6 +41,7 @@ interface Instruments {
   timeToFirstToken: Histogram;
   timePerOutputToken: Histogram;
   encodeDuration: Histogram;
+  callDuration: Histogram;
 }
 
 let bound: { provider: unknown; instruments: Instruments } | undefined;
@@ -62,6 +64,7 @@ function instruments(): Instruments {
     timeToFirstToken: seconds(MetricName.TimeToFirstToken, 'From request start to the first generated token', FIRST_TOKEN_SECONDS_BUCKETS),
     timePerOutputToken: seconds(MetricName.TimePerOutputToken, 'Decode time per generated token after the first', OUTPUT_TOKEN_SECONDS_BUCKETS),
     encodeDuration: seconds(MetricName.EncodeDuration, 'End-to-end duration of an Encode inside the vision service', REQUEST_SECONDS_BUCKETS),
+    callDuration: seconds(MetricName.CallDuration, 'Duration of a gRPC call from its headers to its status, refused calls included', REQUEST_SECONDS_BUCKETS),
   };
   bound = { provider, instruments: created };
   return created;
@@ -100,6 +103,14 @@ export function recordGeneration(g: { timeToFirstTokenSeconds: number; decodeSte
     i.tokensPerSecond.record(g.decodeSteps / g.decodeSeconds, attributes);
     i.timePerOutputToken.record(g.decodeSeconds / g.decodeSteps, attributes);
   }
+}
+
+/**
+ * A finished gRPC call: `method` its full name (`vlm.v1.LanguageService/Generate`), `code` its status
+ * code's name (`OK`, `RESOURCE_EXHAUSTED`), as the RPC conventions' `rpc.method` and `rpc.response.status_code`.
+ */
+export function recordCall(seconds: number, method: string, code: string): void {
+  instruments().callDuration.record(seconds, { 'rpc.system.name': 'grpc', 'rpc.method': method, 'rpc.response.status_code': code });
 }
 
 /** One bearer-token decision; `credential` is the accepted token's name (shared/auth-tokens.ts), never a token. */

@@ -118,6 +118,11 @@ export const MetricName = {
   TlsExpiry: 'vlm.tls.expiry',
   /** Calls the bearer-token check decided, by outcome and accepted token name: shows when a rotated-out token is no longer used. */
   AuthCalls: 'vlm.auth.calls',
+  /**
+   * Every call on the main port, refused ones included (the in-flight cap, a drain, a missing token,
+   * a message past the receive limit), which no request duration sees: RPC conventions' name and attributes.
+   */
+  CallDuration: 'rpc.server.call.duration',
 } as const;
 
 /** Stage seconds: from half a millisecond (one small layer on a GPU) to five minutes (a long CPU generation). */
