@@ -29,6 +29,7 @@ import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
 import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
+import { PodMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor';
 
 // ---------------------------------------------------------------------------------------------------
 // Objects and findings
@@ -111,6 +112,7 @@ const SCHEMAS: ReadonlyMap<string, { readonly model: ModelCtor; readonly module:
   ['autoscaling/v2/HorizontalPodAutoscaler', { model: HorizontalPodAutoscaler, module: 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler', iface: 'IHorizontalPodAutoscaler' }],
   ['policy/v1/PodDisruptionBudget', { model: PodDisruptionBudget, module: 'kubernetes-models/policy/v1/PodDisruptionBudget', iface: 'IPodDisruptionBudget' }],
   ['networking.k8s.io/v1/NetworkPolicy', { model: NetworkPolicy, module: 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy', iface: 'INetworkPolicy' }],
+  ['monitoring.coreos.com/v1/PodMonitor', { model: PodMonitor, module: '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor', iface: 'IPodMonitor' }],
 ]);
 
 const schemaKey = (m: Manifest): string => `${m.apiVersion}/${m.kind}`;

@@ -54,8 +54,8 @@ const env = (c: Container, name: string): string | undefined => c.env?.find((e) 
 describe('every kustomization a user applies', () => {
   const dirs = deployableKustomizations(ROOT);
 
-  it('includes both overlays and the metrics adapter rules', () => {
-    expect(dirs.map((d) => path.relative(K8S, d))).toEqual(['overlays/cpu', 'overlays/gpu', 'addons/prometheus-adapter']);
+  it('includes both overlays, the PodMonitor and the metrics adapter rules', () => {
+    expect(dirs.map((d) => path.relative(K8S, d))).toEqual(['overlays/cpu', 'overlays/gpu', 'addons/pod-monitor', 'addons/prometheus-adapter']);
   });
 
   it.each(dirs.map((d) => [path.relative(ROOT, d), d]))('%s builds and passes schema, field and project checks', (_name, dir) => {
@@ -78,6 +78,13 @@ describe('the gpu overlay', () => {
       expect(c.resources.requests?.['nvidia.com/gpu']).toBe(1);
       expect(env(c, 'VLM_PROVIDER')).toBe('cuda:0');
       expect(c.image).toMatch(/:0\.1\.0-cuda13$/);
+    }
+  });
+
+  it('lets node drains evict pods that are not ready, one ready pod of each service at a time', () => {
+    for (const name of ['vlm-vision', 'vlm-language']) {
+      const pdb = objects.find((m) => m.kind === 'PodDisruptionBudget' && m.metadata.name === name) as Manifest & { spec: Record<string, unknown> };
+      expect(pdb.spec).toMatchObject({ maxUnavailable: 1, unhealthyPodEvictionPolicy: 'AlwaysAllow' });
     }
   });
 
@@ -403,6 +410,14 @@ describe('development TLS certificates and bearer token (k8s/tls/make-dev-certs.
       .flatMap((v) => (v.secret ? [v.secret.secretName] : []));
     expect(new Set(mounted)).toEqual(new Set(secrets.map((s) => s.metadata.name)));
     expect(summary([...schemaFindings(secrets), ...fields.findings(secrets)])).toEqual([]);
+  });
+
+  it("names both language Services in the language server's certificate, so backend apps can balance over the headless one", () => {
+    const cert = new X509Certificate(readFileSync(path.join(dir, 'language-server.crt')));
+    const names = (cert.subjectAltName ?? '').split(', ');
+    expect(names).toEqual(expect.arrayContaining(['DNS:vlm-language-headless.vlm.svc.cluster.local', 'DNS:vlm-language.vlm.svc.cluster.local', 'DNS:vlm-language']));
+    const services = parseManifests(kustomizeBuild(GPU_OVERLAY)).filter((m) => m.kind === 'Service' && m.metadata.name.startsWith('vlm-language')) as unknown as { metadata: { name: string }; spec: { clusterIP?: string; publishNotReadyAddresses?: boolean } }[];
+    expect(services.find((s) => s.metadata.name === 'vlm-language-headless')?.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: false });
   });
 
   it('writes a token file both services accept from the file the Deployments point VLM_AUTH_TOKEN_FILE at', () => {

@@ -69,7 +69,7 @@ issue() {
   rm -f "$name.csr" "$name.ext"
 }
 issue vision-server vlm-vision serverAuth "$(names vlm-vision-headless vlm-vision)"
-issue language-server vlm-language serverAuth "$(names vlm-language)"
+issue language-server vlm-language serverAuth "$(names vlm-language-headless vlm-language)"
 issue vision-client vlm-language clientAuth
 
 secret() {

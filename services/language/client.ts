@@ -3,7 +3,7 @@
  * call, deltas to a callback, the final message or the status as a VlmError.
  */
 import { readFileSync } from 'node:fs';
-import { credentials, Metadata, status as GrpcCode, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status as GrpcCode, type ChannelOptions, type ServiceError } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../../gen/vlm/v1/language_service';
 import { callMetadata } from '../common/call-metadata';
@@ -33,9 +33,37 @@ export interface ClientTlsOptions {
   readonly serverName: string | null;
 }
 
-/** Plaintext without `tls`; TLS (optionally with a client certificate) with it. */
-export function languageClient(target: string, tls: ClientTlsOptions | null = null): LanguageServiceClient {
-  const options = { 'grpc.max_send_message_length': -1, ...(tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {}) };
+/**
+ * The channel docs/deploy.md gives backend apps calling a pool of language pods through a headless
+ * Service: round-robin over every address the target resolves to (a ClusterIP would pin each
+ * connection, and so every call on it, to one pod), and a retry on the next pod of a call refused
+ * before anything was answered (UNAVAILABLE: a pod draining or gone; RESOURCE_EXHAUSTED: its queue or
+ * in-flight cap full). grpc-js retries only before the first response message, so an answer is never
+ * spliced from two pods, and only a request it still holds: hence the retry buffers, sized for an image.
+ */
+export function backendChannelOptions(maxRequestBytes = 64 << 20): ChannelOptions {
+  return {
+    'grpc.service_config': JSON.stringify({
+      loadBalancingConfig: [{ round_robin: {} }],
+      methodConfig: [
+        {
+          name: [{ service: 'vlm.v1.LanguageService' }],
+          retryPolicy: { maxAttempts: 3, initialBackoff: '0.2s', maxBackoff: '2s', backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'] },
+        },
+      ],
+    }),
+    'grpc.per_rpc_retry_buffer_size': maxRequestBytes,
+    'grpc.retry_buffer_size': 4 * maxRequestBytes,
+  };
+}
+
+/**
+ * Plaintext without `tls`; TLS (optionally with a client certificate) with it. `channel` adds channel
+ * options (backendChannelOptions for a pool of pods); without them a call that is refused is not
+ * retried, so the CLI's benches see every refusal.
+ */
+export function languageClient(target: string, tls: ClientTlsOptions | null = null, channel: ChannelOptions = {}): LanguageServiceClient {
+  const options = { ...channel, 'grpc.max_send_message_length': -1, ...(tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {}) };
   const creds =
     tls === null
       ? credentials.createInsecure()
