@@ -130,8 +130,9 @@ export interface RpcConfig {
   /** Calls one service holds at once (received, queued, running, on the hop) before refusing more; 0: no limit. */
   readonly maxInFlightCalls: number;
   /**
-   * Vision only: connections are closed (GOAWAY) after this long, so language pods re-resolve the
-   * vision DNS name and spread onto replicas added by a scale-up; 0 = never.
+   * Both services close connections (GOAWAY) after this long, so clients re-resolve the DNS name (the
+   * language pods for vision, backend apps for language) and spread onto replicas added by a
+   * scale-up; 0 = never.
    */
   readonly maxConnectionAgeMs: number;
 }
