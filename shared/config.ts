@@ -48,6 +48,12 @@ export interface RuntimeConfig {
   readonly spinning: boolean;
   /** Worker threads of an InferencePool, each with its own copy of the model. */
   readonly workers: number;
+  /**
+   * How long a worker may go without answering after its request was stopped before it counts as
+   * stuck (a model call that never returns); with every worker stuck the service says NOT_SERVING
+   * and the liveness probe restarts it. 0 = never.
+   */
+  readonly stuckWorkerMs: number;
 }
 
 export interface LimitsConfig {
@@ -191,6 +197,7 @@ export const CONFIG_OPTIONS = {
   'inter-op-threads': { type: 'int', env: 'VLM_INTER_OP_THREADS', default: 1, min: 1, max: THREADS, arg: 'N', help: 'ONNX Runtime inter-op threads per session' },
   'graph-optimization': { type: 'string', env: 'VLM_GRAPH_OPTIMIZATION', default: 'all', choices: ['disabled', 'basic', 'extended', 'all'], arg: 'LEVEL', help: 'ONNX Runtime graph optimization level' },
   spinning: { type: 'boolean', env: 'VLM_SPINNING', default: false, help: "let ONNX Runtime's idle threads spin (a dedicated machine only)" },
+  'stuck-worker-ms': { type: 'int', env: 'VLM_STUCK_WORKER_MS', default: 60_000, min: 0, max: INT32_MAX, arg: 'MS', shown: '60000 (0 = never)', help: 'a worker that has not answered this long after its request was stopped (cancelled, past its deadline) counts as stuck in a model call; with every worker stuck the service reports NOT_SERVING, so the liveness probe restarts it' },
   workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', shown: '1 (eval and bench accuracy: one per core the intra-op threads leave)', help: 'inference worker threads, each with its own copy of the model' },
   // 1 GiB: the transport's receive limit (this + prompt + envelope) must stay a 32-bit gRPC length.
   // At least 64 KiB: the vision service's warm-up image (a few kB, vision/server.ts) must pass it.
@@ -277,6 +284,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       graphOptimization: r.oneOf('graph-optimization'),
       spinning: r.bool('spinning'),
       workers,
+      stuckWorkerMs: r.int('stuck-worker-ms'),
     },
     limits: {
       maxImageBytes: r.int('max-image-bytes'),

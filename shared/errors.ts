@@ -29,7 +29,7 @@ export interface FieldViolation {
  * RESOURCE_EXHAUSTED, but only the first is worth retrying. MODEL_MISMATCH: the vision replicas this
  * language service reached run another model or version (a rollout in progress).
  */
-export const VLM_ERROR_REASONS = ['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE', 'MODEL_MISMATCH', 'WORKER_LOST'] as const;
+export const VLM_ERROR_REASONS = ['QUEUE_FULL', 'OUT_OF_MEMORY', 'NO_WORKER', 'SHUTTING_DOWN', 'VISION_UNAVAILABLE', 'MODEL_MISMATCH', 'WORKER_LOST', 'DEVICE_FAULT'] as const;
 export type VlmErrorReason = (typeof VLM_ERROR_REASONS)[number];
 
 /** Wire fields of an error besides its code and message, carried across the worker boundary and the hop. */

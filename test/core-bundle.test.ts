@@ -145,6 +145,29 @@ describe('runStage classifies what the runtime reports', () => {
     expect(other.message).toMatch(/Fed \{hidden_in: float32\[1,17,32\], attn_bias: float32\[1,17\]\}/);
     await b.stages.dispose();
   });
+
+  it.each([
+    ['CUDA failure 700: an illegal memory access was encountered ; GPU=0 ; hostname=h ; file=cuda_call.cc ; line=130 ; expr=cudaStreamSynchronize(stream);', 'DEVICE_FAULT'],
+    ['CUDA failure 719: unspecified launch failure ; GPU=0', 'DEVICE_FAULT'],
+    ['CUDA failure 214: uncorrectable ECC error encountered ; GPU=0', 'DEVICE_FAULT'],
+    ['CUDA error cudaErrorIllegalAddress:an illegal memory access was encountered', 'DEVICE_FAULT'],
+    ['CUDA failure 2: out of memory ; GPU=0', 'OUT_OF_MEMORY'],
+    ['CUDA failure 1: invalid argument ; GPU=0', undefined],
+    ['CUDA failure 7000: something else', undefined],
+    ['Non-zero status code returned while running Gemm node: shape mismatch', undefined],
+  ])('%s -> reason %s (a sticky CUDA error is a device fault: the context is lost for the process)', async (message, reason) => {
+    const b = await load(RANDOM_BUNDLE);
+    const real = await b.stages.get('vision/layer_00.attn');
+    const failing = { ...real, provider: 'cuda:0', session: { run: () => Promise.reject(new Error(message)) } as unknown as typeof real.session };
+    const e = await failure(runStage(failing, { hidden_in: f32([1, 17, 32]), attn_bias: f32([1, 17]) }));
+    expect(e.reason).toBe(reason);
+    if (reason === 'DEVICE_FAULT') {
+      expect(e.code).toBe('INTERNAL');
+      expect(e.message).not.toContain('CUDA');
+      expect((e.cause as Error).message).toBe(message);
+    }
+    await b.stages.dispose();
+  });
 });
 
 describe('runStage checks feeds against the declaration', () => {

@@ -67,16 +67,16 @@ export async function serve(
     throw err;
   }
   server.setServing(true);
-  // A service whose workers are all gone and cannot be replaced (a GPU fault, a bundle that no
-  // longer loads) answers UNAVAILABLE to everything: NOT_SERVING takes it out of its Service's
-  // endpoints, and the liveness probe restarts the pod if no replacement starts.
+  // A service that cannot run a job (its workers gone and not replaceable, every worker stuck in a
+  // model call, its GPU failed) answers UNAVAILABLE to everything: NOT_SERVING takes it out of its
+  // Service's endpoints, and the liveness probe restarts the pod unless it recovers first.
   let serving = true;
-  backend.pool.onAvailability((available) => {
+  backend.pool.onAvailability((available, why) => {
     if (stopping !== null || serving === available) return;
     serving = available;
     server.setServing(serving);
-    if (serving) log.info('an inference worker is running again: SERVING');
-    else log.error('no inference worker is running and its replacement failed: NOT_SERVING until one starts');
+    if (serving) log.info('the inference pool can run requests again: SERVING');
+    else log.error('the inference pool cannot run requests: NOT_SERVING', { why });
   });
   log.info('serving', { address: hostPort(config.services.host, bound), model_id: backend.model.manifest.model_id, content_hash: backend.model.manifest.content_hash, provider: backend.provider, device: backend.device });
   return service;

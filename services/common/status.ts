@@ -70,14 +70,15 @@ export function grpcCodeName(code: GrpcCode): string {
 
 /**
  * The status to send for `err`. INTERNAL errors are logged here with their cause (the only place that
- * sees them all); the message sent is fixed, except for a lost worker (WORKER_LOST), whose message is
- * this project's own and whose reason tells a client it may send the request once more.
+ * sees them all); the message sent is fixed, except for a lost worker (WORKER_LOST) or a failed GPU
+ * (DEVICE_FAULT), whose messages are this project's own and whose reasons tell a client it may send
+ * the request once more.
  */
 export function toStatus(err: unknown, log: Logger, fields: Record<string, unknown> = {}): StatusObject {
   const e = VlmError.from(err);
   if (e.code !== 'INTERNAL') return refusalStatus(e);
   log.error('internal error', { ...fields, error: describeCause(err) });
-  if (e.reason === 'WORKER_LOST') return refusalStatus(e);
+  if (e.reason === 'WORKER_LOST' || e.reason === 'DEVICE_FAULT') return refusalStatus(e);
   return statusObject(GrpcCode.INTERNAL, 'internal error');
 }
 

@@ -252,6 +252,10 @@ export class VisionClient {
       // Its text is this project's own ("this vision service runs <id> (<hash>), not <hash>").
       return modelMismatch(`${status.details}; both services must serve the same model bundle (is a rollout half finished?)`);
     }
+    if (decodeStatusDetails(status.metadata).reason === 'DEVICE_FAULT') {
+      // "This replica" in vision's text is vision's: the caller is told whose GPU failed.
+      return fromServiceError(status, 'the vision service: ');
+    }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way
       // (vision's reason and retry delay are kept).

@@ -30,7 +30,8 @@ function send(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
 
 function errorData(err: unknown) {
   const e = VlmError.from(err);
-  if (e.code === 'INTERNAL') log.error('job failed', { error: err instanceof Error ? err.stack ?? err.message : String(err) });
+  // The runtime's own text (a CUDA error, a graph's complaint) is kept out of the caller's message: here is where an operator finds it.
+  if (e.code === 'INTERNAL') log.error('job failed', { error: err instanceof Error ? err.stack ?? err.message : String(err), runtime: e.cause instanceof Error ? e.cause.message : undefined });
   else if (e.reason === 'OUT_OF_MEMORY') log.warn('job ran out of device memory', { error: e.message, runtime: e.cause instanceof Error ? e.cause.message : undefined });
   return e.toJSON();
 }

@@ -79,6 +79,8 @@ interface Task {
   onAbort?: () => void;
   /** performance.now() when the worker running it was sent an abort. */
   abortedAt?: number;
+  /** Fires if the worker has not answered `stuckWorkerMs` after the abort (markStuck). */
+  stuckTimer?: NodeJS.Timeout;
   /** The caller's trace context and when the job was queued: the worker's spans are replayed there. */
   readonly trace?: { readonly parent: Context; readonly queuedAt: number; dispatchedAt?: number };
 }
@@ -86,6 +88,8 @@ interface Task {
 interface Slot {
   worker: Worker;
   task: Task | undefined;
+  /** No answer long after its job was stopped: inside a model call that does not return. */
+  stuck: boolean;
 }
 
 const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filename)}`);
@@ -112,7 +116,9 @@ export class InferencePool {
   private readonly starting = new Set<Promise<void>>();
   /** One per worker whose replacement is waiting to retry (several workers can die together). */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
-  private readonly availabilityListeners = new Set<(available: boolean) => void>();
+  private readonly availabilityListeners = new Set<(available: boolean, why: string) => void>();
+  /** The runtime's account of a device fault (isDeviceFault): no worker of this process can use the device again. */
+  private deviceFault: string | undefined;
   private readonly log: Logger;
 
   private constructor(
@@ -197,19 +203,34 @@ export class InferencePool {
   }
 
   /**
-   * Calls `listener` whenever a worker starts, dies or fails to be replaced, with whether the pool
-   * can still serve: false only with no worker running and none being started (a replacement that
-   * failed and waits to retry). A worker being replaced is no outage: its restart can take as long
-   * as a start (minutes on a GPU), and a service that said NOT_SERVING for it would have its pod
-   * restarted by the liveness probe mid-way. Returns the unregister function.
+   * Calls `listener` whenever a worker starts, dies, fails to be replaced, gets stuck or the device
+   * fails, with whether the pool can still serve and, when it cannot, why. It cannot with no worker
+   * running and none being started (a replacement that failed and waits to retry), with every worker
+   * stuck in a model call, or after a device fault; in each only a new process helps, which the
+   * service's NOT_SERVING gets from the liveness probe. A worker being replaced is no outage: its
+   * restart can take as long as a start (minutes on a GPU), and a service that said NOT_SERVING for
+   * it would have its pod restarted mid-way. Returns the unregister function.
    */
-  onAvailability(listener: (available: boolean) => void): () => void {
+  onAvailability(listener: (available: boolean, why: string) => void): () => void {
     this.availabilityListeners.add(listener);
     return () => this.availabilityListeners.delete(listener);
   }
 
   private announceAvailability(): void {
-    for (const l of this.availabilityListeners) l(!this.workerless);
+    const outage = this.outage();
+    for (const l of this.availabilityListeners) l(outage === undefined, outage?.message ?? '');
+  }
+
+  /** Why no job can run now, as the error a new one gets; undefined while the pool can serve. */
+  private outage(): VlmError | undefined {
+    if (this.deviceFault !== undefined) {
+      return new VlmError('UNAVAILABLE', "this replica's GPU failed and the replica is being restarted; retry on another replica", { reason: 'NO_WORKER', retryDelayMs: 0 });
+    }
+    if (this.workerless) return noWorker();
+    if (this.slots.length > 0 && this.slots.every((s) => s.stuck)) {
+      return new VlmError('UNAVAILABLE', 'every inference worker of this replica is stuck in a model call and the replica is being restarted; retry on another replica', { reason: 'NO_WORKER', retryDelayMs: 0 });
+    }
+    return undefined;
   }
 
   get stats(): { workers: number; busy: number; queued: number; queueSize: number } {
@@ -232,7 +253,8 @@ export class InferencePool {
    */
   refusal(caller = ''): VlmError | null {
     if (this.closed) return VlmError.shuttingDown('the inference pool is shut down');
-    if (this.workerless) return noWorker();
+    const outage = this.outage();
+    if (outage) return outage;
     if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
     if (this.queue.victimFor(caller) !== undefined) return null;
     return new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
@@ -362,8 +384,40 @@ export class InferencePool {
     if (slot) {
       task.abortedAt = performance.now();
       slot.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+      const waitMs = this.deps.runtime.stuckWorkerMs;
+      if (waitMs > 0) {
+        task.stuckTimer = setTimeout(() => this.markStuck(slot, task, waitMs), waitMs);
+        task.stuckTimer.unref();
+      }
     }
     this.settle(task, reason);
+  }
+
+  /**
+   * A worker that has not answered long after its job was stopped is inside a model call that does not
+   * return (a hung kernel, a driver fault): it cannot be terminated (stopWorker says why), so it is only
+   * counted out; with every worker stuck the pool says it cannot serve.
+   */
+  private markStuck(slot: Slot, task: Task, waitedMs: number): void {
+    if (slot.task !== task || this.closed) return;
+    slot.stuck = true;
+    this.log.error('an inference worker has not answered since its request was stopped: stuck in a model call', { requestId: task.options.requestId, waited_ms: waitedMs, stuck: this.slots.filter((s) => s.stuck).length, workers: this.slots.length });
+    this.failQueuedIfOut();
+    this.announceAvailability();
+  }
+
+  /** After a device fault: the jobs waiting are told to go elsewhere, and nothing more is taken. */
+  private failDevice(message: string): void {
+    if (this.deviceFault !== undefined || this.closed) return;
+    this.deviceFault = message;
+    this.log.error('the GPU failed in a way it does not recover from: this replica takes no more requests and reports NOT_SERVING, so that it is restarted', { error: message });
+    this.failQueuedIfOut();
+    this.announceAvailability();
+  }
+
+  private failQueuedIfOut(): void {
+    const outage = this.outage();
+    if (outage) for (const t of this.queue.drain()) this.settle(t, outage);
   }
 
   private settle(task: Task, outcome: VlmError | { result: JobResult }): void {
@@ -377,7 +431,7 @@ export class InferencePool {
   }
 
   private attach(worker: Worker): void {
-    const slot: Slot = { worker, task: undefined };
+    const slot: Slot = { worker, task: undefined, stuck: false };
     this.slots.push(slot);
     worker.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
     worker.on('error', (err) => this.log.error('inference worker crashed', { error: err.message }));
@@ -395,6 +449,7 @@ export class InferencePool {
     if (task.trace) replayJobSpans(task.trace, msg.spans);
     this.logEarlyEnd(task, msg);
     this.settle(task, msg.type === 'result' ? { result: msg.result } : VlmError.fromJSON(msg.error));
+    if (msg.type === 'error' && msg.error.reason === 'DEVICE_FAULT') this.failDevice(msg.error.message);
     this.release(slot);
   }
 
@@ -416,7 +471,14 @@ export class InferencePool {
 
   /** The slot is free once its worker has answered (result or error), aborted jobs included. */
   private release(slot: Slot): void {
+    clearTimeout(slot.task?.stuckTimer);
     slot.task = undefined;
+    if (slot.stuck) {
+      slot.stuck = false;
+      this.log.info('a stuck inference worker answered at last and takes requests again');
+      this.announceAvailability();
+    }
+    if (this.outage()) return;
     const next = this.queue.shift();
     if (next) this.dispatch(slot, next);
   }
@@ -432,6 +494,7 @@ export class InferencePool {
     }
     if (i < 0 || this.closed) return;
     this.slots.splice(i, 1);
+    clearTimeout(slot.task?.stuckTimer);
     if (slot.task) this.settle(slot.task, workerExited(code));
     this.log.error('inference worker exited; starting a replacement', { code });
     this.replace(i, 0);

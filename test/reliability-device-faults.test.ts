@@ -1,0 +1,111 @@
+/**
+ * A GPU in trouble, as the service sees it: a sticky CUDA error (the context is corrupt for the whole
+ * process) and a model call that never returns. Either way the replica cannot serve again until its
+ * process is replaced, so it says NOT_SERVING (readiness takes it out, liveness restarts it) and tells
+ * callers to go elsewhere, instead of failing every request while its health stays SERVING. The faults
+ * are injected below ONNX Runtime's JavaScript API (test/fixtures/fault/ort-fault.cjs): a CPU produces
+ * neither, and everything above it (worker, pool, service, health) runs for real.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { credentials, Metadata, status as GrpcCode } from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { decodeStatusDetails } from '../services/common/status';
+import { running } from '../cli/child-running';
+import { freePort } from '../cli/free-port';
+import { shapesImage } from './reliability-helpers';
+import { collect, eventually, healthStatus } from './service-helpers';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'vlm.js');
+const BUNDLE = path.join(ROOT, 'test/fixtures/random-bundle');
+const FAULT = path.join(ROOT, 'test/fixtures/fault/ort-fault.cjs');
+
+interface Vision {
+  readonly process: ChildProcess;
+  readonly address: string;
+  readonly client: VisionServiceClient;
+  readonly stderr: () => string;
+  /** What session.run does from now on: '' (runs), 'device-fault' or 'hang'. */
+  readonly fault: (mode: string) => void;
+}
+
+async function startVision(env: Record<string, string> = {}): Promise<Vision> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'vlm-fault-'));
+  const modeFile = path.join(dir, 'mode');
+  const port = await freePort();
+  const child = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], {
+    cwd: ROOT,
+    env: { ...process.env, NODE_OPTIONS: `--require ${FAULT}`, VLM_TEST_ORT_FAULT: modeFile, VLM_INTRA_OP_THREADS: '1', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  await eventually(() => /"msg":"serving"/.test(stderr) || !running(child), 60_000, 100);
+  expect(stderr).toMatch(/"msg":"serving"/);
+  const address = `127.0.0.1:${port}`;
+  return { process: child, address, client: new VisionServiceClient(address, credentials.createInsecure()), stderr: () => stderr, fault: (mode) => writeFileSync(modeFile, mode) };
+}
+
+async function encode(vision: Vision, deadlineMs = 30_000) {
+  const call = vision.client.encode({ image: await shapesImage(), policy: undefined, limits: undefined }, new Metadata(), { deadline: Date.now() + deadlineMs });
+  const { error } = await collect(call);
+  return { code: error?.code ?? GrpcCode.OK, message: error?.details ?? '', details: decodeStatusDetails(error?.metadata) };
+}
+
+describe('a replica whose GPU fails', () => {
+  let vision: Vision | undefined;
+  afterEach(() => {
+    vision?.client.close();
+    // SIGKILL: a worker stuck in a call never lets a drain finish, and the kubelet does the same.
+    if (vision && running(vision.process)) vision.process.kill('SIGKILL');
+  });
+
+  it('fails the request it was running with DEVICE_FAULT, then says NOT_SERVING and sends every later request elsewhere, for good', async () => {
+    vision = await startVision();
+    expect((await encode(vision)).code).toBe(GrpcCode.OK);
+
+    vision.fault('device-fault');
+    const failed = await encode(vision);
+    expect(failed.code).toBe(GrpcCode.INTERNAL);
+    expect(failed.details.reason).toBe('DEVICE_FAULT');
+    expect(failed.details.retryDelayMs).toBeUndefined();
+    expect(failed.message).toMatch(/^the GPU of this replica failed while running this request \(stage vision\/\S+ on cpu\); the replica stops serving and is restarted$/);
+    await eventually(async () => (await healthStatus(vision!.address)) === 'NOT_SERVING', 10_000, 100);
+    // The runtime's own text is in the log, for the operator, and nowhere in what the caller got.
+    expect(vision.stderr()).toMatch(/"msg":"job failed".*"runtime":"CUDA failure 700: an illegal memory access was encountered/);
+    expect(vision.stderr()).not.toMatch(/"msg":"call".*illegal memory access/);
+    expect(failed.message).not.toMatch(/illegal|CUDA failure/);
+    expect(vision.stderr()).toMatch(/"msg":"the GPU failed in a way it does not recover from: this replica takes no more requests/);
+    expect(vision.stderr()).toMatch(/"msg":"the inference pool cannot run requests: NOT_SERVING","why":"this replica's GPU failed/);
+
+    // A CUDA context stays broken, so nothing is tried on it again, even if a run would now pass.
+    vision.fault('');
+    const refused = await encode(vision);
+    expect(refused.code).toBe(GrpcCode.UNAVAILABLE);
+    expect(refused.details).toMatchObject({ reason: 'NO_WORKER', retryDelayMs: 0 });
+    expect(refused.message).toMatch(/GPU failed .*retry on another replica/);
+    expect(await healthStatus(vision.address)).toBe('NOT_SERVING');
+  }, 90_000);
+
+  it('counts a worker out once it has not answered VLM_STUCK_WORKER_MS after its request was stopped, and with no other worker says NOT_SERVING', async () => {
+    vision = await startVision({ VLM_STUCK_WORKER_MS: '1000' });
+    expect((await encode(vision)).code).toBe(GrpcCode.OK);
+
+    vision.fault('hang');
+    expect((await encode(vision, 1000)).code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    // Still SERVING for the second the worker is given to come back (a long model call is no fault).
+    expect(await healthStatus(vision.address)).toBe('SERVING');
+    await eventually(async () => (await healthStatus(vision!.address)) === 'NOT_SERVING', 10_000, 100);
+    expect(vision.stderr()).toMatch(/"msg":"an inference worker has not answered since its request was stopped: stuck in a model call".*"waited_ms":1000/);
+
+    const refused = await encode(vision);
+    expect(refused.code).toBe(GrpcCode.UNAVAILABLE);
+    expect(refused.details).toMatchObject({ reason: 'NO_WORKER', retryDelayMs: 0 });
+    expect(refused.message).toMatch(/stuck in a model call/);
+  }, 90_000);
+});
