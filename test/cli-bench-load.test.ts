@@ -83,13 +83,15 @@ async function startedBench(): Promise<{ child: ChildProcess; exited: Promise<nu
   return { child, exited, tmp, stdout: () => stdout, stderr: () => stderr };
 }
 
+/** The `vlm serve` children of `parent` (run from the sources, tsx's esbuild service is a child too). */
 function childPids(parent: number): number[] {
   return readdirSync('/proc')
     .filter((d) => /^\d+$/.test(d))
     .filter((d) => {
       try {
         const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-        return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === parent;
+        const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+        return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === parent && args.includes('serve');
       } catch {
         return false;
       }

@@ -77,6 +77,7 @@ describe('float16 MatMuls (the GPU export settings)', () => {
     // Same inputs at every step (teacher-forced by a's tokens would hide a divergence; greedy on a
     // random model with well-separated logits keeps the same tokens here, which is checked).
     expect(b.result.tokenIds).toEqual(a.result.tokenIds);
+    expect(a.logits.length).toBeGreaterThan(1);
     for (let s = 0; s < a.logits.length; s++) {
       const ref = a.logits[s]!;
       const maxRef = ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);

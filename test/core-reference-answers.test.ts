@@ -57,7 +57,7 @@ describe('greedy answers identical to the Python reference on every committed it
   });
   afterAll(() => pool?.close());
 
-  it('every item', { timeout: 900_000 }, async () => {
+  it('every item', { timeout: 240_000 }, async () => {
     const refs = readFileSync(ANSWERS, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as RefAnswer);
     const items = readFileSync(path.join(MODEL_DIR, 'eval/items.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as EvalItem);
     expect(refs.map((r) => [r.image, r.question]), 'one reference answer per committed item, in order').toEqual(items.map((it) => [it.image, it.question]));

@@ -359,7 +359,7 @@ describe('two callers sharing a language service', () => {
     await vision?.stop();
   });
 
-  it("answers the light caller while the heavy caller fills the queue: its token's name reaches the pool, which sheds the heavy caller's newest request", async () => {
+  it("answers the light caller while the heavy caller fills the queue: its token's name reaches the pool, which sheds (if anything) the heavy caller's newest request", async () => {
     const client = languageClient(language.address);
     const as = (token: string): Metadata => {
       const md = new Metadata();

@@ -272,9 +272,10 @@ describe('vlm serve <role>, signalled again while it drains', () => {
     // A call whose request never completes holds the drain open for the whole two-minute grace.
     session = connect(`http://127.0.0.1:${port}`);
     rawCall(session, '/vlm.v1.VisionService/Encode', { headers: { 'grpc-timeout': '300S' }, write: partialMessage(100, 10) });
-    await sleep(300);
+    await sleep(1000); // its headers reach the service within this (loopback, an idle event loop)
     child.kill('SIGTERM');
     await eventually(() => /"msg":"draining"/.test(stderr), 10_000, 50);
+    expect(stderr).toMatch(/"msg":"draining","inFlight":1/);
     await sleep(2500); // past the window in which a repeat counts as the same stop
     expect(running(child)).toBe(true);
     child.kill('SIGTERM');

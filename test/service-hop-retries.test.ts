@@ -170,4 +170,17 @@ describe('the metadata of the hop', () => {
     expect(seen.length).toBeGreaterThan(0);
     for (const md of seen) expect(md).toMatchObject({ 'x-vlm-on-behalf-of': 'light', 'x-request-id': 'hop-md', 'x-vlm-expected-model': 'sha256:aa' });
   });
+
+  it("carries the caller's deadline: vision stops when the caller's time is up, not at its own default", async () => {
+    const deadlines: number[] = [];
+    await fakeVision((call) => {
+      deadlines.push(Number(call.getDeadline()));
+      call.emit('error', { code: GrpcCode.UNAVAILABLE, details: 'down' });
+    });
+    const deadline = Date.now() + 7_000;
+    await failure(client!.encode({ image: Buffer.from('x'), policy: undefined, limits: undefined }, expectation, { signal: new AbortController().signal, deadline, requestId: 'hop-deadline' }));
+    expect(deadlines.length).toBeGreaterThan(0);
+    // grpc-timeout travels as a duration, so the server's clock places it within the transit time.
+    for (const d of deadlines) expect(Math.abs(d - deadline)).toBeLessThan(500);
+  });
 });

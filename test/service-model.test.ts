@@ -1,7 +1,7 @@
 /**
  * The embedded model (models/tiny-llava-shapes) through both services: committed evaluation items
  * answered correctly over the hop, identical to the core's single-process answers, and a reducing
- * policy's token counts in the final stats. Skipped until the model bundle is in the repository.
+ * policy's token counts in the final stats.
  */
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -55,6 +55,7 @@ describe('the embedded model through both services', () => {
     const c = config();
     const pool = await InferencePool.start({ model: c.model, runtime: c.runtime, limits: c.limits });
     try {
+      expect(items).toHaveLength(6);
       let correct = 0;
       // The service's default when sampling.max_tokens is unset.
       const maxNewTokens = Math.min(pool.manifest.generation.max_new_tokens, c.limits.maxNewTokens);
