@@ -142,6 +142,10 @@ export async function generate(
         // The hidden state is decoded to float32 only for a method that reads it (SparseVLM's clustering).
         const out = reducer.reduce({ step, get hidden() { return runner.hiddenMatrix(); }, ...scores, image, state }, schedule, options);
         runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
+        // A schedule's counts are what its budget and FLOPs promise; only a data-dependent one measures instead.
+        if (!schedule.dataDependent && out.image.length !== step.tokensOut) {
+          throw new VlmError('INTERNAL', `language method ${schedule.method} left ${out.image.length} visual tokens at layer ${layer}; its schedule says ${step.tokensOut}`);
+        }
         const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
         const rows = runner.tokens;
         if (kept) {

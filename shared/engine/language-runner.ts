@@ -19,7 +19,7 @@ export class LanguageStageRunner {
   private hidden: HiddenState | undefined;
   private readonly caches: KvCaches;
   /** Feeds of the last attention call: the scores graph of the same layer reads exactly these. */
-  private attnFeeds: { layer: number; feeds: Record<string, Feed> } | undefined;
+  private attnFeeds: { layer: number; feeds: Record<string, Feed>; rows: number } | undefined;
 
   constructor(
     private readonly stages: StageSet,
@@ -73,7 +73,7 @@ export class LanguageStageRunner {
       ...this.caches.past(layer),
       attention_mask: ones(past + T),
     };
-    this.attnFeeds = { layer, feeds };
+    this.attnFeeds = { layer, feeds, rows: T };
     const name = layerStage('language', layer, 'attn');
     const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', ...this.caches.outputs] });
     this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
@@ -84,6 +84,8 @@ export class LanguageStageRunner {
   /** The scores graph of the layer whose attention ran last, on the same inputs. */
   async scores(layer: number, needs: ReadonlyArray<'scores' | 'probs'>): Promise<{ scores?: Matrix; probs?: Matrix }> {
     if (this.attnFeeds?.layer !== layer) throw new VlmError('INTERNAL', `scores(${layer}) without that layer's attention inputs`);
+    // A second step in one layer would score the rows before the first step's removal against its image span.
+    if (this.attnFeeds.rows !== this.tokens) throw new VlmError('INTERNAL', `scores(${layer}) on ${this.attnFeeds.rows} rows of attention inputs, but the hidden state has ${this.tokens}`);
     if (needs.length === 0) return {};
     const name = layerStage('language', layer, 'scores');
     const out = await runStage(await this.stages.get(name), this.attnFeeds.feeds, { outputs: needs });
