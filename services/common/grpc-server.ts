@@ -204,9 +204,9 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
 /**
  * The transport options both services take from the config alike: limits, auth, drain, TLS, streams,
  * connection age. Aged-out connections matter on both sides: language pods hold long-lived channels
- * to vision and re-resolve to find new replicas, and backend apps reach language through an L4
- * Service, where a connection stays on the pod it first reached and replicas the autoscaler adds
- * would get no traffic from them.
+ * to vision and re-resolve to find new replicas, and so do backend apps dialing the headless language
+ * Service; through the ClusterIP a connection stays on the pod it first reached, and replicas the
+ * autoscaler adds would get no traffic from it.
  */
 export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,

@@ -152,7 +152,7 @@ export const RATE_BUCKETS: readonly number[] = [1, 2, 5, 10, 20, 50, 100, 200, 5
 /** What each span stands for and which attributes it carries: rendered as the README's span table. */
 export const SPAN_DOCS: readonly { name: SpanName; service: string; what: string; attributes: readonly string[] }[] = [
   { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REQUEST_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
-  { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker', attributes: [] },
+  { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker (a job that leaves the queue unserved ends it with error.type)', attributes: [] },
   { name: SpanName.Preprocess, service: 'vlm-vision', what: 'image decode, resize/crop, normalise', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_IMAGE_SIZE, ATTR_VLM_BYTES] },
   { name: SpanName.VisionEmbed, service: 'vlm-vision', what: 'patch embedding and every encoder layer up to the feature layer', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
   { name: SpanName.VisionLayer, service: 'vlm-vision', what: 'one encoder layer (attn, scores if a method reads them, mlp)', attributes: [ATTR_VLM_LAYER, ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },
