@@ -12,7 +12,7 @@ import { startVisionService } from '../services/vision/server';
 import { backendChannelOptions, languageClient } from '../services/language/client';
 import type { RunningService } from '../services/common/lifecycle';
 import { ask, pairConfig, recordingLogger, request, shapesImage, type LogLine } from './reliability-helpers';
-import { partialMessage, rawCall } from './service-helpers';
+import { eventually, partialMessage, rawCall } from './service-helpers';
 
 describe('a backend app calling two language pods through one target', () => {
   let vision: RunningService;
@@ -53,6 +53,7 @@ describe('a backend app calling two language pods through one target', () => {
     // Pod a's one place is held by a call whose request never finishes arriving.
     const session = connect(`http://${replicas[0]!.service.address}`);
     rawCall(session, '/vlm.v1.LanguageService/Generate', { headers: { 'grpc-timeout': '60S' }, write: partialMessage(1000, 10) });
+    await eventually(() => replicas[0]!.service.activeCalls() === 1);
     const balanced = languageClient(target, null, backendChannelOptions());
     const plain = languageClient(target, null, { 'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }) });
     try {

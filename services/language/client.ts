@@ -8,6 +8,8 @@ import { VlmError } from '../../shared/errors';
 import { LanguageServiceClient, type GenerateFinal, type GenerateRequest, type GenerateResponse } from '../../gen/vlm/v1/language_service';
 import { callMetadata } from '../common/call-metadata';
 import { fromServiceError, grpcCodeName } from '../common/status';
+import { receiveLimit } from '../common/message-limits';
+import { CONFIG_OPTIONS } from '../../shared/config';
 
 export interface GenerateCallOptions {
   readonly deadline: number;
@@ -34,6 +36,13 @@ export interface ClientTlsOptions {
 }
 
 /**
+ * The services' receive limit at the default settings: a larger request is refused by the transport
+ * (RESOURCE_EXHAUSTED, which the retry policy would otherwise send to two more pods) and is not
+ * held for a retry. Pass the deployment's own receiveLimit where its limits differ.
+ */
+const DEFAULT_RECEIVE_LIMIT = receiveLimit({ maxImageBytes: CONFIG_OPTIONS['max-image-bytes'].default, maxPromptChars: CONFIG_OPTIONS['max-prompt-chars'].default });
+
+/**
  * The channel docs/deploy.md gives backend apps calling a pool of language pods through a headless
  * Service: round-robin over every address the target resolves to (a ClusterIP would pin each
  * connection, and so every call on it, to one pod), and a retry on the next pod of a call refused
@@ -41,7 +50,7 @@ export interface ClientTlsOptions {
  * in-flight cap full). grpc-js retries only before the first response message, so an answer is never
  * spliced from two pods, and only a request it still holds: hence the retry buffers, sized for an image.
  */
-export function backendChannelOptions(maxRequestBytes = 64 << 20): ChannelOptions {
+export function backendChannelOptions(maxRequestBytes = DEFAULT_RECEIVE_LIMIT): ChannelOptions {
   return {
     'grpc.service_config': JSON.stringify({
       loadBalancingConfig: [{ round_robin: {} }],
@@ -51,6 +60,9 @@ export function backendChannelOptions(maxRequestBytes = 64 << 20): ChannelOption
           retryPolicy: { maxAttempts: 3, initialBackoff: '0.2s', maxBackoff: '2s', backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'] },
         },
       ],
+      // A fleet that refuses everything (every queue full, vision down) gets no more than the calls
+      // themselves: a success adds a token, a failure takes one, and retries stop at half of 10.
+      retryThrottling: { maxTokens: 10, tokenRatio: 1 },
     }),
     'grpc.per_rpc_retry_buffer_size': maxRequestBytes,
     'grpc.retry_buffer_size': 4 * maxRequestBytes,

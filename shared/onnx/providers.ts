@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
 import type { Logger } from '../log';
+import { isDeviceFault } from './device-fault';
 import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 
 export type SessionRuntime = Pick<RuntimeConfig, 'providers' | 'intraOpThreads' | 'interOpThreads' | 'graphOptimization' | 'spinning'>;
@@ -85,6 +86,9 @@ export class ProviderChain {
           // A lazily opened graph fails inside a caller's request: the runtime's text (allocator,
           // sizes, source paths) and the server's paths stay in the error's cause and the log, not
           // in the caller's status. The worker logs an out-of-memory failure with its cause.
+          if (isDeviceFault(message)) {
+            throw new VlmError('INTERNAL', `the GPU of this replica failed while opening graph ${graph} on ${name}; the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
+          }
           if (isOutOfMemory(message)) {
             throw new VlmError('RESOURCE_EXHAUSTED', `graph ${graph} could not be opened on ${name}: out of memory (the request needs more than is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
           }

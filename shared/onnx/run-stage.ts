@@ -112,13 +112,13 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
     results = await stage.session.run(ortFeeds, [...fetch]);
   } catch (err) {
     const message = (err as Error).message;
-    if (isOutOfMemory(message)) {
-      // The runtime's text (allocator, sizes, source paths) goes to the worker's log, not to the caller.
-      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
-    }
     if (isDeviceFault(message)) {
       // The runtime's text stays in the worker's log; the caller gets what happened to the replica.
       throw new VlmError('INTERNAL', `the GPU of this replica failed while running this request (stage ${stage.name} on ${stage.provider}); the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
+    }
+    if (isOutOfMemory(message)) {
+      // The runtime's text (allocator, sizes, source paths) goes to the worker's log, not to the caller.
+      throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
     }
     throw new VlmError('INTERNAL', `stage ${stage.name} failed on ${stage.provider}: ${message}. Fed {${describe(feeds)}}`, { cause: err });
   }

@@ -227,7 +227,8 @@ export class InferencePool {
       return new VlmError('UNAVAILABLE', "this replica's GPU failed and the replica is being restarted; retry on another replica", { reason: 'NO_WORKER', retryDelayMs: 0 });
     }
     if (this.workerless) return noWorker();
-    if (this.slots.length > 0 && this.slots.every((s) => s.stuck)) {
+    // A replacement being started may yet serve: a start can take minutes on a GPU.
+    if (this.slots.length > 0 && this.starting.size === 0 && this.slots.every((s) => s.stuck)) {
       return new VlmError('UNAVAILABLE', 'every inference worker of this replica is stuck in a model call and the replica is being restarted; retry on another replica', { reason: 'NO_WORKER', retryDelayMs: 0 });
     }
     return undefined;
@@ -496,6 +497,8 @@ export class InferencePool {
     this.slots.splice(i, 1);
     clearTimeout(slot.task?.stuckTimer);
     if (slot.task) this.settle(slot.task, workerExited(code));
+    // No replacement after a device fault: it would load onto the failed device, and fail, over and over.
+    if (this.deviceFault !== undefined) return;
     this.log.error('inference worker exited; starting a replacement', { code });
     this.replace(i, 0);
     this.announceAvailability();
@@ -515,10 +518,11 @@ export class InferencePool {
       .catch((err: unknown) => {
         this.starting.delete(start);
         if (this.closed) return;
+        if (err instanceof VlmError && err.reason === 'DEVICE_FAULT') return this.failDevice(err.message);
         const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
-        // Without any worker the queue would only wait for its deadlines.
-        if (this.workerless) for (const t of this.queue.drain()) this.settle(t, noWorker());
+        // Without a worker that can run them the queued jobs would only wait for their deadlines.
+        this.failQueuedIfOut();
         this.announceAvailability();
         const timer = setTimeout(() => {
           this.restartTimers.delete(timer);
