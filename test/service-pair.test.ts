@@ -145,6 +145,10 @@ describe('the service pair on loopback', () => {
     expect(leadingComment(visionFiles[0]!, [6, 0])).toMatch(/^ Encodes images into \(reduced, projected\) visual tokens/);
     // another service's symbols are not described by this one
     await expect(reflectedFiles(vision.address, 'vlm.v1.LanguageService')).rejects.toThrow(/not found|LanguageService/i);
+    // the error details' types, which errors carry in their trailers and no API message imports
+    for (const symbol of ['google.rpc.Status', 'google.rpc.BadRequest', 'google.rpc.ErrorInfo', 'google.rpc.RetryInfo']) {
+      expect((await reflectedFiles(language.address, symbol))[0]!.name).toMatch(/^google\/rpc\//);
+    }
   });
 
   it('is callable from a Go reflection client with no generated code (buf curl): every method listed, health answered', async () => {

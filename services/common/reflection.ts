@@ -40,12 +40,18 @@ export function filesWithImports(set: readonly FileDescriptorProto[], files: rea
 /** grpc.health.v1 in the set, named as buf names it from grpc-health-check's proto root. */
 export const HEALTH_PROTO_FILE = 'health/v1/health.proto';
 
+/**
+ * google.rpc's Status and details, which no API message imports: errors carry them in the
+ * grpc-status-details-bin trailer, and a client built from reflection alone needs them to read it.
+ */
+const STATUS_DETAIL_FILES = ['google/rpc/status.proto', 'google/rpc/error_details.proto'];
+
 /** The definition @grpc/reflection indexes (it reads only each entry's `fileDescriptorProtos`). */
 export function reflectionDefinition(protoFiles: readonly string[], log: Logger, setPath = DESCRIPTOR_SET_PATH): PackageDefinition {
   try {
     if (!existsSync(setPath)) throw new Error(`${setPath} does not exist (run npm run gen)`);
     const set = fromBinary(FileDescriptorSetSchema, readFileSync(setPath)).file;
-    const files = { fileDescriptorProtos: filesWithImports(set, [...protoFiles, HEALTH_PROTO_FILE]) };
+    const files = { fileDescriptorProtos: filesWithImports(set, [...protoFiles, HEALTH_PROTO_FILE, ...STATUS_DETAIL_FILES]) };
     return { [`vlm.reflection:${protoFiles.join(',')}`]: files } as unknown as PackageDefinition;
   } catch (err) {
     log.warn('reflection serves the API without its comments', { reason: (err as Error).message });
