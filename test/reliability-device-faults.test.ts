@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { credentials, Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
+import { ReductionPolicy } from '../gen/vlm/v1/common';
 import { decodeStatusDetails } from '../services/common/status';
 import { running } from '../cli/child-running';
 import { freePort } from '../cli/free-port';
@@ -51,13 +52,13 @@ async function startVision(env: Record<string, string> = {}): Promise<Vision> {
   return { process: child, address, client: new VisionServiceClient(address, credentials.createInsecure()), stderr: () => stderr, fault: (mode) => writeFileSync(modeFile, mode) };
 }
 
-async function encode(vision: Vision, deadlineMs = 30_000) {
-  const call = vision.client.encode({ image: await shapesImage(), policy: undefined, limits: undefined }, new Metadata(), { deadline: Date.now() + deadlineMs });
+async function encode(vision: Vision, deadlineMs = 30_000, policy?: Partial<ReductionPolicy>) {
+  const call = vision.client.encode({ image: await shapesImage(), policy: policy ? ReductionPolicy.fromPartial(policy) : undefined, limits: undefined }, new Metadata(), { deadline: Date.now() + deadlineMs });
   const { error } = await collect(call);
   return { code: error?.code ?? GrpcCode.OK, message: error?.details ?? '', details: decodeStatusDetails(error?.metadata) };
 }
 
-describe('a replica whose GPU fails', () => {
+describe('a replica whose GPU is in trouble', () => {
   let vision: Vision | undefined;
   afterEach(() => {
     vision?.client.close();
@@ -90,6 +91,32 @@ describe('a replica whose GPU fails', () => {
     expect(refused.details).toMatchObject({ reason: 'NO_WORKER', retryDelayMs: 0 });
     expect(refused.message).toMatch(/GPU failed .*retry on another replica/);
     expect(await healthStatus(vision.address)).toBe('NOT_SERVING');
+  }, 90_000);
+
+  it('answers a request the device had no memory for RESOURCE_EXHAUSTED OUT_OF_MEMORY with a retry delay, and stays SERVING (memory frees)', async () => {
+    vision = await startVision();
+    vision.fault('out-of-memory');
+    const failed = await encode(vision);
+    expect(failed.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    expect(failed.details).toMatchObject({ reason: 'OUT_OF_MEMORY', retryDelayMs: 1000 });
+    expect(failed.message).toMatch(/ran out of memory on cpu/);
+    expect(failed.message).not.toMatch(/bfc_arena/);
+    vision.fault('');
+    expect((await encode(vision)).code).toBe(GrpcCode.OK);
+    expect(await healthStatus(vision.address)).toBe('SERVING');
+  }, 90_000);
+
+  it('answers a request whose method needs a graph that fails to open FAILED_PRECONDITION without a retry delay, and serves the others', async () => {
+    vision = await startVision();
+    vision.fault('open-fails');
+    const failed = await encode(vision, 30_000, { visionMethod: 'tome', budget: { $case: 'budgetPercent', budgetPercent: 50 } });
+    expect(failed.code).toBe(GrpcCode.FAILED_PRECONDITION);
+    expect(failed.details.retryDelayMs).toBeUndefined();
+    expect(failed.message).toMatch(/^graph vision\/layer_\d+\.scores could not be opened on cpu: the model bundle or the provider is broken/);
+    expect(failed.message).not.toMatch(/Protobuf|\.onnx/);
+    expect(vision.stderr()).toMatch(/"msg":"graph could not be opened".*Protobuf parsing failed/);
+    expect((await encode(vision)).code).toBe(GrpcCode.OK); // unreduced needs no scores graph
+    expect(await healthStatus(vision.address)).toBe('SERVING');
   }, 90_000);
 
   it('counts a worker out once it has not answered VLM_STUCK_WORKER_MS after its request was stopped, and with no other worker says NOT_SERVING', async () => {
