@@ -52,6 +52,20 @@ describe('execution provider start-up', () => {
     expect(spy).toHaveBeenCalledTimes(1); // the CPU was never tried
     expect(chain.active).toBeUndefined();
   });
+  it('a sticky CUDA error on the first session is DEVICE_FAULT, not a fallback to the next provider (the process cannot use the GPU again)', async () => {
+    const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
+    const spy = vi.spyOn(ort.InferenceSession, 'create').mockImplementation(((file: string, options: ort.InferenceSession.SessionOptions) => {
+      const ep = options.executionProviders?.[0];
+      if (typeof ep === 'object' && ep.name === 'cuda') return Promise.reject(new Error('CUDA failure 700: an illegal memory access was encountered ; GPU=0'));
+      return create(file, options);
+    }) as never);
+    const chain = new ProviderChain(configFrom({ provider: 'cuda:0,cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, log);
+    const e = await failure(chain.open(GRAPH));
+    expect([e.code, e.reason]).toEqual(['INTERNAL', 'DEVICE_FAULT']);
+    expect(spy).toHaveBeenCalledTimes(1); // the CPU was never tried
+    expect(chain.active).toBeUndefined();
+  });
+
   it('a later graph that fails to open on the pinned provider names the stage to callers; the runtime text and the path stay in the cause and the log', async () => {
     const lines: LogLine[] = [];
     const chain = new ProviderChain(configFrom({ provider: 'cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, recordingLogger(lines, 'providers'));

@@ -7,6 +7,7 @@
  * neither, and everything above it (worker, pool, service, health) runs for real.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -16,7 +17,6 @@ import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
 import { ReductionPolicy } from '../gen/vlm/v1/common';
 import { decodeStatusDetails } from '../services/common/status';
 import { running } from '../cli/child-running';
-import { freePort } from '../cli/free-port';
 import { shapesImage } from './reliability-helpers';
 import { collect, eventually, healthStatus } from './service-helpers';
 
@@ -34,21 +34,23 @@ interface Vision {
   readonly fault: (mode: string) => void;
 }
 
-async function startVision(env: Record<string, string> = {}): Promise<Vision> {
+/** A `vlm serve vision` process with the fault hook, on a port of the kernel's choosing; killed by the caller. */
+async function startVision(started: ChildProcess[], env: Record<string, string> = {}): Promise<Vision> {
   const dir = mkdtempSync(path.join(tmpdir(), 'vlm-fault-'));
   const modeFile = path.join(dir, 'mode');
-  const port = await freePort();
-  const child = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], {
+  const child = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], {
     cwd: ROOT,
     env: { ...process.env, NODE_OPTIONS: `--require ${FAULT}`, VLM_TEST_ORT_FAULT: modeFile, VLM_INTRA_OP_THREADS: '1', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  started.push(child);
   child.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  await eventually(() => /"msg":"serving"/.test(stderr) || !running(child), 60_000, 100);
-  expect(stderr).toMatch(/"msg":"serving"/);
-  const address = `127.0.0.1:${port}`;
+  const serving = /"msg":"serving","address":"(127\.0\.0\.1:\d+)"/;
+  await eventually(() => serving.test(stderr) || !running(child), 60_000, 100);
+  const address = serving.exec(stderr)?.[1];
+  if (!address) throw new Error(`vision did not start: ${stderr}`);
   return { process: child, address, client: new VisionServiceClient(address, credentials.createInsecure()), stderr: () => stderr, fault: (mode) => writeFileSync(modeFile, mode) };
 }
 
@@ -60,14 +62,22 @@ async function encode(vision: Vision, deadlineMs = 30_000, policy?: Partial<Redu
 
 describe('a replica whose GPU is in trouble', () => {
   let vision: Vision | undefined;
-  afterEach(() => {
+  const started: ChildProcess[] = [];
+  afterEach(async () => {
     vision?.client.close();
+    vision = undefined;
     // SIGKILL: a worker stuck in a call never lets a drain finish, and the kubelet does the same.
-    if (vision && running(vision.process)) vision.process.kill('SIGKILL');
+    // Waited for, so its temporary folder is gone too.
+    for (const child of started.splice(0)) {
+      if (!running(child)) continue;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    }
   });
 
   it('fails the request it was running with DEVICE_FAULT, then says NOT_SERVING and sends every later request elsewhere, for good', async () => {
-    vision = await startVision();
+    vision = await startVision(started);
     expect((await encode(vision)).code).toBe(GrpcCode.OK);
 
     vision.fault('device-fault');
@@ -94,7 +104,7 @@ describe('a replica whose GPU is in trouble', () => {
   }, 90_000);
 
   it('answers a request the device had no memory for RESOURCE_EXHAUSTED OUT_OF_MEMORY with a retry delay, and stays SERVING (memory frees)', async () => {
-    vision = await startVision();
+    vision = await startVision(started);
     vision.fault('out-of-memory');
     const failed = await encode(vision);
     expect(failed.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
@@ -107,7 +117,7 @@ describe('a replica whose GPU is in trouble', () => {
   }, 90_000);
 
   it('answers a request whose method needs a graph that fails to open FAILED_PRECONDITION without a retry delay, and serves the others', async () => {
-    vision = await startVision();
+    vision = await startVision(started);
     vision.fault('open-fails');
     const failed = await encode(vision, 30_000, { visionMethod: 'tome', budget: { $case: 'budgetPercent', budgetPercent: 50 } });
     expect(failed.code).toBe(GrpcCode.FAILED_PRECONDITION);
@@ -120,7 +130,7 @@ describe('a replica whose GPU is in trouble', () => {
   }, 90_000);
 
   it('counts a worker out once it has not answered VLM_STUCK_WORKER_MS after its request was stopped, and with no other worker says NOT_SERVING', async () => {
-    vision = await startVision({ VLM_STUCK_WORKER_MS: '4000' });
+    vision = await startVision(started, { VLM_STUCK_WORKER_MS: '4000' });
     expect((await encode(vision)).code).toBe(GrpcCode.OK);
 
     vision.fault('hang');

@@ -29,10 +29,13 @@ describe('an answer that is only a stop token', () => {
     // The token the random model answers this request with first, from the same bundle in one process.
     const config = pairConfig({});
     const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits });
-    const image = await shapesImage();
-    const first = await pool.ask(image, 'what color is the circle?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 1 }, { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 });
-    await pool.close();
-    const firstId = first.generate.tokenIds[0]!;
+    let firstId: number;
+    try {
+      const first = await pool.ask(await shapesImage(), 'what color is the circle?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 1 }, { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 });
+      firstId = first.generate.tokenIds[0]!;
+    } finally {
+      await pool.close();
+    }
 
     dir = await mkdtemp(path.join(tmpdir(), 'vlm-stop-first-'));
     await cp(RANDOM_BUNDLE, dir, { recursive: true });
@@ -50,7 +53,7 @@ describe('an answer that is only a stop token', () => {
     client?.close();
     await language?.stop();
     await vision?.stop();
-    await rm(dir, { recursive: true, force: true });
+    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   it('streams no delta and one final: stop, 0 generated, empty text, a time to first token', async () => {

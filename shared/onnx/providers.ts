@@ -80,15 +80,17 @@ export class ProviderChain {
         return { session, provider: name };
       } catch (err) {
         const message = (err as Error).message;
+        // A device that failed for good is the process's problem, pinned or not: no other provider
+        // should take over from a service advertising the GPU, and no replacement worker can use it.
+        if (isDeviceFault(message)) {
+          throw new VlmError('INTERNAL', `the GPU of this replica failed while opening graph ${graph} on ${name}; the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
+        }
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
         if (this.pinned) {
           // A lazily opened graph fails inside a caller's request: the runtime's text (allocator,
           // sizes, source paths) and the server's paths stay in the error's cause and the log, not
           // in the caller's status. The worker logs an out-of-memory failure with its cause.
-          if (isDeviceFault(message)) {
-            throw new VlmError('INTERNAL', `the GPU of this replica failed while opening graph ${graph} on ${name}; the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
-          }
           if (isOutOfMemory(message)) {
             throw new VlmError('RESOURCE_EXHAUSTED', `graph ${graph} could not be opened on ${name}: out of memory (the request needs more than is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
           }

@@ -411,6 +411,8 @@ export class InferencePool {
   private failDevice(message: string): void {
     if (this.deviceFault !== undefined || this.closed) return;
     this.deviceFault = message;
+    for (const t of this.restartTimers) clearTimeout(t);
+    this.restartTimers.clear();
     this.log.error('the GPU failed in a way it does not recover from: this replica takes no more requests and reports NOT_SERVING, so that it is restarted', { error: message });
     this.failQueuedIfOut();
     this.announceAvailability();
@@ -510,7 +512,8 @@ export class InferencePool {
     const start: Promise<void> = InferencePool.startWorker(this.deps, index, this.identity)
       .then(async ({ worker }) => {
         this.starting.delete(start);
-        if (this.closed) return void (await worker.terminate());
+        // After a device fault a worker that loaded anyway would run on the failed device.
+        if (this.closed || this.deviceFault !== undefined) return void (await worker.terminate());
         this.attach(worker);
         const next = this.queue.shift();
         if (next) this.dispatch(this.slots[this.slots.length - 1]!, next);
@@ -519,6 +522,7 @@ export class InferencePool {
         this.starting.delete(start);
         if (this.closed) return;
         if (err instanceof VlmError && err.reason === 'DEVICE_FAULT') return this.failDevice(err.message);
+        if (this.deviceFault !== undefined) return;
         const delayMs = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** attempt);
         this.log.error('replacement worker failed to start; retrying', { error: (err as Error).message, retry_in_ms: delayMs, workers: this.slots.length });
         // Without a worker that can run them the queued jobs would only wait for their deadlines.
@@ -526,7 +530,7 @@ export class InferencePool {
         this.announceAvailability();
         const timer = setTimeout(() => {
           this.restartTimers.delete(timer);
-          if (!this.closed) this.replace(index, attempt + 1);
+          if (!this.closed && this.deviceFault === undefined) this.replace(index, attempt + 1);
         }, delayMs);
         timer.unref();
         this.restartTimers.add(timer);
