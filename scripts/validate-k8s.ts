@@ -30,6 +30,7 @@ import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/Horizo
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { PodMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor';
+import { PrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 
 // ---------------------------------------------------------------------------------------------------
 // Objects and findings
@@ -113,6 +114,7 @@ const SCHEMAS: ReadonlyMap<string, { readonly model: ModelCtor; readonly module:
   ['policy/v1/PodDisruptionBudget', { model: PodDisruptionBudget, module: 'kubernetes-models/policy/v1/PodDisruptionBudget', iface: 'IPodDisruptionBudget' }],
   ['networking.k8s.io/v1/NetworkPolicy', { model: NetworkPolicy, module: 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy', iface: 'INetworkPolicy' }],
   ['monitoring.coreos.com/v1/PodMonitor', { model: PodMonitor, module: '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor', iface: 'IPodMonitor' }],
+  ['monitoring.coreos.com/v1/PrometheusRule', { model: PrometheusRule, module: '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule', iface: 'IPrometheusRule' }],
 ]);
 
 const schemaKey = (m: Manifest): string => `${m.apiVersion}/${m.kind}`;

@@ -54,8 +54,8 @@ const env = (c: Container, name: string): string | undefined => c.env?.find((e) 
 describe('every kustomization a user applies', () => {
   const dirs = deployableKustomizations(ROOT);
 
-  it('includes both overlays, the PodMonitor and the metrics adapter rules', () => {
-    expect(dirs.map((d) => path.relative(K8S, d))).toEqual(['overlays/cpu', 'overlays/gpu', 'addons/pod-monitor', 'addons/prometheus-adapter']);
+  it('includes both overlays, the monitoring addon and the metrics adapter rules', () => {
+    expect(dirs.map((d) => path.relative(K8S, d))).toEqual(['overlays/cpu', 'overlays/gpu', 'addons/monitoring', 'addons/prometheus-adapter']);
   });
 
   it.each(dirs.map((d) => [path.relative(ROOT, d), d]))('%s builds and passes schema, field and project checks', (_name, dir) => {
