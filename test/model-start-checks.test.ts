@@ -38,13 +38,18 @@ describe('execution provider start-up', () => {
     expect((await chain.open(GRAPH)).provider).toBe('cpu');
   });
 
-  it('out of memory on the first session is RESOURCE_EXHAUSTED, not a fallback to the next provider', async () => {
+  /** Sessions on the CUDA provider fail to open with `message` (this host has none); others open as usual. */
+  const cudaOpensFailing = (message: string) => {
     const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
-    const spy = vi.spyOn(ort.InferenceSession, 'create').mockImplementation(((file: string, options: ort.InferenceSession.SessionOptions) => {
+    return vi.spyOn(ort.InferenceSession, 'create').mockImplementation(((file: string, options: ort.InferenceSession.SessionOptions) => {
       const ep = options.executionProviders?.[0];
-      if (typeof ep === 'object' && ep.name === 'cuda') return Promise.reject(new Error('CUDA failure 2: out of memory ; GPU=0'));
+      if (typeof ep === 'object' && ep.name === 'cuda') return Promise.reject(new Error(message));
       return create(file, options);
     }) as never);
+  };
+
+  it('out of memory on the first session is RESOURCE_EXHAUSTED, not a fallback to the next provider', async () => {
+    const spy = cudaOpensFailing('CUDA failure 2: out of memory ; GPU=0');
     const chain = new ProviderChain(configFrom({ provider: 'cuda:0,cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, log);
     const e = await failure(chain.open(GRAPH));
     expect(e.code).toBe('RESOURCE_EXHAUSTED');
@@ -53,12 +58,7 @@ describe('execution provider start-up', () => {
     expect(chain.active).toBeUndefined();
   });
   it('a sticky CUDA error on the first session is DEVICE_FAULT, not a fallback to the next provider (the process cannot use the GPU again)', async () => {
-    const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
-    const spy = vi.spyOn(ort.InferenceSession, 'create').mockImplementation(((file: string, options: ort.InferenceSession.SessionOptions) => {
-      const ep = options.executionProviders?.[0];
-      if (typeof ep === 'object' && ep.name === 'cuda') return Promise.reject(new Error('CUDA failure 700: an illegal memory access was encountered ; GPU=0'));
-      return create(file, options);
-    }) as never);
+    const spy = cudaOpensFailing('CUDA failure 700: an illegal memory access was encountered ; GPU=0');
     const chain = new ProviderChain(configFrom({ provider: 'cuda:0,cpu' }, { VLM_INTRA_OP_THREADS: '1' }).runtime, log);
     const e = await failure(chain.open(GRAPH));
     expect([e.code, e.reason]).toEqual(['INTERNAL', 'DEVICE_FAULT']);

@@ -15,6 +15,7 @@ import type { RunningService } from '../services/common/lifecycle';
 import { FinishReason, LanguageServiceClient, type GenerateResponse } from '../gen/vlm/v1/language_service';
 import { InferencePool } from '../shared/worker';
 import { pairConfig, request, shapesImage } from './reliability-helpers';
+import { policy } from './core-helpers';
 import { collect } from './service-helpers';
 
 const RANDOM_BUNDLE = path.resolve(__dirname, 'fixtures/random-bundle');
@@ -31,7 +32,7 @@ describe('an answer that is only a stop token', () => {
     const pool = await InferencePool.start({ model: config.model, runtime: config.runtime, limits: config.limits });
     let firstId: number;
     try {
-      const first = await pool.ask(await shapesImage(), 'what color is the circle?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 1 }, { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 });
+      const first = await pool.ask(await shapesImage(), 'what color is the circle?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 1 }, policy());
       firstId = first.generate.tokenIds[0]!;
     } finally {
       await pool.close();

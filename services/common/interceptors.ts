@@ -142,10 +142,11 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
       if (done) return;
       done = true;
       const ms = performance.now() - started;
-      recordCall(ms / 1000, method.path.slice(1), grpcCodeName(code));
+      const codeName = grpcCodeName(code);
+      recordCall(ms / 1000, method.path.slice(1), codeName);
       const fields = {
         method: method.path,
-        code: grpcCodeName(code),
+        code: codeName,
         durationMs: Math.round(ms * 10) / 10,
         requestId,
         ...traceOf(received),

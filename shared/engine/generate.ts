@@ -203,7 +203,7 @@ export async function generate(
         break;
       }
       ids.push(id);
-      span.addEvent(EVENT_TOKEN, withContent ? { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1, [ATTR_VLM_TOKEN_ID]: id } : { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1 });
+      span.addEvent(EVENT_TOKEN, { [ATTR_VLM_TOKEN_INDEX]: ids.length - 1, ...(withContent ? { [ATTR_VLM_TOKEN_ID]: id } : {}) });
       // Pushed unconditionally: `onDelta?.(decoder.push(id))` would skip the push without a listener.
       const delta = decoder.push(id);
       onDelta?.(delta, id);

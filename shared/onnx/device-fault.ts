@@ -7,6 +7,8 @@
  * documentation calls sticky. Out of memory is not among them (see out-of-memory.ts): the device
  * works, it is full.
  */
+import { VlmError } from '../errors';
+
 const STICKY_CUDA_ERRORS = [
   214, // cudaErrorECCUncorrectable
   700, // cudaErrorIllegalAddress
@@ -28,4 +30,9 @@ const DEVICE_FAULT = [
 
 export function isDeviceFault(message: string): boolean {
   return DEVICE_FAULT.some((re) => re.test(message));
+}
+
+/** INTERNAL DEVICE_FAULT for a fault met while `doing`; the runtime's text stays in `cause` (logged by the worker), not in the message. */
+export function deviceFaultError(doing: string, cause: unknown): VlmError {
+  return new VlmError('INTERNAL', `the GPU of this replica failed while ${doing}; the replica stops serving and is restarted`, { cause, reason: 'DEVICE_FAULT' });
 }

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';
 import type { Logger } from '../log';
-import { isDeviceFault } from './device-fault';
+import { deviceFaultError, isDeviceFault } from './device-fault';
 import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 
 export type SessionRuntime = Pick<RuntimeConfig, 'providers' | 'intraOpThreads' | 'interOpThreads' | 'graphOptimization' | 'spinning'>;
@@ -82,9 +82,7 @@ export class ProviderChain {
         const message = (err as Error).message;
         // A device that failed for good is the process's problem, pinned or not: no other provider
         // should take over from a service advertising the GPU, and no replacement worker can use it.
-        if (isDeviceFault(message)) {
-          throw new VlmError('INTERNAL', `the GPU of this replica failed while opening graph ${graph} on ${name}; the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
-        }
+        if (isDeviceFault(message)) throw deviceFaultError(`opening graph ${graph} on ${name}`, err);
         // Once a provider is pinned, a failure to open is this graph's problem, not the provider's;
         // out of memory is worth a retry (the loader retries the open on the next request).
         if (this.pinned) {

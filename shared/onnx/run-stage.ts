@@ -15,7 +15,7 @@ import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';
 import { float16Bits, toFloat16, toFloat32 } from '../tensor/fp16';
 import { floatRows, type FloatRows } from '../tensor/float-rows';
-import { isDeviceFault } from './device-fault';
+import { deviceFaultError, isDeviceFault } from './device-fault';
 import { isOutOfMemory, OUT_OF_MEMORY_RETRY_MS } from './out-of-memory';
 import type { Stage } from './stage';
 
@@ -112,10 +112,7 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
     results = await stage.session.run(ortFeeds, [...fetch]);
   } catch (err) {
     const message = (err as Error).message;
-    if (isDeviceFault(message)) {
-      // The runtime's text stays in the worker's log; the caller gets what happened to the replica.
-      throw new VlmError('INTERNAL', `the GPU of this replica failed while running this request (stage ${stage.name} on ${stage.provider}); the replica stops serving and is restarted`, { cause: err, reason: 'DEVICE_FAULT' });
-    }
+    if (isDeviceFault(message)) throw deviceFaultError(`running this request (stage ${stage.name} on ${stage.provider})`, err);
     if (isOutOfMemory(message)) {
       // The runtime's text (allocator, sizes, source paths) goes to the worker's log, not to the caller.
       throw new VlmError('RESOURCE_EXHAUSTED', `stage ${stage.name} ran out of memory on ${stage.provider} (the request is too large for what is free now)`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });

@@ -16,6 +16,9 @@
  */
 import { metrics, type Attributes, type Counter, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
 import {
+  ATTR_RPC_METHOD,
+  ATTR_RPC_RESPONSE_STATUS_CODE,
+  ATTR_RPC_SYSTEM_NAME,
   ATTR_VLM_AUTH_CREDENTIAL,
   ATTR_VLM_AUTH_OUTCOME,
   ATTR_VLM_STAGE,
@@ -110,7 +113,7 @@ export function recordGeneration(g: { timeToFirstTokenSeconds: number; decodeSte
  * code's name (`OK`, `RESOURCE_EXHAUSTED`), as the RPC conventions' `rpc.method` and `rpc.response.status_code`.
  */
 export function recordCall(seconds: number, method: string, code: string): void {
-  instruments().callDuration.record(seconds, { 'rpc.system.name': 'grpc', 'rpc.method': method, 'rpc.response.status_code': code });
+  instruments().callDuration.record(seconds, { [ATTR_RPC_SYSTEM_NAME]: 'grpc', [ATTR_RPC_METHOD]: method, [ATTR_RPC_RESPONSE_STATUS_CODE]: code });
 }
 
 /** One bearer-token decision; `credential` is the accepted token's name (shared/auth-tokens.ts), never a token. */

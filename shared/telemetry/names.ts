@@ -83,6 +83,9 @@ export const ATTR_RPC_SYSTEM = 'rpc.system';
 export const ATTR_RPC_SERVICE = 'rpc.service';
 export const ATTR_RPC_METHOD = 'rpc.method';
 export const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
+/** The RPC metrics' newer names (rpc.server.call.duration): the system and the status code by name. */
+export const ATTR_RPC_SYSTEM_NAME = 'rpc.system.name';
+export const ATTR_RPC_RESPONSE_STATUS_CODE = 'rpc.response.status_code';
 export const ATTR_GEN_AI_OPERATION_NAME = 'gen_ai.operation.name';
 export const ATTR_GEN_AI_SYSTEM = 'gen_ai.system';
 export const ATTR_GEN_AI_REQUEST_MODEL = 'gen_ai.request.model';
@@ -119,8 +122,9 @@ export const MetricName = {
   /** Calls the bearer-token check decided, by outcome and accepted token name: shows when a rotated-out token is no longer used. */
   AuthCalls: 'vlm.auth.calls',
   /**
-   * Every call on the main port, refused ones included (the in-flight cap, a drain, a missing token,
-   * a message past the receive limit), which no request duration sees: RPC conventions' name and attributes.
+   * Every call on the main port, refused ones included (the in-flight cap, a drain, a missing token),
+   * which no request duration sees; a message past the receive limit, refused by grpc-js beneath the
+   * interceptors, shows as CANCELLED. RPC conventions' name and attributes.
    */
   CallDuration: 'rpc.server.call.duration',
 } as const;
