@@ -70,8 +70,8 @@ export function findKubectl(env: NodeJS.ProcessEnv = process.env): string {
     if (dir && existsSync(candidate)) return candidate;
   }
   throw new Error(
-    'kubectl not found on PATH (or set KUBECTL=/path/to/kubectl). It needs kustomize v4+ (kubectl >= 1.21) for ' +
-      'components and replacements; Debian bookworm\'s kubernetes-client (1.20, kustomize v2) is too old.',
+    'kubectl not found on PATH (or set KUBECTL=/path/to/kubectl). It needs kubectl >= 1.27 (kustomize v5: components, replacements, ' +
+      'labels with includeTemplates); Debian bookworm\'s kubernetes-client (1.20, kustomize v2) is too old.',
   );
 }
 

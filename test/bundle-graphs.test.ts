@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 
-import * as ort from 'onnxruntime-node';
+import { ort } from '../shared/onnx/ort';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const FIXTURES = join(__dirname, 'fixtures');

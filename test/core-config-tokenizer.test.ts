@@ -5,7 +5,7 @@ import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parsePr
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, characterCount, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../shared/onnx/ort';
 import { float16Bits, toFloat16, toFloat32, float32ToFloat16Bit } from '../shared/tensor/fp16';
 import { HiddenState } from '../shared/engine/hidden-state';
 import { combineSpan, combineRows, checkCombination } from '../shared/tensor/rows';

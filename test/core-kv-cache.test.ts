@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../shared/onnx/ort';
 import { disposeModel, encodeImage, generate, type LoadedModel } from '../shared/engine';
 import { createKvCaches } from '../shared/engine/kv-cache';
 import type { Manifest } from '../shared/bundle/manifest';

@@ -371,8 +371,8 @@ describe('Dockerfiles', () => {
 
   it.each([
     ['a single stage', (t: string) => t.replace(/FROM \$\{NODE_IMAGE\} AS runtime[\s\S]*$/, 'USER 10001\n'), /is not multi-stage/],
-    ['a latest base', (t: string) => t.replace('ARG NODE_IMAGE=node:20.19.5-bookworm-slim', 'ARG NODE_IMAGE=node:latest'), /moving tag "latest"/],
-    ['a major-only base tag', (t: string) => t.replace('ARG NODE_IMAGE=node:20.19.5-bookworm-slim', 'ARG NODE_IMAGE=node:20-slim'), /not pinned to an exact version/],
+    ['a latest base', (t: string) => t.replace('ARG NODE_IMAGE=node:24.21.0-bookworm-slim', 'ARG NODE_IMAGE=node:latest'), /moving tag "latest"/],
+    ['a major-only base tag', (t: string) => t.replace('ARG NODE_IMAGE=node:24.21.0-bookworm-slim', 'ARG NODE_IMAGE=node:24-slim'), /not pinned to an exact version/],
     ['a named user', (t: string) => t.replace('USER 10001:10001', 'USER node'), /use a numeric non-root USER/],
     ['no user', (t: string) => t.replace('USER 10001:10001\n', ''), /runs as root \(no USER\)/],
     ['npm install', (t: string) => t.replace(/npm ci/g, 'npm install'), /npm ci/],

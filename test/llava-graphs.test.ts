@@ -16,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import * as ort from 'onnxruntime-node';
+import { ort } from '../shared/onnx/ort';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {

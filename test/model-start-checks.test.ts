@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../shared/onnx/ort';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { configFrom, testConfig } from '../shared/config';
 import { loadBundle } from '../shared/bundle';

@@ -66,7 +66,7 @@ describe('a replica whose GPU is in trouble', () => {
   afterEach(async () => {
     vision?.client.close();
     vision = undefined;
-    // SIGKILL: a worker stuck in a call never lets a drain finish, and the kubelet does the same.
+    // SIGKILL, as the kubelet does at its grace period's end: quick, whatever a test left running.
     // Waited for, so its temporary folder is gone too.
     for (const child of started.splice(0)) {
       if (!running(child)) continue;
@@ -144,5 +144,45 @@ describe('a replica whose GPU is in trouble', () => {
     expect(refused.code).toBe(GrpcCode.UNAVAILABLE);
     expect(refused.details).toMatchObject({ reason: 'NO_WORKER', retryDelayMs: 0 });
     expect(refused.message).toMatch(/stuck in a model call/);
+
+    // The liveness probe's restart: the stuck worker has had its time, so the stop does not wait for it.
+    const stop = await stopped(vision);
+    expect(stop.signal).toBe('SIGKILL');
+    expect(stop.ms).toBeLessThan(3_000);
+    expect(vision.stderr()).toMatch(/"msg":"an inference worker is still inside a model call; the pool closes without it \(only ending the process stops it\)".*"stuck":true,"waited_ms":0/);
+    expect(vision.stderr()).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
+  }, 90_000);
+
+  it('on a stop, gives a worker still inside a model call VLM_STUCK_WORKER_MS to come back, then ends the process without it instead of waiting for the kill a grace period later', async () => {
+    vision = await startVision(started, { VLM_STUCK_WORKER_MS: '6000' });
+    vision.fault('hang');
+    expect((await encode(vision, 1000)).code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+
+    const stop = await stopped(vision);
+    expect(stop.signal).toBe('SIGKILL');
+    expect(stop.ms).toBeGreaterThanOrEqual(5_500);
+    expect(stop.ms).toBeLessThan(20_000);
+    const log = vision.stderr();
+    expect(log).toMatch(/"msg":"stopping","signal":"SIGTERM"/);
+    expect(log).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; waiting for the call to return/);
+    expect(log).toMatch(/"msg":"an inference worker is still inside a model call; the pool closes without it.*"stuck":false,"waited_ms":6000/);
+    expect(log).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
+  }, 90_000);
+
+  it('on a stop with every worker idle, exits 0 and says nothing of stuck workers', async () => {
+    vision = await startVision(started, { VLM_STUCK_WORKER_MS: '6000' });
+    expect((await encode(vision)).code).toBe(GrpcCode.OK);
+    const stop = await stopped(vision);
+    expect(stop).toMatchObject({ code: 0, signal: null });
+    expect(vision.stderr()).not.toMatch(/stuck in a model call|closes without it/);
   }, 90_000);
 });
+
+/** Sends SIGTERM and waits for the process to end: how, and how long it took. */
+async function stopped(vision: Vision): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }> {
+  const exited = once(vision.process, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const started = performance.now();
+  vision.process.kill('SIGTERM');
+  const [code, signal] = await exited;
+  return { code, signal, ms: performance.now() - started };
+}

@@ -23,7 +23,7 @@ describe('a drain that runs out while a call is answered', () => {
       metadata.set('x-request-id', 'drained-mid-answer');
       const call = client.generate(request(await shapesImage(), { maxTokens: 200 }), metadata);
       let deltas = 0;
-      let stopped: Promise<void> | undefined;
+      let stopped: Promise<unknown> | undefined;
       const error = await new Promise<ServiceError | null>((resolve) => {
         call.on('data', (m: { part?: { $case: string } }) => {
           if (m.part?.$case !== 'delta') return;

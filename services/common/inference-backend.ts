@@ -5,7 +5,7 @@
 import { providerName, type Config } from '../../shared/config';
 import { geometryOf } from '../../shared/engine/model';
 import type { Logger } from '../../shared/log';
-import { InferencePool } from '../../shared/worker';
+import { InferencePool, type PoolCloseReport } from '../../shared/worker';
 import type { ModelSide } from '../../shared/bundle/loader';
 import type { ModelFacts } from './model-info';
 import { observeQueueDepth, publishInFlightAtZero } from '../../shared/telemetry/metrics';
@@ -20,7 +20,7 @@ export interface InferenceBackend {
   /** "cpu" or "cuda:<id>" as configured. */
   readonly device: string;
   /** Stops reporting this pool's queue depth, then closes the pool. */
-  close(): Promise<void>;
+  close(): Promise<PoolCloseReport>;
 }
 
 /** Device of the active provider: the configured spec with the same kind (cuda:1), else the kind. */

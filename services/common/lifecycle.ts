@@ -6,6 +6,7 @@
 import { hostPort, isLoopbackAddress, localAddress, type Config } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
+import type { PoolCloseReport } from '../../shared/worker';
 import type { GrpcServer } from './grpc-server';
 
 export interface RunningService {
@@ -15,8 +16,11 @@ export interface RunningService {
   readonly backend: InferenceBackend;
   /** Calls of the service's API in flight (health and reflection not counted). */
   activeCalls(): number;
-  /** Graceful: NOT_SERVING, drain, shutdown, then the workers are stopped. Idempotent. */
-  stop(): Promise<void>;
+  /**
+   * Graceful: NOT_SERVING, drain, shutdown, then the workers are stopped. Idempotent. Workers stuck in
+   * a model call are left running (the report counts them): the process must end without them.
+   */
+  stop(): Promise<PoolCloseReport>;
 }
 
 export async function serve(
@@ -43,7 +47,7 @@ export async function serve(
     await backend.close();
     throw err;
   }
-  let stopping: Promise<void> | null = null;
+  let stopping: Promise<PoolCloseReport> | null = null;
   const service: RunningService = {
     port: bound,
     address: localAddress(config.services.host, bound),
@@ -52,7 +56,7 @@ export async function serve(
     stop: () =>
       (stopping ??= (async () => {
         await server.stop();
-        await backend.close();
+        return backend.close();
       })()),
   };
   try {
@@ -106,21 +110,35 @@ export function onStopSignals(onStop: (signal: NodeJS.Signals, again: boolean) =
   process.on('SIGINT', onSignal);
 }
 
-/** SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. */
-export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
+/**
+ * Ends the process without waiting for its worker threads. Not process.exit(): with a worker inside a
+ * native model call it waits for that call and then aborts (the worker is torn down mid-call), or never
+ * returns if the call hangs. As PID 1 (the images start node directly) the kernel ignores a SIGKILL the
+ * process sends itself: abort.
+ */
+function exitNow(): void {
+  if (process.pid === 1) process.abort();
+  process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. A stop
+ * that leaves workers stuck in a model call exits at once too, once the drain and telemetry are done:
+ * waiting would only hold the GPU until the orchestrator's kill, a grace period later.
+ */
+export function stopOnSignals(stop: () => Promise<PoolCloseReport | void>, log: Logger): void {
   onStopSignals((signal, again) => {
     if (again) {
       log.warn('second signal; exiting now', { signal });
-      // Not process.exit(): with a worker inside a native model call it waits for that call and then
-      // aborts (the worker is torn down mid-call), or never returns if the call hangs. As PID 1 (the
-      // images start node directly) the kernel ignores a SIGKILL the process sends itself: abort.
-      if (process.pid === 1) process.abort();
-      process.kill(process.pid, 'SIGKILL');
-      return;
+      return exitNow();
     }
     log.info('stopping', { signal });
     stop().then(
-      () => process.exit(0),
+      (report) => {
+        if (!report || report.stuckWorkers === 0) return process.exit(0);
+        log.error('stopped with inference workers stuck in a model call; exiting without them', { stuck: report.stuckWorkers });
+        exitNow();
+      },
       (err: unknown) => {
         log.error('stop failed', { error: err instanceof Error ? err.message : String(err) });
         process.exit(1);

@@ -4,7 +4,7 @@
  * something reads it (a reduction method, a tap). For a float16 bundle this removes two conversions
  * per stage boundary; on a device-resident runner the same surface would keep it on the GPU.
  */
-import * as ort from 'onnxruntime-node';
+import { ort } from '../onnx/ort';
 import type { Feed, Resident } from '../onnx/run-stage';
 import { residentRows, residentToHost } from '../onnx/run-stage';
 import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';

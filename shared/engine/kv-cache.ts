@@ -10,7 +10,7 @@
  *   prefix. Per call, outputs are O(T) instead of O(P+T): on the CUDA provider every output is copied
  *   to host memory, and copying whole caches back each decode step was most of the step's time.
  */
-import * as ort from 'onnxruntime-node';
+import { ort } from '../onnx/ort';
 import { VlmError } from '../errors';
 import { KV_CACHE_OUTPUTS, kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
 import type { Resident } from '../onnx/run-stage';

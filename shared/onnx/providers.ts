@@ -5,7 +5,7 @@
  * provider that opens a session is pinned for the rest of the bundle (mixing providers between
  * stages would move every hidden state across devices).
  */
-import * as ort from 'onnxruntime-node';
+import { ort } from './ort';
 import * as path from 'node:path';
 import { VlmError } from '../errors';
 import { providerName, type ProviderSpec, type RuntimeConfig } from '../config';

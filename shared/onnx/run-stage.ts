@@ -9,7 +9,7 @@
  * the projector over the hop to the decoder's first layer (residentRows; tensor/float-rows.ts converts
  * them only for a reader of values or a caller's rows of the other dtype).
  */
-import * as ort from 'onnxruntime-node';
+import { ort } from './ort';
 import { VlmError } from '../errors';
 import type { Dim, TensorDecl } from '../bundle/manifest';
 import { f32, type F32Tensor, type HostTensor } from '../tensor/host-tensor';

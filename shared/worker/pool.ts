@@ -70,6 +70,12 @@ export interface CallOptions {
   readonly caller?: string;
 }
 
+/** What a close left undone. */
+export interface PoolCloseReport {
+  /** Workers left inside a model call that did not return (they keep the process from exiting). */
+  readonly stuckWorkers: number;
+}
+
 interface Task {
   readonly id: number;
   readonly job: Job;
@@ -109,6 +115,7 @@ export class InferencePool {
   private readonly queue = new FairQueue<Task>();
   private nextId = 1;
   private closed = false;
+  private closing: Promise<PoolCloseReport> | undefined;
   /**
    * Replacement workers being started, by their start: each leaves once it has loaded or failed, and
    * settles once its worker is attached, stopped after a close, or its retry scheduled.
@@ -283,18 +290,26 @@ export class InferencePool {
 
   /**
    * Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops
-   * the workers, replacements still loading included (each once it has loaded).
+   * the workers, replacements still loading included (each once it has loaded). A worker still inside
+   * a model call `stuckWorkerMs` after its abort is left running and counted in the report: only ending
+   * the process gets rid of it (stopWorker says why). Idempotent: every call gets the same report.
    */
-  async close(graceMs = 0): Promise<void> {
-    if (this.closed) return;
+  close(graceMs = 0): Promise<PoolCloseReport> {
+    this.closing ??= this.closeOnce(graceMs);
+    return this.closing;
+  }
+
+  private async closeOnce(graceMs: number): Promise<PoolCloseReport> {
     this.closed = true;
     for (const t of this.restartTimers) clearTimeout(t);
     this.restartTimers.clear();
     for (const t of this.queue.drain()) this.settle(t, VlmError.shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    await Promise.all([...this.slots.map((s) => this.stopWorker(s)), ...this.starting]);
+    const stopped = await Promise.all(this.slots.map((s) => this.stopWorker(s)));
+    await Promise.all(this.starting);
     this.slots.length = 0;
+    return { stuckWorkers: stopped.filter((ok) => !ok).length };
   }
 
   /**
@@ -302,18 +317,26 @@ export class InferencePool {
    * (onnxruntime-node throws into the torn-down thread: "terminate called after throwing an instance
    * of 'Napi::Error'", exit 134), and so does process.exit(). A running job is aborted first; the
    * worker stops at its next check between layers or decode steps and answers, and only then is it
-   * terminated. One native call cannot be interrupted, so a worker inside a long one is waited for
-   * however long it takes (with a warning after STOP_WAIT_MS): the orchestrator's kill is the bound.
+   * terminated. One native call cannot be interrupted, so a worker inside a long one is waited for,
+   * with a warning after STOP_WAIT_MS, up to `stuckWorkerMs` (not at all if it already counts as
+   * stuck; for ever with 0): past that it is left running and false returned, and the process has to
+   * end without it (lifecycle's exitNow), or the orchestrator's kill ends it a grace period later.
    */
-  private async stopWorker(s: Slot): Promise<void> {
+  private async stopWorker(s: Slot): Promise<boolean> {
     const task = s.task;
     if (task) {
       const reason = VlmError.shuttingDown('the inference pool shut down while the request ran');
       this.settle(task, reason);
       s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
+      const waitMs = this.deps.runtime.stuckWorkerMs;
+      const giveUpAt = s.stuck ? Date.now() : waitMs > 0 ? Date.now() + waitMs : Infinity;
       const warnAt = Date.now() + STOP_WAIT_MS;
       let warned = false;
       while (s.task === task) {
+        if (Date.now() >= giveUpAt) {
+          this.log.error('an inference worker is still inside a model call; the pool closes without it (only ending the process stops it)', { requestId: task.options.requestId, stuck: s.stuck, waited_ms: s.stuck ? 0 : waitMs });
+          return false;
+        }
         if (!warned && Date.now() >= warnAt) {
           warned = true;
           this.log.warn('an inference worker is still inside a model call after its request was stopped; waiting for the call to return (stopping the worker mid-call would abort the process)', { requestId: task.options.requestId, waited_ms: STOP_WAIT_MS });
@@ -322,6 +345,7 @@ export class InferencePool {
       }
     }
     await s.worker.terminate();
+    return true;
   }
 
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
