@@ -183,7 +183,7 @@ describe('health requests still arriving on the main port (its receive limit is 
       const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => rawCall(session, '/grpc.health.v1.Health/Check', { headers: { 'grpc-timeout': '2000000S' }, write: partialMessage(4 << 20, 1024) }).stream);
       await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
       const refused = await check(client, '');
-      expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)` });
+      expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)` });
       // Not for ever: they get INFRASTRUCTURE_ARRIVAL_MS to arrive, whatever deadline they claim.
       await eventually(async () => (await check(client, '')).code === 0, INFRASTRUCTURE_ARRIVAL_MS + 5000, 100);
       for (const s of streams) s.close();

@@ -20,7 +20,8 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { accessLogInterceptor, Admission, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
+import { accessLogInterceptor, Admission, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -62,6 +63,12 @@ export interface GrpcServerOptions {
   readonly refuseAtHeaders?: (path: string, caller: string) => VlmError | null;
   /** With client certificates required: the names one of which a client's certificate must carry (empty: any from the CA). */
   readonly clientNames?: readonly string[];
+  /** The handlers' deadline for calls that carry none: such a call not over this long (plus stalledStatusGraceMs) after its headers is reset. */
+  readonly defaultDeadlineMs?: number;
+  /** How long past its deadline a call's status may wait behind responses its client does not read (stalled-calls.ts). */
+  readonly stalledStatusGraceMs?: number;
+  /** How long a reflection stream may stay open (Admission). */
+  readonly reflectionLifetimeMs?: number;
 }
 
 const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
@@ -76,8 +83,22 @@ export class GrpcServer {
 
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
-    this.admission = new Admission(options.maxInFlightCalls ?? 0, new Set(options.lightMethods));
-    const interceptors: ServerInterceptor[] = [requestEncodingInterceptor(), requestIdInterceptor(), accessLogInterceptor(options.log.child('access')), uncompressedRequestsInterceptor()];
+    this.admission = new Admission(options.maxInFlightCalls ?? 0, new Set(options.lightMethods), options.reflectionLifetimeMs);
+    const defaultDeadlineMs = options.defaultDeadlineMs ?? DEFAULT_REQUEST_ARRIVAL_MS;
+    const limitOf = (path: string): CallLimit | undefined =>
+      path.startsWith(HEALTH_PATH_PREFIX)
+        ? undefined
+        : path.startsWith(REFLECTION_PATH_PREFIX)
+          ? { ms: this.admission.reflectionLifetimeMs, from: 'headers' }
+          : { ms: defaultDeadlineMs, from: 'request' };
+    const interceptors: ServerInterceptor[] = [
+      // First: only the base call knows the request's encoding (requestEncodingInterceptor says why).
+      requestEncodingInterceptor(),
+      stalledCallInterceptor({ limitOf, graceMs: options.stalledStatusGraceMs, log: options.log }),
+      requestIdInterceptor(),
+      accessLogInterceptor(options.log.child('access')),
+      uncompressedRequestsInterceptor(),
+    ];
     if (options.clientNames?.length) interceptors.push(clientCertificateNameInterceptor(options.clientNames, options.log));
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
@@ -210,12 +231,13 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
  */
 export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'maxInFlightCalls' | 'requestArrivalMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'maxInFlightCalls' | 'requestArrivalMs' | 'defaultDeadlineMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
 > {
   return {
     clientNames: config.tls.clientNames,
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
     maxConnectionAgeGraceMs: config.limits.deadlineMs,
+    defaultDeadlineMs: config.limits.deadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),
     requestArrivalMs: config.limits.deadlineMs,
     maxSendMessageBytes: SEND_LIMIT,

@@ -43,21 +43,30 @@ export const CALLER_KEY = 'x-vlm-caller';
  * as another token's. Ignored without authentication or when it is not a token name.
  */
 export const ON_BEHALF_OF_KEY = 'x-vlm-on-behalf-of';
-const HEALTH_PREFIX = '/grpc.health.v1.Health/';
-const REFLECTION_PREFIX = '/grpc.reflection.';
+export const HEALTH_PATH_PREFIX = '/grpc.health.v1.Health/';
+export const REFLECTION_PATH_PREFIX = '/grpc.reflection.';
 /** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
 const IN_FLIGHT_RETRY_MS = 1000;
 /** Health and reflection requests being received at once on the main port (each a few bytes when honest). */
 export const INFRASTRUCTURE_RECEIVING_MAX = 8;
 /** How long a health or reflection request may take to arrive, whatever its deadline. */
 export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
+/**
+ * Reflection streams open at once, and how long one may stay open. ServerReflectionInfo is a
+ * bidirectional stream: after its first request a client may send more for as long as it keeps the
+ * stream, each up to the receive limit, and @grpc/reflection answers each without waiting for the
+ * client to read. A tool's query (grpcurl list, describe) takes well under a second on one stream.
+ */
+export const REFLECTION_STREAMS_MAX = 4;
+export const REFLECTION_LIFETIME_MS = 15_000;
 
 /**
  * Health and reflection: never counted against the in-flight cap or refused for load or drain
- * (probes, tooling); only how many may be arriving at once is bounded (Admission).
+ * (probes, tooling); how many health requests may be arriving at once, and how many reflection
+ * streams may be open and for how long, are bounded instead (Admission).
  */
 function isServiceInfrastructure(path: string): boolean {
-  return path.startsWith(HEALTH_PREFIX) || path.startsWith(REFLECTION_PREFIX);
+  return path.startsWith(HEALTH_PATH_PREFIX) || path.startsWith(REFLECTION_PATH_PREFIX);
 }
 
 /** RESOURCE_EXHAUSTED QUEUE_FULL for the admission limits, retried after IN_FLIGHT_RETRY_MS. */
@@ -153,7 +162,7 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
         peer: call.getPeer(),
         ...(code === GrpcCode.OK ? {} : { details }),
       };
-      if (method.path.startsWith(HEALTH_PREFIX)) log.debug('call', fields);
+      if (method.path.startsWith(HEALTH_PATH_PREFIX)) log.debug('call', fields);
       else if (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN) log.warn('call', fields);
       else log.info('call', fields);
     };
@@ -269,7 +278,7 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
  */
 export function bearerAuthInterceptor(tokens: BearerTokens, options: { acceptOnBehalfOf?: boolean } = {}): ServerInterceptor {
   return (method, call) => {
-    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    if (method.path.startsWith(HEALTH_PATH_PREFIX)) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const header = metadata.get('authorization')[0];
@@ -319,7 +328,7 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
 export function clientCertificateNameInterceptor(names: readonly string[], log: Logger): ServerInterceptor {
   const allowed = new Set(names);
   return (method, call) => {
-    if (method.path.startsWith(HEALTH_PREFIX)) return new ServerInterceptingCall(call);
+    if (method.path.startsWith(HEALTH_PATH_PREFIX)) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const cert = call.getAuthContext().sslPeerCertificate;
@@ -397,8 +406,10 @@ export class Admission {
   private readonly byCaller = new Map<string, number>();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
-  /** Health and reflection calls whose request message is still arriving (infrastructureCall). */
+  /** Health calls whose request message is still arriving (infrastructureCall). */
   private infrastructureReceiving = 0;
+  /** Reflection streams open (reflectionCall). */
+  private reflectionStreams = 0;
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
   private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
@@ -410,6 +421,7 @@ export class Admission {
   constructor(
     private readonly maxInFlight = 0,
     private readonly lightPaths: ReadonlySet<string> = new Set(),
+    readonly reflectionLifetimeMs = REFLECTION_LIFETIME_MS,
   ) {}
 
   /** The places at the top of the cap only callers below their fair share may take (none under 4). */
@@ -460,10 +472,10 @@ export class Admission {
   }
 
   /**
-   * Health and reflection: never refused for load or drain, but on the main port their messages take
-   * the same receive limit as a request's (tens of MiB), and health needs no token, so anyone reaching
-   * the port could have grpc-js buffer 100 of them per connection. Only so many may be arriving at
-   * once; a call whose message has arrived holds nothing (a Watch stream stays open for free).
+   * Health: never refused for load or drain, but on the main port its messages take the same receive
+   * limit as a request's (tens of MiB), and health needs no token, so anyone reaching the port could
+   * have grpc-js buffer 100 of them per connection. Only so many may be arriving at once; a call whose
+   * message has arrived holds nothing (a Watch stream stays open for free).
    */
   private infrastructureCall(method: { readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
     let receiving = false;
@@ -477,7 +489,7 @@ export class Admission {
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         if (this.infrastructureReceiving >= INFRASTRUCTURE_RECEIVING_MAX) {
-          reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health or reflection requests are being received already; retry later (probes: use the health port)`));
+          reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
           return;
         }
         receiving = true;
@@ -498,8 +510,42 @@ export class Admission {
     return listening(call, listener);
   }
 
+  /**
+   * A reflection stream is counted for as long as it is open, at most REFLECTION_STREAMS_MAX at once,
+   * and ended after REFLECTION_LIFETIME_MS: what it can hold (partial requests up to the receive
+   * limit, answers its client has not read) is bounded in number and time. Ending it may wait behind
+   * answers its client does not read; stalledCallInterceptor resets such a stream.
+   */
+  private reflectionCall(call: ServerInterceptingCallInterface): ServerInterceptingCall {
+    let open = false;
+    let timer: NodeJS.Timeout | undefined;
+    const closed = (): void => {
+      clearTimeout(timer);
+      if (!open) return;
+      open = false;
+      this.reflectionStreams--;
+    };
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        if (this.reflectionStreams >= REFLECTION_STREAMS_MAX) {
+          reject(call, queueFull(`${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later`));
+          return;
+        }
+        open = true;
+        this.reflectionStreams++;
+        const lifetime = this.reflectionLifetimeMs;
+        timer = setTimeout(() => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)), lifetime);
+        timer.unref();
+        next(metadata);
+      })
+      .withOnCancel(closed)
+      .build();
+    return listening(call, listener);
+  }
+
   interceptor(): ServerInterceptor {
     return (method, call) => {
+      if (method.path.startsWith(REFLECTION_PATH_PREFIX)) return this.reflectionCall(call);
       if (isServiceInfrastructure(method.path)) return this.infrastructureCall(method, call);
       let counted = false;
       let caller = '';

@@ -1,0 +1,116 @@
+/**
+ * Calls whose client stopped reading. grpc-js sends a call's status after its last buffered response,
+ * and sends a response only as the client's HTTP/2 window allows, so a client that stops reading (its
+ * window shut, its connection still answering pings) keeps the call open after its handler has ended,
+ * its deadline included (grpc-js's own deadline status waits behind the same data). Such a call keeps
+ * its admission slot, its buffered responses (up to the whole Encode tensor) and its handler's memory
+ * until the connection ages out (minutes), or for ever with `--max-connection-age-ms 0`: enough of
+ * them fill `--max-inflight-calls` for everyone.
+ *
+ * So every call has a time by which it must be over: its deadline (the client's, or the default one
+ * the handlers apply), or for reflection the lifetime the admission gives those streams. A call not
+ * over `graceMs` after that has its HTTP/2 stream reset (RST_STREAM CANCEL): its client sees it
+ * cancelled, which is all a client that does not read could see anyway, and grpc-js ends it at once
+ * (the interceptors' onCancel releases what it held). Health calls without a deadline (Watch streams)
+ * have no such time.
+ */
+import { constants as http2 } from 'node:http2';
+import { ResponderBuilder, ServerInterceptingCall, ServerListenerBuilder, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
+import type { Logger } from '../../shared/log';
+
+/** How long past its time a call's status may wait behind responses its client does not take. */
+export const STALLED_STATUS_GRACE_MS = 5_000;
+
+/**
+ * How long a call without a deadline of its own may last: counted from its headers (reflection's
+ * lifetime), or from its request's arrival (the handlers' default deadline starts when they do).
+ */
+export interface CallLimit {
+  readonly ms: number;
+  readonly from: 'headers' | 'request';
+}
+
+export interface StalledCallOptions {
+  /** The limit of a call of `path` without a deadline of its own; undefined: none. */
+  readonly limitOf: (path: string) => CallLimit | undefined;
+  readonly graceMs?: number;
+  readonly log: Logger;
+}
+
+export function stalledCallInterceptor(options: StalledCallOptions): ServerInterceptor {
+  const graceMs = options.graceMs ?? STALLED_STATUS_GRACE_MS;
+  return (method, call) => {
+    let timer: NodeJS.Timeout | undefined;
+    let over = false;
+    const endBy = (epochMs: number): void => {
+      if (over || timer !== undefined) return;
+      timer = setTimeout(() => reset(call, method.path, options.log), Math.max(0, epochMs - Date.now()) + graceMs);
+      timer.unref();
+    };
+    let limit: CallLimit | undefined;
+    const arrived = (): void => {
+      if (limit?.from === 'request') endBy(Date.now() + limit.ms);
+    };
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const deadline = call.getDeadline();
+        const own = deadline instanceof Date ? deadline.getTime() : deadline;
+        if (Number.isFinite(own)) endBy(own);
+        else {
+          limit = options.limitOf(method.path);
+          if (limit?.from === 'headers') endBy(Date.now() + limit.ms);
+        }
+        next(metadata);
+      })
+      // Where the handlers' default deadline starts: the request's end for a single-message request,
+      // its first message for a stream of them (requestArrivalInterceptor bounds the wait before).
+      .withOnReceiveMessage((message, next) => {
+        if (method.requestStream) arrived();
+        next(message);
+      })
+      .withOnReceiveHalfClose((next) => {
+        arrived();
+        next();
+      })
+      // grpc-js calls onCancel once a call is over, whether its status went out or it was cancelled.
+      .withOnCancel(() => {
+        over = true;
+        clearTimeout(timer);
+      })
+      .build();
+    return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
+  };
+}
+
+function reset(call: ServerInterceptingCallInterface, path: string, log: Logger): void {
+  const stream = http2StreamOf(call);
+  if (!stream || stream.closed || stream.destroyed) return;
+  log.warn('a call is past its deadline and its status cannot go out (its client is not reading the responses); resetting its stream', { method: path });
+  stream.close(http2.NGHTTP2_CANCEL);
+}
+
+interface ResettableStream {
+  readonly closed: boolean;
+  readonly destroyed: boolean;
+  close(code: number): void;
+}
+
+/**
+ * The call's HTTP/2 stream. grpc-js has no public way to reset a call, so this walks its interceptor
+ * chain (`nextCall`) to the base call, which holds the stream (`stream`): grpc-js 1.14's internals, with
+ * the version pinned and test/service-stalled-readers.test.ts failing if they change.
+ */
+function http2StreamOf(call: ServerInterceptingCallInterface): ResettableStream | undefined {
+  let at: unknown = call;
+  for (let depth = 0; depth < 64 && at !== null && typeof at === 'object'; depth++) {
+    const stream = (at as { stream?: unknown }).stream;
+    if (isResettable(stream)) return stream;
+    at = (at as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
+}
+
+/** A ServerHttp2Stream, by what it can do. */
+function isResettable(s: unknown): s is ResettableStream {
+  return s !== null && typeof s === 'object' && typeof (s as { close?: unknown }).close === 'function' && typeof (s as { sendTrailers?: unknown }).sendTrailers === 'function';
+}
