@@ -81,7 +81,7 @@ export function samplingFromFlags(values: Record<string, unknown>): SamplingPara
   });
 }
 
-export function policyFromFlags(values: Record<string, unknown>): ReductionPolicy {
+function policyFromFlags(values: Record<string, unknown>): ReductionPolicy {
   const budget = parseBudgetFlag(values['budget'] as string | undefined);
   return ReductionPolicy.fromPartial({
     visionMethod: (values['vision-method'] as string | undefined) ?? '',
@@ -94,7 +94,7 @@ export function policyFromFlags(values: Record<string, unknown>): ReductionPolic
 }
 
 /** The final stats as printed by --json: the proto's JSON mapping (lowerCamelCase) plus answer and latency. */
-export function finalJson(answer: string, final: GenerateFinal, latencyMs: number): Record<string, unknown> {
+function finalJson(answer: string, final: GenerateFinal, latencyMs: number): Record<string, unknown> {
   const f = GenerateFinal.toJSON(final) as Record<string, unknown>;
   return { answer, latencyMs: Math.round(latencyMs * 10) / 10, ...f };
 }

@@ -16,7 +16,7 @@ import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { setLogLevel } from '../shared/log';
-import { METHOD_PRESETS, type ReductionPolicy } from '../shared/methods/policy';
+import { isInfeasibleBudget, METHOD_PRESETS, type ReductionPolicy } from '../shared/methods/policy';
 import type { LanguageMethodName, VisionMethodName } from '../shared/methods/types';
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import { InferencePool } from '../shared/worker';
@@ -152,11 +152,6 @@ export function svgPlot(rows: readonly Row[], title: string): string {
 
 function escapeXml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-}
-
-/** The methods' refusal of a budget (policy.budget), as opposed to any other INVALID_ARGUMENT. */
-function isInfeasibleBudget(e: VlmError): boolean {
-  return e.code === 'INVALID_ARGUMENT' && e.violations.length > 0 && e.violations.every((v) => v.field === 'policy.budget');
 }
 
 export async function run(argv: string[]): Promise<number> {

@@ -22,7 +22,7 @@ import { budgetAttribute, methodName } from '../shared/telemetry/policy-attribut
 import { analyseTraces, summarise, type GroupReport, type SpanRecord, type Summary } from '../shared/telemetry/analysis';
 import { startTraceReceiver } from '../shared/telemetry/collector';
 import { ATTR_VLM_PROVIDER, ATTR_VLM_REQUEST_ID, SERVICE_LANGUAGE, SERVICE_VISION, SpanName } from '../shared/telemetry/names';
-import { METHOD_PRESETS, type Budget } from '../shared/methods/policy';
+import { isInfeasibleBudget, METHOD_PRESETS, type Budget } from '../shared/methods/policy';
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import type { CommandFlags } from './help';
 import { integerFlag, parseBudgetFlag } from './numeric-flags';
@@ -177,7 +177,7 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
           await ask(p, items[0]!, asRequestId(`${WARM_UP_PREFIX}${p.method}`));
         } catch (err) {
           // A budget this model cannot give the method is a cell to mark, not a failed run.
-          if (!(err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.some((v) => v.field === 'policy.budget'))) throw err;
+          if (!isInfeasibleBudget(err)) throw err;
           infeasible.set(p.method, err.message);
         }
       }

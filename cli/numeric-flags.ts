@@ -1,6 +1,6 @@
 /**
- * Numeric flags of `vlm ask` and `vlm eval`, judged here against the range of the proto field they
- * fill: a value outside it would otherwise fail to serialise (INTERNAL "Request message
+ * Numeric flags of the client commands (`vlm ask`, `eval`, `demo`, `bench load`, `bench latency`),
+ * judged here against the range of the proto field they fill: a value outside it would otherwise fail to serialise (INTERNAL "Request message
  * serialization failure") or be judged by the service under a field name the user never typed.
  */
 import { VlmError } from '../shared/errors';

@@ -199,9 +199,10 @@ export const CONFIG_OPTIONS = {
   spinning: { type: 'boolean', env: 'VLM_SPINNING', default: false, help: "let ONNX Runtime's idle threads spin (a dedicated machine only)" },
   'stuck-worker-ms': { type: 'int', env: 'VLM_STUCK_WORKER_MS', default: 60_000, min: 0, max: INT32_MAX, arg: 'MS', shown: '60000 (0 = never)', help: 'a worker that has not answered this long after its request was stopped (cancelled, past its deadline) counts as stuck in a model call; with every worker stuck the service reports NOT_SERVING, so the liveness probe restarts it' },
   workers: { type: 'int', env: 'VLM_WORKERS', default: 1, min: 1, max: 256, arg: 'N', shown: '1 (eval and bench accuracy: one per core the intra-op threads leave)', help: 'inference worker threads, each with its own copy of the model' },
-  // 1 GiB: the transport's receive limit (this + prompt + envelope) must stay a 32-bit gRPC length.
+  // At most 1000 MiB: the transport's receive limit (twice this, the prompt and an envelope:
+  // message-limits.ts) must stay a 32-bit gRPC length at every option's maximum.
   // At least 64 KiB: the vision service's warm-up image (a few kB, vision/server.ts) must pass it.
-  'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 64 * 1024, max: 1024 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },
+  'max-image-bytes': { type: 'int', env: 'VLM_MAX_IMAGE_BYTES', default: 20 * 1024 * 1024, min: 64 * 1024, max: 1000 * 1024 * 1024, arg: 'N', help: 'largest image accepted, in bytes (the transport limit sits above it)' },
   'max-image-pixels': { type: 'int', env: 'VLM_MAX_IMAGE_PIXELS', default: 40_000_000, min: 1, max: INT32_MAX, arg: 'N', help: 'largest width x height x pages, checked from the header before decoding' },
   'max-aspect-ratio': { type: 'int', env: 'VLM_MAX_ASPECT_RATIO', default: 32, min: 1, max: 1_000_000, arg: 'N', help: 'largest longer side / shorter side' },
   'max-prompt-chars': { type: 'int', env: 'VLM_MAX_PROMPT_CHARS', default: 4096, min: 1, max: 1_000_000, arg: 'N', help: 'longest question' },

@@ -99,10 +99,13 @@ function isAbort(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { name?: string }).name === 'AbortError';
 }
 
+/** An aborted signal's reason as a VlmError: itself if it is one, else CANCELLED with it as the cause. */
+export function abortReason(signal: AbortSignal): VlmError {
+  const reason: unknown = signal.reason;
+  return reason instanceof VlmError ? reason : new VlmError('CANCELLED', 'the request was cancelled', { cause: reason });
+}
+
 /** Throws the signal's reason as a VlmError if it is aborted; called between layers and decode steps. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (!signal?.aborted) return;
-  const reason: unknown = signal.reason;
-  if (reason instanceof VlmError) throw reason;
-  throw new VlmError('CANCELLED', 'the request was cancelled', { cause: reason });
+  if (signal?.aborted) throw abortReason(signal);
 }

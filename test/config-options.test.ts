@@ -7,6 +7,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { coLocatedServiceEnv, configFrom, localAddress, parseCommandLine, testConfig } from '../shared/config';
 import { parseVisionTarget, visionTargetOf } from '../services/language/vision-target';
 import { transportOptions } from '../services/common/grpc-server';
+import { receiveLimit } from '../services/common/message-limits';
 
 // A 16-core host, so that a share per worker differs from a share per service.
 vi.mock('node:os', async (importOriginal) => {
@@ -25,6 +26,12 @@ describe('integer options', () => {
     const c = configFrom({ 'deadline-ms': String(TIMER_MAX), 'shutdown-grace-ms': String(TIMER_MAX) }, {});
     expect(c.limits.deadlineMs).toBe(TIMER_MAX);
     expect(c.rpc.shutdownGraceMs).toBe(TIMER_MAX);
+  });
+
+  it('keep the transport\'s receive limit a 32-bit gRPC length at the image and prompt limits\' maxima, and refuse an image limit past them', () => {
+    const c = configFrom({ 'max-image-bytes': String(1000 * 1024 * 1024), 'max-prompt-chars': '1000000' }, {});
+    expect(receiveLimit(c.limits)).toBeLessThanOrEqual(TIMER_MAX);
+    expect(() => configFrom({ 'max-image-bytes': String(1024 * 1024 * 1024) }, {})).toThrow(/^--max-image-bytes: expected an integer from 65536 to 1048576000/);
   });
 
   it('take --max-inflight-calls (0, the default: no limit) through to the servers both services build', () => {

@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { traceReportMain } from '../cli/trace-report';
 import { VlmError } from '../shared/errors';
 import { analyseTraces, parseTraceText, renderHtml, type SpanRecord } from '../shared/telemetry/analysis';

@@ -63,7 +63,7 @@ export interface GrpcServerOptions {
   readonly refuseAtHeaders?: (path: string, caller: string) => VlmError | null;
   /** With client certificates required: the names one of which a client's certificate must carry (empty: any from the CA). */
   readonly clientNames?: readonly string[];
-  /** The handlers' deadline for calls that carry none: such a call not over this long (plus stalledStatusGraceMs) after its headers is reset. */
+  /** The handlers' deadline for calls that carry none: such a call not over this long (plus stalledStatusGraceMs) after its request arrived is reset. */
   readonly defaultDeadlineMs?: number;
   /** How long past its deadline a call's status may wait behind responses its client does not read (stalled-calls.ts). */
   readonly stalledStatusGraceMs?: number;
@@ -71,7 +71,9 @@ export interface GrpcServerOptions {
   readonly reflectionLifetimeMs?: number;
 }
 
-const DEFAULT_REQUEST_ARRIVAL_MS = 60_000;
+/** The services' --deadline-ms default, for servers built without their config (tests). */
+const DEFAULT_DEADLINE_MS = 60_000;
+const DEFAULT_REQUEST_ARRIVAL_MS = DEFAULT_DEADLINE_MS;
 
 export class GrpcServer {
   readonly health: HealthService;
@@ -84,7 +86,7 @@ export class GrpcServer {
   constructor(private readonly options: GrpcServerOptions) {
     this.health = new HealthService([options.serviceName]);
     this.admission = new Admission(options.maxInFlightCalls ?? 0, new Set(options.lightMethods), options.reflectionLifetimeMs);
-    const defaultDeadlineMs = options.defaultDeadlineMs ?? DEFAULT_REQUEST_ARRIVAL_MS;
+    const defaultDeadlineMs = options.defaultDeadlineMs ?? DEFAULT_DEADLINE_MS;
     const limitOf = (path: string): CallLimit | undefined =>
       path.startsWith(HEALTH_PATH_PREFIX)
         ? undefined

@@ -1,6 +1,7 @@
 /**
  * Server interceptors, in the order they wrap a call (the first is nearest the network):
- * request encoding (noted) -> request id -> access log -> uncompressed requests only -> client
+ * request encoding (noted) -> stalled calls (stalled-calls.ts: reset past their deadline) -> request
+ * id -> access log -> uncompressed requests only -> client
  * certificate names (when configured) -> bearer-token auth (which names the caller; without it the
  * caller is anonymous) -> request arrival -> admission (drain, calls in flight) -> refusal at the headers (the
  * inference pool full, for that caller). Metadata reaches their listeners in this order.
@@ -79,7 +80,7 @@ function queueFull(message: string): VlmError {
  * handler runs from the start), at the half-close for a single-message one (grpc-js starts that
  * handler only then, so a message without the end of its stream is not yet a request).
  */
-function onRequestArrived(builder: ServerListenerBuilder, method: { readonly requestStream: boolean }, arrived: () => void): ServerListenerBuilder {
+export function onRequestArrived(builder: ServerListenerBuilder, method: { readonly requestStream: boolean }, arrived: () => void): ServerListenerBuilder {
   return builder
     .withOnReceiveMessage((message, next) => {
       if (method.requestStream) arrived();

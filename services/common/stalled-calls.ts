@@ -17,6 +17,7 @@
 import { constants as http2 } from 'node:http2';
 import { ResponderBuilder, ServerInterceptingCall, ServerListenerBuilder, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
+import { onRequestArrived } from './interceptors';
 
 /** How long past its time a call's status may wait behind responses its client does not take. */
 export const STALLED_STATUS_GRACE_MS = 5_000;
@@ -51,27 +52,18 @@ export function stalledCallInterceptor(options: StalledCallOptions): ServerInter
     const arrived = (): void => {
       if (limit?.from === 'request') endBy(Date.now() + limit.ms);
     };
-    const listener = new ServerListenerBuilder()
-      .withOnReceiveMetadata((metadata, next) => {
-        const deadline = call.getDeadline();
-        const own = deadline instanceof Date ? deadline.getTime() : deadline;
-        if (Number.isFinite(own)) endBy(own);
-        else {
-          limit = options.limitOf(method.path);
-          if (limit?.from === 'headers') endBy(Date.now() + limit.ms);
-        }
-        next(metadata);
-      })
-      // Where the handlers' default deadline starts: the request's end for a single-message request,
-      // its first message for a stream of them (requestArrivalInterceptor bounds the wait before).
-      .withOnReceiveMessage((message, next) => {
-        if (method.requestStream) arrived();
-        next(message);
-      })
-      .withOnReceiveHalfClose((next) => {
-        arrived();
-        next();
-      })
+    const watching = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
+      const deadline = call.getDeadline();
+      const own = deadline instanceof Date ? deadline.getTime() : deadline;
+      if (Number.isFinite(own)) endBy(own);
+      else {
+        limit = options.limitOf(method.path);
+        if (limit?.from === 'headers') endBy(Date.now() + limit.ms);
+      }
+      next(metadata);
+    });
+    // Where the handlers' default deadline starts (requestArrivalInterceptor bounds the wait before).
+    const listener = onRequestArrived(watching, method, arrived)
       // grpc-js calls onCancel once a call is over, whether its status went out or it was cancelled.
       .withOnCancel(() => {
         over = true;

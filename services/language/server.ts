@@ -2,7 +2,7 @@
  * The language service: an InferencePool behind LanguageService, a balanced client to the vision
  * replicas, health, reflection and limits.
  */
-import { GREEDY } from '../../shared/engine/sampling';
+import { warmUpSampling, zeroVisualTokens } from '../../shared/engine/warm-up-inputs';
 import type { Config } from '../../shared/config';
 import { createLogger, type Logger } from '../../shared/log';
 import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
@@ -76,13 +76,8 @@ export async function startLanguageService(config: Config, options: LanguageServ
   // Local only: readiness must not hang on the vision pool (it has its own probes), so the warm-up
   // prefills a zero tensor of the full visual token count and decodes two tokens.
   const warmUp = async (): Promise<void> => {
-    const m = backend.model.manifest;
-    const rows = m.vision.num_patches;
-    const width = m.language.hidden_size;
-    const visual = { embeds: { dtype: 'float32' as const, dims: [rows, width] as [number, number], data: new Float32Array(rows * width) }, origin: Int32Array.from({ length: rows }, (_, i) => i) };
-    // Two tokens run the decode step as well, unless this service allows only one (then none will).
-    const sampling = { ...GREEDY, maxNewTokens: Math.min(2, config.limits.maxNewTokens) };
-    await backend.pool.generate(visual, 'warm-up', sampling, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+    const visual = zeroVisualTokens(backend.model.manifest);
+    await backend.pool.generate(visual, 'warm-up', warmUpSampling(config.limits.maxNewTokens), noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
   };
   log.info('vision target', { target: target.configured, tls: creds.visionChannel !== null });
   const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {

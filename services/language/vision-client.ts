@@ -121,7 +121,7 @@ export class VisionClient {
    * A replica that dies after it started answering (SIGKILL, node loss) fails the call with
    * UNAVAILABLE, which grpc-js does not retry once a message has arrived. Encode has no side effects
    * and the caller has received nothing yet (text streams only after the tensor is whole), so the
-   * whole call is repeated, up to RETRIES times, while the deadline allows; the channel's round robin
+   * whole call is repeated, up to HOP_RETRIES times, while the deadline allows; the channel's round robin
    * sends it to another address. The partial tensor is discarded: a stream is never spliced.
    * A call that failed before any message was already retried by grpc-js (VISION_SERVICE_CONFIG);
    * repeating it here too would multiply the attempts (3 x 3) against a replica set that is down.

@@ -23,7 +23,7 @@ export class LanguageStageRunner {
 
   constructor(
     private readonly stages: StageSet,
-    private readonly manifest: Manifest,
+    manifest: Manifest,
     private readonly ctx: RunContext,
     decodeRows: number,
   ) {

@@ -15,7 +15,7 @@ import { row, topkIndices } from './numeric';
 import { anchorInt, checkBudgetInRange, scaleLayer } from './schedule';
 import type { LanguageGeometry, LanguageReducer, LanguageSchedule, LanguageStepInput, LanguageStepOutput, MethodOptions } from './types';
 
-export function fastvAnchorK(g: LanguageGeometry): number {
+function fastvAnchorK(g: LanguageGeometry): number {
   return Math.max(1, anchorInt(g.anchors, 'fastv.k', Math.max(1, scaleLayer(2, 32, g.numLayers))));
 }
 

@@ -1,11 +1,11 @@
 /**
- * The names of our spans, attributes and metrics: one place, so the services, the trace report and the
- * README's span table agree. Span names are low-cardinality (no ids, budgets or layer numbers in them);
+ * The names of our spans, attributes and metrics: one place, so the services, the trace report and
+ * docs/telemetry.md's span table agree. Span names are low-cardinality (no ids, budgets or layer numbers in them);
  * what varies goes into attributes. Where an OpenTelemetry semantic convention fits (`rpc.*`,
  * `gen_ai.*`, `error.type`) we use its key; the rest lives under `vlm.*`.
  */
 
-/** Span names, in pipeline order. The README's table is generated from SPAN_DOCS below. */
+/** Span names, in pipeline order. docs/telemetry.md's span table is checked against SPAN_DOCS below (test/trace-docs.test.ts). */
 export const SpanName = {
   /** The whole request inside one service (Generate on language, Encode on vision). */
   Request: 'vlm.request',
@@ -79,23 +79,17 @@ export const ATTR_VLM_AUTH_OUTCOME = 'vlm.auth.outcome';
 // --- attributes: semantic conventions (kept as literals; the incubating package is unstable) -----
 
 export const ATTR_ERROR_TYPE = 'error.type';
-export const ATTR_RPC_SYSTEM = 'rpc.system';
-export const ATTR_RPC_SERVICE = 'rpc.service';
 export const ATTR_RPC_METHOD = 'rpc.method';
 export const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
 /** The RPC metrics' newer names (rpc.server.call.duration): the system and the status code by name. */
 export const ATTR_RPC_SYSTEM_NAME = 'rpc.system.name';
 export const ATTR_RPC_RESPONSE_STATUS_CODE = 'rpc.response.status_code';
 export const ATTR_GEN_AI_OPERATION_NAME = 'gen_ai.operation.name';
-export const ATTR_GEN_AI_SYSTEM = 'gen_ai.system';
 export const ATTR_GEN_AI_REQUEST_MODEL = 'gen_ai.request.model';
-export const ATTR_GEN_AI_RESPONSE_MODEL = 'gen_ai.response.model';
 export const ATTR_GEN_AI_REQUEST_MAX_TOKENS = 'gen_ai.request.max_tokens';
-export const ATTR_GEN_AI_REQUEST_TEMPERATURE = 'gen_ai.request.temperature';
 export const ATTR_GEN_AI_USAGE_INPUT_TOKENS = 'gen_ai.usage.input_tokens';
 export const ATTR_GEN_AI_USAGE_OUTPUT_TOKENS = 'gen_ai.usage.output_tokens';
 export const ATTR_GEN_AI_RESPONSE_FINISH_REASONS = 'gen_ai.response.finish_reasons';
-export const ATTR_GEN_AI_TOKEN_TYPE = 'gen_ai.token.type';
 /** gen_ai.operation.name values we emit. */
 export const GEN_AI_OPERATION_CHAT = 'chat';
 
@@ -153,7 +147,7 @@ export const TOKEN_BUCKETS: readonly number[] = [1, 2, 4, 8, 16, 32, 64, 128, 25
 /** Decode throughput per request, tokens per second. */
 export const RATE_BUCKETS: readonly number[] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 
-/** What each span stands for and which attributes it carries: rendered as the README's span table. */
+/** What each span stands for and which attributes it carries: docs/telemetry.md's span table must say the same (test/trace-docs.test.ts). */
 export const SPAN_DOCS: readonly { name: SpanName; service: string; what: string; attributes: readonly string[] }[] = [
   { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REQUEST_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
   { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker (a job that leaves the queue unserved ends it with error.type)', attributes: [] },

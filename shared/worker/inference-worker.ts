@@ -5,7 +5,7 @@
  * answer says how many tokens the job had generated (decode steps), so the pool can log where a
  * cancelled job stopped.
  */
-import { GREEDY } from '../engine/sampling';
+import { warmUpSampling, zeroVisualTokens } from '../engine/warm-up-inputs';
 import { parentPort, workerData } from 'node:worker_threads';
 import sharp from 'sharp';
 import { VlmError } from '../errors';
@@ -14,7 +14,7 @@ import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
 import { loadModel, type LoadedModel } from '../engine/model';
 import { languageMethodNames, visionMethodNames } from '../methods/registry';
-import { noReduction } from '../methods/policy';
+import { isInfeasibleBudget, noReduction } from '../methods/policy';
 import { SpanRecorder } from '../telemetry/span-recorder';
 import type { FromWorker, Job, ToWorker, WarmUp, WorkerInit } from './protocol';
 
@@ -75,12 +75,8 @@ async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: Abor
 async function warmUp(model: LoadedModel, parts: WarmUp, methods: boolean): Promise<void> {
   const policy = noReduction();
   const size = model.manifest.preprocess.size;
-  let visual: VisualTokens = {
-    embeds: { dtype: 'float32' as const, dims: [model.manifest.vision.num_patches, model.manifest.language.hidden_size] as [number, number], data: new Float32Array(model.manifest.vision.num_patches * model.manifest.language.hidden_size) },
-    origin: Int32Array.from({ length: model.manifest.vision.num_patches }, (_, i) => i),
-  };
-  // Two tokens run the decode step as well, unless the service allows only one (then none will).
-  const sampling = { ...GREEDY, maxNewTokens: Math.min(2, model.limits.maxNewTokens) };
+  let visual: VisualTokens = zeroVisualTokens(model.manifest);
+  const sampling = warmUpSampling(model.limits.maxNewTokens);
   if (parts !== 'language') {
     const image = await sharp({ create: { width: size, height: size, channels: 3, background: { r: 128, g: 128, b: 128 } } }).png().toBuffer();
     visual = await encodeImage(model, image, { ...policy });
@@ -97,9 +93,8 @@ async function unlessInfeasible(method: string, pass: () => Promise<unknown>): P
   try {
     await pass();
   } catch (err) {
-    // Only the methods' refusal of the budget (policy.budget); any other error is a fault to see.
-    const refusal = err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.length > 0 && err.violations.every((v) => v.field === 'policy.budget');
-    if (!refusal) throw err;
+    // Only the methods' refusal of the budget; any other error is a fault to see.
+    if (!isInfeasibleBudget(err)) throw err;
     log.warn('warm-up skipped a method its default cannot run on this model', { method, error: err.message });
   }
 }

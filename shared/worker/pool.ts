@@ -23,7 +23,7 @@ import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { context, trace, type Context } from '@opentelemetry/api';
-import { VlmError } from '../errors';
+import { abortReason, VlmError } from '../errors';
 import type { LimitsConfig, ModelConfig, RuntimeConfig } from '../config';
 import { createLogger, logLevel, type Logger, type LogLevel } from '../log';
 import type { Manifest } from '../bundle/manifest';
@@ -103,11 +103,6 @@ const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filen
 function spawn(init: WorkerInit): Worker {
   const ts = WORKER_FILE.endsWith('.ts');
   return new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', require.resolve('tsx/cjs')] : [], stderr: false, stdout: false });
-}
-
-function reasonOf(signal: AbortSignal): VlmError {
-  const r: unknown = signal.reason;
-  return r instanceof VlmError ? r : new VlmError('CANCELLED', 'the request was cancelled', { cause: r });
 }
 
 export class InferencePool {
@@ -351,7 +346,7 @@ export class InferencePool {
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       if (this.closed) return reject(VlmError.shuttingDown('the inference pool is shut down'));
-      if (options.signal?.aborted) return reject(reasonOf(options.signal));
+      if (options.signal?.aborted) return reject(abortReason(options.signal));
       const caller = options.caller ?? '';
       const refused = this.refusal(caller);
       if (refused) return reject(refused);
@@ -365,7 +360,7 @@ export class InferencePool {
         r.kind === job.kind ? resolve(r.value as JobResultOf[K]) : reject(new VlmError('INTERNAL', `the inference worker answered a ${job.kind} job with a ${r.kind} result`));
       const task: Task = { id: this.nextId++, job, options, resolve: settleWith, reject, trace: traced };
       if (options.signal) {
-        task.onAbort = () => this.abort(task, reasonOf(options.signal!));
+        task.onAbort = () => this.abort(task, abortReason(options.signal!));
         options.signal.addEventListener('abort', task.onAbort, { once: true });
       }
       if (idle) return this.dispatch(idle, task);

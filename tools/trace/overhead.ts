@@ -11,7 +11,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { context, trace } from '@opentelemetry/api';
@@ -21,6 +20,7 @@ import { credentials, Metadata } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { LanguageServiceClient } from '../../gen/vlm/v1/language_service';
 import { ReductionPolicy, SamplingParams } from '../../gen/vlm/v1/common';
+import { freePort } from '../../cli/free-port';
 import { healthOf } from '../../services/common/health-client';
 import { startTraceReceiver } from '../../shared/telemetry/collector';
 import { summarise, type Summary } from '../../shared/telemetry/analysis';
@@ -38,15 +38,6 @@ const { values } = parseArgs({
     sampler: { type: 'string', default: 'parentbased_always_on' },
   },
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function until(check: () => Promise<boolean>, ms: number): Promise<void> {
   const end = Date.now() + ms;
