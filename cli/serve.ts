@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { coLocatedServiceEnv, localAddress, loopbackFor, packageRoot, parseCommandLine, serviceConfig, type Config } from '../shared/config';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
-import { onStopSignals, stopOnSignals } from '../services/common/lifecycle';
+import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
 import { stopWhenOrphaned } from './stop-when-orphaned';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
@@ -37,8 +37,9 @@ export async function run(argv: string[]): Promise<number> {
   if (role === 'all') return serveBoth(argv.filter((_, i) => i !== positionalIndices[0]), coLocatedServiceEnv(values, 2), config);
   const log = createLogger(role);
   // Until it serves there is nothing to drain: a signal during the model load (a pod deleted while
-  // starting) ends the process at once. Node as a container's PID 1 ignores signals it has no
-  // handler for, so without this the pod would load for minutes and then be killed at its grace end.
+  // starting) ends the process at once. Node as a container's PID 1 (an image without tini) ignores
+  // signals it has no handler for, so without this the pod would load for minutes and then be killed
+  // at its grace end.
   const exitWhileStarting = (signal: NodeJS.Signals): void => {
     log.info('stopped while starting', { signal });
     process.exit(0);
@@ -51,10 +52,17 @@ export async function run(argv: string[]): Promise<number> {
   startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const own = serviceConfig(config, role);
-  const service =
+  const starting =
     role === 'vision'
-      ? await (require('../services/vision/server') as typeof VisionServer).startVisionService(own, { log })
-      : await (require('../services/language/server') as typeof LanguageServer).startLanguageService(own, { log });
+      ? (require('../services/vision/server') as typeof VisionServer).startVisionService(own, { log })
+      : (require('../services/language/server') as typeof LanguageServer).startLanguageService(own, { log });
+  const service = await starting.catch(async (err: unknown) => {
+    if (!(err instanceof StartLeftStuckWorkers)) throw err;
+    log.error('start failed with inference workers stuck in a model call; exiting without them', { stuck: err.stuckWorkers, error: err.message });
+    await shutdownTelemetry();
+    exitNow();
+    throw err.failure;
+  });
   // `serve all` waits for this to learn the port vision picked for --vision-port 0.
   process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
   process.off('SIGTERM', exitWhileStarting);

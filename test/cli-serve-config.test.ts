@@ -3,7 +3,7 @@
  * services together wherever vision listens.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
@@ -96,9 +96,11 @@ describe('vlm serve all, vision on a picked port and a specific host', () => {
       return (await healthOf(target, 500).catch(() => '')) === 'SERVING';
     }, 90_000, 200);
     expect(stderr).toMatch(/"msg":"vision target","target":"127\.0\.0\.2:[1-9]\d*"/);
-    const image = path.join(tmpdir(), `vlm-serve-config-${process.pid}.png`);
+    const scratch = mkdtempSync(path.join(tmpdir(), 'vlm-serve-config-'));
+    const image = path.join(scratch, 'red.png');
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
     const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '2']);
+    rmSync(scratch, { recursive: true, force: true });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
   }, 120_000);

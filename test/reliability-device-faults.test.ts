@@ -149,25 +149,46 @@ describe('a replica whose GPU is in trouble', () => {
     const stop = await stopped(vision);
     expect(stop.signal).toBe('SIGKILL');
     expect(stop.ms).toBeLessThan(3_000);
-    expect(vision.stderr()).toMatch(/"msg":"an inference worker is still inside a model call; the pool closes without it \(only ending the process stops it\)".*"stuck":true,"waited_ms":0/);
+    expect(vision.stderr()).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; the pool closes without it \(stopping it mid-call would abort the process: only ending the process stops it\)".*"stuck":true,"waited_ms":0/);
     expect(vision.stderr()).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
   }, 90_000);
 
-  it('on a stop, gives a worker still inside a model call VLM_STUCK_WORKER_MS to come back, then ends the process without it instead of waiting for the kill a grace period later', async () => {
-    vision = await startVision(started, { VLM_STUCK_WORKER_MS: '6000' });
+  it('on a stop, gives a worker still inside a model call 5 s to come back (not VLM_STUCK_WORKER_MS), then ends the process without it instead of waiting for the kill a grace period later', async () => {
+    vision = await startVision(started, { VLM_STUCK_WORKER_MS: '60000' });
     vision.fault('hang');
     expect((await encode(vision, 1000)).code).toBe(GrpcCode.DEADLINE_EXCEEDED);
 
     const stop = await stopped(vision);
     expect(stop.signal).toBe('SIGKILL');
-    expect(stop.ms).toBeGreaterThanOrEqual(5_500);
+    expect(stop.ms).toBeGreaterThanOrEqual(4_500);
     expect(stop.ms).toBeLessThan(20_000);
     const log = vision.stderr();
     expect(log).toMatch(/"msg":"stopping","signal":"SIGTERM"/);
-    expect(log).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; waiting for the call to return/);
-    expect(log).toMatch(/"msg":"an inference worker is still inside a model call; the pool closes without it.*"stuck":false,"waited_ms":6000/);
+    expect(log).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; the pool closes without it.*"stuck":false,"waited_ms":5000/);
     expect(log).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
   }, 90_000);
+
+  it('ends a start whose warm-up hangs in a model call once its deadline and 5 s have passed, instead of staying up for the startup probe to kill', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'vlm-fault-'));
+    const modeFile = path.join(dir, 'mode');
+    writeFileSync(modeFile, 'hang');
+    const child = spawn(process.execPath, [BIN, 'serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--deadline-ms', '1500', '--log-level', 'info'], {
+      cwd: ROOT,
+      env: { ...process.env, NODE_OPTIONS: `--require ${FAULT}`, VLM_TEST_ORT_FAULT: modeFile, VLM_INTRA_OP_THREADS: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    started.push(child);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const began = performance.now();
+    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    rmSync(dir, { recursive: true, force: true });
+    expect({ code, signal }).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(performance.now() - began).toBeLessThan(30_000);
+    expect(stderr).toMatch(/"msg":"warm-up failed; not serving"/);
+    expect(stderr).toMatch(/"msg":"start failed with inference workers stuck in a model call; exiting without them","stuck":1/);
+    expect(stderr).not.toMatch(/"msg":"serving"/);
+  }, 60_000);
 
   it('on a stop with every worker idle, exits 0 and says nothing of stuck workers', async () => {
     vision = await startVision(started, { VLM_STUCK_WORKER_MS: '6000' });

@@ -3,7 +3,7 @@
  * `vlm demo`. Uses the random-weight bundle, so answers are checked for shape, not meaning.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type ClientHttp2Session } from 'node:http2';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -38,6 +38,7 @@ describe('vlm serve all + vlm ask', () => {
   let target: string;
   let visionAddress: string;
   let image: string;
+  let scratch: string;
   let stderr = '';
   let metricsPort: number;
   let healthPort: number;
@@ -51,12 +52,16 @@ describe('vlm serve all + vlm ask', () => {
     visionAddress = `127.0.0.1:${visionPort}`;
     server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', String(metricsPort), '--health-port', String(healthPort), '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    image = path.join(tmpdir(), `vlm-cli-${process.pid}.png`);
+    scratch = mkdtempSync(path.join(tmpdir(), 'vlm-cli-'));
+    image = path.join(scratch, 'red.png');
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());
     await eventually(async () => (await healthOf(target, 500).catch(() => '')) === 'SERVING' && (await healthOf(visionAddress, 500).catch(() => '')) === 'SERVING', 60_000, 200);
   });
 
-  afterAll(() => stopServeAll(server)); // (a no-op after the SIGTERM test, unless it failed)
+  afterAll(async () => {
+    await stopServeAll(server); // (a no-op after the SIGTERM test, unless it failed)
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
 
   it('runs the two services as two processes, logging JSON lines with one request id across the hop', async () => {
     const r = vlm(['ask', '--image', image, '--question', 'What color is it?', '--target', target, '--max-tokens', '4']);
@@ -175,8 +180,9 @@ describe('vlm serve all, stopped with SIGTERM (a supervisor, npm, a container ru
 describe('vlm serve all with a hop token of its own (--vision-token-file)', () => {
   it('has vision accept that token, so a client holding its own is answered across the hop', async () => {
     const [visionPort, languagePort] = [await freePort(), await freePort()];
-    const clients = path.join(tmpdir(), `vlm-clients-${process.pid}`);
-    const hop = path.join(tmpdir(), `vlm-hop-${process.pid}`);
+    const scratch = mkdtempSync(path.join(tmpdir(), 'vlm-tokens-'));
+    const clients = path.join(scratch, 'clients');
+    const hop = path.join(scratch, 'hop');
     writeFileSync(clients, 'app t0k3n-app-xxxxxxxx\n');
     writeFileSync(hop, 'hop t0k3n-hop-xxxxxxxx\n');
     const server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--auth-token-file', clients, '--vision-token-file', hop], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -186,6 +192,7 @@ describe('vlm serve all with a hop token of its own (--vision-token-file)', () =
       expect([r.status, r.stderr]).toEqual([0, '']);
     } finally {
       await stopServeAll(server);
+      rmSync(scratch, { recursive: true, force: true });
     }
   }, 90_000);
 });

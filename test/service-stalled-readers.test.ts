@@ -97,8 +97,11 @@ describe('a client that stops reading its responses', () => {
     }
   }, 20_000);
 
-  it('is not reset while it reads, however late it starts within the deadline: all 20 MiB and OK', async () => {
-    const { server } = startServer({ deadlineMs: 10_000 });
+  it.each([
+    ['10 s', 10_000],
+    ['the longest a timer holds (2^31 - 1 ms: a later reset time is reached in steps, not fired at once)', 2 ** 31 - 1],
+  ])('is not reset while it reads, however late it starts, under a default deadline of %s: all 20 MiB and OK', async (_, deadlineMs) => {
+    const { server } = startServer({ deadlineMs });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
     const session = connect(`http://127.0.0.1:${port}`);
@@ -121,7 +124,7 @@ describe('a client that stops reading its responses', () => {
 
 describe('reflection streams', () => {
   it(`are open ${REFLECTION_STREAMS_MAX} at a time (one more is refused at its headers) and closed after their lifetime, and answer again after`, async () => {
-    const { server } = startServer({ deadlineMs: 10_000, reflectionLifetimeMs: 1000 });
+    const { server } = startServer({ deadlineMs: 10_000, reflectionLifetimeMs: 3000 });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
     const session = connect(`http://127.0.0.1:${port}`);
@@ -129,7 +132,7 @@ describe('reflection streams', () => {
       const open = Array.from({ length: REFLECTION_STREAMS_MAX }, () => rawCall(session, REFLECTION, { write: LIST_SERVICES }));
       await new Promise((r) => setTimeout(r, 200));
       expect(await rawCall(session, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later` });
-      for (const { status } of open) expect(await status).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: 'reflection streams are closed after 1 s; open another for more requests' });
+      for (const { status } of open) expect(await status).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: 'reflection streams are closed after 3 s; open another for more requests' });
       const again = rawCall(session, REFLECTION, { write: LIST_SERVICES });
       const answer = await new Promise<Buffer>((resolve) => again.stream.once('data', resolve));
       expect(answer.toString('latin1')).toContain('vlm.v1.VisionService');
@@ -140,18 +143,23 @@ describe('reflection streams', () => {
     }
   }, 20_000);
 
-  it('that keep asking without reading the answers are reset after their lifetime and the grace, and no longer count', async () => {
+  it.each([
+    ['', {}],
+    [', whatever deadline they claim', { 'grpc-timeout': '1H' }],
+  ])('that keep asking without reading the answers are reset after their lifetime and the grace%s, and no longer count', async (_, headers) => {
     const { server } = startServer({ deadlineMs: 10_000, reflectionLifetimeMs: 1000 });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
     const session = connect(`http://127.0.0.1:${port}`);
     try {
-      const stream = session.request({ ':method': 'POST', ':path': REFLECTION, 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+      const started = performance.now();
+      const stream = session.request({ ':method': 'POST', ':path': REFLECTION, 'content-type': 'application/grpc', te: 'trailers', ...headers }, { endStream: false });
       stream.on('error', () => undefined);
       stream.pause();
       // 5,000 questions: their answers overflow the window many times over.
       stream.write(Buffer.concat(Array.from({ length: 5000 }, () => LIST_SERVICES)));
       expect(await closed(stream)).toBe(h2.NGHTTP2_CANCEL);
+      expect(performance.now() - started).toBeLessThan(10_000);
       // Its place is free again: REFLECTION_STREAMS_MAX more may open.
       const next = Array.from({ length: REFLECTION_STREAMS_MAX }, () => rawCall(session, REFLECTION, { write: LIST_SERVICES }));
       for (const { stream: s } of next) await new Promise((resolve) => s.once('data', resolve));

@@ -7,6 +7,7 @@ import { hostPort, isLoopbackAddress, localAddress, type Config } from '../../sh
 import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
 import type { PoolCloseReport } from '../../shared/worker';
+import { VlmError } from '../../shared/errors';
 import type { GrpcServer } from './grpc-server';
 
 export interface RunningService {
@@ -67,7 +68,9 @@ export async function serve(
     }
   } catch (err) {
     log.error('warm-up failed; not serving', { error: err instanceof Error ? err.message : String(err) });
-    await service.stop();
+    const report = await service.stop();
+    // The warm-up's own model call may be what hangs: its worker keeps the process from exiting.
+    if (report.stuckWorkers > 0) throw new StartLeftStuckWorkers(err, report.stuckWorkers);
     throw err;
   }
   server.setServing(true);
@@ -111,12 +114,33 @@ export function onStopSignals(onStop: (signal: NodeJS.Signals, again: boolean) =
 }
 
 /**
+ * The call options of a service's warm-up job: its deadline, and a signal that ends it there. The
+ * worker checks the deadline only between layers and decode steps, so without the signal a model call
+ * that hangs would hold the start for ever instead of failing it.
+ */
+export function warmUpCall(deadlineMs: number): { deadline: number; signal: AbortSignal } {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new VlmError('DEADLINE_EXCEEDED', `the warm-up did not finish within ${deadlineMs} ms (--deadline-ms)`)), deadlineMs).unref();
+  return { deadline: Date.now() + deadlineMs, signal: controller.signal };
+}
+
+/** A start that failed and left workers inside a model call: the process has to end without them (exitNow). */
+export class StartLeftStuckWorkers extends Error {
+  constructor(
+    readonly failure: unknown,
+    readonly stuckWorkers: number,
+  ) {
+    super(failure instanceof Error ? failure.message : String(failure));
+  }
+}
+
+/**
  * Ends the process without waiting for its worker threads. Not process.exit(): with a worker inside a
  * native model call it waits for that call and then aborts (the worker is torn down mid-call), or never
- * returns if the call hangs. As PID 1 (the images start node directly) the kernel ignores a SIGKILL the
- * process sends itself: abort.
+ * returns if the call hangs. As PID 1 the kernel ignores a SIGKILL the process sends itself: abort()
+ * then, which ends it with a native stack trace (the images run node under tini, so it is not PID 1).
  */
-function exitNow(): void {
+export function exitNow(): void {
   if (process.pid === 1) process.abort();
   process.kill(process.pid, 'SIGKILL');
 }

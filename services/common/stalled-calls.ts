@@ -21,6 +21,7 @@ import { onRequestArrived } from './interceptors';
 
 /** How long past its time a call's status may wait behind responses its client does not take. */
 export const STALLED_STATUS_GRACE_MS = 5_000;
+const TIMER_MAX_MS = 2 ** 31 - 1;
 
 /**
  * How long a call without a deadline of its own may last: counted from its headers (reflection's
@@ -43,23 +44,28 @@ export function stalledCallInterceptor(options: StalledCallOptions): ServerInter
   return (method, call) => {
     let timer: NodeJS.Timeout | undefined;
     let over = false;
-    const endBy = (epochMs: number): void => {
-      if (over || timer !== undefined) return;
-      timer = setTimeout(() => reset(call, method.path, options.log), Math.max(0, epochMs - Date.now()) + graceMs);
+    // A timer holds at most TIMER_MAX_MS (Node fires a longer one at once): a later time is reached in steps.
+    const resetAt = (epochMs: number): void => {
+      const wait = epochMs - Date.now();
+      timer = setTimeout(() => (wait > TIMER_MAX_MS ? resetAt(epochMs) : reset(call, method.path, options.log)), Math.min(Math.max(0, wait), TIMER_MAX_MS));
       timer.unref();
     };
+    const endBy = (epochMs: number): void => {
+      if (over || timer !== undefined) return;
+      resetAt(epochMs + graceMs);
+    };
+    let own = Infinity;
     let limit: CallLimit | undefined;
     const arrived = (): void => {
-      if (limit?.from === 'request') endBy(Date.now() + limit.ms);
+      if (limit?.from === 'request' && !Number.isFinite(own)) endBy(Date.now() + limit.ms);
     };
     const watching = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
       const deadline = call.getDeadline();
-      const own = deadline instanceof Date ? deadline.getTime() : deadline;
-      if (Number.isFinite(own)) endBy(own);
-      else {
-        limit = options.limitOf(method.path);
-        if (limit?.from === 'headers') endBy(Date.now() + limit.ms);
-      }
+      own = deadline instanceof Date ? deadline.getTime() : deadline;
+      limit = options.limitOf(method.path);
+      // A limit from the headers (a reflection stream's lifetime) holds whatever deadline the call claims.
+      if (limit?.from === 'headers') endBy(Math.min(own, Date.now() + limit.ms));
+      else if (Number.isFinite(own)) endBy(own);
       next(metadata);
     });
     // Where the handlers' default deadline starts (requestArrivalInterceptor bounds the wait before).

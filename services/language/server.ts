@@ -9,7 +9,7 @@ import { LanguageServiceService } from '../../gen/vlm/v1/language_service';
 import { startInferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { ActiveCalls } from '../common/active-calls';
-import { serve, type RunningService } from '../common/lifecycle';
+import { serve, warmUpCall, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../../shared/methods/policy';
 import { loadPromptTokenCounter } from './generate-stream';
 import { languageHandlers } from './handlers';
@@ -77,7 +77,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   // prefills a zero tensor of the full visual token count and decodes two tokens.
   const warmUp = async (): Promise<void> => {
     const visual = zeroVisualTokens(backend.model.manifest);
-    await backend.pool.generate(visual, 'warm-up', warmUpSampling(config.limits.maxNewTokens), noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+    await backend.pool.generate(visual, 'warm-up', warmUpSampling(config.limits.maxNewTokens), noReduction(), warmUpCall(config.limits.deadlineMs));
   };
   log.info('vision target', { target: target.configured, tls: creds.visionChannel !== null });
   const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {

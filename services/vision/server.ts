@@ -8,7 +8,7 @@ import { VisionServiceService } from '../../gen/vlm/v1/vision_service';
 import { startInferenceBackend, type InferenceBackend } from '../common/inference-backend';
 import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { ActiveCalls } from '../common/active-calls';
-import { serve, type RunningService } from '../common/lifecycle';
+import { serve, warmUpCall, type RunningService } from '../common/lifecycle';
 import { visionHandlers } from './handlers';
 import { noReduction } from '../../shared/methods/policy';
 import { serviceCredentials } from '../common/credentials';
@@ -76,7 +76,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
   }
   const warmUp = async (): Promise<void> => {
     const image = await warmUpImage(backend.model.manifest.preprocess.size, config.limits.maxImagePixels);
-    await backend.pool.encode(image, noReduction(), { deadline: Date.now() + config.limits.deadlineMs });
+    await backend.pool.encode(image, noReduction(), warmUpCall(config.limits.deadlineMs));
   };
   const running = await serve(server, backend, config, options.port ?? config.services.visionPort, warmUp, log).catch((err: unknown) => {
     creds.close();

@@ -37,7 +37,6 @@ export interface ReductionPolicy {
   seed: number;
 }
 
-/** The policy of a request that sets none: both sides 'none', no budget. */
 /**
  * A method's refusal of a budget its schedule cannot reach (INVALID_ARGUMENT on policy.budget only), as
  * opposed to any other bad request: an infeasible cell to mark, a method default to skip.
@@ -46,6 +45,7 @@ export function isInfeasibleBudget(err: unknown): err is VlmError {
   return err instanceof VlmError && err.code === 'INVALID_ARGUMENT' && err.violations.length > 0 && err.violations.every((v) => v.field === 'policy.budget');
 }
 
+/** The policy of a request that sets none: both sides 'none', no budget. */
 export function noReduction(): ReductionPolicy {
   return { vision: 'none', language: 'none', budget: null, mode: 'clean', params: {}, seed: 0 };
 }

@@ -312,10 +312,11 @@ export class InferencePool {
    * (onnxruntime-node throws into the torn-down thread: "terminate called after throwing an instance
    * of 'Napi::Error'", exit 134), and so does process.exit(). A running job is aborted first; the
    * worker stops at its next check between layers or decode steps and answers, and only then is it
-   * terminated. One native call cannot be interrupted, so a worker inside a long one is waited for,
-   * with a warning after STOP_WAIT_MS, up to `stuckWorkerMs` (not at all if it already counts as
-   * stuck; for ever with 0): past that it is left running and false returned, and the process has to
-   * end without it (lifecycle's exitNow), or the orchestrator's kill ends it a grace period later.
+   * terminated. One native call cannot be interrupted: a worker still inside one STOP_WAIT_MS after
+   * the abort (at once if it already counts as stuck) is left running and false returned, and the
+   * process has to end without it (lifecycle's exitNow). A stop waits no longer than that whatever
+   * `stuckWorkerMs` says: the request has been answered already, and the manifests' grace periods
+   * count on the pool's close taking at most STOP_WAIT_MS.
    */
   private async stopWorker(s: Slot): Promise<boolean> {
     const task = s.task;
@@ -323,18 +324,12 @@ export class InferencePool {
       const reason = VlmError.shuttingDown('the inference pool shut down while the request ran');
       this.settle(task, reason);
       s.worker.postMessage({ type: 'abort', id: task.id, reason: reason.toJSON() } satisfies ToWorker);
-      const waitMs = this.deps.runtime.stuckWorkerMs;
-      const giveUpAt = s.stuck ? Date.now() : waitMs > 0 ? Date.now() + waitMs : Infinity;
-      const warnAt = Date.now() + STOP_WAIT_MS;
-      let warned = false;
+      const waitedMs = s.stuck ? 0 : STOP_WAIT_MS;
+      const giveUpAt = Date.now() + waitedMs;
       while (s.task === task) {
         if (Date.now() >= giveUpAt) {
-          this.log.error('an inference worker is still inside a model call; the pool closes without it (only ending the process stops it)', { requestId: task.options.requestId, stuck: s.stuck, waited_ms: s.stuck ? 0 : waitMs });
+          this.log.error('an inference worker is still inside a model call after its request was stopped; the pool closes without it (stopping it mid-call would abort the process: only ending the process stops it)', { requestId: task.options.requestId, stuck: s.stuck, waited_ms: waitedMs });
           return false;
-        }
-        if (!warned && Date.now() >= warnAt) {
-          warned = true;
-          this.log.warn('an inference worker is still inside a model call after its request was stopped; waiting for the call to return (stopping the worker mid-call would abort the process)', { requestId: task.options.requestId, waited_ms: STOP_WAIT_MS });
         }
         await new Promise((r) => setTimeout(r, 5));
       }
@@ -570,7 +565,7 @@ function identityMismatch(want: WorkerIdentity, got: WorkerIdentity): string | u
   return undefined;
 }
 
-/** How long a closing pool waits for an aborted job's worker to reach its next check. */
+/** How long a closing pool waits for an aborted job's worker to reach its next check before it leaves it running. */
 const STOP_WAIT_MS = 5_000;
 const RESTART_BASE_MS = 500;
 const RESTART_MAX_MS = 30_000;
