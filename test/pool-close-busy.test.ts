@@ -5,6 +5,8 @@
  * whole process (exit 134), losing the drain's telemetry flush and whatever else was in flight.
  */
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -21,5 +23,27 @@ describe('closing the pool while a job runs', () => {
     expect(r.stderr).not.toMatch(/terminate called/);
     expect(r.status).toBe(0);
     expect(r.stdout.trim()).toBe('closed UNAVAILABLE');
+  }, 70_000);
+
+  it('leaves a worker still in a model call 5 s after the abort, and terminates it once the call returns: an in-process caller (vlm eval) can exit', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'vlm-slow-'));
+    const modeFile = path.join(dir, 'mode');
+    writeFileSync(modeFile, 'slow');
+    try {
+      const started = performance.now();
+      const r = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), path.join(ROOT, 'test/fixtures/pool/close-with-slow-call.ts')], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        timeout: 60_000,
+        env: { ...process.env, VLM_LOG_LEVEL: 'warn', NODE_OPTIONS: `--require ${path.join(ROOT, 'test/fixtures/fault/ort-fault.cjs')}`, VLM_TEST_ORT_FAULT: modeFile },
+      });
+      expect(r.stdout.trim()).toBe('closed UNAVAILABLE {"stuckWorkers":1}');
+      expect(r.stderr).toMatch(/the pool closes without it/);
+      // Ended by itself (a worker left idle would keep it up until spawnSync's timeout kills it).
+      expect([r.status, r.signal]).toEqual([0, null]);
+      expect(performance.now() - started).toBeLessThan(45_000);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 70_000);
 });

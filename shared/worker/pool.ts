@@ -96,6 +96,8 @@ interface Slot {
   task: Task | undefined;
   /** No answer long after its job was stopped: inside a model call that does not return. */
   stuck: boolean;
+  /** Left running by a close (stopWorker): terminated if it answers after all. */
+  abandoned?: boolean;
 }
 
 const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filename)}`);
@@ -285,9 +287,10 @@ export class InferencePool {
 
   /**
    * Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops
-   * the workers, replacements still loading included (each once it has loaded). A worker still inside
-   * a model call `stuckWorkerMs` after its abort is left running and counted in the report: only ending
-   * the process gets rid of it (stopWorker says why). Idempotent: every call gets the same report.
+   * the workers, replacements still loading included (each once it has loaded, however long that
+   * takes). A worker still inside a model call STOP_WAIT_MS after its abort is left running and counted
+   * in the report (stopWorker says why); it is terminated if its call returns after all. Idempotent:
+   * every call gets the same report.
    */
   close(graceMs = 0): Promise<PoolCloseReport> {
     this.closing ??= this.closeOnce(graceMs);
@@ -329,6 +332,7 @@ export class InferencePool {
       while (s.task === task) {
         if (Date.now() >= giveUpAt) {
           this.log.error('an inference worker is still inside a model call after its request was stopped; the pool closes without it (stopping it mid-call would abort the process: only ending the process stops it)', { requestId: task.options.requestId, stuck: s.stuck, waited_ms: waitedMs });
+          s.abandoned = true;
           return false;
         }
         await new Promise((r) => setTimeout(r, 5));
@@ -490,6 +494,9 @@ export class InferencePool {
   private release(slot: Slot): void {
     clearTimeout(slot.task?.stuckTimer);
     slot.task = undefined;
+    // Its call returned after the close gave up on it: now it can be stopped, or it would keep an
+    // in-process caller (vlm eval, a test) from exiting.
+    if (slot.abandoned) return void slot.worker.terminate();
     if (slot.stuck) {
       slot.stuck = false;
       this.log.info('a stuck inference worker answered at last and takes requests again');
