@@ -8,7 +8,7 @@
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
 import { characterCount } from '../../shared/tokenizer/characters';
-import { imagePlaceholderMisuse } from '../../shared/tokenizer/image-placeholder';
+import { promptMisuse } from '../../shared/tokenizer/image-placeholder';
 import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
 import { METHOD_PRESETS, paramReaders, type Budget, type ParamReader, type ReductionPolicy } from '../../shared/methods/policy';
@@ -266,14 +266,15 @@ export function validateEncode(req: EncodeRequest, limits: RequestLimitsConfig):
 }
 
 /**
- * `defaultMaxTokens`: the model's generation.max_new_tokens; `imageToken`: its prompt's image
- * placeholder, which a question may not contain (refused here, before the vision hop, not after it).
+ * `defaultMaxTokens`: the model's generation.max_new_tokens; `imageToken` and `specialTokens`: its
+ * prompt's image placeholder and its tokenizer's special tokens, whose text a question may not contain
+ * (refused here, before the vision hop, not after it).
  */
-export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConfig, defaultMaxTokens: number, imageToken?: string): ValidGenerate {
+export function validateGenerate(req: GenerateRequest, limits: RequestLimitsConfig, defaultMaxTokens: number, imageToken?: string, specialTokens: readonly string[] = []): ValidGenerate {
   const v = new Violations();
   checkImage(req.image, limits, v);
   checkText('prompt', req.prompt, limits.maxPromptChars, v, true);
-  const misuse = imageToken ? imagePlaceholderMisuse(req.prompt, imageToken) : null;
+  const misuse = imageToken ? promptMisuse(req.prompt, imageToken, specialTokens) : null;
   if (misuse) v.add('prompt', misuse);
   const sampling = parseSampling(req.sampling, defaultMaxTokens, limits, v);
   const policy = parsePolicy(req.policy, v);

@@ -51,6 +51,8 @@ export interface PromptTokenCounter {
    * one more for its leading word marker, which the template's own count covers).
    */
   readonly atMost: (question: string) => number;
+  /** The tokenizer's special tokens, whose text a question may not hold (validateGenerate). */
+  readonly specialTokens: readonly string[];
 }
 
 export interface GenerateDeps {
@@ -70,7 +72,7 @@ export async function loadPromptTokenCounter(modelDir: string, manifest: Manifes
   };
   // The template around a one-byte question, which is at least one token itself.
   const template = count('x');
-  return Object.assign(count, { atMost: (question: string) => template + Buffer.byteLength(question, 'utf8') });
+  return Object.assign(count, { atMost: (question: string) => template + Buffer.byteLength(question, 'utf8'), specialTokens: tokenizer.specialTokens });
 }
 
 /**
@@ -113,7 +115,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const { backend } = deps;
   const m = backend.model.manifest;
   const started = performance.now();
-  const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens, m.prompt.image_token);
+  const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens, m.prompt.image_token, deps.promptTokens.specialTokens);
   span?.setAttributes(policyAttributes(valid.policy));
   const visionSchedule = checkPolicy(backend, valid);
   // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;

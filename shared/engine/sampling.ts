@@ -39,11 +39,14 @@ export class Sampler {
   next(logits: Float32Array): number {
     // A NaN or +Infinity logit means the forward pass broke (an overflow in a reduction step, a bad
     // bundle): an answer drawn from it would look valid, so the request fails instead. (-Infinity is
-    // a token ruled out, which a model may legitimately say.)
+    // a token ruled out, which a model may legitimately say, but not of every token.)
+    let anyFinite = false;
     for (let i = 0; i < logits.length; i++) {
       const x = logits[i]!;
       if (Number.isNaN(x) || x === Infinity) throw new VlmError('INTERNAL', `the model produced a non-finite logit (${x} for token ${i}); no answer is drawn from it`);
+      if (x !== -Infinity) anyFinite = true;
     }
+    if (!anyFinite) throw new VlmError('INTERNAL', `the model ruled out every token (all ${logits.length} logits are -Infinity); no answer is drawn from it`);
     if (this.params.temperature === 0) return argmax(logits);
     const n = logits.length;
     const max = logits[argmax(logits)]!;

@@ -6,3 +6,15 @@
 export function imagePlaceholderMisuse(question: string, imageToken: string): string | null {
   return question.includes(imageToken) ? `must not contain the image placeholder "${imageToken}"; the image is passed separately` : null;
 }
+
+/**
+ * Nor the text of a special token (`<s>`, `</s>`, `[PAD]`...): encoding turns such text into the control
+ * token itself, so a caller could end the prompt early or fake a turn boundary (Hugging Face encodes
+ * them the same way by default). The placeholder's own message comes first.
+ */
+export function promptMisuse(question: string, imageToken: string, specialTokens: readonly string[]): string | null {
+  const placeholder = imagePlaceholderMisuse(question, imageToken);
+  if (placeholder) return placeholder;
+  const special = specialTokens.find((t) => t !== '' && question.includes(t));
+  return special === undefined ? null : `must not contain the text of the special token "${special}", which the model would read as that control token`;
+}

@@ -5,13 +5,15 @@
  * encoded without special tokens; BOS is prepended when the manifest says so.
  */
 import { characterCount } from './characters';
-import { imagePlaceholderMisuse } from './image-placeholder';
+import { promptMisuse } from './image-placeholder';
 import { readFile } from 'node:fs/promises';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { VlmError } from '../errors';
 import type { PromptSpec, TokenSpec } from '../bundle/manifest';
 
 export interface TextTokenizer {
+  /** The text of the tokenizer's special tokens (its added tokens marked special). */
+  readonly specialTokens: readonly string[];
   /** Token ids of `text`, no special tokens added. */
   encode(text: string): number[];
   /** Text of `ids`, special tokens skipped. */
@@ -31,7 +33,10 @@ export async function loadTokenizer(file: string): Promise<TextTokenizer> {
   } catch (err) {
     throw new VlmError('FAILED_PRECONDITION', `tokenizer ${file} is not loadable by @huggingface/tokenizers: ${(err as Error).message}`, { cause: err });
   }
+  const added = (json as { added_tokens?: { content?: unknown; special?: unknown }[] }).added_tokens ?? [];
+  const specialTokens = added.filter((t) => t.special === true && typeof t.content === 'string').map((t) => t.content as string);
   return {
+    specialTokens,
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
     decode: (ids) => (ids.length === 0 ? '' : tok.decode([...ids], { skip_special_tokens: true, clean_up_tokenization_spaces: false })),
   };
@@ -56,7 +61,7 @@ export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: T
   if (chars > limits.maxPromptChars) {
     throw VlmError.invalid('prompt', `is ${chars} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
   }
-  const misuse = imagePlaceholderMisuse(question, prompt.image_token);
+  const misuse = promptMisuse(question, prompt.image_token, tok.specialTokens);
   if (misuse) throw VlmError.invalid('prompt', misuse);
   const at = prompt.template.indexOf(prompt.image_token);
   const prefixText = prompt.template.slice(0, at);

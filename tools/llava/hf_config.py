@@ -34,6 +34,13 @@ class ExportError(ValueError):
     """The checkpoint cannot become a bundle; the message names the field and what to do."""
 
 
+def _ids(value) -> list:
+    """A token id or a list of them, as configs write eos_token_id; None: none."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 def _read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
@@ -152,7 +159,10 @@ def bundle_config(folder: Path, model_id: str, io_dtype: str, max_new_tokens: in
     }
     tok_cfg = _read_json(folder / "tokenizer_config.json") or {}
     bos = int(tc.get("bos_token_id", 1) if tc.get("bos_token_id") is not None else 1)
-    eos = int(tc.get("eos_token_id", 2) if tc.get("eos_token_id") is not None else 2)
+    # eos_token_id may be one id or a list (newer configs); generation_config.json may add more stop ids.
+    stop_ids = _ids(tc.get("eos_token_id")) + _ids((_read_json(folder / "generation_config.json") or {}).get("eos_token_id"))
+    stop_ids = list(dict.fromkeys(stop_ids)) or [2]
+    eos = stop_ids[0]
     pad = tc.get("pad_token_id", config.get("pad_token_id"))
     return {
         "model_id": model_id,
@@ -169,7 +179,7 @@ def bundle_config(folder: Path, model_id: str, io_dtype: str, max_new_tokens: in
         "preprocess": preprocess_config(_read_json(folder / "preprocessor_config.json"), image_size, resize_override),
         "prompt": {"template": VICUNA_V1_TEMPLATE, "image_token": IMAGE_TOKEN,
                    "add_bos": bool(tok_cfg.get("add_bos_token", True))},
-        "tokens": {"bos_id": bos, "eos_id": eos, "pad_id": int(pad) if pad is not None else 0, "stop_ids": [eos]},
+        "tokens": {"bos_id": bos, "eos_id": eos, "pad_id": int(pad) if pad is not None else 0, "stop_ids": stop_ids},
         "generation": {"max_new_tokens": max_new_tokens},
         "reduction": scaled_anchors(trained, exported, language["num_layers"]),
     }
