@@ -50,7 +50,7 @@ describe('clock offset between the services', () => {
 
   it('is estimated as 0 when both services share a clock', () => {
     expect(straight.traces.map((t) => t.clockOffsets)).toEqual(Array(5).fill([{ service: 'vlm-vision', relativeTo: 'vlm-language', offsetMs: 0, pairs: 1 }]));
-    expect(straight.clockOffsets).toEqual([{ service: 'vlm-vision', relativeTo: 'vlm-language', traces: 5, offset: expect.objectContaining({ mean: 0, count: 5 }) }]);
+    expect(straight.clockOffsets).toEqual([{ service: 'vlm-vision', relativeTo: 'vlm-language', traces: 5, offset: expect.objectContaining({ mean: 0, count: 5 }), largest: 0 }]);
   });
 
   it('leaves a server span inside its client span alone, however lopsided the wire times (a new connection)', () => {
@@ -88,7 +88,7 @@ describe('clock offset between the services', () => {
     // transfer is language's receive end minus vision's send start: S + 2 ms, never negative
     expect(report.transfer.stream.p50).toBeCloseTo(6, 6);
     expect(report.traces.map((t) => t.clockOffsets[0]!.offsetMs)).toEqual(Array(5).fill(skew));
-    expect(report.clockOffsets[0]).toMatchObject({ service: 'vlm-vision', relativeTo: 'vlm-language', traces: 5, offset: { mean: skew } });
+    expect(report.clockOffsets[0]).toMatchObject({ service: 'vlm-vision', relativeTo: 'vlm-language', traces: 5, offset: { mean: skew }, largest: skew });
     // self time adds up to what it does on one clock (a little over 100 %: the language service's
     // receive overlaps the vision service's send), not more because vision spans slid out of place
     const selfSum = (r: TraceReport) => r.stages.reduce((sum, s) => sum + s.selfShare, 0);
@@ -147,5 +147,16 @@ describe('clock offset between the services', () => {
     const html = renderHtml(report, trees[0]);
     expect(html).toMatch(/Clock offset of vlm-vision relative to vlm-language \(estimated per trace, removed\): mean \+20\.0 ms/);
     expect(html).toMatch(/vlm-vision clock \+20\.0 ms, removed/);
+  });
+});
+
+describe('the summary of clock offsets across traces', () => {
+  it('reports the offset largest in magnitude with its sign: a clock behind is not hidden by a trace that needed no shift', () => {
+    const skews = [-50, -40, -45];
+    const spans = [...skews.flatMap((skew, i) => withVisionClockOff(fixture.filter((s) => s.traceId === fixture[0]!.traceId), skew).map((s) => ({ ...s, traceId: s.traceId.slice(0, -1) + 'abc'[i]! }))), ...fixture.filter((s) => s.traceId === fixture[0]!.traceId)];
+    const { report } = analyseTraces(spans);
+    expect(report.traces.map((t) => t.clockOffsets[0]!.offsetMs).sort((a, b) => a - b)).toEqual([-50, -45, -40, 0]);
+    expect(report.clockOffsets[0]).toMatchObject({ traces: 4, largest: -50, offset: expect.objectContaining({ max: 0 }) });
+    expect(formatReport(report)).toMatch(/largest -50\.0 ms \(n=4\)/);
   });
 });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { analyseTraces, parseTraceText, quantile, type TraceReport } from '../shared/telemetry/analysis';
+import { analyseTraces, formatReport, parseTraceText, quantile, type SpanRecord, type TraceReport } from '../shared/telemetry/analysis';
 
 /**
  * The fixture (test/fixtures/traces/make-fixtures.mjs) holds five hand-timed requests, ms:
@@ -182,5 +182,51 @@ describe('other trace sources', () => {
     const line = fixture('pipeline.jsonl').split('\n')[0]!;
     expect(() => parseTraceText(`${line}\nnot json`)).toThrow(/line 2 is not JSON/);
     expect(() => parseTraceText(`${line}\n{"traceId":"x"}`)).toThrow(/line 2 is neither a span record/);
+  });
+});
+
+describe('requests that failed, and traces missing their policy', () => {
+  const MS = 1_000_000n;
+  let next = 1;
+  /** One request span of a trace starting at `startMs`, `ms` long, with the given policy and status. */
+  const request = (startMs: number, ms: number, policy: { method?: string; budget?: string }, failed = false): SpanRecord => {
+    const id = next++;
+    const at = (t: number) => String(1_700_000_000_000_000_000n + BigInt(Math.round(t * 1000)) * (MS / 1000n));
+    return {
+      traceId: id.toString(16).padStart(32, '0'),
+      spanId: id.toString(16).padStart(16, '0'),
+      parentSpanId: '',
+      name: 'vlm.request',
+      service: 'vlm-language',
+      kind: 'SERVER',
+      startTimeUnixNano: at(startMs),
+      endTimeUnixNano: at(startMs + ms),
+      attributes: { ...(policy.method ? { 'vlm.reduction.method': policy.method } : {}), ...(policy.budget ? { 'vlm.reduction.budget': policy.budget } : {}), ...(failed ? { 'rpc.grpc.status_code': 9 } : {}) },
+      events: [],
+      status: { code: failed ? 'ERROR' : 'UNSET' },
+    };
+  };
+
+  it('lists a failed request but leaves it out of the end-to-end times and the groups, and says how many', () => {
+    const spans = [request(0, 100, { method: 'ficoco-vl', budget: '25%' }), request(200, 100, { method: 'ficoco-vl', budget: '25%' }), request(400, 2, { method: 'ficoco-vl', budget: '25%' }, true)];
+    const { report } = analyseTraces(spans);
+    expect(report.traces.map((t) => t.ok)).toEqual([true, true, false]);
+    expect(report.failedTraces).toBe(1);
+    expect(report.endToEnd).toMatchObject({ count: 2, p50: 100, mean: 100 });
+    expect(report.groups).toEqual([expect.objectContaining({ method: 'ficoco-vl', budget: '25%', traces: 2, endToEnd: expect.objectContaining({ p50: 100 }) })]);
+    expect(formatReport(report)).toMatch(/^3 traces \(1 failed, left out of end-to-end and the groups\)/);
+  });
+
+  it('labels a trace without policy attributes unknown, not as an unreduced request', () => {
+    const { report } = analyseTraces([request(0, 10, {})]);
+    expect(report.groups.map((g) => `${g.method}@${g.budget}`)).toEqual(['unknown@unknown']);
+  });
+
+  it('orders traces by when they started and budgets absolute, then percentages, then default', () => {
+    const budgets = ['default', '50%', '192', '10%', '64', '25%'];
+    const spans = budgets.map((budget, i) => request(1000 - i * 100, 5, { method: 'm', budget }));
+    const { report } = analyseTraces(spans);
+    expect(report.traces.map((t) => t.budget)).toEqual([...budgets].reverse());
+    expect(report.groups.map((g) => g.budget)).toEqual(['64', '192', '10%', '25%', '50%', 'default']);
   });
 });

@@ -1,6 +1,8 @@
 /**
  * Analytic FLOPs from the architecture and the real token counts, as 2 x multiply-accumulates
- * (the papers' other convention, MACs, is `macs()` = FLOPs / 2: SparseVLM's 4.62 T for LLaVA-1.5-7B).
+ * (the papers' other convention, MACs, is `macs()` = FLOPs / 2: SparseVLM's 4.62 T is the decoder's
+ * prefill of LLaVA-1.5-7B at 576 visual and about 118 other tokens; FiCoCo's 8.5 T is 2 x MACs at 576 +
+ * 60).
  * Matrix products only: norms, activations, softmax and RoPE are O(n d) and left out, as the papers
  * do. Attention counts the full T x (P+T) score matrix (no causal halving), as SparseVLM's
  * 4nd^2 + 2n^2d + 3ndm does.
@@ -48,7 +50,7 @@ export function visionEmbedFlops(v: VisionArch): number {
   return F * v.num_patches * 3 * v.patch_size * v.patch_size * v.hidden_size;
 }
 
-/** LN1, QKV, T x T scores, weighted sum, output projection, for T tokens. */
+/** QKV, T x T scores, weighted sum, output projection, for T tokens (LN1 is a norm: not counted). */
 export function visionAttnFlops(v: VisionArch, T: number): number {
   const inner = v.num_heads * v.head_dim;
   return F * (4 * T * v.hidden_size * inner + 2 * T * T * inner);
@@ -81,10 +83,16 @@ export function languageMlpFlops(l: LanguageArch, T: number): number {
   return F * 3 * T * l.hidden_size * l.intermediate_size;
 }
 
+/**
+ * The scores graph: Q, K and QK^T again, and V too: the exported graph builds its projections with the
+ * attention graph's code, and ONNX Runtime computes an unused V all the same (measured on the bundles'
+ * graphs with optimisation `all` and `disabled`). Counted because it runs; dropping it from the
+ * export would save it.
+ */
 export function languageScoresFlops(l: LanguageArch, T: number, C: number): number {
   const q = l.num_heads * l.head_dim;
   const kv = l.num_kv_heads * l.head_dim;
-  return F * (T * l.hidden_size * (q + kv) + T * C * q);
+  return F * (T * l.hidden_size * (q + 2 * kv) + T * C * q);
 }
 
 export function headFlops(l: LanguageArch, T: number): number {

@@ -23,12 +23,13 @@ function triple(s: Summary): string {
 /** How far a service's clock was found ahead of the root service's (and taken off its spans). */
 export function clockOffsetLine(c: ClockOffsetReport): string {
   const o = c.offset;
-  return `clock offset of ${c.service} relative to ${c.relativeTo} (estimated per trace, removed): mean ${signedMs(o.mean)} ms, p50 ${signedMs(o.p50)} ms, max ${signedMs(o.max)} ms (n=${c.traces})`;
+  return `clock offset of ${c.service} relative to ${c.relativeTo} (estimated per trace, removed): mean ${signedMs(o.mean)} ms, p50 ${signedMs(o.p50)} ms, largest ${signedMs(c.largest)} ms (n=${c.traces})`;
 }
 
 export function formatReport(report: TraceReport): string {
   const out: string[] = [];
-  out.push(`${report.traces.length} traces, ${report.spans} spans; end-to-end ${triple(report.endToEnd)}`);
+  const failed = report.failedTraces > 0 ? ` (${report.failedTraces} failed, left out of end-to-end and the groups)` : '';
+  out.push(`${report.traces.length} traces${failed}, ${report.spans} spans; end-to-end ${triple(report.endToEnd)}`);
   out.push('');
   out.push(
     table(

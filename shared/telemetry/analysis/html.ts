@@ -48,7 +48,7 @@ ${groupTable(report)}
 
 function clockOffsetText(report: TraceReport): string {
   return report.clockOffsets
-    .map((c) => `\nClock offset of ${esc(c.service)} relative to ${esc(c.relativeTo)} (estimated per trace, removed): mean ${signedMs(c.offset.mean)}, p50 ${signedMs(c.offset.p50)}, max ${signedMs(c.offset.max)} (n=${c.traces}).`)
+    .map((c) => `\nClock offset of ${esc(c.service)} relative to ${esc(c.relativeTo)} (estimated per trace, removed): mean ${signedMs(c.offset.mean)}, p50 ${signedMs(c.offset.p50)}, largest ${signedMs(c.largest)} (n=${c.traces}).`)
     .join('');
 }
 

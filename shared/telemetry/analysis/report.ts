@@ -15,6 +15,9 @@ import { buildTraces, rpcSucceeded, type ClockOffset, type TimedSpan, type Trace
  *   `rpc` is, per client span, its duration minus its server span's: connection, queueing and
  *   serialisation outside the callee.
  * - Groups compare reduction methods and budgets by the attributes of each trace's request span.
+ * - A trace whose root failed (an error status, a gRPC status other than OK) is listed (`ok` false)
+ *   and counted in `failedTraces`, but left out of the end-to-end figures and the groups: a request
+ *   refused in 2 ms would otherwise pull a method's times down.
  * - Every time is on the root service's clock: the other services' spans are shifted by their clock
  *   offset, estimated per trace from its RPC spans (trace-tree.ts). `clockOffsets` shows the estimates,
  *   per trace and summarised per service, so a large or wandering offset can be seen.
@@ -53,6 +56,8 @@ export interface TraceSummary {
   services: string[];
   method: string;
   budget: string;
+  /** Whether the request succeeded (its root span's status); failed traces are not in endToEnd or the groups. */
+  ok: boolean;
   /** The clock offsets estimated and removed in this trace, one per service reached by RPC. */
   clockOffsets: ClockOffset[];
 }
@@ -63,11 +68,15 @@ export interface ClockOffsetReport {
   relativeTo: string;
   traces: number;
   offset: Summary;
+  /** The per-trace offset largest in magnitude, with its sign (a skew behind shows here, not in `offset.max`). */
+  largest: number;
 }
 
 export interface TraceReport {
   spans: number;
   traces: TraceSummary[];
+  /** Traces whose request failed (listed in `traces`, left out of `endToEnd` and `groups`). */
+  failedTraces: number;
   endToEnd: Summary;
   stages: StageReport[];
   transfer: { stream: Summary; rpc: { name: string; overhead: Summary }[] };
@@ -82,7 +91,8 @@ export function stageKey(span: SpanRecord): string {
 }
 
 export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceReport; trees: TraceTree[] } {
-  const trees = buildTraces(spans).sort((a, b) => a.root.start - b.root.start || (a.traceId < b.traceId ? -1 : 1));
+  // In the order the requests started: each tree's times count from its own origin.
+  const trees = buildTraces(spans).sort((a, b) => (a.originNs < b.originNs ? -1 : a.originNs > b.originNs ? 1 : a.traceId < b.traceId ? -1 : 1));
   const totalE2e = trees.reduce((sum, t) => sum + t.root.duration, 0);
 
   const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; offsets: number[] }>();
@@ -121,9 +131,11 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
   const streamMs: number[] = [];
   const rpc = new Map<string, number[]>();
   for (const tree of trees) {
-    // The last of each: after a hop retry, the earlier pair is the attempt that failed.
-    const send = tree.ordered.findLast((n) => n.span.name === SpanName.StreamSend);
-    const receive = tree.ordered.findLast((n) => n.span.name === SpanName.StreamReceive);
+    // The latest of each: after a hop retry, the earlier pair is the attempt that failed (by time, not
+    // by tree order, which puts a span whose parent is missing after the rest).
+    const latest = (name: string) => tree.ordered.filter((n) => n.span.name === name).reduce<TimedSpan | undefined>((l, n) => (!l || n.start >= l.start ? n : l), undefined);
+    const send = latest(SpanName.StreamSend);
+    const receive = latest(SpanName.StreamReceive);
     if (send && receive) streamMs.push(receive.end - send.start);
     for (const node of tree.ordered) {
       if (node.span.kind !== 'CLIENT') continue;
@@ -138,12 +150,14 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
 
   const traceSummaries = trees.map((t): TraceSummary => {
     const { method, budget } = policyOf(t);
-    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, clockOffsets: t.clockOffsets };
+    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, ok: rpcSucceeded(t.root.span), clockOffsets: t.clockOffsets };
   });
+  const succeeded = trees.filter((_, i) => traceSummaries[i]!.ok);
 
   const groupAcc = new Map<string, { method: string; budget: string; trees: TraceTree[] }>();
   for (const [i, tree] of trees.entries()) {
-    const { method, budget } = traceSummaries[i]!;
+    const { method, budget, ok } = traceSummaries[i]!;
+    if (!ok) continue;
     const key = `${method}\u0000${budget}`;
     const g = groupAcc.get(key) ?? { method, budget, trees: [] };
     g.trees.push(tree);
@@ -166,13 +180,14 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     })
     .sort((a, b) => (a.method < b.method ? -1 : a.method > b.method ? 1 : budgetOrder(a.budget) - budgetOrder(b.budget)));
 
-  const slowest = trees.reduce<TraceTree | undefined>((best, t) => (!best || t.root.duration > best.root.duration ? t : best), undefined);
+  const slowest = (succeeded.length > 0 ? succeeded : trees).reduce<TraceTree | undefined>((best, t) => (!best || t.root.duration > best.root.duration ? t : best), undefined);
   return {
     trees,
     report: {
       spans: spans.length,
       traces: traceSummaries,
-      endToEnd: summarise(trees.map((t) => t.root.duration)),
+      failedTraces: trees.length - succeeded.length,
+      endToEnd: summarise(succeeded.map((t) => t.root.duration)),
       stages,
       transfer: { stream: summarise(streamMs), rpc: [...rpc.entries()].map(([name, v]) => ({ name, overhead: summarise(v) })) },
       groups,
@@ -194,7 +209,13 @@ function clockOffsetsOf(trees: readonly TraceTree[]): ClockOffsetReport[] {
       acc.set(key, entry);
     }
   }
-  return [...acc.values()].map((e) => ({ service: e.service, relativeTo: e.relativeTo, traces: e.offsets.length, offset: summarise(e.offsets) }));
+  return [...acc.values()].map((e) => ({
+    service: e.service,
+    relativeTo: e.relativeTo,
+    traces: e.offsets.length,
+    offset: summarise(e.offsets),
+    largest: e.offsets.reduce((l, o) => (Math.abs(o) > Math.abs(l) ? o : l), 0),
+  }));
 }
 
 /** The policy of a trace: from the root if it carries one, else from the first request span that does. */
@@ -206,10 +227,15 @@ function policyOf(tree: TraceTree): { method: string; budget: string } {
   const attrs = node?.span.attributes ?? {};
   const method = attrs[ATTR_VLM_REDUCTION_METHOD];
   const budget = attrs[ATTR_VLM_REDUCTION_BUDGET];
-  return { method: method === undefined ? 'unknown' : String(method), budget: budget === undefined ? 'full' : String(budget) };
+  // Every request span carries a budget (unreduced: `default`); none means the attributes are missing.
+  return { method: method === undefined ? 'unknown' : String(method), budget: budget === undefined ? 'unknown' : String(budget) };
 }
 
+/** Absolute budgets ascending, then percentages ascending, then `default`, then anything else. */
 function budgetOrder(b: string): number {
   const n = Number(b);
-  return Number.isFinite(n) ? n : Number.MAX_SAFE_INTEGER;
+  if (Number.isFinite(n)) return n;
+  const pct = /^(\d+(?:\.\d+)?)%$/.exec(b);
+  if (pct) return 1e9 + Number(pct[1]);
+  return b === 'default' ? 2e9 : 3e9;
 }
