@@ -230,3 +230,19 @@ describe('requests that failed, and traces missing their policy', () => {
     expect(report.groups.map((g) => g.budget)).toEqual(['64', '192', '10%', '25%', '50%', 'default']);
   });
 });
+
+describe('a trace missing a span', () => {
+  it('summarises the spans left without their parent but does not share them out on top of the root\'s time', () => {
+    const { spans } = parseTraceText(fixture('pipeline.jsonl'));
+    const selfSum = (r: TraceReport) => r.stages.reduce((sum, s) => sum + s.selfShare, 0);
+    const whole = analyseTraces(spans).report;
+    // The Encode client spans dropped: vision's server span and all below it become a second root.
+    const dropped = analyseTraces(spans.filter((s) => !(s.kind === 'CLIENT' && s.service === 'vlm-language'))).report;
+    expect(dropped.warnings.length).toBeGreaterThan(0);
+    expect(selfSum(dropped)).toBeLessThanOrEqual(selfSum(whole) + 1e-9);
+    for (const s of dropped.stages.filter((x) => x.service === 'vlm-vision')) {
+      expect(s.share).toBe(0);
+      expect(s.latency.count).toBeGreaterThan(0); // still summarised
+    }
+  });
+});

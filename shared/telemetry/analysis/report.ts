@@ -95,24 +95,28 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
   const trees = buildTraces(spans).sort((a, b) => (a.originNs < b.originNs ? -1 : a.originNs > b.originNs ? 1 : a.traceId < b.traceId ? -1 : 1));
   const totalE2e = trees.reduce((sum, t) => sum + t.root.duration, 0);
 
-  const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; offsets: number[] }>();
+  const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; shared: number; offsets: number[] }>();
   for (const tree of trees) {
     const rootStart = tree.root.start;
+    // Shares are of the time the root measures: spans under another root (their parent missing) are
+    // summarised but not shared out, or a trace with a dropped client span would add up past 100 %.
+    const measured = underRoot(tree);
     for (const node of tree.ordered) {
       const key = stageKey(node.span);
       let acc = stageAcc.get(key);
       if (!acc) {
-        acc = { name: node.span.name, service: node.span.service, durations: [], perTrace: new Map(), self: 0, offsets: [] };
+        acc = { name: node.span.name, service: node.span.service, durations: [], perTrace: new Map(), self: 0, shared: 0, offsets: [] };
         stageAcc.set(key, acc);
       }
       acc.durations.push(node.duration);
       acc.perTrace.set(tree.traceId, (acc.perTrace.get(tree.traceId) ?? 0) + node.duration);
-      acc.self += node.self;
+      if (measured.has(node)) acc.self += node.self;
+      acc.shared += measured.has(node) ? node.duration : 0;
       acc.offsets.push(node.start - rootStart);
     }
   }
   const stages: StageReport[] = [...stageAcc.entries()].map(([key, a]) => {
-    const total = a.durations.reduce((x, y) => x + y, 0);
+    const total = a.shared;
     return {
       key,
       name: a.name,
@@ -196,6 +200,18 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
       warnings: trees.flatMap((t) => t.warnings),
     },
   };
+}
+
+/** The root and every span below it. */
+function underRoot(tree: TraceTree): Set<TimedSpan> {
+  const seen = new Set<TimedSpan>();
+  const stack = [tree.root];
+  while (stack.length > 0) {
+    const node = stack.pop()!;
+    seen.add(node);
+    stack.push(...node.children);
+  }
+  return seen;
 }
 
 /** Per service and reference service, the per-trace offsets summarised (in order of first appearance). */
