@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import sharp from 'sharp';
 import { headFlops, languageAttnFlops, languageMlpFlops, macs, projectorFlops, totalFlops, visionAttnFlops, visionMlpFlops } from '../shared/flops';
+import { languageScoresFlops } from '../shared/flops/flops';
+import { disposeModel, encodeImage, generate } from '../shared/engine';
+import { loadTestModel, policy, RANDOM_BUNDLE } from './core-helpers';
 import type { LanguageArch, Manifest, VisionArch } from '../shared/bundle/manifest';
 
 // LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14-336 tower.
@@ -34,5 +38,37 @@ describe('analytic FLOPs', () => {
     expect(projectorFlops(m, 576)).toBe(2 * 576 * (1024 * 4096 + 4096 * 4096));
     const f = { vision: 4, projector: 2, prefill: 10, decode: 6, overhead: 2 };
     expect(totalFlops(macs(f))).toBe(totalFlops(f) / 2);
+  });
+});
+
+describe("the engine's FLOPs after a cut (random bundle, FastV at 50 %)", () => {
+  it('counts each prefill layer at the tokens it ran, the scores graph once at the cut, and decode over the shortened caches', async () => {
+    const model = await loadTestModel({ dir: RANDOM_BUNDLE });
+    try {
+      const image = await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: 200, g: 60, b: 90 } } }).png().toBuffer();
+      const p = policy({ language: 'fastv', budget: { percent: 50 } });
+      const enc = await encodeImage(model, image, p);
+      const r = await generate(model, enc, 'what color is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 3 }, p);
+      const arch = model.manifest.language;
+      const text = r.promptTokens - enc.embeds.dims[0];
+      const perLayer = r.perLayerVisualTokens;
+      const cut = perLayer.findIndex((v, i) => i > 0 && v < perLayer[i - 1]!);
+      expect(cut).toBeGreaterThan(0); // one cut, before layer `cut`, after layer cut - 1
+      // Prefill: layer l attends and runs its MLP over the text plus the visual tokens it received.
+      let prefill = headFlops(arch, 1); // the first token's logits
+      for (const v of perLayer) prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + v);
+      expect(r.flops.prefill).toBe(prefill);
+      // FastV's one step reads the scores graph of layer cut - 1, over the tokens that layer ran.
+      expect(r.flops.overhead).toBe(languageScoresFlops(arch, text + perLayer[cut - 1]!, text + perLayer[cut - 1]!));
+      // Decode: each fed-back token attends over every layer's cache, as long as that layer kept.
+      // (the last token is sampled, never fed back)
+      const steps = r.tokenIds.length - 1;
+      expect(steps).toBeGreaterThan(0);
+      let decode = headFlops(arch, 1) * steps;
+      for (let s = 0; s < steps; s++) for (const v of perLayer) decode += languageAttnFlops(arch, 1, text + v + s + 1) + languageMlpFlops(arch, 1);
+      expect(r.flops.decode).toBe(decode);
+    } finally {
+      await disposeModel(model);
+    }
   });
 });
