@@ -63,7 +63,9 @@ export function optionalString(v: unknown, path: string, fallback: string): stri
  * A non-negative whole number below 2^64 (an OTLP fixed64 or a Jaeger microsecond count) as a decimal
  * string. Accepted spellings: decimal text (how int64 travels in JSON), a JSON number that is a whole
  * number, a bigint, or protobufjs's {low, high} Long. A negative, fractional or non-decimal time is
- * refused rather than written: it would make every duration around it meaningless.
+ * refused rather than written: it would make every duration around it meaningless. A JSON number
+ * above 2^53 arrives already rounded by the JSON parser (to 256 ns for today's unix nanoseconds); it is
+ * taken as it is, since OTLP/JSON allows numbers, and the reports work in milliseconds.
  */
 export function wholeNumberAt(v: unknown, path: string, unit: string): string {
   if (v === undefined || v === null) throw VlmError.invalid(path, 'missing');

@@ -76,8 +76,9 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
     if (path === '/v1/traces') {
       const doc = json ? parseJson(body) : decodeProtobuf(body);
       const spans = isEmptyObject(doc) ? [] : spansFromOtlp(doc);
-      stats.spans += spans.length;
+      // Counted once written: a failed write is not reported as spans received.
       if (spans.length > 0) options.onSpans(spans);
+      stats.spans += spans.length;
     }
     // An empty ExportXServiceResponse means full success, in either encoding.
     if (json) res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
