@@ -14,7 +14,7 @@ export const TRACE_REPORT_USAGE = 'usage: vlm trace report FILE [--json] [--html
 const FLAGS = {
   json: { type: 'boolean', help: 'print the report as JSON' },
   html: { type: 'string', arg: 'OUT.html', help: 'also write an HTML waterfall of one trace' },
-  trace: { type: 'string', arg: 'TRACE_ID', help: 'the trace --html draws [default: the slowest]' },
+  trace: { type: 'string', arg: 'TRACE_ID', help: 'the trace --html draws [default: the slowest that succeeded]' },
 } as const satisfies CommandFlags;
 
 export async function traceReportMain(argv: readonly string[]): Promise<number> {

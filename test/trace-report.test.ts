@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { analyseTraces, formatReport, parseTraceText, quantile, type SpanRecord, type TraceReport } from '../shared/telemetry/analysis';
+import { analyseTraces, formatReport, parseTraceText, quantile, renderHtml, type SpanRecord, type TraceReport } from '../shared/telemetry/analysis';
 
 /**
  * The fixture (test/fixtures/traces/make-fixtures.mjs) holds five hand-timed requests, ms:
@@ -209,12 +209,15 @@ describe('requests that failed, and traces missing their policy', () => {
 
   it('lists a failed request but leaves it out of the end-to-end times and the groups, and says how many', () => {
     const spans = [request(0, 100, { method: 'ficoco-vl', budget: '25%' }), request(200, 100, { method: 'ficoco-vl', budget: '25%' }), request(400, 2, { method: 'ficoco-vl', budget: '25%' }, true)];
-    const { report } = analyseTraces(spans);
+    const { report, trees } = analyseTraces(spans);
     expect(report.traces.map((t) => t.ok)).toEqual([true, true, false]);
     expect(report.failedTraces).toBe(1);
     expect(report.endToEnd).toMatchObject({ count: 2, p50: 100, mean: 100 });
     expect(report.groups).toEqual([expect.objectContaining({ method: 'ficoco-vl', budget: '25%', traces: 2, endToEnd: expect.objectContaining({ p50: 100 }) })]);
-    expect(formatReport(report)).toMatch(/^3 traces \(1 failed, left out of end-to-end and the groups\)/);
+    expect(formatReport(report)).toMatch(/^3 traces \(1 failed, left out of every figure of time\)/);
+    expect(renderHtml(report, trees[0])).toMatch(/3 traces \(1 failed, left out of every figure of time\)/);
+    // Nor in the stages: the failed request's 2 ms are not in the request span's latency or its share.
+    expect(report.stages[0]).toMatchObject({ key: 'vlm-language vlm.request', spans: 2, share: 1 });
   });
 
   it('labels a trace without policy attributes unknown, not as an unreduced request', () => {

@@ -16,7 +16,7 @@ export interface StageFlops {
   /** language/embed is a lookup (0); decoder layers over the prompt, then the head on one position. */
   prefill: number;
   decode: number;
-  /** scores graphs run for reduction methods (recomputed norms, Q/K projections and QK^T). */
+  /** scores graphs run for reduction methods (their projections again, V included on the language side, and QK^T). */
   overhead: number;
 }
 

@@ -28,7 +28,7 @@ export function clockOffsetLine(c: ClockOffsetReport): string {
 
 export function formatReport(report: TraceReport): string {
   const out: string[] = [];
-  const failed = report.failedTraces > 0 ? ` (${report.failedTraces} failed, left out of end-to-end and the groups)` : '';
+  const failed = report.failedTraces > 0 ? ` (${report.failedTraces} failed, left out of every figure of time)` : '';
   out.push(`${report.traces.length} traces${failed}, ${report.spans} spans; end-to-end ${triple(report.endToEnd)}`);
   out.push('');
   out.push(

@@ -31,7 +31,7 @@ svg text{font:11px system-ui,sans-serif}
 .legend span{display:inline-block;margin-right:12px}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
 </style></head><body>
 <h1>Where the time goes</h1>
-<p>${report.traces.length} traces, ${report.spans} spans. End-to-end p50 ${ms(report.endToEnd.p50)}, p95 ${ms(report.endToEnd.p95)}, p99 ${ms(report.endToEnd.p99)}.
+<p>${report.traces.length} traces${report.failedTraces > 0 ? ` (${report.failedTraces} failed, left out of every figure of time)` : ''}, ${report.spans} spans. End-to-end p50 ${ms(report.endToEnd.p50)}, p95 ${ms(report.endToEnd.p95)}, p99 ${ms(report.endToEnd.p99)}.
 Transfer (vision send start to language receive end): ${report.transfer.stream.count ? `p50 ${ms(report.transfer.stream.p50)}, p95 ${ms(report.transfer.stream.p95)}` : 'not traced'}.${clockOffsetText(report)}</p>
 ${warningList(report)}
 <h2>Breakdown: self time per stage (mean per trace)</h2>

@@ -16,8 +16,9 @@ import { buildTraces, rpcSucceeded, type ClockOffset, type TimedSpan, type Trace
  *   serialisation outside the callee.
  * - Groups compare reduction methods and budgets by the attributes of each trace's request span.
  * - A trace whose root failed (an error status, a gRPC status other than OK) is listed (`ok` false)
- *   and counted in `failedTraces`, but left out of the end-to-end figures and the groups: a request
- *   refused in 2 ms would otherwise pull a method's times down.
+ *   and counted in `failedTraces`, but left out of every figure of time (end to end, stages, shares,
+ *   transfer, groups; all traces count if none succeeded): a request refused in 2 ms would otherwise
+ *   pull a method's times down, and one that ran to its deadline push them up.
  * - Every time is on the root service's clock: the other services' spans are shifted by their clock
  *   offset, estimated per trace from its RPC spans (trace-tree.ts). `clockOffsets` shows the estimates,
  *   per trace and summarised per service, so a large or wandering offset can be seen.
@@ -93,10 +94,17 @@ export function stageKey(span: SpanRecord): string {
 export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceReport; trees: TraceTree[] } {
   // In the order the requests started: each tree's times count from its own origin.
   const trees = buildTraces(spans).sort((a, b) => (a.originNs < b.originNs ? -1 : a.originNs > b.originNs ? 1 : a.traceId < b.traceId ? -1 : 1));
-  const totalE2e = trees.reduce((sum, t) => sum + t.root.duration, 0);
+  const traceSummaries = trees.map((t): TraceSummary => {
+    const { method, budget } = policyOf(t);
+    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, ok: rpcSucceeded(t.root.span), clockOffsets: t.clockOffsets };
+  });
+  const succeeded = trees.filter((_, i) => traceSummaries[i]!.ok);
+  // Every figure of time is over the requests that succeeded (all of them if none did).
+  const measuredTrees = succeeded.length > 0 ? succeeded : trees;
+  const totalE2e = measuredTrees.reduce((sum, t) => sum + t.root.duration, 0);
 
   const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; shared: number; offsets: number[] }>();
-  for (const tree of trees) {
+  for (const tree of measuredTrees) {
     const rootStart = tree.root.start;
     // Shares are of the time the root measures: spans under another root (their parent missing) are
     // summarised but not shared out, or a trace with a dropped client span would add up past 100 %.
@@ -134,7 +142,7 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
 
   const streamMs: number[] = [];
   const rpc = new Map<string, number[]>();
-  for (const tree of trees) {
+  for (const tree of measuredTrees) {
     // The latest of each: after a hop retry, the earlier pair is the attempt that failed (by time, not
     // by tree order, which puts a span whose parent is missing after the rest).
     const latest = (name: string) => tree.ordered.filter((n) => n.span.name === name).reduce<TimedSpan | undefined>((l, n) => (!l || n.start >= l.start ? n : l), undefined);
@@ -152,11 +160,6 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     }
   }
 
-  const traceSummaries = trees.map((t): TraceSummary => {
-    const { method, budget } = policyOf(t);
-    return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, ok: rpcSucceeded(t.root.span), clockOffsets: t.clockOffsets };
-  });
-  const succeeded = trees.filter((_, i) => traceSummaries[i]!.ok);
 
   const groupAcc = new Map<string, { method: string; budget: string; trees: TraceTree[] }>();
   for (const [i, tree] of trees.entries()) {
@@ -184,7 +187,7 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     })
     .sort((a, b) => (a.method < b.method ? -1 : a.method > b.method ? 1 : budgetOrder(a.budget) - budgetOrder(b.budget)));
 
-  const slowest = (succeeded.length > 0 ? succeeded : trees).reduce<TraceTree | undefined>((best, t) => (!best || t.root.duration > best.root.duration ? t : best), undefined);
+  const slowest = measuredTrees.reduce<TraceTree | undefined>((best, t) => (!best || t.root.duration > best.root.duration ? t : best), undefined);
   return {
     trees,
     report: {
