@@ -8,10 +8,7 @@ import { trace } from '@opentelemetry/api';
 
 type TraceFields = { trace_id?: string; span_id?: string };
 
-/**
- * Each call's trace ids, by the call's metadata: the access log (an interceptor) writes its line when
- * the status goes out, where no span is active, from the same metadata object the handler received.
- */
+/** By the call's metadata: the one object the handler receives and the access log still holds. */
 const traceOfCall = new WeakMap<Metadata, TraceFields>();
 
 /** The active span's ids (the call's server span, on entry), so a log line can be found from its trace and back. */

@@ -401,6 +401,43 @@ function reject(call: ServerInterceptingCallInterface, err: VlmError): void {
  * serves only the language service's certificate in `k8s/`); without authentication every call is
  * one anonymous caller and only the cap applies.
  */
+/** A count of places, at most `max` held at once. */
+class Places {
+  private held = 0;
+  constructor(private readonly max: number) {}
+
+  take(): boolean {
+    if (this.held >= this.max) return false;
+    this.held++;
+    return true;
+  }
+
+  give(): void {
+    this.held--;
+  }
+}
+
+/** One call's place among `Places`, with a timer for how long it may be held; given back once. */
+class HeldPlace {
+  private from: Places | undefined;
+  private timer: NodeJS.Timeout | undefined;
+
+  /** Takes a place (false when none is free) and calls `expired` after `ms` unless given back first. */
+  take(places: Places, ms: number, expired: () => void): boolean {
+    if (!places.take()) return false;
+    this.from = places;
+    this.timer = setTimeout(expired, ms);
+    this.timer.unref();
+    return true;
+  }
+
+  giveBack(): void {
+    clearTimeout(this.timer);
+    this.from?.give();
+    this.from = undefined;
+  }
+}
+
 export class Admission {
   private inFlight = 0;
   /** Calls in flight by named caller; a caller leaves when its last call ends. */
@@ -408,9 +445,9 @@ export class Admission {
   private draining = false;
   private idleWaiters: Array<() => void> = [];
   /** Health calls whose request message is still arriving (infrastructureCall). */
-  private infrastructureReceiving = 0;
+  private readonly healthArriving = new Places(INFRASTRUCTURE_RECEIVING_MAX);
   /** Reflection streams open (reflectionCall). */
-  private reflectionStreams = 0;
+  private readonly reflectionStreams = new Places(REFLECTION_STREAMS_MAX);
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
   private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
@@ -479,34 +516,21 @@ export class Admission {
    * message has arrived holds nothing (a Watch stream stays open for free).
    */
   private infrastructureCall(method: { readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
-    let receiving = false;
-    let timer: NodeJS.Timeout | undefined;
-    const done = (): void => {
-      clearTimeout(timer);
-      if (!receiving) return;
-      receiving = false;
-      this.infrastructureReceiving--;
-    };
+    const place = new HeldPlace();
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
-        if (this.infrastructureReceiving >= INFRASTRUCTURE_RECEIVING_MAX) {
-          reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
-          return;
-        }
-        receiving = true;
-        this.infrastructureReceiving++;
         // Whatever deadline the caller claims: a few bytes take no longer than this.
-        timer = setTimeout(() => {
+        const taken = place.take(this.healthArriving, INFRASTRUCTURE_ARRIVAL_MS, () => {
           reject(call, new VlmError('DEADLINE_EXCEEDED', `the request did not arrive within ${INFRASTRUCTURE_ARRIVAL_MS / 1000} s of its headers`));
-          done();
-        }, INFRASTRUCTURE_ARRIVAL_MS);
-        timer.unref();
+          place.giveBack();
+        });
+        if (!taken) return reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
         next(metadata);
       }),
       method,
-      done,
+      () => place.giveBack(),
     )
-      .withOnCancel(done)
+      .withOnCancel(() => place.giveBack())
       .build();
     return listening(call, listener);
   }
@@ -518,28 +542,16 @@ export class Admission {
    * answers its client does not read; stalledCallInterceptor resets such a stream.
    */
   private reflectionCall(call: ServerInterceptingCallInterface): ServerInterceptingCall {
-    let open = false;
-    let timer: NodeJS.Timeout | undefined;
-    const closed = (): void => {
-      clearTimeout(timer);
-      if (!open) return;
-      open = false;
-      this.reflectionStreams--;
-    };
+    const place = new HeldPlace();
+    const lifetime = this.reflectionLifetimeMs;
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
-        if (this.reflectionStreams >= REFLECTION_STREAMS_MAX) {
-          reject(call, queueFull(`${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later`));
-          return;
-        }
-        open = true;
-        this.reflectionStreams++;
-        const lifetime = this.reflectionLifetimeMs;
-        timer = setTimeout(() => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)), lifetime);
-        timer.unref();
+        // Held until the stream is over (onCancel), not at the lifetime: its end may wait behind unread answers.
+        const taken = place.take(this.reflectionStreams, lifetime, () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)));
+        if (!taken) return reject(call, queueFull(`${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later`));
         next(metadata);
       })
-      .withOnCancel(closed)
+      .withOnCancel(() => place.giveBack())
       .build();
     return listening(call, listener);
   }

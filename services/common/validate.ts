@@ -8,7 +8,7 @@
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
 import { characterCount } from '../../shared/tokenizer/characters';
-import { promptMisuse } from '../../shared/tokenizer/image-placeholder';
+import { promptMisuse } from '../../shared/tokenizer/prompt-misuse';
 import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
 import { METHOD_PRESETS, paramReaders, type Budget, type ParamReader, type ReductionPolicy } from '../../shared/methods/policy';

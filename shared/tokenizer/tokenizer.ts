@@ -5,7 +5,7 @@
  * encoded without special tokens; BOS is prepended when the manifest says so.
  */
 import { characterCount } from './characters';
-import { promptMisuse } from './image-placeholder';
+import { promptMisuse } from './prompt-misuse';
 import { readFile } from 'node:fs/promises';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { VlmError } from '../errors';

@@ -299,8 +299,7 @@ export class InferencePool {
 
   private async closeOnce(graceMs: number): Promise<PoolCloseReport> {
     this.closed = true;
-    for (const t of this.restartTimers) clearTimeout(t);
-    this.restartTimers.clear();
+    this.cancelRestarts();
     for (const t of this.queue.drain()) this.settle(t, VlmError.shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -425,12 +424,17 @@ export class InferencePool {
     this.announceAvailability();
   }
 
+  /** Replacements waiting to retry are not started: the pool is closing, or its device failed. */
+  private cancelRestarts(): void {
+    for (const t of this.restartTimers) clearTimeout(t);
+    this.restartTimers.clear();
+  }
+
   /** After a device fault: the jobs waiting are told to go elsewhere, and nothing more is taken. */
   private failDevice(message: string): void {
     if (this.deviceFault !== undefined || this.closed) return;
     this.deviceFault = message;
-    for (const t of this.restartTimers) clearTimeout(t);
-    this.restartTimers.clear();
+    this.cancelRestarts();
     this.log.error('the GPU failed in a way it does not recover from: this replica takes no more requests and reports NOT_SERVING, so that it is restarted', { error: message });
     this.failQueuedIfOut();
     this.announceAvailability();

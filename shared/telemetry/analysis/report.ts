@@ -17,7 +17,8 @@ import { buildTraces, rpcSucceeded, type ClockOffset, type TimedSpan, type Trace
  * - Groups compare reduction methods and budgets by the attributes of each trace's request span.
  * - A trace whose root failed (an error status, a gRPC status other than OK) is listed (`ok` false)
  *   and counted in `failedTraces`, but left out of every figure of time (end to end, stages, shares,
- *   transfer, groups; all traces count if none succeeded): a request refused in 2 ms would otherwise
+ *   transfer, groups; if none succeeded, the stages, shares and transfer take them all and end to end
+ *   and the groups are empty): a request refused in 2 ms would otherwise
  *   pull a method's times down, and one that ran to its deadline push them up.
  * - Every time is on the root service's clock: the other services' spans are shifted by their clock
  *   offset, estimated per trace from its RPC spans (trace-tree.ts). `clockOffsets` shows the estimates,
@@ -99,11 +100,12 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
     return { traceId: t.traceId, durationMs: t.root.duration, spans: t.ordered.length, services: t.services, method, budget, ok: rpcSucceeded(t.root.span), clockOffsets: t.clockOffsets };
   });
   const succeeded = trees.filter((_, i) => traceSummaries[i]!.ok);
-  // Every figure of time is over the requests that succeeded (all of them if none did).
+  // Every figure of time is over the requests that succeeded; the stages, shares and transfer fall
+  // back to all of them if none did (end to end and the groups are then empty).
   const measuredTrees = succeeded.length > 0 ? succeeded : trees;
   const totalE2e = measuredTrees.reduce((sum, t) => sum + t.root.duration, 0);
 
-  const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; shared: number; offsets: number[] }>();
+  const stageAcc = new Map<string, { name: string; service: string; durations: number[]; perTrace: Map<string, number>; self: number; sharedTime: number; offsets: number[] }>();
   for (const tree of measuredTrees) {
     const rootStart = tree.root.start;
     // Shares are of the time the root measures: spans under another root (their parent missing) are
@@ -113,31 +115,30 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
       const key = stageKey(node.span);
       let acc = stageAcc.get(key);
       if (!acc) {
-        acc = { name: node.span.name, service: node.span.service, durations: [], perTrace: new Map(), self: 0, shared: 0, offsets: [] };
+        acc = { name: node.span.name, service: node.span.service, durations: [], perTrace: new Map(), self: 0, sharedTime: 0, offsets: [] };
         stageAcc.set(key, acc);
       }
       acc.durations.push(node.duration);
       acc.perTrace.set(tree.traceId, (acc.perTrace.get(tree.traceId) ?? 0) + node.duration);
-      if (measured.has(node)) acc.self += node.self;
-      acc.shared += measured.has(node) ? node.duration : 0;
+      if (measured.has(node)) {
+        acc.self += node.self;
+        acc.sharedTime += node.duration;
+      }
       acc.offsets.push(node.start - rootStart);
     }
   }
-  const stages: StageReport[] = [...stageAcc.entries()].map(([key, a]) => {
-    const total = a.shared;
-    return {
-      key,
-      name: a.name,
-      service: a.service,
-      spans: a.durations.length,
-      traces: a.perTrace.size,
-      latency: summarise(a.durations),
-      perTrace: summarise([...a.perTrace.values()]),
-      share: totalE2e > 0 ? total / totalE2e : 0,
-      selfShare: totalE2e > 0 ? a.self / totalE2e : 0,
-      meanOffset: a.offsets.reduce((x, y) => x + y, 0) / a.offsets.length,
-    };
-  });
+  const stages: StageReport[] = [...stageAcc.entries()].map(([key, a]) => ({
+    key,
+    name: a.name,
+    service: a.service,
+    spans: a.durations.length,
+    traces: a.perTrace.size,
+    latency: summarise(a.durations),
+    perTrace: summarise([...a.perTrace.values()]),
+    share: totalE2e > 0 ? a.sharedTime / totalE2e : 0,
+    selfShare: totalE2e > 0 ? a.self / totalE2e : 0,
+    meanOffset: a.offsets.reduce((x, y) => x + y, 0) / a.offsets.length,
+  }));
   stages.sort((a, b) => a.meanOffset - b.meanOffset || b.perTrace.mean - a.perTrace.mean || (a.key < b.key ? -1 : 1));
 
   const streamMs: number[] = [];
@@ -159,7 +160,6 @@ export function analyseTraces(spans: readonly SpanRecord[]): { report: TraceRepo
       rpc.set(node.span.name, list);
     }
   }
-
 
   const groupAcc = new Map<string, { method: string; budget: string; trees: TraceTree[] }>();
   for (const [i, tree] of trees.entries()) {
