@@ -12,7 +12,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, localAddress, loopbackFor, packageRoot, parseCommandLine, serviceConfig, type Config } from '../shared/config';
+import { coLocatedServiceEnv, parseCommandLine, serviceConfig, type Config } from '../shared/config';
+import { localAddress, loopbackFor } from '../shared/net-address';
+import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals } from '../services/common/lifecycle';

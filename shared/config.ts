@@ -7,12 +7,12 @@
  * need (`config.runtime`), not the whole object.
  */
 import { availableParallelism } from 'node:os';
-import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VlmError } from './errors';
 import { envToken, readTokenFile, type AuthTokens } from './auth-tokens';
 import type { LogLevel } from './log';
+import { packageRoot } from './package-root';
 
 export type ProviderSpec =
   | { readonly kind: 'cpu' }
@@ -245,23 +245,6 @@ export const CONFIG_FLAGS = Object.fromEntries(
 type Values = Readonly<Record<string, string | boolean | undefined>>;
 type Env = Readonly<Record<string, string | undefined>>;
 
-/** The folder holding this package's package.json, found from this file (works from src and dist). */
-export function packageRoot(): string {
-  let dir = __dirname;
-  for (;;) {
-    const pkg = path.join(dir, 'package.json');
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'vlm-token-reduction') return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new VlmError('INTERNAL', `package root not found above ${__dirname}`);
-    dir = up;
-  }
-}
-
-/** This package's version (package.json): the code's version, as `service.version` reports it. */
-export function packageVersion(): string {
-  return (JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
-}
-
 /** Builds the Config from parsed flag values and the environment. */
 export function configFrom(values: Values, env: Env = process.env): Config {
   const r = new Reader(values, env);
@@ -349,34 +332,6 @@ export function coLocatedServiceEnv(values: Values, services: number, env: Env =
   if (optionChosen('intra-op-threads', values, env)) return { ...env };
   const workers = new Reader(values, env).int('workers');
   return { ...env, [CONFIG_OPTIONS['intra-op-threads'].env]: String(Math.max(1, Math.floor(availableParallelism() / services / workers))) };
-}
-
-/** `host:port`, an IPv6 host in brackets. */
-export function hostPort(host: string, port: number): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-/**
- * The host a client on this host dials to reach a server listening on `host`: a wildcard listens on
- * every interface, loopback included; a specific address is the only one listening.
- */
-export function loopbackFor(host: string): string {
-  return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
-}
-
-/**
- * Whether every address of `target` stays on this host: a gRPC target (a scheme, a list, ports), or a
- * listen host. Loopback addresses, `localhost` and unix sockets; a wildcard is not one.
- */
-export function isLoopbackAddress(target: string): boolean {
-  if (target.startsWith('unix:')) return true;
-  const addresses = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/i, '').split(',');
-  return addresses.every((a) => /^(localhost|127\.\d+\.\d+\.\d+|\[?::1\]?)(:\d+)?$/i.test(a.trim()));
-}
-
-/** The address a client on this host dials to reach a server listening on `host`:`port`. */
-export function localAddress(host: string, port: number): string {
-  return hostPort(loopbackFor(host), port);
 }
 
 /**

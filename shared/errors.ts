@@ -17,6 +17,26 @@ export type VlmErrorCode =
   | 'UNIMPLEMENTED'
   | 'INTERNAL';
 
+/**
+ * Each code's number in google.rpc.Code, the numbering gRPC status codes share. The one table of
+ * them: the gRPC mapping (services/common/status.ts) and the OTLP receiver's google.rpc.Status
+ * answers both read it.
+ */
+export const RPC_CODE: Readonly<Record<VlmErrorCode, number>> = Object.freeze({
+  CANCELLED: 1,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+});
+
 /** A field-level violation, carried to clients as google.rpc.BadRequest.FieldViolation. */
 export interface FieldViolation {
   field: string;

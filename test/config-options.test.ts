@@ -4,7 +4,8 @@
  * and the address language dials for vision on this host.
  */
 import { describe, expect, it, vi } from 'vitest';
-import { coLocatedServiceEnv, configFrom, localAddress, parseCommandLine, testConfig } from '../shared/config';
+import { coLocatedServiceEnv, configFrom, parseCommandLine, testConfig } from '../shared/config';
+import { localAddress } from '../shared/net-address';
 import { parseVisionTarget, visionTargetOf } from '../services/language/vision-target';
 import { transportOptions } from '../services/common/grpc-server';
 import { receiveLimit } from '../services/common/message-limits';

@@ -1,7 +1,8 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { availableParallelism } from 'node:os';
-import { coLocatedServiceEnv, configFrom, packageRoot, parseCommandLine, parseProviders, serviceConfig, testConfig } from '../shared/config';
+import { coLocatedServiceEnv, configFrom, parseCommandLine, parseProviders, serviceConfig, testConfig } from '../shared/config';
+import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, characterCount, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
 import { descendingPrefix, Sampler } from '../shared/engine/sampling';

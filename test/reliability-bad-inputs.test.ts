@@ -23,7 +23,7 @@ import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/c
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { bindLoopback, collect, healthStatus } from './service-helpers';
-import { ask, pairConfig, rawGenerate, request, ROOT, shapesImage, type Outcome } from './reliability-helpers';
+import { ask, pairConfig, rawGenerate, recordingLogger, request, ROOT, shapesImage, type LogLine, type Outcome } from './reliability-helpers';
 import { seededRandom } from '../shared/methods/numeric';
 
 const CORPUS = path.join(ROOT, 'test/fixtures/bad-inputs');
@@ -351,10 +351,11 @@ describe('bad and unusual inputs through the real pair', () => {
 });
 
 describe('images over the limit', () => {
-  it('answers one up to twice the limit with INVALID_ARGUMENT naming the limit (not a retryable RESOURCE_EXHAUSTED); only a larger request meets the transport limit', async () => {
+  it('answers one up to twice the limit with INVALID_ARGUMENT naming the limit (not a retryable RESOURCE_EXHAUSTED); only a larger request meets the transport limit, and the log says which', async () => {
     const limit = 8 * 1024 * 1024;
+    const lines: LogLine[] = [];
     // Validation comes before the hop: no vision service is needed to judge the image.
-    const language = await startLanguageService(pairConfig({ maxImageBytes: limit, visionTarget: '127.0.0.1:1' }), { port: 0 });
+    const language = await startLanguageService(pairConfig({ maxImageBytes: limit, visionTarget: '127.0.0.1:1' }), { port: 0, log: recordingLogger(lines, 'language') });
     const client = new LanguageServiceClient(language.address, credentials.createInsecure());
     try {
       const twice = await ask(client, request(oversize(2 * limit), { maxTokens: 2 }));
@@ -364,6 +365,10 @@ describe('images over the limit', () => {
       expect(huge.error?.code).toBe(GrpcCode.RESOURCE_EXHAUSTED);
       expect(huge.error?.details).toMatch(/larger than max/);
       expect(await healthStatus(language.address)).toBe('SERVING');
+      // The transport's refusal is sent below the interceptors; the access log still names it, not CANCELLED.
+      const calls = lines.filter((l) => l['msg'] === 'call' && l['method'] === '/vlm.v1.LanguageService/Generate');
+      expect(calls.map((l) => l['code'])).toEqual(['INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED']);
+      expect(String(calls[1]!['details'])).toMatch(/larger than max/);
     } finally {
       client.close();
       await language.stop();

@@ -6,7 +6,7 @@
  */
 import { Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { VLM_ERROR_REASONS, VlmError } from '../shared/errors';
+import { RPC_CODE, VLM_ERROR_REASONS, VlmError } from '../shared/errors';
 import { ErrorReason } from '../gen/vlm/v1/common';
 import type { Logger } from '../shared/log';
 import { decodeStatusDetails, ERROR_DOMAIN, fromServiceError, STATUS_DETAILS_KEY, statusObject, toStatus } from '../services/common/status';
@@ -28,6 +28,15 @@ function genericView(metadata: Metadata): { types: string[]; reason?: string; do
   }
   return view;
 }
+
+describe('status codes', () => {
+  it('each error code is sent as the gRPC status of the same name, numbered as google.rpc.Code', () => {
+    for (const [name, number] of Object.entries(RPC_CODE)) {
+      expect(GrpcCode[name as keyof typeof GrpcCode], name).toBe(number);
+      expect(toStatus(new VlmError(name as keyof typeof RPC_CODE, 'x'), silent).code, name).toBe(number);
+    }
+  });
+});
 
 describe('status details', () => {
   it('sends exactly the reasons the proto lists in vlm.v1.ErrorReason, so clients can compare against generated constants', () => {

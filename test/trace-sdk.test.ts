@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTraceText, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { otlpMetricExporter, startTelemetry, shutdownTelemetry, telemetryResource, telemetrySettings } from '../shared/telemetry/sdk';
-import { captureContent, tracingEnabled } from '../shared/telemetry/state';
+import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
 import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
@@ -50,7 +50,7 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
   });
 });
 
-describe('captureContent: token ids on spans only when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT asks', () => {
+describe('captureContent: token ids on spans only when tracing and OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT asks', () => {
   it.each([
     [undefined, false],
     ['', false],
@@ -60,7 +60,12 @@ describe('captureContent: token ids on spans only when OTEL_INSTRUMENTATION_GENA
     ['TRUE', true],
     [' 1 ', true],
   ])('%j -> %s', (value, expected) => {
-    expect(captureContent(value === undefined ? {} : { OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: value })).toBe(expected);
+    const env = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', ...(value === undefined ? {} : { OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: value }) };
+    expect(telemetrySettings(env).captureContent).toBe(expected);
+  });
+
+  it('is off while spans are not exported, whatever the variable says', () => {
+    expect(telemetrySettings({ OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: 'true' }).captureContent).toBe(false);
   });
 });
 

@@ -12,6 +12,7 @@ import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { VlmError, type VlmErrorCode } from '../shared/errors';
 import { SpanRecorder, replaySpans } from '../shared/telemetry/span-recorder';
+import { setTracingEnabled } from '../shared/telemetry/state';
 import { withSpan } from '../shared/telemetry/with-span';
 import { tracedSend } from '../shared/telemetry/traced-stream';
 import { ask, request, shapesImage } from './reliability-helpers';
@@ -53,6 +54,26 @@ describe('spans of real requests', () => {
     expect(budgets).toContain('vlm.vision.embed=default');
     expect(budgets).toContain('vlm.request=default');
     expect(new Set(budgets.map((b) => b.split('=')[1]))).toEqual(new Set(['default']));
+  });
+
+  it("carry each answer token's index on the decode span, and its id only while content capture is on", async () => {
+    const tokenEvents = async () => {
+      const spans = await generateSpans(async () => {
+        expect((await ask(pair.client, request(await shapesImage()))).error).toBeNull();
+      });
+      return spans.find((s) => s.name === 'vlm.decode')!.events.filter((e) => e.name === 'vlm.token');
+    };
+    const plain = await tokenEvents();
+    expect(plain.length).toBeGreaterThan(0);
+    expect(plain.map((e) => e.attributes)).toEqual(plain.map((_, i) => ({ 'vlm.token.index': i })));
+    setTracingEnabled(true, true);
+    try {
+      const captured = await tokenEvents();
+      expect(captured.map((e) => e.attributes?.['vlm.token.index'])).toEqual(captured.map((_, i) => i));
+      expect(captured.every((e) => Number.isInteger(e.attributes?.['vlm.token.id']))).toBe(true);
+    } finally {
+      setTracingEnabled(true);
+    }
   });
 
   it('carry a token budget as a string too, so the attribute keeps one type whatever the request set', async () => {

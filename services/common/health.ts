@@ -5,8 +5,10 @@
  * fill the heap with watched multi-megabyte names. Here a request is at most MAX_REQUEST_BYTES, an
  * unknown name is answered without being stored, and a Watch holds nothing once it ends.
  */
-import { status as GrpcCode, type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition } from '@grpc/grpc-js';
+import { type sendUnaryData, type Server, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition } from '@grpc/grpc-js';
 import { service as healthDefinition } from 'grpc-health-check';
+import { VlmError } from '../../shared/errors';
+import { refusalStatus } from './status';
 
 export type ServingStatus = 'SERVING' | 'NOT_SERVING';
 type WatchStatus = ServingStatus | 'SERVICE_UNKNOWN';
@@ -30,7 +32,10 @@ function boundedDefinition(): ServiceDefinition {
   return out as ServiceDefinition;
 }
 
-const TOO_LARGE_STATUS = { code: GrpcCode.INVALID_ARGUMENT, details: `a health request is at most ${MAX_REQUEST_BYTES} bytes` };
+// Built per answer: a status's metadata is not shared between calls.
+const tooLargeStatus = () => refusalStatus(VlmError.invalid('service', `a health request is at most ${MAX_REQUEST_BYTES} bytes`));
+// The name is not repeated: it is the caller's, of any length up to the bound.
+const unknownNameStatus = () => refusalStatus(new VlmError('NOT_FOUND', 'unknown service name'));
 
 export class HealthService {
   private readonly statuses: Map<string, ServingStatus>;
@@ -54,14 +59,13 @@ export class HealthService {
   addToServer(server: Server): void {
     server.addService(this.definition, {
       check: (call: ServerUnaryCall<HealthRequest | typeof TOO_LARGE, unknown>, callback: sendUnaryData<unknown>) => {
-        if (call.request === TOO_LARGE) return callback(TOO_LARGE_STATUS);
+        if (call.request === TOO_LARGE) return callback(tooLargeStatus());
         const status = this.statuses.get(call.request.service ?? '');
-        // The name is not repeated: it is the caller's, of any length up to the bound.
-        if (status === undefined) return callback({ code: GrpcCode.NOT_FOUND, details: 'unknown service name' });
+        if (status === undefined) return callback(unknownNameStatus());
         callback(null, { status });
       },
       watch: (call: ServerWritableStream<HealthRequest | typeof TOO_LARGE, unknown>) => {
-        if (call.request === TOO_LARGE) return call.emit('error', TOO_LARGE_STATUS);
+        if (call.request === TOO_LARGE) return call.emit('error', tooLargeStatus());
         const name = call.request.service ?? '';
         const status: WatchStatus = this.statuses.get(name) ?? 'SERVICE_UNKNOWN';
         call.write({ status });
@@ -73,7 +77,7 @@ export class HealthService {
         call.on('cancelled', () => this.watchers.delete(watcher));
       },
       list: (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-        if (call.request === TOO_LARGE) return callback(TOO_LARGE_STATUS);
+        if (call.request === TOO_LARGE) return callback(tooLargeStatus());
         callback(null, { statuses: Object.fromEntries([...this.statuses].map(([name, status]) => [name, { status }])) });
       },
     });

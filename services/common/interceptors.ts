@@ -28,6 +28,7 @@ import { recordAuth, recordCall } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
 import { traceOf } from './call-trace';
+import { statusSentOn } from './grpc-stream';
 
 export const REQUEST_ID_KEY = 'x-request-id';
 /**
@@ -173,7 +174,13 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
         received = metadata;
         next(metadata);
       })
-      .withOnCancel(() => finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline'))
+      .withOnCancel(() => {
+        // grpc-js sends some statuses itself, below the interceptors (a request over the transport's
+        // receive limit: RESOURCE_EXHAUSTED), and then tells them only that the call is over.
+        const sent = statusSentOn(call);
+        if (sent) finish(sent.code, sent.details);
+        else finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline');
+      })
       .build();
     const responder = new ResponderBuilder()
       .withStart((next) => next(listener))

@@ -3,7 +3,8 @@
  * NOT_SERVING through the warm-up; during the load itself they get a refused connection, which the
  * startup probe allows for), warm up, then SERVING; on stop, drain the server and close the pool.
  */
-import { hostPort, isLoopbackAddress, localAddress, type Config } from '../../shared/config';
+import { type Config } from '../../shared/config';
+import { hostPort, isLoopbackAddress, localAddress } from '../../shared/net-address';
 import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
 import type { PoolCloseReport } from '../../shared/worker';

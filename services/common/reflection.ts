@@ -13,7 +13,7 @@ import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
 import { loadSync, type PackageDefinition } from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
-import { packageRoot } from '../../shared/config';
+import { packageRoot } from '../../shared/package-root';
 import type { Logger } from '../../shared/log';
 
 export const DESCRIPTOR_SET_PATH = path.join(packageRoot(), 'gen', 'descriptors.binpb');

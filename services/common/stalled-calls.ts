@@ -18,6 +18,7 @@ import { constants as http2 } from 'node:http2';
 import { ResponderBuilder, ServerInterceptingCall, ServerListenerBuilder, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
 import { onRequestArrived } from './interceptors';
+import { http2StreamOf } from './grpc-stream';
 
 /** How long past its time a call's status may wait behind responses its client does not take. */
 export const STALLED_STATUS_GRACE_MS = 5_000;
@@ -85,30 +86,4 @@ function reset(call: ServerInterceptingCallInterface, path: string, log: Logger)
   if (!stream || stream.closed || stream.destroyed) return;
   log.warn('a call is past its deadline and its status cannot go out (its client is not reading the responses); resetting its stream', { method: path });
   stream.close(http2.NGHTTP2_CANCEL);
-}
-
-interface ResettableStream {
-  readonly closed: boolean;
-  readonly destroyed: boolean;
-  close(code: number): void;
-}
-
-/**
- * The call's HTTP/2 stream. grpc-js has no public way to reset a call, so this walks its interceptor
- * chain (`nextCall`) to the base call, which holds the stream (`stream`): grpc-js 1.14's internals, with
- * the version pinned and test/service-stalled-readers.test.ts failing if they change.
- */
-function http2StreamOf(call: ServerInterceptingCallInterface): ResettableStream | undefined {
-  let at: unknown = call;
-  for (let depth = 0; depth < 64 && at !== null && typeof at === 'object'; depth++) {
-    const stream = (at as { stream?: unknown }).stream;
-    if (isResettable(stream)) return stream;
-    at = (at as { nextCall?: unknown }).nextCall;
-  }
-  return undefined;
-}
-
-/** A ServerHttp2Stream, by what it can do. */
-function isResettable(s: unknown): s is ResettableStream {
-  return s !== null && typeof s === 'object' && typeof (s as { close?: unknown }).close === 'function' && typeof (s as { sendTrailers?: unknown }).sendTrailers === 'function';
 }

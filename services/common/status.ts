@@ -9,7 +9,7 @@
  * request id and never sent, so stack traces, paths and library messages stay inside the service.
  */
 import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
+import { RPC_CODE, VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
 import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details';
@@ -35,20 +35,8 @@ const MAX_FIELD_CHARS = 256;
 const MAX_DESCRIPTION_CHARS = 1024;
 const MAX_VIOLATIONS_CHARS = 16 * 1024;
 
-const TO_GRPC: Readonly<Record<VlmErrorCode, GrpcCode>> = Object.freeze({
-  INVALID_ARGUMENT: GrpcCode.INVALID_ARGUMENT,
-  FAILED_PRECONDITION: GrpcCode.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: GrpcCode.RESOURCE_EXHAUSTED,
-  UNAVAILABLE: GrpcCode.UNAVAILABLE,
-  DEADLINE_EXCEEDED: GrpcCode.DEADLINE_EXCEEDED,
-  CANCELLED: GrpcCode.CANCELLED,
-  NOT_FOUND: GrpcCode.NOT_FOUND,
-  UNAUTHENTICATED: GrpcCode.UNAUTHENTICATED,
-  PERMISSION_DENIED: GrpcCode.PERMISSION_DENIED,
-  DATA_LOSS: GrpcCode.DATA_LOSS,
-  UNIMPLEMENTED: GrpcCode.UNIMPLEMENTED,
-  INTERNAL: GrpcCode.INTERNAL,
-});
+// grpc-js numbers its codes as google.rpc.Code does (checked by test/service-status.test.ts).
+const TO_GRPC = RPC_CODE as Readonly<Record<VlmErrorCode, GrpcCode>>;
 
 /** gRPC codes with no VlmError counterpart, folded onto the nearest one a caller acts on alike. */
 const FROM_GRPC: Readonly<Partial<Record<GrpcCode, VlmErrorCode>>> = Object.freeze({

@@ -14,9 +14,9 @@ import { VlmError } from '../../shared/errors';
 import type { EncodeResponse, EncodeSummary, TensorChunk, TensorHeader } from '../../gen/vlm/v1/vision_service';
 import { ByteOrder, ElementType, type VisionSchedule } from '../../gen/vlm/v1/common';
 import { paramsFromWire } from './wire';
+import type { FloatDType } from '../../shared/tensor/dtype';
 import { SPLIT_REPORT } from '../../shared/methods/policy';
 
-export type WireDType = 'float32' | 'float16';
 
 /** Visual tokens as the services hold them: row-major [rows, width]; float16 as raw Uint16 bits. */
 export type WireTokens = {
@@ -34,15 +34,15 @@ export const MAX_CHUNK_BYTES = 3 << 20;
 
 const HOST_IS_LE = endianness() === 'LE';
 
-export function bytesPerElement(dtype: WireDType): number {
+export function bytesPerElement(dtype: FloatDType): number {
   return dtype === 'float32' ? 4 : 2;
 }
 
-export function elementTypeOf(dtype: WireDType): ElementType {
+export function elementTypeOf(dtype: FloatDType): ElementType {
   return dtype === 'float32' ? ElementType.ELEMENT_TYPE_FLOAT32 : ElementType.ELEMENT_TYPE_FLOAT16;
 }
 
-export function wireDTypeOf(t: ElementType): WireDType | null {
+export function wireDTypeOf(t: ElementType): FloatDType | null {
   if (t === ElementType.ELEMENT_TYPE_FLOAT32) return 'float32';
   if (t === ElementType.ELEMENT_TYPE_FLOAT16) return 'float16';
   return null;
@@ -52,7 +52,7 @@ export function wireDTypeOf(t: ElementType): WireDType | null {
  * Rows per chunk: the requested (or configured) count, capped so a chunk stays under MAX_CHUNK_BYTES;
  * 0 means "about TARGET_CHUNK_BYTES".
  */
-export function rowsPerChunk(width: number, dtype: WireDType, requested: number): number {
+export function rowsPerChunk(width: number, dtype: FloatDType, requested: number): number {
   const rowBytes = width * bytesPerElement(dtype);
   const cap = Math.max(1, Math.floor(MAX_CHUNK_BYTES / rowBytes));
   const wanted = requested > 0 ? requested : Math.floor(TARGET_CHUNK_BYTES / rowBytes);
@@ -130,7 +130,7 @@ export interface ExpectedSchedule {
 export interface Expectation {
   readonly modelId: string;
   readonly contentHash: string;
-  readonly dtype: WireDType;
+  readonly dtype: FloatDType;
   readonly width: number;
   /** Unreduced visual tokens of this model; more rows than this is not a tensor of this model. */
   readonly fullTokenCount: number;
@@ -181,7 +181,7 @@ function describeSchedule(method: string, tokens: number): string {
  */
 export class TensorAssembler {
   private header: TensorHeader | null = null;
-  private dtype: WireDType = 'float32';
+  private dtype: FloatDType = 'float32';
   private bytes: Uint8Array | null = null;
   private nextIndex = 0;
   private rowsReceived = 0;

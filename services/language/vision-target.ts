@@ -4,7 +4,8 @@
  * warning and the logs all see the same addresses.
  */
 import { isIP } from 'node:net';
-import { isLoopbackAddress, localAddress, type Config } from '../../shared/config';
+import { type Config } from '../../shared/config';
+import { isLoopbackAddress, localAddress } from '../../shared/net-address';
 import { VlmError } from '../../shared/errors';
 
 export interface VisionTarget {

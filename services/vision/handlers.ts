@@ -1,7 +1,8 @@
 /**
  * VisionService handlers: validate, encode with the core, stream header -> chunks -> summary.
  */
-import { rowsIn, type FloatDType } from '../../shared/tensor/float-rows';
+import { rowsIn } from '../../shared/tensor/float-rows';
+import type { FloatDType } from '../../shared/tensor/dtype';
 import { VlmError } from '../../shared/errors';
 import { EXPECTED_MODEL_KEY } from '../common/call-metadata';
 import type { EncodeResult } from '../../shared/engine';

@@ -2,10 +2,11 @@
  * manifest.json of a bundle, format version 1 (docs/bundle-format.md). These types are what the
  * loader hands out after validation; field names follow the JSON exactly.
  */
+import type { FloatDType } from '../tensor/dtype';
+
 export const SUPPORTED_FORMAT_VERSION = 1;
 
-export type IoDType = 'float32' | 'float16';
-export type TensorDType = 'float32' | 'float16' | 'int64';
+export type TensorDType = FloatDType | 'int64';
 /** A dimension: a fixed size or a symbol (B, T, P, PT = P+T, N). */
 export type Dim = number | string;
 
@@ -116,7 +117,7 @@ export interface Manifest {
   readonly format_version: number;
   readonly model_id: string;
   readonly content_hash: string;
-  readonly io_dtype: IoDType;
+  readonly io_dtype: FloatDType;
   readonly vision: VisionArch;
   readonly projector: ProjectorArch;
   readonly language: LanguageArch;

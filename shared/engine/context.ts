@@ -7,6 +7,8 @@ export interface RunContext {
   /** Epoch milliseconds; past it the call stops with DEADLINE_EXCEEDED at the next check. */
   readonly deadline?: number;
   readonly requestId?: string;
+  /** Spans may carry the answer's token ids (telemetry's content capture); off when absent. */
+  readonly captureContent?: boolean;
   /**
    * Called with every stage output as `<stage>:<output>` (e.g. `vision/layer_03.mlp:hidden_out`),
    * host float32, batch 1. Golden tests use it; the data must not be modified.

@@ -13,7 +13,6 @@
  * same layer, run on that layer's attention inputs.
  */
 import { withSpan } from '../telemetry/with-span';
-import { captureContent } from '../telemetry/state';
 import {
   ATTR_VLM_FINISH_REASON,
   ATTR_VLM_TOKEN_ID,
@@ -192,7 +191,7 @@ export async function generate(
   let firstToken = 0;
   let decodeSteps = 0;
   let finishReason: FinishReason = 'length';
-  const withContent = captureContent();
+  const withContent = ctx.captureContent === true;
   await withSpan(SpanName.Decode, attrs, async (span) => {
     for (let step = 0; ; step++) {
       checkContinue(ctx);

@@ -10,6 +10,7 @@ import { residentRows, residentToHost } from '../onnx/run-stage';
 import { asMatrix, batched, f32, type F32Tensor } from '../tensor/host-tensor';
 import { float16Bits } from '../tensor/fp16';
 import { floatRows, type FloatRows } from '../tensor/float-rows';
+import type { FloatDType } from '../tensor/dtype';
 import { combineRows, combineSpan } from '../tensor/rows';
 import type { Span, TokenCombination } from '../methods/types';
 
@@ -80,7 +81,7 @@ export class HiddenState {
     const [, , D] = this.dims as [number, number, number];
     if (this.resident) {
       const data = this.resident.data as Float32Array | Uint16Array;
-      return new ort.Tensor(this.resident.type as 'float32' | 'float16', data.subarray(start * D, (start + count) * D), [1, count, D]);
+      return new ort.Tensor(this.resident.type as FloatDType, data.subarray(start * D, (start + count) * D), [1, count, D]);
     }
     return f32([1, count, D], this.hostCopy!.data.subarray(start * D, (start + count) * D));
   }

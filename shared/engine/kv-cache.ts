@@ -15,6 +15,7 @@ import { VlmError } from '../errors';
 import { KV_CACHE_OUTPUTS, kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
 import type { Resident } from '../onnx/run-stage';
 import { float16Bits } from '../tensor/fp16';
+import type { FloatDType } from '../tensor/dtype';
 
 type Rows = Uint16Array | Float32Array;
 
@@ -38,7 +39,7 @@ export function createKvCaches(manifest: Manifest, decodeRows = 0): KvCaches {
     : new PresentCaches(l.num_layers, l.num_kv_heads, l.head_dim, type);
 }
 
-function emptyRows(type: 'float16' | 'float32', n: number): Rows {
+function emptyRows(type: FloatDType, n: number): Rows {
   return type === 'float16' ? new Uint16Array(n) : new Float32Array(n);
 }
 
@@ -54,7 +55,7 @@ class PresentCaches implements KvCaches {
   private readonly layers: ({ key: Resident; value: Resident; length: number } | undefined)[];
   private readonly empty: Resident;
 
-  constructor(numLayers: number, kvHeads: number, headDim: number, type: 'float16' | 'float32') {
+  constructor(numLayers: number, kvHeads: number, headDim: number, type: FloatDType) {
     this.layers = new Array(numLayers).fill(undefined);
     this.empty = new ort.Tensor(type, emptyRows(type, 0), [1, kvHeads, 0, headDim]);
   }
@@ -83,7 +84,7 @@ class RowBuffer {
   length = 0;
 
   constructor(
-    private readonly type: 'float16' | 'float32',
+    private readonly type: FloatDType,
     private readonly rowSize: number,
     private readonly spareRows: number,
   ) {
@@ -122,7 +123,7 @@ class AppendCaches implements KvCaches {
     numLayers: number,
     private readonly kvHeads: number,
     private readonly headDim: number,
-    private readonly type: 'float16' | 'float32',
+    private readonly type: FloatDType,
     decodeRows: number,
   ) {
     const buffers = () => Array.from({ length: numLayers }, () => new RowBuffer(type, kvHeads * headDim, decodeRows));

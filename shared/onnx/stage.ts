@@ -1,5 +1,6 @@
 import type * as ort from 'onnxruntime-node';
-import type { GraphDecl, IoDType } from '../bundle/manifest';
+import type { GraphDecl } from '../bundle/manifest';
+import type { FloatDType } from '../tensor/dtype';
 
 /** One graph of a bundle, opened: its manifest declaration and its session. */
 export interface Stage {
@@ -9,5 +10,5 @@ export interface Stage {
   readonly session: ort.InferenceSession;
   readonly provider: string;
   /** The bundle's io_dtype: what `f` means in the declaration. */
-  readonly ioDtype: IoDType;
+  readonly ioDtype: FloatDType;
 }

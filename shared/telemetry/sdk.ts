@@ -24,7 +24,7 @@ import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
 import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
 import { NodeSDK } from '@opentelemetry/sdk-node';
-import { packageVersion } from '../config';
+import { packageVersion } from '../package-root';
 import { createLogger } from '../log';
 import { setTracingEnabled } from './state';
 
@@ -47,6 +47,12 @@ export interface TelemetrySettings {
   prometheusPort: number;
   /** OTEL_METRIC_EXPORT_INTERVAL, ms. */
   metricIntervalMs: number;
+  /**
+   * OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (`true` or `1`): spans may carry what a
+   * request was answered. The token ids of an answer decode straight back to its text with the public
+   * tokenizer, so this is off unless asked, as the GenAI conventions make content capture opt-in.
+   */
+  captureContent: boolean;
 }
 
 export type OtlpProtocol = 'grpc' | 'http/protobuf' | 'http/json';
@@ -85,6 +91,7 @@ export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings 
     metricsProtocol: OTLP_PROTOCOLS.includes(protocol) ? (protocol as OtlpProtocol) : 'http/protobuf',
     prometheusPort: off ? 0 : prometheusPort,
     metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000,
+    captureContent: tracing && /^(true|1)$/i.test(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT?.trim() ?? ''),
   };
 }
 
@@ -168,7 +175,7 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
   }
   const telemetry: Telemetry = { serviceName: options.serviceName, settings, ready };
   current = { telemetry, sdk };
-  setTracingEnabled(settings.tracing);
+  setTracingEnabled(settings.tracing, settings.captureContent);
   log.info('telemetry started', { service: options.serviceName, tracing: settings.tracing, otlpMetrics: settings.otlpMetrics, prometheusPort: settings.prometheusPort });
   return telemetry;
 }

@@ -3,9 +3,12 @@
  * loading the SDK (the CLI's eval and the tests never start one).
  */
 let tracing = false;
+let content = false;
 
-export function setTracingEnabled(on: boolean): void {
+/** `captureContent`: spans may carry answers' token ids (TelemetrySettings.captureContent). */
+export function setTracingEnabled(on: boolean, captureContent = false): void {
   tracing = on;
+  content = on && captureContent;
 }
 
 /** True when spans are exported: workers are asked to record theirs only then. */
@@ -13,11 +16,7 @@ export function tracingEnabled(): boolean {
   return tracing;
 }
 
-/**
- * Whether spans may carry what a request said or was answered: the token ids of an answer decode
- * straight back to its text with the public tokenizer. Off unless asked, as the GenAI conventions
- * make content capture opt-in (read per call, so a worker thread sees the variable it inherited).
- */
-export function captureContent(env: NodeJS.ProcessEnv = process.env): boolean {
-  return /^(true|1)$/i.test(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT?.trim() ?? '');
+/** True when exported spans may carry what a request was answered (its token ids). */
+export function contentCaptured(): boolean {
+  return content;
 }

@@ -7,8 +7,7 @@
 import { VlmError } from '../errors';
 import { toFloat16, toFloat32 } from './fp16';
 import type { Matrix } from '../methods/types';
-
-export type FloatDType = 'float32' | 'float16';
+import type { FloatDType } from './dtype';
 
 export type FloatRows = { readonly dims: readonly [number, number] } & (
   | { readonly dtype: 'float32'; readonly data: Float32Array }

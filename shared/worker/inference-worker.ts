@@ -12,6 +12,7 @@ import { VlmError } from '../errors';
 import { createLogger, setLogLevel } from '../log';
 import { encodeImage, type VisualTokens } from '../engine/encode-image';
 import { generate } from '../engine/generate';
+import type { RunContext } from '../engine/context';
 import { loadModel, type LoadedModel } from '../engine/model';
 import { languageMethodNames, visionMethodNames } from '../methods/registry';
 import { isInfeasibleBudget, noReduction } from '../methods/policy';
@@ -38,7 +39,7 @@ function errorData(err: unknown) {
 
 // The engine's withSpan calls record into `recorder` (no SDK in a worker); the spans ride with the
 // result or error and the pool replays them under the caller's span.
-async function run(model: LoadedModel, id: number, job: Job, ctx: { signal: AbortSignal; deadline?: number; requestId?: string }, progress: { tokensGenerated: number }, recorder?: SpanRecorder): Promise<void> {
+async function run(model: LoadedModel, id: number, job: Job, ctx: RunContext & { signal: AbortSignal }, progress: { tokensGenerated: number }, recorder?: SpanRecorder): Promise<void> {
   // The engine reports every generated token once with its id (and a flush without one).
   const onDelta = (delta: string, tokenId: number | undefined) => {
     if (tokenId !== undefined) progress.tokensGenerated++;
@@ -124,7 +125,7 @@ async function main(): Promise<void> {
     running.set(msg.id, controller);
     const recorder = msg.record ? new SpanRecorder() : undefined;
     const progress = { tokensGenerated: 0 };
-    const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId }, progress, recorder);
+    const job = () => run(model, msg.id, msg.job, { signal: controller.signal, deadline: msg.deadline, requestId: msg.requestId, captureContent: msg.content }, progress, recorder);
     (recorder ? recorder.run(job) : job())
       .catch((err: unknown) => send({ type: 'error', id: msg.id, error: errorData(err), spans: recorder?.spans, tokensGenerated: progress.tokensGenerated }))
       .finally(() => running.delete(msg.id));

@@ -36,7 +36,7 @@ import type { AskResult, FromWorker, Job, JobResult, JobResultOf, ToWorker, Warm
 import { ATTR_ERROR_TYPE, SpanName } from '../telemetry/names';
 import { isServerFault } from '../telemetry/span-status';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
-import { tracingEnabled } from '../telemetry/state';
+import { contentCaptured, tracingEnabled } from '../telemetry/state';
 import { FairQueue } from './fair-queue';
 
 export interface PoolDeps {
@@ -373,7 +373,7 @@ export class InferencePool {
     if (task.job.kind !== 'generate') transfer.push(task.job.image.buffer as ArrayBuffer);
     else if (task.options.transferVisual && ownsBuffer(task.job.visual.embeds.data)) transfer.push(task.job.visual.embeds.data.buffer as ArrayBuffer);
     if (task.trace) task.trace.dispatchedAt = epochMillis();
-    const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId, record: task.trace !== undefined };
+    const msg: ToWorker = { type: 'run', id: task.id, job: task.job, deadline: task.options.deadline, requestId: task.options.requestId, record: task.trace !== undefined, content: task.trace !== undefined && contentCaptured() };
     slot.worker.postMessage(msg, transfer);
   }
 

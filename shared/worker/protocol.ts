@@ -50,8 +50,9 @@ export type JobResult = { [K in Job['kind']]: { readonly kind: K; readonly value
 export type ErrorData = Readonly<VlmErrorJSON>;
 
 export type ToWorker =
-  // record: trace the job's stages as SpanTimings (only while the main thread exports spans).
-  | { readonly type: 'run'; readonly id: number; readonly job: Job; readonly deadline?: number; readonly requestId?: string; readonly record?: boolean }
+  // record: trace the job's stages as SpanTimings (only while the main thread exports spans);
+  // content: those spans may carry the answer's token ids.
+  | { readonly type: 'run'; readonly id: number; readonly job: Job; readonly deadline?: number; readonly requestId?: string; readonly record?: boolean; readonly content?: boolean }
   | { readonly type: 'abort'; readonly id: number; readonly reason: ErrorData };
 
 export type FromWorker =

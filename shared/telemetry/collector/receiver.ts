@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
-import { VlmError } from '../../errors';
+import { RPC_CODE, VlmError } from '../../errors';
 import { spansFromOtlp } from '../analysis/otlp-json';
 import type { SpanRecord } from '../analysis/span-record';
 import { Status } from '../../../gen/google/rpc/status';
@@ -106,9 +106,6 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
   };
 }
 
-/** gRPC status codes for the google.rpc.Status of an error answer. */
-const GRPC_CODE = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, INTERNAL: 13 } as const;
-
 /**
  * Answers a failed request: 400 for a malformed payload, 413 for one too large, 500 for our own
  * faults (whose cause is not sent). The body is a google.rpc.Status, as JSON or protobuf like the
@@ -116,8 +113,10 @@ const GRPC_CODE = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, INTERNAL: 13 } a
  */
 function answerError(req: IncomingMessage, res: ServerResponse, err: unknown): number {
   const e = VlmError.from(err);
-  const [status, code] = e.code === 'INVALID_ARGUMENT' ? [400, GRPC_CODE.INVALID_ARGUMENT] : e.code === 'RESOURCE_EXHAUSTED' ? [413, GRPC_CODE.RESOURCE_EXHAUSTED] : [500, GRPC_CODE.INTERNAL];
-  const message = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED' ? e.message : 'internal error';
+  const ours = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED';
+  const status = e.code === 'INVALID_ARGUMENT' ? 400 : e.code === 'RESOURCE_EXHAUSTED' ? 413 : 500;
+  const code = RPC_CODE[ours ? e.code : 'INTERNAL'];
+  const message = ours ? e.message : 'internal error';
   const type = contentTypeOf(req);
   const [contentType, body] =
     type === 'application/json' ? [type, JSON.stringify({ code, message })] : type === 'application/x-protobuf' ? [type, Buffer.from(Status.encode({ code, message, details: [] }).finish())] : ['text/plain', message];
