@@ -96,6 +96,28 @@ describe('bundle loader', () => {
     expect((await failure(load(dir2, { verifyHashes: true }))).message).toMatch(/tokenizer\.json: sha256 [0-9a-f]{64}, manifest says/);
   });
 
+  it("hashes, for one side, that side's graphs and the shared files, and only sizes the other side's graphs", async () => {
+    const dir = await brokenCopy();
+    const flip = async (file: string) => {
+      const full = path.join(dir, file);
+      const bytes = await readFile(full);
+      bytes[bytes.length - 1] ^= 0xff; // same size: only the hash can tell
+      await writeFile(full, bytes);
+    };
+    await flip('language/head.onnx');
+    const side = (s: 'vision' | 'language') => loadBundle(dir, { model: { verifyHashes: true, eagerSessions: false }, runtime: config.runtime, side: s, log });
+    await side('vision');
+    expect((await failure(side('language'))).message).toMatch(/language\/head\.onnx: sha256 [0-9a-f]{64}, manifest says/);
+    await flip('language/head.onnx');
+    await flip('vision/projector.onnx');
+    await side('language');
+    expect((await failure(side('vision'))).message).toMatch(/vision\/projector\.onnx: sha256/);
+    await flip('vision/projector.onnx');
+    await flip('tokenizer.json');
+    expect((await failure(side('vision'))).message).toMatch(/tokenizer\.json: sha256/);
+    expect((await failure(side('language'))).message).toMatch(/tokenizer\.json: sha256/);
+  });
+
   it('rejects declared shapes that contradict the architecture', async () => {
     const e = await failure(load(await brokenCopy((m) => (m.graphs['vision/layer_00.mlp'].inputs[0].shape = ['B', 'T', 33]))));
     expect(e.message).toMatch(/graphs\["vision\/layer_00\.mlp"\] hidden_in last dim is 33, architecture says 32/);

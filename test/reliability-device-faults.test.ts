@@ -150,7 +150,7 @@ describe('a replica whose GPU is in trouble', () => {
     expect(stop.signal).toBe('SIGKILL');
     expect(stop.ms).toBeLessThan(3_000);
     expect(vision.stderr()).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; the pool closes without it \(stopping it mid-call would abort the process: only ending the process stops it\)".*"stuck":true,"waited_ms":0/);
-    expect(vision.stderr()).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
+    expect(vision.stderr()).toMatch(/"msg":"stopped with inference workers stuck in a model call or a model load; exiting without them","stuck":1/);
   }, 90_000);
 
   it('on a stop, gives a worker still inside a model call 5 s to come back (not VLM_STUCK_WORKER_MS), then ends the process without it instead of waiting for the kill a grace period later', async () => {
@@ -165,7 +165,23 @@ describe('a replica whose GPU is in trouble', () => {
     const log = vision.stderr();
     expect(log).toMatch(/"msg":"stopping","signal":"SIGTERM"/);
     expect(log).toMatch(/"msg":"an inference worker is still inside a model call after its request was stopped; the pool closes without it.*"stuck":false,"waited_ms":5000/);
-    expect(log).toMatch(/"msg":"stopped with inference workers stuck in a model call; exiting without them","stuck":1/);
+    expect(log).toMatch(/"msg":"stopped with inference workers stuck in a model call or a model load; exiting without them","stuck":1/);
+  }, 90_000);
+
+  it('on a stop while a replacement worker is still loading the model, waits 5 s for it, then ends the process without it', async () => {
+    // Eager sessions: the replacement opens its sessions while it loads, which is where it hangs.
+    const v = (vision = await startVision(started, { VLM_EAGER_SESSIONS: 'true' }));
+    v.fault('crash');
+    expect((await encode(v)).code).not.toBe(GrpcCode.OK);
+    await eventually(() => /"msg":"inference worker exited; starting a replacement"/.test(v.stderr()), 10_000, 50);
+
+    const stop = await stopped(vision);
+    expect(stop.signal).toBe('SIGKILL');
+    expect(stop.ms).toBeGreaterThanOrEqual(4_500);
+    expect(stop.ms).toBeLessThan(20_000);
+    const log = vision.stderr();
+    expect(log).toMatch(/"msg":"a replacement inference worker is still loading the model; the pool closes without it.*"loading":1,"waited_ms":5000/);
+    expect(log).toMatch(/"msg":"stopped with inference workers stuck in a model call or a model load; exiting without them","stuck":1/);
   }, 90_000);
 
   it('ends a start whose warm-up hangs in a model call once its deadline and 5 s have passed, instead of staying up for the startup probe to kill', async () => {

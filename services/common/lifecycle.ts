@@ -148,7 +148,7 @@ export function exitNow(): void {
 
 /**
  * SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. A stop
- * that leaves workers stuck in a model call exits at once too, once the drain and telemetry are done:
+ * that leaves workers stuck in a model call (or a replacement still loading) exits at once too, once the drain and telemetry are done:
  * waiting would only hold the GPU until the orchestrator's kill, a grace period later.
  */
 export function stopOnSignals(stop: () => Promise<PoolCloseReport | void>, log: Logger): void {
@@ -161,7 +161,7 @@ export function stopOnSignals(stop: () => Promise<PoolCloseReport | void>, log: 
     stop().then(
       (report) => {
         if (!report || report.stuckWorkers === 0) return process.exit(0);
-        log.error('stopped with inference workers stuck in a model call; exiting without them', { stuck: report.stuckWorkers });
+        log.error('stopped with inference workers stuck in a model call or a model load; exiting without them', { stuck: report.stuckWorkers });
         exitNow();
       },
       (err: unknown) => {

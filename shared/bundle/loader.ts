@@ -36,9 +36,10 @@ export interface LoadOptions {
 /**
  * `expectedHash` (VLM_MODEL_HASH) is compared before the files are read: a wrong bundle fails at
  * once, not after hashing gigabytes. It pins the manifest's claim; `verifyHashes` proves the files
- * hold what the manifest lists.
+ * hold what the manifest lists: with a `side`, the files that side can read (a vision pod of a 7B
+ * bundle hashes its 0.6 GB, not the decoder's 13 GB; every file is still checked for its size).
  */
-export async function readManifest(dir: string, verifyHashes = false, expectedHash: string | null = null): Promise<Manifest> {
+export async function readManifest(dir: string, verifyHashes = false, expectedHash: string | null = null, side?: ModelSide): Promise<Manifest> {
   const file = path.join(dir, 'manifest.json');
   let text: string;
   try {
@@ -56,7 +57,8 @@ export async function readManifest(dir: string, verifyHashes = false, expectedHa
   if (expectedHash !== null && manifest.content_hash !== expectedHash) {
     throw new VlmError('FAILED_PRECONDITION', `bundle ${dir} has content_hash ${manifest.content_hash}, but --model-hash / VLM_MODEL_HASH requires ${expectedHash}; point --model / VLM_MODEL_DIR at that bundle or change the pinned hash`);
   }
-  await checkFiles(dir, manifest.files, verifyHashes);
+  const otherSides = side === undefined ? new Set<string>() : otherSidesFiles(manifest, side);
+  await checkFiles(dir, manifest.files, (f) => verifyHashes && !otherSides.has(f.path));
   if (verifyHashes) {
     const actual = contentHash(manifest.files);
     if (actual !== manifest.content_hash) throw new VlmError('FAILED_PRECONDITION', `${file}: content_hash is ${manifest.content_hash}, the file list hashes to ${actual}`);
@@ -64,11 +66,19 @@ export async function readManifest(dir: string, verifyHashes = false, expectedHa
   return manifest;
 }
 
+/** The graph files (and their external data) that only the other side's graphs read. */
+function otherSidesFiles(manifest: Manifest, side: ModelSide): Set<string> {
+  const filesOf = (g: GraphDecl) => [g.path, ...(g.external_data ?? [])];
+  const graphs = Object.entries(manifest.graphs);
+  const mine = new Set(graphs.filter(([name]) => name.startsWith(`${side}/`)).flatMap(([, g]) => filesOf(g)));
+  return new Set(graphs.filter(([name]) => !name.startsWith(`${side}/`)).flatMap(([, g]) => filesOf(g)).filter((f) => !mine.has(f)));
+}
+
 export async function loadBundle(dir: string, options: LoadOptions): Promise<Bundle> {
   const abs = path.resolve(dir);
   const log = options.log ?? createLogger('bundle');
   // Here rather than in the service: every worker of a pool loads through this, replacements too.
-  const manifest = await readManifest(abs, options.model.verifyHashes, options.model.expectedHash ?? null);
+  const manifest = await readManifest(abs, options.model.verifyHashes, options.model.expectedHash ?? null, options.side);
   const stages = new StageSet(abs, manifest, new ProviderChain(options.runtime, log));
   if (options.model.eagerSessions) await stages.openAll(options.side);
   log.info('bundle loaded', { dir: abs, model_id: manifest.model_id, content_hash: manifest.content_hash, eager: options.model.eagerSessions, side: options.side ?? 'both' });
@@ -107,7 +117,6 @@ export class StageSet {
     return p;
   }
 
-  /** Opens the required stages and every scores graph present; used for eager loading and warm-up. */
   /** Every graph of the bundle, or of one side: the reduction methods' scores graphs included. */
   async openAll(side?: ModelSide): Promise<void> {
     const all = new Set([...requiredStages(this.manifest), ...Object.keys(this.manifest.graphs)]);

@@ -72,7 +72,7 @@ export interface CallOptions {
 
 /** What a close left undone. */
 export interface PoolCloseReport {
-  /** Workers left inside a model call that did not return (they keep the process from exiting). */
+  /** Workers left inside a model call that did not return, or still loading the model (they keep the process from exiting). */
   readonly stuckWorkers: number;
 }
 
@@ -287,10 +287,11 @@ export class InferencePool {
 
   /**
    * Fails queued jobs with UNAVAILABLE, lets running ones finish (or aborts them after `graceMs`), stops
-   * the workers, replacements still loading included (each once it has loaded, however long that
-   * takes). A worker still inside a model call STOP_WAIT_MS after its abort is left running and counted
-   * in the report (stopWorker says why); it is terminated if its call returns after all. Idempotent:
-   * every call gets the same report.
+   * the workers. A worker still inside a model call STOP_WAIT_MS after its abort is left running and
+   * counted in the report (stopWorker says why); it is terminated if its call returns after all. So is
+   * a replacement still loading the model STOP_WAIT_MS into the stop (a load on a GPU takes minutes,
+   * and stopping a worker inside a native session create aborts the process): it is terminated once it
+   * has loaded. Idempotent: every call gets the same report.
    */
   close(graceMs = 0): Promise<PoolCloseReport> {
     this.closing ??= this.closeOnce(graceMs);
@@ -303,10 +304,20 @@ export class InferencePool {
     for (const t of this.queue.drain()) this.settle(t, VlmError.shuttingDown('the inference pool is shutting down'));
     const deadline = Date.now() + graceMs;
     while (this.slots.some((s) => s.task) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    const stopped = await Promise.all(this.slots.map((s) => this.stopWorker(s)));
-    await Promise.all(this.starting);
+    const [stopped, loading] = await Promise.all([Promise.all(this.slots.map((s) => this.stopWorker(s))), this.stillStartingAfter(STOP_WAIT_MS)]);
+    if (loading > 0) this.log.error('a replacement inference worker is still loading the model; the pool closes without it (stopping it mid-load would abort the process: only ending the process stops it)', { loading, waited_ms: STOP_WAIT_MS });
     this.slots.length = 0;
-    return { stuckWorkers: stopped.filter((ok) => !ok).length };
+    return { stuckWorkers: stopped.filter((ok) => !ok).length + loading };
+  }
+
+  /** How many replacement starts are still loading after `ms` (each settles once its worker is stopped or failed). */
+  private async stillStartingAfter(ms: number): Promise<number> {
+    const pending = new Set(this.starting);
+    for (const start of pending) void start.finally(() => pending.delete(start));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(pending), new Promise((r) => (timer = setTimeout(r, ms)))]);
+    clearTimeout(timer);
+    return pending.size;
   }
 
   /**
