@@ -1,7 +1,7 @@
 /**
- * Both services as child processes on free loopback ports, for the commands that drive them end to
- * end (`vlm demo`, `vlm bench load`): spawned, waited for until both report SERVING, stopped with
- * SIGTERM (a graceful drain) and waited for.
+ * Both services as child processes on loopback ports of the kernel's choosing, for the commands that
+ * drive them end to end (`vlm demo`, `vlm bench load`, `vlm bench latency`): spawned, waited for until
+ * each reports it is serving, stopped with SIGTERM (a graceful drain) and waited for.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -10,9 +10,8 @@ import sharp from 'sharp';
 import { CONFIG_FLAGS } from '../shared/config';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
-import { healthOf } from '../services/common/health-client';
 import { running } from './child-running';
-import { freePort } from './free-port';
+import type { ServingMessage } from './serving-message';
 import { readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
 
 export interface ChildServices {
@@ -34,7 +33,7 @@ export interface ChildServicesOptions {
 }
 
 /** Flags the children get from startChildServices itself; the caller's values for these are not passed on. */
-const FIXED = new Set(['model', 'host', 'vision-port', 'language-port', 'log-level', 'metrics-port']);
+const FIXED = new Set(['model', 'host', 'vision-port', 'language-port', 'vision-target', 'log-level', 'metrics-port']);
 
 /**
  * The config flags of a command line, to pass on to both services (--provider, --workers,
@@ -53,24 +52,45 @@ export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<st
   return out;
 }
 
-async function waitServing(address: string, children: readonly ChildProcess[], timeoutMs: number): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (!children.every(running)) throw new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)');
-    if ((await healthOf(address, 1000).catch(() => 'DOWN')) === 'SERVING') return;
-    if (Date.now() > until) throw new VlmError('DEADLINE_EXCEEDED', `${address} was not SERVING within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+/**
+ * Spawns `vlm serve <role>` on port 0 with an IPC channel and resolves with the port it bound, once it
+ * says it is serving (cli/serving-message.ts): no port is picked here and bound later by another.
+ */
+function startChild(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs: number, started: ChildProcess[]): Promise<number> {
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  started.push(child);
+  return new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new VlmError('DEADLINE_EXCEEDED', `${args[2]} was not serving within ${timeoutMs / 1000} s`)), timeoutMs);
+    const onExit = (): void => fail(new VlmError('UNAVAILABLE', `${args[2]} exited during start-up (see its log above)`));
+    const onMessage = (msg: ServingMessage): void => {
+      if (msg?.type !== 'serving') return;
+      done();
+      resolve(msg.port);
+    };
+    const done = (): void => {
+      clearTimeout(timer);
+      child.off('exit', onExit);
+      child.off('message', onMessage);
+      // The channel would keep this process alive after the command is done.
+      if (child.connected) child.disconnect();
+    };
+    const fail = (err: VlmError): void => {
+      done();
+      reject(err);
+    };
+    child.on('exit', onExit);
+    child.on('message', onMessage);
+  });
 }
 
-/** Starts vision and language; resolves once both are SERVING, or stops them and rejects. */
+/** Starts vision, then language dialling it; resolves once both are serving, or stops them and rejects. */
 export async function startChildServices(o: ChildServicesOptions): Promise<ChildServices> {
-  const [visionPort, languagePort] = [await freePort(), await freePort()];
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   // Throwaway processes: no Prometheus endpoint, which would collide with a running `npm start` on the default port.
-  const common = ['--model', o.modelDir, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--log-level', 'warn', '--metrics-port', '0', ...(o.flags ?? [])];
-  const children = ['vision', 'language'].map((role) => spawn(process.execPath, [bin, 'serve', role, ...common], { env: o.env ?? process.env, stdio: ['ignore', 'ignore', 'inherit'] }));
-  const [vision, language] = children as [ChildProcess, ChildProcess];
+  const common = ['--model', o.modelDir, '--host', '127.0.0.1', '--log-level', 'warn', '--metrics-port', '0', ...(o.flags ?? [])];
+  const env = o.env ?? process.env;
+  const timeoutMs = o.startTimeoutMs ?? 180_000;
+  const children: ChildProcess[] = [];
   // A command that exits without stop() (process.exit on a second Ctrl-C, an uncaught error) must not
   // leave the services holding their ports: 'exit' allows only synchronous work, and kill() is.
   const killLeft = (): void => {
@@ -83,14 +103,14 @@ export async function startChildServices(o: ChildServicesOptions): Promise<Child
     process.off('exit', killLeft);
   };
   try {
-    const timeoutMs = o.startTimeoutMs ?? 180_000;
-    await waitServing(`127.0.0.1:${visionPort}`, children, timeoutMs);
-    await waitServing(`127.0.0.1:${languagePort}`, children, timeoutMs);
+    const visionPort = await startChild([bin, 'serve', 'vision', ...common, '--vision-port', '0'], env, timeoutMs, children);
+    const languagePort = await startChild([bin, 'serve', 'language', ...common, '--language-port', '0', '--vision-target', `127.0.0.1:${visionPort}`], env, timeoutMs, children);
+    const [vision, language] = children as [ChildProcess, ChildProcess];
+    return { visionPort, languagePort, vision, language, stop };
   } catch (err) {
     await stop();
     throw err;
   }
-  return { visionPort, languagePort, vision, language, stop };
 }
 
 /** The image for a bundle without eval items (a random-weight fixture): a red circle on white. */

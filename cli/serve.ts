@@ -19,6 +19,7 @@ import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals } from '../services/common/lifecycle';
 import { running } from './child-running';
+import type { ServingMessage } from './serving-message';
 import { stopWhenOrphaned } from './stop-when-orphaned';
 import { SERVICE_LANGUAGE, SERVICE_VISION } from '../shared/telemetry/names';
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
@@ -73,12 +74,6 @@ export async function run(argv: string[]): Promise<number> {
   stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
   // Runs until a signal; stopOnSignals exits the process.
   return new Promise<number>(() => undefined);
-}
-
-/** What a service started by `serve all` tells its parent once it is serving. */
-interface ServingMessage {
-  readonly type: 'serving';
-  readonly port: number;
 }
 
 /**

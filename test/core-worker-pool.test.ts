@@ -13,6 +13,7 @@ import { VlmError } from '../shared/errors';
 import { InferencePool } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
 import { failure, policy, RANDOM_BUNDLE, recordingLogger, ROOT, stoppedJob, type LogLine } from './core-helpers';
+import { eventually } from './service-helpers';
 import { floatRows, rowsFloat32 } from '../shared/tensor/float-rows';
 
 const sampling: SamplingParams = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 12 };
@@ -211,10 +212,12 @@ describe('InferencePool', () => {
       }
       expect(own.manifest.content_hash).toBe(advertised);
       expect(own.stats.workers).toBe(0);
-      // Refused for the bundle it loaded, not for failing to load one.
-      const refusals = lines.filter((l) => l.msg === 'replacement worker failed to start; retrying');
-      expect(refusals.length).toBeGreaterThan(0);
-      for (const l of refusals) expect(String(l['error'])).toMatch(/loaded bundle sha256:\w+, but the service serves sha256:\w+/);
+      // Refused for the bundle it loaded, not for failing to load one (a loaded machine may need
+      // longer than the loop above for the first attempt).
+      const refusals = () => lines.filter((l) => l.msg === 'replacement worker failed to start; retrying');
+      await eventually(() => refusals().length > 0, 15_000, 50);
+      expect(own.stats.workers).toBe(0);
+      for (const l of refusals()) expect(String(l['error'])).toMatch(/loaded bundle sha256:\w+, but the service serves sha256:\w+/);
     } finally {
       await own.close();
       await rm(dir, { recursive: true, force: true });

@@ -12,9 +12,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
-import { eventually, stopServeAll } from './service-helpers';
+import { eventually, servingPort, stopServeAll } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const DOCKER = path.join(ROOT, 'k8s', 'docker');
@@ -75,9 +74,9 @@ describe('the runtime image holds every file the services read', () => {
     const app = path.join(scratch, 'app');
     mkdirSync(path.join(app, 'models'), { recursive: true });
     const modelDir = assembleApp(readFileSync(path.join(DOCKER, name), 'utf8'), app);
-    const [visionPort, languagePort] = [await freePort(), await freePort()];
     stderr = '';
-    server = spawn(process.execPath, [path.join(app, 'bin', 'vlm.js'), 'serve', 'all', '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0'], {
+    // The default log level (info) names the ports the kernel chose.
+    server = spawn(process.execPath, [path.join(app, 'bin', 'vlm.js'), 'serve', 'all', '--host', '127.0.0.1', '--vision-port', '0', '--language-port', '0', '--metrics-port', '0'], {
       cwd: app,
       env: { PATH: process.env['PATH'], HOME: process.env['HOME'], NODE_ENV: 'production', VLM_MODEL_DIR: modelDir, VLM_PROVIDER: 'cpu', VLM_INTRA_OP_THREADS: '1' },
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -85,7 +84,9 @@ describe('the runtime image holds every file the services read', () => {
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     await eventually(async () => {
       if (!running(server!)) throw new Error(`serve all exited:\n${stderr}`);
-      const states = await Promise.all([visionPort, languagePort].map((p) => healthOf(`127.0.0.1:${p}`, 500).catch(() => 'DOWN')));
+      const ports = [servingPort(stderr, 'vision'), servingPort(stderr, 'language')];
+      if (ports.includes(undefined)) return false;
+      const states = await Promise.all(ports.map((p) => healthOf(`127.0.0.1:${p}`, 500).catch(() => 'DOWN')));
       return states.every((s) => s === 'SERVING');
     }, 90_000, 200);
     // Reflection found the built descriptor set (the proto comments) among the image's files.

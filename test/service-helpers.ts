@@ -100,6 +100,15 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `check` until it returns true or `timeoutMs` passes. */
+/**
+ * The port a `vlm serve` process logged for `component` in its "serving" line (started with port 0
+ * and `--log-level info`); undefined until it has logged one.
+ */
+export function servingPort(log: string, component: 'vision' | 'language'): number | undefined {
+  const m = new RegExp(`"component":"${component}","msg":"serving","address":"[^"]*:(\\d+)"`).exec(log);
+  return m ? Number(m[1]) : undefined;
+}
+
 export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5000, stepMs = 20): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!(await check())) {

@@ -12,11 +12,9 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LanguageServiceClient, type GenerateResponse } from '../gen/vlm/v1/language_service';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
-import { healthOf } from '../services/common/health-client';
 import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
-import { collect, eventually, stopServeAll } from './service-helpers';
-import { freePort } from '../cli/free-port';
+import { collect, eventually, servingPort, stopServeAll } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -34,13 +32,12 @@ describe('one trace across vlm-language and vlm-vision (two processes)', () => {
 
   beforeAll(async () => {
     receiver = await startTraceReceiver({ port: 0, onSpans: (s) => spans.push(...s) });
-    const [visionPort, languagePort] = [await freePort(), await freePort()];
-    target = `127.0.0.1:${languagePort}`;
-    const env = { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRICS_EXPORTER: 'none', OTEL_BSP_SCHEDULE_DELAY: '100', VLM_LOG_LEVEL: 'warn' };
-    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0'], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const env = { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRICS_EXPORTER: 'none', OTEL_BSP_SCHEDULE_DELAY: '100' };
+    // Ports of the kernel's choosing, read from the services' "serving" lines (language starts once vision serves).
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', '0', '--language-port', '0', '--metrics-port', '0', '--log-level', 'info'], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const healthy = async (address: string) => (await healthOf(address, 500).catch(() => '')) === 'SERVING';
-    await eventually(async () => (await healthy(target)) && (await healthy(`127.0.0.1:${visionPort}`)), 90_000, 200);
+    await eventually(() => servingPort(stderr, 'language') !== undefined, 90_000, 100);
+    target = `127.0.0.1:${servingPort(stderr, 'language')}`;
 
     const client = new LanguageServiceClient(target, credentials.createInsecure());
     const md = new Metadata();

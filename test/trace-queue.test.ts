@@ -13,6 +13,7 @@ import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/coll
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
 import { withSpan } from '../shared/telemetry/with-span';
 import { failure, policy, RANDOM_BUNDLE } from './core-helpers';
+import { eventually, sleep } from './service-helpers';
 
 describe('the queue span of a job that never reached a worker', () => {
   let receiver: TraceReceiver;
@@ -33,11 +34,18 @@ describe('the queue span of a job that never reached a worker', () => {
     const image = await sharp({ create: { width: 48, height: 40, channels: 3, background: '#fc0' } }).png().toBuffer();
     const sampling = { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 200 };
     const controller = new AbortController();
+    let heldMs = 0;
     const [, queuedError] = await Promise.all([
       withSpan('running request', {}, () => pool.ask(image, 'what color is it?', sampling, policy())),
       withSpan('queued request', {}, async () => {
+        const submitted = performance.now();
         const queued = pool.ask(image, 'what color is it?', sampling, policy(), { signal: controller.signal });
-        setTimeout(() => controller.abort(new VlmError('DEADLINE_EXCEEDED', 'the deadline passed in the queue')), 100);
+        // Aborted while it still waits behind the running job (200 tokens: far longer than this).
+        await eventually(() => pool.stats.busy === 1 && pool.stats.queued === 1, 5000, 1);
+        await sleep(20);
+        expect(pool.stats.queued, 'the second job still waits in the queue').toBe(1);
+        heldMs = performance.now() - submitted;
+        controller.abort(new VlmError('DEADLINE_EXCEEDED', 'the deadline passed in the queue'));
         return failure(queued);
       }),
     ]);
@@ -52,7 +60,8 @@ describe('the queue span of a job that never reached a worker', () => {
     expect(waited!.attributes['error.type']).toBe('DEADLINE_EXCEEDED');
     expect(waited!.status.code).toBe('ERROR');
     const ms = (ns: string) => Number(BigInt(ns) / 1_000_000n);
-    expect(ms(waited!.endTimeUnixNano) - ms(waited!.startTimeUnixNano)).toBeGreaterThanOrEqual(90);
+    // (whole milliseconds at both ends, and the span starts just after the submission)
+    expect(ms(waited!.endTimeUnixNano) - ms(waited!.startTimeUnixNano)).toBeGreaterThanOrEqual(Math.floor(heldMs) - 2);
     // The job a worker ran keeps its ordinary queue span, with no error on it.
     expect(queueUnder('running request')).toHaveLength(1);
     expect(queueUnder('running request')[0]!.attributes['error.type']).toBeUndefined();

@@ -1,4 +1,3 @@
-import { createServer } from 'node:net';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
@@ -12,6 +11,7 @@ import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
 import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
+import { freePort } from './free-port';
 
 describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
   it.each([
@@ -100,14 +100,6 @@ describe('the resource: which process a span or metric came from', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 /** Runs the record worker (a real thread without an SDK) and returns what it recorded. */
 function recordInWorker(): Promise<{ spans: SpanTiming[]; error: string }> {
   const file = join(__dirname, 'fixtures', 'traces', 'record-worker.ts');
@@ -125,15 +117,14 @@ function recordInWorker(): Promise<{ spans: SpanTiming[]; error: string }> {
 describe('the SDK in a service process', () => {
   let receiver: TraceReceiver;
   const spans: SpanRecord[] = [];
-  let metricsPort = 0;
   let grpc: typeof import('@grpc/grpc-js');
 
   beforeAll(async () => {
     receiver = await startTraceReceiver({ port: 0, onSpans: (s) => spans.push(...s) });
-    metricsPort = await freePort();
     // The SDK's exporters read process.env themselves; this file runs in its own process.
     Object.assign(process.env, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRICS_EXPORTER: 'none' });
-    const telemetry = startTelemetry({ serviceName: 'vlm-language', metricsPort, metricsHost: '127.0.0.1' });
+    // No Prometheus endpoint: what is under test here is the spans.
+    const telemetry = startTelemetry({ serviceName: 'vlm-language', metricsPort: 0 });
     await telemetry.ready;
     // After the SDK: the grpc instrumentation patches grpc-js as it is required.
     grpc = createRequire(__filename)('@grpc/grpc-js') as typeof import('@grpc/grpc-js');
