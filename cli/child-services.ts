@@ -12,6 +12,7 @@ import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { running } from './child-running';
 import type { ServingMessage } from './serving-message';
+import { freePort } from './free-port';
 import { readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
 
 export interface ChildServices {
@@ -52,45 +53,51 @@ export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<st
   return out;
 }
 
+/** How long a stop waits for a child's drain before killing it (a child still loading may not exit on SIGTERM). */
+const STOP_KILL_MS = 30_000;
+
 /**
- * Spawns `vlm serve <role>` on port 0 with an IPC channel and resolves with the port it bound, once it
- * says it is serving (cli/serving-message.ts): no port is picked here and bound later by another.
+ * Spawns `vlm serve <role>` with an IPC channel; `serving` resolves with the port it bound once it
+ * says it is serving (cli/serving-message.ts), and rejects after `timeoutMs`. Its exit is the caller's
+ * to watch.
  */
-function startChild(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs: number, started: ChildProcess[]): Promise<number> {
+function startChild(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs: number): { child: ChildProcess; serving: Promise<number> } {
   const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  started.push(child);
-  return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new VlmError('DEADLINE_EXCEEDED', `${args[2]} was not serving within ${timeoutMs / 1000} s`)), timeoutMs);
-    const onExit = (): void => fail(new VlmError('UNAVAILABLE', `${args[2]} exited during start-up (see its log above)`));
+  const serving = new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.off('message', onMessage);
+      reject(new VlmError('DEADLINE_EXCEEDED', `${args[2]} was not serving within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
     const onMessage = (msg: ServingMessage): void => {
       if (msg?.type !== 'serving') return;
-      done();
-      resolve(msg.port);
-    };
-    const done = (): void => {
       clearTimeout(timer);
-      child.off('exit', onExit);
       child.off('message', onMessage);
       // The channel would keep this process alive after the command is done.
       if (child.connected) child.disconnect();
+      resolve(msg.port);
     };
-    const fail = (err: VlmError): void => {
-      done();
-      reject(err);
-    };
-    child.on('exit', onExit);
     child.on('message', onMessage);
+    child.once('exit', () => clearTimeout(timer));
   });
+  return { child, serving };
 }
 
-/** Starts vision, then language dialling it; resolves once both are serving, or stops them and rejects. */
+/**
+ * Starts vision and language side by side (each load can take minutes on a GPU); resolves once both
+ * are serving, or stops them and rejects when either exits, or is not serving in time. Language binds
+ * port 0 and reports it; vision's port is picked here, since language must be told it before vision
+ * has bound it.
+ */
 export async function startChildServices(o: ChildServicesOptions): Promise<ChildServices> {
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   // Throwaway processes: no Prometheus endpoint, which would collide with a running `npm start` on the default port.
   const common = ['--model', o.modelDir, '--host', '127.0.0.1', '--log-level', 'warn', '--metrics-port', '0', ...(o.flags ?? [])];
   const env = o.env ?? process.env;
   const timeoutMs = o.startTimeoutMs ?? 180_000;
-  const children: ChildProcess[] = [];
+  const picked = await freePort();
+  const vision = startChild([bin, 'serve', 'vision', ...common, '--vision-port', String(picked)], env, timeoutMs);
+  const language = startChild([bin, 'serve', 'language', ...common, '--language-port', '0', '--vision-target', `127.0.0.1:${picked}`], env, timeoutMs);
+  const children = [vision.child, language.child];
   // A command that exits without stop() (process.exit on a second Ctrl-C, an uncaught error) must not
   // leave the services holding their ports: 'exit' allows only synchronous work, and kill() is.
   const killLeft = (): void => {
@@ -98,18 +105,28 @@ export async function startChildServices(o: ChildServicesOptions): Promise<Child
   };
   process.on('exit', killLeft);
   const stop = async (): Promise<void> => {
+    const killAfter = setTimeout(killLeft, STOP_KILL_MS);
     for (const c of children) if (running(c)) c.kill('SIGTERM');
     await Promise.all(children.map((c) => (running(c) ? new Promise((r) => c.once('exit', r)) : undefined)));
+    clearTimeout(killAfter);
     process.off('exit', killLeft);
   };
+  // Either child exiting before both serve ends the start (vision failing to bind its port among them).
+  let onExit: () => void = () => undefined;
+  const exited = new Promise<never>((_, reject) => (onExit = () => reject(new VlmError('UNAVAILABLE', 'a service exited during start-up (see its log above)'))));
+  for (const c of children) c.once('exit', onExit);
+  const both = Promise.all([vision.serving, language.serving]);
+  // Whichever loses the race below may still reject (a stop makes the children exit): not unhandled.
+  both.catch(() => undefined);
+  exited.catch(() => undefined);
   try {
-    const visionPort = await startChild([bin, 'serve', 'vision', ...common, '--vision-port', '0'], env, timeoutMs, children);
-    const languagePort = await startChild([bin, 'serve', 'language', ...common, '--language-port', '0', '--vision-target', `127.0.0.1:${visionPort}`], env, timeoutMs, children);
-    const [vision, language] = children as [ChildProcess, ChildProcess];
-    return { visionPort, languagePort, vision, language, stop };
+    const [visionPort, languagePort] = await Promise.race([both, exited]);
+    return { visionPort, languagePort, vision: vision.child, language: language.child, stop };
   } catch (err) {
     await stop();
     throw err;
+  } finally {
+    for (const c of children) c.off('exit', onExit);
   }
 }
 

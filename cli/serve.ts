@@ -61,7 +61,7 @@ export async function run(argv: string[]): Promise<number> {
       : (require('../services/language/server') as typeof LanguageServer).startLanguageService(own, { log });
   const service = await starting.catch(async (err: unknown) => {
     if (!(err instanceof StartLeftStuckWorkers)) throw err;
-    log.error('start failed with inference workers stuck in a model call; exiting without them', { stuck: err.stuckWorkers, error: err.message });
+    log.error('start failed with inference workers stuck in a model call or a model load; exiting without them', { stuck: err.stuckWorkers, error: err.message });
     await shutdownTelemetry();
     exitNow();
     throw err.failure;

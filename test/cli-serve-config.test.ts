@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AUTH_TOKEN_ENV, CONFIG_OPTIONS } from '../shared/config';
 import { healthOf } from '../services/common/health-client';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 import { eventually, stopServeAll, vlm } from './service-helpers';
 

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 import { eventually, processAlive as alive } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');

@@ -77,11 +77,11 @@ export function recordingLogger(lines: LogLine[], component: string): Logger {
  * fails naming what was logged instead ('aborted job ran to completion' from a worker that ignored
  * the abort).
  */
-export async function stoppedJob(lines: readonly LogLine[], requestId: string, timeoutMs = 10_000): Promise<LogLine & { decode_steps: number; code: string; aborted: boolean }> {
+export async function stoppedJob(lines: readonly LogLine[], requestId: string, timeoutMs = 10_000): Promise<LogLine & { decode_steps: number; code: string; aborted: boolean; ms_after_abort?: number }> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const line = lines.find((l) => l['msg'] === 'job stopped early' && l['requestId'] === requestId);
-    if (line) return line as LogLine & { decode_steps: number; code: string; aborted: boolean };
+    if (line) return line as LogLine & { decode_steps: number; code: string; aborted: boolean; ms_after_abort?: number };
     const completed = lines.find((l) => l['msg'] === 'aborted job ran to completion' && l['requestId'] === requestId);
     if (completed) throw new Error(`the job of request ${requestId} was aborted but ran to completion: ${JSON.stringify(completed)}`);
     if (Date.now() > until) {

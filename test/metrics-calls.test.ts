@@ -14,7 +14,7 @@ import { startVisionService } from '../services/vision/server';
 import { VisionServiceClient } from '../gen/vlm/v1/vision_service';
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
 import { observeTlsExpiry } from '../shared/telemetry/metrics';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 import { pairConfig } from './reliability-helpers';
 import { metadataWith, rawCall } from './service-helpers';
 

@@ -202,7 +202,7 @@ describe('a replica whose GPU is in trouble', () => {
     expect({ code, signal }).toEqual({ code: null, signal: 'SIGKILL' });
     expect(performance.now() - began).toBeLessThan(30_000);
     expect(stderr).toMatch(/"msg":"warm-up failed; not serving"/);
-    expect(stderr).toMatch(/"msg":"start failed with inference workers stuck in a model call; exiting without them","stuck":1/);
+    expect(stderr).toMatch(/"msg":"start failed with inference workers stuck in a model call or a model load; exiting without them","stuck":1/);
     expect(stderr).not.toMatch(/"msg":"serving"/);
   }, 60_000);
 

@@ -29,7 +29,7 @@ import { LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { bindLoopback, collect, eventually, metadataWith } from './service-helpers';
 import { ask, BUNDLE, pairConfig, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
 import { stoppedJob } from './core-helpers';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
 const TOKEN = 'fault-test-token-5b0c9e2d7a1f4e3c';
@@ -313,7 +313,7 @@ describe('faults across the hop', () => {
       expect(await stoppedJob(visionLog, 'cancel-during-encode')).toMatchObject({ kind: 'encode', code: 'CANCELLED', aborted: true });
 
       // 200 tokens (the random bundle emits no stop token); cancelled at the first delta, the worker
-      // stops short of the end (how far short depends on the machine's load while the cancel travels).
+      // stops soon after the abort reaches the pool.
       const duringDecode = client.generate(request(image, { maxTokens: 200 }), metadataWith({ 'x-request-id': 'cancel-during-decode' }));
       const decodeOutcome = collect(duringDecode);
       await new Promise<void>((resolve) => duringDecode.once('data', () => resolve()));
@@ -321,7 +321,7 @@ describe('faults across the hop', () => {
       expect((await decodeOutcome).error?.code).toBe(GrpcCode.CANCELLED);
       const stopped = await stoppedJob(languageLog, 'cancel-during-decode');
       expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
-      expect(stopped.decode_steps).toBeLessThan(200);
+      expect(stopped.ms_after_abort).toBeLessThan(5000);
 
       await idle(vision);
       await idle(language);

@@ -23,7 +23,7 @@ import { VlmError } from '../shared/errors';
 import { configFrom } from '../shared/config';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { ask, issueCertificate, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 
 const TOKEN = 'test-token-7f3a9c51e2b84d06a1f5c9e3b7d2a8f4';
 

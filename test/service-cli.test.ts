@@ -11,7 +11,7 @@ import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { eventually, healthStatus, partialMessage, rawCall, servingPort, sleep, stopServeAll, vlm } from './service-helpers';
-import { freePort, isFree } from './free-port';
+import { freePort, isFree } from '../cli/free-port';
 import { running } from '../cli/child-running';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -238,6 +238,7 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
     let code: number | null | 'running' = null;
     let stderr = '';
     for (let attempt = 0; attempt < 3 && (attempt === 0 || /"msg":"serving"/.test(stderr)); attempt++) {
+      if (server && running(server)) server.kill('SIGKILL'); // the attempt before, if it is still draining
       server = spawn(process.execPath, [BIN, 'serve', 'vision', '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
       const child = server;
       stderr = '';

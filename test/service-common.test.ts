@@ -466,7 +466,7 @@ describe('refusing at the headers (an inference pool that would refuse the call)
     const headersOnly = (token: string, letIn?: () => boolean): Promise<ServiceError | null> =>
       new Promise((resolve) => {
         const call = raw.makeBidiStreamRequest(VisionServiceService.encode.path, (b: Buffer) => b, (b: Buffer) => b, metadataWith({ authorization: `Bearer ${token}` }));
-        if (letIn) void eventually(letIn, 10_000, 5).then(() => call.cancel());
+        if (letIn) void eventually(letIn, 10_000, 5).finally(() => call.cancel()).catch(() => undefined);
         call.on('data', () => undefined);
         call.on('error', (err: ServiceError) => resolve(err));
         call.on('end', () => resolve(null));

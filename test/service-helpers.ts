@@ -99,7 +99,6 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Polls `check` until it returns true or `timeoutMs` passes. */
 /**
  * The port a `vlm serve` process logged for `component` in its "serving" line (started with port 0
  * and `--log-level info`); undefined until it has logged one.
@@ -109,6 +108,7 @@ export function servingPort(log: string, component: 'vision' | 'language'): numb
   return m ? Number(m[1]) : undefined;
 }
 
+/** Polls `check` until it returns true or `timeoutMs` passes. */
 export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5000, stepMs = 20): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!(await check())) {

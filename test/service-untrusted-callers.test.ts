@@ -10,6 +10,7 @@ import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
 import { INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
+import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { collect, eventually, healthClient, partialMessage, rawCall } from './service-helpers';
 import { startLanguageService } from '../services/language/server';
@@ -47,8 +48,8 @@ type HealthClient = ReturnType<typeof healthClient> & {
   list(req: object, cb: (err: ServiceError | null, res?: { statuses: Record<string, { status: string }> }) => void): void;
 };
 
-function check(client: HealthClient, service: string): Promise<{ code: number; status?: string; details?: string }> {
-  return new Promise((resolve) => client.check({ service }, (err, res) => resolve(err ? { code: err.code, details: err.details } : { code: 0, status: res!.status })));
+function check(client: HealthClient, service: string): Promise<{ code: number; status?: string; details?: string; metadata?: Metadata }> {
+  return new Promise((resolve) => client.check({ service }, (err, res) => resolve(err ? { code: err.code, details: err.details, metadata: err.metadata } : { code: 0, status: res!.status })));
 }
 
 describe('health checks, which need no token', () => {
@@ -74,6 +75,9 @@ describe('health checks, which need no token', () => {
     const other = await check(client, 'x'.repeat(500));
     expect(other.code).toBe(GrpcCode.NOT_FOUND);
     expect(other.details).not.toContain('xxx');
+    // Refused as every other refusal is: google.rpc.Status in the details trailer.
+    expect(decodeStatusDetails(other.metadata).reason).toBeUndefined();
+    expect(other.metadata?.get(STATUS_DETAILS_KEY)).toHaveLength(1);
     const listed = await new Promise<Record<string, { status: string }>>((resolve, reject) => client.list({}, (err, res) => (err ? reject(err) : resolve(res!.statuses))));
     expect(listed).toEqual({ '': { status: 'SERVING' }, 'vlm.v1.VisionService': { status: 'SERVING' } });
   });
@@ -82,6 +86,7 @@ describe('health checks, which need no token', () => {
     const huge = await check(client, 'x'.repeat(4096));
     expect(huge.code).toBe(GrpcCode.INVALID_ARGUMENT);
     expect(huge.details).toMatch(/at most 1024 bytes/);
+    expect(decodeViolations(huge.metadata)).toEqual([{ field: 'service', description: 'a health request is at most 1024 bytes' }]);
   });
 
   it('keep nothing for a watched unknown name, and nothing for a known one once its watch ends', async () => {
@@ -183,7 +188,7 @@ describe('health requests still arriving on the main port (its receive limit is 
       const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => rawCall(session, '/grpc.health.v1.Health/Check', { headers: { 'grpc-timeout': '2000000S' }, write: partialMessage(4 << 20, 1024) }).stream);
       await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
       const refused = await check(client, '');
-      expect(refused).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)` });
+      expect({ code: refused.code, details: refused.details }).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)` });
       // Not for ever: they get INFRASTRUCTURE_ARRIVAL_MS to arrive, whatever deadline they claim.
       await eventually(async () => (await check(client, '')).code === 0, INFRASTRUCTURE_ARRIVAL_MS + 5000, 100);
       for (const s of streams) s.close();

@@ -11,7 +11,7 @@ import { tracingEnabled } from '../shared/telemetry/state';
 import { replaySpans, type SpanTiming } from '../shared/telemetry/span-recorder';
 import { withSpan } from '../shared/telemetry/with-span';
 import { extractTraceparent, injectTraceparent } from '../shared/telemetry/propagation';
-import { freePort } from './free-port';
+import { freePort } from '../cli/free-port';
 
 describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
   it.each([

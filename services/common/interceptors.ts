@@ -149,7 +149,9 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
     let requestId = '';
     let received: Metadata | undefined;
     let done = false;
-    const finish = (code: GrpcCode, details: string): void => {
+    // `transport`: a status grpc-js sent itself, for what the client sent (a message past the receive
+    // limit, a malformed grpc-timeout, its deadline): never this service's own fault, so never a warning.
+    const finish = (code: GrpcCode, details: string, transport = false): void => {
       if (done) return;
       done = true;
       const ms = performance.now() - started;
@@ -165,7 +167,7 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
         ...(code === GrpcCode.OK ? {} : { details }),
       };
       if (method.path.startsWith(HEALTH_PATH_PREFIX)) log.debug('call', fields);
-      else if (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN) log.warn('call', fields);
+      else if (!transport && (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN)) log.warn('call', fields);
       else log.info('call', fields);
     };
     const listener = new ServerListenerBuilder()
@@ -176,9 +178,10 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
       })
       .withOnCancel(() => {
         // grpc-js sends some statuses itself, below the interceptors (a request over the transport's
-        // receive limit: RESOURCE_EXHAUSTED), and then tells them only that the call is over.
+        // receive limit: RESOURCE_EXHAUSTED; its own deadline timer: DEADLINE_EXCEEDED; a malformed
+        // grpc-timeout: INTERNAL), and then tells them only that the call is over.
         const sent = statusSentOn(call);
-        if (sent) finish(sent.code, sent.details);
+        if (sent) finish(sent.code, sent.details, true);
         else finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline');
       })
       .build();

@@ -35,7 +35,7 @@ const MAX_FIELD_CHARS = 256;
 const MAX_DESCRIPTION_CHARS = 1024;
 const MAX_VIOLATIONS_CHARS = 16 * 1024;
 
-// grpc-js numbers its codes as google.rpc.Code does (checked by test/service-status.test.ts).
+// grpc-js numbers its codes as google.rpc.Code does (checked by test/service-status-details.test.ts).
 const TO_GRPC = RPC_CODE as Readonly<Record<VlmErrorCode, GrpcCode>>;
 
 /** gRPC codes with no VlmError counterpart, folded onto the nearest one a caller acts on alike. */

@@ -20,6 +20,8 @@ import { credentials, Metadata } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { LanguageServiceClient } from '../../gen/vlm/v1/language_service';
 import { ReductionPolicy, SamplingParams } from '../../gen/vlm/v1/common';
+import { freePort } from '../../cli/free-port';
+import { healthOf } from '../../services/common/health-client';
 import { startTraceReceiver } from '../../shared/telemetry/collector';
 import { summarise, type Summary } from '../../shared/telemetry/analysis';
 import { SpanRecorder } from '../../shared/telemetry/span-recorder';
@@ -59,16 +61,14 @@ function childrenCpuMs(pid: number): number {
 const cpuPerRequest: Record<'off' | 'on', number[]> = { off: [], on: [] };
 
 async function endToEnd(traced: boolean, otlpUrl: string, image: Buffer): Promise<number[]> {
-  const env: NodeJS.ProcessEnv = { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_TRACES_EXPORTER: '', OTEL_METRICS_EXPORTER: '' };
+  const [vp, lp] = [await freePort(), await freePort()];
+  const env: NodeJS.ProcessEnv = { ...process.env, VLM_LOG_LEVEL: 'error', OTEL_EXPORTER_OTLP_ENDPOINT: '', OTEL_TRACES_EXPORTER: '', OTEL_METRICS_EXPORTER: '' };
   if (traced) Object.assign(env, { OTEL_EXPORTER_OTLP_ENDPOINT: otlpUrl, OTEL_METRICS_EXPORTER: 'none', OTEL_TRACES_SAMPLER: values.sampler });
-  const server: ChildProcess = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), 'serve', 'all', '--model', values.model!, '--host', '127.0.0.1', '--vision-port', '0', '--language-port', '0', '--metrics-port', '0', '--log-level', 'info'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  // Ports of the kernel's choosing, read from language's "serving" line (it starts once vision serves).
-  let log = '';
-  server.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-65_536)));
-  const serving = /"component":"language","msg":"serving","address":"([^"]+)"/;
+  const server: ChildProcess = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), 'serve', 'all', '--model', values.model!, '--host', '127.0.0.1', '--vision-port', String(vp), '--language-port', String(lp), '--metrics-port', '0'], { env, stdio: 'ignore' });
   try {
-    await until(async () => serving.test(log), 90_000);
-    const client = new LanguageServiceClient(serving.exec(log)![1]!, credentials.createInsecure());
+    const ok = async (a: string) => (await healthOf(a, 500).catch(() => '')) === 'SERVING';
+    await until(async () => (await ok(`127.0.0.1:${lp}`)) && (await ok(`127.0.0.1:${vp}`)), 90_000);
+    const client = new LanguageServiceClient(`127.0.0.1:${lp}`, credentials.createInsecure());
     const once = () =>
       new Promise<number>((resolve, reject) => {
         const t0 = performance.now();

@@ -11,9 +11,10 @@ const FROM = 20_000;
 const TO = 32_000;
 
 /**
- * A port that was free a moment ago on every local address, for what a test must name before the
- * process that binds it starts (a restart on the same address, the metrics and health ports, which
- * have no port-0 form). A service that can bind port 0 and report it should do that instead.
+ * A port that was free a moment ago on every local address, for what must be named before the
+ * process that binds it starts: the vision port language is started with beside vision (child
+ * services), a test's restart on the same address, the metrics and health ports (no port-0 form). A
+ * process that can bind port 0 and report it should do that instead.
  */
 export async function freePort(): Promise<number> {
   for (;;) {
