@@ -188,7 +188,7 @@ describe('ficoco-vl', () => {
     const e = thrown(() => resolveBudgetSplit(policy('ficoco-v', 'ficoco-l', 0.5), geometry));
     expect(e.code).toBe('INVALID_ARGUMENT');
     expect(e.violations.map((v) => v.field)).toEqual(['policy.budget']);
-    expect(e.message).toBe("policy.budget: ficoco-v + ficoco-l cannot reach an average of 0.98 visual tokens per decoder layer: the vision side outputs at least one, which the language side then keeps; the budget must be at least 1 (GetModelInfo lists the pair's feasible range in each mode)");
+    expect(e.message).toBe("policy.budget: ficoco-v + ficoco-l cannot reach an average of 0.98 visual tokens per decoder layer: the vision side outputs at least one, which the language side then keeps; the budget must be at least 1 (GetModelInfo lists the feasible range of each method and preset in each mode)");
     expect(resolveBudgetSplit(policy('ficoco-v', 'ficoco-l', 0.52), geometry).visionTokens).toBe(2); // 1.02 tokens: feasible
   });
 

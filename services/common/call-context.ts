@@ -71,8 +71,9 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
 
   const expire = (): void => {
     if (controller.signal.aborted) return;
-    const seconds = ((deadline - start) / 1000).toFixed(1);
-    controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${seconds} s deadline; set a longer deadline or lower max_tokens`));
+    const ms = deadline - start;
+    const span = ms < 1000 ? `${Math.max(0, Math.round(ms))} ms` : `${(ms / 1000).toFixed(1)} s`;
+    controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${span} deadline (counted from its arrival here); set a longer deadline or lower max_tokens`));
   };
   const onCancelled = (): void => {
     if (controller.signal.aborted) return;

@@ -142,7 +142,7 @@ export function resolveBudgetSplit(policy: ReductionPolicy, g: SplitGeometry): B
   if (total < 1) {
     throw VlmError.invalid(
       'policy.budget',
-      `${policy.vision} + ${policy.language} cannot reach an average of ${fmt(total)} visual tokens per decoder layer: the vision side outputs at least one, which the language side then keeps; the budget must be at least 1 (GetModelInfo lists the pair's feasible range in each mode)`,
+      `${policy.vision} + ${policy.language} cannot reach an average of ${fmt(total)} visual tokens per decoder layer: the vision side outputs at least one, which the language side then keeps; the budget must be at least 1 (GetModelInfo lists the feasible range of each method and preset in each mode)`,
     );
   }
   if (override !== undefined) {
