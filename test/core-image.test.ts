@@ -1,8 +1,11 @@
+import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { preprocessImage } from '../shared/image';
-import { MAX_PAGES } from '../shared/image/preprocess';
+import { MAX_JPEG_SCANS, MAX_PAGES } from '../shared/image/preprocess';
 import { pagesOver } from '../shared/image/page-count';
+import { jpegScans } from '../shared/image/jpeg-scans';
+import { withoutPngText } from '../shared/image/png-text';
 import type { PreprocessSpec } from '../shared/bundle/manifest';
 import { failure } from './core-helpers';
 
@@ -208,5 +211,79 @@ describe('limits are enforced before decoding, naming the limit', () => {
   it('refuses a truncated image at decode time', async () => {
     const png = await solid(64, 64, [9, 9, 9]).png().toBuffer();
     await expectInvalid(preprocessImage(png.subarray(0, png.length - 20), spec(), limits), /cannot be decoded/);
+  });
+});
+
+/** A PNG chunk with its CRC. */
+function pngChunk(type: string, data: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  body.copy(out, 4);
+  out.writeUInt32BE(crc32(body) >>> 0, 8 + data.length);
+  return out;
+}
+
+/**
+ * A 64x64 grayscale progressive JPEG of `refinements` AC scans after its DC scan, each an end-of-band
+ * run over every block: valid, and each one more pass over the whole image for the decoder.
+ */
+function progressiveJpeg(refinements: number): Buffer {
+  const parts: Buffer[] = [Buffer.from([0xff, 0xd8])];
+  const segment = (marker: number, body: Buffer) => {
+    const b = Buffer.alloc(4 + body.length);
+    b.writeUInt16BE(marker, 0);
+    b.writeUInt16BE(body.length + 2, 2);
+    body.copy(b, 4);
+    parts.push(b);
+  };
+  segment(0xffdb, Buffer.concat([Buffer.from([0]), Buffer.alloc(64, 1)]));
+  segment(0xffc2, Buffer.from([8, 0, 64, 0, 64, 1, 1, 0x11, 0]));
+  const huffman = (tableClass: number, symbol: number) => Buffer.from([tableClass << 4, 1, ...Array(15).fill(0), symbol]);
+  segment(0xffc4, huffman(0, 0x00));
+  segment(0xffc4, huffman(1, 0x60)); // EOBRUN of 2^6 + 6 bits: all 64 blocks in one run
+  segment(0xffda, Buffer.from([1, 1, 0x00, 0, 0, 0]));
+  parts.push(Buffer.alloc(8, 0)); // 64 DC differences of 0, one bit each
+  for (let i = 0; i < refinements; i++) {
+    segment(0xffda, Buffer.from([1, 1, 0x00, 1, 63, 0]));
+    parts.push(Buffer.from([0x00, 0x3f])); // code 0, then 63 in six bits: a run of 64 blocks, padded with ones
+  }
+  parts.push(Buffer.from([0xff, 0xd9]));
+  return Buffer.concat(parts);
+}
+
+describe('images built to cost far more than their size are refused or defused before any decoder runs', () => {
+  it('cuts a PNG\'s text chunks, which libvips would inflate into memory (7 MB each from a few KB), and decodes its pixels alike', async () => {
+    const plain = await solid(2, 2, [200, 40, 40]).png().toBuffer();
+    const text = pngChunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), deflateSync(Buffer.alloc(7 << 20, 0x41))]));
+    const bomb = Buffer.concat([plain.subarray(0, 33), ...Array<Buffer>(24).fill(text), plain.subarray(33)]); // after IHDR
+    expect(bomb.length).toBeLessThan(200_000);
+    expect(withoutPngText(plain)).toBe(plain); // nothing to cut: the same bytes
+    expect(Buffer.from(withoutPngText(bomb)).equals(plain)).toBe(true);
+    const before = process.memoryUsage().rss;
+    const out = await preprocessImage(bomb, spec(), limits);
+    // Unstripped, libvips holds every inflated comment: about 170 MB here.
+    expect(process.memoryUsage().rss - before).toBeLessThan(80 << 20);
+    expect(out.pixelValues.data).toEqual((await preprocessImage(plain, spec(), limits)).pixelValues.data);
+  });
+
+  it('refuses a progressive JPEG of more than MAX_JPEG_SCANS scans, and decodes ordinary ones', async () => {
+    const ordinary = await solid(64, 64, [10, 200, 30]).jpeg({ progressive: true }).toBuffer();
+    const scans = jpegScans(ordinary, 1000);
+    expect(scans).toBeGreaterThan(1);
+    expect(scans).toBeLessThanOrEqual(MAX_JPEG_SCANS);
+    expect(jpegScans(await solid(64, 64, [10, 200, 30]).jpeg().toBuffer(), 1000)).toBe(1);
+    expect(jpegScans(progressiveJpeg(MAX_JPEG_SCANS), 1000)).toBe(MAX_JPEG_SCANS + 1);
+    await expect(preprocessImage(progressiveJpeg(MAX_JPEG_SCANS - 1), spec(), limits)).resolves.toBeDefined();
+    await expectInvalid(preprocessImage(progressiveJpeg(MAX_JPEG_SCANS), spec(), limits), new RegExp(`progressive JPEG of more than ${MAX_JPEG_SCANS} scans`));
+  });
+
+  it("counts an animated WebP's frames from its RIFF chunks before libvips walks them", async () => {
+    const frames = (n: number) => sharp(Buffer.from(Array.from({ length: n * 12 }, (_, i) => (i * 53) % 256)), { raw: { width: 2, height: 2 * n, channels: 3, pageHeight: 2 } }).webp({ lossless: true }).toBuffer();
+    const many = await frames(MAX_PAGES + 1);
+    expect((await sharp(many).metadata()).pages).toBe(MAX_PAGES + 1);
+    expect(pagesOver(many, 'webp', MAX_PAGES)).toBe(true);
+    expect(pagesOver(await frames(MAX_PAGES), 'webp', MAX_PAGES)).toBe(false);
+    await expectInvalid(preprocessImage(many, spec(), limits), new RegExp(`has more than ${MAX_PAGES} pages`));
   });
 });

@@ -1,1 +1,1 @@
-export { preprocessImage, checkImage, normalize, SUPPORTED_FORMATS, type PreprocessedImage, type ImageLimits } from './preprocess';
+export { preprocessImage, checkImage, normalize, type CheckedImage, SUPPORTED_FORMATS, type PreprocessedImage, type ImageLimits } from './preprocess';

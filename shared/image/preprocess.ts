@@ -18,6 +18,8 @@ import { f32, type F32Tensor } from '../tensor/host-tensor';
 import { pilResize } from './pil-resample';
 import { SUPPORTED_FORMATS, UNSUPPORTED_FORMAT, sniffFormat } from './format';
 import { pagesOver } from './page-count';
+import { jpegScans } from './jpeg-scans';
+import { withoutPngText } from './png-text';
 
 /**
  * Pages (animation frames, TIFF directories) an image may have. Only the first is used, but a
@@ -25,6 +27,9 @@ import { pagesOver } from './page-count';
  * decoding on a thread that cannot be cancelled.
  */
 export const MAX_PAGES = 64;
+
+/** Scans a progressive JPEG may have (ordinary ones have about ten; each decodes the whole image again). */
+export const MAX_JPEG_SCANS = 64;
 
 function tooManyPages(count: string): VlmError {
   return VlmError.invalid('image', `has ${count} pages (frames), over the limit of ${MAX_PAGES}: only the first is used; send it alone`);
@@ -48,13 +53,20 @@ interface Rgb8 {
   readonly height: number;
 }
 
+/** What checkImage passed: the header, and the bytes to decode (a PNG's text chunks cut, see png-text.ts). */
+export interface CheckedImage {
+  readonly meta: sharp.Metadata;
+  readonly bytes: Uint8Array;
+}
+
 /**
- * Reads the header only and enforces the limits; returns the metadata. `resize` is the bundle's
+ * Reads the header only and enforces the limits; returns the metadata and the bytes to decode. `resize` is the bundle's
  * geometry: `pad_to_square` first builds a square of the longer side, so that square is what the
  * pixel limit bounds (a 32:1 strip within the limit would otherwise cost 32 times its pixels, about
  * 4 GB and 40 s of a worker for a 40-megapixel strip).
  */
-export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?: PreprocessSpec['resize']): Promise<sharp.Metadata> {
+export async function checkImage(input: Uint8Array, limits: ImageLimits, resize?: PreprocessSpec['resize']): Promise<CheckedImage> {
+  let bytes = input;
   if (bytes.length === 0) throw VlmError.invalid('image', 'is empty');
   if (bytes.length > limits.maxImageBytes) {
     throw VlmError.invalid('image', `is ${bytes.length} bytes, over the limit of ${limits.maxImageBytes} bytes (--max-image-bytes / VLM_MAX_IMAGE_BYTES)`);
@@ -67,6 +79,10 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   }
   // Before libvips too, whose header read walks every page.
   if (pagesOver(bytes, format, MAX_PAGES)) throw tooManyPages(`more than ${MAX_PAGES}`);
+  if (format === 'jpeg' && jpegScans(bytes, MAX_JPEG_SCANS + 1) > MAX_JPEG_SCANS) {
+    throw VlmError.invalid('image', `is a progressive JPEG of more than ${MAX_JPEG_SCANS} scans (ordinary ones have about ten; each decodes the whole image again): re-encode it`);
+  }
+  if (format === 'png') bytes = withoutPngText(bytes);
   let meta: sharp.Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
@@ -93,7 +109,7 @@ export async function checkImage(bytes: Uint8Array, limits: ImageLimits, resize?
   if (limits.maxAspectRatio !== undefined && ratio > limits.maxAspectRatio) {
     throw VlmError.invalid('image', `is ${width}x${height}, an aspect ratio of ${ratio.toFixed(1)}:1, over the limit of ${limits.maxAspectRatio}:1 (max_aspect_ratio in GetModelInfo)`);
   }
-  return meta;
+  return { meta, bytes };
 }
 
 /** Decodes to 8-bit sRGB, 3 channels, oriented, alpha flattened. */
@@ -172,8 +188,8 @@ export function normalize(img: Rgb8, spec: Pick<PreprocessSpec, 'rescale' | 'mea
 }
 
 export async function preprocessImage(bytes: Uint8Array, spec: PreprocessSpec, limits: ImageLimits): Promise<PreprocessedImage> {
-  const meta = await checkImage(bytes, limits, spec.resize);
-  const decoded = await decodeRgb8(bytes, limits, spec.alpha_background);
+  const checked = await checkImage(bytes, limits, spec.resize);
+  const decoded = await decodeRgb8(checked.bytes, limits, spec.alpha_background);
   let img: Rgb8;
   switch (spec.resize) {
     case 'squash':
@@ -186,5 +202,5 @@ export async function preprocessImage(bytes: Uint8Array, spec: PreprocessSpec, l
       img = await padToSquare(decoded, spec.size, spec.resample, spec.pad_color);
       break;
   }
-  return { pixelValues: normalize(img, spec), width: decoded.width, height: decoded.height, format: meta.format! };
+  return { pixelValues: normalize(img, spec), width: decoded.width, height: decoded.height, format: checked.meta.format! };
 }
