@@ -18,7 +18,8 @@ import { startVisionService } from '../services/vision/server';
 import type { RunningService } from '../services/common/lifecycle';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import { HOP_RETRIES } from '../services/language/vision-client';
-import { receiveLimit } from '../services/common/message-limits';
+import { ENVELOPE_BYTES, receiveLimit } from '../services/common/message-limits';
+import { envelopeBytes } from '../services/common/lenient-decode';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
 import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
@@ -347,6 +348,34 @@ describe('bad and unusual inputs through the real pair', () => {
       expect(language.backend.pool.stats.busy + vision.backend.pool.stats.busy).toBe(0);
       await stillHealthy();
     });
+  });
+});
+
+describe('a request whose fields besides the image and prompt are huge (a policy of millions of params)', () => {
+  it('is refused from its top-level field sizes before it is decoded, and the service answers others meanwhile', async () => {
+    const language = await startLanguageService(pairConfig({ visionTarget: '127.0.0.1:1' }), { port: 0 });
+    try {
+      const params = Object.fromEntries(Array.from({ length: 200_000 }, (_, i) => [`p${i}`, { kind: { $case: 'number' as const, number: i } }]));
+      const bytes = Buffer.from(GenerateRequest.encode({ ...request(Buffer.from([0x89, 0x50])), policy: { ...request(Buffer.alloc(0)).policy!, params } }).finish());
+      expect(bytes.length).toBeGreaterThan(2 << 20);
+      expect(envelopeBytes(bytes, new Set([1, 2]))).toBeGreaterThan(ENVELOPE_BYTES);
+      const started = performance.now();
+      const out = await rawGenerate(language.address, bytes);
+      expect(out.code).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(out.details).toMatch(new RegExp(`the request's fields besides the image and the prompt hold \\d+ bytes, over the limit of ${ENVELOPE_BYTES}`));
+      expect(performance.now() - started).toBeLessThan(5000);
+      expect(await healthStatus(language.address)).toBe('SERVING');
+    } finally {
+      await language.stop();
+    }
+  });
+
+  it('counts only what is not bounded elsewhere: an image and a prompt of any size do not count', () => {
+    const bytes = Buffer.from(GenerateRequest.encode({ ...request(Buffer.alloc(3 << 20, 7)), prompt: 'x'.repeat(100_000) }).finish());
+    expect(envelopeBytes(bytes, new Set([1, 2]))).toBeLessThan(1024);
+    expect(envelopeBytes(bytes, new Set())).toBeGreaterThan(3 << 20);
+    // A malformed tail ends the walk; the decoder says what is wrong.
+    expect(envelopeBytes(Buffer.from([0x22, 0xff]), new Set())).toBeGreaterThanOrEqual(0);
   });
 });
 

@@ -8,7 +8,7 @@ import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, t
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
-import { INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
+import { HEALTH_WATCHES_MAX, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
@@ -109,6 +109,28 @@ describe('health checks, which need no token', () => {
     server.setServing(true);
     known.cancel();
     await eventually(() => watchers() === 0);
+  });
+
+  it(`hold at most ${HEALTH_WATCHES_MAX} Watch streams open at once (each holds memory for as long as it lasts, and needs no token), and take another once one ends`, async () => {
+    const first = (stream: ClientReadableStream<unknown>) => new Promise<string>((resolve) => {
+      stream.once('data', () => resolve('open'));
+      stream.once('error', (err: ServiceError) => resolve(`${GrpcCode[err.code]}: ${err.details}`));
+    });
+    // One at a time: only INFRASTRUCTURE_RECEIVING_MAX health requests may be arriving at once.
+    const streams: Array<ClientReadableStream<unknown>> = [];
+    try {
+      for (let i = 0; i < HEALTH_WATCHES_MAX; i++) {
+        streams.push(client.watch({ service: '' }));
+        expect(await first(streams[i]!)).toBe('open');
+      }
+      const refused = client.watch({ service: '' });
+      expect(await first(refused)).toBe(`RESOURCE_EXHAUSTED: ${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`);
+      expect((await check(client, '')).code).toBe(0); // Check is not a Watch
+      streams.pop()!.cancel();
+      await eventually(async () => (await first(client.watch({ service: '' }))) === 'open', 5000, 50);
+    } finally {
+      for (const s of streams) s.cancel();
+    }
   });
 });
 

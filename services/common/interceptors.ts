@@ -61,6 +61,14 @@ export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
  */
 export const REFLECTION_STREAMS_MAX = 4;
 export const REFLECTION_LIFETIME_MS = 15_000;
+/**
+ * Health Watch streams open at once on the main port. A Watch needs no token and stays open for as
+ * long as its client likes, about 12 KB each: 50,000 from one client took a language process from
+ * 388 MiB to 1.1 GiB in 10 s. Clients that balance with health checks hold one per channel and
+ * replica; probes use Check (or the plaintext health port).
+ */
+export const HEALTH_WATCHES_MAX = 128;
+const HEALTH_WATCH_PATH = `${HEALTH_PATH_PREFIX}Watch`;
 
 /**
  * Health and reflection: never counted against the in-flight cap or refused for load or drain
@@ -458,6 +466,8 @@ export class Admission {
   private readonly healthArriving = new Places(INFRASTRUCTURE_RECEIVING_MAX);
   /** Reflection streams open (reflectionCall). */
   private readonly reflectionStreams = new Places(REFLECTION_STREAMS_MAX);
+  /** Health Watch streams open (infrastructureCall). */
+  private readonly healthWatches = new Places(HEALTH_WATCHES_MAX);
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
   private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
@@ -522,11 +532,17 @@ export class Admission {
   /**
    * Health: never refused for load or drain, but on the main port its messages take the same receive
    * limit as a request's (tens of MiB), and health needs no token, so anyone reaching the port could
-   * have grpc-js buffer 100 of them per connection. Only so many may be arriving at once; a call whose
-   * message has arrived holds nothing (a Watch stream stays open for free).
+   * have grpc-js buffer 100 of them per connection. Only so many may be arriving at once; a Check whose
+   * message has arrived holds nothing, and a Watch stream holds one of HEALTH_WATCHES_MAX places for as
+   * long as it is open.
    */
-  private infrastructureCall(method: { readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
+  private infrastructureCall(method: { readonly path: string; readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
     const place = new HeldPlace();
+    let watching = false;
+    const endWatch = (): void => {
+      if (watching) this.healthWatches.give();
+      watching = false;
+    };
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         // Whatever deadline the caller claims: a few bytes take no longer than this.
@@ -535,12 +551,22 @@ export class Admission {
           place.giveBack();
         });
         if (!taken) return reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
+        if (method.path === HEALTH_WATCH_PATH) {
+          if (!this.healthWatches.take()) {
+            place.giveBack();
+            return reject(call, queueFull(`${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`));
+          }
+          watching = true;
+        }
         next(metadata);
       }),
       method,
       () => place.giveBack(),
     )
-      .withOnCancel(() => place.giveBack())
+      .withOnCancel(() => {
+        place.giveBack();
+        endWatch();
+      })
       .build();
     return listening(call, listener);
   }

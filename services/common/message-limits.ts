@@ -9,7 +9,8 @@
  */
 import type { LimitsConfig } from '../../shared/config';
 
-const ENVELOPE_BYTES = 256 * 1024;
+/** What a request may carry besides its image and prompt (policy, sampling, limits): ample for any real one. */
+export const ENVELOPE_BYTES = 256 * 1024;
 export const SEND_LIMIT = 4 * 1024 * 1024;
 
 /** Twice the image limit + the prompt at 4 UTF-8 bytes per character + 256 KiB for everything else, + 1 MiB slack. */
