@@ -60,6 +60,12 @@ export function parseTokenFile(text: string, file: string, field = FIELD): Named
     // A token alone is the file format of releases before names (the whole file one token, any
     // length): it keeps working, and with no name beside it there is nothing to swap it with.
     checkToken(token, at, fields.length === 2, field);
+    // A generated secret (make-dev-certs writes 43 characters) also passes as a name: with a readable
+    // name of 16 or more characters beside it, the swapped line would log and count the secret as the
+    // caller's name and accept the name as the credential.
+    if (fields.length === 2 && name.length >= 2 * MIN_TOKEN_CHARS && token.length < name.length) {
+      throw VlmError.invalid(field, `${at}: a name of ${name.length} characters beside a shorter token (are the name and the token swapped? NAME comes first)`);
+    }
     const nameAt = names.get(name);
     if (nameAt !== undefined) throw VlmError.invalid(field, `${at}: the same name as ${nameAt}`);
     const tokenAt = tokens.get(token);

@@ -98,16 +98,20 @@ export class ProviderChain {
         // Out of memory says the device works but is full (another worker or process shares it):
         // falling on to the next provider would pin this worker to the CPU for good while its
         // service goes on advertising the GPU. Failing lets the start be retried once memory frees.
+        // Paths and the runtime's text go to the log, not into the error: with lazy sessions and no
+        // warm-up the first open happens inside a caller's request.
         if (isOutOfMemory(message)) {
-          throw new VlmError('RESOURCE_EXHAUSTED', `cannot open ${modelPath} on ${name}: out of memory (${message}); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
+          this.log.error('graph could not be opened: out of memory', { graph: modelPath, provider: name, error: message });
+          throw new VlmError('RESOURCE_EXHAUSTED', `cannot open graph ${graph} on ${name}: out of memory (the service log has the runtime's message); not falling back to another provider: free memory on the device or run fewer workers on it`, { cause: err, reason: 'OUT_OF_MEMORY', retryDelayMs: OUT_OF_MEMORY_RETRY_MS });
         }
         this.failed.set(name, message);
         // The last one's failure is the error thrown below, not a step on to another.
         if (i < candidates.length - 1) this.log.warn('execution provider unavailable, trying the next', { provider: name, error: message });
       }
     }
-    const tried = [...this.failed].map(([n, m]) => `${n}: ${m}`).join('; ');
-    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open ${modelPath} (tried ${tried || 'none'}); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
+    if (this.failed.size > 0) this.log.error('no execution provider could open a graph', { graph: modelPath, failures: Object.fromEntries(this.failed) });
+    const tried = [...this.failed.keys()].join(', ');
+    throw new VlmError('FAILED_PRECONDITION', `no execution provider could open graph ${graph} (tried ${tried || 'none'}; the service log has each one's message); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
   }
 }
 
