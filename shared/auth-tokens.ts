@@ -62,9 +62,10 @@ export function parseTokenFile(text: string, file: string, field = FIELD): Named
     checkToken(token, at, fields.length === 2, field);
     // A generated secret (make-dev-certs writes 43 characters) also passes as a name: with a readable
     // name of 16 or more characters beside it, the swapped line would log and count the secret as the
-    // caller's name and accept the name as the credential.
-    if (fields.length === 2 && name.length >= 2 * MIN_TOKEN_CHARS && token.length < name.length) {
-      throw VlmError.invalid(field, `${at}: a name of ${name.length} characters beside a shorter token (are the name and the token swapped? NAME comes first)`);
+    // caller's name and accept the name as the credential. A name that long beside a token under 32
+    // characters is refused; any token of 32 or more is accepted beside any name.
+    if (fields.length === 2 && name.length >= 2 * MIN_TOKEN_CHARS && token.length < 2 * MIN_TOKEN_CHARS) {
+      throw VlmError.invalid(field, `${at}: a name of ${name.length} characters beside a token of ${token.length} (are the name and the token swapped? NAME comes first; beside a name this long, use a token of at least ${2 * MIN_TOKEN_CHARS} characters)`);
     }
     const nameAt = names.get(name);
     if (nameAt !== undefined) throw VlmError.invalid(field, `${at}: the same name as ${nameAt}`);

@@ -274,6 +274,12 @@ describe('images built to cost far more than their size are refused or defused b
     expect(scans).toBeLessThanOrEqual(MAX_JPEG_SCANS);
     expect(jpegScans(await solid(64, 64, [10, 200, 30]).jpeg().toBuffer(), 1000)).toBe(1);
     expect(jpegScans(progressiveJpeg(MAX_JPEG_SCANS), 1000)).toBe(MAX_JPEG_SCANS + 1);
+    // A stray byte between segments, which libjpeg skips with a warning and reads on past, is skipped here too.
+    const many = progressiveJpeg(MAX_JPEG_SCANS);
+    const secondScan = many.indexOf(Buffer.from([0xff, 0xda]), many.indexOf(Buffer.from([0xff, 0xda])) + 2);
+    const withJunk = Buffer.concat([many.subarray(0, secondScan), Buffer.from([0x00]), many.subarray(secondScan)]);
+    expect(jpegScans(withJunk, 1000)).toBe(MAX_JPEG_SCANS + 1);
+    await expectInvalid(preprocessImage(withJunk, spec(), limits), /progressive JPEG of more than/);
     await expect(preprocessImage(progressiveJpeg(MAX_JPEG_SCANS - 1), spec(), limits)).resolves.toBeDefined();
     await expectInvalid(preprocessImage(progressiveJpeg(MAX_JPEG_SCANS), spec(), limits), new RegExp(`progressive JPEG of more than ${MAX_JPEG_SCANS} scans`));
   });

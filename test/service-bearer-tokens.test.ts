@@ -110,7 +110,7 @@ describe('the token file', () => {
     // So is a short token once it has a name (an old token moved into a file of several to rotate it).
     ['old short\nnew t0k3n-new-xxxxxxxx\n', 'line 1: a token has at least 16 characters'],
     // And a generated secret written before a readable name of 16 or more characters.
-    ['t0k3nXk3vQ9pLmN4rT7wZ2yB5cF8hJ1aBcDeFgHiJkL analytics-backend-prod\n', 'line 1: a name of 43 characters beside a shorter token (are the name and the token swapped?'],
+    ['t0k3nXk3vQ9pLmN4rT7wZ2yB5cF8hJ1aBcDeFgHiJkL analytics-backend-prod\n', 'line 1: a name of 43 characters beside a token of 22 (are the name and the token swapped?'],
   ])('refuses %j as INVALID_ARGUMENT naming the file and line, never a token', (text, message) => {
     const err = refusal(text);
     expect(err).toBeInstanceOf(VlmError);

@@ -273,7 +273,8 @@ describe('vlm serve <role>, signalled again while it drains', () => {
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
     await eventually(() => servingPort(stderr, 'vision') !== undefined, 60_000, 100);
-    // A call whose request never completes holds the drain open for the whole two-minute grace.
+    // A call whose request never completes holds the drain open (until the default deadline, 60 s, ends
+    // it: longer than this test waits).
     session = connect(`http://127.0.0.1:${servingPort(stderr, 'vision')}`);
     rawCall(session, '/vlm.v1.VisionService/Encode', { headers: { 'grpc-timeout': '300S' }, write: partialMessage(100, 10) });
     // A health check answered on the same connection, after it: the service has taken the Encode's headers.

@@ -127,7 +127,11 @@ describe('health checks, which need no token', () => {
       expect(await first(refused)).toBe(`RESOURCE_EXHAUSTED: ${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`);
       expect((await check(client, '')).code).toBe(0); // Check is not a Watch
       streams.pop()!.cancel();
-      await eventually(async () => (await first(client.watch({ service: '' }))) === 'open', 5000, 50);
+      await eventually(async () => {
+        const again = client.watch({ service: '' });
+        streams.push(again); // cancelled below, whatever it answered
+        return (await first(again)) === 'open';
+      }, 5000, 50);
     } finally {
       for (const s of streams) s.cancel();
     }

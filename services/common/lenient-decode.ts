@@ -29,42 +29,45 @@ export function undecodableError(request: Undecodable): VlmError {
 }
 
 /** Fields of each request type that validation bounds on its own (field numbers of the protos). */
-const BOUNDED_ELSEWHERE: Readonly<Record<string, ReadonlySet<number>>> = {
-  'vlm.v1.GenerateRequest': new Set([1, 2]), // image, prompt
-  'vlm.v1.EncodeRequest': new Set([1]), // image
+const BOUNDED_ELSEWHERE: Readonly<Record<string, { readonly fields: ReadonlySet<number>; readonly names: string }>> = {
+  'vlm.v1.GenerateRequest': { fields: new Set([1, 2]), names: 'the image and the prompt' },
+  'vlm.v1.EncodeRequest': { fields: new Set([1]), names: 'the image' },
 };
 
 /**
- * Bytes of the top-level fields not in `exempt` (keys and lengths included). A malformed message
- * ends the walk early: the decoder then says what is wrong with it.
+ * Bytes of the top-level fields not in `exempt` (keys and lengths included), counted until they pass
+ * `stop`. Whatever the walk cannot follow (a group, a reserved wire type, a key or length of 2^32 or
+ * more, a length past the end) counts from there to the end: the decoder would read on past some of
+ * those (skipping a group, keeping a length's low 32 bits), and no vlm.v1 encoder writes any of them.
  */
-export function envelopeBytes(b: Uint8Array, exempt: ReadonlySet<number>): number {
+export function envelopeBytes(b: Uint8Array, exempt: ReadonlySet<number>, stop = Infinity): number {
   let at = 0;
   let total = 0;
+  /** A varint below 2^32, or -1. */
   const varint = (): number => {
     let v = 0;
-    for (let shift = 0; at < b.length && shift < 64; shift += 7) {
+    for (let shift = 0; at < b.length && shift < 35; shift += 7) {
       const byte = b[at++]!;
       v += (byte & 0x7f) * 2 ** shift;
-      if (byte < 0x80) return v;
+      if (byte < 0x80) return v < 2 ** 32 ? v : -1;
     }
     return -1;
   };
-  while (at < b.length) {
+  while (at < b.length && total <= stop) {
     const start = at;
     const key = varint();
-    if (key < 0) break;
     const wireType = key % 8;
-    if (wireType === 0) {
-      if (varint() < 0) break;
-    } else if (wireType === 1) at += 8;
-    else if (wireType === 5) at += 4;
-    else if (wireType === 2) {
+    let ok = key >= 0;
+    if (ok && wireType === 0) ok = varint() >= 0;
+    else if (ok && wireType === 1) at += 8;
+    else if (ok && wireType === 5) at += 4;
+    else if (ok && wireType === 2) {
       const length = varint();
-      if (length < 0) break;
-      at += length;
-    } else break;
-    if (!exempt.has(Math.floor(key / 8))) total += Math.min(at, b.length) - start;
+      ok = length >= 0;
+      at += Math.max(0, length);
+    } else ok = false;
+    if (!ok || at > b.length) return total + (b.length - start);
+    if (!exempt.has(Math.floor(key / 8))) total += at - start;
   }
   return total;
 }
@@ -79,10 +82,11 @@ export function lenientDefinition(definition: ServiceDefinition): ServiceDefinit
     out[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
-        const envelope = envelopeBytes(bytes, BOUNDED_ELSEWHERE[type] ?? new Set());
+        const exempt = BOUNDED_ELSEWHERE[type];
+        const envelope = envelopeBytes(bytes, exempt?.fields ?? new Set(), ENVELOPE_BYTES);
         if (envelope > ENVELOPE_BYTES) {
-          const what = BOUNDED_ELSEWHERE[type] ? 'besides the image and the prompt ' : '';
-          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request's fields ${what}hold ${envelope} bytes, over the limit of ${ENVELOPE_BYTES}; no valid ${type} needs that many`) } satisfies Undecodable;
+          const what = exempt ? `besides ${exempt.names} ` : '';
+          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request's fields ${what}hold more than ${ENVELOPE_BYTES} bytes; no valid ${type} needs that many`) } satisfies Undecodable;
         }
         try {
           return method.requestDeserialize(bytes);

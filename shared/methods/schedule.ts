@@ -46,9 +46,11 @@ export function infeasible(method: string, budget: number, range: BudgetRange, w
   );
 }
 
-/** Four significant digits: two decimals made a request of 1.078 and a minimum of 1.083 both read 1.08. */
+/** Two decimals, and four significant digits below 10 (two decimals made 1.078 and 1.083 both read 1.08). */
 export function fmt(x: number): string {
-  return Number.isInteger(x) ? String(x) : String(Number(x.toPrecision(4)));
+  if (Number.isInteger(x)) return String(x);
+  const decimals = Math.max(2, 3 - Math.floor(Math.log10(Math.abs(x))));
+  return String(Number(x.toFixed(Math.min(decimals, 20))));
 }
 
 export function checkBudgetInRange(method: string, budget: number, range: BudgetRange, why: string): void {
