@@ -114,3 +114,29 @@ describe('OTLP/HTTP receiver on malformed payloads', () => {
     expect((await postJson(new Uint8Array([1, 2, 3]), { 'content-encoding': 'gzip' })).status).toBe(400);
   });
 });
+
+describe('OTLP/HTTP receiver under many senders', () => {
+  it('reads a few bodies at once and answers the rest 503 with Retry-After (each may hold up to the body limit), and counts unknown paths under one key', async () => {
+    const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: () => undefined });
+    const { request } = await import('node:http');
+    const slow: Array<{ destroy(): void }> = [];
+    try {
+      // Bodies that never finish: each holds a reading place until its sender goes.
+      const answers = Array.from({ length: 5 }, () =>
+        new Promise<number>((resolve) => {
+          const req = request(`${receiver.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': '1000000' } }, (res) => resolve(res.statusCode ?? 0));
+          req.on('error', () => resolve(-1));
+          req.write('{"resourceSpans":');
+          slow.push(req);
+        }),
+      );
+      expect(await Promise.race([...answers, new Promise((r) => setTimeout(() => r('none'), 5000))])).toBe(503);
+      for (let i = 0; i < 50; i++) await fetch(`${receiver.url}/x${i}`, { method: 'POST' }).then((r) => r.text());
+      expect(receiver.stats.requests).toMatchObject({ other: 50, '/v1/traces': 5 });
+      expect(Object.keys(receiver.stats.requests).sort()).toEqual(['/v1/traces', 'other']);
+    } finally {
+      for (const r of slow) r.destroy();
+      await receiver.close();
+    }
+  });
+});

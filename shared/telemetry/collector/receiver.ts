@@ -44,13 +44,22 @@ export interface TraceReceiver {
 }
 
 const DEFAULT_MAX_BODY = 64 * 1024 * 1024;
+/**
+ * Bodies read at once. Each may hold up to the body limit (64 MiB): sixteen senders at once took a
+ * review's receiver to 1.6 GB. An exporter retries a 503 after its Retry-After.
+ */
+const MAX_BODIES_READ = 4;
+const OTLP_PATHS: ReadonlySet<string> = new Set(['/v1/traces', '/v1/metrics', '/v1/logs']);
 
 export async function startTraceReceiver(options: TraceReceiverOptions): Promise<TraceReceiver> {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
   const stats = { requests: {} as Record<string, number>, spans: 0 };
+  let reading = 0;
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
-    stats.requests[path] = (stats.requests[path] ?? 0) + 1;
+    // Any other path under one key: a sender of many unique paths would grow the map for good.
+    const counted = OTLP_PATHS.has(path) ? path : 'other';
+    stats.requests[counted] = (stats.requests[counted] ?? 0) + 1;
     handle(req, res, path).catch((err: unknown) => {
       const status = answerError(req, res, err);
       options.onRejected?.(status, status === 500 ? `internal error: ${err instanceof Error ? err.message : String(err)}` : VlmError.from(err).message);
@@ -62,7 +71,7 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
       res.writeHead(405, { allow: 'POST' }).end();
       return;
     }
-    if (path !== '/v1/traces' && path !== '/v1/metrics' && path !== '/v1/logs') {
+    if (!OTLP_PATHS.has(path)) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end(`no OTLP endpoint at ${path}; spans go to /v1/traces`);
       return;
     }
@@ -72,7 +81,17 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
       res.writeHead(415, { 'content-type': 'text/plain' }).end(`content-type ${contentType || '(none)'}: OTLP/HTTP takes application/x-protobuf or application/json`);
       return;
     }
-    const body = decompress(await readBody(req, maxBody), req.headers['content-encoding'], maxBody);
+    if (reading >= MAX_BODIES_READ) {
+      res.writeHead(503, { 'retry-after': '1', 'content-type': 'text/plain', connection: 'close' }).end(`${MAX_BODIES_READ} requests are being read already; retry later`, () => req.destroy());
+      return;
+    }
+    reading++;
+    let body: Buffer;
+    try {
+      body = decompress(await readBody(req, maxBody), req.headers['content-encoding'], maxBody);
+    } finally {
+      reading--;
+    }
     if (path === '/v1/traces') {
       const doc = json ? parseJson(body) : decodeProtobuf(body);
       const spans = isEmptyObject(doc) ? [] : spansFromOtlp(doc);
