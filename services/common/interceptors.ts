@@ -435,17 +435,19 @@ class Places {
   }
 }
 
-/** One call's place among `Places`, with a timer for how long it may be held; given back once. */
+/** One call's place among `Places`, optionally with a timer for how long it may be held; given back once. */
 class HeldPlace {
   private from: Places | undefined;
   private timer: NodeJS.Timeout | undefined;
 
-  /** Takes a place (false when none is free) and calls `expired` after `ms` unless given back first. */
-  take(places: Places, ms: number, expired: () => void): boolean {
+  /** Takes a place (false when none is free) and, with `expiry`, calls its `expired` after its `ms` unless given back first. */
+  take(places: Places, expiry?: { readonly ms: number; readonly expired: () => void }): boolean {
     if (!places.take()) return false;
     this.from = places;
-    this.timer = setTimeout(expired, ms);
-    this.timer.unref();
+    if (expiry) {
+      this.timer = setTimeout(expiry.expired, expiry.ms);
+      this.timer.unref();
+    }
     return true;
   }
 
@@ -538,25 +540,22 @@ export class Admission {
    */
   private infrastructureCall(method: { readonly path: string; readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
     const place = new HeldPlace();
-    let watching = false;
-    const endWatch = (): void => {
-      if (watching) this.healthWatches.give();
-      watching = false;
-    };
+    const watch = new HeldPlace();
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         // Whatever deadline the caller claims: a few bytes take no longer than this.
-        const taken = place.take(this.healthArriving, INFRASTRUCTURE_ARRIVAL_MS, () => {
-          reject(call, new VlmError('DEADLINE_EXCEEDED', `the request did not arrive within ${INFRASTRUCTURE_ARRIVAL_MS / 1000} s of its headers`));
-          place.giveBack();
+        const taken = place.take(this.healthArriving, {
+          ms: INFRASTRUCTURE_ARRIVAL_MS,
+          expired: () => {
+            reject(call, new VlmError('DEADLINE_EXCEEDED', `the request did not arrive within ${INFRASTRUCTURE_ARRIVAL_MS / 1000} s of its headers`));
+            place.giveBack();
+          },
         });
         if (!taken) return reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
-        if (method.path === HEALTH_WATCH_PATH) {
-          if (!this.healthWatches.take()) {
-            place.giveBack();
-            return reject(call, queueFull(`${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`));
-          }
-          watching = true;
+        // Held for as long as the stream is open (onCancel), with no lifetime: a Watch is meant to last.
+        if (method.path === HEALTH_WATCH_PATH && !watch.take(this.healthWatches)) {
+          place.giveBack();
+          return reject(call, queueFull(`${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`));
         }
         next(metadata);
       }),
@@ -565,7 +564,7 @@ export class Admission {
     )
       .withOnCancel(() => {
         place.giveBack();
-        endWatch();
+        watch.giveBack();
       })
       .build();
     return listening(call, listener);
@@ -583,7 +582,7 @@ export class Admission {
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         // Held until the stream is over (onCancel), not at the lifetime: its end may wait behind unread answers.
-        const taken = place.take(this.reflectionStreams, lifetime, () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)));
+        const taken = place.take(this.reflectionStreams, { ms: lifetime, expired: () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)) });
         if (!taken) return reject(call, queueFull(`${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later`));
         next(metadata);
       })

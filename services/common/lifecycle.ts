@@ -148,8 +148,9 @@ export function exitNow(): void {
 
 /**
  * SIGTERM/SIGINT: stop gracefully once; a second signal (past REPEATED_SIGNAL_MS) exits at once. A stop
- * that leaves workers stuck in a model call (or a replacement still loading) exits at once too, once the drain and telemetry are done:
- * waiting would only hold the GPU until the orchestrator's kill, a grace period later.
+ * that leaves workers stuck in a model call (or a replacement still loading) exits at once too, once
+ * the drain and telemetry are done: waiting would only hold the GPU until the orchestrator's kill, a
+ * grace period later.
  */
 export function stopOnSignals(stop: () => Promise<PoolCloseReport | void>, log: Logger): void {
   onStopSignals((signal, again) => {
