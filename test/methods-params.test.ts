@@ -60,26 +60,27 @@ function tolerateRefusal(fn: () => void): void {
   }
 }
 
-function exerciseVision(m: VisionReducer, options: MethodOptions, budget: number | null): void {
-  m.feasibleRange(vision, options);
+/** What the method decided: its range, schedule and first step's output. */
+function exerciseVision(m: VisionReducer, options: MethodOptions, budget: number | null): unknown[] {
+  const range = m.feasibleRange(vision, options);
   const schedule: VisionSchedule = m.resolve(vision, budget, options);
   const step = schedule.steps[0];
-  if (step === undefined) return;
+  if (step === undefined) return [range, schedule];
   const T = step.tokensIn;
   const tokens = { origin: Int32Array.from({ length: T }, (_, i) => i - 1), size: new Float32Array(T).fill(1) };
-  m.reduce({ step, hidden: hashMatrix(1, T, 8), scores: hashMatrix(2, T, T, 4), probs: positiveMatrix(3, T, T), keys: hashMatrix(4, T, 8), tokens, state: {} }, schedule, options);
+  return [range, schedule, m.reduce({ step, hidden: hashMatrix(1, T, 8), scores: hashMatrix(2, T, T, 4), probs: positiveMatrix(3, T, T), keys: hashMatrix(4, T, 8), tokens, state: {} }, schedule, options)];
 }
 
-function exerciseLanguage(m: LanguageReducer, options: MethodOptions, budget: number | null): void {
-  m.feasibleRange(language, options);
+function exerciseLanguage(m: LanguageReducer, options: MethodOptions, budget: number | null): unknown[] {
+  const range = m.feasibleRange(language, options);
   const schedule: LanguageSchedule = m.resolve(language, budget, options);
   const state: Record<string, unknown> = {};
   const rows = PREFIX + language.visualTokens + SUFFIX;
   m.prepare?.({ embeds: hashMatrix(5, rows, 8), image: { start: PREFIX, length: language.visualTokens } }, schedule, options, state);
   const step = schedule.steps[0];
-  if (step === undefined) return;
+  if (step === undefined) return [range, schedule];
   const L = PREFIX + step.tokensIn + SUFFIX;
-  m.reduce({ step, hidden: hashMatrix(6, L, 8), scores: hashMatrix(7, L, L, 2), probs: positiveMatrix(8, L, L), image: { start: PREFIX, length: step.tokensIn }, state }, schedule, options);
+  return [range, schedule, m.reduce({ step, hidden: hashMatrix(6, L, 8), scores: hashMatrix(7, L, L, 2), probs: positiveMatrix(8, L, L), image: { start: PREFIX, length: step.tokensIn }, state }, schedule, options)];
 }
 
 /** Every params name `exercise` looks up, over modes, budgets and the declared text values. */
@@ -121,6 +122,51 @@ describe('method parameter declarations', () => {
     expect(readers('ficoco-v', 'none')).toEqual(['vision method ficoco-v', 'language method none']);
     expect(readers('none', 'ficoco-l')).toEqual(['vision method none', 'language method ficoco-l']);
   });
+
+  // GetModelInfo advertises these defaults; a client sending one must get what leaving it unset gets.
+  const withDefaults = (kind: string, name: string, specs: ParamSpecs, exercise: (options: MethodOptions, budget: number | null) => unknown[]) => {
+    for (const [param, spec] of Object.entries(specs)) {
+      const d = spec.default;
+      if (typeof d === 'object') {
+        it(`${kind} ${name}: ${param}'s default is a rule, stated (${d.rule})`, () => expect(d.rule.length).toBeGreaterThan(10));
+        continue;
+      }
+      it(`${kind} ${name}: sending ${param} = its advertised default ${JSON.stringify(d)} decides exactly as leaving it unset`, () => {
+        if (spec.type === 'text') expect(spec.values).toContain(d);
+        else {
+          expect(typeof d).toBe('number');
+          expect(d).toBeGreaterThanOrEqual(spec.min);
+          if (spec.max !== undefined) expect(d).toBeLessThanOrEqual(spec.max);
+          if (spec.type === 'integer') expect(Number.isInteger(d)).toBe(true);
+        }
+        const outcome = (options: MethodOptions, budget: number | null): unknown[] | string => {
+          try {
+            return exercise(options, budget);
+          } catch (err) {
+            if (err instanceof VlmError && err.code === 'INVALID_ARGUMENT') return err.message;
+            throw err;
+          }
+        };
+        let compared = 0;
+        for (const mode of MODES) {
+          // The other text switches at each of their values (scale is read only under version v1).
+          for (const values of variants(Object.fromEntries(Object.entries(specs).filter(([n]) => n !== param)))) {
+            for (const budget of BUDGETS) {
+              const sent = outcome({ mode, params: { ...values, [param]: d }, seed: 1 }, budget);
+              // A name that applies only beside another value (sparsevlm's scale under v1) is refused elsewhere.
+              if (typeof sent === 'string' && sent.startsWith(`policy.params[${param}]`)) continue;
+              const unset = outcome({ mode, params: values, seed: 1 }, budget);
+              expect(sent).toEqual(unset);
+              if (typeof unset !== 'string') compared++;
+            }
+          }
+        }
+        expect(compared).toBeGreaterThan(0);
+      });
+    }
+  };
+  for (const [name, m] of VISION_METHODS) withDefaults('vision method', name, m.params, (o, b) => exerciseVision(m, o, b));
+  for (const [name, m] of LANGUAGE_METHODS) withDefaults('language method', name, m.params, (o, b) => exerciseLanguage(m, o, b));
 
   it('declares names in the lower_snake_case the request check accepts', () => {
     const all = [...VISION_METHODS.values(), ...LANGUAGE_METHODS.values()].flatMap((m) => Object.keys(m.params)).concat(Object.keys(SPLIT_PARAM_SPECS));

@@ -188,11 +188,14 @@ describe('the service pair on loopback', () => {
       padsToSquare: false, // the random bundle squashes its images
     });
     const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);
-    expect(param('vision', 'ficoco-v', 'lambda')).toMatchObject({ type: 'number', min: 0, max: 1, choices: [] });
-    expect(param('vision', 'ficoco-v', 'start_layer')).toMatchObject({ type: 'integer', min: 0, max: undefined });
+    expect(param('vision', 'ficoco-v', 'lambda')).toMatchObject({ type: 'number', min: 0, max: 1, choices: [], defaultValue: { kind: { $case: 'number', number: 0.35 } }, defaultRule: '' });
+    expect(param('vision', 'ficoco-v', 'start_layer')).toMatchObject({ type: 'integer', min: 0, max: undefined, defaultValue: undefined });
+    expect(param('vision', 'ficoco-v', 'start_layer')?.defaultRule).toMatch(/anchor/);
     expect(param('vision', 'random', 'start_layer')).toBeDefined();
-    expect(param('language', 'sparsevlm', 'version')).toMatchObject({ type: 'text', choices: ['v1', 'v1.5'] });
-    expect(param('', '', 'vision_tokens')).toMatchObject({ type: 'integer', min: 1 });
+    expect(param('language', 'sparsevlm', 'version')).toMatchObject({ type: 'text', choices: ['v1', 'v1.5'], defaultValue: { kind: { $case: 'text', text: 'v1.5' } } });
+    expect(param('', '', 'vision_tokens')).toMatchObject({ type: 'integer', min: 1, defaultValue: undefined });
+    // Every parameter says what leaving it unset gets: a value or the rule, never neither or both.
+    for (const p of info.methodParams) expect(`${p.method}.${p.name}: ${p.defaultValue === undefined ? 'rule' : 'value'}`).toBe(`${p.method}.${p.name}: ${p.defaultRule ? 'rule' : 'value'}`);
     // What GetModelInfo lists is what validation accepts: an unlisted name is refused.
     expect(info.methodParams.filter((p) => p.method === 'tome')).toEqual([]);
     const refused = await ask(client, request(image, { policy: { visionMethod: 'tome', params: { grid: { kind: { $case: 'number', number: 4 } } } } }));

@@ -7,8 +7,9 @@ import type { Manifest } from '../../shared/bundle/manifest';
 import type { LimitsConfig } from '../../shared/config';
 import { feasibleBudgets, SPLIT_PARAM_SPECS } from '../../shared/methods/policy';
 import { LANGUAGE_METHODS, languageMethodNames, VISION_METHODS, visionMethodNames } from '../../shared/methods/registry';
-import type { LanguageGeometry, ParamSpecs, VisionGeometry } from '../../shared/methods/types';
+import type { LanguageGeometry, ParamDefault, ParamSpecs, VisionGeometry } from '../../shared/methods/types';
 import { ElementType, type MethodParam, type ModelInfo } from '../../gen/vlm/v1/common';
+import { paramValueToWire } from './wire';
 
 export interface ModelFacts {
   readonly manifest: Manifest;
@@ -26,6 +27,10 @@ export interface Placement extends AdvertisedLimits {
   readonly device: string;
 }
 
+function defaultOf(d: ParamDefault): Pick<MethodParam, 'defaultValue' | 'defaultRule'> {
+  return typeof d === 'object' ? { defaultValue: undefined, defaultRule: d.rule } : { defaultValue: paramValueToWire(d), defaultRule: '' };
+}
+
 /** Every parameter a request may set in policy.params, per method and for the budget split. */
 function methodParams(): MethodParam[] {
   const rows = (side: string, method: string, specs: ParamSpecs): MethodParam[] =>
@@ -37,6 +42,7 @@ function methodParams(): MethodParam[] {
       min: spec.type === 'text' ? undefined : spec.min,
       max: spec.type === 'text' ? undefined : spec.max,
       choices: spec.type === 'text' ? [...spec.values] : [],
+      ...defaultOf(spec.default),
     }));
   return [
     ...[...VISION_METHODS].flatMap(([name, r]) => rows('vision', name, r.params)),

@@ -14,11 +14,13 @@ import {
   type VisionSchedule as WireVisionSchedule,
 } from '../../gen/vlm/v1/common';
 
+export function paramValueToWire(v: number | string | boolean): ParamValue {
+  return { kind: typeof v === 'number' ? { $case: 'number', number: v } : typeof v === 'string' ? { $case: 'text', text: v } : { $case: 'flag', flag: v } };
+}
+
 export function paramsToWire(params: Readonly<Record<string, number | string | boolean>>): Record<string, ParamValue> {
   const out: Record<string, ParamValue> = {};
-  for (const [k, v] of Object.entries(params)) {
-    out[k] = { kind: typeof v === 'number' ? { $case: 'number', number: v } : typeof v === 'string' ? { $case: 'text', text: v } : { $case: 'flag', flag: v } };
-  }
+  for (const [k, v] of Object.entries(params)) out[k] = paramValueToWire(v);
   return out;
 }
 

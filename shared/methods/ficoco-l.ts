@@ -27,9 +27,12 @@ interface FicocoLParams {
   epsilon: number;
 }
 
+/** The released code's g, a and quantile (spec §1.3.1). */
+const DEFAULTS: FicocoLParams = Object.freeze({ beta: 0.6, gamma: 0.6, epsilon: 0.998 });
+
 function params(options: MethodOptions): FicocoLParams {
-  const num = (k: string, d: number): number => numberParam(options, k, d);
-  return { beta: num('beta', 0.6), gamma: num('gamma', 0.6), epsilon: num('epsilon', 0.998) };
+  const num = (k: keyof FicocoLParams): number => numberParam(options, k, DEFAULTS[k]);
+  return { beta: num('beta'), gamma: num('gamma'), epsilon: num('epsilon') };
 }
 
 /** Share of the layers after the start over which the tokens decline to their floor. */
@@ -51,10 +54,10 @@ export const ficocoL: LanguageReducer = {
   name: 'ficoco-l',
   params: {
     // Weights and the quantile are fractions (beyond them the merge weights overflow to non-finite values).
-    beta: { type: 'number', min: 0, max: 1 },
-    gamma: { type: 'number', min: 0, max: 1 },
-    epsilon: { type: 'number', min: 0, max: 1 },
-    decline_layers: { type: 'integer', min: 1, max: 1000 },
+    beta: { type: 'number', min: 0, max: 1, default: DEFAULTS.beta },
+    gamma: { type: 'number', min: 0, max: 1, default: DEFAULTS.gamma },
+    epsilon: { type: 'number', min: 0, max: 1, default: DEFAULTS.epsilon },
+    decline_layers: { type: 'integer', min: 1, max: 1000, default: { rule: 'a third of the layers after the start layer (only with a budget)' } },
   },
 
   feasibleRange(g: LanguageGeometry): BudgetRange {

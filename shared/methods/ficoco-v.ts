@@ -39,9 +39,12 @@ interface FicocoVParams {
   penalty: number;
 }
 
+/** The released code's λ, quantile and local penalty (spec §1.2). */
+const DEFAULTS: FicocoVParams = Object.freeze({ lambda: 0.35, epsilon: 0.998, window: 2, penalty: 2 });
+
 function params(options: MethodOptions): FicocoVParams {
-  const num = (k: string, d: number): number => numberParam(options, k, d);
-  return { lambda: num('lambda', 0.35), epsilon: num('epsilon', 0.998), window: num('window', 2), penalty: num('penalty', 2) };
+  const num = (k: keyof FicocoVParams): number => numberParam(options, k, DEFAULTS[k]);
+  return { lambda: num('lambda'), epsilon: num('epsilon'), window: num('window'), penalty: num('penalty') };
 }
 
 export const ficocoV: VisionReducer = {
@@ -49,11 +52,11 @@ export const ficocoV: VisionReducer = {
   params: {
     // Weights and the quantile are fractions; the local penalty divides by `penalty` and groups patches
     // in windows of `window` (a zero or a fraction of either would divide by zero or by less than one).
-    lambda: { type: 'number', min: 0, max: 1 },
-    epsilon: { type: 'number', min: 0, max: 1 },
-    window: { type: 'integer', min: 1, max: 64 },
-    penalty: { type: 'number', min: 1, max: 1000 },
-    start_layer: { type: 'integer', min: 0 },
+    lambda: { type: 'number', min: 0, max: 1, default: DEFAULTS.lambda },
+    epsilon: { type: 'number', min: 0, max: 1, default: DEFAULTS.epsilon },
+    window: { type: 'integer', min: 1, max: 64, default: DEFAULTS.window },
+    penalty: { type: 'number', min: 1, max: 1000, default: DEFAULTS.penalty },
+    start_layer: { type: 'integer', min: 0, default: { rule: "the bundle's anchor (ficoco_v.start_layer, else half the encoder's layers), earlier where the budget needs it" } },
   },
 
   feasibleRange(g: VisionGeometry, options: MethodOptions) {

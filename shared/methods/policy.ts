@@ -55,7 +55,9 @@ export const METHOD_PRESETS: Readonly<Record<string, { vision: VisionMethodName;
   Object.freeze({ 'ficoco-vl': Object.freeze({ vision: 'ficoco-v', language: 'ficoco-l' }) });
 
 /** The parameters the budget split reads when both sides reduce (resolveBudgetSplit). */
-export const SPLIT_PARAM_SPECS: ParamSpecs = Object.freeze({ vision_tokens: Object.freeze({ type: 'integer', min: 1 } as const) });
+export const SPLIT_PARAM_SPECS: ParamSpecs = Object.freeze({
+  vision_tokens: Object.freeze({ type: 'integer', min: 1, default: { rule: "round(sqrt(budget x the model's visual tokens)), lowered towards the budget until the language method can reach it" } } as const),
+});
 
 /** Where both schedules report the split (their params), so the two services can check they agree. */
 export const SPLIT_REPORT = Object.freeze({ total: 'budget_total', visionTokens: 'budget_vision_tokens' } as const);

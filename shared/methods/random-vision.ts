@@ -11,7 +11,7 @@ import type { MethodOptions, VisionGeometry, VisionReducer, VisionSchedule, Visi
 
 export const randomVision: VisionReducer = {
   name: 'random',
-  params: { start_layer: { type: 'integer', min: 0 } },
+  params: { start_layer: { type: 'integer', min: 0, default: { rule: "the bundle's anchor (random.start_layer, else ficoco_v.start_layer, else half the encoder's layers)" } } },
 
   feasibleRange(g: VisionGeometry) {
     return { min: 1, max: g.numPatches };

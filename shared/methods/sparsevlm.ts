@@ -77,9 +77,12 @@ function keepFor(tokensIn: number, target: number): number {
   return keep;
 }
 
+/** v1.5's budgets, and v1's keep = floor(rank x 13.5 + 0) (spec §2.4). */
+const DEFAULTS = Object.freeze({ version: 'v1.5', scale: 13.5, bias: 0 } as const);
+
 function version(options: MethodOptions): 'v1' | 'v1.5' {
-  const v = options.params['version'];
-  if (v === undefined || v === 'v1.5') return 'v1.5';
+  const v = options.params['version'] ?? DEFAULTS.version;
+  if (v === 'v1.5') return 'v1.5';
   if (v === 'v1') return 'v1';
   throw VlmError.invalid('policy.params[version]', `must be 'v1' or 'v1.5', got ${String(v)}`);
 }
@@ -173,11 +176,11 @@ function keepsFor(g: LanguageGeometry, layers: readonly number[], budget: number
 export const sparsevlm: LanguageReducer = {
   name: 'sparsevlm',
   params: {
-    version: { type: 'text', values: ['v1', 'v1.5'] },
+    version: { type: 'text', values: ['v1', 'v1.5'], default: DEFAULTS.version },
     // v1 only: keep = floor(rank * scale + bias).
     // Bounded so rank * scale + bias stays finite (scale 1e308 with bias -1e308 made it NaN).
-    scale: { type: 'number', min: 0, max: 10_000 },
-    bias: { type: 'number', min: -10_000, max: 10_000 },
+    scale: { type: 'number', min: 0, max: 10_000, default: DEFAULTS.scale },
+    bias: { type: 'number', min: -10_000, max: 10_000, default: DEFAULTS.bias },
   },
 
   feasibleRange(g: LanguageGeometry, options: MethodOptions): BudgetRange {
@@ -194,8 +197,8 @@ export const sparsevlm: LanguageReducer = {
       if (budget !== null) {
         throw VlmError.invalid('policy.budget', "sparsevlm v1 derives its counts from the rank of the raters' attention; leave the budget unset and tune params.scale / params.bias");
       }
-      const scale = numberParam(options, 'scale', 13.5);
-      const bias = numberParam(options, 'bias', 0);
+      const scale = numberParam(options, 'scale', DEFAULTS.scale);
+      const bias = numberParam(options, 'bias', DEFAULTS.bias);
       return {
         method: 'sparsevlm',
         steps: anchorLayers.map((layer) => ({ layer, at: 'after-layer' as const, tokensIn: V, tokensOut: V })),

@@ -54,11 +54,19 @@ export interface BudgetRange {
  * method runs, so a misspelt name or a value of the wrong kind is INVALID_ARGUMENT instead of being
  * silently replaced by the default.
  */
-export type ParamSpec =
+export type ParamSpec = (
   /** A finite number in [min, max]: the range the method's arithmetic is defined on (weights in [0, 1], divisors above 0). */
   | { readonly type: 'number'; readonly min: number; readonly max: number }
   | { readonly type: 'integer'; readonly min: number; readonly max?: number }
-  | { readonly type: 'text'; readonly values: readonly string[] };
+  | { readonly type: 'text'; readonly values: readonly string[] }
+) & { readonly default: ParamDefault };
+
+/**
+ * What a request that leaves the parameter unset gets: a value, or, where that depends on the model's
+ * anchors or on the request's budget, the rule that picks it (the resolved schedule reports the value).
+ * The method reads the same constant, so GetModelInfo cannot advertise a default it does not use.
+ */
+export type ParamDefault = number | string | { readonly rule: string };
 
 /** Every `policy.params` name a method reads, and nothing else. */
 export type ParamSpecs = Readonly<Record<string, ParamSpec>>;
