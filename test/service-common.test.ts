@@ -14,7 +14,7 @@ import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
 import { BearerTokens } from '../services/common/bearer-tokens';
 import { singleToken } from '../shared/auth-tokens';
-import { Admission } from '../services/common/interceptors';
+import { Admission, peerHost, SharedPlaces } from '../services/common/interceptors';
 import { ActiveCalls } from '../services/common/active-calls';
 import { drainedOrLast, serverStream, StreamComplete, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
@@ -359,6 +359,29 @@ describe('a port already taken', () => {
       await second.stop();
       await first.stop();
     }
+  });
+});
+
+describe('places shared by peers (health Watch streams)', () => {
+  it('give each key at most its share, all keys together at most the total, and forget a key with its last place', () => {
+    const places = new SharedPlaces(5, 2);
+    expect([places.take('a'), places.take('a'), places.take('a')]).toEqual([null, null, 'share']);
+    expect([places.take('b'), places.take('b'), places.take('c')]).toEqual([null, null, null]);
+    expect(places.take('d')).toBe('total');
+    places.give('a');
+    expect(places.take('d')).toBe(null);
+    for (const k of ['a', 'b', 'b', 'c', 'd']) places.give(k);
+    expect(places.keys).toBe(0);
+    places.give('never'); // a give without a take changes nothing
+    expect([places.take('e'), places.take('e'), places.take('f'), places.take('f'), places.take('g')]).toEqual([null, null, null, null, null]);
+    expect(places.take('h')).toBe('total');
+  });
+
+  it("name one client host by grpc-js's peer, whatever its port", () => {
+    expect(peerHost('10.0.0.7:51234')).toBe('10.0.0.7');
+    expect(peerHost('::ffff:10.0.0.7:51234')).toBe('::ffff:10.0.0.7');
+    expect(peerHost('[fd00::1]:443')).toBe('fd00::1');
+    expect(peerHost('unix:/run/vlm.sock')).toBe('unix:/run/vlm.sock');
   });
 });
 

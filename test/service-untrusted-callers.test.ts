@@ -8,7 +8,7 @@ import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, t
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
-import { HEALTH_WATCHES_MAX, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
+import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
@@ -111,29 +111,42 @@ describe('health checks, which need no token', () => {
     await eventually(() => watchers() === 0);
   });
 
-  it(`hold at most ${HEALTH_WATCHES_MAX} Watch streams open at once (each holds memory for as long as it lasts, and needs no token), and take another once one ends`, async () => {
+  it(`hold at most ${HEALTH_WATCHES_PER_PEER} Watch streams open at once from one address (each holds memory for as long as it lasts, and needs no token), leave other addresses theirs, and take another once one ends`, async () => {
     const first = (stream: ClientReadableStream<unknown>) => new Promise<string>((resolve) => {
       stream.once('data', () => resolve('open'));
       stream.once('error', (err: ServiceError) => resolve(`${GrpcCode[err.code]}: ${err.details}`));
     });
+    // Listening on every address, so one host reaches it as two peers: 127.0.0.1 (IPv4-mapped) and ::1.
+    const dual = startServer();
+    const port = await dual.listen('::', 0);
+    dual.setServing(true);
+    const v4 = healthClient(`127.0.0.1:${port}`) as HealthClient;
+    const v6 = healthClient(`[::1]:${port}`) as HealthClient;
     // One at a time: only INFRASTRUCTURE_RECEIVING_MAX health requests may be arriving at once.
     const streams: Array<ClientReadableStream<unknown>> = [];
     try {
-      for (let i = 0; i < HEALTH_WATCHES_MAX; i++) {
-        streams.push(client.watch({ service: '' }));
+      for (let i = 0; i < HEALTH_WATCHES_PER_PEER; i++) {
+        streams.push(v4.watch({ service: '' }));
         expect(await first(streams[i]!)).toBe('open');
       }
-      const refused = client.watch({ service: '' });
-      expect(await first(refused)).toBe(`RESOURCE_EXHAUSTED: ${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`);
-      expect((await check(client, '')).code).toBe(0); // Check is not a Watch
-      streams.pop()!.cancel();
+      const refused = v4.watch({ service: '' });
+      expect(await first(refused)).toBe(`RESOURCE_EXHAUSTED: ${HEALTH_WATCHES_PER_PEER} health Watch streams from this address are open already; retry later (probes: use Check, or the health port)`);
+      expect((await check(v4, '')).code).toBe(0); // Check is not a Watch
+      // A client balancing with health checks elsewhere still sees the replica as up.
+      const other = v6.watch({ service: '' });
+      streams.push(other);
+      expect(await first(other)).toBe('open');
+      streams[0]!.cancel();
       await eventually(async () => {
-        const again = client.watch({ service: '' });
+        const again = v4.watch({ service: '' });
         streams.push(again); // cancelled below, whatever it answered
         return (await first(again)) === 'open';
       }, 5000, 50);
     } finally {
       for (const s of streams) s.cancel();
+      v4.close();
+      v6.close();
+      await dual.stop();
     }
   });
 });

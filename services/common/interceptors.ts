@@ -62,12 +62,15 @@ export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
 export const REFLECTION_STREAMS_MAX = 4;
 export const REFLECTION_LIFETIME_MS = 15_000;
 /**
- * Health Watch streams open at once on the main port. A Watch needs no token and stays open for as
- * long as its client likes, about 12 KB each: 50,000 from one client took a language process from
- * 388 MiB to 1.1 GiB in 10 s. Clients that balance with health checks hold one per channel and
- * replica; probes use Check (or the plaintext health port).
+ * Health Watch streams open at once on the main port, in all and from one peer address. A Watch needs
+ * no token and stays open for as long as its client likes, about 12 KB each: 50,000 from one client
+ * took a language process from 388 MiB to 1.1 GiB in 10 s, so the total bounds them to about 50 MB.
+ * Clients that balance with health checks (gRFC A17) hold one per channel and replica, and treat a
+ * refused Watch as an unhealthy replica: a single total would let one peer make a replica look down
+ * to every other client, so each peer address gets a share; probes use Check (or the health port).
  */
-export const HEALTH_WATCHES_MAX = 128;
+export const HEALTH_WATCHES_MAX = 4096;
+export const HEALTH_WATCHES_PER_PEER = 64;
 const HEALTH_WATCH_PATH = `${HEALTH_PATH_PREFIX}Watch`;
 
 /**
@@ -435,6 +438,46 @@ class Places {
   }
 }
 
+/** Places under a total and a share per key (a peer address); a key leaves the map with its last place. */
+export class SharedPlaces {
+  private readonly total: Places;
+  private readonly byKey = new Map<string, number>();
+
+  constructor(
+    total: number,
+    readonly perKey: number,
+  ) {
+    this.total = new Places(total);
+  }
+
+  /** Why no place is free for `key` ('total' or 'share'), or null once one is taken. */
+  take(key: string): 'total' | 'share' | null {
+    const held = this.byKey.get(key) ?? 0;
+    if (held >= this.perKey) return 'share';
+    if (!this.total.take()) return 'total';
+    this.byKey.set(key, held + 1);
+    return null;
+  }
+
+  give(key: string): void {
+    const held = this.byKey.get(key) ?? 0;
+    if (held === 0) return;
+    this.total.give();
+    if (held === 1) this.byKey.delete(key);
+    else this.byKey.set(key, held - 1);
+  }
+
+  /** Keys holding a place: what the map keeps. */
+  get keys(): number {
+    return this.byKey.size;
+  }
+}
+
+/** The address part of grpc-js's peer ("10.0.0.7:51234", "::ffff:10.0.0.7:51234"): one client host, whatever its ports. */
+export function peerHost(peer: string): string {
+  return peer.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+}
+
 /** One call's place among `Places`, optionally with a timer for how long it may be held; given back once. */
 class HeldPlace {
   private from: Places | undefined;
@@ -468,8 +511,8 @@ export class Admission {
   private readonly healthArriving = new Places(INFRASTRUCTURE_RECEIVING_MAX);
   /** Reflection streams open (reflectionCall). */
   private readonly reflectionStreams = new Places(REFLECTION_STREAMS_MAX);
-  /** Health Watch streams open (infrastructureCall). */
-  private readonly healthWatches = new Places(HEALTH_WATCHES_MAX);
+  /** Health Watch streams open (infrastructureCall), in all and per peer address. */
+  private readonly healthWatches = new SharedPlaces(HEALTH_WATCHES_MAX, HEALTH_WATCHES_PER_PEER);
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
   private readonly unread = new Map<ServerInterceptingCallInterface, (err: VlmError) => void>();
 
@@ -535,12 +578,12 @@ export class Admission {
    * Health: never refused for load or drain, but on the main port its messages take the same receive
    * limit as a request's (tens of MiB), and health needs no token, so anyone reaching the port could
    * have grpc-js buffer 100 of them per connection. Only so many may be arriving at once; a Check whose
-   * message has arrived holds nothing, and a Watch stream holds one of HEALTH_WATCHES_MAX places for as
-   * long as it is open.
+   * message has arrived holds nothing, and a Watch stream holds one of its peer's HEALTH_WATCHES_PER_PEER
+   * places (of HEALTH_WATCHES_MAX in all) for as long as it is open.
    */
   private infrastructureCall(method: { readonly path: string; readonly requestStream: boolean }, call: ServerInterceptingCallInterface): ServerInterceptingCall {
     const place = new HeldPlace();
-    const watch = new HeldPlace();
+    let watcher: string | undefined;
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
         // Whatever deadline the caller claims: a few bytes take no longer than this.
@@ -553,9 +596,15 @@ export class Admission {
         });
         if (!taken) return reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
         // Held for as long as the stream is open (onCancel), with no lifetime: a Watch is meant to last.
-        if (method.path === HEALTH_WATCH_PATH && !watch.take(this.healthWatches)) {
-          place.giveBack();
-          return reject(call, queueFull(`${HEALTH_WATCHES_MAX} health Watch streams are open already; retry later (probes: use Check, or the health port)`));
+        if (method.path === HEALTH_WATCH_PATH) {
+          const host = peerHost(call.getPeer());
+          const full = this.healthWatches.take(host);
+          if (full) {
+            place.giveBack();
+            const which = full === 'share' ? `${HEALTH_WATCHES_PER_PEER} health Watch streams from this address` : `${HEALTH_WATCHES_MAX} health Watch streams`;
+            return reject(call, queueFull(`${which} are open already; retry later (probes: use Check, or the health port)`));
+          }
+          watcher = host;
         }
         next(metadata);
       }),
@@ -564,7 +613,8 @@ export class Admission {
     )
       .withOnCancel(() => {
         place.giveBack();
-        watch.giveBack();
+        if (watcher !== undefined) this.healthWatches.give(watcher);
+        watcher = undefined;
       })
       .build();
     return listening(call, listener);
