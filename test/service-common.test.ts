@@ -9,12 +9,13 @@ import { connect } from 'node:http2';
 import { Client, credentials, Metadata, Server, status as GrpcCode, type ClientReadableStream, type ServerWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VlmError, throwIfAborted } from '../shared/errors';
-import { createLogger } from '../shared/log';
+import { createLogger, type Logger } from '../shared/log';
 import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
 import { BearerTokens } from '../services/common/bearer-tokens';
 import { singleToken } from '../shared/auth-tokens';
-import { Admission, peerHost, SharedPlaces } from '../services/common/interceptors';
+import { ACCESS_LOG_REFUSALS_PER_SECOND, Admission, peerHost, SharedPlaces } from '../services/common/interceptors';
+import { LineRate } from '../services/common/log-rate';
 import { ActiveCalls } from '../services/common/active-calls';
 import { drainedOrLast, serverStream, StreamComplete, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, fromServiceError } from '../services/common/status';
@@ -96,7 +97,7 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
   }
 }
 
-function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number } = {}) {
+function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number; log?: Logger } = {}) {
   const calls = new ActiveCalls();
   const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000, calls };
   const implementation: VisionServiceServer = {
@@ -111,7 +112,7 @@ function startServer(options: { authToken?: string | null; tokens?: BearerTokens
     definition: VisionServiceService,
     implementation,
     protoFiles: ['vlm/v1/vision_service.proto'],
-    log,
+    log: options.log ?? log,
     maxReceiveMessageBytes: 8 << 20,
     maxSendMessageBytes: 4 << 20,
     auth: options.tokens ?? (options.authToken ? new BearerTokens(singleToken(options.authToken)!, log) : null),
@@ -338,6 +339,32 @@ describe('bearer-token authentication', () => {
     expect(wrong.error?.metadata.get('x-request-id')).toEqual(['who-was-refused']);
   });
 
+  it(`logs at most ${ACCESS_LOG_REFUSALS_PER_SECOND} refused calls of one code a second, and the next line counts those left out`, async () => {
+    const lines: LogLine[] = [];
+    const flooded = startServer({ authToken: 's3cret-token', log: recordingLogger(lines, 'vision') });
+    const floodedClient = new VisionServiceClient(`127.0.0.1:${await flooded.listen('127.0.0.1', 0)}`, credentials.createInsecure());
+    try {
+      const calls = 3 * ACCESS_LOG_REFUSALS_PER_SECOND;
+      const wrong = () => collect(encode(floodedClient, 0, { metadata: metadataWith({ authorization: 'Bearer nope' }) }));
+      const refused = await Promise.all(Array.from({ length: calls }, wrong));
+      expect(refused.every((r) => r.error?.code === GrpcCode.UNAUTHENTICATED)).toBe(true);
+      // An accepted call is never left out.
+      expect((await collect(encode(floodedClient, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }))).error).toBeNull();
+      await sleep(1050);
+      expect((await wrong()).error?.code).toBe(GrpcCode.UNAUTHENTICATED);
+      const access = (code: string) => lines.filter((l) => l.component === 'vision.access' && l['code'] === code);
+      const logged = access('UNAUTHENTICATED');
+      expect(logged.length).toBeLessThan(calls);
+      // Every refusal is a line or counted in one.
+      expect(logged.length + logged.reduce((n, l) => n + Number(l['skipped'] ?? 0), 0)).toBe(calls + 1);
+      expect(logged.at(-1)!['skipped']).toBeGreaterThan(0);
+      expect(access('OK')).toHaveLength(1);
+    } finally {
+      floodedClient.close();
+      await flooded.stop();
+    }
+  });
+
   it('accepts the right token and leaves health checks open to probes', async () => {
     const ok = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }));
     expect(ok.error).toBeNull();
@@ -359,6 +386,21 @@ describe('a port already taken', () => {
       await second.stop();
       await first.stop();
     }
+  });
+});
+
+describe('a rate of log lines', () => {
+  it('writes up to its rate of one kind a second, counts the rest, and reports them on the next line written', () => {
+    let now = 0;
+    const rate = new LineRate(2, () => now);
+    expect([rate.admit('a'), rate.admit('a'), rate.admit('a'), rate.admit('a')]).toEqual([0, 0, null, null]);
+    expect(rate.admit('b')).toBe(0); // each kind has its own rate
+    now = 999;
+    expect(rate.admit('a')).toBeNull();
+    now = 1000;
+    expect([rate.admit('a'), rate.admit('a'), rate.admit('a')]).toEqual([3, 0, null]);
+    now = 5000;
+    expect(rate.admit('a')).toBe(1);
   });
 });
 

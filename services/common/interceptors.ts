@@ -28,6 +28,7 @@ import { recordAuth, recordCall } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
 import { traceOf } from './call-trace';
+import { LineRate } from './log-rate';
 import { statusSentOn } from './grpc-stream';
 
 export const REQUEST_ID_KEY = 'x-request-id';
@@ -153,8 +154,15 @@ export function requestIdInterceptor(): ServerInterceptor {
   };
 }
 
-/** One structured line per finished call; health checks are logged at debug level only. */
-export function accessLogInterceptor(log: Logger): ServerInterceptor {
+/** Access-log lines per second for each status code of calls refused or failed (OK and INTERNAL always). */
+export const ACCESS_LOG_REFUSALS_PER_SECOND = 20;
+
+/**
+ * One structured line per finished call; health checks are logged at debug level only. Past
+ * ACCESS_LOG_REFUSALS_PER_SECOND calls of one status code (other than OK, INTERNAL and UNKNOWN: what
+ * a flood of refusals cannot be) a second, lines are left out and counted in the next one's `skipped`.
+ */
+export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND)): ServerInterceptor {
   return (method, call) => {
     const started = performance.now();
     let requestId = '';
@@ -177,9 +185,12 @@ export function accessLogInterceptor(log: Logger): ServerInterceptor {
         peer: call.getPeer(),
         ...(code === GrpcCode.OK ? {} : { details }),
       };
-      if (method.path.startsWith(HEALTH_PATH_PREFIX)) log.debug('call', fields);
-      else if (!transport && (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN)) log.warn('call', fields);
-      else log.info('call', fields);
+      if (method.path.startsWith(HEALTH_PATH_PREFIX)) return log.debug('call', fields);
+      const fault = code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN;
+      if (!transport && fault) return log.warn('call', fields);
+      if (code === GrpcCode.OK || fault) return log.info('call', fields);
+      const skipped = rate.admit(codeName);
+      if (skipped !== null) log.info('call', skipped > 0 ? { ...fields, skipped } : fields);
     };
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
