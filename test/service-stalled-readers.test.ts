@@ -9,7 +9,7 @@ import { connect, constants as h2, type ClientHttp2Session, type ClientHttp2Stre
 import { credentials, Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { GrpcServer } from '../services/common/grpc-server';
-import { REFLECTION_STREAMS_MAX } from '../services/common/interceptors';
+import { REFLECTION_STREAMS_MAX } from '../services/common/admission';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { eventually, rawCall } from './service-helpers';

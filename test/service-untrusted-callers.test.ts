@@ -8,7 +8,7 @@ import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, t
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
-import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/interceptors';
+import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/admission';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';

@@ -22,7 +22,8 @@ import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
 import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
-import { accessLogInterceptor, Admission, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import { Admission } from './admission';
+import { accessLogInterceptor, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */

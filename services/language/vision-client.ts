@@ -25,9 +25,8 @@ export interface VisionClientOptions {
   readonly credentials?: ChannelCredentials;
   /**
    * The largest Encode request (image, policy, envelope): the service's receive limit
-   * (message-limits.ts). grpc-js keeps a request for a retry only while it fits its per-call buffer
-   * (1 MiB by default); a larger one is never retried, and the hop repeats only calls that failed
-   * after data arrived.
+   * (message-limits.ts). The channel's per-call retry buffer is set to it, so grpc-js can retry any
+   * request the service accepts (its 1 MiB default would never retry a larger image).
    */
   readonly maxRequestBytes: number;
   /** Where a failed hop's details go (the vision address and gRPC's reason), which callers are not sent. */
