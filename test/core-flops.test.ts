@@ -71,4 +71,32 @@ describe("the engine's FLOPs after a cut (random bundle, FastV at 50 %)", () => 
       await disposeModel(model);
     }
   });
+
+  it('counts a layer whose attention is followed by a cut (FiCoCo-L) with its MLP over the tokens left after the cut', async () => {
+    const model = await loadTestModel({ dir: RANDOM_BUNDLE });
+    try {
+      const image = await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: 20, g: 160, b: 90 } } }).png().toBuffer();
+      const p = policy({ language: 'ficoco-l', budget: { percent: 50 } });
+      const enc = await encodeImage(model, image, p);
+      const r = await generate(model, enc, 'what color is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 }, p);
+      const arch = model.manifest.language;
+      const text = r.promptTokens - enc.embeds.dims[0];
+      const perLayer = r.perLayerVisualTokens;
+      const cutLayers = r.schedule.steps.map((s) => s.layer);
+      expect(r.schedule.steps.every((s) => s.at === 'after-attn')).toBe(true);
+      expect(cutLayers.length).toBeGreaterThan(0);
+      let prefill = headFlops(arch, 1);
+      let overhead = 0;
+      perLayer.forEach((v, l) => {
+        // The cut sits between the attention and the MLP: the MLP runs on what the next layer receives.
+        const afterCut = cutLayers.includes(l) ? perLayer[l + 1]! : v;
+        prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + afterCut);
+        if (cutLayers.includes(l)) overhead += languageScoresFlops(arch, text + v, text + v);
+      });
+      expect(r.flops.prefill).toBe(prefill);
+      expect(r.flops.overhead).toBe(overhead);
+    } finally {
+      await disposeModel(model);
+    }
+  });
 });

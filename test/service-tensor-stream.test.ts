@@ -190,11 +190,16 @@ describe('TensorAssembler', () => {
       });
     }
 
-    it('a header whose shape, provenance or chunking disagree with its token count', () => {
+    it('a header whose shape, provenance, sizes, chunking or byte order disagree with what it carries', () => {
       const header = good[0]!.part!.$case === 'header' ? good[0]!.part!.header : null;
       const bad = (over: object): EncodeResponse[] => [{ part: { $case: 'header', header: { ...header!, ...over } } }];
       expect(codeOf(() => assemble(bad({ shape: [13, 24] }), expectation(12)))).toMatch(/^DATA_LOSS: .*shape/);
       expect(codeOf(() => assemble(bad({ origin: [1, 2] }), expectation(12)))).toMatch(/^DATA_LOSS: .*2 provenance entries/);
+      // Sizes are one per row or none (every row of size 1); a partial list would be filled in silently.
+      expect(codeOf(() => assemble(bad({ size: [2, 1, 1] }), expectation(12)))).toMatch(/^DATA_LOSS: .*3 size entries for 12 rows/);
+      // UNSPECIFIED (0) included: a sender that never set it cannot be read as little-endian on trust.
+      expect(codeOf(() => assemble(bad({ byteOrder: 0 }), expectation(12)))).toMatch(/^DATA_LOSS: .*unsupported byte order 0/);
+      expect(codeOf(() => assemble(bad({ byteOrder: 2 }), expectation(12)))).toMatch(/^DATA_LOSS: .*unsupported byte order 2/);
       expect(codeOf(() => assemble(bad({ chunkCount: 2 }), expectation(12)))).toMatch(/^DATA_LOSS: .*chunk_count 2/);
       expect(codeOf(() => assemble(bad({ tokenCount: 100, shape: [100, 24] }), expectation(12)))).toMatch(/^DATA_LOSS: .*more than the model's 64/);
     });

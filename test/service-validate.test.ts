@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
-import { validateEncode, validateGenerate, wirePolicy } from '../services/common/validate';
+import { MAX_PARAMS, validateEncode, validateGenerate, wirePolicy } from '../services/common/validate';
 import type { GenerateRequest } from '../gen/vlm/v1/language_service';
 import { ReductionPolicy as WirePolicy, type ParamValue } from '../gen/vlm/v1/common';
 
@@ -99,6 +99,13 @@ describe('validateGenerate', () => {
     expect(v[5]![1]).toMatch(/unknown vision method 'nope'; valid: none/);
   });
 
+  it('takes a budget of up to 100 percent of the visual tokens, and nothing above or at 0', () => {
+    const percent = (budgetPercent: number) => request({ policy: { ...WirePolicy.fromPartial({ visionMethod: 'ficoco-v' }), budget: { $case: 'budgetPercent', budgetPercent } } });
+    expect(validateGenerate(percent(100), limits, 32).policy.budget).toEqual({ percent: 100 });
+    expect(validateGenerate(percent(0.5), limits, 32).policy.budget).toEqual({ percent: 0.5 });
+    for (const bad of [100.001, 0, -5]) expect(violationsOf(() => validateGenerate(percent(bad), limits, 32)).map(([f]) => f)).toEqual(['policy.budget_percent']);
+  });
+
   it('judges the image size itself, naming the limit', () => {
     const [[field, why]] = violationsOf(() => validateGenerate(request({ image: Buffer.alloc(1001) }), limits, 32)) as [[string, string]];
     expect(field).toBe('image');
@@ -157,6 +164,14 @@ describe('policy.params', () => {
       expect(violations.map(([f]) => f), JSON.stringify(policy)).toEqual([field]);
       expect(violations[0]![1]).toMatch(why);
     }
+  });
+
+  it(`reads at most ${MAX_PARAMS} entries: that many are judged one by one, one more refuses the map`, () => {
+    const many = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`p${i}`, num(1)]));
+    const fields = (n: number) => rejects({ visionMethod: 'ficoco-v', params: many(n) }).map(([f]) => f);
+    expect(fields(MAX_PARAMS)).not.toContain('policy.params');
+    expect(fields(MAX_PARAMS)).toHaveLength(MAX_PARAMS); // each an unknown name
+    expect(fields(MAX_PARAMS + 1)).toContain('policy.params');
   });
 
   it('rejects a misspelt name instead of running the default, listing the accepted names', () => {

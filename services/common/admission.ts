@@ -185,8 +185,8 @@ export class Admission {
     }
     if (caller === '' || this.inFlight < this.maxInFlight - this.reservedInFlight) return null;
     const held = this.byCaller.get(caller) ?? 0;
-    const callers = this.byCaller.size + (held === 0 ? 1 : 0);
-    const share = Math.max(1, Math.floor(this.maxInFlight / (callers + 1)));
+    // A caller holding nothing is below any share; one holding calls is among byCaller already.
+    const share = Math.max(1, Math.floor(this.maxInFlight / (this.byCaller.size + 1)));
     if (held < share) return null;
     // The caller's own count only: other callers' names and counts are not theirs to see.
     return queueFull(`this replica keeps its last ${this.reservedInFlight} of ${this.maxInFlight} places for calls (--max-inflight-calls) for callers below their share, and this caller holds ${held}; retry later`);

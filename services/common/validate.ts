@@ -46,7 +46,7 @@ export interface ValidGenerate extends ValidEncode {
 }
 
 const MODES: readonly ReductionMode[] = ['clean', 'exact'];
-const MAX_PARAMS = 32;
+export const MAX_PARAMS = 32;
 const MAX_TEMPERATURE = 2;
 /** Longest prefix of a caller's string that a message repeats. */
 const ECHO_CHARS = 64;
