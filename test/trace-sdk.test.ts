@@ -37,6 +37,19 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
     expect(telemetrySettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4317', ...env }).metricsProtocol).toBe(protocol);
   });
 
+  it.each([
+    [{ OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: 'abc' }, { prometheusPort: 9464 }, 'OTEL_EXPORTER_PROMETHEUS_PORT="abc" is not an integer in [1, 65535]; using 9464'],
+    [{ OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: '70000' }, { prometheusPort: 9464 }, 'OTEL_EXPORTER_PROMETHEUS_PORT="70000" is not an integer in [1, 65535]; using 9464'],
+    // Past setTimeout's range Node fires after 1 ms: metrics would be exported without pause.
+    [{ OTEL_METRIC_EXPORT_INTERVAL: '3000000000' }, { metricIntervalMs: 60_000 }, 'OTEL_METRIC_EXPORT_INTERVAL="3000000000" is not an integer in [1, 2147483647]; using 60000'],
+    [{ OTEL_METRIC_EXPORT_INTERVAL: '-5' }, { metricIntervalMs: 60_000 }, 'OTEL_METRIC_EXPORT_INTERVAL="-5" is not an integer in [1, 2147483647]; using 60000'],
+    [{ OTEL_METRIC_EXPORT_INTERVAL: '15000' }, { metricIntervalMs: 15_000 }, null],
+  ])('ignores an invalid numeric setting with a warning, as the OpenTelemetry specification asks: %j', (env, expected, warning) => {
+    const warnings: string[] = [];
+    expect(telemetrySettings(env, 0, (m) => warnings.push(m))).toMatchObject(expected);
+    expect(warnings).toEqual(warning === null ? [] : [warning]);
+  });
+
   it('builds the exporter of each protocol from its own package', async () => {
     const packages = { grpc: '@opentelemetry/exporter-metrics-otlp-grpc', 'http/json': '@opentelemetry/exporter-metrics-otlp-http', 'http/protobuf': '@opentelemetry/exporter-metrics-otlp-proto' } as const;
     for (const [protocol, pkg] of Object.entries(packages)) {

@@ -73,8 +73,27 @@ export const DECODE_EVENT_LIMIT = 4096;
 const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
 const set = (v: string | undefined) => v !== undefined && v.trim() !== '';
 
-/** What the environment asks for; pure, so the rules are testable without starting anything. */
-export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings {
+/** setTimeout's longest delay: past it Node fires after 1 ms, which would export metrics continuously. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * An integer OTEL_* setting in [min, max], or `fallback` when unset. An invalid one is ignored with a
+ * warning, as the OpenTelemetry specification asks of SDKs (a typo must not stop a pod, nor pass silently).
+ */
+function intSetting(env: Env, name: string, min: number, max: number, fallback: number, warn: (msg: string) => void): number {
+  const raw = env[name];
+  if (!set(raw)) return fallback;
+  const v = Number(raw);
+  if (Number.isInteger(v) && v >= min && v <= max) return v;
+  warn(`${name}=${JSON.stringify(raw)} is not an integer in [${min}, ${max}]; using ${fallback}`);
+  return fallback;
+}
+
+/**
+ * What the environment asks for; pure but for `warn` (invalid values), so the rules are testable
+ * without starting anything.
+ */
+export function telemetrySettings(env: Env, metricsPort = 0, warn: (msg: string) => void = (m) => log.warn(m)): TelemetrySettings {
   const off = (env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true';
   const otlpEndpoint = set(env.OTEL_EXPORTER_OTLP_ENDPOINT);
   const traces = list(env.OTEL_TRACES_EXPORTER);
@@ -82,15 +101,16 @@ export function telemetrySettings(env: Env, metricsPort = 0): TelemetrySettings 
   const metrics = list(env.OTEL_METRICS_EXPORTER);
   const otlpMetrics = !off && (metrics.length ? metrics.includes('otlp') && !metrics.includes('none') : otlpEndpoint || set(env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT));
   let prometheusPort = metricsPort > 0 ? metricsPort : 0;
-  if (!prometheusPort && metrics.includes('prometheus')) prometheusPort = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464);
-  const interval = Number(env.OTEL_METRIC_EXPORT_INTERVAL ?? 60_000);
+  // 9464: the OpenTelemetry default, which --metrics-port shares.
+  if (!prometheusPort && metrics.includes('prometheus')) prometheusPort = intSetting(env, 'OTEL_EXPORTER_PROMETHEUS_PORT', 1, 65_535, 9464, warn);
+  const interval = intSetting(env, 'OTEL_METRIC_EXPORT_INTERVAL', 1, MAX_TIMER_MS, 60_000, warn);
   const protocol = (env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? '').trim().toLowerCase();
   return {
     tracing,
     otlpMetrics,
     metricsProtocol: OTLP_PROTOCOLS.includes(protocol) ? (protocol as OtlpProtocol) : 'http/protobuf',
     prometheusPort: off ? 0 : prometheusPort,
-    metricIntervalMs: Number.isFinite(interval) && interval > 0 ? interval : 60_000,
+    metricIntervalMs: interval,
     captureContent: tracing && /^(true|1)$/i.test(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT?.trim() ?? ''),
   };
 }
