@@ -13,7 +13,7 @@ import type { ActiveCalls } from './active-calls';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
-import { type Config } from '../../shared/config';
+import { CONFIG_OPTIONS, type Config } from '../../shared/config';
 import { hostPort } from '../../shared/net-address';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
@@ -74,7 +74,7 @@ export interface GrpcServerOptions {
 }
 
 /** The services' --deadline-ms default, for servers built without their config (tests). */
-const DEFAULT_DEADLINE_MS = 60_000;
+const DEFAULT_DEADLINE_MS = CONFIG_OPTIONS['deadline-ms'].default;
 const DEFAULT_REQUEST_ARRIVAL_MS = DEFAULT_DEADLINE_MS;
 
 export class GrpcServer {

@@ -219,6 +219,7 @@ export class VisionClient {
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, requestId: string): VlmError {
+    const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.CANCELLED) {
       // Only ever vision's doing here (see encodeOnce): the caller did not cancel, so it must not be
       // told it did; like any lost replica this is retried, then the caller backs off.
@@ -226,7 +227,6 @@ export class VisionClient {
       return new VlmError('UNAVAILABLE', 'the vision service ended the call before the image was encoded; retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: VISION_UNAVAILABLE_RETRY_MS });
     }
     if (status.code === GrpcCode.UNAVAILABLE) {
-      const sent = decodeStatusDetails(status.metadata);
       // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not
       // to the caller, who can act only on "unavailable, retry later".
       this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target.configured, details: status.details });
@@ -246,12 +246,12 @@ export class VisionClient {
       // Vision's own text (which may name hosts) goes to the log with the other mismatches.
       return modelMismatch('the vision service does not implement this call (is a rollout half finished?)', status.details);
     }
-    if (decodeStatusDetails(status.metadata).reason === 'MODEL_MISMATCH') {
+    if (sent.reason === 'MODEL_MISMATCH') {
       // Vision refused before encoding: it runs another model than the one named in the metadata.
       // Its text is this project's own ("this vision service runs <id> (<hash>), not <hash>").
       return modelMismatch(`${status.details}; both services must serve the same model bundle (is a rollout half finished?)`);
     }
-    if (decodeStatusDetails(status.metadata).reason === 'DEVICE_FAULT') {
+    if (sent.reason === 'DEVICE_FAULT') {
       // "This replica" in vision's text is vision's: the caller is told whose GPU failed.
       return fromServiceError(status, 'the vision service: ');
     }
