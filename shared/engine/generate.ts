@@ -12,6 +12,7 @@
  * pre-reduction length); 'after-layer' reduces after the MLP. Either reads the scores graph of the
  * same layer, run on that layer's attention inputs.
  */
+import type { Attributes } from '@opentelemetry/api';
 import { withSpan } from '../telemetry/with-span';
 import {
   ATTR_VLM_FINISH_REASON,
@@ -30,7 +31,7 @@ import {
 import { VlmError } from '../errors';
 import { optionsOf, resolveLanguageSchedule, type ReductionPolicy } from '../methods/policy';
 import { getLanguageReducer } from '../methods/registry';
-import type { LanguageSchedule, LanguageStep, Matrix, Span } from '../methods/types';
+import type { LanguageReducer, LanguageSchedule, LanguageStep, Matrix, MethodOptions, Span } from '../methods/types';
 import { emptyFlops, headFlops, languageAttnFlops, languageMlpFlops, languageScoresFlops, type StageFlops } from '../flops/flops';
 import { batched } from '../tensor/host-tensor';
 import { firstSourceValues } from '../tensor/rows';
@@ -87,6 +88,19 @@ function range(n: number): Int32Array {
   return out;
 }
 
+/** One request's language-side run: what prefill and decode share. */
+interface LanguageRun {
+  readonly model: LoadedModel;
+  readonly schedule: LanguageSchedule;
+  readonly reducer: LanguageReducer;
+  readonly options: MethodOptions;
+  readonly attrs: Attributes;
+  readonly ctx: RunContext;
+  readonly flops: StageFlops;
+  /** Visual tokens entering each decoder layer's attention, pushed as prefill runs them. */
+  readonly perLayerVisualTokens: number[];
+}
+
 export async function generate(
   model: LoadedModel,
   visual: VisualTokens,
@@ -96,22 +110,49 @@ export async function generate(
   ctx: RunContext = {},
   onDelta?: OnDelta,
 ): Promise<GenerateResult> {
-  const m = model.manifest;
-  const arch = m.language;
   checkVisual(model, visual);
   checkSampling(sampling, model.limits.maxNewTokens);
   const N = visual.embeds.dims[0];
   const schedule = resolveLanguageSchedule(policy, { ...model.languageGeometry, visualTokens: N });
-  const reducer = getLanguageReducer(schedule.method);
-  const options = optionsOf(policy);
-  const attrs = { [ATTR_VLM_MODEL_ID]: m.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language };
-  const flops = emptyFlops();
-  const perLayerVisualTokens: number[] = [];
+  const run: LanguageRun = {
+    model,
+    schedule,
+    reducer: getLanguageReducer(schedule.method),
+    options: optionsOf(policy),
+    attrs: { [ATTR_VLM_MODEL_ID]: model.manifest.model_id, [ATTR_VLM_REDUCTION_METHOD]: policy.language },
+    ctx,
+    flops: emptyFlops(),
+    perLayerVisualTokens: [],
+  };
   checkContinue(ctx);
 
-  // ---- prefill: the prompt's assembly to the first token's logits, as its span and metric say ----
   let t0 = performance.now();
-  const { runner, promptTokens, firstLogits } = await withSpan(SpanName.Prefill, attrs, async (span) => {
+  const { runner, promptTokens, firstLogits } = await prefill(run, visual, question, sampling);
+  const prefillMs = performance.now() - t0;
+  t0 = performance.now();
+  const decoded = await decode(run, runner, firstLogits, promptTokens, sampling, onDelta);
+  return {
+    text: decoded.text,
+    tokenIds: decoded.ids,
+    finishReason: decoded.finishReason,
+    promptTokens,
+    visualTokensIn: N,
+    schedule,
+    perLayerVisualTokens: run.perLayerVisualTokens,
+    achievedBudget: mean(run.perLayerVisualTokens),
+    flops: run.flops,
+    timingsMs: { prefill: prefillMs, firstToken: prefillMs + decoded.firstSampledMs, decode: performance.now() - t0 },
+    decodeSteps: decoded.steps,
+  };
+}
+
+/** Prefill: the prompt's assembly to the first token's logits, as its span and metric say. */
+async function prefill(run: LanguageRun, visual: VisualTokens, question: string, sampling: SamplingParams): Promise<{ runner: LanguageStageRunner; promptTokens: number; firstLogits: Float32Array }> {
+  const { model, schedule, reducer, options, attrs, ctx, flops, perLayerVisualTokens } = run;
+  const m = model.manifest;
+  const arch = m.language;
+  const N = visual.embeds.dims[0];
+  return withSpan(SpanName.Prefill, attrs, async (span) => {
     const prompt = assemblePrompt(model.tokenizer, m.prompt, m.tokens, question, model.limits);
     const promptTokens = prompt.prefix.length + N + prompt.suffix.length;
     span.setAttribute(ATTR_VLM_TOKENS_IN, promptTokens);
@@ -122,81 +163,102 @@ export async function generate(
     const P = prompt.prefix.length;
     // In the embedding graph's dtype: visual rows from the hop already are (a caller's float32 rows on a float16 bundle are converted once here).
     const embeds = concatRows([sliceRows(text, 0, P), rowsIn(visual.embeds, text.dtype), sliceRows(text, P, text.dims[0] - P)]);
-    let image: Span = { start: prompt.imageStart, length: N };
-    const state: Record<string, unknown> = {};
+    const seq: Sequence = { image: { start: prompt.imageStart, length: N }, positions: range(embeds.dims[0]), state: {} };
     if (ctx.tap) ctx.tap('language/input:embeds', batched(rowsMatrix(embeds)));
     if (reducer.prepare) {
       let values: Matrix | undefined;
       // Decoded to float32 only for a method that reads the embeddings (SparseVLM's raters).
-      reducer.prepare({ get embeds() { return (values ??= rowsMatrix(embeds)); }, image }, schedule, options, state);
+      reducer.prepare({ get embeds() { return (values ??= rowsMatrix(embeds)); }, image: seq.image }, schedule, options, seq.state);
     }
     runner.setHidden(embeds);
-    let positions = range(embeds.dims[0]);
-
-    const applyStep = async (step: LanguageStep, layer: number): Promise<void> => {
-      checkContinue(ctx);
-      await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: image.length }, async (reduceSpan) => {
-        const scores = await runner.scores(layer, schedule.needs);
-        if (schedule.needs.length) flops.overhead += languageScoresFlops(arch, positions.length, positions.length);
-        // The hidden state is decoded to float32 only for a method that reads it (SparseVLM's clustering).
-        const out = reducer.reduce({ step, get hidden() { return runner.hiddenMatrix(); }, ...scores, image, state }, schedule, options);
-        runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
-        // A schedule's counts are what its budget and FLOPs promise; only a data-dependent one measures instead.
-        if (!schedule.dataDependent && out.image.length !== step.tokensOut) {
-          throw new VlmError('INTERNAL', `language method ${schedule.method} left ${out.image.length} visual tokens at layer ${layer}; its schedule says ${step.tokensOut}`);
-        }
-        const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
-        const rows = runner.tokens;
-        if (kept) {
-          const next = new Int32Array(rows);
-          next.set(positions.subarray(0, out.span.start), 0);
-          next.set(kept, out.span.start);
-          next.set(positions.subarray(out.span.start + out.span.length), out.span.start + kept.length);
-          positions = next;
-        } else positions = range(rows);
-        image = out.image;
-        reduceSpan.setAttribute(ATTR_VLM_TOKENS_OUT, image.length);
-      });
-    };
 
     for (let layer = 0; layer < arch.num_layers; layer++) {
       checkContinue(ctx);
-      const T = positions.length;
-      perLayerVisualTokens.push(image.length);
+      const T = seq.positions.length;
+      perLayerVisualTokens.push(seq.image.length);
       await withSpan(SpanName.PrefillLayer, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: T }, async (layerSpan) => {
-        await runner.attn(layer, positions);
+        await runner.attn(layer, seq.positions);
         flops.prefill += languageAttnFlops(arch, T, T);
-        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-attn') await applyStep(step, layer);
+        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-attn') await applyStep(run, runner, seq, step, layer);
         await runner.mlp(layer);
-        flops.prefill += languageMlpFlops(arch, positions.length);
-        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-layer') await applyStep(step, layer);
-        layerSpan.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
+        flops.prefill += languageMlpFlops(arch, seq.positions.length);
+        for (const step of schedule.steps) if (step.layer === layer && step.at === 'after-layer') await applyStep(run, runner, seq, step, layer);
+        layerSpan.setAttribute(ATTR_VLM_TOKENS_OUT, seq.positions.length);
       });
     }
     flops.prefill += headFlops(arch, 1);
-    span.setAttribute(ATTR_VLM_TOKENS_OUT, positions.length);
+    span.setAttribute(ATTR_VLM_TOKENS_OUT, seq.positions.length);
     span.setAttribute(ATTR_VLM_FLOPS, flops.prefill + flops.overhead);
     span.setAttribute(ATTR_VLM_REDUCTION_ACHIEVED, mean(perLayerVisualTokens));
     return { runner, promptTokens, firstLogits: await runner.headLast() };
   });
-  let logits = firstLogits;
-  const prefillMs = performance.now() - t0;
+}
 
-  // ---- decode ----
-  t0 = performance.now();
+/** The prefill sequence as the language method's steps leave it. */
+interface Sequence {
+  /** Where the visual rows are in the current sequence. */
+  image: Span;
+  /** Each row's position (PositionRule: renumbered, or kept from the prompt). */
+  positions: Int32Array;
+  /** The method's per-request state (prepare, then each step). */
+  readonly state: Record<string, unknown>;
+}
+
+/** One step of the language method at `layer`: scores, the method's combination, the rows and positions after it. */
+async function applyStep(run: LanguageRun, runner: LanguageStageRunner, seq: Sequence, step: LanguageStep, layer: number): Promise<void> {
+  const { schedule, reducer, options, attrs, ctx, flops } = run;
+  checkContinue(ctx);
+  await withSpan(SpanName.Reduce, { ...attrs, [ATTR_VLM_LAYER]: layer, [ATTR_VLM_TOKENS_IN]: seq.image.length }, async (reduceSpan) => {
+    const positions = seq.positions;
+    const scores = await runner.scores(layer, schedule.needs);
+    if (schedule.needs.length) flops.overhead += languageScoresFlops(run.model.manifest.language, positions.length, positions.length);
+    // The hidden state is decoded to float32 only for a method that reads it (SparseVLM's clustering).
+    const out = reducer.reduce({ step, get hidden() { return runner.hiddenMatrix(); }, ...scores, image: seq.image, state: seq.state }, schedule, options);
+    runner.combineSpan(out.span, out.combine, `language method ${schedule.method} at layer ${layer}`);
+    // A schedule's counts are what its budget and FLOPs promise; only a data-dependent one measures instead.
+    if (!schedule.dataDependent && out.image.length !== step.tokensOut) {
+      throw new VlmError('INTERNAL', `language method ${schedule.method} left ${out.image.length} visual tokens at layer ${layer}; its schedule says ${step.tokensOut}`);
+    }
+    const kept = schedule.positions === 'keep' ? firstSourceValues(positions.subarray(out.span.start, out.span.start + out.span.length), out.combine, (n) => new Int32Array(n)) : undefined;
+    const rows = runner.tokens;
+    if (kept) {
+      const next = new Int32Array(rows);
+      next.set(positions.subarray(0, out.span.start), 0);
+      next.set(kept, out.span.start);
+      next.set(positions.subarray(out.span.start + out.span.length), out.span.start + kept.length);
+      seq.positions = next;
+    } else seq.positions = range(rows);
+    seq.image = out.image;
+    reduceSpan.setAttribute(ATTR_VLM_TOKENS_OUT, seq.image.length);
+  });
+}
+
+/** Decode: sample, stream the text, feed the token back through every layer, until a stop or max_tokens. */
+async function decode(
+  run: LanguageRun,
+  runner: LanguageStageRunner,
+  firstLogits: Float32Array,
+  promptTokens: number,
+  sampling: SamplingParams,
+  onDelta: OnDelta | undefined,
+): Promise<{ text: string; ids: number[]; finishReason: FinishReason; steps: number; firstSampledMs: number }> {
+  const { model, schedule, attrs, ctx, flops } = run;
+  const arch = model.manifest.language;
+  const t0 = performance.now();
   const sampler = new Sampler(sampling);
-  const stop = new Set(m.tokens.stop_ids);
+  const stop = new Set(model.manifest.tokens.stop_ids);
   const decoder = new DeltaDecoder(model.tokenizer);
   const ids: number[] = [];
-  let firstToken = 0;
-  let decodeSteps = 0;
+  let logits = firstLogits;
+  let firstSampledMs = 0;
+  let steps = 0;
   let finishReason: FinishReason = 'length';
   const withContent = ctx.captureContent === true;
   await withSpan(SpanName.Decode, attrs, async (span) => {
     for (let step = 0; ; step++) {
       checkContinue(ctx);
       const id = sampler.next(logits);
-      if (step === 0) firstToken = prefillMs + performance.now() - t0;
+      if (step === 0) firstSampledMs = performance.now() - t0;
       if (stop.has(id)) {
         finishReason = 'stop';
         break;
@@ -218,7 +280,7 @@ export async function generate(
       }
       logits = await runner.headLast();
       flops.decode += headFlops(arch, 1);
-      decodeSteps++;
+      steps++;
     }
     const rest = decoder.flush();
     if (rest) onDelta?.(rest, undefined);
@@ -226,20 +288,7 @@ export async function generate(
     span.setAttribute(ATTR_VLM_FINISH_REASON, finishReason);
     span.setAttribute(ATTR_VLM_FLOPS, flops.decode);
   });
-
-  return {
-    text: decoder.text,
-    tokenIds: ids,
-    finishReason,
-    promptTokens,
-    visualTokensIn: N,
-    schedule,
-    perLayerVisualTokens,
-    achievedBudget: mean(perLayerVisualTokens),
-    flops,
-    timingsMs: { prefill: prefillMs, firstToken, decode: performance.now() - t0 },
-    decodeSteps,
-  };
+  return { text: decoder.text, ids, finishReason, steps, firstSampledMs };
 }
 
 function mean(xs: readonly number[]): number {
