@@ -186,7 +186,9 @@ describe('the service pair on loopback', () => {
       maxTokensLimit: 256,
       maxPositions: core.manifest.language.max_positions,
       padsToSquare: false, // the random bundle squashes its images
+      defaultDeadlineMs: limits.deadlineMs,
     });
+    expect(limits.deadlineMs).toBeGreaterThan(0);
     const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);
     expect(param('vision', 'ficoco-v', 'lambda')).toMatchObject({ type: 'number', min: 0, max: 1, choices: [], defaultValue: { kind: { $case: 'number', number: 0.35 } }, defaultRule: '' });
     expect(param('vision', 'ficoco-v', 'start_layer')).toMatchObject({ type: 'integer', min: 0, max: undefined, defaultValue: undefined });
