@@ -126,12 +126,14 @@ describe('method parameter declarations', () => {
   // GetModelInfo advertises these defaults; a client sending one must get what leaving it unset gets.
   const withDefaults = (kind: string, name: string, specs: ParamSpecs, exercise: (options: MethodOptions, budget: number | null) => unknown[]) => {
     for (const [param, spec] of Object.entries(specs)) {
-      const d = spec.default;
-      if (typeof d === 'object') {
-        it(`${kind} ${name}: ${param}'s default is a rule, stated (${d.rule})`, () => expect(d.rule.length).toBeGreaterThan(10));
+      const advertised = spec.default;
+      if (typeof advertised === 'object' && 'rule' in advertised) {
+        it(`${kind} ${name}: ${param}'s default is a rule, stated (${advertised.rule})`, () => expect(advertised.rule.length).toBeGreaterThan(10));
         continue;
       }
-      it(`${kind} ${name}: sending ${param} = its advertised default ${JSON.stringify(d)} decides exactly as leaving it unset`, () => {
+      const d = typeof advertised === 'object' ? advertised.value : advertised;
+      const onlyWith = typeof advertised === 'object' ? advertised.onlyWith : null;
+      it(`${kind} ${name}: sending ${param} = its advertised default ${JSON.stringify(d)} decides exactly as leaving it unset${onlyWith ? ` (with ${onlyWith})` : ''}`, () => {
         if (spec.type === 'text') expect(spec.values).toContain(d);
         else {
           expect(typeof d).toBe('number');
@@ -153,8 +155,12 @@ describe('method parameter declarations', () => {
           for (const values of variants(Object.fromEntries(Object.entries(specs).filter(([n]) => n !== param)))) {
             for (const budget of BUDGETS) {
               const sent = outcome({ mode, params: { ...values, [param]: d }, seed: 1 }, budget);
-              // A name that applies only beside another value (sparsevlm's scale under v1) is refused elsewhere.
-              if (typeof sent === 'string' && sent.startsWith(`policy.params[${param}]`)) continue;
+              // Only a default advertised as conditional may be refused when sent: under another value of its switch.
+              if (typeof sent === 'string' && sent.startsWith(`policy.params[${param}]`)) {
+                expect(onlyWith, sent).not.toBeNull();
+                expect(Object.entries(values).map(([k, v]) => `${k} ${String(v)}`)).not.toContain(onlyWith);
+                continue;
+              }
               const unset = outcome({ mode, params: values, seed: 1 }, budget);
               expect(sent).toEqual(unset);
               if (typeof unset !== 'string') compared++;

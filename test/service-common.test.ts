@@ -366,6 +366,27 @@ describe('bearer-token authentication', () => {
     }
   });
 
+  it("rates an INTERNAL that grpc-js sends for what the client sent (a malformed grpc-timeout), as a refusal, not as the service's fault", async () => {
+    const lines: LogLine[] = [];
+    const open = startServer({ log: recordingLogger(lines, 'vision') });
+    const session = connect(`http://127.0.0.1:${await open.listen('127.0.0.1', 0)}`);
+    session.on('error', () => undefined); // the server's stop ends the session
+    try {
+      const calls = 3 * ACCESS_LOG_REFUSALS_PER_SECOND;
+      const statuses = await Promise.all(Array.from({ length: calls }, () => rawCall(session, '/vlm.v1.VisionService/GetModelInfo', { headers: { 'grpc-timeout': 'bogus' } }).status));
+      expect(statuses.every((s) => s.code === GrpcCode.INTERNAL)).toBe(true);
+      const access = () => lines.filter((l) => l.component === 'vision.access' && l['code'] === 'INTERNAL');
+      await eventually(() => access().length > 0);
+      await sleep(200); // each line is written as grpc-js reports its stream closed
+      expect(access().every((l) => l.level === 'info')).toBe(true);
+      // Within two one-second windows, whatever the timing: all 60 were written before.
+      expect(access().length).toBeLessThanOrEqual(2 * ACCESS_LOG_REFUSALS_PER_SECOND);
+    } finally {
+      session.close();
+      await open.stop();
+    }
+  });
+
   it('accepts the right token and leaves health checks open to probes', async () => {
     const ok = await collect(encode(client, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }));
     expect(ok.error).toBeNull();
@@ -420,11 +441,14 @@ describe('places shared by peers (health Watch streams)', () => {
     expect(places.take('h')).toBe('total');
   });
 
-  it("name one client host by grpc-js's peer, whatever its port", () => {
+  it("name one client address by grpc-js's peer, whatever its port, an IPv4 client of a dual-stack listener by its IPv4 address", () => {
     expect(peerHost('10.0.0.7:51234')).toBe('10.0.0.7');
-    expect(peerHost('::ffff:10.0.0.7:51234')).toBe('::ffff:10.0.0.7');
+    expect(peerHost('::ffff:10.0.0.7:51234')).toBe('10.0.0.7');
+    expect(peerHost('::FFFF:10.0.0.7:51234')).toBe('10.0.0.7');
+    expect(peerHost('::1:52896')).toBe('::1');
+    expect(peerHost('fd00::7:1a2b:443')).toBe('fd00::7:1a2b');
     expect(peerHost('[fd00::1]:443')).toBe('fd00::1');
-    expect(peerHost('unix:/run/vlm.sock')).toBe('unix:/run/vlm.sock');
+    expect(peerHost('unknown')).toBe('unknown'); // grpc-js's peer of a socket without an address
   });
 });
 

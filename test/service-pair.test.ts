@@ -196,8 +196,10 @@ describe('the service pair on loopback', () => {
     expect(param('vision', 'random', 'start_layer')).toBeDefined();
     expect(param('language', 'sparsevlm', 'version')).toMatchObject({ type: 'text', choices: ['v1', 'v1.5'], defaultValue: { kind: { $case: 'text', text: 'v1.5' } } });
     expect(param('', '', 'vision_tokens')).toMatchObject({ type: 'integer', min: 1, defaultValue: undefined });
-    // Every parameter says what leaving it unset gets: a value or the rule, never neither or both.
-    for (const p of info.methodParams) expect(`${p.method}.${p.name}: ${p.defaultValue === undefined ? 'rule' : 'value'}`).toBe(`${p.method}.${p.name}: ${p.defaultRule ? 'rule' : 'value'}`);
+    // A default read only beside another parameter's value says which.
+    expect(param('language', 'sparsevlm', 'scale')).toMatchObject({ defaultValue: { kind: { $case: 'number', number: 13.5 } }, defaultRule: 'read only with version v1; refused otherwise' });
+    // Every parameter says what leaving it unset gets: a value, or else the rule that picks it.
+    for (const p of info.methodParams) expect(`${p.method}.${p.name}: ${p.defaultValue !== undefined || p.defaultRule.length > 0}`).toBe(`${p.method}.${p.name}: true`);
     // What GetModelInfo lists is what validation accepts: an unlisted name is refused.
     expect(info.methodParams.filter((p) => p.method === 'tome')).toEqual([]);
     const refused = await ask(client, request(image, { policy: { visionMethod: 'tome', params: { grid: { kind: { $case: 'number', number: 4 } } } } }));

@@ -116,7 +116,7 @@ describe('health checks, which need no token', () => {
       stream.once('data', () => resolve('open'));
       stream.once('error', (err: ServiceError) => resolve(`${GrpcCode[err.code]}: ${err.details}`));
     });
-    // Listening on every address, so one host reaches it as two peers: 127.0.0.1 (IPv4-mapped) and ::1.
+    // Listening on every address, so one host reaches it from two addresses: 127.0.0.1 and ::1.
     const dual = startServer();
     const port = await dual.listen('::', 0);
     dual.setServing(true);

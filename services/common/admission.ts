@@ -95,9 +95,15 @@ export class SharedPlaces {
   }
 }
 
-/** The address part of grpc-js's peer ("10.0.0.7:51234", "::ffff:10.0.0.7:51234"): one client host, whatever its ports. */
+/**
+ * The address of grpc-js's peer ("10.0.0.7:51234", "::1:51234": always with the port over TCP, and
+ * "unknown" without an address), whatever its port; an IPv4 client reaching a dual-stack listener
+ * ("::ffff:10.0.0.7") is the IPv4 address. IPv6 clients are told apart by their whole address, not a
+ * prefix: pods of one node may share a /64, and one share for all of them would refuse honest ones.
+ */
 export function peerHost(peer: string): string {
-  return peer.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  const address = peer.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
 }
 
 /** One call's place among `Places`, optionally with a timer for how long it may be held; given back once. */

@@ -124,13 +124,14 @@ export function requestIdInterceptor(): ServerInterceptor {
   };
 }
 
-/** Access-log lines per second for each status code of calls refused or failed (OK and INTERNAL always). */
+/** Access-log lines per second for each status code of calls that did not succeed (see accessLogInterceptor). */
 export const ACCESS_LOG_REFUSALS_PER_SECOND = 20;
 
 /**
- * One structured line per finished call; health checks are logged at debug level only. Past
- * ACCESS_LOG_REFUSALS_PER_SECOND calls of one status code (other than OK, INTERNAL and UNKNOWN: what
- * a flood of refusals cannot be) a second, lines are left out and counted in the next one's `skipped`.
+ * One structured line per finished call; health checks are logged at debug level only. Every OK call
+ * and every fault of the service (INTERNAL, UNKNOWN from a handler) is written; of the other statuses,
+ * which a client can cause as fast as it can send, at most ACCESS_LOG_REFUSALS_PER_SECOND lines of a
+ * code a second, the rest counted in the next written line's `skipped`.
  */
 export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND)): ServerInterceptor {
   return (method, call) => {
@@ -156,9 +157,10 @@ export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG
         ...(code === GrpcCode.OK ? {} : { details }),
       };
       if (method.path.startsWith(HEALTH_PATH_PREFIX)) return log.debug('call', fields);
-      const fault = code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN;
-      if (!transport && fault) return log.warn('call', fields);
-      if (code === GrpcCode.OK || fault) return log.info('call', fields);
+      // The service's own faults are always written; a status grpc-js sent for what the client sent
+      // (a malformed grpc-timeout is INTERNAL) is the client's, and rated like any refusal.
+      if (!transport && (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN)) return log.warn('call', fields);
+      if (code === GrpcCode.OK) return log.info('call', fields);
       const skipped = rate.admit(codeName);
       if (skipped !== null) log.info('call', skipped > 0 ? { ...fields, skipped } : fields);
     };

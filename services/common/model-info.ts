@@ -28,7 +28,8 @@ export interface Placement extends AdvertisedLimits {
 }
 
 function defaultOf(d: ParamDefault): Pick<MethodParam, 'defaultValue' | 'defaultRule'> {
-  return typeof d === 'object' ? { defaultValue: undefined, defaultRule: d.rule } : { defaultValue: paramValueToWire(d), defaultRule: '' };
+  if (typeof d !== 'object') return { defaultValue: paramValueToWire(d), defaultRule: '' };
+  return 'rule' in d ? { defaultValue: undefined, defaultRule: d.rule } : { defaultValue: paramValueToWire(d.value), defaultRule: `read only with ${d.onlyWith}; refused otherwise` };
 }
 
 /** Every parameter a request may set in policy.params, per method and for the budget split. */

@@ -179,8 +179,8 @@ export const sparsevlm: LanguageReducer = {
     version: { type: 'text', values: ['v1', 'v1.5'], default: DEFAULTS.version },
     // v1 only: keep = floor(rank * scale + bias).
     // Bounded so rank * scale + bias stays finite (scale 1e308 with bias -1e308 made it NaN).
-    scale: { type: 'number', min: 0, max: 10_000, default: DEFAULTS.scale },
-    bias: { type: 'number', min: -10_000, max: 10_000, default: DEFAULTS.bias },
+    scale: { type: 'number', min: 0, max: 10_000, default: { value: DEFAULTS.scale, onlyWith: 'version v1' } },
+    bias: { type: 'number', min: -10_000, max: 10_000, default: { value: DEFAULTS.bias, onlyWith: 'version v1' } },
   },
 
   feasibleRange(g: LanguageGeometry, options: MethodOptions): BudgetRange {

@@ -62,11 +62,13 @@ export type ParamSpec = (
 ) & { readonly default: ParamDefault };
 
 /**
- * What a request that leaves the parameter unset gets: a value, or, where that depends on the model's
- * anchors or on the request's budget, the rule that picks it (the resolved schedule reports the value).
- * The method reads the same constant, so GetModelInfo cannot advertise a default it does not use.
+ * What a request that leaves the parameter unset gets: a value; a value the method reads only beside
+ * another parameter's value (`onlyWith`; sent otherwise, the parameter is refused); or, where it
+ * depends on the model's anchors or on the request's budget, the rule that picks it (the resolved
+ * schedule reports the value). The method reads the same constant, so GetModelInfo cannot advertise
+ * a default it does not use.
  */
-export type ParamDefault = number | string | { readonly rule: string };
+export type ParamDefault = number | string | { readonly value: number | string; readonly onlyWith: string } | { readonly rule: string };
 
 /** Every `policy.params` name a method reads, and nothing else. */
 export type ParamSpecs = Readonly<Record<string, ParamSpec>>;
