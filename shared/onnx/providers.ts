@@ -35,6 +35,10 @@ export function sessionOptions(runtime: SessionRuntime, provider: ProviderSpec):
     graphOptimizationLevel: runtime.graphOptimization,
     executionMode: 'sequential',
     logSeverityLevel: 3,
+    // A bundle opens a session per stage (39 for the embedded model), each with its own CPU arena
+    // holding its peak activations for good; without them the embedded model's eval items ran 2.6 %
+    // faster (decode steps 11 %) with identical answers, and the memory goes back between runs.
+    ...(provider.kind === 'cpu' ? { enableCpuMemArena: false } : {}),
     // Spinning intra-op threads burn the cores other workers and requests need, and on a busy machine
     // a spinning pool slows a small model down by an order of magnitude (measured: 133 ms -> 2.5 s).
     extra: {
