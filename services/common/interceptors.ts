@@ -131,9 +131,10 @@ export const ACCESS_LOG_REFUSALS_PER_SECOND = 20;
  * One structured line per finished call; health checks are logged at debug level only. Every OK call
  * and every fault of the service (INTERNAL, UNKNOWN from a handler) is written; of the other statuses,
  * which a client can cause as fast as it can send, at most ACCESS_LOG_REFUSALS_PER_SECOND lines of a
- * code a second, the rest counted in the next written line's `skipped`.
+ * code a second, the rest counted in the next written line's `skipped`, or by the second's end in a
+ * 'calls not logged' line.
  */
-export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND)): ServerInterceptor {
+export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND, (code, skipped) => log.info('calls not logged', { code, skipped }))): ServerInterceptor {
   return (method, call) => {
     const started = performance.now();
     let requestId = '';
