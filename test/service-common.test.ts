@@ -443,6 +443,30 @@ describe('a rate of log lines', () => {
   });
 });
 
+describe('a rate of log lines, at a stop or with a failing report', () => {
+  it('reports every count not yet reported when flushed (a stop exits before the end-of-second reports)', () => {
+    const reported: Array<[string, number]> = [];
+    const rate = new LineRate(1, (kind, n) => reported.push([kind, n]), () => 0, () => {});
+    for (const kind of ['a', 'a', 'a', 'b', 'b']) rate.admit(kind);
+    rate.flush();
+    expect(reported).toEqual([['a', 2], ['b', 1]]);
+    rate.flush();
+    expect(reported).toHaveLength(2); // once only
+  });
+
+  it('keeps a count whose report threw for the next line, and does not throw from its timer', () => {
+    const timers: Array<() => void> = [];
+    let now = 0;
+    const rate = new LineRate(1, () => {
+      throw new Error('log sink gone');
+    }, () => now, (fn) => timers.push(fn));
+    expect([rate.admit('a'), rate.admit('a')]).toEqual([0, null]);
+    expect(() => timers.splice(0).forEach((fn) => fn())).not.toThrow();
+    now = 1000;
+    expect(rate.admit('a')).toBe(1); // the line written next carries the count the report could not
+  });
+});
+
 describe('places shared by peers (health Watch streams)', () => {
   it('give each key at most its share, all keys together at most the total, and forget a key with its last place', () => {
     const places = new SharedPlaces(5, 2);

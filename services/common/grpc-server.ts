@@ -23,7 +23,8 @@ import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
 import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
 import { Admission } from './admission';
-import { accessLogInterceptor, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
+import type { LineRate } from './log-rate';
+import { accessLogInterceptor, accessLogRate, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
 export interface GrpcServerOptions {
   /** Fully qualified service name, e.g. "vlm.v1.VisionService" (the health check's service key). */
@@ -80,6 +81,8 @@ const DEFAULT_REQUEST_ARRIVAL_MS = DEFAULT_DEADLINE_MS;
 export class GrpcServer {
   readonly health: HealthService;
   private readonly admission: Admission;
+  /** The access log's rate of refused calls, flushed at the stop (its report timers do not hold the exit). */
+  private readonly accessRate: LineRate;
   private readonly server: Server;
   /** Plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS); started by listenHealth(). */
   private healthServer: Server | null = null;
@@ -95,12 +98,14 @@ export class GrpcServer {
         : path.startsWith(REFLECTION_PATH_PREFIX)
           ? { ms: this.admission.reflectionLifetimeMs, from: 'headers' }
           : { ms: defaultDeadlineMs, from: 'request' };
+    const accessLog = options.log.child('access');
+    this.accessRate = accessLogRate(accessLog);
     const interceptors: ServerInterceptor[] = [
       // First: only the base call knows the request's encoding (requestEncodingInterceptor says why).
       requestEncodingInterceptor(),
       stalledCallInterceptor({ limitOf, graceMs: options.stalledStatusGraceMs, log: options.log }),
       requestIdInterceptor(),
-      accessLogInterceptor(options.log.child('access')),
+      accessLogInterceptor(accessLog, this.accessRate),
       uncompressedRequestsInterceptor(),
     ];
     if (options.clientNames?.length) interceptors.push(clientCertificateNameInterceptor(options.clientNames, options.log));
@@ -202,6 +207,7 @@ export class GrpcServer {
     }
     // Probes watched the drain as NOT_SERVING; the health port goes last.
     this.healthServer?.forceShutdown();
+    this.accessRate.flush();
     log.info('stopped', { drained, ms: Date.now() - started });
   }
 }

@@ -134,14 +134,26 @@ export const ACCESS_LOG_REFUSALS_PER_SECOND = 20;
  * code a second, the rest counted in the next written line's `skipped`, or by the second's end in a
  * 'calls not logged' line.
  */
-export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND, (code, skipped) => log.info('calls not logged', { code, skipped }))): ServerInterceptor {
+export function accessLogRate(log: Logger): LineRate {
+  return new LineRate(ACCESS_LOG_REFUSALS_PER_SECOND, (code, skipped) => log.info('calls not logged', { code, skipped }));
+}
+
+/**
+ * Statuses grpc-js sends itself for what the client sent: a malformed grpc-timeout, a request it
+ * cannot decompress or decode. Its other INTERNALs (a response it cannot serialize or write) are the
+ * service's.
+ */
+const CLIENT_CAUSED_TRANSPORT_INTERNAL = /^(Invalid grpc-timeout value|Failed to decompress message|Error deserializing request)/;
+
+export function accessLogInterceptor(log: Logger, rate = accessLogRate(log)): ServerInterceptor {
   return (method, call) => {
     const started = performance.now();
     let requestId = '';
     let received: Metadata | undefined;
     let done = false;
-    // `transport`: a status grpc-js sent itself, for what the client sent (a message past the receive
-    // limit, a malformed grpc-timeout, its deadline): never this service's own fault, so never a warning.
+    // `transport`: a status grpc-js sent itself, mostly for what the client sent (a message past the
+    // receive limit, a malformed grpc-timeout, its deadline); only an INTERNAL not of that kind
+    // (CLIENT_CAUSED_TRANSPORT_INTERNAL) is this service's fault, and a warning.
     const finish = (code: GrpcCode, details: string, transport = false): void => {
       if (done) return;
       done = true;
@@ -158,9 +170,10 @@ export function accessLogInterceptor(log: Logger, rate = new LineRate(ACCESS_LOG
         ...(code === GrpcCode.OK ? {} : { details }),
       };
       if (method.path.startsWith(HEALTH_PATH_PREFIX)) return log.debug('call', fields);
-      // The service's own faults are always written; a status grpc-js sent for what the client sent
-      // (a malformed grpc-timeout is INTERNAL) is the client's, and rated like any refusal.
-      if (!transport && (code === GrpcCode.INTERNAL || code === GrpcCode.UNKNOWN)) return log.warn('call', fields);
+      // The service's own faults are always written; an INTERNAL grpc-js sent for what the client sent
+      // (a malformed grpc-timeout) is the client's, and rated like any refusal.
+      const clientCaused = transport && CLIENT_CAUSED_TRANSPORT_INTERNAL.test(details);
+      if ((code === GrpcCode.INTERNAL && !clientCaused) || (code === GrpcCode.UNKNOWN && !transport)) return log.warn('call', fields);
       if (code === GrpcCode.OK) return log.info('call', fields);
       const skipped = rate.admit(codeName);
       if (skipped !== null) log.info('call', skipped > 0 ? { ...fields, skipped } : fields);

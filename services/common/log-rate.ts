@@ -47,12 +47,26 @@ export class LineRate {
       const entry = k;
       this.later(() => {
         entry.flushPending = false;
-        if (entry.skipped === 0) return; // a line written since carried the count
-        const n = entry.skipped;
-        entry.skipped = 0;
-        this.onSkipped(kind, n);
+        this.report(kind, entry);
       }, Math.max(0, k.start + 1000 - t));
     }
     return null;
+  }
+
+  /** Reports every count not yet reported: at a stop, whose exit the end-of-second timers do not hold. */
+  flush(): void {
+    for (const [kind, entry] of this.kinds) this.report(kind, entry);
+  }
+
+  private report(kind: string, entry: { skipped: number }): void {
+    if (entry.skipped === 0) return; // a line written since carried the count
+    const n = entry.skipped;
+    entry.skipped = 0;
+    try {
+      this.onSkipped(kind, n);
+    } catch {
+      // A timer's exception would end the process; the count waits for the next line instead.
+      entry.skipped += n;
+    }
   }
 }
