@@ -131,23 +131,20 @@ async function requestItems(modelDir: string, limit: number): Promise<Array<{ im
   return items.map((it) => ({ image: it.bytes, question: it.question }));
 }
 
-export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
-  const policies = o.policies ?? latencyPolicies(o.budget);
-  const items = await requestItems(o.config.model.dir, o.limit);
-  if (items.length === 0) throw new VlmError('FAILED_PRECONDITION', `no evaluation items in ${o.config.model.dir}/eval/items.jsonl`);
-  const spans: SpanRecord[] = [];
-  const refused: string[] = [];
-  const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: (s) => void spans.push(...s), onRejected: (status, message) => void refused.push(`${status}: ${message}`) });
-  // The trace variables themselves, not only the generic ones: a shell's own OTEL_* settings (a
-  // local Jaeger's endpoint, a console exporter, the SDK disabled) win over the generic ones in the
-  // SDK and would send the spans elsewhere, found out only after the whole run.
-  const env: NodeJS.ProcessEnv = {
-    ...o.serviceEnv,
+/**
+ * The services' environment for a run whose spans come here: the trace variables themselves, not
+ * only the generic ones. A shell's own OTEL_* settings (a local Jaeger's endpoint, a console
+ * exporter, the SDK disabled) win over the generic ones in the SDK and would send the spans
+ * elsewhere, found out only after the whole run.
+ */
+function tracedServiceEnv(serviceEnv: NodeJS.ProcessEnv, receiverUrl: string): NodeJS.ProcessEnv {
+  return {
+    ...serviceEnv,
     OTEL_SDK_DISABLED: 'false',
     OTEL_TRACES_EXPORTER: 'otlp',
-    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiverUrl,
     OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/v1/traces`,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiverUrl}/v1/traces`,
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/protobuf',
     OTEL_TRACES_SAMPLER: 'always_on',
     OTEL_METRICS_EXPORTER: 'none',
@@ -155,47 +152,107 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
     // First calls per method are a warm-up's cost, not the method's.
     VLM_EAGER_SESSIONS: 'true',
   };
-  const clientMs = new Map<string, number[]>();
-  const outputTokens = new Map<string, number[]>();
-  const infeasible = new Map<string, string>();
+}
+
+/** What the client saw, per method: latencies, output tokens, and the methods this budget cannot run. */
+interface ClientSide {
+  readonly clientMs: Map<string, number[]>;
+  readonly outputTokens: Map<string, number[]>;
+  readonly infeasible: Map<string, string>;
+}
+
+/** Starts the pair, warms each policy up once, then asks every item under every feasible policy. */
+async function askAll(o: LatencyOptions, policies: readonly LatencyPolicy[], items: ReadonlyArray<{ image: Buffer; question: string }>, env: NodeJS.ProcessEnv): Promise<ClientSide> {
+  const side: ClientSide = { clientMs: new Map(), outputTokens: new Map(), infeasible: new Map() };
+  // A 7B bundle on a GPU opens and warms every method's sessions before it reports ready: minutes.
+  const services = await startChildServices({ modelDir: o.config.model.dir, flags: o.serveFlags, env, startTimeoutMs: 600_000 });
+  const client = languageClient(`127.0.0.1:${services.languagePort}`);
   try {
-    // A 7B bundle on a GPU opens and warms every method's sessions before it reports ready: minutes.
-    const services = await startChildServices({ modelDir: o.config.model.dir, flags: o.serveFlags, env, startTimeoutMs: 600_000 });
-    const client = languageClient(`127.0.0.1:${services.languagePort}`);
-    try {
-      const ask = async (p: LatencyPolicy, item: { image: Buffer; question: string }, requestId: string) => {
-        const request: GenerateRequest = {
-          image: item.image,
-          prompt: item.question,
-          sampling: SamplingParams.fromPartial({ maxTokens: o.maxNewTokens }),
-          policy: ReductionPolicy.fromPartial(p.policy),
-          limits: undefined,
-        };
-        return generateOnce(client, request, { deadline: Date.now() + o.config.limits.deadlineMs, authToken: sentToken(o.config.rpc.auth), requestId });
+    const ask = async (p: LatencyPolicy, item: { image: Buffer; question: string }, requestId: string) => {
+      const request: GenerateRequest = {
+        image: item.image,
+        prompt: item.question,
+        sampling: SamplingParams.fromPartial({ maxTokens: o.maxNewTokens }),
+        policy: ReductionPolicy.fromPartial(p.policy),
+        limits: undefined,
       };
-      for (const p of policies) {
-        try {
-          await ask(p, items[0]!, asRequestId(`${WARM_UP_PREFIX}${p.method}`));
-        } catch (err) {
-          // A budget this model cannot give the method is a cell to mark, not a failed run.
-          if (!isInfeasibleBudget(err)) throw err;
-          infeasible.set(p.method, err.message);
-        }
+      return generateOnce(client, request, { deadline: Date.now() + o.config.limits.deadlineMs, authToken: sentToken(o.config.rpc.auth), requestId });
+    };
+    for (const p of policies) {
+      try {
+        await ask(p, items[0]!, asRequestId(`${WARM_UP_PREFIX}${p.method}`));
+      } catch (err) {
+        // A budget this model cannot give the method is a cell to mark, not a failed run.
+        if (!isInfeasibleBudget(err)) throw err;
+        side.infeasible.set(p.method, err.message);
       }
-      const feasible = policies.filter((p) => !infeasible.has(p.method));
-      // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
-      for (const [i, item] of items.entries()) {
-        for (const p of feasible) {
-          const r = await ask(p, item, asRequestId(`bench-${i}-${p.method}`));
-          (clientMs.get(p.method) ?? clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
-          (outputTokens.get(p.method) ?? outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
-        }
-        o.onProgress?.(`${i + 1}/${items.length} items under ${policies.length} policies`);
-      }
-    } finally {
-      client.close();
-      await services.stop();
     }
+    const feasible = policies.filter((p) => !side.infeasible.has(p.method));
+    // Policies interleaved per item: a drift in the machine's speed reaches every method alike.
+    for (const [i, item] of items.entries()) {
+      for (const p of feasible) {
+        const r = await ask(p, item, asRequestId(`bench-${i}-${p.method}`));
+        (side.clientMs.get(p.method) ?? side.clientMs.set(p.method, []).get(p.method)!).push(r.latencyMs);
+        (side.outputTokens.get(p.method) ?? side.outputTokens.set(p.method, []).get(p.method)!).push(r.final.tokens?.generated ?? 0);
+      }
+      o.onProgress?.(`${i + 1}/${items.length} items under ${policies.length} policies`);
+    }
+  } finally {
+    client.close();
+    await services.stop();
+  }
+  return side;
+}
+
+/** One policy's row from its traces, which must cover every request it sent. */
+function latencyRow(p: LatencyPolicy, report: ReturnType<typeof analyseTraces>['report'], side: ClientSide, budget: string, refused: readonly string[]): LatencyRow | InfeasibleRow {
+  const reason = side.infeasible.get(p.method);
+  if (reason !== undefined) return { method: p.method, infeasible: reason };
+  const { method } = p;
+  // The unreduced request sets no budget; every other one carries the run's.
+  const group = report.groups.find((g) => g.method === method && (method === 'none' || g.budget === budget));
+  const sent = side.clientMs.get(p.method)?.length ?? 0;
+  // Figures from some of the requests, or without one service's spans, would read as a faster method.
+  if (!group || group.traces !== sent) {
+    throw new VlmError('DATA_LOSS', `${group?.traces ?? 0} traces of ${p.method} arrived for ${sent} requests${refused.length ? `; the receiver refused exports: ${refused.join('; ')}` : ''}`);
+  }
+  const mean = (service: string, name: string): number => {
+    const value = group.stageMean[`${service} ${name}`];
+    if (value === undefined) throw new VlmError('DATA_LOSS', `the traces of ${p.method} have no ${service} ${name} spans`);
+    return round(value);
+  };
+  const tokens = side.outputTokens.get(p.method) ?? [];
+  return {
+    method,
+    budget: method === 'none' ? 'full' : budget,
+    requests: group.traces,
+    endToEnd: group.endToEnd,
+    client: summarise(side.clientMs.get(p.method) ?? []),
+    stages: {
+      visionRequest: mean(SERVICE_VISION, SpanName.Request),
+      preprocess: mean(SERVICE_VISION, SpanName.Preprocess),
+      tower: mean(SERVICE_VISION, SpanName.VisionEmbed),
+      project: mean(SERVICE_VISION, SpanName.Project),
+      streamReceive: mean(SERVICE_LANGUAGE, SpanName.StreamReceive),
+      prefill: mean(SERVICE_LANGUAGE, SpanName.Prefill),
+      decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
+      queue: round(mean(SERVICE_VISION, SpanName.Queue) + mean(SERVICE_LANGUAGE, SpanName.Queue)),
+    },
+    reduce: { vision: reduceSteps(group, SERVICE_VISION), language: reduceSteps(group, SERVICE_LANGUAGE) },
+    outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
+  };
+}
+
+export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
+  const policies = o.policies ?? latencyPolicies(o.budget);
+  const items = await requestItems(o.config.model.dir, o.limit);
+  if (items.length === 0) throw new VlmError('FAILED_PRECONDITION', `no evaluation items in ${o.config.model.dir}/eval/items.jsonl`);
+  const spans: SpanRecord[] = [];
+  const refused: string[] = [];
+  const receiver = await startTraceReceiver({ port: 0, host: '127.0.0.1', onSpans: (s) => void spans.push(...s), onRejected: (status, message) => void refused.push(`${status}: ${message}`) });
+  let side: ClientSide;
+  try {
+    side = await askAll(o, policies, items, tracedServiceEnv(o.serviceEnv, receiver.url));
   } finally {
     await receiver.close();
   }
@@ -206,45 +263,8 @@ export async function runLatency(o: LatencyOptions): Promise<LatencyResult> {
   const providers = [...new Set(measured.flatMap((s) => (s.attributes[ATTR_VLM_PROVIDER] === undefined ? [] : [`${s.service}: ${String(s.attributes[ATTR_VLM_PROVIDER])}`])))].sort();
   const { report } = analyseTraces(measured);
   const budget = String(budgetAttribute(o.budget));
-  const rows = policies.map((p): LatencyRow | InfeasibleRow => {
-    const reason = infeasible.get(p.method);
-    if (reason !== undefined) return { method: p.method, infeasible: reason };
-    const { method } = p;
-    // The unreduced request sets no budget; every other one carries the run's.
-    const group = report.groups.find((g) => g.method === method && (method === 'none' || g.budget === budget));
-    const sent = clientMs.get(p.method)?.length ?? 0;
-    // Figures from some of the requests, or without one service's spans, would read as a faster method.
-    if (!group || group.traces !== sent) {
-      throw new VlmError('DATA_LOSS', `${group?.traces ?? 0} traces of ${p.method} arrived for ${sent} requests${refused.length ? `; the receiver refused exports: ${refused.join('; ')}` : ''}`);
-    }
-    const mean = (service: string, name: string): number => {
-      const value = group.stageMean[`${service} ${name}`];
-      if (value === undefined) throw new VlmError('DATA_LOSS', `the traces of ${p.method} have no ${service} ${name} spans`);
-      return round(value);
-    };
-    const tokens = outputTokens.get(p.method) ?? [];
-    return {
-      method,
-      budget: method === 'none' ? 'full' : budget,
-      requests: group.traces,
-      endToEnd: group.endToEnd,
-      client: summarise(clientMs.get(p.method) ?? []),
-      stages: {
-        visionRequest: mean(SERVICE_VISION, SpanName.Request),
-        preprocess: mean(SERVICE_VISION, SpanName.Preprocess),
-        tower: mean(SERVICE_VISION, SpanName.VisionEmbed),
-        project: mean(SERVICE_VISION, SpanName.Project),
-        streamReceive: mean(SERVICE_LANGUAGE, SpanName.StreamReceive),
-        prefill: mean(SERVICE_LANGUAGE, SpanName.Prefill),
-        decode: mean(SERVICE_LANGUAGE, SpanName.Decode),
-        queue: round(mean(SERVICE_VISION, SpanName.Queue) + mean(SERVICE_LANGUAGE, SpanName.Queue)),
-      },
-      reduce: { vision: reduceSteps(group, SERVICE_VISION), language: reduceSteps(group, SERVICE_LANGUAGE) },
-      outputTokens: tokens.length ? round(tokens.reduce((a, b) => a + b, 0) / tokens.length) : 0,
-    };
-  });
   return {
-    rows,
+    rows: policies.map((p) => latencyRow(p, report, side, budget, refused)),
     settings: {
       model: path.relative(packageRoot(), o.config.model.dir) || o.config.model.dir,
       budget,
