@@ -3,15 +3,9 @@
  * share, the drain) and the bounds on what health and reflection calls, which need no token, can hold.
  * One instance per server, installed by grpc-server.ts among the interceptors (interceptors.ts).
  */
-import {
-  ResponderBuilder,
-  ServerInterceptingCall,
-  ServerListenerBuilder,
-  type ServerInterceptingCallInterface,
-  type ServerInterceptor,
-} from '@grpc/grpc-js';
+import { ServerListenerBuilder, type ServerInterceptingCall, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
-import { CALLER_KEY, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, isServiceInfrastructure, listening, onRequestArrived, reject } from './interceptors';
+import { CALLER_KEY, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, endingWith, isServiceInfrastructure, listening, onRequestArrived, reject } from './interceptors';
 
 /** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
 const IN_FLIGHT_RETRY_MS = 1000;
@@ -60,10 +54,36 @@ class Places {
   }
 }
 
+/** A count per key; a key leaves the map with its last unit, so the map holds only keys counting. */
+class CountsByKey {
+  private readonly counts = new Map<string, number>();
+
+  get(key: string): number {
+    return this.counts.get(key) ?? 0;
+  }
+
+  add(key: string): void {
+    this.counts.set(key, this.get(key) + 1);
+  }
+
+  /** False, changing nothing, when the key counts none. */
+  remove(key: string): boolean {
+    const held = this.get(key);
+    if (held === 0) return false;
+    if (held === 1) this.counts.delete(key);
+    else this.counts.set(key, held - 1);
+    return true;
+  }
+
+  get size(): number {
+    return this.counts.size;
+  }
+}
+
 /** Places under a total and a share per key (a peer address); a key leaves the map with its last place. */
 export class SharedPlaces {
   private readonly total: Places;
-  private readonly byKey = new Map<string, number>();
+  private readonly byKey = new CountsByKey();
 
   constructor(
     total: number,
@@ -74,19 +94,14 @@ export class SharedPlaces {
 
   /** Why no place is free for `key` ('total' or 'share'), or null once one is taken. */
   take(key: string): 'total' | 'share' | null {
-    const held = this.byKey.get(key) ?? 0;
-    if (held >= this.perKey) return 'share';
+    if (this.byKey.get(key) >= this.perKey) return 'share';
     if (!this.total.take()) return 'total';
-    this.byKey.set(key, held + 1);
+    this.byKey.add(key);
     return null;
   }
 
   give(key: string): void {
-    const held = this.byKey.get(key) ?? 0;
-    if (held === 0) return;
-    this.total.give();
-    if (held === 1) this.byKey.delete(key);
-    else this.byKey.set(key, held - 1);
+    if (this.byKey.remove(key)) this.total.give();
   }
 
   /** Keys holding a place: what the map keeps. */
@@ -152,7 +167,7 @@ class HeldPlace {
 export class Admission {
   private inFlight = 0;
   /** Calls in flight by named caller; a caller leaves when its last call ends. */
-  private readonly byCaller = new Map<string, number>();
+  private readonly byCaller = new CountsByKey();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
   /** Health calls whose request message is still arriving (infrastructureCall). */
@@ -190,7 +205,7 @@ export class Admission {
       return queueFull(`this replica is at its limit of ${this.maxInFlight} calls in flight (--max-inflight-calls); retry later`);
     }
     if (caller === '' || this.inFlight < this.maxInFlight - this.reservedInFlight) return null;
-    const held = this.byCaller.get(caller) ?? 0;
+    const held = this.byCaller.get(caller);
     // A caller holding nothing is below any share; one holding calls is among byCaller already.
     const share = Math.max(1, Math.floor(this.maxInFlight / (this.byCaller.size + 1)));
     if (held < share) return null;
@@ -300,11 +315,7 @@ export class Admission {
         counted = false;
         this.unread.delete(call);
         this.inFlight--;
-        if (caller !== '') {
-          const left = (this.byCaller.get(caller) ?? 1) - 1;
-          if (left > 0) this.byCaller.set(caller, left);
-          else this.byCaller.delete(caller);
-        }
+        if (caller !== '') this.byCaller.remove(caller);
         if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
       };
       const admitting = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
@@ -326,21 +337,11 @@ export class Admission {
         });
         if (typeof named === 'string' && named !== '') {
           caller = named;
-          this.byCaller.set(caller, (this.byCaller.get(caller) ?? 0) + 1);
+          this.byCaller.add(caller);
         }
         next(metadata);
       });
-      const listener = onRequestArrived(admitting, method, () => this.unread.delete(call))
-        .withOnCancel(release)
-        .build();
-      const responder = new ResponderBuilder()
-        .withStart((next) => next(listener))
-        .withSendStatus((status, next) => {
-          release();
-          next(status);
-        })
-        .build();
-      return new ServerInterceptingCall(call, responder);
+      return endingWith(call, onRequestArrived(admitting, method, () => this.unread.delete(call)), release);
     };
   }
 }

@@ -75,6 +75,22 @@ export function onRequestArrived(builder: ServerListenerBuilder, method: { reado
     });
 }
 
+/**
+ * A call intercepted by `listener` that runs `ended` when its status goes out and when it is
+ * cancelled: either may come without the other, and both may come, so `ended` must bear a second call.
+ */
+export function endingWith(call: ServerInterceptingCallInterface, listener: ServerListenerBuilder, ended: () => void): ServerInterceptingCall {
+  const built = listener.withOnCancel(ended).build();
+  const responder = new ResponderBuilder()
+    .withStart((next) => next(built))
+    .withSendStatus((status, next) => {
+      ended();
+      next(status);
+    })
+    .build();
+  return new ServerInterceptingCall(call, responder);
+}
+
 /** A call whose only interception is `listener` (metadata, messages); its responses pass untouched. */
 export function listening(call: ServerInterceptingCallInterface, listener: ServerListener): ServerInterceptingCall {
   return new ServerInterceptingCall(call, new ResponderBuilder().withStart((next) => next(listener)).build());
@@ -276,17 +292,8 @@ export function requestArrivalInterceptor(waitMs: number): ServerInterceptor {
       }),
       method,
       stop,
-    )
-      .withOnCancel(stop)
-      .build();
-    const responder = new ResponderBuilder()
-      .withStart((next) => next(listener))
-      .withSendStatus((status, next) => {
-        stop();
-        next(status);
-      })
-      .build();
-    return new ServerInterceptingCall(call, responder);
+    );
+    return endingWith(call, listener, stop);
   };
 }
 
