@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import { headFlops, languageAttnFlops, languageMlpFlops, macs, projectorFlops, totalFlops, visionAttnFlops, visionMlpFlops } from '../shared/flops';
 import { languageScoresFlops } from '../shared/flops/flops';
@@ -41,62 +41,57 @@ describe('analytic FLOPs', () => {
   });
 });
 
-describe("the engine's FLOPs after a cut (random bundle, FastV at 50 %)", () => {
+describe("the engine's FLOPs after a cut (random bundle, 50 % budgets)", () => {
+  let model: Awaited<ReturnType<typeof loadTestModel>>;
+  beforeAll(async () => {
+    model = await loadTestModel({ dir: RANDOM_BUNDLE });
+  });
+  afterAll(async () => {
+    if (model) await disposeModel(model);
+  });
+
+  /** A greedy answer under `language` at 50 %, with the prompt's text-token count and the visual tokens per layer. */
+  async function answer(language: 'fastv' | 'ficoco-l', background: { r: number; g: number; b: number }, maxNewTokens: number) {
+    const image = await sharp({ create: { width: 40, height: 32, channels: 3, background } }).png().toBuffer();
+    const p = policy({ language, budget: { percent: 50 } });
+    const enc = await encodeImage(model, image, p);
+    const r = await generate(model, enc, 'what color is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens }, p);
+    return { r, arch: model.manifest.language, text: r.promptTokens - enc.embeds.dims[0], perLayer: r.perLayerVisualTokens };
+  }
+
   it('counts each prefill layer at the tokens it ran, the scores graph once at the cut, and decode over the shortened caches', async () => {
-    const model = await loadTestModel({ dir: RANDOM_BUNDLE });
-    try {
-      const image = await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: 200, g: 60, b: 90 } } }).png().toBuffer();
-      const p = policy({ language: 'fastv', budget: { percent: 50 } });
-      const enc = await encodeImage(model, image, p);
-      const r = await generate(model, enc, 'what color is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 3 }, p);
-      const arch = model.manifest.language;
-      const text = r.promptTokens - enc.embeds.dims[0];
-      const perLayer = r.perLayerVisualTokens;
-      const cut = perLayer.findIndex((v, i) => i > 0 && v < perLayer[i - 1]!);
-      expect(cut).toBeGreaterThan(0); // one cut, before layer `cut`, after layer cut - 1
-      // Prefill: layer l attends and runs its MLP over the text plus the visual tokens it received.
-      let prefill = headFlops(arch, 1); // the first token's logits
-      for (const v of perLayer) prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + v);
-      expect(r.flops.prefill).toBe(prefill);
-      // FastV's one step reads the scores graph of layer cut - 1, over the tokens that layer ran.
-      expect(r.flops.overhead).toBe(languageScoresFlops(arch, text + perLayer[cut - 1]!, text + perLayer[cut - 1]!));
-      // Decode: each fed-back token attends over every layer's cache, as long as that layer kept.
-      // (the last token is sampled, never fed back)
-      const steps = r.tokenIds.length - 1;
-      expect(steps).toBeGreaterThan(0);
-      let decode = headFlops(arch, 1) * steps;
-      for (let s = 0; s < steps; s++) for (const v of perLayer) decode += languageAttnFlops(arch, 1, text + v + s + 1) + languageMlpFlops(arch, 1);
-      expect(r.flops.decode).toBe(decode);
-    } finally {
-      await disposeModel(model);
-    }
+    const { r, arch, text, perLayer } = await answer('fastv', { r: 200, g: 60, b: 90 }, 3);
+    const cut = perLayer.findIndex((v, i) => i > 0 && v < perLayer[i - 1]!);
+    expect(cut).toBeGreaterThan(0); // one cut, before layer `cut`, after layer cut - 1
+    // Prefill: layer l attends and runs its MLP over the text plus the visual tokens it received.
+    let prefill = headFlops(arch, 1); // the first token's logits
+    for (const v of perLayer) prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + v);
+    expect(r.flops.prefill).toBe(prefill);
+    // FastV's one step reads the scores graph of layer cut - 1, over the tokens that layer ran.
+    expect(r.flops.overhead).toBe(languageScoresFlops(arch, text + perLayer[cut - 1]!, text + perLayer[cut - 1]!));
+    // Decode: each fed-back token attends over every layer's cache, as long as that layer kept.
+    // (the last token is sampled, never fed back)
+    const steps = r.tokenIds.length - 1;
+    expect(steps).toBeGreaterThan(0);
+    let decode = headFlops(arch, 1) * steps;
+    for (let s = 0; s < steps; s++) for (const v of perLayer) decode += languageAttnFlops(arch, 1, text + v + s + 1) + languageMlpFlops(arch, 1);
+    expect(r.flops.decode).toBe(decode);
   });
 
   it('counts a layer whose attention is followed by a cut (FiCoCo-L) with its MLP over the tokens left after the cut', async () => {
-    const model = await loadTestModel({ dir: RANDOM_BUNDLE });
-    try {
-      const image = await sharp({ create: { width: 40, height: 32, channels: 3, background: { r: 20, g: 160, b: 90 } } }).png().toBuffer();
-      const p = policy({ language: 'ficoco-l', budget: { percent: 50 } });
-      const enc = await encodeImage(model, image, p);
-      const r = await generate(model, enc, 'what color is it?', { temperature: 0, topP: 1, topK: 0, seed: 0, maxNewTokens: 2 }, p);
-      const arch = model.manifest.language;
-      const text = r.promptTokens - enc.embeds.dims[0];
-      const perLayer = r.perLayerVisualTokens;
-      const cutLayers = r.schedule.steps.map((s) => s.layer);
-      expect(r.schedule.steps.every((s) => s.at === 'after-attn')).toBe(true);
-      expect(cutLayers.length).toBeGreaterThan(0);
-      let prefill = headFlops(arch, 1);
-      let overhead = 0;
-      perLayer.forEach((v, l) => {
-        // The cut sits between the attention and the MLP: the MLP runs on what the next layer receives.
-        const afterCut = cutLayers.includes(l) ? perLayer[l + 1]! : v;
-        prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + afterCut);
-        if (cutLayers.includes(l)) overhead += languageScoresFlops(arch, text + v, text + v);
-      });
-      expect(r.flops.prefill).toBe(prefill);
-      expect(r.flops.overhead).toBe(overhead);
-    } finally {
-      await disposeModel(model);
-    }
+    const { r, arch, text, perLayer } = await answer('ficoco-l', { r: 20, g: 160, b: 90 }, 2);
+    const cutLayers = r.schedule.steps.map((s) => s.layer);
+    expect(r.schedule.steps.every((s) => s.at === 'after-attn')).toBe(true);
+    expect(cutLayers.length).toBeGreaterThan(0);
+    let prefill = headFlops(arch, 1);
+    let overhead = 0;
+    perLayer.forEach((v, l) => {
+      // The cut sits between the attention and the MLP: the MLP runs on what the next layer receives.
+      const afterCut = cutLayers.includes(l) ? perLayer[l + 1]! : v;
+      prefill += languageAttnFlops(arch, text + v, text + v) + languageMlpFlops(arch, text + afterCut);
+      if (cutLayers.includes(l)) overhead += languageScoresFlops(arch, text + v, text + v);
+    });
+    expect(r.flops.prefill).toBe(prefill);
+    expect(r.flops.overhead).toBe(overhead);
   });
 });
