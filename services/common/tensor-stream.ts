@@ -17,7 +17,6 @@ import { paramsFromWire } from './wire';
 import type { FloatDType } from '../../shared/tensor/dtype';
 import { SPLIT_REPORT } from '../../shared/methods/policy';
 
-
 /** Visual tokens as the services hold them: row-major [rows, width]; float16 as raw Uint16 bits. */
 export type WireTokens = {
   readonly rows: number;

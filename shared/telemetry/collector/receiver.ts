@@ -132,10 +132,11 @@ export async function startTraceReceiver(options: TraceReceiverOptions): Promise
  */
 function answerError(req: IncomingMessage, res: ServerResponse, err: unknown): number {
   const e = VlmError.from(err);
-  const ours = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED';
+  // The sender's fault (a malformed or oversize body): its message is the sender's to read.
+  const sendersFault = e.code === 'INVALID_ARGUMENT' || e.code === 'RESOURCE_EXHAUSTED';
   const status = e.code === 'INVALID_ARGUMENT' ? 400 : e.code === 'RESOURCE_EXHAUSTED' ? 413 : 500;
-  const code = RPC_CODE[ours ? e.code : 'INTERNAL'];
-  const message = ours ? e.message : 'internal error';
+  const code = RPC_CODE[sendersFault ? e.code : 'INTERNAL'];
+  const message = sendersFault ? e.message : 'internal error';
   const type = contentTypeOf(req);
   const [contentType, body] =
     type === 'application/json' ? [type, JSON.stringify({ code, message })] : type === 'application/x-protobuf' ? [type, Buffer.from(Status.encode({ code, message, details: [] }).finish())] : ['text/plain', message];
