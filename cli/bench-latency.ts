@@ -147,6 +147,8 @@ function tracedServiceEnv(serviceEnv: NodeJS.ProcessEnv, receiverUrl: string): N
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiverUrl}/v1/traces`,
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/protobuf',
     OTEL_TRACES_SAMPLER: 'always_on',
+    // The hop must carry the trace context whatever the shell says (`none` would split each request).
+    OTEL_PROPAGATORS: 'tracecontext',
     OTEL_METRICS_EXPORTER: 'none',
     OTEL_LOGS_EXPORTER: 'none',
     // First calls per method are a warm-up's cost, not the method's.

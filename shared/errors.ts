@@ -37,6 +37,12 @@ export const RPC_CODE: Readonly<Record<VlmErrorCode, number>> = Object.freeze({
   UNAUTHENTICATED: 16,
 });
 
+/** Every gRPC status code's name, by number (google.rpc.Code), including those no VlmError carries. */
+export const GRPC_CODE_NAMES: readonly string[] = Object.freeze([
+  'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED',
+  'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED',
+]);
+
 /** A field-level violation, carried to clients as google.rpc.BadRequest.FieldViolation. */
 export interface FieldViolation {
   field: string;

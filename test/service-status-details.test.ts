@@ -6,7 +6,7 @@
  */
 import { Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { RPC_CODE, VLM_ERROR_REASONS, VlmError } from '../shared/errors';
+import { GRPC_CODE_NAMES, RPC_CODE, VLM_ERROR_REASONS, VlmError } from '../shared/errors';
 import { ErrorReason } from '../gen/vlm/v1/common';
 import type { Logger } from '../shared/log';
 import { decodeStatusDetails, ERROR_DOMAIN, fromServiceError, STATUS_DETAILS_KEY, statusObject, toStatus } from '../services/common/status';
@@ -35,6 +35,12 @@ describe('status codes', () => {
       expect(GrpcCode[name as keyof typeof GrpcCode], name).toBe(number);
       expect(toStatus(new VlmError(name as keyof typeof RPC_CODE, 'x'), silent).code, name).toBe(number);
     }
+  });
+
+  it("names every gRPC code as grpc-js does (the spans' error.type reads the same table)", () => {
+    const numbered = Object.entries(GrpcCode).filter(([, v]) => typeof v === 'number');
+    expect(numbered).toHaveLength(GRPC_CODE_NAMES.length);
+    for (const [name, number] of numbered) expect(GRPC_CODE_NAMES[number as number], name).toBe(name);
   });
 });
 

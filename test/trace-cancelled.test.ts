@@ -1,15 +1,18 @@
 /**
  * Must show: a call that grpc-js ends without a status from us (the client cancelled, or its deadline
- * passed) still exports its gRPC server span, ended with the code it ended with, so the trace keeps
- * its root; and the call's log lines carry the ids of that span. The SDK and the grpc instrumentation
+ * passed, even after the handler returned) still exports its gRPC server span, ended with the code it
+ * ended with, so the trace keeps its root; a call the handler fails has the status's code name as
+ * `error.type` and its message on the server span, which is ERROR only for the service's faults; and
+ * the call's log lines carry the ids of that span. The SDK and the grpc instrumentation
  * are the services' own (startTelemetry), the handlers small generators behind the real adapters.
  */
 import { createRequire } from 'node:module';
+import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseTraces, type SpanRecord } from '../shared/telemetry/analysis';
 import { startTraceReceiver, type TraceReceiver } from '../shared/telemetry/collector';
 import { shutdownTelemetry, startTelemetry } from '../shared/telemetry/sdk';
-import { throwIfAborted } from '../shared/errors';
+import { VlmError, throwIfAborted } from '../shared/errors';
 import { recordingLogger, type LogLine } from './core-helpers';
 import { eventually, sleep } from './service-helpers';
 
@@ -21,6 +24,36 @@ type Modules = {
   vision: typeof import('../gen/vlm/v1/vision_service');
 };
 
+/** A TCP proxy to `target` that, once held, stops reading what the server sends (the client's bytes still pass). */
+async function holdingProxy(target: string): Promise<{ address: string; hold(): void; close(): void }> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const upstreams: net.Socket[] = [];
+  let held = false;
+  const proxy = net.createServer((downstream) => {
+    const upstream = net.connect(port, host);
+    upstreams.push(upstream);
+    downstream.pipe(upstream);
+    upstream.on('data', (data) => {
+      if (!held) downstream.write(data);
+    });
+    const close = () => (upstream.destroy(), downstream.destroy());
+    upstream.on('error', close).on('close', close);
+    downstream.on('error', close).on('close', close);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
+    hold: () => {
+      held = true;
+      for (const u of upstreams) u.pause();
+    },
+    close: () => {
+      for (const u of upstreams) u.destroy();
+      proxy.close();
+    },
+  };
+}
+
 describe('the server span of a call that ended without our status', () => {
   let receiver: TraceReceiver;
   const spans: SpanRecord[] = [];
@@ -28,6 +61,8 @@ describe('the server span of a call that ended without our status', () => {
   let grpc: Grpc;
   let server: InstanceType<Modules['server']['GrpcServer']>;
   let client: InstanceType<Modules['vision']['VisionServiceClient']>;
+  let m: Modules;
+  let address: string;
 
   beforeAll(async () => {
     receiver = await startTraceReceiver({ port: 0, onSpans: (s) => spans.push(...s) });
@@ -35,7 +70,7 @@ describe('the server span of a call that ended without our status', () => {
     startTelemetry({ serviceName: 'vlm-vision' });
     // After the SDK, and grpc-js first: the instrumentation patches it as it is required.
     grpc = createRequire(__filename)('@grpc/grpc-js') as Grpc;
-    const m: Modules = {
+    m = {
       server: await import('../services/common/grpc-server.js'),
       adapters: await import('../services/common/server-stream.js'),
       traced: await import('../shared/telemetry/traced-stream.js'),
@@ -47,10 +82,19 @@ describe('the server span of a call that ended without our status', () => {
       serviceName: 'vlm.v1.VisionService',
       definition: m.vision.VisionServiceService,
       implementation: {
-        // Sends one chunk, then works until the call ends, like a decode loop checking its signal.
+        // By the image's first byte: 1 sends a chunk every 10 ms until the call ends, like a decode
+        // loop checking its signal; 2 writes three large chunks and returns, whatever the client reads;
+        // 3 and 4 fail, the caller's fault and the service's.
         encode: m.adapters.serverStream(
-          m.traced.tracedStream({}, () => undefined, async function* (_req, ctx) {
+          m.traced.tracedStream({}, () => undefined, async function* (req, ctx) {
             ctx.log.info('encoding');
+            if (req.image[0] === 2) {
+              // Fewer messages than the stream's buffer holds, so every write is accepted at once.
+              for (let i = 0; i < 15; i++) yield { part: { $case: 'chunk', chunk: { index: i, rowOffset: i, rowCount: 1, data: Buffer.alloc(1_000_000) } } };
+              return;
+            }
+            if (req.image[0] === 3) throw new VlmError('INVALID_ARGUMENT', 'image: not a PNG, JPEG or WebP');
+            if (req.image[0] === 4) throw new VlmError('UNAVAILABLE', 'the model is reloading');
             for (let i = 0; ; i++) {
               throwIfAborted(ctx.signal);
               yield { part: { $case: 'chunk', chunk: { index: i, rowOffset: i, rowCount: 1, data: Buffer.alloc(8) } } };
@@ -71,7 +115,7 @@ describe('the server span of a call that ended without our status', () => {
       auth: null,
       shutdownGraceMs: 1000,
     });
-    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
     client = new m.vision.VisionServiceClient(address, grpc.credentials.createInsecure());
   });
 
@@ -121,6 +165,46 @@ describe('the server span of a call that ended without our status', () => {
     const span = await serverSpan('deadline-1');
     expect(span).toMatchObject({ kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.DEADLINE_EXCEEDED } });
     expect(span.status.code).toBe('ERROR');
+  });
+
+  it('a stream the client cancels after the handler returned, its last messages still unsent: the server span still ends, CANCELLED', async () => {
+    // Through a proxy that stops passing the server's bytes on: the 15 MB the handler wrote wait on the
+    // network after it has returned and the call has been ended, until the client's cancel gets through.
+    const held = await holdingProxy(address);
+    const slow = new m.vision.VisionServiceClient(held.address, grpc.credentials.createInsecure());
+    try {
+      await new Promise<void>((resolve, reject) => slow.waitForReady(Date.now() + 5000, (err) => (err ? reject(err) : resolve())));
+      held.hold();
+      const metadata = new grpc.Metadata();
+      metadata.set('x-request-id', 'late-cancel-1');
+      const call = slow.encode({ image: Buffer.from([2]), policy: undefined, limits: undefined }, metadata);
+      call.on('error', () => undefined);
+      await eventually(() => spans.some((s) => s.name === 'vlm.request' && s.attributes['vlm.request_id'] === 'late-cancel-1'), 5000);
+      await sleep(100);
+      call.cancel();
+
+      const span = await serverSpan('late-cancel-1');
+    expect(span).toMatchObject({ kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.CANCELLED, 'error.type': 'CANCELLED' } });
+      expect(span.status.code).toBe('UNSET');
+    } finally {
+      slow.close();
+      held.close();
+    }
+  });
+
+  it.each([
+    [3, 'INVALID_ARGUMENT', 'image: not a PNG, JPEG or WebP', 'UNSET'],
+    [4, 'UNAVAILABLE', 'the model is reloading', 'ERROR'],
+  ] as const)('a stream the handler fails (%i): the server span carries error.type %s and the message, ERROR only for the service\'s fault', async (first, code, message, status) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('x-request-id', `failed-${first}`);
+    const call = client.encode({ image: Buffer.from([first]), policy: undefined, limits: undefined }, metadata);
+    const received = await new Promise<{ code: number; details: string }>((resolve) => call.on('error', resolve));
+    expect(received).toMatchObject({ code: grpc.status[code], details: message });
+
+    const span = await serverSpan(`failed-${first}`);
+    expect(span.attributes).toMatchObject({ 'rpc.grpc.status_code': grpc.status[code], 'error.type': code, 'grpc.error_message': message, 'grpc.error_name': code });
+    expect(span.status.code).toBe(status);
   });
 
   it('a unary call the client cancels: its server span is exported too', async () => {

@@ -21,7 +21,8 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
     [{ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces' }, 0, { tracing: true, otlpMetrics: false }],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_METRICS_EXPORTER: 'none' }, 9464, { tracing: true, otlpMetrics: false, prometheusPort: 9464 }],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_TRACES_EXPORTER: 'none' }, 0, { tracing: false, otlpMetrics: true }],
-    [{ OTEL_TRACES_EXPORTER: 'console' }, 0, { tracing: true, otlpMetrics: false }],
+    [{ OTEL_TRACES_EXPORTER: 'console' }, 0, { tracing: true, otlpMetrics: false, consoleMetrics: false }],
+    [{ OTEL_METRICS_EXPORTER: 'console,otlp', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }, 0, { otlpMetrics: true, consoleMetrics: true }],
     [{ OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: '9999' }, 0, { tracing: false, prometheusPort: 9999 }],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_SDK_DISABLED: 'true' }, 9464, { tracing: false, otlpMetrics: false, prometheusPort: 0 }],
   ])('%j, metrics port %d -> %j', (env, port, expected) => {
@@ -43,7 +44,9 @@ describe('telemetrySettings: on only when the OTEL_* environment asks', () => {
     // Past setTimeout's range Node fires after 1 ms: metrics would be exported without pause.
     [{ OTEL_METRIC_EXPORT_INTERVAL: '3000000000' }, { metricIntervalMs: 60_000 }, 'OTEL_METRIC_EXPORT_INTERVAL="3000000000" is not an integer in [1, 2147483647]; using 60000'],
     [{ OTEL_METRIC_EXPORT_INTERVAL: '-5' }, { metricIntervalMs: 60_000 }, 'OTEL_METRIC_EXPORT_INTERVAL="-5" is not an integer in [1, 2147483647]; using 60000'],
-    [{ OTEL_METRIC_EXPORT_INTERVAL: '15000' }, { metricIntervalMs: 15_000 }, null],
+    [{ OTEL_METRIC_EXPORT_INTERVAL: '15000' }, { metricIntervalMs: 15_000, metricTimeoutMs: 15_000 }, null],
+    [{ OTEL_METRIC_EXPORT_TIMEOUT: '5000' }, { metricIntervalMs: 60_000, metricTimeoutMs: 5_000 }, null],
+    [{ OTEL_METRIC_EXPORT_TIMEOUT: '0' }, { metricTimeoutMs: 30_000 }, 'OTEL_METRIC_EXPORT_TIMEOUT="0" is not an integer in [1, 2147483647]; using 30000'],
   ])('ignores an invalid numeric setting with a warning, as the OpenTelemetry specification asks: %j', (env, expected, warning) => {
     const warnings: string[] = [];
     expect(telemetrySettings(env, 0, (m) => warnings.push(m))).toMatchObject(expected);

@@ -46,6 +46,11 @@ export interface OwnedContext {
   readonly ctx: CallContext;
   /** Removes the listener and timer; call once the call is finished. */
   readonly dispose: () => void;
+  /**
+   * Why grpc-js ended the call: the signal's reason once aborted, else (a cancel that arrives after
+   * dispose) read now as `'cancelled'` would have read it.
+   */
+  readonly cancelReason: () => VlmError;
 }
 
 /** Node timers hold at most 2^31 - 1 ms (24.8 days); a longer one fires at once. */
@@ -75,19 +80,19 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     const span = ms < 1000 ? `${Math.max(0, Math.round(ms))} ms` : `${(ms / 1000).toFixed(1)} s`;
     controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${span} deadline (counted from its arrival here); set a longer deadline or lower max_tokens`));
   };
-  const onCancelled = (): void => {
-    if (controller.signal.aborted) return;
-    // grpc-js emits 'cancelled' both for a client cancel and for a deadline. The server's deadline
-    // counts from when the request arrived, so a client giving up at its own deadline cancels early by
-    // the request's transit and queueing delay (tens of milliseconds on a busy host). A cancel that
-    // close to the deadline is read as the deadline; only logs and spans see the label, since a
-    // cancelled client receives no status.
+  // grpc-js emits 'cancelled' both for a client cancel and for a deadline. The server's deadline
+  // counts from when the request arrived, so a client giving up at its own deadline cancels early by
+  // the request's transit and queueing delay (tens of milliseconds on a busy host). A cancel that
+  // close to the deadline is read as the deadline; only logs and spans see the label, since a
+  // cancelled client receives no status.
+  const readCancel = (): VlmError => {
     const window = Math.min(1000, Math.max(50, (deadline - start) * 0.2));
-    const reason =
-      Date.now() >= deadline - window
-        ? new VlmError('DEADLINE_EXCEEDED', 'the deadline passed before the request finished')
-        : new VlmError('CANCELLED', 'the client cancelled the request');
-    controller.abort(reason);
+    return Date.now() >= deadline - window
+      ? new VlmError('DEADLINE_EXCEEDED', 'the deadline passed before the request finished')
+      : new VlmError('CANCELLED', 'the client cancelled the request');
+  };
+  const onCancelled = (): void => {
+    if (!controller.signal.aborted) controller.abort(readCancel());
   };
 
   source.on('cancelled', onCancelled);
@@ -110,6 +115,7 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
       source.removeListener('cancelled', onCancelled);
       untrack?.();
     },
+    cancelReason: () => (controller.signal.aborted ? VlmError.from(controller.signal.reason) : readCancel()),
   };
 }
 

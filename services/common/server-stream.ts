@@ -19,7 +19,7 @@ import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemet
 import { isServerFault } from '../../shared/telemetry/span-status';
 import { callContext, type CallContext } from './call-context';
 import type { ActiveCalls } from './active-calls';
-import { grpcCodeOf, toStatus } from './status';
+import { grpcCodeOf, statusError, toStatus } from './status';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
 export interface AdapterDeps {
@@ -53,12 +53,11 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
 /**
  * Ends the gRPC server span of a call that grpc-js ended as cancelled (the client's cancel or its
  * deadline). The instrumentation ends that span only on 'finish' or an error event, and such a call
- * emits neither: left open, the span is never exported, and the trace loses its root. `reason` is
- * the call context's abort reason, which tells the two apart.
+ * emits neither: left open, the span is never exported, and the trace loses its root. `e` is the
+ * call context's reading of the cancel, which tells the two apart.
  */
-function endCancelledServerSpan(span: Span | undefined, reason: unknown): void {
+function endCancelledServerSpan(span: Span | undefined, e: VlmError): void {
   if (!span?.isRecording()) return;
-  const e = VlmError.from(reason);
   const code = e.code === 'DEADLINE_EXCEEDED' ? e.code : 'CANCELLED';
   span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: grpcCodeOf(code), [ATTR_ERROR_TYPE]: code });
   if (isServerFault(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
@@ -84,6 +83,12 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
     const serverSpan = trace.getActiveSpan();
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
     const { ctx } = owned;
+    // A cancel can also come after call.end(), while the last writes wait for the client's flow
+    // control: grpc-js then destroys the stream before 'finish', so the instrumentation never ends the
+    // span. Every call emits 'cancelled' when its stream closes, so one that finished is left alone.
+    call.once('cancelled', () => {
+      if (!call.writableFinished) endCancelledServerSpan(serverSpan, owned.cancelReason());
+    });
     const request = call.request;
     const iterator = (isUndecodable(request) ? refuse(request) : fn(request, ctx))[Symbol.asyncIterator]();
     try {
@@ -109,8 +114,8 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
-      if (call.cancelled) return endCancelledServerSpan(serverSpan, ctx.signal.reason);
-      call.emit('error', toStatus(err, ctx.log, { method: call.getPath() }));
+      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.cancelReason());
+      call.emit('error', statusError(toStatus(err, ctx.log, { method: call.getPath() })));
       return;
     } finally {
       owned.dispose();
@@ -152,8 +157,8 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
       callback(null, res);
       return;
     } catch (err) {
-      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.ctx.signal.reason);
-      callback(toStatus(err, owned.ctx.log, { method: call.getPath() }));
+      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.cancelReason());
+      callback(statusError(toStatus(err, owned.ctx.log, { method: call.getPath() })));
       return;
     } finally {
       owned.dispose();

@@ -9,7 +9,7 @@
  * request id and never sent, so stack traces, paths and library messages stay inside the service.
  */
 import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { RPC_CODE, VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
+import { GRPC_CODE_NAMES, RPC_CODE, VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
 import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details';
@@ -53,7 +53,7 @@ export function grpcCodeOf(code: VlmErrorCode): GrpcCode {
 
 /** Name of a gRPC status code as clients print it (`INVALID_ARGUMENT`). */
 export function grpcCodeName(code: GrpcCode): string {
-  return GrpcCode[code] ?? `CODE_${code}`;
+  return GRPC_CODE_NAMES[code] ?? `CODE_${code}`;
 }
 
 /**
@@ -76,6 +76,17 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
  */
 export function refusalStatus(e: VlmError): StatusObject {
   return statusObject(grpcCodeOf(e.code), clipText(e.message, MAX_MESSAGE_CHARS), e);
+}
+
+/**
+ * A status as the Error grpc-js accepts for one (`call.emit('error')`, a unary callback): the same code,
+ * details and trailers, with the details as its message and the code's name as its name, which the
+ * grpc instrumentation copies onto the server span (a bare status object leaves both empty there).
+ */
+export function statusError(status: StatusObject): Error & StatusObject {
+  const e = Object.assign(new Error(status.details), status);
+  e.name = grpcCodeName(status.code);
+  return e;
 }
 
 /** A status with its details trailer. */

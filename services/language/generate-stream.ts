@@ -26,8 +26,13 @@ import type { EncodeRequest } from '../../gen/vlm/v1/vision_service';
 import type { Attributes, Span } from '@opentelemetry/api';
 import {
   ATTR_GEN_AI_OPERATION_NAME,
+  ATTR_GEN_AI_PROVIDER_NAME,
   ATTR_GEN_AI_REQUEST_MAX_TOKENS,
   ATTR_GEN_AI_REQUEST_MODEL,
+  ATTR_GEN_AI_REQUEST_SEED,
+  ATTR_GEN_AI_REQUEST_TEMPERATURE,
+  ATTR_GEN_AI_REQUEST_TOP_K,
+  ATTR_GEN_AI_REQUEST_TOP_P,
   ATTR_GEN_AI_RESPONSE_FINISH_REASONS,
   ATTR_GEN_AI_USAGE_INPUT_TOKENS,
   ATTR_GEN_AI_USAGE_OUTPUT_TOKENS,
@@ -36,6 +41,7 @@ import {
   ATTR_VLM_MODEL_ID,
   ATTR_VLM_PROVIDER,
   GEN_AI_OPERATION_CHAT,
+  GEN_AI_PROVIDER,
   SpanName,
 } from '../../shared/telemetry/names';
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
@@ -107,7 +113,7 @@ function checkPolicy(backend: InferenceBackend, valid: ValidGenerate): VisionSch
 /** The Generate span's fixed attributes, and those of its gen_ai metrics: one set, so the metrics join. */
 export function generateAttributes(backend: InferenceBackend): Attributes {
   const modelId = backend.model.manifest.model_id;
-  return { [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_CHAT, [ATTR_GEN_AI_REQUEST_MODEL]: modelId, [ATTR_VLM_MODEL_ID]: modelId, [ATTR_VLM_PROVIDER]: backend.provider, [ATTR_VLM_DEVICE]: backend.device };
+  return { [ATTR_GEN_AI_PROVIDER_NAME]: GEN_AI_PROVIDER, [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_CHAT, [ATTR_GEN_AI_REQUEST_MODEL]: modelId, [ATTR_VLM_MODEL_ID]: modelId, [ATTR_VLM_PROVIDER]: backend.provider, [ATTR_VLM_DEVICE]: backend.device };
 }
 
 /** `span`: the request's span (tracedStream), for the policy and usage attributes. */
@@ -127,7 +133,13 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     sampling = { ...sampling, maxNewTokens };
   }
   // What the answer may use: an unset max_tokens cut to the room the prompt leaves.
-  span?.setAttribute(ATTR_GEN_AI_REQUEST_MAX_TOKENS, sampling.maxNewTokens);
+  span?.setAttributes({
+    [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: sampling.maxNewTokens,
+    [ATTR_GEN_AI_REQUEST_TEMPERATURE]: sampling.temperature,
+    [ATTR_GEN_AI_REQUEST_TOP_P]: sampling.topP,
+    [ATTR_GEN_AI_REQUEST_TOP_K]: sampling.topK,
+    [ATTR_GEN_AI_REQUEST_SEED]: sampling.seed,
+  });
 
   // Shed now, not after a whole vision encode: under overload every request this service refuses
   // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still

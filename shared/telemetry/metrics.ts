@@ -15,7 +15,9 @@
  * registered when first used, so call startTelemetry before recording; without it all calls are no-ops.
  */
 import { metrics, type Attributes, type Counter, type Histogram, type ObservableGauge, type UpDownCounter } from '@opentelemetry/api';
+import { vlmMeter } from './scope';
 import {
+  ATTR_ERROR_TYPE,
   ATTR_RPC_METHOD,
   ATTR_RPC_RESPONSE_STATUS_CODE,
   ATTR_RPC_SYSTEM_NAME,
@@ -52,7 +54,7 @@ let bound: { provider: unknown; instruments: Instruments } | undefined;
 function instruments(): Instruments {
   const provider = metrics.getMeterProvider();
   if (bound?.provider === provider) return bound.instruments;
-  const meter = metrics.getMeter('vlm');
+  const meter = vlmMeter();
   const seconds = (name: string, description: string, buckets: readonly number[] = SECONDS_BUCKETS) =>
     meter.createHistogram(name, { unit: 's', description, advice: { explicitBucketBoundaries: [...buckets] } });
   const created: Instruments = {
@@ -110,10 +112,13 @@ export function recordGeneration(g: { timeToFirstTokenSeconds: number; decodeSte
 
 /**
  * A finished gRPC call: `method` its full name (`vlm.v1.LanguageService/Generate`), `code` its status
- * code's name (`OK`, `RESOURCE_EXHAUSTED`), as the RPC conventions' `rpc.method` and `rpc.response.status_code`.
+ * code's name (`OK`, `RESOURCE_EXHAUSTED`), as the RPC conventions' `rpc.method` and `rpc.response.status_code`
+ * (and `error.type` when not OK).
  */
 export function recordCall(seconds: number, method: string, code: string): void {
-  instruments().callDuration.record(seconds, { [ATTR_RPC_SYSTEM_NAME]: 'grpc', [ATTR_RPC_METHOD]: method, [ATTR_RPC_RESPONSE_STATUS_CODE]: code });
+  // The RPC conventions ask for error.type on a failed call; for gRPC it is the status code's name.
+  const failed = code === 'OK' ? {} : { [ATTR_ERROR_TYPE]: code };
+  instruments().callDuration.record(seconds, { [ATTR_RPC_SYSTEM_NAME]: 'grpc', [ATTR_RPC_METHOD]: method, [ATTR_RPC_RESPONSE_STATUS_CODE]: code, ...failed });
 }
 
 /** One bearer-token decision; `credential` is the accepted token's name (shared/auth-tokens.ts), never a token. */

@@ -84,7 +84,12 @@ export const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
 /** The RPC metrics' newer names (rpc.server.call.duration): the system and the status code by name. */
 export const ATTR_RPC_SYSTEM_NAME = 'rpc.system.name';
 export const ATTR_RPC_RESPONSE_STATUS_CODE = 'rpc.response.status_code';
+export const ATTR_GEN_AI_PROVIDER_NAME = 'gen_ai.provider.name';
 export const ATTR_GEN_AI_OPERATION_NAME = 'gen_ai.operation.name';
+export const ATTR_GEN_AI_REQUEST_TEMPERATURE = 'gen_ai.request.temperature';
+export const ATTR_GEN_AI_REQUEST_TOP_P = 'gen_ai.request.top_p';
+export const ATTR_GEN_AI_REQUEST_TOP_K = 'gen_ai.request.top_k';
+export const ATTR_GEN_AI_REQUEST_SEED = 'gen_ai.request.seed';
 export const ATTR_GEN_AI_REQUEST_MODEL = 'gen_ai.request.model';
 export const ATTR_GEN_AI_REQUEST_MAX_TOKENS = 'gen_ai.request.max_tokens';
 export const ATTR_GEN_AI_USAGE_INPUT_TOKENS = 'gen_ai.usage.input_tokens';
@@ -92,6 +97,11 @@ export const ATTR_GEN_AI_USAGE_OUTPUT_TOKENS = 'gen_ai.usage.output_tokens';
 export const ATTR_GEN_AI_RESPONSE_FINISH_REASONS = 'gen_ai.response.finish_reasons';
 /** gen_ai.operation.name values we emit. */
 export const GEN_AI_OPERATION_CHAT = 'chat';
+/**
+ * gen_ai.provider.name: the conventions' well-known values name hosted APIs; a self-hosted model is
+ * served by this system, so it names itself, as other self-hosted servers do.
+ */
+export const GEN_AI_PROVIDER = 'vlm-token-reduction';
 
 // --- service names and metrics -------------------------------------------------------------------
 
@@ -149,7 +159,7 @@ export const RATE_BUCKETS: readonly number[] = [1, 2, 5, 10, 20, 50, 100, 200, 5
 
 /** What each span stands for and which attributes it carries: docs/telemetry.md's span table must say the same (test/trace-docs.test.ts). */
 export const SPAN_DOCS: readonly { name: SpanName; service: string; what: string; attributes: readonly string[] }[] = [
-  { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REQUEST_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
+  { name: SpanName.Request, service: 'both', what: 'one Generate (language) or Encode (vision) inside the service', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_REQUEST_ID, ATTR_VLM_REDUCTION_METHOD, ATTR_VLM_REDUCTION_BUDGET, ATTR_GEN_AI_PROVIDER_NAME, ATTR_GEN_AI_OPERATION_NAME, ATTR_GEN_AI_REQUEST_MODEL, ATTR_GEN_AI_REQUEST_TEMPERATURE, ATTR_GEN_AI_REQUEST_SEED, ATTR_GEN_AI_USAGE_INPUT_TOKENS, ATTR_GEN_AI_USAGE_OUTPUT_TOKENS, ATTR_VLM_PROVIDER, ATTR_VLM_DEVICE] },
   { name: SpanName.Queue, service: 'both', what: 'waiting for a free worker (a job that leaves the queue unserved ends it with error.type)', attributes: [] },
   { name: SpanName.Preprocess, service: 'vlm-vision', what: 'image decode, resize/crop, normalise', attributes: [ATTR_VLM_MODEL_ID, ATTR_VLM_IMAGE_SIZE, ATTR_VLM_BYTES] },
   { name: SpanName.VisionEmbed, service: 'vlm-vision', what: 'patch embedding and every encoder layer up to the feature layer', attributes: [ATTR_VLM_TOKENS_IN, ATTR_VLM_TOKENS_OUT, ATTR_VLM_FLOPS] },

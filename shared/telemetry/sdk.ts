@@ -11,7 +11,8 @@
  *   SDK's usual variables. OTEL_SDK_DISABLED=true turns everything off.
  * - Metrics: a Prometheus endpoint on `metricsPort` (VLM_METRICS_PORT; 0 = off) and OTLP metrics when
  *   OTEL_METRICS_EXPORTER says otlp, or is unset and an OTLP endpoint is configured, over the protocol
- *   OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL names, as traces do.
+ *   OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL names, as traces do; `console`
+ *   prints them. OTEL_METRIC_EXPORT_INTERVAL and OTEL_METRIC_EXPORT_TIMEOUT pace the pushes.
  * With nothing configured no SDK is started and the API stays no-op: zero cost in the hot path.
  */
 import { randomUUID } from 'node:crypto';
@@ -22,11 +23,22 @@ import { OTLPMetricExporter as OtlpProtoMetricExporter } from '@opentelemetry/ex
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import { GrpcInstrumentation } from '@opentelemetry/instrumentation-grpc';
 import { defaultResource, detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
-import { PeriodicExportingMetricReader, type IMetricReader } from '@opentelemetry/sdk-metrics';
+import { ConsoleMetricExporter, PeriodicExportingMetricReader, type IMetricReader, type PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import { NodeSDK } from '@opentelemetry/sdk-node';
+import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { packageVersion } from '../package-root';
 import { createLogger } from '../log';
+import { GrpcServerSpanOutcome } from './server-span-outcome';
 import { setTracingEnabled } from './state';
+
+/**
+ * The exporters' processors NodeSDK builds from OTEL_TRACES_EXPORTER and the OTLP variables when given
+ * none. Its own function, not exported from the package index: passing any processor of ours makes
+ * NodeSDK skip the environment, so ours go first and these after (the version is pinned).
+ */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { getSpanProcessorsFromEnv } = require('@opentelemetry/sdk-node/build/src/utils') as { getSpanProcessorsFromEnv(meterProvider: undefined): SpanProcessor[] };
+const spanProcessorsFromEnv = (): SpanProcessor[] => getSpanProcessorsFromEnv(undefined);
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -45,8 +57,12 @@ export interface TelemetrySettings {
   /** The OTLP metrics transport; the SDK's own default (http/protobuf) for an unknown value. */
   metricsProtocol: OtlpProtocol;
   prometheusPort: number;
+  /** OTEL_METRICS_EXPORTER includes `console`: each export printed to stdout (for debugging). */
+  consoleMetrics: boolean;
   /** OTEL_METRIC_EXPORT_INTERVAL, ms. */
   metricIntervalMs: number;
+  /** OTEL_METRIC_EXPORT_TIMEOUT, ms, at most the interval (the SDK refuses a longer one). */
+  metricTimeoutMs: number;
   /**
    * OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (`true` or `1`): spans may carry what a
    * request was answered. The token ids of an answer decode straight back to its text with the public
@@ -104,13 +120,16 @@ export function telemetrySettings(env: Env, metricsPort = 0, warn: (msg: string)
   // 9464: the OpenTelemetry default, which --metrics-port shares.
   if (!prometheusPort && metrics.includes('prometheus')) prometheusPort = intSetting(env, 'OTEL_EXPORTER_PROMETHEUS_PORT', 1, 65_535, 9464, warn);
   const interval = intSetting(env, 'OTEL_METRIC_EXPORT_INTERVAL', 1, MAX_TIMER_MS, 60_000, warn);
+  const timeout = Math.min(interval, intSetting(env, 'OTEL_METRIC_EXPORT_TIMEOUT', 1, MAX_TIMER_MS, 30_000, warn));
   const protocol = (env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? '').trim().toLowerCase();
   return {
     tracing,
     otlpMetrics,
     metricsProtocol: OTLP_PROTOCOLS.includes(protocol) ? (protocol as OtlpProtocol) : 'http/protobuf',
     prometheusPort: off ? 0 : prometheusPort,
+    consoleMetrics: !off && metrics.includes('console') && !metrics.includes('none'),
     metricIntervalMs: interval,
+    metricTimeoutMs: timeout,
     captureContent: tracing && /^(true|1)$/i.test(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT?.trim() ?? ''),
   };
 }
@@ -171,7 +190,9 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     );
     readers.push(prometheus);
   }
-  if (settings.otlpMetrics) readers.push(new PeriodicExportingMetricReader({ exporter: otlpMetricExporter(settings.metricsProtocol), exportIntervalMillis: settings.metricIntervalMs }));
+  const periodic = (exporter: PushMetricExporter) => new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: settings.metricIntervalMs, exportTimeoutMillis: settings.metricTimeoutMs });
+  if (settings.otlpMetrics) readers.push(periodic(otlpMetricExporter(settings.metricsProtocol)));
+  if (settings.consoleMetrics) readers.push(periodic(new ConsoleMetricExporter()));
 
   let sdk: NodeSDK | undefined;
   if (settings.tracing || readers.length) {
@@ -184,7 +205,7 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
       autoDetectResources: false,
       metricReaders: readers,
       // No span processors means no tracer provider: the API stays no-op when tracing is off.
-      ...(settings.tracing ? {} : { spanProcessors: [] }),
+      spanProcessors: settings.tracing ? [new GrpcServerSpanOutcome(), ...spanProcessorsFromEnv()] : [],
       // Health checks and reflection would drown the spans that matter.
       instrumentations: settings.tracing ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
       // The decode span carries one event per generated token; the SDK's default keeps 128.

@@ -17,6 +17,7 @@ import {
   type Tracer,
 } from '@opentelemetry/api';
 import { markFailed } from './span-status';
+import { vlmTracer } from './scope';
 
 /**
  * Spans from worker threads. The engine runs in workers, where no SDK is registered; instead of a
@@ -154,7 +155,7 @@ class RecordingSpan implements Span {
  * Creates real spans from recorded timings, under `parent` (default: the active context), with their
  * recorded times. Call on the thread that has the SDK, right after the worker's reply.
  */
-export function replaySpans(spans: readonly SpanTiming[], parent: Context = context.active(), tracer: Tracer = trace.getTracer('vlm')): void {
+export function replaySpans(spans: readonly SpanTiming[], parent: Context = context.active(), tracer: Tracer = vlmTracer()): void {
   const contexts: Context[] = [];
   for (const [i, s] of spans.entries()) {
     const parentContext = s.parent >= 0 && s.parent < i ? contexts[s.parent]! : parent;

@@ -1,16 +1,16 @@
 import { SpanStatusCode, type Span } from '@opentelemetry/api';
-import { VlmError, type VlmErrorCode } from '../errors';
+import { VlmError } from '../errors';
 import { ATTR_ERROR_TYPE } from './names';
 
 /**
- * The codes OpenTelemetry's gRPC conventions count as the server's fault on a server span (UNKNOWN
- * aside, which a VlmError never carries). The others (a bad argument, a client's cancel, a full
- * queue) leave the status UNSET: those are the caller's doing, and an ERROR on them would drown the
- * errors an operator has to act on.
+ * The codes OpenTelemetry's gRPC conventions count as the server's fault on a server span. The others
+ * (a bad argument, a client's cancel, a full queue) leave the status UNSET: those are the caller's
+ * doing, and an ERROR on them would drown the errors an operator has to act on.
  */
-const SERVER_FAULTS: ReadonlySet<VlmErrorCode> = new Set(['DEADLINE_EXCEEDED', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS']);
+const SERVER_FAULTS: ReadonlySet<string> = new Set(['UNKNOWN', 'DEADLINE_EXCEEDED', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS']);
 
-export function isServerFault(code: VlmErrorCode): boolean {
+/** `code`: a VlmError code or any gRPC status code's name. */
+export function isServerFault(code: string): boolean {
   return SERVER_FAULTS.has(code);
 }
 

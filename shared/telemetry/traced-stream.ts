@@ -67,6 +67,7 @@ export async function* tracedSend<T>(build: () => Iterable<T>, attributes: Attri
   let chunks = 0;
   let bytes = 0;
   let complete = false;
+  let failure: unknown;
   try {
     for (const message of build()) {
       const n = chunkBytes(message);
@@ -78,11 +79,11 @@ export async function* tracedSend<T>(build: () => Iterable<T>, attributes: Attri
     }
     complete = true;
   } catch (err) {
-    send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
-    send.end(err);
+    failure = err;
     throw err;
   } finally {
+    // One place sets the counts and ends the span: an attribute set on an ended span is a warning in the log.
     send.span.setAttributes({ [ATTR_VLM_CHUNKS]: chunks, [ATTR_VLM_BYTES]: bytes });
-    send.end(complete ? undefined : new VlmError('CANCELLED', 'the stream ended before every message was written'));
+    send.end(complete ? undefined : (failure ?? new VlmError('CANCELLED', 'the stream ended before every message was written')));
   }
 }
