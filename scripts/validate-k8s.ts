@@ -457,12 +457,9 @@ export const RULES: Readonly<Record<string, Rule>> = {
       const cmd = svc.container.lifecycle?.preStop?.exec?.command ?? [];
       const preStop = /(^|\/)sleep$/.test(cmd[0] ?? '') ? Number(cmd[1]) : 0;
       const grace = w.spec.template.spec.terminationGracePeriodSeconds ?? 30;
-      const live = svc.container.livenessProbe;
       const out: string[] = [];
       if (!Number.isFinite(drain) || drain <= 0) out.push('sets no VLM_SHUTDOWN_GRACE_MS');
       else if (grace < preStop + drain + AFTER_DRAIN_S) out.push(`terminationGracePeriodSeconds ${grace} leaves no time after preStop (${preStop} s) and the drain (${drain} s) for the last streams, the pool's close, the span flush and the device's release (${AFTER_DRAIN_S} s)`);
-      // A liveness probe that fails while the pod terminates (health NOT_SERVING, then closed) must not kill it first.
-      if (live && (live.periodSeconds ?? 10) * (live.failureThreshold ?? 3) <= grace) out.push(`the liveness probe (${(live.periodSeconds ?? 10) * (live.failureThreshold ?? 3)} s) would restart the container before its grace period (${grace} s) ends`);
       if (w.spec.strategy?.rollingUpdate?.maxUnavailable !== 0) out.push('rolling updates may remove a pod before its replacement is ready (set maxUnavailable: 0)');
       return out.map((message) => ({ object: ref(w), check: 'graceful-drain', message }));
     }),

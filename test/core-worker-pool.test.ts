@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testConfig } from '../shared/config';
 import { VlmError } from '../shared/errors';
-import { InferencePool } from '../shared/worker';
+import { InferencePool, type PoolPlace } from '../shared/worker';
 import type { SamplingParams } from '../shared/engine/sampling';
 import { failure, policy, RANDOM_BUNDLE, recordingLogger, ROOT, stoppedJob, type LogLine } from './core-helpers';
 import { eventually } from './service-helpers';
@@ -87,15 +87,48 @@ describe('InferencePool', () => {
   });
 
   it('says whether it has room before a job is sent (what the language service checks before its vision hop)', async () => {
-    expect(() => pool.checkRoom()).not.toThrow();
+    expect(pool.refusal()).toBeNull();
     const running = pool.ask(image, 'what color is it?', sampling, policy());
     const queued = pool.ask(image, 'what color is it?', sampling, policy());
-    expect(() => pool.checkRoom()).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'QUEUE_FULL' }));
+    expect(pool.refusal()).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'QUEUE_FULL' });
+    expect(() => pool.reserve()).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'QUEUE_FULL' }));
     await Promise.all([running, queued]);
-    expect(() => pool.checkRoom()).not.toThrow();
+    expect(pool.refusal()).toBeNull();
     const closed = await InferencePool.start(testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 } }));
     await closed.close();
-    expect(() => closed.checkRoom()).toThrow(expect.objectContaining({ code: 'UNAVAILABLE', reason: 'SHUTTING_DOWN' }));
+    expect(() => closed.reserve()).toThrow(expect.objectContaining({ code: 'UNAVAILABLE', reason: 'SHUTTING_DOWN' }));
+  });
+
+  it('counts a held place as taken until its job takes it or it is released (a burst is refused before its vision encodes)', async () => {
+    // One worker and a queue of one: two places.
+    const first = pool.reserve();
+    const second = pool.reserve();
+    expect(() => pool.reserve()).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL', message: expect.stringMatching(/2 more places held by requests whose images are being encoded/) }));
+    expect((await failure(pool.ask(image, 'what color is it?', sampling, policy()))).reason).toBe('QUEUE_FULL');
+    // The holders' jobs are taken although every place is counted taken: they hold them.
+    const { encode } = await pool.ask(image, 'what color is it?', sampling, policy(), { place: first });
+    expect(pool.refusal()).toBeNull(); // first's place is free again once its job is done
+    const jobs = [pool.generate(encode, 'what color is it?', sampling, policy(), { place: second }), pool.generate(encode, 'what color is it?', sampling, policy())];
+    expect(pool.refusal()).toMatchObject({ reason: 'QUEUE_FULL' });
+    await expect(Promise.all(jobs)).resolves.toHaveLength(2);
+    // A place its job took gives nothing back when released afterwards.
+    first.release();
+    second.release();
+    const again = [pool.reserve(), pool.reserve()];
+    expect(() => pool.reserve()).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL' }));
+    for (const place of again) place.release();
+    expect(pool.refusal()).toBeNull();
+  });
+
+  it('gives back a held place whose job is refused before it runs (an aborted signal)', async () => {
+    const place = pool.reserve();
+    const other = pool.reserve();
+    const aborted = AbortSignal.abort(new VlmError('CANCELLED', 'gone'));
+    const { encode } = await pool.ask(image, 'what color is it?', sampling, policy(), { place: other });
+    expect((await failure(pool.generate(encode, 'what color is it?', sampling, policy(), { place, signal: aborted }))).code).toBe('CANCELLED');
+    expect(pool.refusal()).toBeNull();
+    const freed = [pool.reserve(), pool.reserve()];
+    for (const p of freed) p.release();
   });
 
   it('refuses work beyond the queue with RESOURCE_EXHAUSTED, and still serves what it accepted', async () => {
@@ -231,15 +264,18 @@ describe('InferencePool with several callers', () => {
     const fair = await InferencePool.start({ ...config, warmUp: 'both', log: recordingLogger([], 'pool') });
     try {
       const finished: string[] = [];
-      const ask = (caller: string, id: string) =>
-        fair.ask(image, 'what color is it?', sampling, policy(), { caller, requestId: id }).then(() => void finished.push(id));
+      const ask = (caller: string, id: string, place?: PoolPlace) =>
+        fair.ask(image, 'what color is it?', sampling, policy(), { caller, requestId: id, place }).then(() => void finished.push(id));
       const running = ask('a', 'a0');
       const a = [ask('a', 'a1'), ask('a', 'a2')];
       const shed = ask('a', 'a3');
       // Full with a's jobs: a is refused, b is not.
-      expect(() => fair.checkRoom('a')).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL' }));
-      expect(() => fair.checkRoom('b')).not.toThrow();
-      const b = ask('b', 'b1');
+      expect(fair.refusal('a')).toMatchObject({ reason: 'QUEUE_FULL' });
+      expect(fair.refusal('b')).toBeNull();
+      // b holds its place (as during a vision hop): a's newest job is shed for it now, not when b's job comes.
+      const place = fair.reserve('b');
+      expect(fair.stats.queued).toBe(2);
+      const b = ask('b', 'b1', place);
       expect(fair.stats.queued).toBe(3);
       const e = await failure(shed);
       expect([e.code, e.reason, e.retryDelayMs]).toEqual(['RESOURCE_EXHAUSTED', 'QUEUE_FULL', 1000]);

@@ -281,12 +281,6 @@ describe('deliberately broken manifests fail the checks', () => {
       patches: [{ kind: 'Deployment', name: 'vlm-vision', ops: [{ op: 'replace', path: '/spec/template/spec/terminationGracePeriodSeconds', value: 20 }] }],
     },
     {
-      name: 'a liveness probe shorter than the grace period',
-      check: 'graceful-drain',
-      message: /the liveness probe \(70 s\) would restart the container before its grace period \(80 s\) ends/,
-      patches: [{ kind: 'Deployment', name: 'vlm-language', ops: [{ op: 'replace', path: '/spec/template/spec/containers/0/livenessProbe/failureThreshold', value: 7 }] }],
-    },
-    {
       name: 'the default progress deadline under a 15-minute startup',
       check: 'progress-deadline',
       message: /progressDeadlineSeconds 600 is shorter than the startup probe's 900 s plus 300 s/,

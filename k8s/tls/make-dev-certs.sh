@@ -14,7 +14,7 @@
 #                            folder made before the split, first a copy of auth-tokens' first token)
 # For development and test clusters. In production let cert-manager or your PKI issue them (docs/deploy.md).
 #
-#   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--days 90] [--ca-days 3650]
+#   k8s/tls/make-dev-certs.sh [--out DIR] [--namespace vlm] [--domain cluster.local] [--days 90] [--ca-days 3650]
 #   kubectl apply -f DIR/secrets.yaml
 #
 # Re-running it with the same DIR renews the three certificates (valid --days) under the CA already
@@ -23,14 +23,15 @@
 # one that has not. It refuses to renew when the CA would expire within --days; delete DIR/ca.* to
 # start a new CA (every pod then needs the new Secrets before the hop works again).
 set -euo pipefail
-OUT=./vlm-dev-certs; NS=vlm; DAYS=90; CA_DAYS=3650
+OUT=./vlm-dev-certs; NS=vlm; DOMAIN=cluster.local; DAYS=90; CA_DAYS=3650
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift ;;
     --namespace) NS=$2; shift ;;
+    --domain) DOMAIN=$2; shift ;;
     --days) DAYS=$2; shift ;;
     --ca-days) CA_DAYS=$2; shift ;;
-    *) echo "unknown option $1 (use --out DIR, --namespace NS, --days N, --ca-days N)" >&2; exit 2 ;;
+    *) echo "unknown option $1 (use --out DIR, --namespace NS, --domain D, --days N, --ca-days N)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -39,8 +40,8 @@ mkdir -p "$OUT" && cd "$OUT"
 umask 077
 
 # Every name a client may dial: the headless Service (the language service's dns:/// target), the
-# ClusterIP Service, short and fully qualified.
-names() { local svc; for svc in "$@"; do printf 'DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local,' "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS"; done | sed 's/,$//'; }
+# ClusterIP Service, short and fully qualified in the cluster's DNS domain.
+names() { local svc; for svc in "$@"; do printf 'DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.%s,' "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS" "$DOMAIN"; done | sed 's/,$//'; }
 
 [ "$DAYS" -le "$CA_DAYS" ] || { echo "--days $DAYS outlives --ca-days $CA_DAYS: certificates must expire before their CA" >&2; exit 2; }
 if [ -s ca.key ] && [ -s ca.crt ]; then

@@ -10,7 +10,7 @@ import type { ModelSide } from '../../shared/bundle/loader';
 import type { ModelFacts } from './model-info';
 import { observeQueueDepth, publishInFlightAtZero } from '../../shared/telemetry/metrics';
 
-export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'checkRoom' | 'refusal' | 'stats' | 'close' | 'onAvailability'>;
+export type Inference = Pick<InferencePool, 'encode' | 'generate' | 'reserve' | 'refusal' | 'stats' | 'close' | 'onAvailability'>;
 
 export interface InferenceBackend {
   readonly pool: Inference;

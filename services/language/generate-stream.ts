@@ -141,12 +141,18 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     [ATTR_GEN_AI_REQUEST_SEED]: sampling.seed,
   });
 
-  // Shed now, not after a whole vision encode: under overload every request this service refuses
-  // anyway would otherwise have taken vision capacity from the ones it serves. (The pool may still
-  // fill while the hop runs; it refuses then, or sheds a heavier caller's job, as it would have here.)
-  backend.pool.checkRoom(ctx.caller);
-  const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
-  const tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
+  // Shed now, not after a whole vision encode, and hold the place through the hop: under a burst,
+  // requests this service would refuse anyway once their images came back would otherwise each have
+  // taken a vision encode (and a client's retries elsewhere, another) from the ones it serves.
+  const place = backend.pool.reserve(ctx.caller);
+  let tensor: Awaited<ReturnType<typeof deps.vision.encode>>;
+  try {
+    const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
+    tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
+  } catch (err) {
+    place.release();
+    throw err;
+  }
   const encodeMs = performance.now() - started;
 
   // The generation gets a signal of its own: besides the call's cancellation and deadline, it is
@@ -168,6 +174,7 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
       deadline: ctx.deadline,
       requestId: ctx.requestId,
       caller: ctx.caller,
+      place,
       // The rows are this request's alone and read nowhere after this (finalOf uses the counts).
       transferVisual: true,
       // A token that ends inside a multi-byte character yields ''; its id rides with the next text.
@@ -199,6 +206,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     recordGenerateTelemetry(span, result, final, hop.firstToken, generateAttributes(backend));
     yield { part: { $case: 'final', final } };
   } finally {
+    // Taken by the job once submitted; released here if anything before that threw.
+    place.release();
     ctx.signal.removeEventListener('abort', forward);
     if (!settled) generation.abort(new VlmError('CANCELLED', 'the call ended before the answer was complete'));
   }

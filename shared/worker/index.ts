@@ -1,2 +1,2 @@
-export { InferencePool, type PoolDeps, type CallOptions, type PoolCloseReport } from './pool';
+export { InferencePool, type PoolDeps, type CallOptions, type PoolCloseReport, type PoolPlace } from './pool';
 export type { AskResult, WarmUp } from './protocol';

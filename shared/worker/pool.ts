@@ -68,6 +68,21 @@ export interface CallOptions {
    * caller (fair-queue.ts). Unset: one anonymous caller, a plain FIFO.
    */
   readonly caller?: string;
+  /**
+   * A place `reserve` held for this job: it takes that place instead of asking for room (which it
+   * has by construction), so a job whose request already cost a vision encode is not refused now.
+   */
+  readonly place?: PoolPlace;
+}
+
+/**
+ * A place in the pool (a worker or the queue) held for a job not yet submitted: the language service
+ * holds one while the request's image is encoded by the vision service. Counted as taken by every
+ * room check, so a burst is refused at its headers instead of after an encode each.
+ */
+export interface PoolPlace {
+  /** Gives the place back (the hop failed); once the job took it, or a second time, it does nothing. */
+  release(): void;
 }
 
 /** What a close left undone. */
@@ -110,6 +125,8 @@ function spawn(init: WorkerInit): Worker {
 export class InferencePool {
   private readonly slots: Slot[] = [];
   private readonly queue = new FairQueue<Task>();
+  /** Places reserve() handed out that no job has taken yet. */
+  private readonly held = new Set<PoolPlace>();
   private nextId = 1;
   private closed = false;
   private closing: Promise<PoolCloseReport> | undefined;
@@ -243,26 +260,40 @@ export class InferencePool {
   }
 
   /**
-   * Throws what a job submitted now would be refused with, so a caller can shed a request before
-   * spending other work on it (the language service before its vision hop).
+   * Holds a place for a job of `caller`'s that is submitted later (with `options.place`), or throws
+   * what a job submitted now would be refused with: the language service sheds a request before its
+   * vision hop, and keeps its place through it. A place that only shedding a heavier caller's queued
+   * job can make is made now.
    */
-  checkRoom(caller = ''): void {
+  reserve(caller = ''): PoolPlace {
     const refused = this.refusal(caller);
     if (refused) throw refused;
+    if (this.freePlaces() <= 0) this.shedFor(caller);
+    const place: PoolPlace = { release: () => void this.held.delete(place) };
+    this.held.add(place);
+    return place;
+  }
+
+  /** Idle workers and queue room, less the places held for jobs on their way. */
+  private freePlaces(): number {
+    const idle = this.slots.filter((s) => !s.task).length;
+    return idle + this.deps.limits.queueSize - this.queue.length - this.held.size;
   }
 
   /**
-   * Why a job of `caller`'s submitted now would be refused (shut down, no worker, every worker busy and
-   * the queue full with no heavier caller to shed); null if it would be taken. The services ask it
-   * when a call's headers arrive, before its request message is received.
+   * Why a job of `caller`'s submitted now would be refused (shut down, no worker, every place taken by
+   * running, queued or reserved jobs with no heavier caller's queued job to shed); null if it would be
+   * taken. The services ask it when a call's headers arrive, before its request message is received.
    */
   refusal(caller = ''): VlmError | null {
     if (this.closed) return VlmError.shuttingDown('the inference pool is shut down');
     const outage = this.outage();
     if (outage) return outage;
-    if (this.slots.some((s) => !s.task) || this.queue.length < this.deps.limits.queueSize) return null;
+    if (this.freePlaces() > 0) return null;
     if (this.queue.victimFor(caller) !== undefined) return null;
-    return new VlmError('RESOURCE_EXHAUSTED', `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize}); retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
+    const busy = `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize})`;
+    const held = this.held.size > 0 ? `, with ${this.held.size} more places held by requests whose images are being encoded` : '';
+    return new VlmError('RESOURCE_EXHAUSTED', `${busy}${held}; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
   }
 
   encode(image: Uint8Array, policy: ReductionPolicy, options: CallOptions = {}): Promise<EncodeResult> {
@@ -354,10 +385,13 @@ export class InferencePool {
 
   private submit<K extends Job['kind']>(job: Extract<Job, { kind: K }>, options: CallOptions): Promise<JobResultOf[K]> {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
+      // A held place is this job's: taken first, so no early answer leaves it held; the job does not
+      // ask for room, but closing and outages still refuse it.
+      const placed = options.place !== undefined && this.held.delete(options.place);
       if (this.closed) return reject(VlmError.shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(abortReason(options.signal));
       const caller = options.caller ?? '';
-      const refused = this.refusal(caller);
+      const refused = placed ? (this.closed ? VlmError.shuttingDown('the inference pool is shut down') : this.outage()) : this.refusal(caller);
       if (refused) return reject(refused);
       const idle = this.slots.find((s) => !s.task);
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
@@ -373,7 +407,8 @@ export class InferencePool {
         options.signal.addEventListener('abort', task.onAbort, { once: true });
       }
       if (idle) return this.dispatch(idle, task);
-      if (this.queue.length >= this.deps.limits.queueSize) this.shedFor(caller);
+      // A held place has room by construction (or, the pool having lost a worker meanwhile, is honoured past the limit).
+      if (!placed && this.freePlaces() <= 0) this.shedFor(caller);
       this.queue.push(caller, task);
     });
   }
