@@ -20,7 +20,8 @@ import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
-import { expectationOf, generateStream, loadPromptTokenCounter } from '../services/language/generate-stream';
+import { expectationOf, generateStream } from '../services/language/generate-stream';
+import { startPromptTokenCounter } from '../services/language/prompt-token-counter';
 import { decodeStatusDetails, decodeViolations } from '../services/common/status';
 import type { RunningService } from '../services/common/lifecycle';
 import { ReductionPolicy as WirePolicy, SamplingParams, type ModelInfo } from '../gen/vlm/v1/common';
@@ -326,8 +327,8 @@ describe('the service pair on loopback', () => {
     const hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config(BUNDLE).limits) });
     const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => log };
     const ctx = { signal: new AbortController().signal, deadline: Date.now() + 30_000, requestId: 'abandoned', caller: '', metadata: new Metadata(), log };
+    const promptTokens = await startPromptTokenCounter(BUNDLE, language.backend.model.manifest, config(BUNDLE).limits);
     try {
-      const promptTokens = await loadPromptTokenCounter(BUNDLE, language.backend.model.manifest, config(BUNDLE).limits);
       const stream = generateStream({ backend: language.backend, vision: hop, limits: config(BUNDLE).limits, promptTokens }, request(image, { maxTokens: LONG }), ctx);
       await stream.next();
       await stream.next();
@@ -341,6 +342,7 @@ describe('the service pair on loopback', () => {
       await eventually(() => language.backend.pool.stats.busy === 0, 2000, 5);
     } finally {
       hop.close();
+      await promptTokens.close();
     }
   });
 

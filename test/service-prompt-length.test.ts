@@ -17,7 +17,9 @@ import { startVisionService } from '../services/vision/server';
 import { VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
-import { generateStream, loadPromptTokenCounter, type PromptTokenCounter } from '../services/language/generate-stream';
+import { generateStream } from '../services/language/generate-stream';
+import { startPromptTokenCounter, type PromptTokenCounter } from '../services/language/prompt-token-counter';
+import { assemblePrompt, loadTokenizer } from '../shared/tokenizer/tokenizer';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { FinishReason } from '../gen/vlm/v1/language_service';
 import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
@@ -31,7 +33,9 @@ describe('prompt length, judged before the hop', () => {
   let visionLog: LogLine[];
   let hop: VisionClient;
   let backend: InferenceBackend;
-  let count: PromptTokenCounter;
+  let counter: PromptTokenCounter;
+  /** The text tokens of a question's prompt, tokenized here as the engine assembles it. */
+  let count: (question: string) => number;
   let image: Buffer;
   let positions: number;
   let patches: number;
@@ -43,7 +47,12 @@ describe('prompt length, judged before the hop', () => {
     hop = new VisionClient({ target: parseVisionTarget(vision.address), authToken: null, maxRequestBytes: receiveLimit(config.limits) });
     backend = await startInferenceBackend(config, createLogger('language'), 'language');
     const m = backend.model.manifest;
-    count = await loadPromptTokenCounter(BUNDLE, m, config.limits);
+    counter = await startPromptTokenCounter(BUNDLE, m, config.limits);
+    const tokenizer = await loadTokenizer(path.join(BUNDLE, 'tokenizer.json'));
+    count = (question) => {
+      const p = assemblePrompt(tokenizer, m.prompt, m.tokens, question, config.limits);
+      return p.prefix.length + p.suffix.length;
+    };
     image = await shapesImage();
     positions = m.language.max_positions;
     patches = m.vision.num_patches;
@@ -51,6 +60,7 @@ describe('prompt length, judged before the hop', () => {
   });
 
   afterAll(async () => {
+    await counter?.close();
     hop?.close();
     await backend?.close();
     await vision?.stop();
@@ -67,7 +77,7 @@ describe('prompt length, judged before the hop', () => {
     let generated: number | undefined;
     let finish: FinishReason | undefined;
     try {
-      for await (const r of generateStream({ backend, vision: hop, limits: config.limits, promptTokens: count }, req, ctx)) {
+      for await (const r of generateStream({ backend, vision: hop, limits: config.limits, promptTokens: counter }, req, ctx)) {
         if (r.part?.$case === 'final') ({ text, finishReason: finish } = r.part.final), (generated = r.part.final.tokens?.generated);
       }
       return { text, generated, finish, error: null };
@@ -83,6 +93,26 @@ describe('prompt length, judged before the hop', () => {
     while (count(q) < tokens) q += ' and the square?';
     return q;
   }
+
+  it("counts on its own thread exactly what the engine assembles, and refuses what the engine would refuse", async () => {
+    for (const q of [QUESTION, questionOf(100), 'é'.repeat(300), `${'b'.repeat(100)} `.repeat(40)]) expect(await counter.count(q)).toBe(count(q));
+    await expect(counter.count('   ')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it("keeps the service's event loop free while it counts costly prompts (100-letter words cost WordPiece ~50 ms each)", async () => {
+    const costly = `${'b'.repeat(100)} `.repeat(40).slice(0, config.limits.maxPromptChars);
+    let turns = 0;
+    let counting = true;
+    const spin = (): void => {
+      turns++;
+      if (counting) setImmediate(spin);
+    };
+    setImmediate(spin);
+    await Promise.all(Array.from({ length: 8 }, () => counter.count(costly)));
+    counting = false;
+    // Counted here instead, the eight would have held the loop for all their time: a turn or two each.
+    expect(turns).toBeGreaterThan(100);
+  });
 
   it('refuses a prompt that alone fills the positions, naming the prompt, without an Encode', async () => {
     const question = questionOf(positions);
@@ -141,8 +171,12 @@ describe('the prompt-length bound that spares the tokenizer', () => {
   ])('is never below the exact count: %s', async (_name, dir) => {
     const bundle = path.join(ROOT, dir);
     const manifest = JSON.parse(readFileSync(path.join(bundle, 'manifest.json'), 'utf8')) as Manifest;
-    const count = await loadPromptTokenCounter(bundle, manifest, { maxPromptChars: 4096 });
-    const prompts = ['x', 'what color is the diamond?', '  spaced   out  ', 'a.b,c;d!e?f', '日本語の質問ですか', '🙂🙃 emoji 🧪', 'ǅ̀ combining', 'x'.repeat(4000), '。'.repeat(1000)];
-    for (const q of prompts) expect(count.atMost(q), q.slice(0, 20)).toBeGreaterThanOrEqual(count(q));
+    const counter = await startPromptTokenCounter(bundle, manifest, { maxPromptChars: 4096 });
+    try {
+      const prompts = ['x', 'what color is the diamond?', '  spaced   out  ', 'a.b,c;d!e?f', '日本語の質問ですか', '🙂🙃 emoji 🧪', 'ǅ̀ combining', 'x'.repeat(4000), '。'.repeat(1000)];
+      for (const q of prompts) expect(counter.atMost(q), q.slice(0, 20)).toBeGreaterThanOrEqual(await counter.count(q));
+    } finally {
+      await counter.close();
+    }
   });
 });

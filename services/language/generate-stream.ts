@@ -4,10 +4,7 @@
  * (caller's deadline and cancellation carried over) -> check the tensor against this model ->
  * prefill and decode in the pool, streaming deltas -> the final message.
  */
-import * as path from 'node:path';
 import { floatRows } from '../../shared/tensor/float-rows';
-import type { Manifest } from '../../shared/bundle/manifest';
-import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
 import type { VisualTokens, GenerateResult } from '../../shared/engine';
 import { resolveLanguageSchedule, resolveVisionSchedule } from '../../shared/methods/policy';
 import type { VisionSchedule } from '../../shared/methods/types';
@@ -47,19 +44,9 @@ import {
 import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 import { fitMaxTokens } from '../../shared/engine/context-fit';
+import type { PromptTokenCounter } from './prompt-token-counter';
 
-/** Text tokens (template and question) of the prompt the language side assembles around the image. */
-export interface PromptTokenCounter {
-  (question: string): number;
-  /**
-   * No fewer than the count, without tokenizing: the template's tokens and one per UTF-8 byte of the
-   * question (no tokenizer makes more: byte-level BPE and WordPiece at most one per byte, SentencePiece
-   * one more for its leading word marker, which the template's own count covers).
-   */
-  readonly atMost: (question: string) => number;
-  /** The tokenizer's special tokens, whose text a question may not hold (validateGenerate). */
-  readonly specialTokens: readonly string[];
-}
+export type { PromptTokenCounter };
 
 export interface GenerateDeps {
   readonly backend: InferenceBackend;
@@ -67,18 +54,6 @@ export interface GenerateDeps {
   readonly limits: RequestLimitsConfig & AdvertisedLimits;
   /** Lets a prompt too long for the model fail before the hop rather than after a whole vision encode. */
   readonly promptTokens: PromptTokenCounter;
-}
-
-/** The bundle's tokenizer on the service's own thread, counting prompts as the engine assembles them. */
-export async function loadPromptTokenCounter(modelDir: string, manifest: Manifest, limits: PromptLimits): Promise<PromptTokenCounter> {
-  const tokenizer = await loadTokenizer(path.join(modelDir, 'tokenizer.json'));
-  const count = (question: string): number => {
-    const prompt = assemblePrompt(tokenizer, manifest.prompt, manifest.tokens, question, limits);
-    return prompt.prefix.length + prompt.suffix.length;
-  };
-  // The template around a one-byte question, which is at least one token itself.
-  const template = count('x');
-  return Object.assign(count, { atMost: (question: string) => template + Buffer.byteLength(question, 'utf8'), specialTokens: tokenizer.specialTokens });
 }
 
 /**
@@ -124,12 +99,13 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   const valid = validateGenerate(req, deps.limits, m.generation.max_new_tokens, m.prompt.image_token, deps.promptTokens.specialTokens);
   span?.setAttributes(policyAttributes(valid.policy));
   const visionSchedule = checkPolicy(backend, valid);
-  // Tokenizing takes this thread (which serves every stream) up to ~18 ms for a 4096-character prompt;
-  // a prompt that fits even at its upper bound needs no count. Past the bound it is counted exactly.
+  // A prompt that fits even at its upper bound needs no count; past the bound it is counted exactly,
+  // on the counting thread (its cost depends on the text: tens of milliseconds for some 4096-character prompts).
   const visual = visionSchedule.outputTokens;
   let sampling = valid.sampling;
   if (deps.promptTokens.atMost(valid.question) + visual + sampling.maxNewTokens > m.language.max_positions) {
-    const maxNewTokens = fitMaxTokens(m.language.max_positions, { value: sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, deps.promptTokens(valid.question), visual);
+    const counted = await deps.promptTokens.count(valid.question, ctx.signal);
+    const maxNewTokens = fitMaxTokens(m.language.max_positions, { value: sampling.maxNewTokens, set: req.sampling?.maxTokens !== undefined }, counted, visual);
     sampling = { ...sampling, maxNewTokens };
   }
   // What the answer may use: an unset max_tokens cut to the room the prompt leaves.

@@ -11,7 +11,7 @@ import { GrpcServer, transportOptions } from '../common/grpc-server';
 import { ActiveCalls } from '../common/active-calls';
 import { serve, warmUpCall, type RunningService } from '../common/lifecycle';
 import { noReduction } from '../../shared/methods/policy';
-import { loadPromptTokenCounter } from './generate-stream';
+import { startPromptTokenCounter, type PromptTokenCounter } from './prompt-token-counter';
 import { languageHandlers } from './handlers';
 import { VisionClient } from './vision-client';
 import { visionTargetOf } from './vision-target';
@@ -45,13 +45,15 @@ export async function startLanguageService(config: Config, options: LanguageServ
     throw err;
   });
   let server: GrpcServer;
+  let promptTokens: PromptTokenCounter | undefined;
   const calls = new ActiveCalls();
   try {
+    promptTokens = await startPromptTokenCounter(config.model.dir, backend.model.manifest, config.limits);
     const implementation = languageHandlers({
       backend,
       vision,
       limits: config.limits,
-      promptTokens: await loadPromptTokenCounter(config.model.dir, backend.model.manifest, config.limits),
+      promptTokens,
       adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, calls },
     });
     server = new GrpcServer({
@@ -68,6 +70,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
   } catch (err) {
     // The pool's worker threads, the channel and the certificate polling would keep a failed start's
     // process alive.
+    await promptTokens?.close();
     await backend.close();
     vision.close();
     creds.close();
@@ -80,7 +83,9 @@ export async function startLanguageService(config: Config, options: LanguageServ
     await backend.pool.generate(visual, 'warm-up', warmUpSampling(config.limits.maxNewTokens), noReduction(), warmUpCall(config.limits.deadlineMs));
   };
   log.info('vision target', { target: target.configured, tls: creds.visionChannel !== null });
-  const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch((err: unknown) => {
+  const counter = promptTokens;
+  const running = await serve(server, backend, config, options.port ?? config.services.languagePort, warmUp, log).catch(async (err: unknown) => {
+    await counter.close();
     vision.close();
     creds.close();
     throw err;
@@ -88,7 +93,8 @@ export async function startLanguageService(config: Config, options: LanguageServ
   return {
     ...running,
     stop: () =>
-      running.stop().finally(() => {
+      running.stop().finally(async () => {
+        await counter.close();
         vision.close();
         creds.close();
       }),
