@@ -3,7 +3,8 @@
  * grpc.health.v1 and server reflection, as any external tool would use them.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import type { ClientHttp2Session, ClientHttp2Stream, IncomingHttpHeaders } from 'node:http2';
+import { connect, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { connect as netConnect } from 'node:net';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, ServerCredentials, type ChannelOptions, type Server, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
@@ -155,6 +156,11 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** An HTTP/2 session to 127.0.0.1:`port` from `localAddress` (127.0.0.2, ...): a client the server tells apart by its address. */
+export function connectFrom(port: number, localAddress: string): ClientHttp2Session {
+  return connect(`http://127.0.0.1:${port}`, { createConnection: () => netConnect({ host: '127.0.0.1', port, localAddress }) });
 }
 
 /** A gRPC message frame announcing `announced` bytes of which only `sent` follow: a request never complete. */

@@ -9,10 +9,10 @@ import { connect, constants as h2, type ClientHttp2Session, type ClientHttp2Stre
 import { credentials, Metadata, status as GrpcCode } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { GrpcServer } from '../services/common/grpc-server';
-import { REFLECTION_STREAMS_MAX } from '../services/common/admission';
+import { REFLECTION_STREAMS_MAX, REFLECTION_STREAMS_PER_PEER } from '../services/common/admission';
 import { serverStream, unary } from '../services/common/server-stream';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
-import { eventually, rawCall } from './service-helpers';
+import { connectFrom, eventually, rawCall } from './service-helpers';
 import { recordingLogger, type LogLine } from './reliability-helpers';
 
 const MiB = 1 << 20;
@@ -123,22 +123,26 @@ describe('a client that stops reading its responses', () => {
 });
 
 describe('reflection streams', () => {
-  it(`are open ${REFLECTION_STREAMS_MAX} at a time (one more is refused at its headers) and closed after their lifetime, and answer again after`, async () => {
+  it(`are open ${REFLECTION_STREAMS_PER_PEER} at a time per client address and ${REFLECTION_STREAMS_MAX} in all (one more is refused at its headers), closed after their lifetime, and answer again after`, async () => {
     const { server } = startServer({ deadlineMs: 10_000, reflectionLifetimeMs: 3000 });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
-    const session = connect(`http://127.0.0.1:${port}`);
+    // Three clients, told apart by their addresses on the loopback network.
+    const [a, b, c] = ['127.0.0.1', '127.0.0.2', '127.0.0.3'].map((localAddress) => connectFrom(port, localAddress));
     try {
-      const open = Array.from({ length: REFLECTION_STREAMS_MAX }, () => rawCall(session, REFLECTION, { write: LIST_SERVICES }));
+      const open = Array.from({ length: REFLECTION_STREAMS_PER_PEER }, () => rawCall(a!, REFLECTION, { write: LIST_SERVICES }));
       await new Promise((r) => setTimeout(r, 200));
-      expect(await rawCall(session, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later` });
+      expect(await rawCall(a!, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_PER_PEER} reflection streams from this address are open already; retry later` });
+      open.push(...Array.from({ length: REFLECTION_STREAMS_MAX - REFLECTION_STREAMS_PER_PEER }, () => rawCall(b!, REFLECTION, { write: LIST_SERVICES })));
+      await new Promise((r) => setTimeout(r, 200));
+      expect(await rawCall(c!, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later` });
       for (const { status } of open) expect(await status).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: 'reflection streams are closed after 3 s; open another for more requests' });
-      const again = rawCall(session, REFLECTION, { write: LIST_SERVICES });
+      const again = rawCall(a!, REFLECTION, { write: LIST_SERVICES });
       const answer = await new Promise<Buffer>((resolve) => again.stream.once('data', resolve));
       expect(answer.toString('latin1')).toContain('vlm.v1.VisionService');
       again.stream.close();
     } finally {
-      session.destroy();
+      for (const session of [a, b, c]) session!.destroy();
       await server.stop();
     }
   }, 20_000);
@@ -160,8 +164,8 @@ describe('reflection streams', () => {
       stream.write(Buffer.concat(Array.from({ length: 5000 }, () => LIST_SERVICES)));
       expect(await closed(stream)).toBe(h2.NGHTTP2_CANCEL);
       expect(performance.now() - started).toBeLessThan(10_000);
-      // Its place is free again: REFLECTION_STREAMS_MAX more may open.
-      const next = Array.from({ length: REFLECTION_STREAMS_MAX }, () => rawCall(session, REFLECTION, { write: LIST_SERVICES }));
+      // Its place is free again: this address's share may open.
+      const next = Array.from({ length: REFLECTION_STREAMS_PER_PEER }, () => rawCall(session, REFLECTION, { write: LIST_SERVICES }));
       for (const { stream: s } of next) await new Promise((resolve) => s.once('data', resolve));
       for (const { stream: s } of next) s.close();
     } finally {

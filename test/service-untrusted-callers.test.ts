@@ -3,16 +3,16 @@
  * needed) hold nothing per name and refuse oversized requests, compressed requests are refused
  * before they are inflated, and a call that never sends its request message is ended.
  */
-import { connect, constants as h2 } from 'node:http2';
+import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
 import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
-import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX } from '../services/common/admission';
+import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER } from '../services/common/admission';
 import { serverStream, unary } from '../services/common/server-stream';
 import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
-import { collect, eventually, healthClient, partialMessage, rawCall } from './service-helpers';
+import { collect, connectFrom, eventually, healthClient, partialMessage, rawCall } from './service-helpers';
 import { startLanguageService } from '../services/language/server';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { pairConfig, recordingLogger, type LogLine } from './reliability-helpers';
@@ -215,25 +215,36 @@ describe('a compressed request', () => {
 });
 
 describe('health requests still arriving on the main port (its receive limit is a request\'s, tens of MiB)', () => {
-  it(`are held ${INFRASTRUCTURE_RECEIVING_MAX} at a time: one more is refused at its headers, and checks are answered again once they end`, async () => {
+  it(`are held ${INFRASTRUCTURE_RECEIVING_PER_PEER} at a time per client address and ${INFRASTRUCTURE_RECEIVING_MAX} in all: one more is refused at its headers, other addresses are answered, and all are once they end`, async () => {
     const server = startServer(1500);
-    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
-    const session = connect(`http://${address}`);
-    const client = healthClient(address) as HealthClient;
+    // Clients told apart by their addresses on the loopback network; the last only checks.
+    const peers = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX / INFRASTRUCTURE_RECEIVING_PER_PEER + 1 }, (_, i) => connectFrom(port, `127.0.0.${i + 1}`));
+    const checker = peers.at(-1)!;
+    /** A complete Check for "" (an empty message), from `session`. */
+    const rawCheck = (session: ClientHttp2Session) => {
+      const { stream, status } = rawCall(session, '/grpc.health.v1.Health/Check', { write: Buffer.alloc(5) });
+      stream.end();
+      return status;
+    };
+    // Each announces a 4 MiB message and sends 1 KiB of it: grpc-js would buffer the lot. A deadline
+    // of days claimed: the limit on arriving is the service's own.
+    const holding = (session: ClientHttp2Session) =>
+      Array.from({ length: INFRASTRUCTURE_RECEIVING_PER_PEER }, () => rawCall(session, '/grpc.health.v1.Health/Check', { headers: { 'grpc-timeout': '2000000S' }, write: partialMessage(4 << 20, 1024) }).stream);
     try {
-      // Each announces a 4 MiB message and sends 1 KiB of it: grpc-js would buffer the lot. A deadline
-      // of days claimed: the limit on arriving is the service's own.
-      const streams = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX }, () => rawCall(session, '/grpc.health.v1.Health/Check', { headers: { 'grpc-timeout': '2000000S' }, write: partialMessage(4 << 20, 1024) }).stream);
-      await eventually(async () => (await check(client, '')).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
-      const refused = await check(client, '');
-      expect({ code: refused.code, details: refused.details }).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, details: `${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)` });
+      const streams = holding(peers[0]!);
+      await eventually(async () => (await rawCheck(peers[0]!)).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
+      expect(await rawCheck(peers[0]!)).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${INFRASTRUCTURE_RECEIVING_PER_PEER} health requests from this address are being received already; retry later (probes: use the health port)` });
+      expect((await rawCheck(checker)).code).toBe(0);
+      for (const session of peers.slice(1, -1)) streams.push(...holding(session));
+      await eventually(async () => (await rawCheck(checker)).code === GrpcCode.RESOURCE_EXHAUSTED, 2000);
+      expect(await rawCheck(checker)).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)` });
       // Not for ever: they get INFRASTRUCTURE_ARRIVAL_MS to arrive, whatever deadline they claim.
-      await eventually(async () => (await check(client, '')).code === 0, INFRASTRUCTURE_ARRIVAL_MS + 5000, 100);
+      await eventually(async () => (await rawCheck(checker)).code === 0, INFRASTRUCTURE_ARRIVAL_MS + 5000, 100);
       for (const s of streams) s.close();
     } finally {
-      client.close();
-      session.destroy();
+      for (const session of peers) session.destroy();
       await server.stop();
     }
   }, 20_000);

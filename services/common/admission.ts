@@ -9,8 +9,14 @@ import { CALLER_KEY, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, endingWith, isS
 
 /** As the inference pool's QUEUE_FULL: the calls in flight end within a typical request's time. */
 const IN_FLIGHT_RETRY_MS = 1000;
-/** Health and reflection requests being received at once on the main port (each a few bytes when honest). */
+/**
+ * Health requests being received at once on the main port (each a few bytes when honest), in all and
+ * from one peer address: each may announce a message up to the receive limit, which bounds the total,
+ * and without a share one client holding them (re-opened as each runs out of time) refused every
+ * other client's Check and Watch.
+ */
 export const INFRASTRUCTURE_RECEIVING_MAX = 8;
+export const INFRASTRUCTURE_RECEIVING_PER_PEER = 2;
 /** How long a health or reflection request may take to arrive, whatever its deadline. */
 export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
 /**
@@ -20,6 +26,8 @@ export const INFRASTRUCTURE_ARRIVAL_MS = 5000;
  * client to read. A tool's query (grpcurl list, describe) takes well under a second on one stream.
  */
 export const REFLECTION_STREAMS_MAX = 4;
+/** One address may hold this many of them: one client holding all four refused everyone's reflection. */
+export const REFLECTION_STREAMS_PER_PEER = 2;
 export const REFLECTION_LIFETIME_MS = 15_000;
 /**
  * Health Watch streams open at once on the main port, in all and from one peer address. A Watch needs
@@ -121,25 +129,29 @@ export function peerHost(peer: string): string {
   return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
 }
 
-/** One call's place among `Places`, optionally with a timer for how long it may be held; given back once. */
+/** One call's place among `SharedPlaces`, optionally with a timer for how long it may be held; given back once. */
 class HeldPlace {
-  private from: Places | undefined;
+  private from: { readonly places: SharedPlaces; readonly key: string } | undefined;
   private timer: NodeJS.Timeout | undefined;
 
-  /** Takes a place (false when none is free) and, with `expiry`, calls its `expired` after its `ms` unless given back first. */
-  take(places: Places, expiry?: { readonly ms: number; readonly expired: () => void }): boolean {
-    if (!places.take()) return false;
-    this.from = places;
+  /**
+   * Takes a place for `key` (null once taken; else why none is free) and, with `expiry`, calls its
+   * `expired` after its `ms` unless given back first.
+   */
+  take(places: SharedPlaces, key: string, expiry?: { readonly ms: number; readonly expired: () => void }): 'total' | 'share' | null {
+    const full = places.take(key);
+    if (full) return full;
+    this.from = { places, key };
     if (expiry) {
       this.timer = setTimeout(expiry.expired, expiry.ms);
       this.timer.unref();
     }
-    return true;
+    return null;
   }
 
   giveBack(): void {
     clearTimeout(this.timer);
-    this.from?.give();
+    this.from?.places.give(this.from.key);
     this.from = undefined;
   }
 }
@@ -170,10 +182,10 @@ export class Admission {
   private readonly byCaller = new CountsByKey();
   private draining = false;
   private idleWaiters: Array<() => void> = [];
-  /** Health calls whose request message is still arriving (infrastructureCall). */
-  private readonly healthArriving = new Places(INFRASTRUCTURE_RECEIVING_MAX);
-  /** Reflection streams open (reflectionCall). */
-  private readonly reflectionStreams = new Places(REFLECTION_STREAMS_MAX);
+  /** Health calls whose request message is still arriving (infrastructureCall), in all and per peer address. */
+  private readonly healthArriving = new SharedPlaces(INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER);
+  /** Reflection streams open (reflectionCall), in all and per peer address. */
+  private readonly reflectionStreams = new SharedPlaces(REFLECTION_STREAMS_MAX, REFLECTION_STREAMS_PER_PEER);
   /** Health Watch streams open (infrastructureCall), in all and per peer address. */
   private readonly healthWatches = new SharedPlaces(HEALTH_WATCHES_MAX, HEALTH_WATCHES_PER_PEER);
   /** Counted calls whose request message has not arrived yet (no handler runs them), each with its ending. */
@@ -249,18 +261,21 @@ export class Admission {
     let watcher: string | undefined;
     const listener = onRequestArrived(
       new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
+        const host = peerHost(call.getPeer());
         // Whatever deadline the caller claims: a few bytes take no longer than this.
-        const taken = place.take(this.healthArriving, {
+        const arriving = place.take(this.healthArriving, host, {
           ms: INFRASTRUCTURE_ARRIVAL_MS,
           expired: () => {
             reject(call, new VlmError('DEADLINE_EXCEEDED', `the request did not arrive within ${INFRASTRUCTURE_ARRIVAL_MS / 1000} s of its headers`));
             place.giveBack();
           },
         });
-        if (!taken) return reject(call, queueFull(`${INFRASTRUCTURE_RECEIVING_MAX} health requests are being received already; retry later (probes: use the health port)`));
+        if (arriving) {
+          const which = arriving === 'share' ? `${INFRASTRUCTURE_RECEIVING_PER_PEER} health requests from this address` : `${INFRASTRUCTURE_RECEIVING_MAX} health requests`;
+          return reject(call, queueFull(`${which} are being received already; retry later (probes: use the health port)`));
+        }
         // Held for as long as the stream is open (onCancel), with no lifetime: a Watch is meant to last.
         if (method.path === HEALTH_WATCH_PATH) {
-          const host = peerHost(call.getPeer());
           const full = this.healthWatches.take(host);
           if (full) {
             place.giveBack();
@@ -295,8 +310,11 @@ export class Admission {
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         // Held until the stream is over (onCancel), not at the lifetime: its end may wait behind unread answers.
-        const taken = place.take(this.reflectionStreams, { ms: lifetime, expired: () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)) });
-        if (!taken) return reject(call, queueFull(`${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later`));
+        const full = place.take(this.reflectionStreams, peerHost(call.getPeer()), { ms: lifetime, expired: () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)) });
+        if (full) {
+          const which = full === 'share' ? `${REFLECTION_STREAMS_PER_PEER} reflection streams from this address` : `${REFLECTION_STREAMS_MAX} reflection streams`;
+          return reject(call, queueFull(`${which} are open already; retry later`));
+        }
         next(metadata);
       })
       .withOnCancel(() => place.giveBack())
