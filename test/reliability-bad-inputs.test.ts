@@ -365,7 +365,7 @@ describe('a request whose fields besides the image and prompt are huge (a policy
         const started = performance.now();
         const out = await rawGenerate(language.address, Buffer.concat([Buffer.from(prefix), bytes]));
         expect(out.code, `prefix ${prefix.join(',')}`).toBe(GrpcCode.INVALID_ARGUMENT);
-        expect(out.details).toBe(`the request's fields besides the image and the prompt hold more than ${ENVELOPE_BYTES} bytes; no valid vlm.v1.GenerateRequest needs that many`);
+        expect(out.details).toBe(`the request's fields besides the image and the prompt hold more than ${ENVELOPE_BYTES} bytes; no valid vlm.v1.LanguageService.Generate request needs that many`);
         expect(performance.now() - started).toBeLessThan(5000);
       }
       expect(await healthStatus(language.address)).toBe('SERVING');

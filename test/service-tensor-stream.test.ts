@@ -12,6 +12,7 @@ import {
   rowsPerChunk,
   TensorAssembler,
   tensorMessages,
+  wireDTypeOf,
   type Expectation,
   type WireTokens,
 } from '../services/common/tensor-stream';
@@ -21,7 +22,8 @@ function tokens(rows: number, width: number, dtype: 'float32' | 'float16' = 'flo
   const typed =
     dtype === 'float32'
       ? { dtype, data: Float32Array.from({ length: n }, (_, i) => i * 0.5 - 3) }
-      : { dtype, data: Uint16Array.from({ length: n }, (_, i) => (i * 7919) & 0xffff) };
+      : // Bit patterns of every sign and mantissa, never an all-ones exponent (NaN and infinities are refused).
+        { dtype, data: Uint16Array.from({ length: n }, (_, i) => (i * 7919) & 0xbfff) };
   return {
     rows,
     width,
@@ -182,9 +184,21 @@ describe('TensorAssembler', () => {
       ['a chunk at the wrong rows', [good[0]!, { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 1, rowCount: 4, data: Buffer.alloc(384) } } }], /rows \[1, \+4\)/],
       ['an empty message', [good[0]!, { part: undefined }], /no header, chunk or summary/],
     ];
+    const poisoned = (dtype: 'float32' | 'float16', value: number) => {
+      const t = tokens(12, 24, dtype);
+      t.data[5 * 24 + 3] = value;
+      return messages(t, 4);
+    };
+    cases.push(
+      ['a NaN in float32', poisoned('float32', NaN), /row 5 holds a NaN or an infinite value/],
+      ['an infinity in float32', poisoned('float32', -Infinity), /row 5 holds a NaN or an infinite value/],
+      ['an infinity in float16', poisoned('float16', 0x7c00), /row 5 holds a NaN or an infinite value/],
+      ['a NaN in float16', poisoned('float16', 0xfe01), /row 5 holds a NaN or an infinite value/],
+    );
     for (const [name, msgs, why] of cases) {
       it(name, () => {
-        const result = codeOf(() => assemble(msgs, expectation(12)));
+        const dtype = msgs[0]?.part?.$case === 'header' ? msgs[0].part.header.dtype : undefined;
+        const result = codeOf(() => assemble(msgs, expectation(12, dtype === undefined ? {} : { dtype: wireDTypeOf(dtype)! })));
         expect(result).toMatch(/^DATA_LOSS: vision stream: /);
         expect(result).toMatch(why);
       });

@@ -10,6 +10,7 @@ import { createLogger } from '../shared/log';
 import { GrpcServer } from '../services/common/grpc-server';
 import { HEALTH_WATCHES_PER_PEER, INFRASTRUCTURE_ARRIVAL_MS, INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER } from '../services/common/admission';
 import { serverStream, unary } from '../services/common/server-stream';
+import { redactGrpcLine } from '../services/common/grpc-log';
 import { decodeStatusDetails, decodeViolations, STATUS_DETAILS_KEY } from '../services/common/status';
 import { VisionServiceClient, VisionServiceService, type EncodeResponse, type VisionServiceServer } from '../gen/vlm/v1/vision_service';
 import { collect, connectFrom, eventually, healthClient, partialMessage, rawCall } from './service-helpers';
@@ -248,6 +249,35 @@ describe('health requests still arriving on the main port (its receive limit is 
       await server.stop();
     }
   }, 20_000);
+});
+
+describe("grpc-js's own log lines", () => {
+  it('reach the JSON log without the value of a header grpc-js could not take (a bearer token with a stray tab)', async () => {
+    const lines: LogLine[] = [];
+    const server = startServer(60_000, recordingLogger(lines, 'vision'));
+    const port = await server.listen('127.0.0.1', 0);
+    server.setServing(true);
+    const session = connectFrom(port, '127.0.0.1');
+    try {
+      const { stream, status } = rawCall(session, '/grpc.health.v1.Health/Check', { headers: { authorization: 'Bearer\tsecret-token-0123456789' }, write: Buffer.alloc(5) });
+      stream.end();
+      expect((await status).code).toBe(0);
+      await eventually(() => lines.some((l) => String(l['msg']).startsWith('Failed to add metadata entry authorization')));
+      expect(lines.find((l) => String(l['msg']).startsWith('Failed to add metadata entry'))).toMatchObject({ level: 'warn', component: 'vision.grpc-js' });
+      expect(JSON.stringify(lines)).not.toContain('secret-token-0123456789');
+    } finally {
+      session.destroy();
+      await server.stop();
+    }
+  });
+
+  it.each([
+    ['Failed to add metadata entry authorization: Bearer\tabc. Metadata string value "Bearer\tabc" contains illegal characters', 'Failed to add metadata entry authorization: its value has characters gRPC metadata does not allow, so the header was dropped (value not logged)'],
+    ['Received a token Bearer abc.def in a trace line', 'Received a token Bearer <redacted> in a trace line'],
+    ['Server listening', 'Server listening'],
+  ])('are cleaned of credentials: %j', (line, logged) => {
+    expect(redactGrpcLine(line)).toBe(logged);
+  });
 });
 
 describe('a call whose request message never comes', () => {

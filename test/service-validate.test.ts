@@ -4,8 +4,9 @@
 import { describe, expect, it } from 'vitest';
 import { VlmError } from '../shared/errors';
 import { MAX_PARAMS, validateEncode, validateGenerate, wirePolicy } from '../services/common/validate';
-import type { GenerateRequest } from '../gen/vlm/v1/language_service';
-import { ReductionPolicy as WirePolicy, type ParamValue } from '../gen/vlm/v1/common';
+import { LanguageServiceService, type GenerateRequest } from '../gen/vlm/v1/language_service';
+import { isUndecodable, lenientDefinition, undecodableError } from '../services/common/lenient-decode';
+import { ReductionPolicy as WirePolicy, ReductionPolicy_ParamsEntry, type ParamValue } from '../gen/vlm/v1/common';
 
 const limits = { maxImageBytes: 1000, maxPromptChars: 50, maxNewTokens: 64 };
 const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]); // a signature is all validation reads
@@ -174,6 +175,16 @@ describe('policy.params', () => {
     expect(fields(MAX_PARAMS + 1)).toContain('policy.params');
   });
 
+  it('rejects a name __proto__ sent on the wire, which the generated decoder makes the map\'s prototype instead of an entry', () => {
+    // Field 6, the params map: one entry, written by hand (the generated encoder cannot hold such a key either).
+    const entry = ReductionPolicy_ParamsEntry.encode({ key: '__proto__', value: num(123) }).finish();
+    const sent = Buffer.concat([WirePolicy.encode(WirePolicy.fromPartial({ visionMethod: 'ficoco-v' })).finish(), Buffer.from([50, entry.length]), entry]);
+    const decoded = WirePolicy.decode(sent);
+    expect(Object.keys(decoded.params)).toEqual([]); // the entry is not seen as one
+    const [[field]] = violationsOf(() => validateGenerate(request({ policy: decoded }), limits, 32)) as [[string, string]];
+    expect(field).toBe('policy.params[__proto__]');
+  });
+
   it('rejects a misspelt name instead of running the default, listing the accepted names', () => {
     const [[field, why]] = rejects({ visionMethod: 'ficoco-v', params: { lamda: num(0.9) } }) as [[string, string]];
     expect(field).toBe('policy.params[lamda]');
@@ -276,5 +287,18 @@ describe('wirePolicy', () => {
     ).policy;
     const again = validateEncode({ image: png, policy: WirePolicy.decode(WirePolicy.encode(wirePolicy(policy)).finish()), limits: undefined }, limits).policy;
     expect(again).toEqual(policy);
+  });
+});
+
+describe('a request message that does not decode', () => {
+  it.each([
+    ['generate', 'vlm.v1.LanguageService.Generate'],
+    ['getModelInfo', 'vlm.v1.LanguageService.GetModelInfo'],
+  ] as const)('is INVALID_ARGUMENT naming the method it was sent to (%s)', (method, named) => {
+    // A field 1 of wire type 7, which no protobuf message has.
+    const decoded = lenientDefinition(LanguageServiceService)[method]!.requestDeserialize(Buffer.from([0x0f, 0x00]));
+    expect(isUndecodable(decoded)).toBe(true);
+    const err = undecodableError(decoded as Parameters<typeof undecodableError>[0]);
+    expect([err.code, err.message]).toEqual(['INVALID_ARGUMENT', expect.stringMatching(new RegExp(`^the request is not a valid ${named.replace(/\./g, '\\.')} request message \\(`))]);
   });
 });

@@ -23,6 +23,7 @@ import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
 import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
 import { Admission } from './admission';
+import { routeGrpcLogs } from './grpc-log';
 import type { LineRate } from './log-rate';
 import { accessLogInterceptor, accessLogRate, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
 
@@ -89,6 +90,7 @@ export class GrpcServer {
   private stopping: Promise<void> | null = null;
 
   constructor(private readonly options: GrpcServerOptions) {
+    routeGrpcLogs(options.log);
     this.health = new HealthService([options.serviceName]);
     this.admission = new Admission(options.maxInFlightCalls ?? 0, new Set(options.lightMethods), options.reflectionLifetimeMs);
     const defaultDeadlineMs = options.defaultDeadlineMs ?? DEFAULT_DEADLINE_MS;

@@ -312,7 +312,7 @@ export function bearerAuthInterceptor(tokens: BearerTokens, options: { acceptOnB
         const credential = match === null ? null : tokens.match(match[1]!);
         if (match === null) {
           recordAuth('missing');
-          reject(call, new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata'));
+          reject(call, new VlmError('UNAUTHENTICATED', 'missing bearer token: send "authorization: Bearer <token>" metadata (a value with a tab, a line break or a non-ASCII character is dropped by the transport)'));
         } else if (credential === null) {
           recordAuth('invalid');
           reject(call, new VlmError('UNAUTHENTICATED', 'invalid bearer token'));

@@ -76,23 +76,26 @@ export function envelopeBytes(b: Uint8Array, exempt: ReadonlySet<number>, stop =
 export function lenientDefinition(definition: ServiceDefinition): ServiceDefinition {
   const out: Record<string, ServiceDefinition[string]> = {};
   for (const [name, method] of Object.entries(definition)) {
-    // "/vlm.v1.LanguageService/Generate" -> "vlm.v1.GenerateRequest" (the protos' naming rule).
+    // "/vlm.v1.LanguageService/Generate" -> "vlm.v1.GenerateRequest", the name BOUNDED_ELSEWHERE
+    // keys by. Messages name the method, not a type: the protos also use `<Service><Rpc>Request`
+    // (vlm.v1.LanguageServiceGetModelInfoRequest), which this rule would misname.
     const [, service = '', rpc = name] = /^\/(.+)\/([^/]+)$/.exec(method.path) ?? [];
     const type = `${service.split('.').slice(0, -1).join('.')}.${rpc}Request`;
+    const what = `${service}.${rpc} request`;
     out[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
         const exempt = BOUNDED_ELSEWHERE[type];
         const envelope = envelopeBytes(bytes, exempt?.fields ?? new Set(), ENVELOPE_BYTES);
         if (envelope > ENVELOPE_BYTES) {
-          const what = exempt ? `besides ${exempt.names} ` : '';
-          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request's fields ${what}hold more than ${ENVELOPE_BYTES} bytes; no valid ${type} needs that many`) } satisfies Undecodable;
+          const besides = exempt ? `besides ${exempt.names} ` : '';
+          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request's fields ${besides}hold more than ${ENVELOPE_BYTES} bytes; no valid ${what} needs that many`) } satisfies Undecodable;
         }
         try {
           return method.requestDeserialize(bytes);
         } catch (err) {
           const reason = (err instanceof Error ? err.message : String(err)).slice(0, 200);
-          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request is not a valid ${type} message (${reason}); encode it with the vlm.v1 protos`) } satisfies Undecodable;
+          return { [UNDECODABLE]: new VlmError('INVALID_ARGUMENT', `the request is not a valid ${what} message (${reason}); encode it with the vlm.v1 protos`) } satisfies Undecodable;
         }
       },
     };

@@ -293,6 +293,10 @@ export class TensorAssembler {
       this.dtype === 'float32'
         ? { dtype: 'float32' as const, data: new Float32Array(bytes.buffer, 0, bytes.byteLength / 4) }
         : { dtype: 'float16' as const, data: new Uint16Array(bytes.buffer, 0, bytes.byteLength / 2) };
+    // The decoder would take a NaN or an infinity through every layer and fail only at sampling, an
+    // INTERNAL after a whole prefill: vision sent a tensor no model produces, and is named for it here.
+    const bad = firstNonFinite(typed);
+    if (bad >= 0) throw loss(`row ${Math.floor(bad / h.width)} holds a NaN or an infinite value`);
     const size = h.size.length === h.tokenCount ? Float32Array.from(h.size) : new Float32Array(h.tokenCount).fill(1);
     return {
       header: h,
@@ -300,4 +304,15 @@ export class TensorAssembler {
       tokens: { rows: h.tokenCount, width: h.width, ...typed, origin: Int32Array.from(h.origin), size },
     };
   }
+}
+
+/** Index of the first NaN or infinity (float16: exponent bits all set), or -1. */
+function firstNonFinite(t: { dtype: 'float32'; data: Float32Array } | { dtype: 'float16'; data: Uint16Array }): number {
+  const d = t.data;
+  if (t.dtype === 'float32') {
+    for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i]!)) return i;
+  } else {
+    for (let i = 0; i < d.length; i++) if ((d[i]! & 0x7c00) === 0x7c00) return i;
+  }
+  return -1;
 }

@@ -188,6 +188,9 @@ function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; 
  */
 function parseParams(wire: WirePolicy['params'], readers: readonly ParamReader[] | null, v: Violations): Record<string, number | string | boolean> {
   const params: Record<string, number | string | boolean> = {};
+  // The generated decoder assigns map entries onto a plain object: a key `__proto__` sets its
+  // prototype instead, and Object.entries never sees it. Such a map was sent one, so it is named.
+  if (Object.getPrototypeOf(wire) !== Object.prototype) v.add(paramField('__proto__'), 'parameter names are lower_snake_case, at most 64 characters');
   const entries = Object.entries(wire);
   if (entries.length > MAX_PARAMS) v.add('policy.params', `has ${entries.length} entries, at most ${MAX_PARAMS} are accepted`);
   for (const [name, value] of entries.slice(0, MAX_PARAMS)) {

@@ -1,0 +1,32 @@
+/**
+ * grpc-js's own log lines through the service's JSON logger, without credentials and at a bounded
+ * rate. By default grpc-js prints plain text to stderr, and among its lines is every metadata entry it
+ * cannot add, with its value: `authorization: Bearer <token>` with a stray tab or a pasted non-breaking
+ * space is such an entry, so a client's (valid) token reached the service's log.
+ */
+import { format } from 'node:util';
+import { setLogger } from '@grpc/grpc-js';
+import type { Logger } from '../../shared/log';
+import { LineRate } from './log-rate';
+
+/** What a grpc-js line may say: a metadata entry's value never (any header may carry a secret), and no bearer token. */
+export function redactGrpcLine(text: string): string {
+  const entry = /^Failed to add metadata entry ([^:]*):/.exec(text);
+  if (entry) return `Failed to add metadata entry ${entry[1]}: its value has characters gRPC metadata does not allow, so the header was dropped (value not logged)`;
+  return text.replace(/\bBearer\s+\S+/gi, 'Bearer <redacted>');
+}
+
+/** Routes grpc-js's log lines to `log` (process-wide: grpc-js has one logger). */
+export function routeGrpcLogs(log: Logger): void {
+  const grpcLog = log.child('grpc-js');
+  const rate = new LineRate(20, (level, skipped) => grpcLog.warn('grpc-js lines not logged', { level, skipped }));
+  const line = (level: 'error' | 'info' | 'debug') => (message?: unknown, ...rest: unknown[]) => {
+    const skipped = rate.admit(level);
+    if (skipped === null) return;
+    const text = redactGrpcLine(format(message, ...rest));
+    // A header a client sent that grpc-js cannot take is the client's fault, not the service's.
+    const at = level === 'error' && text.startsWith('Failed to add metadata entry') ? 'warn' : level;
+    grpcLog[at](text, skipped > 0 ? { skipped } : undefined);
+  };
+  setLogger({ error: line('error'), info: line('info'), debug: line('debug') });
+}
