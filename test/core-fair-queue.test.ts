@@ -4,7 +4,7 @@
  * name for a caller the language service forwards) take turns inside their token's turn.
  */
 import { describe, expect, it } from 'vitest';
-import { FairQueue } from '../shared/worker/fair-queue';
+import { FairQueue, HeldByCaller } from '../shared/worker/fair-queue';
 
 function queueOf(entries: Array<[string, string]>): FairQueue<string> {
   const q = new FairQueue<string>();
@@ -44,6 +44,22 @@ describe('FairQueue', () => {
     expect(q.victimFor('b')).toBeUndefined(); // 1 against 2: b would only become the heaviest
     expect(q.victimFor('a')).toBeUndefined(); // the heaviest caller is refused
     expect(queueOf([['a', 'a1'], ['b', 'b1']]).victimFor('c')).toBeUndefined(); // one each: refuse
+  });
+
+  it('weighs places a caller holds outside the queue as jobs waiting, for the newcomer and the victim alike', () => {
+    const q = queueOf([['a', 'a1'], ['a', 'a2'], ['a', 'a3']]);
+    const held = new HeldByCaller();
+    expect(q.victimFor('b', held)).toBe('a'); // 0 against 3
+    held.add('b');
+    held.add('b');
+    expect(q.victimFor('b', held)).toBeUndefined(); // 2 held against 3: b would only become the heaviest
+    held.add('hop/x');
+    held.add('hop/x');
+    held.add('hop/x');
+    held.add('hop/y');
+    // A token weighs what all its sub-callers hold: hop/y holds one place, but hop four against a's three.
+    expect(q.victimFor('hop/y', held)).toBeUndefined();
+    expect(q.victimFor('hop/y')).toBe('a'); // with nothing held counted, it would shed
   });
 
   it('sheds the newest job of the victim, which keeps its older ones in their order', () => {

@@ -258,6 +258,43 @@ describe('InferencePool', () => {
   }, 40_000);
 });
 
+describe('InferencePool places held outside the queue, with several callers', () => {
+  let fair: InferencePool;
+  beforeAll(async () => {
+    const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 2 } });
+    fair = await InferencePool.start({ ...config, log: recordingLogger([], 'pool') });
+  }, 40_000);
+  afterAll(() => fair?.close());
+
+  it('do not lock a lighter caller out: one caller holding every place leaves room past the limit for another', () => {
+    const a = [fair.reserve('a'), fair.reserve('a'), fair.reserve('a')]; // one worker and a queue of two: every place
+    expect(fair.stats).toMatchObject({ busy: 0, queued: 0 });
+    const b = fair.reserve('b');
+    // a, the heavy one, is refused; b goes past the limit while two lighter than a, up to the queue's size past it.
+    expect(fair.refusal('a')).toMatchObject({ reason: 'QUEUE_FULL', message: expect.stringMatching(/4 more places held/) });
+    expect(fair.refusal('b')).toBeNull();
+    const b2 = fair.reserve('b');
+    expect(fair.refusal('b')).toMatchObject({ reason: 'QUEUE_FULL' });
+    expect(fair.refusal('c')).toMatchObject({ reason: 'QUEUE_FULL' }); // two past the limit: no further
+    for (const p of [...a, b, b2]) p.release();
+    expect(fair.refusal('a')).toBeNull();
+  });
+
+  it("weigh as the caller's queued jobs do: a caller cannot reserve its way past a heavier one, and sheds only when its job comes", async () => {
+    const asked = (caller: string, place?: PoolPlace) => fair.ask(image, 'what color is it?', sampling, policy(), { caller, place });
+    const a = [asked('a'), asked('a'), asked('a')]; // one running, two queued: full
+    const b = fair.reserve('b');
+    expect(fair.stats.queued).toBe(2); // nothing shed yet
+    // b holds one and a has two queued: b is not two lighter any more.
+    expect(fair.refusal('b')).toMatchObject({ reason: 'QUEUE_FULL' });
+    const shed = failure(a[2]!);
+    const bJob = asked('b', b);
+    expect((await shed).message).toMatch(/shed from the full queue/);
+    await Promise.all([a[0], a[1], bJob]);
+    expect(fair.stats).toMatchObject({ busy: 0, queued: 0 });
+  }, 40_000);
+});
+
 describe('InferencePool with several callers', () => {
   it('serves callers in turn and sheds the heaviest caller\'s newest job rather than refuse a lighter caller', async () => {
     const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 3 } });
@@ -272,9 +309,11 @@ describe('InferencePool with several callers', () => {
       // Full with a's jobs: a is refused, b is not.
       expect(fair.refusal('a')).toMatchObject({ reason: 'QUEUE_FULL' });
       expect(fair.refusal('b')).toBeNull();
-      // b holds its place (as during a vision hop): a's newest job is shed for it now, not when b's job comes.
+      // b holds its place (as during a vision hop). Nothing is shed until its job comes (the hop may
+      // fail), but the place counts: a may not take another.
       const place = fair.reserve('b');
-      expect(fair.stats.queued).toBe(2);
+      expect(fair.stats.queued).toBe(3);
+      expect(fair.refusal('a')).toMatchObject({ reason: 'QUEUE_FULL' });
       const b = ask('b', 'b1', place);
       expect(fair.stats.queued).toBe(3);
       const e = await failure(shed);

@@ -18,7 +18,7 @@ import { VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
 import { generateStream } from '../services/language/generate-stream';
-import { startPromptTokenCounter, type PromptTokenCounter } from '../services/language/prompt-token-counter';
+import { COUNTS_WAITING_MAX, startPromptTokenCounter, type PromptTokenCounter } from '../services/language/prompt-token-counter';
 import { assemblePrompt, loadTokenizer } from '../shared/tokenizer/tokenizer';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { FinishReason } from '../gen/vlm/v1/language_service';
@@ -112,6 +112,28 @@ describe('prompt length, judged before the hop', () => {
     counting = false;
     // Counted here instead, the eight would have held the loop for all their time: a turn or two each.
     expect(turns).toBeGreaterThan(100);
+  });
+
+  it('never counts a prompt whose caller gave up while it waited, and refuses counts past its backlog', async () => {
+    const own = await startPromptTokenCounter(BUNDLE, backend.model.manifest, config.limits);
+    const costly = `${'b'.repeat(100)} `.repeat(40).slice(0, config.limits.maxPromptChars);
+    try {
+      const gaveUp = Array.from({ length: 10 }, () => new AbortController());
+      const abandoned = gaveUp.map((a) => own.count(costly, a.signal).catch((e: VlmError) => e.code));
+      expect(own.waiting).toBe(9); // one on the thread
+      for (const a of gaveUp) a.abort(new VlmError('CANCELLED', 'gone'));
+      expect(await Promise.all(abandoned)).toEqual(Array(10).fill('CANCELLED'));
+      expect(own.waiting).toBe(0); // nothing left for the thread but the one it had
+      const flood = Array.from({ length: COUNTS_WAITING_MAX + 1 }, () => own.count(costly).catch((e: VlmError) => e.code));
+      const refused = await own.count(costly).catch((e: VlmError) => `${e.code} ${e.reason}`);
+      expect(refused).toBe('RESOURCE_EXHAUSTED QUEUE_FULL');
+      await own.close();
+      // Refused at the stop, never run; but for the one the thread may have taken by then.
+      const outcomes = await Promise.all(flood);
+      expect(outcomes.filter((o) => o !== 'UNAVAILABLE').length).toBeLessThanOrEqual(1);
+    } finally {
+      await own.close();
+    }
   });
 
   it('refuses a prompt that alone fills the positions, naming the prompt, without an Encode', async () => {

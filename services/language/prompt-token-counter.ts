@@ -22,15 +22,28 @@ export interface PromptTokenCounter {
   atMost(question: string): number;
   /** The tokenizer's special tokens, whose text a question may not hold (validateGenerate). */
   readonly specialTokens: readonly string[];
+  /** Counts waiting for the thread, besides the one it runs. */
+  readonly waiting: number;
   /** Stops the counting thread; counts still waiting are refused. */
   close(): Promise<void>;
 }
 
 const WORKER_FILE = path.join(__dirname, `prompt-count-worker${path.extname(__filename)}`);
 
-interface Pending {
-  resolve(count: number): void;
-  reject(err: VlmError): void;
+/**
+ * Counts waiting for the thread, at most. Each may cost tens of milliseconds (`prompt-count-worker.ts`),
+ * so past this a request that needs one is refused at once rather than made to wait seconds behind
+ * a flood; the calls holding them are bounded anyway (`--max-inflight-calls`).
+ */
+export const COUNTS_WAITING_MAX = 32;
+
+interface Count {
+  readonly id: number;
+  readonly question: string;
+  readonly resolve: (count: number) => void;
+  readonly reject: (err: VlmError) => void;
+  /** Settled already (its caller gave up, or it failed): its answer, if one comes, is dropped. */
+  done: boolean;
 }
 
 export async function startPromptTokenCounter(modelDir: string, manifest: Manifest, limits: PromptLimits): Promise<PromptTokenCounter> {
@@ -42,60 +55,99 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
     return p.prefix.length + p.suffix.length;
   })();
   const init: CountWorkerInit = { tokenizerFile, prompt: manifest.prompt, tokens: manifest.tokens, limits };
-  const pending = new Map<number, Pending>();
-  let nextId = 1;
+  // One count at a time on the thread, the rest waiting here: a count whose caller gave up while it
+  // waited is never sent, so abandoned work does not hold up the counts after it.
+  const waiting: Count[] = [];
+  let running: Count | undefined;
   let worker: Worker | undefined;
+  let nextId = 1;
   let closed = false;
 
-  const failAll = (err: VlmError): void => {
-    for (const p of pending.values()) p.reject(err);
-    pending.clear();
+  const settle = (c: Count, outcome: { count: number } | { error: VlmError }): void => {
+    if (c.done) return;
+    c.done = true;
+    if ('count' in outcome) c.resolve(outcome.count);
+    else c.reject(outcome.error);
   };
-  // Started on first use and again after a crash; unref'd, so it never holds the process open.
-  const current = (): Worker => {
-    if (worker) return worker;
+
+  const start = (): Worker => {
     const ts = WORKER_FILE.endsWith('.ts');
     const w = new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', require.resolve('tsx/cjs')] : [], stdout: false, stderr: false });
+    // Never what keeps the process open.
     w.unref();
     w.on('message', (a: CountAnswer) => {
-      const p = pending.get(a.id);
-      if (!p) return; // its caller gave up
-      pending.delete(a.id);
-      if ('error' in a) p.reject(VlmError.fromJSON(a.error));
-      else p.resolve(a.count);
+      if (w !== worker || running?.id !== a.id) return;
+      const c = running;
+      running = undefined;
+      settle(c, 'error' in a ? { error: VlmError.fromJSON(a.error) } : { count: a.count });
+      pump();
     });
+    // 'error' comes before 'exit' for one death: only the first, and only for the current thread, counts.
     const lost = (why: string): void => {
-      if (worker === w) worker = undefined;
-      failAll(new VlmError('INTERNAL', `the prompt-counting thread ${why}`));
+      if (w !== worker) return;
+      worker = undefined;
+      const c = running;
+      running = undefined;
+      // The count it was running is the one that may have killed it: failed, not retried.
+      if (c) settle(c, { error: new VlmError('INTERNAL', `the prompt-counting thread ${why}`) });
+      if (!closed) pump();
     };
     w.on('error', (err) => lost(`failed: ${err.message}`));
     w.on('exit', (code) => lost(`exited with code ${code}`));
-    return (worker = w);
+    return w;
   };
+
+  const pump = (): void => {
+    if (running || closed) return;
+    let next = waiting.shift();
+    while (next?.done) next = waiting.shift();
+    if (!next) return;
+    running = next;
+    worker ??= start();
+    worker.postMessage({ id: next.id, question: next.question } satisfies CountRequest);
+  };
+
+  worker = start();
 
   return {
     count(question, signal) {
       if (closed) return Promise.reject(VlmError.shuttingDown('the language service is stopping'));
       if (signal?.aborted) return Promise.reject(abortReason(signal));
-      const id = nextId++;
+      if (waiting.length >= COUNTS_WAITING_MAX) {
+        return Promise.reject(
+          new VlmError('RESOURCE_EXHAUSTED', `${COUNTS_WAITING_MAX} long prompts are waiting to be counted against the model's positions; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: 1000 }),
+        );
+      }
       return new Promise<number>((resolve, reject) => {
         const onAbort = (): void => {
-          pending.delete(id);
-          reject(abortReason(signal!));
+          const at = waiting.indexOf(c);
+          if (at >= 0) waiting.splice(at, 1);
+          settle(c, { error: abortReason(signal!) });
+        };
+        const c: Count = {
+          id: nextId++,
+          question,
+          resolve: (n) => (signal?.removeEventListener('abort', onAbort), resolve(n)),
+          reject: (e) => (signal?.removeEventListener('abort', onAbort), reject(e)),
+          done: false,
         };
         signal?.addEventListener('abort', onAbort, { once: true });
-        const settle = <T>(f: (v: T) => void) => (v: T) => (signal?.removeEventListener('abort', onAbort), f(v));
-        pending.set(id, { resolve: settle(resolve), reject: settle(reject) });
-        current().postMessage({ id, question } satisfies CountRequest);
+        waiting.push(c);
+        pump();
       });
     },
     atMost: (question) => template + Buffer.byteLength(question, 'utf8'),
     specialTokens: tokenizer.specialTokens,
+    get waiting() {
+      return waiting.length;
+    },
     async close() {
       closed = true;
+      const stopping = VlmError.shuttingDown('the language service is stopping');
+      for (const c of [...(running ? [running] : []), ...waiting.splice(0)]) settle(c, { error: stopping });
+      running = undefined;
       const w = worker;
       worker = undefined;
-      failAll(VlmError.shuttingDown('the language service is stopping'));
       await w?.terminate();
     },
   };

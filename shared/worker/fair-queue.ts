@@ -81,15 +81,21 @@ export class FairQueue<T> {
    * sub-caller, if that token has at least two more waiting than `caller`'s token. Failing that,
    * inside `caller`'s own token: its heaviest sub-caller, if that has at least two more waiting than
    * `caller` (which moves a place between the token's own sub-callers, never another token's).
+   * `held`: places callers hold outside the queue (the pool's reserved places), which weigh as waiting
+   * jobs do but cannot be shed.
    */
-  victimFor(caller: string): string | undefined {
+  victimFor(caller: string, held: HeldCounts = NO_HELD): string | undefined {
     const { token, sub } = split(caller);
-    const heaviest = heaviestOf(this.byToken, (g) => g.size);
+    const tokenWeight = (t: string, g: Group<T> | undefined) => (g?.size ?? 0) + held.ofToken(t);
+    const heaviest = heaviestOf(this.byToken, (g, t) => tokenWeight(t, g));
     const own = this.byToken.get(token);
-    if (heaviest && (own?.size ?? 0) + 2 <= heaviest[1].size) return join(heaviest[0], heaviestOf(heaviest[1].bySub, (items) => items.length)![0]);
+    if (heaviest && tokenWeight(token, own) + 2 <= tokenWeight(heaviest[0], heaviest[1])) {
+      return join(heaviest[0], heaviestOf(heaviest[1].bySub, (items, s) => items.length + held.of(join(heaviest[0], s)))![0]);
+    }
     if (!own) return undefined;
-    const [victim, items] = heaviestOf(own.bySub, (i) => i.length)!;
-    return (own.bySub.get(sub)?.length ?? 0) + 2 <= items.length ? join(token, victim) : undefined;
+    const subWeight = (s: string) => (own.bySub.get(s)?.length ?? 0) + held.of(join(token, s));
+    const [victim] = heaviestOf(own.bySub, (_, s) => subWeight(s))!;
+    return subWeight(sub) + 2 <= subWeight(victim) ? join(token, victim) : undefined;
   }
 
   /** Removes and returns `caller`'s newest waiting job. */
@@ -136,8 +142,65 @@ function join(token: string, sub: string): string {
 }
 
 /** The entry with the largest weight, the earliest in turn order on a tie; undefined when empty. */
-function heaviestOf<V>(map: Map<string, V>, weight: (v: V) => number): [string, V] | undefined {
+function heaviestOf<V>(map: Map<string, V>, weight: (v: V, key: string) => number): [string, V] | undefined {
   let best: [string, V] | undefined;
-  for (const entry of map) if (!best || weight(entry[1]) > weight(best[1])) best = entry;
+  let bestWeight = -Infinity;
+  for (const entry of map) {
+    const w = weight(entry[1], entry[0]);
+    if (w > bestWeight) (best = entry), (bestWeight = w);
+  }
   return best;
+}
+
+/** Places held per caller outside the queue: by exact caller (`token` or `token/sub`), and summed per token. */
+export interface HeldCounts {
+  of(caller: string): number;
+  ofToken(token: string): number;
+}
+
+const NO_HELD: HeldCounts = { of: () => 0, ofToken: () => 0 };
+
+/** A HeldCounts kept as places are taken and given back. */
+export class HeldByCaller implements HeldCounts {
+  private readonly byCaller = new Map<string, number>();
+  private readonly byToken = new Map<string, number>();
+  private total = 0;
+
+  get size(): number {
+    return this.total;
+  }
+
+  of(caller: string): number {
+    return this.byCaller.get(caller) ?? 0;
+  }
+
+  ofToken(token: string): number {
+    return this.byToken.get(token) ?? 0;
+  }
+
+  add(caller: string): void {
+    bump(this.byCaller, caller, 1);
+    bump(this.byToken, split(caller).token, 1);
+    this.total++;
+  }
+
+  remove(caller: string): void {
+    bump(this.byCaller, caller, -1);
+    bump(this.byToken, split(caller).token, -1);
+    this.total--;
+  }
+
+  /** The most any caller other than `caller` holds here. */
+  heaviestOther(caller: string): number {
+    let most = 0;
+    for (const [c, n] of this.byCaller) if (c !== caller && n > most) most = n;
+    return most;
+  }
+}
+
+/** Adds `by` to `key`'s count; a count of zero leaves the map. */
+function bump(map: Map<string, number>, key: string, by: number): void {
+  const n = (map.get(key) ?? 0) + by;
+  if (n <= 0) map.delete(key);
+  else map.set(key, n);
 }

@@ -37,7 +37,7 @@ import { ATTR_ERROR_TYPE, SpanName } from '../telemetry/names';
 import { isServerFault } from '../telemetry/span-status';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { contentCaptured, tracingEnabled } from '../telemetry/state';
-import { FairQueue } from './fair-queue';
+import { FairQueue, HeldByCaller } from './fair-queue';
 
 export interface PoolDeps {
   readonly model: ModelConfig;
@@ -125,8 +125,9 @@ function spawn(init: WorkerInit): Worker {
 export class InferencePool {
   private readonly slots: Slot[] = [];
   private readonly queue = new FairQueue<Task>();
-  /** Places reserve() handed out that no job has taken yet. */
-  private readonly held = new Set<PoolPlace>();
+  /** Places reserve() handed out that no job has taken yet, with their callers. */
+  private readonly held = new Map<PoolPlace, string>();
+  private readonly heldBy = new HeldByCaller();
   private nextId = 1;
   private closed = false;
   private closing: Promise<PoolCloseReport> | undefined;
@@ -262,35 +263,56 @@ export class InferencePool {
   /**
    * Holds a place for a job of `caller`'s that is submitted later (with `options.place`), or throws
    * what a job submitted now would be refused with: the language service sheds a request before its
-   * vision hop, and keeps its place through it. A place that only shedding a heavier caller's queued
-   * job can make is made now.
+   * vision hop, and keeps its place through it. Nothing is shed for it now: the hop may yet fail, and
+   * a queued job shed for a place never used would be lost for nothing; its job sheds when it comes.
    */
   reserve(caller = ''): PoolPlace {
     const refused = this.refusal(caller);
     if (refused) throw refused;
-    if (this.freePlaces() <= 0) this.shedFor(caller);
-    const place: PoolPlace = { release: () => void this.held.delete(place) };
-    this.held.add(place);
+    const place: PoolPlace = { release: () => void this.takePlace(place) };
+    this.held.set(place, caller);
+    this.heldBy.add(caller);
     return place;
   }
 
-  /** Idle workers and queue room, less the places held for jobs on their way. */
+  /** Ends a held place (its job came, or it was given back); false if it was not held. */
+  private takePlace(place: PoolPlace): boolean {
+    const caller = this.held.get(place);
+    if (caller === undefined) return false;
+    this.held.delete(place);
+    this.heldBy.remove(caller);
+    return true;
+  }
+
+  /** Idle workers and queue room, less the places held for jobs on their way (negative past the limit). */
   private freePlaces(): number {
     const idle = this.slots.filter((s) => !s.task).length;
     return idle + this.deps.limits.queueSize - this.queue.length - this.held.size;
   }
 
   /**
+   * Whether `caller` may take a place past the limit: held places cannot be shed as queued jobs can,
+   * so a caller at least two lighter than one holding places outside the queue is not refused for
+   * them (as the fair queue does not refuse a light caller for a heavy one's queued jobs), up to the
+   * queue's size past the limit in all.
+   */
+  private mayExceed(caller: string): boolean {
+    if (-this.freePlaces() >= Math.max(1, this.deps.limits.queueSize)) return false;
+    return this.heldBy.heaviestOther(caller) >= this.queue.countOf(caller) + this.heldBy.of(caller) + 2;
+  }
+
+  /**
    * Why a job of `caller`'s submitted now would be refused (shut down, no worker, every place taken by
-   * running, queued or reserved jobs with no heavier caller's queued job to shed); null if it would be
-   * taken. The services ask it when a call's headers arrive, before its request message is received.
+   * running, queued or reserved jobs with no heavier caller's queued job to shed and none holding
+   * places to go past); null if it would be taken. The services ask it when a call's headers arrive,
+   * before its request message is received.
    */
   refusal(caller = ''): VlmError | null {
     if (this.closed) return VlmError.shuttingDown('the inference pool is shut down');
     const outage = this.outage();
     if (outage) return outage;
     if (this.freePlaces() > 0) return null;
-    if (this.queue.victimFor(caller) !== undefined) return null;
+    if (this.queue.victimFor(caller, this.heldBy) !== undefined || this.mayExceed(caller)) return null;
     const busy = `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize})`;
     const held = this.held.size > 0 ? `, with ${this.held.size} more places held by requests whose images are being encoded` : '';
     return new VlmError('RESOURCE_EXHAUSTED', `${busy}${held}; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
@@ -387,7 +409,7 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       // A held place is this job's: taken first, so no early answer leaves it held; the job does not
       // ask for room, but closing and outages still refuse it.
-      const placed = options.place !== undefined && this.held.delete(options.place);
+      const placed = options.place !== undefined && this.takePlace(options.place);
       if (this.closed) return reject(VlmError.shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(abortReason(options.signal));
       const caller = options.caller ?? '';
@@ -407,8 +429,9 @@ export class InferencePool {
         options.signal.addEventListener('abort', task.onAbort, { once: true });
       }
       if (idle) return this.dispatch(idle, task);
-      // A held place has room by construction (or, the pool having lost a worker meanwhile, is honoured past the limit).
-      if (!placed && this.freePlaces() <= 0) this.shedFor(caller);
+      // Past the limit (a job let past it, a worker lost meanwhile), a heavier caller's newest queued
+      // job is shed if there is one; otherwise the job waits past the limit, as its admission allowed.
+      if (this.freePlaces() <= 0 && this.queue.victimFor(caller, this.heldBy) !== undefined) this.shedFor(caller);
       this.queue.push(caller, task);
     });
   }
@@ -425,7 +448,7 @@ export class InferencePool {
 
   /** Makes room in a full queue for one of `caller`'s jobs (refusal() has found a heavier caller). */
   private shedFor(caller: string): void {
-    const victim = this.queue.victimFor(caller)!;
+    const victim = this.queue.victimFor(caller, this.heldBy)!;
     const waiting = this.queue.countOf(victim);
     const shed = this.queue.popNewest(victim)!;
     this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, requestId: shed.options.requestId });
