@@ -275,6 +275,8 @@ describe("grpc-js's own log lines", () => {
     ['Failed to add metadata entry authorization: Bearer\tabc. Metadata string value "Bearer\tabc" contains illegal characters', 'Failed to add metadata entry authorization: its value has characters gRPC metadata does not allow, so the header was dropped (value not logged)'],
     ['Received a token Bearer abc.def in a trace line', 'Received a token Bearer <redacted> in a trace line'],
     ['Server listening', 'Server listening'],
+    // GRPC_TRACE=server_call prints every request's headers.
+    ['Request to /x received headers {"authorization":["Basic dXNlcjpwYXNz"],"x-api-key":["k-123"],"x-request-id":["r1"]}', 'Request to /x received headers {"authorization":"<redacted>","x-api-key":"<redacted>","x-request-id":["r1"]}'],
   ])('are cleaned of credentials: %j', (line, logged) => {
     expect(redactGrpcLine(line)).toBe(logged);
   });

@@ -149,6 +149,8 @@ describe('the server span of a call that ended without our status', () => {
     expect(span.status.code).toBe('UNSET');
     const request = spans.find((s) => s.parentSpanId === span.spanId && s.name === 'vlm.request')!;
     expect(request.attributes['error.type']).toBe('CANCELLED');
+    // Ended after the handler's own spans, not at the cancel while they still ran.
+    expect(BigInt(request.endTimeUnixNano) <= BigInt(span.endTimeUnixNano)).toBe(true);
     await eventually(() => spans.some((s) => s.traceId === span.traceId && s.kind === 'CLIENT'));
     const { report, trees } = analyseTraces(spans.filter((s) => s.traceId === span.traceId));
     expect(trees[0]!.root.span.kind).toBe('CLIENT');
@@ -165,6 +167,21 @@ describe('the server span of a call that ended without our status', () => {
     const span = await serverSpan('deadline-1');
     expect(span).toMatchObject({ kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.DEADLINE_EXCEEDED } });
     expect(span.status.code).toBe('ERROR');
+  });
+
+  it('a call that succeeds: OK, and its spans nest on one sub-millisecond clock (the request inside its server span)', async () => {
+    const metadata = new grpc.Metadata();
+    metadata.set('x-request-id', 'ok-1');
+    const call = client.encode({ image: Buffer.from([2]), policy: undefined, limits: undefined }, metadata);
+    call.on('data', () => undefined);
+    await new Promise((resolve) => call.on('status', resolve));
+    const span = await serverSpan('ok-1');
+    const request = spans.find((s) => s.parentSpanId === span.spanId && s.name === 'vlm.request')!;
+    expect(span.attributes['rpc.grpc.status_code']).toBe(grpc.status.OK);
+    const [start, end] = [BigInt(span.startTimeUnixNano), BigInt(span.endTimeUnixNano)];
+    expect(start <= BigInt(request.startTimeUnixNano) && BigInt(request.endTimeUnixNano) <= end).toBe(true);
+    // The SDK started the server span at a whole millisecond of Date.now(); it is restarted on the workers' clock.
+    expect([start, BigInt(request.startTimeUnixNano)].some((t) => t % 1_000_000n !== 0n)).toBe(true);
   });
 
   it('a stream the client cancels after the handler returned, its last messages still unsent: the server span still ends, CANCELLED', async () => {

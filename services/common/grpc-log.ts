@@ -9,14 +9,22 @@ import { setLogger } from '@grpc/grpc-js';
 import type { Logger } from '../../shared/log';
 import { LineRate } from './log-rate';
 
-/** What a grpc-js line may say: a metadata entry's value never (any header may carry a secret), and no bearer token. */
+/** Header names whose values are credentials (grpc-js's call traces print every received header). */
+const SECRET_HEADER = /authorization|cookie|api[-_]?key|token|secret|password/i;
+
+/** What a grpc-js line may say: a metadata entry's value never (any header may carry a secret), no credential header's value, and no bearer token. */
 export function redactGrpcLine(text: string): string {
   const entry = /^Failed to add metadata entry ([^:]*):/.exec(text);
   if (entry) return `Failed to add metadata entry ${entry[1]}: its value has characters gRPC metadata does not allow, so the header was dropped (value not logged)`;
-  return text.replace(/\bBearer\s+\S+/gi, 'Bearer <redacted>');
+  return text
+    .replace(/"([^"\\]*)"\s*:\s*(\[[^\]]*\]|"(?:[^"\\]|\\.)*")/g, (pair, name: string) => (SECRET_HEADER.test(name) ? `"${name}":"<redacted>"` : pair))
+    .replace(/\bBearer\s+\S+/gi, 'Bearer <redacted>');
 }
 
-/** Routes grpc-js's log lines to `log` (process-wide: grpc-js has one logger). */
+/**
+ * Routes grpc-js's log lines to `log`. grpc-js has one logger per process, so the last server started
+ * takes them: a service process runs one; only tests start several in one process.
+ */
 export function routeGrpcLogs(log: Logger): void {
   const grpcLog = log.child('grpc-js');
   const rate = new LineRate(20, (level, skipped) => grpcLog.warn('grpc-js lines not logged', { level, skipped }));

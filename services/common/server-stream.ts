@@ -6,6 +6,7 @@
  * services/common/status.ts, returning right after it.
  */
 import type {
+  ServerInterceptingCallInterface,
   handleServerStreamingCall,
   handleUnaryCall,
   sendUnaryData,
@@ -19,7 +20,8 @@ import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemet
 import { isServerFault } from '../../shared/telemetry/span-status';
 import { callContext, type CallContext } from './call-context';
 import type { ActiveCalls } from './active-calls';
-import { grpcCodeOf, statusError, toStatus } from './status';
+import { grpcCodeName, grpcCodeOf, statusError, toStatus } from './status';
+import { statusSentOn } from './grpc-stream';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
 export interface AdapterDeps {
@@ -53,14 +55,16 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
 /**
  * Ends the gRPC server span of a call that grpc-js ended as cancelled (the client's cancel or its
  * deadline). The instrumentation ends that span only on 'finish' or an error event, and such a call
- * emits neither: left open, the span is never exported, and the trace loses its root. `e` is the
- * call context's reading of the cancel, which tells the two apart.
+ * emits neither: left open, the span is never exported, and the trace loses its root. `ended`: the
+ * call context's reading of the cancel (which tells a cancel from the deadline), or the status grpc-js
+ * sent itself.
  */
-function endCancelledServerSpan(span: Span | undefined, e: VlmError): void {
+function endCancelledServerSpan(span: Span | undefined, ended: VlmError | { readonly code: number; readonly details: string }): void {
   if (!span?.isRecording()) return;
-  const code = e.code === 'DEADLINE_EXCEEDED' ? e.code : 'CANCELLED';
-  span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: grpcCodeOf(code), [ATTR_ERROR_TYPE]: code });
-  if (isServerFault(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+  const status = ended instanceof VlmError ? { code: grpcCodeOf(ended.code === 'DEADLINE_EXCEEDED' ? ended.code : 'CANCELLED'), details: ended.message } : ended;
+  const name = grpcCodeName(status.code);
+  span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: status.code, [ATTR_ERROR_TYPE]: name });
+  if (isServerFault(name)) span.setStatus({ code: SpanStatusCode.ERROR, message: status.details });
   span.end();
 }
 
@@ -83,11 +87,14 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
     const serverSpan = trace.getActiveSpan();
     const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
     const { ctx } = owned;
-    // A cancel can also come after call.end(), while the last writes wait for the client's flow
-    // control: grpc-js then destroys the stream before 'finish', so the instrumentation never ends the
-    // span. Every call emits 'cancelled' when its stream closes, so one that finished is left alone.
+    // A stream can also end after the handler returned, before 'finish': the client cancels while the
+    // last writes wait for its flow control, or grpc-js sends a status itself (a response past the send
+    // limit). grpc-js then destroys the stream and the instrumentation never ends the span. Every call
+    // emits 'cancelled' when its stream closes: one that finished is left alone, and one still in the
+    // handler is ended by the catch below, after its own spans.
+    let returned = false;
     call.once('cancelled', () => {
-      if (!call.writableFinished) endCancelledServerSpan(serverSpan, owned.cancelReason());
+      if (returned && !call.writableFinished) endCancelledServerSpan(serverSpan, sentByGrpcJs(call) ?? owned.cancelReason());
     });
     const request = call.request;
     const iterator = (isUndecodable(request) ? refuse(request) : fn(request, ctx))[Symbol.asyncIterator]();
@@ -118,9 +125,17 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       call.emit('error', statusError(toStatus(err, ctx.log, { method: call.getPath() })));
       return;
     } finally {
+      returned = true;
       owned.dispose();
     }
   }
+}
+
+/** The error status grpc-js sent on the call's stream itself, if any (read back from the HTTP/2 stream). */
+function sentByGrpcJs(call: ServerWritableStream<unknown, unknown>): { code: number; details: string } | undefined {
+  const inner = (call as unknown as { call?: ServerInterceptingCallInterface }).call;
+  const sent = inner ? statusSentOn(inner) : undefined;
+  return sent && sent.code !== 0 ? sent : undefined;
 }
 
 /**

@@ -29,6 +29,7 @@ import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { packageVersion } from '../package-root';
 import { createLogger } from '../log';
 import { GrpcServerSpanOutcome } from './server-span-outcome';
+import { PerformanceClockStart } from './span-clock';
 import { setTracingEnabled } from './state';
 
 /**
@@ -194,6 +195,9 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
   if (settings.otlpMetrics) readers.push(periodic(otlpMetricExporter(settings.metricsProtocol)));
   if (settings.consoleMetrics) readers.push(periodic(new ConsoleMetricExporter()));
 
+  // An exporter name the SDK does not know leaves it none: then no tracer provider either (ours alone
+  // would record every span, a decode event per token, for nothing).
+  const exporting = settings.tracing ? spanProcessorsFromEnv() : [];
   let sdk: NodeSDK | undefined;
   if (settings.tracing || readers.length) {
     // The resource is built here rather than by NodeSDK so that `ready` can wait for its asynchronous
@@ -205,19 +209,20 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
       autoDetectResources: false,
       metricReaders: readers,
       // No span processors means no tracer provider: the API stays no-op when tracing is off.
-      spanProcessors: settings.tracing ? [new GrpcServerSpanOutcome(), ...spanProcessorsFromEnv()] : [],
+      spanProcessors: exporting.length > 0 ? [new PerformanceClockStart(), new GrpcServerSpanOutcome(), ...exporting] : [],
       // Health checks and reflection would drown the spans that matter.
-      instrumentations: settings.tracing ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
+      instrumentations: exporting.length > 0 ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
       // The decode span carries one event per generated token; the SDK's default keeps 128.
       ...(set(env.OTEL_SPAN_EVENT_COUNT_LIMIT) ? {} : { spanLimits: { eventCountLimit: DECODE_EVENT_LIMIT } }),
       logRecordProcessors: [],
     });
     sdk.start();
   }
-  const telemetry: Telemetry = { serviceName: options.serviceName, settings, ready };
+  const tracing = exporting.length > 0;
+  const telemetry: Telemetry = { serviceName: options.serviceName, settings: { ...settings, tracing, captureContent: settings.captureContent && tracing }, ready };
   current = { telemetry, sdk };
-  setTracingEnabled(settings.tracing, settings.captureContent);
-  log.info('telemetry started', { service: options.serviceName, tracing: settings.tracing, otlpMetrics: settings.otlpMetrics, prometheusPort: settings.prometheusPort });
+  setTracingEnabled(tracing, settings.captureContent && tracing);
+  log.info('telemetry started', { service: options.serviceName, tracing, otlpMetrics: settings.otlpMetrics, prometheusPort: settings.prometheusPort });
   return telemetry;
 }
 

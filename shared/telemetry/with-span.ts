@@ -1,14 +1,9 @@
 import { context, trace, type Attributes, type Context, type Span } from '@opentelemetry/api';
 import { vlmTracer } from './scope';
-import { activeRecorder, epochMillis } from './span-recorder';
+import { activeRecorder } from './span-recorder';
 import { markFailed } from './span-status';
 
 const tracer = vlmTracer;
-
-// Start and end times are given, not left to the SDK: it starts a span at Date.now(), whole
-// milliseconds, and ends it a performance.now() duration later, while the spans replayed from workers
-// carry sub-millisecond epoch times (span-recorder.ts). On one clock, a parent's and its children's
-// times nest as they ran instead of by up to a millisecond either way.
 
 /**
  * Runs fn inside an active span named `name`. On error the exception is recorded and `error.type` set
@@ -29,14 +24,14 @@ export async function withSpan<T>(name: string, attributes: Attributes, fn: (spa
       }
     });
   }
-  const span = tracer().startSpan(name, { attributes, startTime: epochMillis() });
+  const span = tracer().startSpan(name, { attributes });
   try {
     return await context.with(trace.setSpan(context.active(), span), () => fn(span));
   } catch (err) {
     markFailed(span, err);
     throw err;
   } finally {
-    span.end(epochMillis());
+    span.end();
   }
 }
 
@@ -50,7 +45,7 @@ export interface OpenSpan {
 }
 
 export function openSpan(name: string, attributes: Attributes, parent: Context = context.active()): OpenSpan {
-  const span = tracer().startSpan(name, { attributes, startTime: epochMillis() }, parent);
+  const span = tracer().startSpan(name, { attributes }, parent);
   let ended = false;
   return {
     span,
@@ -59,7 +54,7 @@ export function openSpan(name: string, attributes: Attributes, parent: Context =
       if (ended) return;
       ended = true;
       if (err !== undefined) markFailed(span, err);
-      span.end(epochMillis());
+      span.end();
     },
   };
 }
