@@ -18,9 +18,9 @@ export type VlmErrorCode =
   | 'INTERNAL';
 
 /**
- * Each code's number in google.rpc.Code, the numbering gRPC status codes share. The one table of
- * them: the gRPC mapping (services/common/status.ts) and the OTLP receiver's google.rpc.Status
- * answers both read it.
+ * Each VlmError code's number in google.rpc.Code, the numbering gRPC status codes share: the gRPC
+ * mapping (services/common/status.ts) and the OTLP receiver's google.rpc.Status answers both read it.
+ * Checked against GRPC_CODE_NAMES below (test/service-status-details.test.ts).
  */
 export const RPC_CODE: Readonly<Record<VlmErrorCode, number>> = Object.freeze({
   CANCELLED: 1,
@@ -42,6 +42,11 @@ export const GRPC_CODE_NAMES: readonly string[] = Object.freeze([
   'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED',
   'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED',
 ]);
+
+/** Name of a gRPC status code as clients print it (`INVALID_ARGUMENT`); `CODE_n` for a number gRPC does not define. */
+export function grpcCodeName(code: number): string {
+  return GRPC_CODE_NAMES[code] ?? `CODE_${code}`;
+}
 
 /** A field-level violation, carried to clients as google.rpc.BadRequest.FieldViolation. */
 export interface FieldViolation {

@@ -123,12 +123,17 @@ describe('InferencePool', () => {
   it('gives back a held place whose job is refused before it runs (an aborted signal)', async () => {
     const place = pool.reserve();
     const other = pool.reserve();
-    const aborted = AbortSignal.abort(new VlmError('CANCELLED', 'gone'));
-    const { encode } = await pool.ask(image, 'what color is it?', sampling, policy(), { place: other });
-    expect((await failure(pool.generate(encode, 'what color is it?', sampling, policy(), { place, signal: aborted }))).code).toBe('CANCELLED');
-    expect(pool.refusal()).toBeNull();
-    const freed = [pool.reserve(), pool.reserve()];
-    for (const p of freed) p.release();
+    const freed: PoolPlace[] = [];
+    try {
+      const aborted = AbortSignal.abort(new VlmError('CANCELLED', 'gone'));
+      const { encode } = await pool.ask(image, 'what color is it?', sampling, policy(), { place: other });
+      expect((await failure(pool.generate(encode, 'what color is it?', sampling, policy(), { place, signal: aborted }))).code).toBe('CANCELLED');
+      // Both places are free again: a leaked one would leave room for one only.
+      freed.push(pool.reserve(), pool.reserve());
+      expect(() => pool.reserve()).toThrow(expect.objectContaining({ reason: 'QUEUE_FULL' }));
+    } finally {
+      for (const p of [place, other, ...freed]) p.release();
+    }
   });
 
   it('refuses work beyond the queue with RESOURCE_EXHAUSTED, and still serves what it accepted', async () => {

@@ -32,7 +32,7 @@ describe('a burst at a language replica with one worker and a queue of one', () 
     await vision?.stop();
   });
 
-  it('is answered up to its two places, refused QUEUE_FULL beyond them, and costs vision one encode per answer', async () => {
+  it('has at least its two places answered, the rest refused QUEUE_FULL, and costs vision one encode per answer', async () => {
     const image = await shapesImage();
     const outcomes = await Promise.all(Array.from({ length: 8 }, () => ask(client, request(image))));
     const answered = outcomes.filter((o) => o.error === null);

@@ -19,7 +19,7 @@ import { parseVisionTarget } from '../services/language/vision-target';
 import { receiveLimit } from '../services/common/message-limits';
 import { generateStream } from '../services/language/generate-stream';
 import { COUNTS_WAITING_MAX, startPromptTokenCounter, type PromptTokenCounter } from '../services/language/prompt-token-counter';
-import { assemblePrompt, loadTokenizer } from '../shared/tokenizer/tokenizer';
+import { loadTokenizer, promptTextTokens } from '../shared/tokenizer/tokenizer';
 import type { ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { FinishReason } from '../gen/vlm/v1/language_service';
 import { BUNDLE, pairConfig, QUESTION, recordingLogger, request, ROOT, shapesImage, type LogLine } from './reliability-helpers';
@@ -49,10 +49,7 @@ describe('prompt length, judged before the hop', () => {
     const m = backend.model.manifest;
     counter = await startPromptTokenCounter(BUNDLE, m, config.limits);
     const tokenizer = await loadTokenizer(path.join(BUNDLE, 'tokenizer.json'));
-    count = (question) => {
-      const p = assemblePrompt(tokenizer, m.prompt, m.tokens, question, config.limits);
-      return p.prefix.length + p.suffix.length;
-    };
+    count = (question) => promptTextTokens(tokenizer, m.prompt, m.tokens, question, config.limits);
     image = await shapesImage();
     positions = m.language.max_positions;
     patches = m.vision.num_patches;

@@ -49,7 +49,7 @@ function queueFull(message: string): VlmError {
 /** A count of places, at most `max` held at once. */
 class Places {
   private held = 0;
-  constructor(private readonly max: number) {}
+  constructor(readonly max: number) {}
 
   take(): boolean {
     if (this.held >= this.max) return false;
@@ -112,10 +112,20 @@ export class SharedPlaces {
     if (this.byKey.remove(key)) this.total.give();
   }
 
+  /** Places in all. */
+  get max(): number {
+    return this.total.max;
+  }
+
   /** Keys holding a place: what the map keeps. */
   get keys(): number {
     return this.byKey.size;
   }
+}
+
+/** What a refusal names: the address's share of `what`, or their total. */
+function placesFull(full: 'total' | 'share', places: SharedPlaces, what: string): string {
+  return full === 'share' ? `${places.perKey} ${what} from this address` : `${places.max} ${what}`;
 }
 
 /**
@@ -270,17 +280,13 @@ export class Admission {
             place.giveBack();
           },
         });
-        if (arriving) {
-          const which = arriving === 'share' ? `${INFRASTRUCTURE_RECEIVING_PER_PEER} health requests from this address` : `${INFRASTRUCTURE_RECEIVING_MAX} health requests`;
-          return reject(call, queueFull(`${which} are being received already; retry later (probes: use the health port)`));
-        }
+        if (arriving) return reject(call, queueFull(`${placesFull(arriving, this.healthArriving, 'health requests')} are being received already; retry later (probes: use the health port)`));
         // Held for as long as the stream is open (onCancel), with no lifetime: a Watch is meant to last.
         if (method.path === HEALTH_WATCH_PATH) {
           const full = this.healthWatches.take(host);
           if (full) {
             place.giveBack();
-            const which = full === 'share' ? `${HEALTH_WATCHES_PER_PEER} health Watch streams from this address` : `${HEALTH_WATCHES_MAX} health Watch streams`;
-            return reject(call, queueFull(`${which} are open already; retry later (probes: use Check, or the health port)`));
+            return reject(call, queueFull(`${placesFull(full, this.healthWatches, 'health Watch streams')} are open already; retry later (probes: use Check, or the health port)`));
           }
           watcher = host;
         }
@@ -311,10 +317,7 @@ export class Admission {
       .withOnReceiveMetadata((metadata, next) => {
         // Held until the stream is over (onCancel), not at the lifetime: its end may wait behind unread answers.
         const full = place.take(this.reflectionStreams, peerHost(call.getPeer()), { ms: lifetime, expired: () => reject(call, new VlmError('DEADLINE_EXCEEDED', `reflection streams are closed after ${lifetime / 1000} s; open another for more requests`)) });
-        if (full) {
-          const which = full === 'share' ? `${REFLECTION_STREAMS_PER_PEER} reflection streams from this address` : `${REFLECTION_STREAMS_MAX} reflection streams`;
-          return reject(call, queueFull(`${which} are open already; retry later`));
-        }
+        if (full) return reject(call, queueFull(`${placesFull(full, this.reflectionStreams, 'reflection streams')} are open already; retry later`));
         next(metadata);
       })
       .withOnCancel(() => place.giveBack())

@@ -28,10 +28,10 @@ export function undecodableError(request: Undecodable): VlmError {
   return request[UNDECODABLE];
 }
 
-/** Fields of each request type that validation bounds on its own (field numbers of the protos). */
+/** Fields of each method's request that validation bounds on its own (field numbers of the protos), by method path. */
 const BOUNDED_ELSEWHERE: Readonly<Record<string, { readonly fields: ReadonlySet<number>; readonly names: string }>> = {
-  'vlm.v1.GenerateRequest': { fields: new Set([1, 2]), names: 'the image and the prompt' },
-  'vlm.v1.EncodeRequest': { fields: new Set([1]), names: 'the image' },
+  '/vlm.v1.LanguageService/Generate': { fields: new Set([1, 2]), names: 'the image and the prompt' },
+  '/vlm.v1.VisionService/Encode': { fields: new Set([1]), names: 'the image' },
 };
 
 /**
@@ -76,16 +76,14 @@ export function envelopeBytes(b: Uint8Array, exempt: ReadonlySet<number>, stop =
 export function lenientDefinition(definition: ServiceDefinition): ServiceDefinition {
   const out: Record<string, ServiceDefinition[string]> = {};
   for (const [name, method] of Object.entries(definition)) {
-    // "/vlm.v1.LanguageService/Generate" -> "vlm.v1.GenerateRequest", the name BOUNDED_ELSEWHERE
-    // keys by. Messages name the method, not a type: the protos also use `<Service><Rpc>Request`
-    // (vlm.v1.LanguageServiceGetModelInfoRequest), which this rule would misname.
+    // Messages name the method ("vlm.v1.LanguageService.Generate request"), not its request type:
+    // the protos name those `<Rpc>Request` or `<Service><Rpc>Request`, which the path does not say.
     const [, service = '', rpc = name] = /^\/(.+)\/([^/]+)$/.exec(method.path) ?? [];
-    const type = `${service.split('.').slice(0, -1).join('.')}.${rpc}Request`;
     const what = `${service}.${rpc} request`;
     out[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
-        const exempt = BOUNDED_ELSEWHERE[type];
+        const exempt = BOUNDED_ELSEWHERE[method.path];
         const envelope = envelopeBytes(bytes, exempt?.fields ?? new Set(), ENVELOPE_BYTES);
         if (envelope > ENVELOPE_BYTES) {
           const besides = exempt ? `besides ${exempt.names} ` : '';

@@ -14,13 +14,12 @@ import type {
   ServerWritableStream,
 } from '@grpc/grpc-js';
 import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
-import { VlmError, throwIfAborted } from '../../shared/errors';
+import { throwIfAborted } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
-import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
-import { isServerFault } from '../../shared/telemetry/span-status';
+import { ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
 import { callContext, type CallContext } from './call-context';
 import type { ActiveCalls } from './active-calls';
-import { grpcCodeName, grpcCodeOf, statusError, toStatus } from './status';
+import { cancelledStatus, statusError, toStatus } from './status';
 import { statusSentOn } from './grpc-stream';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
@@ -53,18 +52,16 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
 }
 
 /**
- * Ends the gRPC server span of a call that grpc-js ended as cancelled (the client's cancel or its
- * deadline). The instrumentation ends that span only on 'finish' or an error event, and such a call
- * emits neither: left open, the span is never exported, and the trace loses its root. `ended`: the
- * call context's reading of the cancel (which tells a cancel from the deadline), or the status grpc-js
- * sent itself.
+ * Ends the gRPC server span of a call grpc-js ended without our status: the client's cancel or its
+ * deadline, or a status grpc-js sent itself. The instrumentation ends that span only on 'finish' or
+ * an error event, and such a call emits neither: left open, the span is never exported, and the trace
+ * loses its root. Recorded as the instrumentation records a status; `error.type`, and the caller's
+ * codes' UNSET, are added as every server span ends (shared/telemetry/server-span-outcome.ts).
  */
-function endCancelledServerSpan(span: Span | undefined, ended: VlmError | { readonly code: number; readonly details: string }): void {
+function endServerSpanOnClose(span: Span | undefined, status: { readonly code: number; readonly details: string }): void {
   if (!span?.isRecording()) return;
-  const status = ended instanceof VlmError ? { code: grpcCodeOf(ended.code === 'DEADLINE_EXCEEDED' ? ended.code : 'CANCELLED'), details: ended.message } : ended;
-  const name = grpcCodeName(status.code);
-  span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: status.code, [ATTR_ERROR_TYPE]: name });
-  if (isServerFault(name)) span.setStatus({ code: SpanStatusCode.ERROR, message: status.details });
+  span.setAttribute(ATTR_RPC_GRPC_STATUS_CODE, status.code);
+  span.setStatus({ code: SpanStatusCode.ERROR, message: status.details });
   span.end();
 }
 
@@ -94,7 +91,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
     // handler is ended by the catch below, after its own spans.
     let returned = false;
     call.once('cancelled', () => {
-      if (returned && !call.writableFinished) endCancelledServerSpan(serverSpan, sentByGrpcJs(call) ?? owned.cancelReason());
+      if (returned && !call.writableFinished) endServerSpanOnClose(serverSpan, errorStatusSent(call) ?? cancelledStatus(owned.cancelReason()));
     });
     const request = call.request;
     const iterator = (isUndecodable(request) ? refuse(request) : fn(request, ctx))[Symbol.asyncIterator]();
@@ -121,7 +118,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
-      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.cancelReason());
+      if (call.cancelled) return endServerSpanOnClose(serverSpan, cancelledStatus(owned.cancelReason()));
       call.emit('error', statusError(toStatus(err, ctx.log, { method: call.getPath() })));
       return;
     } finally {
@@ -131,8 +128,8 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
   }
 }
 
-/** The error status grpc-js sent on the call's stream itself, if any (read back from the HTTP/2 stream). */
-function sentByGrpcJs(call: ServerWritableStream<unknown, unknown>): { code: number; details: string } | undefined {
+/** The error status the call's stream already carried out (grpc-js's own, when our handler had returned), if any. */
+function errorStatusSent(call: ServerWritableStream<unknown, unknown>): { code: number; details: string } | undefined {
   const inner = (call as unknown as { call?: ServerInterceptingCallInterface }).call;
   const sent = inner ? statusSentOn(inner) : undefined;
   return sent && sent.code !== 0 ? sent : undefined;
@@ -172,7 +169,7 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
       callback(null, res);
       return;
     } catch (err) {
-      if (call.cancelled) return endCancelledServerSpan(serverSpan, owned.cancelReason());
+      if (call.cancelled) return endServerSpanOnClose(serverSpan, cancelledStatus(owned.cancelReason()));
       callback(statusError(toStatus(err, owned.ctx.log, { method: call.getPath() })));
       return;
     } finally {

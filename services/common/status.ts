@@ -9,7 +9,7 @@
  * request id and never sent, so stack traces, paths and library messages stay inside the service.
  */
 import { Metadata, status as GrpcCode, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { GRPC_CODE_NAMES, RPC_CODE, VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
+import { grpcCodeName, RPC_CODE, VLM_ERROR_REASONS, VlmError, type FieldViolation, type VlmErrorCode, type VlmErrorReason } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { Any } from '../../gen/google/protobuf/any';
 import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details';
@@ -51,9 +51,14 @@ export function grpcCodeOf(code: VlmErrorCode): GrpcCode {
   return TO_GRPC[code];
 }
 
-/** Name of a gRPC status code as clients print it (`INVALID_ARGUMENT`). */
-export function grpcCodeName(code: GrpcCode): string {
-  return GRPC_CODE_NAMES[code] ?? `CODE_${code}`;
+export { grpcCodeName };
+
+/**
+ * The status of a call grpc-js ended without one from us (the client's cancel, or its deadline), as
+ * its client saw it: DEADLINE_EXCEEDED for the deadline, CANCELLED for anything else that aborted it.
+ */
+export function cancelledStatus(why: VlmError): { code: GrpcCode; details: string } {
+  return { code: grpcCodeOf(why.code === 'DEADLINE_EXCEEDED' ? why.code : 'CANCELLED'), details: why.message };
 }
 
 /**

@@ -182,6 +182,8 @@ function pickMethods(p: WirePolicy, v: Violations): { vision: VisionMethodName; 
   return { vision: vision as VisionMethodName, language: language as LanguageMethodName, known: knownVision && knownLanguage };
 }
 
+const PARAM_NAME_RULE = 'parameter names are lower_snake_case, at most 64 characters';
+
 /**
  * `readers` null: the methods are unknown, so which names they take cannot be judged (their
  * violations already say what is wrong).
@@ -190,12 +192,12 @@ function parseParams(wire: WirePolicy['params'], readers: readonly ParamReader[]
   const params: Record<string, number | string | boolean> = {};
   // The generated decoder assigns map entries onto a plain object: a key `__proto__` sets its
   // prototype instead, and Object.entries never sees it. Such a map was sent one, so it is named.
-  if (Object.getPrototypeOf(wire) !== Object.prototype) v.add(paramField('__proto__'), 'parameter names are lower_snake_case, at most 64 characters');
+  if (Object.getPrototypeOf(wire) !== Object.prototype) v.add(paramField('__proto__'), PARAM_NAME_RULE);
   const entries = Object.entries(wire);
   if (entries.length > MAX_PARAMS) v.add('policy.params', `has ${entries.length} entries, at most ${MAX_PARAMS} are accepted`);
   for (const [name, value] of entries.slice(0, MAX_PARAMS)) {
     if (!/^[a-z][a-z0-9_]{0,63}$/.test(name)) {
-      v.add(paramField(name), 'parameter names are lower_snake_case, at most 64 characters');
+      v.add(paramField(name), PARAM_NAME_RULE);
       continue;
     }
     const parsed = paramValue(name, value, v);

@@ -45,6 +45,7 @@ import { policyAttributes } from '../../shared/telemetry/policy-attributes';
 import { recordGeneration, recordStage, recordStageTokens } from '../../shared/telemetry/metrics';
 import { fitMaxTokens } from '../../shared/engine/context-fit';
 import type { PromptTokenCounter } from './prompt-token-counter';
+import type { PoolPlace } from '../../shared/worker';
 
 export type { PromptTokenCounter };
 
@@ -113,7 +114,8 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     [ATTR_GEN_AI_REQUEST_MAX_TOKENS]: sampling.maxNewTokens,
     [ATTR_GEN_AI_REQUEST_TEMPERATURE]: sampling.temperature,
     [ATTR_GEN_AI_REQUEST_TOP_P]: sampling.topP,
-    [ATTR_GEN_AI_REQUEST_TOP_K]: sampling.topK,
+    // top_k 0 is "off", which the conventions have no value for: recorded only when set.
+    ...(sampling.topK > 0 ? { [ATTR_GEN_AI_REQUEST_TOP_K]: sampling.topK } : {}),
     [ATTR_GEN_AI_REQUEST_SEED]: sampling.seed,
   });
 
@@ -121,14 +123,32 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
   // requests this service would refuse anyway once their images came back would otherwise each have
   // taken a vision encode (and a client's retries elsewhere, another) from the ones it serves.
   const place = backend.pool.reserve(ctx.caller);
-  let tensor: Awaited<ReturnType<typeof deps.vision.encode>>;
   try {
-    const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
-    tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
-  } catch (err) {
+    yield* answer({ deps, valid, visionSchedule, sampling, ctx, span, place, started });
+  } finally {
+    // Taken by the job once it is submitted; given back here if anything before that threw.
     place.release();
-    throw err;
   }
+}
+
+interface Answering {
+  readonly deps: GenerateDeps;
+  readonly valid: ValidGenerate;
+  readonly visionSchedule: VisionSchedule;
+  readonly sampling: ValidGenerate['sampling'];
+  readonly ctx: CallContext;
+  readonly span: Span | undefined;
+  /** The pool place held for this request's job through its vision hop. */
+  readonly place: PoolPlace;
+  /** performance.now() at the call's start. */
+  readonly started: number;
+}
+
+/** The vision hop, then the generation in the pool, as the stream's messages. */
+async function* answer({ deps, valid, visionSchedule, sampling, ctx, span, place, started }: Answering): AsyncGenerator<GenerateResponse> {
+  const { backend } = deps;
+  const hop: EncodeRequest = { image: valid.image as Buffer, policy: wirePolicy(valid.policy), limits: valid.limits.rowsPerChunk > 0 ? { rowsPerChunk: valid.limits.rowsPerChunk } : undefined };
+  const tensor = await deps.vision.encode(hop, expectationOf(backend, visionSchedule), ctx);
   const encodeMs = performance.now() - started;
 
   // The generation gets a signal of its own: besides the call's cancellation and deadline, it is
@@ -177,13 +197,11 @@ export async function* generateStream(deps: GenerateDeps, req: GenerateRequest, 
     );
     for await (const delta of deltas) yield { part: { $case: 'delta', delta } };
     const result = await run;
-    const hop = { encode: encodeMs, firstToken: firstTokenMs ?? performance.now() - started, total: performance.now() - started };
-    const final = finalOf(backend, valid, tensor, result, hop);
-    recordGenerateTelemetry(span, result, final, hop.firstToken, generateAttributes(backend));
+    const times = { encode: encodeMs, firstToken: firstTokenMs ?? performance.now() - started, total: performance.now() - started };
+    const final = finalOf(backend, valid, tensor, result, times);
+    recordGenerateTelemetry(span, result, final, times.firstToken, generateAttributes(backend));
     yield { part: { $case: 'final', final } };
   } finally {
-    // Taken by the job once submitted; released here if anything before that threw.
-    place.release();
     ctx.signal.removeEventListener('abort', forward);
     if (!settled) generation.abort(new VlmError('CANCELLED', 'the call ended before the answer was complete'));
   }

@@ -7,7 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { VlmError } from '../../shared/errors';
-import { assemblePrompt, loadTokenizer } from '../../shared/tokenizer/tokenizer';
+import { loadTokenizer, promptTextTokens } from '../../shared/tokenizer/tokenizer';
 import type { CountAnswer, CountRequest, CountWorkerInit } from './prompt-count-protocol';
 
 const init = workerData as CountWorkerInit;
@@ -17,8 +17,7 @@ const tokenizer = loadTokenizer(init.tokenizerFile);
 port.on('message', (m: CountRequest) => {
   void tokenizer
     .then((tok) => {
-      const p = assemblePrompt(tok, init.prompt, init.tokens, m.question, init.limits);
-      return { id: m.id, count: p.prefix.length + p.suffix.length } satisfies CountAnswer;
+      return { id: m.id, count: promptTextTokens(tok, init.prompt, init.tokens, m.question, init.limits) } satisfies CountAnswer;
     })
     .catch((err: unknown): CountAnswer => ({ id: m.id, error: VlmError.from(err).toJSON() }))
     .then((answer) => port.postMessage(answer));

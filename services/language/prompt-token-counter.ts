@@ -5,11 +5,12 @@
  * every call and the health checks, and a tokenizer's cost depends on the text it is given.
  */
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { abortReason, VlmError } from '../../shared/errors';
 import type { Manifest } from '../../shared/bundle/manifest';
-import { assemblePrompt, loadTokenizer, type PromptLimits } from '../../shared/tokenizer/tokenizer';
+import { loadTokenizer, promptTextTokens, type PromptLimits } from '../../shared/tokenizer/tokenizer';
 import type { CountAnswer, CountRequest, CountWorkerInit } from './prompt-count-protocol';
+import { BUSY_RETRY_MS, startWorker } from '../../shared/worker';
 
 export interface PromptTokenCounter {
   /** The exact count, from the counting thread; rejects as tokenizing would (an empty question: INVALID_ARGUMENT). */
@@ -32,8 +33,8 @@ const WORKER_FILE = path.join(__dirname, `prompt-count-worker${path.extname(__fi
 
 /**
  * Counts waiting for the thread, at most. Each may cost tens of milliseconds (`prompt-count-worker.ts`),
- * so past this a request that needs one is refused at once rather than made to wait seconds behind
- * a flood; the calls holding them are bounded anyway (`--max-inflight-calls`).
+ * so past this a request that needs one is refused at once rather than made to wait more than a
+ * second or two behind a flood (`--max-inflight-calls`, when set lower, bounds them first).
  */
 export const COUNTS_WAITING_MAX = 32;
 
@@ -50,10 +51,7 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
   const tokenizerFile = path.join(modelDir, 'tokenizer.json');
   // Loaded here too: a tokenizer that cannot load fails the start, and the template is counted once.
   const tokenizer = await loadTokenizer(tokenizerFile);
-  const template = (() => {
-    const p = assemblePrompt(tokenizer, manifest.prompt, manifest.tokens, 'x', limits);
-    return p.prefix.length + p.suffix.length;
-  })();
+  const template = promptTextTokens(tokenizer, manifest.prompt, manifest.tokens, 'x', limits);
   const init: CountWorkerInit = { tokenizerFile, prompt: manifest.prompt, tokens: manifest.tokens, limits };
   // One count at a time on the thread, the rest waiting here: a count whose caller gave up while it
   // waited is never sent, so abandoned work does not hold up the counts after it.
@@ -71,8 +69,7 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
   };
 
   const start = (): Worker => {
-    const ts = WORKER_FILE.endsWith('.ts');
-    const w = new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', require.resolve('tsx/cjs')] : [], stdout: false, stderr: false });
+    const w = startWorker(WORKER_FILE, init);
     // Never what keeps the process open.
     w.unref();
     w.on('message', (a: CountAnswer) => {
@@ -115,7 +112,7 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
       if (signal?.aborted) return Promise.reject(abortReason(signal));
       if (waiting.length >= COUNTS_WAITING_MAX) {
         return Promise.reject(
-          new VlmError('RESOURCE_EXHAUSTED', `${COUNTS_WAITING_MAX} long prompts are waiting to be counted against the model's positions; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: 1000 }),
+          new VlmError('RESOURCE_EXHAUSTED', `${COUNTS_WAITING_MAX} long prompts are waiting to be counted against the model's positions; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS }),
         );
       }
       return new Promise<number>((resolve, reject) => {

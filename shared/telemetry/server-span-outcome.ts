@@ -7,7 +7,7 @@
  */
 import { SpanKind, SpanStatusCode, type Context, type SpanStatus } from '@opentelemetry/api';
 import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { GRPC_CODE_NAMES } from '../errors';
+import { grpcCodeName } from '../errors';
 import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from './names';
 import { isServerFault } from './span-status';
 
@@ -19,7 +19,7 @@ export class GrpcServerSpanOutcome implements SpanProcessor {
     if (span.kind !== SpanKind.SERVER) return;
     const code = span.attributes[ATTR_RPC_GRPC_STATUS_CODE];
     if (typeof code !== 'number' || code === 0) return;
-    const name = GRPC_CODE_NAMES[code] ?? `CODE_${code}`;
+    const name = grpcCodeName(code);
     if (span.attributes[ATTR_ERROR_TYPE] === undefined) span.setAttribute(ATTR_ERROR_TYPE, name);
     // setStatus ignores UNSET by the API's rule, so the caller's codes are reset on the span itself.
     if (!isServerFault(name) && span.status.code === SpanStatusCode.ERROR) (span as { status: SpanStatus }).status = { code: SpanStatusCode.UNSET };

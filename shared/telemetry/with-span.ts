@@ -3,7 +3,6 @@ import { vlmTracer } from './scope';
 import { activeRecorder } from './span-recorder';
 import { markFailed } from './span-status';
 
-const tracer = vlmTracer;
 
 /**
  * Runs fn inside an active span named `name`. On error the exception is recorded and `error.type` set
@@ -24,7 +23,7 @@ export async function withSpan<T>(name: string, attributes: Attributes, fn: (spa
       }
     });
   }
-  const span = tracer().startSpan(name, { attributes });
+  const span = vlmTracer().startSpan(name, { attributes });
   try {
     return await context.with(trace.setSpan(context.active(), span), () => fn(span));
   } catch (err) {
@@ -45,7 +44,7 @@ export interface OpenSpan {
 }
 
 export function openSpan(name: string, attributes: Attributes, parent: Context = context.active()): OpenSpan {
-  const span = tracer().startSpan(name, { attributes }, parent);
+  const span = vlmTracer().startSpan(name, { attributes }, parent);
   let ended = false;
   return {
     span,

@@ -109,3 +109,9 @@ export class DeltaDecoder {
     return this.tok.decode(this.ids);
   }
 }
+
+/** The prompt's text tokens (template and question, BOS included) as the engine assembles them around the image. */
+export function promptTextTokens(tok: TextTokenizer, prompt: PromptSpec, tokens: TokenSpec, question: string, limits: PromptLimits): number {
+  const p = assemblePrompt(tok, prompt, tokens, question, limits);
+  return p.prefix.length + p.suffix.length;
+}

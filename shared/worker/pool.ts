@@ -38,6 +38,7 @@ import { isServerFault } from '../telemetry/span-status';
 import { epochMillis, replaySpans, type SpanTiming } from '../telemetry/span-recorder';
 import { contentCaptured, tracingEnabled } from '../telemetry/state';
 import { FairQueue, HeldByCaller } from './fair-queue';
+import { startWorker } from './start-worker';
 
 export interface PoolDeps {
   readonly model: ModelConfig;
@@ -118,8 +119,7 @@ interface Slot {
 const WORKER_FILE = path.join(__dirname, `inference-worker${path.extname(__filename)}`);
 
 function spawn(init: WorkerInit): Worker {
-  const ts = WORKER_FILE.endsWith('.ts');
-  return new Worker(WORKER_FILE, { workerData: init, execArgv: ts ? ['--require', require.resolve('tsx/cjs')] : [], stderr: false, stdout: false });
+  return startWorker(WORKER_FILE, init);
 }
 
 export class InferencePool {
@@ -269,14 +269,14 @@ export class InferencePool {
   reserve(caller = ''): PoolPlace {
     const refused = this.refusal(caller);
     if (refused) throw refused;
-    const place: PoolPlace = { release: () => void this.takePlace(place) };
+    const place: PoolPlace = { release: () => void this.unhold(place) };
     this.held.set(place, caller);
     this.heldBy.add(caller);
     return place;
   }
 
   /** Ends a held place (its job came, or it was given back); false if it was not held. */
-  private takePlace(place: PoolPlace): boolean {
+  private unhold(place: PoolPlace): boolean {
     const caller = this.held.get(place);
     if (caller === undefined) return false;
     this.held.delete(place);
@@ -297,6 +297,8 @@ export class InferencePool {
    * queue's size past the limit in all.
    */
   private mayExceed(caller: string): boolean {
+    // By exact caller, not token first as the fair queue weighs: the language pool's callers are
+    // tokens (a `token/sub` caller is vision's, whose pool holds no places).
     if (-this.freePlaces() >= Math.max(1, this.deps.limits.queueSize)) return false;
     return this.heldBy.heaviestOther(caller) >= this.queue.countOf(caller) + this.heldBy.of(caller) + 2;
   }
@@ -313,9 +315,12 @@ export class InferencePool {
     if (outage) return outage;
     if (this.freePlaces() > 0) return null;
     if (this.queue.victimFor(caller, this.heldBy) !== undefined || this.mayExceed(caller)) return null;
-    const busy = `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize})`;
-    const held = this.held.size > 0 ? `, with ${this.held.size} more places held by requests whose images are being encoded` : '';
-    return new VlmError('RESOURCE_EXHAUSTED', `${busy}${held}; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
+    const busy = this.slots.filter((s) => s.task).length;
+    const taken =
+      this.held.size === 0
+        ? `all ${this.slots.length} inference workers are busy and ${this.queue.length} requests are queued (limit ${this.deps.limits.queueSize})`
+        : `every place is taken: ${busy} of ${this.slots.length} inference workers busy, ${this.queue.length} requests queued (limit ${this.deps.limits.queueSize}), ${this.held.size} more places held by requests whose images are being encoded`;
+    return new VlmError('RESOURCE_EXHAUSTED', `${taken}; retry later`, { reason: 'QUEUE_FULL', retryDelayMs: BUSY_RETRY_MS });
   }
 
   encode(image: Uint8Array, policy: ReductionPolicy, options: CallOptions = {}): Promise<EncodeResult> {
@@ -409,11 +414,11 @@ export class InferencePool {
     return new Promise<JobResultOf[K]>((resolve, reject) => {
       // A held place is this job's: taken first, so no early answer leaves it held; the job does not
       // ask for room, but closing and outages still refuse it.
-      const placed = options.place !== undefined && this.takePlace(options.place);
+      const placed = options.place !== undefined && this.unhold(options.place);
       if (this.closed) return reject(VlmError.shuttingDown('the inference pool is shut down'));
       if (options.signal?.aborted) return reject(abortReason(options.signal));
       const caller = options.caller ?? '';
-      const refused = placed ? (this.closed ? VlmError.shuttingDown('the inference pool is shut down') : this.outage()) : this.refusal(caller);
+      const refused = placed ? this.outage() : this.refusal(caller);
       if (refused) return reject(refused);
       const idle = this.slots.find((s) => !s.task);
       // Traced only inside a caller's span that records: warm-up and other background jobs would be
@@ -655,7 +660,7 @@ const RESTART_MAX_MS = 30_000;
  * request's time; a replacement worker takes about as long to start; another replica can take a
  * request refused by a closing pool at once.
  */
-const BUSY_RETRY_MS = 1_000;
+export const BUSY_RETRY_MS = 1_000;
 const NO_WORKER_RETRY_MS = 1_000;
 
 function noWorker(): VlmError {
