@@ -298,6 +298,23 @@ describe('InferencePool places held outside the queue, with several callers', ()
     await Promise.all([a[0], a[1], bJob]);
     expect(fair.stats).toMatchObject({ busy: 0, queued: 0 });
   }, 40_000);
+
+  it('go past the limit by at most the queue\'s size, however many callers count on the same heavier one to shed', async () => {
+    const asked = (caller: string, place?: PoolPlace) => fair.ask(image, 'what color is it?', sampling, policy(), { caller, place }).catch((e: VlmError) => e.reason);
+    const a = [asked('a'), asked('a'), asked('a')]; // one running, two queued: full
+    const held: Array<[string, PoolPlace]> = [];
+    for (const caller of ['b', 'c', 'd', 'e', 'f', 'g']) {
+      try {
+        held.push([caller, fair.reserve(caller)]);
+      } catch (err) {
+        expect((err as VlmError).reason).toBe('QUEUE_FULL');
+      }
+    }
+    expect(held.length).toBe(2); // the queue's size past the limit
+    const jobs = held.map(([caller, place]) => asked(caller, place));
+    expect(fair.stats.queued).toBeLessThanOrEqual(2 * 2);
+    await Promise.all([...a, ...jobs]);
+  }, 60_000);
 });
 
 describe('InferencePool with several callers', () => {

@@ -83,8 +83,8 @@ describe('the server span of a call that ended without our status', () => {
       definition: m.vision.VisionServiceService,
       implementation: {
         // By the image's first byte: 1 sends a chunk every 10 ms until the call ends, like a decode
-        // loop checking its signal; 2 writes three large chunks and returns, whatever the client reads;
-        // 3 and 4 fail, the caller's fault and the service's.
+        // loop checking its signal; 2 writes fifteen large chunks and returns, whatever the client
+        // reads; 3 and 4 fail, the caller's fault and the service's; 5 writes past the send limit.
         encode: m.adapters.serverStream(
           m.traced.tracedStream({}, () => undefined, async function* (req, ctx) {
             ctx.log.info('encoding');
@@ -92,6 +92,14 @@ describe('the server span of a call that ended without our status', () => {
               // Fewer messages than the stream's buffer holds, so every write is accepted at once.
               for (let i = 0; i < 15; i++) yield { part: { $case: 'chunk', chunk: { index: i, rowOffset: i, rowCount: 1, data: Buffer.alloc(1_000_000) } } };
               return;
+            }
+            if (req.image[0] === 5) {
+              // Past the server's 1 MiB send limit: grpc-js ends the call itself while this still runs.
+              yield { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 0, rowCount: 1, data: Buffer.alloc(2_000_000) } } };
+              for (;;) {
+                throwIfAborted(ctx.signal);
+                await sleep(10);
+              }
             }
             if (req.image[0] === 3) throw new VlmError('INVALID_ARGUMENT', 'image: not a PNG, JPEG or WebP');
             if (req.image[0] === 4) throw new VlmError('UNAVAILABLE', 'the model is reloading');
@@ -222,6 +230,17 @@ describe('the server span of a call that ended without our status', () => {
     const span = await serverSpan(`failed-${first}`);
     expect(span.attributes).toMatchObject({ 'rpc.grpc.status_code': grpc.status[code], 'error.type': code, 'grpc.error_message': message, 'grpc.error_name': code });
     expect(span.status.code).toBe(status);
+  });
+
+  it('a stream grpc-js ends itself while the handler runs (a response past the send limit): the server span records that status', async () => {
+    const metadata = new grpc.Metadata();
+    metadata.set('x-request-id', 'too-large-1');
+    const call = client.encode({ image: Buffer.from([5]), policy: undefined, limits: undefined }, metadata);
+    call.on('data', () => undefined);
+    const received = await new Promise<{ code: number }>((resolve) => call.on('error', resolve));
+    expect(received.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const span = await serverSpan('too-large-1');
+    expect(span.attributes).toMatchObject({ 'rpc.grpc.status_code': grpc.status.RESOURCE_EXHAUSTED, 'error.type': 'RESOURCE_EXHAUSTED' });
   });
 
   it('a unary call the client cancels: its server span is exported too', async () => {

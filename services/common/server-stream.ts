@@ -118,7 +118,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
       await iterator.return?.(undefined).catch(() => undefined);
       // grpc-js has already ended a call the client cancelled or whose grpc deadline passed; a
       // status now would be a second one.
-      if (call.cancelled) return endServerSpanOnClose(serverSpan, cancelledStatus(owned.cancelReason()));
+      if (call.cancelled) return endServerSpanOnClose(serverSpan, errorStatusSent(call) ?? cancelledStatus(owned.cancelReason()));
       call.emit('error', statusError(toStatus(err, ctx.log, { method: call.getPath() })));
       return;
     } finally {

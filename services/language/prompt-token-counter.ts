@@ -99,8 +99,15 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
     let next = waiting.shift();
     while (next?.done) next = waiting.shift();
     if (!next) return;
+    try {
+      worker ??= start();
+    } catch (err) {
+      // No thread could be made (the process out of threads or memory): this count fails, and the
+      // next one tries again, rather than every count waiting behind one that never ran.
+      settle(next, { error: new VlmError('INTERNAL', `the prompt-counting thread could not start: ${(err as Error).message}`) });
+      return pump();
+    }
     running = next;
-    worker ??= start();
     worker.postMessage({ id: next.id, question: next.question } satisfies CountRequest);
   };
 

@@ -290,16 +290,20 @@ export class InferencePool {
     return idle + this.deps.limits.queueSize - this.queue.length - this.held.size;
   }
 
+  /** Whether the places taken past the limit (held, or queued beyond it) already number the queue's size. */
+  private overLimitFull(): boolean {
+    return -this.freePlaces() >= Math.max(1, this.deps.limits.queueSize);
+  }
+
   /**
    * Whether `caller` may take a place past the limit: held places cannot be shed as queued jobs can,
    * so a caller at least two lighter than one holding places outside the queue is not refused for
    * them (as the fair queue does not refuse a light caller for a heavy one's queued jobs), up to the
-   * queue's size past the limit in all.
+   * queue's size past the limit in all (overLimitFull).
    */
   private mayExceed(caller: string): boolean {
     // By exact caller, not token first as the fair queue weighs: the language pool's callers are
     // tokens (a `token/sub` caller is vision's, whose pool holds no places).
-    if (-this.freePlaces() >= Math.max(1, this.deps.limits.queueSize)) return false;
     return this.heldBy.heaviestOther(caller) >= this.queue.countOf(caller) + this.heldBy.of(caller) + 2;
   }
 
@@ -314,7 +318,9 @@ export class InferencePool {
     const outage = this.outage();
     if (outage) return outage;
     if (this.freePlaces() > 0) return null;
-    if (this.queue.victimFor(caller, this.heldBy) !== undefined || this.mayExceed(caller)) return null;
+    // A victim is only shed when the job comes, so several callers may count on the same one: the
+    // places past the limit are bounded here as mayExceed bounds its own.
+    if (!this.overLimitFull() && (this.queue.victimFor(caller, this.heldBy) !== undefined || this.mayExceed(caller))) return null;
     const busy = this.slots.filter((s) => s.task).length;
     const taken =
       this.held.size === 0
