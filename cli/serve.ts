@@ -12,12 +12,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, parseCommandLine, serviceConfig, type Config } from '../shared/config';
+import { coLocatedServiceEnv, parseCommandWords, serviceConfig, type Config } from '../shared/config';
 import { localAddress, loopbackFor } from '../shared/net-address';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
 import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals } from '../services/common/lifecycle';
+import { liveWorkerThreads } from '../shared/worker/start-worker';
 import { running } from './child-running';
 import type { ServingMessage } from './serving-message';
 import { stopWhenOrphaned } from './stop-when-orphaned';
@@ -30,7 +31,7 @@ const ROLES = ['vision', 'language', 'all'] as const;
 type Role = (typeof ROLES)[number];
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values, positionals, positionalIndices } = parseCommandLine(argv, {});
+  const { config, values, positionals, positionalIndices } = parseCommandWords(argv, {});
   setLogLevel(config.logLevel);
   const role = positionals[0] as Role | undefined;
   if (role === undefined || !ROLES.includes(role) || positionals.length > 1) {
@@ -44,8 +45,11 @@ export async function run(argv: string[]): Promise<number> {
   // signals it has no handler for, so without this the pod would load for minutes and then be killed
   // at its grace end.
   const exitWhileStarting = (signal: NodeJS.Signals): void => {
-    log.info('stopped while starting', { signal });
-    process.exit(0);
+    log.info('stopped while starting', { signal, worker_threads: liveWorkerThreads() });
+    // Once workers load the model (or warm it up) they sit in native calls that process.exit() would
+    // tear down mid-call, aborting the process: end it without them instead (status 137 then).
+    if (liveWorkerThreads() > 0) exitNow();
+    else process.exit(0);
   };
   process.on('SIGTERM', exitWhileStarting);
   process.on('SIGINT', exitWhileStarting);

@@ -360,6 +360,22 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
   env: Env = process.env,
   /** A client command's config flags: the services' others would be taken and do nothing. All when undefined. */
   configKeys?: readonly ConfigOption[],
+): { config: Config; values: Values } {
+  const parsed = parseCommandWords(argv, extra, env, configKeys);
+  // A word no flag takes is a mistake, most often an unquoted value: `--question what color is it`
+  // would otherwise ask "what" and say nothing about the rest.
+  if (parsed.positionals.length > 0) {
+    throw new VlmError('INVALID_ARGUMENT', `unexpected argument "${parsed.positionals.join(' ')}": this command takes only options; quote a value that holds spaces (--question "what color is it?")`);
+  }
+  return parsed;
+}
+
+/** As parseCommandLine, for a command that takes words besides its options (`vlm serve vision`). */
+export function parseCommandWords<O extends NonNullable<ParseArgsConfig['options']>>(
+  argv: readonly string[],
+  extra: O,
+  env: Env = process.env,
+  configKeys?: readonly ConfigOption[],
 ): { config: Config; values: Values; positionals: string[]; positionalIndices: number[] } {
   const configFlags = configKeys === undefined ? CONFIG_FLAGS : Object.fromEntries(configKeys.map((k) => [k, CONFIG_FLAGS[k]]));
   let parsed;
@@ -524,7 +540,9 @@ class Reader {
     const spec = CONFIG_OPTIONS[key];
     const r = this.raw(key);
     if (r === undefined) return spec.default;
-    const n = Number(r.value);
+    // Decimal digits only: Number() reads '' and ' ' as 0 (`--queue-size=` a queue of none) and '0x10' as 16.
+    const text = String(r.value).trim();
+    const n = /^-?\d+$/.test(text) ? Number(text) : NaN;
     if (!Number.isInteger(n) || n < spec.min || n > spec.max) throw VlmError.invalid(r.from, `expected an integer from ${spec.min} to ${spec.max}, got "${String(r.value)}"`);
     return n;
   }

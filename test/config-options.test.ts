@@ -29,6 +29,16 @@ describe('integer options', () => {
     expect(c.rpc.shutdownGraceMs).toBe(TIMER_MAX);
   });
 
+  it.each([
+    [{ 'queue-size': '' }, {}, '--queue-size'],
+    [{ 'metrics-port': ' ' }, {}, '--metrics-port'],
+    [{ 'max-inflight-calls': '0x10' }, {}, '--max-inflight-calls'],
+    [{}, { VLM_QUEUE_SIZE: ' ' }, 'VLM_QUEUE_SIZE'],
+    [{}, { VLM_WORKERS: '2.0' }, 'VLM_WORKERS'],
+  ])('refuse what is not decimal digits instead of reading it as a number (%j %j): a blank is not 0', (flags, env, named) => {
+    expect(() => configFrom(flags, env)).toThrow(new RegExp(`^${named}: expected an integer from`));
+  });
+
   it('keep the transport\'s receive limit a 32-bit gRPC length at the image and prompt limits\' maxima, and refuse an image limit past them', () => {
     const c = configFrom({ 'max-image-bytes': String(1000 * 1024 * 1024), 'max-prompt-chars': '1000000' }, {});
     expect(receiveLimit(c.limits)).toBeLessThanOrEqual(TIMER_MAX);

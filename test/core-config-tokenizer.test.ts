@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { availableParallelism } from 'node:os';
-import { coLocatedServiceEnv, configFrom, parseCommandLine, parseProviders, serviceConfig, testConfig } from '../shared/config';
+import { coLocatedServiceEnv, configFrom, parseCommandLine, parseCommandWords, parseProviders, serviceConfig, testConfig } from '../shared/config';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { assemblePrompt, characterCount, DeltaDecoder, loadTokenizer } from '../shared/tokenizer';
@@ -16,7 +16,7 @@ import type { Manifest } from '../shared/bundle/manifest';
 
 describe('parseCommandLine', () => {
   it('says where each positional stands, telling a flag value equal to one apart (serve all drops the word)', () => {
-    const parsed = parseCommandLine(['--graph-optimization', 'all', 'all', '--workers=2'], {});
+    const parsed = parseCommandWords(['--graph-optimization', 'all', 'all', '--workers=2'], {});
     expect(parsed.positionals).toEqual(['all']);
     expect(parsed.positionalIndices).toEqual([2]);
     expect(parsed.values['graph-optimization']).toBe('all');
@@ -67,9 +67,15 @@ describe('config', () => {
   it('rejects unknown flags and bad numbers as INVALID_ARGUMENT', () => {
     expect(() => parseCommandLine(['--modle', 'x'], {}, {})).toThrow(VlmError);
     expect(() => parseCommandLine(['--queue-size=-1'], {}, {})).toThrow(/--queue-size: expected an integer from 0 to \d+, got "-1"/);
-    const { values, positionals } = parseCommandLine(['eval', '--json', '--limit', '3'], { json: { type: 'boolean' }, limit: { type: 'string' } }, {});
+    const { values, positionals } = parseCommandWords(['eval', '--json', '--limit', '3'], { json: { type: 'boolean' }, limit: { type: 'string' } }, {});
     expect(values).toMatchObject({ json: true, limit: '3' });
     expect(positionals).toEqual(['eval']);
+  });
+
+  it('refuses a word no option takes, for a command of options only (an unquoted question would be cut to its first word)', () => {
+    const question = { question: { type: 'string' } } as const;
+    expect(() => parseCommandLine(['--question', 'what', 'color', 'is', 'it'], question, {})).toThrow(/^unexpected argument "color is it": this command takes only options; quote a value that holds spaces/);
+    expect(parseCommandLine(['--question', 'what color is it'], question, {}).values['question']).toBe('what color is it');
   });
 });
 

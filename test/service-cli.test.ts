@@ -232,24 +232,27 @@ describe('vlm serve <role>, signalled while it loads its model', () => {
     if (server && running(server)) server.kill('SIGKILL');
   });
 
-  it('exits at once with status 0 instead of loading on (a pod deleted while starting)', async () => {
+  it('exits at once instead of loading on (a pod deleted while starting): status 0 before its workers start, SIGKILL once they load, never an abort', async () => {
     // The embedded model: its load and warm-up take long enough to signal in the middle of them. A
     // start that finished before the signal arrived (a stall here) tests nothing: tried again.
-    let code: number | null | 'running' = null;
+    let code: string | 'running' = '';
     let stderr = '';
     for (let attempt = 0; attempt < 3 && (attempt === 0 || /"msg":"serving"/.test(stderr)); attempt++) {
       if (server && running(server)) server.kill('SIGKILL'); // the attempt before, if it is still draining
       server = spawn(process.execPath, [BIN, 'serve', 'vision', '--host', '127.0.0.1', '--vision-port', '0', '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
       const child = server;
       stderr = '';
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      const exited = new Promise<string>((resolve) => child.once('exit', (c, signal) => resolve(signal ?? String(c))));
       // The first log line comes before the model loads.
       await new Promise<void>((resolve) => child.stderr!.on('data', (d: Buffer) => ((stderr += d.toString()), resolve())));
       child.kill('SIGTERM');
       code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
     }
-    expect(code).toBe(0);
+    // process.exit() with a worker inside a native model call aborts the process (SIGABRT, "terminate
+    // called after throwing"): once workers exist the service ends itself with SIGKILL instead.
+    expect(['0', 'SIGKILL']).toContain(code);
     expect(stderr).toMatch(/"msg":"stopped while starting","signal":"SIGTERM"/);
+    expect(stderr).not.toMatch(/terminate called/);
     expect(stderr).not.toMatch(/"msg":"serving"/);
   }, 30_000);
 });
