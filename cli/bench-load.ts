@@ -196,7 +196,7 @@ function generate(client: LanguageServiceClient, p: Planned, authToken: string |
     const watchdog = setTimeout(() => {
       call.cancel();
       resolve({ code: 'lost', ms: performance.now() - started });
-    }, p.deadlineMs + 10_000);
+    }, Math.min(p.deadlineMs + 10_000, MAX_TIMER_MS));
     call.on('data', (_m: GenerateResponse) => undefined);
     call.on('error', (_e: ServiceError) => undefined);
     call.on('status', (s: { code: GrpcCode }) => {
@@ -342,6 +342,9 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
   }
 }
 
+/** setTimeout's longest delay: past it Node fires after 1 ms (a --deadline-ms near its maximum marked every request lost). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function int(values: Record<string, unknown>, flag: string, dflt: number): number {
   return integerFlag(values, flag, 1, Number.MAX_SAFE_INTEGER) ?? dflt;
 }
@@ -356,7 +359,7 @@ export async function run(argv: string[]): Promise<number> {
     durationMs: int(values, 'duration-s', 60) * 1000,
     maxRequests: int(values, 'requests', 1_000_000),
     concurrency: int(values, 'concurrency', 16),
-    sampleMs: int(values, 'sample-ms', 1000),
+    sampleMs: integerFlag(values, 'sample-ms', 1, MAX_TIMER_MS) ?? 1000,
     warmupMs: int(values, 'warmup-s', 10) * 1000,
     seed: int(values, 'seed', 1),
     lightConcurrency: integerFlag(values, 'light-concurrency', 0, 10_000) ?? 0,

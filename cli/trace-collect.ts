@@ -4,7 +4,7 @@
  * becomes one JSON line in FILE (see shared/telemetry/analysis/span-record.ts), ready for
  * `vlm trace report FILE`. Runs until SIGINT or SIGTERM.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { VlmError } from '../shared/errors';
 import { startTraceReceiver } from '../shared/telemetry/collector';
@@ -42,7 +42,14 @@ export async function traceCollectMain(argv: readonly string[]): Promise<number>
 
   // Synchronous writes: a line is on disk before the exporter gets its 200, so a reader never sees
   // half a batch, and nothing is lost when the process is stopped.
-  const fd = openSync(values.out, values.append ? 'a' : 'w');
+  // Opened to append, and emptied only once the receiver listens: a collector that cannot (its port
+  // taken by one already running) leaves that one's file as it was.
+  let fd: number;
+  try {
+    fd = openSync(values.out, 'a');
+  } catch (err) {
+    throw VlmError.invalid('out', `cannot write "${values.out}": ${(err as Error).message}`);
+  }
   const receiver = await startTraceReceiver({
     port,
     host: values.host,
@@ -51,7 +58,11 @@ export async function traceCollectMain(argv: readonly string[]): Promise<number>
     },
     // The SDK's exporter only logs a refused batch with its diagnostics on: say it here.
     onRejected: (status, message) => process.stderr.write(`vlm trace collect: refused a request (${status}): ${message}\n`),
+  }).catch((err: unknown) => {
+    closeSync(fd);
+    throw err;
   });
+  if (!values.append) ftruncateSync(fd, 0);
   process.stderr.write(`vlm trace collect: OTLP/HTTP on ${receiver.url}/v1/traces, writing ${values.out}\n`);
 
   await new Promise<void>((resolve) => {

@@ -34,3 +34,24 @@ describe('serve all whose parent dies', () => {
     }
   }, 90_000);
 });
+
+describe('a service started by a vlm command over an IPC channel (demo, the benches, serve all), whose command dies', () => {
+  it('stops instead of holding its port as an orphan', async () => {
+    const port = await freePort();
+    const args = ['serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0'];
+    // The command: starts the service with an IPC channel, as child-services.ts does, and is then killed
+    // with a signal it has no handler for.
+    const commandCode = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify([BIN, ...args])}, { stdio: ['ignore', 'ignore', 'ignore', 'ipc'] }); process.stdout.write(String(c.pid) + '\\n'); setInterval(() => {}, 1000);`;
+    const command = spawn(process.execPath, ['-e', commandCode], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const servicePid = await new Promise<number>((resolve) => command.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+    try {
+      await eventually(async () => (await healthOf(`127.0.0.1:${port}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      command.kill('SIGKILL');
+      await eventually(() => !alive(servicePid), 20_000, 100);
+      expect(await healthOf(`127.0.0.1:${port}`, 500).catch(() => 'DOWN')).toBe('DOWN');
+    } finally {
+      if (alive(servicePid)) process.kill(servicePid, 'SIGKILL');
+      if (command.exitCode === null && command.signalCode === null) command.kill('SIGKILL');
+    }
+  }, 90_000);
+});

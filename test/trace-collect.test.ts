@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
@@ -96,6 +96,23 @@ describe('vlm trace collect (the CLI, as a process)', () => {
   // A failed test leaves no collector listening.
   afterEach(() => {
     if (collector && running(collector)) collector.kill('SIGKILL');
+  });
+
+  it('leaves an earlier file as it was when it cannot listen (a collector already on the port)', async () => {
+    const out = join(dir, 'kept.jsonl');
+    writeFileSync(out, '{"earlier":"spans"}\n');
+    const holder = await startTraceReceiver({ port: 0, onSpans: () => undefined });
+    try {
+      const child = (collector = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'cli', 'trace-collect.ts'), '--port', String(holder.port), '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] }));
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+      expect(code).not.toBe(0);
+      expect(stderr).toMatch(/EADDRINUSE/);
+      expect(readFileSync(out, 'utf8')).toBe('{"earlier":"spans"}\n');
+    } finally {
+      await holder.close();
+    }
   });
 
   it('writes one span per line and flushes on SIGTERM', async () => {
