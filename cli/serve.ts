@@ -53,9 +53,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', exitWhileStarting);
   process.on('SIGINT', exitWhileStarting);
-  // The command that started it gone while it loads: end the start as a SIGTERM would.
-  const parentGone = (): void => exitWhileStarting('SIGTERM');
-  if (process.send) process.once('disconnect', parentGone);
+  stopWithParentCommand(log);
   surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
@@ -77,23 +75,21 @@ export async function run(argv: string[]): Promise<number> {
   process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
   process.off('SIGTERM', exitWhileStarting);
   process.off('SIGINT', exitWhileStarting);
-  process.off('disconnect', parentGone);
   // Spans of the drained requests are flushed after the server has stopped.
   stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
-  stopWithParentCommand(log);
   // Runs until a signal; stopOnSignals exits the process.
   return new Promise<number>(() => undefined);
 }
 
 /**
- * A service started by another vlm command (serve all, demo, the benches) has an IPC channel to it.
- * When that command is gone without stopping it (killed by a signal it had no handler for, a closed
- * terminal), the channel closes: the service stops as on SIGTERM instead of holding its ports as an
- * orphan. Installed once serving; while starting, the same SIGTERM ends the start.
+ * A service started by another vlm command (serve all, demo, the benches) has an IPC channel to it
+ * (which that command closes once the service reports it serves). When the command is gone without
+ * stopping it (killed by a signal it had no handler for, a closed terminal), the service is
+ * re-parented: it stops as on SIGTERM, which ends a start too, instead of holding its ports as an orphan.
  */
 function stopWithParentCommand(log: Logger): void {
   if (!process.send) return;
-  process.once('disconnect', () => {
+  stopWhenOrphaned(() => {
     log.warn('the vlm command that started this service is gone; stopping');
     process.kill(process.pid, 'SIGTERM');
   });
