@@ -12,6 +12,7 @@
  * is the service's job. Prints the answer as it streams (with --json: one JSON line with `answer` and
  * the final stats); an error prints `CODE: message` on stderr and exits 1.
  */
+import { accessSync, constants, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseCommandLine, type ConfigOption } from '../shared/config';
 import type { CommandFlags } from './help';
@@ -122,6 +123,17 @@ export async function run(argv: string[]): Promise<number> {
   const json = values['json'] === true;
   const str = (k: string): string | null => (typeof values[k] === 'string' ? (values[k] as string) : null);
   if ((str('cert') === null) !== (str('key') === null)) throw VlmError.invalid('--cert/--key', 'a client certificate needs both --cert and --key');
+  // Read here so that a missing or unreadable file is the flag's error, not an INTERNAL from the channel.
+  for (const flag of ['ca', 'cert', 'key'] as const) {
+    const file = str(flag);
+    if (file === null) continue;
+    try {
+      accessSync(file, constants.R_OK);
+      if (!statSync(file).isFile()) throw new Error('not a file');
+    } catch (err) {
+      throw new VlmError('INVALID_ARGUMENT', `--${flag}: cannot read ${file}: ${(err as Error).message}`);
+    }
+  }
   const useTls = values['tls'] === true || str('ca') !== null || str('cert') !== null;
   const tls = useTls ? { caFile: str('ca'), certFile: str('cert'), keyFile: str('key'), serverName: str('server-name') } : null;
   // Without --target: the language service on this host, at --language-port / VLM_LANGUAGE_PORT.

@@ -394,13 +394,15 @@ export function parseCommandWords<O extends NonNullable<ParseArgsConfig['options
 
 /** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */
 function parseArgsMessage(err: Error & { code?: string }, clientCommand: boolean): string {
-  const option = /'(-{1,2}[^' ]+)'/.exec(err.message)?.[1];
+  const option = /'(-{1,2}[^' ]+)(?: <value>)?'/.exec(err.message)?.[1];
   if (option === undefined) return err.message;
   switch (err.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
       if (clientCommand && option.slice(2) in CONFIG_FLAGS) return `${option} is a setting of the services (vlm serve), which this command does not take; --help lists its options`;
       return `unknown option ${option}; --help lists this command's options`;
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      // The same code for a switch given a value (`--json=true`) and an option given none.
+      if (/does not take an argument/.test(err.message)) return `option ${option} is a switch and takes no value: write ${option} alone to turn it on`;
       return `option ${option} needs a value (one that starts with '-' is written ${option}=VALUE)`;
     default:
       return err.message;

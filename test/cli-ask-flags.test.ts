@@ -60,6 +60,12 @@ describe('vlm ask', () => {
     expect(config.sort()).toEqual(['--auth-token-file', '--deadline-ms', '--language-port', '--log-level']);
   });
 
+  it('names the TLS flag whose file it cannot read, before dialling anything', () => {
+    const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--ca', '/nonexistent/ca.crt']);
+    expect(r.stderr.trim()).toMatch(/^INVALID_ARGUMENT: --ca: cannot read \/nonexistent\/ca\.crt: /);
+    expect(r.status).toBe(1);
+  });
+
   it('explains how to give a value that starts with a dash', () => {
     const r = vlm(['serve', 'all', '--queue-size', '-1']);
     expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: option --queue-size needs a value (one that starts with '-' is written --queue-size=VALUE)");

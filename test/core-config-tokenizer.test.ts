@@ -72,6 +72,12 @@ describe('config', () => {
     expect(positionals).toEqual(['eval']);
   });
 
+  it('says a switch takes no value when given one, and an option needs one when given none', () => {
+    const flags = { json: { type: 'boolean' }, limit: { type: 'string' } } as const;
+    expect(() => parseCommandLine(['--json=true'], flags, {})).toThrow(/^option --json is a switch and takes no value: write --json alone to turn it on$/);
+    expect(() => parseCommandLine(['--limit'], flags, {})).toThrow(/^option --limit needs a value/);
+  });
+
   it('refuses a word no option takes, for a command of options only (an unquoted question would be cut to its first word)', () => {
     const question = { question: { type: 'string' } } as const;
     expect(() => parseCommandLine(['--question', 'what', 'color', 'is', 'it'], question, {})).toThrow(/^unexpected argument "color is it": this command takes only options; quote a value that holds spaces/);
