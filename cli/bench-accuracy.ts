@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { parseCommandLine } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
+import { writableDir } from './output-paths';
 import { addFlops, emptyFlops, totalFlops, type StageFlops } from '../shared/flops/flops';
 import { setLogLevel } from '../shared/log';
 import { isInfeasibleBudget, METHOD_PRESETS, type ReductionPolicy } from '../shared/methods/policy';
@@ -163,6 +164,7 @@ export async function run(argv: string[]): Promise<number> {
   // Judged before any cell runs: a --max-new-tokens the engine refuses would mark every cell infeasible.
   const { mode, seed, items, maxNewTokens: maxNewTokensFlag, logLevel } = await evalRunFlags(values, config);
   setLogLevel(logLevel);
+  if (typeof values.docs === 'string') writableDir('docs', values.docs);
   const images = await Promise.all(items.map((it) => readItemImage(config.model.dir, it)));
   const progress = (s: string) => process.stderr.write(`[bench accuracy] ${s}\n`);
   const started = performance.now();

@@ -19,6 +19,7 @@ import { languageClient, generateOnce } from '../services/language/client';
 import { coLocatedServiceEnv, parseCommandLine, type Config } from '../shared/config';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
+import { writableFile } from './output-paths';
 import { budgetAttribute, methodName } from '../shared/telemetry/policy-attributes';
 import { analyseTraces, summarise, type GroupReport, type SpanRecord, type Summary } from '../shared/telemetry/analysis';
 import { startTraceReceiver } from '../shared/telemetry/collector';
@@ -321,6 +322,7 @@ export async function run(argv: string[]): Promise<number> {
   const budget = parseBudgetFlag((values['budget'] as string | undefined) ?? '25%')!;
   const maxNewTokens = integerFlag(values, 'max-new-tokens', 1, config.limits.maxNewTokens);
   const spansFile = values['spans'] as string | undefined;
+  if (spansFile !== undefined) writableFile('spans', spansFile);
   const result = await runLatency({
     config,
     limit,

@@ -13,6 +13,9 @@ describe('numeric flags of bench accuracy and demo', () => {
     [['bench', 'accuracy', '--limit', '2', '--seed', '1.5'], /--seed: expected an integer in \[0, /],
     [['demo', '--items', 'abc'], /--items: expected an integer in \[1, /],
     [['demo', '--items', '0'], /--items: expected an integer in \[1, /],
+    // Output paths judged before the run, not after minutes of it.
+    [['bench', 'accuracy', '--limit', '2', '--docs', '/dev/null'], /--docs: cannot write into \/dev\/null/],
+    [['bench', 'latency', '--limit', '1', '--spans', '/tmp'], /--spans: cannot write \/tmp: it is a folder/],
   ])('vlm %j is INVALID_ARGUMENT, exit 1, with nothing on stdout', (args, message) => {
     const r = vlm(args);
     expect(r.stderr).toMatch(/^INVALID_ARGUMENT: /);
