@@ -37,6 +37,7 @@ import { grpcCodeName } from '../services/common/status';
 import { seededRandom } from '../shared/methods/numeric';
 import { questionItems, serveFlags, startChildServices } from './child-services';
 import { sentToken } from '../shared/auth-tokens';
+import { MAX_TIMER_MS } from '../shared/timer-limit';
 
 const FLAGS = {
   'duration-s': { type: 'string', arg: 'S', help: 'stop sending after S seconds [default: 60]' },
@@ -341,9 +342,6 @@ export async function runLoad(o: LoadOptions): Promise<LoadSummary> {
     tokens?.remove();
   }
 }
-
-/** setTimeout's longest delay: past it Node fires after 1 ms (a --deadline-ms near its maximum marked every request lost). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function int(values: Record<string, unknown>, flag: string, dflt: number): number {
   return integerFlag(values, flag, 1, Number.MAX_SAFE_INTEGER) ?? dflt;

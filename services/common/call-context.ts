@@ -12,6 +12,7 @@ import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
 import { rememberTrace } from './call-trace';
+import { MAX_TIMER_MS } from '../../shared/timer-limit';
 
 export interface CallContext {
   readonly signal: AbortSignal;
@@ -53,8 +54,6 @@ export interface OwnedContext {
   readonly cancelReason: () => VlmError;
 }
 
-/** Node timers hold at most 2^31 - 1 ms (24.8 days); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * The client's deadline when it set one (grpc-js gives Infinity when it did not), else the service

@@ -22,12 +22,18 @@ export function redactGrpcLine(text: string): string {
 }
 
 /**
+ * grpc-js lines of one level written per second: a client can make it log one per bad header, as fast
+ * as it sends them; past this they are counted (log-rate.ts), as the access log's refusals are.
+ */
+export const GRPC_LOG_LINES_PER_SECOND = 20;
+
+/**
  * Routes grpc-js's log lines to `log`. grpc-js has one logger per process, so the last server started
  * takes them: a service process runs one; only tests start several in one process.
  */
 export function routeGrpcLogs(log: Logger): void {
   const grpcLog = log.child('grpc-js');
-  const rate = new LineRate(20, (level, skipped) => grpcLog.warn('grpc-js lines not logged', { level, skipped }));
+  const rate = new LineRate(GRPC_LOG_LINES_PER_SECOND, (level, skipped) => grpcLog.warn('grpc-js lines not logged', { level, skipped }));
   const line = (level: 'error' | 'info' | 'debug') => (message?: unknown, ...rest: unknown[]) => {
     const skipped = rate.admit(level);
     if (skipped === null) return;

@@ -19,10 +19,10 @@ import { ResponderBuilder, ServerInterceptingCall, ServerListenerBuilder, type S
 import type { Logger } from '../../shared/log';
 import { onRequestArrived } from './interceptors';
 import { http2StreamOf } from './grpc-stream';
+import { MAX_TIMER_MS } from '../../shared/timer-limit';
 
 /** How long past its time a call's status may wait behind responses its client does not take. */
 export const STALLED_STATUS_GRACE_MS = 5_000;
-const TIMER_MAX_MS = 2 ** 31 - 1;
 
 /**
  * How long a call without a deadline of its own may last: counted from its headers (reflection's
@@ -45,10 +45,10 @@ export function stalledCallInterceptor(options: StalledCallOptions): ServerInter
   return (method, call) => {
     let timer: NodeJS.Timeout | undefined;
     let over = false;
-    // A timer holds at most TIMER_MAX_MS (Node fires a longer one at once): a later time is reached in steps.
+    // A timer holds at most MAX_TIMER_MS (Node fires a longer one at once): a later time is reached in steps.
     const resetAt = (epochMs: number): void => {
       const wait = epochMs - Date.now();
-      timer = setTimeout(() => (wait > TIMER_MAX_MS ? resetAt(epochMs) : reset(call, method.path, options.log)), Math.min(Math.max(0, wait), TIMER_MAX_MS));
+      timer = setTimeout(() => (wait > MAX_TIMER_MS ? resetAt(epochMs) : reset(call, method.path, options.log)), Math.min(Math.max(0, wait), MAX_TIMER_MS));
       timer.unref();
     };
     const endBy = (epochMs: number): void => {

@@ -96,8 +96,8 @@ export async function startPromptTokenCounter(modelDir: string, manifest: Manife
 
   const pump = (): void => {
     if (running || closed) return;
-    let next = waiting.shift();
-    while (next?.done) next = waiting.shift();
+    // A count leaves `waiting` when its caller gives up, and at a close: what is here is still wanted.
+    const next = waiting.shift();
     if (!next) return;
     try {
       worker ??= start();

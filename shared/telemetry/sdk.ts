@@ -31,6 +31,7 @@ import { createLogger } from '../log';
 import { GrpcServerSpanOutcome } from './server-span-outcome';
 import { PerformanceClockStart } from './span-clock';
 import { setTracingEnabled } from './state';
+import { MAX_TIMER_MS } from '../timer-limit';
 
 /**
  * The exporters' processors NodeSDK builds from OTEL_TRACES_EXPORTER and the OTLP variables when given
@@ -90,8 +91,6 @@ export const DECODE_EVENT_LIMIT = 4096;
 const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
 const set = (v: string | undefined) => v !== undefined && v.trim() !== '';
 
-/** setTimeout's longest delay: past it Node fires after 1 ms, which would export metrics continuously. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * An integer OTEL_* setting in [min, max], or `fallback` when unset. An invalid one is ignored with a

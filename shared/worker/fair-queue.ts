@@ -164,11 +164,6 @@ const NO_HELD: HeldCounts = { of: () => 0, ofToken: () => 0 };
 export class HeldByCaller implements HeldCounts {
   private readonly byCaller = new Map<string, number>();
   private readonly byToken = new Map<string, number>();
-  private total = 0;
-
-  get size(): number {
-    return this.total;
-  }
 
   of(caller: string): number {
     return this.byCaller.get(caller) ?? 0;
@@ -181,13 +176,11 @@ export class HeldByCaller implements HeldCounts {
   add(caller: string): void {
     bump(this.byCaller, caller, 1);
     bump(this.byToken, split(caller).token, 1);
-    this.total++;
   }
 
   remove(caller: string): void {
     bump(this.byCaller, caller, -1);
     bump(this.byToken, split(caller).token, -1);
-    this.total--;
   }
 
   /** The most any caller other than `caller` holds here. */
