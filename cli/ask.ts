@@ -14,7 +14,7 @@
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { parseCommandLine, type ConfigOption } from '../shared/config';
+import { parseCommandLine, type ConfigSubset } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { setLogLevel } from '../shared/log';
@@ -31,7 +31,10 @@ import { sentToken } from '../shared/auth-tokens';
  * The config flags a client reads: where the service is, how long to wait, the token to send, and its
  * log level. The services' others (--provider, --workers, ...) would be taken and do nothing here.
  */
-const ASK_CONFIG: readonly ConfigOption[] = ['language-port', 'deadline-ms', 'auth-token-file', 'log-level'];
+const ASK_CONFIG: ConfigSubset = {
+  keys: ['language-port', 'deadline-ms', 'auth-token-file', 'log-level'],
+  othersAre: 'is a setting of the services (vlm serve), which this command does not take',
+};
 
 const FLAGS = {
   image: { type: 'string', arg: 'FILE', help: 'the image (required); its bytes are sent as they are' },

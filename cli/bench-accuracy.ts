@@ -11,7 +11,7 @@
 import { GREEDY } from '../shared/engine/sampling';
 import { mkdir, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { parseCommandLine } from '../shared/config';
+import { parseCommandLine, IN_PROCESS_CONFIG } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { writableDir } from './output-paths';
@@ -158,7 +158,7 @@ function escapeXml(s: string): string {
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== 'accuracy') throw VlmError.invalid('bench', `unknown benchmark "${sub ?? ''}"; available: accuracy, load, latency`);
-  const parsed = parseCommandLine(rest, FLAGS);
+  const parsed = parseCommandLine(rest, FLAGS, process.env, IN_PROCESS_CONFIG);
   const values = parsed.values as Record<string, string | boolean | undefined>;
   const config = evalRuntime(parsed.config, values);
   // Judged before any cell runs: a --max-new-tokens the engine refuses would mark every cell infeasible.

@@ -28,7 +28,7 @@ import { isInfeasibleBudget, METHOD_PRESETS, type Budget } from '../shared/metho
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import type { CommandFlags } from './help';
 import { integerFlag, parseBudgetFlag } from './numeric-flags';
-import { GENERATED_QUESTION_TYPE, questionItems, serveFlags, startChildServices } from './child-services';
+import { GENERATED_QUESTION_TYPE, questionItems, serveFlags, startChildServices, CHILD_SERVICES_CONFIG } from './child-services';
 import { budgetToWire } from '../services/common/wire';
 import { asRequestId } from '../services/common/interceptors';
 import { sentToken } from '../shared/auth-tokens';
@@ -315,7 +315,7 @@ export function formatLatency(r: LatencyResult): string {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values } = parseCommandLine(argv, FLAGS);
+  const { config, values } = parseCommandLine(argv, FLAGS, process.env, CHILD_SERVICES_CONFIG);
   if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
   const json = values['json'] === true;
   const limit = integerFlag(values, 'limit', 1, 10_000) ?? 10;

@@ -35,7 +35,7 @@ import type { GenerateRequest, GenerateResponse, LanguageServiceClient } from '.
 import { languageClient } from '../services/language/client';
 import { grpcCodeName } from '../services/common/status';
 import { seededRandom } from '../shared/methods/numeric';
-import { questionItems, serveFlags, startChildServices } from './child-services';
+import { questionItems, serveFlags, startChildServices, CHILD_SERVICES_CONFIG } from './child-services';
 import { sentToken } from '../shared/auth-tokens';
 import { MAX_TIMER_MS } from '../shared/timer-limit';
 
@@ -348,7 +348,7 @@ function int(values: Record<string, unknown>, flag: string, dflt: number): numbe
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values } = parseCommandLine(argv, FLAGS);
+  const { config, values } = parseCommandLine(argv, FLAGS, process.env, CHILD_SERVICES_CONFIG);
   if (!existsSync(path.join(config.model.dir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${config.model.dir}; pass --model DIR`);
   const json = values['json'] === true;
   const log = (line: string): void => void (json ? undefined : process.stderr.write(`${line}\n`));

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { CONFIG_FLAGS } from '../shared/config';
+import { CONFIG_FLAGS, type ConfigOption, type ConfigSubset } from '../shared/config';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { running } from './child-running';
@@ -33,8 +33,22 @@ export interface ChildServicesOptions {
   readonly startTimeoutMs?: number;
 }
 
-/** Flags the children get from startChildServices itself; the caller's values for these are not passed on. */
-const FIXED = new Set(['model', 'host', 'vision-port', 'language-port', 'vision-target', 'log-level', 'metrics-port']);
+/**
+ * Settings these commands choose for the services they start, so a user's value for one would be
+ * dropped: loopback and free ports (two services given one --health-port would collide), their log
+ * level, and plaintext (the command's own client dials them without TLS). --model is read by the
+ * command and passed on.
+ */
+const CHOSEN_HERE: ReadonlySet<ConfigOption> = new Set<ConfigOption>([
+  'host', 'vision-port', 'language-port', 'health-port', 'metrics-port', 'vision-target', 'log-level',
+  'tls-cert', 'tls-key', 'tls-ca', 'tls-client-names', 'vision-client-cert', 'vision-client-key', 'vision-ca', 'vision-server-name',
+]);
+
+/** The config flags of a command that starts both services (demo, bench latency, bench load). */
+export const CHILD_SERVICES_CONFIG: ConfigSubset = {
+  keys: (Object.keys(CONFIG_FLAGS) as ConfigOption[]).filter((k) => !CHOSEN_HERE.has(k)),
+  othersAre: 'is chosen by this command for the services it starts (plaintext, on free loopback ports)',
+};
 
 /**
  * The config flags of a command line, to pass on to both services (--provider, --workers,
@@ -48,7 +62,9 @@ export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<st
     const name = arg.replace(/^--/, '').split('=')[0]!;
     const spec = (CONFIG_FLAGS as Record<string, { type: string }>)[name] ?? ownFlags[name];
     const value = spec?.type === 'string' && !arg.includes('=') ? argv[++i] : undefined;
-    if (name in CONFIG_FLAGS && !FIXED.has(name)) out.push(arg, ...(value === undefined ? [] : [value]));
+    // A switch turned off (--no-warmup) is passed on as written.
+    const option = (name in CONFIG_FLAGS ? name : name.replace(/^no-/, '')) as ConfigOption;
+    if (option in CONFIG_FLAGS && option !== 'model' && !CHOSEN_HERE.has(option)) out.push(arg, ...(value === undefined ? [] : [value]));
   }
   return out;
 }

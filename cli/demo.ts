@@ -16,7 +16,7 @@ import { integerFlag } from './numeric-flags';
 import { ReductionPolicy, SamplingParams } from '../gen/vlm/v1/common';
 import { generateOnce, languageClient } from '../services/language/client';
 import { isCorrect } from './eval-items';
-import { questionItems, serveFlags, startChildServices } from './child-services';
+import { questionItems, serveFlags, startChildServices, CHILD_SERVICES_CONFIG } from './child-services';
 import { sentToken } from '../shared/auth-tokens';
 
 const FLAGS = { items: { type: 'string', arg: 'N', help: 'questions asked under each policy [default: 3]' } } as const satisfies CommandFlags;
@@ -40,7 +40,7 @@ function row(cells: readonly string[], widths: readonly number[]): string {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { config, values } = parseCommandLine(argv, FLAGS);
+  const { config, values } = parseCommandLine(argv, FLAGS, process.env, CHILD_SERVICES_CONFIG);
   const modelDir = config.model.dir;
   if (!existsSync(path.join(modelDir, 'manifest.json'))) {
     throw new VlmError('FAILED_PRECONDITION', `no model bundle at ${modelDir}; pass --model DIR`);

@@ -9,7 +9,7 @@
  */
 import { GREEDY } from '../shared/engine/sampling';
 import { VlmError } from '../shared/errors';
-import { optionChosen, parseCommandLine, type Config } from '../shared/config';
+import { optionChosen, parseCommandLine, type Config, IN_PROCESS_CONFIG } from '../shared/config';
 import type { CommandFlags } from './help';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
@@ -62,7 +62,7 @@ function methodFlag<N extends VisionMethodName | LanguageMethodName>(values: Rec
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const parsed = parseCommandLine(argv, FLAGS);
+  const parsed = parseCommandLine(argv, FLAGS, process.env, IN_PROCESS_CONFIG);
   const values = parsed.values as Record<string, string | boolean | undefined>;
   const config = evalRuntime(parsed.config, values);
   const { mode, seed, items, maxNewTokens: maxNewTokensFlag, logLevel } = await evalRunFlags(values, config);

@@ -12,7 +12,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { coLocatedServiceEnv, parseCommandWords, serviceConfig, type Config } from '../shared/config';
+import { coLocatedServiceEnv, MAX_PORT, parseCommandWords, serviceConfig, type Config } from '../shared/config';
 import { localAddress, loopbackFor } from '../shared/net-address';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
@@ -117,6 +117,10 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   const { metricsPort } = config.telemetry;
   const { healthPort, host, visionPort } = config.services;
+  // Language takes the port after each (below); past 65535 it could not listen, and vision would be left alone.
+  for (const [flag, port] of [['--metrics-port / VLM_METRICS_PORT', metricsPort], ['--health-port / VLM_HEALTH_PORT', healthPort]] as const) {
+    if (port === MAX_PORT) throw VlmError.invalid(flag, `serve all gives the language service the next port, so this must be at most ${MAX_PORT - 1}, got ${port}`);
+  }
   const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
   const children = new Map<string, ChildProcess>();
   const exited = new Set<string>();

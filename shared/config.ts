@@ -161,7 +161,8 @@ export interface Config {
 
 /** Timers (setTimeout) and gRPC's integer channel options take at most a signed 32-bit count. */
 const INT32_MAX = 2 ** 31 - 1;
-const PORT = { min: 0, max: 65_535 } as const;
+export const MAX_PORT = 65_535;
+const PORT = { min: 0, max: MAX_PORT } as const;
 /** Threads and workers: far above any machine's cores, low enough to catch a typo (a port, a byte count). */
 const THREADS = 1024;
 
@@ -219,7 +220,7 @@ export const CONFIG_OPTIONS = {
   'auth-token-file': { type: 'string', env: 'VLM_AUTH_TOKEN_FILE', default: '', arg: 'FILE', shown: 'off', help: 'the bearer tokens clients must send, one a line as NAME TOKEN (a single one may stand alone), any one accepted and, without --vision-token-file, the first sent to vision; re-read like the TLS files (a single token may come in VLM_AUTH_TOKEN; the file wins)' },
   'vision-token-file': { type: 'string', env: 'VLM_VISION_TOKEN_FILE', default: '', arg: 'FILE', shown: 'the first token of --auth-token-file', help: 'language: the bearer token sent to vision (the first of the file, same format), apart from the tokens clients send, so vision need not hold them; re-read like the TLS files' },
   'shutdown-grace-ms': { type: 'int', env: 'VLM_SHUTDOWN_GRACE_MS', default: 10_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'how long calls in flight may finish after SIGTERM' },
-  warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (VLM_WARMUP=false turns it off)' },
+  warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (--no-warmup or VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
   'max-inflight-calls': { type: 'int', env: 'VLM_MAX_INFLIGHT_CALLS', default: 0, min: 0, max: INT32_MAX, arg: 'N', shown: 'no limit', help: 'calls a service holds at once, over all connections, before refusing more with RESOURCE_EXHAUSTED at their headers: each may hold a request of up to the receive limit, so this bounds their memory; its last quarter is kept for authenticated callers below a fair share' },
   'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'each service closes a connection (GOAWAY) after this long, so clients reconnect and spread over new replicas; calls in flight on it get --deadline-ms more to finish, and one still running then is cut off (0 = never)' },
@@ -241,6 +242,22 @@ export type ConfigOption = keyof typeof CONFIG_OPTIONS;
 export const CONFIG_FLAGS = Object.fromEntries(
   Object.entries(CONFIG_OPTIONS).map(([flag, o]) => [flag, { type: o.type === 'boolean' ? 'boolean' : 'string' }]),
 ) as { readonly [K in ConfigOption]: { readonly type: (typeof CONFIG_OPTIONS)[K]['type'] extends 'boolean' ? 'boolean' : 'string' } };
+
+/**
+ * The config flags a command takes when not all of them, and what it tells a user who gives another:
+ * a flag a command takes and then ignores would look like a setting that did nothing.
+ */
+export interface ConfigSubset {
+  readonly keys: readonly ConfigOption[];
+  /** Completes "--flag ...": why this command takes no such setting. */
+  readonly othersAre: string;
+}
+
+/** Options an inference pool in the command's own process reads (vlm eval, bench accuracy): the model, its runtime and request limits. */
+export const IN_PROCESS_CONFIG: ConfigSubset = {
+  keys: ['model', 'model-hash', 'verify-hashes', 'eager-sessions', 'provider', 'vision-provider', 'language-provider', 'device', 'intra-op-threads', 'inter-op-threads', 'graph-optimization', 'spinning', 'stuck-worker-ms', 'workers', 'max-image-bytes', 'max-image-pixels', 'max-aspect-ratio', 'max-prompt-chars', 'queue-size', 'max-new-tokens-limit', 'log-level'],
+  othersAre: 'is a setting of the services (vlm serve); this command runs the model in its own process and does not take it',
+};
 
 type Values = Readonly<Record<string, string | boolean | undefined>>;
 type Env = Readonly<Record<string, string | undefined>>;
@@ -358,10 +375,10 @@ export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options'
   argv: readonly string[],
   extra: O,
   env: Env = process.env,
-  /** A client command's config flags: the services' others would be taken and do nothing. All when undefined. */
-  configKeys?: readonly ConfigOption[],
+  /** The config flags the command takes, when not all of them. */
+  subset?: ConfigSubset,
 ): { config: Config; values: Values } {
-  const parsed = parseCommandWords(argv, extra, env, configKeys);
+  const parsed = parseCommandWords(argv, extra, env, subset);
   // A word no flag takes is a mistake, most often an unquoted value: `--question what color is it`
   // would otherwise ask "what" and say nothing about the rest.
   if (parsed.positionals.length > 0) {
@@ -375,30 +392,31 @@ export function parseCommandWords<O extends NonNullable<ParseArgsConfig['options
   argv: readonly string[],
   extra: O,
   env: Env = process.env,
-  configKeys?: readonly ConfigOption[],
+  subset?: ConfigSubset,
 ): { config: Config; values: Values; positionals: string[]; positionalIndices: number[] } {
-  const configFlags = configKeys === undefined ? CONFIG_FLAGS : Object.fromEntries(configKeys.map((k) => [k, CONFIG_FLAGS[k]]));
+  const configFlags = subset === undefined ? CONFIG_FLAGS : Object.fromEntries(subset.keys.map((k) => [k, CONFIG_FLAGS[k]]));
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...configFlags, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true, tokens: true });
+    // allowNegative: a switch on by default (--warmup) is turned off by --no-warmup, as its variable can be.
+    parsed = parseArgs({ args: [...argv], options: { ...configFlags, ...extra, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, allowNegative: true, strict: true, tokens: true });
   } catch (err) {
-    throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }, configKeys !== undefined));
+    throw new VlmError('INVALID_ARGUMENT', parseArgsMessage(err as Error & { code?: string }, subset));
   }
   // Before the config is read: help must print even when a variable in the environment is malformed.
   const values = parsed.values as Values;
-  if (values.help === true) throw new HelpRequested(extra, configKeys);
+  if (values.help === true) throw new HelpRequested(extra, subset?.keys);
   // Where each positional stands in argv (a flag's value equal to one, `--graph-optimization all`, is not one).
   const positionalIndices = parsed.tokens.flatMap((t) => (t.kind === 'positional' ? [t.index] : []));
   return { config: configFrom(values, env), values, positionals: parsed.positionals, positionalIndices };
 }
 
 /** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */
-function parseArgsMessage(err: Error & { code?: string }, clientCommand: boolean): string {
+function parseArgsMessage(err: Error & { code?: string }, subset: ConfigSubset | undefined): string {
   const option = /'(-{1,2}[^' ]+)(?: <value>)?'/.exec(err.message)?.[1];
   if (option === undefined) return err.message;
   switch (err.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-      if (clientCommand && option.slice(2) in CONFIG_FLAGS) return `${option} is a setting of the services (vlm serve), which this command does not take; --help lists its options`;
+      if (subset && option.replace(/^--(no-)?/, '') in CONFIG_FLAGS) return `${option} ${subset.othersAre}; --help lists its options`;
       return `unknown option ${option}; --help lists this command's options`;
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
       // The same code for a switch given a value (`--json=true`) and an option given none.

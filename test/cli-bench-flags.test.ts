@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
+import { serveFlags } from '../cli/child-services';
 
 describe('numeric flags of bench accuracy and demo', () => {
   it.each([
@@ -22,5 +23,38 @@ describe('numeric flags of bench accuracy and demo', () => {
     expect(r.stderr).toMatch(message);
     expect(r.status).toBe(1);
     expect(r.stdout).toBe('');
+  });
+});
+
+describe('settings these commands do not take', () => {
+  it.each([
+    // Each starts its services on free loopback ports: a port given here would be dropped.
+    [['demo', '--vision-port', '6000'], '--vision-port is chosen by this command for the services it starts (plaintext, on free loopback ports)'],
+    [['bench', 'load', '--health-port', '9000'], '--health-port is chosen by this command'],
+    [['bench', 'latency', '--tls-cert', 'cert.pem'], '--tls-cert is chosen by this command'],
+    // eval and bench accuracy run the model in their own process: there is no service to configure.
+    [['bench', 'accuracy', '--metrics-port', '9000'], '--metrics-port is a setting of the services (vlm serve); this command runs the model in its own process'],
+    [['eval', '--no-warmup'], '--no-warmup is a setting of the services (vlm serve); this command runs the model in its own process'],
+  ])('vlm %j is refused, naming the flag and why', (args, message) => {
+    const r = vlm(args);
+    expect(r.stderr).toMatch(/^INVALID_ARGUMENT: /);
+    expect(r.stderr).toContain(message);
+    expect(r.status).toBe(1);
+  });
+
+  it('passes the services their own settings, a switch turned off included, and none of the command\'s flags', () => {
+    const own = { items: { type: 'string' }, json: { type: 'boolean' } } as const;
+    expect(serveFlags(['--items', '3', '--no-warmup', '--workers', '2', '--json', '--queue-size=4', '--model', 'm'], own)).toEqual(['--no-warmup', '--workers', '2', '--queue-size=4']);
+  });
+});
+
+describe('serve all', () => {
+  it.each([
+    ['--metrics-port', 'VLM_METRICS_PORT'],
+    ['--health-port', 'VLM_HEALTH_PORT'],
+  ])('refuses %s 65535 before starting anything: language would take 65536', (flag, variable) => {
+    const r = vlm(['serve', 'all', flag, '65535']);
+    expect(r.stderr.trim()).toBe(`INVALID_ARGUMENT: ${flag} / ${variable}: serve all gives the language service the next port, so this must be at most 65534, got 65535`);
+    expect(r.status).toBe(1);
   });
 });

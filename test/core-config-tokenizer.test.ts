@@ -72,6 +72,13 @@ describe('config', () => {
     expect(positionals).toEqual(['eval']);
   });
 
+  it('turns a switch that is on by default off with --no-<switch>, as its variable can', () => {
+    expect(parseCommandLine(['--no-warmup'], {}, {}).config.rpc.warmup).toBe(false);
+    expect(parseCommandLine([], {}, {}).config.rpc.warmup).toBe(true);
+    // The flag wins over the variable, as every flag does.
+    expect(parseCommandLine(['--no-eager-sessions'], {}, { VLM_EAGER_SESSIONS: 'true' }).config.model.eagerSessions).toBe(false);
+  });
+
   it('says a switch takes no value when given one, and an option needs one when given none', () => {
     const flags = { json: { type: 'boolean' }, limit: { type: 'string' } } as const;
     expect(() => parseCommandLine(['--json=true'], flags, {})).toThrow(/^option --json is a switch and takes no value: write --json alone to turn it on$/);
