@@ -5,15 +5,18 @@
  * signal quits without leaving the services it started running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BUNDLE, ROOT } from './reliability-helpers';
-import { eventually, processAlive as alive, vlm } from './service-helpers';
+import { eventually, processAlive as alive, servePids as childPids, vlm } from './service-helpers';
 
 const temps: string[] = [];
+/** Every process a test started: a failed assertion must not leave a 600 s load and its services running. */
+const started: number[] = [];
 afterEach(() => {
+  for (const pid of started.splice(0)) if (alive(pid)) process.kill(pid, 'SIGKILL');
   for (const dir of temps.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -47,28 +50,24 @@ describe('vlm bench load with a light caller', () => {
 
   it('quits at a second signal, killing the services it started rather than leaving them on their ports', async () => {
     const bench = await startedBench();
-    const services = childPids(bench.child.pid!);
-    expect(services).toHaveLength(2);
+    expect(bench.services).toHaveLength(2);
     bench.child.kill('SIGTERM');
     // Only once the first was handled: two signals sent at once may be delivered as one.
     await eventually(() => bench.stderr().includes('stopping the load'), 10_000, 20);
     bench.child.kill('SIGTERM');
-    try {
-      expect(await bench.exited).toBe(130);
-      for (const pid of services) await eventually(() => !alive(pid), 10_000, 50);
-      expect(readdirSync(bench.tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
-    } finally {
-      for (const pid of services) if (alive(pid)) process.kill(pid, 'SIGKILL'); // only when the test failed
-    }
+    expect(await bench.exited).toBe(130);
+    for (const pid of bench.services) await eventually(() => !alive(pid), 10_000, 50);
+    expect(readdirSync(bench.tmp).filter((f) => f.startsWith('vlm-bench-tokens-'))).toEqual([]);
   }, 60_000);
 });
 
 /** `vlm bench load` with a light caller, once its load runs; TMPDIR is a folder of its own. */
-async function startedBench(): Promise<{ child: ChildProcess; exited: Promise<number | null>; tmp: string; stdout: () => string; stderr: () => string }> {
+async function startedBench(): Promise<{ child: ChildProcess; services: number[]; exited: Promise<number | null>; tmp: string; stdout: () => string; stderr: () => string }> {
   const tmp = mkdtempSync(path.join(tmpdir(), 'vlm-bench-load-test-'));
   temps.push(tmp);
   const args = ['bench', 'load', '--model', BUNDLE, '--duration-s', '600', '--concurrency', '2', '--light-concurrency', '1', '--queue-size', '1', '--workers', '1'];
   const child = spawn(process.execPath, [path.join(ROOT, 'bin/vlm.js'), ...args], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, stdio: ['ignore', 'pipe', 'pipe'] });
+  started.push(child.pid!);
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -80,21 +79,8 @@ async function startedBench(): Promise<{ child: ChildProcess; exited: Promise<nu
     });
     void exited.then(() => reject(new Error(`bench load exited before its load ran: ${stderr}`)));
   });
-  return { child, exited, tmp, stdout: () => stdout, stderr: () => stderr };
-}
-
-/** The `vlm serve` children of `parent` (run from the sources, tsx's esbuild service is a child too). */
-function childPids(parent: number): number[] {
-  return readdirSync('/proc')
-    .filter((d) => /^\d+$/.test(d))
-    .filter((d) => {
-      try {
-        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-        const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-        return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === parent && args.includes('serve');
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
+  // Its services have reported serving by now.
+  const services = childPids(child.pid!);
+  started.push(...services);
+  return { child, services, exited, tmp, stdout: () => stdout, stderr: () => stderr };
 }

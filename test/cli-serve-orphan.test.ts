@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
-import { eventually, processAlive as alive } from './service-helpers';
+import { eventually, portFree, processAlive as alive, servePids } from './service-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -21,15 +21,18 @@ describe('serve all whose parent dies', () => {
     const wrapperCode = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify([BIN, ...args])}, { stdio: 'ignore' }); process.stdout.write(String(c.pid) + '\\n'); setInterval(() => {}, 1000);`;
     const wrapper = spawn(process.execPath, ['-e', wrapperCode], { stdio: ['ignore', 'pipe', 'ignore'] });
     const servePid = await new Promise<number>((resolve) => wrapper.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+    let services: number[] = [];
     try {
       await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      services = servePids(servePid);
+      expect(services).toHaveLength(2);
       wrapper.kill('SIGKILL');
       await eventually(() => !alive(servePid), 20_000, 100);
       // Both services drained and exited with it: nothing listens on their ports any more.
-      expect(await healthOf(`127.0.0.1:${visionPort}`, 500).catch(() => 'DOWN')).toBe('DOWN');
-      expect(await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => 'DOWN')).toBe('DOWN');
+      for (const pid of services) expect(alive(pid)).toBe(false);
+      expect([await portFree(visionPort), await portFree(languagePort)]).toEqual([true, true]);
     } finally {
-      if (alive(servePid)) process.kill(servePid, 'SIGTERM');
+      for (const pid of [servePid, ...services]) if (alive(pid)) process.kill(pid, 'SIGKILL');
       if (wrapper.exitCode === null && wrapper.signalCode === null) wrapper.kill('SIGKILL');
     }
   }, 90_000);
@@ -48,7 +51,7 @@ describe('a service started by a vlm command over an IPC channel (demo, the benc
       await eventually(async () => (await healthOf(`127.0.0.1:${port}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
       command.kill('SIGKILL');
       await eventually(() => !alive(servicePid), 20_000, 100);
-      expect(await healthOf(`127.0.0.1:${port}`, 500).catch(() => 'DOWN')).toBe('DOWN');
+      expect(await portFree(port)).toBe(true);
     } finally {
       if (alive(servicePid)) process.kill(servicePid, 'SIGKILL');
       if (command.exitCode === null && command.signalCode === null) command.kill('SIGKILL');

@@ -4,8 +4,8 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { connect, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
-import { connect as netConnect } from 'node:net';
-import { readFileSync } from 'node:fs';
+import { connect as netConnect, createServer } from 'node:net';
+import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { credentials, loadPackageDefinition, Metadata, ServerCredentials, type ChannelOptions, type Server, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -149,6 +149,31 @@ export function vlm(args: readonly string[], env: NodeJS.ProcessEnv = {}): { sta
  * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
  * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
  */
+/** The `vlm serve` children of `parent` (run from the sources, tsx's esbuild service is a child too). */
+export function servePids(parent: number): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+        const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+        return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === parent && args.includes('serve');
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Whether nothing listens on 127.0.0.1:port: binding it is the test (a health check failing could be a slow service). */
+export function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
+}
+
 export function processAlive(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

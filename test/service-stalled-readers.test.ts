@@ -130,11 +130,14 @@ describe('reflection streams', () => {
     // Three clients, told apart by their addresses on the loopback network.
     const [a, b, c] = ['127.0.0.1', '127.0.0.2', '127.0.0.3'].map((localAddress) => connectFrom(port, localAddress));
     try {
+      // A stream has been admitted once it has answered its first request.
+      const answered = (calls: ReturnType<typeof rawCall>[]) => Promise.all(calls.map((call) => new Promise((resolve) => call.stream.once('data', resolve))));
       const open = Array.from({ length: REFLECTION_STREAMS_PER_PEER }, () => rawCall(a!, REFLECTION, { write: LIST_SERVICES }));
-      await new Promise((r) => setTimeout(r, 200));
+      await answered(open);
       expect(await rawCall(a!, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_PER_PEER} reflection streams from this address are open already; retry later` });
-      open.push(...Array.from({ length: REFLECTION_STREAMS_MAX - REFLECTION_STREAMS_PER_PEER }, () => rawCall(b!, REFLECTION, { write: LIST_SERVICES })));
-      await new Promise((r) => setTimeout(r, 200));
+      const fromB = Array.from({ length: REFLECTION_STREAMS_MAX - REFLECTION_STREAMS_PER_PEER }, () => rawCall(b!, REFLECTION, { write: LIST_SERVICES }));
+      await answered(fromB);
+      open.push(...fromB);
       expect(await rawCall(c!, REFLECTION, { write: LIST_SERVICES }).status).toEqual({ code: GrpcCode.RESOURCE_EXHAUSTED, message: `${REFLECTION_STREAMS_MAX} reflection streams are open already; retry later` });
       for (const { status } of open) expect(await status).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: 'reflection streams are closed after 3 s; open another for more requests' });
       const again = rawCall(a!, REFLECTION, { write: LIST_SERVICES });

@@ -132,8 +132,8 @@ describe('one trace across vlm-language and vlm-vision (two processes)', () => {
     expect(tokens).toHaveLength(Number(decode.attributes['vlm.tokens.out']));
     // Each token's index, not its id: ids decode back to the answer, and content capture is opt-in.
     expect(tokens.map((e) => e.attributes)).toEqual(tokens.map((_, i) => ({ 'vlm.token.index': i })));
-    // the worker's spans keep their order on the time axis (to within the SDK's millisecond anchoring
-    // of span start times: each span's clock is Date.now() plus a performance.now() duration)
+    // the worker's spans keep their order on the time axis (every span is on the timeOrigin +
+    // performance.now() clock, shared/telemetry/span-clock.ts; 2 ms allows for two threads' readings of it)
     const slack = 2_000_000n;
     expect(BigInt(prefill.endTimeUnixNano) <= BigInt(decode.startTimeUnixNano) + slack).toBe(true);
     expect(BigInt(receive.endTimeUnixNano) <= BigInt(prefill.startTimeUnixNano) + slack).toBe(true);

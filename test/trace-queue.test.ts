@@ -28,7 +28,12 @@ describe('the queue span of a job that never reached a worker', () => {
     const config = testConfig({ model: { dir: RANDOM_BUNDLE }, runtime: { workers: 1 }, limits: { queueSize: 1 } });
     pool = await InferencePool.start(config);
   });
-  afterAll(() => receiver.close());
+  // Also when the test failed before its own close (both are idempotent): no worker or exporter left behind.
+  afterAll(async () => {
+    await pool?.close();
+    await shutdownTelemetry();
+    receiver.close();
+  });
 
   it('records the wait until the job left the queue, with the error that ended it, under the request', async () => {
     const image = await sharp({ create: { width: 48, height: 40, channels: 3, background: '#fc0' } }).png().toBuffer();
