@@ -15,7 +15,7 @@ import { ficocoV } from '../shared/methods/ficoco-v';
 import { matrixRank, recycledClusters, sparsevlm } from '../shared/methods/sparsevlm';
 import { tome } from '../shared/methods/tome';
 import type { LanguageSchedule, Matrix, MethodOptions, TokenMeta, VisionSchedule } from '../shared/methods/types';
-import { load, type StoredMatrix } from './methods-inputs';
+import { hashMatrix, load, type StoredMatrix } from './methods-inputs';
 
 const EXACT: MethodOptions = { mode: 'exact', params: {}, seed: 0 };
 const fixture = <T>(name: string): T => JSON.parse(readFileSync(join(__dirname, 'fixtures', 'methods', `official-${name}.json`), 'utf8')) as T;
@@ -106,25 +106,44 @@ describe('ficoco-l exact mode = official FiCoCo_L (checkpoint) Filter/Correlate/
     // The prefix (protected row 0 and the system prompt) is inside the code's visual span.
     expect(image.start).toBeLessThanOrEqual(f.image.start);
   });
+
+  it('moves an image that starts past the visual slots up by the rows removed before it (late in an exact schedule, the slots hold only prefix tokens)', () => {
+    // 20 rows: a 10-token prefix, a 6-token image, 4 text tokens; 6 slots left, 2 removed from them.
+    const state: Record<string, unknown> = { ficocoLSlots: 6 };
+    const out = ficocoL.reduce(
+      { step: { layer: 5, at: 'after-attn', tokensIn: 6, tokensOut: 4 }, hidden: hashMatrix(1, 20, 4), scores: hashMatrix(2, 20, 20), image: { start: 10, length: 6 }, state },
+      {} as LanguageSchedule,
+      EXACT,
+    );
+    expect(out.span).toEqual({ start: 0, length: 6 });
+    expect(outputRows(out.combine)).toBe(4);
+    expect(out.image).toEqual({ start: 8, length: 6 });
+    expect(state['ficocoLSlots']).toBe(4);
+  });
 });
 
 describe('tome exact mode = official bipartite_soft_matching + merge_wavg', () => {
   interface Layer { keys: StoredMatrix; r: number; output: number[]; size: number[] }
-  const f = fixture<{ hidden: StoredMatrix; layers: Layer[] }>('tome');
+  interface Case { hidden: StoredMatrix; layers: Layer[] }
+  const f = fixture<Case & { without_class_token: Case }>('tome');
 
-  it('reproduces two chained layers with sizes carried ([unmerged A, B] order, CLS protected)', () => {
-    let hidden = load(f.hidden);
-    let tokens = patchTokens(hidden.rows - 1, true);
-    for (const layer of f.layers) {
+  function chained(c: Case, cls: boolean): void {
+    let hidden = load(c.hidden);
+    let tokens = patchTokens(hidden.rows - (cls ? 1 : 0), cls);
+    for (const layer of c.layers) {
       const T = hidden.rows;
       const out = tome.reduce({ step: { layer: 0, tokensIn: T, tokensOut: T - layer.r }, hidden, keys: load(layer.keys), tokens, state: {} }, visionSchedule('tome'), EXACT);
       expectClose(applyCombination(out.combine, hidden).data, layer.output);
       expectClose(out.tokens.size, layer.size);
-      expect(out.tokens.origin[0]).toBe(-1);
+      if (cls) expect(out.tokens.origin[0]).toBe(-1);
       hidden = { rows: T - layer.r, cols: hidden.cols, data: Float32Array.from(layer.output) };
       tokens = out.tokens;
     }
-  });
+  }
+
+  it('reproduces two chained layers with sizes carried ([unmerged A by index, B] order, CLS protected)', () => chained(f, true));
+
+  it('reproduces two chained layers of a tower without a class token ([unmerged A strongest match first, B] order)', () => chained(f.without_class_token, false));
 });
 
 describe('sparsevlm = official attn_postprocess_topk / attn_postprocess_rank / cluster_and_merge', () => {

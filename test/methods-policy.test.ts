@@ -137,12 +137,17 @@ describe('budgets', () => {
     expect(e.message).toMatch(/policy.params\[scale\]: applies to sparsevlm version 'v1' only/);
   });
 
-  it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended), and reports it as clamped', () => {
+  it('ficoco-v takes a start layer past the encoder as its last layer (a search from 2^53 never ended), and reports the layer compression starts at', () => {
     for (const start_layer of [2 ** 31, Number.MAX_SAFE_INTEGER]) {
-      const p = { ...policy('ficoco-v', 'none', 25), mode: 'exact' as const, params: { start_layer } };
-      const s = resolveVisionSchedule(p, tiny);
-      expect(s.outputTokens).toBe(49);
-      expect(s.params['start_layer']).toBe(tiny.numLayers - 1);
+      const clean = resolveVisionSchedule({ ...policy('ficoco-v', 'none', 25), params: { start_layer } }, tiny);
+      expect(clean.outputTokens).toBe(49);
+      expect(clean.steps.map((s) => s.layer)).toEqual([tiny.numLayers - 1]);
+      expect(clean.params['start_layer']).toBe(tiny.numLayers - 1);
+      // exact removes at most half a layer's tokens: 25 % needs two layers, so it starts one earlier.
+      const exact = resolveVisionSchedule({ ...policy('ficoco-v', 'none', 25), mode: 'exact', params: { start_layer } }, tiny);
+      expect(exact.outputTokens).toBe(49);
+      expect(exact.steps.map((s) => s.layer)).toEqual([tiny.numLayers - 2, tiny.numLayers - 1]);
+      expect(exact.params['start_layer']).toBe(tiny.numLayers - 2);
     }
   });
 
@@ -181,6 +186,14 @@ describe('ficoco-vl', () => {
     const e = thrown(() => resolveBudgetSplit({ ...policy('ficoco-v', 'ficoco-l', null), params: { vision_tokens: 120 } }, geometry));
     expect(e.code).toBe('INVALID_ARGUMENT');
     expect(e.message).toMatch(/vision_tokens.*set policy.budget too/);
+  });
+
+  it("refuses ficoco-l's decline_layers without a budget: the released schedule it would run has no decline", () => {
+    const withBudget = resolveLanguageSchedule({ ...policy('none', 'ficoco-l', 25), params: { decline_layers: 2 } }, tinyLanguage(196));
+    expect(withBudget.params['decline_layers']).toBe(2);
+    const e = thrown(() => resolveLanguageSchedule({ ...policy('none', 'ficoco-l', null), params: { decline_layers: 2 } }, tinyLanguage(196)));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toBe('policy.params[decline_layers]: shapes the schedule of a budget; set policy.budget too');
   });
 
   it("refuses a budget below one token for the pair, not with the language side's range for one token", () => {

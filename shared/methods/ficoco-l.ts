@@ -71,6 +71,9 @@ export const ficocoL: LanguageReducer = {
     const anchor = anchorStart(g);
     let start = anchor;
     let x: number;
+    // Without a budget the released schedule runs, which has no decline to shape: a value sent would
+    // silently do nothing, and the answer would look like the schedule the caller asked for.
+    if (budget === null && options.params['decline_layers'] !== undefined) throw VlmError.invalid('policy.params[decline_layers]', 'shapes the schedule of a budget; set policy.budget too');
     if (budget === null) {
       // The released operating point: 14 of 576 visual tokens leave per layer from the anchor.
       x = (14 * V) / 576;
@@ -212,7 +215,9 @@ function reduceExact(input: LanguageStepInput, S: Matrix, r: number, p: FicocoLP
   // The true image span after the step: kept rows keep their order, so kept image rows stay contiguous.
   const imgStart = input.image.start;
   const imgEnd = imgStart + input.image.length;
-  const keptBefore = remain.filter((j) => j < imgStart).length;
+  // Rows at V and after are all kept: an image that starts past the slots (a long prompt prefix, late
+  // in an exact schedule) moves up by the r rows removed before it.
+  const keptBefore = remain.filter((j) => j < imgStart).length + Math.max(0, imgStart - V);
   const removedInImage = discard.filter((i) => i >= imgStart && i < imgEnd).length;
   return {
     span: { start: 0, length: V },

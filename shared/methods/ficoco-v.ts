@@ -96,8 +96,9 @@ export const ficocoV: VisionReducer = {
       outputTokens: out,
       proportionalAttention: false,
       needs: options.mode === 'exact' ? ['scores'] : ['probs'],
-      // start_layer as clamped: a request past the last layer sees where compression may start.
-      params: { ...p, start_layer: first, grid: g.grid },
+      // Where compression starts: the anchor or the request's layer (clamped to the last), or an
+      // earlier one where the budget needed more layers.
+      params: { ...p, start_layer: steps[0]?.layer ?? first, grid: g.grid },
     };
   },
 

@@ -1,7 +1,13 @@
 /**
  * Small numeric kernels shared by the methods, written to reproduce PyTorch's definitions where the
- * official code relies on them (linear-interpolation quantile, F.normalize's eps, fp32 softmax), and
- * with deterministic tie-breaks where PyTorch leaves the order unspecified (topk, argsort).
+ * official code relies on them (linear-interpolation quantile, F.normalize's eps), and with
+ * deterministic tie-breaks where PyTorch leaves the order unspecified (topk, argsort).
+ *
+ * Two deliberate differences. Softmax is computed in float64 where the official code's is fp32: the
+ * results agree to float32 rounding (the official vectors check this), and only a near-tie between
+ * merge targets could fall the other way. NaN, which only a broken model produces, is ordered last
+ * (topk, quantile) where torch orders it first (topk) or returns it (quantile): the result is a
+ * definite ranking of the finite scores instead of one decided by the NaNs.
  */
 import type { Matrix } from './types';
 

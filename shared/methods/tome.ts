@@ -7,7 +7,8 @@
  * merged (size-weighted average). Sizes travel in TokenMeta.size and the schedule asks the runner to
  * add log(size) to every later attention logit (proportional attention).
  *
- * exact: the official output order [unmerged A tokens by index, then all B tokens].
+ * exact: the official output order [unmerged A tokens, then all B tokens], the unmerged A tokens by
+ *   index with a class token and strongest match first without one, as the official code leaves them.
  * clean: the same matching and merge at each step, output in original token order (CLS first), ties
  *   broken by lower index. The order does not matter inside a ViT with absolute positions, but it
  *   becomes the LLM's visual token order, where raster order is what the model was trained on. Sets
@@ -101,7 +102,10 @@ export const tome: VisionReducer = {
     // Strongest matches first; equal scores keep index order.
     const edge = Array.from({ length: A.length }, (_, i) => i).sort((x, y) => nodeMax[y]! - nodeMax[x]! || x - y);
     const src = edge.slice(0, r);
-    const unm = edge.slice(r).sort((x, y) => x - y);
+    // The official code re-sorts the unmerged A tokens by index only with a class token; without one
+    // they stay strongest-match first, which exact keeps (it decides the next step's sets A and B).
+    const unm = edge.slice(r);
+    if (hasCls) unm.sort((x, y) => x - y);
 
     const size = input.tokens.size;
     const bRecipes: Array<Array<[number, number]>> = B.map((b) => [[b, size[b]!]]);

@@ -193,16 +193,31 @@ def ficoco_l(folder):
 
 def tome(folder):
     mod = load(folder, 'tome_merge.py', 'tome_official')
-    T, C, D, r1, r2 = 41, 8, 4, 12, 9
+    with_cls = tome_case(mod, class_token=True, T=41, seeds=range(3000, 3100))
+    # Without a class token the official code leaves the unmerged A tokens strongest match first
+    # (it re-sorts them by index only with one), which decides the next layer's sets A and B.
+    without_cls = tome_case(mod, class_token=False, T=40, seeds=range(3200, 3300))
+    return {
+        'function': 'tome.merge.bipartite_soft_matching(class_token=True) + merge_wavg (facebookresearch/ToMe af95e4b)',
+        **with_cls,
+        'without_class_token': {
+            'function': 'tome.merge.bipartite_soft_matching(class_token=False) + merge_wavg (facebookresearch/ToMe af95e4b)',
+            **without_cls,
+        },
+    }
+
+
+def tome_case(mod, class_token, T, seeds):
+    C, D, r1, r2 = 8, 4, 12, 9
 
     def run(M1, X, M2):
-        merge, _ = mod.bipartite_soft_matching(t(M1)[None], r1, class_token=True)
+        merge, _ = mod.bipartite_soft_matching(t(M1)[None], r1, class_token=class_token)
         x1, s1 = mod.merge_wavg(merge, t(X)[None])
-        merge2, _ = mod.bipartite_soft_matching(t(M2)[None], r2, class_token=True)
+        merge2, _ = mod.bipartite_soft_matching(t(M2)[None], r2, class_token=class_token)
         x2, s2 = mod.merge_wavg(merge2, x1, s1)
         return x1[0].numpy(), s1[0, :, 0].numpy(), x2[0].numpy(), s2[0, :, 0].numpy()
 
-    for seed in range(3000, 3100):
+    for seed in seeds:
         M1 = matrix(seed, T, C)
         X = matrix(seed + 1, T, D)
         M2 = matrix(seed + 2, T - r1, C)
@@ -211,7 +226,6 @@ def tome(folder):
             continue
         x1, s1, x2, s2 = run(M1, X, M2)
         return {
-            'function': 'tome.merge.bipartite_soft_matching(class_token=True) + merge_wavg (facebookresearch/ToMe af95e4b)',
             'hidden': {'seed': seed + 1, 'rows': T, 'cols': D},
             'layers': [
                 {'keys': {'seed': seed, 'rows': T, 'cols': C}, 'r': r1, 'output': floats(x1), 'size': floats(s1)},
