@@ -188,6 +188,14 @@ describe('ficoco-vl', () => {
     expect(e.message).toMatch(/vision_tokens.*set policy.budget too/);
   });
 
+  it('refuses a budget with no reduction method on either side, on the vision side too (a direct Encode), and leaves a language method its budget', () => {
+    const e = thrown(() => resolveVisionSchedule(policy('none', 'none', 25), tiny));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.message).toMatch(/^policy.budget: vision method 'none' keeps all 196 visual tokens, so a budget needs a reduction method/);
+    expect(resolveVisionSchedule(policy('none', 'none', 100), tiny).outputTokens).toBe(196);
+    expect(resolveVisionSchedule(policy('none', 'sparsevlm', 25), tiny).outputTokens).toBe(196);
+  });
+
   it("refuses ficoco-l's decline_layers without a budget: the released schedule it would run has no decline", () => {
     const withBudget = resolveLanguageSchedule({ ...policy('none', 'ficoco-l', 25), params: { decline_layers: 2 } }, tinyLanguage(196));
     expect(withBudget.params['decline_layers']).toBe(2);

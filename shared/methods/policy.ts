@@ -180,7 +180,10 @@ function withSplit<T extends { params: Readonly<Record<string, number | string |
 export function resolveVisionSchedule(policy: ReductionPolicy, g: VisionGeometry): VisionSchedule {
   const reducer = getVisionReducer(policy.vision);
   const split = resolveBudgetSplit(policy, splitGeometryOfVision(g));
-  const budget = policy.vision === 'none' ? null : split.visionTokens;
+  // A vision 'none' before a reducing language side leaves the budget to it; with no reduction at
+  // all, the budget comes to none.ts, which refuses it as the language side does (a direct Encode
+  // caller must hear that a budget alone reduces nothing).
+  const budget = policy.vision !== 'none' ? split.visionTokens : policy.language === 'none' ? split.total : null;
   return withSplit(reducer.resolve(g, budget, optionsOf(policy)), split);
 }
 
