@@ -65,7 +65,14 @@ export interface LimitsConfig {
   readonly maxPromptChars: number;
   /** Requests waiting for a worker beyond the ones running; more is RESOURCE_EXHAUSTED. */
   readonly queueSize: number;
+  /** The deadline of a call that carries none. */
   readonly deadlineMs: number;
+  /**
+   * The longest a call may run, whatever deadline it carries: a longer one ends DEADLINE_EXCEEDED
+   * here. Also how long an aged-out connection waits for its calls, so none is cut off by the
+   * transport (a bare RST_STREAM reads to the client as an INTERNAL the service never sent).
+   */
+  readonly maxDeadlineMs: number;
   /** Upper bound on a request's max_new_tokens. */
   readonly maxNewTokens: number;
 }
@@ -209,6 +216,7 @@ export const CONFIG_OPTIONS = {
   'max-prompt-chars': { type: 'int', env: 'VLM_MAX_PROMPT_CHARS', default: 4096, min: 1, max: 1_000_000, arg: 'N', help: 'longest question' },
   'queue-size': { type: 'int', env: 'VLM_QUEUE_SIZE', default: 16, min: 0, max: 100_000, arg: 'N', help: 'requests waiting for a worker before RESOURCE_EXHAUSTED' },
   'deadline-ms': { type: 'int', env: 'VLM_DEADLINE_MS', default: 60_000, min: 1, max: INT32_MAX, arg: 'MS', help: 'deadline for calls that carry none' },
+  'max-deadline-ms': { type: 'int', env: 'VLM_MAX_DEADLINE_MS', default: 600_000, min: 1, max: INT32_MAX, arg: 'MS', help: "the longest a call may run, whatever deadline it carries (at least --deadline-ms); also how long a connection aged out by --max-connection-age-ms waits for its calls" },
   'max-new-tokens-limit': { type: 'int', env: 'VLM_MAX_NEW_TOKENS', default: 256, min: 1, max: 1_000_000, arg: 'N', help: "upper bound on a request's max_new_tokens" },
   host: { type: 'string', env: 'VLM_HOST', default: '0.0.0.0', arg: 'ADDR', help: 'listen address, of /metrics and the health port too (serve all: vision listens on loopback when this is a wildcard)' },
   'vision-port': { type: 'int', env: 'VLM_VISION_PORT', default: 50051, ...PORT, arg: 'PORT', help: "vision's gRPC port (0 = any free port)" },
@@ -223,7 +231,7 @@ export const CONFIG_OPTIONS = {
   warmup: { type: 'boolean', env: 'VLM_WARMUP', default: true, help: 'run a worst-case request before reporting SERVING (--no-warmup or VLM_WARMUP=false turns it off)' },
   'max-concurrent-streams': { type: 'int', env: 'VLM_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: INT32_MAX, arg: 'N', help: 'calls one client connection may hold open' },
   'max-inflight-calls': { type: 'int', env: 'VLM_MAX_INFLIGHT_CALLS', default: 0, min: 0, max: INT32_MAX, arg: 'N', shown: 'no limit', help: 'calls a service holds at once, over all connections, before refusing more with RESOURCE_EXHAUSTED at their headers: each may hold a request of up to the receive limit, so this bounds their memory; its last quarter is kept for authenticated callers below a fair share' },
-  'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'each service closes a connection (GOAWAY) after this long, so clients reconnect and spread over new replicas; calls in flight on it get --deadline-ms more to finish, and one still running then is cut off (0 = never)' },
+  'max-connection-age-ms': { type: 'int', env: 'VLM_MAX_CONNECTION_AGE_MS', default: 300_000, min: 0, max: INT32_MAX, arg: 'MS', help: 'each service closes a connection (GOAWAY) after this long, so clients reconnect and spread over new replicas; calls in flight on it may finish (within --max-deadline-ms) (0 = never)' },
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
   'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
@@ -294,6 +302,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       maxPromptChars: r.int('max-prompt-chars'),
       queueSize: r.int('queue-size'),
       deadlineMs: r.int('deadline-ms'),
+      maxDeadlineMs: maxDeadline(r),
       maxNewTokens: r.int('max-new-tokens-limit'),
     },
     services: {
@@ -320,6 +329,14 @@ export function configFrom(values: Values, env: Env = process.env): Config {
     logLevel: r.oneOf('log-level'),
   };
   return deepFreeze(config);
+}
+
+/** A default deadline past the longest one would be cut short at every call that carries none. */
+function maxDeadline(r: Reader): number {
+  const max = r.int('max-deadline-ms');
+  const deadline = r.int('deadline-ms');
+  if (max < deadline) throw VlmError.invalid(r.from('max-deadline-ms'), `must be at least the default deadline (${r.from('deadline-ms')} ${deadline}), got ${max}`);
+  return max;
 }
 
 /** The token itself, for deployments that inject secrets as variables; it has no flag (a flag value shows in `ps`). */

@@ -72,6 +72,12 @@ describe('config', () => {
     expect(positionals).toEqual(['eval']);
   });
 
+  it('refuses a longest deadline below the default one, naming both', () => {
+    expect(parseCommandLine(['--max-deadline-ms', '90000'], {}, {}).config.limits.maxDeadlineMs).toBe(90_000);
+    expect(() => parseCommandLine(['--max-deadline-ms', '1000'], {}, {})).toThrow('--max-deadline-ms: must be at least the default deadline (--deadline-ms 60000), got 1000');
+    expect(() => parseCommandLine([], {}, { VLM_MAX_DEADLINE_MS: '500', VLM_DEADLINE_MS: '800' })).toThrow('VLM_MAX_DEADLINE_MS: must be at least the default deadline (VLM_DEADLINE_MS 800), got 500');
+  });
+
   it('turns a switch that is on by default off with --no-<switch>, as its variable can', () => {
     expect(parseCommandLine(['--no-warmup'], {}, {}).config.rpc.warmup).toBe(false);
     expect(parseCommandLine([], {}, {}).config.rpc.warmup).toBe(true);

@@ -464,6 +464,29 @@ describe('limits per connection', () => {
     }
   });
 
+  it('lets a call on an aged-out connection run past the default deadline to its end (the transport never cuts it off)', async () => {
+    // Connections age out after 60 ms and calls carrying no deadline get 40 ms, but this call carries
+    // 10 s and the service allows up to 10 s: before, it was cut off 40 ms after its connection aged
+    // out, and the client saw INTERNAL "Received RST_STREAM with code 0", a fault the service never sent.
+    const base = pairConfig({ deadlineMs: 40 });
+    const limits = { ...base.limits, maxDeadlineMs: 10_000 };
+    const v = await startVisionService({ ...base, limits, rpc: { ...base.rpc, warmup: false, maxConnectionAgeMs: 60 } }, { port: 0 });
+    const l = await startLanguageService({ ...base, limits, rpc: { ...base.rpc, warmup: false, visionTarget: v.address, maxConnectionAgeMs: 60 } }, { port: 0 });
+    const client = new LanguageServiceClient(l.address, credentials.createInsecure());
+    try {
+      const image = await shapesImage();
+      const started = performance.now();
+      const out = await ask(client, request(image, { maxTokens: 200 }), { deadlineMs: 10_000 });
+      expect(out.error).toBeNull();
+      expect(out.final).toBeDefined();
+      expect(performance.now() - started).toBeGreaterThan(100);
+    } finally {
+      client.close();
+      await l.stop();
+      await v.stop();
+    }
+  });
+
   it('both services age connections out (GOAWAY), and the language service keeps answering across reconnects', async () => {
     for (const service of [vision, language]) {
       const session = connect(`http://${service.address}`);

@@ -98,9 +98,9 @@ async function* behaviour(req: EncodeRequest, ctx: CallContext): AsyncGenerator<
   }
 }
 
-function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number; log?: Logger } = {}) {
+function startServer(options: { authToken?: string | null; tokens?: BearerTokens; defaultDeadlineMs?: number; maxDeadlineMs?: number; graceMs?: number; maxInFlightCalls?: number; log?: Logger } = {}) {
   const calls = new ActiveCalls();
-  const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000, calls };
+  const deps = { log, defaultDeadlineMs: options.defaultDeadlineMs ?? 30_000, maxDeadlineMs: options.maxDeadlineMs, calls };
   const implementation: VisionServiceServer = {
     encode: serverStream(behaviour, deps),
     getModelInfo: unary(async (_req, ctx) => {
@@ -284,6 +284,29 @@ describe('deadlines', () => {
     expect(deadlineOf({ getDeadline: () => now + 50 }, 200, now)).toBe(now + 50);
     const month = deadlineOf({ getDeadline: () => now + 30 * 86_400_000 }, 200, now);
     expect(month - now).toBe(2 ** 31 - 1);
+  });
+
+  it("a call's own deadline is cut to the service's longest (--max-deadline-ms), which the default never exceeds", () => {
+    const now = 1_000_000;
+    expect(deadlineOf({ getDeadline: () => new Date(now + 5000) }, 200, now, 3000)).toBe(now + 3000);
+    expect(deadlineOf({ getDeadline: () => now + 2000 }, 200, now, 3000)).toBe(now + 2000);
+    expect(deadlineOf({ getDeadline: () => Infinity }, 200, now, 3000)).toBe(now + 200);
+  });
+
+  it('a call whose deadline is past the longest ends there, told it was the service that cut it', async () => {
+    const server = startServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const client = new VisionServiceClient(address, credentials.createInsecure());
+    try {
+      const t0 = Date.now();
+      const { error } = await collect(encode(client, 5, { deadlineMs: 5000 }));
+      expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+      expect(error?.details).toBe("the request did not finish within 600 ms, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens");
+      expect(Date.now() - t0).toBeLessThan(4000);
+    } finally {
+      client.close();
+      await server.stop();
+    }
   });
 
   it('a client deadline past the default is served to its end over gRPC', async () => {

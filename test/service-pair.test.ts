@@ -188,6 +188,7 @@ describe('the service pair on loopback', () => {
       maxPositions: core.manifest.language.max_positions,
       padsToSquare: false, // the random bundle squashes its images
       defaultDeadlineMs: limits.deadlineMs,
+      maxDeadlineMs: limits.maxDeadlineMs,
     });
     expect(limits.deadlineMs).toBeGreaterThan(0);
     const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);

@@ -38,6 +38,8 @@ export interface ContextSource {
 export interface ContextOptions {
   /** Used when the client set no deadline. */
   readonly defaultDeadlineMs: number;
+  /** The longest any call may run (--max-deadline-ms); a client's longer deadline is cut to it. */
+  readonly maxDeadlineMs?: number;
   readonly log: Logger;
   /** Holds the call until disposed, for a drain to end it (active-calls.ts). */
   readonly calls?: ActiveCalls;
@@ -57,19 +59,22 @@ export interface OwnedContext {
 
 /**
  * The client's deadline when it set one (grpc-js gives Infinity when it did not), else the service
- * default. A client's deadline is kept even when longer than the default: the caller knows how long
- * its answer may take (a long answer on a large model), and the work is bounded by max tokens anyway.
+ * default. A client's deadline is kept when longer than the default (the caller knows how long its
+ * answer may take: a long answer on a large model) up to the service's longest, which an aged-out
+ * connection waits for (grpc-server.ts transportOptions).
  */
-export function deadlineOf(source: Pick<ContextSource, 'getDeadline'>, defaultDeadlineMs: number, now = Date.now()): number {
+export function deadlineOf(source: Pick<ContextSource, 'getDeadline'>, defaultDeadlineMs: number, now = Date.now(), maxDeadlineMs = MAX_TIMER_MS): number {
   const raw = source.getDeadline();
   const client = raw instanceof Date ? raw.getTime() : raw;
-  return Math.min(Number.isFinite(client) ? client : now + defaultDeadlineMs, now + MAX_TIMER_MS);
+  return Math.min(Number.isFinite(client) ? client : now + defaultDeadlineMs, now + Math.min(maxDeadlineMs, MAX_TIMER_MS));
 }
 
 export function callContext(source: ContextSource, options: ContextOptions): OwnedContext {
   const controller = new AbortController();
   const start = Date.now();
-  const deadline = deadlineOf(source, options.defaultDeadlineMs, start);
+  const deadline = deadlineOf(source, options.defaultDeadlineMs, start, options.maxDeadlineMs);
+  // The call's own deadline was past the service's longest: its expiry says which one ended it.
+  const cut = deadline < deadlineOf(source, options.defaultDeadlineMs, start);
   const requestId = String(source.metadata.get(REQUEST_ID_KEY)[0] ?? '');
   const caller = String(source.metadata.get(CALLER_KEY)[0] ?? '');
 
@@ -77,7 +82,14 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
     if (controller.signal.aborted) return;
     const ms = deadline - start;
     const span = ms < 1000 ? `${Math.max(0, Math.round(ms))} ms` : `${(ms / 1000).toFixed(1)} s`;
-    controller.abort(new VlmError('DEADLINE_EXCEEDED', `the request did not finish within its ${span} deadline (counted from its arrival here); set a longer deadline or lower max_tokens`));
+    controller.abort(
+      new VlmError(
+        'DEADLINE_EXCEEDED',
+        cut
+          ? `the request did not finish within ${span}, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens`
+          : `the request did not finish within its ${span} deadline (counted from its arrival here); set a longer deadline or lower max_tokens`,
+      ),
+    );
   };
   // grpc-js emits 'cancelled' both for a client cancel and for a deadline. The server's deadline
   // counts from when the request arrived, so a client giving up at its own deadline cancels early by

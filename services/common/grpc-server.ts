@@ -248,7 +248,8 @@ export function transportOptions(config: Config, credentials: Pick<ServiceCreden
   return {
     clientNames: config.tls.clientNames,
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
-    maxConnectionAgeGraceMs: config.limits.deadlineMs,
+    // A call on an aged-out connection is never cut off by the transport: no call runs longer than this.
+    maxConnectionAgeGraceMs: config.limits.maxDeadlineMs,
     defaultDeadlineMs: config.limits.deadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),
     requestArrivalMs: config.limits.deadlineMs,

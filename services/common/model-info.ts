@@ -18,7 +18,7 @@ export interface ModelFacts {
 }
 
 /** The request limits a client must stay within, as the service enforces them. */
-export type AdvertisedLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxNewTokens' | 'maxPromptChars' | 'maxImagePixels' | 'maxAspectRatio' | 'deadlineMs'>;
+export type AdvertisedLimits = Pick<LimitsConfig, 'maxImageBytes' | 'maxNewTokens' | 'maxPromptChars' | 'maxImagePixels' | 'maxAspectRatio' | 'deadlineMs' | 'maxDeadlineMs'>;
 
 export interface Placement extends AdvertisedLimits {
   /** Execution provider sessions actually run on, e.g. "cpu" or "cuda". */
@@ -85,10 +85,11 @@ export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
     methodParams: methodParams(),
     padsToSquare: m.preprocess.resize === 'pad_to_square',
     defaultDeadlineMs: placement.deadlineMs,
+    maxDeadlineMs: placement.maxDeadlineMs,
   };
 }
 
 export function placementOf(where: { readonly provider: string; readonly device: string }, limits: AdvertisedLimits): Placement {
-  const { maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio, deadlineMs } = limits;
-  return { provider: where.provider, device: where.device, maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio, deadlineMs };
+  const { maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio, deadlineMs, maxDeadlineMs } = limits;
+  return { provider: where.provider, device: where.device, maxImageBytes, maxNewTokens, maxPromptChars, maxImagePixels, maxAspectRatio, deadlineMs, maxDeadlineMs };
 }

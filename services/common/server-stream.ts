@@ -27,6 +27,8 @@ export interface AdapterDeps {
   readonly log: Logger;
   /** Deadline for calls that arrive without one. */
   readonly defaultDeadlineMs: number;
+  /** The longest a call may run, whatever deadline it carries (--max-deadline-ms). */
+  readonly maxDeadlineMs?: number;
   /** Where the calls are held for a drain to end (the same registry as the server's). */
   readonly calls?: ActiveCalls;
 }
@@ -82,7 +84,7 @@ export function serverStream<Req, Res>(fn: StreamFn<Req, Res>, deps: AdapterDeps
   async function run(call: ServerWritableStream<Req, Res>): Promise<void> {
     // Taken before the first await: the instrumentation's server span is active only on entry.
     const serverSpan = trace.getActiveSpan();
-    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, maxDeadlineMs: deps.maxDeadlineMs, log: deps.log, calls: deps.calls });
     const { ctx } = owned;
     // A stream can also end after the handler returned, before 'finish': the client cancels while the
     // last writes wait for its flow control, or grpc-js sends a status itself (a response past the send
@@ -160,7 +162,7 @@ export function unary<Req, Res>(fn: UnaryFn<Req, Res>, deps: AdapterDeps): handl
 
   async function run(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): Promise<void> {
     const serverSpan = trace.getActiveSpan();
-    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, log: deps.log, calls: deps.calls });
+    const owned = callContext(call, { defaultDeadlineMs: deps.defaultDeadlineMs, maxDeadlineMs: deps.maxDeadlineMs, log: deps.log, calls: deps.calls });
     try {
       const request = call.request;
       if (isUndecodable(request)) throw undecodableError(request);

@@ -54,7 +54,7 @@ export async function startLanguageService(config: Config, options: LanguageServ
       vision,
       limits: config.limits,
       promptTokens,
-      adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, calls },
+      adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, maxDeadlineMs: config.limits.maxDeadlineMs, calls },
     });
     server = new GrpcServer({
       serviceName: 'vlm.v1.LanguageService',

@@ -52,7 +52,7 @@ export async function startVisionService(config: Config, options: VisionServiceO
     backend,
     limits: config.limits,
     rowsPerChunk: config.rpc.rowsPerChunk,
-    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, calls },
+    adapter: { log, defaultDeadlineMs: config.limits.deadlineMs, maxDeadlineMs: config.limits.maxDeadlineMs, calls },
   });
   let server: GrpcServer;
   try {
