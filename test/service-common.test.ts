@@ -547,6 +547,35 @@ describe('a limit on calls in flight (--max-inflight-calls)', () => {
       await server.stop();
     }
   });
+  it("tells gRPC's own retry the delay it asks for (grpc-retry-pushback-ms): a channel's retryPolicy waits it out instead of its 0.2 s backoff", async () => {
+    const server = startServer({ maxInFlightCalls: 1 });
+    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+    const plain = new VisionServiceClient(address, credentials.createInsecure());
+    // The retry policy docs/deploy.md recommends, for this service.
+    const serviceConfig = { methodConfig: [{ name: [{ service: 'vlm.v1.VisionService' }], retryPolicy: { maxAttempts: 3, initialBackoff: '0.2s', maxBackoff: '2s', backoffMultiplier: 2, retryableStatusCodes: ['RESOURCE_EXHAUSTED'] } }] };
+    const retrying = new VisionServiceClient(address, credentials.createInsecure(), { 'grpc.service_config': JSON.stringify(serviceConfig) });
+    try {
+      const held = collect(encode(plain, 7));
+      await eventually(() => server.activeCalls === 1, 5000, 5);
+      const refused = (await collect(encode(plain, 0))).error;
+      expect(refused?.metadata.get('grpc-retry-pushback-ms')).toEqual(['1000']);
+      // Refused while the held call runs (300 ms). Retried at the 0.2 s backoff, the third attempt
+      // would come at 0.6 s at the latest and find the place free; waiting the pushback, the second
+      // comes at 1 s.
+      const started = performance.now();
+      const retried = collect(encode(retrying, 0));
+      await new Promise((r) => setTimeout(r, 300));
+      await release();
+      expect((await held).error).toBeNull();
+      expect((await retried).error).toBeNull();
+      expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+    } finally {
+      plain.close();
+      retrying.close();
+      await server.stop();
+    }
+  });
+
   it("keeps the cap's last quarter for callers below their share: one caller's burst cannot shut out another", async () => {
     const names = ['heavy', 'light', 'third'];
     const tokens = new BearerTokens({ file: null, tokens: names.map((name) => ({ name, token: `t0k3n-${name}-xxxxxxxx` })) }, log);

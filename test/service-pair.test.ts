@@ -189,6 +189,8 @@ describe('the service pair on loopback', () => {
       padsToSquare: false, // the random bundle squashes its images
       defaultDeadlineMs: limits.deadlineMs,
       maxDeadlineMs: limits.maxDeadlineMs,
+      // 2 x the image limit, 4 bytes per prompt character, 1.25 MiB (message-limits.ts).
+      maxRequestBytes: BigInt(2 * limits.maxImageBytes + 4 * limits.maxPromptChars + 1.25 * 1024 * 1024),
     });
     expect(limits.deadlineMs).toBeGreaterThan(0);
     const param = (side: string, method: string, name: string) => info.methodParams.find((p) => p.side === side && p.method === method && p.name === name);

@@ -10,6 +10,7 @@ import { LANGUAGE_METHODS, languageMethodNames, VISION_METHODS, visionMethodName
 import type { LanguageGeometry, ParamDefault, ParamSpecs, VisionGeometry } from '../../shared/methods/types';
 import { ElementType, type MethodParam, type ModelInfo } from '../../gen/vlm/v1/common';
 import { paramValueToWire } from './wire';
+import { receiveLimit } from './message-limits';
 
 export interface ModelFacts {
   readonly manifest: Manifest;
@@ -86,6 +87,7 @@ export function modelInfo(model: ModelFacts, placement: Placement): ModelInfo {
     padsToSquare: m.preprocess.resize === 'pad_to_square',
     defaultDeadlineMs: placement.deadlineMs,
     maxDeadlineMs: placement.maxDeadlineMs,
+    maxRequestBytes: BigInt(receiveLimit(placement)),
   };
 }
 

@@ -94,10 +94,18 @@ export function statusError(status: StatusObject): Error & StatusObject {
   return e;
 }
 
+/**
+ * The retry delay as gRPC's own retry reads it (gRFC A6 server pushback). google.rpc.RetryInfo in the
+ * details is for applications; a channel's retryPolicy reads only this trailer, and without it
+ * retries a refusal after its own backoff (0.2 s) instead of the delay the service asked for.
+ */
+export const RETRY_PUSHBACK_KEY = 'grpc-retry-pushback-ms';
+
 /** A status with its details trailer. */
 export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));
+  if (extra.retryDelayMs !== undefined) metadata.set(RETRY_PUSHBACK_KEY, String(Math.max(0, Math.round(extra.retryDelayMs))));
   return { code, details, metadata };
 }
 
