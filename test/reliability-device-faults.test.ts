@@ -8,6 +8,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { connect } from 'node:http2';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -76,9 +77,14 @@ describe('a replica whose GPU is in trouble', () => {
     }
   });
 
-  it('fails the request it was running with DEVICE_FAULT, then says NOT_SERVING and sends every later request elsewhere, for good', async () => {
+  it('fails the request it was running with DEVICE_FAULT, then says NOT_SERVING, closes its connections and sends every later request elsewhere, for good', async () => {
     vision = await startVision(started);
     expect((await encode(vision)).code).toBe(GrpcCode.OK);
+    // A client's long-lived connection: told to go (GOAWAY), so it reconnects to other replicas
+    // instead of sending its share of calls to one that refuses them all.
+    const session = connect(`http://${vision.address}`);
+    session.on('error', () => undefined);
+    const goaway = new Promise<number>((resolve) => session.once('goaway', (code: number) => resolve(code)));
 
     vision.fault('device-fault');
     const failed = await encode(vision);
@@ -87,6 +93,8 @@ describe('a replica whose GPU is in trouble', () => {
     expect(failed.details.retryDelayMs).toBeUndefined();
     expect(failed.message).toMatch(/^the GPU of this replica failed while running this request \(stage vision\/\S+ on cpu\); the replica stops serving and is restarted$/);
     await eventually(async () => (await healthStatus(vision!.address)) === 'NOT_SERVING', 10_000, 100);
+    expect(await Promise.race([goaway, new Promise((resolve) => setTimeout(() => resolve('no GOAWAY'), 5000).unref())])).toBe(0);
+    session.destroy();
     // The runtime's own text is in the log, for the operator, and nowhere in what the caller got.
     expect(vision.stderr()).toMatch(/"msg":"job failed".*"runtime":"CUDA failure 700: an illegal memory access was encountered/);
     expect(vision.stderr()).not.toMatch(/"msg":"call".*illegal memory access/);

@@ -88,6 +88,8 @@ export class GrpcServer {
   /** Plaintext, grpc.health.v1 only (kubelet probes cannot speak TLS); started by listenHealth(). */
   private healthServer: Server | null = null;
   private stopping: Promise<void> | null = null;
+  /** host:port as bound (the kernel's port for port 0), which drain() names. */
+  private boundAddress: string | null = null;
 
   constructor(private readonly options: GrpcServerOptions) {
     routeGrpcLogs(options.log);
@@ -139,9 +141,22 @@ export class GrpcServer {
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, this.options.credentials ?? ServerCredentials.createInsecure(), (err, bound) => {
         if (err) reject(cannotListen(`cannot listen on ${address}`, err));
-        else resolve(bound);
+        else {
+          this.boundAddress = hostPort(host, bound);
+          resolve(bound);
+        }
       });
     });
+  }
+
+  /**
+   * GOAWAY on every connection of the main port, which stays open: clients reconnect, re-resolve,
+   * and reach other replicas, since readiness has taken this one out of the endpoints. Calls in
+   * flight get `graceMs` to end. Without it a client's long-lived connection kept sending its share
+   * of calls to a replica that refuses them all until the liveness probe restarted it.
+   */
+  closeConnections(graceMs: number): void {
+    if (this.boundAddress !== null) this.server.drain(this.boundAddress, graceMs);
   }
 
   /** A second, plaintext server answering only grpc.health.v1 from the same statuses; resolves to its port. */

@@ -84,7 +84,11 @@ export async function serve(
     serving = available;
     server.setServing(serving);
     if (serving) log.info('the inference pool can run requests again: SERVING');
-    else log.error('the inference pool cannot run requests: NOT_SERVING', { why });
+    else {
+      // Connections closed too, so clients move to other replicas (closeConnections says why).
+      log.error('the inference pool cannot run requests: NOT_SERVING', { why, connections: 'closing' });
+      server.closeConnections(config.limits.maxDeadlineMs);
+    }
   });
   log.info('serving', { address: hostPort(config.services.host, bound), model_id: backend.model.manifest.model_id, content_hash: backend.model.manifest.content_hash, provider: backend.provider, device: backend.device });
   return service;
