@@ -23,10 +23,10 @@ const LIST_SERVICES = Buffer.from([0, 0, 0, 0, 2, 0x3a, 0x00]);
 const EMPTY_REQUEST = Buffer.alloc(5);
 
 /** A vision shell whose Encode answers 20 chunks of 1 MiB: far more than an HTTP/2 window holds. */
-function startServer(options: { deadlineMs: number; graceMs?: number; reflectionLifetimeMs?: number }) {
+function startServer(options: { deadlineMs: number; maxDeadlineMs?: number; graceMs?: number; reflectionLifetimeMs?: number }) {
   const lines: LogLine[] = [];
   const log = recordingLogger(lines, 'shell');
-  const deps = { log, defaultDeadlineMs: options.deadlineMs };
+  const deps = { log, defaultDeadlineMs: options.deadlineMs, maxDeadlineMs: options.maxDeadlineMs };
   const implementation: VisionServiceServer = {
     encode: serverStream(async function* () {
       for (let i = 0; i < 20; i++) yield { part: { $case: 'chunk', chunk: { index: i, rowOffset: 0, rowCount: 0, data: Buffer.alloc(MiB) } } } as EncodeResponse;
@@ -44,6 +44,7 @@ function startServer(options: { deadlineMs: number; graceMs?: number; reflection
     auth: null,
     shutdownGraceMs: 1000,
     defaultDeadlineMs: options.deadlineMs,
+    maxDeadlineMs: options.maxDeadlineMs,
     stalledStatusGraceMs: options.graceMs ?? 300,
     reflectionLifetimeMs: options.reflectionLifetimeMs,
   });
@@ -76,8 +77,10 @@ describe('a client that stops reading its responses', () => {
   it.each([
     ['the service\'s default deadline (the call carries none)', {}],
     ['its own deadline (grpc-js\'s deadline status waits behind the same data)', { 'grpc-timeout': '1000m' }],
+    // Its handler is ended at the service's longest deadline, and so must its stream be.
+    ["the service's longest deadline (--max-deadline-ms; the call carries a longer one)", { 'grpc-timeout': '40S' }],
   ])('has its call reset once %s and the grace have passed: it no longer counts in flight, and the next call is answered', async (_, headers) => {
-    const { server, lines } = startServer({ deadlineMs: 1000 });
+    const { server, lines } = startServer({ deadlineMs: 1000, maxDeadlineMs: 1000 });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
     const session = connect(`http://127.0.0.1:${port}`);

@@ -69,6 +69,8 @@ export interface GrpcServerOptions {
   readonly clientNames?: readonly string[];
   /** The handlers' deadline for calls that carry none: such a call not over this long (plus stalledStatusGraceMs) after its request arrived is reset. */
   readonly defaultDeadlineMs?: number;
+  /** The longest a call may run, whatever deadline it carries (--max-deadline-ms); none when unset. */
+  readonly maxDeadlineMs?: number;
   /** How long past its deadline a call's status may wait behind responses its client does not read (stalled-calls.ts). */
   readonly stalledStatusGraceMs?: number;
   /** How long a reflection stream may stay open (Admission). */
@@ -101,7 +103,7 @@ export class GrpcServer {
         ? undefined
         : path.startsWith(REFLECTION_PATH_PREFIX)
           ? { ms: this.admission.reflectionLifetimeMs, from: 'headers' }
-          : { ms: defaultDeadlineMs, from: 'request' };
+          : { ms: defaultDeadlineMs, from: 'request', maxMs: options.maxDeadlineMs };
     const accessLog = options.log.child('access');
     this.accessRate = accessLogRate(accessLog);
     const interceptors: ServerInterceptor[] = [
@@ -258,7 +260,7 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
  */
 export function transportOptions(config: Config, credentials: Pick<ServiceCredentials, 'server' | 'tokens'>): Pick<
   GrpcServerOptions,
-  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'maxInFlightCalls' | 'requestArrivalMs' | 'defaultDeadlineMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
+  'maxReceiveMessageBytes' | 'maxSendMessageBytes' | 'auth' | 'shutdownGraceMs' | 'credentials' | 'maxConcurrentStreams' | 'maxInFlightCalls' | 'requestArrivalMs' | 'defaultDeadlineMs' | 'maxDeadlineMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'clientNames'
 > {
   return {
     clientNames: config.tls.clientNames,
@@ -266,6 +268,7 @@ export function transportOptions(config: Config, credentials: Pick<ServiceCreden
     // A call on an aged-out connection is never cut off by the transport: no call runs longer than this.
     maxConnectionAgeGraceMs: config.limits.maxDeadlineMs,
     defaultDeadlineMs: config.limits.deadlineMs,
+    maxDeadlineMs: config.limits.maxDeadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),
     requestArrivalMs: config.limits.deadlineMs,
     maxSendMessageBytes: SEND_LIMIT,

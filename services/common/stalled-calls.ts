@@ -31,6 +31,11 @@ export const STALLED_STATUS_GRACE_MS = 5_000;
 export interface CallLimit {
   readonly ms: number;
   readonly from: 'headers' | 'request';
+  /**
+   * With 'request': the longest any call may run from its request's arrival, whatever deadline it
+   * carries (--max-deadline-ms: its handler ends there, and so must its stream).
+   */
+  readonly maxMs?: number;
 }
 
 export interface StalledCallOptions {
@@ -51,14 +56,20 @@ export function stalledCallInterceptor(options: StalledCallOptions): ServerInter
       timer = setTimeout(() => (wait > MAX_TIMER_MS ? resetAt(epochMs) : reset(call, method.path, options.log)), Math.min(Math.max(0, wait), MAX_TIMER_MS));
       timer.unref();
     };
+    // The time the call must be over by; only ever moved earlier (the cap is known at the request's arrival).
+    let endsBy = Infinity;
     const endBy = (epochMs: number): void => {
-      if (over || timer !== undefined) return;
+      if (over || epochMs >= endsBy) return;
+      endsBy = epochMs;
+      clearTimeout(timer);
       resetAt(epochMs + graceMs);
     };
     let own = Infinity;
     let limit: CallLimit | undefined;
     const arrived = (): void => {
-      if (limit?.from === 'request' && !Number.isFinite(own)) endBy(Date.now() + limit.ms);
+      if (limit?.from !== 'request') return;
+      const now = Date.now();
+      endBy(Math.min(Number.isFinite(own) ? own : now + limit.ms, now + (limit.maxMs ?? Infinity)));
     };
     const watching = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
       const deadline = call.getDeadline();
