@@ -4,7 +4,7 @@
  * 0.5 and from the upper end at or above it.
  */
 import { describe, expect, it } from 'vitest';
-import { quantileLinear, seededRandom } from '../shared/methods/numeric';
+import { quantileLinear, seededRandom, topkIndices } from '../shared/methods/numeric';
 
 describe('quantileLinear (torch.quantile, linear)', () => {
   it('interpolates between the two neighbours of q·(n−1)', () => {
@@ -71,3 +71,33 @@ describe('quantileLinear by selection', () => {
   });
 });
 
+
+describe('topkIndices', () => {
+  /** The definition: every index sorted larger value first, NaN last, ties (NaNs too) by index. */
+  function bySort(values: readonly number[], k: number): number[] {
+    const rank = (v: number) => (Number.isNaN(v) ? -Infinity : v);
+    return values
+      .map((v, i) => ({ v, i, nan: Number.isNaN(v) }))
+      .sort((x, y) => (x.nan !== y.nan ? (x.nan ? 1 : -1) : rank(y.v) - rank(x.v) || x.i - y.i))
+      .slice(0, k)
+      .map((e) => e.i);
+  }
+
+  it('is the sorted definition, by selection for small k and by sorting past it, with ties, NaN and infinities', () => {
+    const random = seededRandom(7);
+    for (let t = 0; t < 3000; t++) {
+      const n = Math.floor(random() * 150);
+      const values = Array.from({ length: n }, () => {
+        const r = random();
+        return r < 0.1 ? NaN : r < 0.3 ? Math.floor(random() * 3) : r < 0.35 ? -Infinity : r < 0.4 ? Infinity : random();
+      });
+      const k = Math.floor(random() * (n + 3));
+      expect(topkIndices(Float64Array.from(values), k), `n ${n}, k ${k}`).toEqual(bySort(values, Math.min(k, n)));
+    }
+  });
+
+  it('keeps the lower index first among equal values', () => {
+    expect(topkIndices([1, 3, 3, 2, 3], 2)).toEqual([1, 2]);
+    expect(topkIndices([NaN, 0, NaN], 3)).toEqual([1, 0, 2]);
+  });
+});

@@ -94,18 +94,40 @@ export function argsortAscending(values: ArrayLike<number>): number[] {
   return idx.sort((a, b) => values[a]! - values[b]! || a - b);
 }
 
-/** Indices of the k largest values, largest first; equal values: lower index first. */
+/** Whether index a comes before index b in topkIndices' order: larger first, NaN last, ties (NaNs too) to the lower index. */
+function ranksBefore(values: ArrayLike<number>, a: number, b: number): boolean {
+  const va = values[a]!;
+  const vb = values[b]!;
+  if (va === vb || (Number.isNaN(va) && Number.isNaN(vb))) return a < b;
+  if (Number.isNaN(va)) return false;
+  if (Number.isNaN(vb)) return true;
+  return va > vb;
+}
+
+/**
+ * Up to this k, one pass keeping a sorted list of the best k beats sorting the row: FiCoCo's
+ * correlate step asks for a handful of targets per discarded token, from rows of hundreds.
+ */
+const SELECT_MAX_K = 64;
+
+/** Indices of the k largest values, largest first; equal values: lower index first; NaN last. */
 export function topkIndices(values: ArrayLike<number>, k: number): number[] {
-  const idx = Array.from({ length: values.length }, (_, i) => i);
-  idx.sort((a, b) => {
-    const va = values[a]!;
-    const vb = values[b]!;
-    if (va === vb) return a - b;
-    if (Number.isNaN(va)) return 1;
-    if (Number.isNaN(vb)) return -1;
-    return vb > va ? 1 : -1;
-  });
-  return idx.slice(0, k);
+  const n = values.length;
+  const want = Math.max(0, Math.min(k, n));
+  if (want <= SELECT_MAX_K) {
+    const best: number[] = [];
+    for (let i = 0; i < n; i++) {
+      if (best.length === want && (want === 0 || !ranksBefore(values, i, best[want - 1]!))) continue;
+      let at = best.length === want ? want - 1 : best.length;
+      if (best.length === want) best.pop();
+      while (at > 0 && ranksBefore(values, i, best[at - 1]!)) at--;
+      best.splice(at, 0, i);
+    }
+    return best;
+  }
+  const idx = Array.from({ length: n }, (_, i) => i);
+  idx.sort((a, b) => (a === b ? 0 : ranksBefore(values, a, b) ? -1 : 1));
+  return idx.slice(0, want);
 }
 
 /** Softmax of one row, in float64, -inf entries giving 0 (a row with no finite entry is NaN: callers never pass one). */
