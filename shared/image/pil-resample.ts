@@ -41,8 +41,8 @@ interface Coeffs {
   readonly ksize: number;
   /** Per output pixel: first input index and count. */
   readonly bounds: Int32Array;
-  /** Fixed-point weights, ksize per output pixel. */
-  readonly k: Float64Array;
+  /** Fixed-point weights, ksize per output pixel (int32, as Pillow keeps them: every sum fits in 32 bits). */
+  readonly k: Int32Array;
 }
 
 /** precompute_coeffs + normalize_coeffs_8bpc. */
@@ -52,7 +52,7 @@ function coefficients(inSize: number, outSize: number, filter: Filter): Coeffs {
   const support = filter.support * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
   const bounds = new Int32Array(outSize * 2);
-  const k = new Float64Array(outSize * ksize);
+  const k = new Int32Array(outSize * ksize);
   const w = new Float64Array(ksize);
   for (let xx = 0; xx < outSize; xx++) {
     const center = (xx + 0.5) * scale;
@@ -74,39 +74,54 @@ function coefficients(inSize: number, outSize: number, filter: Filter): Coeffs {
   return { ksize, bounds, k };
 }
 
+/** The sum's integer part, clipped to uint8; `>>` is Pillow's shift (a floor, also below zero) on a sum below 2^31. */
 function clip8(ss: number): number {
-  const v = Math.floor(ss / ONE);
+  const v = ss >> PRECISION_BITS;
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
-/** One pass along x (stride 3 per pixel) or y (stride 3*width per row). */
+/** One pass along x (stride 3 per pixel), the three channels of a pixel together. */
 function horizontal(src: Uint8Array, width: number, height: number, outW: number, c: Coeffs): Uint8Array {
   const out = new Uint8Array(outW * height * 3);
+  const { k, bounds, ksize } = c;
+  let o = 0;
   for (let y = 0; y < height; y++) {
+    const row = y * width * 3;
     for (let xx = 0; xx < outW; xx++) {
-      const xmin = c.bounds[xx * 2]!;
-      const n = c.bounds[xx * 2 + 1]!;
-      for (let ch = 0; ch < 3; ch++) {
-        let ss = ONE / 2;
-        for (let x = 0; x < n; x++) ss += src[(y * width + x + xmin) * 3 + ch]! * c.k[xx * c.ksize + x]!;
-        out[(y * outW + xx) * 3 + ch] = clip8(ss);
+      const n = bounds[xx * 2 + 1]!;
+      const kb = xx * ksize;
+      let p = row + bounds[xx * 2]! * 3;
+      let s0 = ONE / 2;
+      let s1 = ONE / 2;
+      let s2 = ONE / 2;
+      for (let x = 0; x < n; x++, p += 3) {
+        const w = k[kb + x]!;
+        s0 += src[p]! * w;
+        s1 += src[p + 1]! * w;
+        s2 += src[p + 2]! * w;
       }
+      out[o++] = clip8(s0);
+      out[o++] = clip8(s1);
+      out[o++] = clip8(s2);
     }
   }
   return out;
 }
 
+/** One pass along y (stride 3*width per row). */
 function vertical(src: Uint8Array, width: number, outH: number, c: Coeffs, firstRow: number): Uint8Array {
-  const out = new Uint8Array(width * outH * 3);
+  const stride = width * 3;
+  const out = new Uint8Array(stride * outH);
+  const { k, bounds, ksize } = c;
   for (let yy = 0; yy < outH; yy++) {
-    const ymin = c.bounds[yy * 2]! - firstRow;
-    const n = c.bounds[yy * 2 + 1]!;
-    for (let x = 0; x < width; x++) {
-      for (let ch = 0; ch < 3; ch++) {
-        let ss = ONE / 2;
-        for (let y = 0; y < n; y++) ss += src[((y + ymin) * width + x) * 3 + ch]! * c.k[yy * c.ksize + y]!;
-        out[(yy * width + x) * 3 + ch] = clip8(ss);
-      }
+    const top = (bounds[yy * 2]! - firstRow) * stride;
+    const n = bounds[yy * 2 + 1]!;
+    const kb = yy * ksize;
+    const o = yy * stride;
+    for (let i = 0; i < stride; i++) {
+      let ss = ONE / 2;
+      for (let y = 0, p = top + i; y < n; y++, p += stride) ss += src[p]! * k[kb + y]!;
+      out[o + i] = clip8(ss);
     }
   }
   return out;
