@@ -216,7 +216,7 @@ export const CONFIG_OPTIONS = {
   'max-prompt-chars': { type: 'int', env: 'VLM_MAX_PROMPT_CHARS', default: 4096, min: 1, max: 1_000_000, arg: 'N', help: 'longest question' },
   'queue-size': { type: 'int', env: 'VLM_QUEUE_SIZE', default: 16, min: 0, max: 100_000, arg: 'N', help: 'requests waiting for a worker before RESOURCE_EXHAUSTED' },
   'deadline-ms': { type: 'int', env: 'VLM_DEADLINE_MS', default: 60_000, min: 1, max: INT32_MAX, arg: 'MS', help: 'deadline for calls that carry none' },
-  'max-deadline-ms': { type: 'int', env: 'VLM_MAX_DEADLINE_MS', default: 600_000, min: 1, max: INT32_MAX, arg: 'MS', help: "the longest a call may run, whatever deadline it carries (at least --deadline-ms); also how long a connection aged out by --max-connection-age-ms waits for its calls" },
+  'max-deadline-ms': { type: 'int', env: 'VLM_MAX_DEADLINE_MS', default: 600_000, min: 1, max: INT32_MAX, arg: 'MS', help: "the longest a call may run, whatever deadline it carries (at least --deadline-ms; unset, it rises to a longer --deadline-ms); also how long a connection aged out by --max-connection-age-ms waits for its calls" },
   'max-new-tokens-limit': { type: 'int', env: 'VLM_MAX_NEW_TOKENS', default: 256, min: 1, max: 1_000_000, arg: 'N', help: "upper bound on a request's max_new_tokens" },
   host: { type: 'string', env: 'VLM_HOST', default: '0.0.0.0', arg: 'ADDR', help: 'listen address, of /metrics and the health port too (serve all: vision listens on loopback when this is a wildcard)' },
   'vision-port': { type: 'int', env: 'VLM_VISION_PORT', default: 50051, ...PORT, arg: 'PORT', help: "vision's gRPC port (0 = any free port)" },
@@ -331,12 +331,16 @@ export function configFrom(values: Values, env: Env = process.env): Config {
   return deepFreeze(config);
 }
 
-/** A default deadline past the longest one would be cut short at every call that carries none. */
+/**
+ * A default deadline past the longest one would be cut short at every call that carries none: a
+ * longest deadline set below it is refused, and the default longest rises to it.
+ */
 function maxDeadline(r: Reader): number {
   const max = r.int('max-deadline-ms');
   const deadline = r.int('deadline-ms');
-  if (max < deadline) throw VlmError.invalid(r.from('max-deadline-ms'), `must be at least the default deadline (${r.from('deadline-ms')} ${deadline}), got ${max}`);
-  return max;
+  if (max >= deadline) return max;
+  if (r.isSet('max-deadline-ms')) throw VlmError.invalid(r.from('max-deadline-ms'), `must be at least the default deadline (${r.from('deadline-ms')} ${deadline}), got ${max}`);
+  return deadline;
 }
 
 /** The token itself, for deployments that inject secrets as variables; it has no flag (a flag value shows in `ps`). */
@@ -543,6 +547,11 @@ class Reader {
     const e = this.env[envName];
     if (e !== undefined && e !== '') return { value: e, from: envName };
     return undefined;
+  }
+
+  /** Whether the flag or the variable sets the option. */
+  isSet(key: ConfigOption): boolean {
+    return this.raw(key) !== undefined;
   }
 
   /** The flag or variable the value was taken from, for error messages (the flag when neither was set). */

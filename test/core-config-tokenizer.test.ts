@@ -76,6 +76,8 @@ describe('config', () => {
     expect(parseCommandLine(['--max-deadline-ms', '90000'], {}, {}).config.limits.maxDeadlineMs).toBe(90_000);
     expect(() => parseCommandLine(['--max-deadline-ms', '1000'], {}, {})).toThrow('--max-deadline-ms: must be at least the default deadline (--deadline-ms 60000), got 1000');
     expect(() => parseCommandLine([], {}, { VLM_MAX_DEADLINE_MS: '500', VLM_DEADLINE_MS: '800' })).toThrow('VLM_MAX_DEADLINE_MS: must be at least the default deadline (VLM_DEADLINE_MS 800), got 500');
+    // Left unset, the longest rises to a default deadline past its own default.
+    expect(parseCommandLine(['--deadline-ms', '900000'], {}, {}).config.limits.maxDeadlineMs).toBe(900_000);
   });
 
   it('turns a switch that is on by default off with --no-<switch>, as its variable can', () => {
