@@ -428,7 +428,18 @@ export function parseCommandWords<O extends NonNullable<ParseArgsConfig['options
   if (values.help === true) throw new HelpRequested(extra, subset?.keys);
   // Where each positional stands in argv (a flag's value equal to one, `--graph-optimization all`, is not one).
   const positionalIndices = parsed.tokens.flatMap((t) => (t.kind === 'positional' ? [t.index] : []));
-  return { config: configFrom(values, env), values, positionals: parsed.positionals, positionalIndices };
+  return { config: configFrom(values, subset === undefined ? env : envOf(subset, env)), values, positionals: parsed.positionals, positionalIndices };
+}
+
+/**
+ * The environment less the variables of options a command does not take: they are the services'
+ * (a shell or a pod may well set them), and one malformed, or two at odds (VLM_MAX_DEADLINE_MS below
+ * VLM_DEADLINE_MS), must not refuse a command that never reads them. Other variables (VLM_AUTH_TOKEN) stay.
+ */
+function envOf(subset: ConfigSubset, env: Env): Env {
+  const taken = new Set<string>(subset.keys);
+  const ignored = new Set<string>(Object.entries(CONFIG_OPTIONS).flatMap(([key, o]) => (taken.has(key) ? [] : [o.env])));
+  return Object.fromEntries(Object.entries(env).filter(([name]) => !ignored.has(name)));
 }
 
 /** node:util's parser speaks of positionals and '--' where our commands take none: say what to do. */

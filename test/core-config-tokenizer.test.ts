@@ -80,6 +80,17 @@ describe('config', () => {
     expect(parseCommandLine(['--deadline-ms', '900000'], {}, {}).config.limits.maxDeadlineMs).toBe(900_000);
   });
 
+  it("reads only the variables of the options a command takes: the services' others cannot refuse it", () => {
+    const client = { keys: ['deadline-ms'] as const, othersAre: 'is not taken here' };
+    const env = { VLM_VISION_PORT: 'abc', VLM_MAX_DEADLINE_MS: '600000', VLM_AUTH_TOKEN: 'kept' };
+    expect(() => parseCommandLine([], {}, env)).toThrow(/^VLM_VISION_PORT: expected an integer/);
+    expect(() => parseCommandLine(['--deadline-ms', '900000'], {}, { VLM_MAX_DEADLINE_MS: '600000' })).toThrow(/^VLM_MAX_DEADLINE_MS: must be at least/);
+    const { config } = parseCommandLine(['--deadline-ms', '900000'], {}, env, client);
+    expect(config.limits.deadlineMs).toBe(900_000);
+    expect(config.services.visionPort).toBe(50051);
+    expect(config.rpc.auth?.tokens[0]?.token).toBe('kept');
+  });
+
   it('turns a switch that is on by default off with --no-<switch>, as its variable can', () => {
     expect(parseCommandLine(['--no-warmup'], {}, {}).config.rpc.warmup).toBe(false);
     expect(parseCommandLine([], {}, {}).config.rpc.warmup).toBe(true);

@@ -548,13 +548,17 @@ describe('a limit on calls in flight (--max-inflight-calls)', () => {
     }
   });
   it("tells gRPC's own retry the delay it asks for (grpc-retry-pushback-ms): a channel's retryPolicy waits it out instead of its 0.2 s backoff", async () => {
-    const server = startServer({ maxInFlightCalls: 1 });
+    const lines: LogLine[] = [];
+    const server = startServer({ maxInFlightCalls: 1, log: recordingLogger(lines, 'vision') });
+    const accessLines = () => lines.filter((l) => l.component === 'vision.access' && l['msg'] === 'call');
     const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
     const plain = new VisionServiceClient(address, credentials.createInsecure());
     // The retry policy docs/deploy.md recommends, for this service.
     const serviceConfig = { methodConfig: [{ name: [{ service: 'vlm.v1.VisionService' }], retryPolicy: { maxAttempts: 3, initialBackoff: '0.2s', maxBackoff: '2s', backoffMultiplier: 2, retryableStatusCodes: ['RESOURCE_EXHAUSTED'] } }] };
     const retrying = new VisionServiceClient(address, credentials.createInsecure(), { 'grpc.service_config': JSON.stringify(serviceConfig) });
     try {
+      // Connected before the clock starts: its first attempt must meet the held place.
+      await new Promise<void>((resolve, reject) => retrying.waitForReady(Date.now() + 5000, (err) => (err ? reject(err) : resolve())));
       const held = collect(encode(plain, 7));
       await eventually(() => server.activeCalls === 1, 5000, 5);
       const refused = (await collect(encode(plain, 0))).error;
@@ -564,7 +568,8 @@ describe('a limit on calls in flight (--max-inflight-calls)', () => {
       // comes at 1 s.
       const started = performance.now();
       const retried = collect(encode(retrying, 0));
-      await new Promise((r) => setTimeout(r, 300));
+      // Released only once that first attempt has been refused (the access log's second refusal).
+      await eventually(() => accessLines().filter((l) => l['code'] === 'RESOURCE_EXHAUSTED').length >= 2, 5000, 5);
       await release();
       expect((await held).error).toBeNull();
       expect((await retried).error).toBeNull();

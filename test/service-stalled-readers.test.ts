@@ -75,12 +75,12 @@ async function getModelInfo(address: string): Promise<number> {
 
 describe('a client that stops reading its responses', () => {
   it.each([
-    ['the service\'s default deadline (the call carries none)', {}],
-    ['its own deadline (grpc-js\'s deadline status waits behind the same data)', { 'grpc-timeout': '1000m' }],
+    ['the service\'s default deadline (the call carries none)', {}, 60_000],
+    ['its own deadline (grpc-js\'s deadline status waits behind the same data)', { 'grpc-timeout': '1000m' }, 60_000],
     // Its handler is ended at the service's longest deadline, and so must its stream be.
-    ["the service's longest deadline (--max-deadline-ms; the call carries a longer one)", { 'grpc-timeout': '40S' }],
-  ])('has its call reset once %s and the grace have passed: it no longer counts in flight, and the next call is answered', async (_, headers) => {
-    const { server, lines } = startServer({ deadlineMs: 1000, maxDeadlineMs: 1000 });
+    ["the service's longest deadline (--max-deadline-ms; the call carries a longer one)", { 'grpc-timeout': '40S' }, 1000],
+  ])('has its call reset once %s and the grace have passed: it no longer counts in flight, and the next call is answered', async (_, headers, maxDeadlineMs) => {
+    const { server, lines } = startServer({ deadlineMs: 1000, maxDeadlineMs });
     const port = await server.listen('127.0.0.1', 0);
     server.setServing(true);
     const session = connect(`http://127.0.0.1:${port}`);

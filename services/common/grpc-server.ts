@@ -13,7 +13,8 @@ import type { ActiveCalls } from './active-calls';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
-import { CONFIG_OPTIONS, type Config } from '../../shared/config';
+import { CONFIG_OPTIONS, type Config, type LimitsConfig } from '../../shared/config';
+import { MAX_TIMER_MS } from '../../shared/timer-limit';
 import { hostPort } from '../../shared/net-address';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
@@ -21,7 +22,7 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
+import { STALLED_STATUS_GRACE_MS, stalledCallInterceptor, type CallLimit } from './stalled-calls';
 import { Admission } from './admission';
 import { routeGrpcLogs } from './grpc-log';
 import type { LineRate } from './log-rate';
@@ -92,6 +93,8 @@ export class GrpcServer {
   private stopping: Promise<void> | null = null;
   /** host:port as bound (the kernel's port for port 0), which drain() names. */
   private boundAddress: string | null = null;
+  /** Set while refuseConnections() repeats. */
+  private refusing: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: GrpcServerOptions) {
     routeGrpcLogs(options.log);
@@ -152,13 +155,25 @@ export class GrpcServer {
   }
 
   /**
-   * GOAWAY on every connection of the main port, which stays open: clients reconnect, re-resolve,
-   * and reach other replicas, since readiness has taken this one out of the endpoints. Calls in
-   * flight get `graceMs` to end. Without it a client's long-lived connection kept sending its share
-   * of calls to a replica that refuses them all until the liveness probe restarted it.
+   * GOAWAY on every connection of the main port, which stays open, until acceptConnections(): clients
+   * reconnect, re-resolve, and reach other replicas. Without it a client's long-lived connection kept
+   * sending its share of calls to a replica that refuses them all until the liveness probe restarted
+   * it. Until readiness takes this replica out of the endpoints (seconds) and a client re-resolves, a
+   * reconnect may land here again: connections opened since are told to go too, every
+   * RECLOSE_CONNECTIONS_MS. Calls in flight get `graceMs` to end.
    */
-  closeConnections(graceMs: number): void {
-    if (this.boundAddress !== null) this.server.drain(this.boundAddress, graceMs);
+  refuseConnections(graceMs: number): void {
+    const close = (): void => {
+      if (this.boundAddress !== null && this.stopping === null) this.server.drain(this.boundAddress, graceMs);
+    };
+    close();
+    this.refusing ??= setInterval(close, RECLOSE_CONNECTIONS_MS).unref();
+  }
+
+  /** Ends refuseConnections(): the replica serves again. */
+  acceptConnections(): void {
+    clearInterval(this.refusing);
+    this.refusing = undefined;
   }
 
   /** A second, plaintext server answering only grpc.health.v1 from the same statuses; resolves to its port. */
@@ -195,6 +210,7 @@ export class GrpcServer {
   }
 
   private async drainAndShutdown(): Promise<void> {
+    this.acceptConnections();
     const log = this.options.log;
     const grace = this.options.shutdownGraceMs;
     this.setServing(false);
@@ -251,6 +267,19 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
   });
 }
 
+/** How often a replica refusing connections (refuseConnections) tells the ones opened since to go. */
+const RECLOSE_CONNECTIONS_MS = 2_000;
+
+/**
+ * The longest a call can stay open: its request may arrive up to the default deadline after its
+ * headers (requestArrivalInterceptor), it then runs at most the longest deadline, and a client that
+ * does not read its responses keeps it a grace longer (stalled-calls.ts). An aged-out or closed
+ * connection waits this long, so the transport never cuts a call off.
+ */
+export function callLifetimeBoundMs(limits: Pick<LimitsConfig, 'deadlineMs' | 'maxDeadlineMs'>): number {
+  return Math.min(MAX_TIMER_MS, limits.deadlineMs + limits.maxDeadlineMs + STALLED_STATUS_GRACE_MS);
+}
+
 /**
  * The transport options both services take from the config alike: limits, auth, drain, TLS, streams,
  * connection age. Aged-out connections matter on both sides: language pods hold long-lived channels
@@ -265,8 +294,8 @@ export function transportOptions(config: Config, credentials: Pick<ServiceCreden
   return {
     clientNames: config.tls.clientNames,
     maxConnectionAgeMs: config.rpc.maxConnectionAgeMs,
-    // A call on an aged-out connection is never cut off by the transport: no call runs longer than this.
-    maxConnectionAgeGraceMs: config.limits.maxDeadlineMs,
+    // A call on an aged-out connection is never cut off by the transport: none lives longer than this.
+    maxConnectionAgeGraceMs: callLifetimeBoundMs(config.limits),
     defaultDeadlineMs: config.limits.deadlineMs,
     maxDeadlineMs: config.limits.maxDeadlineMs,
     maxReceiveMessageBytes: receiveLimit(config.limits),

@@ -9,7 +9,7 @@ import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
 import type { PoolCloseReport } from '../../shared/worker';
 import { VlmError } from '../../shared/errors';
-import type { GrpcServer } from './grpc-server';
+import { callLifetimeBoundMs, type GrpcServer } from './grpc-server';
 
 export interface RunningService {
   /** The bound port (the configured one, or the one picked for port 0). */
@@ -83,11 +83,13 @@ export async function serve(
     if (stopping !== null || serving === available) return;
     serving = available;
     server.setServing(serving);
-    if (serving) log.info('the inference pool can run requests again: SERVING');
-    else {
-      // Connections closed too, so clients move to other replicas (closeConnections says why).
+    if (serving) {
+      server.acceptConnections();
+      log.info('the inference pool can run requests again: SERVING');
+    } else {
+      // Connections closed too, so clients move to other replicas (refuseConnections says why).
       log.error('the inference pool cannot run requests: NOT_SERVING', { why, connections: 'closing' });
-      server.closeConnections(config.limits.maxDeadlineMs);
+      server.refuseConnections(callLifetimeBoundMs(config.limits));
     }
   });
   log.info('serving', { address: hostPort(config.services.host, bound), model_id: backend.model.manifest.model_id, content_hash: backend.model.manifest.content_hash, provider: backend.provider, device: backend.device });

@@ -97,7 +97,10 @@ export function statusError(status: StatusObject): Error & StatusObject {
 /**
  * The retry delay as gRPC's own retry reads it (gRFC A6 server pushback). google.rpc.RetryInfo in the
  * details is for applications; a channel's retryPolicy reads only this trailer, and without it
- * retries a refusal after its own backoff (0.2 s) instead of the delay the service asked for.
+ * retries a full queue after its own backoff (0.2 s) instead of the delay the service asked for.
+ * Sent with RESOURCE_EXHAUSTED only: an UNAVAILABLE replica (no worker, draining, vision down) is
+ * left to the channel's backoff, which takes the retry to the next replica of its round robin at
+ * once (the language service's own hop included); its RetryInfo still says how long this one needs.
  */
 export const RETRY_PUSHBACK_KEY = 'grpc-retry-pushback-ms';
 
@@ -105,7 +108,7 @@ export const RETRY_PUSHBACK_KEY = 'grpc-retry-pushback-ms';
 export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));
-  if (extra.retryDelayMs !== undefined) metadata.set(RETRY_PUSHBACK_KEY, String(Math.max(0, Math.round(extra.retryDelayMs))));
+  if (extra.retryDelayMs !== undefined && code === GrpcCode.RESOURCE_EXHAUSTED) metadata.set(RETRY_PUSHBACK_KEY, String(Math.max(0, Math.round(extra.retryDelayMs))));
   return { code, details, metadata };
 }
 
