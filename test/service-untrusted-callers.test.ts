@@ -152,6 +152,40 @@ describe('health checks, which need no token', () => {
   });
 });
 
+describe('the plaintext health port', () => {
+  it(`holds at most ${HEALTH_WATCHES_PER_PEER} Watch streams from one address, ends a Check whose message does not arrive, and never refuses a probe's Check for requests still arriving`, async () => {
+    const server = startServer();
+    const port = await server.listenHealth('127.0.0.1', 0);
+    server.setServing(true);
+    const client = healthClient(`127.0.0.1:${port}`) as HealthClient;
+    const session = connect(`http://127.0.0.1:${port}`);
+    session.on('error', () => undefined);
+    const streams: Array<ClientReadableStream<unknown>> = [];
+    try {
+      const first = (stream: ClientReadableStream<unknown>) => new Promise<string>((resolve) => {
+        stream.once('data', () => resolve('open'));
+        stream.once('error', (err: ServiceError) => resolve(GrpcCode[err.code]));
+      });
+      for (let i = 0; i < HEALTH_WATCHES_PER_PEER; i++) {
+        streams.push(client.watch({ service: '' }));
+        expect(await first(streams[i]!)).toBe('open');
+      }
+      const refused = client.watch({ service: '' });
+      expect(await first(refused)).toBe('RESOURCE_EXHAUSTED');
+      // More Checks still arriving than the main port lets one address have: the next one is answered.
+      const arriving = Array.from({ length: INFRASTRUCTURE_RECEIVING_MAX + 2 }, () => rawCall(session, '/grpc.health.v1.Health/Check'));
+      expect(await check(client, '')).toEqual({ code: 0, status: 'SERVING' });
+      // Each of those ends once its time to arrive is over, instead of staying open for good.
+      for (const a of arriving) expect((await a.status).code).toBe(GrpcCode.DEADLINE_EXCEEDED);
+    } finally {
+      for (const s of streams) s.cancel();
+      client.close();
+      session.destroy();
+      await server.stop();
+    }
+  }, 20_000);
+});
+
 describe('a compressed request', () => {
   let server: GrpcServer;
   let address: string;

@@ -193,7 +193,7 @@ export class Admission {
   private draining = false;
   private idleWaiters: Array<() => void> = [];
   /** Health calls whose request message is still arriving (infrastructureCall), in all and per peer address. */
-  private readonly healthArriving = new SharedPlaces(INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER);
+  private readonly healthArriving: SharedPlaces;
   /** Reflection streams open (reflectionCall), in all and per peer address. */
   private readonly reflectionStreams = new SharedPlaces(REFLECTION_STREAMS_MAX, REFLECTION_STREAMS_PER_PEER);
   /** Health Watch streams open (infrastructureCall), in all and per peer address. */
@@ -210,7 +210,15 @@ export class Admission {
     private readonly maxInFlight = 0,
     private readonly lightPaths: ReadonlySet<string> = new Set(),
     readonly reflectionLifetimeMs = REFLECTION_LIFETIME_MS,
-  ) {}
+    /**
+     * false on the plaintext health port: its receive limit is a health request's own, so arriving
+     * requests hold next to nothing, and capping them would let anyone reaching it refuse the
+     * kubelet's probes. Each must still arrive in time, and Watch streams keep their caps.
+     */
+    capHealthArrivals = true,
+  ) {
+    this.healthArriving = capHealthArrivals ? new SharedPlaces(INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER) : new SharedPlaces(Infinity, Infinity);
+  }
 
   /** The places at the top of the cap only callers below their fair share may take (none under 4). */
   get reservedInFlight(): number {
