@@ -4,6 +4,7 @@
  * their files without a restart, bearer-token authentication, a plaintext port for health probes
  * only, and no secret (token, key material) in any log line.
  */
+import { ACCESS_LOG_REFUSALS_PER_SECOND } from '../services/common/interceptors';
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, mkdirSync, copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -206,6 +207,26 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(byDnsName.key), pem(byDnsName.cert)), image)).toBeNull();
     expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(certs.clientKey), pem(certs.clientCert)), image)).toBeNull();
     expect(await healthStatus(vision.address, '', credentials.createSsl(ca, pem(other.key), pem(other.cert)))).toBe('SERVING'); // probes are not callers
+  });
+
+  it('logs a refused certificate in a bounded form, at most as often as refusals are rated (another workload of the CA may call as fast and with as many names as it likes)', async () => {
+    const ca = pem(certs.caCert);
+    const names = Array.from({ length: 10 }, (_, i) => `DNS:n${i}-${'y'.repeat(150)}`).join(',');
+    const many = issueCertificate(certs.dir, 'many-names', 'batch', 'clientAuth', names);
+    const before = lines.length;
+    const calls = 2 * ACCESS_LOG_REFUSALS_PER_SECOND;
+    const started = performance.now();
+    const codes = await Promise.all(Array.from({ length: calls }, () => encodeWith(vision.address, credentials.createSsl(ca, pem(many.key), pem(many.cert)), image)));
+    // The one-second windows the refusals fell in: two, unless a loaded machine spread them out.
+    const windows = Math.floor((performance.now() - started) / 1000) + 2;
+    expect(codes.every((c) => c === GrpcCode.PERMISSION_DENIED)).toBe(true);
+    const refused = () => lines.slice(before).filter((l) => l.msg === 'client certificate not among --tls-client-names');
+    expect(refused().length).toBeGreaterThan(0);
+    expect(refused().length).toBeLessThanOrEqual(Math.min(calls, windows * ACCESS_LOG_REFUSALS_PER_SECOND));
+    const line = refused()[0]!;
+    expect(line['names']).toHaveLength(4);
+    expect((line['names'] as string[]).every((n) => n.length <= 101)).toBe(true);
+    expect(line).toMatchObject({ names_total: 11, fingerprint256: expect.stringMatching(/^([0-9A-F]{2}:){31}[0-9A-F]{2}$/) });
   });
 
   it('a language service without the client certificate cannot use vision: UNAVAILABLE, the target in its log', async () => {
