@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, MAX_PORT, parseCommandWords, serviceConfig, type Config } from '../shared/config';
-import { localAddress, loopbackFor } from '../shared/net-address';
+import { hostPort, loopbackFor, loopbackOfFamily } from '../shared/net-address';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
@@ -170,20 +170,22 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
   // So does the plaintext health port.
   const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
-  // Only language dials vision, from this host: on a wildcard --host vision listens on loopback, or
-  // any client on the network could call it directly with the token clients use.
-  const loopback = loopbackFor(host);
+  // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
+  // client reaching that address (every interface for a wildcard) could call it directly, with the
+  // token clients use or with none.
+  const visionHost = loopbackOfFamily(loopbackFor(host));
   // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
   const hopFile = config.rpc.visionAuth?.file;
-  const vision = start('vision', [...(loopback !== host ? ['--host', loopback] : []), ...(hopFile ? ['--auth-token-file', hopFile] : [])]);
-  if (!waitForVisionPort) start('language', languageOwn);
+  const vision = start('vision', ['--host', visionHost, ...(hopFile ? ['--auth-token-file', hopFile] : [])]);
+  // Language dials vision there, unless a --vision-target says otherwise.
+  const languageWith = (visionPort: number): string[] => [...languageOwn, ...(config.rpc.visionTarget === '' ? ['--vision-target', hostPort(visionHost, visionPort)] : [])];
+  if (!waitForVisionPort) start('language', languageWith(visionPort));
   else {
     vision.on('message', (msg: ServingMessage) => {
       if (msg.type !== 'serving') return;
       vision.disconnect();
-      const target = localAddress(host, msg.port);
-      log.info('vision is serving; starting language', { vision_target: target });
-      if (!stopping) start('language', [...languageOwn, '--vision-target', target]);
+      log.info('vision is serving; starting language', { vision_target: hostPort(visionHost, msg.port) });
+      if (!stopping) start('language', languageWith(msg.port));
     });
   }
   // The first signal drains both services; a second one (an operator out of patience) kills what

@@ -1,4 +1,5 @@
 /** Addresses as the services listen on and dial them: host:port, loopback, and what stays on this host. */
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
 /** `host:port`, an IPv6 host in brackets. */
 export function hostPort(host: string, port: number): string {
@@ -10,7 +11,26 @@ export function hostPort(host: string, port: number): string {
  * every interface, loopback included; a specific address is the only one listening.
  */
 export function loopbackFor(host: string): string {
-  return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' || host === '[::]' ? '::1' : host;
+  const wildcard = wildcardFamily(host);
+  return wildcard === 'ipv4' ? '127.0.0.1' : wildcard === 'ipv6' ? '::1' : host;
+}
+
+/** Every spelling of "all interfaces": '', 0.0.0.0, ::, ::0, [::]... */
+function wildcardFamily(host: string): 'ipv4' | 'ipv6' | null {
+  const address = host.replace(/^\[(.*)\]$/, '$1');
+  // The resolver reads 0, 0.0 and 00.0.0.0 as 0.0.0.0 too (inet_aton's forms).
+  if (address === '' || /^0+(\.0+){0,3}$/.test(address)) return 'ipv4';
+  if (isIPv4(address)) return address.split('.').every((octet) => Number(octet) === 0) ? 'ipv4' : null;
+  if (isIPv6(address)) return ANY_IPV6.check(address, 'ipv6') ? 'ipv6' : null;
+  return null;
+}
+
+const ANY_IPV6 = new BlockList();
+ANY_IPV6.addAddress('::', 'ipv6');
+
+/** The loopback address of `host`'s family: IPv6 for an IPv6 host, IPv4 otherwise. */
+export function loopbackOfFamily(host: string): string {
+  return isIPv6(host.replace(/^\[(.*)\]$/, '$1')) ? '::1' : '127.0.0.1';
 }
 
 /**

@@ -85,7 +85,7 @@ describe('vlm serve all, vision on a picked port and a specific host', () => {
   // SIGTERM, so the parent takes both services down with it; SIGKILL only if that hangs.
   afterEach(() => stopServeAll(server));
 
-  it('has language dial the address vision bound: --host 127.0.0.2 --vision-port 0', async () => {
+  it('keeps vision on loopback whatever --host is, and has language dial the port it bound: --host 127.0.0.2 --vision-port 0', async () => {
     const languagePort = await freePort();
     const target = `127.0.0.2:${languagePort}`;
     let stderr = '';
@@ -95,7 +95,8 @@ describe('vlm serve all, vision on a picked port and a specific host', () => {
       if (!running(server!)) throw new Error(`serve all exited:\n${stderr}`);
       return (await healthOf(target, 500).catch(() => '')) === 'SERVING';
     }, 90_000, 200);
-    expect(stderr).toMatch(/"msg":"vision target","target":"127\.0\.0\.2:[1-9]\d*"/);
+    // Vision serves only language: on 127.0.0.2 any client reaching that address could call it.
+    expect(stderr).toMatch(/"msg":"vision target","target":"127\.0\.0\.1:[1-9]\d*"/);
     const scratch = mkdtempSync(path.join(tmpdir(), 'vlm-serve-config-'));
     const image = path.join(scratch, 'red.png');
     writeFileSync(image, await sharp({ create: { width: 40, height: 30, channels: 3, background: '#c33' } }).png().toBuffer());

@@ -97,6 +97,9 @@ describe('the vision address language dials without --vision-target', () => {
     expect(target('0.0.0.0', 6000)).toBe('127.0.0.1:6000');
     expect(target('::')).toBe('[::1]:50051');
     expect(target('::1')).toBe('[::1]:50051');
+    // Every spelling of a wildcard is one (vision bound to all interfaces while language dialled '::0').
+    for (const any of ['::0', '[::]', '0:0:0:0:0:0:0:0']) expect(target(any)).toBe('[::1]:50051');
+    for (const any of ['0', '', '00.0.0.0']) expect(target(any)).toBe('127.0.0.1:50051');
     expect(target('127.0.0.2', 50051, 'dns:///vision:50051')).toBe('dns:///vision:50051');
     expect(localAddress('vision.local', 7)).toBe('vision.local:7');
   });
