@@ -96,8 +96,8 @@ export interface TlsConfig {
   /** CA that client certificates must chain to; set: clients without one are refused in the handshake. */
   readonly caFile: string | null;
   /**
-   * With caFile: the names a client certificate may carry (its subject common name or a DNS
-   * subject alternative name); a certificate from the CA naming none of them is PERMISSION_DENIED.
+   * With caFile: the names a client certificate may carry (a DNS subject alternative name, or the
+   * subject common name of one without DNS names); a certificate from the CA naming none of them is PERMISSION_DENIED.
    * Empty: any certificate the CA issued (a CA of this deployment's own).
    */
   readonly clientNames: readonly string[];
@@ -235,7 +235,7 @@ export const CONFIG_OPTIONS = {
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
   'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
-  'tls-client-names': { type: 'string', env: 'VLM_TLS_CLIENT_NAMES', default: '', arg: 'NAMES', shown: 'any', help: "with --tls-ca: comma-separated names one of which a client certificate must carry (common name or DNS name), so a CA shared with other workloads lets only these in" },
+  'tls-client-names': { type: 'string', env: 'VLM_TLS_CLIENT_NAMES', default: '', arg: 'NAMES', shown: 'any', help: "with --tls-ca: comma-separated names one of which a client certificate must carry (a DNS name, or the common name of one without DNS names), so a CA shared with other workloads lets only these in" },
   'vision-client-cert': { type: 'string', env: 'VLM_VISION_CLIENT_CERT', default: '', arg: 'FILE', shown: 'off', help: 'language: client certificate presented to vision' },
   'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
   'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },

@@ -348,7 +348,8 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
 /**
  * Mutual TLS proves a client holds a certificate from the CA; this checks that the certificate is one
  * of the clients this service serves (`--tls-client-names`), for a CA that also issues to other
- * workloads. Matched on the subject's common name or a DNS subject alternative name; anything else is
+ * workloads. Matched on a DNS subject alternative name, or on the subject's common name for a
+ * certificate without DNS names (certificateNames says why); anything else is
  * PERMISSION_DENIED, its certificate's name logged, never echoed to the caller. Health is exempt
  * (the plaintext health port carries probes; the main port's is the same service).
  */
@@ -387,16 +388,21 @@ export function clientCertificateNameInterceptor(names: readonly string[], log: 
 const LOGGED_NAMES = 4;
 const LOGGED_NAME_CHARS = 100;
 
-/** The subject's common name(s) and the DNS subject alternative names of a peer certificate. */
+/**
+ * The names a peer certificate claims: its DNS subject alternative names, or its subject's common
+ * name(s) when it has none (RFC 6125's rule: a CA that checks the DNS names it issues may leave the
+ * common name to the requester, so with DNS names present a common name proves nothing).
+ */
 function certificateNames(cert: PeerCertificate | undefined): string[] {
   if (!cert || Object.keys(cert).length === 0) return [];
-  const cn = cert.subject?.CN as string | string[] | undefined;
   const dns = (cert.subjectaltname ?? '')
     .split(',')
     .map((s) => s.trim())
     .filter((s) => s.startsWith('DNS:'))
     .map((s) => s.slice(4));
-  return [...(Array.isArray(cn) ? cn : cn ? [cn] : []), ...dns];
+  if (dns.length > 0) return dns;
+  const cn = cert.subject?.CN as string | string[] | undefined;
+  return Array.isArray(cn) ? cn : cn ? [cn] : [];
 }
 
 /**
