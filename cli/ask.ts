@@ -26,6 +26,7 @@ import { generateOnce, languageClient } from '../services/language/client';
 import { budgetToWire, paramsToWire } from '../services/common/wire';
 import { integerFlag, numberFlag, parseBudgetFlag, UINT32_MAX, wireSeedFlag } from './numeric-flags';
 import { sentToken } from '../shared/auth-tokens';
+import { isLoopbackAddress } from '../shared/net-address';
 
 /**
  * The config flags a client reads: where the service is, how long to wait, the token to send, and its
@@ -138,14 +139,20 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   const useTls = values['tls'] === true || str('ca') !== null || str('cert') !== null;
+  if (!useTls && str('server-name') !== null) throw VlmError.invalid('--server-name', 'names the certificate to expect over TLS; add --tls (or --ca)');
   const tls = useTls ? { caFile: str('ca'), certFile: str('cert'), keyFile: str('key'), serverName: str('server-name') } : null;
   // Without --target: the language service on this host, at --language-port / VLM_LANGUAGE_PORT.
   const target = (values['target'] as string | undefined) ?? `127.0.0.1:${config.services.languagePort}`;
+  const token = sentToken(config.rpc.auth);
+  // The service warns of its own plaintext hop off the host; a token a person sends that way is theirs to know of.
+  if (!useTls && token !== null && !isLoopbackAddress(target)) {
+    process.stderr.write(`warning: sending the bearer token to ${target} in plaintext; add --tls (or --ca) if the service speaks TLS\n`);
+  }
   const client = languageClient(target, tls);
   try {
     const out = await generateOnce(client, request, {
       deadline: Date.now() + config.limits.deadlineMs,
-      authToken: sentToken(config.rpc.auth),
+      authToken: token,
       onDelta: json ? undefined : (text) => process.stdout.write(text),
     }).catch((err: unknown) => {
       throw withHint(err, target);

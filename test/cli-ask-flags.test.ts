@@ -45,6 +45,16 @@ describe('vlm ask', () => {
     expect(withHint(other, '127.0.0.1:50052')).toBe(other); // the service's own words, kept
   });
 
+  it('warns before sending a token in plaintext off this host, and refuses --server-name without TLS', () => {
+    // Nothing listens at 192.0.2.1 (TEST-NET-1): the call fails, after the warning, within its deadline.
+    const remote = vlm(['ask', '--image', IMAGE, '--question', 'q', '--target', '192.0.2.1:50052', '--deadline-ms', '300'], { VLM_AUTH_TOKEN: 'a-token-of-16-chars-or-more' });
+    expect(remote.stderr).toMatch(/^warning: sending the bearer token to 192\.0\.2\.1:50052 in plaintext; add --tls \(or --ca\) if the service speaks TLS\n/);
+    const local = vlm(['ask', '--image', IMAGE, '--question', 'q', '--target', '127.0.0.1:1', '--deadline-ms', '300'], { VLM_AUTH_TOKEN: 'a-token-of-16-chars-or-more' });
+    expect(local.stderr).not.toMatch(/warning/);
+    const named = vlm(['ask', '--image', IMAGE, '--question', 'q', '--server-name', 'vlm.example']);
+    expect(named.stderr.trim()).toBe('INVALID_ARGUMENT: --server-name: names the certificate to expect over TLS; add --tls (or --ca)');
+  });
+
   it('names an unknown option and where the options are listed', () => {
     const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--lambda', '0.5']);
     expect(r.stderr.trim()).toBe("INVALID_ARGUMENT: unknown option --lambda; --help lists this command's options");
