@@ -311,6 +311,8 @@ describe("grpc-js's own log lines", () => {
     ['Server listening', 'Server listening'],
     // GRPC_TRACE=server_call prints every request's headers.
     ['Request to /x received headers {"authorization":["Basic dXNlcjpwYXNz"],"x-api-key":["k-123"],"x-request-id":["r1"]}', 'Request to /x received headers {"authorization":"<redacted>","x-api-key":"<redacted>","x-request-id":["r1"]}'],
+    // A token may hold any visible character, `]` and an escaped quote included.
+    ['Request to /x received headers {"authorization":["Bearer abc]SECRET\\"x"],"x-request-id":["r1"]}', 'Request to /x received headers {"authorization":"<redacted>","x-request-id":["r1"]}'],
   ])('are cleaned of credentials: %j', (line, logged) => {
     expect(redactGrpcLine(line)).toBe(logged);
   });
