@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ort } from '../shared/onnx/ort';
+import { runStage } from '../shared/onnx/run-stage';
 import { disposeModel, encodeImage, generate, type LoadedModel } from '../shared/engine';
 import { createKvCaches } from '../shared/engine/kv-cache';
 import type { Manifest } from '../shared/bundle/manifest';
@@ -66,6 +67,31 @@ describe('append KV caches', () => {
     expect(b.logits.length).toBe(a.logits.length);
     expect(a.logits.length).toBeGreaterThan(1);
     for (let s = 0; s < a.logits.length; s++) expect(b.logits[s]).toEqual(a.logits[s]);
+  });
+});
+
+describe('append KV caches written in place', () => {
+  it("has the runtime write an attention call's new rows straight into the cache's free rows (no copy of them)", async () => {
+    const caches = createKvCaches(append.manifest, 4);
+    const stage = await append.bundle.stages.get('language/layer_00.attn');
+    const T = 5;
+    const width = append.manifest.language.hidden_size;
+    const into = caches.outputsInto(0, T)!;
+    const feeds = {
+      hidden_in: { dtype: 'float32', dims: [1, T, width], data: Float32Array.from({ length: T * width }, (_, i) => Math.sin(i)) },
+      position_ids: { dtype: 'int64', dims: [1, T], data: BigInt64Array.from({ length: T }, (_, i) => BigInt(i)) },
+      ...caches.past(0),
+      attention_mask: { dtype: 'int64', dims: [1, T], data: new BigInt64Array(T).fill(1n) },
+    } as const;
+    const allocated = await runStage(stage, feeds, { keep: ['new_key', 'new_value'] });
+    await runStage(stage, feeds, { keep: ['new_key', 'new_value'], into });
+    caches.commit(0, T);
+    // The cache's own buffer holds what the runtime would have returned.
+    const bits = (t: { data: unknown }) => [...(t.data as Uint16Array)];
+    expect(caches.length(0)).toBe(T);
+    expect(bits(caches.past(0).past_key)).toEqual(bits(allocated.kept['new_key']!));
+    expect(bits(caches.past(0).past_value)).toEqual(bits(allocated.kept['new_value']!));
+    expect((caches.past(0).past_key.data as Uint16Array).buffer).toBe((into['new_key']!.data as Uint16Array).buffer);
   });
 });
 

@@ -5,9 +5,9 @@
  *
  * - `present`: each call returns the whole cache [1,Hkv,P+T,dh]; it is kept as the ORT tensor and fed
  *   back as is.
- * - `append`: each call returns only its rows [1,T,Hkv,dh]; they are copied to the end of a
- *   sequence-major host buffer with spare capacity, and the next call is fed a view of the filled
- *   prefix. Per call, outputs are O(T) instead of O(P+T): on the CUDA provider every output is copied
+ * - `append`: each call returns only its rows [1,T,Hkv,dh], written by the runtime straight into the
+ *   free rows of a sequence-major host buffer with spare capacity, and the next call is fed a view
+ *   of the filled prefix. Per call, outputs are O(T) instead of O(P+T): on the CUDA provider every output is copied
  *   to host memory, and copying whole caches back each decode step was most of the step's time.
  */
 import { ort } from '../onnx/ort';
@@ -26,8 +26,16 @@ export interface KvCaches {
   length(layer: number): number;
   /** `past_key` / `past_value` for the layer's next attention call. */
   past(layer: number): { past_key: Resident; past_value: Resident };
+  /**
+   * Tensors for the layer's next attention call to write its cache outputs into, for `tokens` new
+   * tokens; undefined when the runtime allocates them. Called before past(): it may move the buffer.
+   * A call that wrote into them ends with commit(), not update().
+   */
+  outputsInto(layer: number, tokens: number): Readonly<Record<string, Resident>> | undefined;
   /** Takes the layer's attention outputs (named as in `outputs`) after a call over `tokens` new tokens. */
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void;
+  /** Takes the `tokens` rows the last call wrote into outputsInto()'s tensors. */
+  commit(layer: number, tokens: number): void;
 }
 
 /** `decodeRows`: how many rows each layer may still append after prefill (room reserved up front). */
@@ -69,6 +77,14 @@ class PresentCaches implements KvCaches {
     return { past_key: c?.key ?? this.empty, past_value: c?.value ?? this.empty };
   }
 
+  outputsInto(): undefined {
+    return undefined;
+  }
+
+  commit(layer: number): void {
+    throw new VlmError('INTERNAL', `layer ${layer}: a present cache takes whole outputs (update), it hands out no rows to write into`);
+  }
+
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
     const [keyName, valueName] = this.outputs;
     const key = output(kept, keyName, layer);
@@ -91,18 +107,35 @@ class RowBuffer {
     this.data = emptyRows(type, 0);
   }
 
+  /** Room for `count` more rows. */
+  private reserve(count: number): void {
+    const needed = (this.length + count) * this.rowSize;
+    if (needed <= this.data.length) return;
+    // The first fill (prefill) reserves the decode rows, so decode appends in place: growing at the
+    // first decode row would copy the whole prompt's cache and hold twice its memory. Past the
+    // reserve (a caller that under-declared), doubling keeps one-row appends amortised O(1).
+    const capacity = this.data.length === 0 ? needed + this.spareRows * this.rowSize : Math.max(needed, 2 * this.data.length);
+    const grown = emptyRows(this.type, capacity);
+    grown.set(this.data.subarray(0, this.length * this.rowSize));
+    this.data = grown;
+  }
+
+  /** The next `count` free rows, for the runtime to write an output into; commit() takes them. */
+  free(count: number, dims: readonly number[]): Resident {
+    this.reserve(count);
+    const at = this.length * this.rowSize;
+    return new ort.Tensor(this.type, this.data.subarray(at, at + count * this.rowSize), [...dims]);
+  }
+
+  /** Takes the `count` free rows free() handed out, which the runtime has filled. */
+  commit(count: number): void {
+    if ((this.length + count) * this.rowSize > this.data.length) throw new VlmError('INTERNAL', `committing ${count} rows past the ${this.data.length / this.rowSize} reserved`);
+    this.length += count;
+  }
+
   append(rows: Rows, count: number): void {
     if (rows.length !== count * this.rowSize) throw new VlmError('INTERNAL', `appending ${rows.length} values as ${count} rows of ${this.rowSize}`);
-    const needed = (this.length + count) * this.rowSize;
-    if (needed > this.data.length) {
-      // The first fill (prefill) reserves the decode rows, so decode appends in place: growing at the
-      // first decode row would copy the whole prompt's cache and hold twice its memory. Past the
-      // reserve (a caller that under-declared), doubling keeps one-row appends amortised O(1).
-      const capacity = this.data.length === 0 ? needed + this.spareRows * this.rowSize : Math.max(needed, 2 * this.data.length);
-      const grown = emptyRows(this.type, capacity);
-      grown.set(this.data.subarray(0, this.length * this.rowSize));
-      this.data = grown;
-    }
+    this.reserve(count);
     this.data.set(rows, this.length * this.rowSize);
     this.length += count;
   }
@@ -138,6 +171,22 @@ class AppendCaches implements KvCaches {
   past(layer: number): { past_key: Resident; past_value: Resident } {
     const dims = [1, this.length(layer), this.kvHeads, this.headDim];
     return { past_key: this.keys[layer]!.view(dims), past_value: this.values[layer]!.view(dims) };
+  }
+
+  /**
+   * The layer's free rows, so its attention writes its new keys and values straight into the cache:
+   * on LLaVA-1.5 a prefill otherwise copies 64 outputs of about 5 MB each out of the runtime's own.
+   * (onnxruntime-node still returns a copy of each, which commit() lets go unread.)
+   */
+  outputsInto(layer: number, tokens: number): Readonly<Record<string, Resident>> {
+    const [keyName, valueName] = this.outputs;
+    const dims = [1, tokens, this.kvHeads, this.headDim];
+    return { [keyName]: this.keys[layer]!.free(tokens, dims), [valueName]: this.values[layer]!.free(tokens, dims) };
+  }
+
+  commit(layer: number, tokens: number): void {
+    this.keys[layer]!.commit(tokens);
+    this.values[layer]!.commit(tokens);
   }
 
   update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {

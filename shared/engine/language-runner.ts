@@ -67,6 +67,8 @@ export class LanguageStageRunner {
     const T = this.tokens;
     if (positions.length !== T) throw new VlmError('INTERNAL', `${positions.length} positions for ${T} tokens`);
     const past = this.caches.length(layer);
+    // Before past(): making room for the new rows may move the cache's buffer.
+    const into = this.caches.outputsInto(layer, T);
     const feeds: Record<string, Feed> = {
       hidden_in: this.current().feed(),
       position_ids: i64([1, T], positions),
@@ -75,9 +77,10 @@ export class LanguageStageRunner {
     };
     this.attnFeeds = { layer, feeds, rows: T };
     const name = layerStage('language', layer, 'attn');
-    const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', ...this.caches.outputs] });
+    const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', ...this.caches.outputs], into });
     this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
-    this.caches.update(layer, out.kept, T);
+    if (into) this.caches.commit(layer, T);
+    else this.caches.update(layer, out.kept, T);
     if (this.ctx.tap) for (const o of this.caches.outputs) this.ctx.tap(`${name}:${o}`, residentToHost(`${name}:${o}`, out.kept[o]!));
   }
 

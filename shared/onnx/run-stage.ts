@@ -28,6 +28,11 @@ export interface RunOptions {
   readonly outputs?: readonly string[];
   /** Outputs to return as ORT tensors, unconverted. */
   readonly keep?: readonly string[];
+  /**
+   * Tensors the runtime writes these outputs into (of the output's exact shape), instead of
+   * allocating its own: a KV cache's new rows land in the cache's buffer, not in a copy of them.
+   */
+  readonly into?: Readonly<Record<string, ort.Tensor>>;
 }
 
 export interface StageOutputs {
@@ -109,7 +114,8 @@ export async function runStage(stage: Stage, feeds: Readonly<Record<string, Feed
   const fetch = options.outputs ?? stage.decl.outputs.map((o) => o.name);
   let results: ort.InferenceSession.ReturnType;
   try {
-    results = await stage.session.run(ortFeeds, [...fetch]);
+    const into = options.into;
+    results = await (into ? stage.session.run(ortFeeds, Object.fromEntries(fetch.map((name) => [name, into[name] ?? null]))) : stage.session.run(ortFeeds, [...fetch]));
   } catch (err) {
     const message = (err as Error).message;
     if (isDeviceFault(message)) throw deviceFaultError(`running this request (stage ${stage.name} on ${stage.provider})`, err);
