@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, MAX_PORT, parseCommandWords, serviceConfig, type Config } from '../shared/config';
-import { hostPort, loopbackFor, loopbackOfFamily } from '../shared/net-address';
+import { hostPort, isLoopbackAddress, loopbackFor } from '../shared/net-address';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
@@ -108,9 +108,9 @@ function surviveHangup(log: Logger): void {
 
 /**
  * The two services as child processes sharing the cores (coLocatedServiceEnv). Vision listens on
- * --host, or on loopback for a wildcard --host; language dials it there at --vision-port, which language works out
- * itself; for --vision-port 0 vision starts first and reports the port it bound, and language is
- * started with that address, unless a --vision-target was given.
+ * loopback whatever --host is, at --vision-port; language listens on --host and dials vision there
+ * (for --vision-port 0 vision starts first and reports the port it bound), unless a --vision-target
+ * was given.
  */
 function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Promise<number> {
   const log = createLogger('serve');
@@ -173,12 +173,19 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
   // client reaching that address (every interface for a wildcard) could call it directly, with the
   // token clients use or with none.
-  const visionHost = loopbackOfFamily(loopbackFor(host));
+  const visionHost = host.replace(/^\[(.*)\]$/, '$1') === '::1' ? '::1' : '127.0.0.1';
   // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
   const hopFile = config.rpc.visionAuth?.file;
   const vision = start('vision', ['--host', visionHost, ...(hopFile ? ['--auth-token-file', hopFile] : [])]);
+  if (config.rpc.visionTarget !== '' && !isLoopbackAddress(config.rpc.visionTarget)) {
+    log.warn('--vision-target sends language to a vision service elsewhere; the one serve all starts listens on loopback only', { vision_target: config.rpc.visionTarget, vision_host: visionHost });
+  }
+  // Over a TLS hop language checks vision's certificate (serve all's one certificate, issued for
+  // --host) against the host it dials: loopback now, so it is told the name to expect.
+  const hopTls = config.tls.visionCaFile !== null || config.tls.visionClientCertFile !== null;
+  const serverName = hopTls && config.tls.visionServerName === null && loopbackFor(host) === host ? ['--vision-server-name', host.replace(/^\[(.*)\]$/, '$1')] : [];
   // Language dials vision there, unless a --vision-target says otherwise.
-  const languageWith = (visionPort: number): string[] => [...languageOwn, ...(config.rpc.visionTarget === '' ? ['--vision-target', hostPort(visionHost, visionPort)] : [])];
+  const languageWith = (visionPort: number): string[] => [...languageOwn, ...(config.rpc.visionTarget === '' ? ['--vision-target', hostPort(visionHost, visionPort), ...serverName] : [])];
   if (!waitForVisionPort) start('language', languageWith(visionPort));
   else {
     vision.on('message', (msg: ServingMessage) => {

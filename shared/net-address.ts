@@ -28,10 +28,6 @@ function wildcardFamily(host: string): 'ipv4' | 'ipv6' | null {
 const ANY_IPV6 = new BlockList();
 ANY_IPV6.addAddress('::', 'ipv6');
 
-/** The loopback address of `host`'s family: IPv6 for an IPv6 host, IPv4 otherwise. */
-export function loopbackOfFamily(host: string): string {
-  return isIPv6(host.replace(/^\[(.*)\]$/, '$1')) ? '::1' : '127.0.0.1';
-}
 
 /**
  * Whether every address of `target` stays on this host: a gRPC target (a scheme, a list, ports), or a

@@ -13,6 +13,7 @@ import { healthOf } from '../services/common/health-client';
 import { freePort } from '../cli/free-port';
 import { running } from '../cli/child-running';
 import { eventually, stopServeAll, vlm } from './service-helpers';
+import { issueCertificate, makeCerts } from './reliability-helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'vlm.js');
@@ -104,5 +105,27 @@ describe('vlm serve all, vision on a picked port and a specific host', () => {
     rmSync(scratch, { recursive: true, force: true });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
+  }, 120_000);
+
+  it("keeps the TLS hop working with vision on loopback: language expects --host's name on the one certificate", async () => {
+    const scratch = mkdtempSync(path.join(tmpdir(), 'vlm-serve-tls-'));
+    const certs = makeCerts(scratch);
+    // A certificate for the name alone: verified against the loopback address language dials, it would fail.
+    const named = issueCertificate(scratch, 'named', 'localhost', 'serverAuth,clientAuth', 'DNS:localhost');
+    const languagePort = await freePort();
+    let stderr = '';
+    server = spawn(process.execPath, [BIN, 'serve', 'all', '--model', BUNDLE, '--host', 'localhost', '--vision-port', '0', '--language-port', String(languagePort), '--metrics-port', '0', '--tls-cert', named.cert, '--tls-key', named.key, '--vision-ca', certs.caCert, '--log-level', 'info'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    try {
+      await eventually(() => {
+        if (!running(server!)) throw new Error(`serve all exited:\n${stderr}`);
+        return (stderr.match(/"msg":"serving"/g) ?? []).length === 2;
+      }, 90_000, 200);
+      const r = vlm(['ask', '--image', path.join(ROOT, 'models/tiny-llava-shapes/eval/images/0000.png'), '--question', 'what color?', '--target', `localhost:${languagePort}`, '--ca', certs.caCert, '--max-tokens', '2']);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+    } finally {
+      rmSync(scratch, { recursive: true, force: true });
+    }
   }, 120_000);
 });

@@ -197,7 +197,7 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     expect(await encodeWith(vision.address, credentials.createSsl(pem(rogue.caCert), pem(certs.clientKey), pem(certs.clientCert)), image)).toBe(GrpcCode.UNAVAILABLE);
   });
 
-  it('lets in only client certificates naming an allowed client (--tls-client-names), by DNS name, or by common name when it has none, when the CA issues to others too', async () => {
+  it('lets in only client certificates naming an allowed client (--tls-client-names), by DNS name, or by common name when it has no alternative names, when the CA issues to others too', async () => {
     const ca = pem(certs.caCert);
     const other = issueCertificate(certs.dir, 'other-workload', 'batch-job', 'clientAuth');
     const byDnsName = issueCertificate(certs.dir, 'by-dns-name', 'language-7f9c', 'clientAuth', 'DNS:vlm-language');
@@ -208,6 +208,9 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     // A common name counts only without DNS names: a CA checking the DNS names it issues may leave the CN to the requester.
     const cnBesideDns = issueCertificate(certs.dir, 'cn-beside-dns', 'vlm-language', 'clientAuth', 'DNS:batch-job');
     expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(cnBesideDns.key), pem(cnBesideDns.cert)), image)).toBe(GrpcCode.PERMISSION_DENIED);
+    // Nor beside alternative names of another kind (a SPIFFE URI).
+    const cnBesideUri = issueCertificate(certs.dir, 'cn-beside-uri', 'vlm-language', 'clientAuth', 'URI:spiffe://cluster.local/ns/other/sa/batch');
+    expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(cnBesideUri.key), pem(cnBesideUri.cert)), image)).toBe(GrpcCode.PERMISSION_DENIED);
     expect(await encodeWith(vision.address, credentials.createSsl(ca, pem(certs.clientKey), pem(certs.clientCert)), image)).toBeNull();
     expect(await healthStatus(vision.address, '', credentials.createSsl(ca, pem(other.key), pem(other.cert)))).toBe('SERVING'); // probes are not callers
   });

@@ -313,6 +313,8 @@ describe("grpc-js's own log lines", () => {
     ['Request to /x received headers {"authorization":["Basic dXNlcjpwYXNz"],"x-api-key":["k-123"],"x-request-id":["r1"]}', 'Request to /x received headers {"authorization":"<redacted>","x-api-key":"<redacted>","x-request-id":["r1"]}'],
     // A token may hold any visible character, `]` and an escaped quote included.
     ['Request to /x received headers {"authorization":["Bearer abc]SECRET\\"x"],"x-request-id":["r1"]}', 'Request to /x received headers {"authorization":"<redacted>","x-request-id":["r1"]}'],
+    // A -bin header's value prints as a Buffer's JSON.
+    ['Request to /x received headers {"x-token-bin":{"type":"Buffer","data":[115,101,99]},"x-request-id":["r1"]}', 'Request to /x received headers {"x-token-bin":"<redacted>","x-request-id":["r1"]}'],
   ])('are cleaned of credentials: %j', (line, logged) => {
     expect(redactGrpcLine(line)).toBe(logged);
   });

@@ -17,8 +17,9 @@ export function redactGrpcLine(text: string): string {
   const entry = /^Failed to add metadata entry ([^:]*):/.exec(text);
   if (entry) return `Failed to add metadata entry ${entry[1]}: its value has characters gRPC metadata does not allow, so the header was dropped (value not logged)`;
   return text
-    // A header's value: a JSON string, or an array of them (a `]` inside a string does not end it).
-    .replace(/"([^"\\]*)"\s*:\s*(\[\s*(?:"(?:[^"\\]|\\.)*"\s*(?:,\s*)?)*\]|"(?:[^"\\]|\\.)*")/g, (pair, name: string) => (SECRET_HEADER.test(name) ? `"${name}":"<redacted>"` : pair))
+    // A header's value: a JSON string, an array of them (a `]` inside a string does not end it), or a
+    // `-bin` header's Buffer ({"type":"Buffer","data":[...]}).
+    .replace(/"([^"\\]*)"\s*:\s*(\[\s*(?:"(?:[^"\\]|\\.)*"\s*(?:,\s*)?)*\]|"(?:[^"\\]|\\.)*"|\{[^{}"]*(?:"(?:[^"\\]|\\.)*"[^{}"]*)*\})/g, (pair, name: string) => (SECRET_HEADER.test(name) ? `"${name}":"<redacted>"` : pair))
     .replace(/\bBearer\s+\S+/gi, 'Bearer <redacted>');
 }
 

@@ -163,6 +163,7 @@ export class GrpcServer {
    * RECLOSE_CONNECTIONS_MS. Calls in flight get `graceMs` to end.
    */
   refuseConnections(graceMs: number): void {
+    if (this.stopping !== null) return;
     const close = (): void => {
       if (this.boundAddress !== null && this.stopping === null) this.server.drain(this.boundAddress, graceMs);
     };

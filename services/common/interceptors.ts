@@ -349,7 +349,7 @@ export function anonymousCallerInterceptor(): ServerInterceptor {
  * Mutual TLS proves a client holds a certificate from the CA; this checks that the certificate is one
  * of the clients this service serves (`--tls-client-names`), for a CA that also issues to other
  * workloads. Matched on a DNS subject alternative name, or on the subject's common name for a
- * certificate without DNS names (certificateNames says why); anything else is
+ * certificate without alternative names (certificateNames says why); anything else is
  * PERMISSION_DENIED, its certificate's name logged, never echoed to the caller. Health is exempt
  * (the plaintext health port carries probes; the main port's is the same service).
  */
@@ -390,17 +390,17 @@ const LOGGED_NAME_CHARS = 100;
 
 /**
  * The names a peer certificate claims: its DNS subject alternative names, or its subject's common
- * name(s) when it has none (RFC 6125's rule: a CA that checks the DNS names it issues may leave the
- * common name to the requester, so with DNS names present a common name proves nothing).
+ * name(s) when it has no alternative names of any kind (RFC 6125 §6.4.4: a CA that checks the names
+ * it issues, DNS, URI (SPIFFE) or IP, may leave the common name to the requester, so beside them a
+ * common name proves nothing).
  */
 function certificateNames(cert: PeerCertificate | undefined): string[] {
   if (!cert || Object.keys(cert).length === 0) return [];
-  const dns = (cert.subjectaltname ?? '')
+  const alternative = (cert.subjectaltname ?? '')
     .split(',')
     .map((s) => s.trim())
-    .filter((s) => s.startsWith('DNS:'))
-    .map((s) => s.slice(4));
-  if (dns.length > 0) return dns;
+    .filter((s) => s !== '');
+  if (alternative.length > 0) return alternative.filter((s) => s.startsWith('DNS:')).map((s) => s.slice(4));
   const cn = cert.subject?.CN as string | string[] | undefined;
   return Array.isArray(cn) ? cn : cn ? [cn] : [];
 }
