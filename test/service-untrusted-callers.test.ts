@@ -3,7 +3,10 @@
  * needed) hold nothing per name and refuse oversized requests, compressed requests are refused
  * before they are inflated, and a call that never sends its request message is ended.
  */
+import { EventEmitter } from 'node:events';
 import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
+import type { Server } from '@grpc/grpc-js';
+import { HealthService } from '../services/common/health';
 import { credentials, Metadata, status as GrpcCode, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../shared/log';
@@ -149,6 +152,28 @@ describe('health checks, which need no token', () => {
       v6.close();
       await dual.stop();
     }
+  });
+});
+
+describe('a Watch whose client does not read', () => {
+  it('is sent the latest status once it reads again, not every status in between (each unread write is held in memory)', () => {
+    const health = new HealthService(['vlm.v1.VisionService']);
+    let watch: ((call: unknown) => void) | undefined;
+    health.addToServer({ addService: (_d: unknown, impl: { watch: (call: unknown) => void }) => (watch = impl.watch) } as unknown as Server);
+    // A stream whose window is shut: every write after the first is refused until 'drain'.
+    const call = Object.assign(new EventEmitter(), { request: { service: '' }, written: [] as string[], open: true, write(m: { status: string }) { this.written.push(m.status); return this.open; } });
+    call.open = false;
+    watch!(call);
+    expect(call.written).toEqual(['NOT_SERVING']);
+    for (let i = 0; i < 100; i++) health.setAll(i % 2 === 0 ? 'SERVING' : 'NOT_SERVING');
+    health.setAll('SERVING');
+    expect(call.written).toEqual(['NOT_SERVING', 'SERVING']);
+    call.open = true;
+    call.emit('drain');
+    // Only the latest: 100 flips while it did not read cost one held status.
+    expect(call.written).toEqual(['NOT_SERVING', 'SERVING', 'SERVING']);
+    health.setAll('NOT_SERVING');
+    expect(call.written.at(-1)).toBe('NOT_SERVING');
   });
 });
 

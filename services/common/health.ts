@@ -37,9 +37,39 @@ const tooLargeStatus = () => refusalStatus(VlmError.invalid('service', `a health
 // The name is not repeated: it is the caller's, of any length up to the bound.
 const unknownNameStatus = () => refusalStatus(new VlmError('NOT_FOUND', 'unknown service name'));
 
+/**
+ * One Watch stream. A client that does not read its answers gets the latest status once it reads
+ * again, not every status in between: each write it does not take is held in memory.
+ */
+class Watcher {
+  /** The status to send once the stream drains; null when nothing waits. */
+  private pending: ServingStatus | null = null;
+  private blocked = false;
+
+  constructor(
+    readonly name: string,
+    private readonly call: ServerWritableStream<HealthRequest, unknown>,
+  ) {}
+
+  send(status: ServingStatus): void {
+    if (this.blocked) {
+      this.pending = status;
+      return;
+    }
+    if (this.call.write({ status })) return;
+    this.blocked = true;
+    this.call.once('drain', () => {
+      this.blocked = false;
+      const next = this.pending;
+      this.pending = null;
+      if (next !== null) this.send(next);
+    });
+  }
+}
+
 export class HealthService {
   private readonly statuses: Map<string, ServingStatus>;
-  private readonly watchers = new Set<{ readonly name: string; readonly call: ServerWritableStream<HealthRequest, unknown> }>();
+  private readonly watchers = new Set<Watcher>();
   private readonly definition = boundedDefinition();
 
   /** `names`: every name this process answers for besides "" (the overall status). */
@@ -52,7 +82,7 @@ export class HealthService {
     for (const [name, was] of this.statuses) {
       if (was === status) continue;
       this.statuses.set(name, status);
-      for (const w of this.watchers) if (w.name === name) w.call.write({ status });
+      for (const w of this.watchers) if (w.name === name) w.send(status);
     }
   }
 
@@ -72,7 +102,7 @@ export class HealthService {
         // An unknown name never becomes known here (the names are fixed): the stream stays open, as
         // the protocol asks, but nothing is kept for it.
         if (status === 'SERVICE_UNKNOWN') return;
-        const watcher = { name, call: call as ServerWritableStream<HealthRequest, unknown> };
+        const watcher = new Watcher(name, call as ServerWritableStream<HealthRequest, unknown>);
         this.watchers.add(watcher);
         call.on('cancelled', () => this.watchers.delete(watcher));
       },
