@@ -11,7 +11,7 @@
 import { GREEDY } from '../shared/engine/sampling';
 import { mkdir, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { parseCommandLine, IN_PROCESS_CONFIG } from '../shared/config';
+import { parseCommandLine } from '../shared/config';
 import type { CommandFlags } from './help';
 import { VlmError } from '../shared/errors';
 import { writableDir } from './output-paths';
@@ -21,7 +21,7 @@ import { isInfeasibleBudget, METHOD_PRESETS, type ReductionPolicy } from '../sha
 import type { LanguageMethodName, VisionMethodName } from '../shared/methods/types';
 import { languageMethodNames, visionMethodNames } from '../shared/methods/registry';
 import { InferencePool } from '../shared/worker';
-import { evalRunFlags, evalRuntime } from './eval';
+import { evalRunFlags, evalRuntime, IN_PROCESS_CONFIG } from './eval';
 import { isCorrect, readItemImage, type EvalItem } from './eval-items';
 
 const FLAGS = {

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { CONFIG_FLAGS, type ConfigOption, type ConfigSubset } from '../shared/config';
+import { CONFIG_FLAGS, configOptionOf, type ConfigOption, type ConfigSubset } from '../shared/config';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { running } from './child-running';
@@ -63,8 +63,8 @@ export function serveFlags(argv: readonly string[], ownFlags: Readonly<Record<st
     const spec = (CONFIG_FLAGS as Record<string, { type: string }>)[name] ?? ownFlags[name];
     const value = spec?.type === 'string' && !arg.includes('=') ? argv[++i] : undefined;
     // A switch turned off (--no-warmup) is passed on as written.
-    const option = (name in CONFIG_FLAGS ? name : name.replace(/^no-/, '')) as ConfigOption;
-    if (option in CONFIG_FLAGS && option !== 'model' && !CHOSEN_HERE.has(option)) out.push(arg, ...(value === undefined ? [] : [value]));
+    const option = configOptionOf(name);
+    if (option !== undefined && option !== 'model' && !CHOSEN_HERE.has(option)) out.push(arg, ...(value === undefined ? [] : [value]));
   }
   return out;
 }

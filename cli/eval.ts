@@ -9,7 +9,7 @@
  */
 import { GREEDY } from '../shared/engine/sampling';
 import { VlmError } from '../shared/errors';
-import { optionChosen, parseCommandLine, type Config, IN_PROCESS_CONFIG } from '../shared/config';
+import { optionChosen, parseCommandLine, type Config, type ConfigSubset } from '../shared/config';
 import type { CommandFlags } from './help';
 import { setLogLevel, type LogLevel } from '../shared/log';
 import type { ReductionPolicy } from '../shared/methods/policy';
@@ -19,6 +19,12 @@ import { addFlops, emptyFlops, macs, totalFlops, type StageFlops } from '../shar
 import { InferencePool, type AskResult } from '../shared/worker';
 import { integerFlag, parseBudgetFlag, seedFlag } from './numeric-flags';
 import { isCorrect, readItemImage, readItems, selectEvenly, type EvalItem } from './eval-items';
+
+/** Options an inference pool in the command's own process reads (vlm eval, bench accuracy): the model, its runtime and request limits. */
+export const IN_PROCESS_CONFIG: ConfigSubset = {
+  keys: ['model', 'model-hash', 'verify-hashes', 'eager-sessions', 'provider', 'vision-provider', 'language-provider', 'device', 'intra-op-threads', 'inter-op-threads', 'graph-optimization', 'spinning', 'stuck-worker-ms', 'workers', 'max-image-bytes', 'max-image-pixels', 'max-aspect-ratio', 'max-prompt-chars', 'queue-size', 'max-new-tokens-limit', 'log-level'],
+  othersAre: 'is a setting of the services (vlm serve); this command runs the model in its own process and does not take it',
+};
 
 const FLAGS = {
   limit: { type: 'string', arg: 'N', help: 'evaluate N items taken evenly across the question types [default: all]' },

@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { coLocatedServiceEnv, MAX_PORT, parseCommandWords, serviceConfig, type Config } from '../shared/config';
-import { hostPort, isLoopbackAddress, loopbackFor } from '../shared/net-address';
+import { hostPort, isLoopbackAddress, isWildcard, unbracketed, visionListenHost } from '../shared/net-address';
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
@@ -173,7 +173,7 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
   // client reaching that address (every interface for a wildcard) could call it directly, with the
   // token clients use or with none.
-  const visionHost = host.replace(/^\[(.*)\]$/, '$1') === '::1' ? '::1' : '127.0.0.1';
+  const visionHost = visionListenHost(host);
   // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
   const hopFile = config.rpc.visionAuth?.file;
   const vision = start('vision', ['--host', visionHost, ...(hopFile ? ['--auth-token-file', hopFile] : [])]);
@@ -183,7 +183,7 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // Over a TLS hop language checks vision's certificate (serve all's one certificate, issued for
   // --host) against the host it dials: loopback now, so it is told the name to expect.
   const hopTls = config.tls.visionCaFile !== null || config.tls.visionClientCertFile !== null;
-  const serverName = hopTls && config.tls.visionServerName === null && loopbackFor(host) === host ? ['--vision-server-name', host.replace(/^\[(.*)\]$/, '$1')] : [];
+  const serverName = hopTls && config.tls.visionServerName === null && !isWildcard(host) ? ['--vision-server-name', unbracketed(host)] : [];
   // Language dials vision there, unless a --vision-target says otherwise.
   const languageWith = (visionPort: number): string[] => [...languageOwn, ...(config.rpc.visionTarget === '' ? ['--vision-target', hostPort(visionHost, visionPort), ...serverName] : [])];
   if (!waitForVisionPort) start('language', languageWith(visionPort));

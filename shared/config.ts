@@ -97,7 +97,8 @@ export interface TlsConfig {
   readonly caFile: string | null;
   /**
    * With caFile: the names a client certificate may carry (a DNS subject alternative name, or the
-   * subject common name of one without DNS names); a certificate from the CA naming none of them is PERMISSION_DENIED.
+   * subject common name of one without alternative names); a certificate from the CA naming none of
+   * them is PERMISSION_DENIED.
    * Empty: any certificate the CA issued (a CA of this deployment's own).
    */
   readonly clientNames: readonly string[];
@@ -235,7 +236,7 @@ export const CONFIG_OPTIONS = {
   'tls-cert': { type: 'string', env: 'VLM_TLS_CERT', default: '', arg: 'FILE', shown: 'off', help: 'server certificate chain (PEM); with --tls-key the port speaks TLS only' },
   'tls-key': { type: 'string', env: 'VLM_TLS_KEY', default: '', arg: 'FILE', shown: 'off', help: 'server private key (PEM)' },
   'tls-ca': { type: 'string', env: 'VLM_TLS_CA', default: '', arg: 'FILE', shown: 'off', help: 'CA that client certificates must chain to (mutual TLS)' },
-  'tls-client-names': { type: 'string', env: 'VLM_TLS_CLIENT_NAMES', default: '', arg: 'NAMES', shown: 'any', help: "with --tls-ca: comma-separated names one of which a client certificate must carry (a DNS name, or the common name of one without DNS names), so a CA shared with other workloads lets only these in" },
+  'tls-client-names': { type: 'string', env: 'VLM_TLS_CLIENT_NAMES', default: '', arg: 'NAMES', shown: 'any', help: "with --tls-ca: comma-separated names one of which a client certificate must carry (a DNS name, or the common name of one without alternative names), so a CA shared with other workloads lets only these in" },
   'vision-client-cert': { type: 'string', env: 'VLM_VISION_CLIENT_CERT', default: '', arg: 'FILE', shown: 'off', help: 'language: client certificate presented to vision' },
   'vision-client-key': { type: 'string', env: 'VLM_VISION_CLIENT_KEY', default: '', arg: 'FILE', shown: 'off', help: 'language: its private key' },
   'vision-ca': { type: 'string', env: 'VLM_VISION_CA', default: '', arg: 'FILE', shown: 'off', help: "language: CA that vision's certificate is verified with (turns TLS on for the hop)" },
@@ -252,6 +253,16 @@ export const CONFIG_FLAGS = Object.fromEntries(
 ) as { readonly [K in ConfigOption]: { readonly type: (typeof CONFIG_OPTIONS)[K]['type'] extends 'boolean' ? 'boolean' : 'string' } };
 
 /**
+ * The config option a command-line flag name sets: itself, or the switch a `no-` form turns off
+ * (`no-warmup`); undefined for a command's own flags.
+ */
+export function configOptionOf(flag: string): ConfigOption | undefined {
+  if (flag in CONFIG_FLAGS) return flag as ConfigOption;
+  const negated = flag.replace(/^no-/, '');
+  return negated !== flag && CONFIG_OPTIONS[negated as ConfigOption]?.type === 'boolean' ? (negated as ConfigOption) : undefined;
+}
+
+/**
  * The config flags a command takes when not all of them, and what it tells a user who gives another:
  * a flag a command takes and then ignores would look like a setting that did nothing.
  */
@@ -260,12 +271,6 @@ export interface ConfigSubset {
   /** Completes "--flag ...": why this command takes no such setting. */
   readonly othersAre: string;
 }
-
-/** Options an inference pool in the command's own process reads (vlm eval, bench accuracy): the model, its runtime and request limits. */
-export const IN_PROCESS_CONFIG: ConfigSubset = {
-  keys: ['model', 'model-hash', 'verify-hashes', 'eager-sessions', 'provider', 'vision-provider', 'language-provider', 'device', 'intra-op-threads', 'inter-op-threads', 'graph-optimization', 'spinning', 'stuck-worker-ms', 'workers', 'max-image-bytes', 'max-image-pixels', 'max-aspect-ratio', 'max-prompt-chars', 'queue-size', 'max-new-tokens-limit', 'log-level'],
-  othersAre: 'is a setting of the services (vlm serve); this command runs the model in its own process and does not take it',
-};
 
 type Values = Readonly<Record<string, string | boolean | undefined>>;
 type Env = Readonly<Record<string, string | undefined>>;
@@ -448,7 +453,7 @@ function parseArgsMessage(err: Error & { code?: string }, subset: ConfigSubset |
   if (option === undefined) return err.message;
   switch (err.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-      if (subset && option.replace(/^--(no-)?/, '') in CONFIG_FLAGS) return `${option} ${subset.othersAre}; --help lists its options`;
+      if (subset && configOptionOf(option.replace(/^--/, '')) !== undefined) return `${option} ${subset.othersAre}; --help lists its options`;
       return `unknown option ${option}; --help lists this command's options`;
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
       // The same code for a switch given a value (`--json=true`) and an option given none.

@@ -15,9 +15,27 @@ export function loopbackFor(host: string): string {
   return wildcard === 'ipv4' ? '127.0.0.1' : wildcard === 'ipv6' ? '::1' : host;
 }
 
+/** A host without the brackets of an IPv6 literal ("[::1]" -> "::1"). */
+export function unbracketed(host: string): string {
+  return host.replace(/^\[(.*)\]$/, '$1');
+}
+
+/** Whether `host` means every interface ('', 0.0.0.0, ::, ::0, [::]...). */
+export function isWildcard(host: string): boolean {
+  return wildcardFamily(host) !== null;
+}
+
+/**
+ * Where `serve all` has vision listen: loopback whatever --host is (only language, on this host,
+ * dials it), IPv6 only for an IPv6 loopback host (a host with IPv6 off may have no ::1).
+ */
+export function visionListenHost(host: string): string {
+  return unbracketed(host) === '::1' ? '::1' : '127.0.0.1';
+}
+
 /** Every spelling of "all interfaces": '', 0.0.0.0, ::, ::0, [::]... */
 function wildcardFamily(host: string): 'ipv4' | 'ipv6' | null {
-  const address = host.replace(/^\[(.*)\]$/, '$1');
+  const address = unbracketed(host);
   // The resolver reads 0, 0.0 and 00.0.0.0 as 0.0.0.0 too (inet_aton's forms).
   if (address === '' || /^0+(\.0+){0,3}$/.test(address)) return 'ipv4';
   if (isIPv4(address)) return address.split('.').every((octet) => Number(octet) === 0) ? 'ipv4' : null;

@@ -11,11 +11,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ort } from '../shared/onnx/ort';
 import { runStage } from '../shared/onnx/run-stage';
 import { disposeModel, encodeImage, generate, type LoadedModel } from '../shared/engine';
-import { createKvCaches } from '../shared/engine/kv-cache';
+import { createKvCaches, type KvCaches } from '../shared/engine/kv-cache';
 import type { Manifest } from '../shared/bundle/manifest';
 import type { ReductionPolicy } from '../shared/methods/policy';
 import type { F32Tensor } from '../shared/tensor/host-tensor';
-import { float16BitToFloat32 } from '../shared/tensor/fp16';
 import { failure, loadTestModel, policy, ROOT } from './core-helpers';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures');
@@ -84,8 +83,8 @@ describe('append KV caches written in place', () => {
       attention_mask: { dtype: 'int64', dims: [1, T], data: new BigInt64Array(T).fill(1n) },
     } as const;
     const allocated = await runStage(stage, feeds, { keep: ['new_key', 'new_value'] });
-    await runStage(stage, feeds, { keep: ['new_key', 'new_value'], into });
-    caches.commit(0, T);
+    const written = await runStage(stage, feeds, { keep: ['new_key', 'new_value'], into });
+    caches.take(0, written.kept, T);
     // The cache's own buffer holds what the runtime would have returned.
     const bits = (t: { data: unknown }) => [...(t.data as Uint16Array)];
     expect(caches.length(0)).toBe(T);
@@ -118,13 +117,20 @@ describe('KV cache store', () => {
   const manifest = (kv: 'present' | 'append' | undefined, io: 'float16' | 'float32') =>
     ({ io_dtype: io, language: { num_layers: 2, num_kv_heads: 2, head_dim: 3, ...(kv ? { kv_cache: kv } : {}) } }) as unknown as Manifest;
   const rows = (T: number, start: number) => new ort.Tensor('float32', Float32Array.from({ length: T * 6 }, (_, i) => start + i), [1, T, 2, 3]);
+  /** What an attention call does to an append cache: writes T rows into the tensors it hands out (keys from `start`, values from `start` + 100). */
+  const write = (caches: KvCaches, layer: number, T: number, start: number): void => {
+    const into = caches.outputsInto(layer, T)!;
+    (into['new_key']!.data as Float32Array).set(rows(T, start).data as Float32Array);
+    (into['new_value']!.data as Float32Array).set(rows(T, start + 100).data as Float32Array);
+    caches.take(layer, into, T);
+  };
 
   it('appends new rows per layer and feeds the filled prefix, sequence-major', () => {
     const caches = createKvCaches(manifest('append', 'float32'));
     expect(caches.outputs).toEqual(['new_key', 'new_value']);
     expect(caches.past(0).past_key.dims).toEqual([1, 0, 2, 3]);
-    caches.update(0, { new_key: rows(3, 0), new_value: rows(3, 100) }, 3);
-    for (let step = 0; step < 40; step++) caches.update(0, { new_key: rows(1, 18 + 6 * step), new_value: rows(1, 118 + 6 * step) }, 1);
+    write(caches, 0, 3, 0);
+    for (let step = 0; step < 40; step++) write(caches, 0, 1, 18 + 6 * step);
     expect(caches.length(0)).toBe(43);
     expect(caches.length(1)).toBe(0);
     const { past_key, past_value } = caches.past(0);
@@ -135,40 +141,32 @@ describe('KV cache store', () => {
 
   it('reserves the declared decode rows at prefill: decode appends in place, without copying the cache', () => {
     const caches = createKvCaches(manifest('append', 'float32'), 40);
-    caches.update(0, { new_key: rows(3, 0), new_value: rows(3, 100) }, 3);
+    write(caches, 0, 3, 0);
     const prefilled = (caches.past(0).past_key.data as Float32Array).buffer;
-    for (let step = 0; step < 40; step++) caches.update(0, { new_key: rows(1, 18 + 6 * step), new_value: rows(1, 118 + 6 * step) }, 1);
+    for (let step = 0; step < 40; step++) write(caches, 0, 1, 18 + 6 * step);
     const after = caches.past(0).past_key;
     expect((after.data as Float32Array).buffer).toBe(prefilled);
     expect([...(after.data as Float32Array)]).toEqual(Array.from({ length: 43 * 6 }, (_, i) => i));
   });
 
-  it('appends float16 rows by their bits, whatever 2-byte array ORT hands out (a Float16Array on newer runtimes)', () => {
+  it('refuses outputs of another dtype or row count, and a present cache of the wrong length', () => {
     const caches = createKvCaches(manifest('append', 'float16'));
-    const bits = Uint16Array.from({ length: 12 }, (_, i) => 0xbc00 + i); // -1.0, -1.000977, ...
-    // Node 20 has no Float16Array. The stand-in is what one is: a 2-byte view over the bits whose
-    // elements read as the decoded numbers.
-    const float16Array = (b: Uint16Array) =>
-      new Proxy(new Int16Array(b.buffer), { get: (target, key) => (typeof key === 'string' && /^\d+$/.test(key) ? float16BitToFloat32(b[Number(key)]!) : Reflect.get(target, key, target)) });
-    const asOrtHandsOut = (b: Uint16Array) => ({ type: 'float16', dims: [1, 2, 2, 3], data: float16Array(b) }) as unknown as ort.Tensor;
-    caches.update(0, { new_key: asOrtHandsOut(bits), new_value: asOrtHandsOut(bits) }, 2);
-    expect([...(caches.past(0).past_key.data as Uint16Array)]).toEqual([...bits]);
-  });
-
-  it('refuses rows of another dtype or count, and a present cache of the wrong length', () => {
-    const caches = createKvCaches(manifest('append', 'float16'));
-    expect(() => caches.update(0, { new_key: rows(1, 0), new_value: rows(1, 0) }, 1)).toThrow(/new_key is float32, the cache holds float16/);
+    caches.outputsInto(0, 1);
+    expect(() => caches.take(0, { new_key: rows(1, 0), new_value: rows(1, 0) }, 1)).toThrow(/new_key is float32, the cache holds float16/);
     const f32 = createKvCaches(manifest('append', 'float32'));
-    expect(() => f32.update(0, { new_key: rows(2, 0), new_value: rows(2, 0) }, 1)).toThrow(/appending 12 values as 1 rows of 6/);
+    f32.outputsInto(0, 1);
+    expect(() => f32.take(0, { new_key: rows(2, 0), new_value: rows(2, 0) }, 1)).toThrow(/new_key holds 2 rows, expected 1/);
     const whole = createKvCaches(manifest(undefined, 'float32'));
     expect(whole.layout).toBe('present');
+    expect(whole.outputsInto(0, 1)).toBeUndefined();
     const cache = new ort.Tensor('float32', new Float32Array(12), [1, 2, 2, 3]);
-    expect(() => whole.update(1, { present_key: cache, present_value: cache }, 3)).toThrow(/present_key holds 2 tokens, expected 3/);
+    expect(() => whole.take(1, { present_key: cache, present_value: cache }, 3)).toThrow(/present_key holds 2 tokens, expected 3/);
   });
 
   it('names a missing cache output', async () => {
     const caches = createKvCaches(manifest('append', 'float32'));
-    const e = await failure(Promise.resolve().then(() => caches.update(1, { new_key: rows(1, 0) }, 1)));
+    caches.outputsInto(1, 1);
+    const e = await failure(Promise.resolve().then(() => caches.take(1, { new_key: rows(1, 0) }, 1)));
     expect(e.message).toMatch(/language layer 1 attention returned no new_value/);
   });
 });

@@ -145,10 +145,6 @@ export function vlm(args: readonly string[], env: NodeJS.ProcessEnv = {}): { sta
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/**
- * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
- * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
- */
 /** The `vlm serve` children of `parent` (run from the sources, tsx's esbuild service is a child too). */
 export function servePids(parent: number): number[] {
   return readdirSync('/proc')
@@ -174,6 +170,10 @@ export function portFree(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Whether the process still runs. Once its parent dies it belongs to PID 1, and a container whose PID 1
+ * does not reap leaves it a zombie, which signal 0 still reaches: read its state instead.
+ */
 export function processAlive(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

@@ -210,14 +210,18 @@ export class Admission {
     private readonly maxInFlight = 0,
     private readonly lightPaths: ReadonlySet<string> = new Set(),
     readonly reflectionLifetimeMs = REFLECTION_LIFETIME_MS,
-    /**
-     * false on the plaintext health port: its receive limit is a health request's own, so arriving
-     * requests hold next to nothing, and capping them would let anyone reaching it refuse the
-     * kubelet's probes. Each must still arrive in time, and Watch streams keep their caps.
-     */
-    capHealthArrivals = true,
+    healthArriving = new SharedPlaces(INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER),
   ) {
-    this.healthArriving = capHealthArrivals ? new SharedPlaces(INFRASTRUCTURE_RECEIVING_MAX, INFRASTRUCTURE_RECEIVING_PER_PEER) : new SharedPlaces(Infinity, Infinity);
+    this.healthArriving = healthArriving;
+  }
+
+  /**
+   * The plaintext health port's: its receive limit is a health request's own, so arriving requests
+   * hold next to nothing, and capping them would let anyone reaching it refuse the kubelet's probes.
+   * Each must still arrive in time, and Watch streams keep their caps.
+   */
+  static forHealthPort(): Admission {
+    return new Admission(0, new Set(), REFLECTION_LIFETIME_MS, new SharedPlaces(Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY));
   }
 
   /** The places at the top of the cap only callers below their fair share may take (none under 4). */

@@ -13,6 +13,8 @@ import type { Logger } from '../../shared/log';
 import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
 import { rememberTrace } from './call-trace';
 import { MAX_TIMER_MS } from '../../shared/timer-limit';
+import type { LimitsConfig } from '../../shared/config';
+import { STALLED_STATUS_GRACE_MS } from './stalled-calls';
 
 export interface CallContext {
   readonly signal: AbortSignal;
@@ -140,4 +142,14 @@ export function withFields(log: Logger, fields: Record<string, unknown>): Logger
     error: (m, f) => log.error(m, merge(f)),
     child: (c) => withFields(log.child(c), fields),
   };
+}
+
+/**
+ * The longest a call can stay open: its request may arrive up to the default deadline after its
+ * headers (requestArrivalInterceptor), it then runs at most the longest deadline, and a client that
+ * does not read its responses keeps it a grace longer (stalled-calls.ts). An aged-out or closed
+ * connection waits this long, so the transport never cuts a call off.
+ */
+export function callLifetimeBoundMs(limits: Pick<LimitsConfig, 'deadlineMs' | 'maxDeadlineMs'>): number {
+  return Math.min(MAX_TIMER_MS, limits.deadlineMs + limits.maxDeadlineMs + STALLED_STATUS_GRACE_MS);
 }

@@ -13,8 +13,7 @@ import type { ActiveCalls } from './active-calls';
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HEALTH_REQUEST_LIMIT, HealthService } from './health';
-import { CONFIG_OPTIONS, type Config, type LimitsConfig } from '../../shared/config';
-import { MAX_TIMER_MS } from '../../shared/timer-limit';
+import { CONFIG_OPTIONS, type Config } from '../../shared/config';
 import { hostPort } from '../../shared/net-address';
 import { receiveLimit, SEND_LIMIT } from './message-limits';
 import type { Logger } from '../../shared/log';
@@ -22,8 +21,9 @@ import { lenientDefinition } from './lenient-decode';
 import { reflectionDefinition } from './reflection';
 import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
-import { STALLED_STATUS_GRACE_MS, stalledCallInterceptor, type CallLimit } from './stalled-calls';
-import { Admission, REFLECTION_LIFETIME_MS } from './admission';
+import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
+import { callLifetimeBoundMs } from './call-context';
+import { Admission } from './admission';
 import { routeGrpcLogs } from './grpc-log';
 import type { LineRate } from './log-rate';
 import { accessLogInterceptor, accessLogRate, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, clientCertificateNameInterceptor, anonymousCallerInterceptor, bearerAuthInterceptor, refuseAtHeadersInterceptor, requestArrivalInterceptor, requestEncodingInterceptor, requestIdInterceptor, uncompressedRequestsInterceptor } from './interceptors';
@@ -185,7 +185,7 @@ export class GrpcServer {
     // all (30 000 from one client took a language process from 157 to 443 MiB), and a request that
     // does not arrive within seconds ended; arrivals are not capped (the kubelet's probes are).
     const server = (this.healthServer ??= new Server({
-      interceptors: [requestEncodingInterceptor(), uncompressedRequestsInterceptor(), new Admission(0, new Set(), REFLECTION_LIFETIME_MS, false).interceptor()],
+      interceptors: [requestEncodingInterceptor(), uncompressedRequestsInterceptor(), Admission.forHealthPort().interceptor()],
       'grpc.max_receive_message_length': HEALTH_REQUEST_LIMIT,
       ...(this.options.maxConcurrentStreams ? { 'grpc.max_concurrent_streams': this.options.maxConcurrentStreams } : {}),
     }));
@@ -275,15 +275,6 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
 /** How often a replica refusing connections (refuseConnections) tells the ones opened since to go. */
 const RECLOSE_CONNECTIONS_MS = 2_000;
 
-/**
- * The longest a call can stay open: its request may arrive up to the default deadline after its
- * headers (requestArrivalInterceptor), it then runs at most the longest deadline, and a client that
- * does not read its responses keeps it a grace longer (stalled-calls.ts). An aged-out or closed
- * connection waits this long, so the transport never cuts a call off.
- */
-export function callLifetimeBoundMs(limits: Pick<LimitsConfig, 'deadlineMs' | 'maxDeadlineMs'>): number {
-  return Math.min(MAX_TIMER_MS, limits.deadlineMs + limits.maxDeadlineMs + STALLED_STATUS_GRACE_MS);
-}
 
 /**
  * The transport options both services take from the config alike: limits, auth, drain, TLS, streams,

@@ -9,7 +9,8 @@ import type { Logger } from '../../shared/log';
 import type { InferenceBackend } from './inference-backend';
 import type { PoolCloseReport } from '../../shared/worker';
 import { VlmError } from '../../shared/errors';
-import { callLifetimeBoundMs, type GrpcServer } from './grpc-server';
+import type { GrpcServer } from './grpc-server';
+import { callLifetimeBoundMs } from './call-context';
 
 export interface RunningService {
   /** The bound port (the configured one, or the one picked for port 0). */

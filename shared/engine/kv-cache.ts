@@ -14,7 +14,6 @@ import { ort } from '../onnx/ort';
 import { VlmError } from '../errors';
 import { KV_CACHE_OUTPUTS, kvCacheLayout, type KvCacheLayout, type Manifest } from '../bundle/manifest';
 import type { Resident } from '../onnx/run-stage';
-import { float16Bits } from '../tensor/fp16';
 import type { FloatDType } from '../tensor/dtype';
 
 type Rows = Uint16Array | Float32Array;
@@ -29,13 +28,13 @@ export interface KvCaches {
   /**
    * Tensors for the layer's next attention call to write its cache outputs into, for `tokens` new
    * tokens; undefined when the runtime allocates them. Called before past(): it may move the buffer.
-   * A call that wrote into them ends with commit(), not update().
    */
   outputsInto(layer: number, tokens: number): Readonly<Record<string, Resident>> | undefined;
-  /** Takes the layer's attention outputs (named as in `outputs`) after a call over `tokens` new tokens. */
-  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void;
-  /** Takes the `tokens` rows the last call wrote into outputsInto()'s tensors. */
-  commit(layer: number, tokens: number): void;
+  /**
+   * Takes the layer's attention call over `tokens` new tokens, given its outputs (named as in
+   * `outputs`): a present cache keeps them, an append cache the rows the call wrote into outputsInto()'s tensors.
+   */
+  take(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void;
 }
 
 /** `decodeRows`: how many rows each layer may still append after prefill (room reserved up front). */
@@ -81,11 +80,7 @@ class PresentCaches implements KvCaches {
     return undefined;
   }
 
-  commit(layer: number): void {
-    throw new VlmError('INTERNAL', `layer ${layer}: a present cache takes whole outputs (update), it hands out no rows to write into`);
-  }
-
-  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
+  take(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
     const [keyName, valueName] = this.outputs;
     const key = output(kept, keyName, layer);
     const length = this.length(layer) + tokens;
@@ -133,13 +128,6 @@ class RowBuffer {
     this.length += count;
   }
 
-  append(rows: Rows, count: number): void {
-    if (rows.length !== count * this.rowSize) throw new VlmError('INTERNAL', `appending ${rows.length} values as ${count} rows of ${this.rowSize}`);
-    this.reserve(count);
-    this.data.set(rows, this.length * this.rowSize);
-    this.length += count;
-  }
-
   /** The filled prefix, without copying (ORT reads the view during the next call only). */
   view(dims: readonly number[]): Resident {
     return new ort.Tensor(this.type, this.data.subarray(0, this.length * this.rowSize), [...dims]);
@@ -176,7 +164,7 @@ class AppendCaches implements KvCaches {
   /**
    * The layer's free rows, so its attention writes its new keys and values straight into the cache:
    * on LLaVA-1.5 a prefill otherwise copies 64 outputs of about 5 MB each out of the runtime's own.
-   * (onnxruntime-node still returns a copy of each, which commit() lets go unread.)
+   * (onnxruntime-node still returns a copy of each, which take() checks and leaves unread.)
    */
   outputsInto(layer: number, tokens: number): Readonly<Record<string, Resident>> {
     const [keyName, valueName] = this.outputs;
@@ -184,17 +172,13 @@ class AppendCaches implements KvCaches {
     return { [keyName]: this.keys[layer]!.free(tokens, dims), [valueName]: this.values[layer]!.free(tokens, dims) };
   }
 
-  commit(layer: number, tokens: number): void {
-    this.keys[layer]!.commit(tokens);
-    this.values[layer]!.commit(tokens);
-  }
-
-  update(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
+  take(layer: number, kept: Readonly<Record<string, Resident>>, tokens: number): void {
     const [keyName, valueName] = this.outputs;
     for (const [name, buffer] of [[keyName, this.keys[layer]!], [valueName, this.values[layer]!]] as const) {
       const t = output(kept, name, layer);
       if (t.type !== this.type) throw new VlmError('INTERNAL', `layer ${layer} ${name} is ${t.type}, the cache holds ${this.type}`);
-      buffer.append(this.type === 'float16' ? float16Bits(t.data as ArrayBufferView) : (t.data as Float32Array), tokens);
+      if (Number(t.dims[1]) !== tokens) throw new VlmError('INTERNAL', `layer ${layer} ${name} holds ${t.dims[1]} rows, expected ${tokens}`);
+      buffer.commit(tokens);
     }
   }
 }

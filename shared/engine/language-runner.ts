@@ -79,8 +79,7 @@ export class LanguageStageRunner {
     const name = layerStage('language', layer, 'attn');
     const out = await runStage(await this.stages.get(name), feeds, { keep: ['hidden_out', ...this.caches.outputs], into });
     this.setResident(`${name}:hidden_out`, out.kept.hidden_out!);
-    if (into) this.caches.commit(layer, T);
-    else this.caches.update(layer, out.kept, T);
+    this.caches.take(layer, out.kept, T);
     if (this.ctx.tap) for (const o of this.caches.outputs) this.ctx.tap(`${name}:${o}`, residentToHost(`${name}:${o}`, out.kept[o]!));
   }
 

@@ -112,22 +112,30 @@ const SELECT_MAX_K = 64;
 
 /** Indices of the k largest values, largest first; equal values: lower index first; NaN last. */
 export function topkIndices(values: ArrayLike<number>, k: number): number[] {
-  const n = values.length;
-  const want = Math.max(0, Math.min(k, n));
-  if (want <= SELECT_MAX_K) {
-    const best: number[] = [];
-    for (let i = 0; i < n; i++) {
-      if (best.length === want && (want === 0 || !ranksBefore(values, i, best[want - 1]!))) continue;
-      let at = best.length === want ? want - 1 : best.length;
-      if (best.length === want) best.pop();
-      while (at > 0 && ranksBefore(values, i, best[at - 1]!)) at--;
-      best.splice(at, 0, i);
+  const want = Math.max(0, Math.min(k, values.length));
+  return want <= SELECT_MAX_K ? selectTopK(values, want) : sortedTopK(values, want);
+}
+
+/** One pass, keeping the best `k` so far in order: each index is inserted where it ranks, and the list's last drops out past k. */
+function selectTopK(values: ArrayLike<number>, k: number): number[] {
+  const best: number[] = [];
+  if (k === 0) return best;
+  for (let i = 0; i < values.length; i++) {
+    if (best.length === k) {
+      if (!ranksBefore(values, i, best[k - 1]!)) continue;
+      best.pop();
     }
-    return best;
+    let at = best.length;
+    while (at > 0 && ranksBefore(values, i, best[at - 1]!)) at--;
+    best.splice(at, 0, i);
   }
-  const idx = Array.from({ length: n }, (_, i) => i);
+  return best;
+}
+
+function sortedTopK(values: ArrayLike<number>, k: number): number[] {
+  const idx = Array.from({ length: values.length }, (_, i) => i);
   idx.sort((a, b) => (a === b ? 0 : ranksBefore(values, a, b) ? -1 : 1));
-  return idx.slice(0, want);
+  return idx.slice(0, k);
 }
 
 /** Softmax of one row, in float64, -inf entries giving 0 (a row with no finite entry is NaN: callers never pass one). */
