@@ -1,5 +1,5 @@
 /** Addresses as the services listen on and dial them: host:port, loopback, and what stays on this host. */
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { BlockList, isIPv6 } from 'node:net';
 
 /** `host:port`, an IPv6 host in brackets. */
 export function hostPort(host: string, port: number): string {
@@ -38,14 +38,12 @@ function wildcardFamily(host: string): 'ipv4' | 'ipv6' | null {
   const address = unbracketed(host);
   // The resolver reads 0, 0.0 and 00.0.0.0 as 0.0.0.0 too (inet_aton's forms).
   if (address === '' || /^0+(\.0+){0,3}$/.test(address)) return 'ipv4';
-  if (isIPv4(address)) return address.split('.').every((octet) => Number(octet) === 0) ? 'ipv4' : null;
   if (isIPv6(address)) return ANY_IPV6.check(address, 'ipv6') ? 'ipv6' : null;
   return null;
 }
 
 const ANY_IPV6 = new BlockList();
 ANY_IPV6.addAddress('::', 'ipv6');
-
 
 /**
  * Whether every address of `target` stays on this host: a gRPC target (a scheme, a list, ports), or a

@@ -22,7 +22,7 @@ import { VisionServiceClient, type EncodeResponse } from '../gen/vlm/v1/vision_s
 import { createLogger } from '../shared/log';
 import { VlmError } from '../shared/errors';
 import { configFrom } from '../shared/config';
-import { collect, eventually, healthStatus } from './service-helpers';
+import { collect, eventually, healthStatus, rateWindowsSince } from './service-helpers';
 import { ask, issueCertificate, keyBody, makeCerts, pairConfig, pem, recordingLogger, request, shapesImage, type CertPaths, type LogLine } from './reliability-helpers';
 import { freePort } from '../cli/free-port';
 
@@ -223,8 +223,7 @@ describe('TLS, mutual TLS and bearer tokens between client, language and vision'
     const calls = 2 * ACCESS_LOG_REFUSALS_PER_SECOND;
     const started = performance.now();
     const codes = await Promise.all(Array.from({ length: calls }, () => encodeWith(vision.address, credentials.createSsl(ca, pem(many.key), pem(many.cert)), image)));
-    // The one-second windows the refusals fell in: two, unless a loaded machine spread them out.
-    const windows = Math.floor((performance.now() - started) / 1000) + 2;
+    const windows = rateWindowsSince(started);
     expect(codes.every((c) => c === GrpcCode.PERMISSION_DENIED)).toBe(true);
     const refused = () => lines.slice(before).filter((l) => l.msg === 'client certificate not among --tls-client-names');
     expect(refused().length).toBeGreaterThan(0);

@@ -27,7 +27,7 @@ import {
   type EncodeResponse,
   type VisionServiceServer,
 } from '../gen/vlm/v1/vision_service';
-import { bindLoopback, collect, eventually, healthClient, healthStatus, metadataWith, partialMessage, rawCall, reflectedServices, sleep } from './service-helpers';
+import { bindLoopback, collect, eventually, healthClient, healthStatus, metadataWith, partialMessage, rawCall, reflectedServices, sleep, rateWindowsSince } from './service-helpers';
 import { recordingLogger, type LogLine } from './core-helpers';
 import { filesWithImports, reflectionDefinition } from '../services/common/reflection';
 import { fromBinary } from '@bufbuild/protobuf';
@@ -372,8 +372,7 @@ describe('bearer-token authentication', () => {
       const wrong = () => collect(encode(floodedClient, 0, { metadata: metadataWith({ authorization: 'Bearer nope' }) }));
       const started = performance.now();
       const refused = await Promise.all(Array.from({ length: calls }, wrong));
-      // The one-second windows the flood's lines can have fallen in (two, unless a loaded machine spread it out).
-      const windows = Math.floor((performance.now() - started) / 1000) + 2;
+      const windows = rateWindowsSince(started);
       expect(refused.every((r) => r.error?.code === GrpcCode.UNAUTHENTICATED)).toBe(true);
       // An accepted call is never left out.
       expect((await collect(encode(floodedClient, 0, { metadata: metadataWith({ authorization: 'Bearer s3cret-token' }) }))).error).toBeNull();
@@ -411,7 +410,7 @@ describe('bearer-token authentication', () => {
       const skipped = () => lines.filter((l) => l.component === 'vision.access' && l['code'] === 'INTERNAL').reduce((n, l) => n + Number(l['skipped'] ?? 0), 0);
       // Each line is written as grpc-js reports its stream closed; every call is then a line or counted.
       await eventually(() => access().length + skipped() === calls, 3000, 20);
-      const windows = Math.floor((performance.now() - started) / 1000) + 2;
+      const windows = rateWindowsSince(started);
       expect(access().every((l) => l.level === 'info')).toBe(true);
       // Rated as refusals are: at most the rate in each one-second window the calls fell in.
       expect(access().length).toBeLessThanOrEqual(Math.min(calls, windows * ACCESS_LOG_REFUSALS_PER_SECOND));

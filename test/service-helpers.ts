@@ -139,6 +139,14 @@ export async function stopServeAll(server: ChildProcess | undefined, graceMs = 1
 /** The `vlm` command (bin/vlm.js) of this checkout. */
 export const VLM_BIN = path.resolve(__dirname, '..', 'bin', 'vlm.js');
 
+/**
+ * How many of a line rate's one-second windows (services/common/log-rate.ts) events since `started`
+ * (a performance.now() reading) can have fallen in: two for a burst, more when a loaded machine spread it.
+ */
+export function rateWindowsSince(started: number): number {
+  return Math.floor((performance.now() - started) / 1000) + 2;
+}
+
 /** `vlm ARGS` run to completion as a user runs it, from the repository root, with `env` added. */
 export function vlm(args: readonly string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [VLM_BIN, ...args], { cwd: path.resolve(__dirname, '..'), encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });

@@ -3,6 +3,7 @@
  * share, the drain) and the bounds on what health and reflection calls, which need no token, can hold.
  * One instance per server, installed by grpc-server.ts among the interceptors (interceptors.ts).
  */
+import { unbracketed } from '../../shared/net-address';
 import { ServerListenerBuilder, type ServerInterceptingCall, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import { CALLER_KEY, HEALTH_PATH_PREFIX, REFLECTION_PATH_PREFIX, endingWith, isServiceInfrastructure, listening, onRequestArrived, reject } from './interceptors';
@@ -135,7 +136,7 @@ function placesFull(full: 'total' | 'share', places: SharedPlaces, what: string)
  * prefix: pods of one node may share a /64, and one share for all of them would refuse honest ones.
  */
 export function peerHost(peer: string): string {
-  const address = peer.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  const address = unbracketed(peer.replace(/:\d+$/, ''));
   return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
 }
 

@@ -275,7 +275,6 @@ function within(p: Promise<void>, ms: number): Promise<boolean> {
 /** How often a replica refusing connections (refuseConnections) tells the ones opened since to go. */
 const RECLOSE_CONNECTIONS_MS = 2_000;
 
-
 /**
  * The transport options both services take from the config alike: limits, auth, drain, TLS, streams,
  * connection age. Aged-out connections matter on both sides: language pods hold long-lived channels

@@ -104,11 +104,16 @@ export function statusError(status: StatusObject): Error & StatusObject {
  */
 export const RETRY_PUSHBACK_KEY = 'grpc-retry-pushback-ms';
 
+/** A retry delay as both RetryInfo and the pushback trailer send it: whole milliseconds, none negative. */
+function retryDelayOf(ms: number): number {
+  return Math.max(0, Math.round(ms));
+}
+
 /** A status with its details trailer. */
 export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));
-  if (extra.retryDelayMs !== undefined && code === GrpcCode.RESOURCE_EXHAUSTED) metadata.set(RETRY_PUSHBACK_KEY, String(Math.max(0, Math.round(extra.retryDelayMs))));
+  if (extra.retryDelayMs !== undefined && code === GrpcCode.RESOURCE_EXHAUSTED) metadata.set(RETRY_PUSHBACK_KEY, String(retryDelayOf(extra.retryDelayMs)));
   return { code, details, metadata };
 }
 
@@ -165,7 +170,7 @@ export function encodeStatusDetails(code: GrpcCode, message: string, extra: Stat
     details.push({ typeUrl: ERROR_INFO_TYPE, value: Buffer.from(ErrorInfo.encode({ reason: extra.reason, domain: ERROR_DOMAIN, metadata: {} }).finish()) });
   }
   if (extra.retryDelayMs !== undefined) {
-    const ms = Math.max(0, Math.round(extra.retryDelayMs));
+    const ms = retryDelayOf(extra.retryDelayMs);
     const retryDelay = { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
     details.push({ typeUrl: RETRY_INFO_TYPE, value: Buffer.from(RetryInfo.encode({ retryDelay }).finish()) });
   }

@@ -47,8 +47,6 @@ import { fitMaxTokens } from '../../shared/engine/context-fit';
 import type { PromptTokenCounter } from './prompt-token-counter';
 import type { PoolPlace } from '../../shared/worker';
 
-export type { PromptTokenCounter };
-
 export interface GenerateDeps {
   readonly backend: InferenceBackend;
   readonly vision: { encode(request: EncodeRequest, expect: Expectation, ctx: HopContext): Promise<AssembledTensor> };
