@@ -88,6 +88,19 @@ describe('the gpu overlay', () => {
     }
   });
 
+  it('spreads the replicas of every Deployment that has more than one over nodes, so one node lost takes one replica', () => {
+    type Spread = { topologyKey: string; labelSelector?: { matchLabels?: Record<string, string> } };
+    const autoscaled = new Set(objects.filter((m) => m.kind === 'HorizontalPodAutoscaler').map((m) => (m as Manifest & { spec: { scaleTargetRef: { name: string } } }).spec.scaleTargetRef.name));
+    const deployments = objects.filter((m) => m.kind === 'Deployment') as (Manifest & { spec: { replicas?: number; selector: { matchLabels: Record<string, string> }; template: { spec: { topologySpreadConstraints?: Spread[] } } } })[];
+    const several = deployments.filter((d) => (d.spec.replicas ?? 1) > 1 || autoscaled.has(d.metadata.name));
+    expect(several.map((d) => d.metadata.name).sort()).toEqual(['otel-collector', 'vlm-language', 'vlm-vision']);
+    for (const d of several) {
+      const byNode = (d.spec.template.spec.topologySpreadConstraints ?? []).find((s) => s.topologyKey === 'kubernetes.io/hostname');
+      expect(byNode, d.metadata.name).toBeDefined();
+      expect(byNode!.labelSelector?.matchLabels).toEqual(expect.objectContaining(d.spec.selector.matchLabels));
+    }
+  });
+
   it('puts vision and language on different node pools', () => {
     const vision = deployment(objects, 'vlm-vision').d.spec.template.spec.nodeSelector;
     const language = deployment(objects, 'vlm-language').d.spec.template.spec.nodeSelector;
@@ -384,6 +397,16 @@ describe('metrics adapter rules', () => {
     const values = parseYaml(readFileSync(path.join(K8S, 'addons/prometheus-adapter/values.yaml'), 'utf8')) as { rules: { custom: unknown[] } };
     expect(values.rules.custom).toEqual(rules.rules);
     expect(rules.rules.map((r) => r.name.as).sort()).toEqual(['vlm_inflight_requests', 'vlm_queue_depth']);
+  });
+
+  it('average over a window that holds at least two scrapes at the Prometheus chart default of one minute', () => {
+    const rules = parseYaml(readFileSync(path.join(K8S, 'addons/prometheus-adapter/rules.yaml'), 'utf8')) as { rules: { metricsQuery: string }[] };
+    for (const rule of rules.rules) {
+      const window = /avg_over_time\([^)]*\[(\d+)([sm])\]\)/.exec(rule.metricsQuery);
+      expect(window, rule.metricsQuery).not.toBeNull();
+      const seconds = Number(window![1]) * (window![2] === 'm' ? 60 : 1);
+      expect(seconds).toBeGreaterThanOrEqual(120);
+    }
   });
 });
 

@@ -73,11 +73,13 @@ issue vision-server vlm-vision serverAuth "$(names vlm-vision-headless vlm-visio
 issue language-server vlm-language serverAuth "$(names vlm-language-headless vlm-language)"
 issue vision-client vlm-language clientAuth
 
+# openssl's base64, not base64(1): macOS's has no -w0, and a failure inside printf's arguments would
+# not stop the script (set -e), writing empty Secrets.
 secret() {
   local name=$1 cert=$2
   printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: kubernetes.io/tls\ndata:\n' "$name" "$NS"
   printf '  tls.crt: %s\n  tls.key: %s\n  ca.crt: %s\n' \
-    "$(base64 -w0 < "$cert.crt")" "$(base64 -w0 < "$cert.key")" "$(base64 -w0 < ca.crt)"
+    "$(openssl base64 -A < "$cert.crt")" "$(openssl base64 -A < "$cert.key")" "$(openssl base64 -A < ca.crt)"
 }
 # 32 random bytes, base64url: a bearer token needs no quoting in a header. Kept when it exists, so
 # re-running this to renew the certificates does not lock out the callers holding the token.
@@ -95,7 +97,7 @@ fi
 [ -s hop-tokens ] || token language > hop-tokens
 auth_secret() {
   printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: Opaque\ndata:\n  tokens: %s\n' \
-    "$1" "$NS" "$(base64 -w0 < "$2")"
+    "$1" "$NS" "$(openssl base64 -A < "$2")"
 }
 { secret vlm-vision-server-tls vision-server; secret vlm-vision-client-tls vision-client; secret vlm-language-server-tls language-server; auth_secret vlm-auth auth-tokens; auth_secret vlm-hop-auth hop-tokens; } > secrets.yaml
 echo "wrote $(pwd)/secrets.yaml (certificates valid $DAYS days; CA: $(pwd)/ca.crt, until $(openssl x509 -in ca.crt -noout -enddate | cut -d= -f2); clients' bearer token: $(pwd)/auth-tokens; the hop's: $(pwd)/hop-tokens); apply with: kubectl apply -f $(pwd)/secrets.yaml"
