@@ -129,6 +129,8 @@ describe('prompt assembly', () => {
   it('refuses empty, over-long, and image-token-carrying questions', async () => {
     const tok = await loadTokenizer(path.join(RANDOM_BUNDLE, 'tokenizer.json'));
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, '  ', limits)).toThrow(/prompt: is empty/);
+    // What the BERT normalizer removes entirely would leave the bare template.
+    expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, '\u200b\u00ad\u0001', limits)).toThrow(/prompt: is empty/);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'x'.repeat(65), limits)).toThrow(/65 characters, over the limit of 64/);
     expect(() => assemblePrompt(tok, manifest.prompt, manifest.tokens, 'é🙂'.repeat(32), limits)).not.toThrow();
     expect(characterCount('a🙂\ud800b\udc00')).toBe(5); // a lone surrogate counts as one

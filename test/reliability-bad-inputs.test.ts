@@ -22,7 +22,7 @@ import { ENVELOPE_BYTES, receiveLimit } from '../services/common/message-limits'
 import { envelopeBytes } from '../services/common/lenient-decode';
 import { ElementType, type ReductionPolicy as WirePolicy } from '../gen/vlm/v1/common';
 import { GenerateRequest, LanguageServiceClient } from '../gen/vlm/v1/language_service';
-import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
+import { VisionServiceClient, VisionServiceService, type EncodeRequest, type EncodeResponse, type EncodeSummary } from '../gen/vlm/v1/vision_service';
 import { bindLoopback, collect, healthStatus } from './service-helpers';
 import { ask, pairConfig, rawGenerate, recordingLogger, request, ROOT, shapesImage, type LogLine, type Outcome } from './reliability-helpers';
 import { seededRandom } from '../shared/methods/numeric';
@@ -257,6 +257,10 @@ describe('bad and unusual inputs through the real pair', () => {
       ['an empty stream', () => [], GrpcCode.DATA_LOSS, /without a header/],
       ['a message after the summary', () => [...genuine, chunks()[0]!], GrpcCode.DATA_LOSS, /after the summary/],
       ['an empty message', () => [header({}), { part: undefined }], GrpcCode.DATA_LOSS, /no header, chunk or summary/],
+      ['a NaN timing in the summary', () => [header({}), ...chunks(), { part: { $case: 'summary', summary: { ...(summary().part as { summary: EncodeSummary }).summary, timingsMs: { vision: NaN } } } }], GrpcCode.DATA_LOSS, /timings_ms\["vision"\] is NaN/],
+      ['negative FLOPs in the summary', () => [header({}), ...chunks(), { part: { $case: 'summary', summary: { ...(summary().part as { summary: EncodeSummary }).summary, flops: { vision: -1 } } } }], GrpcCode.DATA_LOSS, /flops\["vision"\] is -1/],
+      // grpc-js's receive limit ends the hop first: a broken stream, not "your request was too large".
+      ['a chunk over the hop\'s 4 MiB receive limit', () => [header({}), { part: { $case: 'chunk', chunk: { index: 0, rowOffset: 0, rowCount: 4, data: Buffer.alloc(5 << 20) } } }, ...chunks().slice(1), summary()], GrpcCode.DATA_LOSS, /vision stream: a message larger than this hop's receive limit \(\d+ vs 4194304\)/],
       // The row count is held to the schedule the language service resolved before the hop.
       ['fewer rows than resolved, consistently announced', () => [rowsHeader(12), ...chunks().slice(0, 3), summary()], GrpcCode.UNAVAILABLE, /ran none with 12 visual tokens but this language service resolved none with 16/],
       ['no rows at all, consistently announced', () => [rowsHeader(0), summary()], GrpcCode.UNAVAILABLE, skew],

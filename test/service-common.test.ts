@@ -12,6 +12,7 @@ import { VlmError, throwIfAborted } from '../shared/errors';
 import { createLogger, type Logger } from '../shared/log';
 import { deadlineOf, type CallContext } from '../services/common/call-context';
 import { GrpcServer } from '../services/common/grpc-server';
+import { boundedTimeoutHeader } from '../services/common/grpc-timeout';
 import { BearerTokens } from '../services/common/bearer-tokens';
 import { singleToken } from '../shared/auth-tokens';
 import { ACCESS_LOG_REFUSALS_PER_SECOND } from '../services/common/interceptors';
@@ -307,6 +308,43 @@ describe('deadlines', () => {
       client.close();
       await server.stop();
     }
+  });
+
+  it('a deadline of 24.8 days or more (grpc-go sends 30 days as 2592000S) is cut to the longest, not ended at once', async () => {
+    const server = startServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 });
+    const port = await server.listen('127.0.0.1', 0);
+    const client = new VisionServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+    const session = connect(`http://127.0.0.1:${port}`);
+    // Encode of the one-byte image [5]: silent work until the deadline.
+    const silent = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 5]);
+    try {
+      const cut = "the request did not finish within 600 ms, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens";
+      const t0 = Date.now();
+      const { error } = await collect(encode(client, 5, { deadlineMs: 30 * 86_400_000 }));
+      expect(error?.details).toBe(cut);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
+      // Over the protocol's 8 digits: grpc-js alone reads the last 8 (0 s here).
+      for (const header of ['2592000S', '35791H', '100000000S']) {
+        const { stream, status } = rawCall(session, VisionServiceService.encode.path, { headers: { 'grpc-timeout': header }, write: silent });
+        stream.end();
+        expect(await status, header).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: cut });
+      }
+    } finally {
+      session.close();
+      client.close();
+      await server.stop();
+    }
+  });
+
+  it('reads every grpc-timeout grpc-js gets right as it is, and the rest as the time they mean, within the longest timer', () => {
+    for (const header of ['1S', '99999999m', '2147483S', '596H', '5 S', 'abc', '', '-1S', '1.5S']) expect(boundedTimeoutHeader(header), header).toBe(header);
+    expect(boundedTimeoutHeader('2147484S')).toBe('2147483S');
+    expect(boundedTimeoutHeader('35791H')).toBe('2147483S');
+    expect(boundedTimeoutHeader('99999999H')).toBe('2147483S');
+    expect(boundedTimeoutHeader('100000000S')).toBe('2147483S');
+    expect(boundedTimeoutHeader('100000000m')).toBe('100000S');
+    expect(boundedTimeoutHeader('100000000u')).toBe('100000m');
+    expect(boundedTimeoutHeader('999999999n')).toBe('1000m');
   });
 
   it('a client deadline past the default is served to its end over gRPC', async () => {

@@ -113,6 +113,15 @@ describe('validateGenerate', () => {
     expect(why).toMatch(/1001 bytes, over the 1000-byte .* image limit \(max_image_bytes\)/);
   });
 
+  it('rejects a prompt of nothing but spaces, control or zero-width characters as empty, and takes one with a single letter among them', () => {
+    for (const prompt of ['', ' \t\n', '\u00a0', '\ufeff', '\u200b', '\u0001\u0002', '\u00ad', '\u200b\u200c\u200d\u2060', '\u202e', '\u0301']) {
+      expect(violationsOf(() => validateGenerate(request({ prompt }), limits, 32)), JSON.stringify(prompt)).toEqual([
+        ['prompt', 'is empty (nothing but spaces, control or zero-width characters); send the question to ask about the image'],
+      ]);
+    }
+    for (const prompt of ['\u200bx', 'é', '?', '\u0e01\u0e34', '🙂']) expect(() => validateGenerate(request({ prompt }), limits, 32), JSON.stringify(prompt)).not.toThrow();
+  });
+
   it('rejects prompts that are too long, invalid UTF-8 (decoded as U+FFFD) or contain NUL', () => {
     expect(violationsOf(() => validateGenerate(request({ prompt: 'x'.repeat(51) }), limits, 32))[0]![1]).toMatch(/51 characters \(Unicode code points\), over the limit of 50/);
     // Characters as a Python, Go or Java caller counts them: 50 emoji (100 UTF-16 units) fit a limit of 50; 51 do not.

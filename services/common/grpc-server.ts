@@ -23,6 +23,7 @@ import type { BearerTokens } from './bearer-tokens';
 import type { ServiceCredentials } from './credentials';
 import { stalledCallInterceptor, type CallLimit } from './stalled-calls';
 import { callLifetimeBoundMs } from './call-context';
+import { boundGrpcTimeouts } from './grpc-timeout';
 import { Admission } from './admission';
 import { routeGrpcLogs } from './grpc-log';
 import type { LineRate } from './log-rate';
@@ -121,6 +122,8 @@ export class GrpcServer {
     interceptors.push(options.auth !== null ? bearerAuthInterceptor(options.auth, { acceptOnBehalfOf: options.acceptOnBehalfOf }) : anonymousCallerInterceptor());
     interceptors.push(requestArrivalInterceptor(options.requestArrivalMs ?? DEFAULT_REQUEST_ARRIVAL_MS), this.admission.interceptor());
     if (options.refuseAtHeaders) interceptors.push(refuseAtHeadersInterceptor(options.refuseAtHeaders));
+    // Before any call arrives: grpc-js would end a call with a grpc-timeout of 24.8 days or more at once.
+    boundGrpcTimeouts();
     this.server = new Server({
       interceptors,
       'grpc.max_receive_message_length': options.maxReceiveMessageBytes,

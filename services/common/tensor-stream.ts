@@ -275,6 +275,14 @@ export class TensorAssembler {
     const h = this.header;
     if (h === null) throw loss('a summary before the header');
     if (this.nextIndex !== h.chunkCount) throw loss(`summary after ${this.nextIndex} of ${h.chunkCount} chunks`);
+    // These reach the caller's final message and the metrics: a NaN there is a broken vision's, not data.
+    const numbers: Array<[string, number]> = [
+      ...Object.entries(s.timingsMs).map(([k, v]): [string, number] => [`timings_ms[${JSON.stringify(k)}]`, v]),
+      ...Object.entries(s.flops).map(([k, v]): [string, number] => [`flops[${JSON.stringify(k)}]`, v]),
+      ['queue_ms', s.queueMs],
+    ];
+    const bad = numbers.find(([, v]) => !Number.isFinite(v) || v < 0);
+    if (bad) throw loss(`the summary's ${bad[0].slice(0, 80)} is ${bad[1]}, not a finite count of at least 0`);
     this.summary = s;
   }
 

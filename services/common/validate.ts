@@ -7,7 +7,7 @@
  * What needs the model (image decoding, budget feasibility, prompt length in tokens) is judged by the
  * core and the methods, which raise INVALID_ARGUMENT themselves.
  */
-import { characterCount } from '../../shared/tokenizer/characters';
+import { characterCount, hasVisibleText } from '../../shared/tokenizer/characters';
 import { promptMisuse } from '../../shared/tokenizer/prompt-misuse';
 import { randomInt } from 'node:crypto';
 import { VlmError, type FieldViolation } from '../../shared/errors';
@@ -94,7 +94,7 @@ function checkImage(image: Uint8Array, limits: RequestLimitsConfig, v: Violation
 
 /** Protobuf decoding replaces invalid UTF-8 with U+FFFD, so its presence is how invalid input shows. */
 function checkText(field: string, text: string, maxChars: number, v: Violations, required: boolean): void {
-  if (required && text.trim() === '') v.add(field, 'is empty; send the question to ask about the image');
+  if (required && !hasVisibleText(text)) v.add(field, 'is empty (nothing but spaces, control or zero-width characters); send the question to ask about the image');
   const chars = characterCount(text);
   if (chars > maxChars) v.add(field, `has ${chars} characters (Unicode code points), over the limit of ${maxChars} (max_prompt_chars)`);
   if (text.includes('\uFFFD')) v.add(field, 'is not valid UTF-8 (or contains U+FFFD)');

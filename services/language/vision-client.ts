@@ -17,6 +17,9 @@ import { ATTR_VLM_BYTES, ATTR_VLM_CHUNKS, ATTR_VLM_TOKENS_IN, SpanName } from '.
 import { openSpan, type OpenSpan } from '../../shared/telemetry/with-span';
 import type { VisionTarget } from './vision-target';
 
+/** grpc-js's status text when a received message is over the channel's limit: "Received message larger than max (N vs M)". */
+const RECEIVE_LIMIT = /^Received message larger than max/;
+
 export interface VisionClientOptions {
   readonly target: VisionTarget;
   /** The bearer token for each call, asked per call so a re-read token file takes effect at once; null: none. */
@@ -254,6 +257,13 @@ export class VisionClient {
     if (sent.reason === 'DEVICE_FAULT') {
       // "This replica" in vision's text is vision's: the caller is told whose GPU failed.
       return fromServiceError(status, 'the vision service: ');
+    }
+    if (status.code === GrpcCode.RESOURCE_EXHAUSTED && sent.reason === undefined && RECEIVE_LIMIT.test(status.details)) {
+      // grpc-js's own receive limit on this hop: vision sent a message no vision of this version
+      // sends (its chunks stay within MAX_CHUNK_BYTES, 3 MiB). A broken tensor stream, not a full pool,
+      // and nothing the caller sent: without this the caller would read "your request was too large".
+      this.options.log?.warn('vision sent a message over the hop\'s receive limit', { requestId, target: this.options.target.configured, details: status.details });
+      return new VlmError('DATA_LOSS', `vision stream: ${status.details.replace(RECEIVE_LIMIT, 'a message larger than this hop\'s receive limit')} (a vision service of another version, or a broken one)`);
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {
       // Which pool is full tells an operator which one to scale; the caller backs off either way

@@ -17,3 +17,13 @@ export function characterCount(text: string): number {
   }
   return n;
 }
+
+/**
+ * Whether a text holds anything to read: a character other than white space, control and format
+ * characters (zero-width spaces and joiners, soft hyphens, BOM, direction marks) and combining marks
+ * with nothing to combine with. A question of only those is empty to every model: tokenizers that
+ * normalize text drop them all (the embedded model's BERT normalizer leaves the bare template).
+ */
+export function hasVisibleText(text: string): boolean {
+  return !/^[\s\p{Cc}\p{Cf}\p{Mn}\p{Me}\p{Zs}\p{Zl}\p{Zp}]*$/u.test(text);
+}

@@ -4,7 +4,7 @@
  * the template is split at the image token; `{question}` is replaced in the suffix; each part is
  * encoded without special tokens; BOS is prepended when the manifest says so.
  */
-import { characterCount } from './characters';
+import { characterCount, hasVisibleText } from './characters';
 import { promptMisuse } from './prompt-misuse';
 import { readFile } from 'node:fs/promises';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -56,7 +56,7 @@ export interface PromptLimits {
 }
 
 export function assemblePrompt(tok: TextTokenizer, prompt: PromptSpec, tokens: TokenSpec, question: string, limits: PromptLimits): AssembledPrompt {
-  if (question.trim().length === 0) throw VlmError.invalid('prompt', 'is empty; ask a question about the image');
+  if (!hasVisibleText(question)) throw VlmError.invalid('prompt', 'is empty (nothing but spaces, control or zero-width characters); ask a question about the image');
   const chars = characterCount(question);
   if (chars > limits.maxPromptChars) {
     throw VlmError.invalid('prompt', `is ${chars} characters, over the limit of ${limits.maxPromptChars} (--max-prompt-chars / VLM_MAX_PROMPT_CHARS)`);
