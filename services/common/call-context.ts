@@ -14,7 +14,6 @@ import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
 import { rememberTrace } from './call-trace';
 import { MAX_TIMER_MS } from '../../shared/timer-limit';
 import type { LimitsConfig } from '../../shared/config';
-import { STALLED_STATUS_GRACE_MS } from './stalled-calls';
 
 export interface CallContext {
   readonly signal: AbortSignal;
@@ -143,6 +142,9 @@ export function withFields(log: Logger, fields: Record<string, unknown>): Logger
     child: (c) => withFields(log.child(c), fields),
   };
 }
+
+/** How long past its time a call's status may wait behind responses its client does not take (stalled-calls.ts). */
+export const STALLED_STATUS_GRACE_MS = 5_000;
 
 /**
  * The longest a call can stay open: its request may arrive up to the default deadline after its

@@ -20,9 +20,7 @@ import type { Logger } from '../../shared/log';
 import { onRequestArrived } from './interceptors';
 import { http2StreamOf } from './grpc-stream';
 import { MAX_TIMER_MS } from '../../shared/timer-limit';
-
-/** How long past its time a call's status may wait behind responses its client does not take. */
-export const STALLED_STATUS_GRACE_MS = 5_000;
+import { deadlineOf, STALLED_STATUS_GRACE_MS } from './call-context';
 
 /**
  * How long a call without a deadline of its own may last: counted from its headers (reflection's
@@ -68,8 +66,8 @@ export function stalledCallInterceptor(options: StalledCallOptions): ServerInter
     let limit: CallLimit | undefined;
     const arrived = (): void => {
       if (limit?.from !== 'request') return;
-      const now = Date.now();
-      endBy(Math.min(Number.isFinite(own) ? own : now + limit.ms, now + (limit.maxMs ?? Infinity)));
+      // The handler's own deadline, from the same moment (grpc-timeout.ts keeps `own` within a timer's reach).
+      endBy(deadlineOf({ getDeadline: () => own }, limit.ms, Date.now(), limit.maxMs));
     };
     const watching = new ServerListenerBuilder().withOnReceiveMetadata((metadata, next) => {
       const deadline = call.getDeadline();
