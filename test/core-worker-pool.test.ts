@@ -160,6 +160,7 @@ describe('InferencePool', () => {
     const job = pool.ask(image, 'what color is it?', { ...sampling, maxNewTokens: LONG }, policy(), {
       signal: controller.signal,
       requestId: 'cancelled-on-first-token',
+      traceIds: { trace_id: '4bf92f3577b34da6a3ce929d0e0e4736', span_id: '00f067aa0ba902b7' },
       onDelta: () => controller.abort(),
     });
     const e = await failure(job);
@@ -169,7 +170,8 @@ describe('InferencePool', () => {
     // as 'aborted job ran to completion'). The abort leaves after the first token reaches this thread,
     // so a few more steps may run meanwhile: a quarter of the job is a wide margin for a slow machine.
     const stopped = await stoppedJob(poolLog, 'cancelled-on-first-token');
-    expect(stopped).toMatchObject({ kind: 'ask', code: 'CANCELLED', aborted: true });
+    // Found from the call's trace as from its request id.
+    expect(stopped).toMatchObject({ kind: 'ask', code: 'CANCELLED', aborted: true, trace_id: '4bf92f3577b34da6a3ce929d0e0e4736', span_id: '00f067aa0ba902b7' });
     expect(stopped.decode_steps).toBeGreaterThanOrEqual(1);
     expect(stopped.decode_steps).toBeLessThan(LONG / 4);
     expect(pool.stats.busy).toBe(0);

@@ -336,6 +336,32 @@ describe('deadlines', () => {
     }
   });
 
+  it('a client that gives up at its deadline, just before the service does, is logged and counted as the deadline, as its span says', async () => {
+    const lines: LogLine[] = [];
+    const server = startServer({ log: recordingLogger(lines, 'vision') });
+    const port = await server.listen('127.0.0.1', 0);
+    const session = connect(`http://127.0.0.1:${port}`);
+    try {
+      // 1 s deadline; the cancel (RST_STREAM) comes at 0.9 s, within the 0.2 s the handler reads as the deadline.
+      const { stream } = rawCall(session, VisionServiceService.encode.path, { headers: { 'grpc-timeout': '1000m', 'x-request-id': 'at-deadline' }, write: Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 5]) });
+      stream.end();
+      await sleep(900);
+      stream.close(0x8);
+      await eventually(() => lines.some((l) => l.component === 'vision.access' && l['requestId'] === 'at-deadline'), 5000);
+      expect(lines.find((l) => l.component === 'vision.access' && l['requestId'] === 'at-deadline')).toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+      // A cancel well before the deadline stays a cancel.
+      const early = rawCall(session, VisionServiceService.encode.path, { headers: { 'grpc-timeout': '5000m', 'x-request-id': 'early' }, write: Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 5]) });
+      early.stream.end();
+      await sleep(200);
+      early.stream.close(0x8);
+      await eventually(() => lines.some((l) => l.component === 'vision.access' && l['requestId'] === 'early'), 5000);
+      expect(lines.find((l) => l.component === 'vision.access' && l['requestId'] === 'early')).toMatchObject({ code: 'CANCELLED' });
+    } finally {
+      session.close();
+      await server.stop();
+    }
+  });
+
   it('reads every grpc-timeout grpc-js gets right as it is, and the rest as the time they mean, within the longest timer', () => {
     for (const header of ['1S', '99999999m', '2147483S', '596H', '5 S', 'abc', '', '-1S', '1.5S']) expect(boundedTimeoutHeader(header), header).toBe(header);
     expect(boundedTimeoutHeader('2147484S')).toBe('2147483S');

@@ -153,13 +153,15 @@ describe('the server span of a call that ended without our status', () => {
     call.cancel();
 
     const span = await serverSpan('cancel-1');
-    expect(span).toMatchObject({ name: 'grpc.vlm.v1.VisionService/Encode', kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.CANCELLED, 'error.type': 'CANCELLED' } });
+    expect(span).toMatchObject({ name: 'grpc.vlm.v1.VisionService/Encode', kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.CANCELLED, 'error.type': 'CANCELLED', 'grpc.error_name': 'CANCELLED', 'grpc.error_message': 'the client cancelled the request' } });
     expect(span.status.code).toBe('UNSET');
     const request = spans.find((s) => s.parentSpanId === span.spanId && s.name === 'vlm.request')!;
     expect(request.attributes['error.type']).toBe('CANCELLED');
     // Ended after the handler's own spans, not at the cancel while they still ran.
     expect(BigInt(request.endTimeUnixNano) <= BigInt(span.endTimeUnixNano)).toBe(true);
     await eventually(() => spans.some((s) => s.traceId === span.traceId && s.kind === 'CLIENT'));
+    // The caller's side of the call names its outcome too (and stays ERROR: a client span fails on any code).
+    expect(spans.find((s) => s.traceId === span.traceId && s.kind === 'CLIENT')).toMatchObject({ attributes: { 'rpc.grpc.status_code': grpc.status.CANCELLED, 'error.type': 'CANCELLED' }, status: { code: 'ERROR' } });
     const { report, trees } = analyseTraces(spans.filter((s) => s.traceId === span.traceId));
     expect(trees[0]!.root.span.kind).toBe('CLIENT');
     expect(report.warnings).toEqual([]);
@@ -173,7 +175,8 @@ describe('the server span of a call that ended without our status', () => {
     await new Promise((resolve) => call.on('status', resolve));
 
     const span = await serverSpan('deadline-1');
-    expect(span).toMatchObject({ kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.DEADLINE_EXCEEDED } });
+    expect(span).toMatchObject({ kind: 'SERVER', attributes: { 'rpc.grpc.status_code': grpc.status.DEADLINE_EXCEEDED, 'error.type': 'DEADLINE_EXCEEDED', 'grpc.error_name': 'DEADLINE_EXCEEDED' } });
+    expect(span.attributes['grpc.error_message']).toMatch(/deadline/i);
     expect(span.status.code).toBe('ERROR');
   });
 

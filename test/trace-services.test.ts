@@ -53,6 +53,10 @@ describe('spans of real requests', () => {
     const budgets = spans.filter((s) => s.attributes['vlm.reduction.budget'] !== undefined).map((s) => `${s.name}=${String(s.attributes['vlm.reduction.budget'])}`);
     expect(budgets).toContain('vlm.vision.embed=default');
     expect(budgets).toContain('vlm.request=default');
+    // Every vision stage span, preprocessing included, names the method it ran under.
+    for (const name of ['vlm.preprocess', 'vlm.vision.embed', 'vlm.project']) {
+      expect(spans.find((s) => s.name === name)?.attributes, name).toMatchObject({ 'vlm.reduction.method': 'ficoco-v', 'vlm.reduction.budget': 'default' });
+    }
     expect(new Set(budgets.map((b) => b.split('=')[1]))).toEqual(new Set(['default']));
   });
 

@@ -11,7 +11,7 @@ import type { Metadata } from '@grpc/grpc-js';
 import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { CALLER_KEY, REQUEST_ID_KEY } from './interceptors';
-import { rememberTrace } from './call-trace';
+import { rememberCancel, rememberTrace } from './call-trace';
 import { MAX_TIMER_MS } from '../../shared/timer-limit';
 import type { LimitsConfig } from '../../shared/config';
 
@@ -95,13 +95,15 @@ export function callContext(source: ContextSource, options: ContextOptions): Own
   // grpc-js emits 'cancelled' both for a client cancel and for a deadline. The server's deadline
   // counts from when the request arrived, so a client giving up at its own deadline cancels early by
   // the request's transit and queueing delay (tens of milliseconds on a busy host). A cancel that
-  // close to the deadline is read as the deadline; only logs and spans see the label, since a
-  // cancelled client receives no status.
+  // close to the deadline is read as the deadline; only logs, spans and metrics see the label, since
+  // a cancelled client receives no status. The reading is kept for the access log and the call metric.
   const readCancel = (): VlmError => {
     const window = Math.min(1000, Math.max(50, (deadline - start) * 0.2));
-    return Date.now() >= deadline - window
+    const read = Date.now() >= deadline - window
       ? new VlmError('DEADLINE_EXCEEDED', 'the deadline passed before the request finished')
       : new VlmError('CANCELLED', 'the client cancelled the request');
+    rememberCancel(source.metadata, read.code === 'DEADLINE_EXCEEDED' ? 'DEADLINE_EXCEEDED' : 'CANCELLED');
+    return read;
   };
   const onCancelled = (): void => {
     if (!controller.signal.aborted) controller.abort(readCancel());

@@ -27,7 +27,7 @@ import { isTokenName } from '../../shared/auth-tokens';
 import { recordAuth, recordCall } from '../../shared/telemetry/metrics';
 import type { BearerTokens } from './bearer-tokens';
 import { grpcCodeName, refusalStatus } from './status';
-import { traceOf } from './call-trace';
+import { cancelOf, traceOf } from './call-trace';
 import { LineRate } from './log-rate';
 import { clipText } from './text-cut';
 import { statusSentOn } from './grpc-stream';
@@ -206,8 +206,14 @@ export function accessLogInterceptor(log: Logger, rate = accessLogRate(log)): Se
         // receive limit: RESOURCE_EXHAUSTED; its own deadline timer: DEADLINE_EXCEEDED; a malformed
         // grpc-timeout: INTERNAL), and then tells them only that the call is over.
         const sent = statusSentOn(call);
-        if (sent) finish(sent.code, sent.details, true);
-        else finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline');
+        if (sent) return finish(sent.code, sent.details, true);
+        // A tick later, when the handler has heard of the cancel too and read it (a cancel close to the
+        // deadline is the deadline), so that this line and the metric say what the server span says.
+        process.nextTick(() =>
+          cancelOf(received) === 'DEADLINE_EXCEEDED'
+            ? finish(GrpcCode.DEADLINE_EXCEEDED, 'the deadline passed before the request finished (the client ended the call at its deadline)')
+            : finish(GrpcCode.CANCELLED, 'cancelled by the client or the deadline'),
+        );
       })
       .build();
     const responder = new ResponderBuilder()

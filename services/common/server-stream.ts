@@ -16,10 +16,10 @@ import type {
 import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import { throwIfAborted } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
-import { ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
+import { ATTR_GRPC_ERROR_MESSAGE, ATTR_GRPC_ERROR_NAME, ATTR_RPC_GRPC_STATUS_CODE } from '../../shared/telemetry/names';
 import { callContext, type CallContext } from './call-context';
 import type { ActiveCalls } from './active-calls';
-import { cancelledStatus, statusError, toStatus } from './status';
+import { cancelledStatus, grpcCodeName, statusError, toStatus } from './status';
 import { statusSentOn } from './grpc-stream';
 import { isUndecodable, undecodableError } from './lenient-decode';
 
@@ -62,7 +62,8 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
  */
 function endServerSpanOnClose(span: Span | undefined, status: { readonly code: number; readonly details: string }): void {
   if (!span?.isRecording()) return;
-  span.setAttribute(ATTR_RPC_GRPC_STATUS_CODE, status.code);
+  // As the instrumentation records a handler's error (statusError names it by its code).
+  span.setAttributes({ [ATTR_RPC_GRPC_STATUS_CODE]: status.code, [ATTR_GRPC_ERROR_NAME]: grpcCodeName(status.code), [ATTR_GRPC_ERROR_MESSAGE]: status.details });
   span.setStatus({ code: SpanStatusCode.ERROR, message: status.details });
   span.end();
 }

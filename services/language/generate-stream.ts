@@ -12,6 +12,7 @@ import type { GenerateFinal, GenerateRequest, GenerateResponse } from '../../gen
 import { FinishReason } from '../../gen/vlm/v1/language_service';
 import { VlmError } from '../../shared/errors';
 import type { CallContext } from '../common/call-context';
+import { traceOf } from '../common/call-trace';
 import { Channel } from '../common/channel';
 import type { InferenceBackend } from '../common/inference-backend';
 import type { AdvertisedLimits } from '../common/model-info';
@@ -167,6 +168,7 @@ async function* answer({ deps, valid, visionSchedule, sampling, ctx, span, place
       signal: generation.signal,
       deadline: ctx.deadline,
       requestId: ctx.requestId,
+      traceIds: traceOf(ctx.metadata),
       caller: ctx.caller,
       place,
       // The rows are this request's alone and read nowhere after this (finalOf uses the counts).

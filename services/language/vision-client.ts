@@ -9,6 +9,7 @@ import { VlmError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import { VisionServiceClient, type EncodeRequest, type EncodeResponse } from '../../gen/vlm/v1/vision_service';
 import { callMetadata } from '../common/call-metadata';
+import { traceOf } from '../common/call-trace';
 import { decodeStatusDetails, fromServiceError } from '../common/status';
 import { serverNameOptions } from '../common/tls';
 import { chunkBytes, modelMismatch, TensorAssembler, type AssembledTensor, type Expectation } from '../common/tensor-stream';
@@ -43,6 +44,8 @@ export interface HopContext {
   readonly requestId: string;
   /** The language service's caller ('' anonymous), passed on so vision's queue serves callers in turn too. */
   readonly caller?: string;
+  /** The caller's call metadata: the hop's log lines carry the trace ids its handler recorded there. */
+  readonly metadata?: Metadata;
 }
 
 /**
@@ -143,7 +146,7 @@ export class VisionClient {
         const mismatch = err instanceof VlmError && err.reason === 'MODEL_MISMATCH';
         if (mismatch) {
           const e = err as VlmError;
-          this.options.log?.warn('vision replica of another model or version', { requestId: ctx.requestId, attempt, target: this.options.target.configured, error: e.message, detail: e.cause instanceof Error ? e.cause.message : undefined });
+          this.options.log?.warn('vision replica of another model or version', { requestId: ctx.requestId, ...traceOf(ctx.metadata), attempt, target: this.options.target.configured, error: e.message, detail: e.cause instanceof Error ? e.cause.message : undefined });
         }
         const retryable = mismatch || (err instanceof VlmError && err.code === 'UNAVAILABLE' && (progress.received || progress.endedByVision));
         // Only while another try as long as this one still fits: otherwise the caller would get
@@ -203,7 +206,7 @@ export class VisionClient {
           // CANCELLED that this side did not cause (it sets `failure` first) is vision's: a replica
           // whose drain grace ran out force-closes its calls. grpc-js retries only UNAVAILABLE.
           progress.endedByVision = status.code === GrpcCode.CANCELLED;
-          const err = this.relay(status, ctx.requestId);
+          const err = this.relay(status, { requestId: ctx.requestId, ...traceOf(ctx.metadata) });
           receive?.end(err);
           return reject(err);
         }
@@ -221,18 +224,19 @@ export class VisionClient {
   }
 
   /** What vision said, as this service's error: same code and violations, with the hop named. */
-  private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, requestId: string): VlmError {
+  /** `ids`: the request and trace ids this service's log lines about the call carry. */
+  private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, ids: Readonly<Record<string, string | undefined>>): VlmError {
     const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.CANCELLED) {
       // Only ever vision's doing here (see encodeOnce): the caller did not cancel, so it must not be
       // told it did; like any lost replica this is retried, then the caller backs off.
-      this.options.log?.warn('vision ended the call (a replica force-closing its calls at shutdown?)', { requestId, target: this.options.target.configured, details: status.details });
+      this.options.log?.warn('vision ended the call (a replica force-closing its calls at shutdown?)', { ...ids, target: this.options.target.configured, details: status.details });
       return new VlmError('UNAVAILABLE', 'the vision service ended the call before the image was encoded; retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: VISION_UNAVAILABLE_RETRY_MS });
     }
     if (status.code === GrpcCode.UNAVAILABLE) {
       // The vision address and gRPC's reason (internal names and IPs) go to this service's log, not
       // to the caller, who can act only on "unavailable, retry later".
-      this.options.log?.warn('no vision replica answered', { requestId, target: this.options.target.configured, details: status.details });
+      this.options.log?.warn('no vision replica answered', { ...ids, target: this.options.target.configured, details: status.details });
       // By now grpc-js has tried other replicas: the caller backs off. A draining vision's "retry now,
       // elsewhere" (0) was meant for this service, which has done so.
       return new VlmError('UNAVAILABLE', 'the vision service is unavailable (no replica answered); retry later', { cause: status, reason: 'VISION_UNAVAILABLE', retryDelayMs: Math.max(sent.retryDelayMs ?? 0, VISION_UNAVAILABLE_RETRY_MS) });
@@ -262,7 +266,7 @@ export class VisionClient {
       // grpc-js's own receive limit on this hop: vision sent a message no vision of this version
       // sends (its chunks stay within MAX_CHUNK_BYTES, 3 MiB). A broken tensor stream, not a full pool,
       // and nothing the caller sent: without this the caller would read "your request was too large".
-      this.options.log?.warn('vision sent a message over the hop\'s receive limit', { requestId, target: this.options.target.configured, details: status.details });
+      this.options.log?.warn('vision sent a message over the hop\'s receive limit', { ...ids, target: this.options.target.configured, details: status.details });
       return new VlmError('DATA_LOSS', `vision stream: ${status.details.replace(RECEIVE_LIMIT, 'a message larger than this hop\'s receive limit')} (a vision service of another version, or a broken one)`);
     }
     if (status.code === GrpcCode.RESOURCE_EXHAUSTED) {

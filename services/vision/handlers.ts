@@ -5,6 +5,7 @@ import { rowsIn } from '../../shared/tensor/float-rows';
 import type { FloatDType } from '../../shared/tensor/dtype';
 import { VlmError } from '../../shared/errors';
 import { EXPECTED_MODEL_KEY } from '../common/call-metadata';
+import { traceOf } from '../common/call-trace';
 import type { EncodeResult } from '../../shared/engine';
 import type { EncodeResponse, VisionServiceServer } from '../../gen/vlm/v1/vision_service';
 import { serverStream, unary, type AdapterDeps } from '../common/server-stream';
@@ -56,7 +57,7 @@ export function visionHandlers(deps: VisionHandlerDeps): VisionServiceServer {
         throw new VlmError('FAILED_PRECONDITION', `this vision service runs ${manifest.model_id} (${manifest.content_hash}), not ${expected}`, { reason: 'MODEL_MISMATCH' });
       }
       const started = performance.now();
-      const result = await backend.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId, caller: ctx.caller });
+      const result = await backend.pool.encode(valid.image, valid.policy, { signal: ctx.signal, deadline: ctx.deadline, requestId: ctx.requestId, traceIds: traceOf(ctx.metadata), caller: ctx.caller });
       const waitedMs = performance.now() - started - Object.values(result.timingsMs).reduce((a, b) => a + b, 0);
       const header = {
         modelId: manifest.model_id,

@@ -60,7 +60,9 @@ export async function encodeImage(model: LoadedModel, imageBytes: Uint8Array, po
   // Resolve before any work: an infeasible budget is the caller's error and costs nothing.
   resolveVisionSchedule(policy, model.visionGeometry);
   const t0 = performance.now();
-  const pre = await withSpan(SpanName.Preprocess, { [ATTR_VLM_MODEL_ID]: model.manifest.model_id, [ATTR_VLM_BYTES]: imageBytes.byteLength }, async (span) => {
+  // The method and budget as on every vision stage span, so a report grouped by method has this stage too.
+  const policyAttributes = { [ATTR_VLM_REDUCTION_METHOD]: policy.vision, [ATTR_VLM_REDUCTION_BUDGET]: budgetAttribute(policy.budget) };
+  const pre = await withSpan(SpanName.Preprocess, { [ATTR_VLM_MODEL_ID]: model.manifest.model_id, ...policyAttributes, [ATTR_VLM_BYTES]: imageBytes.byteLength }, async (span) => {
     const p = await preprocessImage(imageBytes, model.manifest.preprocess, model.limits);
     span.setAttribute(ATTR_VLM_IMAGE_SIZE, `${p.width}x${p.height}`);
     return p;

@@ -81,6 +81,9 @@ export const ATTR_VLM_AUTH_OUTCOME = 'vlm.auth.outcome';
 export const ATTR_ERROR_TYPE = 'error.type';
 export const ATTR_RPC_METHOD = 'rpc.method';
 export const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
+/** What instrumentation-grpc records on a failed server span: the error's name (our status errors carry the code's name) and message. */
+export const ATTR_GRPC_ERROR_NAME = 'grpc.error_name';
+export const ATTR_GRPC_ERROR_MESSAGE = 'grpc.error_message';
 /** The RPC metrics' newer names (rpc.server.call.duration): the system and the status code by name. */
 export const ATTR_RPC_SYSTEM_NAME = 'rpc.system.name';
 export const ATTR_RPC_RESPONSE_STATUS_CODE = 'rpc.response.status_code';

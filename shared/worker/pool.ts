@@ -56,6 +56,8 @@ export interface CallOptions {
   readonly signal?: AbortSignal;
   readonly deadline?: number;
   readonly requestId?: string;
+  /** The call's trace and span ids, which the pool's lines about this job carry beside its request id. */
+  readonly traceIds?: Readonly<{ trace_id?: string; span_id?: string }>;
   readonly onDelta?: OnDelta;
   /**
    * generate: the caller gives up the visual tokens' buffer, which moves to the worker instead of
@@ -105,6 +107,11 @@ interface Task {
   stuckTimer?: NodeJS.Timeout;
   /** The caller's trace context and when the job was queued: the worker's spans are replayed there. */
   readonly trace?: { readonly parent: Context; readonly queuedAt: number; dispatchedAt?: number };
+}
+
+/** A job's request and trace ids, for the pool's log lines about it. */
+function jobIds(task: Pick<Task, 'options'>): Record<string, string | undefined> {
+  return { requestId: task.options.requestId, ...task.options.traceIds };
 }
 
 interface Slot {
@@ -405,7 +412,7 @@ export class InferencePool {
       const giveUpAt = Date.now() + waitedMs;
       while (s.task === task) {
         if (Date.now() >= giveUpAt) {
-          this.log.error('an inference worker is still inside a model call after its request was stopped; the pool closes without it (stopping it mid-call would abort the process: only ending the process stops it)', { requestId: task.options.requestId, stuck: s.stuck, waited_ms: waitedMs });
+          this.log.error('an inference worker is still inside a model call after its request was stopped; the pool closes without it (stopping it mid-call would abort the process: only ending the process stops it)', { ...jobIds(task), stuck: s.stuck, waited_ms: waitedMs });
           s.abandoned = true;
           return false;
         }
@@ -462,7 +469,7 @@ export class InferencePool {
     const victim = this.queue.victimFor(caller, this.heldBy)!;
     const waiting = this.queue.countOf(victim);
     const shed = this.queue.popNewest(victim)!;
-    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, requestId: shed.options.requestId });
+    this.log.info('shed a queued job to admit a lighter caller', { caller: victim, for: caller, waiting, ...jobIds(shed) });
     this.settle(
       shed,
       new VlmError('RESOURCE_EXHAUSTED', `shed from the full queue to admit another caller's request: this caller had ${waiting} of the ${this.queue.length + 1} waiting; retry later`, {
@@ -499,7 +506,7 @@ export class InferencePool {
   private markStuck(slot: Slot, task: Task, waitedMs: number): void {
     if (slot.task !== task || this.closed) return;
     slot.stuck = true;
-    this.log.error('an inference worker has not answered since its request was stopped: stuck in a model call', { requestId: task.options.requestId, waited_ms: waitedMs, stuck: this.slots.filter((s) => s.stuck).length, workers: this.slots.length });
+    this.log.error('an inference worker has not answered since its request was stopped: stuck in a model call', { ...jobIds(task), waited_ms: waitedMs, stuck: this.slots.filter((s) => s.stuck).length, workers: this.slots.length });
     this.failQueuedIfOut();
     this.announceAvailability();
   }
@@ -561,7 +568,7 @@ export class InferencePool {
   /** Where a job that was aborted, or ran past its deadline, stopped (its worker's answer is in). */
   private logEarlyEnd(task: Task, msg: Extract<FromWorker, { type: 'result' | 'error' }>): void {
     const aborted = task.abortedAt !== undefined;
-    const fields = { id: task.id, requestId: task.options.requestId, kind: task.job.kind, decode_steps: msg.tokensGenerated, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
+    const fields = { id: task.id, ...jobIds(task), kind: task.job.kind, decode_steps: msg.tokensGenerated, aborted, ms_after_abort: aborted ? Math.round(performance.now() - task.abortedAt!) : undefined };
     if (msg.type === 'result') {
       if (aborted) this.log.info('aborted job ran to completion', fields);
     } else if (aborted || msg.error.code === 'CANCELLED' || msg.error.code === 'DEADLINE_EXCEEDED') {
