@@ -25,15 +25,16 @@ export const ERROR_DOMAIN = 'vlm.v1';
 const REASONS: ReadonlySet<string> = new Set(VLM_ERROR_REASONS);
 
 /**
- * Bounds on what a status carries. The message travels twice (grpc-message, and base64 inside the
- * details), and a grpc-js client never sees a status whose trailers exceed its header-list limit
- * (about 128 KiB): it waits for its deadline instead. Whatever a message repeats, the status stays
- * a few tens of KiB at most.
+ * Bounds on what a status carries, as sent. C-core clients (Python, C++, Ruby, PHP) and Java accept
+ * 8 KiB of response metadata by default: a status past it reaches them as RESOURCE_EXHAUSTED "received
+ * initial metadata size exceeds limit", its details lost, and a retry policy retries it. The message
+ * travels twice, percent-encoded in grpc-message and inside the base64 details; the two stay within
+ * 7 KiB, leaving the rest for the other headers (status, content type, request id, pushback).
  */
-const MAX_MESSAGE_CHARS = 2048;
+const MAX_MESSAGE_WIRE = 1536;
+const MAX_DETAILS_WIRE = 7 * 1024 - MAX_MESSAGE_WIRE;
 const MAX_FIELD_CHARS = 256;
 const MAX_DESCRIPTION_CHARS = 1024;
-const MAX_VIOLATIONS_CHARS = 16 * 1024;
 
 // grpc-js numbers its codes as google.rpc.Code does (checked by test/service-status-details.test.ts).
 const TO_GRPC = RPC_CODE as Readonly<Record<VlmErrorCode, GrpcCode>>;
@@ -80,7 +81,7 @@ export function toStatus(err: unknown, log: Logger, fields: Record<string, unkno
  * The interceptors' refusals use it directly: they are never INTERNAL and have nothing to log.
  */
 export function refusalStatus(e: VlmError): StatusObject {
-  return statusObject(grpcCodeOf(e.code), clipText(e.message, MAX_MESSAGE_CHARS), e);
+  return statusObject(grpcCodeOf(e.code), e.message, e);
 }
 
 /**
@@ -109,12 +110,13 @@ function retryDelayOf(ms: number): number {
   return Math.max(0, Math.round(ms));
 }
 
-/** A status with its details trailer. */
+/** A status with its details trailer, both within the bounds above (the message clipped, violations past them left out and counted). */
 export function statusObject(code: GrpcCode, details: string, extra: StatusDetails = {}): StatusObject {
+  const fitted = fitStatus(code, details, extra);
   const metadata = new Metadata();
-  metadata.set(STATUS_DETAILS_KEY, encodeStatusDetails(code, details, extra));
+  metadata.set(STATUS_DETAILS_KEY, fitted.details);
   if (extra.retryDelayMs !== undefined && code === GrpcCode.RESOURCE_EXHAUSTED) metadata.set(RETRY_PUSHBACK_KEY, String(retryDelayOf(extra.retryDelayMs)));
-  return { code, details, metadata };
+  return { code, details: fitted.message, metadata };
 }
 
 export interface StatusDetails {
@@ -144,25 +146,56 @@ function describeCause(err: unknown): Record<string, unknown> {
   return { chain, stack };
 }
 
-/** Each violation clipped, and the list cut where it would pass the total bound (earlier ones kept). */
-function boundedViolations(violations: readonly FieldViolation[]): FieldViolation[] {
-  const kept: FieldViolation[] = [];
-  let total = 0;
-  for (const v of violations) {
-    const clipped = { field: clipText(v.field, MAX_FIELD_CHARS), description: clipText(v.description, MAX_DESCRIPTION_CHARS) };
-    total += clipped.field.length + clipped.description.length;
-    if (total > MAX_VIOLATIONS_CHARS) break;
-    kept.push(clipped);
+/** `text` cut (at a character, the cut marked) so that grpc-js's percent-encoding of it is at most `max` bytes. */
+function clipWire(text: string, max: number): string {
+  if (encodeURI(text).length <= max) return text;
+  // The longest prefix that fits: percent-encoding takes 1 to 12 bytes a character.
+  let lo = 0;
+  let hi = Math.min(text.length, max);
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (encodeURI(clipText(text, mid)).length <= max) lo = mid;
+    else hi = mid - 1;
   }
-  return kept;
+  return lo === 0 ? '' : clipText(text, lo);
 }
 
-export function encodeStatusDetails(code: GrpcCode, message: string, extra: StatusDetails = {}): Buffer {
+/** Base64's length for `bytes` bytes. */
+const base64Length = (bytes: number): number => 4 * Math.ceil(bytes / 3);
+
+/**
+ * The message and details a status sends, within MAX_MESSAGE_WIRE and MAX_DETAILS_WIRE: each
+ * violation clipped, then as many of them as fit, earliest first; the message says how many more
+ * there were (a caller fixing those sees the rest on its next try).
+ */
+function fitStatus(code: GrpcCode, message: string, extra: StatusDetails): { message: string; details: Buffer } {
+  const violations = (extra.violations ?? []).map((v) => ({ field: clipText(v.field, MAX_FIELD_CHARS), description: clipText(v.description, MAX_DESCRIPTION_CHARS) }));
+  const sized = (kept: number): { message: string; details: Buffer } => {
+    const left = violations.length - kept;
+    const note = left > 0 ? ` (and ${left} more field violation${left === 1 ? '' : 's'} not listed)` : '';
+    const text = clipWire(message, MAX_MESSAGE_WIRE - note.length) + note;
+    return { message: text, details: encodeStatusDetails(code, text, { ...extra, violations: violations.slice(0, kept) }) };
+  };
+  const all = sized(violations.length);
+  if (base64Length(all.details.length) <= MAX_DETAILS_WIRE) return all;
+  // The most violations that fit (every one is at least a few bytes, so a search, not a scan).
+  let lo = 0;
+  let hi = violations.length - 1;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (base64Length(sized(mid).details.length) <= MAX_DETAILS_WIRE) lo = mid;
+    else hi = mid - 1;
+  }
+  return sized(lo);
+}
+
+/** The google.rpc.Status trailer for a status, as given (statusObject fits it to the bounds first). */
+function encodeStatusDetails(code: GrpcCode, message: string, extra: StatusDetails = {}): Buffer {
   const details: Any[] = [];
-  const bounded = boundedViolations(extra.violations ?? []);
-  if (bounded.length > 0) {
+  const violations = extra.violations ?? [];
+  if (violations.length > 0) {
     const badRequest = BadRequest.encode({
-      fieldViolations: bounded.map((v) => ({ field: v.field, description: v.description, reason: '' })),
+      fieldViolations: violations.map((v) => ({ field: v.field, description: v.description, reason: '' })),
     }).finish();
     details.push({ typeUrl: BAD_REQUEST_TYPE, value: Buffer.from(badRequest) });
   }
@@ -174,7 +207,7 @@ export function encodeStatusDetails(code: GrpcCode, message: string, extra: Stat
     const retryDelay = { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
     details.push({ typeUrl: RETRY_INFO_TYPE, value: Buffer.from(RetryInfo.encode({ retryDelay }).finish()) });
   }
-  return Buffer.from(Status.encode({ code, message: clipText(message, MAX_MESSAGE_CHARS), details }).finish());
+  return Buffer.from(Status.encode({ code, message, details }).finish());
 }
 
 /**
