@@ -175,6 +175,10 @@ export function withHint(err: unknown, target: string): unknown {
     const cause = /(ECONNREFUSED|ENOTFOUND|EAI_AGAIN)/.exec(err.message)?.[1] ?? 'no connection';
     return new VlmError('UNAVAILABLE', `cannot reach the language service at ${target} (${cause}); start it (npm start, or vlm serve all) or point --target / --language-port at it`, { cause: err });
   }
+  if (err.code === 'DEADLINE_EXCEEDED' && /Waiting for LB pick|waiting for (the )?connection/i.test(err.message)) {
+    // The call never left this process: something accepts connections there but never completed a gRPC one.
+    return new VlmError('DEADLINE_EXCEEDED', `no gRPC connection to ${target} within the deadline: something listens there but did not answer as a gRPC server (another program on that port, or TLS on one side only: --ca or --tls for a TLS service)`, { cause: err });
+  }
   if (err.reason === 'VISION_UNAVAILABLE') {
     // The service keeps vision's address to its log; at a terminal the likely cause is that it is down.
     return new VlmError('UNAVAILABLE', `${err.message} (is the vision service running? the language service's log names the address it tried)`, { cause: err, reason: err.reason, retryDelayMs: err.retryDelayMs });

@@ -3,6 +3,7 @@
  * subset is taken and how an answer is judged: shared by `vlm eval`, `vlm bench`, the demo and the
  * anchor search, so they all score the same way.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { VlmError } from '../shared/errors';
@@ -20,6 +21,8 @@ export async function readItems(modelDir: string): Promise<EvalItem[]> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
+    // Read before the model loads, so a --model that is no bundle at all is said to be one here.
+    if (!existsSync(path.join(modelDir, 'manifest.json'))) throw new VlmError('FAILED_PRECONDITION', `${modelDir} is not a model bundle (no manifest.json there); point --model / VLM_MODEL_DIR at a bundle's folder`);
     throw new VlmError('FAILED_PRECONDITION', `no evaluation items at ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
   return text

@@ -57,7 +57,9 @@ export async function run(argv: string[]): Promise<number> {
   surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
-  startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
+  const telemetry = startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
+  // A service whose /metrics cannot listen would serve on with its autoscaler blind: it does not start.
+  await telemetry.ready;
   // Loaded on demand: `serve vision` never loads the language side's modules and vice versa.
   const own = serviceConfig(config, role);
   const starting =
@@ -107,6 +109,20 @@ function surviveHangup(log: Logger): void {
 }
 
 /**
+ * The ports `serve all` would have its two services listen on, each once: two on one port would race
+ * for it, and the loser's "port taken" would blame some other process. 0 (any free port, or off) repeats freely.
+ */
+function checkDistinctPorts(ports: ReadonlyArray<readonly [string, number]>): void {
+  const taken = new Map<number, string>();
+  for (const [flag, port] of ports) {
+    if (port === 0) continue;
+    const other = taken.get(port);
+    if (other) throw VlmError.invalid(flag, `is ${port}, which ${other} already takes: serve all's two services need a port each (language takes the port after each --metrics-port and --health-port)`);
+    taken.set(port, flag);
+  }
+}
+
+/**
  * The two services as child processes sharing the cores (coLocatedServiceEnv). Vision listens on
  * loopback whatever --host is, at --vision-port; language listens on --host and dials vision there
  * (for --vision-port 0 vision starts first and reports the port it bound), unless a --vision-target
@@ -121,6 +137,14 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   for (const [flag, port] of [['--metrics-port / VLM_METRICS_PORT', metricsPort], ['--health-port / VLM_HEALTH_PORT', healthPort]] as const) {
     if (port === MAX_PORT) throw VlmError.invalid(flag, `serve all gives the language service the next port, so this must be at most ${MAX_PORT - 1}, got ${port}`);
   }
+  checkDistinctPorts([
+    ['--vision-port', visionPort],
+    ['--language-port', config.services.languagePort],
+    ['--metrics-port (vision)', metricsPort],
+    ['--metrics-port + 1 (language)', metricsPort > 0 ? metricsPort + 1 : 0],
+    ['--health-port (vision)', healthPort],
+    ['--health-port + 1 (language)', healthPort > 0 ? healthPort + 1 : 0],
+  ]);
   const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
   const children = new Map<string, ChildProcess>();
   const exited = new Set<string>();

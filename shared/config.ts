@@ -282,7 +282,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
   const workers = r.int('workers');
   const config: Config = {
     model: {
-      dir: path.resolve(r.given('model') ?? path.join(packageRoot(), DEFAULT_MODEL)),
+      dir: modelDir(r),
       expectedHash: readModelHash(r),
       verifyHashes: r.bool('verify-hashes'),
       eagerSessions: r.bool('eager-sessions'),
@@ -311,7 +311,7 @@ export function configFrom(values: Values, env: Env = process.env): Config {
       maxNewTokens: r.int('max-new-tokens-limit'),
     },
     services: {
-      host: r.str('host'),
+      host: listenHost(r),
       visionPort: r.int('vision-port'),
       languagePort: r.int('language-port'),
       healthPort: r.int('health-port'),
@@ -518,20 +518,39 @@ function readAuthTokens(file: string, fromEnv: string | undefined): AuthTokens |
  * pod configured for `cuda:0` on a broken driver must fail to start, not hold its GPU while serving
  * on the CPU; `cuda:0,cpu` asks for the fallback.
  */
-export function parseProviders(spec: string, device = '', option = 'provider'): ProviderSpec[] {
+/**
+ * A provider list (`cuda:0,cpu`); a plain `cuda` takes `device`. `option` and `deviceOption` name
+ * where each came from, so an error points at the flag or variable to fix.
+ */
+export function parseProviders(spec: string, device = '', option = '--provider / VLM_PROVIDER', deviceOption = '--device / VLM_DEVICE'): ProviderSpec[] {
   const out: ProviderSpec[] = [];
   for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const [kind, id] = raw.split(':');
-    if (kind === 'cpu' && id === undefined) out.push({ kind: 'cpu' });
-    else if (kind === 'webgpu' && id === undefined) out.push({ kind: 'webgpu' });
-    else if (kind === 'cuda') {
-      const deviceId = Number(id ?? (device || '0'));
-      if (!Number.isInteger(deviceId) || deviceId < 0) throw VlmError.invalid(option, `bad CUDA device in "${raw}"; use cuda:<id>`);
-      out.push({ kind: 'cuda', deviceId });
+    const cuda = /^cuda(?::(.*))?$/.exec(raw);
+    if (raw === 'cpu') out.push({ kind: 'cpu' });
+    else if (raw === 'webgpu') out.push({ kind: 'webgpu' });
+    else if (cuda) {
+      const [id, from] = cuda[1] !== undefined ? [cuda[1], option] : [device === '' ? '0' : device, deviceOption];
+      // Whole digits only: Number() would read "1:2" as NaN but "0x1" as 1 and " " as 0.
+      if (!/^\d{1,4}$/.test(id)) throw VlmError.invalid(from, `bad CUDA device "${id}" in "${cuda[1] !== undefined ? raw : `cuda on device ${id}`}"; a device is a number from 0 (cuda:0, cuda:1, ...)`);
+      out.push({ kind: 'cuda', deviceId: Number(id) });
     } else throw VlmError.invalid(option, `unknown execution provider "${raw}"; use cpu, cuda:<id> or webgpu (comma-separated for a fallback order)`);
   }
   if (out.length === 0) throw VlmError.invalid(option, 'no execution provider given');
   return out;
+}
+
+/** The bundle folder; an empty --model would resolve to the working directory and fail as "not a bundle" there. */
+function modelDir(r: Reader): string {
+  const given = r.given('model');
+  if (given !== undefined && given.trim() === '') throw VlmError.invalid(r.from('model'), "is empty; give a model bundle's folder (or leave it out for the embedded model)");
+  return path.resolve(given ?? path.join(packageRoot(), DEFAULT_MODEL));
+}
+
+/** --host as given: an empty one would reach the socket as an address of its own ("No addresses resolved"). */
+function listenHost(r: Reader): string {
+  const host = r.str('host');
+  if (host.trim() === '') throw VlmError.invalid(r.from('host'), 'is empty; give the address to listen on (0.0.0.0 or :: for every interface, 127.0.0.1 for this host only)');
+  return host;
 }
 
 /** The configuration one service runs with: its own providers where --vision-provider / --language-provider set them. */

@@ -2,6 +2,7 @@
  * `vlm ask` as a client: method parameters from --param, the language service found at
  * --language-port / VLM_LANGUAGE_PORT when no --target is given, and option errors that say what to do.
  */
+import { createServer, type AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
@@ -43,6 +44,19 @@ describe('vlm ask', () => {
     expect(noVision.message).toBe("the vision service is unavailable (no replica answered); retry later (is the vision service running? the language service's log names the address it tried)");
     const other = new VlmError('RESOURCE_EXHAUSTED', 'all 1 inference workers are busy', { reason: 'QUEUE_FULL' });
     expect(withHint(other, '127.0.0.1:50052')).toBe(other); // the service's own words, kept
+  });
+
+  it('says what a target that accepts connections but never speaks gRPC is, instead of grpc-js\'s "Waiting for LB pick"', async () => {
+    const silent = createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const target = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    try {
+      const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--target', target, '--deadline-ms', '500']);
+      expect(r.stderr.trim().split('\n').at(-1)).toBe(`DEADLINE_EXCEEDED: no gRPC connection to ${target} within the deadline: something listens there but did not answer as a gRPC server (another program on that port, or TLS on one side only: --ca or --tls for a TLS service)`);
+      expect(r.status).toBe(1);
+    } finally {
+      silent.close();
+    }
   });
 
   it('warns before sending a token in plaintext off this host, and refuses --server-name without TLS', () => {

@@ -3,6 +3,7 @@
  * engine would refuse used to mark every bench cell "infeasible" (exit 0), and a demo with no items
  * started both services, asked nothing and exited 0.
  */
+import { createServer, type AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { vlm } from './service-helpers';
 import { serveFlags } from '../cli/child-services';
@@ -56,5 +57,30 @@ describe('serve all', () => {
     const r = vlm(['serve', 'all', flag, '65535']);
     expect(r.stderr.trim()).toBe(`INVALID_ARGUMENT: ${flag} / ${variable}: serve all gives the language service the next port, so this must be at most 65534, got 65535`);
     expect(r.status).toBe(1);
+  });
+
+  it.each([
+    [['--metrics-port', '46003', '--health-port', '46004'], /--health-port \(vision\): is 46004, which --metrics-port \+ 1 \(language\) already takes/],
+    [['--vision-port', '46010', '--language-port', '46010'], /--language-port: is 46010, which --vision-port already takes/],
+    [['--health-port', '46020', '--language-port', '46021'], /--health-port \+ 1 \(language\): is 46021, which --language-port already takes/],
+  ])('refuses %j before starting anything: two services on one port would race for it', (flags, message) => {
+    const r = vlm(['serve', 'all', ...flags]);
+    expect(r.stderr.trim()).toMatch(new RegExp(`^INVALID_ARGUMENT: ${message.source}`));
+    expect(r.status).toBe(1);
+  });
+});
+
+describe('serve vision', () => {
+  it('does not start when its /metrics port is taken: the autoscalers read the queue depth there', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      const r = vlm(['serve', 'vision', '--model', 'test/fixtures/random-bundle', '--host', '127.0.0.1', '--vision-port', '0', '--health-port', '0', '--metrics-port', String(port)]);
+      expect(r.stderr.trim().split('\n').at(-1)).toMatch(new RegExp(`^FAILED_PRECONDITION: --metrics-port ${port}: /metrics cannot listen \\(listen EADDRINUSE.*pick a free port, or 0 for no endpoint$`));
+      expect(r.status).toBe(1);
+    } finally {
+      taken.close();
+    }
   });
 });

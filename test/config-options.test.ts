@@ -120,6 +120,13 @@ describe('the vision address language dials without --vision-target', () => {
       ['10.0.0.1:1,10.0.0.2', /'10.0.0.2' is not host:port/],
       ['a.svc:1,b.svc:2', /IP addresses of one family/],
       ['10.0.0.1:1,[fd00::2]:2', /IP addresses of one family/],
+      // What would fail every request later, with the service reporting SERVING meanwhile.
+      ['127.0.0.1:99999', /'127.0.0.1:99999' has port 99999; a port is 1 to 65535/],
+      ['vision.vlm.svc:0', /has port 0/],
+      ['dns:///vision.vlm.svc:70000', /has port 70000/],
+      ['http://::::', /is not host:port/],
+      ['vision.vlm.svc', /is not host:port/],
+      ['fd00::1:50051', /is not host:port \(\[address\]:port for IPv6\)/],
     ] as const) {
       expect(() => parseVisionTarget(t)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/--vision-target/) }));
       expect(() => parseVisionTarget(t)).toThrow(why);

@@ -118,6 +118,27 @@ describe('bundle loader', () => {
     expect((await failure(side('language'))).message).toMatch(/tokenizer\.json: sha256/);
   });
 
+  it('rejects a geometry no buffer could hold, a context with no room for a prompt, and token ids outside the vocabulary, naming each field', async () => {
+    const e = await failure(
+      load(
+        await brokenCopy((m) => {
+          m.vision.image_size = 1_000_000;
+          m.vision.num_patches = 1_000_000;
+          m.language.max_positions = 16;
+          m.tokens.bos_id = 100_000;
+          m.tokens.stop_ids = [3, 176];
+        }),
+      ),
+    );
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(/vision\.image_size 1000000 is over 4096/);
+    expect(e.message).toMatch(/vision\.num_patches 1000000 is over 16384/);
+    expect(e.message).toMatch(/language\.max_positions 16 leaves no room for a prompt beside the 1000000 visual tokens/);
+    expect(e.message).toMatch(/tokens\.bos_id 100000 is not below language\.vocab_size 176/);
+    expect(e.message).toMatch(/tokens\.stop_ids\[1\] 176 is not below language\.vocab_size 176/);
+    expect(e.message).not.toMatch(/eos_id/);
+  });
+
   it('rejects declared shapes that contradict the architecture', async () => {
     const e = await failure(load(await brokenCopy((m) => (m.graphs['vision/layer_00.mlp'].inputs[0].shape = ['B', 'T', 33]))));
     expect(e.message).toMatch(/graphs\["vision\/layer_00\.mlp"\] hidden_in last dim is 33, architecture says 32/);
@@ -215,6 +236,23 @@ describe('execution providers', () => {
     expect(provider).toBe('cpu');
     expect(chain.active).toBe('cpu');
     expect(lines.map((l) => l.msg)).toContain('execution provider unavailable, trying the next');
+  });
+
+  it('blames a graph file no provider can parse on the file, not on the providers, and tries no other provider', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'vlm-corrupt-graph-'));
+    try {
+      const corrupt = path.join(dir, 'projector.onnx');
+      await writeFile(corrupt, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251)));
+      const lines: LogLine[] = [];
+      const chain = new ProviderChain({ ...config.runtime, providers: [{ kind: 'cpu' }] }, recordingLogger(lines, 'providers'));
+      const e = await failure(chain.open(corrupt));
+      expect(e.code).toBe('FAILED_PRECONDITION');
+      expect(e.message).toMatch(/^graph projector could not be read: its file is not a model this runtime can load .*--verify-hashes/);
+      expect(lines.find((l) => l.msg === 'graph file could not be read')?.['error']).toMatch(/Protobuf parsing failed/);
+      expect(lines.map((l) => l.msg)).not.toContain('execution provider unavailable, trying the next');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('fails with every provider tried when none opens, without announcing a next one that does not exist', async () => {

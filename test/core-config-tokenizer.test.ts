@@ -54,6 +54,22 @@ describe('config', () => {
     expect(() => parseProviders('tpu')).toThrow(/unknown execution provider "tpu"; use cpu, cuda:<id> or webgpu/);
   });
 
+  it('takes a CUDA device only as a whole number, naming the flag or variable it came from', () => {
+    for (const bad of ['cuda:1:2', 'cuda:0x1', 'cuda:', 'cuda: 1', 'cuda:99999999999999999999', 'cuda:-1']) {
+      expect(() => parseCommandLine(['--provider', bad], {}, {}), bad).toThrow(/^--provider \/ VLM_PROVIDER: bad CUDA device/);
+    }
+    for (const device of [' ', 'abc', '1.5']) {
+      expect(() => parseCommandLine(['--provider', 'cuda', '--device', device], {}, {}), device).toThrow(/^--device \/ VLM_DEVICE: bad CUDA device/);
+    }
+    expect(() => parseCommandLine([], {}, { VLM_PROVIDER: 'gpu' })).toThrow(/^--provider \/ VLM_PROVIDER: unknown execution provider "gpu"/);
+    expect(parseCommandLine(['--provider', 'cuda', '--device', '3'], {}, {}).config.runtime.providers).toEqual([{ kind: 'cuda', deviceId: 3 }]);
+  });
+
+  it('refuses an empty --host or --model, naming it, instead of listening on nothing or loading the working directory', () => {
+    for (const host of ['', ' ']) expect(() => parseCommandLine([`--host=${host}`], {}, {}), JSON.stringify(host)).toThrow(/^--host: is empty; give the address to listen on/);
+    expect(() => parseCommandLine(['--model='], {}, {})).toThrow(/^--model: is empty; give a model bundle's folder/);
+  });
+
   it('gives each service its own providers where --vision-provider / --language-provider say, --provider otherwise', () => {
     const { config } = parseCommandLine(['--provider', 'cpu', '--vision-provider', 'cuda:0', '--language-provider', 'cuda:1,cpu'], {}, {});
     expect(serviceConfig(config, 'vision').runtime.providers).toEqual([{ kind: 'cuda', deviceId: 0 }]);

@@ -41,18 +41,33 @@ const SCHEME = /^(dns|ipv4|ipv6|unix):/;
 
 export function parseVisionTarget(configured: string): VisionTarget {
   const trimmed = configured.trim();
-  if (SCHEME.test(trimmed)) return { configured, channel: trimmed, loopback: isLoopbackAddress(trimmed) };
+  if (SCHEME.test(trimmed)) {
+    // A port the channel could never dial fails every request later, with a service that reports SERVING.
+    const port = /:(\d+)$/.exec(trimmed);
+    if (port) checkPort(port[1]!, trimmed);
+    return { configured, channel: trimmed, loopback: isLoopbackAddress(trimmed) };
+  }
   const parts = trimmed.split(',').map((s) => s.trim()).filter(Boolean);
   if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
-  return { configured, channel: parts.length === 1 ? parts[0]! : staticList(parts), loopback: isLoopbackAddress(parts.join(',')) };
+  const hosts = parts.map(hostPort);
+  return { configured, channel: parts.length === 1 ? parts[0]! : staticList(hosts), loopback: isLoopbackAddress(parts.join(',')) };
 }
 
-function staticList(parts: readonly string[]): string {
-  const hosts = parts.map((p) => {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(p);
-    if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port`);
-    return { raw: p, family: isIP(m[1]!) };
-  });
+/** `host:port` or `[v6]:port`, its port dialable; checked here so that a typo fails the start, not every request. */
+function hostPort(p: string): { raw: string; host: string } {
+  const m = /^(?:\[([^\]]+)\]|([^:\s/[\]]+)):(\d+)$/.exec(p);
+  if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port ([address]:port for IPv6), a list of them, or a gRPC target such as dns:///vision.vlm.svc:50051`);
+  checkPort(m[3]!, p);
+  return { raw: p, host: m[1] ?? m[2]! };
+}
+
+function checkPort(port: string, target: string): void {
+  const n = Number(port);
+  if (!(n >= 1 && n <= 65535)) throw VlmError.invalid('--vision-target', `'${target}' has port ${port}; a port is 1 to 65535`);
+}
+
+function staticList(parts: readonly { raw: string; host: string }[]): string {
+  const hosts = parts.map((p) => ({ raw: p.raw, family: isIP(p.host) }));
   const family = hosts[0]!.family;
   if (family === 0 || hosts.some((h) => h.family !== family)) {
     throw VlmError.invalid('--vision-target', 'a list must hold IP addresses of one family (ip:port,ip:port); for host names use one DNS name, e.g. dns:///vision.vlm.svc:50051');

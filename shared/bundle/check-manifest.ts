@@ -38,6 +38,10 @@ export function requiredStages(m: Manifest): string[] {
   return out;
 }
 
+/** The largest geometry a bundle may declare: well past any LLaVA-style encoder, well short of what cannot be allocated. */
+const MAX_IMAGE_SIZE = 4096;
+const MAX_PATCHES = 16_384;
+
 function checkConsistency(m: Manifest, where: string): void {
   const p: string[] = [];
   const v = m.vision;
@@ -49,6 +53,16 @@ function checkConsistency(m: Manifest, where: string): void {
   if (m.projector.output_size !== L.hidden_size) p.push(`projector.output_size ${m.projector.output_size} != language.hidden_size ${L.hidden_size}`);
   if (L.num_heads % L.num_kv_heads !== 0) p.push(`language.num_heads ${L.num_heads} is not a multiple of num_kv_heads ${L.num_kv_heads}`);
   if (v.num_layers > v.trained_layers) p.push(`vision.num_layers ${v.num_layers} > trained_layers ${v.trained_layers}`);
+  // Past these, buffers sized from the geometry cannot be allocated: the start would fail inside the
+  // warm-up as an internal error instead of naming the field (LLaVA-1.5: 336 px, 576 patches).
+  if (v.image_size > MAX_IMAGE_SIZE) p.push(`vision.image_size ${v.image_size} is over ${MAX_IMAGE_SIZE}`);
+  if (v.num_patches > MAX_PATCHES) p.push(`vision.num_patches ${v.num_patches} is over ${MAX_PATCHES}`);
+  // Visual tokens alone must leave room for a prompt; else every request, the warm-up first, is "too long".
+  if (L.max_positions <= v.num_patches) p.push(`language.max_positions ${L.max_positions} leaves no room for a prompt beside the ${v.num_patches} visual tokens`);
+  const t = m.tokens;
+  for (const [name, id] of [['bos_id', t.bos_id], ['eos_id', t.eos_id], ['pad_id', t.pad_id], ...t.stop_ids.map((s, i) => [`stop_ids[${i}]`, s] as const)] as const) {
+    if (id >= L.vocab_size) p.push(`tokens.${name} ${id} is not below language.vocab_size ${L.vocab_size}`);
+  }
   const tpl = m.prompt.template;
   if (tpl.split(m.prompt.image_token).length !== 2) p.push(`prompt.template must contain image_token "${m.prompt.image_token}" exactly once`);
   if (tpl.split('{question}').length !== 2) p.push('prompt.template must contain {question} exactly once');

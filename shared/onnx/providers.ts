@@ -84,6 +84,12 @@ export class ProviderChain {
         return { session, provider: name };
       } catch (err) {
         const message = (err as Error).message;
+        // A file no provider can parse is the bundle's fault: stepping on to the next provider, and
+        // then blaming the providers, would send the operator to the wrong place.
+        if (isUnreadableGraph(message)) {
+          this.log.error('graph file could not be read', { graph: modelPath, provider: name, error: message });
+          throw new VlmError('FAILED_PRECONDITION', `graph ${graph} could not be read: its file is not a model this runtime can load (corrupt, cut short or of another ONNX version); check the bundle's files against their hashes (--verify-hashes / VLM_VERIFY_HASHES=true; the service log has the runtime's message)`, { cause: err });
+        }
         // A device that failed for good is the process's problem, pinned or not: no other provider
         // should take over from a service advertising the GPU, and no replacement worker can use it.
         if (isDeviceFault(message)) throw deviceFaultError(`opening graph ${graph} on ${name}`, err);
@@ -117,6 +123,11 @@ export class ProviderChain {
     const tried = [...this.failed.keys()].join(', ');
     throw new VlmError('FAILED_PRECONDITION', `no execution provider could open graph ${graph} (tried ${tried || 'none'}; the service log has each one's message); set --provider / VLM_PROVIDER (or this service's --vision-provider / --language-provider, which win over it) to one this host has${fallbackHint(this.runtime.providers)}`);
   }
+}
+
+/** ONNX Runtime's messages for a graph file it cannot parse, whatever the provider. */
+function isUnreadableGraph(message: string): boolean {
+  return /Protobuf parsing failed|ModelProto does not have a graph|No graph was found in the protobuf|Unsupported model IR version/.test(message);
 }
 
 /** A list without the CPU never falls back to it by itself; name the explicit way to ask for that. */

@@ -28,6 +28,7 @@ import { NodeSDK } from '@opentelemetry/sdk-node';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { packageVersion } from '../package-root';
 import { createLogger } from '../log';
+import { VlmError } from '../errors';
 import { GrpcServerSpanOutcome } from './server-span-outcome';
 import { PerformanceClockStart } from './span-clock';
 import { setTracingEnabled } from './state';
@@ -79,7 +80,11 @@ const OTLP_PROTOCOLS: readonly string[] = ['grpc', 'http/protobuf', 'http/json']
 export interface Telemetry {
   readonly serviceName: string;
   readonly settings: TelemetrySettings;
-  /** Resolves when the resource is complete and the Prometheus endpoint listens; never rejects. */
+  /**
+   * Resolves when the resource is complete and the Prometheus endpoint listens. Rejects (FAILED_PRECONDITION)
+   * when the endpoint cannot listen: the autoscalers read the queue depth there, so a service without
+   * it must not start. Left unawaited, the rejection is not an unhandled one.
+   */
   readonly ready: Promise<void>;
 }
 
@@ -186,7 +191,9 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     const prometheus = new PrometheusExporter({ port: settings.prometheusPort, host: options.metricsHost, preventServerStart: true });
     ready = prometheus.startServer().then(
       () => log.info('prometheus metrics endpoint up', { port: settings.prometheusPort, path: '/metrics' }),
-      (err: unknown) => log.error('prometheus metrics endpoint failed to start; metrics are not scrapeable', { port: settings.prometheusPort, err: err as Error }),
+      (err: unknown) => {
+        throw new VlmError('FAILED_PRECONDITION', `--metrics-port ${settings.prometheusPort}: /metrics cannot listen (${(err as Error).message}); the autoscalers read the queue depth there: pick a free port, or 0 for no endpoint`, { cause: err });
+      },
     );
     readers.push(prometheus);
   }
@@ -218,6 +225,7 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     sdk.start();
   }
   const tracing = exporting.length > 0;
+  ready.catch(() => undefined);
   const telemetry: Telemetry = { serviceName: options.serviceName, settings: { ...settings, tracing, captureContent: settings.captureContent && tracing }, ready };
   current = { telemetry, sdk };
   setTracingEnabled(tracing, settings.captureContent && tracing);
