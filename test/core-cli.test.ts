@@ -74,7 +74,7 @@ describe('vlm CLI', () => {
     expect(bad.stderr).toMatch(/^INVALID_ARGUMENT: --budget: expected a token count/m);
     const missing = await vlm(['eval', '--model', path.join(dir, 'nothing')]);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/FAILED_PRECONDITION: no evaluation items at/);
+    expect(missing.stderr).toMatch(/FAILED_PRECONDITION: .*nothing is not a model bundle \(no manifest\.json there\); point --model/);
     const unknown = await vlm(['frobnicate']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"[\s\S]*eval/);

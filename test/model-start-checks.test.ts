@@ -72,8 +72,9 @@ describe('execution provider start-up', () => {
     await chain.open(GRAPH);
     const graphPath = path.join(RANDOM_BUNDLE, 'vision/layer_00.attn.onnx');
     const OOM = '/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 Failed to allocate memory for requested buffer of size 48098560';
-    const BROKEN = '/onnxruntime_src/onnxruntime/core/graph/model.cc:180 Protobuf parsing failed.';
-    const spy = vi.spyOn(ort.InferenceSession, 'create').mockRejectedValueOnce(new Error(OOM)).mockRejectedValueOnce(new Error(BROKEN));
+    const BROKEN = "Could not find an implementation for Gelu(20) node with name '/mlp/Gelu'";
+    const CORRUPT = '/onnxruntime_src/onnxruntime/core/graph/model.cc:180 Protobuf parsing failed.';
+    const spy = vi.spyOn(ort.InferenceSession, 'create').mockRejectedValueOnce(new Error(OOM)).mockRejectedValueOnce(new Error(BROKEN)).mockRejectedValueOnce(new Error(CORRUPT));
     try {
       const oom = await failure(chain.open(graphPath, 'vision/layer_00.attn'));
       expect(oom.code).toBe('RESOURCE_EXHAUSTED');
@@ -84,7 +85,12 @@ describe('execution provider start-up', () => {
       expect(broken.code).toBe('FAILED_PRECONDITION');
       expect(broken.message).toBe("graph vision/layer_00.attn could not be opened on cpu: the model bundle or the provider is broken (the service log has the runtime's message)");
       expect(lines.find((l) => l.msg === 'graph could not be opened')).toMatchObject({ graph: graphPath, provider: 'cpu', error: BROKEN });
-      for (const e of [oom, broken]) expect(e.message).not.toContain(RANDOM_BUNDLE);
+      // A file the runtime cannot parse is the bundle's, whatever the provider.
+      const corrupt = await failure(chain.open(graphPath, 'vision/layer_00.attn'));
+      expect(corrupt.code).toBe('FAILED_PRECONDITION');
+      expect(corrupt.message).toMatch(/^graph vision\/layer_00\.attn could not be read: its file is not a model this runtime can load .*--verify-hashes/);
+      expect(lines.find((l) => l.msg === 'graph file could not be read')).toMatchObject({ graph: graphPath, provider: 'cpu', error: CORRUPT });
+      for (const e of [oom, broken, corrupt]) expect(e.message).not.toContain(RANDOM_BUNDLE);
     } finally {
       spy.mockRestore();
     }

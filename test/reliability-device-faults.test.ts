@@ -136,9 +136,9 @@ describe('a replica whose GPU is in trouble', () => {
     const failed = await encode(vision, 30_000, { visionMethod: 'tome', budget: { $case: 'budgetPercent', budgetPercent: 50 } });
     expect(failed.code).toBe(GrpcCode.FAILED_PRECONDITION);
     expect(failed.details.retryDelayMs).toBeUndefined();
-    expect(failed.message).toMatch(/^graph vision\/layer_\d+\.scores could not be opened on cpu: the model bundle or the provider is broken/);
+    expect(failed.message).toMatch(/^graph vision\/layer_\d+\.scores could not be read: its file is not a model this runtime can load/);
     expect(failed.message).not.toMatch(/Protobuf|\.onnx/);
-    expect(vision.stderr()).toMatch(/"msg":"graph could not be opened".*Protobuf parsing failed/);
+    expect(vision.stderr()).toMatch(/"msg":"graph file could not be read".*Protobuf parsing failed/);
     expect((await encode(vision)).code).toBe(GrpcCode.OK); // unreduced needs no scores graph
     expect(await healthStatus(vision.address)).toBe('SERVING');
   }, 90_000);
