@@ -176,8 +176,8 @@ export function withHint(err: unknown, target: string): unknown {
     return new VlmError('UNAVAILABLE', `cannot reach the language service at ${target} (${cause}); start it (npm start, or vlm serve all) or point --target / --language-port at it`, { cause: err });
   }
   if (err.code === 'DEADLINE_EXCEEDED' && /Waiting for LB pick|waiting for (the )?connection/i.test(err.message)) {
-    // The call never left this process: something accepts connections there but never completed a gRPC one.
-    return new VlmError('DEADLINE_EXCEEDED', `no gRPC connection to ${target} within the deadline: something listens there but did not answer as a gRPC server (another program on that port, or TLS on one side only: --ca or --tls for a TLS service)`, { cause: err });
+    // The call never left this process: no gRPC connection was made before the deadline.
+    return new VlmError('DEADLINE_EXCEEDED', `no gRPC connection to ${target} within the deadline: nothing answering there (a firewall dropping packets), something that is not a gRPC server, or TLS on one side only (--ca or --tls for a TLS service)`, { cause: err });
   }
   if (err.reason === 'VISION_UNAVAILABLE') {
     // The service keeps vision's address to its log; at a terminal the likely cause is that it is down.

@@ -109,8 +109,8 @@ function surviveHangup(log: Logger): void {
 }
 
 /**
- * The ports `serve all` would have its two services listen on, each once: two on one port would race
- * for it, and the loser's "port taken" would blame some other process. 0 (any free port, or off) repeats freely.
+ * Ports that would listen on one address, each once: two on one port would race for it, and the
+ * loser's "port taken" would blame some other process. 0 (any free port, or off) repeats freely.
  */
 function checkDistinctPorts(ports: ReadonlyArray<readonly [string, number]>): void {
   const taken = new Map<number, string>();
@@ -137,14 +137,20 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   for (const [flag, port] of [['--metrics-port / VLM_METRICS_PORT', metricsPort], ['--health-port / VLM_HEALTH_PORT', healthPort]] as const) {
     if (port === MAX_PORT) throw VlmError.invalid(flag, `serve all gives the language service the next port, so this must be at most ${MAX_PORT - 1}, got ${port}`);
   }
-  checkDistinctPorts([
+  const visionPorts = [
     ['--vision-port', visionPort],
-    ['--language-port', config.services.languagePort],
     ['--metrics-port (vision)', metricsPort],
-    ['--metrics-port + 1 (language)', metricsPort > 0 ? metricsPort + 1 : 0],
     ['--health-port (vision)', healthPort],
+  ] as const;
+  const languagePorts = [
+    ['--language-port', config.services.languagePort],
+    ['--metrics-port + 1 (language)', metricsPort > 0 ? metricsPort + 1 : 0],
     ['--health-port + 1 (language)', healthPort > 0 ? healthPort + 1 : 0],
-  ]);
+  ] as const;
+  // Vision listens on loopback; language on --host, which takes loopback too when it is a wildcard.
+  const shareAddress = isWildcard(host) || isLoopbackAddress(host);
+  if (shareAddress) checkDistinctPorts([...visionPorts, ...languagePorts]);
+  else for (const ports of [visionPorts, languagePorts]) checkDistinctPorts(ports);
   const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
   const children = new Map<string, ChildProcess>();
   const exited = new Set<string>();

@@ -514,13 +514,10 @@ function readAuthTokens(file: string, fromEnv: string | undefined): AuthTokens |
 }
 
 /**
- * `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order. Nothing is appended: a GPU
- * pod configured for `cuda:0` on a broken driver must fail to start, not hold its GPU while serving
- * on the CPU; `cuda:0,cpu` asks for the fallback.
- */
-/**
- * A provider list (`cuda:0,cpu`); a plain `cuda` takes `device`. `option` and `deviceOption` name
- * where each came from, so an error points at the flag or variable to fix.
+ * `cpu`, `cuda`, `cuda:1`, `webgpu`, comma-separated in fallback order; a plain `cuda` takes `device`.
+ * Nothing is appended: a GPU pod configured for `cuda:0` on a broken driver must fail to start, not
+ * hold its GPU while serving on the CPU; `cuda:0,cpu` asks for the fallback. `option` and
+ * `deviceOption` name the settings, so an error points at the flag or variable to fix.
  */
 export function parseProviders(spec: string, device = '', option = '--provider / VLM_PROVIDER', deviceOption = '--device / VLM_DEVICE'): ProviderSpec[] {
   const out: ProviderSpec[] = [];

@@ -46,13 +46,13 @@ describe('vlm ask', () => {
     expect(withHint(other, '127.0.0.1:50052')).toBe(other); // the service's own words, kept
   });
 
-  it('says what a target that accepts connections but never speaks gRPC is, instead of grpc-js\'s "Waiting for LB pick"', async () => {
+  it('says what a target that never completes a gRPC connection may be, instead of grpc-js\'s "Waiting for LB pick"', async () => {
     const silent = createServer(() => undefined);
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     const target = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
     try {
       const r = vlm(['ask', '--image', IMAGE, '--question', 'q', '--target', target, '--deadline-ms', '500']);
-      expect(r.stderr.trim().split('\n').at(-1)).toBe(`DEADLINE_EXCEEDED: no gRPC connection to ${target} within the deadline: something listens there but did not answer as a gRPC server (another program on that port, or TLS on one side only: --ca or --tls for a TLS service)`);
+      expect(r.stderr.trim().split('\n').at(-1)).toBe(`DEADLINE_EXCEEDED: no gRPC connection to ${target} within the deadline: nothing answering there (a firewall dropping packets), something that is not a gRPC server, or TLS on one side only (--ca or --tls for a TLS service)`);
       expect(r.status).toBe(1);
     } finally {
       silent.close();

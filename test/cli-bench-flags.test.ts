@@ -60,12 +60,20 @@ describe('serve all', () => {
   });
 
   it.each([
-    [['--metrics-port', '46003', '--health-port', '46004'], /--health-port \(vision\): is 46004, which --metrics-port \+ 1 \(language\) already takes/],
+    [['--metrics-port', '46003', '--health-port', '46004'], /--metrics-port \+ 1 \(language\): is 46004, which --health-port \(vision\) already takes/],
     [['--vision-port', '46010', '--language-port', '46010'], /--language-port: is 46010, which --vision-port already takes/],
     [['--health-port', '46020', '--language-port', '46021'], /--health-port \+ 1 \(language\): is 46021, which --language-port already takes/],
   ])('refuses %j before starting anything: two services on one port would race for it', (flags, message) => {
     const r = vlm(['serve', 'all', ...flags]);
     expect(r.stderr.trim()).toMatch(new RegExp(`^INVALID_ARGUMENT: ${message.source}`));
+    expect(r.status).toBe(1);
+  });
+
+  it('lets vision (on loopback) and language (on a specific other address) use one port number', () => {
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: language then fails to listen, which shows the check let it try.
+    const r = vlm(['serve', 'all', '--model', 'test/fixtures/random-bundle', '--host', '192.0.2.1', '--vision-port', '46110', '--language-port', '46110', '--metrics-port', '0', '--health-port', '0']);
+    expect(r.stderr).not.toMatch(/already takes/);
+    expect(r.stderr).toMatch(/192\.0\.2\.1/);
     expect(r.status).toBe(1);
   });
 });

@@ -69,6 +69,9 @@ describe('toStatus bounds', () => {
       const violations = Array.from({ length: n }, (_, i) => ({ field: `policy.params.lamda${i}${'x'.repeat(i % 60)}`, description: `unknown parameter 'lamda${i}' for ficoco-v; valid: lambda, k, start_layer, merge, alpha` }));
       const s = toStatus(new VlmError('INVALID_ARGUMENT', violations.map((v) => `${v.field}: ${v.description}`).join('; '), { violations }), silent);
       expect(metadataBytes(trailersOnly(s)), `${n} violations`).toBeLessThanOrEqual(8192);
+      // Each part within its own bound as sent, the note on left-out violations included.
+      expect(encodeURI(s.details).length, `${n} violations`).toBeLessThanOrEqual(1536);
+      expect((s.metadata.get(STATUS_DETAILS_KEY)[0] as Buffer).toString('base64').length + encodeURI(s.details).length).toBeLessThanOrEqual(7 * 1024);
       const sent = decodeViolations(s.metadata);
       expect(sent[0]!.field).toBe('policy.params.lamda0');
       if (sent.length < n) expect(s.details).toMatch(new RegExp(`\\(and ${n - sent.length} more field violations not listed\\)$`));

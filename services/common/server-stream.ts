@@ -58,7 +58,7 @@ function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSign
  * deadline, or a status grpc-js sent itself. The instrumentation ends that span only on 'finish' or
  * an error event, and such a call emits neither: left open, the span is never exported, and the trace
  * loses its root. Recorded as the instrumentation records a status; `error.type`, and the caller's
- * codes' UNSET, are added as every server span ends (shared/telemetry/server-span-outcome.ts).
+ * codes' UNSET, are added as every server span ends (shared/telemetry/grpc-span-outcome.ts).
  */
 function endServerSpanOnClose(span: Span | undefined, status: { readonly code: number; readonly details: string }): void {
   if (!span?.isRecording()) return;

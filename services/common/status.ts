@@ -173,7 +173,7 @@ function fitStatus(code: GrpcCode, message: string, extra: StatusDetails): { mes
   const sized = (kept: number): { message: string; details: Buffer } => {
     const left = violations.length - kept;
     const note = left > 0 ? ` (and ${left} more field violation${left === 1 ? '' : 's'} not listed)` : '';
-    const text = clipWire(message, MAX_MESSAGE_WIRE - note.length) + note;
+    const text = clipWire(message, MAX_MESSAGE_WIRE - encodeURI(note).length) + note;
     return { message: text, details: encodeStatusDetails(code, text, { ...extra, violations: violations.slice(0, kept) }) };
   };
   const all = sized(violations.length);

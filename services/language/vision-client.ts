@@ -223,8 +223,10 @@ export class VisionClient {
     });
   }
 
-  /** What vision said, as this service's error: same code and violations, with the hop named. */
-  /** `ids`: the request and trace ids this service's log lines about the call carry. */
+  /**
+   * What vision said, as this service's error: same code and violations, with the hop named. `ids`:
+   * the request and trace ids this service's log lines about the call carry.
+   */
   private relay(status: { code: GrpcCode; details: string; metadata: Metadata }, ids: Readonly<Record<string, string | undefined>>): VlmError {
     const sent = decodeStatusDetails(status.metadata);
     if (status.code === GrpcCode.CANCELLED) {

@@ -29,7 +29,7 @@ import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { packageVersion } from '../package-root';
 import { createLogger } from '../log';
 import { VlmError } from '../errors';
-import { GrpcServerSpanOutcome } from './server-span-outcome';
+import { GrpcSpanOutcome } from './grpc-span-outcome';
 import { PerformanceClockStart } from './span-clock';
 import { setTracingEnabled } from './state';
 import { MAX_TIMER_MS } from '../timer-limit';
@@ -82,8 +82,8 @@ export interface Telemetry {
   readonly settings: TelemetrySettings;
   /**
    * Resolves when the resource is complete and the Prometheus endpoint listens. Rejects (FAILED_PRECONDITION)
-   * when the endpoint cannot listen: the autoscalers read the queue depth there, so a service without
-   * it must not start. Left unawaited, the rejection is not an unhandled one.
+   * when the endpoint --metrics-port names cannot listen: the autoscalers read the queue depth there,
+   * so a service without it must not start. Left unawaited, the rejection is not an unhandled one.
    */
   readonly ready: Promise<void>;
 }
@@ -192,6 +192,13 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     ready = prometheus.startServer().then(
       () => log.info('prometheus metrics endpoint up', { port: settings.prometheusPort, path: '/metrics' }),
       (err: unknown) => {
+        // The endpoint --metrics-port asked for is the autoscalers' (the deployments set it): without it
+        // the service does not start. One the OTEL_* variables asked for stays best effort, as the SDK
+        // has it: several services of one command may share that variable's port.
+        if (!(options.metricsPort && options.metricsPort > 0)) {
+          log.error('prometheus metrics endpoint failed to start; metrics are not scrapeable', { port: settings.prometheusPort, err: err as Error });
+          return;
+        }
         throw new VlmError('FAILED_PRECONDITION', `--metrics-port ${settings.prometheusPort}: /metrics cannot listen (${(err as Error).message}); the autoscalers read the queue depth there: pick a free port, or 0 for no endpoint`, { cause: err });
       },
     );
@@ -215,7 +222,7 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
       autoDetectResources: false,
       metricReaders: readers,
       // No span processors means no tracer provider: the API stays no-op when tracing is off.
-      spanProcessors: exporting.length > 0 ? [new PerformanceClockStart(), new GrpcServerSpanOutcome(), ...exporting] : [],
+      spanProcessors: exporting.length > 0 ? [new PerformanceClockStart(), new GrpcSpanOutcome(), ...exporting] : [],
       // Health checks and reflection would drown the spans that matter.
       instrumentations: exporting.length > 0 ? [new GrpcInstrumentation({ ignoreGrpcMethods: ['Check', 'Watch', 'ServerReflectionInfo'] })] : [],
       // The decode span carries one event per generated token; the SDK's default keeps 128.

@@ -12,7 +12,7 @@ import { grpcCodeName } from '../errors';
 import { ATTR_ERROR_TYPE, ATTR_RPC_GRPC_STATUS_CODE } from './names';
 import { isServerFault } from './span-status';
 
-export class GrpcServerSpanOutcome implements SpanProcessor {
+export class GrpcSpanOutcome implements SpanProcessor {
   onStart(_span: Span, _parent: Context): void {}
 
   /** The SDK calls this while the span can still change (`onEnd` sees it read-only). */
