@@ -5,6 +5,10 @@
 // installed and any .ts under cli/, shared/ or services/ is newer than dist/cli/vlm.js, the source
 // runs instead.
 'use strict';
+// `vlm serve` reads SIGHUP as "re-read the TLS and token files", and `serve all` passes it on to
+// services that may have just started: from the first line on, one must not end a service as Node's
+// default would while its modules still load (cli/serve.ts replaces this once it installs its own).
+if (process.argv[2] === 'serve') process.on('SIGHUP', function sighupWhileLoading() {});
 const fs = require('node:fs');
 const path = require('node:path');
 

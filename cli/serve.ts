@@ -103,6 +103,8 @@ function stopWithParentCommand(log: Logger): void {
  * `serve all` passes a reload on or an operator sends one. Installed before the model loads.
  */
 function surviveHangup(log: Logger): void {
+  // bin/vlm.js's stand-in, which covered the module loading.
+  for (const l of process.listeners('SIGHUP')) if (l.name === 'sighupWhileLoading') process.removeListener('SIGHUP', l);
   process.on('SIGHUP', () => {
     if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS or token files to re-read');
   });
@@ -182,8 +184,13 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
     settle();
   };
   const start = (role: 'vision' | 'language', own: string[]): ChildProcess => {
-    const ipc = role === 'vision' && waitForVisionPort;
-    const child = spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit', ...(ipc ? (['ipc'] as const) : [])] });
+    // An IPC channel for each: a service that has one stops when this command is gone (killed by a
+    // SIGKILL it cannot pass on), instead of holding its ports as an orphan (stopWithParentCommand);
+    // vision reports over it the port it bound for --vision-port 0.
+    const child = spawn(process.execPath, [bin, 'serve', role, ...flags, ...own], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    child.on('message', (msg: ServingMessage) => {
+      if (msg.type === 'serving') child.disconnect();
+    });
     children.set(role, child);
     child.on('exit', (code, signal) => {
       worst = Math.max(worst, code ?? (signal ? 1 : 0));
@@ -220,7 +227,6 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   else {
     vision.on('message', (msg: ServingMessage) => {
       if (msg.type !== 'serving') return;
-      vision.disconnect();
       log.info('vision is serving; starting language', { vision_target: hostPort(visionHost, msg.port) });
       if (!stopping) start('language', languageWith(msg.port));
     });

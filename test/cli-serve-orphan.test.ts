@@ -38,6 +38,26 @@ describe('serve all whose parent dies', () => {
   }, 90_000);
 });
 
+describe('serve all killed with a signal it cannot pass on (SIGKILL)', () => {
+  it('leaves neither service running: each stops once its command is gone', async () => {
+    const [visionPort, languagePort] = [await freePort(), await freePort()];
+    const args = ['serve', 'all', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(visionPort), '--language-port', String(languagePort), '--metrics-port', '0', '--health-port', '0'];
+    const serveAll = spawn(process.execPath, [BIN, ...args], { stdio: 'ignore' });
+    let services: number[] = [];
+    try {
+      await eventually(async () => (await healthOf(`127.0.0.1:${languagePort}`, 500).catch(() => '')) === 'SERVING', 60_000, 200);
+      services = servePids(serveAll.pid!);
+      expect(services).toHaveLength(2);
+      serveAll.kill('SIGKILL');
+      await eventually(() => services.every((pid) => !alive(pid)), 20_000, 100);
+      expect([await portFree(visionPort), await portFree(languagePort)]).toEqual([true, true]);
+    } finally {
+      for (const pid of services) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      if (serveAll.exitCode === null && serveAll.signalCode === null) serveAll.kill('SIGKILL');
+    }
+  }, 90_000);
+});
+
 describe('a service started by a vlm command over an IPC channel (demo, the benches, serve all), whose command dies', () => {
   it('stops instead of holding its port as an orphan', async () => {
     const port = await freePort();

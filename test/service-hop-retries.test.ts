@@ -4,14 +4,14 @@
  * whole call only when it failed after data had arrived, which grpc-js cannot retry. A replica set
  * that is down therefore sees 3 attempts per request, not 3 x 3, and other failures are not retried.
  */
-import { getChannelzHandlers, Server, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
+import { getChannelzHandlers, Server, ServerCredentials, status as GrpcCode, type ServerWritableStream } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ByteOrder, ElementType } from '../gen/vlm/v1/common';
 import { VisionServiceService, type EncodeRequest, type EncodeResponse } from '../gen/vlm/v1/vision_service';
 import { VlmError } from '../shared/errors';
 import { failure } from './core-helpers';
 import { bindLoopback } from './service-helpers';
-import { HOP_RECEIVE_WINDOW_BYTES, VisionClient } from '../services/language/vision-client';
+import { HOP_MAX_RECONNECT_BACKOFF_MS, HOP_RECEIVE_WINDOW_BYTES, VisionClient } from '../services/language/vision-client';
 import { parseVisionTarget } from '../services/language/vision-target';
 import { statusObject } from '../services/common/status';
 import type { Expectation } from '../services/common/tensor-stream';
@@ -144,6 +144,39 @@ async function serverSendWindows(srv: Server): Promise<number[]> {
 }
 
 describe('the hop connection', () => {
+  it('reaches a vision that comes back after a long outage within a few seconds, not after a backoff grown to minutes', async () => {
+    // A free port with nothing on it, dialled all through a 20 s outage, as requests keep coming.
+    const probe = new Server();
+    const port = await bindLoopback(probe);
+    probe.forceShutdown();
+    client = new VisionClient({ target: parseVisionTarget(`127.0.0.1:${port}`), authToken: null, maxRequestBytes: 1 << 20 });
+    const ctx = () => ({ signal: new AbortController().signal, deadline: Date.now() + 1000, requestId: 'outage' });
+    const attempt = () => client!.encode({ image: Buffer.from('x'), policy: undefined, limits: undefined }, expectation, ctx()).then(() => 'OK', (e: VlmError) => e.message);
+    const outageEnds = Date.now() + 20_000;
+    while (Date.now() < outageEnds) {
+      await attempt();
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    let calls = 0;
+    server = new Server();
+    server.addService(VisionServiceService, {
+      encode: (call: ServerWritableStream<EncodeRequest, EncodeResponse>) => {
+        calls++;
+        call.emit('error', { code: GrpcCode.NOT_FOUND, details: 'reached' });
+      },
+      getModelInfo: () => undefined,
+    });
+    await new Promise<void>((resolve, reject) => server!.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
+    const back = Date.now();
+    while (calls === 0 && Date.now() - back < 15_000) {
+      await attempt();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // grpc-js's default backoff (1.6x to 120 s) had grown to 10-16 s by now; the hop caps it at 2 s (+20 % jitter).
+    expect(calls).toBeGreaterThan(0);
+    expect(Date.now() - back).toBeLessThan(HOP_MAX_RECONNECT_BACKOFF_MS * 1.2 + 1500);
+  }, 60_000);
+
   it("opens a receive window that holds a whole LLaVA-1.5 tensor, so vision's stream is not paced by 64 KiB window updates", async () => {
     await fakeVision((call) => {
       call.write(header);
