@@ -53,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', exitWhileStarting);
   process.on('SIGINT', exitWhileStarting);
-  stopWithParentCommand(log);
+  const serving = stopWithParentCommand(log);
   surviveHangup(log);
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
@@ -74,7 +74,10 @@ export async function run(argv: string[]): Promise<number> {
     throw err.failure;
   });
   // `serve all` waits for this to learn the port vision picked for --vision-port 0.
-  process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage);
+  serving();
+  // A callback takes a send on a channel that has just closed, which would otherwise be an uncaught
+  // error event (the orphan check stops the service then).
+  if (process.connected) process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage, undefined, {}, () => undefined);
   process.off('SIGTERM', exitWhileStarting);
   process.off('SIGINT', exitWhileStarting);
   // Spans of the drained requests are flushed after the server has stopped.
@@ -89,12 +92,22 @@ export async function run(argv: string[]): Promise<number> {
  * stopping it (killed by a signal it had no handler for, a closed terminal), the service is
  * re-parented: it stops as on SIGTERM, which ends a start too, instead of holding its ports as an orphan.
  */
-function stopWithParentCommand(log: Logger): void {
-  if (!process.send) return;
-  stopWhenOrphaned(() => {
+function stopWithParentCommand(log: Logger): () => void {
+  if (!process.send) return () => undefined;
+  const stop = (): void => {
     log.warn('the vlm command that started this service is gone; stopping');
     process.kill(process.pid, 'SIGTERM');
-  });
+  };
+  // Until the service reports that it serves, the channel closing is the command gone: it may die
+  // while this process still loads its modules, before the parent below could be recorded.
+  if (!process.connected) {
+    stop();
+    return () => undefined;
+  }
+  process.once('disconnect', stop);
+  stopWhenOrphaned(stop);
+  // The command may close the channel once told the service serves: from then on only re-parenting counts.
+  return () => process.removeListener('disconnect', stop);
 }
 
 /**
@@ -103,11 +116,12 @@ function stopWithParentCommand(log: Logger): void {
  * `serve all` passes a reload on or an operator sends one. Installed before the model loads.
  */
 function surviveHangup(log: Logger): void {
-  // bin/vlm.js's stand-in, which covered the module loading.
-  for (const l of process.listeners('SIGHUP')) if (l.name === 'sighupWhileLoading') process.removeListener('SIGHUP', l);
   process.on('SIGHUP', () => {
     if (process.listenerCount('SIGHUP') === 1) log.info('SIGHUP: no TLS or token files to re-read');
   });
+  // bin/vlm.js's stand-in, which covered the module loading; removed after the handler above is in,
+  // since a signal left with no listener goes back to its default action (ending the process).
+  for (const l of process.listeners('SIGHUP')) if (l.name === 'sighupWhileLoading') process.removeListener('SIGHUP', l);
 }
 
 /**
@@ -149,8 +163,13 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
     ['--metrics-port + 1 (language)', metricsPort > 0 ? metricsPort + 1 : 0],
     ['--health-port + 1 (language)', healthPort > 0 ? healthPort + 1 : 0],
   ] as const;
-  // Vision listens on loopback; language on --host, which takes loopback too when it is a wildcard.
-  const shareAddress = isWildcard(host) || isLoopbackAddress(host);
+  // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
+  // client reaching that address (every interface for a wildcard) could call it directly, with the
+  // token clients use or with none. Language listens on --host: on vision's address too when that is
+  // a wildcard, a name for it, or the address itself (the IPv4-mapped spelling included).
+  const visionHost = visionListenHost(host);
+  const listenAt = unbracketed(host).toLowerCase();
+  const shareAddress = isWildcard(host) || listenAt === 'localhost' || listenAt === visionHost || (visionHost === '127.0.0.1' && listenAt === '::ffff:127.0.0.1');
   if (shareAddress) checkDistinctPorts([...visionPorts, ...languagePorts]);
   else for (const ports of [visionPorts, languagePorts]) checkDistinctPorts(ports);
   const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
@@ -207,10 +226,6 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
   // So does the plaintext health port.
   const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
-  // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
-  // client reaching that address (every interface for a wildcard) could call it directly, with the
-  // token clients use or with none.
-  const visionHost = visionListenHost(host);
   // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
   const hopFile = config.rpc.visionAuth?.file;
   const vision = start('vision', ['--host', visionHost, ...(hopFile ? ['--auth-token-file', hopFile] : [])]);

@@ -3,6 +3,8 @@
  * killed, serve all is re-parented and stops its two services instead of leaving them on their ports.
  */
 import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { healthOf } from '../services/common/health-client';
@@ -59,6 +61,26 @@ describe('serve all killed with a signal it cannot pass on (SIGKILL)', () => {
 });
 
 describe('a service started by a vlm command over an IPC channel (demo, the benches, serve all), whose command dies', () => {
+  it('stops when its command dies while it is still loading, before it could note which process started it', async () => {
+    const port = await freePort();
+    const args = ['serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0', '--health-port', '0', '--log-level', 'info'];
+    const errFile = path.join(mkdtempSync(path.join(tmpdir(), 'vlm-orphan-')), 'service.err');
+    // The command starts the service and dies at once, while the service still loads its modules.
+    const commandCode = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify([BIN, ...args])}, { stdio: ['ignore', 'ignore', require('node:fs').openSync(${JSON.stringify(errFile)}, 'w'), 'ipc'] }); process.stdout.write(String(c.pid) + '\\n', () => process.kill(process.pid, 'SIGKILL'));`;
+    const command = spawn(process.execPath, ['-e', commandCode], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const servicePid = await new Promise<number>((resolve) => command.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+    try {
+      await eventually(() => !alive(servicePid), 20_000, 100);
+      expect(await portFree(port)).toBe(true);
+      // It stopped as on SIGTERM, not by crashing on the closed channel once it served.
+      const err = readFileSync(errFile, 'utf8');
+      expect(err).toContain('the vlm command that started this service is gone; stopping');
+      expect(err).not.toContain('ERR_IPC_CHANNEL_CLOSED');
+    } finally {
+      if (alive(servicePid)) process.kill(servicePid, 'SIGKILL');
+    }
+  }, 60_000);
+
   it('stops instead of holding its port as an orphan', async () => {
     const port = await freePort();
     const args = ['serve', 'vision', '--model', BUNDLE, '--host', '127.0.0.1', '--vision-port', String(port), '--metrics-port', '0'];
