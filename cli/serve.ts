@@ -17,7 +17,7 @@ import { hostPort, isLoopbackAddress, isWildcard, unbracketed, visionListenHost 
 import { packageRoot } from '../shared/package-root';
 import { VlmError } from '../shared/errors';
 import { createLogger, setLogLevel, type Logger } from '../shared/log';
-import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals } from '../services/common/lifecycle';
+import { exitNow, onStopSignals, StartLeftStuckWorkers, stopOnSignals, type RunningService } from '../services/common/lifecycle';
 import { liveWorkerThreads } from '../shared/worker/start-worker';
 import { running } from './child-running';
 import type { ServingMessage } from './serving-message';
@@ -53,8 +53,25 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', exitWhileStarting);
   process.on('SIGINT', exitWhileStarting);
-  const serving = stopWithParentCommand(log);
+  const unwatchChannel = stopWithParentCommand(log);
   surviveHangup(log);
+  // Until it serves, the channel's 'disconnect' listener keeps this process alive: a start that fails
+  // must let go of it, or the process would stay, its command waiting for it to exit.
+  const service = await startService(role, config, log).finally(unwatchChannel);
+  // `serve all` waits for this to learn the port vision picked for --vision-port 0.
+  // A callback takes a send on a channel that has just closed, which would otherwise be an uncaught
+  // error event (the orphan check stops the service then).
+  if (process.connected) process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage, undefined, {}, () => undefined);
+  process.off('SIGTERM', exitWhileStarting);
+  process.off('SIGINT', exitWhileStarting);
+  // Spans of the drained requests are flushed after the server has stopped.
+  stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
+  // Runs until a signal; stopOnSignals exits the process.
+  return new Promise<number>(() => undefined);
+}
+
+/** One service, from the telemetry it reports through to serving. */
+async function startService(role: 'vision' | 'language', config: Config, log: Logger): Promise<RunningService> {
   // Before the service modules are required: the grpc instrumentation patches @grpc/grpc-js on load.
   // /metrics listens where the service does (--host): a service kept on loopback keeps its metrics there too.
   const telemetry = startTelemetry({ serviceName: role === 'vision' ? SERVICE_VISION : SERVICE_LANGUAGE, metricsPort: config.telemetry.metricsPort, metricsHost: config.services.host });
@@ -66,24 +83,13 @@ export async function run(argv: string[]): Promise<number> {
     role === 'vision'
       ? (require('../services/vision/server') as typeof VisionServer).startVisionService(own, { log })
       : (require('../services/language/server') as typeof LanguageServer).startLanguageService(own, { log });
-  const service = await starting.catch(async (err: unknown) => {
+  return starting.catch(async (err: unknown) => {
     if (!(err instanceof StartLeftStuckWorkers)) throw err;
     log.error('start failed with inference workers stuck in a model call or a model load; exiting without them', { stuck: err.stuckWorkers, error: err.message });
     await shutdownTelemetry();
     exitNow();
     throw err.failure;
   });
-  // `serve all` waits for this to learn the port vision picked for --vision-port 0.
-  serving();
-  // A callback takes a send on a channel that has just closed, which would otherwise be an uncaught
-  // error event (the orphan check stops the service then).
-  if (process.connected) process.send?.({ type: 'serving', port: service.port } satisfies ServingMessage, undefined, {}, () => undefined);
-  process.off('SIGTERM', exitWhileStarting);
-  process.off('SIGINT', exitWhileStarting);
-  // Spans of the drained requests are flushed after the server has stopped.
-  stopOnSignals(() => service.stop().finally(shutdownTelemetry), log);
-  // Runs until a signal; stopOnSignals exits the process.
-  return new Promise<number>(() => undefined);
 }
 
 /**
