@@ -130,6 +130,39 @@ function surviveHangup(log: Logger): void {
   for (const l of process.listeners('SIGHUP')) if (l.name === 'sighupWhileLoading') process.removeListener('SIGHUP', l);
 }
 
+/** The port serve all gives language beside one of vision's (/metrics, health): the next one; 0 (off) stays 0. */
+function portAfter(port: number): number {
+  return port > 0 ? port + 1 : 0;
+}
+
+/**
+ * The ports serve all's two services would listen on: language's /metrics and health ports within
+ * range, and no port twice on one address. Language listens on --host: on vision's address too when
+ * that is a wildcard, a name for it, or the address itself (the IPv4-mapped spelling included).
+ */
+function checkServeAllPorts(config: Config, visionHost: string): void {
+  const { metricsPort } = config.telemetry;
+  const { healthPort, host } = config.services;
+  // Past 65535 language could not listen, and vision would be left alone.
+  for (const [flag, port] of [['--metrics-port / VLM_METRICS_PORT', metricsPort], ['--health-port / VLM_HEALTH_PORT', healthPort]] as const) {
+    if (port === MAX_PORT) throw VlmError.invalid(flag, `serve all gives the language service the next port, so this must be at most ${MAX_PORT - 1}, got ${port}`);
+  }
+  const visionPorts = [
+    ['--vision-port', config.services.visionPort],
+    ['--metrics-port (vision)', metricsPort],
+    ['--health-port (vision)', healthPort],
+  ] as const;
+  const languagePorts = [
+    ['--language-port', config.services.languagePort],
+    ['--metrics-port + 1 (language)', portAfter(metricsPort)],
+    ['--health-port + 1 (language)', portAfter(healthPort)],
+  ] as const;
+  const listenAt = unbracketed(host).toLowerCase();
+  const shareAddress = isWildcard(host) || listenAt === 'localhost' || listenAt === visionHost || (visionHost === '127.0.0.1' && listenAt === '::ffff:127.0.0.1');
+  if (shareAddress) checkDistinctPorts([...visionPorts, ...languagePorts]);
+  else for (const ports of [visionPorts, languagePorts]) checkDistinctPorts(ports);
+}
+
 /**
  * Ports that would listen on one address, each once: two on one port would race for it, and the
  * loser's "port taken" would blame some other process. 0 (any free port, or off) repeats freely.
@@ -155,29 +188,11 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   const bin = path.join(packageRoot(), 'bin', 'vlm.js');
   const { metricsPort } = config.telemetry;
   const { healthPort, host, visionPort } = config.services;
-  // Language takes the port after each (below); past 65535 it could not listen, and vision would be left alone.
-  for (const [flag, port] of [['--metrics-port / VLM_METRICS_PORT', metricsPort], ['--health-port / VLM_HEALTH_PORT', healthPort]] as const) {
-    if (port === MAX_PORT) throw VlmError.invalid(flag, `serve all gives the language service the next port, so this must be at most ${MAX_PORT - 1}, got ${port}`);
-  }
-  const visionPorts = [
-    ['--vision-port', visionPort],
-    ['--metrics-port (vision)', metricsPort],
-    ['--health-port (vision)', healthPort],
-  ] as const;
-  const languagePorts = [
-    ['--language-port', config.services.languagePort],
-    ['--metrics-port + 1 (language)', metricsPort > 0 ? metricsPort + 1 : 0],
-    ['--health-port + 1 (language)', healthPort > 0 ? healthPort + 1 : 0],
-  ] as const;
   // Only language dials vision, from this host: vision listens on loopback whatever --host is, or any
   // client reaching that address (every interface for a wildcard) could call it directly, with the
-  // token clients use or with none. Language listens on --host: on vision's address too when that is
-  // a wildcard, a name for it, or the address itself (the IPv4-mapped spelling included).
+  // token clients use or with none.
   const visionHost = visionListenHost(host);
-  const listenAt = unbracketed(host).toLowerCase();
-  const shareAddress = isWildcard(host) || listenAt === 'localhost' || listenAt === visionHost || (visionHost === '127.0.0.1' && listenAt === '::ffff:127.0.0.1');
-  if (shareAddress) checkDistinctPorts([...visionPorts, ...languagePorts]);
-  else for (const ports of [visionPorts, languagePorts]) checkDistinctPorts(ports);
+  checkServeAllPorts(config, visionHost);
   const waitForVisionPort = visionPort === 0 && config.rpc.visionTarget === '';
   const children = new Map<string, ChildProcess>();
   const exited = new Set<string>();
@@ -231,7 +246,7 @@ function serveBoth(flags: string[], env: NodeJS.ProcessEnv, config: Config): Pro
   };
   // One host, two Prometheus endpoints: language takes the next port (the last --metrics-port wins).
   // So does the plaintext health port.
-  const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(metricsPort + 1)] : []), ...(healthPort > 0 ? ['--health-port', String(healthPort + 1)] : [])];
+  const languageOwn = [...(metricsPort > 0 ? ['--metrics-port', String(portAfter(metricsPort))] : []), ...(healthPort > 0 ? ['--health-port', String(portAfter(healthPort))] : [])];
   // With a hop token file, that is what vision accepts (the clients' tokens stay with language).
   const hopFile = config.rpc.visionAuth?.file;
   const vision = start('vision', ['--host', visionHost, ...(hopFile ? ['--auth-token-file', hopFile] : [])]);

@@ -49,12 +49,12 @@ export function parseVisionTarget(configured: string): VisionTarget {
   }
   const parts = trimmed.split(',').map((s) => s.trim()).filter(Boolean);
   if (parts.length === 0) throw VlmError.invalid('--vision-target', 'is empty');
-  const hosts = parts.map(hostPort);
+  const hosts = parts.map(parseHostPort);
   return { configured, channel: parts.length === 1 ? parts[0]! : staticList(hosts), loopback: isLoopbackAddress(parts.join(',')) };
 }
 
 /** `host:port` or `[v6]:port`, its port dialable; checked here so that a typo fails the start, not every request. */
-function hostPort(p: string): { raw: string; host: string } {
+function parseHostPort(p: string): { raw: string; host: string } {
   const m = /^(?:\[([^\]]+)\]|([^:\s/[\]]+)):(\d+)$/.exec(p);
   if (m === null) throw VlmError.invalid('--vision-target', `'${p}' is not host:port ([address]:port for IPv6), a list of them, or a gRPC target such as dns:///vision.vlm.svc:50051`);
   checkPort(m[3]!, p);
