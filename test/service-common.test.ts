@@ -125,6 +125,19 @@ function startServer(options: { authToken?: string | null; tokens?: BearerTokens
   });
 }
 
+/** A server started with `options` on a loopback port and a client of it, both closed once `use` is done. */
+async function withServer<T>(options: Parameters<typeof startServer>[0], use: (s: { port: number; client: VisionServiceClient }) => Promise<T>): Promise<T> {
+  const server = startServer(options);
+  const port = await server.listen('127.0.0.1', 0);
+  const client = new VisionServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  try {
+    return await use({ port, client });
+  } finally {
+    client.close();
+    await server.stop();
+  }
+}
+
 function encode(client: VisionServiceClient, mode: number, options: { deadlineMs?: number; metadata?: Metadata } = {}) {
   const deadline = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
   return client.encode({ image: Buffer.from([mode]), policy: undefined, limits: undefined }, options.metadata ?? new Metadata(), { deadline });
@@ -294,47 +307,36 @@ describe('deadlines', () => {
     expect(deadlineOf({ getDeadline: () => Infinity }, 200, now, 3000)).toBe(now + 200);
   });
 
-  it('a call whose deadline is past the longest ends there, told it was the service that cut it', async () => {
-    const server = startServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 });
-    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
-    const client = new VisionServiceClient(address, credentials.createInsecure());
-    try {
+  it('a call whose deadline is past the longest ends there, told it was the service that cut it', () =>
+    withServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 }, async ({ client }) => {
       const t0 = Date.now();
       const { error } = await collect(encode(client, 5, { deadlineMs: 5000 }));
       expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
       expect(error?.details).toBe("the request did not finish within 600 ms, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens");
       expect(Date.now() - t0).toBeLessThan(4000);
-    } finally {
-      client.close();
-      await server.stop();
-    }
-  });
+    }));
 
-  it('a deadline of 24.8 days or more (grpc-go sends 30 days as 2592000S) is cut to the longest, not ended at once', async () => {
-    const server = startServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 });
-    const port = await server.listen('127.0.0.1', 0);
-    const client = new VisionServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
-    const session = connect(`http://127.0.0.1:${port}`);
-    // Encode of the one-byte image [5]: silent work until the deadline.
-    const silent = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 5]);
-    try {
-      const cut = "the request did not finish within 600 ms, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens";
-      const t0 = Date.now();
-      const { error } = await collect(encode(client, 5, { deadlineMs: 30 * 86_400_000 }));
-      expect(error?.details).toBe(cut);
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
-      // Over the protocol's 8 digits: grpc-js alone reads the last 8 (0 s here).
-      for (const header of ['2592000S', '35791H', '100000000S']) {
-        const { stream, status } = rawCall(session, VisionServiceService.encode.path, { headers: { 'grpc-timeout': header }, write: silent });
-        stream.end();
-        expect(await status, header).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: cut });
+  it('a deadline of 24.8 days or more (grpc-go sends 30 days as 2592000S) is cut to the longest, not ended at once', () =>
+    withServer({ defaultDeadlineMs: 200, maxDeadlineMs: 600 }, async ({ port, client }) => {
+      const session = connect(`http://127.0.0.1:${port}`);
+      // Encode of the one-byte image [5]: silent work until the deadline.
+      const silent = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 5]);
+      try {
+        const cut = "the request did not finish within 600 ms, the longest this service lets a call run (--max-deadline-ms; the call's own deadline was longer); lower max_tokens";
+        const t0 = Date.now();
+        const { error } = await collect(encode(client, 5, { deadlineMs: 30 * 86_400_000 }));
+        expect(error?.details).toBe(cut);
+        expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
+        // Over the protocol's 8 digits: grpc-js alone reads the last 8 (0 s here).
+        for (const header of ['2592000S', '35791H', '100000000S']) {
+          const { stream, status } = rawCall(session, VisionServiceService.encode.path, { headers: { 'grpc-timeout': header }, write: silent });
+          stream.end();
+          expect(await status, header).toEqual({ code: GrpcCode.DEADLINE_EXCEEDED, message: cut });
+        }
+      } finally {
+        session.close();
       }
-    } finally {
-      session.close();
-      client.close();
-      await server.stop();
-    }
-  });
+    }));
 
   it('a client that gives up at its deadline, just before the service does, is logged and counted as the deadline, as its span says', async () => {
     const lines: LogLine[] = [];
@@ -373,36 +375,22 @@ describe('deadlines', () => {
     expect(boundedTimeoutHeader('999999999n')).toBe('1000m');
   });
 
-  it('a client deadline past the default is served to its end over gRPC', async () => {
-    const server = startServer({ defaultDeadlineMs: 200 });
-    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
-    const client = new VisionServiceClient(address, credentials.createInsecure());
-    try {
+  it('a client deadline past the default is served to its end over gRPC', () =>
+    withServer({ defaultDeadlineMs: 200 }, async ({ client }) => {
       const t0 = Date.now();
       const { error } = await collect(encode(client, 5, { deadlineMs: 1500 }));
       expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
-    } finally {
-      client.close();
-      await server.stop();
-    }
-  });
+    }));
 });
 
 describe('a call without a deadline', () => {
-  it("gets the service's default deadline, answered with DEADLINE_EXCEEDED by the service", async () => {
-    const server = startServer({ defaultDeadlineMs: 200 });
-    const address = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
-    const client = new VisionServiceClient(address, credentials.createInsecure());
-    try {
+  it("gets the service's default deadline, answered with DEADLINE_EXCEEDED by the service", () =>
+    withServer({ defaultDeadlineMs: 200 }, async ({ client }) => {
       const { error } = await collect(encode(client, 5));
       expect(error?.code).toBe(GrpcCode.DEADLINE_EXCEEDED);
       expect(error?.details).toMatch(/within its 200 ms deadline/);
-    } finally {
-      client.close();
-      await server.stop();
-    }
-  });
+    }));
 });
 
 describe('bearer-token authentication', () => {
